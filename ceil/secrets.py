@@ -1,0 +1,82 @@
+"""secrets/: everything the cluster shares, generated once on the workstation and reused.
+
+Files are 0600 in a 0700 directory next to cluster.yaml (git-ignored). A second bake reuses
+them, so re-flashing one node keeps it in the same cluster. SSH host keys are never made here:
+each machine makes its own on first boot.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as pysecrets
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import CeilError
+
+
+class SecretStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise ValueError(f"secret name {name!r} must be a relative path inside secrets/")
+        return self.root / name
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def read(self, name: str) -> bytes:
+        p = self.path(name)
+        self._check_mode(p)
+        return p.read_bytes()
+
+    def get_or_create(self, name: str, make: Callable[[], bytes | str]) -> bytes:
+        """The secret `name`, made by `make()` and stored the first time it is asked for."""
+        p = self.path(name)
+        if p.is_file():
+            return self.read(name)
+        value = make()
+        self.write(name, value.encode() if isinstance(value, str) else value)
+        return self.read(name)
+
+    def token(self, name: str, nbytes: int = 32) -> str:
+        """A random hex token stored under `name`."""
+        return self.get_or_create(name, lambda: pysecrets.token_hex(nbytes)).decode().strip()
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write atomically with 0600 from the first byte (no window where others can read it)."""
+        p = self.path(name)
+        self._ensure_dir(p.parent)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _ensure_dir(self, d: Path) -> None:
+        for part in reversed([d, *d.parents]):
+            if part == self.root.parent or not str(part).startswith(str(self.root)):
+                continue
+            if not part.exists():
+                part.mkdir(mode=0o700)
+        gitignore = self.root / ".gitignore"
+        if not gitignore.exists():
+            gitignore.write_text("# ceil secrets: never commit these\n*\n")
+
+    def _check_mode(self, p: Path) -> None:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if mode & 0o077:
+            raise CeilError(
+                f"{p} is readable by other users (mode {mode:o}): secrets must be 0600;"
+                f" fix with: chmod 600 {p}"
+            )

@@ -1,0 +1,41 @@
+"""SSH public keys: parse what the user pasted, so a typo fails at bake time, not at first login."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+# Security keys (FIDO) are valid OpenSSH keys that `cryptography` does not parse; check their framing.
+SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def check_public_key(line: str) -> str:
+    """Return `line` if it is an OpenSSH public key line, else raise ValueError saying why."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ValueError(
+            f"{_short(line)!r} is not an SSH public key: expected 'TYPE BASE64 [comment]',"
+            " e.g. the contents of ~/.ssh/id_ed25519.pub"
+        )
+    if "PRIVATE KEY" in line:
+        raise ValueError("this is a PRIVATE key: give the public key (.pub file) instead")
+    kind, blob = parts[0], parts[1]
+    if kind in SK_TYPES:
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            raise ValueError(f"{_short(line)!r}: the key data is not valid base64") from None
+        if kind.encode() not in raw[:64]:
+            raise ValueError(f"{_short(line)!r}: key data does not match its type {kind}")
+        return line
+    try:
+        load_ssh_public_key(f"{kind} {blob}".encode())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{_short(line)!r} does not parse as an SSH public key ({e})") from None
+    return line
+
+
+def _short(s: str) -> str:
+    return s if len(s) <= 40 else s[:20] + "..." + s[-12:]

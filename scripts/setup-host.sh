@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the host (Debian/Ubuntu) packages that baking and the tests need.
+# Idempotent: packages already present are skipped, so a warm machine pays nothing.
+# Why each package is needed is listed by `python bake.py doctor`.
+set -euo pipefail
+
+# Baking: partition/filesystem tools used by the image writers and image tests.
+BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
+# Tests: independent checkers (cloud-init schema, dnsmasq --test, nft -c, wg, chronyd -p),
+# the QEMU test bed (qemu, mmdebstrap, qemu-user for arm64 chroots) and ssh for testinfra.
+TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
+  qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap qemu-user-static binfmt-support
+  apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps"
+
+want="$BAKE_PKGS"
+[ "${1:-}" = "--test" ] && want="$BAKE_PKGS $TEST_PKGS"
+
+missing=()
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "host packages: all present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing host packages: ${missing[*]}" >&2
+  echo "install them with: sudo apt-get install ${missing[*]}  (macOS: brew install mtools e2fsprogs xz)" >&2
+  exit 1
+fi
+echo "installing host packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# A container or CI machine may have no package lists yet.
+apt-get update -qq
+# policy-rc.d keeps packages such as dnsmasq or chrony from starting services on the host.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.ceil
+chmod +x /usr/sbin/policy-rc.d.ceil
+if [ ! -e /usr/sbin/policy-rc.d ]; then cp /usr/sbin/policy-rc.d.ceil /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; fi
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
