@@ -92,11 +92,13 @@ class Lights:
                 led.blink(on_time=period / 2, off_time=period / 2, background=True)
             self._modes[direction, colour] = mode
 
-    def set_direction(self, direction: str, colour: str | None, mode: LedMode = "on") -> None:
+    def set_direction(
+        self, direction: str, colour: str | None, mode: LedMode = "on", *, period: float = 0.5
+    ) -> None:
         """Show one colour on a direction (the others off), like a real traffic light."""
         with self._lock:
             for c in COLOURS:
-                self.set(direction, c, mode if c == colour else "off")
+                self.set(direction, c, mode if c == colour else "off", period=period)
 
     def buzzer(self, mode: BuzzerMode, *, period: float = 0.5, seconds: float | None = None) -> None:
         with self._lock:

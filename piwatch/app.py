@@ -1,0 +1,172 @@
+"""The FastAPI app: routes, the 422 wording, and the lifespan that owns the board and worker.
+
+Hardware sits behind the `get_worker` dependency so tests can swap in a worker over mock pins
+(`app.dependency_overrides[get_worker] = ...`) or pass their own `Lights` to `create_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+import piwatch
+from piwatch.events import Event, KubewatchPayload
+from piwatch.lights import Lights, open_lights
+from piwatch.reactions import Reactions, load_reactions
+from piwatch.settings import Settings
+from piwatch.worker import Worker
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+PAYLOAD_HINT = (
+    'expected kubewatch webhook JSON: {"eventmeta": {"kind": "pod", "name": "web-1", '
+    '"namespace": "default", "reason": "created"}, "text": "...", "time": "2024-01-01T00:00:00Z"}'
+)
+
+
+class Accepted(BaseModel):
+    accepted: bool = True
+    event: dict
+
+
+class SelfTestRequest(BaseModel):
+    buzzer: bool = False
+
+
+def get_worker(request: Request) -> Worker:
+    return request.app.state.worker
+
+
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    lights: Lights | None = None,
+    reactions: Reactions | None = None,
+) -> FastAPI:
+    """Build the app; the board is opened at startup (not import) so tests and docs stay cheap."""
+    settings = settings or Settings()
+    # Load reactions now: a broken reactions file should stop the service loudly at start.
+    reactions = reactions or load_reactions(settings.reactions_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        board = lights or open_lights(mock=settings.mock_pins,
+                                      button_pull_up=settings.button_pull_up)
+        worker = Worker(board, reactions, settings)
+        worker.start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            worker.stop()
+            board.all_off()
+            if lights is None:  # only close what we opened; a test may inspect its own board
+                board.close()
+
+    app = FastAPI(
+        title="PiWatch",
+        version=piwatch.__version__,
+        description="Kubernetes events from kubewatch, shown on the router's traffic lights.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+
+    @app.exception_handler(RequestValidationError)
+    async def explain_422(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            if err["type"] == "json_invalid":
+                # loc holds the character offset here, not a field path.
+                problems.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', err['msg'])}"
+                                f" at character {err['loc'][-1]})")
+                continue
+            where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+            problems.append(f"{where}: {err['msg']}")
+        message = "; ".join(problems) + f" ({PAYLOAD_HINT})"
+        # Keep FastAPI's structured list under "detail" for programs; "message" is for people.
+        return JSONResponse(status_code=422, content={"message": message,
+                                                      "detail": jsonable(exc.errors())})
+
+    def accept(worker: Worker, payload: KubewatchPayload) -> Accepted:
+        event = worker.submit(Event.from_payload(payload))
+        log.info("event %s/%s %s %s -> %s %s", event.namespace, event.name, event.kind,
+                 event.reason, event.direction, event.colour)
+        return Accepted(event=event.as_dict())
+
+    @app.post("/kubewatch", status_code=202, response_model=Accepted, tags=["events"])
+    def kubewatch(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
+        """Receive one kubewatch webhook event; returns at once, the lights follow shortly."""
+        return accept(worker, payload)
+
+    @app.post("/traffic/kubewatch-webhook", status_code=202, response_model=Accepted,
+              tags=["legacy"])
+    def legacy_post(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
+        """The seed's webhook path, kept so an old kubewatch config keeps working."""
+        return accept(worker, payload)
+
+    @app.get("/traffic/kubewatch-webhook", status_code=202, tags=["legacy"])
+    def legacy_get(worker: WorkerDep) -> dict:
+        """The seed cycled every light on any request; a GET now runs the self-test."""
+        worker.request_self_test()
+        return {"accepted": True, "self_test": True}
+
+    @app.get("/healthz", tags=["status"])
+    def healthz(worker: WorkerDep) -> JSONResponse:
+        ok = worker.alive
+        body = {"status": "ok" if ok else "worker stopped", "gpio": worker.lights.backend,
+                "gpio_note": worker.lights.backend_note, "version": piwatch.__version__,
+                "pending": worker.pending()}
+        return JSONResponse(status_code=200 if ok else 503, content=body)
+
+    @app.get("/lights", tags=["status"])
+    def get_lights(worker: WorkerDep) -> dict:
+        """Every LED ("off"/"on"/"blink"), the buzzer, open alarms and counters."""
+        return worker.state()
+
+    @app.post("/lights/test", status_code=202, tags=["status"])
+    def self_test(worker: WorkerDep,
+                  request: Annotated[SelfTestRequest | None, Body()] = None) -> dict:
+        """Queue a self-test: each colour on every light, then a walk round the compass."""
+        buzzer = request.buzzer if request else False
+        worker.request_self_test(buzzer=buzzer)
+        return {"accepted": True, "self_test": True, "buzzer": buzzer}
+
+    @app.post("/alarm/ack", tags=["status"])
+    def acknowledge(worker: WorkerDep) -> dict:
+        """Same as pressing the board's button: silence the buzzer, acknowledge alarms."""
+        return {"acknowledged": worker.acknowledge()}
+
+    @app.get("/events", tags=["events"])
+    def events(worker: WorkerDep, limit: int = 20) -> list[dict]:
+        """The most recent events, newest first."""
+        return worker.recent(max(0, limit))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def jsonable(errors: list[dict]) -> list[dict]:
+    """Pydantic error dicts may hold exceptions or bytes in `ctx`/`input`; keep them printable."""
+    out = []
+    for err in errors:
+        clean = {k: v for k, v in err.items() if k in ("type", "loc", "msg")}
+        if "input" in err:
+            value = err["input"]
+            clean["input"] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else repr(value)
+        out.append(clean)
+    return out
