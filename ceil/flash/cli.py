@@ -1,0 +1,40 @@
+"""`bake.py flash`: write a baked image to an SD card, verify it, eject it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ceil.errors import CeilError
+from ceil.flash.device import current_platform
+from ceil.flash.flow import FlashJob, FlashOptions, flash
+from ceil.flash.ui import RichUI
+
+
+def resolve_image(role: str | None, image: str | None, out: str) -> str:
+    if bool(role) == bool(image):
+        raise CeilError("say what to flash: either --role NAME (uses OUT/ceil-NAME.img) or "
+                        "--image PATH, not both.")
+    return image or str(Path(out) / f"ceil-{role}.img")
+
+
+@click.command("flash")
+@click.option("--role", metavar="NAME", help="Flash OUT/ceil-NAME.img (baked by --role NAME).")
+@click.option("--image", metavar="PATH", help="Flash this image file instead.")
+@click.option("--out", default="out", show_default=True, metavar="DIR",
+              help="Directory holding baked images.")
+@click.option("--device", required=True, metavar="DEV",
+              help="Whole disk to overwrite: /dev/sdX, /dev/mmcblkN (Linux), /dev/diskN (macOS).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option("--force", is_flag=True,
+              help="Allow a disk that is not removable USB/SD/MMC. Never allows the system disk.")
+@click.option("--unmount", is_flag=True, help="Unmount the disk's mounted partitions first.")
+@click.option("--no-verify", is_flag=True, help="Skip reading back and comparing (not advised).")
+@click.option("--no-eject", is_flag=True, help="Leave the card attached afterwards.")
+def flash_command(role, image, out, device, yes, force, unmount, no_verify, no_eject) -> None:
+    """Write a baked image to an SD card: only the blocks that hold data, then read them back
+    and compare, then eject. Refuses internal, system, mounted, read-only and too-small disks."""
+    options = FlashOptions(image=resolve_image(role, image, out), device=device, yes=yes,
+                           force=force, unmount=unmount, verify=not no_verify, eject=not no_eject)
+    flash(FlashJob(options=options, platform=current_platform(), ui=RichUI()))

@@ -1,0 +1,151 @@
+"""The flash, as a flat list of steps: discover, check, confirm, unmount, map, write, verify,
+eject, summarise. Each step takes the same `FlashJob` and the platform and UI it was given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ceil.errors import CeilError
+from ceil.flash.blockmap import BlockMap, build_blockmap
+from ceil.flash.device import Device, Platform, human_size
+from ceil.flash.safety import FlashRefused, check_target
+from ceil.flash.ui import RichUI
+from ceil.flash.writer import (Target, VerifyError, VerifyResult, WriteResult, first_difference,
+                               verify_ranges, write_ranges)
+
+
+@dataclass
+class FlashOptions:
+    image: str
+    device: str
+    yes: bool = False
+    force: bool = False
+    unmount: bool = False
+    verify: bool = True
+    eject: bool = True
+
+
+@dataclass
+class FlashJob:
+    options: FlashOptions
+    platform: Platform
+    ui: RichUI
+    # Called between writing and verifying; tests use it to corrupt the card on purpose.
+    after_write: Callable[[Target], None] | None = None
+    image_size: int = 0
+    device: Device | None = None
+    needs_unmount: bool = False
+    bmap: BlockMap | None = None
+    written: WriteResult | None = None
+    verified: VerifyResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def flash(job: FlashJob) -> FlashJob:
+    for step in (check_image, discover_target, check_safety, map_image, confirm, unmount,
+                 write_and_verify, eject, summarise):
+        step(job)
+    return job
+
+
+def check_image(job: FlashJob) -> None:
+    path = job.options.image
+    if not os.path.isfile(path):
+        raise CeilError(f"image {path} not found: bake it first (python bake.py --role NAME) "
+                        "or pass --image PATH.")
+    job.image_size = os.path.getsize(path)
+
+
+def discover_target(job: FlashJob) -> None:
+    try:
+        job.device = job.platform.discover(job.options.device)
+    except OSError as e:
+        raise CeilError(f"cannot inspect {job.options.device}: {e}") from e
+
+
+def check_safety(job: FlashJob) -> None:
+    o = job.options
+    job.needs_unmount = check_target(job.device, job.image_size, force=o.force, unmount=o.unmount)
+
+
+def map_image(job: FlashJob) -> None:
+    with open(job.options.image, "rb") as img:
+        job.bmap = build_blockmap(img.fileno(), job.image_size)
+
+
+def confirm(job: FlashJob) -> None:
+    job.ui.show_target(job.device, job.options.image, job.image_size, job.bmap.mapped_bytes)
+    if not job.options.yes:
+        job.ui.confirm(job.device)
+
+
+def unmount(job: FlashJob) -> None:
+    if not job.needs_unmount:
+        return
+    job.ui.info(f"Unmounting {', '.join(job.device.mounted)}")
+    try:
+        job.platform.unmount(job.device)
+    except OSError as e:
+        raise FlashRefused(f"could not unmount {job.device.path}: {e}") from e
+    # Check again: a desktop automounter may have mounted it straight back.
+    job.device = job.platform.discover(job.options.device)
+    check_target(job.device, job.image_size, force=job.options.force, unmount=False)
+
+
+def write_and_verify(job: FlashJob) -> None:
+    d = job.device
+    with Target(d.path, d.raw_path, devnum=d.devnum) as target:
+        try:
+            with job.ui.progress(f"write  {d.path}", job.bmap.mapped_bytes) as advance:
+                job.written = write_ranges(job.options.image, target, job.bmap, advance)
+        except KeyboardInterrupt:
+            raise CeilError(f"interrupted: {d.path} holds a partial image and will not boot. "
+                            "Flash it again.") from None
+        if job.after_write:
+            job.after_write(target)
+        if job.options.verify:
+            with job.ui.progress(f"verify {d.path}", job.bmap.mapped_bytes) as advance:
+                job.verified = verify_ranges(target, job.written, advance)
+            if job.verified.bad:
+                raise _verify_error(job, target)
+
+
+def _verify_error(job: FlashJob, target: Target) -> VerifyError:
+    bad = job.verified.bad
+    offset, length = bad[0]
+    first = first_difference(job.options.image, target, offset, length)
+    where = f"first difference at byte {first:,}" if first is not None else "sha256 differs"
+    return VerifyError(
+        f"verification FAILED on {job.device.path}: {len(bad)} of {len(job.written.ranges)} "
+        f"written ranges differ from the image ({where}, in the range at byte {offset:,}, "
+        f"{human_size(length)}). The card is failing or counterfeit (fake-capacity cards "
+        "silently drop writes): do not use it; try another card.")
+
+
+def eject(job: FlashJob) -> None:
+    if job.options.eject:
+        job.notes.append(job.platform.eject(job.device))
+    else:
+        job.notes.append("not ejected (--no-eject)")
+
+
+def summarise(job: FlashJob) -> None:
+    w = job.written
+    rate = w.written / w.seconds if w.seconds else 0
+    share = 100 * w.written / job.image_size if job.image_size else 100
+    lines = [
+        f"Wrote {human_size(w.written)} of the {human_size(job.image_size)} image ({share:.1f}%, "
+        f"{len(w.ranges)} ranges) to {job.device.path} in {w.seconds:.1f} s "
+        f"({human_size(rate)}/s{', direct I/O' if w.direct else ''}).",
+    ]
+    if job.verified:
+        v = job.verified
+        lines.append(f"Verified: all {len(w.ranges)} ranges ({human_size(v.checked)}) read back "
+                     f"from the card match the image (sha256), in {v.seconds:.1f} s.")
+    else:
+        lines.append("Not verified (--no-verify).")
+    lines.extend(job.notes)
+    job.ui.info("\n".join(lines))
