@@ -115,8 +115,8 @@ def parse_diskutil(info: dict, listing: dict, system_disks: set[str] = frozenset
         model=info.get("MediaName") or info.get("IORegistryEntryName"),
         serial=None,  # diskutil does not report it; the model and size identify the card
         transport=_TRANSPORTS.get(bus, bus.lower() if bus else None),
-        removable=bool(info.get("RemovableMedia") or info.get("Removable")
-                       or (info.get("Ejectable") and not info.get("Internal"))),
+        # Not `Ejectable`: a mounted .dmg is ejectable too. USB disks pass on transport.
+        removable=bool(info.get("RemovableMedia") or info.get("Removable")),
         read_only=not info.get("WritableMedia", info.get("Writable", True)),
         whole_disk=whole,
         partitions=partitions,
