@@ -1,0 +1,23 @@
+"""Hooks of the `wireguard` feature: the router's wg0.conf travels as a secret file."""
+
+from __future__ import annotations
+
+from ..config import Cluster
+from ..errors import ConfigError
+from ..secrets import SecretStore
+from ..wireguard import render_server, server_address
+
+WG_CONF_SECRET = "wireguard/wg0.conf"  # -> /etc/ceil/secrets/wireguard/wg0.conf on the router
+
+
+def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    return {"wg_interface": "wg0", "wg_address": str(server_address(cluster))}
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    return {WG_CONF_SECRET: render_server(cluster, store)}
+
+
+def check(cluster: Cluster, role: str) -> None:
+    if cluster.vpn.port == 22:
+        raise ConfigError("vpn.port: 22 is SSH's port: pick another UDP port (default 51820)")

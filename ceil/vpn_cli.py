@@ -1,0 +1,52 @@
+"""`bake.py vpn-client NAME`: make a WireGuard client config for the cluster's VPN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .config import load_cluster
+from .errors import CeilError
+from .secrets import SecretStore
+from .wireguard import add_client, client_secret_name, wg_set_peer_command
+
+
+def _secrets_dir(config: Path, secrets: Path | None) -> Path:
+    return secrets if secrets else config.resolve().parent / "secrets"
+
+
+@click.command("vpn-client")
+@click.argument("name")
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The cluster description.")
+@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+              help="Secrets directory (default: secrets/ next to the config).")
+@click.option("--rotate", is_flag=True,
+              help="Give an existing client new keys (same address); the old config stops working.")
+@click.option("--print-peer", is_flag=True,
+              help="Also print the commands that add this peer to the running router (no re-bake).")
+def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> None:
+    """Write secrets/wireguard/clients/NAME.conf: a WireGuard (wg-quick) config that routes the
+    cluster LAN and the VPN subnet through the router. Import it in the WireGuard app or run
+    `wg-quick up ./NAME.conf`."""
+    cluster = load_cluster(config_path)
+    if not cluster.vpn.enabled:
+        raise CeilError(
+            f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"
+            " set vpn.enabled: true and re-bake the router before making clients"
+        )
+    store = SecretStore(_secrets_dir(config_path, secrets_path))
+    client, changed = add_client(cluster, store, name, rotate=rotate)
+    path = store.path(client_secret_name(name))
+    verb = "wrote" if changed else "exists (unchanged; --rotate makes new keys)"
+    click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
+    if changed:
+        click.echo(
+            "The router only knows peers that existed when its image was baked: re-bake and"
+            " re-flash the router (python bake.py --role router), or add the peer to the running"
+            " router with the commands from --print-peer."
+        )
+    if print_peer:
+        click.echo("\n# on the router (bash, as a sudoer):")
+        click.echo(wg_set_peer_command(cluster, client))

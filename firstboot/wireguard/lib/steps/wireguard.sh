@@ -1,0 +1,27 @@
+#!/bin/sh
+# ceil step "wireguard": install the baked wg0.conf and keep wg-quick@wg0 enabled and up.
+# Idempotent: the config is replaced atomically only when it differs; enable/start converge.
+set -eu
+
+src=/etc/ceil/secrets/wireguard/wg0.conf
+dst=/etc/wireguard/wg0.conf
+
+if [ ! -s "$src" ]; then
+    echo "ceil-wireguard: $src is missing: the router image was baked without its VPN config;" \
+         "re-bake the router with vpn.enabled: true" >&2
+    exit 3
+fi
+
+umask 077
+mkdir -p /etc/wireguard
+chmod 700 /etc/wireguard
+if ! cmp -s "$src" "$dst"; then
+    cp "$src" "$dst.ceil-tmp"
+    sync "$dst.ceil-tmp" 2>/dev/null || sync
+    mv -f "$dst.ceil-tmp" "$dst"
+fi
+
+systemctl enable wg-quick@wg0.service
+# reload = `wg syncconf` when wg0 is already up (a re-run), start otherwise.
+systemctl reload-or-restart wg-quick@wg0.service
+wg show wg0 listen-port
