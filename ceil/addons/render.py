@@ -1,0 +1,173 @@
+"""Render add-on templates from the Cluster model into manifests and into the job's plan.
+
+The plan is plain JSON (manifests already rendered, secrets only referenced by name), so the
+job on the server needs neither this package nor cluster.yaml: just python3 and the `kubernetes` client.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from ..config import Cluster
+from ..errors import CeilError
+from .catalog import AddonSpec, Catalog, selected
+
+PLAN_FORMAT = 1
+LONGHORN_DATA_PATH = "/var/lib/longhorn"
+# Label Longhorn's `createDefaultDiskLabeledNodes` setting looks for: only nodes with a
+# drive named in cluster.yaml get a Longhorn disk, so no replica lands on an SD card.
+LONGHORN_DISK_LABEL = "node.longhorn.io/create-default-disk"
+
+
+@dataclass
+class RenderedStep:
+    manifests: list[dict[str, Any]]
+    secrets: list[dict[str, Any]]
+    wait_for: dict[str, Any]
+
+
+@dataclass
+class RenderedAddon:
+    name: str
+    depends_on: list[str]
+    steps: list[RenderedStep] = field(default_factory=list)
+
+    @property
+    def manifests(self) -> list[dict[str, Any]]:
+        return [m for s in self.steps for m in s.manifests]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "depends_on": self.depends_on,
+            "steps": [s.__dict__ for s in self.steps],
+        }
+
+
+def storage_facts(cluster: Cluster) -> dict[str, Any]:
+    """Longhorn when any node names a drive, else k3s's bundled local-path provisioner."""
+    drive_nodes = [cluster.hostname(n.name) for n in cluster.nodes if n.storage_device]
+    longhorn = bool(drive_nodes)
+    return {
+        "longhorn": longhorn,
+        "storage_class": "longhorn" if longhorn else "local-path",
+        "drive_nodes": drive_nodes,
+        # Longhorn's default of 3 replicas never schedules with fewer drives.
+        "replicas": max(1, min(3, len(drive_nodes))),
+        "data_path": LONGHORN_DATA_PATH,
+        "disk_label": LONGHORN_DISK_LABEL,
+    }
+
+
+def node_names(cluster: Cluster) -> list[str]:
+    """Kubernetes node names: k3s registers each node under its host name (ceil-one, ...)."""
+    return [cluster.hostname(n.name) for n in cluster.nodes]
+
+
+def template_context(cluster: Cluster, spec: AddonSpec) -> dict[str, Any]:
+    return {
+        "cluster": cluster,
+        "addon": spec,
+        "domain": cluster.domain,
+        "ingress_ip": str(cluster.network.ingress_ip),
+        "router_ip": str(cluster.network.router_ip),
+        "storage": storage_facts(cluster),
+        "node_names": node_names(cluster),
+    }
+
+
+def _environment(root: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog) -> RenderedAddon:
+    env = _environment(catalog.dir(spec.name))
+    ctx = template_context(cluster, spec)
+    out = RenderedAddon(spec.name, list(spec.depends_on))
+    for step in spec.steps:
+        if step.when and not _fact(ctx, step.when):
+            continue
+        manifests: list[dict[str, Any]] = []
+        for name in step.templates:
+            manifests += _render_docs(env, name, ctx, f"addons/{spec.name}/{name}")
+        secrets = [s.model_dump(exclude_none=True) for s in step.secrets]
+        out.steps.append(RenderedStep(manifests, secrets, step.wait_for.model_dump()))
+    return out
+
+
+def _fact(ctx: dict[str, Any], dotted: str) -> Any:
+    value: Any = ctx
+    for part in dotted.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def _render_docs(env: jinja2.Environment, name: str, ctx: dict, where: str) -> list[dict]:
+    try:
+        text = env.get_template(name).render(**ctx)
+    except jinja2.TemplateError as e:
+        raise CeilError(f"{where}: cannot render: {e}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise CeilError(f"{where}: rendered text is not valid YAML: {e}") from None
+    for d in docs:
+        if not isinstance(d, dict) or not {"apiVersion", "kind", "metadata"} <= d.keys():
+            raise CeilError(f"{where}: every document needs apiVersion, kind and metadata")
+    return docs
+
+
+def render_selected(cluster: Cluster, catalog: Catalog | None = None,
+                    names: list[str] | None = None) -> list[RenderedAddon]:
+    """The chosen add-ons (or exactly `names`, in dependency order), rendered."""
+    catalog = catalog or Catalog()
+    if names is None:
+        specs = selected(cluster, catalog)
+    else:
+        from .catalog import dependency_order
+
+        specs = dependency_order([catalog.get(n) for n in names])
+    return [render_addon(cluster, s, catalog) for s in specs]
+
+
+def build_plan(cluster: Cluster, catalog: Catalog | None = None,
+               names: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "format": PLAN_FORMAT,
+        "cluster": cluster.name,
+        "nodes": node_names(cluster),
+        "addons": [a.to_json() for a in render_selected(cluster, catalog, names)],
+    }
+
+
+def plan_json(cluster: Cluster, catalog: Catalog | None = None) -> str:
+    """The plan as shipped to the server (/etc/ceil/addons.json)."""
+    return json.dumps(build_plan(cluster, catalog), indent=1, sort_keys=True) + "\n"
+
+
+def write_rendered(addons: list[RenderedAddon], out: Path) -> list[Path]:
+    """One multi-document YAML file per add-on, numbered in apply order (for review or kubectl)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, addon in enumerate(addons, 1):
+        path = out / f"{i:02d}-{addon.name}.yaml"
+        path.write_text(yaml.safe_dump_all(addon.manifests, sort_keys=False))
+        written.append(path)
+    return written
+
+
+def ingress_hosts(cluster: Cluster, catalog: Catalog | None = None) -> list[str]:
+    """FQDNs the router's DNS should answer with the ingress address (network.ingress_ip)."""
+    catalog = catalog or Catalog()
+    return [f"{h}.{cluster.domain}" for s in selected(cluster, catalog) for h in s.ingress_hosts]
