@@ -285,16 +285,27 @@ class Addons(Model):
     enable: list[str] = Field(default_factory=list)
 
 
+class AptMirror(Model):
+    """A package archive used for first-boot installs instead of the flavor's own sources."""
+
+    url: str = Field(pattern=r"^(https?|file)://\S+$")
+    suite: str = Field(description="e.g. noble, trixie; './' for a flat repository")
+    components: list[str] = Field(default_factory=lambda: ["main"])
+    # Only for local test archives: skips signature checks.
+    trusted: bool = False
+
+    def sources_line(self) -> str:
+        opts = " [trusted=yes]" if self.trusted else ""
+        comps = "" if self.suite.endswith("/") else " " + " ".join(self.components)
+        return f"deb{opts} {self.url} {self.suite}{comps}"
+
+
 class Cluster(Model):
     name: Label = "ceil"
     domain: Domain = "ceil.internal"
     flavor: str = Field(default="ubuntu-24.04-raspi", pattern=r"^[a-z0-9][a-z0-9.-]*$")
     timezone: str = Field(default="Etc/UTC", pattern=r"^[A-Za-z0-9_+/-]+$")
-    apt_mirror: str | None = Field(
-        default=None,
-        pattern=r"^(https?|file)://\S+$",
-        description="Debian/Ubuntu archive URL used for first-boot installs instead of the flavor's",
-    )
+    apt_mirror: AptMirror | None = None
     ssh: SSH
     router: Router = Field(default_factory=Router)
     network: Network = Field(default_factory=Network)

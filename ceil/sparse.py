@@ -116,3 +116,57 @@ def write_sparse(fout, chunk: bytes) -> None:
             fout.seek(len(part), os.SEEK_CUR)
         else:
             fout.write(part)
+
+
+def ranges_in(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:
+    """Allocated ranges of `fd` clipped to [start, start+length)."""
+    end = start + length
+    size = os.fstat(fd).st_size
+    for off, n in data_ranges(fd, min(size, end)):
+        lo, hi = max(off, start), min(off + n, end)
+        if hi > lo:
+            yield lo, hi - lo
+
+
+def copy_window(fin: int, fout: int, src_off: int, dst_off: int, length: int) -> None:
+    """Copy the data of fin[src_off:src_off+length] to fout at dst_off; holes stay holes."""
+    for off, n in ranges_in(fin, src_off, length):
+        _copy_between(fin, fout, off, dst_off + (off - src_off), n)
+
+
+def _copy_between(fin: int, fout: int, src: int, dst: int, length: int) -> None:
+    done_total = 0
+    while done_total < length:
+        n = min(CHUNK, length - done_total)
+        try:
+            done = os.copy_file_range(fin, fout, n, src + done_total, dst + done_total)
+        except (OSError, AttributeError) as e:
+            if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            buf = os.pread(fin, n, src + done_total)
+            done = os.pwrite(fout, buf, dst + done_total)
+        if done == 0:
+            raise OSError(errno.EIO, f"short copy at offset {src + done_total}")
+        done_total += done
+
+
+_ZEROS = bytes(CHUNK)
+
+
+def hash_window(h, fd: int, start: int, length: int) -> None:
+    """Feed fd[start:start+length] to hash object `h`, reading only data ranges (holes are zeros)."""
+    pos, end = start, start + length
+    for off, n in ranges_in(fd, start, length):
+        _feed_zeros(h, off - pos)
+        for i in range(off, off + n, CHUNK):
+            h.update(os.pread(fd, min(CHUNK, off + n - i), i))
+        pos = off + n
+    _feed_zeros(h, end - pos)
+
+
+def _feed_zeros(h, n: int) -> None:
+    view = memoryview(_ZEROS)
+    while n > 0:
+        k = min(n, CHUNK)
+        h.update(view[:k])
+        n -= k

@@ -1,0 +1,206 @@
+"""The bake: one flat list of verb-named steps turning a base image into ceil-<role>.img.
+
+Each step takes the BakeContext (which owns every path), logs its name and duration, and
+returns early when it does not apply. The output is written to a temporary name and renamed
+only when complete, so a failure (a full disk included) never leaves a half-written image; the
+cached base image is only ever read.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .catalog import Flavor, load_flavor
+from .config import Cluster, config_hash
+from .errors import CeilError
+from .fatfs import append_cmdline, put_tree, read_file, write_file
+from .features import RoleContext
+from .fetch import BaseImage, resolve_base
+from .partitions import Partition, check_layout
+from .payload import Payload, build_payload
+from .secrets import SecretStore
+from .sparse import copy_window, hash_window, allocated_bytes
+from .ui import step
+
+# k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
+K3S_CMDLINE_FLAGS = ["cgroup_memory=1", "cgroup_enable=memory"]
+
+
+@dataclass
+class BakeContext:
+    cluster: Cluster
+    config_path: Path
+    role: str
+    out_dir: Path
+    store: SecretStore
+    base_image_arg: Path | None = None
+    flavor: Flavor = field(init=False)
+    work: Path = field(init=False)
+    base: BaseImage | None = None
+    boot: Partition | None = None
+    root: Partition | None = None
+    payload: Payload | None = None
+    output_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        self.cluster.node(self.role) if self.role != "router" else None  # unknown role: clear error
+        self.flavor = load_flavor(self.cluster.flavor)
+
+    @property
+    def output(self) -> Path:
+        return self.out_dir / f"ceil-{self.role}.img"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out_dir / f"ceil-{self.role}.json"
+
+    @property
+    def staged_boot(self) -> Path:
+        return self.work / "boot.img"
+
+    @property
+    def partial_output(self) -> Path:
+        return self.out_dir / f".ceil-{self.role}.img.partial"
+
+
+def fetch_base(ctx: BakeContext) -> None:
+    with step("fetch_base", ctx.base_image_arg.name if ctx.base_image_arg else ctx.flavor.name):
+        ctx.base = resolve_base(ctx.flavor, ctx.base_image_arg)
+
+
+def verify_base(ctx: BakeContext) -> None:
+    p = ctx.flavor.partitions
+    with step("verify_base", f"{ctx.flavor.partitions.boot.label} + {ctx.flavor.partitions.root.label}"):
+        ctx.boot, ctx.root = check_layout(ctx.base.path, p.boot.index, p.boot.label, p.root.index, p.root.label)
+
+
+def stage_boot(ctx: BakeContext) -> None:
+    """Copy the boot partition out of the base into its own sparse file for mtools."""
+    with step("stage_boot", f"{ctx.boot.size // 2**20} MiB FAT"):
+        with open(ctx.base.path, "rb") as fin, open(ctx.staged_boot, "wb") as fout:
+            fout.truncate(ctx.boot.size)
+            copy_window(fin.fileno(), fout.fileno(), ctx.boot.start, 0, ctx.boot.size)
+
+
+def write_seed(ctx: BakeContext) -> None:
+    ctx.payload = build_payload(
+        RoleContext(ctx.cluster, ctx.role, ctx.flavor, ctx.store), ctx.work / "payload"
+    )
+    with step("write_seed", "user-data, meta-data, network-config"):
+        for name, text in ctx.payload.seed.items():
+            write_file(ctx.staged_boot, name, text.encode(), ctx.work)
+
+
+def write_payload(ctx: BakeContext) -> None:
+    with step("write_payload", f"{len(ctx.payload.steps)} steps: {', '.join(ctx.payload.features)}"):
+        put_tree(ctx.staged_boot, ctx.payload.root, "ceil")
+
+
+def edit_cmdline(ctx: BakeContext) -> None:
+    if ctx.role == "router" or not ctx.flavor.cmdline:
+        return
+    with step("edit_cmdline", " ".join(K3S_CMDLINE_FLAGS)):
+        current = read_file(ctx.staged_boot, ctx.flavor.cmdline)
+        if current is None:
+            raise CeilError(f"{ctx.flavor.cmdline} not found on the boot partition of {ctx.base.source}")
+        write_file(ctx.staged_boot, ctx.flavor.cmdline, append_cmdline(current, K3S_CMDLINE_FLAGS), ctx.work)
+
+
+def compose_image(ctx: BakeContext) -> None:
+    """Write base + staged boot partition into the partial output, hashing it on the way."""
+    with step("compose_image", f"{ctx.base.path.stat().st_size / 2**30:.1f} GiB sparse"):
+        ctx.output_sha256 = compose(ctx.base.path, ctx.boot, ctx.staged_boot, ctx.partial_output)
+
+
+def compose(base: Path, boot: Partition, staged: Path, out: Path) -> str:
+    size = base.stat().st_size
+    # 0600: the image carries the role's secrets until its first boot moves them off the card.
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(base, "rb") as fb, open(staged, "rb") as fs, os.fdopen(fd, "wb") as fo:
+        segments = [  # (fd, src offset, dst offset, length), in image order
+            (fb.fileno(), 0, 0, boot.start),
+            (fs.fileno(), 0, boot.start, boot.size),
+            (fb.fileno(), boot.end, boot.end, size - boot.end),
+        ]
+        digest = hashlib.sha256()
+        # Hash from the sources in a second thread while the kernel copies: the digest costs
+        # (almost) no extra wall time on two cores.
+        hasher = threading.Thread(
+            target=lambda: [hash_window(digest, fd, src, n) for fd, src, _, n in segments]
+        )
+        hasher.start()
+        try:
+            fo.truncate(size)
+            for fd, src, dst, n in segments:
+                copy_window(fd, fo.fileno(), src, dst, n)
+            fo.flush()
+            os.fsync(fo.fileno())
+        finally:
+            hasher.join()
+    return digest.hexdigest()
+
+
+def finish_image(ctx: BakeContext) -> None:
+    with step("finish_image", str(ctx.output)):
+        os.replace(ctx.partial_output, ctx.output)
+        manifest = {
+            "role": ctx.role,
+            "hostname": ctx.cluster.hostname(ctx.role),
+            "flavor": ctx.flavor.name,
+            "base_image": {"source": ctx.base.source, "sha256": ctx.base.sha256},
+            "output": {
+                "path": ctx.output.name,
+                "sha256": ctx.output_sha256,
+                "size": ctx.output.stat().st_size,
+                "allocated": allocated_bytes(ctx.output),
+            },
+            "config_sha256": config_hash(ctx.config_path),
+            "instance_id": ctx.payload.instance_id,
+            "features": ctx.payload.features,
+            "packages": ctx.payload.packages,
+            "ceil_version": __version__,
+            "baked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        tmp = ctx.manifest.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, ctx.manifest)
+
+
+STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, compose_image, finish_image]
+
+
+def bake(ctx: BakeContext) -> Path:
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"ceil-{ctx.role}-") as work:
+        ctx.work = Path(work)
+        try:
+            for s in STEPS:
+                s(ctx)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise CeilError(
+                    f"no space left on the device while writing {ctx.output}: free at least"
+                    f" {allocated_bytes(ctx.base.path) // 2**20} MiB in {ctx.out_dir} (or use --out)"
+                ) from None
+            raise
+        finally:
+            ctx.partial_output.unlink(missing_ok=True)
+    return ctx.output
+
+
+def clean_stale(out_dir: Path) -> None:
+    """Remove partial outputs a killed bake may have left behind."""
+    for p in out_dir.glob(".ceil-*.partial"):
+        p.unlink(missing_ok=True)
+
+
+

@@ -1,0 +1,82 @@
+"""The image catalog: one YAML file per base-image flavor in images/.
+
+A flavor is data, not code: where to download it, how its digest is known, and the facts the
+bake relies on (partition indexes and labels, where the FAT is mounted, how cloud-init finds
+the seed, which network stack renders network-config).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Partition(_Model):
+    index: int = Field(ge=1, le=4)
+    label: str
+    mount: str | None = None
+
+
+class Partitions(_Model):
+    boot: Partition
+    root: Partition
+
+
+class Seed(_Model):
+    method: Literal["fs_label", "seedfrom", "seed_dir"]
+
+
+class Flavor(_Model):
+    name: str
+    description: str
+    arch: Literal["arm64", "armhf", "amd64"]
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    checksum_url: str | None = None
+    compression: Literal["none", "xz", "zip", "gz"] = "none"
+    partitions: Partitions
+    seed: Seed
+    cmdline: str | None = "cmdline.txt"
+    network: Literal["netplan-networkd", "netplan-nm", "ifupdown"]
+    cloud_init: Literal["modern", "legacy"] = "modern"
+    # Extra kernel arguments a test bed needs (e.g. net.ifnames=0); empty for real flavors.
+    kernel_args: list[str] = Field(default_factory=list)
+
+    @property
+    def boot_mount(self) -> str:
+        return self.partitions.boot.mount or "/boot/firmware"
+
+
+def available(images_dir: Path = IMAGES_DIR) -> list[str]:
+    return sorted(p.stem for p in images_dir.glob("*.yaml"))
+
+
+def load_flavor(name: str, images_dir: Path = IMAGES_DIR) -> Flavor:
+    path = images_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"flavor: {name!r} is not a known base image; known flavors: {', '.join(available(images_dir))}"
+            f" (each is a file in {images_dir})"
+        )
+    try:
+        flavor = Flavor.model_validate(yaml.safe_load(path.read_text()))
+    except (ValidationError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is not a valid flavor file: {e}") from None
+    if flavor.name != name:
+        raise ConfigError(f"{path}: name is {flavor.name!r} but the file is {name}.yaml: make them match")
+    if flavor.url and not (flavor.sha256 or flavor.checksum_url):
+        raise ConfigError(
+            f"{path}: has a url but neither sha256 nor checksum_url: ceil never uses an unverified image"
+        )
+    return flavor

@@ -1,0 +1,133 @@
+"""The command line: `python bake.py --role NAME | --all`, plus subcommands.
+
+Every failure the user can act on is a CeilError, printed as one paragraph with exit status 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .bakery import BakeContext, bake, clean_stale
+from .config import load_cluster
+from .errors import CeilError
+from .secrets import SecretStore
+from .tools import check_tools
+from .ui import console
+
+EPILOG = """\b
+Examples:
+  python bake.py --role router              out/ceil-router.img
+  python bake.py --all                      router + every node in cluster.yaml
+  python bake.py --role one --base-image ./ubuntu.img.xz --config other.yaml --out build
+  python bake.py doctor                     which host tools are present, and why they are needed
+"""
+
+
+@click.group(invoke_without_command=True, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--role", "roles", multiple=True, metavar="NAME", help="Role to bake: router or a node name from cluster.yaml (repeatable).")
+@click.option("--all", "all_roles", is_flag=True, help="Bake the router and every node.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True, help="The cluster description.")
+@click.option("--base-image", type=click.Path(path_type=Path), help="Use this local image (.img, .img.xz, .zip) instead of downloading the flavor's.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True, help="Where images and manifests are written.")
+@click.option("--secrets", "secrets_dir", type=click.Path(path_type=Path), help="Secrets folder [default: secrets/ next to the config].")
+@click.version_option(__version__, prog_name="ceil")
+@click.pass_context
+def cli(ctx, roles, all_roles, config_path, base_image, out_dir, secrets_dir):
+    """Bake ready-to-flash SD-card images for a self-provisioning Raspberry Pi k3s cluster.
+
+    Each image configures its machine on first boot: the router (uplink, DHCP/DNS, NAT, firewall,
+    NTP, VPN, DDNS, registries, PiWatch) and the nodes (a k3s cluster with keys made here).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(config_path=config_path, out_dir=out_dir, secrets_dir=secrets_dir)
+    if ctx.invoked_subcommand:
+        return
+    if not roles and not all_roles:
+        click.echo(ctx.get_help())
+        raise click.UsageError("say what to bake: --role NAME (router, one, ...) or --all")
+    cluster = load_cluster(config_path)
+    chosen = cluster.roles if all_roles else list(dict.fromkeys(roles))
+    for r in chosen:
+        if r != "router":
+            cluster.node(r)
+    check_tools("bake")
+    store = SecretStore(secrets_dir or config_path.parent / "secrets")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale(out_dir)
+    for r in chosen:
+        start = time.monotonic()
+        console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
+        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image))
+        console.print(f"[green]wrote {path}[/green] in {time.monotonic() - start:.1f}s")
+
+
+@cli.command()
+def doctor():
+    """Which host tools are present, what each is for, and how to install the missing ones."""
+    from rich.table import Table
+
+    from .tools import doctor_rows
+
+    table = Table("tool", "found", "for", "why", "install")
+    missing = 0
+    for name, found, purpose, why, hint in doctor_rows():
+        missing += not found and purpose == "bake"
+        table.add_row(name, "[green]yes[/green]" if found else "[red]no[/red]", purpose, why, "" if found else hint)
+    console.print(table)
+    if missing:
+        raise CeilError(f"{missing} tool(s) needed for baking are missing: install them as shown above")
+
+
+@cli.command()
+def flavors():
+    """List the base-image flavors (images/*.yaml)."""
+    from .catalog import available, load_flavor
+
+    for name in available():
+        f = load_flavor(name)
+        click.echo(f"{name:<22} {f.arch:<6} {f.description}")
+
+
+# Subcommands owned by other modules; each is registered only if its module is present.
+PLUGINS = [
+    ("ceil.init", "init_command"),
+    ("ceil.flash.cli", "flash_command"),
+    ("ceil.wireguard", "vpn_client_command"),
+    ("ceil.pki", "kubeconfig_command"),
+    ("ceil.status", "status_command"),
+    ("ceil.addons.cli", "addons_group"),
+    ("ceil.addons.cli", "dashboard_token_command"),
+]
+
+
+def _register_plugins() -> None:
+    for module, attr in PLUGINS:
+        try:
+            command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_plugins()
+    try:
+        cli.main(args=argv, prog_name="bake.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except CeilError as e:
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted: nothing half-written was kept")
+        sys.exit(130)

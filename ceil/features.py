@@ -1,0 +1,179 @@
+"""First-boot features: which apply to a role, and rendering them into a payload tree.
+
+A feature is a folder firstboot/<name>/ (see docs/features.md): feature.yaml says which roles
+and when, units/ lib/ etc/ hold files and Jinja2 templates, an optional hooks module adds
+template context and secret files. Adding a feature needs no change here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import jinja2
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .catalog import Flavor
+from .config import Cluster, Node
+from .errors import ConfigError
+from .secrets import SecretStore
+
+FIRSTBOOT_DIR = Path(__file__).resolve().parent.parent / "firstboot"
+TREES = ("units", "lib", "etc")
+RoleKind = Literal["router", "server", "agent", "node", "all"]
+
+
+class FeatureSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    description: str
+    roles: list[RoleKind]
+    when: str | list[str] | None = None
+    packages: list[str] = Field(default_factory=list)
+    hooks: str | None = None
+    # Lower runs first in listings; systemd ordering itself comes from the units' After=.
+    order: int = 50
+
+
+@dataclass
+class Feature:
+    name: str
+    path: Path
+    spec: FeatureSpec
+    hooks: ModuleType | None = field(default=None, repr=False)
+
+    def hook(self, name: str):
+        return getattr(self.hooks, name, None) if self.hooks else None
+
+
+def load_features(root: Path = FIRSTBOOT_DIR) -> list[Feature]:
+    features = []
+    for spec_file in sorted(root.glob("*/feature.yaml")):
+        try:
+            spec = FeatureSpec.model_validate(yaml.safe_load(spec_file.read_text()))
+        except (ValidationError, yaml.YAMLError) as e:
+            raise ConfigError(f"{spec_file} is not a valid feature file: {e}") from None
+        hooks = importlib.import_module(spec.hooks) if spec.hooks else None
+        features.append(Feature(spec_file.parent.name, spec_file.parent, spec, hooks))
+    return sorted(features, key=lambda f: (f.spec.order, f.name))
+
+
+def role_kinds(cluster: Cluster, role: str) -> set[str]:
+    if role == "router":
+        return {"router", "all"}
+    return {cluster.node(role).role, "node", "all"}
+
+
+def _truthy(cluster: Cluster, dotted: str) -> bool:
+    value: object = cluster
+    for part in dotted.split("."):
+        if not hasattr(value, part):
+            raise ConfigError(f"feature condition {dotted!r} names no cluster.yaml key")
+        value = getattr(value, part)
+    return bool(value)
+
+
+def applies(feature: Feature, cluster: Cluster, role: str) -> bool:
+    if not role_kinds(cluster, role) & set(feature.spec.roles):
+        return False
+    when = feature.spec.when
+    conditions = [when] if isinstance(when, str) else (when or [])
+    return all(_truthy(cluster, c) for c in conditions)
+
+
+def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR) -> list[Feature]:
+    return [f for f in load_features(root) if applies(f, cluster, role)]
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleContext:
+    """Everything a role's templates may refer to."""
+
+    cluster: Cluster
+    role: str
+    flavor: Flavor
+    store: SecretStore
+
+    @property
+    def node(self) -> Node | None:
+        return None if self.role == "router" else self.cluster.node(self.role)
+
+    def template_vars(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "role": self.role,
+            "node": self.node,
+            "hostname": self.cluster.hostname(self.role),
+            "fqdn": self.cluster.fqdn(self.role),
+            "flavor": self.flavor,
+            "boot_mount": self.flavor.boot_mount,
+        }
+
+
+def jinja_env(search: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(search)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass
+class RenderedPayload:
+    features: list[str]
+    packages: list[str]
+    units: list[str]
+    secrets: dict[str, bytes]
+
+
+def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) -> RenderedPayload:
+    """Render every applicable feature's trees into `dest` (units/, lib/, etc/)."""
+    chosen = features_for(ctx.cluster, ctx.role, root)
+    base_vars = ctx.template_vars()
+    packages: list[str] = []
+    secrets: dict[str, bytes] = {}
+    for feature in chosen:
+        if check := feature.hook("check"):
+            check(ctx.cluster, ctx.role)
+        variables = dict(base_vars)
+        if context := feature.hook("context"):
+            variables.update(context(ctx.cluster, ctx.role, ctx.store))
+        _render_tree(feature, variables, dest)
+        packages += [p for p in feature.spec.packages if p not in packages]
+        if secret_files := feature.hook("secret_files"):
+            for name, value in secret_files(ctx.cluster, ctx.role, ctx.store).items():
+                if name in secrets:
+                    raise ConfigError(f"two features write the secret file {name!r}")
+                secrets[name] = value.encode() if isinstance(value, str) else value
+    units = sorted(p.name for p in (dest / "units").glob("*") if p.is_file()) if (dest / "units").is_dir() else []
+    return RenderedPayload([f.name for f in chosen], packages, units, secrets)
+
+
+def _render_tree(feature: Feature, variables: dict, dest: Path) -> None:
+    env = jinja_env(feature.path)
+    for tree in TREES:
+        src_root = feature.path / tree
+        if not src_root.is_dir():
+            continue
+        for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
+            rel = src.relative_to(feature.path)
+            target = dest / (str(rel)[: -len(".j2")] if src.suffix == ".j2" else str(rel))
+            if target.exists():
+                raise ConfigError(f"feature {feature.name}: {rel} is also written by another feature")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix == ".j2":
+                try:
+                    text = env.get_template(rel.as_posix()).render(**variables)
+                except jinja2.TemplateError as e:
+                    raise ConfigError(f"firstboot/{feature.name}/{rel}: template error: {e}") from None
+                target.write_text(text)
+            else:
+                target.write_bytes(src.read_bytes())

@@ -1,0 +1,56 @@
+"""Host tools: checked before any work, each with why it is needed and how to install it."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass
+
+from .errors import CeilError
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    why: str
+    debian: str
+    brew: str
+    needed_for: str  # "bake", "test" or "flash"
+
+
+TOOLS = [
+    Tool("mcopy", "writes the seed and payload into the boot (FAT) partition", "mtools", "mtools", "bake"),
+    Tool("mtype", "reads cmdline.txt from the boot partition", "mtools", "mtools", "bake"),
+    Tool("mmd", "creates folders on the boot partition", "mtools", "mtools", "bake"),
+    Tool("mdel", "replaces files on the boot partition", "mtools", "mtools", "bake"),
+    Tool("fsck.vfat", "checks baked boot partitions (image tests)", "dosfstools", "dosfstools", "test"),
+    Tool("mkfs.vfat", "builds synthetic base images (image tests)", "dosfstools", "dosfstools", "test"),
+    Tool("e2fsck", "checks root partitions (image tests)", "e2fsprogs", "e2fsprogs", "test"),
+    Tool("mkfs.ext4", "builds synthetic base images (image tests)", "e2fsprogs", "e2fsprogs", "test"),
+    Tool("sfdisk", "writes partition tables of synthetic images (image tests)", "fdisk", "util-linux", "test"),
+    Tool("cloud-init", "validates rendered user-data (`cloud-init schema`)", "cloud-init", "(Linux only)", "test"),
+    Tool("dnsmasq", "validates the router's DHCP/DNS config (`dnsmasq --test`)", "dnsmasq-base", "dnsmasq", "test"),
+    Tool("nft", "validates the router's firewall (`nft -c`)", "nftables", "(Linux only)", "test"),
+    Tool("wg", "checks WireGuard keys", "wireguard-tools", "wireguard-tools", "test"),
+    Tool("openssl", "verifies the k3s certificate chains", "openssl", "openssl", "test"),
+    Tool("qemu-system-aarch64", "boots arm64 test beds (e2e)", "qemu-system-arm", "qemu", "test"),
+    Tool("mmdebstrap", "builds the test-bed root file system (e2e)", "mmdebstrap", "(Linux only)", "test"),
+]
+
+
+def install_hint(tool: Tool) -> str:
+    if platform.system() == "Darwin":
+        return f"brew install {tool.brew}"
+    return f"sudo apt install {tool.debian}"
+
+
+def check_tools(purpose: str = "bake") -> None:
+    """Fail before any work if a tool `purpose` needs is missing, saying why and how to install."""
+    missing = [t for t in TOOLS if t.needed_for == purpose and shutil.which(t.name) is None]
+    if missing:
+        lines = [f"{t.name} not found: it {t.why} ({install_hint(t)})" for t in missing]
+        raise CeilError("missing host tools:\n  " + "\n  ".join(lines) + "\n  (`python bake.py doctor` lists all)")
+
+
+def doctor_rows() -> list[tuple[str, bool, str, str, str]]:
+    return [(t.name, shutil.which(t.name) is not None, t.needed_for, t.why, install_hint(t)) for t in TOOLS]

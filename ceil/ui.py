@@ -1,0 +1,45 @@
+"""Console output: step logging with durations and progress bars, on stderr (stdout stays for data)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def step(name: str, detail: str = "") -> Iterator[None]:
+    """Log a bake step's name and how long it took."""
+    start = time.monotonic()
+    yield
+    took = time.monotonic() - start
+    console.print(f"[dim]  {name:<16}[/dim] {detail} [dim]({took:.2f}s)[/dim]")
+
+
+@contextlib.contextmanager
+def byte_progress(description: str, total: int | None) -> Iterator[callable]:
+    """A bytes progress bar; yields `advance(n)`. Quiet when stderr is not a terminal."""
+    with Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

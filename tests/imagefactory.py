@@ -1,0 +1,44 @@
+"""Synthetic base images in a flavor's real layout (MBR, FAT32 boot with its label, ext4 root
+with its label), built rootless with sfdisk, mkfs.vfat --offset and mkfs.ext4 -E offset."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from ceil.catalog import Flavor
+
+MiB = 1024 * 1024
+
+
+def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: int = 96, total_mib: int | None = None) -> Path:
+    boot_start = 4 * MiB
+    root_start = boot_start + boot_mib * MiB
+    size = total_mib * MiB if total_mib else root_start + root_mib * MiB
+    with open(path, "wb") as f:
+        f.truncate(size)
+    layout = (
+        "label: dos\n"
+        f"start={boot_start // 512}, size={boot_mib * MiB // 512}, type=c\n"
+        f"start={root_start // 512}, size={(size - root_start) // 512}, type=83\n"
+    )
+    subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(path)], input=layout.encode(), check=True)
+    subprocess.run(
+        ["mkfs.vfat", "-F", "32", "-n", flavor.partitions.boot.label, "--offset", str(boot_start // 512),
+         str(path), str(boot_mib * 1024)],
+        check=True, capture_output=True,
+    )
+    root_dir = path.parent / f"{path.stem}-rootfs"
+    (root_dir / "etc").mkdir(parents=True, exist_ok=True)
+    (root_dir / "etc" / "os-release").write_text(f"PRETTY_NAME=\"synthetic {flavor.name}\"\n")
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", flavor.partitions.root.label, "-E", f"offset={root_start}",
+         "-d", str(root_dir), str(path), f"{(size - root_start) // 1024}k"],
+        check=True, capture_output=True,
+    )
+    if flavor.cmdline:
+        cmdline = path.parent / "cmdline.txt"
+        cmdline.write_text(f"console=serial0,115200 root=LABEL={flavor.partitions.root.label} rootfstype=ext4 rootwait\n")
+        subprocess.run(["mcopy", "-i", f"{path}@@{boot_start}", str(cmdline), "::/cmdline.txt"], check=True,
+                       env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    return path
