@@ -1,0 +1,231 @@
+"""Build the PiWatch bundle that the router image carries: wheels + deploy files, for offline install.
+
+Why wheels and a venv: the router's distro packages are too old (pydantic v1 on several
+flavors), and the router may not have its uplink on first boot. So the workstation downloads
+binary wheels for the router's CPU and Python with `pip download --platform ...`, caches them
+under ~/.cache/ceil/wheels/<key>, and the router installs them with
+`pip install --no-index --find-links` into /opt/ceil/piwatch/venv (see deploy/install-piwatch.sh).
+PiWatch itself ships as a small pure-Python wheel built here with the standard library.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import piwatch
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(piwatch.__file__).parent
+DEPLOY_DIR = PACKAGE_DIR / "deploy"
+
+# What the router needs at runtime; kept in step with pyproject's `piwatch` extra.
+REQUIREMENTS = (
+    "fastapi>=0.110,<1",
+    "uvicorn>=0.29,<1",
+    "gpiozero>=2.0,<3",
+    "pydantic>=2.6,<3",
+    "pydantic-settings>=2.2,<3",
+    "pyyaml>=6.0,<7",
+)
+# pip itself: the router runs it from its wheel, so python3-venv/ensurepip need not be installed.
+TOOLS = ("pip",)
+# No GPIO library wheel: lgpio publishes no aarch64 binary wheel, and the only binary "lgpio" on
+# PyPI (0.0.0.2) is an empty placeholder that would shadow the real module. The venv sees the
+# distro's python3-lgpio / python3-rpi.gpio instead (install-piwatch.sh: --system-site-packages).
+NEVER_BUNDLE = ("lgpio", "rpi-gpio", "rpi.gpio")
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+class BundleError(RuntimeError):
+    pass
+
+
+def python_version(python_tag: str) -> str:
+    """"cp311" -> "3.11", the form `pip download --python-version` documents."""
+    if not (python_tag.startswith("cp") and python_tag[2:].isdigit() and len(python_tag) >= 4):
+        raise BundleError(f"python_tag must look like 'cp311' (CPython 3.11), got {python_tag!r}")
+    digits = python_tag[2:]
+    return f"{digits[0]}.{digits[1:]}"
+
+
+def _platforms(platform: str | Sequence[str]) -> list[str]:
+    return [platform] if isinstance(platform, str) else list(platform)
+
+
+def cache_key(python_tag: str, platform: str | Sequence[str], requirements: Sequence[str]) -> str:
+    """Same inputs -> same cache directory; any change of requirement or target -> a new one."""
+    blob = json.dumps([python_tag, sorted(_platforms(platform)), sorted(requirements)])
+    return f"{python_tag}-{'+'.join(_platforms(platform))}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def default_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ceil" / "wheels"
+
+
+def pip_download_command(
+    dest: Path,
+    requirements: Sequence[str],
+    *,
+    python_tag: str = "cp311",
+    platform: str | Sequence[str] = "manylinux2014_aarch64",
+    pip: Sequence[str] = (sys.executable, "-m", "pip"),
+) -> list[str]:
+    """The `pip download` call for another machine's Python: binary wheels only, since nothing
+    can be compiled for the router here (pip refuses --platform without --only-binary)."""
+    cmd = [*pip, "download", "--disable-pip-version-check", "--progress-bar", "off",
+           "--only-binary=:all:", "--dest", str(dest),
+           "--python-version", python_version(python_tag),
+           "--implementation", "cp", "--abi", python_tag]
+    for plat in _platforms(platform):
+        cmd += ["--platform", plat]
+    return cmd + list(requirements)
+
+
+def fetch_wheels(
+    *,
+    python_tag: str = "cp311",
+    platform: str | Sequence[str] = "manylinux2014_aarch64",
+    requirements: Sequence[str] = REQUIREMENTS + TOOLS,
+    cache_root: Path | None = None,
+    runner: Runner = subprocess.run,
+    pip: Sequence[str] = (sys.executable, "-m", "pip"),
+) -> Path:
+    """Download (once) the wheels for the target into the cache; returns the cache directory."""
+    cache_root = cache_root or default_cache_root()
+    key = cache_key(python_tag, platform, requirements)
+    final = cache_root / key
+    if (final / ".complete").is_file():
+        log.info("wheels for %s: cached in %s", key, final)
+        return final
+    # Download into a scratch directory and rename at the end, so an interrupted download never
+    # looks like a complete cache entry.
+    scratch = cache_root / f".{key}.partial-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        cmd = pip_download_command(scratch, requirements, python_tag=python_tag,
+                                   platform=platform, pip=pip)
+        done = runner(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BundleError(
+                f"pip download failed for {python_tag}/{'+'.join(_platforms(platform))}"
+                f" (exit {done.returncode}): {' '.join(cmd)}\n{(done.stderr or '').strip()[-2000:]}\n"
+                "Check the python tag matches the router's python3 and that every requirement"
+                " publishes a binary wheel for that platform."
+            )
+        wheels = sorted(p.name for p in scratch.glob("*.whl"))
+        if not wheels:
+            raise BundleError(f"pip download produced no wheels in {scratch}")
+        shadowing = [w for w in wheels if w.split("-")[0].lower().replace("_", "-") in NEVER_BUNDLE]
+        if shadowing:
+            raise BundleError(f"refusing to bundle {shadowing}: a GPIO library wheel would shadow"
+                              " the router's distro package (see NEVER_BUNDLE in piwatch/bundle.py)")
+        (scratch / ".complete").write_text("\n".join(wheels) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        scratch.rename(final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"sha256={digest}"
+
+
+def build_piwatch_wheel(dest: Path, requirements: Sequence[str] = REQUIREMENTS) -> Path:
+    """A py3-none-any wheel of the piwatch package, byte-for-byte reproducible.
+
+    Built by hand because piwatch lives inside the ceil project: `pip wheel .` would package all
+    of ceil and its workstation dependencies, which the router does not want."""
+    version = piwatch.__version__
+    dist_info = f"piwatch-{version}.dist-info"
+    files: list[tuple[str, bytes]] = []
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        rel = path.relative_to(PACKAGE_DIR)
+        if path.is_dir() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        files.append((f"piwatch/{rel.as_posix()}", path.read_bytes()))
+    metadata = "\n".join([
+        "Metadata-Version: 2.1", "Name: piwatch", f"Version: {version}",
+        "Summary: Kubernetes events as traffic lights on the ceil router",
+        "Requires-Python: >=3.10", *(f"Requires-Dist: {r}" for r in requirements), "",
+    ])
+    wheel_meta = "Wheel-Version: 1.0\nGenerator: ceil piwatch.bundle\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files += [(f"{dist_info}/METADATA", metadata.encode()), (f"{dist_info}/WHEEL", wheel_meta.encode())]
+    record = "".join(f"{name},{_record_hash(data)},{len(data)}\n" for name, data in files)
+    record += f"{dist_info}/RECORD,,\n"
+    files.append((f"{dist_info}/RECORD", record.encode()))
+
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / f"piwatch-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return out
+
+
+def build_wheelhouse(
+    dest: Path,
+    python_tag: str = "cp311",
+    platform: str | Sequence[str] = "manylinux2014_aarch64",
+    *,
+    cache_root: Path | None = None,
+    runner: Runner = subprocess.run,
+    pip: Sequence[str] = (sys.executable, "-m", "pip"),
+) -> list[Path]:
+    """Fill `dest` with every wheel the router needs (dependencies, pip, piwatch itself)."""
+    cached = fetch_wheels(python_tag=python_tag, platform=platform, cache_root=cache_root,
+                          runner=runner, pip=pip)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for wheel in sorted(cached.glob("*.whl")):
+        shutil.copy2(wheel, dest / wheel.name)
+        out.append(dest / wheel.name)
+    out.append(build_piwatch_wheel(dest))
+    return out
+
+
+def render_env(
+    host: str, port: int = 8080, reactions_file: str | None = "/etc/ceil/piwatch-reactions.yaml"
+) -> str:
+    """/etc/ceil/piwatch.env for the router: bound to its LAN address, never the uplink."""
+    lines = ["# Written by ceil from cluster.yaml; see docs/piwatch.md for every setting.",
+             f"PIWATCH_HOST={host}", f"PIWATCH_PORT={port}"]
+    if reactions_file:
+        lines.append(f"PIWATCH_REACTIONS_FILE={reactions_file}")
+    return "\n".join(lines) + "\n"
+
+
+def build_bundle(
+    dest: Path,
+    python_tag: str = "cp311",
+    platform: str | Sequence[str] = "manylinux2014_aarch64",
+    **kwargs,
+) -> Path:
+    """The directory the router role copies to /opt/ceil/piwatch/bundle on the image."""
+    wheels = build_wheelhouse(dest / "wheels", python_tag, platform, **kwargs)
+    piwatch_wheel = next(w for w in wheels if w.name.startswith("piwatch-"))
+    (dest / "requirements.txt").write_text(f"piwatch=={piwatch.__version__}\n")
+    for name in ("install-piwatch.sh", "ceil-piwatch.service"):
+        shutil.copy2(DEPLOY_DIR / name, dest / name)
+    (dest / "install-piwatch.sh").chmod(0o755)
+    shutil.copy2(PACKAGE_DIR / "reactions.yaml", dest / "reactions.yaml")
+    log.info("piwatch bundle in %s (%d wheels, %s)", dest, len(wheels), piwatch_wheel.name)
+    return dest

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Install PiWatch on the router from the offline bundle: a venv under /opt/ceil/piwatch/venv
+# filled only from the bundled wheels, and the ceil-piwatch system user. Idempotent: a marker
+# keyed by the bundle's contents makes a re-run (reboot, power loss) a no-op, and a new
+# bundle (re-bake) a fresh install. Usage: install-piwatch.sh [BUNDLE_DIR]
+set -eu
+
+BUNDLE=${1:-/opt/ceil/piwatch/bundle}
+# Overridable so the test suite can install into a scratch directory without root.
+PREFIX=${CEIL_PIWATCH_PREFIX:-/opt/ceil/piwatch}
+ETC=${CEIL_ETC:-/etc/ceil}
+VENV=$PREFIX/venv
+USER_NAME=ceil-piwatch
+
+[ -d "$BUNDLE/wheels" ] || { echo "install-piwatch: no wheels in $BUNDLE/wheels (was the bundle baked in?)" >&2; exit 1; }
+key=$(cd "$BUNDLE" && ls wheels requirements.txt | sha256sum | cut -c1-16)
+marker=$PREFIX/.installed-$key
+if [ -f "$marker" ] && [ -x "$VENV/bin/python" ]; then
+    echo "install-piwatch: already installed ($marker)"
+    exit 0
+fi
+
+pip_wheel=$(ls "$BUNDLE"/wheels/pip-*.whl 2>/dev/null | head -n 1)
+[ -n "$pip_wheel" ] || { echo "install-piwatch: no pip wheel in $BUNDLE/wheels" >&2; exit 1; }
+
+# --without-pip: Debian/Ubuntu split ensurepip into python3-venv, which images may lack; pip runs
+# from its own wheel instead. --system-site-packages: the distro's GPIO modules (python3-lgpio,
+# python3-rpi.gpio) stay importable, while the venv's own pydantic v2 shadows the distro's v1.
+install -d -m 0755 "$PREFIX"
+rm -rf "$VENV.new"
+python3 -m venv --without-pip --system-site-packages "$VENV.new"
+"$VENV.new/bin/python" "$pip_wheel/pip" install --no-index --find-links "$BUNDLE/wheels" \
+    --disable-pip-version-check -r "$BUNDLE/requirements.txt"
+# Prove the venv resolves the right libraries before switching to it.
+"$VENV.new/bin/python" -c 'import pydantic, piwatch.app; assert pydantic.VERSION.startswith("2"), pydantic.VERSION'
+rm -rf "$VENV"
+mv "$VENV.new" "$VENV"
+# The venv records its own path in scripts; "python -m piwatch" does not depend on them.
+
+if [ "$(id -u)" = 0 ]; then
+    if ! id "$USER_NAME" >/dev/null 2>&1; then
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$USER_NAME"
+    fi
+    # gpio owns the GPIO device nodes on Raspberry Pi OS, dialout on Ubuntu's raspi images.
+    for group in gpio dialout; do
+        if getent group "$group" >/dev/null; then usermod -aG "$group" "$USER_NAME"; fi
+    done
+else
+    echo "install-piwatch: not root, skipping the $USER_NAME user" >&2
+fi
+
+install -d -m 0755 "$ETC"
+# Keep an edited reactions file across re-installs.
+[ -f "$ETC/piwatch-reactions.yaml" ] || install -m 0644 "$BUNDLE/reactions.yaml" "$ETC/piwatch-reactions.yaml"
+
+rm -f "$PREFIX"/.installed-*
+touch "$marker"
+sync
+echo "install-piwatch: installed into $VENV"

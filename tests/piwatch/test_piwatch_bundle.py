@@ -1,0 +1,237 @@
+"""The offline bundle: pip command construction, caching, the hand-built piwatch wheel, and the
+deploy files. Only the test marked e2e talks to the package index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+import piwatch
+from piwatch import bundle
+from piwatch.bundle import (BundleError, build_bundle, build_piwatch_wheel, cache_key,
+                            fetch_wheels, pip_download_command, python_version, render_env)
+
+DEPLOY = Path(piwatch.__file__).parent / "deploy"
+
+
+class FakePip:
+    """Stands in for `pip download`: records the command and drops fake wheels into --dest."""
+
+    def __init__(self, wheels=("fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl"),
+                 returncode=0):
+        self.calls: list[list[str]] = []
+        self.wheels, self.returncode = wheels, returncode
+
+    def __call__(self, cmd, **kwargs):
+        self.calls.append(cmd)
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        for name in self.wheels:
+            (dest / name).write_bytes(b"wheel")
+        return subprocess.CompletedProcess(cmd, self.returncode, "", "ERROR: no matching distribution")
+
+
+def test_pip_download_command_targets_the_router(tmp_path):
+    cmd = pip_download_command(tmp_path, ["fastapi>=0.110,<1"], python_tag="cp312",
+                               platform="manylinux2014_aarch64", pip=["pip"])
+    assert cmd[:2] == ["pip", "download"]
+    assert "--only-binary=:all:" in cmd  # nothing can be compiled for another CPU here
+    pairs = dict(zip(cmd, cmd[1:]))
+    assert pairs["--python-version"] == "3.12"
+    assert pairs["--implementation"] == "cp"
+    assert pairs["--abi"] == "cp312"
+    assert pairs["--platform"] == "manylinux2014_aarch64"
+    assert pairs["--dest"] == str(tmp_path)
+    assert cmd[-1] == "fastapi>=0.110,<1"
+
+
+def test_several_platforms(tmp_path):
+    cmd = pip_download_command(tmp_path, ["x"], platform=["manylinux_2_36_aarch64", "linux_aarch64"])
+    platforms = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--platform"]
+    assert platforms == ["manylinux_2_36_aarch64", "linux_aarch64"]
+
+
+@pytest.mark.parametrize("tag,version", [("cp311", "3.11"), ("cp39", "3.9"), ("cp313", "3.13")])
+def test_python_version(tag, version):
+    assert python_version(tag) == version
+
+
+@pytest.mark.parametrize("tag", ["311", "py3", "cpython311", "cp3"])
+def test_bad_python_tag(tag):
+    with pytest.raises(BundleError, match="cp311"):
+        python_version(tag)
+
+
+def test_cache_key_changes_with_every_input():
+    base = cache_key("cp311", "manylinux2014_aarch64", ["a", "b"])
+    assert base == cache_key("cp311", "manylinux2014_aarch64", ["b", "a"])
+    assert base.startswith("cp311-manylinux2014_aarch64-")
+    assert base != cache_key("cp312", "manylinux2014_aarch64", ["a", "b"])
+    assert base != cache_key("cp311", "manylinux2014_armv7l", ["a", "b"])
+    assert base != cache_key("cp311", "manylinux2014_aarch64", ["a", "b>=2"])
+
+
+def test_default_cache_root_honours_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert bundle.default_cache_root() == tmp_path / "ceil" / "wheels"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert bundle.default_cache_root() == Path.home() / ".cache" / "ceil" / "wheels"
+
+
+def test_fetch_wheels_downloads_once_then_uses_the_cache(tmp_path):
+    pip = FakePip()
+    first = fetch_wheels(cache_root=tmp_path, runner=pip)
+    assert len(pip.calls) == 1
+    assert sorted(p.name for p in first.glob("*.whl")) == sorted(pip.wheels)
+    assert (first / ".complete").is_file()
+    assert fetch_wheels(cache_root=tmp_path, runner=pip) == first
+    assert len(pip.calls) == 1, "second call must come from the cache"
+    assert [p.name for p in tmp_path.iterdir()] == [first.name], "no scratch directory left"
+
+
+def test_a_failed_download_leaves_no_cache_entry(tmp_path):
+    with pytest.raises(BundleError) as exc:
+        fetch_wheels(cache_root=tmp_path, runner=FakePip(returncode=1))
+    assert "pip download failed" in str(exc.value) and "no matching distribution" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpio_library_wheels_are_refused(tmp_path):
+    pip = FakePip(wheels=("lgpio-0.0.0.2-py3-none-any.whl", "fastapi-1.0-py3-none-any.whl"))
+    with pytest.raises(BundleError, match="lgpio"):
+        fetch_wheels(cache_root=tmp_path, runner=pip)
+
+
+def test_piwatch_wheel_is_complete_and_reproducible(tmp_path):
+    a = build_piwatch_wheel(tmp_path / "a")
+    b = build_piwatch_wheel(tmp_path / "b")
+    assert a.name == f"piwatch-{piwatch.__version__}-py3-none-any.whl"
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as zf:
+        names = set(zf.namelist())
+        for needed in ("piwatch/__main__.py", "piwatch/app.py", "piwatch/reactions.yaml",
+                       "piwatch/static/index.html", "piwatch/deploy/ceil-piwatch.service"):
+            assert needed in names, needed
+        assert not any("__pycache__" in n for n in names)
+        meta = zf.read(f"piwatch-{piwatch.__version__}.dist-info/METADATA").decode()
+        assert "Requires-Dist: pydantic>=2.6,<3" in meta
+        assert "Requires-Dist: fastapi" in meta
+
+
+def test_piwatch_wheel_installs_with_pip(tmp_path):
+    """pip itself checks RECORD hashes and metadata; install offline with no dependencies."""
+    wheel = build_piwatch_wheel(tmp_path / "w")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
+                    "--disable-pip-version-check", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    assert (target / "piwatch" / "reactions.yaml").is_file()
+    assert (target / "piwatch" / "static" / "index.html").is_file()
+
+
+def test_build_bundle_layout(tmp_path):
+    out = build_bundle(tmp_path / "bundle", cache_root=tmp_path / "cache", runner=FakePip())
+    assert (out / "requirements.txt").read_text() == f"piwatch=={piwatch.__version__}\n"
+    assert os.access(out / "install-piwatch.sh", os.X_OK)
+    assert (out / "ceil-piwatch.service").is_file()
+    assert (out / "reactions.yaml").is_file()
+    wheels = sorted(p.name for p in (out / "wheels").iterdir())
+    assert wheels == sorted(["fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl",
+                             f"piwatch-{piwatch.__version__}-py3-none-any.whl"])
+
+
+def test_render_env_is_read_back_by_settings(tmp_path, monkeypatch):
+    from piwatch.settings import Settings
+
+    text = render_env("10.42.0.1", 8080)
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            monkeypatch.setenv(key, value)
+    s = Settings()
+    assert (s.host, s.port) == ("10.42.0.1", 8080)
+    assert s.reactions_file == Path("/etc/ceil/piwatch-reactions.yaml")
+
+
+def test_service_unit_directives():
+    unit = (DEPLOY / "ceil-piwatch.service").read_text()
+    for line in ("EnvironmentFile=/etc/ceil/piwatch.env",
+                 "ExecStart=/opt/ceil/piwatch/venv/bin/python -m piwatch",
+                 "Restart=on-failure", "User=ceil-piwatch", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "WantedBy=multi-user.target"):
+        assert line in unit.splitlines(), line
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_units_parse_and_are_hardened(tmp_path):
+    units = [DEPLOY / "ceil-piwatch.service", DEPLOY / "ceil-piwatch-install.service"]
+    done = subprocess.run(["systemd-analyze", "verify", *map(str, units)],
+                          capture_output=True, text=True)
+    # The executables exist only on the router; anything else (unknown keys, bad values) fails.
+    problems = [l for l in (done.stdout + done.stderr).splitlines()
+                if l.strip() and "is not executable: No such file or directory" not in l]
+    assert problems == []
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(units[0], root / "etc/systemd/system")
+    done = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}",
+                           "--no-pager", "ceil-piwatch.service"], capture_output=True, text=True)
+    level = [l for l in done.stdout.splitlines() if "Overall exposure level" in l]
+    assert level, done.stdout + done.stderr
+    assert float(level[0].split(":")[1].split()[0]) <= 3.0, level[0]
+
+
+def test_install_script_is_valid_sh():
+    subprocess.run(["sh", "-n", str(DEPLOY / "install-piwatch.sh")], check=True)
+
+
+def _host_platform_tag() -> str:
+    import platform
+
+    return f"manylinux2014_{platform.machine()}"
+
+
+@pytest.mark.e2e
+def test_bundle_installs_offline_and_serves(tmp_path):
+    """Real `pip download` for this machine's CPU, then the router's install script, offline,
+    into a scratch prefix, then `python -m piwatch` answering /healthz on mock pins."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    out = build_bundle(tmp_path / "bundle", tag, _host_platform_tag())
+    prefix, etc = tmp_path / "opt", tmp_path / "etc"
+    env = {**os.environ, "CEIL_PIWATCH_PREFIX": str(prefix), "CEIL_ETC": str(etc),
+           "PIP_NO_INDEX": "1"}
+    for _ in range(2):  # the second run must be a no-op
+        done = subprocess.run([str(out / "install-piwatch.sh"), str(out)], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "already installed" in done.stdout
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_env = {"PATH": os.environ["PATH"], "PIWATCH_HOST": "127.0.0.1", "PIWATCH_PORT": str(port),
+               "PIWATCH_REACTIONS_FILE": str(etc / "piwatch-reactions.yaml")}
+    proc = subprocess.Popen([str(prefix / "venv/bin/python"), "-m", "piwatch"], env=run_env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).json()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "piwatch did not come up"
+                time.sleep(0.3)
+        assert health["status"] == "ok" and health["gpio"] == "mock"
+    finally:
+        proc.terminate()
+        proc.wait(10)
