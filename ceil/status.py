@@ -1,0 +1,109 @@
+"""`python bake.py status`: the cluster's first-boot progress, read from the router's status board.
+
+The router (feature firstboot/status-board) collects every node's report; this command fetches
+its JSON over plain HTTP on the LAN (or the VPN): no SSH, no keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from .config import load_cluster
+from .errors import CeilError
+
+STATUS_PORT = 8081  # the board's port on the router's LAN address (opened by nat-firewall)
+STATE_STYLE = {"done": "green", "failed": "bold red", "retrying": "yellow", "running": "cyan"}
+
+
+def board_url(router_ip: str) -> str:
+    return f"http://{router_ip}:{STATUS_PORT}/api/status"
+
+
+def fetch_status(url: str, timeout: float = 5.0) -> dict:
+    """The board's snapshot, or a CeilError that says why it could not be read."""
+    try:
+        resp = requests.get(url, timeout=timeout)
+        resp.raise_for_status()
+        snap = resp.json()
+    except requests.RequestException as e:
+        raise CeilError(
+            f"could not read the status board at {url}: {e}. Expected the router's board on the"
+            " cluster LAN: connect this machine to the LAN (or the VPN), wait until the router has"
+            " booted, or give the address with --url"
+        ) from None
+    except ValueError:
+        raise CeilError(f"{url} answered, but not with JSON: is that the ceil router's status board?") from None
+    if not isinstance(snap, dict) or not isinstance(snap.get("hosts"), list):
+        raise CeilError(f"{url} answered JSON without a 'hosts' list: not a ceil status board")
+    return snap
+
+
+def _age(seconds: int | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds}s ago"
+    return f"{seconds // 60}m ago"
+
+
+def status_table(snap: dict) -> Table:
+    table = Table("host", "state", "steps", "details", "last report", title=f"{snap.get('cluster', '?')}: first boot")
+    for h in snap["hosts"]:
+        state = str(h.get("state", "?"))
+        details = [f"failed: {s}" for s in h.get("failed", [])] + [f"busy: {s}" for s in h.get("busy", [])]
+        table.add_row(
+            str(h.get("hostname", h.get("name", "?"))),
+            f"[{STATE_STYLE.get(state, 'dim')}]{state}[/]",
+            f"{h.get('done', 0)}/{h.get('total', 0)}",
+            ", ".join(details),
+            _age(h.get("age")),
+        )
+    return table
+
+
+def settled(snap: dict) -> bool:
+    """Every host finished: all done, or something failed (waiting longer would not help)."""
+    states = [h.get("state") for h in snap["hosts"]]
+    return "failed" in states or all(s == "done" for s in states)
+
+
+def _resolve_url(url: str | None, config_path: Path) -> str:
+    if url:
+        return url if "/api/" in url else url.rstrip("/") + "/api/status"
+    return board_url(str(load_cluster(config_path).network.router_ip))
+
+
+@click.command("status")
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The cluster description (for the router's address).")
+@click.option("--url", default=None, help="The board's address instead, e.g. http://10.42.0.1:8081")
+@click.option("--json", "as_json", is_flag=True, help="Print the board's raw JSON.")
+@click.option("--wait", type=float, default=0, metavar="SECONDS",
+              help="Poll until every host is done (or one failed), at most this long.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="HTTP timeout in seconds.")
+def status_command(config_path: Path, url: str | None, as_json: bool, wait: float, timeout: float) -> None:
+    """Show each machine's first-boot progress, as collected by the router's status board.
+
+    Exits 1 when a host reports a failed step, 2 when --wait ran out before all were done."""
+    target = _resolve_url(url, config_path)
+    deadline = time.monotonic() + wait
+    snap = fetch_status(target, timeout)
+    while wait and not settled(snap) and time.monotonic() < deadline:
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+        snap = fetch_status(target, timeout)
+    if as_json:
+        click.echo(json.dumps(snap, indent=1))
+    else:
+        Console().print(status_table(snap))  # stdout: the table is this command's output
+    states = [h.get("state") for h in snap["hosts"]]
+    if "failed" in states:
+        raise SystemExit(1)
+    if wait and not settled(snap):
+        raise SystemExit(2)

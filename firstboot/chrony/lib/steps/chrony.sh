@@ -1,0 +1,37 @@
+#!/bin/sh
+# ceil step "chrony": install ceil's chrony drop-in (router: serve the LAN; node: sync from the
+# router) and restart chrony.
+# Idempotent: atomic replace when different; chrony.conf gets its include line only when missing.
+set -eu
+
+src=/etc/ceil/chrony/ceil.conf
+dst=/etc/chrony/conf.d/ceil.conf
+conf=/etc/chrony/chrony.conf
+
+if [ ! -s "$src" ]; then
+    echo "ceil-chrony: $src is missing: the payload is incomplete; re-bake this image" >&2
+    exit 3
+fi
+if [ ! -f "$conf" ]; then
+    echo "ceil-chrony: $conf not found: ceil-packages should have installed chrony" >&2
+    exit 1
+fi
+
+# chrony >= 4.0 (Debian 12, Ubuntu 24.04, Trixie) ships `confdir /etc/chrony/conf.d`; older ones
+# (HypriotOS / buster, chrony 3.4) do not, so add an include for the directory (one short line:
+# a power cut cannot leave half of it).
+if ! grep -Eq '^[[:space:]]*(confdir|include)[[:space:]]+/etc/chrony/conf\.d' "$conf"; then
+    printf 'include /etc/chrony/conf.d/*.conf\n' >> "$conf"
+fi
+
+mkdir -p /etc/chrony/conf.d
+if ! cmp -s "$src" "$dst"; then
+    tmp=/etc/chrony/conf.d/.ceil.conf.ceil-tmp   # not *.conf: never included half-written
+    cp "$src" "$tmp"
+    sync "$tmp" 2>/dev/null || sync
+    mv -f "$tmp" "$dst"
+fi
+
+# chrony.service on Debian/Ubuntu (chronyd.service is an alias there).
+systemctl enable chrony.service
+systemctl restart chrony.service

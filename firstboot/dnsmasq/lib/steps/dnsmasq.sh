@@ -1,0 +1,41 @@
+#!/bin/sh
+# ceil step "dnsmasq": DHCP + DNS for the cluster LAN, and the router itself resolving through it.
+# Idempotent: every file is replaced atomically and only when it differs; a re-run after a power
+# cut converges. The lease file is never touched, so reservations and leases survive.
+set -eu
+
+src=/etc/ceil/dnsmasq/ceil.conf
+dst=/etc/dnsmasq.d/ceil.conf
+
+# install_file SRC DST: atomic replace when different. The temp name starts with "." because
+# dnsmasq's conf-dir skips dot-files, so a temp left by a power cut is never read.
+install_file() {
+    if cmp -s "$1" "$2"; then return 0; fi
+    tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
+    cp "$1" "$tmp"
+    sync "$tmp" 2>/dev/null || sync
+    mv -f "$tmp" "$2"
+}
+
+if [ ! -s "$src" ]; then
+    echo "ceil-dnsmasq: $src is missing: the router payload is incomplete; re-bake the router image" >&2
+    exit 3
+fi
+if ! command -v dnsmasq >/dev/null; then
+    echo "ceil-dnsmasq: dnsmasq is not installed (ceil-packages should have installed it)" >&2
+    exit 1
+fi
+# A config the daemon would refuse is a bake bug, not a transient failure.
+if ! dnsmasq --test -C "$src" >/dev/null 2>&1; then
+    dnsmasq --test -C "$src" >&2 || true
+    echo "ceil-dnsmasq: $src does not pass 'dnsmasq --test'; fix the template and re-bake" >&2
+    exit 3
+fi
+
+mkdir -p /etc/dnsmasq.d /var/lib/misc
+install_file "$src" "$dst"
+
+systemctl enable dnsmasq.service
+systemctl restart dnsmasq.service
+
+/usr/local/lib/ceil/steps/router-resolver.sh
