@@ -1,0 +1,49 @@
+"""Hooks of the `k3s-cache` feature: the router serves k3s release files to the nodes over HTTP.
+
+The router's root file system gets a copy of the release assets the workstation has in
+~/.cache/ceil/k3s/<version>/ (k3s-arm64, sha256sum-arm64.txt, ...); the bake never downloads
+them. Nodes fetch http://<router>:K3S_CACHE_PORT/k3s/<version>/<asset> and verify every byte
+(k3s-install), so the cache needs no trust: a bad copy is refused, never run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..config import Cluster
+from ..secrets import SecretStore
+
+K3S_CACHE_PORT = 8088
+CACHE_ROOT_ON_ROUTER = "/var/lib/ceil/cache"  # served as http://router:port/ (so /k3s/<version>/...)
+
+
+def cache_url(cluster: Cluster) -> str:
+    version = cluster.kubernetes.k3s_version
+    return f"http://{cluster.network.router_ip}:{K3S_CACHE_PORT}/k3s/{version}"
+
+
+def workstation_cache(version: str) -> Path:
+    """Where the workstation keeps release files (CEIL_K3S_CACHE overrides, e.g. in tests)."""
+    base = os.environ.get("CEIL_K3S_CACHE") or Path.home() / ".cache" / "ceil" / "k3s"
+    return Path(base) / version
+
+
+def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    return {"k3s_cache": {"port": K3S_CACHE_PORT, "root": CACHE_ROOT_ON_ROUTER,
+                          "bind": str(cluster.network.router_ip)}}
+
+
+def cache_files(cluster: Cluster, arches: list[str], source: Path | None = None) -> dict[str, Path]:
+    """{absolute path in the router's root fs: workstation file} for every architecture whose
+    release files are present and verify; empty when the workstation has none (the nodes then
+    fall back to the upstream release)."""
+    from .k3s_install import verified_release_files
+
+    version = cluster.kubernetes.k3s_version
+    source = source or workstation_cache(version)
+    out: dict[str, Path] = {}
+    for arch in arches:
+        for name, path in verified_release_files(cluster, arch, source).items():
+            out[f"{CACHE_ROOT_ON_ROUTER}/k3s/{version}/{name}"] = path
+    return out

@@ -1,0 +1,103 @@
+"""Hooks of the `k3s-install` feature: where a node gets the k3s binary, and how it checks it.
+
+Sources, in order: a bundle baked into the image (/usr/local/lib/ceil/airgap/), the router's
+cache (feature k3s-cache), the upstream GitHub release. Every source is checked against the
+pinned `kubernetes.k3s_sha256`, or else against the release's sha256sum file from that source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from urllib.parse import quote
+
+from ..config import Cluster
+from ..errors import CeilError
+from ..secrets import SecretStore
+from .k3s_cache import cache_url
+
+UPSTREAM = "https://github.com/k3s-io/k3s/releases/download"
+AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
+
+# Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
+# has no suffix, and armhf's checksum and image files say "arm").
+ASSETS: dict[str, dict[str, str]] = {
+    "arm64": {"binary": "k3s-arm64", "sums": "sha256sum-arm64.txt", "images": "k3s-airgap-images-arm64"},
+    "armhf": {"binary": "k3s-armhf", "sums": "sha256sum-arm.txt", "images": "k3s-airgap-images-arm"},
+    "amd64": {"binary": "k3s", "sums": "sha256sum-amd64.txt", "images": "k3s-airgap-images-amd64"},
+}
+
+
+def upstream_url(version: str) -> str:
+    return f"{UPSTREAM}/{quote(version, safe='')}"
+
+
+def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    k8s = cluster.kubernetes
+    return {
+        "k3s_install": {
+            "version": k8s.k3s_version,
+            "sha256": k8s.k3s_sha256 or "",
+            "cache_url": cache_url(cluster),
+            "upstream_url": upstream_url(k8s.k3s_version),
+            "airgap_dir": AIRGAP_ON_TARGET,
+        }
+    }
+
+
+def parse_sums(text: str, asset: str) -> str | None:
+    """The digest of `asset` in a sha256sum file ("<hex>  <name>" or "<hex> *<name>")."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == asset:
+            return parts[0].lower()
+    return None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
+    """The release files for `arch` in `source` (a copy of the release's assets), each checked
+    against the pin or the sha256sum file next to it. {asset name: path}; empty when the binary
+    is not there. A mismatch is an error: a bad file is never baked."""
+    names = ASSETS[arch]
+    binary = source / names["binary"]
+    if not binary.is_file():
+        return {}
+    sums = source / names["sums"]
+    files = {names["binary"]: binary}
+    if sums.is_file():
+        files[names["sums"]] = sums
+    expected = cluster.kubernetes.k3s_sha256 or (parse_sums(sums.read_text(), names["binary"]) if sums.is_file() else None)
+    if expected is None:
+        raise CeilError(
+            f"{binary}: no digest to check it against: set kubernetes.k3s_sha256 in cluster.yaml"
+            f" or put the release's {names['sums']} next to it"
+        )
+    _check(binary, expected)
+    for image in sorted(source.glob(names["images"] + ".tar*")):
+        digest = parse_sums(sums.read_text(), image.name) if sums.is_file() else None
+        if digest:
+            _check(image, digest)
+            files[image.name] = image
+    return files
+
+
+def _check(path: Path, expected: str) -> None:
+    got = sha256_file(path)
+    if got != expected:
+        raise CeilError(
+            f"{path}: sha256 is {got} but {expected} was expected: the file is corrupt or not the"
+            f" release it claims to be; delete it and download it again"
+        )
+
+
+def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
+    """For `bake.py --airgap`: {absolute path in the node's root fs: workstation file}."""
+    return {f"{AIRGAP_ON_TARGET}/{name}": path for name, path in verified_release_files(cluster, arch, source).items()}

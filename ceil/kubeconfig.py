@@ -1,0 +1,88 @@
+"""`bake.py kubeconfig`: the workstation's admin kubeconfig, made from the baked PKI.
+
+The client certificate (CN system:admin, O system:masters, as k3s issues its own admin) is
+signed by the client CA the server image carries, and the cluster entry trusts the server CA
+the server image carries: `kubectl` works as soon as the server is up, with nothing fetched
+from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from .config import Cluster, load_cluster
+from .pki import ensure_admin_cert, ensure_ca
+from .secrets import SecretStore
+
+API_PORT = 6443
+
+
+def server_url(cluster: Cluster) -> str:
+    return f"https://{cluster.server.ip}:{API_PORT}"
+
+
+def admin_kubeconfig(cluster: Cluster, store: SecretStore) -> str:
+    """The kubeconfig YAML (one cluster, one user, one context named after the cluster)."""
+    server_ca = ensure_ca(store, "server-ca")
+    admin = ensure_admin_cert(store)
+    name = cluster.name
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {
+            "server": server_url(cluster),
+            "certificate-authority-data": _b64(server_ca.cert_pem),
+        }}],
+        "users": [{"name": f"{name}-admin", "user": {
+            "client-certificate-data": _b64(admin.cert_pem),
+            "client-key-data": _b64(admin.key_pem),
+        }}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
+        "current-context": name,
+        "preferences": {},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` atomically, 0600 from the first byte (it holds the admin key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command("kubeconfig")
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The cluster description.")
+@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+              help="Secrets directory (default: secrets/ next to the config).")
+@click.option("--out", "out_path", default=None, type=click.Path(path_type=Path),
+              help="Where to write it (default: out/kubeconfig next to the config).")
+def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: Path | None) -> None:
+    """Write the cluster-admin kubeconfig (0600). It is signed by the CA baked into the server
+    image, so `kubectl` works once the server is up; the workstation must reach the server's
+    LAN address (on the cluster LAN, or through the VPN)."""
+    cluster = load_cluster(config_path)
+    base = config_path.resolve().parent
+    store = SecretStore(secrets_path or base / "secrets")
+    out = out_path or base / "out" / "kubeconfig"
+    write_private(out, admin_kubeconfig(cluster, store))
+    click.echo(f"wrote {out} (cluster-admin for {server_url(cluster)})")
+    click.echo(f"use it with: export KUBECONFIG={out}; kubectl get nodes")

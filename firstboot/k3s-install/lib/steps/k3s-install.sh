@@ -1,0 +1,127 @@
+#!/bin/sh
+# ceil step "k3s-install": put a verified k3s binary at /usr/local/bin/k3s.
+# Sources, first that has it: the air-gap bundle baked into the image, the router's cache, the
+# upstream GitHub release. Every file is checked against the pinned sha256 (cluster.yaml
+# kubernetes.k3s_sha256) or else the release's sha256sum file from the same source, before it
+# is made executable. Nothing downloaded is ever run unverified; no install script is piped in.
+# A digest mismatch deletes the download, logs both digests and exits 1 (retried: the source
+# may be fixed); a mismatching baked bundle exits 3 (the image itself is bad: re-bake).
+# Idempotent: the download goes to a hidden non-executable temp file in the same directory
+# and is renamed over the binary, so a power cut leaves the old state or the new, never half.
+# CEIL_K3S_INSTALL_ENV and CEIL_ROOT let tests run it on a scratch tree.
+set -eu
+
+ROOT="${CEIL_ROOT:-}"
+ENV_FILE="${CEIL_K3S_INSTALL_ENV:-$ROOT/etc/ceil/k3s-install/install.env}"
+BIN="$ROOT/usr/local/bin/k3s"
+PART="$ROOT/usr/local/bin/.k3s.ceil-download"
+SUMS_TMP="$ROOT/usr/local/bin/.k3s-sums.ceil-download"
+IMAGES_DIR="$ROOT/var/lib/rancher/k3s/agent/images"
+
+log() { echo "ceil-k3s-install: $*" >&2; }
+
+if [ ! -s "$ENV_FILE" ]; then
+    log "$ENV_FILE is missing: the node payload is incomplete; re-bake this node's image"
+    exit 3
+fi
+# shellcheck source=/dev/null
+. "$ENV_FILE"
+
+ARCH="${K3S_ARCH:-$(dpkg --print-architecture)}"
+# Release asset names, as k3s's own install.sh spells them (armhf's sums/images say "arm").
+case "$ARCH" in
+    arm64) ASSET=k3s-arm64 SUMS=sha256sum-arm64.txt IMAGES=k3s-airgap-images-arm64 ;;
+    armhf) ASSET=k3s-armhf SUMS=sha256sum-arm.txt IMAGES=k3s-airgap-images-arm ;;
+    amd64) ASSET=k3s SUMS=sha256sum-amd64.txt IMAGES=k3s-airgap-images-amd64 ;;
+    *) log "k3s publishes no binary for architecture $ARCH (arm64, armhf, amd64)"; exit 3 ;;
+esac
+
+digest_of() { sha256sum "$1" | cut -d' ' -f1; }
+sum_in() { awk -v f="$2" '($2 == f || $2 == "*" f) { print $1; exit }' "$1"; }
+
+# get KIND SRC DEST: copy a file (air-gap bundle) or download a URL; non-zero when unavailable.
+get() {
+    if [ "$1" = file ]; then
+        [ -f "$2" ] && cp "$2" "$3"
+    else
+        curl -fsSL --retry 2 --connect-timeout 10 --max-time 900 -o "$3" "$2"
+    fi
+}
+
+# expected_for KIND BASE: the digest the binary must have (pinned, or from BASE's sums file).
+expected_for() {
+    if [ -n "$K3S_SHA256" ]; then echo "$K3S_SHA256"; return 0; fi
+    rm -f "$SUMS_TMP"
+    get "$1" "$2/$SUMS" "$SUMS_TMP" || { rm -f "$SUMS_TMP"; return 1; }
+    digest=$(sum_in "$SUMS_TMP" "$ASSET")
+    rm -f "$SUMS_TMP"
+    [ -n "$digest" ] && echo "$digest"
+}
+
+install_images() {
+    for img in "$K3S_AIRGAP_DIR/$IMAGES".tar*; do
+        [ -f "$img" ] || continue
+        dst="$IMAGES_DIR/$(basename "$img")"
+        cmp -s "$img" "$dst" && continue
+        if [ -f "$K3S_AIRGAP_DIR/$SUMS" ]; then
+            want=$(sum_in "$K3S_AIRGAP_DIR/$SUMS" "$(basename "$img")")
+            got=$(digest_of "$img")
+            if [ -n "$want" ] && [ "$want" != "$got" ]; then
+                log "SHA256 MISMATCH for baked $img: expected $want, got $got: re-bake the image"
+                exit 3
+            fi
+        fi
+        mkdir -p "$IMAGES_DIR"
+        cp "$img" "$IMAGES_DIR/.$(basename "$img").ceil-tmp"
+        sync
+        mv -f "$IMAGES_DIR/.$(basename "$img").ceil-tmp" "$dst"
+        log "air-gap images $(basename "$img") placed for k3s to import"
+    done
+}
+
+# try_source KIND BASE WHAT: install from BASE and exit 0, or return when BASE lacks the files.
+try_source() {
+    kind=$1 base=$2 what=$3
+    [ -n "$base" ] || return 0
+    if [ "$kind" = file ] && [ ! -f "$base/$ASSET" ]; then return 0; fi
+    if ! expected=$(expected_for "$kind" "$base"); then
+        log "$what: no sha256 for $ASSET ($base/$SUMS unavailable or without it); trying the next source"
+        return 0
+    fi
+    why="${K3S_SHA256:+pinned kubernetes.k3s_sha256}"
+    why="${why:-$base/$SUMS}"
+    rm -f "$PART"
+    if ! get "$kind" "$base/$ASSET" "$PART"; then
+        rm -f "$PART"
+        log "$what: $base/$ASSET unavailable; trying the next source"
+        return 0
+    fi
+    got=$(digest_of "$PART")
+    if [ "$got" != "$expected" ]; then
+        rm -f "$PART"
+        log "SHA256 MISMATCH for $base/$ASSET ($what): expected $expected (from $why), got $got;" \
+            "the download is deleted and NOT installed"
+        if [ "$kind" = file ]; then exit 3; fi
+        exit 1
+    fi
+    chmod 0755 "$PART"
+    sync
+    mv -f "$PART" "$BIN"
+    sync
+    log "installed k3s $K3S_VERSION ($ASSET) from the $what $base, sha256 $got verified against $why"
+    install_images
+    exit 0
+}
+
+mkdir -p "$(dirname "$BIN")"
+rm -f "$PART" "$SUMS_TMP"   # a download cut short by a power loss is never trusted
+if [ -n "$K3S_SHA256" ] && [ -f "$BIN" ] && [ "$(digest_of "$BIN")" = "$K3S_SHA256" ]; then
+    log "k3s $K3S_VERSION already installed, sha256 matches the pin"
+    install_images
+    exit 0
+fi
+try_source file "$K3S_AIRGAP_DIR" "baked air-gap bundle"
+try_source http "$K3S_CACHE_URL" "router cache"
+try_source http "$K3S_UPSTREAM_URL" "upstream release"
+log "no source has k3s $K3S_VERSION ($ASSET) with a usable checksum yet; retrying"
+exit 1

@@ -1,0 +1,87 @@
+#!/bin/sh
+# ceil step "k3s-prep": make the node ready for k3s.
+#   swap off (and kept off), overlay + br_netfilter loaded now and at boot, forwarding and
+#   bridge-netfilter sysctls, /etc/rancher/k3s/registries.yaml, and a synced clock.
+# Idempotent: files are replaced atomically only when they differ, swap/module/sysctl commands
+# converge, so a power cut at any line followed by a re-run ends in the same state.
+# Exit 1 = transient (clock not synced yet: ceil-step retries), exit 3 = permanent.
+# CEIL_ROOT prefixes every path (tests run the file handling on a scratch tree).
+set -eu
+
+ROOT="${CEIL_ROOT:-}"
+ETC="$ROOT/etc/ceil/k3s-prep"
+SECRETS="$ROOT/etc/ceil/secrets/k3s"
+SYNC_TRIES="${CEIL_SYNC_TRIES:-30}"   # chronyc waitsync polls every 2 s: about a minute per try
+
+log() { echo "ceil-k3s-prep: $*" >&2; }
+
+# install_file SRC DST MODE: atomic replace when different (temp name never read by anyone).
+install_file() {
+    if cmp -s "$1" "$2"; then return 0; fi
+    mkdir -p "$(dirname "$2")"
+    tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
+    cp "$1" "$tmp"
+    chmod "$3" "$tmp"
+    sync
+    mv -f "$tmp" "$2"
+}
+
+for f in modules.conf sysctl.conf; do
+    if [ ! -s "$ETC/$f" ]; then
+        log "$ETC/$f is missing: the node payload is incomplete; re-bake this node's image"
+        exit 3
+    fi
+done
+
+# --- swap: off now, and nothing that turns it back on at boot ------------------------------
+# The kubelet expects no swap. Raspberry Pi OS uses dphys-swapfile (older) or zram through
+# rpi-swap / systemd-zram-generator (Trixie); Ubuntu may have a swap file in fstab.
+for unit in dphys-swapfile.service zramswap.service rpi-zram-writeback.timer; do
+    if systemctl cat "$unit" >/dev/null 2>&1; then
+        systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        systemctl mask "$unit" >/dev/null
+    fi
+done
+swapoff -a
+systemctl list-units --type=swap --all --plain --no-legend 2>/dev/null | awk '{print $1}' |
+    while read -r unit; do
+        if [ -n "$unit" ]; then systemctl mask --now "$unit" >/dev/null 2>&1 || true; fi
+    done
+if [ -f "$ROOT/etc/fstab" ] && grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' "$ROOT/etc/fstab"; then
+    sed -E 's@^([^#].*[[:space:]]swap[[:space:]].*)$@#ceil (k3s-prep, no swap): \1@' "$ROOT/etc/fstab" >"$ROOT/etc/.fstab.ceil-tmp"
+    sync
+    mv -f "$ROOT/etc/.fstab.ceil-tmp" "$ROOT/etc/fstab"
+fi
+if [ -n "$(swapon --noheadings 2>/dev/null)" ]; then
+    log "swap is still active after swapoff -a:"; swapon --show >&2 || true
+    exit 1
+fi
+
+# --- kernel modules and sysctls ---------------------------------------------------------------
+install_file "$ETC/modules.conf" "$ROOT/etc/modules-load.d/ceil-k3s.conf" 0644
+grep -Ev '^[[:space:]]*(#|$)' "$ETC/modules.conf" | while read -r mod; do
+    if ! modprobe "$mod"; then
+        log "kernel module $mod cannot be loaded: this kernel lacks it, and k3s cannot run without it"
+        exit 3
+    fi
+done
+install_file "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
+sysctl -q -p "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" >/dev/null
+
+# --- containerd registries (k3s reads it at start) ----------------------------------------------
+if [ -f "$SECRETS/registries.yaml" ]; then
+    install_file "$SECRETS/registries.yaml" "$ROOT/etc/rancher/k3s/registries.yaml" 0600
+fi
+
+# --- time: no RTC on a Pi; k3s must not issue or check a certificate before the clock is right --
+if ! command -v chronyc >/dev/null 2>&1; then
+    log "chronyc not found: chrony should have been installed by ceil-packages; retrying"
+    exit 1
+fi
+# waitsync TRIES MAX-CORRECTION(s) MAX-SKEW(ppm, 0 = any) INTERVAL(s)
+if ! chronyc waitsync "$SYNC_TRIES" 0.5 0 2 >/dev/null; then
+    log "the clock is not synchronised yet (chronyc sources below); retrying"
+    chronyc -n sources >&2 || true
+    exit 1
+fi
+log "swap off, modules and sysctls set, clock synchronised ($(chronyc -n tracking | sed -n 's/^Reference ID *: //p'))"
