@@ -285,6 +285,14 @@ class Addons(Model):
     enable: list[str] = Field(default_factory=list)
 
 
+DEFAULT_NODES = (
+    {"name": "one", "role": "server"},
+    {"name": "two", "role": "agent"},
+    {"name": "three", "role": "agent"},
+    {"name": "four", "role": "agent"},
+)
+
+
 class AptMirror(Model):
     """A package archive used for first-boot installs instead of the flavor's own sources."""
 
@@ -309,15 +317,7 @@ class Cluster(Model):
     ssh: SSH
     router: Router = Field(default_factory=Router)
     network: Network = Field(default_factory=Network)
-    nodes: list[Node] = Field(
-        default_factory=lambda: [
-            Node(name="one", role="server"),
-            Node(name="two"),
-            Node(name="three"),
-            Node(name="four"),
-        ],
-        min_length=1,
-    )
+    nodes: list[Node] = Field(min_length=1)
     kubernetes: Kubernetes = Field(default_factory=Kubernetes)
     vpn: VPN = Field(default_factory=VPN)
     ddns: DDNS = Field(default_factory=DDNS)
@@ -329,7 +329,11 @@ class Cluster(Model):
     @classmethod
     def _assign_node_ips(cls, data: Any) -> Any:
         """Nodes without `ip` get the next free address after the router, outside both pools."""
-        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        if not isinstance(data, dict):
+            return data
+        if "nodes" not in data:
+            data = {**data, "nodes": [dict(n) for n in DEFAULT_NODES]}
+        if not isinstance(data["nodes"], list):
             return data
         try:
             net = Network(**(data.get("network") or {}))

@@ -143,7 +143,8 @@ def _fetch_resuming(url: str, part: Path, session: requests.Session) -> None:
                 f"download {filename_of(url)}", total
             ) as advance:
                 advance(have)
-                for chunk in r.iter_content(CHUNK):
+                # Small reads: what arrived before a cut is on disk and the next run resumes from it.
+                for chunk in r.iter_content(256 * 1024):
                     f.write(chunk)
                     advance(len(chunk))
     except requests.RequestException as e:

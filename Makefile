@@ -1,0 +1,52 @@
+# ceil: one entry point for people. `make help` lists every target.
+# Targets that talk to the cluster read cluster.yaml and secrets/ next to it.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+CONFIG ?= cluster.yaml
+OUT ?= out
+ARCH ?= arm64
+ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-host venv test test-unit test-image e2e testbed verify bake bench clean doctor
+
+help: ## List every target with a one-line description
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+
+setup: setup-host venv ## Install host packages (Debian/Ubuntu, as root) and the Python venv
+setup-host: ## Install the Debian packages baking and the tests need (idempotent)
+	bash scripts/setup-host.sh --test
+venv: .venv/.done ## Create .venv with ceil and its test dependencies
+.venv/.done: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q -U pip
+	.venv/bin/pip install -q -e '.[test,piwatch,cluster]'
+	touch $@
+
+doctor: venv ## Which host tools are present, what each is for, how to install
+	$(PY) bake.py doctor
+
+bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a local base image)
+	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
+%-bake: venv ## Bake one role, e.g. make router-bake
+	$(PY) bake.py --role $* --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
+%-flash: venv ## Flash one role's image to DEVICE, e.g. make router-flash DEVICE=/dev/sdb
+	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
+	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
+
+test: setup ## Set up and run every test CI runs (unit, image and QEMU end-to-end)
+	$(PY) -m pytest -m "not e2e"
+	$(MAKE) e2e
+test-unit: venv ## Fast unit and image tests only
+	$(PY) -m pytest -m "not e2e"
+testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images (ARCH=arm64|amd64)
+	$(PY) -m testbed.build --flavor testbed-ubuntu --arch $(ARCH)
+e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH
+	$(PY) -m pytest -m e2e tests/e2e
+verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
+	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
+bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write
+	$(PY) bench/bake.py
+	$(PY) bench/flash.py
+clean: ## Remove baked images (keeps secrets/ and the download cache)
+	rm -rf $(OUT)

@@ -1,0 +1,213 @@
+"""Bake every role from synthetic base images in each flavor's real layout, then inspect the
+results with independent tools: fsck.vfat, e2fsck, mtools, cloud-init's schema validator."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ceil import bakery
+from ceil.catalog import load_flavor
+from ceil.config import load_cluster
+from ceil.errors import CeilError
+from ceil.partitions import read_mbr
+from ceil.secrets import SecretStore
+from tests.imagefactory import make_base_image
+
+pytestmark = pytest.mark.image
+REPO = Path(__file__).resolve().parents[2]
+FLAVORS = ["ubuntu-24.04-raspi", "raspios-trixie", "hypriot-1.12.3"]
+MT = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def run_bake(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def extract(img: Path, index: int, dest: Path) -> Path:
+    part = next(p for p in read_mbr(img) if p.index == index)
+    with open(img, "rb") as f, open(dest, "wb") as out:
+        f.seek(part.start)
+        remaining = part.size
+        while remaining:
+            chunk = f.read(min(remaining, 1 << 22))
+            out.write(chunk)
+            remaining -= len(chunk)
+    return dest
+
+
+def mtype(img: Path, path: str) -> str:
+    off = read_mbr(img)[0].start
+    return subprocess.run(["mtype", "-i", f"{img}@@{off}", f"::/{path}"], env=MT, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module", params=FLAVORS)
+def baked(request, tmp_path_factory, ssh_pubkey):
+    """A cluster baked with --all from a synthetic base of one flavor."""
+    d = tmp_path_factory.mktemp(request.param)
+    flavor = load_flavor(request.param)
+    base = make_base_image(d / "base.img", flavor)
+    (d / "cluster.yaml").write_text(
+        f"flavor: {request.param}\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+        "router: {uplink: {type: wifi, wifi: {ssid: Home, psk: 'wifi-secret-123', country: DE}}}\n"
+        "nodes: [{name: one, role: server}, {name: two}]\n"
+    )
+    base_digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    env_cache = d / "cache"
+    os.environ["CEIL_CACHE"] = str(env_cache)
+    result = run_bake("--all", "--base-image", str(base), cwd=d)
+    assert result.returncode == 0, result.stderr
+    return {"dir": d, "flavor": flavor, "base": base, "base_digest": base_digest, "stderr": result.stderr}
+
+
+ROLES = ["router", "one", "two"]
+
+
+def test_outputs_and_manifests(baked):
+    for role in ROLES:
+        img = baked["dir"] / "out" / f"ceil-{role}.img"
+        manifest = json.loads((baked["dir"] / "out" / f"ceil-{role}.json").read_text())
+        assert manifest["role"] == role and manifest["flavor"] == baked["flavor"].name
+        assert manifest["base_image"]["sha256"] == baked["base_digest"]
+        assert manifest["output"]["sha256"] == hashlib.sha256(img.read_bytes()).hexdigest()
+        assert manifest["config_sha256"] == hashlib.sha256((baked["dir"] / "cluster.yaml").read_bytes()).hexdigest()
+        assert manifest["ceil_version"]
+        assert stat.S_IMODE(img.stat().st_mode) == 0o600  # it carries secrets until first boot
+    assert not list((baked["dir"] / "out").glob(".*partial"))
+
+
+def test_base_image_is_never_modified(baked):
+    assert hashlib.sha256(baked["base"].read_bytes()).hexdigest() == baked["base_digest"]
+
+
+def test_boot_partition_is_clean_and_holds_the_seed(baked, tmp_path):
+    for role in ROLES:
+        img = baked["dir"] / "out" / f"ceil-{role}.img"
+        fat = extract(img, baked["flavor"].partitions.boot.index, tmp_path / f"{role}-boot.img")
+        fsck = subprocess.run(["fsck.vfat", "-n", str(fat)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+        listing = subprocess.run(["mdir", "-b", "-i", str(fat), "::/"], env=MT, capture_output=True, text=True).stdout
+        for name in ("user-data", "meta-data", "network-config", "ceil"):
+            assert f"::/{name}" in listing, listing
+
+
+def test_root_partition_is_byte_identical_and_clean(baked, tmp_path):
+    idx = baked["flavor"].partitions.root.index
+    base_root = extract(baked["base"], idx, tmp_path / "base-root.img")
+    for role in ROLES:
+        root = extract(baked["dir"] / "out" / f"ceil-{role}.img", idx, tmp_path / f"{role}-root.img")
+        assert hashlib.sha256(root.read_bytes()).digest() == hashlib.sha256(base_root.read_bytes()).digest()
+        fsck = subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init (Debian package) not installed")
+def test_user_data_passes_cloud_init_schema(baked, tmp_path):
+    for role in ROLES:
+        ud = tmp_path / f"{role}-user-data"
+        ud.write_text(mtype(baked["dir"] / "out" / f"ceil-{role}.img", "user-data"))
+        r = subprocess.run(["cloud-init", "schema", "-c", str(ud)], capture_output=True, text=True)
+        assert r.returncode == 0 and "Valid cloud-config" in r.stdout, r.stdout + r.stderr
+        data = yaml.safe_load(ud.read_text())
+        assert data["hostname"] == f"ceil-{role}" and data["ssh_pwauth"] is False
+        assert data["users"][0]["lock_passwd"] is True and "passwd" not in data["users"][0]
+
+
+def test_meta_data_has_unique_instance_id(baked):
+    ids = {yaml.safe_load(mtype(baked["dir"] / "out" / f"ceil-{r}.img", "meta-data"))["instance-id"] for r in ROLES}
+    assert len(ids) == 3
+
+
+def test_network_config_per_role(baked):
+    router = yaml.safe_load(mtype(baked["dir"] / "out" / "ceil-router.img", "network-config"))
+    node = yaml.safe_load(mtype(baked["dir"] / "out" / "ceil-one.img", "network-config"))
+    if baked["flavor"].network == "ifupdown":
+        assert router["version"] == 1 and router["config"][0]["subnets"][0]["address"] == "10.42.0.1/24"
+        return
+    assert router["ethernets"]["eth0"]["addresses"] == ["10.42.0.1/24"]
+    assert router["wifis"]["wlan0"]["access-points"]["Home"]["password"] == "wifi-secret-123"
+    assert node["ethernets"]["eth0"]["dhcp4"] is True
+    assert (router.get("renderer") == "NetworkManager") == (baked["flavor"].network == "netplan-nm")
+
+
+def test_cmdline_flags_for_nodes_only_once(baked):
+    if not baked["flavor"].cmdline:
+        pytest.skip("flavor has no cmdline.txt")
+    router = mtype(baked["dir"] / "out" / "ceil-router.img", "cmdline.txt")
+    assert "cgroup_memory" not in router
+    node = mtype(baked["dir"] / "out" / "ceil-one.img", "cmdline.txt")
+    assert node.count("cgroup_memory=1") == 1 and node.count("cgroup_enable=memory") == 1
+    assert len(node.strip().splitlines()) == 1
+
+
+def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
+    d = baked["dir"]
+    secrets_before = {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
+    result = run_bake("--role", "one", "--base-image", str(baked["base"]), cwd=d)
+    assert result.returncode == 0, result.stderr
+    assert {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()} == secrets_before
+    if baked["flavor"].cmdline:
+        assert mtype(d / "out" / "ceil-one.img", "cmdline.txt").count("cgroup_memory=1") == 1
+    for p in secrets_before:
+        if p.name != ".gitignore":
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600
+
+
+def test_no_secret_outside_the_secrets_folder(baked, tmp_path):
+    """Secret values travel only in ceil/secrets/ (moved off the card on first boot)."""
+    d = baked["dir"]
+    secret_values = [p.read_bytes().strip() for p in (d / "secrets").rglob("*") if p.is_file() and p.name != ".gitignore"]
+    chunks = {v[i : i + 24] for v in secret_values for i in range(0, max(len(v) - 24, 1), 97) if len(v) >= 16}
+    for role in ROLES:
+        fat = extract(d / "out" / f"ceil-{role}.img", 1, tmp_path / f"{role}.fat")
+        dump = tmp_path / role
+        subprocess.run(["mcopy", "-s", "-i", str(fat), "::/", str(dump)], env=MT, check=True, capture_output=True)
+        for f in dump.rglob("*"):
+            if f.is_file() and "secrets" not in f.relative_to(dump).parts and f.name != "network-config":
+                data = f.read_bytes()
+                assert not any(c in data for c in chunks), f"secret material in {f.relative_to(dump)}"
+
+
+def test_wrong_base_image_is_refused_without_output(tmp_path, ssh_pubkey):
+    base = make_base_image(tmp_path / "trixie.img", load_flavor("raspios-trixie"))
+    (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    result = run_bake("--role", "router", "--base-image", str(base), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "labelled" in result.stderr and "system-boot" in result.stderr
+    assert not (tmp_path / "out" / "ceil-router.img").exists()
+
+
+def test_unknown_role_fails_before_work(tmp_path, ssh_pubkey):
+    (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    result = run_bake("--role", "five", cwd=tmp_path)
+    assert result.returncode == 1 and "'five'" in result.stderr and "router, one" in result.stderr
+
+
+def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
+    flavor = load_flavor("ubuntu-24.04-raspi")
+    base = make_base_image(tmp_path / "base.img", flavor)
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ceil-router.img").write_bytes(b"previous good image")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bakery, "copy_window", full)
+    ctx = bakery.BakeContext(load_cluster(cfg), cfg, "router", out, SecretStore(tmp_path / "secrets"), base)
+    with pytest.raises(CeilError, match="no space left"):
+        bakery.bake(ctx)
+    assert (out / "ceil-router.img").read_bytes() == b"previous good image"
+    assert not list(out.glob(".*partial"))

@@ -1,0 +1,128 @@
+"""cluster.yaml schema: every bad input gets a message naming the key, the value and the fix."""
+
+import pytest
+
+from ceil.config import ConfigError, load_cluster, parse_cluster
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+BASE = f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(text)
+    return str(e.value)
+
+
+def test_minimal_config_gets_defaults():
+    c = parse_cluster(BASE)
+    assert c.domain == "ceil.internal"
+    assert str(c.network.lan_cidr) == "10.42.0.0/24"
+    assert c.roles == ["router", "one", "two", "three", "four"]
+    assert c.server.name == "one"
+    assert c.hostname("one") == "ceil-one" and c.fqdn("router") == "ceil-router.ceil.internal"
+    # default addresses are fixed, unique and outside both pools
+    ips = [n.ip for n in c.nodes]
+    assert len(set(ips)) == 4 and all(not c.network.in_dhcp_pool(i) for i in ips)
+
+
+def test_example_file_is_valid(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("CEIL_WIFI_PSK", "correct horse battery")
+    c = load_cluster(Path(__file__).resolve().parents[2] / "cluster.example.yaml")
+    assert c.router.uplink.wifi.psk.get_secret_value() == "correct horse battery"
+    assert "correct horse" not in repr(c)  # SecretStr never prints
+
+
+def test_unknown_key_is_named_with_line():
+    msg = error(BASE + "netwrok: {}\n")
+    assert "netwrok" in msg and "unknown key" in msg and "line 3" in msg
+
+
+def test_invalid_hostname():
+    msg = error(BASE + "nodes: [{name: one, role: server}, {name: Two_}]\n")
+    assert "nodes[1].name" in msg and "'Two_'" in msg and "RFC 1123" in msg
+
+
+def test_duplicate_node_name():
+    msg = error(BASE + "nodes: [{name: one, role: server}, {name: one}]\n")
+    assert "nodes[1].name" in msg and "unique" in msg
+
+
+def test_duplicate_ip():
+    msg = error(BASE + "nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.11}]\n")
+    assert "nodes[1].ip" in msg and "10.42.0.11" in msg and "'one'" in msg
+
+
+def test_ip_outside_lan():
+    msg = error(BASE + "nodes: [{name: one, role: server, ip: 192.168.1.5}]\n")
+    assert "nodes[0].ip" in msg and "outside the LAN" in msg
+
+
+def test_ip_inside_dhcp_pool():
+    msg = error(BASE + "nodes: [{name: one, role: server, ip: 10.42.0.150}]\n")
+    assert "nodes[0].ip" in msg and "DHCP pool" in msg
+
+
+def test_overlapping_cidrs():
+    msg = error(BASE + "kubernetes: {cluster_cidr: 10.42.0.0/16}\n")
+    assert "kubernetes.cluster_cidr" in msg and "overlaps" in msg
+
+
+def test_no_server_node():
+    msg = error(BASE + "nodes: [{name: one, role: agent}]\n")
+    assert "no node has role 'server'" in msg
+
+
+def test_missing_ssh_key():
+    msg = error("ssh: {authorized_keys: []}\n")
+    assert "no SSH key" in msg and "authorized_keys" in msg
+
+
+def test_ssh_key_that_does_not_parse():
+    msg = error("ssh: {authorized_keys: ['ssh-ed25519 AAAAnotbase64!! me']}\n")
+    assert "ssh.authorized_keys[0]" in msg and "does not parse" in msg
+
+
+def test_wifi_psk_length():
+    msg = error(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{wifi: {{ssid: x, psk: short, country: DE}}}}}}\n")
+    assert "router.uplink.wifi.psk" in msg and "8-63" in msg and "short" not in msg.split("psk")[1][:20]
+
+
+def test_wifi_psk_64_hex_is_accepted():
+    parse_cluster(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{wifi: {{ssid: x, psk: '{'a1' * 32}', country: DE}}}}}}\n")
+
+
+def test_env_reference_missing(monkeypatch):
+    monkeypatch.delenv("NOPE_PSK", raising=False)
+    msg = error(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{wifi: {{ssid: x, psk: '${{NOPE_PSK}}', country: DE}}}}}}\n")
+    assert "router.uplink.wifi.psk" in msg and "NOPE_PSK" in msg and "export" in msg
+
+
+def test_yaml_syntax_error_has_line_and_column():
+    msg = error("ssh: {authorized_keys: [\n  nodes: - x\n")
+    assert "YAML syntax error" in msg and "line" in msg and "column" in msg
+
+
+def test_router_needs_two_interfaces():
+    msg = error(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{lan_interface: eth1, uplink: {{type: ethernet, interface: eth1}}}}\n")
+    assert "two interfaces" in msg
+
+
+def test_ddns_enabled_needs_token_zone_record():
+    msg = error(BASE + "ddns: {enabled: true}\n")
+    assert "ddns.api_token" in msg and "ddns.zone" in msg
+
+
+def test_unknown_role_is_clear():
+    c = parse_cluster(BASE)
+    with pytest.raises(ConfigError) as e:
+        c.node("five")
+    assert "five" in str(e.value) and "router, one" in str(e.value)
+
+
+def test_models_are_frozen():
+    c = parse_cluster(BASE)
+    with pytest.raises(Exception):
+        c.name = "other"

@@ -1,0 +1,139 @@
+"""Fetch against a local HTTP server on 127.0.0.1: resume, checksum mismatch, xz/zip/gz, cache."""
+
+import hashlib
+import http.server
+import lzma
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ceil.catalog import Flavor
+from ceil.errors import CeilError
+from ceil.fetch import cache_root, download, parse_checksum_file, resolve_base
+
+MiB = 1 << 20
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with Range support; `fail_after` cuts the first transfer halfway."""
+
+    fail_after: dict = {}
+    requests: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        type(self).requests.append((self.path, self.headers.get("Range")))
+        path = Path(self.directory) / self.path.lstrip("/")
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        cut = type(self).fail_after.pop(self.path, None)
+        self.wfile.write(body[:cut] if cut else body)
+        if cut:
+            self.connection.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    _Handler.requests = []
+    handler = lambda *a, **k: _Handler(*a, directory=str(root), **k)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def disk_bytes():
+    # Mostly zeros, like a real image: decompression must leave holes.
+    return os.urandom(MiB) + bytes(16 * MiB) + os.urandom(MiB)
+
+
+def flavor(url, sha=None, checksum_url=None, compression="xz"):
+    return Flavor.model_validate({
+        "name": "t", "description": "t", "arch": "arm64", "url": url, "sha256": sha,
+        "checksum_url": checksum_url, "compression": compression,
+        "partitions": {"boot": {"index": 1, "label": "b"}, "root": {"index": 2, "label": "r"}},
+        "seed": {"method": "fs_label"}, "network": "netplan-networkd",
+    })
+
+
+def test_download_resumes_after_interruption(server):
+    root, url = server
+    data = os.urandom(3 * MiB)
+    (root / "img.raw").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    _Handler.fail_after["/img.raw"] = MiB
+    with pytest.raises(CeilError, match="resume"):
+        download(f"{url}/img.raw", digest)
+    path = download(f"{url}/img.raw", digest)
+    assert path.read_bytes() == data
+    assert _Handler.requests[-1][1] == f"bytes={MiB}-"  # the second request resumed
+
+
+def test_checksum_mismatch_deletes_and_names_both_digests(server):
+    root, url = server
+    (root / "img.raw").write_bytes(b"x" * 1000)
+    wrong = "0" * 64
+    with pytest.raises(CeilError) as e:
+        download(f"{url}/img.raw", wrong)
+    msg = str(e.value)
+    assert f"{url}/img.raw" in msg and wrong in msg and hashlib.sha256(b"x" * 1000).hexdigest() in msg
+    assert not list((cache_root() / "downloads").glob("*"))
+
+
+def test_xz_via_checksum_file_is_cached_sparse(server):
+    root, url = server
+    raw = disk_bytes()
+    (root / "disk.img.xz").write_bytes(lzma.compress(raw))
+    digest = hashlib.sha256((root / "disk.img.xz").read_bytes()).hexdigest()
+    (root / "SHA256SUMS").write_text(f"{'1' * 64} *other.img.xz\n{digest} *disk.img.xz\n")
+    f = flavor(f"{url}/disk.img.xz", checksum_url=f"{url}/SHA256SUMS")
+    base = resolve_base(f)
+    assert base.sha256 == digest and base.path.read_bytes() == raw
+    assert os.stat(base.path).st_blocks * 512 < 8 * MiB  # the zero run became a hole
+    n = len(_Handler.requests)
+    assert resolve_base(f).path == base.path
+    assert [r for r, _ in _Handler.requests[n:]] == ["/SHA256SUMS"]  # second bake: no download
+
+
+def test_zip_input_local(tmp_path):
+    raw = disk_bytes()
+    z = tmp_path / "hypriot.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("hypriotos.img", raw)
+    base = resolve_base(flavor(None), z)
+    assert base.path.read_bytes() == raw and base.path != z
+
+
+def test_corrupt_xz_is_reported(tmp_path):
+    bad = tmp_path / "bad.img.xz"
+    bad.write_bytes(b"not xz at all")
+    with pytest.raises(CeilError, match="not a valid xz"):
+        resolve_base(flavor(None), bad)
+
+
+def test_checksum_file_without_entry():
+    with pytest.raises(CeilError, match="lists no sha256 for disk.img.xz"):
+        parse_checksum_file(f"{'a' * 64}  other.img\n", "disk.img.xz", "SUMS")
+
+
+def test_flavor_without_url_needs_base_image():
+    with pytest.raises(CeilError, match="--base-image"):
+        resolve_base(flavor(None))
