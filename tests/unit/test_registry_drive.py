@@ -1,0 +1,103 @@
+"""The registry step on a real (loop) block device: formats once, never again, one fstab line.
+
+systemctl, ss, chown and mount are stand-ins (this machine is not the router); blkid, wipefs,
+mkfs.ext4 and lsblk are the real tools the step runs on first boot.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_registry import BASE, render_router
+
+SHIMS = {
+    "systemctl": 'echo "systemctl $*" >> "$CEIL_TEST_LOG"',
+    "chown": "exit 0",
+    "mount": 'echo "mount $*" >> "$CEIL_TEST_LOG"',
+    # Both registries "listen" on the LAN address at once.
+    "ss": 'printf "LISTEN 0 4096 10.42.0.1:5000 0.0.0.0:*\\nLISTEN 0 4096 10.42.0.1:5001 0.0.0.0:*\\n"',
+    "wipefs": 'echo "wipefs $*" >> "$CEIL_TEST_LOG"; exec /usr/sbin/wipefs "$@"',
+}
+
+
+@pytest.fixture
+def loop_drive(tmp_path):
+    if os.geteuid() != 0 or shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
+        pytest.skip("needs root, losetup and mkfs.ext4 for a loop device")
+    image = tmp_path / "usb.img"
+    image.write_bytes(b"")
+    os.truncate(image, 32 * 1024 * 1024)
+    done = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"no loop device here: {done.stderr.strip()}")
+    dev = done.stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def run_step(tmp_path: Path, dev: str) -> tuple[subprocess.CompletedProcess, str]:
+    config = BASE.replace("router: {uplink: {type: ethernet}}",
+                          f"router: {{uplink: {{type: ethernet}}, usb_drive: {dev}}}")
+    step = tmp_path / "registry.sh"
+    shutil.copy(render_router(tmp_path / "render", config) / "lib/steps/registry.sh", step)
+    shims = tmp_path / "shims"
+    shims.mkdir(exist_ok=True)
+    for name, body in SHIMS.items():
+        (shims / name).write_text(f"#!/bin/sh\n{body}\n")
+        (shims / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}:/usr/sbin:/sbin", "CEIL_TEST_LOG": str(log),
+           "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab")}
+    shutil.rmtree(tmp_path / "render")
+    done = subprocess.run(["sh", str(step)], capture_output=True, text=True, env=env, timeout=120)
+    return done, log.read_text()
+
+
+def label_of(dev: str) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", dev],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_drive_is_formatted_once_and_mounted_by_label(tmp_path, loop_drive):
+    (tmp_path / "fstab").write_text("proc /proc proc defaults 0 0\n")
+    first, calls = run_step(tmp_path, loop_drive)
+    assert first.returncode == 0, first.stderr
+    assert label_of(loop_drive) == "ceil-registry" and calls.count("wipefs") == 1
+    uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", loop_drive],
+                          capture_output=True, text=True).stdout.strip()
+    assert "systemctl mask docker-registry.service" in calls
+    assert "systemctl enable ceil-registry-mirror.service ceil-registry-private.service" in calls
+    # A re-run (power cut before the done-marker) must not format again nor add a second line.
+    second, calls = run_step(tmp_path, loop_drive)
+    assert second.returncode == 0, second.stderr
+    assert "wipefs" not in calls
+    assert subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", loop_drive],
+                          capture_output=True, text=True).stdout.strip() == uuid
+    fstab = (tmp_path / "fstab").read_text().splitlines()
+    assert fstab[0] == "proc /proc proc defaults 0 0"
+    assert [line.split()[:3] for line in fstab[1:]] == [["LABEL=ceil-registry", str(tmp_path / "root"), "ext4"]]
+    assert (tmp_path / "root/mirror").is_dir() and (tmp_path / "root/private").is_dir()
+
+
+def test_a_drive_with_another_filesystem_is_reformatted(tmp_path, loop_drive):
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "holiday-pics", loop_drive], check=True)
+    (tmp_path / "fstab").write_text("")
+    done, calls = run_step(tmp_path, loop_drive)
+    assert done.returncode == 0, done.stderr
+    assert label_of(loop_drive) == "ceil-registry" and "wipefs" in calls
+
+
+def test_missing_drive_is_a_transient_failure(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the step's tools)")
+    (tmp_path / "fstab").write_text("")
+    done, calls = run_step(tmp_path, "/dev/ceil-no-such-drive")
+    assert done.returncode == 1 and "plug the drive in" in done.stderr and "wipefs" not in calls
