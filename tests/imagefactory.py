@@ -32,7 +32,7 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
     (root_dir / "etc").mkdir(parents=True, exist_ok=True)
     (root_dir / "etc" / "os-release").write_text(f"PRETTY_NAME=\"synthetic {flavor.name}\"\n")
     subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-L", flavor.partitions.root.label, "-E", f"offset={root_start}",
+        ["mkfs.ext4", "-q", "-F", "-L", flavor.partitions.root.label, "-E", f"offset={root_start},nodiscard",
          "-d", str(root_dir), str(path), f"{(size - root_start) // 1024}k"],
         check=True, capture_output=True,
     )
