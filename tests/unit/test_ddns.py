@@ -135,3 +135,25 @@ def test_fake_runs_as_a_process_for_the_harness():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_rendered_config_and_timer_follow_cluster_yaml(tmp_path):
+    from ceil.catalog import load_flavor
+    from ceil.config import parse_cluster
+    from ceil.features import RoleContext, render_features
+    from ceil.secrets import SecretStore
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+    cluster = parse_cluster(
+        f'ssh: {{authorized_keys: ["{key}"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n'
+        "nodes: [{name: one, role: server, ip: 10.42.0.11}]\nvpn: {enabled: false}\n"
+        f"ddns: {{enabled: true, api_token: {TOKEN}, zone: example.com, record: {RECORD},"
+        " api_url: 'http://10.0.2.100:8053/client/v4', interval_minutes: 7}\n")
+    ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "s"))
+    rendered = render_features(ctx, tmp_path / "payload")
+    cfg = json.loads((tmp_path / "payload/etc/ddns.json").read_text())
+    assert cfg["api_url"] == "http://10.0.2.100:8053/client/v4" and cfg["record"] == RECORD
+    assert cfg["token_file"] == "/etc/ceil/secrets/ddns-token" and TOKEN not in json.dumps(cfg)
+    assert "OnUnitActiveSec=7min" in (tmp_path / "payload/units/ceil-ddns-update.timer").read_text()
+    assert rendered.secrets["ddns-token"].decode().strip() == TOKEN
+    assert "python3" in rendered.packages

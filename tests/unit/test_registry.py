@@ -175,3 +175,35 @@ def test_all_step_scripts_of_these_features_parse(tmp_path):
     out = render_router(tmp_path, with_all)
     for name in ("registry.sh", "wireguard.sh", "ddns.sh"):
         subprocess.run(["sh", "-n", str(out / "lib/steps" / name)], check=True)
+
+
+def test_vpn_and_ddns_secrets_travel_only_as_secret_files(tmp_path):
+    from ceil import wireguard
+
+    text = BASE + "ddns: {enabled: true, api_token: cf-TOKEN-xyz, zone: example.com, record: h.example.com}\n"
+    cluster = parse_cluster(text)
+    store = SecretStore(tmp_path / "secrets")
+    laptop, _ = wireguard.add_client(cluster, store, "laptop")
+    ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), store)
+    rendered = render_features(ctx, tmp_path / "payload")
+    secrets = ["cf-TOKEN-xyz", wireguard.server_private_key(store), laptop.preshared_key, laptop.private_key]
+    for path in (tmp_path / "payload").rglob("*"):
+        if path.is_file():
+            body = path.read_text(errors="replace")
+            assert not [s for s in secrets if s in body], f"{path} holds a secret value"
+    assert "cf-TOKEN-xyz" in rendered.secrets["ddns-token"].decode()
+    assert wireguard.server_private_key(store) in rendered.secrets["wireguard/wg0.conf"].decode()
+    assert laptop.private_key not in rendered.secrets["wireguard/wg0.conf"].decode()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_units_of_these_features_pass_systemd_analyze_verify(tmp_path):
+    with_all = BASE + "ddns: {enabled: true, api_token: t0k, zone: example.com, record: h.example.com}\n"
+    units = render_router(tmp_path, with_all) / "units"
+    mine = sorted(str(p) for p in units.iterdir() if p.name.startswith(("ceil-registry", "ceil-ddns", "ceil-wireguard")))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", *mine], capture_output=True, text=True,
+                          env={"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    # Paths that exist only on the router (the step runner, the registry binary) are fine here.
+    problems = [line for line in (done.stdout + done.stderr).splitlines()
+                if line.strip() and "is not executable" not in line and "No such file" not in line]
+    assert not problems, "\n".join(problems)
