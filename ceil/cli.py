@@ -98,8 +98,8 @@ def flavors():
 PLUGINS = [
     ("ceil.init", "init_command"),
     ("ceil.flash.cli", "flash_command"),
-    ("ceil.wireguard", "vpn_client_command"),
-    ("ceil.pki", "kubeconfig_command"),
+    ("ceil.vpn_cli", "vpn_client_command"),
+    ("ceil.kubeconfig", "kubeconfig_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),
@@ -110,7 +110,11 @@ def _register_plugins() -> None:
     for module, attr in PLUGINS:
         try:
             command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise  # a real missing dependency: say so instead of hiding the command
+            continue
+        except AttributeError:
             continue
         cli.add_command(command)
 
