@@ -7,10 +7,13 @@ set -euo pipefail
 # Baking: partition/filesystem tools used by the image writers and image tests.
 BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 # Tests: independent checkers (cloud-init schema, dnsmasq --test, nft -c, wg, chronyd -p),
-# the QEMU test bed (qemu, mmdebstrap, qemu-user for arm64 chroots) and ssh for testinfra.
+# the QEMU test bed (qemu, mmdebstrap, qemu-user for arm64 chroots) and ssh for testinfra;
+# wireguard-go for the VPN handshake test where the kernel lacks the wireguard module, and
+# docker-registry to serve the rendered registry configs in the unit tests.
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
   qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap qemu-user-static binfmt-support
-  apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps"
+  apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps
+  wireguard-go docker-registry"
 
 want="$BAKE_PKGS"
 [ "${1:-}" = "--test" ] && want="$BAKE_PKGS $TEST_PKGS"
