@@ -100,11 +100,12 @@ def fetch_wheels(
     platform: str | Sequence[str] = "manylinux2014_aarch64",
     requirements: Sequence[str] = REQUIREMENTS + TOOLS,
     cache_root: Path | None = None,
-    runner: Runner = subprocess.run,
+    runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
 ) -> Path:
     """Download (once) the wheels for the target into the cache; returns the cache directory."""
     cache_root = cache_root or default_cache_root()
+    runner = runner or subprocess.run
     key = cache_key(python_tag, platform, requirements)
     final = cache_root / key
     if (final / ".complete").is_file():
@@ -187,7 +188,7 @@ def build_wheelhouse(
     platform: str | Sequence[str] = "manylinux2014_aarch64",
     *,
     cache_root: Path | None = None,
-    runner: Runner = subprocess.run,
+    runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
 ) -> list[Path]:
     """Fill `dest` with every wheel the router needs (dependencies, pip, piwatch itself)."""
@@ -229,3 +230,29 @@ def build_bundle(
     shutil.copy2(PACKAGE_DIR / "reactions.yaml", dest / "reactions.yaml")
     log.info("piwatch bundle in %s (%d wheels, %s)", dest, len(wheels), piwatch_wheel.name)
     return dest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m piwatch.bundle DEST [--python-tag cp312] [--platform manylinux2014_aarch64]`"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m piwatch.bundle", description=main.__doc__)
+    parser.add_argument("dest", type=Path, help="directory to fill (the router's bundle)")
+    parser.add_argument("--python-tag", default="cp311",
+                        help="the router's CPython, e.g. cp311 (bookworm), cp312 (Ubuntu 24.04), cp313 (trixie)")
+    parser.add_argument("--platform", action="append",
+                        help="pip platform tag; repeatable (default manylinux2014_aarch64)")
+    parser.add_argument("--cache-root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        build_bundle(args.dest, args.python_tag, args.platform or "manylinux2014_aarch64",
+                     cache_root=args.cache_root)
+    except BundleError as exc:
+        print(f"piwatch.bundle: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

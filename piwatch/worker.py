@@ -174,7 +174,8 @@ class Worker:
     def play(self, plan: dict[str, Planned]) -> None:
         """Animate each planned direction at once, then leave its resting state lit."""
         s, lights = self.settings, self.lights
-        self.stats["animations"] += 1
+        with self._cond:
+            self.stats["animations"] += 1
         for direction in plan:
             lights.set_direction(direction, None)
         buzz = any(p.reaction.buzzer for p in plan.values())

@@ -235,3 +235,13 @@ def test_bundle_installs_offline_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_bundle_cli(tmp_path, monkeypatch, capsys):
+    pip = FakePip(returncode=1)
+    monkeypatch.setattr(bundle.subprocess, "run", pip)
+    rc = bundle.main([str(tmp_path / "b"), "--python-tag", "cp312", "--platform", "linux_armv7l",
+                      "--cache-root", str(tmp_path / "cache")])
+    assert rc == 1
+    assert "pip download failed for cp312/linux_armv7l" in capsys.readouterr().err
+    assert pip.calls[0][pip.calls[0].index("--platform") + 1] == "linux_armv7l"
