@@ -1,0 +1,170 @@
+"""k3s-node.sh and k3s-prep.sh run for real on a scratch root (CEIL_ROOT), with every command
+that would touch this machine (systemctl, ip, swapoff, modprobe, sysctl, chronyc) replaced by
+a stub that records its arguments. Checks file placement, modes, idempotence and exit codes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ceil.catalog import load_flavor
+from ceil.config import load_cluster
+from ceil.features import RoleContext, render_features
+from ceil.secrets import SecretStore
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = REPO / "firstboot/k3s-install/lib/steps/k3s-node.sh"
+PREP = REPO / "firstboot/k3s-prep/lib/steps/k3s-prep.sh"
+STUBBED = ["systemctl", "ip", "swapoff", "swapon", "modprobe", "sysctl", "chronyc"]
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A bin/ of stubs; behaviour per command from env STUB_<NAME>_RC / STUB_<NAME>_OUT."""
+    bin_dir, log = tmp_path / "stubs", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    for name in STUBBED:
+        var = name.upper()
+        (bin_dir / name).write_text(
+            f'#!/bin/sh\necho "{name} $*" >> {log}\n'
+            f'[ -n "${{STUB_{var}_OUT:-}}" ] && printf "%b\\n" "$STUB_{var}_OUT"\n'
+            f'exit "${{STUB_{var}_RC:-0}}"\n'
+        )
+        (bin_dir / name).chmod(0o755)
+    return bin_dir, log
+
+
+@pytest.fixture
+def payload(cluster_yaml, tmp_path):
+    """Install a role's rendered payload into a scratch root the way install.sh + ceil-secrets do."""
+    cluster = load_cluster(cluster_yaml())
+    store = SecretStore(tmp_path / "secrets")
+
+    def install(role: str) -> Path:
+        root = tmp_path / f"root-{role}"
+        rendered = tmp_path / f"payload-{role}"
+        ctx = RoleContext(cluster, role, load_flavor(cluster.flavor), store)
+        result = render_features(ctx, rendered)
+        (root / "etc/ceil").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-R", f"{rendered}/etc/.", str(root / "etc/ceil")], check=True)
+        for name, value in result.secrets.items():
+            path = root / "etc/ceil/secrets" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(value)
+        k3s = root / "usr/local/bin/k3s"
+        k3s.parent.mkdir(parents=True)
+        k3s.write_text("#!/bin/sh\nexit 0\n")
+        k3s.chmod(0o755)
+        return root
+
+    return install
+
+
+def run(script: Path, root: Path, stubs, *args: str, **stub_env: str) -> subprocess.CompletedProcess:
+    bin_dir, _ = stubs
+    env = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}", **stub_env}
+    for name in STUBBED:  # never reach a real system command from these tests
+        assert (bin_dir / name).is_file()
+    return subprocess.run(["sh", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+IP_AGENT = "2: eth0    inet 10.42.0.12/24 brd 10.42.0.255 scope global eth0"
+IP_SERVER = "2: end0    inet 10.42.0.11/24 brd 10.42.0.255 scope global end0"
+
+
+def test_agent_step_writes_config_password_and_unit(payload, stubs):
+    root = payload("two")
+    result = run(NODE, root, stubs, "agent", STUB_IP_OUT=IP_AGENT, STUB_SYSTEMCTL_RC="0")
+    assert result.returncode == 0, result.stderr
+    config = (root / "etc/rancher/k3s/config.yaml").read_text()
+    assert "server: https://10.42.0.11:6443" in config and config.endswith("flannel-iface: eth0\n")
+    assert mode(root / "etc/rancher/k3s/config.yaml") == 0o600
+    password = root / "etc/rancher/node/password"
+    assert password.read_bytes() == (root / "etc/ceil/secrets/k3s/node-password").read_bytes()
+    assert mode(password) == 0o600
+    assert "ExecStart=/usr/local/bin/k3s agent" in (root / "etc/systemd/system/k3s-agent.service").read_text()
+    assert not (root / "var/lib/rancher/k3s/server").exists()
+    calls = stubs[1].read_text()
+    assert "systemctl enable k3s-agent.service" in calls and "start --no-block k3s-agent.service" in calls
+
+
+def test_server_step_installs_the_ca_set_byte_exact(payload, stubs):
+    root = payload("one")
+    result = run(NODE, root, stubs, "server", STUB_IP_OUT=IP_SERVER)
+    assert result.returncode == 0, result.stderr
+    tls = root / "var/lib/rancher/k3s/server/tls"
+    secrets = root / "etc/ceil/secrets/k3s/tls"
+    names = sorted(str(p.relative_to(secrets)) for p in secrets.rglob("*") if p.is_file())
+    assert len(names) == 10
+    for name in names:
+        assert (tls / name).read_bytes() == (secrets / name).read_bytes(), name
+        assert mode(tls / name) == (0o600 if name.endswith(".key") else 0o644)
+    assert mode(tls) == 0o700
+    assert "flannel-iface: end0" in (root / "etc/rancher/k3s/config.yaml").read_text()
+
+
+def test_rerun_after_success_changes_nothing_and_restarts_nothing(payload, stubs):
+    root = payload("one")
+    assert run(NODE, root, stubs, "server", STUB_IP_OUT=IP_SERVER).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    stubs[1].write_text("")
+    again = run(NODE, root, stubs, "server", STUB_IP_OUT=IP_SERVER)  # is-active -> 0 (running)
+    assert again.returncode == 0, again.stderr
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
+    assert "restart" not in stubs[1].read_text()
+
+
+def test_no_lan_address_yet_is_transient(payload, stubs):
+    root = payload("two")
+    result = run(NODE, root, stubs, "agent", STUB_IP_OUT="2: eth0    inet 192.168.1.5/24 scope global eth0")
+    assert result.returncode == 1
+    assert "no interface has the node address 10.42.0.12" in result.stderr
+    assert not (root / "etc/rancher/k3s/config.yaml").exists()
+
+
+def test_incomplete_payload_is_permanent(payload, stubs):
+    root = payload("two")
+    (root / "etc/ceil/secrets/k3s/node-password").unlink()
+    result = run(NODE, root, stubs, "agent", STUB_IP_OUT=IP_AGENT)
+    assert result.returncode == 3 and "re-bake" in result.stderr
+
+
+def test_prep_installs_modules_sysctls_registries_and_disables_swap(payload, stubs):
+    root = payload("two")
+    (root / "etc/fstab").write_text("/dev/mmcblk0p2 / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n")
+    result = run(PREP, root, stubs)
+    assert result.returncode == 0, result.stderr
+    assert "br_netfilter" in (root / "etc/modules-load.d/ceil-k3s.conf").read_text()
+    assert "net.bridge.bridge-nf-call-iptables = 1" in (root / "etc/sysctl.d/90-ceil-k3s.conf").read_text()
+    registries = root / "etc/rancher/k3s/registries.yaml"
+    assert registries.read_bytes() == (root / "etc/ceil/secrets/k3s/registries.yaml").read_bytes()
+    assert mode(registries) == 0o600
+    assert (root / "etc/fstab").read_text().splitlines()[1].startswith("#ceil (k3s-prep, no swap): /swapfile")
+    calls = stubs[1].read_text()
+    for expected in ("swapoff -a", "modprobe overlay", "modprobe br_netfilter", "chronyc waitsync"):
+        assert expected in calls
+    again = run(PREP, root, stubs)
+    assert again.returncode == 0 and (root / "etc/fstab").read_text().count("#ceil") == 1
+
+
+def test_prep_waits_for_the_clock(payload, stubs):
+    result = run(PREP, payload("two"), stubs, STUB_CHRONYC_RC="1")
+    assert result.returncode == 1 and "not synchronised" in result.stderr
+
+
+def test_prep_missing_kernel_module_is_permanent(payload, stubs):
+    result = run(PREP, payload("two"), stubs, STUB_MODPROBE_RC="1")
+    assert result.returncode == 3 and "cannot be loaded" in result.stderr
+
+
+def test_prep_swap_still_on_is_transient(payload, stubs):
+    result = run(PREP, payload("two"), stubs, STUB_SWAPON_OUT="/swapfile file 1G 0B -2")
+    assert result.returncode == 1 and "swap is still active" in result.stderr
