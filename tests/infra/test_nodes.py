@@ -1,0 +1,179 @@
+"""Issue 5 proof, node preparation and the k3s install. Plain functions of testinfra hosts, so
+the same checks run against the QEMU test bed and against real Pis (`make verify`).
+
+Fixtures (tests/infra/conftest.py): `router` (testinfra host), `nodes` (name -> host),
+`cluster` (ceil.config.Cluster as baked). The install checks expect the router's k3s cache to
+hold the release files the bake found (CEIL_K3S_CACHE / ~/.cache/ceil/k3s/<version>/); in the
+test bed that is a stand-in "k3s" whose digest the test cluster.yaml pins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+
+import pytest
+
+from ceil.hooks.k3s_cache import CACHE_ROOT_ON_ROUTER, K3S_CACHE_PORT, cache_url
+from ceil.hooks.k3s_install import ASSETS, parse_sums
+
+pytestmark = pytest.mark.e2e
+
+CMDLINE_FLAGS = ("cgroup_memory=1", "cgroup_enable=memory")
+
+
+def each_node(nodes):
+    assert nodes, "the cluster has no nodes"
+    return nodes.items()
+
+
+def test_cmdline_has_the_memory_cgroup_flags_once(nodes):
+    for name, host in each_node(nodes):
+        words = host.file("/proc/cmdline").content_string.split()
+        for flag in CMDLINE_FLAGS:
+            assert words.count(flag) == 1, f"{name}: {flag} appears {words.count(flag)} times in {words}"
+        controllers = host.file("/sys/fs/cgroup/cgroup.controllers")
+        if controllers.exists:  # cgroup v2: what the flags are for
+            assert "memory" in controllers.content_string.split(), name
+
+
+def test_swap_is_off_and_stays_off(nodes):
+    for name, host in each_node(nodes):
+        assert host.check_output("swapon --noheadings") == "", f"{name}: swap is active"
+        for unit in ("dphys-swapfile", "zramswap"):
+            svc = host.service(unit)
+            assert not svc.is_running, f"{name}: {unit} runs"
+        fstab = host.file("/etc/fstab").content_string if host.file("/etc/fstab").exists else ""
+        active = [line for line in fstab.splitlines() if line.split()[2:3] == ["swap"]]
+        assert active == [], f"{name}: swap still in /etc/fstab: {active}"
+
+
+def test_kernel_modules_loaded_and_kept(nodes):
+    for name, host in each_node(nodes):
+        assert host.file("/etc/modules-load.d/ceil-k3s.conf").contains("^br_netfilter")
+        for module in ("br_netfilter", "overlay"):
+            # /sys/module/<name> exists for loaded modules and for built-in ones alike.
+            assert host.file(f"/sys/module/{module}").is_directory, f"{name}: {module} not loaded"
+
+
+def test_forwarding_and_bridge_sysctls(nodes):
+    for name, host in each_node(nodes):
+        assert host.sysctl("net.ipv4.ip_forward") == 1, name
+        assert host.sysctl("net.bridge.bridge-nf-call-iptables") == 1, name
+        assert host.file("/etc/sysctl.d/90-ceil-k3s.conf").exists, name
+
+
+def test_clock_synced_from_the_router(nodes, cluster):
+    router_ip = str(cluster.network.router_ip)
+    for name, host in each_node(nodes):
+        tracking = host.check_output("chronyc -n tracking")
+        assert f"({router_ip})" in tracking or router_ip in tracking.split("\n")[0], f"{name}:\n{tracking}"
+        assert "Leap status     : Normal" in tracking, f"{name}:\n{tracking}"
+        assert host.file("/var/lib/ceil/done/k3s-prep").exists, name
+
+
+def test_registries_yaml_points_at_the_router(nodes, cluster):
+    if not cluster.registry.enabled:
+        pytest.skip("registry.enabled is false: nodes pull directly")
+    for name, host in each_node(nodes):
+        with host.sudo():
+            f = host.file("/etc/rancher/k3s/registries.yaml")
+            assert f.exists and f.user == "root" and f.mode == 0o600, name
+            assert str(cluster.network.router_ip) in f.content_string, name
+
+
+def _expected_digest(router, host, cluster) -> str:
+    if cluster.kubernetes.k3s_sha256:
+        return cluster.kubernetes.k3s_sha256
+    arch = host.check_output("dpkg --print-architecture")
+    sums = router.file(f"{CACHE_ROOT_ON_ROUTER}/k3s/{cluster.kubernetes.k3s_version}/{ASSETS[arch]['sums']}")
+    if not sums.exists:
+        pytest.skip("no pinned k3s_sha256 and no sha256sum file in the router's cache to compare with")
+    return parse_sums(sums.content_string, ASSETS[arch]["binary"])
+
+
+def test_k3s_binary_installed_and_verified(router, nodes, cluster):
+    for name, host in each_node(nodes):
+        binary = host.file("/usr/local/bin/k3s")
+        assert binary.exists and binary.mode == 0o755 and binary.user == "root", name
+        assert binary.sha256sum == _expected_digest(router, host, cluster), name
+        assert host.file("/var/lib/ceil/done/k3s-install").exists, name
+        with host.sudo():
+            log = host.check_output("journalctl -b -u ceil-k3s-install.service --no-pager -o cat || true")
+        assert "verified against" in log or "already installed" in log, f"{name}:\n{log}"
+
+
+def test_router_cache_serves_the_release_files(router, nodes, cluster):
+    version_dir = f"{CACHE_ROOT_ON_ROUTER}/k3s/{cluster.kubernetes.k3s_version}"
+    if not router.file(version_dir).is_directory:
+        pytest.skip(f"the router's cache {version_dir} is empty (the workstation had no release files)")
+    assert router.service("ceil-k3s-cache").is_running
+    assert router.socket(f"tcp://{cluster.network.router_ip}:{K3S_CACHE_PORT}").is_listening
+    name, host = next(iter(each_node(nodes)))
+    asset = ASSETS[host.check_output("dpkg --print-architecture")]["binary"]
+    served = host.check_output(f"curl -fsS {shlex.quote(cache_url(cluster) + '/' + asset)} | sha256sum")
+    assert served.split()[0] == router.file(f"{version_dir}/{asset}").sha256sum
+
+
+def test_wrong_digest_fails_loudly_and_never_runs_the_file(router, nodes, cluster):
+    """Run the node's own install step against the router's cache with a wrong pinned digest,
+    in a scratch root: it must exit 1 (transient: the unit retries), name both digests, and
+    leave no file behind, executable or not."""
+    name, host = next(iter(each_node(nodes)))
+    scratch = "/tmp/ceil-k3s-wrong-digest"
+    wrong = hashlib.sha256(b"not the k3s you are looking for").hexdigest()
+    env = (f"K3S_VERSION='{cluster.kubernetes.k3s_version}'\\nK3S_SHA256='{wrong}'\\n"
+           f"K3S_AIRGAP_DIR='{scratch}/none'\\nK3S_CACHE_URL='{cache_url(cluster)}'\\nK3S_UPSTREAM_URL=''\\n")
+    with host.sudo():
+        host.run(f"rm -rf {scratch} && mkdir -p {scratch}/usr/local/bin && printf \"{env}\" > {scratch}/install.env")
+        result = host.run(f"CEIL_ROOT={scratch} CEIL_K3S_INSTALL_ENV={scratch}/install.env"
+                          " /usr/local/lib/ceil/steps/k3s-install.sh")
+        left = host.check_output(f"ls -A {scratch}/usr/local/bin")
+        host.run(f"rm -rf {scratch}")
+    if "unavailable" in result.stderr and "MISMATCH" not in result.stderr:
+        pytest.skip("the router's cache holds no k3s binary to refuse")
+    assert result.rc == 1, result.stderr
+    assert "SHA256 MISMATCH" in result.stderr and wrong in result.stderr, result.stderr
+    assert left == "", f"{name}: files left behind: {left}"
+    show = host.check_output("systemctl show ceil-k3s-install.service -p Restart -p RestartPreventExitStatus")
+    assert "Restart=on-failure" in show and "RestartPreventExitStatus=3" in show
+
+
+def test_k3s_configured_per_role(nodes, cluster):
+    for name, host in each_node(nodes):
+        node = cluster.node(name)
+        unit = "k3s.service" if node.role == "server" else "k3s-agent.service"
+        with host.sudo():
+            config = host.file("/etc/rancher/k3s/config.yaml")
+            assert config.mode == 0o600, name
+            text = config.content_string
+            assert f"node-ip: {node.ip}" in text and f"node-name: {cluster.hostname(name)}" in text
+            iface = text.split("flannel-iface: ", 1)[1].split()[0]
+            assert str(node.ip) in host.interface(iface).addresses, f"{name}: flannel-iface {iface}"
+            assert host.file("/etc/rancher/node/password").mode == 0o600, name
+        assert host.service(unit).is_enabled, f"{name}: {unit} not enabled"
+        show = host.check_output(f"systemctl show {unit} -p Restart -p StartLimitIntervalUSec")
+        assert "Restart=always" in show and "StartLimitIntervalUSec=0" in show, f"{name}: {show}"
+
+
+def test_agents_hold_no_ca_key_and_no_server_token(nodes, cluster):
+    for name, host in each_node(nodes):
+        if cluster.node(name).role != "agent":
+            continue
+        with host.sudo():
+            keys = host.check_output("find / -xdev -name '*-ca.key' 2>/dev/null || true")
+            assert keys == "", f"{name}: CA keys on an agent: {keys}"
+            assert not host.file("/etc/ceil/secrets/k3s/token").exists, name
+            assert host.file("/etc/ceil/secrets/k3s/agent-token").content_string.startswith("K10"), name
+
+
+def test_agent_token_pins_the_servers_ca(nodes, cluster):
+    server = nodes[cluster.server.name]
+    with server.sudo():
+        ca_sha = server.file("/var/lib/rancher/k3s/server/tls/server-ca.crt").sha256sum
+    for name, host in each_node(nodes):
+        if cluster.node(name).role != "agent":
+            continue
+        with host.sudo():
+            token = host.file("/etc/ceil/secrets/k3s/agent-token").content_string.strip()
+        assert token.startswith(f"K10{ca_sha}::node:"), f"{name}: token does not pin the server CA"
