@@ -1,0 +1,161 @@
+"""Status board (router), status reporter (nodes) and `bake.py status` (workstation), end to end
+on 127.0.0.1: the real scripts, a real HTTP server, the real click command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from ceil.errors import CeilError
+from ceil.status import fetch_status, settled, status_command
+from router_lan_render import REPO, cluster_from, render
+
+BOARD = REPO / "firstboot/status-board/lib/status-board"
+REPORTER = REPO / "firstboot/status-report/lib/status-report"
+
+
+def load_board():
+    """The board script (no .py suffix: it is installed as a command) as a module."""
+    loader = SourceFileLoader("ceil_status_board", str(BOARD))
+    module = module_from_spec(spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def board(tmp_path, monkeypatch):
+    """A running board on 127.0.0.1:<free port> for nodes one and two; yields its base URL."""
+    mod = load_board()
+    router_status = tmp_path / "router-status.json"
+    router_status.write_text(json.dumps({"host": "ceil-router", "steps": {
+        "dnsmasq": {"state": "done"}, "nat-firewall": {"state": "done"}, "status-board": {"state": "pending"}}}))
+    monkeypatch.setattr(mod, "ROUTER_STATUS_CMD", ["/nonexistent/ceil-status"])
+    monkeypatch.setattr(mod, "ROUTER_STATUS_FILE", str(router_status))
+    config = {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "nodes": ["one", "two"],
+              "hostnames": {"router": "ceil-router", "one": "ceil-one", "two": "ceil-two"},
+              "state_dir": str(tmp_path / "state")}
+    mod.Handler.board = mod.Board(config)
+    server = mod.FreeBindServer(("127.0.0.1", 0), mod.Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "state"
+    server.shutdown()
+    server.server_close()
+
+
+def report(url: str, node: str, steps: dict) -> requests.Response:
+    return requests.post(f"{url}/api/status/{node}", json={"host": f"ceil-{node}", "steps": steps}, timeout=5)
+
+
+def test_summary_counts_steps_and_ignores_the_status_services():
+    mod = load_board()
+    assert mod.summarize(None) == ("waiting", 0, 0, [], [])
+    assert mod.summarize({"steps": {"a": {"state": "done"}, "status-report": {"state": "pending"}}}) == (
+        "done", 1, 1, [], [])
+    assert mod.summarize({"steps": {"a": {"state": "done"}, "b": {"state": "retrying"}}})[0] == "retrying"
+    assert mod.summarize({"steps": {"a": {"state": "failed"}, "b": {"state": "running"}}}) == (
+        "failed", 0, 2, ["a"], ["b"])
+
+
+def test_board_stores_reports_and_serves_json_and_page(board):
+    url, state = board
+    assert report(url, "one", {"k3s-install": {"state": "running"}, "chrony": {"state": "done"}}).status_code == 200
+    snap = requests.get(f"{url}/api/status", timeout=5).json()
+    hosts = {h["name"]: h for h in snap["hosts"]}
+    assert list(hosts) == ["router", "one", "two"]
+    assert hosts["router"]["state"] == "done" and hosts["router"]["total"] == 2
+    assert (hosts["one"]["state"], hosts["one"]["done"], hosts["one"]["busy"]) == ("running", 1, ["k3s-install"])
+    assert hosts["two"]["state"] == "waiting" and hosts["two"]["last_seen"] is None
+    assert json.loads((state / "one.json").read_text())["report"]["host"] == "ceil-one"
+    page = requests.get(url + "/", timeout=5).text
+    assert "ceil-one" in page and "busy: k3s-install" in page
+    assert requests.get(f"{url}/healthz", timeout=5).text == "ok\n"
+
+
+def test_board_refuses_unknown_nodes_and_bad_bodies(board):
+    url, state = board
+    assert report(url, "intruder", {}).status_code == 404
+    assert requests.post(f"{url}/api/status/one", data="not json", timeout=5).status_code == 400
+    assert requests.post(f"{url}/api/status/one", json=[1, 2], timeout=5).status_code == 400
+    assert requests.post(f"{url}/api/status/one", data=b"x" * 300_000, timeout=5).status_code == 413
+    assert not list(state.glob("*.json"))
+
+
+def test_page_escapes_what_nodes_send(board):
+    url, _ = board
+    report(url, "one", {"<script>alert(1)</script>": {"state": "failed"}})
+    page = requests.get(url + "/", timeout=5).text
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+def run_reporter(url: str, state_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CEIL_STATE_DIR": str(state_dir)}
+    return subprocess.run([sys.executable, str(REPORTER), url], capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_reporter_posts_on_change_only(board, tmp_path):
+    url, board_state = board
+    node_state = tmp_path / "node"
+    node_state.mkdir()
+    (node_state / "status.json").write_text(json.dumps({"host": "ceil-two", "steps": {"chrony": {"state": "done"}}}))
+    first = run_reporter(f"{url}/api/status/two", node_state)
+    assert first.returncode == 0 and "reported" in first.stdout, first.stderr
+    stored = (board_state / "two.json").stat().st_mtime_ns
+    again = run_reporter(f"{url}/api/status/two", node_state)  # unchanged: nothing sent
+    assert again.returncode == 0 and again.stdout == ""
+    assert (board_state / "two.json").stat().st_mtime_ns == stored
+    (node_state / "status.json").write_text(json.dumps({"host": "ceil-two", "steps": {"chrony": {"state": "failed"}}}))
+    assert "reported" in run_reporter(f"{url}/api/status/two", node_state).stdout
+    assert json.loads((board_state / "two.json").read_text())["report"]["steps"]["chrony"]["state"] == "failed"
+
+
+def test_reporter_tolerates_an_absent_router(tmp_path):
+    done = run_reporter("http://127.0.0.1:9/api/status/one", tmp_path)
+    assert done.returncode == 0 and "the timer retries" in done.stderr
+    assert not (tmp_path / "status-report.last").exists()
+
+
+def test_status_command_prints_the_table(board):
+    url, _ = board
+    report(url, "one", {"chrony": {"state": "done"}})
+    report(url, "two", {"chrony": {"state": "done"}})
+    result = CliRunner().invoke(status_command, ["--url", url])
+    assert result.exit_code == 0, result.output
+    for text in ("ceil-router", "ceil-one", "ceil-two", "done", "1/1"):
+        assert text in result.output
+    raw = CliRunner().invoke(status_command, ["--url", url, "--json"])
+    assert json.loads(raw.stdout)["cluster"] == "ceil", raw.output
+
+
+def test_status_command_exits_1_on_a_failed_step(board):
+    url, _ = board
+    report(url, "one", {"k3s-install": {"state": "failed"}})
+    result = CliRunner().invoke(status_command, ["--url", url, "--wait", "30"])
+    assert result.exit_code == 1
+    assert "failed: k3s-install" in result.output
+
+
+def test_status_command_without_a_board_says_how_to_reach_it():
+    with pytest.raises(CeilError, match="could not read the status board at http://127.0.0.1:9/api/status.*--url"):
+        fetch_status("http://127.0.0.1:9/api/status", timeout=2)
+    assert settled({"hosts": [{"state": "done"}, {"state": "failed"}]})
+    assert not settled({"hosts": [{"state": "done"}, {"state": "waiting"}]})
+
+
+def test_rendered_configs_agree_on_address_and_port(tmp_path):
+    cluster = cluster_from()
+    router = render(cluster, "router", tmp_path)
+    node = render(cluster, "three", tmp_path)
+    config = json.loads((router / "etc/status-board/config.json").read_text())
+    assert (config["bind"], config["port"]) == ("10.42.0.1", 8081)
+    assert config["nodes"] == ["one", "two", "three", "four"]
+    assert (node / "etc/status-report/url").read_text().strip() == "http://10.42.0.1:8081/api/status/three"
