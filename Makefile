@@ -48,5 +48,15 @@ verify: venv ## Run the testinfra checks against the real cluster described by $
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write
 	$(PY) bench/bake.py
 	$(PY) bench/flash.py
+piwatch-dev: venv ## Run PiWatch on this machine with mock GPIO pins (http://127.0.0.1:8080)
+	PIWATCH_MOCK_PINS=1 $(PY) -m piwatch
+piwatch-test: venv ## PiWatch unit, API and browser tests
+	$(PY) -m pytest tests/piwatch
+status: venv ## First-boot progress of every machine, collected by the router
+	$(PY) bake.py status --config $(CONFIG)
+kubeconfig: venv ## Write the admin kubeconfig signed by the baked client CA
+	$(PY) bake.py kubeconfig --config $(CONFIG)
+vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
+	$(PY) bake.py vpn-client $* --config $(CONFIG)
 clean: ## Remove baked images (keeps secrets/ and the download cache)
 	rm -rf $(OUT)
