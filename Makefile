@@ -34,9 +34,8 @@ bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a loca
 	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
 
-test: setup ## Set up and run every test CI runs (unit, image and QEMU end-to-end)
+test: setup ## Set up and run every test CI runs (unit, image, rendered-config and browser tests)
 	$(PY) -m pytest -m "not e2e"
-	$(MAKE) e2e
 test-unit: venv ## Fast unit and image tests only
 	$(PY) -m pytest -m "not e2e"
 testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images (ARCH=arm64|amd64)
