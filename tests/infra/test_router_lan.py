@@ -1,0 +1,222 @@
+"""Issue 4 proof, router LAN: DHCP reservations + leases, DNS, NAT, firewall exposure, NTP, status.
+
+Plain functions of testinfra hosts, the same against QEMU (e2e) and a real cluster (`make verify`).
+Fixtures (tests/infra/conftest.py): `router` (testinfra host), `nodes` (name -> host), `cluster`
+(ceil.config.Cluster as baked), `fakes` (the local fake internet; may be None). From `fakes`:
+  fakes.dns_name, fakes.dns_answer   an "internet" name and the address the fake upstream DNS
+                                     (network.upstream_dns points at it) gives for it
+  fakes.http_url, fakes.http_body    a URL on a fake internet server, and what it returns
+  fakes.uplink_open_ports(ports)     the TCP ports of `ports` that accept a connection on the
+                                     router's uplink address, probed from the uplink side
+  fakes.reboot_router()              reboot the router and wait until SSH answers again
+A check whose fake is missing skips, saying what it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DNSMINI = (Path(__file__).resolve().parents[1] / "unit/dnsmini.py").read_text()
+LEASES = "/var/lib/misc/dnsmasq.leases"
+
+
+def fake(fakes, name: str):
+    value = getattr(fakes, name, None) if fakes is not None else None
+    if value is None:
+        pytest.skip(f"needs the test bed's fakes.{name} (a local fake internet service)")
+    return value
+
+
+def each_node(nodes):
+    if not nodes:
+        pytest.skip("no node hosts in this run")
+    return sorted(nodes.items())
+
+
+def ask_dns(host, server: str, name: str, qtype: str = "A") -> str:
+    """Query `server` directly from `host` (python3 is on every flavor: cloud-init needs it)."""
+    cmd = f"python3 -c {shlex.quote(DNSMINI)} query {server} {shlex.quote(name)} {qtype}"
+    return host.check_output(cmd)
+
+
+def wait_for(what: str, check, timeout: float = 240, every: float = 5):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+    return value
+
+
+# ---- DHCP ------------------------------------------------------------------------------------
+
+
+def node_has_address(host, ip: str) -> bool:
+    return re.search(rf"\binet {re.escape(ip)}/", host.check_output("ip -4 -o addr show")) is not None
+
+
+def leases_by_ip(router) -> dict[str, list[str]]:
+    with router.sudo():
+        text = router.file(LEASES).content_string
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():  # expiry mac ip hostname client-id
+        parts = line.split()
+        out.setdefault(parts[2], []).append(line)
+    return out
+
+
+def test_nodes_get_their_reserved_addresses_and_the_leases_list_them(router, nodes, cluster):
+    leases = leases_by_ip(router)
+    for name, host in each_node(nodes):
+        ip = str(cluster.node(name).ip)
+        assert node_has_address(host, ip), f"{name} does not have its reserved address {ip}"
+        assert len(leases.get(ip, [])) == 1, f"{name}: expected one lease for {ip}: {leases.get(ip)}"
+        assert cluster.hostname(name) in leases[ip][0]
+
+
+def test_leases_survive_a_dnsmasq_restart(router, nodes, cluster):
+    before = leases_by_ip(router)
+    with router.sudo():
+        router.check_output("systemctl restart dnsmasq")
+    assert router.service("dnsmasq").is_running and router.service("dnsmasq").is_enabled
+    after = leases_by_ip(router)
+    for name, _ in each_node(nodes):
+        ip = str(cluster.node(name).ip)
+        assert after.get(ip) == before.get(ip), f"{name}: lease changed across a restart"
+
+
+def test_addresses_are_kept_across_a_router_reboot(router, nodes, cluster, fakes):
+    reboot = fake(fakes, "reboot_router")
+    before = leases_by_ip(router)
+    reboot()
+    for name, host in each_node(nodes):
+        ip = str(cluster.node(name).ip)
+        wait_for(f"{name} to keep {ip}", lambda h=host, i=ip: node_has_address(h, i), timeout=120)
+    after = leases_by_ip(router)
+    assert {ip for ip in before if ip in after} >= {str(cluster.node(n).ip) for n, _ in each_node(nodes)}
+    assert all(len(v) == 1 for v in after.values()), "duplicated leases after the reboot"
+
+
+# ---- DNS -------------------------------------------------------------------------------------
+
+
+def test_cluster_names_resolve_via_the_router(nodes, cluster):
+    router_ip, d = str(cluster.network.router_ip), cluster.domain
+    for name, host in each_node(nodes):
+        for other in cluster.nodes:
+            want = f"['{other.ip}']"
+            assert ask_dns(host, router_ip, f"{other.name}.{d}") == want, name
+            assert ask_dns(host, router_ip, cluster.fqdn(other.name)) == want, name
+        assert ask_dns(host, router_ip, f"router.{d}") == f"['{router_ip}']"
+        assert ask_dns(host, router_ip, f"anything.apps.{d}") == f"['{cluster.network.ingress_ip}']"
+        # And the node's own resolver (from DHCP) finds them too.
+        assert host.run(f"getent hosts router.{d}").stdout.split()[0] == router_ip
+
+
+def test_internet_names_resolve_through_the_upstream(nodes, cluster, fakes):
+    name, answer = fake(fakes, "dns_name"), fake(fakes, "dns_answer")
+    for node, host in each_node(nodes):
+        assert ask_dns(host, str(cluster.network.router_ip), name) == f"['{answer}']", node
+
+
+def test_the_router_resolves_cluster_names_itself(router, cluster):
+    assert router.run(f"getent hosts {cluster.fqdn(cluster.server.name)}").stdout.split()[0] == str(cluster.server.ip)
+
+
+def test_dns_listens_on_the_lan_not_the_uplink(router, cluster):
+    uplink = router.interface(cluster.router.uplink.iface).addresses
+    with router.sudo():
+        listening = router.check_output("ss -H -lnu 'sport = :53'")
+    assert str(cluster.network.router_ip) in listening
+    for addr in uplink:
+        assert f"{addr}:53" not in listening and f"[{addr}]:53" not in listening
+
+
+# ---- NAT and firewall ------------------------------------------------------------------------
+
+
+def test_nodes_fetch_from_the_internet_through_nat(nodes, fakes):
+    url, body = fake(fakes, "http_url"), fake(fakes, "http_body")
+    code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=20).read().decode())"
+    for name, host in each_node(nodes):
+        assert host.check_output(f"python3 -c {shlex.quote(code)} {shlex.quote(url)}") == body.strip(), name
+
+
+def uplink_accepts(router, cluster) -> dict[str, set[int]]:
+    """Destination ports the live input chain accepts on the uplink interface, by protocol."""
+    with router.sudo():
+        chain = router.check_output("nft list chain inet ceil input")
+    out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for line in chain.splitlines():
+        line = line.strip()
+        if f'iifname "{cluster.router.uplink.iface}"' not in line or not line.endswith("accept"):
+            continue
+        m = re.search(r"(tcp|udp) dport (\{[^}]*\}|\d+)", line)
+        assert m, f"an uplink rule accepts more than one port: {line}"
+        out[m.group(1)] |= {int(p) for p in re.findall(r"\d+", m.group(2))}
+    return out
+
+
+def test_uplink_accepts_only_ssh_and_the_vpn_port(router, cluster):
+    assert router.service("nftables").is_enabled
+    assert router.sysctl("net.ipv4.ip_forward") == 1
+    # 68 and 546: replies to the router's own DHCP/DHCPv6 client on the uplink (source port 67/547).
+    want_udp = {68, 546} | ({cluster.vpn.port} if cluster.vpn.enabled else set())
+    assert uplink_accepts(router, cluster) == {"tcp": {22}, "udp": want_udp}
+
+
+def test_from_the_uplink_only_ssh_answers(cluster, fakes):
+    probe = fake(fakes, "uplink_open_ports")
+    ports = [22, 53, 8081, cluster.registry.port, cluster.registry.mirror_port, cluster.piwatch.port]
+    assert probe(ports) == {22}
+
+
+def test_from_the_lan_the_lan_services_answer(nodes, cluster):
+    name, host = each_node(nodes)[0]
+    router_ip = str(cluster.network.router_ip)
+    ports = [22, 53, 8081]
+    if cluster.registry.enabled:
+        ports += [cluster.registry.port, cluster.registry.mirror_port]
+    if cluster.piwatch.enabled:
+        ports.append(cluster.piwatch.port)
+    code = ("import socket,sys\nfor p in sys.argv[2:]:\n"
+            " socket.create_connection((sys.argv[1], int(p)), timeout=5).close()")
+    host.check_output(f"python3 -c {shlex.quote(code)} {router_ip} {' '.join(map(str, ports))}")
+
+
+# ---- NTP and status --------------------------------------------------------------------------
+
+
+def test_router_serves_time_and_nodes_sync_from_it(router, nodes, cluster):
+    assert router.service("chrony").is_running
+    router_ip = str(cluster.network.router_ip)
+    for name, host in each_node(nodes):
+        wait_for(f"{name} to select the router as its time source",
+                 lambda h=host: re.search(rf"^\^\*\s+{re.escape(router_ip)}\b", h.check_output("chronyc -n sources"), re.M),
+                 timeout=180)
+    with router.sudo():
+        stats = router.check_output("chronyc -n serverstats")
+    assert int(re.search(r"NTP packets received\s*:\s*(\d+)", stats).group(1)) > 0
+
+
+def test_status_board_lists_every_machine(nodes, cluster):
+    _, host = each_node(nodes)[0]
+    url = f"http://{cluster.network.router_ip}:8081/api/status"
+    code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode())"
+
+    def reported():
+        snap = json.loads(host.check_output(f"python3 -c {shlex.quote(code)} {url}"))
+        hosts = {h["name"]: h for h in snap["hosts"]}
+        return hosts if all(hosts[n.name]["last_seen"] for n in cluster.nodes) else None
+
+    hosts = wait_for("every node to report to the status board", reported, timeout=180)
+    assert set(hosts) == {"router", *(n.name for n in cluster.nodes)}
+    assert all(h["state"] != "failed" for h in hosts.values()), {n: h["failed"] for n, h in hosts.items()}
