@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..secrets import SecretStore
 from ..status import STATUS_PORT
 from .dnsmasq import VPN_INTERFACE
+from .k3s_cache import K3S_CACHE_PORT
 
 SSH_PORT = 22
 
@@ -41,6 +42,8 @@ def lan_services(cluster: Cluster) -> list[Service]:
         Service("dhcp", "udp", 67),
         Service("ntp", "udp", 123),
         Service("status-board", "tcp", STATUS_PORT),
+        # Nodes fetch the k3s binary from the router's cache (firstboot/k3s-cache).
+        Service("k3s-cache", "tcp", K3S_CACHE_PORT),
     ]
     if cluster.registry.enabled:
         out.append(Service("registry", "tcp", cluster.registry.port))

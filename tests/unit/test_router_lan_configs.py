@@ -141,7 +141,7 @@ def test_lan_ports_follow_enabled_features(variant):
     tcp = fw_hooks.ports(fw_hooks.lan_services(cluster), "tcp")
     udp = fw_hooks.ports(fw_hooks.lan_services(cluster), "udp")
     assert udp == [53, 67, 123]
-    expected = {22, 53, 8081}
+    expected = {22, 53, 8081, 8088}  # 8088: the k3s binary cache
     if cluster.registry.enabled:
         expected |= {cluster.registry.port, cluster.registry.mirror_port}
     if cluster.piwatch.enabled:
