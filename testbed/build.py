@@ -1,0 +1,272 @@
+"""Build (or reuse) a ceil test-bed image: `python -m testbed.build --flavor testbed-ubuntu --arch arm64`.
+
+The steps, in order: check_tools, make_repo_key, bootstrap (mmdebstrap + role-package download),
+shape_rootfs, layout_disk, build_repo, finish (manifest, atomic rename into the cache). The
+result lives in ${CEIL_CACHE:-~/.cache/ceil}/testbed/<flavor>-<arch>-<key>/:
+
+    image.img        sparse MBR disk image laid out like the mimicked flavor
+    vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files, for direct boot
+    repo/debian/     signed apt repository with the role packages (served to guests by the harness)
+    manifest.json    key, flavor, arch, suite, kernel, timings, sizes
+    packages.txt     every package installed in the image, with versions
+    build.log        mmdebstrap's output
+
+A directory with a manifest is complete (it is renamed into place only at the end); it is reused
+until the recipe changes. Needs root (mmdebstrap --mode=root, ownership in the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import disk, repo, rootfs
+from .recipe import ARCHES, Recipe, RecipeError, cache_root, load
+
+log = logging.getLogger("testbed")
+
+TOOLS = {
+    "mmdebstrap": "builds the Debian root file system (apt install mmdebstrap)",
+    "mke2fs": "creates the ext4 root partition from a directory (apt install e2fsprogs)",
+    "mkfs.fat": "creates the FAT32 boot partition (apt install dosfstools)",
+    "mcopy": "writes files into the boot partition without mounting (apt install mtools)",
+    "sfdisk": "writes the MBR partition table (apt install fdisk)",
+    "apt-ftparchive": "indexes the local apt repository (apt install apt-utils)",
+    "gpg": "signs the local apt repository (apt install gpg)",
+    "systemctl": "enables units inside the image (systemd)",
+}
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """A complete test bed in the cache."""
+
+    dir: Path
+
+    @property
+    def image(self) -> Path:
+        return self.dir / "image.img"
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+    @property
+    def repo(self) -> Path:
+        return self.dir / "repo"
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.dir / "manifest.json").read_text())
+
+
+class BuildError(Exception):
+    pass
+
+
+def check_tools(arch: str) -> None:
+    missing = [f"{t} not found: it {why}" for t, why in TOOLS.items() if shutil.which(t) is None]
+    if missing:
+        raise BuildError("missing host tools (scripts/setup-host.sh --test installs them):\n  " + "\n  ".join(missing))
+    if os.geteuid() != 0:
+        raise BuildError("the test-bed build needs root (mmdebstrap --mode=root, file ownership in the image); run it with sudo")
+    host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    if arch != host:
+        enable_binfmt(arch)
+
+
+QEMU_BINFMT = {"arm64": "qemu-aarch64", "amd64": "qemu-x86_64"}
+
+
+def enable_binfmt(arch: str) -> None:
+    """Foreign-arch chroots run through qemu-user, which needs binfmt_misc registered."""
+    name = QEMU_BINFMT[arch]
+    mnt = Path("/proc/sys/fs/binfmt_misc")
+    if not (mnt / "status").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(mnt)], check=True)
+    if not (mnt / name).exists() or "enabled" not in (mnt / name).read_text():
+        if shutil.which("update-binfmts") is None:
+            raise BuildError(f"{arch} chroot needs qemu-user: apt install qemu-user-static binfmt-support")
+        subprocess.run(["update-binfmts", "--enable", name], check=True)
+    if not (mnt / name).exists():
+        raise BuildError(f"binfmt handler {name} is not registered: apt install qemu-user-static binfmt-support")
+    if shutil.which("arch-test") is None:
+        raise BuildError("arch-test not found: mmdebstrap needs it for a foreign-arch chroot (apt install arch-test)")
+
+
+def _unmount_below(path: Path) -> None:
+    """mmdebstrap mounts /proc, /sys, /dev in the chroot; a killed build can leave them behind."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for m in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], check=False)
+
+
+def remove_tree(path: Path) -> None:
+    if path.exists():
+        _unmount_below(path)
+        shutil.rmtree(path)
+
+
+@contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@contextmanager
+def _step(name: str, timings: dict):
+    log.info("step %s ...", name)
+    t0 = time.monotonic()
+    yield
+    timings[name] = round(time.monotonic() - t0, 1)
+    log.info("step %s done in %.1f s", name, timings[name])
+
+
+def final_dir(recipe: Recipe) -> Path:
+    return cache_root() / f"{recipe.slug}-{recipe.key}"
+
+
+def lookup(flavor: str, arch: str) -> Testbed | None:
+    """The cached test bed for the current recipe, or None."""
+    d = final_dir(load(flavor, arch))
+    return Testbed(d) if (d / "manifest.json").is_file() else None
+
+
+def ensure(flavor: str, arch: str, force: bool = False) -> Testbed:
+    """Return the cached test bed for the current recipe, building it first if needed."""
+    recipe = load(flavor, arch)
+    final = final_dir(recipe)
+    with _lock(cache_root() / f".lock-{recipe.slug}"):
+        if (final / "manifest.json").is_file() and not force:
+            log.info("test bed %s is cached: %s", recipe.slug, final)
+            return Testbed(final)
+        check_tools(arch)
+        tmp = cache_root() / f".tmp-{recipe.slug}-{recipe.key}-{os.getpid()}"
+        remove_tree(tmp)
+        tmp.mkdir(parents=True)
+        try:
+            _build(recipe, tmp)
+            remove_tree(final)
+            tmp.rename(final)
+        finally:
+            remove_tree(tmp)
+        link = cache_root() / recipe.slug
+        link.unlink(missing_ok=True)
+        link.symlink_to(final.name)
+        return Testbed(final)
+
+
+def _build(recipe: Recipe, tmp: Path) -> None:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    root, bootfs, debs, gnupg = tmp / "root", tmp / "bootfs", tmp / "debs", tmp / "gnupg"
+    layout = disk.Layout(
+        size=recipe.data["image"]["size_mib"] * disk.MIB,
+        boot_start=recipe.data["image"]["boot_start_mib"] * disk.MIB,
+        boot_size=recipe.data["image"]["boot_mib"] * disk.MIB,
+        disk_id=recipe.key[:8],
+    )
+    with _step("make_repo_key", timings):
+        key_asc = repo.make_key(gnupg)
+    with _step("bootstrap", timings):
+        rootfs.mmdebstrap(recipe, root, debs, tmp / "build.log")
+    with _step("shape_rootfs", timings):
+        facts = rootfs.shape(recipe, root, bootfs, key_asc)
+        rootfs.write_boot_files(recipe, bootfs, layout.disk_id)
+        packages = subprocess.run(
+            ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package} ${Version} ${Architecture}\n"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        (tmp / "packages.txt").write_text(packages)
+    with _step("layout_disk", timings):
+        disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
+        for name in ("vmlinuz", "initrd.img", recipe.flavor.cmdline_file):
+            shutil.copyfile(bootfs / name, tmp / Path(name).name)
+    with _step("build_repo", timings):
+        n_debs = repo.build(tmp / "repo", debs, recipe.suite, recipe.arch, recipe.data["components"], gnupg)
+    remove_tree(root)
+    remove_tree(bootfs)
+    remove_tree(gnupg)
+    remove_tree(debs)
+    st = (tmp / "image.img").stat()
+    manifest = {
+        "key": recipe.key,
+        "flavor": recipe.flavor.name,
+        "arch": recipe.arch,
+        "suite": recipe.suite,
+        "kernel": facts["kernel"],
+        "cmdline": rootfs.cmdline(recipe, layout.disk_id),
+        "disk_id": layout.disk_id,
+        "image_bytes": st.st_size,
+        "image_allocated_bytes": st.st_blocks * 512,
+        "installed_packages": len(packages.splitlines()),
+        "repo_packages": n_debs,
+        "role_packages": list(recipe.role_packages),
+        "timings_s": timings,
+        "build_s": round(time.monotonic() - t0, 1),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("built %s in %.0f s", recipe.slug, manifest["build_s"])
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (make/CI timeouts) must run the same cleanup as Ctrl-C: stop mmdebstrap, drop tmp.
+    signal.signal(signal.SIGTERM, _interrupt)
+    ap = argparse.ArgumentParser(prog="python -m testbed.build", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--flavor", default="testbed-ubuntu", help="images/<flavor>.yaml (default: testbed-ubuntu)")
+    ap.add_argument("--arch", default=os.environ.get("CEIL_TESTBED_ARCH", "arm64"), choices=ARCHES)
+    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
+    ap.add_argument("--print", dest="what", choices=["dir", "image", "key"],
+                    help="only print the cached path/key (build first if missing unless --no-build)")
+    ap.add_argument("--no-build", action="store_true", help="with --print: fail instead of building")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.what else logging.WARNING,
+                        format="%(asctime)s testbed: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.what == "key":
+            print(load(args.flavor, args.arch).key)
+            return 0
+        tb = lookup(args.flavor, args.arch) if args.no_build else ensure(args.flavor, args.arch, args.force)
+        if tb is None:
+            print(f"no cached test bed for {args.flavor} {args.arch}: run make testbed", file=sys.stderr)
+            return 1
+    except (BuildError, RecipeError, RuntimeError) as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 1
+    if args.what == "image":
+        print(tb.image)
+    elif args.what == "dir":
+        print(tb.dir)
+    else:
+        m = tb.manifest
+        print(f"{tb.image}\n  {m['flavor']} {m['arch']} {m['suite']} kernel {m['kernel']}, "
+              f"{m['installed_packages']} packages, repo {m['repo_packages']} debs, built in {m['build_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Root file system of a test bed: mmdebstrap a Debian base, then shape it like the mimicked flavor.
+
+Owns: the mmdebstrap call (as root, foreign arch through qemu-user/binfmt), the download of the
+role packages into a directory for the local repo (done inside the same mmdebstrap run so the
+dependency resolution is against exactly the installed base), and the post-install edits that make
+the tree a faithful stand-in for a Pi image: no SSH host keys, empty machine-id, no passwords,
+fstab by label, cloud-init seed discovery as the flavor does it, and the boot partition's
+contents (kernel, initrd, cmdline.txt) staged in a separate directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from .recipe import Recipe
+
+log = logging.getLogger("testbed")
+
+
+def mmdebstrap(recipe: Recipe, root: Path, debs: Path, logfile: Path) -> None:
+    """Install the base into `root` and download the role packages (+deps) into `debs`."""
+    debs.mkdir(parents=True, exist_ok=True)
+    pkgs = " ".join(shlex.quote(p) for p in recipe.role_packages)
+    # Host apt with mmdebstrap's config resolves against the chroot's dpkg status and the target
+    # arch: fast (native) and downloads exactly what the base lacks. Recommends included, because
+    # the guest's apt installs them by default and they must then be in the repo.
+    download = (
+        'set -e; rm -f "$1"/var/cache/apt/archives/*.deb; '
+        f'APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get --yes --download-only '
+        f"-o APT::Install-Recommends=true install {pkgs}; "
+        f'find "$1"/var/cache/apt/archives -maxdepth 1 -name "*.deb" -exec mv -t {shlex.quote(str(debs))} {{}} +'
+    )
+    # initramfs-tools includes fsck for the root file system only if /etc/fstab names it, and the
+    # kernel's postinst ran before there was an fstab: write it, then rebuild the initramfs.
+    fstab = shlex.quote(fstab_text(recipe))
+    initramfs = f'set -e; printf %s {fstab} > "$1/etc/fstab"; chroot "$1" update-initramfs -u -k all'
+    cmd = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        "--format=directory",
+        f"--arch={recipe.arch}",
+        f"--components={','.join(recipe.data['components'])}",
+        f"--include={','.join(recipe.packages())}",
+        "--dpkgopt=force-unsafe-io",
+        "--aptopt=Acquire::Retries=3",
+        f"--customize-hook={initramfs}",
+        f"--customize-hook={download}",
+        recipe.suite,
+        str(root),
+        recipe.mirror,
+    ]
+    log.info("mmdebstrap %s %s (%d packages + deps); log: %s", recipe.suite, recipe.arch, len(recipe.packages()), logfile)
+    with open(logfile, "ab") as out:
+        out.write(("$ " + shlex.join(cmd) + "\n").encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            proc.wait()
+        except BaseException:
+            # Interrupted: let mmdebstrap unmount /proc, /sys, /dev from the chroot before the
+            # caller removes the tree.
+            proc.terminate()
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    if proc.returncode != 0:
+        tail = "".join(logfile.read_text(errors="replace").splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"mmdebstrap failed (exit {proc.returncode}); last lines of {logfile}:\n{tail}")
+
+
+def fstab_text(recipe: Recipe) -> str:
+    fl = recipe.flavor
+    return (f"LABEL={fl.root_label}\t/\text4\tdefaults\t0\t1\n"
+            f"LABEL={fl.boot_label}\t{fl.boot_mount}\tvfat\tdefaults\t0\t1\n")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def seed_config(recipe: Recipe) -> str:
+    """cloud.cfg.d snippet: where NoCloud finds the seed, as the mimicked image ships it."""
+    fl = recipe.flavor
+    renderers = ", ".join(recipe.net["cloud_init_renderers"])
+    if fl.seed_method == "fs_label":
+        # Ubuntu raspi's 99-fake_cloud.cfg
+        ds = f"datasource:\n  NoCloud:\n    fs_label: {fl.boot_label}\n"
+    elif fl.seed_method == "seedfrom":
+        # rpi-cloud-init-mods: by path on the mounted boot partition, not by label
+        ds = f"datasource:\n  NoCloud:\n    seedfrom: file://{fl.boot_mount}/\n"
+    else:
+        raise ValueError(f"flavor {fl.name}: seed method {fl.seed_method!r} is not built by the test bed")
+    return (
+        f"# ceil test bed: seed discovery as {fl.name} mimics it\n"
+        "datasource_list: [ NoCloud, None ]\n"
+        f"{ds}"
+        f"system_info:\n  network:\n    renderers: [ {renderers} ]\n"
+    )
+
+
+def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
+    """Post-install edits on `root`; stage the boot partition's files in `bootfs`.
+
+    Returns facts for the manifest (kernel version).
+    """
+    fl = recipe.flavor
+    # Each machine makes its own identity on first boot.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    for f in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret"):
+        (root / f).unlink(missing_ok=True)
+
+    hostname = recipe.data["image"]["hostname"]
+    _write(root / "etc/hostname", hostname + "\n")
+    _write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    _write(root / "etc/fstab", fstab_text(recipe))
+    (root / fl.boot_mount.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+    # apt: deb822 sources like Ubuntu 24.04 / Pi OS trixie; the real archive URL, which the
+    # bake's apt_mirror option rewrites. The local repo is signed by a key only test beds trust.
+    (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    _write(
+        root / "etc/apt/sources.list.d/debian.sources",
+        f"Types: deb\nURIs: {recipe.mirror}\nSuites: {recipe.suite}\n"
+        f"Components: {' '.join(recipe.data['components'])}\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    _write(root / "etc/apt/trusted.gpg.d/ceil-testbed.asc", repo_key_asc)
+
+    _write(root / "etc/cloud/cloud.cfg.d/99-ceil-testbed.cfg", seed_config(recipe))
+    if fl.seed_method == "seedfrom":
+        # The seed is read by path in cloud-init's local stage, which runs before local-fs.target:
+        # the boot partition must be mounted by then.
+        _write(
+            root / "etc/systemd/system/cloud-init-local.service.d/10-boot-firmware.conf",
+            f"[Unit]\nRequiresMountsFor={fl.boot_mount}\n",
+        )
+    boundary = recipe.data.get("flavors", {}).get(fl.name, {}).get("cloud_init_deprecation_boundary")
+    if boundary:
+        features = next((root / "usr/lib/python3/dist-packages/cloudinit").glob("features.py"), None)
+        text = features.read_text() if features else ""
+        if 'DEPRECATION_INFO_BOUNDARY = "devel"' not in text:
+            raise RuntimeError("cloud-init's features.py has no DEPRECATION_INFO_BOUNDARY to patch: recipe out of date?")
+        features.write_text(text.replace('DEPRECATION_INFO_BOUNDARY = "devel"', f'DEPRECATION_INFO_BOUNDARY = "{boundary}"'))
+    if fl.network == "netplan-nm":
+        _write(root / "etc/netplan/01-network-manager-all.yaml", "network:\n  version: 2\n  renderer: NetworkManager\n", 0o600)
+    for unit in recipe.net["enable"]:
+        subprocess.run(["systemctl", f"--root={root}", "enable", unit], check=True, capture_output=True)
+
+    # Boot partition: what the Pi firmware would load. The harness boots these directly.
+    bootfs.mkdir(parents=True, exist_ok=True)
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise RuntimeError(f"no kernel in {root}/boot: is {recipe.data['kernel'][recipe.arch]} in the recipe?")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    initrd = root / "boot" / f"initrd.img-{version}"
+    if not initrd.is_file():
+        raise RuntimeError(f"kernel {version} has no initrd ({initrd}): initramfs-tools missing?")
+    shutil.copyfile(kernels[-1], bootfs / "vmlinuz")
+    shutil.copyfile(initrd, bootfs / "initrd.img")
+    return {"kernel": version}
+
+
+def cmdline(recipe: Recipe, disk_id: str) -> str:
+    template = recipe.data["cmdline"][recipe.flavor.seed_method]
+    return template.format(
+        console=recipe.data["console"][recipe.arch], root_label=recipe.flavor.root_label, disk_id=disk_id
+    )
+
+
+def write_boot_files(recipe: Recipe, bootfs: Path, disk_id: str) -> None:
+    _write(bootfs / recipe.flavor.cmdline_file, cmdline(recipe, disk_id) + "\n")
+    # A Pi boot partition has config.txt; ours only documents that nothing reads it.
+    _write(bootfs / "config.txt", "# ceil test bed: QEMU boots vmlinuz/initrd.img/cmdline.txt directly\n")

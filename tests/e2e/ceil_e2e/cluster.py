@@ -1,0 +1,269 @@
+"""A test cluster in QEMU: bake it with bake.py, boot router + nodes, reach them over SSH.
+
+Owns one run's resources, all released by `close()` (also on failure or Ctrl-C): the QEMU
+processes, the fake internet servers, the SSH control sockets and the work directory with the
+disk images. The artefacts directory (serial logs, QEMU command lines, bake log, ssh_config,
+diagnostics of failed guests) is kept for debugging.
+
+Topology (docs/testing.md has a picture):
+  router  eth0 = LAN (L2 segment shared with the nodes), eth1 = uplink (QEMU user net,
+          restrict=on; SSH via hostfwd 127.0.0.1:<port>; fakes via guestfwd)
+  nodes   eth0 = LAN only; reached by ProxyJump over the router once it serves DHCP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ceil_infra.ssh import Endpoint, SshConfig, generate_key
+
+from . import fakes as fakes_mod
+from . import readiness
+from .vm import Guest, Lan, Uplink
+
+REPO = Path(__file__).resolve().parents[3]
+CLUSTER_TEMPLATE = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(msg: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Timeouts:
+    """Seconds. Generous: TCG guests on a busy 2-core machine boot 3-5x slower than on a laptop."""
+
+    ssh: float = float(os.environ.get("CEIL_E2E_SSH_TIMEOUT", 1200))
+    cloud_init: float = float(os.environ.get("CEIL_E2E_CLOUD_INIT_TIMEOUT", 900))
+    firstboot: float = float(os.environ.get("CEIL_E2E_FIRSTBOOT_TIMEOUT", 2400))
+
+
+@dataclass
+class Machine:
+    name: str               # role name: router, one, two, ...
+    guest: Guest
+    hostname: str           # <cluster>-<role>
+    ip: str | None          # LAN address (nodes: as reserved in cluster.yaml)
+    timings: dict = field(default_factory=dict)
+
+
+def load_template(pubkey: str, overrides: dict | None = None) -> dict:
+    data = yaml.safe_load(CLUSTER_TEMPLATE.read_text())
+    data["ssh"]["authorized_keys"] = [pubkey.strip()]
+    return deep_merge(data, overrides or {})
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class TestCluster:
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, name: str, testbed, arch: str, artifacts: Path, workdir: Path, *,
+                 overrides: dict | None = None, roles: list[str] | None = None, cache: str | None = None):
+        self.name = name
+        self.testbed = testbed
+        self.arch = arch
+        self.artifacts = artifacts
+        self.workdir = workdir
+        self.cache = cache
+        self.timeouts = Timeouts()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.run_id = int.from_bytes(os.urandom(2), "big")
+        self.key = generate_key(workdir / "id_ed25519")
+        self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log")
+        self.extras = fakes_mod.wire_service_fakes(self.internet)
+        self.config = load_template(Path(f"{self.key}.pub").read_text(), deep_merge(self.extras.overrides, overrides or {}))
+        self.config_path = workdir / "cluster.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        shutil.copy(self.config_path, artifacts / "cluster.yaml")
+        all_roles = ["router"] + [n["name"] for n in self.config["nodes"]]
+        self.roles = roles or all_roles
+        self.lan = Lan.random()
+        self.ssh_port = free_port()
+        self.probe_ports: dict[int, int] = {}  # guest uplink port -> 127.0.0.1 port (hostfwd)
+        self.machines: dict[str, Machine] = {}
+        self.ssh = self._ssh_config()
+        self.cluster = None  # ceil.config.Cluster, after bake()
+
+    # -- configuration ------------------------------------------------------------------------
+    @property
+    def user(self) -> str:
+        return self.config["ssh"].get("user", "ceil")
+
+    def node_ip(self, role: str) -> str | None:
+        for n in self.config["nodes"]:
+            if n["name"] == role:
+                return n.get("ip")
+        return None
+
+    def _ssh_config(self) -> SshConfig:
+        ends = [Endpoint("router", "127.0.0.1", self.ssh_port)]
+        domain = self.config.get("domain", "ceil.internal")
+        for n in self.config["nodes"]:
+            # The router resolves the jump target: a reserved IP works before DNS does.
+            ends.append(Endpoint(n["name"], n.get("ip") or f"{n['name']}.{domain}", 22, jump="router"))
+        return SshConfig(self.artifacts / "ssh_config", self.user, self.key, ends, self.artifacts / "known_hosts")
+
+    def probe_port(self, guest_port: int) -> int:
+        self.probe_ports[guest_port] = free_port()
+        return self.probe_ports[guest_port]
+
+    # -- bake ---------------------------------------------------------------------------------
+    def bake(self) -> float:
+        out = self.workdir / "out"
+        cmd = [sys.executable, str(REPO / "bake.py"), "--config", str(self.config_path),
+               "--base-image", str(self.testbed.image), "--out", str(out), "--secrets", str(self.workdir / "secrets")]
+        for r in self.roles:
+            cmd += ["--role", r]
+        env = {**os.environ}
+        if self.cache:
+            env["CEIL_CACHE"] = self.cache
+        t0 = time.monotonic()
+        log(f"baking {', '.join(self.roles)} from {self.testbed.image.name}")
+        with open(self.artifacts / "bake.log", "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            tail = (self.artifacts / "bake.log").read_text()[-3000:]
+            raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
+        from ceil.config import load_cluster
+
+        self.cluster = load_cluster(self.config_path)
+        return time.monotonic() - t0
+
+    def image(self, role: str) -> Path:
+        return self.workdir / "out" / f"ceil-{role}.img"
+
+    # -- guests -------------------------------------------------------------------------------
+    def make_guests(self, disk_gib: int = 8) -> None:
+        cpus = int(os.environ.get("CEIL_E2E_CPUS", 1))
+        for i, role in enumerate(self.roles):
+            img = self.image(role)
+            # Like a bigger SD card: first boot grows the root partition (cloud-init growpart).
+            if img.stat().st_size < disk_gib << 30:
+                os.truncate(img, disk_gib << 30)
+            uplink = None
+            if role == "router":
+                uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds)
+            mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
+            g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
+                      run_id=self.run_id, memory_mib=mem, cpus=cpus)
+            hostname = f"{self.config.get('name', 'ceil')}-{role}"
+            self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
+                                          else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
+
+    def start_all(self) -> None:
+        for m in self.machines.values():
+            log(f"booting {m.name} ({m.guest.arch}, serial log {m.guest.serial_log})")
+            m.guest.start()
+
+    @property
+    def guests(self) -> list[Guest]:
+        return [m.guest for m in self.machines.values()]
+
+    def wait_ready(self, role: str, firstboot: bool = True) -> Machine:
+        """SSH login, cloud-init done, then ceil-firstboot.target (unless firstboot=False)."""
+        m = self.machines[role]
+        others = [g for g in self.guests if g is not m.guest]
+        via = "" if role == "router" else " (through the router: ProxyJump; needs the router's DHCP and SSH)"
+        m.timings["ssh_s"] = readiness.wait_ssh(self.ssh, role, self.timeouts.ssh, [m.guest, *others], via)
+        log(f"{role}: SSH after {time.monotonic() - m.guest.started_at:.0f}s of boot")
+        readiness.wait_cloud_init(self.ssh, role, self.timeouts.cloud_init)
+        m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
+        log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
+        if firstboot:
+            last = [""]
+
+            def progress(s: str) -> None:
+                if s != last[0]:
+                    log(f"{role}: {s}")
+                    last[0] = s
+
+            readiness.wait_firstboot(self.ssh, role, self.timeouts.firstboot, [m.guest, *others], progress)
+            m.timings["firstboot_s"] = round(time.monotonic() - m.guest.started_at)
+            log(f"{role}: ceil-firstboot.target reached after {m.timings['firstboot_s']}s")
+        return m
+
+    def host(self, role: str):
+        return self.ssh.testinfra_host(role)
+
+    # -- life cycle helpers for reliability tests ---------------------------------------------
+    def _affected(self, role: str) -> list[str]:
+        # Node connections go through the router: its restart kills them all.
+        return list(self.machines) if role == "router" else [role]
+
+    def power_cut(self, role: str, wait: bool = True, firstboot: bool = True) -> None:
+        """Kill the guest without shutdown and boot it again from the same disk."""
+        m = self.machines[role]
+        log(f"{role}: power cut")
+        m.guest.power_cut()
+        for r in self._affected(role):
+            self.ssh.drop_master(r)
+        m.guest.start()
+        if wait:
+            self.wait_ready(role, firstboot=firstboot)
+
+    def reboot(self, role: str, wait: bool = True, firstboot: bool = True) -> None:
+        """Clean reboot from inside the guest; QEMU restarts it re-reading the boot partition."""
+        m = self.machines[role]
+        log(f"{role}: reboot")
+        boots = m.guest.boots
+        self.ssh.run(role, "sudo systemctl reboot", timeout=30)
+        for r in self._affected(role):
+            self.ssh.drop_master(r)
+        deadline = time.monotonic() + 300
+        while m.guest.boots == boots:
+            m.guest.poll()  # restarts it once the kernel says "Restarting system"
+            if time.monotonic() > deadline:
+                raise readiness.NotReady(f"{role}: did not reboot within 300s; serial:\n{m.guest.serial_tail()}")
+            time.sleep(1)
+        if wait:
+            self.wait_ready(role, firstboot=firstboot)
+
+    # -- diagnostics and teardown -------------------------------------------------------------
+    def collect(self, reason: str = "") -> Path:
+        dest = self.artifacts / "diagnostics"
+        for role in self.machines:
+            written = readiness.collect(self.ssh, role, dest / role)
+            log(f"{role}: {len(written)} diagnostics files in {dest / role}" + (f" ({reason})" if reason else ""))
+        return dest
+
+    def close(self) -> None:
+        for m in self.machines.values():
+            try:
+                m.guest.cleanup()
+            except Exception as exc:  # keep tearing down the rest
+                log(f"{m.name}: cleanup: {exc}")
+        try:
+            self.ssh.drop_all()
+            shutil.rmtree(self.ssh.control_dir, ignore_errors=True)
+        finally:
+            self.internet.close()
+            self.extras.close()
+            if os.environ.get("CEIL_E2E_KEEP"):
+                log(f"CEIL_E2E_KEEP set: keeping {self.workdir}")
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Hand-made NoCloud seeds for booting a bare test bed without the bake.
+
+Used by the harness's own smoke test (does the test bed boot, take a seed, serve SSH, install
+from the local apt repo?) so that a test-bed problem is told apart from a bake problem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from .vm import partition_offset
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)], check=True)
+
+
+def user_data(hostname: str, domain: str, user: str, pubkey: str, apt_mirror: str | None = None) -> str:
+    lines = [
+        "#cloud-config",
+        f"hostname: {hostname}",
+        f"fqdn: {hostname}.{domain}",
+        "prefer_fqdn_over_hostname: false",
+        "ssh_pwauth: false",
+        "disable_root: true",
+        "users:",
+        f"  - name: {user}",
+        "    shell: /bin/bash",
+        "    lock_passwd: true",
+        '    sudo: "ALL=(ALL) NOPASSWD:ALL"',
+        f"    ssh_authorized_keys: [{pubkey.strip()!r}]",
+    ]
+    if apt_mirror:
+        # Same effect as the bake's apt_mirror option: the deb822 source points at the mirror.
+        lines += [
+            "bootcmd:",
+            f"  - [sed, -i, 's|^URIs: .*|URIs: {apt_mirror}|', /etc/apt/sources.list.d/debian.sources]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def network_config(dhcp: list[str], static: dict[str, str] | None = None) -> str:
+    lines = ["version: 2", "ethernets:"]
+    for nic in dhcp:
+        lines += [f"  {nic}:", "    dhcp4: true"]
+    for nic, cidr in (static or {}).items():
+        lines += [f"  {nic}:", f"    addresses: [{cidr}]"]
+    return "\n".join(lines) + "\n"
+
+
+def write_seed(image: Path, files: dict[str, str], boot_index: int = 1) -> None:
+    """Write seed files to the root of the image's boot FAT (what the bake does, minimally)."""
+    off, _ = partition_offset(image, boot_index)
+    tmp = image.parent / f".seed-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        subprocess.run(["mcopy", "-o", "-i", f"{image}@@{off}", *[str(tmp / n) for n in files], "::/"],
+                       check=True, capture_output=True, env=env)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def seed_testbed(image: Path, hostname: str, pubkey: str, *, domain: str = "ceil.internal", user: str = "ceil",
+                 dhcp: list[str] = ("eth0",), static: dict[str, str] | None = None,
+                 apt_mirror: str | None = None) -> str:
+    instance_id = f"ceil-smoke-{uuid.uuid4()}"
+    write_seed(image, {
+        "user-data": user_data(hostname, domain, user, pubkey, apt_mirror),
+        "meta-data": f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n",
+        "network-config": network_config(list(dhcp), static),
+    })
+    return instance_id

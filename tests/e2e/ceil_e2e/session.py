@@ -1,0 +1,168 @@
+"""The one QEMU test cluster of a pytest session, shared by tests/e2e and tests/infra.
+
+Both directories' conftests ask `get(config)` for it, so one cluster is baked and booted per
+session however the tests are selected, and `shutdown()` (registered with pytest's cleanup and
+atexit) releases it. Settings come from the environment (docs/testing.md lists them all):
+
+  CEIL_E2E_ARCH       arm64 (default, the Pi's arch) or amd64 (faster to build)
+  CEIL_E2E_FLAVOR     testbed-ubuntu (default) or testbed-raspios
+  CEIL_E2E_ARTIFACTS  where logs go (default test-artifacts/e2e-<time>)
+  CEIL_E2E_WORKDIR    where disks go (default /var/tmp); removed at the end unless CEIL_E2E_KEEP=1
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import os
+import socket
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .cluster import REPO, TestCluster, free_port, log
+from .fakes import WEB_BODY
+
+# Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE
+# per unit test; the test bed must come from the real cache).
+CACHE = os.environ.get("CEIL_CACHE")
+
+_session: dict = {}
+
+# Ports probed from the uplink side (uplink_open_ports): each gets a hostfwd at boot.
+PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 6443, 8080, 8081, 10250)
+
+
+def settings() -> dict:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return {
+        "arch": os.environ.get("CEIL_E2E_ARCH", "arm64"),
+        "flavor": os.environ.get("CEIL_E2E_FLAVOR", "testbed-ubuntu"),
+        "artifacts": Path(os.environ.get("CEIL_E2E_ARTIFACTS") or REPO / "test-artifacts" / f"e2e-{stamp}"),
+        "workdir": Path(os.environ.get("CEIL_E2E_WORKDIR", "/var/tmp")),
+    }
+
+
+def testbed(arch: str, flavor: str):
+    """The cached test bed for the current recipe; built here if missing (needs root)."""
+    if CACHE:
+        os.environ["CEIL_CACHE"] = CACHE
+    sys.path.insert(0, str(REPO))
+    from testbed.build import ensure
+
+    t0 = time.monotonic()
+    tb = ensure(flavor, arch)
+    log(f"test bed {flavor} {arch}: {tb.dir} ({time.monotonic() - t0:.0f}s)")
+    return tb
+
+
+def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[str] | None = None) -> TestCluster:
+    """A baked, booted (not yet awaited) test cluster; the caller must close() it."""
+    s = settings()
+    tb = testbed(s["arch"], s["flavor"])
+    artifacts = s["artifacts"] / name
+    workdir = Path(tempfile.mkdtemp(prefix=f"ceil-e2e-{name}-", dir=s["workdir"]))
+    over = {"flavor": s["flavor"], **(overrides or {})}
+    c = TestCluster(name, tb, s["arch"], artifacts, workdir, overrides=over, roles=roles, cache=CACHE)
+    try:
+        c.extras.hostfwds += [f"tcp:127.0.0.1:{c.probe_port(p)}-:{p}" for p in PROBE_PORTS if p != 22]
+        t = c.bake()
+        log(f"baked in {t:.0f}s")
+        c.make_guests()
+        c.start_all()
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def get(pytest_config=None) -> TestCluster:
+    """The session's main cluster (router + nodes of tests/e2e/cluster.yaml)."""
+    if "error" in _session:
+        raise _session["error"]
+    if "cluster" not in _session:
+        try:
+            _session["cluster"] = new_cluster("main")
+        except BaseException as exc:
+            _session["error"] = exc
+            raise
+        if pytest_config is not None:
+            pytest_config.add_cleanup(shutdown)
+        atexit.register(shutdown)
+    return _session["cluster"]
+
+
+def active() -> TestCluster | None:
+    return _session.get("cluster")
+
+
+def ready(role: str, firstboot: bool) -> None:
+    """Wait once per role for readiness; remember a failure so later tests fail fast with it."""
+    c = get()
+    key = ("ready", role, firstboot)
+    if key in _session:
+        if isinstance(_session[key], BaseException):
+            raise _session[key]
+        return
+    try:
+        if role != "router":
+            ready("router", True)
+        c.wait_ready(role, firstboot=firstboot)
+        _session[key] = True
+    except BaseException as exc:
+        _session[key] = exc
+        raise
+
+
+def shutdown() -> None:
+    c = _session.pop("cluster", None)
+    if c is not None:
+        c.close()
+        log(f"artefacts: {c.artifacts}")
+
+
+class E2EFakes:
+    """What tests/infra's checks may ask of the fake internet (`fakes` fixture); None = absent."""
+
+    dns_name = None      # needs a UDP DNS upstream: guestfwd is TCP-only (docs/testing.md)
+    dns_answer = None
+    vpn_client = None    # needs the netns client wired to a UDP hostfwd (not yet)
+
+    def __init__(self, cluster: TestCluster):
+        self.cluster = cluster
+        self.http_url = cluster.internet.url("web", "/")
+        self.http_body = WEB_BODY.decode()
+        self.cloudflare = cluster.extras.cloudflare
+        self.upstream_registry = cluster.extras.upstream_registry
+        self.internet = cluster.internet
+
+    def reboot_router(self) -> None:
+        self.cluster.reboot("router")
+
+    def uplink_open_ports(self, ports) -> set[int]:
+        """TCP ports of `ports` that answer on the router's uplink address, probed from outside.
+
+        Through QEMU's hostfwd a connect always succeeds (slirp accepts first), so a port counts
+        as open only if the guest's service sends something back within a few seconds.
+        """
+        with concurrent.futures.ThreadPoolExecutor(len(ports) or 1) as ex:
+            results = ex.map(self._answers, ports)
+        return {p for p, ok in zip(ports, results) if ok}
+
+    def _answers(self, port: int) -> bool:
+        hp = self.cluster.ssh_port if port == 22 else self.cluster.probe_ports.get(port)
+        if hp is None:
+            raise ValueError(f"port {port} has no uplink probe forward; add it to session.PROBE_PORTS")
+        try:
+            with socket.create_connection(("127.0.0.1", hp), timeout=8) as s:
+                s.settimeout(8)
+                if port == 53:
+                    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01"
+                    s.sendall(struct.pack(">H", len(q)) + q)
+                elif port != 22:
+                    s.sendall(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")
+                return bool(s.recv(1))
+        except OSError:
+            return False

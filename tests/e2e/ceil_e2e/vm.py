@@ -1,0 +1,267 @@
+"""One QEMU guest booted from a (baked) test-bed disk image, the way a Pi boots its SD card.
+
+Owns: the QEMU command line (TCG; arm64 `-M virt -cpu cortex-a72`, amd64 `-M q35`), reading
+`vmlinuz`, `initrd.img` and `cmdline.txt` from the image's boot partition at every (re)start like
+the Pi firmware does, the NICs (LAN on an L2 segment shared with the other guests; the router's
+uplink on QEMU user networking with restrict=on), the serial console log, and the life cycle:
+start, power cut (SIGKILL, then boot again from the same disk), guest-initiated reboot (QEMU runs
+with -no-reboot; `poll()` notices the kernel's "reboot: Restarting system" and starts it again),
+stop. Processes are started in their own session with PR_SET_PDEATHSIG, so nothing outlives the
+test run even when pytest itself is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QEMU = {
+    "arm64": ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72"],
+    "amd64": ["qemu-system-x86_64", "-M", "q35", "-cpu", "max"],
+}
+
+
+class GuestError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Lan:
+    """A local-only L2 segment: QEMU socket netdevs on one multicast group bound to 127.0.0.1.
+
+    Frames never leave the host: multicast with localaddr=127.0.0.1 stays on the loopback
+    interface. Group and port are per test run, so parallel runs do not share a segment.
+    """
+
+    group: str
+    port: int
+
+    @classmethod
+    def random(cls) -> "Lan":
+        r = int.from_bytes(os.urandom(4), "big")
+        return cls(f"230.{(r >> 8) & 0xFF}.{r & 0xFF}.{1 + (r >> 16) % 254}", 20000 + (r >> 3) % 40000)
+
+    def netdev(self, ident: str) -> str:
+        return f"socket,id={ident},mcast={self.group}:{self.port},localaddr=127.0.0.1"
+
+
+@dataclass
+class Uplink:
+    """QEMU user networking, restrict=on: the guest reaches nothing but the forwards given here."""
+
+    ssh_port: int                                   # 127.0.0.1:<ssh_port> -> guest :22
+    guestfwds: list[str] = field(default_factory=list)  # from fakes.Internet.guestfwds()
+    extra_hostfwds: list[str] = field(default_factory=list)  # e.g. "udp:127.0.0.1:51820-:51820"
+
+    def netdev(self, ident: str) -> str:
+        parts = [f"user,id={ident},restrict=on,net=10.0.2.0/24", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
+        parts += [f"hostfwd={h}" for h in self.extra_hostfwds]
+        parts += [f"guestfwd={g}" for g in self.guestfwds]
+        return ",".join(parts)
+
+
+def mac_for(run_id: int, index: int, nic: int) -> str:
+    """Locally administered, unique per run/guest/NIC (QEMU's default MAC is the same for all)."""
+    return "52:54:%02x:%02x:%02x:%02x" % ((run_id >> 8) & 0xFF, run_id & 0xFF, index & 0xFF, nic & 0xFF)
+
+
+def partition_offset(image: Path, index: int) -> tuple[int, int]:
+    """(offset, size) in bytes of MBR primary partition `index` (1-based)."""
+    with open(image, "rb") as f:
+        mbr = f.read(512)
+    if mbr[510:512] != b"\x55\xaa":
+        raise GuestError(f"{image}: no MBR signature")
+    entry = mbr[446 + 16 * (index - 1): 446 + 16 * index]
+    start, count = struct.unpack("<II", entry[8:16])
+    if count == 0:
+        raise GuestError(f"{image}: partition {index} is empty")
+    return start * 512, count * 512
+
+
+def read_boot_files(image: Path, dest: Path, boot_index: int = 1, cmdline: str = "cmdline.txt") -> tuple[Path, Path, str]:
+    """Copy vmlinuz + initrd.img out of the boot FAT and return them with cmdline.txt's line."""
+    off, _ = partition_offset(image, boot_index)
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for name in ("vmlinuz", "initrd.img", cmdline):
+        target = dest / name
+        target.unlink(missing_ok=True)
+        proc = subprocess.run(["mcopy", "-n", "-i", f"{image}@@{off}", f"::{name}", str(target)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise GuestError(f"{image}: cannot read {name} from the boot partition: {proc.stderr.strip()}")
+    line = (dest / cmdline).read_text().strip().splitlines()[0]
+    return dest / "vmlinuz", dest / "initrd.img", line
+
+
+def _pdeathsig() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the test run
+
+
+class Guest:
+    """A QEMU virtual machine. `start()` returns at once; readiness is the caller's business."""
+
+    def __init__(
+        self,
+        name: str,
+        image: Path,
+        arch: str,
+        artifacts: Path,
+        *,
+        lan: Lan | None,
+        uplink: Uplink | None = None,
+        index: int = 0,
+        run_id: int = 0,
+        memory_mib: int = 1024,
+        cpus: int = 2,
+        extra_append: str = "",
+        boot_index: int = 1,
+    ):
+        self.name = name
+        self.image = image
+        self.arch = arch
+        self.artifacts = artifacts
+        self.lan = lan
+        self.uplink = uplink
+        self.index = index
+        self.run_id = run_id
+        self.memory_mib = memory_mib
+        self.cpus = cpus
+        self.extra_append = extra_append
+        self.boot_index = boot_index
+        self.proc: subprocess.Popen | None = None
+        self.boots = 0
+        self.started_at = 0.0
+        self.serial_log = artifacts / f"{name}.serial.log"
+        self._serial_mark = 0
+        self._bootdir = Path(tempfile.mkdtemp(prefix=f"ceil-boot-{name}-"))
+        self._stopping = False
+
+    # -- command line -------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        kernel, initrd, line = read_boot_files(self.image, self._bootdir, self.boot_index)
+        append = f"{line} {self.extra_append}".strip()
+        cmd = [
+            *QEMU[self.arch],
+            "-accel", "tcg,thread=multi",
+            "-smp", str(self.cpus), "-m", str(self.memory_mib),
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
+            "-drive", f"if=none,id=disk,file={self.image},format=raw,cache=unsafe,discard=unmap",
+            "-device", "virtio-blk-pci,drive=disk",
+            "-device", "virtio-rng-pci",
+            "-chardev", f"file,id=serial,path={self.serial_log},append=on",
+            "-serial", "chardev:serial",
+            "-display", "none", "-monitor", "none", "-nodefaults",
+            "-no-reboot",
+        ]
+        # NIC order is the guest's interface order (net.ifnames=0): LAN first is eth0, like a
+        # Pi's built-in port; the router's uplink second is eth1.
+        nic = 0
+        if self.lan:
+            cmd += ["-netdev", self.lan.netdev("lan"),
+                    "-device", f"virtio-net-pci,netdev=lan,mac={mac_for(self.run_id, self.index, nic)}"]
+            nic += 1
+        if self.uplink:
+            cmd += ["-netdev", self.uplink.netdev("up"),
+                    "-device", f"virtio-net-pci,netdev=up,mac={mac_for(self.run_id, self.index, nic)}"]
+        return cmd
+
+    @property
+    def macs(self) -> dict[str, str]:
+        out, nic = {}, 0
+        if self.lan:
+            out["lan"] = mac_for(self.run_id, self.index, nic)
+            nic += 1
+        if self.uplink:
+            out["uplink"] = mac_for(self.run_id, self.index, nic)
+        return out
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.running:
+            raise GuestError(f"{self.name}: already running (pid {self.proc.pid})")
+        cmd = self.command()
+        self.boots += 1
+        with open(self.serial_log, "a") as f:
+            f.write(f"\n===== ceil e2e: boot {self.boots} of {self.name} at {time.strftime('%H:%M:%S')} =====\n")
+        self._serial_mark = self.serial_log.stat().st_size
+        (self.artifacts / f"{self.name}.qemu.sh").write_text(shlex.join(cmd) + "\n")
+        qemu_log = open(self.artifacts / f"{self.name}.qemu.log", "a")
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_pdeathsig,
+        )
+        qemu_log.close()
+        self.started_at = time.monotonic()
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def poll(self) -> None:
+        """Restart the guest after a guest-initiated reboot; raise if QEMU died otherwise."""
+        if self.proc is None or self._stopping or self.proc.poll() is None:
+            return
+        tail = self.serial_since_boot()[-4000:]
+        if "reboot: Restarting system" in tail:
+            self.start()  # a Pi's firmware re-reads cmdline.txt and the kernel on reboot, so do we
+            return
+        raise GuestError(
+            f"{self.name}: QEMU exited (status {self.proc.returncode}) while the guest was expected to run;"
+            f" last serial lines:\n{self.serial_tail()}\nQEMU log: {self.artifacts / (self.name + '.qemu.log')}"
+        )
+
+    def power_cut(self) -> None:
+        """Pull the plug: SIGKILL QEMU, whatever the guest was doing (its page cache is lost)."""
+        if self.running:
+            self.proc.kill()
+            self.proc.wait()
+        with open(self.serial_log, "a") as f:
+            f.write(f"\n===== ceil e2e: power cut {self.name} at {time.strftime('%H:%M:%S')} =====\n")
+
+    def stop(self, timeout: float = 5) -> None:
+        """Tear down (no clean shutdown needed for a throwaway disk)."""
+        self._stopping = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise GuestError(f"{self.name}: did not shut down within {timeout:.0f} s; serial:\n{self.serial_tail()}") from None
+
+    def cleanup(self) -> None:
+        self.stop()
+        for p in self._bootdir.glob("*"):
+            p.unlink()
+        self._bootdir.rmdir()
+
+    # -- logs ---------------------------------------------------------------------------------
+    def serial_since_boot(self) -> str:
+        try:
+            with open(self.serial_log, "rb") as f:
+                f.seek(self._serial_mark)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def serial_tail(self, lines: int = 30) -> str:
+        text = self.serial_since_boot().replace("\r", "")
+        return "\n".join(text.splitlines()[-lines:])

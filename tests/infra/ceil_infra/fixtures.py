@@ -1,0 +1,153 @@
+"""Fixtures for the testinfra checks, identical for QEMU (e2e) and a real cluster (make verify).
+
+Imported by tests/infra/conftest.py and tests/e2e/conftest.py. The checks see:
+
+  cluster    ceil.config.Cluster as baked (verify: parsed from --cluster-config)
+  router     testinfra host of the router, its first boot finished (ceil-firstboot.target)
+  nodes      {name: testinfra host} of the nodes, logged in and cloud-init done
+  machines   {name: testinfra host} of router + nodes
+  machine    one machine name; tests taking it run once per machine (router, one, two, ...)
+  host       the testinfra host of `machine`
+  fakes      the fake internet (ceil_e2e.session.E2EFakes), or None against a real cluster
+  targets    all of the above plus the SSH settings (ssh_config path for manual logins)
+
+Mode: `--cluster-config PATH` (make verify) checks the real cluster described by PATH; without it
+the session's QEMU cluster is baked and booted (tests/e2e/ceil_e2e/session.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+E2E_TEMPLATE = Path(__file__).resolve().parents[2] / "e2e" / "cluster.yaml"
+
+
+def add_options(parser) -> None:
+    g = parser.getgroup("ceil", "ceil: checks against a real cluster (make verify)")
+    g.addoption("--cluster-config", default=os.environ.get("CEIL_VERIFY_CONFIG"),
+                help="check the real cluster this cluster.yaml describes (instead of booting QEMU)")
+    g.addoption("--router-host", default=os.environ.get("CEIL_ROUTER_HOST"),
+                help="how this workstation reaches the router (default: network.router_ip, i.e. on "
+                     "the cluster LAN or through the WireGuard VPN)")
+    g.addoption("--nodes-direct", action="store_true", default=bool(os.environ.get("CEIL_NODES_DIRECT")),
+                help="reach nodes at their LAN addresses directly instead of ProxyJump via the router")
+    g.addoption("--ssh-identity", default=os.environ.get("CEIL_SSH_IDENTITY"),
+                help="private key to log in with (default: ssh's own: agent, ~/.ssh/id_*)")
+
+
+def verify_mode(config) -> str | None:
+    return config.getoption("cluster_config", None)
+
+
+def machine_names(config) -> list[str]:
+    """Names for parametrising per-machine checks, known at collection time."""
+    path = verify_mode(config)
+    if path:
+        from ceil.config import load_cluster
+
+        return ["router"] + [n.name for n in load_cluster(Path(path)).nodes]
+    data = yaml.safe_load(E2E_TEMPLATE.read_text())
+    return ["router"] + [n["name"] for n in data["nodes"]]
+
+
+def generate_tests(metafunc) -> None:
+    if "machine" in metafunc.fixturenames:
+        metafunc.parametrize("machine", machine_names(metafunc.config), scope="session")
+
+
+def allow_e2e_marked_checks(config) -> None:
+    """`make verify` runs the checks marked e2e (they need a live cluster, which it has)."""
+    if verify_mode(config) and config.option.markexpr.strip() in ("not e2e", "(not e2e)"):
+        config.option.markexpr = ""
+
+
+@dataclass
+class Targets:
+    mode: str                      # "e2e" | "verify"
+    cluster: object                # ceil.config.Cluster
+    ssh: object                    # ceil_infra.ssh.SshConfig
+    fakes: object | None
+    secrets_dir: Path | None
+    _ready: callable = None        # (name, firstboot) -> None: waits for a QEMU guest
+    _hosts: dict = field(default_factory=dict)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.cluster.nodes]
+
+    def host(self, name: str, firstboot: bool = False):
+        if self._ready:
+            self._ready(name, firstboot or name == "router")
+        if name not in self._hosts:
+            self._hosts[name] = self.ssh.testinfra_host(name)
+        return self._hosts[name]
+
+
+def _verify_targets(config) -> Targets:
+    from ceil.config import load_cluster
+    from ceil_infra.ssh import Endpoint, SshConfig
+
+    path = Path(verify_mode(config)).resolve()
+    cluster = load_cluster(path)
+    router_host = config.getoption("router_host") or str(cluster.network.router_ip)
+    direct = config.getoption("nodes_direct")
+    ends = [Endpoint("router", router_host)]
+    ends += [Endpoint(n.name, str(n.ip) if n.ip else f"{n.name}.{cluster.domain}", jump=None if direct else "router")
+             for n in cluster.nodes]
+    state = Path(os.environ.get("CEIL_CACHE") or Path.home() / ".cache" / "ceil") / "verify"
+    state.mkdir(parents=True, exist_ok=True)
+    identity = config.getoption("ssh_identity")
+    ssh = SshConfig(state / f"ssh_config-{cluster.name}", cluster.ssh.user, Path(identity) if identity else None,
+                    ends, state / f"known_hosts-{cluster.name}")
+    secrets = Path(os.environ.get("CEIL_SECRETS") or path.parent / "secrets")
+    return Targets("verify", cluster, ssh, None, secrets if secrets.is_dir() else None)
+
+
+def _e2e_targets(config) -> Targets:
+    from ceil_e2e import session
+
+    c = session.get(config)
+    if c.cluster is None:  # baked, so parsed; guard for a failed bake
+        raise RuntimeError("the e2e cluster was not baked")
+    return Targets("e2e", c.cluster, c.ssh, session.E2EFakes(c), c.workdir / "secrets", session.ready)
+
+
+@pytest.fixture(scope="session")
+def targets(request) -> Targets:
+    return _verify_targets(request.config) if verify_mode(request.config) else _e2e_targets(request.config)
+
+
+@pytest.fixture(scope="session")
+def cluster(targets):
+    return targets.cluster
+
+
+@pytest.fixture(scope="session")
+def fakes(targets):
+    return targets.fakes
+
+
+@pytest.fixture(scope="session")
+def router(targets):
+    return targets.host("router", firstboot=True)
+
+
+@pytest.fixture(scope="session")
+def nodes(targets, router) -> dict:
+    return {name: targets.host(name) for name in targets.node_names}
+
+
+@pytest.fixture(scope="session")
+def machines(targets, router, nodes) -> dict:
+    return {"router": router, **nodes}
+
+
+@pytest.fixture(scope="session")
+def host(targets, machine):
+    """Overrides pytest-testinfra's `host`: the machine this parametrised check is about."""
+    return targets.host(machine, firstboot=machine == "router")
