@@ -5,6 +5,9 @@ side 198.18.0.1. The e2e harness forwards UDP 198.18.0.1:<vpn.port> to the route
 (QEMU `hostfwd=udp:198.18.0.1:PORT-:PORT`) and bakes the router with vpn.endpoint 198.18.0.1,
 so the tunnel's packets go client -> veth -> QEMU -> router's uplink, like from the internet.
 Nothing leaves the machine: 198.18.0.0/15 is benchmarking space and lives only in the netns.
+
+Order for the harness: `create_link()` before the router VM starts (QEMU binds its hostfwd to
+198.18.0.1, which must exist by then), bake the router with this client's peer, then `up()`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class NetnsVpnClient:
         self.conf.write_text(re.sub(r"(?m)^DNS = .*\n", "", config_text))
         self.conf.chmod(0o600)
         self.veth = f"vc{os.getpid() % 100000}"
-        self._up = False
+        self._up = self._linked = False
 
     def _run(self, *cmd: str, ns: bool = True) -> str:
         full = ["ip", "netns", "exec", self.ns, *cmd] if ns else list(cmd)
@@ -35,7 +38,10 @@ class NetnsVpnClient:
             raise RuntimeError(f"{' '.join(full)}: {done.stderr.strip()}")
         return done.stdout
 
-    def up(self) -> None:
+    def create_link(self) -> None:
+        """The namespace and the veth pair (idempotent); gives the root side 198.18.0.1."""
+        if self._linked:
+            return
         self._run("ip", "netns", "add", self.ns, ns=False)
         self._run("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns, ns=False)
         self._run("ip", "addr", "add", f"{ROOT_SIDE}/30", "dev", self.veth, ns=False)
@@ -43,6 +49,10 @@ class NetnsVpnClient:
         self._run("ip", "link", "set", "lo", "up")
         self._run("ip", "addr", "add", f"{CLIENT_SIDE}/30", "dev", "eth0")
         self._run("ip", "link", "set", "eth0", "up")
+        self._linked = True
+
+    def up(self) -> None:
+        self.create_link()
         self._run("wg-quick", "up", str(self.conf))
         self._up = True
 
