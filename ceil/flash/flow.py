@@ -111,6 +111,8 @@ def write_and_verify(job: FlashJob) -> None:
                 job.verified = verify_ranges(target, job.written, advance)
             if job.verified.bad:
                 raise _verify_error(job, target)
+        if not job.options.eject:
+            target.reread_partitions()
 
 
 def _verify_error(job: FlashJob, target: Target) -> VerifyError:

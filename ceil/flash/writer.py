@@ -139,6 +139,19 @@ class Target:
             except OSError:
                 pass  # best effort: O_DIRECT reads bypass the cache anyway
 
+    def reread_partitions(self) -> bool:
+        """Linux: have the kernel pick up the new partition table, so /dev/sdX1.. match the
+        image when the card stays attached (--no-eject). Best effort."""
+        if not (self.is_block and sys.platform.startswith("linux")):
+            return False
+        try:
+            import fcntl
+
+            fcntl.ioctl(self.fd, 0x125F)  # BLKRRPART
+            return True
+        except OSError:
+            return False  # loop devices without partscan, or a partition still held open
+
     def close(self) -> None:
         for fd in (self._buffered, self.fd):
             if fd is not None:
