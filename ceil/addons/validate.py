@@ -1,0 +1,71 @@
+"""Offline validation of rendered manifests.
+
+Built-in kinds are checked with `kubernetes-validate` in strict mode against the Kubernetes
+release k3s ships (v1.31.4+k3s1 -> 1.31); our custom resources (HelmChart, HelmChartConfig,
+MetalLB pools) against the JSON schemas in addons/schemas/, written from the published CRDs.
+`kubernetes-validate` is a test/workstation extra, so it is imported only when used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from typing import Any
+
+from .catalog import ADDONS_DIR
+
+CR_SCHEMAS = {
+    ("helm.cattle.io/v1", "HelmChart"): "helmchart.json",
+    ("helm.cattle.io/v1", "HelmChartConfig"): "helmchartconfig.json",
+    ("metallb.io/v1beta1", "IPAddressPool"): "ipaddresspool.json",
+    ("metallb.io/v1beta1", "L2Advertisement"): "l2advertisement.json",
+}
+
+
+def kubernetes_version(k3s_version: str) -> str:
+    """'v1.31.4+k3s1' -> '1.31', or the newest schema set kubernetes-validate has that is not newer."""
+    from kubernetes_validate.utils import all_versions
+
+    m = re.match(r"^v?(\d+)\.(\d+)", k3s_version)
+    if not m:
+        raise ValueError(f"{k3s_version!r} is not a k3s version like v1.31.4+k3s1")
+    wanted = (int(m.group(1)), int(m.group(2)))
+    have = sorted({tuple(int(x) for x in v.split(".")[:2]) for v in all_versions()})
+    usable = [v for v in have if v <= wanted]
+    if not usable:
+        raise ValueError(f"kubernetes-validate has no schemas for Kubernetes {wanted[0]}.{wanted[1]} or older")
+    return "%d.%d" % usable[-1]
+
+
+@cache
+def _cr_schema(filename: str) -> dict[str, Any]:
+    return json.loads((ADDONS_DIR / "schemas" / filename).read_text())
+
+
+def validate_manifest(doc: dict[str, Any], k8s_version: str) -> str | None:
+    """None when valid, else one line saying what is wrong and where."""
+    import jsonschema
+    import kubernetes_validate
+
+    where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    schema_file = CR_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
+    if schema_file:
+        try:
+            jsonschema.validate(doc, _cr_schema(schema_file))
+        except jsonschema.ValidationError as e:
+            path = ".".join(str(p) for p in e.absolute_path) or "(top)"
+            return f"{where}: {path}: {e.message}"
+        return None
+    try:
+        kubernetes_validate.validate(doc, k8s_version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = ".".join(str(p) for p in e.path) or "(top)"
+        return f"{where}: {path}: {e.message}"
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return f"{where}: no schema: {e.message}"
+    return None
+
+
+def validate_all(docs: list[dict[str, Any]], k8s_version: str) -> list[str]:
+    return [err for d in docs if (err := validate_manifest(d, k8s_version))]
