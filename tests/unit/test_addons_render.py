@@ -1,0 +1,202 @@
+"""Add-on catalog, selection and rendering; every rendered manifest validated offline.
+
+Built-in kinds: kubernetes-validate, strict, Kubernetes 1.31 (k3s v1.31.4+k3s1). HelmChart,
+HelmChartConfig and MetalLB resources: the JSON schemas in addons/schemas/ (from the CRDs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+import yaml
+
+from ceil.addons.catalog import Catalog, selected
+from ceil.addons.render import build_plan, ingress_hosts, render_selected, write_rendered
+from ceil.addons.validate import kubernetes_version, validate_all, validate_manifest
+from ceil.config import parse_cluster
+from ceil.errors import ConfigError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"
+
+
+def make(extra: str = "", nodes: str | None = None):
+    nodes = nodes or "[{name: one, role: server}, {name: two}, {name: three}, {name: four}]"
+    return parse_cluster(f"ssh: {{authorized_keys: ['{KEY}']}}\nnodes: {nodes}\n{extra}")
+
+
+DRIVES = "[{name: one, role: server}, {name: two, storage_device: /dev/sda}, {name: three, storage_device: /dev/sdb}]"
+VARIANTS = {
+    "defaults": make(),
+    "drives": make(nodes=DRIVES),
+    "one-drive-custom-net": make(
+        "domain: lab.example.internal\nnetwork: {lb_start: 10.42.0.200, lb_end: 10.42.0.200}\n",
+        nodes="[{name: solo, role: server, storage_device: /dev/sda}]"),
+    "no-piwatch-demo-off": make("piwatch: {enabled: false}\naddons: {disable: [demo]}\n"),
+}
+
+
+def docs(cluster, names=None):
+    return [m for a in render_selected(cluster, names=names) for m in a.manifests]
+
+
+def by_kind(manifests, kind, name=None):
+    return [m for m in manifests if m["kind"] == kind and (name is None or m["metadata"]["name"] == name)]
+
+
+def values(helmchart) -> dict:
+    return yaml.safe_load(helmchart["spec"]["valuesContent"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_manifest_validates_strictly_for_k3s_kubernetes(variant):
+    cluster = VARIANTS[variant]
+    version = kubernetes_version(cluster.kubernetes.k3s_version)
+    assert version == "1.31"
+    manifests = docs(cluster)
+    assert manifests
+    assert validate_all(manifests, version) == []
+
+
+def test_every_addon_validates_even_when_applied_alone():
+    cluster = VARIANTS["drives"]
+    for name in Catalog().specs:
+        assert validate_all(docs(cluster, [name]), "1.31") == [], name
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+      "spec": {"selector": {}, "template": {}, "replica": 2}}, "replica"),
+    ({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart", "metadata": {"name": "x", "namespace": "kube-system"},
+      "spec": {"chart": "x", "valuesContents": "a: 1"}}, "valuesContents"),
+    ({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool", "metadata": {"name": "x", "namespace": "m"},
+      "spec": {"addresses": ["10.42.0.240 - 10.42.0.250"]}}, "does not match"),
+    ({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChartConfig", "metadata": {"name": "traefik", "namespace": "kube-system"},
+      "spec": {"values": {"a": 1}}}, "values"),
+    ({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}}, "no schema"),
+])
+def test_the_validators_reject_what_the_api_server_would_drop_or_refuse(bad, expected):
+    error = validate_manifest(bad, "1.31")
+    assert error and expected in error
+
+
+def test_every_helm_chart_is_pinned():
+    for chart in by_kind(docs(VARIANTS["drives"]), "HelmChart"):
+        spec = chart["spec"]
+        assert spec.get("version"), chart["metadata"]["name"]
+        if spec["chart"].startswith("https://"):
+            assert spec["version"] in spec["chart"]  # a URL pins by itself: it must say the same
+        yaml.safe_load(spec["valuesContent"])  # values are YAML, not a template leftover
+
+
+def test_metallb_pools_come_from_the_lb_range_with_the_ingress_address_reserved():
+    pools = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs(make()), "IPAddressPool")}
+    assert pools == {"ingress": {"addresses": ["10.42.0.240/32"], "autoAssign": False},
+                     "lan": {"addresses": ["10.42.0.241-10.42.0.250"], "autoAssign": True}}
+    single = by_kind(docs(VARIANTS["one-drive-custom-net"]), "IPAddressPool")
+    assert [p["metadata"]["name"] for p in single] == ["ingress"]
+    (l2,) = by_kind(docs(VARIANTS["one-drive-custom-net"]), "L2Advertisement")
+    assert l2["spec"]["ipAddressPools"] == ["ingress"]
+
+
+def test_traefik_gets_the_ingress_address_and_a_dashboard_host_on_the_cluster_domain():
+    cluster = VARIANTS["one-drive-custom-net"]
+    (hcc,) = by_kind(docs(cluster), "HelmChartConfig", "traefik")
+    v = values(hcc)
+    assert v["service"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] == "10.42.0.200"
+    assert "Host(`traefik.lab.example.internal`)" in v["ingressRoute"]["dashboard"]["matchRule"]
+
+
+def test_storage_is_longhorn_on_named_drives_only():
+    manifests = docs(VARIANTS["drives"])
+    (longhorn,) = by_kind(manifests, "HelmChart", "longhorn")
+    v = values(longhorn)
+    assert v["defaultSettings"]["createDefaultDiskLabeledNodes"] is True
+    assert v["defaultSettings"]["defaultReplicaCount"] == 2
+    labelled = {n["metadata"]["name"]: n["metadata"]["labels"] for n in by_kind(manifests, "Node")}
+    assert labelled == {"ceil-two": {"node.longhorn.io/create-default-disk": "true"},
+                        "ceil-three": {"node.longhorn.io/create-default-disk": "true"}}
+    (prom,) = by_kind(manifests, "HelmChart", "kube-prometheus-stack")
+    assert values(prom)["grafana"]["persistence"]["storageClassName"] == "longhorn"
+
+
+def test_without_drives_storage_applies_nothing_and_monitoring_uses_local_path():
+    addons = {a.name: a for a in render_selected(make())}
+    assert addons["storage"].steps == []
+    (prom,) = by_kind(addons["monitoring"].manifests, "HelmChart")
+    v = values(prom)
+    assert v["grafana"]["persistence"]["storageClassName"] == "local-path"
+    assert v["grafana"]["ingress"]["hosts"] == ["grafana.ceil.internal"]
+    spec = v["prometheus"]["prometheusSpec"]["storageSpec"]["volumeClaimTemplate"]["spec"]
+    assert spec["storageClassName"] == "local-path"
+
+
+def test_grafana_password_is_referenced_never_rendered():
+    plan = build_plan(make())
+    (monitoring,) = [a for a in plan["addons"] if a["name"] == "monitoring"]
+    assert monitoring["steps"][0]["secrets"] == [{
+        "name": "grafana-admin", "namespace": "monitoring",
+        "data": {"admin-user": {"value": "admin"}, "admin-password": {"secret": "grafana-admin-password"}}}]
+    (prom,) = by_kind(monitoring["steps"][0]["manifests"], "HelmChart")
+    assert values(prom)["grafana"]["admin"]["existingSecret"] == "grafana-admin"
+
+
+def test_kubewatch_posts_to_piwatch_on_the_router():
+    cluster = make("piwatch: {port: 8099}\n")
+    (chart,) = by_kind(docs(cluster), "HelmChart", "kubewatch")
+    v = values(chart)
+    assert v["webhook"] == {"enabled": True, "url": "http://10.42.0.1:8099/kubewatch"}
+    assert v["rbac"]["create"] is True and v["slack"]["enabled"] is False
+
+
+def test_dashboard_has_an_admin_token_secret_and_https_only_ingress():
+    manifests = docs(make(), ["dashboard"])
+    (secret,) = by_kind(manifests, "Secret")
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "admin-user"
+    (ing,) = by_kind(manifests, "Ingress")
+    assert ing["metadata"]["annotations"]["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+
+
+def test_demo_has_httpd_and_podinfo_with_an_autoscaler():
+    manifests = docs(make(), ["demo"])
+    assert {i["spec"]["rules"][0]["host"] for i in by_kind(manifests, "Ingress")} == {
+        "httpd.ceil.internal", "podinfo.ceil.internal"}
+    (hpa,) = by_kind(manifests, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "podinfo"
+    (podinfo,) = by_kind(manifests, "Deployment", "podinfo")
+    assert "replicas" not in podinfo["spec"]  # the autoscaler owns it
+
+
+def test_selection_follows_cluster_yaml():
+    names = [s.name for s in selected(make(), Catalog())]
+    assert set(names) == {"metallb", "traefik", "storage", "monitoring", "dashboard", "kubewatch", "demo"}
+    assert [s.name for s in selected(VARIANTS["no-piwatch-demo-off"], Catalog())].count("kubewatch") == 0
+    assert selected(make("addons: {enabled: false}\n"), Catalog()) == []
+
+
+def test_dependencies_come_first():
+    order = [s.name for s in selected(make(), Catalog())]
+    for spec in selected(make(), Catalog()):
+        for dep in spec.depends_on:
+            assert order.index(dep) < order.index(spec.name)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("addons: {disable: [grafana]}\n", "addons.disable: 'grafana' is not an add-on"),
+    ("addons: {disable: [metallb]}\n", "'traefik' needs 'metallb', which is off"),
+])
+def test_selection_errors_say_what_to_change(extra, message):
+    with pytest.raises(ConfigError) as e:
+        selected(make(extra), Catalog())
+    assert message in str(e.value)
+
+
+def test_render_to_a_directory_and_ingress_hosts_for_the_router_dns(tmp_path):
+    cluster = make()
+    files = write_rendered(render_selected(cluster), tmp_path)
+    assert [f.name for f in files][:2] == ["01-metallb.yaml", "02-traefik.yaml"]
+    assert all(list(yaml.safe_load_all(f.read_text())) or f.name.endswith("storage.yaml") for f in files)
+    hosts = ingress_hosts(cluster)
+    assert {"traefik.ceil.internal", "grafana.ceil.internal", "httpd.ceil.internal"} <= set(hosts)
+    assert ipaddress.ip_address(str(cluster.network.ingress_ip)) == ipaddress.ip_address("10.42.0.240")
