@@ -50,8 +50,19 @@ class Flavor(_Model):
     cmdline: str | None = "cmdline.txt"
     network: Literal["netplan-networkd", "netplan-nm", "ifupdown"]
     cloud_init: Literal["modern", "legacy"] = "modern"
+    # CPython of the image ("cp312"): PiWatch's wheels are bundled for it. None: no PiWatch bundle.
+    python_tag: str | None = Field(default=None, pattern=r"^cp3\d+$")
     # Extra kernel arguments a test bed needs (e.g. net.ifnames=0); empty for real flavors.
     kernel_args: list[str] = Field(default_factory=list)
+
+    @property
+    def wheel_platforms(self) -> list[str]:
+        """pip --platform tags for binary wheels that run on this flavor's CPU."""
+        return {
+            "arm64": ["manylinux2014_aarch64", "manylinux_2_28_aarch64"],
+            "armhf": ["manylinux2014_armv7l", "linux_armv7l"],
+            "amd64": ["manylinux2014_x86_64", "manylinux_2_28_x86_64"],
+        }[self.arch]
 
     @property
     def boot_mount(self) -> str:

@@ -148,6 +148,11 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
             variables.update(context(ctx.cluster, ctx.role, ctx.store))
         _render_tree(feature, variables, dest)
         packages += [p for p in feature.spec.packages if p not in packages]
+        if payload_files := feature.hook("payload_files"):
+            # Large prepared content (e.g. PiWatch's wheels): lands in <boot>/ceil/files/.
+            for name, src in payload_files(ctx, dest / "files").items():
+                if not src.exists():
+                    raise ConfigError(f"feature {feature.name}: payload file {name} ({src}) was not produced")
         if secret_files := feature.hook("secret_files"):
             for name, value in secret_files(ctx.cluster, ctx.role, ctx.store).items():
                 if name in secrets:

@@ -31,7 +31,8 @@ class Payload:
 
 def build_payload(ctx: RoleContext, dest: Path) -> Payload:
     rendered = render_features(ctx, dest)
-    steps = [u for u in rendered.units if u.endswith(".service")]
+    # Steps are the units run through the step runner; long-running ceil services are not steps.
+    steps = [u for u in rendered.units if u.endswith(".service") and "ceil-step" in (dest / "units" / u).read_text()]
     (dest / "units" / "ceil-firstboot.target").write_text(_target(steps))
     (dest / "etc").mkdir(exist_ok=True)
     (dest / "etc" / "packages.txt").write_text("".join(p + "\n" for p in rendered.packages))

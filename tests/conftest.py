@@ -35,6 +35,26 @@ def cluster_yaml(tmp_path, ssh_pubkey):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path, monkeypatch, offline_wheels):
     # Never touch the user's ~/.cache/ceil from tests.
     monkeypatch.setenv("CEIL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(offline_wheels))
+
+
+@pytest.fixture(scope="session")
+def offline_wheels(tmp_path_factory) -> Path:
+    """A stand-in for the PiWatch wheel cache (normally filled by `pip download` at bake time),
+    so that bakes in tests never reach PyPI: one tiny placeholder wheel per bundled target."""
+    from ceil.catalog import available, load_flavor
+    from piwatch.bundle import REQUIREMENTS, TOOLS, cache_key
+
+    root = tmp_path_factory.mktemp("xdg-cache")
+    for name in available():
+        flavor = load_flavor(name)
+        if not flavor.python_tag:
+            continue
+        entry = root / "ceil" / "wheels" / cache_key(flavor.python_tag, flavor.wheel_platforms, REQUIREMENTS + TOOLS)
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "placeholder-0-py3-none-any.whl").write_bytes(b"not a real wheel: test stand-in")
+        (entry / ".complete").write_text("placeholder-0-py3-none-any.whl\n")
+    return root

@@ -52,7 +52,7 @@ def mtype(img: Path, path: str) -> str:
 
 
 @pytest.fixture(scope="module", params=FLAVORS)
-def baked(request, tmp_path_factory, ssh_pubkey):
+def baked(request, tmp_path_factory, ssh_pubkey, offline_wheels):
     """A cluster baked with --all from a synthetic base of one flavor."""
     d = tmp_path_factory.mktemp(request.param)
     flavor = load_flavor(request.param)
@@ -61,10 +61,12 @@ def baked(request, tmp_path_factory, ssh_pubkey):
         f"flavor: {request.param}\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
         "router: {uplink: {type: wifi, wifi: {ssid: Home, psk: 'wifi-secret-123', country: DE}}}\n"
         "nodes: [{name: one, role: server}, {name: two}]\n"
+        + ("" if flavor.python_tag else "piwatch: {enabled: false}\n")
     )
     base_digest = hashlib.sha256(base.read_bytes()).hexdigest()
     env_cache = d / "cache"
     os.environ["CEIL_CACHE"] = str(env_cache)
+    os.environ["XDG_CACHE_HOME"] = str(offline_wheels)  # module scope: the autouse fixture is not active yet
     result = run_bake("--all", "--base-image", str(base), cwd=d)
     assert result.returncode == 0, result.stderr
     return {"dir": d, "flavor": flavor, "base": base, "base_digest": base_digest, "stderr": result.stderr}
@@ -211,3 +213,27 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
         bakery.bake(ctx)
     assert (out / "ceil-router.img").read_bytes() == b"previous good image"
     assert not list(out.glob(".*partial"))
+
+
+def test_router_carries_the_piwatch_bundle(baked, tmp_path):
+    """The router's payload holds PiWatch's offline bundle (wheels from the cache, the piwatch
+    wheel built here, the installer and the unit), so first boot needs no PyPI."""
+    if not baked["flavor"].python_tag:
+        pytest.skip("flavor bundles no PiWatch")
+    off = read_mbr(baked["dir"] / "out" / "ceil-router.img")[0].start
+    img = f"{baked['dir'] / 'out' / 'ceil-router.img'}@@{off}"
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", img, "::/ceil/files/piwatch"], env=MT, capture_output=True, text=True).stdout
+    for needed in ("install-piwatch.sh", "ceil-piwatch.service", "requirements.txt", "placeholder-0-py3-none-any.whl", "piwatch-"):
+        assert needed in listing, listing
+    node = subprocess.run(["mdir", "-b", "-i", f"{baked['dir'] / 'out' / 'ceil-one.img'}@@{off}", "::/ceil/files"], env=MT, capture_output=True, text=True)
+    assert node.returncode != 0  # nodes carry no PiWatch
+    assert "PIWATCH_HOST=10.42.0.1" in mtype(baked["dir"] / "out" / "ceil-router.img", "ceil/etc/piwatch.env")
+
+
+def test_piwatch_on_a_flavor_without_python_facts_is_refused(tmp_path, ssh_pubkey):
+    base = make_base_image(tmp_path / "hypriot.img", load_flavor("hypriot-1.12.3"))
+    (tmp_path / "cluster.yaml").write_text(
+        f"flavor: hypriot-1.12.3\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    result = run_bake("--role", "router", "--base-image", str(base), cwd=tmp_path)
+    assert result.returncode == 1 and "piwatch.enabled: false" in result.stderr
+    assert not (tmp_path / "out" / "ceil-router.img").exists()

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def baked(tmp_path_factory, ssh_pubkey):
+def baked(tmp_path_factory, ssh_pubkey, offline_wheels):
     d = tmp_path_factory.mktemp("k3s-bake")
     base = make_base_image(d / "base.img", load_flavor("ubuntu-24.04-raspi"))
     (d / "cluster.yaml").write_text(
@@ -28,7 +28,7 @@ def baked(tmp_path_factory, ssh_pubkey):
         "router: {uplink: {type: ethernet, interface: eth1}}\n"
         "nodes: [{name: one, role: server}, {name: two}]\n"
     )
-    env = {**os.environ, "CEIL_CACHE": str(d / "cache")}
+    env = {**os.environ, "CEIL_CACHE": str(d / "cache"), "XDG_CACHE_HOME": str(offline_wheels)}
     result = subprocess.run([sys.executable, str(REPO / "bake.py"), "--all", "--base-image", str(base)],
                             cwd=d, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

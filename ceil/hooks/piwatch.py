@@ -1,0 +1,34 @@
+"""PiWatch on the router: the offline wheel bundle (built on the workstation, where PyPI is
+reachable) travels in the payload; first boot builds the venv from it with no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Cluster
+from ..errors import ConfigError
+
+
+def check(cluster: Cluster, role: str) -> None:
+    return None
+
+
+def payload_files(ctx, files_dir: Path) -> dict[str, Path]:
+    from piwatch.bundle import BundleError, build_bundle
+
+    if not ctx.flavor.python_tag:
+        raise ConfigError(
+            f"piwatch: flavor {ctx.flavor.name} has no python_tag, so PiWatch cannot be bundled for it;"
+            " set piwatch.enabled: false in cluster.yaml (or add python_tag to the flavor file)"
+        )
+    try:
+        bundle = build_bundle(files_dir / "piwatch", ctx.flavor.python_tag, ctx.flavor.wheel_platforms)
+    except BundleError as e:
+        raise ConfigError(f"piwatch: could not build the router's wheel bundle: {e}") from None
+    return {"piwatch": bundle}
+
+
+def context(cluster: Cluster, role: str, store) -> dict:
+    from piwatch.bundle import render_env
+
+    return {"piwatch_env": render_env(str(cluster.network.router_ip), cluster.piwatch.port)}
