@@ -73,6 +73,7 @@ class Step(Model):
 
 class AddonSpec(Model):
     name: str
+    summary: str = Field(max_length=60, description="one line for `addons list`")
     description: str
     default: bool = True
     depends_on: list[str] = Field(default_factory=list)

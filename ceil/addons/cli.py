@@ -1,0 +1,220 @@
+"""`bake.py addons list|render|apply|delete|grafana-password` and `bake.py dashboard-token`.
+
+The workstation side of the add-ons: the same rendered plan and the same job code as the
+server's ceil-addons.service, pointed at the cluster through the admin kubeconfig
+(`bake.py kubeconfig` writes it to out/kubeconfig; without it one is made on the fly from
+the baked PKI, so nothing has to be fetched from the server).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from ..config import Cluster, load_cluster
+from ..errors import CeilError
+from ..secrets import SecretStore
+from .catalog import Catalog, selected
+from .render import build_plan, render_selected, write_rendered
+
+GRAFANA_PASSWORD = "grafana-admin-password"
+
+
+def grafana_password(store: SecretStore) -> str:
+    """Made once, kept in secrets/; the server gets it as /etc/ceil/secrets/grafana-admin-password."""
+    return store.token(GRAFANA_PASSWORD, 16)
+
+
+class Context:
+    def __init__(self, config: Path, secrets: Path | None, kubeconfig: Path | None):
+        self.config = config
+        self.secrets = secrets or config.resolve().parent / "secrets"
+        self.kubeconfig = kubeconfig
+
+    @property
+    def cluster(self) -> Cluster:
+        return load_cluster(self.config)
+
+    @property
+    def store(self) -> SecretStore:
+        return SecretStore(self.secrets)
+
+    @contextlib.contextmanager
+    def kubeconfig_path(self) -> Iterator[str]:
+        if self.kubeconfig:
+            if not self.kubeconfig.is_file():
+                raise CeilError(f"--kubeconfig {self.kubeconfig} does not exist")
+            yield str(self.kubeconfig)
+            return
+        baked = self.config.resolve().parent / "out" / "kubeconfig"
+        if baked.is_file():
+            yield str(baked)
+            return
+        from ..kubeconfig import admin_kubeconfig, write_private
+
+        with tempfile.TemporaryDirectory(prefix="ceil-kube-") as tmp:
+            path = Path(tmp) / "kubeconfig"
+            write_private(path, admin_kubeconfig(self.cluster, self.store))
+            yield str(path)
+
+    def api(self, kubeconfig: str):
+        try:
+            from .job.kube import KubeApi, KubeconfigTransport
+        except ImportError as e:  # pragma: no cover - depends on the installed extras
+            raise CeilError(f"{e}: pip install -e '.[cluster]' for the kubernetes client") from None
+        try:
+            return KubeApi(KubeconfigTransport(kubeconfig), log=lambda m: click.echo(f"  {m}"))
+        except Exception as e:
+            raise CeilError(f"cannot use kubeconfig {kubeconfig}: {e}") from None
+
+
+@click.group("addons", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The cluster description.")
+@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+              help="Secrets directory (default: secrets/ next to the config).")
+@click.option("--kubeconfig", "kubeconfig_path", default=None, type=click.Path(path_type=Path),
+              help="Admin kubeconfig (default: out/kubeconfig next to the config, else made from secrets/).")
+@click.pass_context
+def addons_group(ctx, config_path, secrets_path, kubeconfig_path):
+    """Kubernetes add-ons (addons/<name>/): list, render, apply or delete them on the cluster.
+
+    The k3s server applies the enabled ones by itself once every node has joined
+    (ceil-addons.service); these commands add, re-apply or remove one from the workstation.
+    """
+    ctx.obj = Context(config_path, secrets_path, kubeconfig_path)
+
+
+@addons_group.command("list")
+@click.pass_obj
+def list_command(obj: Context) -> None:
+    """Every add-on, whether this cluster gets it on first boot, and what it needs."""
+    catalog = Catalog()
+    chosen = {s.name for s in selected(obj.cluster, catalog)}
+    for spec in catalog.specs.values():
+        mark = "on " if spec.name in chosen else "off"
+        deps = f" (needs {', '.join(spec.depends_on)})" if spec.depends_on else ""
+        click.echo(f"{mark} {spec.name:<11} {spec.summary}{deps}")
+
+
+@addons_group.command("render")
+@click.argument("names", nargs=-1)
+@click.option("--out", "out_dir", default=Path("out/addons"), show_default=True,
+              type=click.Path(path_type=Path), help="Folder for one YAML file per add-on.")
+@click.option("--check", is_flag=True, help="Also validate every manifest offline (kubernetes-validate).")
+@click.pass_obj
+def render_command(obj: Context, names, out_dir, check) -> None:
+    """Write the manifests of NAMES (default: the enabled add-ons), numbered in apply order."""
+    cluster = obj.cluster
+    addons = render_selected(cluster, names=list(names) or None)
+    for path in write_rendered(addons, out_dir):
+        click.echo(str(path))
+    if check:
+        from .validate import kubernetes_version, validate_all
+
+        version = kubernetes_version(cluster.kubernetes.k3s_version)
+        errors = validate_all([m for a in addons for m in a.manifests], version)
+        if errors:
+            raise CeilError("manifests do not validate:\n  " + "\n  ".join(errors))
+        click.echo(f"all manifests valid for Kubernetes {version}")
+
+
+def _names(obj: Context, names: tuple[str, ...], everything: bool) -> list[str]:
+    if everything:
+        return [s.name for s in selected(obj.cluster, Catalog())]
+    if not names:
+        raise click.UsageError("name the add-ons (see `addons list`), or give --all")
+    return list(names)
+
+
+@addons_group.command("apply")
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every add-on enabled in cluster.yaml.")
+@click.pass_obj
+def apply_command(obj: Context, names, everything) -> None:
+    """Apply NAMES (server-side apply, field manager `ceil`) and wait until they are ready."""
+    from .job.apply import Applier
+
+    cluster, store = obj.cluster, obj.store
+    plan = build_plan(cluster, names=_names(obj, names, everything))
+    with obj.kubeconfig_path() as kubeconfig:
+        applier = Applier(obj.api(kubeconfig), secret_reader=lambda n: _secret(store, n),
+                          log=lambda m: click.echo(f"  {m}"))
+        report = applier.run(plan, node_timeout=0)
+    if report.missing_nodes:
+        click.echo(f"nodes not Ready: {', '.join(report.missing_nodes)}")
+    for name, state in report.states.items():
+        click.echo(f"{name}: {state}" + (f" ({report.messages[name]})" if report.messages[name] else ""))
+    if not report.ok:
+        raise CeilError("some add-ons are not ready: see above; re-run when the cause is fixed")
+
+
+def _secret(store: SecretStore, name: str) -> bytes:
+    if name == GRAFANA_PASSWORD:
+        return grafana_password(store).encode()
+    return store.read(name)
+
+
+@addons_group.command("delete")
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every add-on enabled in cluster.yaml.")
+@click.option("--yes", is_flag=True, help="Do not ask (volumes of deleted add-ons are lost).")
+@click.pass_obj
+def delete_command(obj: Context, names, everything, yes) -> None:
+    """Delete what NAMES applied (their charts are uninstalled by k3s's helm-controller)."""
+    from .job.apply import Applier
+
+    plan = build_plan(obj.cluster, names=_names(obj, names, everything))
+    chosen = [a["name"] for a in plan["addons"]]
+    if not yes:
+        click.confirm(f"delete {', '.join(chosen)} from the cluster (their volumes too)?", abort=True)
+    with obj.kubeconfig_path() as kubeconfig:
+        applier = Applier(obj.api(kubeconfig), log=lambda m: click.echo(f"  {m}"))
+        for addon in reversed(plan["addons"]):  # dependants first
+            gone = applier.delete_addon(addon)
+            click.echo(f"{addon['name']}: deleted {len(gone)} object(s)")
+            for what in gone:
+                click.echo(f"  {what}")
+
+
+@addons_group.command("grafana-password")
+@click.pass_obj
+def grafana_password_command(obj: Context) -> None:
+    """Print Grafana's admin password (user: admin)."""
+    click.echo(grafana_password(obj.store))
+
+
+def print_dashboard_token(obj: Context) -> None:
+    with obj.kubeconfig_path() as kubeconfig:
+        secret = obj.api(kubeconfig).get("v1", "Secret", "admin-user-token", "kubernetes-dashboard")
+    token = ((secret or {}).get("data") or {}).get("token")
+    if not token:
+        raise CeilError(
+            "no dashboard token yet: secret kubernetes-dashboard/admin-user-token is missing or not"
+            " filled in; apply the add-on first (python bake.py addons apply dashboard)"
+        )
+    click.echo(base64.b64decode(token).decode())
+
+
+@addons_group.command("dashboard-token")
+@click.pass_obj
+def addons_dashboard_token(obj: Context) -> None:
+    """Print the Kubernetes Dashboard login token (cluster-admin: keep it private)."""
+    print_dashboard_token(obj)
+
+
+@click.command("dashboard-token")
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+              type=click.Path(path_type=Path), help="The cluster description.")
+@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+              help="Secrets directory (default: secrets/ next to the config).")
+@click.option("--kubeconfig", "kubeconfig_path", default=None, type=click.Path(path_type=Path),
+              help="Admin kubeconfig (default: out/kubeconfig next to the config, else made from secrets/).")
+def dashboard_token_command(config_path, secrets_path, kubeconfig_path) -> None:
+    """Print the Kubernetes Dashboard login token (cluster-admin: keep it private)."""
+    print_dashboard_token(Context(config_path, secrets_path, kubeconfig_path))

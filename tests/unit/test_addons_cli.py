@@ -1,0 +1,99 @@
+"""`bake.py addons ...` and `bake.py dashboard-token` against the local Kubernetes API stand-in."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fakes.kube_api import Chart, KubeApiStandIn  # noqa: E402
+
+from ceil.addons.cli import addons_group, dashboard_token_command  # noqa: E402
+
+CLUSTER = """\
+ssh: {authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"]}
+nodes: [{name: one, role: server}, {name: two}]
+piwatch: {enabled: false}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    with KubeApiStandIn() as api:
+        api.add_node("ceil-one")
+        api.add_node("ceil-two")
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        yield api, ["--config", str(tmp_path / "cluster.yaml"), "--kubeconfig", str(kubeconfig)]
+
+
+def run(command, args):
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    return result
+
+
+def test_list_shows_what_this_cluster_gets(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = run(addons_group, ["--config", str(tmp_path / "cluster.yaml"), "list"])
+    assert result.exit_code == 0
+    lines = {line.split()[1]: line.split()[0] for line in result.output.splitlines()}
+    assert lines["kubewatch"] == "off" and lines["metallb"] == "on"
+
+
+def test_render_writes_numbered_files_and_checks_them(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = run(addons_group, ["--config", str(tmp_path / "cluster.yaml"), "render",
+                                "--out", str(tmp_path / "out"), "--check", "demo", "traefik", "metallb"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "01-metallb.yaml", "02-traefik.yaml", "03-demo.yaml"]
+    assert "all manifests valid for Kubernetes 1.31" in result.output
+
+
+def test_apply_then_delete_one_addon(setup):
+    api, opts = setup
+    result = run(addons_group, [*opts, "apply", "demo"])
+    assert result.exit_code == 0, result.output
+    assert "demo: ready" in result.output
+    assert api.find("apps/v1", "Deployment", "httpd", "demo")["metadata"]["managedFields"][0]["manager"] == "ceil"
+    result = run(addons_group, [*opts, "delete", "--yes", "demo"])
+    assert result.exit_code == 0, result.output
+    assert api.find("apps/v1", "Deployment", "httpd", "demo") is None
+    assert api.find("v1", "Namespace", "demo") is None
+
+
+def test_apply_reports_failure_with_non_zero_exit(setup, monkeypatch):
+    api, opts = setup
+    monkeypatch.setattr("ceil.addons.job.kube.time.sleep", lambda seconds: None)  # the retries' backoff
+    api.charts["kubernetes-dashboard"] = Chart(fail=True)
+    api.fail_next(100, 503, lambda m, p: m == "PATCH" and p.endswith("/helmcharts/kubernetes-dashboard"))
+    api.put({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1}, "status": {},
+             "metadata": {"name": "traefik", "namespace": "kube-system", "generation": 1}})
+    result = CliRunner().invoke(addons_group, [*opts, "apply", "dashboard"])
+    assert result.exit_code != 0
+    assert "dashboard: failed" in result.output and "HTTP 503" in result.output
+
+
+def test_dashboard_token_is_printed_from_the_token_secret(setup):
+    api, opts = setup
+    result = CliRunner().invoke(dashboard_token_command, opts)
+    assert result.exit_code != 0 and "apply the add-on first" in str(result.exception)
+    api.put({"apiVersion": "v1", "kind": "Secret",
+             "metadata": {"name": "admin-user-token", "namespace": "kubernetes-dashboard"},
+             "data": {"token": base64.b64encode(b"eyJhbGciOi.token").decode()}})
+    result = run(dashboard_token_command, opts)
+    assert result.output == "eyJhbGciOi.token\n"
+    assert run(addons_group, [*opts, "dashboard-token"]).output == "eyJhbGciOi.token\n"
+
+
+def test_grafana_password_is_made_once_and_kept(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    args = ["--config", str(tmp_path / "cluster.yaml"), "grafana-password"]
+    first = run(addons_group, args).output
+    assert len(first.strip()) == 32 and run(addons_group, args).output == first
+    assert (tmp_path / "secrets" / "grafana-admin-password").stat().st_mode & 0o777 == 0o600
