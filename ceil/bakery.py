@@ -22,6 +22,7 @@ from . import __version__
 from .catalog import Flavor, load_flavor
 from .config import Cluster, config_hash
 from .errors import CeilError
+from .ext4fs import write_files
 from .fatfs import append_cmdline, put_tree, read_file, write_file
 from .features import RoleContext
 from .fetch import BaseImage, resolve_base
@@ -43,6 +44,7 @@ class BakeContext:
     out_dir: Path
     store: SecretStore
     base_image_arg: Path | None = None
+    airgap: Path | None = None
     flavor: Flavor = field(init=False)
     work: Path = field(init=False)
     base: BaseImage | None = None
@@ -66,6 +68,10 @@ class BakeContext:
     @property
     def staged_boot(self) -> Path:
         return self.work / "boot.img"
+
+    @property
+    def staged_root(self) -> Path:
+        return self.work / "root.img"
 
     @property
     def partial_output(self) -> Path:
@@ -93,7 +99,7 @@ def stage_boot(ctx: BakeContext) -> None:
 
 def write_seed(ctx: BakeContext) -> None:
     ctx.payload = build_payload(
-        RoleContext(ctx.cluster, ctx.role, ctx.flavor, ctx.store), ctx.work / "payload"
+        RoleContext(ctx.cluster, ctx.role, ctx.flavor, ctx.store, ctx.airgap), ctx.work / "payload"
     )
     with step("write_seed", "user-data, meta-data, network-config"):
         for name, text in ctx.payload.seed.items():
@@ -115,22 +121,45 @@ def edit_cmdline(ctx: BakeContext) -> None:
         write_file(ctx.staged_boot, ctx.flavor.cmdline, append_cmdline(current, K3S_CMDLINE_FLAGS), ctx.work)
 
 
+def write_rootfs(ctx: BakeContext) -> None:
+    """Large files (k3s binaries) into the ext4 root: staged like the boot partition."""
+    if not ctx.payload.rootfs:
+        return
+    total = sum(p.stat().st_size for p in ctx.payload.rootfs.values())
+    with step("write_rootfs", f"{len(ctx.payload.rootfs)} files, {total / 2**20:.0f} MiB"):
+        with open(ctx.base.path, "rb") as fin, open(ctx.staged_root, "wb") as fout:
+            fout.truncate(ctx.root.size)
+            copy_window(fin.fileno(), fout.fileno(), ctx.root.start, 0, ctx.root.size)
+        write_files(ctx.staged_root, ctx.payload.rootfs)
+
+
 def compose_image(ctx: BakeContext) -> None:
-    """Write base + staged boot partition into the partial output, hashing it on the way."""
+    """Write base + staged partitions into the partial output, hashing it on the way."""
+    staged = {ctx.boot: ctx.staged_boot}
+    if ctx.staged_root.exists():
+        staged[ctx.root] = ctx.staged_root
     with step("compose_image", f"{ctx.base.path.stat().st_size / 2**30:.1f} GiB sparse"):
-        ctx.output_sha256 = compose(ctx.base.path, ctx.boot, ctx.staged_boot, ctx.partial_output)
+        ctx.output_sha256 = compose(ctx.base.path, staged, ctx.partial_output)
 
 
-def compose(base: Path, boot: Partition, staged: Path, out: Path) -> str:
+def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tuple[int, int, int, int]]:
+    """(fd, src offset, dst offset, length) in image order: staged partitions replace base ranges."""
+    out, pos = [], 0
+    for part in sorted(staged, key=lambda p: p.start):
+        out.append((base_fd, pos, pos, part.start - pos))
+        out.append((staged[part], 0, part.start, part.size))
+        pos = part.end
+    out.append((base_fd, pos, pos, size - pos))
+    return out
+
+
+def compose(base: Path, staged: dict[Partition, Path], out: Path) -> str:
     size = base.stat().st_size
     # 0600: the image carries the role's secrets until its first boot moves them off the card.
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(base, "rb") as fb, open(staged, "rb") as fs, os.fdopen(fd, "wb") as fo:
-        segments = [  # (fd, src offset, dst offset, length), in image order
-            (fb.fileno(), 0, 0, boot.start),
-            (fs.fileno(), 0, boot.start, boot.size),
-            (fb.fileno(), boot.end, boot.end, size - boot.end),
-        ]
+    files = {part: open(path, "rb") for part, path in staged.items()}
+    with open(base, "rb") as fb, os.fdopen(fd, "wb") as fo:
+        segments = _segments(fb.fileno(), size, {p: f.fileno() for p, f in files.items()})
         digest = hashlib.sha256()
         # Hash from the sources in a second thread while the kernel copies: the digest costs
         # (almost) no extra wall time on two cores.
@@ -146,6 +175,8 @@ def compose(base: Path, boot: Partition, staged: Path, out: Path) -> str:
             os.fsync(fo.fileno())
         finally:
             hasher.join()
+            for f in files.values():
+                f.close()
     return digest.hexdigest()
 
 
@@ -175,7 +206,7 @@ def finish_image(ctx: BakeContext) -> None:
         os.replace(tmp, ctx.manifest)
 
 
-STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, compose_image, finish_image]
+STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
 
 
 def bake(ctx: BakeContext) -> Path:

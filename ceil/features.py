@@ -99,6 +99,8 @@ class RoleContext:
     role: str
     flavor: Flavor
     store: SecretStore
+    # `bake.py --airgap DIR`: k3s release files to bake into node images.
+    airgap: Path | None = None
 
     @property
     def node(self) -> Node | None:
@@ -132,6 +134,7 @@ class RenderedPayload:
     packages: list[str]
     units: list[str]
     secrets: dict[str, bytes]
+    rootfs: dict[str, Path]  # absolute path in the root file system -> workstation file
 
 
 def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) -> RenderedPayload:
@@ -140,6 +143,7 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
     base_vars = ctx.template_vars()
     packages: list[str] = []
     secrets: dict[str, bytes] = {}
+    rootfs: dict[str, Path] = {}
     for feature in chosen:
         if check := feature.hook("check"):
             check(ctx.cluster, ctx.role)
@@ -153,13 +157,16 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
             for name, src in payload_files(ctx, dest / "files").items():
                 if not src.exists():
                     raise ConfigError(f"feature {feature.name}: payload file {name} ({src}) was not produced")
+        if rootfs_files := feature.hook("rootfs_files"):
+            # Too big for the boot partition (e.g. k3s binaries): written into ext4 with debugfs.
+            rootfs.update(rootfs_files(ctx))
         if secret_files := feature.hook("secret_files"):
             for name, value in secret_files(ctx.cluster, ctx.role, ctx.store).items():
                 if name in secrets:
                     raise ConfigError(f"two features write the secret file {name!r}")
                 secrets[name] = value.encode() if isinstance(value, str) else value
     units = sorted(p.name for p in (dest / "units").glob("*") if p.is_file()) if (dest / "units").is_dir() else []
-    return RenderedPayload([f.name for f in chosen], packages, units, secrets)
+    return RenderedPayload([f.name for f in chosen], packages, units, secrets, rootfs)
 
 
 def _render_tree(feature: Feature, variables: dict, dest: Path) -> None:

@@ -27,6 +27,7 @@ class Payload:
     packages: list[str]
     steps: list[str]
     instance_id: str
+    rootfs: dict[str, Path]
 
 
 def build_payload(ctx: RoleContext, dest: Path) -> Payload:
@@ -55,7 +56,7 @@ def build_payload(ctx: RoleContext, dest: Path) -> Payload:
         )
     )
     seed = render_seed(ctx, instance_id)
-    return Payload(dest, seed, rendered.features, rendered.packages, steps, instance_id)
+    return Payload(dest, seed, rendered.features, rendered.packages, steps, instance_id, rendered.rootfs)
 
 
 def _target(steps: list[str]) -> str:

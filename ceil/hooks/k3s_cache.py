@@ -47,3 +47,8 @@ def cache_files(cluster: Cluster, arches: list[str], source: Path | None = None)
         for name, path in verified_release_files(cluster, arch, source).items():
             out[f"{CACHE_ROOT_ON_ROUTER}/k3s/{version}/{name}"] = path
     return out
+
+
+def rootfs_files(ctx) -> dict[str, Path]:
+    """The router's cache, filled at bake time from the workstation's k3s files (if any)."""
+    return cache_files(ctx.cluster, [ctx.flavor.arch])

@@ -101,3 +101,8 @@ def _check(path: Path, expected: str) -> None:
 def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
     """For `bake.py --airgap`: {absolute path in the node's root fs: workstation file}."""
     return {f"{AIRGAP_ON_TARGET}/{name}": path for name, path in verified_release_files(cluster, arch, source).items()}
+
+
+def rootfs_files(ctx) -> dict[str, Path]:
+    """`bake.py --airgap DIR`: the verified k3s release files go into the node's image."""
+    return airgap_files(ctx.cluster, ctx.flavor.arch, ctx.airgap) if ctx.airgap else {}

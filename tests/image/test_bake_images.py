@@ -237,3 +237,48 @@ def test_piwatch_on_a_flavor_without_python_facts_is_refused(tmp_path, ssh_pubke
     result = run_bake("--role", "router", "--base-image", str(base), cwd=tmp_path)
     assert result.returncode == 1 and "piwatch.enabled: false" in result.stderr
     assert not (tmp_path / "out" / "ceil-router.img").exists()
+
+
+def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_wheels, monkeypatch):
+    """`--airgap DIR`: the verified k3s binary lands in the node's ext4 root (debugfs), the file
+    system stays clean, and the router gets the same files in its cache when the workstation has them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(offline_wheels))
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"), root_mib=160)
+    release = tmp_path / "release"
+    release.mkdir()
+    binary = os.urandom(3 << 20)
+    (release / "k3s-arm64").write_bytes(binary)
+    (release / "sha256sum-arm64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s-arm64\n")
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\n")
+    monkeypatch.setenv("CEIL_K3S_CACHE", str(release))
+    result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    from ceil.ext4fs import read_file
+    from ceil.hooks.k3s_install import AIRGAP_ON_TARGET
+
+    root = extract(tmp_path / "out" / "ceil-one.img", 2, tmp_path / "one-root.img")
+    assert read_file(root, f"{AIRGAP_ON_TARGET}/k3s-arm64") == binary
+    assert subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True).returncode == 0
+    from ceil.hooks.k3s_cache import CACHE_ROOT_ON_ROUTER
+
+    router_root = extract(tmp_path / "out" / "ceil-router.img", 2, tmp_path / "router-root.img")
+    assert read_file(router_root, f"{CACHE_ROOT_ON_ROUTER}/k3s/v1.31.4+k3s1/k3s-arm64") == binary
+    # the boot partition did not have to hold it
+    boot = extract(tmp_path / "out" / "ceil-one.img", 1, tmp_path / "one-boot.img")
+    assert subprocess.run(["fsck.vfat", "-n", str(boot)], capture_output=True).returncode == 0
+
+
+def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "k3s-arm64").write_bytes(b"tampered")
+    (release / "sha256sum-arm64.txt").write_text(f"{'0' * 64}  k3s-arm64\n")
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
+    result = run_bake("--role", "one", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    assert result.returncode == 1 and "sha256" in result.stderr and "0" * 64 in result.stderr
+    assert not (tmp_path / "out" / "ceil-one.img").exists()
