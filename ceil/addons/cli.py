@@ -20,14 +20,8 @@ from ..config import Cluster, load_cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
 from .catalog import Catalog, selected
+from .hooks import GRAFANA_PASSWORD, grafana_password
 from .render import build_plan, render_selected, write_rendered
-
-GRAFANA_PASSWORD = "grafana-admin-password"
-
-
-def grafana_password(store: SecretStore) -> str:
-    """Made once, kept in secrets/; the server gets it as /etc/ceil/secrets/grafana-admin-password."""
-    return store.token(GRAFANA_PASSWORD, 16)
 
 
 class Context:

@@ -1,0 +1,45 @@
+"""Hooks of the first-boot feature `addons`: the post-join job on the k3s server.
+See docs/features.md for the hook contract.
+
+The job ships as Python source rendered into lib/addons_job/ (one source of truth with the
+workstation's `bake.py addons apply`), and the plan as /etc/ceil/addons.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Cluster
+from ..secrets import SecretStore
+from .catalog import Catalog, selected
+from .render import plan_json
+
+JOB_DIR = Path(__file__).parent / "job"
+JOB_FILES = ("__init__.py", "__main__.py", "apply.py", "kube.py", "status.py")
+GRAFANA_PASSWORD = "grafana-admin-password"
+
+
+def grafana_password(store: SecretStore) -> str:
+    """Made once and kept in secrets/; the server gets it as /etc/ceil/secrets/<name>."""
+    return store.token(GRAFANA_PASSWORD, 16)
+
+
+def job_sources() -> dict[str, str]:
+    return {name: (JOB_DIR / name).read_text() for name in JOB_FILES}
+
+
+def check(cluster: Cluster, role: str) -> None:
+    selected(cluster, Catalog())  # unknown names or a disabled dependency fail the bake early
+
+
+def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    return {
+        "addons_plan_json": plan_json(cluster),
+        "addons_job_source": job_sources(),
+    }
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    if "monitoring" not in {s.name for s in selected(cluster, Catalog())}:
+        return {}
+    return {GRAFANA_PASSWORD: grafana_password(store) + "\n"}
