@@ -244,15 +244,15 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
     system stays clean, and the router gets the same files in its cache when the workstation has them."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(offline_wheels))
     base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"), root_mib=160)
-    release = tmp_path / "release"
-    release.mkdir()
+    release = tmp_path / "k3s-cache" / "v1.31.4+k3s1"  # the workstation cache's layout
+    release.mkdir(parents=True)
     binary = os.urandom(3 << 20)
     (release / "k3s-arm64").write_bytes(binary)
     (release / "sha256sum-arm64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s-arm64\n")
     (tmp_path / "cluster.yaml").write_text(
         f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
         "nodes: [{name: one, role: server}]\n")
-    monkeypatch.setenv("CEIL_K3S_CACHE", str(release))
+    monkeypatch.setenv("CEIL_K3S_CACHE", str(release.parent))
     result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     from ceil.ext4fs import read_file
