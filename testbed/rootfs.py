@@ -11,7 +11,9 @@ contents (kernel, initrd, cmdline.txt) staged in a separate directory.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
+import signal
 import shutil
 import subprocess
 from pathlib import Path
@@ -58,22 +60,33 @@ def mmdebstrap(recipe: Recipe, root: Path, debs: Path, logfile: Path) -> None:
     with open(logfile, "ab") as out:
         out.write(("$ " + shlex.join(cmd) + "\n").encode())
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # Own process group: on interruption every helper (apt, dpkg under qemu-user) is stopped,
+        # not just mmdebstrap itself.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             proc.wait()
         except BaseException:
-            # Interrupted: let mmdebstrap unmount /proc, /sys, /dev from the chroot before the
-            # caller removes the tree.
-            proc.terminate()
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
             raise
     if proc.returncode != 0:
         tail = "".join(logfile.read_text(errors="replace").splitlines(keepends=True)[-25:])
         raise RuntimeError(f"mmdebstrap failed (exit {proc.returncode}); last lines of {logfile}:\n{tail}")
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def fstab_text(recipe: Recipe) -> str:

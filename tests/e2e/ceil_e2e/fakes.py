@@ -21,6 +21,7 @@ import shutil
 import socketserver
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -127,7 +128,7 @@ class HttpFake:
         return self
 
     def _match(self, method: str, path: str):
-        path = path.split("?", 1)[0]
+        path = urllib.parse.unquote(path.split("?", 1)[0])  # apt asks for pool/..._1.2%2bdeb13u1_...
         for m, prefix, target in self._routes:
             if (m in ("*", method)) and path.startswith(prefix):
                 if callable(target):

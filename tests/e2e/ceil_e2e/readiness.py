@@ -66,25 +66,34 @@ def wait_cloud_init(ssh: SshConfig, alias: str, timeout: float) -> str:
 @dataclass
 class FirstBoot:
     target: str
-    failed: list[str]
-    status: dict
+    failed: list[str]       # failed ceil-* units
+    status: dict            # /var/lib/ceil/status.json
+    required: list[str]     # the units ceil-firstboot.target requires (the steps)
+
+    @property
+    def failed_steps(self) -> list[str]:
+        """Failed units the target needs: first boot cannot finish, so stop waiting."""
+        return [u for u in self.failed if u in self.required] if self.required else self.failed
 
 
 def firstboot_state(ssh: SshConfig, alias: str) -> FirstBoot:
     script = (
-        "systemctl is-active ceil-firstboot.target; echo '--'; "
+        "systemctl is-active ceil-firstboot.target; "
+        "systemctl show -p Requires --value ceil-firstboot.target 2>/dev/null; echo '--'; "
         "systemctl list-units --state=failed --plain --no-legend 'ceil-*' | awk '{print $1}'; echo '--'; "
         "sudo cat /var/lib/ceil/status.json 2>/dev/null || echo '{}'"
     )
     out = ssh.run(alias, script, timeout=60).stdout
     parts = out.split("--\n")
-    target = parts[0].strip() if parts else "unknown"
+    head = parts[0].split() if parts else []
+    target = head[0] if head else "unknown"
+    required = head[1:]
     failed = parts[1].split() if len(parts) > 1 else []
     try:
         status = json.loads(parts[2]) if len(parts) > 2 else {}
     except ValueError:
         status = {}
-    return FirstBoot(target, failed, status)
+    return FirstBoot(target, failed, status, required)
 
 
 def unit_report(ssh: SshConfig, alias: str, unit: str, lines: int = 40) -> str:
@@ -105,8 +114,8 @@ def wait_firstboot(ssh: SshConfig, alias: str, timeout: float, guests: list[Gues
         except Exception:  # a reboot in progress: the next round will tell
             ssh.drop_master(alias)
             continue
-        if state.failed:
-            unit = state.failed[0]
+        if state.failed_steps:
+            unit = state.failed_steps[0]
             raise NotReady(
                 f"{alias}: first-boot unit {unit} failed (failed ceil units: {', '.join(state.failed)}; "
                 f"ceil-firstboot.target is {state.target}).\n--- journalctl -u {unit} (tail) ---\n"
@@ -119,13 +128,17 @@ def wait_firstboot(ssh: SshConfig, alias: str, timeout: float, guests: list[Gues
     raise NotReady(
         f"{alias}: ceil-firstboot.target not reached within {timeout:.0f}s (it is {state.target}); "
         f"steps: {_summary(state)}" + _retrying_logs(ssh, alias, state)
+        + "".join(f"\n--- journalctl -u {u} (tail) ---\n{unit_report(ssh, alias, u)}" for u in state.failed)
     )
 
 
 def _summary(state: FirstBoot) -> str:
     steps = state.status.get("steps", {})
-    return ", ".join(f"{k}={v.get('state')}" + (f"#{v['attempt']}" if v.get("attempt", 1) > 1 else "")
+    text = ", ".join(f"{k}={v.get('state')}" + (f"#{v['attempt']}" if v.get("attempt", 1) > 1 else "")
                      for k, v in sorted(steps.items())) or "no status.json yet"
+    # Failed units that are not steps (e.g. a timer's service) do not stop the wait, but show.
+    others = [u for u in state.failed if u not in state.failed_steps]
+    return text + (f"; failed (not a step): {', '.join(others)}" if others else "")
 
 
 def _retrying_logs(ssh: SshConfig, alias: str, state: FirstBoot) -> str:

@@ -77,3 +77,23 @@ def seed_testbed(image: Path, hostname: str, pubkey: str, *, domain: str = "ceil
         "network-config": network_config(list(dhcp), static),
     })
     return instance_id
+
+
+def add_to_boot(image: Path, files: dict[str, str], boot_index: int = 1) -> None:
+    """Put files (path on the FAT -> text) into a baked image, creating directories as needed."""
+    off, _ = partition_offset(image, boot_index)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    spec = f"{image}@@{off}"
+    tmp = image.parent / f".add-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for i, (dest, text) in enumerate(files.items()):
+            parts = dest.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                subprocess.run(["mmd", "-i", spec, "::/" + "/".join(parts[:depth])], capture_output=True, env=env)
+            src = tmp / str(i)
+            src.write_text(text)
+            subprocess.run(["mcopy", "-o", "-i", spec, str(src), "::/" + dest.strip("/")],
+                           check=True, capture_output=True, env=env)
+    finally:
+        shutil.rmtree(tmp)

@@ -58,8 +58,12 @@ def testbed(arch: str, flavor: str):
     return tb
 
 
-def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[str] | None = None) -> TestCluster:
-    """A baked, booted (not yet awaited) test cluster; the caller must close() it."""
+def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[str] | None = None,
+                after_bake=None) -> TestCluster:
+    """A baked, booted (not yet awaited) test cluster; the caller must close() it.
+
+    `after_bake(cluster)` may change the baked images before the first boot (e.g. break them).
+    """
     s = settings()
     tb = testbed(s["arch"], s["flavor"])
     artifacts = s["artifacts"] / name
@@ -70,6 +74,8 @@ def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[s
         c.extras.hostfwds += [f"tcp:127.0.0.1:{c.probe_port(p)}-:{p}" for p in PROBE_PORTS if p != 22]
         t = c.bake()
         log(f"baked in {t:.0f}s")
+        if after_bake:
+            after_bake(c)
         c.make_guests()
         c.start_all()
     except BaseException:

@@ -1,0 +1,33 @@
+"""The e2e suite (pytest -m e2e tests/e2e tests/infra): QEMU guests from baked images.
+
+The cluster is one per session (ceil_e2e.session), shared with tests/infra's checks; fixtures
+are the same as there (ceil_infra.fixtures). Settings: docs/testing.md.
+"""
+
+import sys
+from pathlib import Path
+
+_TESTS = Path(__file__).resolve().parents[1]
+for _p in (_TESTS / "infra", _TESTS / "e2e", _TESTS.parent):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from ceil_infra.fixtures import (  # noqa: E402,F401  (fixtures are used by name)
+    cluster,
+    fakes,
+    generate_tests,
+    host,
+    machines,
+    nodes,
+    router,
+    targets,
+)
+from ceil_e2e.hooks import diagnostics_on_failure  # noqa: E402
+
+
+def pytest_generate_tests(metafunc):
+    generate_tests(metafunc)
+
+
+def pytest_runtest_makereport(item, call):
+    diagnostics_on_failure(item, call)

@@ -1,0 +1,52 @@
+"""Reboot and power cut: a machine that finished first boot comes back unchanged.
+
+The trap (design.md): if the seed vanished or its instance-id changed, cloud-init would take the
+next boot for a new instance and regenerate the SSH host keys. The session's known_hosts pins
+every machine's host key (HostKeyAlias + StrictHostKeyChecking accept-new), so any change also
+breaks the login itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ceil_e2e import session
+
+pytestmark = pytest.mark.e2e
+
+SNAPSHOT = (
+    "sudo sh -c 'cat /etc/ssh/ssh_host_*_key.pub; cat /etc/machine-id; ls -l --time-style=+%s /var/lib/ceil/done/;"
+    " cat /var/lib/cloud/data/instance-id'"
+)
+
+
+def snapshot(host) -> str:
+    return host.check_output(SNAPSHOT)
+
+
+def boots_seen_by_cloud_init(host) -> int:
+    # one "running 'init'" line per boot in which cloud-init ran its network stage
+    return int(host.check_output("sudo grep -c \"running 'init'\" /var/log/cloud-init.log || true") or 0)
+
+
+@pytest.mark.parametrize("how", ["reboot", "power_cut"])
+def test_router_comes_back_unchanged(router, how):
+    c = session.get()
+    before = snapshot(router)
+    instance = router.check_output("sudo cat /var/lib/cloud/data/instance-id")
+    getattr(c, how)("router")
+    router = c.host("router")
+    after = snapshot(router)
+    assert after == before, f"after a {how}: host keys, machine-id, done-markers or instance-id changed"
+    assert router.check_output("sudo cat /var/lib/cloud/data/instance-id") == instance
+    assert router.run("systemctl is-active ceil-firstboot.target").stdout.strip() == "active"
+
+
+def test_power_cut_helpers_keep_the_disk(router):
+    """A power cut is a kill -9 of QEMU: the guest's unsynced page cache is lost, the disk stays."""
+    c = session.get()
+    router.check_output("echo survives | sudo tee /var/lib/ceil/e2e-probe >/dev/null && sync")
+    boots = c.machines["router"].guest.boots
+    c.power_cut("router")
+    assert c.machines["router"].guest.boots == boots + 1
+    assert c.host("router").check_output("cat /var/lib/ceil/e2e-probe") == "survives"
