@@ -109,7 +109,11 @@ def render_command(obj: Context, names, out_dir, check) -> None:
     for path in write_rendered(addons, out_dir):
         click.echo(str(path))
     if check:
-        from .validate import kubernetes_version, validate_all
+        try:
+            from .validate import kubernetes_version, validate_all
+            import kubernetes_validate  # noqa: F401
+        except ImportError:
+            raise CeilError("--check needs kubernetes-validate: pip install -e '.[test]'") from None
 
         version = kubernetes_version(cluster.kubernetes.k3s_version)
         errors = validate_all([m for a in addons for m in a.manifests], version)
