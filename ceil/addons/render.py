@@ -1,7 +1,8 @@
 """Render add-on templates from the Cluster model into manifests and into the job's plan.
 
 The plan is plain JSON (manifests already rendered, secrets only referenced by name), so the
-job on the server needs neither this package nor cluster.yaml: just python3 and the `kubernetes` client.
+job on the server needs neither this package nor cluster.yaml: just python3 and the
+`kubernetes` client.
 """
 
 from __future__ import annotations
