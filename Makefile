@@ -5,6 +5,7 @@ PY ?= .venv/bin/python
 CONFIG ?= cluster.yaml
 OUT ?= out
 ARCH ?= arm64
+DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)')).domain)" 2>/dev/null || echo ceil.internal)
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
@@ -12,6 +13,7 @@ ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import loa
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@printf "  \033[36m%-22s\033[0m %s\n" "<addon>-deploy" "Apply one add-on: $(ADDONS)" "<addon>-delete" "Delete one add-on, e.g. make demo-delete"
 
 setup: setup-host venv ## Install host packages (Debian/Ubuntu, as root) and the Python venv
 setup-host: ## Install the Debian packages baking and the tests need (idempotent)
@@ -57,5 +59,32 @@ kubeconfig: venv ## Write the admin kubeconfig signed by the baked client CA
 	$(PY) bake.py kubeconfig --config $(CONFIG)
 vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
 	$(PY) bake.py vpn-client $* --config $(CONFIG)
+KUBECTL ?= kubectl --kubeconfig $(OUT)/kubeconfig
+ADDONS = metallb traefik storage monitoring dashboard kubewatch demo
+addons-list: venv ## Every add-on and whether this cluster gets it
+	$(PY) bake.py addons --config $(CONFIG) list
+addons-render: venv ## Render and validate the add-on manifests offline
+	$(PY) bake.py addons --config $(CONFIG) render --check
+$(addsuffix -deploy,$(ADDONS)): %-deploy: venv
+	$(PY) bake.py addons --config $(CONFIG) apply $*
+$(addsuffix -delete,$(ADDONS)): %-delete: venv
+	$(PY) bake.py addons --config $(CONFIG) delete $*
+all-deploy: venv ## Apply every enabled add-on
+	$(PY) bake.py addons --config $(CONFIG) apply --all
+all-delete: venv ## Delete every add-on
+	$(PY) bake.py addons --config $(CONFIG) delete --all
+nodes-show: ## kubectl get nodes (with the baked admin kubeconfig)
+	$(KUBECTL) get nodes -o wide
+pods-show: ## kubectl get pods in every namespace
+	$(KUBECTL) get pods -A -o wide
+dashboard-token: venv ## Print a Kubernetes Dashboard login token
+	$(PY) bake.py addons --config $(CONFIG) dashboard-token
+grafana-open: venv ## Print Grafana's admin password and open Grafana
+	$(PY) bake.py addons --config $(CONFIG) grafana-password
+	xdg-open http://grafana.$(DOMAIN)/ 2>/dev/null || open http://grafana.$(DOMAIN)/
+traefik-open: ## Open the Traefik dashboard
+	xdg-open http://traefik.$(DOMAIN)/dashboard/ 2>/dev/null || open http://traefik.$(DOMAIN)/dashboard/
+dashboard-open: ## Open the Kubernetes Dashboard
+	xdg-open https://dashboard.$(DOMAIN)/ 2>/dev/null || open https://dashboard.$(DOMAIN)/
 clean: ## Remove baked images (keeps secrets/ and the download cache)
 	rm -rf $(OUT)

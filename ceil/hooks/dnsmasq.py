@@ -65,9 +65,19 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "vpn_interface": VPN_INTERFACE if cluster.vpn.enabled else None,
             "netmask": str(net.lan_cidr.netmask),
             "apps_domain": f"apps.{cluster.domain}",
+            "ingress_hosts": _ingress_hosts(cluster),
             "lease_file": "/var/lib/misc/dnsmasq.leases",
         }
     }
+
+
+def _ingress_hosts(cluster: Cluster) -> list[str]:
+    """Add-on UIs (grafana.<domain>, traefik.<domain>, ...) answered with the ingress address."""
+    if not cluster.addons.enabled:
+        return []
+    from ..addons.render import ingress_hosts
+
+    return ingress_hosts(cluster)
 
 
 def check(cluster: Cluster, role: str) -> None:

@@ -248,3 +248,16 @@ def test_nodes_get_time_and_reporting_but_no_router_services(tmp_path):
     assert {"ceil-chrony.service", "ceil-status-report.path", "ceil-status-report.timer"} <= units
     assert not units & {"ceil-dnsmasq.service", "ceil-nat-firewall.service", "ceil-status-board.service"}
     assert "ceil-nat-firewall" not in (out / "units/ceil-chrony.service").read_text()
+
+
+def test_addon_ingress_hosts_resolve_to_the_ingress(tmp_path):
+    """The add-ons publish grafana.<domain>, traefik.<domain>, ...: the router's DNS answers them."""
+    from ceil.addons.render import ingress_hosts
+    from ceil.config import parse_cluster
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    from ceil.hooks.dnsmasq import context
+
+    hosts = context(cluster, "router", None)["lan_dns"]["ingress_hosts"]
+    assert hosts == ingress_hosts(cluster) and f"grafana.{cluster.domain}" in hosts
