@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 # Security keys (FIDO) are valid OpenSSH keys that `cryptography` does not parse; check their framing.
@@ -32,6 +33,11 @@ def check_public_key(line: str) -> str:
         return line
     try:
         load_ssh_public_key(f"{kind} {blob}".encode())
+    except UnsupportedAlgorithm:
+        raise ValueError(
+            f"{_short(line)!r} is not an SSH public key: {kind!r} is not a key type"
+            " (expected ssh-ed25519, ecdsa-sha2-*, ssh-rsa or sk-*)"
+        ) from None
     except (ValueError, TypeError) as e:
         raise ValueError(f"{_short(line)!r} does not parse as an SSH public key ({e})") from None
     return line

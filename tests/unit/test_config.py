@@ -126,3 +126,8 @@ def test_models_are_frozen():
     c = parse_cluster(BASE)
     with pytest.raises(Exception):
         c.name = "other"
+
+
+def test_unknown_ssh_key_type_is_an_error_not_a_crash():
+    msg = error("ssh: {authorized_keys: ['not a key']}\n")
+    assert "ssh.authorized_keys[0]" in msg and "not a key type" in msg

@@ -1,0 +1,104 @@
+"""`bake.py init`: ask a few questions, write cluster.yaml (0600) and generate secrets/.
+
+Every answer has a default or a flag, so scripts can run it with --yes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from .catalog import available, load_flavor
+from .config import load_cluster
+from .errors import CeilError
+from .features import RoleContext, render_features
+from .secrets import SecretStore
+from .sshkeys import check_public_key
+from .ui import console
+
+NODE_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _default_key() -> Path | None:
+    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"):
+        p = Path.home() / ".ssh" / name
+        if p.is_file():
+            return p
+    return None
+
+
+def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None, psk: str | None,
+                 country: str | None, nodes: int) -> dict:
+    cfg: dict = {
+        "name": name,
+        "flavor": flavor,
+        "ssh": {"authorized_keys": [key]},
+        "router": {"lan_interface": "eth0", "uplink": {"type": uplink}},
+        "nodes": [{"name": n, "role": "server" if i == 0 else "agent", "ip": f"10.42.0.{11 + i}"}
+                  for i, n in enumerate(NODE_NAMES[:nodes])],
+    }
+    if uplink == "wifi":
+        cfg["router"]["uplink"].update(interface="wlan0", wifi={"ssid": ssid, "psk": psk, "country": country})
+    else:
+        cfg["router"]["uplink"]["interface"] = "eth1"
+    return cfg
+
+
+def generate_secrets(config_path: Path, store: SecretStore) -> None:
+    """Render every role's payload once (and throw it away): that creates all shared secrets."""
+    cluster = load_cluster(config_path)
+    flavor = load_flavor(cluster.flavor)
+    for role in cluster.roles:
+        with tempfile.TemporaryDirectory() as d:
+            ctx = RoleContext(cluster, role, flavor, store)
+            render_features(ctx, Path(d))
+
+
+@click.command("init")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True)
+@click.option("--name", default="ceil", show_default=True, help="Cluster name (host names become NAME-router, NAME-one, ...).")
+@click.option("--flavor", type=click.Choice(available()), default="ubuntu-24.04-raspi", show_default=True)
+@click.option("--ssh-key-file", type=click.Path(path_type=Path, dir_okay=False), help="Your SSH public key [default: ~/.ssh/id_ed25519.pub].")
+@click.option("--uplink", type=click.Choice(["wifi", "ethernet"]), help="How the router reaches the internet.")
+@click.option("--ssid", help="WiFi network name (uplink wifi).")
+@click.option("--country", help="WiFi country code, e.g. DE (uplink wifi).")
+@click.option("--nodes", type=click.IntRange(1, len(NODE_NAMES)), help="How many k3s nodes (the first is the server).")
+@click.option("--yes", is_flag=True, help="Take defaults for everything not given; ask nothing.")
+@click.option("--force", is_flag=True, help="Overwrite an existing cluster.yaml.")
+def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, yes, force):
+    """Write a cluster.yaml from a few questions and generate the cluster's secrets/."""
+    if config_path.exists() and not force:
+        raise CeilError(f"{config_path} exists: edit it, or run init with --force to start over")
+    ask = (lambda text, **kw: kw.get("default")) if yes else click.prompt
+    key_file = ssh_key_file or _default_key()
+    if key_file is None and yes:
+        raise CeilError("no SSH public key found in ~/.ssh: create one with ssh-keygen -t ed25519, or pass --ssh-key-file")
+    key_file = Path(ask("SSH public key file", default=str(key_file) if key_file else None)).expanduser()
+    if not key_file.is_file():
+        raise CeilError(f"{key_file} does not exist: give the path of your public key (.pub)")
+    try:
+        key = check_public_key(key_file.read_text().strip().splitlines()[0])
+    except ValueError as e:
+        raise CeilError(f"{key_file}: {e}") from None
+    uplink = uplink or ask("Router uplink", default="wifi", type=click.Choice(["wifi", "ethernet"]))
+    psk = None
+    if uplink == "wifi":
+        ssid = ssid or ask("WiFi network name (SSID)", default=None)
+        country = (country or ask("WiFi country code", default="DE")).upper()
+        psk = os.environ.get("CEIL_WIFI_PSK") or (None if yes else click.prompt("WiFi passphrase", hide_input=True))
+        if not ssid or not psk:
+            raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (prompt, or CEIL_WIFI_PSK)")
+    nodes = nodes or int(ask("Number of k3s nodes", default=4, type=int))
+    cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
+    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the WiFi passphrase
+    with os.fdopen(fd, "w") as f:
+        f.write("# Written by `bake.py init`; every key is explained in cluster.example.yaml.\n")
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    store = SecretStore(config_path.parent / "secrets")
+    generate_secrets(config_path, store)
+    console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
+    console.print("next: python bake.py --all")

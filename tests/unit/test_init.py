@@ -1,0 +1,40 @@
+"""`bake.py init --yes` writes a valid cluster.yaml (0600) and generates the shared secrets."""
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from ceil.config import load_cluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_init_writes_config_and_secrets(tmp_path, ssh_pubkey, monkeypatch):
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    env = {**__import__("os").environ, "CEIL_WIFI_PSK": "a-good-passphrase"}
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "wifi", "--ssid", "Home", "--country", "de", "--nodes", "3"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "cluster.yaml"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    cluster = load_cluster(cfg)
+    assert cluster.roles == ["router", "one", "two", "three"] and cluster.router.uplink.wifi.country == "DE"
+    secrets = tmp_path / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    files = [p for p in secrets.rglob("*") if p.is_file() and p.name != ".gitignore"]
+    assert any("k3s" in str(p) for p in files) and any("wireguard" in str(p) for p in files)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    again = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_init_rejects_a_bad_key(tmp_path):
+    key = tmp_path / "id.pub"
+    key.write_text("not a key\n")
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key), "--uplink", "ethernet"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 1 and "not an SSH public key" in r.stderr
+    assert not (tmp_path / "cluster.yaml").exists()
