@@ -1,15 +1,19 @@
 """Build (or reuse) a ceil test-bed image: `python -m testbed.build --flavor testbed-ubuntu --arch arm64`.
 
-The steps, in order: check_tools, make_repo_key, bootstrap (mmdebstrap + role-package download),
-shape_rootfs, layout_disk, build_repo, finish (manifest, atomic rename into the cache). The
-result lives in ${CEIL_CACHE:-~/.cache/ceil}/testbed/<flavor>-<arch>-<key>/:
+The steps, in order: check_tools, make_repo_key, bootstrap (mmdebstrap), shape_rootfs,
+layout_disk (the image, atomic rename into the cache), then build_repo (the role packages, its
+own atomic rename). The result lives in ${CEIL_CACHE:-~/.cache/ceil}/testbed/<flavor>-<arch>-<key>/:
 
     image.img        sparse MBR disk image laid out like the mimicked flavor
     vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files, for direct boot
-    repo/debian/     signed apt repository with the role packages (served to guests by the harness)
     manifest.json    key, flavor, arch, suite, kernel, timings, sizes
     packages.txt     every package installed in the image, with versions
+    dpkg-status      the image's dpkg status (the repository is resolved against it)
+    gnupg/           the throwaway key the image's apt trusts (signs the repository)
     build.log        mmdebstrap's output
+    repo-<key>/      debian/{dists,pool}: signed apt repository with the role packages and their
+                     dependencies (served to the guests by the harness), for the current
+                     role-packages.txt; a new package list makes a new one in seconds
 
 A directory with a manifest is complete (it is renamed into place only at the end); it is reused
 until the recipe changes. Needs root (mmdebstrap --mode=root, ownership in the image).
@@ -50,9 +54,10 @@ TOOLS = {
 
 @dataclass(frozen=True)
 class Testbed:
-    """A complete test bed in the cache."""
+    """A complete test bed in the cache: the image and the repository for the current packages."""
 
     dir: Path
+    repo_key: str
 
     @property
     def image(self) -> Path:
@@ -68,7 +73,8 @@ class Testbed:
 
     @property
     def repo(self) -> Path:
-        return self.dir / "repo"
+        """Serve this directory: it holds debian/dists/... and debian/pool/..."""
+        return self.dir / f"repo-{self.repo_key}"
 
     @property
     def manifest(self) -> dict:
@@ -145,40 +151,57 @@ def final_dir(recipe: Recipe) -> Path:
     return cache_root() / f"{recipe.slug}-{recipe.key}"
 
 
-def lookup(flavor: str, arch: str) -> Testbed | None:
-    """The cached test bed for the current recipe, or None."""
-    d = final_dir(load(flavor, arch))
-    return Testbed(d) if (d / "manifest.json").is_file() else None
+def lookup(flavor: str, arch: str | None = None) -> Testbed | None:
+    """The cached test bed (image and repository) for the current recipe, or None."""
+    recipe = load(flavor, arch)
+    tb = Testbed(final_dir(recipe), recipe.repo_key)
+    return tb if (tb.dir / "manifest.json").is_file() and (tb.repo / "manifest.json").is_file() else None
 
 
-def ensure(flavor: str, arch: str, force: bool = False) -> Testbed:
-    """Return the cached test bed for the current recipe, building it first if needed."""
+def ensure(flavor: str, arch: str | None = None, force: bool = False) -> Testbed:
+    """Return the cached test bed for the current recipe, building what is missing first."""
     recipe = load(flavor, arch)
     final = final_dir(recipe)
+    tb = Testbed(final, recipe.repo_key)
     with _lock(cache_root() / f".lock-{recipe.slug}"):
-        if (final / "manifest.json").is_file() and not force:
-            log.info("test bed %s is cached: %s", recipe.slug, final)
-            return Testbed(final)
-        check_tools(arch)
-        tmp = cache_root() / f".tmp-{recipe.slug}-{recipe.key}-{os.getpid()}"
+        if force or not (final / "manifest.json").is_file():
+            check_tools(recipe.arch)
+            _atomic(final, lambda tmp: _build_image(recipe, tmp))
+            link = cache_root() / recipe.slug
+            link.unlink(missing_ok=True)
+            link.symlink_to(final.name)
+        else:
+            log.info("test-bed image %s is cached: %s", recipe.slug, final)
+        if force or not (tb.repo / "manifest.json").is_file():
+            missing = [t for t in ("apt-get", "apt-ftparchive", "gpg") if shutil.which(t) is None]
+            if missing:
+                raise BuildError(f"{', '.join(missing)} not found: the local repository needs them (apt install apt-utils gpg)")
+            _atomic(tb.repo, lambda tmp: _build_repo(recipe, final, tmp))
+            for old in final.glob("repo-*"):
+                if old != tb.repo:
+                    remove_tree(old)
+        else:
+            log.info("local repository %s is cached", tb.repo.name)
+    return tb
+
+
+def _atomic(final: Path, build) -> None:
+    """Build into a temporary sibling, then rename: the cache never holds a partial result."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    remove_tree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+        remove_tree(final)
+        tmp.rename(final)
+    finally:
         remove_tree(tmp)
-        tmp.mkdir(parents=True)
-        try:
-            _build(recipe, tmp)
-            remove_tree(final)
-            tmp.rename(final)
-        finally:
-            remove_tree(tmp)
-        link = cache_root() / recipe.slug
-        link.unlink(missing_ok=True)
-        link.symlink_to(final.name)
-        return Testbed(final)
 
 
-def _build(recipe: Recipe, tmp: Path) -> None:
+def _build_image(recipe: Recipe, tmp: Path) -> None:
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    root, bootfs, debs, gnupg = tmp / "root", tmp / "bootfs", tmp / "debs", tmp / "gnupg"
+    root, bootfs, gnupg = tmp / "root", tmp / "bootfs", tmp / "gnupg"
     layout = disk.Layout(
         size=recipe.data["image"]["size_mib"] * disk.MIB,
         boot_start=recipe.data["image"]["boot_start_mib"] * disk.MIB,
@@ -188,7 +211,7 @@ def _build(recipe: Recipe, tmp: Path) -> None:
     with _step("make_repo_key", timings):
         key_asc = repo.make_key(gnupg)
     with _step("bootstrap", timings):
-        rootfs.mmdebstrap(recipe, root, debs, tmp / "build.log")
+        rootfs.mmdebstrap(recipe, root, tmp / "build.log")
     with _step("shape_rootfs", timings):
         facts = rootfs.shape(recipe, root, bootfs, key_asc)
         rootfs.write_boot_files(recipe, bootfs, layout.disk_id)
@@ -197,16 +220,14 @@ def _build(recipe: Recipe, tmp: Path) -> None:
             capture_output=True, text=True, check=True,
         ).stdout
         (tmp / "packages.txt").write_text(packages)
+        # The repository step resolves the role packages against exactly this installed set.
+        shutil.copyfile(root / "var/lib/dpkg/status", tmp / "dpkg-status")
     with _step("layout_disk", timings):
         disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
         for name in ("vmlinuz", "initrd.img", recipe.flavor.cmdline_file):
             shutil.copyfile(bootfs / name, tmp / Path(name).name)
-    with _step("build_repo", timings):
-        n_debs = repo.build(tmp / "repo", debs, recipe.suite, recipe.arch, recipe.data["components"], gnupg)
     remove_tree(root)
     remove_tree(bootfs)
-    remove_tree(gnupg)
-    remove_tree(debs)
     st = (tmp / "image.img").stat()
     manifest = {
         "key": recipe.key,
@@ -219,14 +240,29 @@ def _build(recipe: Recipe, tmp: Path) -> None:
         "image_bytes": st.st_size,
         "image_allocated_bytes": st.st_blocks * 512,
         "installed_packages": len(packages.splitlines()),
-        "repo_packages": n_debs,
-        "role_packages": list(recipe.role_packages),
         "timings_s": timings,
         "build_s": round(time.monotonic() - t0, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    log.info("built %s in %.0f s", recipe.slug, manifest["build_s"])
+    log.info("built image %s in %.0f s", recipe.slug, manifest["build_s"])
+
+
+def _build_repo(recipe: Recipe, image_dir: Path, tmp: Path) -> None:
+    t0 = time.monotonic()
+    log.info("step build_repo: %d role packages + dependencies for %s", len(recipe.role_packages), recipe.arch)
+    debs = tmp / "debs"
+    repo.download(tmp / "work", debs, status=image_dir / "dpkg-status", arch=recipe.arch, mirror=recipe.mirror,
+                  suite=recipe.suite, components=recipe.data["components"], packages=list(recipe.role_packages),
+                  log=tmp / "download.log")
+    n = repo.build(tmp, debs, recipe.suite, recipe.arch, recipe.data["components"], image_dir / "gnupg")
+    remove_tree(tmp / "work")
+    remove_tree(debs)
+    manifest = {"key": recipe.repo_key, "image_key": recipe.key, "debs": n, "role_packages": list(recipe.role_packages),
+                "build_s": round(time.monotonic() - t0, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("step build_repo done in %.1f s (%d debs)", manifest["build_s"], n)
 
 
 def _interrupt(signum, frame):
@@ -238,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(prog="python -m testbed.build", description=__doc__.split("\n\n")[0])
     ap.add_argument("--flavor", default="testbed-ubuntu", help="images/<flavor>.yaml (default: testbed-ubuntu)")
-    ap.add_argument("--arch", default=os.environ.get("CEIL_TESTBED_ARCH", "arm64"), choices=ARCHES)
+    ap.add_argument("--arch", default=os.environ.get("CEIL_TESTBED_ARCH") or None, choices=ARCHES,
+                    help="build the flavor's twin for this arch (testbed-ubuntu + amd64 -> testbed-ubuntu-amd64)")
     ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
     ap.add_argument("--print", dest="what", choices=["dir", "image", "key"],
                     help="only print the cached path/key (build first if missing unless --no-build)")
@@ -263,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(tb.dir)
     else:
         m = tb.manifest
+        r = json.loads((tb.repo / "manifest.json").read_text())
         print(f"{tb.image}\n  {m['flavor']} {m['arch']} {m['suite']} kernel {m['kernel']}, "
-              f"{m['installed_packages']} packages, repo {m['repo_packages']} debs, built in {m['build_s']} s")
+              f"{m['installed_packages']} packages, image built in {m['build_s']} s; "
+              f"repo {tb.repo.name}: {r['debs']} debs, built in {r['build_s']} s")
     return 0
 
 

@@ -1,8 +1,9 @@
 """The test-bed recipe: what one build needs to know, and the cache key derived from it.
 
-A build is fully described by (recipe.yaml, role-packages.txt, the modules that produce the
-output, the flavor file, arch). The cache key is a hash over exactly those, so a warm cache is reused until one of
-them changes, and nothing else (time, host) invalidates it.
+An image is fully described by (recipe.yaml, the modules that produce it, the flavor's facts,
+arch), its local apt repository additionally by role-packages.txt. Each cache key is a hash over
+exactly those, so a warm cache is reused until one of them changes, and nothing else (time,
+host) invalidates it; adding a role package rebuilds only the repository.
 """
 
 from __future__ import annotations
@@ -29,12 +30,31 @@ class Flavor:
     """The facts of a test-bed flavor file (images/testbed-*.yaml) that the builder uses."""
 
     name: str
+    arch: str
     boot_label: str
     boot_mount: str
     root_label: str
     seed_method: str
     cmdline_file: str
     network: str
+
+    @property
+    def family(self) -> str:
+        """testbed-ubuntu for both testbed-ubuntu (arm64) and testbed-ubuntu-amd64."""
+        return self.name.removesuffix(f"-{self.arch}")
+
+    @classmethod
+    def for_arch(cls, name: str, arch: str | None) -> "Flavor":
+        """The flavor file for `arch`: the arm64 file and its `-amd64` twin are one family."""
+        first = cls.load(name)
+        if arch is None or first.arch == arch:
+            return first
+        for candidate in (f"{first.family}-{arch}", first.family):
+            if (IMAGES_DIR / f"{candidate}.yaml").is_file():
+                other = cls.load(candidate)
+                if other.arch == arch:
+                    return other
+        raise RecipeError(f"flavor {name!r} is {first.arch}; no {arch} twin ({first.family}-{arch}.yaml) in {IMAGES_DIR}")
 
     @classmethod
     def load(cls, name: str) -> "Flavor":
@@ -49,6 +69,7 @@ class Flavor:
                 raise RecipeError(f"{path}: the test bed lays out boot as partition 1 and root as 2")
             return cls(
                 name=data["name"],
+                arch=data["arch"],
                 boot_label=parts["boot"]["label"],
                 boot_mount=parts["boot"]["mount"],
                 root_label=parts["root"]["label"],
@@ -66,7 +87,8 @@ class Recipe:
     arch: str
     data: dict  # recipe.yaml as parsed
     role_packages: tuple[str, ...]
-    key: str
+    key: str        # the image's cache key
+    repo_key: str   # the local repository's (image key + role packages)
 
     @property
     def suite(self) -> str:
@@ -91,7 +113,7 @@ class Recipe:
 
     @property
     def slug(self) -> str:
-        return f"{self.flavor.name}-{self.arch}"
+        return f"{self.flavor.family}-{self.arch}"
 
 
 def read_role_packages(path: Path = TESTBED_DIR / "role-packages.txt") -> tuple[str, ...]:
@@ -103,26 +125,32 @@ def read_role_packages(path: Path = TESTBED_DIR / "role-packages.txt") -> tuple[
     return tuple(names)
 
 
-def _key_inputs() -> list[Path]:
-    # Only the modules that shape the output; the CLI and this module do not.
-    code = [TESTBED_DIR / f for f in ("rootfs.py", "disk.py", "repo.py")]
-    return [TESTBED_DIR / "recipe.yaml", TESTBED_DIR / "role-packages.txt", *code]
+# Only what shapes the output goes into a key; the CLI and this module do not.
+IMAGE_INPUTS = ("recipe.yaml", "rootfs.py", "disk.py")
+REPO_INPUTS = ("role-packages.txt", "repo.py")
 
 
-def load(flavor_name: str, arch: str) -> Recipe:
-    if arch not in ARCHES:
+def _digest(seed: str, names: tuple[str, ...]) -> str:
+    h = hashlib.sha256(seed.encode())
+    for name in names:
+        h.update(f"\n{name}\n".encode())
+        h.update((TESTBED_DIR / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load(flavor_name: str, arch: str | None = None) -> Recipe:
+    """The recipe for a flavor; `arch` picks the flavor's twin for that arch (default: its own)."""
+    if arch is not None and arch not in ARCHES:
         raise RecipeError(f"arch {arch!r}: expected one of {', '.join(ARCHES)}")
-    flavor = Flavor.load(flavor_name)
+    flavor = Flavor.for_arch(flavor_name, arch)
+    arch = flavor.arch
     data = yaml.safe_load((TESTBED_DIR / "recipe.yaml").read_text())
-    h = hashlib.sha256()
-    h.update(f"arch={arch}\n".encode())
     # The flavor's facts the builder uses, not its file: a new catalog field (or a comment)
     # does not force a 20-minute rebuild.
-    h.update(repr(flavor).encode())
-    for path in _key_inputs():
-        h.update(f"{path.relative_to(REPO_ROOT)}\n".encode())
-        h.update(path.read_bytes())
-    return Recipe(flavor, arch, data, read_role_packages(), h.hexdigest()[:16])
+    key = _digest(f"arch={arch}\n{flavor!r}", IMAGE_INPUTS)
+    # The repository is rebuilt (seconds) when the role packages change; the image is not.
+    repo_key = _digest(key, REPO_INPUTS)
+    return Recipe(flavor, arch, data, read_role_packages(), key, repo_key)
 
 
 def cache_root() -> Path:

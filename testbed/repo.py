@@ -1,7 +1,10 @@
 """The local apt repository that stands in for the Debian archive during the QEMU tests.
 
-Owns: a per-build signing key (the private half never leaves the build's temporary directory; the
-public half goes into the test bed's trusted keys), and a repository with Debian's layout
+Owns: the test bed's signing key (made with the image, whose apt trusts it; kept in the cache so
+later repository builds can sign; a throwaway key that nothing outside a test bed trusts), the
+download of the role packages with their dependencies (the host's apt, configured for the image's
+arch and dpkg status, so it fetches exactly what the image lacks: no chroot, no emulation, seconds
+not minutes), and a repository with Debian's layout
 (`dists/<suite>/main/binary-<arch>/Packages`, `pool/main/`) holding the role packages and their
 dependencies, so that `deb <apt_mirror> <suite> main` works unchanged and signed, exactly as a
 real mirror would. The harness serves `<repo>/` over HTTP; the guests see it as
@@ -11,6 +14,7 @@ http://10.0.2.100/debian.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,7 +34,48 @@ def make_key(home: Path) -> str:
     """Create a signing key in `home`; return the ASCII-armored public key."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     _gpg(home, "--passphrase", "", "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
-    return _gpg(home, "--armor", "--export", KEY_UID).stdout.decode()
+    try:
+        return _gpg(home, "--armor", "--export", KEY_UID).stdout.decode()
+    finally:
+        stop_agent(home)
+
+
+def stop_agent(home: Path) -> None:
+    """gpg leaves an agent running per home directory; the build must not leave processes."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True)
+
+
+def download(work: Path, debs: Path, *, status: Path, arch: str, mirror: str, suite: str,
+             components: list[str], packages: list[str], log: Path) -> None:
+    """Download `packages` + dependencies + recommends, as the image's apt would need them.
+
+    Recommends too: the guest's apt installs them by default, so they must be in the repo.
+    """
+    d = work / "apt"
+    for sub in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "etc/apt/trusted.gpg.d",
+                "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(status, d / "var/lib/dpkg/status")
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    (d / "etc/apt/sources.list").write_text(
+        f"deb [arch={arch} signed-by={keyring}] {mirror} {suite} {' '.join(components)}\n")
+    conf = d / "apt.conf"
+    conf.write_text(
+        f'Dir "{d}/";\nAPT::Architecture "{arch}";\nAPT::Architectures "{arch}";\n'
+        'APT::Install-Recommends "true";\nAcquire::Retries "3";\nAcquire::Languages "none";\n'
+        'Dir::Etc::Trusted "/dev/null";\nDir::Etc::TrustedParts "/dev/null";\n'
+    )
+    env = {**os.environ, "APT_CONFIG": str(conf), "DEBIAN_FRONTEND": "noninteractive"}
+    with open(log, "ab") as out:
+        for cmd in (["apt-get", "update"], ["apt-get", "--yes", "--download-only", "install", *packages]):
+            out.write(("$ " + " ".join(cmd) + "\n").encode())
+            out.flush()
+            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode != 0:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+                raise RuntimeError(f"downloading the role packages failed ({' '.join(cmd[:2])}); {log}:\n{tail}")
+    debs.mkdir(parents=True, exist_ok=True)
+    for deb in (d / "var/cache/apt/archives").glob("*.deb"):
+        shutil.move(str(deb), debs / deb.name)
 
 
 def build(repo: Path, debs: Path, suite: str, arch: str, components: list[str], gpg_home: Path) -> int:
@@ -68,4 +113,5 @@ def build(repo: Path, debs: Path, suite: str, arch: str, components: list[str], 
     _gpg(gpg_home, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
     _gpg(gpg_home, "--yes", "--armor", "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
     (repo / "ceil-testbed.asc").write_text(_gpg(gpg_home, "--armor", "--export", KEY_UID).stdout.decode())
+    stop_agent(gpg_home)
     return count

@@ -1,11 +1,9 @@
 """Root file system of a test bed: mmdebstrap a Debian base, then shape it like the mimicked flavor.
 
-Owns: the mmdebstrap call (as root, foreign arch through qemu-user/binfmt), the download of the
-role packages into a directory for the local repo (done inside the same mmdebstrap run so the
-dependency resolution is against exactly the installed base), and the post-install edits that make
-the tree a faithful stand-in for a Pi image: no SSH host keys, empty machine-id, no passwords,
-fstab by label, cloud-init seed discovery as the flavor does it, and the boot partition's
-contents (kernel, initrd, cmdline.txt) staged in a separate directory.
+Owns: the mmdebstrap call (as root, foreign arch through qemu-user/binfmt) and the post-install
+edits that make the tree a faithful stand-in for a Pi image: no SSH host keys, empty machine-id,
+no passwords, fstab by label, cloud-init seed discovery as the flavor does it, and the boot
+partition's contents (kernel, initrd, cmdline.txt) staged in a separate directory.
 """
 
 from __future__ import annotations
@@ -23,19 +21,8 @@ from .recipe import Recipe
 log = logging.getLogger("testbed")
 
 
-def mmdebstrap(recipe: Recipe, root: Path, debs: Path, logfile: Path) -> None:
-    """Install the base into `root` and download the role packages (+deps) into `debs`."""
-    debs.mkdir(parents=True, exist_ok=True)
-    pkgs = " ".join(shlex.quote(p) for p in recipe.role_packages)
-    # Host apt with mmdebstrap's config resolves against the chroot's dpkg status and the target
-    # arch: fast (native) and downloads exactly what the base lacks. Recommends included, because
-    # the guest's apt installs them by default and they must then be in the repo.
-    download = (
-        'set -e; rm -f "$1"/var/cache/apt/archives/*.deb; '
-        f'APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get --yes --download-only '
-        f"-o APT::Install-Recommends=true install {pkgs}; "
-        f'find "$1"/var/cache/apt/archives -maxdepth 1 -name "*.deb" -exec mv -t {shlex.quote(str(debs))} {{}} +'
-    )
+def mmdebstrap(recipe: Recipe, root: Path, logfile: Path) -> None:
+    """Install the base into `root` (as root; a foreign arch runs under qemu-user)."""
     # initramfs-tools includes fsck for the root file system only if /etc/fstab names it, and the
     # kernel's postinst ran before there was an fstab: write it, then rebuild the initramfs.
     fstab = shlex.quote(fstab_text(recipe))
@@ -51,7 +38,6 @@ def mmdebstrap(recipe: Recipe, root: Path, debs: Path, logfile: Path) -> None:
         "--dpkgopt=force-unsafe-io",
         "--aptopt=Acquire::Retries=3",
         f"--customize-hook={initramfs}",
-        f"--customize-hook={download}",
         recipe.suite,
         str(root),
         recipe.mirror,
@@ -159,7 +145,7 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
             root / "etc/systemd/system/cloud-init-local.service.d/10-boot-firmware.conf",
             f"[Unit]\nRequiresMountsFor={fl.boot_mount}\n",
         )
-    boundary = recipe.data.get("flavors", {}).get(fl.name, {}).get("cloud_init_deprecation_boundary")
+    boundary = recipe.data.get("flavors", {}).get(fl.family, {}).get("cloud_init_deprecation_boundary")
     if boundary:
         features = next((root / "usr/lib/python3/dist-packages/cloudinit").glob("features.py"), None)
         text = features.read_text() if features else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -68,7 +68,7 @@ class FirstBoot:
     target: str
     failed: list[str]       # failed ceil-* units
     status: dict            # /var/lib/ceil/status.json
-    required: list[str]     # the units ceil-firstboot.target requires (the steps)
+    required: list[str] = field(default_factory=list)  # units ceil-firstboot.target requires
 
     @property
     def failed_steps(self) -> list[str]:

@@ -68,7 +68,7 @@ def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[s
     tb = testbed(s["arch"], s["flavor"])
     artifacts = s["artifacts"] / name
     workdir = Path(tempfile.mkdtemp(prefix=f"ceil-e2e-{name}-", dir=s["workdir"]))
-    over = {"flavor": s["flavor"], **(overrides or {})}
+    over = {"flavor": tb.manifest["flavor"], **(overrides or {})}  # the arch's twin, e.g. testbed-ubuntu-amd64
     c = TestCluster(name, tb, s["arch"], artifacts, workdir, overrides=over, roles=roles, cache=CACHE)
     try:
         c.extras.hostfwds += [f"tcp:127.0.0.1:{c.probe_port(p)}-:{p}" for p in PROBE_PORTS if p != 22]

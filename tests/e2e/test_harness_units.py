@@ -1,0 +1,136 @@
+"""Fast tests of the harness and test-bed builder pieces that need no VM (run by `make test`).
+
+The disk-layout test builds a small image with the builder's own code and checks it with
+independent tools (sfdisk, blkid, fsck.fat, e2fsck, mtools).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "infra")]
+
+from ceil_e2e import fakes, seed, vm  # noqa: E402
+from ceil_infra.ssh import Endpoint, SshConfig  # noqa: E402
+from testbed import disk, recipe  # noqa: E402
+
+needs = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("sfdisk", "mkfs.fat", "mke2fs", "mcopy", "e2fsck", "fsck.fat")),
+    reason="needs fdisk, dosfstools, e2fsprogs, mtools (scripts/setup-host.sh)",
+)
+
+
+def test_http_fake_serves_files_with_escaped_names_and_records_requests(tmp_path):
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "x_1.0+deb13u1_all.deb").write_bytes(b"deb")
+    f = fakes.HttpFake("t").route("/debian", tmp_path).route("/hello", lambda r: fakes.Response(201, b"hi"))
+    try:
+        base = f"http://127.0.0.1:{f.port}"
+        assert urllib.request.urlopen(f"{base}/debian/pool/x_1.0%2bdeb13u1_all.deb").read() == b"deb"
+        assert urllib.request.urlopen(f"{base}/hello").status == 201
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/debian/../../etc/passwd")
+        assert [r.path for r in f.requests_to("/hello")] == ["/hello"]
+    finally:
+        f.close()
+
+
+def test_internet_maps_guest_addresses_to_loopback_with_one_socat_per_connection():
+    net = fakes.Internet()
+    a = fakes.HttpFake("a")
+    try:
+        net.add("a", "10.0.2.100", 80, a)
+        with pytest.raises(ValueError, match="taken"):
+            net.add("b", "10.0.2.100", 80, a)
+        assert net.guestfwds() == [f"tcp:10.0.2.100:80-cmd:socat STDIO TCP:127.0.0.1:{a.port}"]
+        assert net.url("a", "/debian") == "http://10.0.2.100/debian"
+    finally:
+        net.close()
+
+
+def test_ssh_config_jumps_to_nodes_and_shares_connections(tmp_path):
+    cfg = SshConfig(tmp_path / "ssh_config", "ceil", tmp_path / "key",
+                    [Endpoint("router", "127.0.0.1", 2222), Endpoint("one", "10.42.0.11", jump="router")],
+                    tmp_path / "known_hosts", control_dir=tmp_path)
+    text = (tmp_path / "ssh_config").read_text()
+    assert "Host one\n  HostName 10.42.0.11\n  Port 22\n  HostKeyAlias ceil-one\n  ProxyJump router" in text
+    assert "ControlMaster auto" in text and "StrictHostKeyChecking accept-new" in text
+    assert cfg.command("one", "true")[:3] == ["ssh", "-F", str(tmp_path / "ssh_config")]
+    # ssh itself accepts the file
+    out = subprocess.run(["ssh", "-G", "-F", str(tmp_path / "ssh_config"), "one"], capture_output=True, text=True)
+    assert out.returncode == 0 and "proxyjump router" in out.stdout
+
+
+def test_macs_are_unique_per_guest_and_nic():
+    macs = {vm.mac_for(7, g, n) for g in range(4) for n in range(2)}
+    assert len(macs) == 8
+    lan = vm.Lan.random()
+    assert lan.group.startswith("230.") and 20000 <= lan.port < 60000
+    assert "localaddr=127.0.0.1" in lan.netdev("lan")
+
+
+def test_recipe_key_is_stable_and_twins_resolve():
+    a, b = recipe.load("testbed-ubuntu"), recipe.load("testbed-ubuntu", "arm64")
+    assert a.key == b.key and a.arch == "arm64"
+    twin = recipe.load("testbed-ubuntu", "amd64")
+    assert twin.flavor.name == "testbed-ubuntu-amd64" and twin.key != a.key
+    assert twin.slug == "testbed-ubuntu-amd64"
+    assert set(recipe.read_role_packages()) >= {"dnsmasq", "chrony", "nftables", "wireguard-tools"}
+
+
+def test_every_feature_package_is_in_the_local_repository_list():
+    """First boot in QEMU installs from the test bed's repo: a missing package fails it there."""
+    import yaml
+
+    base = set(yaml.safe_load((REPO / "testbed" / "recipe.yaml").read_text())["packages"])
+    listed = set(recipe.read_role_packages()) | base | {"python3", "iproute2", "kmod", "procps"}
+    missing = {}
+    for feature in sorted((REPO / "firstboot").glob("*/feature.yaml")):
+        pkgs = yaml.safe_load(feature.read_text()).get("packages") or []
+        lack = sorted(set(pkgs) - listed)
+        if lack:
+            missing[feature.parent.name] = lack
+    assert not missing, f"add to testbed/role-packages.txt: {missing}"
+
+
+@needs
+def test_disk_layout_is_the_flavors_and_checks_clean(tmp_path):
+    root, boot = tmp_path / "root", tmp_path / "boot"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("testbed\n")
+    boot.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        (boot / name).write_bytes(b"\x00" * 4096)
+    (boot / "cmdline.txt").write_text("console=ttyAMA0 root=LABEL=writable net.ifnames=0\n")
+    img = tmp_path / "t.img"
+    layout = disk.Layout(size=640 * disk.MIB, boot_start=disk.MIB, boot_size=512 * disk.MIB, disk_id="c0ffee01")
+    disk.build(img, layout, "system-boot", boot, "writable", root)
+
+    table = subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True, check=True).stdout
+    assert '"id": "0xc0ffee01"' in table and '"type": "c"' in table and '"type": "83"' in table
+    off, size = vm.partition_offset(img, 1)
+    assert (off, size) == (disk.MIB, 512 * disk.MIB)
+    probe = subprocess.run(["blkid", "-p", "-O", str(off), str(img)], capture_output=True, text=True).stdout
+    assert 'LABEL="system-boot"' in probe and 'TYPE="vfat"' in probe
+    part = tmp_path / "p1"
+    subprocess.run(["dd", f"if={img}", f"of={part}", "bs=1M", "skip=1", "count=512", "status=none"], check=True)
+    assert subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True).returncode == 0
+    subprocess.run(["dd", f"if={img}", f"of={part}", "bs=1M", "skip=513", "status=none"], check=True)
+    assert subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True).returncode == 0
+    label = subprocess.run(["e2label", str(part)], capture_output=True, text=True).stdout.strip()
+    assert label == "writable"
+
+    # the harness reads the boot files back like the Pi firmware, and can add to the FAT
+    kernel, initrd, line = vm.read_boot_files(img, tmp_path / "bootread")
+    assert line == "console=ttyAMA0 root=LABEL=writable net.ifnames=0" and kernel.stat().st_size == 4096
+    seed.add_to_boot(img, {"ceil/units/x.service": "[Unit]\n"})
+    listing = subprocess.run(["mdir", "-b", "-i", f"{img}@@{off}", "::/ceil/units"], capture_output=True, text=True,
+                             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
+    assert "x.service" in listing
