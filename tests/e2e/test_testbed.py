@@ -32,6 +32,7 @@ def bare():
     art = settings["artifacts"] / "testbed"
     art.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ceil-e2e-testbed-", dir=settings["workdir"]))
+    (work / "pid").write_text(str(os.getpid()))  # stale-run cleanup (session.remove_stale_workdirs)
     net = standard_internet(tb.repo, art / "fakes.log")
     guest = None
     try:

@@ -80,7 +80,9 @@ class TestCluster:
     __test__ = False  # not a pytest test class
 
     def __init__(self, name: str, testbed, arch: str, artifacts: Path, workdir: Path, *,
-                 overrides: dict | None = None, roles: list[str] | None = None, cache: str | None = None):
+                 overrides: dict | None = None, roles: list[str] | None = None, cache: str | None = None,
+                 bake_args: list[str] | None = None):
+        self.bake_args = bake_args or []
         self.name = name
         self.testbed = testbed
         self.arch = arch
@@ -137,6 +139,7 @@ class TestCluster:
                "--base-image", str(self.testbed.image), "--out", str(out), "--secrets", str(self.workdir / "secrets")]
         for r in self.roles:
             cmd += ["--role", r]
+        cmd += self.bake_args
         env = {**os.environ}
         if self.cache:
             env["CEIL_CACHE"] = self.cache

@@ -8,6 +8,8 @@ atexit) releases it. Settings come from the environment (docs/testing.md lists t
   CEIL_E2E_FLAVOR     testbed-ubuntu (default) or testbed-raspios
   CEIL_E2E_ARTIFACTS  where logs go (default test-artifacts/e2e-<time>)
   CEIL_E2E_WORKDIR    where disks go (default /var/tmp); removed at the end unless CEIL_E2E_KEEP=1
+  CEIL_E2E_OVERRIDES  YAML merged into the test cluster.yaml, e.g. '{ddns: {enabled: false}}'
+  CEIL_E2E_BAKE_ARGS  extra bake.py arguments, e.g. '--airgap /path/to/k3s-stand-in'
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import os
+import shlex
+import shutil
+import signal
 import socket
 import struct
 import sys
@@ -22,7 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cluster import REPO, TestCluster, free_port, log
+import yaml
+
+from .cluster import REPO, TestCluster, deep_merge, free_port, log
 from .fakes import WEB_BODY
 
 # Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE
@@ -58,6 +65,23 @@ def testbed(arch: str, flavor: str):
     return tb
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")  # so pytest runs its finalizers: QEMU, fakes, disks
+
+
+def remove_stale_workdirs(parent: Path) -> None:
+    """Work directories of runs that were killed (kill -9, OOM) are removed by the next run."""
+    for d in parent.glob("ceil-e2e-*"):
+        try:
+            pid = int((d / "pid").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            log(f"removing {d}: left behind by a killed run (pid {pid})")
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            pass
+
+
 def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[str] | None = None,
                 after_bake=None) -> TestCluster:
     """A baked, booted (not yet awaited) test cluster; the caller must close() it.
@@ -67,9 +91,16 @@ def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[s
     s = settings()
     tb = testbed(s["arch"], s["flavor"])
     artifacts = s["artifacts"] / name
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+    remove_stale_workdirs(s["workdir"])
     workdir = Path(tempfile.mkdtemp(prefix=f"ceil-e2e-{name}-", dir=s["workdir"]))
-    over = {"flavor": tb.manifest["flavor"], **(overrides or {})}  # the arch's twin, e.g. testbed-ubuntu-amd64
-    c = TestCluster(name, tb, s["arch"], artifacts, workdir, overrides=over, roles=roles, cache=CACHE)
+    (workdir / "pid").write_text(str(os.getpid()))
+    over = {"flavor": tb.manifest["flavor"]}  # the arch's twin, e.g. testbed-ubuntu-amd64
+    over = deep_merge(deep_merge(over, yaml.safe_load(os.environ.get("CEIL_E2E_OVERRIDES") or "{}") or {}),
+                      overrides or {})
+    c = TestCluster(name, tb, s["arch"], artifacts, workdir, overrides=over, roles=roles, cache=CACHE,
+                    bake_args=shlex.split(os.environ.get("CEIL_E2E_BAKE_ARGS", "")))
     try:
         c.extras.hostfwds += [f"tcp:127.0.0.1:{c.probe_port(p)}-:{p}" for p in PROBE_PORTS if p != 22]
         t = c.bake()
