@@ -19,6 +19,28 @@ def resolve_image(role: str | None, image: str | None, out: str) -> str:
     return image or str(Path(out) / f"ceil-{role}.img")
 
 
+def check_against_manifest(image: Path) -> None:
+    """A baked image is checked against the sha256 its manifest recorded before it is written:
+    the bake does not fsync its outputs (like cp), so a workstation crash could leave a damaged
+    image under its final name; this turns that into a clear error instead of a bad card."""
+    manifest = image.with_suffix(".json")
+    if not manifest.is_file() or not image.is_file():
+        return
+    import json
+
+    from ceil.fetch import sha256_file
+    from ceil.ui import byte_progress
+
+    expected = json.loads(manifest.read_text()).get("output", {}).get("sha256")
+    if not expected:
+        return
+    with byte_progress(f"checking {image.name}", image.stat().st_size) as advance:
+        got = sha256_file(image, advance)
+    if got != expected:
+        raise CeilError(f"{image} does not match its manifest {manifest.name} (sha256 {got}, manifest"
+                        f" says {expected}): the image was damaged after baking; bake it again.")
+
+
 @click.command("flash")
 @click.option("--role", metavar="NAME", help="Flash OUT/ceil-NAME.img (baked by --role NAME).")
 @click.option("--image", metavar="PATH", help="Flash this image file instead.")
@@ -35,6 +57,8 @@ def resolve_image(role: str | None, image: str | None, out: str) -> str:
 def flash_command(role, image, out, device, yes, force, unmount, no_verify, no_eject) -> None:
     """Write a baked image to an SD card: only the blocks that hold data, then read them back
     and compare, then eject. Refuses internal, system, mounted, read-only and too-small disks."""
-    options = FlashOptions(image=resolve_image(role, image, out), device=device, yes=yes,
+    path = resolve_image(role, image, out)
+    check_against_manifest(Path(path))
+    options = FlashOptions(image=path, device=device, yes=yes,
                            force=force, unmount=unmount, verify=not no_verify, eject=not no_eject)
     flash(FlashJob(options=options, platform=current_platform(), ui=RichUI()))

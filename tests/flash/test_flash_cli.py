@@ -45,3 +45,20 @@ def test_refusals_exit_non_zero_with_a_ceil_error(tmp_path):
 def test_help_mentions_safety():
     out = " ".join(CliRunner().invoke(flash_command, ["--help"]).output.split())
     assert "Never allows the system disk" in out and "--unmount" in out
+
+
+def test_image_damaged_after_baking_is_refused_before_writing(tmp_path):
+    """flash compares a baked image with its manifest's sha256 before touching any device."""
+    import hashlib
+    import json
+
+    from click.testing import CliRunner
+
+    from ceil.flash.cli import flash_command
+
+    img = tmp_path / "ceil-router.img"
+    img.write_bytes(b"baked image bytes" * 100)
+    (tmp_path / "ceil-router.json").write_text(json.dumps({"output": {"sha256": hashlib.sha256(b"other").hexdigest()}}))
+    result = CliRunner().invoke(flash_command, ["--role", "router", "--out", str(tmp_path), "--device", "/dev/nonexistent-ceil"])
+    assert result.exit_code != 0
+    assert "does not match its manifest" in str(result.exception)
