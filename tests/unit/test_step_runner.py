@@ -1,0 +1,68 @@
+"""The first-boot step runner (firstboot/common/lib/ceil-step), run for real on a scratch state
+directory: done-markers, retries, permanent failure, and parallel steps sharing status.json."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUNNER = Path(__file__).resolve().parents[2] / "firstboot" / "common" / "lib" / "ceil-step"
+
+
+@pytest.fixture
+def runner(tmp_path):
+    """The runner with its state directory moved into tmp_path (the script's only constant)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    script = tmp_path / "ceil-step"
+    script.write_text(RUNNER.read_text().replace('STATE = "/var/lib/ceil"', f'STATE = "{state}"'))
+
+    def run(name, *cmd, env=None):
+        return subprocess.run([sys.executable, str(script), name, *cmd], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=120)
+
+    return run, state
+
+
+def test_success_writes_marker_and_is_not_repeated(runner, tmp_path):
+    run, state = runner
+    counter = tmp_path / "count"
+    cmd = ["sh", "-c", f"echo x >> {counter}"]
+    assert run("demo", *cmd).returncode == 0
+    assert (state / "done" / "demo").is_file()
+    assert run("demo", *cmd).returncode == 0
+    assert counter.read_text().count("x") == 1  # a re-run after success does nothing
+    assert json.loads((state / "status.json").read_text())["steps"]["demo"]["state"] == "done"
+
+
+def test_permanent_failure_exits_3_without_marker(runner):
+    run, state = runner
+    r = run("bad", "sh", "-c", "exit 3")
+    assert r.returncode == 3 and "FAILED" in r.stderr
+    assert not (state / "done" / "bad").exists()
+    assert json.loads((state / "status.json").read_text())["steps"]["bad"]["state"] == "failed"
+
+
+def test_transient_failure_is_retried(runner, tmp_path, monkeypatch):
+    run, state = runner
+    flag = tmp_path / "flag"
+    # fails once, then succeeds; the runner's first backoff is 5 s
+    cmd = ["sh", "-c", f"if [ -f {flag} ]; then exit 0; else touch {flag}; exit 1; fi"]
+    r = run("flaky", *cmd)
+    assert r.returncode == 0 and "retrying" in r.stderr
+    assert (state / "done" / "flaky").is_file()
+
+
+def test_parallel_steps_keep_every_state(runner):
+    """Steps start together at first boot: status.json must hold all of them (a race here once
+    crashed a router's firewall step in the QEMU suite)."""
+    run_one, state = runner
+    script = state.parent / "ceil-step"
+    procs = [subprocess.Popen([sys.executable, str(script), f"s{i}", "true"]) for i in range(12)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    steps = json.loads((state / "status.json").read_text())["steps"]
+    assert sorted(steps) == sorted(f"s{i}" for i in range(12))
+    assert all(v["state"] == "done" for v in steps.values())
