@@ -23,10 +23,14 @@ log = logging.getLogger("testbed")
 
 def mmdebstrap(recipe: Recipe, root: Path, logfile: Path) -> None:
     """Install the base into `root` (as root; a foreign arch runs under qemu-user)."""
-    # initramfs-tools includes fsck for the root file system only if /etc/fstab names it, and the
-    # kernel's postinst ran before there was an fstab: write it, then rebuild the initramfs.
+    # initramfs-tools includes fsck for the root file system only if /etc/fstab names it: write it
+    # after the essential packages, before the kernel's postinst builds the initramfs (once).
     fstab = shlex.quote(fstab_text(recipe))
-    initramfs = f'set -e; printf %s {fstab} > "$1/etc/fstab"; chroot "$1" update-initramfs -u -k all'
+    essential = f'printf %s {fstab} > "$1/etc/fstab"'
+    # Under qemu-user every file and trigger costs: leave out what a test bed never reads
+    # (manual pages, info, translations, docs except the copyright files).
+    excludes = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "info", "locale", "doc")]
+    excludes += ["--dpkgopt=path-include=/usr/share/doc/*/copyright", "--dpkgopt=path-include=/usr/share/locale/locale.alias"]
     cmd = [
         "mmdebstrap",
         "--mode=root",
@@ -37,7 +41,8 @@ def mmdebstrap(recipe: Recipe, root: Path, logfile: Path) -> None:
         f"--include={','.join(recipe.packages())}",
         "--dpkgopt=force-unsafe-io",
         "--aptopt=Acquire::Retries=3",
-        f"--customize-hook={initramfs}",
+        *excludes,
+        f"--essential-hook={essential}",
         recipe.suite,
         str(root),
         recipe.mirror,
@@ -152,6 +157,12 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
         if 'DEPRECATION_INFO_BOUNDARY = "devel"' not in text:
             raise RuntimeError("cloud-init's features.py has no DEPRECATION_INFO_BOUNDARY to patch: recipe out of date?")
         features.write_text(text.replace('DEPRECATION_INFO_BOUNDARY = "devel"', f'DEPRECATION_INFO_BOUNDARY = "{boundary}"'))
+    for gen in recipe.data.get("flavors", {}).get(fl.family, {}).get("mask_generators", []):
+        # A generator the mimicked image does not have, which runs at every daemon-reload.
+        link = root / "etc/systemd/system-generators" / gen
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to("/dev/null")
     if fl.network == "netplan-nm":
         _write(root / "etc/netplan/01-network-manager-all.yaml", "network:\n  version: 2\n  renderer: NetworkManager\n", 0o600)
     for unit in recipe.net["enable"]:

@@ -69,6 +69,13 @@ class FirstBoot:
     failed: list[str]       # failed ceil-* units
     status: dict            # /var/lib/ceil/status.json
     required: list[str] = field(default_factory=list)  # units ceil-firstboot.target requires
+    jobs: int = -1          # queued/running systemd jobs of ceil units (-1: unknown)
+
+    @property
+    def stalled(self) -> bool:
+        """Not active, yet nothing left to run: the target's start job failed and nobody retries."""
+        busy = any(v.get("state") in ("running", "retrying", "pending") for v in self.status.get("steps", {}).values())
+        return self.target != "active" and self.jobs == 0 and not busy and not self.failed_steps
 
     @property
     def failed_steps(self) -> list[str]:
@@ -81,9 +88,10 @@ def firstboot_state(ssh: SshConfig, alias: str) -> FirstBoot:
         "systemctl is-active ceil-firstboot.target; "
         "systemctl show -p Requires --value ceil-firstboot.target 2>/dev/null; echo '--'; "
         "systemctl list-units --state=failed --plain --no-legend 'ceil-*' | awk '{print $1}'; echo '--'; "
-        "sudo cat /var/lib/ceil/status.json 2>/dev/null || echo '{}'"
+        "sudo cat /var/lib/ceil/status.json 2>/dev/null || echo '{}'; echo '--'; "
+        "systemctl list-jobs --no-legend --plain 2>/dev/null | grep -c ' ceil-' || true"
     )
-    out = ssh.run(alias, script, timeout=60).stdout
+    out = ssh.run(alias, script, timeout=180).stdout  # a guest in first boot under TCG can be very slow
     parts = out.split("--\n")
     head = parts[0].split() if parts else []
     target = head[0] if head else "unknown"
@@ -93,7 +101,11 @@ def firstboot_state(ssh: SshConfig, alias: str) -> FirstBoot:
         status = json.loads(parts[2]) if len(parts) > 2 else {}
     except ValueError:
         status = {}
-    return FirstBoot(target, failed, status, required)
+    try:
+        jobs = int(parts[3].strip()) if len(parts) > 3 else -1
+    except ValueError:
+        jobs = -1
+    return FirstBoot(target, failed, status, required, jobs)
 
 
 def unit_report(ssh: SshConfig, alias: str, unit: str, lines: int = 40) -> str:
@@ -105,13 +117,16 @@ def wait_firstboot(ssh: SshConfig, alias: str, timeout: float, guests: list[Gues
                    on_progress: Callable[[str], None] | None = None) -> float:
     """Wait for ceil-firstboot.target; fail fast, naming the unit and its log, if a step failed."""
     t0 = time.monotonic()
+    stalls = 0
     state = FirstBoot("unknown", [], {})
     for _ in _deadline_loop(timeout, 10):
         for g in guests:
             g.poll()
         try:
             state = firstboot_state(ssh, alias)
-        except Exception:  # a reboot in progress: the next round will tell
+        except Exception as exc:  # a reboot in progress or a very busy guest: the next round will tell
+            if on_progress:
+                on_progress(f"status query failed ({type(exc).__name__}); retrying")
             ssh.drop_master(alias)
             continue
         if state.failed_steps:
@@ -123,6 +138,16 @@ def wait_firstboot(ssh: SshConfig, alias: str, timeout: float, guests: list[Gues
             )
         if state.target == "active":
             return time.monotonic() - t0
+        stalls = stalls + 1 if state.stalled else 0
+        if stalls >= 3:  # ~30 s with no job: not a race with the next step starting
+            raise NotReady(
+                f"{alias}: ceil-firstboot.target is {state.target} but nothing is left to run (no ceil job "
+                f"queued, no step running): its start job failed earlier, typically because a required "
+                f"unit failed once and recovered later. Steps: {_summary(state)}\n"
+                f"--- journalctl -u ceil-firstboot.target ---\n{unit_report(ssh, alias, 'ceil-firstboot.target')}"
+                + "".join(f"\n--- journalctl -u {u} (tail) ---\n{unit_report(ssh, alias, u, 25)}"
+                          for u in _restarted_units(ssh, alias, state))
+            )
         if on_progress:
             on_progress(_summary(state))
     raise NotReady(
@@ -130,6 +155,16 @@ def wait_firstboot(ssh: SshConfig, alias: str, timeout: float, guests: list[Gues
         f"steps: {_summary(state)}" + _retrying_logs(ssh, alias, state)
         + "".join(f"\n--- journalctl -u {u} (tail) ---\n{unit_report(ssh, alias, u)}" for u in state.failed)
     )
+
+
+def _restarted_units(ssh: SshConfig, alias: str, state: FirstBoot) -> list[str]:
+    """Required units that failed at least once this boot (NRestarts > 0 or a 'Failed' line)."""
+    out = []
+    for unit in state.required:
+        proc = ssh.run(alias, f"systemctl show -p NRestarts --value {shlex.quote(unit)}", timeout=60)
+        if proc.stdout.strip() not in ("", "0"):
+            out.append(unit)
+    return out
 
 
 def _summary(state: FirstBoot) -> str:
