@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ceil_e2e import readiness, seed, session
-from ceil_e2e.cluster import free_port, log
+from ceil_e2e.cluster import free_port, log, log_to
 from ceil_e2e.fakes import APT_ADDR, standard_internet
 from ceil_e2e.vm import Guest, Uplink
 from ceil_infra.ssh import Endpoint, SshConfig, generate_key
@@ -31,6 +31,7 @@ def bare():
     tb = session.testbed(s["arch"], s["flavor"])
     art = settings["artifacts"] / "testbed"
     art.mkdir(parents=True, exist_ok=True)
+    log_to(art.parent / "progress.log")
     work = Path(tempfile.mkdtemp(prefix="ceil-e2e-testbed-", dir=settings["workdir"]))
     (work / "pid").write_text(str(os.getpid()))  # stale-run cleanup (session.remove_stale_workdirs)
     net = standard_internet(tb.repo, art / "fakes.log")

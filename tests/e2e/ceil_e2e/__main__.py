@@ -20,6 +20,9 @@ from ceil_e2e.cluster import log  # noqa: E402
 
 
 def main() -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     ap = argparse.ArgumentParser(prog="python -m ceil_e2e")
     ap.add_argument("command", choices=["up"])
     ap.add_argument("--roles", help="comma-separated subset, e.g. router,one (default: all)")

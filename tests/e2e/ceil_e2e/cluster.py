@@ -14,6 +14,7 @@ Topology (docs/testing.md has a picture):
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import shutil
 import socket
@@ -41,8 +42,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LOG = logging.getLogger("ceil.e2e")
+
+
 def log(msg: str) -> None:
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """Progress: live with `pytest -o log_cli=true` (make e2e), always in <artefacts>/progress.log."""
+    LOG.info(msg)
+
+
+def log_to(path: Path) -> None:
+    if not any(getattr(h, "baseFilename", None) == str(path) for h in LOG.handlers):
+        h = logging.FileHandler(path)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        LOG.addHandler(h)
+    LOG.setLevel(logging.INFO)
 
 
 @dataclass
@@ -92,6 +105,7 @@ class TestCluster:
         self.timeouts = Timeouts()
         artifacts.mkdir(parents=True, exist_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
+        log_to(artifacts.parent / "progress.log")
         self.run_id = int.from_bytes(os.urandom(2), "big")
         self.key = generate_key(workdir / "id_ed25519")
         self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log")

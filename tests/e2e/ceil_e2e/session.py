@@ -34,7 +34,7 @@ from .fakes import WEB_BODY
 
 # Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE
 # per unit test; the test bed must come from the real cache).
-CACHE = os.environ.get("CEIL_CACHE")
+CACHE = os.environ.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
 
 _session: dict = {}
 
@@ -54,8 +54,7 @@ def settings() -> dict:
 
 def testbed(arch: str, flavor: str):
     """The cached test bed for the current recipe; built here if missing (needs root)."""
-    if CACHE:
-        os.environ["CEIL_CACHE"] = CACHE
+    os.environ["CEIL_CACHE"] = CACHE
     sys.path.insert(0, str(REPO))
     from testbed.build import ensure
 
