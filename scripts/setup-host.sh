@@ -11,7 +11,7 @@ BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 # wireguard-go for the VPN handshake test where the kernel lacks the wireguard module, and
 # docker-registry to serve the rendered registry configs in the unit tests.
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
-  qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test qemu-user-static binfmt-support
+  qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test libcap2-bin qemu-user-static binfmt-support
   apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps socat
   wireguard-go docker-registry isc-dhcp-client"
 

@@ -49,6 +49,7 @@ TOOLS = {
     "apt-ftparchive": "indexes the local apt repository (apt install apt-utils)",
     "gpg": "signs the local apt repository (apt install gpg)",
     "systemctl": "enables units inside the image (systemd)",
+    "setcap": "gives ping its capability in the image (apt install libcap2-bin)",
 }
 
 

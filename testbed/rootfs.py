@@ -125,6 +125,12 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
     for f in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/lib/systemd/credential.secret"):
         (root / f).unlink(missing_ok=True)
 
+    # iputils-ping's postinst can run before libcap2-bin is configured, leaving ping without its
+    # capability (Ubuntu's and Pi OS's ping work for any user): set it here, on the host.
+    ping = root / "usr/bin/ping"
+    if ping.is_file():
+        subprocess.run(["setcap", "cap_net_raw+ep", str(ping)], check=True)
+
     hostname = recipe.data["image"]["hostname"]
     _write(root / "etc/hostname", hostname + "\n")
     _write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")

@@ -103,3 +103,8 @@ def test_packages_install_from_the_local_repository(bare):
                    "--no-install-recommends wireguard-tools 2>&1")
     assert out.rc == 0, out.stdout[-2000:]
     assert host.run("wg --version").rc == 0
+
+
+def test_ping_works_for_the_admin_user(bare):
+    """As on Ubuntu and Pi OS: network checks run ping without sudo."""
+    assert bare["host"].run("ping -c1 -W5 127.0.0.1").rc == 0
