@@ -35,10 +35,12 @@ def user_data(hostname: str, domain: str, user: str, pubkey: str, apt_mirror: st
         f"    ssh_authorized_keys: [{pubkey.strip()!r}]",
     ]
     if apt_mirror:
-        # Same effect as the bake's apt_mirror option: the deb822 source points at the mirror.
+        # Same effect as the bake's apt_mirror option: the deb822 source points at the mirror,
+        # whose signature the test bed's own key (trusted.gpg.d) vouches for, not Debian's.
         lines += [
             "bootcmd:",
-            f"  - [sed, -i, 's|^URIs: .*|URIs: {apt_mirror}|', /etc/apt/sources.list.d/debian.sources]",
+            f"  - [sed, -i, -e, 's|^URIs: .*|URIs: {apt_mirror}|', -e, '/^Signed-By:/d',"
+            " /etc/apt/sources.list.d/debian.sources]",
         ]
     return "\n".join(lines) + "\n"
 
