@@ -17,9 +17,25 @@ import gzip
 import os
 import shutil
 import subprocess
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 KEY_UID = "ceil test bed repository (never trust this outside a test bed)"
+
+
+@contextmanager
+def short_home(home: Path):
+    """gpg-agent puts its sockets in the home directory when /run/user/<uid> is missing (root in
+    CI), and a socket path is limited to ~108 bytes: go through a short symlink under /tmp."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ceil-gpg-", dir="/tmp") as tmp:
+        link = Path(tmp) / "h"
+        link.symlink_to(home.resolve())
+        try:
+            yield link
+        finally:
+            stop_agent(link)
 
 
 def _gpg(home: Path, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -32,12 +48,9 @@ def _gpg(home: Path, *args: str, **kw) -> subprocess.CompletedProcess:
 
 def make_key(home: Path) -> str:
     """Create a signing key in `home`; return the ASCII-armored public key."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
-    try:
-        return _gpg(home, "--armor", "--export", KEY_UID).stdout.decode()
-    finally:
-        stop_agent(home)
+    with short_home(home) as h:
+        _gpg(h, "--passphrase", "", "--quick-gen-key", KEY_UID, "ed25519", "sign", "never")
+        return _gpg(h, "--armor", "--export", KEY_UID).stdout.decode()
 
 
 def stop_agent(home: Path) -> None:
@@ -110,8 +123,8 @@ def build(repo: Path, debs: Path, suite: str, arch: str, components: list[str], 
         cwd=dist, capture_output=True, check=True,
     ).stdout
     (dist / "Release").write_bytes(release)
-    _gpg(gpg_home, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
-    _gpg(gpg_home, "--yes", "--armor", "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
-    (repo / "ceil-testbed.asc").write_text(_gpg(gpg_home, "--armor", "--export", KEY_UID).stdout.decode())
-    stop_agent(gpg_home)
+    with short_home(gpg_home) as h:
+        _gpg(h, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
+        _gpg(h, "--yes", "--armor", "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
+        (repo / "ceil-testbed.asc").write_text(_gpg(h, "--armor", "--export", KEY_UID).stdout.decode())
     return count
