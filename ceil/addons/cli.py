@@ -67,13 +67,22 @@ class Context:
             raise CeilError(f"cannot use kubeconfig {kubeconfig}: {e}") from None
 
 
+def cluster_options(command):
+    """--config, --secrets, --kubeconfig: shared by the addons group and dashboard-token."""
+    for option in reversed([
+        click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+                     type=click.Path(path_type=Path), help="The cluster description."),
+        click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+                     help="Secrets directory (default: secrets/ next to the config)."),
+        click.option("--kubeconfig", "kubeconfig_path", default=None, type=click.Path(path_type=Path),
+                     help="Admin kubeconfig (default: out/kubeconfig next to the config, else made from secrets/)."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group("addons", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
-              type=click.Path(path_type=Path), help="The cluster description.")
-@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
-              help="Secrets directory (default: secrets/ next to the config).")
-@click.option("--kubeconfig", "kubeconfig_path", default=None, type=click.Path(path_type=Path),
-              help="Admin kubeconfig (default: out/kubeconfig next to the config, else made from secrets/).")
+@cluster_options
 @click.pass_context
 def addons_group(ctx, config_path, secrets_path, kubeconfig_path):
     """Kubernetes add-ons (addons/<name>/): list, render, apply or delete them on the cluster.
@@ -207,12 +216,7 @@ def addons_dashboard_token(obj: Context) -> None:
 
 
 @click.command("dashboard-token")
-@click.option("--config", "config_path", default="cluster.yaml", show_default=True,
-              type=click.Path(path_type=Path), help="The cluster description.")
-@click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
-              help="Secrets directory (default: secrets/ next to the config).")
-@click.option("--kubeconfig", "kubeconfig_path", default=None, type=click.Path(path_type=Path),
-              help="Admin kubeconfig (default: out/kubeconfig next to the config, else made from secrets/).")
+@cluster_options
 def dashboard_token_command(config_path, secrets_path, kubeconfig_path) -> None:
     """Print the Kubernetes Dashboard login token (cluster-admin: keep it private)."""
     print_dashboard_token(Context(config_path, secrets_path, kubeconfig_path))
