@@ -31,3 +31,9 @@ def pytest_generate_tests(metafunc):
 
 def pytest_runtest_makereport(item, call):
     diagnostics_on_failure(item, call)
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests with their own guests run first, while the shared cluster is not booted yet: on a
+    # 2-core machine two clusters at once would starve each other's timeouts.
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)

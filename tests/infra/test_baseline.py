@@ -120,6 +120,14 @@ def test_firstboot_target_reached_with_every_done_marker(host, machine):
     assert status.strip(), "/var/lib/ceil/status.json is missing"
 
 
+def test_no_step_left_a_duplicated_effect(host, machine):
+    """Steps may run twice (power cut before the done-marker): none may double what it wrote."""
+    from ceil_infra.converge import duplicated_effects
+
+    dups = duplicated_effects(host)
+    assert not dups, f"{machine}: a first-boot step repeated its effect:\n" + "\n".join(dups)
+
+
 # ---- secrets ---------------------------------------------------------------------------------
 
 

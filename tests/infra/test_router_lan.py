@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import time
 from pathlib import Path
 
 import pytest
+
+from ceil_infra.helpers import each_node, fake, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -28,32 +29,10 @@ DNSMINI = (Path(__file__).resolve().parents[1] / "unit/dnsmini.py").read_text()
 LEASES = "/var/lib/misc/dnsmasq.leases"
 
 
-def fake(fakes, name: str):
-    value = getattr(fakes, name, None) if fakes is not None else None
-    if value is None:
-        pytest.skip(f"needs the test bed's fakes.{name} (a local fake internet service)")
-    return value
-
-
-def each_node(nodes):
-    if not nodes:
-        pytest.skip("no node hosts in this run")
-    return sorted(nodes.items())
-
-
 def ask_dns(host, server: str, name: str, qtype: str = "A") -> str:
     """Query `server` directly from `host` (python3 is on every flavor: cloud-init needs it)."""
     cmd = f"python3 -c {shlex.quote(DNSMINI)} query {server} {shlex.quote(name)} {qtype}"
     return host.check_output(cmd)
-
-
-def wait_for(what: str, check, timeout: float = 240, every: float = 5):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-    return value
 
 
 # ---- DHCP ------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ A check whose fake is missing skips (on a real cluster, `make verify`), saying w
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -21,27 +20,11 @@ from ceil.hooks.registry import REGISTRY_ROOT
 from ceil.wireguard import server_address
 
 # Needs a booted cluster; the default unit-test run (-m 'not e2e') leaves these alone.
+from ceil_infra.helpers import fake, wait_for
+
 pytestmark = pytest.mark.e2e
 
 OCI_SCRIPT = (Path(__file__).resolve().parents[1] / "fakes/oci.py").read_text()
-
-
-def fake(fakes, name: str):
-    value = getattr(fakes, name, None) if fakes is not None else None
-    if value is None:
-        pytest.skip(f"needs the test bed's fakes.{name} (a local fake internet service)")
-    return value
-
-
-def wait_for(what: str, check, timeout: float = 240, every: float = 5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 # ---- WireGuard ---------------------------------------------------------------------------

@@ -157,6 +157,12 @@ class TestCluster:
         env = {**os.environ}
         if self.cache:
             env["CEIL_CACHE"] = self.cache
+        from ceil.config import load_cluster
+
+        # The router's k3s cache gets the stand-in release (fakes.K3S_STAND_IN), as a workstation
+        # with downloaded release files would fill it; the nodes install it from there.
+        version = load_cluster(self.config_path).kubernetes.k3s_version
+        env["CEIL_K3S_CACHE"] = str(fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch))
         t0 = time.monotonic()
         log(f"baking {', '.join(self.roles)} from {self.testbed.image.name}")
         with open(self.artifacts / "bake.log", "w") as f:
@@ -166,8 +172,6 @@ class TestCluster:
         if proc.returncode != 0:
             tail = (self.artifacts / "bake.log").read_text()[-3000:]
             raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
-        from ceil.config import load_cluster
-
         self.cluster = load_cluster(self.config_path)
         return time.monotonic() - t0
 

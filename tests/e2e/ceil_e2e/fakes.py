@@ -261,3 +261,40 @@ def wire_service_fakes(net: Internet) -> ServiceFakes:
         out._closers.append(up.stop)
         out.overrides["registry"] = {"upstream": f"http://{REGISTRY_ADDR[0]}"}
     return out
+
+
+# No k3s binary can be had here (docs/testing.md), so the router's k3s cache is filled with this
+# stand-in: the nodes fetch it from the router, verify its sha256 and install and start it like
+# the real binary. It tells systemd it is ready (from the unit's main process, as Type=notify
+# needs) and idles, so k3s.service is active without any Kubernetes behind it.
+K3S_STAND_IN = """#!/bin/sh
+# ceil e2e stand-in for k3s: not Kubernetes (tests/e2e/ceil_e2e/fakes.py).
+case "${1:-}" in --version|-v|version) echo "k3s version {version} (ceil e2e stand-in)"; exit 0 ;; esac
+exec python3 -c '
+import os, socket, time
+addr = os.environ.get("NOTIFY_SOCKET", "")
+if addr:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"READY=1", "\\0" + addr[1:] if addr.startswith("@") else addr)
+while True:
+    time.sleep(3600)
+'
+"""
+
+
+def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
+    """Write <root>/<version>/ the way the workstation's k3s cache holds a release: the binary
+    named as the release asset, and the release's sha256sum file listing it."""
+    import hashlib
+
+    from ceil.hooks.k3s_install import ASSETS
+
+    names = ASSETS[arch]
+    d = root / version
+    d.mkdir(parents=True, exist_ok=True)
+    binary = d / names["binary"]
+    binary.write_text(K3S_STAND_IN.replace("{version}", version))
+    binary.chmod(0o755)
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    (d / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
+    return root

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .cluster import REPO, TestCluster, deep_merge, free_port, log
+from .cluster import REPO, TestCluster, deep_merge, log
 from .fakes import WEB_BODY
 
 # Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE

@@ -1,0 +1,82 @@
+"""Issue 7 proof on the machines: PiWatch on the router, fed from the LAN, closed to the uplink.
+
+Plain testinfra functions, the same against QEMU (make e2e: gpiozero's mock pins) and real Pis
+(make verify: the event below blinks a red light on the board for a moment, without the buzzer).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from ceil_infra.helpers import each_node, fake, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# What kubewatch's webhook handler posts for a deleted pod (piwatch/events.py); "deleted" maps
+# to a red light that stays on, no alarm and no buzzer (piwatch/reactions.yaml).
+EVENT = {
+    "eventmeta": {"kind": "pod", "name": "ceil-verify-probe", "namespace": "default", "reason": "deleted"},
+    "text": "A `pod` in namespace `default` has been `deleted`:\n`default/ceil-verify-probe`",
+}
+
+
+def piwatch_url(cluster) -> str:
+    if not cluster.piwatch.enabled:
+        pytest.skip("piwatch.enabled is false")
+    return f"http://{cluster.network.router_ip}:{cluster.piwatch.port}"
+
+
+def get_json(host, url: str) -> dict | list:
+    return json.loads(host.check_output(f"curl -fsS --max-time 20 {shlex.quote(url)}"))
+
+
+def test_piwatch_runs_on_the_router_and_says_which_gpio(router, nodes, cluster):
+    url = piwatch_url(cluster)
+    assert router.service("ceil-piwatch").is_running
+    _, node = each_node(nodes)[0]
+    health = get_json(node, f"{url}/healthz")
+    assert health["status"] == "ok", health
+    # QEMU has no GPIO: PiWatch runs on mock pins and says so; a Pi reports lgpio or rpigpio.
+    assert health["gpio"] in ("mock", "lgpio", "rpigpio"), health
+    if health["gpio"] == "mock":
+        assert health["gpio_note"], "mock pins in use but /healthz does not say why"
+
+
+def test_an_event_posted_from_a_node_changes_the_lights(nodes, cluster):
+    url = piwatch_url(cluster)
+    _, node = each_node(nodes)[0]
+    before = get_json(node, f"{url}/lights")
+    body = shlex.quote(json.dumps(EVENT))
+    reply = json.loads(node.check_output(
+        f"curl -fsS --max-time 20 -H 'Content-Type: application/json' -d {body} {url}/kubewatch"))
+    event = reply["event"]
+    direction, colour = event["direction"], event["colour"]
+    assert colour == "red", reply
+
+    def lit():
+        now = get_json(node, f"{url}/lights")
+        return now if now["directions"][direction][colour] != "off" and now["stats"] != before["stats"] else None
+
+    after = wait_for(f"{direction} {colour} to light up after the event", lit, timeout=60, every=2)
+    assert after["buzzer"] == "off", "a deleted pod must not sound the buzzer"
+    recent = get_json(node, f"{url}/events?limit=5")
+    assert any(e["name"] == "ceil-verify-probe" for e in recent), recent
+
+
+def test_malformed_events_are_refused_with_422(nodes, cluster):
+    url = piwatch_url(cluster)
+    _, node = each_node(nodes)[0]
+    code = node.check_output(
+        f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20 -H 'Content-Type: application/json'"
+        f" -d '{{\"eventmeta\": 1}}' {url}/kubewatch")
+    assert code == "422"
+
+
+def test_piwatch_is_not_reachable_from_the_uplink(cluster, fakes):
+    if not cluster.piwatch.enabled:
+        pytest.skip("piwatch.enabled is false")
+    probe = fake(fakes, "uplink_open_ports")
+    assert probe([cluster.piwatch.port]) == set()
