@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "infra")]
 
-from ceil_e2e import fakes, seed, vm  # noqa: E402
+from ceil_e2e import fakes, l2dns, seed, vm  # noqa: E402
 from ceil_infra.ssh import Endpoint, SshConfig  # noqa: E402
 from testbed import disk, recipe  # noqa: E402
 
@@ -134,3 +134,43 @@ def test_disk_layout_is_the_flavors_and_checks_clean(tmp_path):
     listing = subprocess.run(["mdir", "-b", "-i", f"{img}@@{off}", "::/ceil/units"], capture_output=True, text=True,
                              env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}).stdout
     assert "x.service" in listing
+
+
+def _dns_query_frame(name: str, src_mac: bytes, src_ip: str, sport: int) -> bytes:
+    import struct
+
+    q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+    frame = l2dns.udp_frame(l2dns.SERVER_MAC, src_ip, l2dns.SERVER_IP, sport, 53, q)
+    return frame[:6] + src_mac + frame[12:]  # as the router would send it
+
+
+def test_segment_dns_answers_arp_and_a_queries_over_a_real_multicast_segment():
+    import socket
+    import struct
+
+    seg = vm.Lan.random()
+    server = l2dns.SegmentDns(seg, {"example.test": "203.0.113.7"})
+    router_mac = bytes.fromhex("525400000001")
+    try:
+        client = l2dns.segment_socket(seg)
+        client.settimeout(5)
+        arp = (b"\xff" * 6 + router_mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+               + router_mac + socket.inet_aton(l2dns.ROUTER_IP) + b"\0" * 6 + socket.inet_aton(l2dns.SERVER_IP))
+        client.sendto(arp, (seg.group, seg.port))
+        client.sendto(_dns_query_frame("example.test", router_mac, l2dns.ROUTER_IP, 40000), (seg.group, seg.port))
+        client.sendto(_dns_query_frame("other.test", router_mac, l2dns.ROUTER_IP, 40001), (seg.group, seg.port))
+        replies = []
+        while len(replies) < 3:
+            frame = client.recv(65536)
+            if frame[6:12] == l2dns.SERVER_MAC:
+                replies.append(frame)
+        arp_reply, a_reply, nx_reply = replies
+        assert arp_reply[12:14] == b"\x08\x06" and arp_reply[22:28] == l2dns.SERVER_MAC
+        assert a_reply[:6] == router_mac and a_reply[-4:] == socket.inet_aton("203.0.113.7")
+        assert l2dns._checksum(a_reply[14:34]) == 0  # a valid IPv4 header checksum
+        assert struct.unpack("!H", a_reply[36:38])[0] == 40000  # back to the asking port
+        assert struct.unpack("!H", nx_reply[14 + 20 + 8 + 2:14 + 20 + 8 + 4])[0] & 0xF == 3  # NXDOMAIN
+        assert server.asked == ["example.test", "other.test"]
+    finally:
+        server.close()

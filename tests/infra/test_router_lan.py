@@ -104,6 +104,19 @@ def test_internet_names_resolve_through_the_upstream(nodes, cluster, fakes):
     name, answer = fake(fakes, "dns_name"), fake(fakes, "dns_answer")
     for node, host in each_node(nodes):
         assert ask_dns(host, str(cluster.network.router_ip), name) == f"['{answer}']", node
+    asked = getattr(fakes, "dns_asked", None)
+    if asked is not None:
+        assert name in asked, "the answer did not come from the configured upstream"
+
+
+def test_plain_names_and_private_reverse_lookups_stay_on_the_lan(nodes, cluster, fakes):
+    asked = fake(fakes, "dns_asked")
+    _, host = each_node(nodes)[0]
+    router_ip = str(cluster.network.router_ip)
+    ask_dns(host, router_ip, "ceil-no-such-host")
+    ask_dns(host, router_ip, "77.0.168.192.in-addr.arpa", "PTR")
+    leaked = [n for n in asked if n == "ceil-no-such-host" or n.endswith(".168.192.in-addr.arpa")]
+    assert not leaked, f"forwarded to the upstream: {leaked}"
 
 
 def test_the_router_resolves_cluster_names_itself(router, cluster):

@@ -24,6 +24,16 @@ RULESET = """table inet ceil {
 	}
 }
 table ip ceil_nat {
+	set wide {
+		type ipv4_addr
+		elements = { 10.0.0.1, 10.0.0.2,
+			     10.0.0.3, 10.0.0.4 }
+	}
+	set wide2 {
+		type ipv4_addr
+		elements = { 10.0.0.1, 10.0.0.2,
+			     10.0.0.3, 10.0.0.4 }
+	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
 		oifname "eth1" masquerade

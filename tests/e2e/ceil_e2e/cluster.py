@@ -29,7 +29,7 @@ import yaml
 from ceil_infra.ssh import Endpoint, SshConfig, generate_key
 
 from . import fakes as fakes_mod
-from . import readiness
+from . import l2dns, readiness
 from .vm import Guest, Lan, Uplink
 
 REPO = Path(__file__).resolve().parents[3]
@@ -111,12 +111,24 @@ class TestCluster:
         self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log")
         self.extras = fakes_mod.wire_service_fakes(self.internet)
         self.config = load_template(Path(f"{self.key}.pub").read_text(), deep_merge(self.extras.overrides, overrides or {}))
+        self.vpn_client = None  # tests.fakes.vpn_client.NetnsVpnClient, made by bake()
+        vpn = self.config.get("vpn") or {}
+        if vpn.get("enabled") and os.geteuid() == 0 and shutil.which("wg-quick"):
+            # The client dials 198.18.0.1 in its own netns; QEMU forwards that UDP port to the
+            # router's uplink, so the tunnel comes in from "outside" as on the internet.
+            from tests.fakes.vpn_client import ROOT_SIDE
+
+            port = vpn.get("port", 51820)
+            self.config["vpn"]["endpoint"] = ROOT_SIDE
+            self.extras.hostfwds.append(f"udp:{ROOT_SIDE}:{port}-:{port}")
         self.config_path = workdir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         shutil.copy(self.config_path, artifacts / "cluster.yaml")
         all_roles = ["router"] + [n["name"] for n in self.config["nodes"]]
         self.roles = roles or all_roles
         self.lan = Lan.random()
+        # The fake upstream DNS (network.upstream_dns in tests/e2e/cluster.yaml) on the router's eth2.
+        self.dns = l2dns.SegmentDns(Lan.random(), {fakes_mod.DNS_NAME: fakes_mod.DNS_ANSWER})
         self.ssh_port = free_port()
         self.probe_ports: dict[int, int] = {}  # guest uplink port -> 127.0.0.1 port (hostfwd)
         self.machines: dict[str, Machine] = {}
@@ -164,6 +176,8 @@ class TestCluster:
         version = load_cluster(self.config_path).kubernetes.k3s_version
         env["CEIL_K3S_CACHE"] = str(fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch))
         t0 = time.monotonic()
+        if "router" in self.roles and self.config.get("vpn", {}).get("endpoint"):
+            self._make_vpn_client(env)
         log(f"baking {', '.join(self.roles)} from {self.testbed.image.name}")
         with open(self.artifacts / "bake.log", "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
@@ -174,6 +188,21 @@ class TestCluster:
             raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
         self.cluster = load_cluster(self.config_path)
         return time.monotonic() - t0
+
+    def _make_vpn_client(self, env: dict) -> None:
+        """`bake.py vpn-client e2e` as a user runs it (before the router bake, which takes the
+        peer in), and the netns that will use the config; its veth must exist before QEMU binds
+        the UDP forward to it."""
+        from tests.fakes.vpn_client import NetnsVpnClient
+
+        cmd = [sys.executable, str(REPO / "bake.py"), "vpn-client", "e2e", "--config", str(self.config_path),
+               "--secrets", str(self.workdir / "secrets")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            raise AssertionError(f"bake.py vpn-client failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        conf = self.workdir / "secrets" / "wireguard" / "clients" / "e2e.conf"
+        self.vpn_client = NetnsVpnClient(self.workdir, conf.read_text())
+        self.vpn_client.create_link()
 
     def image(self, role: str) -> Path:
         return self.workdir / "out" / f"ceil-{role}.img"
@@ -187,11 +216,13 @@ class TestCluster:
             if img.stat().st_size < disk_gib << 30:
                 os.truncate(img, disk_gib << 30)
             uplink = None
+            segments = ()
             if role == "router":
                 uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds)
+                segments = (self.dns.segment,)
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
-                      run_id=self.run_id, memory_mib=mem, cpus=cpus)
+                      run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments)
             hostname = f"{self.config.get('name', 'ceil')}-{role}"
             self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
@@ -213,6 +244,10 @@ class TestCluster:
         m.timings["ssh_s"] = readiness.wait_ssh(self.ssh, role, self.timeouts.ssh, [m.guest, *others], via)
         log(f"{role}: SSH after {time.monotonic() - m.guest.started_at:.0f}s of boot")
         readiness.wait_cloud_init(self.ssh, role, self.timeouts.cloud_init)
+        if role == "router":
+            # Not ceil's doing: the test bed's "internet DNS" segment (l2dns) is outside cluster.yaml.
+            self.ssh.run(role, f"sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev eth2 && "
+                               "sudo ip link set eth2 up", timeout=60, check=True)
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
         if firstboot:
@@ -284,6 +319,9 @@ class TestCluster:
         finally:
             self.internet.close()
             self.extras.close()
+            self.dns.close()
+            if self.vpn_client is not None:
+                self.vpn_client.close()
             if os.environ.get("CEIL_E2E_KEEP"):
                 log(f"CEIL_E2E_KEEP set: keeping {self.workdir}")
             else:

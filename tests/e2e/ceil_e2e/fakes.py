@@ -183,6 +183,9 @@ class Internet:
 
 
 WEB_BODY = b"hello from the fake internet\n"
+# The one "internet" name the fake upstream DNS (l2dns) knows, and its address (TEST-NET-3).
+DNS_NAME = "www.example-internet.test"
+DNS_ANSWER = "203.0.113.80"
 
 
 def standard_internet(repo: Path | None, log: Path | None = None) -> Internet:

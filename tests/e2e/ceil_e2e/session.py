@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .cluster import REPO, TestCluster, deep_merge, log
-from .fakes import WEB_BODY
+from .fakes import DNS_ANSWER, DNS_NAME, WEB_BODY
 
 # Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE
 # per unit test; the test bed must come from the real cache).
@@ -162,9 +162,8 @@ def shutdown() -> None:
 class E2EFakes:
     """What tests/infra's checks may ask of the fake internet (`fakes` fixture); None = absent."""
 
-    dns_name = None      # needs a UDP DNS upstream: guestfwd is TCP-only (docs/testing.md)
-    dns_answer = None
-    vpn_client = None    # needs the netns client wired to a UDP hostfwd (not yet)
+    dns_name = DNS_NAME  # answered by the fake upstream on the router's eth2 (l2dns)
+    dns_answer = DNS_ANSWER
 
     def __init__(self, cluster: TestCluster):
         self.cluster = cluster
@@ -173,6 +172,8 @@ class E2EFakes:
         self.cloudflare = cluster.extras.cloudflare
         self.upstream_registry = cluster.extras.upstream_registry
         self.internet = cluster.internet
+        self.dns_asked = cluster.dns.asked  # names the fake upstream was asked, live
+        self.vpn_client = cluster.vpn_client  # None unless root with wg-quick (tests/fakes/vpn_client.py)
 
     def reboot_router(self) -> None:
         self.cluster.reboot("router")

@@ -125,6 +125,7 @@ class Guest:
         cpus: int = 2,
         extra_append: str = "",
         boot_index: int = 1,
+        segments: tuple[Lan, ...] = (),
     ):
         self.name = name
         self.image = image
@@ -138,6 +139,7 @@ class Guest:
         self.cpus = cpus
         self.extra_append = extra_append
         self.boot_index = boot_index
+        self.segments = segments  # more local-only segments, after LAN and uplink (eth2, ...)
         self.proc: subprocess.Popen | None = None
         self.boots = 0
         self.started_at = 0.0
@@ -173,6 +175,11 @@ class Guest:
         if self.uplink:
             cmd += ["-netdev", self.uplink.netdev("up"),
                     "-device", f"virtio-net-pci,netdev=up,mac={mac_for(self.run_id, self.index, nic)}"]
+            nic += 1
+        for i, seg in enumerate(self.segments):
+            cmd += ["-netdev", seg.netdev(f"seg{i}"),
+                    "-device", f"virtio-net-pci,netdev=seg{i},mac={mac_for(self.run_id, self.index, nic)}"]
+            nic += 1
         return cmd
 
     @property

@@ -41,11 +41,13 @@ def repeated_lines(text: str, ignore=lambda line: False) -> list[str]:
 
 def repeated_nft_rules(ruleset: str) -> list[str]:
     """Identical rules within one chain (`nft list ruleset`); sets and maps are not rules."""
-    out, where, seen = [], "", collections.Counter()
+    out, table, where, seen = [], "", "", collections.Counter()
     for raw in ruleset.splitlines():
         line = raw.strip()
         if line.startswith("table "):
-            table = line.rstrip("{ ").strip()
+            table, where = line.rstrip("{ ").strip(), ""
+        elif line.startswith(("set ", "map ", "flowtable ", "counter ", "quota ", "limit ", "ct ")) and line.endswith("{"):
+            where = ""  # a named object's body (elements may wrap lines), not rules
         elif line.startswith("chain "):
             where = f"{table} {line.rstrip('{ ').strip()}"
         elif line == "}":
