@@ -1,36 +1,31 @@
-"""cluster.yaml: the one typed schema, checked at load.
+"""The section models of cluster.yaml: one frozen pydantic model per section.
 
-Everything a bake needs is read from here; every error names the dotted key, the value found,
-and what is expected (`nodes[2].name: 'Two_' is not a valid hostname ...`). Secrets are
-`SecretStr` and may be written as `${ENV_VAR}` so cluster.yaml can be shared without them.
+Each model checks its own fields and the rules that stay inside the section (the router's two
+interfaces differ, the DHCP pool lies inside the LAN); rules that span sections live on
+`Cluster` in cluster.py. Error messages name the key and the value found, and say what is
+expected.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from .errors import ConfigError
-from .sshkeys import check_public_key
+from ..sshkeys import check_public_key
 
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 IFACE_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,15}$")
 
 
@@ -306,247 +301,3 @@ class AptMirror(Model):
         opts = " [trusted=yes]" if self.trusted else ""
         comps = "" if self.suite.endswith("/") else " " + " ".join(self.components)
         return f"deb{opts} {self.url} {self.suite}{comps}"
-
-
-class Cluster(Model):
-    name: Label = "ceil"
-    domain: Domain = "ceil.internal"
-    flavor: str = Field(default="ubuntu-24.04-raspi", pattern=r"^[a-z0-9][a-z0-9.-]*$")
-    timezone: str = Field(default="Etc/UTC", pattern=r"^[A-Za-z0-9_+/-]+$")
-    apt_mirror: AptMirror | None = None
-    ssh: SSH
-    router: Router = Field(default_factory=Router)
-    network: Network = Field(default_factory=Network)
-    nodes: list[Node] = Field(min_length=1)
-    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
-    vpn: VPN = Field(default_factory=VPN)
-    ddns: DDNS = Field(default_factory=DDNS)
-    registry: Registry = Field(default_factory=Registry)
-    piwatch: PiWatch = Field(default_factory=PiWatch)
-    addons: Addons = Field(default_factory=Addons)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _assign_node_ips(cls, data: Any) -> Any:
-        """Nodes without `ip` get the next free address after the router, outside both pools."""
-        if not isinstance(data, dict):
-            return data
-        if "nodes" not in data:
-            data = {**data, "nodes": [dict(n) for n in DEFAULT_NODES]}
-        if not isinstance(data["nodes"], list):
-            return data
-        try:
-            net = Network(**(data.get("network") or {}))
-        except (ValidationError, TypeError):
-            return data  # the Network model reports its own errors
-        taken = {str(net.router_ip)}
-        taken |= {str(n["ip"]) for n in data["nodes"] if isinstance(n, dict) and n.get("ip")}
-        candidates = (h for h in net.lan_cidr.hosts() if h > net.router_ip)
-        nodes = []
-        for n in data["nodes"]:
-            if isinstance(n, dict) and not n.get("ip"):
-                ip = next(
-                    (c for c in candidates
-                     if str(c) not in taken and not net.in_dhcp_pool(c) and not net.in_lb_pool(c)),
-                    None,
-                )
-                n = {**n, "ip": str(ip)} if ip else n
-            nodes.append(n)
-        return {**data, "nodes": nodes}
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Cluster:
-        names, ips, macs = set(), {}, set()
-        for i, n in enumerate(self.nodes):
-            where = f"nodes[{i}]"
-            if n.name in names:
-                raise ValueError(f"{where}.name: {n.name!r} is used by two nodes: node names must be unique")
-            names.add(n.name)
-            ip = n.ip
-            if ip is None:
-                raise ValueError(f"{where}.ip: no free address left in {self.network.lan_cidr}")
-            if ip not in self.network.lan_cidr or ip in (
-                self.network.lan_cidr.network_address, self.network.lan_cidr.broadcast_address
-            ):
-                raise ValueError(f"{where}.ip: {ip} is outside the LAN {self.network.lan_cidr}")
-            if ip == self.network.router_ip:
-                raise ValueError(f"{where}.ip: {ip} is the router's address")
-            if self.network.in_dhcp_pool(ip):
-                raise ValueError(
-                    f"{where}.ip: {ip} lies inside the DHCP pool {self.network.dhcp_start}-"
-                    f"{self.network.dhcp_end}: pick a fixed address outside it"
-                )
-            if self.network.in_lb_pool(ip):
-                raise ValueError(f"{where}.ip: {ip} lies inside the load-balancer range")
-            if ip in ips:
-                raise ValueError(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}")
-            ips[ip] = n.name
-            if n.mac and n.mac in macs:
-                raise ValueError(f"{where}.mac: {n.mac} is used by two nodes")
-            macs.add(n.mac)
-        if not any(n.role == "server" for n in self.nodes):
-            raise ValueError("nodes: no node has role 'server': one node must run the k3s server")
-        self._check_cidrs()
-        return self
-
-    def _check_cidrs(self) -> None:
-        nets = {
-            "network.lan_cidr": self.network.lan_cidr,
-            "kubernetes.cluster_cidr": self.kubernetes.cluster_cidr,
-            "kubernetes.service_cidr": self.kubernetes.service_cidr,
-        }
-        if self.vpn.enabled:
-            nets["vpn.subnet"] = self.vpn.subnet
-        keys = list(nets)
-        for i, a in enumerate(keys):
-            for b in keys[i + 1 :]:
-                if nets[a].overlaps(nets[b]):
-                    raise ValueError(f"{a} {nets[a]} overlaps {b} {nets[b]}: the ranges must be disjoint")
-
-    # ---- derived facts used by renderers -------------------------------------------------
-
-    @property
-    def roles(self) -> list[str]:
-        return ["router", *(n.name for n in self.nodes)]
-
-    def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise ConfigError(
-            f"role {name!r} is not in the cluster: roles are {', '.join(self.roles)}"
-            " (router, or a name under nodes: in cluster.yaml)"
-        )
-
-    def hostname(self, role: str) -> str:
-        return f"{self.name}-{role}"
-
-    def fqdn(self, role: str) -> str:
-        return f"{self.hostname(role)}.{self.domain}"
-
-    @property
-    def server(self) -> Node:
-        return next(n for n in self.nodes if n.role == "server")
-
-
-# ---- loading ---------------------------------------------------------------------------
-
-
-def _resolve_env(obj: Any, path: str = "") -> Any:
-    """Replace `${VAR}` strings by the environment's value; a missing variable is an error."""
-    if isinstance(obj, dict):
-        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_resolve_env(v, f"{path}[{i}]") for i, v in enumerate(obj)]
-    if isinstance(obj, str):
-        m = ENV_REF_RE.match(obj.strip())
-        if m:
-            var = m.group(1)
-            if var not in os.environ:
-                raise ConfigError(
-                    f"{path}: refers to ${{{var}}} but the environment variable {var} is not set:"
-                    f" export {var}=... before baking, or write the value in cluster.yaml"
-                )
-            return os.environ[var]
-    return obj
-
-
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before") or "[" in str(part):
-            continue  # pydantic's internal step names, not keys
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _yaml_line(doc: yaml.Node | None, loc: tuple) -> int | None:
-    """1-based line of the deepest YAML node along `loc` (so errors point into the file)."""
-    node, line = doc, None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == part), None)
-            if node is None:
-                break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            break
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
-PATH_IN_MSG_RE = re.compile(r"^((?:[a-z_]+(?:\[\d+\])?\.)*[a-z_]+(?:\[\d+\])?):? ")
-
-
-def _path_parts(dotted: str) -> tuple:
-    parts: list = []
-    for m in re.finditer(r"([a-z_]+)|\[(\d+)\]", dotted):
-        parts.append(m.group(1) if m.group(1) else int(m.group(2)))
-    return tuple(parts)
-
-
-def _describe(err: dict, doc: yaml.Node | None) -> str:
-    loc = _format_loc(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    raw_loc = tuple(p for p in err["loc"] if not str(p).startswith("function"))
-    # Cross-field checks name their own (more precise) key path at the start of the message.
-    m = PATH_IN_MSG_RE.match(msg)
-    if err["type"] == "value_error" and m and ("." in m.group(1) or "[" in m.group(1)) and (
-        m.group(1).split(".")[0].split("[")[0] in Cluster.model_fields
-    ):
-        line = _yaml_line(doc, _path_parts(m.group(1)))
-        where = f" (line {line})" if line else ""
-        return f"{m.group(1)}{where}: {msg[m.end():]}"
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown key (typo?): {loc.rsplit('.', 1)[-1]!r} is not a setting here"
-    elif err["type"] == "missing":
-        msg = "is required but missing"
-    elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
-        shown = "<secret>" if "psk" in loc or "token" in loc else repr(err["input"])
-        msg = f"{shown}: {msg}"
-    line = _yaml_line(doc, raw_loc)
-    where = f" (line {line})" if line else ""
-    return f"{loc or '(top level)'}{where}: {msg}"
-
-
-def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
-    try:
-        doc = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{source}: YAML syntax error{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings at the top, found {type(data).__name__}")
-    data = _resolve_env(data)
-    try:
-        return Cluster.model_validate(data)
-    except ValidationError as e:
-        lines = [_describe(err, doc) for err in e.errors(include_url=False)]
-        raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
-
-
-def load_cluster(path: Path) -> Cluster:
-    if not path.is_file():
-        raise ConfigError(
-            f"{path} not found: copy cluster.example.yaml to {path} and edit it,"
-            " or run `python bake.py init`"
-        )
-    return parse_cluster(path.read_text(), str(path))
-
-
-def config_hash(path: Path) -> str:
-    """sha256 of the config file as written (recorded in each image's manifest)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()

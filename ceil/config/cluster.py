@@ -1,0 +1,153 @@
+"""The whole cluster.yaml as one model: `Cluster`.
+
+Owns the checks that span sections (node names, addresses and MACs unique; node addresses
+outside the router, DHCP and load-balancer ranges; the LAN, pod, service and VPN ranges
+disjoint), fills in node addresses left out, and the derived facts renderers use (roles,
+hostnames, the k3s server).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from .schema import (
+    DDNS,
+    DEFAULT_NODES,
+    SSH,
+    VPN,
+    Addons,
+    AptMirror,
+    Domain,
+    Kubernetes,
+    Label,
+    Model,
+    Network,
+    Node,
+    PiWatch,
+    Registry,
+    Router,
+)
+
+
+class Cluster(Model):
+    name: Label = "ceil"
+    domain: Domain = "ceil.internal"
+    flavor: str = Field(default="ubuntu-24.04-raspi", pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    timezone: str = Field(default="Etc/UTC", pattern=r"^[A-Za-z0-9_+/-]+$")
+    apt_mirror: AptMirror | None = None
+    ssh: SSH
+    router: Router = Field(default_factory=Router)
+    network: Network = Field(default_factory=Network)
+    nodes: list[Node] = Field(min_length=1)
+    kubernetes: Kubernetes = Field(default_factory=Kubernetes)
+    vpn: VPN = Field(default_factory=VPN)
+    ddns: DDNS = Field(default_factory=DDNS)
+    registry: Registry = Field(default_factory=Registry)
+    piwatch: PiWatch = Field(default_factory=PiWatch)
+    addons: Addons = Field(default_factory=Addons)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _assign_node_ips(cls, data: Any) -> Any:
+        """Nodes without `ip` get the next free address after the router, outside both pools."""
+        if not isinstance(data, dict):
+            return data
+        if "nodes" not in data:
+            data = {**data, "nodes": [dict(n) for n in DEFAULT_NODES]}
+        if not isinstance(data["nodes"], list):
+            return data
+        try:
+            net = Network(**(data.get("network") or {}))
+        except (ValidationError, TypeError):
+            return data  # the Network model reports its own errors
+        taken = {str(net.router_ip)}
+        taken |= {str(n["ip"]) for n in data["nodes"] if isinstance(n, dict) and n.get("ip")}
+        candidates = (h for h in net.lan_cidr.hosts() if h > net.router_ip)
+        nodes = []
+        for n in data["nodes"]:
+            if isinstance(n, dict) and not n.get("ip"):
+                ip = next(
+                    (c for c in candidates
+                     if str(c) not in taken and not net.in_dhcp_pool(c) and not net.in_lb_pool(c)),
+                    None,
+                )
+                n = {**n, "ip": str(ip)} if ip else n
+            nodes.append(n)
+        return {**data, "nodes": nodes}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cluster:
+        names, ips, macs = set(), {}, set()
+        for i, n in enumerate(self.nodes):
+            where = f"nodes[{i}]"
+            if n.name in names:
+                raise ValueError(f"{where}.name: {n.name!r} is used by two nodes: node names must be unique")
+            names.add(n.name)
+            ip = n.ip
+            if ip is None:
+                raise ValueError(f"{where}.ip: no free address left in {self.network.lan_cidr}")
+            if ip not in self.network.lan_cidr or ip in (
+                self.network.lan_cidr.network_address, self.network.lan_cidr.broadcast_address
+            ):
+                raise ValueError(f"{where}.ip: {ip} is outside the LAN {self.network.lan_cidr}")
+            if ip == self.network.router_ip:
+                raise ValueError(f"{where}.ip: {ip} is the router's address")
+            if self.network.in_dhcp_pool(ip):
+                raise ValueError(
+                    f"{where}.ip: {ip} lies inside the DHCP pool {self.network.dhcp_start}-"
+                    f"{self.network.dhcp_end}: pick a fixed address outside it"
+                )
+            if self.network.in_lb_pool(ip):
+                raise ValueError(f"{where}.ip: {ip} lies inside the load-balancer range")
+            if ip in ips:
+                raise ValueError(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}")
+            ips[ip] = n.name
+            if n.mac and n.mac in macs:
+                raise ValueError(f"{where}.mac: {n.mac} is used by two nodes")
+            macs.add(n.mac)
+        if not any(n.role == "server" for n in self.nodes):
+            raise ValueError("nodes: no node has role 'server': one node must run the k3s server")
+        self._check_cidrs()
+        return self
+
+    def _check_cidrs(self) -> None:
+        nets = {
+            "network.lan_cidr": self.network.lan_cidr,
+            "kubernetes.cluster_cidr": self.kubernetes.cluster_cidr,
+            "kubernetes.service_cidr": self.kubernetes.service_cidr,
+        }
+        if self.vpn.enabled:
+            nets["vpn.subnet"] = self.vpn.subnet
+        keys = list(nets)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1 :]:
+                if nets[a].overlaps(nets[b]):
+                    raise ValueError(f"{a} {nets[a]} overlaps {b} {nets[b]}: the ranges must be disjoint")
+
+    # ---- derived facts used by renderers -------------------------------------------------
+
+    @property
+    def roles(self) -> list[str]:
+        return ["router", *(n.name for n in self.nodes)]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise ConfigError(
+            f"role {name!r} is not in the cluster: roles are {', '.join(self.roles)}"
+            " (router, or a name under nodes: in cluster.yaml)"
+        )
+
+    def hostname(self, role: str) -> str:
+        return f"{self.name}-{role}"
+
+    def fqdn(self, role: str) -> str:
+        return f"{self.hostname(role)}.{self.domain}"
+
+    @property
+    def server(self) -> Node:
+        return next(n for n in self.nodes if n.role == "server")
