@@ -34,6 +34,8 @@ class FeatureSpec(BaseModel):
     when: str | list[str] | None = None
     packages: list[str] = Field(default_factory=list)
     hooks: str | None = None
+    # Only on flavors whose network stack is one of these (images/*.yaml `network:`); None = all.
+    networks: list[str] | None = None
     # Lower runs first in listings; systemd ordering itself comes from the units' After=.
     order: int = 50
 
@@ -76,16 +78,19 @@ def _truthy(cluster: Cluster, dotted: str) -> bool:
     return bool(value)
 
 
-def applies(feature: Feature, cluster: Cluster, role: str) -> bool:
+def applies(feature: Feature, cluster: Cluster, role: str, flavor: Flavor | None = None) -> bool:
     if not role_kinds(cluster, role) & set(feature.spec.roles):
+        return False
+    if feature.spec.networks is not None and (flavor is None or flavor.network not in feature.spec.networks):
         return False
     when = feature.spec.when
     conditions = [when] if isinstance(when, str) else (when or [])
     return all(_truthy(cluster, c) for c in conditions)
 
 
-def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR) -> list[Feature]:
-    return [f for f in load_features(root) if applies(f, cluster, role)]
+def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR,
+                 flavor: Flavor | None = None) -> list[Feature]:
+    return [f for f in load_features(root) if applies(f, cluster, role, flavor)]
 
 
 # ---- rendering ---------------------------------------------------------------------------
@@ -139,7 +144,7 @@ class RenderedPayload:
 
 def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) -> RenderedPayload:
     """Render every applicable feature's trees into `dest` (units/, lib/, etc/)."""
-    chosen = features_for(ctx.cluster, ctx.role, root)
+    chosen = features_for(ctx.cluster, ctx.role, root, ctx.flavor)
     base_vars = ctx.template_vars()
     packages: list[str] = []
     secrets: dict[str, bytes] = {}

@@ -130,6 +130,10 @@ class Uplink(Model):
     def iface(self) -> str:
         return self.interface or ("wlan0" if self.type == "wifi" else "eth1")
 
+    @property
+    def is_wifi(self) -> bool:
+        return self.type == "wifi"
+
 
 class Router(Model):
     lan_interface: Iface = "eth0"
