@@ -174,3 +174,23 @@ def test_segment_dns_answers_arp_and_a_queries_over_a_real_multicast_segment():
         assert server.asked == ["example.test", "other.test"]
     finally:
         server.close()
+
+
+def test_skips_collect_no_diagnostics(monkeypatch):
+    """Diagnostics cost ~40 s a cluster: a skip (BaseException in pytest) must not trigger them."""
+    from ceil_e2e import hooks, session
+
+    calls = []
+    monkeypatch.setattr(session, "active", lambda: type("C", (), {"collect": lambda self, why: calls.append(why)})())
+    monkeypatch.setattr(hooks, "_done", [])
+
+    def outcome(exc):
+        def fail():
+            raise exc
+        return pytest.CallInfo.from_call(fail, when="call")
+
+    item = type("Item", (), {"nodeid": "tests/infra/test_x.py::test_y"})()
+    hooks.diagnostics_on_failure(item, outcome(pytest.skip.Exception("no kube API here")))
+    assert calls == []
+    hooks.diagnostics_on_failure(item, outcome(AssertionError("real failure")))
+    assert len(calls) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from . import session
 
 MAX_COLLECTIONS = 3  # diagnostics cost ~10 s per machine; the first failures tell the story
@@ -14,7 +16,8 @@ def diagnostics_on_failure(item, call) -> None:
     """On a failed e2e test, copy journals, failed units and cloud-init logs into the artefacts."""
     if call.excinfo is None or call.when not in ("setup", "call"):
         return
-    if call.excinfo.errisinstance(Exception) and "Skipped" in call.excinfo.typename:
+    # pytest's skip/xfail outcomes are BaseExceptions, not failures: nothing to diagnose.
+    if call.excinfo.errisinstance((pytest.skip.Exception, pytest.xfail.Exception)):
         return
     c = session.active()
     if c is None or len(_done) >= MAX_COLLECTIONS:
