@@ -36,4 +36,11 @@ def pytest_runtest_makereport(item, call):
 def pytest_collection_modifyitems(config, items):
     # Tests with their own guests run first, while the shared cluster is not booted yet: on a
     # 2-core machine two clusters at once would starve each other's timeouts.
-    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
+    # Then e2e_order(n) (lower first; unmarked tests are 100), keeping file order within each.
+    def key(item):
+        if item.get_closest_marker("own_cluster"):
+            return 0
+        mark = item.get_closest_marker("e2e_order")
+        return mark.args[0] if mark else 100
+
+    items.sort(key=key)

@@ -163,7 +163,7 @@ def test_no_secret_left_in_the_boot_partition_blocks(host, targets, machine):
     mount = boot_mount(host)
     dev = host.mount_point(mount).device
     patterns = "\n".join(secret_needles(targets))
-    res = host.run(f"printf '%s\\n' {shlex.quote(patterns)} | sudo grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5")
+    res = host.run(f"printf '%s\\n' {shlex.quote(patterns)} | sudo nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5")
     leaked = [x[:24] + "..." for x in res.stdout.splitlines() if x.strip()]
     assert not leaked, f"{machine}: secret bytes still on {dev} (deleted, not scrubbed): {leaked}"
 

@@ -39,7 +39,10 @@ def test_cmdline_has_the_memory_cgroup_flags_once(nodes):
 
 def test_swap_is_off_and_stays_off(nodes):
     for name, host in each_node(nodes):
-        assert host.check_output("swapon --noheadings") == "", f"{name}: swap is active"
+        # /proc/swaps: a header line, then one line per active swap area (swapon is in /usr/sbin,
+        # outside a normal user's PATH on Debian).
+        swaps = host.file("/proc/swaps").content_string.strip().splitlines()[1:]
+        assert swaps == [], f"{name}: swap is active: {swaps}"
         for unit in ("dphys-swapfile", "zramswap"):
             svc = host.service(unit)
             assert not svc.is_running, f"{name}: {unit} runs"

@@ -39,7 +39,8 @@ def test_wireguard_server_is_up_on_the_vpn_port(router, cluster):
         port = router.check_output("wg show wg0 listen-port")
     assert int(port) == cluster.vpn.port
     assert str(server_address(cluster)) in router.interface("wg0").addresses
-    assert router.file("/etc/wireguard/wg0.conf").mode == 0o600
+    with router.sudo():  # /etc/wireguard is 0700
+        assert router.file("/etc/wireguard/wg0.conf").mode == 0o600
 
 
 def test_vpn_client_handshakes_and_reaches_a_node(router, cluster, fakes):

@@ -52,8 +52,10 @@ class SshConfig:
             "GlobalKnownHostsFile /dev/null",
             "LogLevel ERROR",
             "ConnectTimeout 15",
+            # A TCG guest busy with first boot can leave sshd unscheduled for half a minute;
+            # 60 s of silence still tells a dead guest from a slow one.
             "ServerAliveInterval 5",
-            "ServerAliveCountMax 4",
+            "ServerAliveCountMax 12",
             "ControlMaster auto",
             f"ControlPath {self.control_dir}/%n",
             "ControlPersist 600",
