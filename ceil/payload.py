@@ -62,10 +62,16 @@ def build_payload(ctx: RoleContext, dest: Path) -> Payload:
 def _target(steps: list[str]) -> str:
     # Requires+After: the target is reached only when every step succeeded, and a failed step
     # shows as a failed dependency instead of a silently "active" target.
+    # DefaultDependencies=no: otherwise multi-user.target, which wants this target, would be
+    # ordered after it, and every later boot of an unfinished first boot (a power cut) would
+    # hold back multi-user.target and cloud-init's final stage until every step is done.
     listed = " ".join(steps)
     return (
         "[Unit]\n"
         "Description=ceil first-boot configuration (every step done)\n"
+        "DefaultDependencies=no\n"
+        "Conflicts=shutdown.target\n"
+        "Before=shutdown.target\n"
         f"Requires={listed}\n"
         f"After={listed}\n\n"
         "[Install]\n"
