@@ -1,0 +1,79 @@
+"""The ceil-packages step script run for real on a scratch root, apt-get and dpkg stubbed.
+
+Its power-cut case was found by the e2e power-cut test: an index file renamed into place but
+empty (its data lost with the page cache) made every retry fail with "no installation
+candidate", because apt trusted it as current."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "firstboot/common/lib/steps/packages.sh.j2"
+PACKAGES = "10.0.2.100_debian_dists_trixie_main_binary-amd64_Packages"
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/ceil/apt").mkdir(parents=True)
+    (root / "etc/ceil/packages.txt").write_text("# role packages\ndnsmasq\nchrony\n")
+    (root / "etc/ceil/apt/sources.list").write_text("deb http://10.0.2.100/debian trixie main\n")
+    (root / "usr/sbin").mkdir(parents=True)
+    lists = root / "var/lib/apt/lists"
+    lists.mkdir(parents=True)
+    (lists / "lock").write_text("")
+    script = tmp_path / "packages.sh"
+    script.write_text(jinja2.Template(SCRIPT.read_text()).render())
+    stubs, log = tmp_path / "stubs", tmp_path / "calls.log"
+    stubs.mkdir()
+    # apt-get: `update` records which index files it found and writes a good one; `install`
+    # fails while STUB_INSTALL_RC says so, and records whether policy-rc.d was in place.
+    (stubs / "apt-get").write_text(f"""#!/bin/sh
+for a in "$@"; do case "$a" in
+  update) echo "update found: $(cd {lists} && ls -s --block-size=1 | tr '\\n' ' ')" >> {log}
+          echo "Package: dnsmasq" > {lists}/{PACKAGES}; exit 0 ;;
+  install) echo "install policy=$(cat {root}/usr/sbin/policy-rc.d 2>/dev/null | tail -1) $*" >> {log}
+           exit "${{STUB_INSTALL_RC:-0}}" ;;
+esac; done
+""")
+    (stubs / "dpkg").write_text(f'#!/bin/sh\necho "dpkg $*" >> {log}\n')
+    for f in stubs.iterdir():
+        f.chmod(0o755)
+
+    def run(**env: str) -> subprocess.CompletedProcess:
+        full = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{stubs}:{os.environ['PATH']}", **env}
+        return subprocess.run(["sh", str(script)], env=full, capture_output=True, text=True, timeout=60)
+
+    return root, lists, run, log
+
+
+def test_installs_the_role_packages_from_the_private_sources_with_daemons_held(scratch):
+    root, _, run, log = scratch
+    done = run()
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text()
+    assert "dpkg --configure -a" in calls
+    assert "install policy=exit 101" in calls and "dnsmasq chrony" in calls
+    assert f"Dir::Etc::SourceList={root}/etc/ceil/apt/sources.list" in calls
+    assert not (root / "usr/sbin/policy-rc.d").exists()  # removed again afterwards
+
+
+def test_an_empty_index_left_by_a_power_cut_is_fetched_again(scratch):
+    _, lists, run, log = scratch
+    (lists / PACKAGES).write_text("")  # renamed into place, data lost
+    assert run().returncode == 0
+    found = [line for line in log.read_text().splitlines() if line.startswith("update found:")][0]
+    assert PACKAGES not in found, "apt-get update ran with the empty index still in place"
+
+
+def test_a_failed_install_drops_every_index_for_the_next_attempt(scratch):
+    _, lists, run, _ = scratch
+    failed = run(STUB_INSTALL_RC="100")
+    assert failed.returncode == 1
+    assert sorted(p.name for p in lists.iterdir()) == ["lock"]
