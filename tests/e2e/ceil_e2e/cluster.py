@@ -33,6 +33,7 @@ from . import l2dns, readiness
 from .vm import Guest, Lan, Uplink
 
 REPO = Path(__file__).resolve().parents[3]
+BASE_ENV = dict(os.environ)  # captured at import, before any test's monkeypatching
 CLUSTER_TEMPLATE = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
 
@@ -166,7 +167,10 @@ class TestCluster:
         for r in self.roles:
             cmd += ["--role", r]
         cmd += self.bake_args
-        env = {**os.environ}
+        # The environment as it was when the harness was imported: tests/conftest.py points
+        # XDG_CACHE_HOME at placeholder wheels for unit tests, and a cluster made inside a test
+        # would otherwise bake a PiWatch bundle that cannot install.
+        env = {**BASE_ENV}
         if self.cache:
             env["CEIL_CACHE"] = self.cache
         from ceil.config import load_cluster
