@@ -80,13 +80,17 @@ def test_duplicated_effects_names_file_line_and_lease():
         "/etc/fstab": "LABEL=writable / ext4 defaults 0 1\nLABEL=CEILDATA /srv ext4 nofail 0 2\nLABEL=CEILDATA /srv ext4 nofail 0 2\n",
         "/etc/wireguard/wg0.conf": "[Interface]\n[Peer]\nPublicKey = A\nPersistentKeepalive = 25\n[Peer]\nPublicKey = B\nPersistentKeepalive = 25\n",
         "/var/lib/misc/dnsmasq.leases": "1 52:54:00:00:00:01 10.42.0.11 ceil-one *\n2 52:54:00:00:00:01 10.42.0.11 ceil-one *\n",
+        "/etc/rancher/k3s/registries.yaml": "mirrors:\n  a:\n    endpoint:\n    - http://r:5000\n  b:\n    endpoint:\n    - http://r:5000\n",
+        "/etc/rancher/k3s/config.yaml": "node-ip: 10.42.0.11\ntls-san:\n- a\nflannel-iface: eth0\nflannel-iface: eth0\n",
     }, nft=RULESET)
     found = duplicated_effects(host)
     assert any(f.startswith("/etc/fstab: 'LABEL=CEILDATA") for f in found)
     assert not any("wg0.conf" in f for f in found)  # [Peer] headers and keepalives repeat by design
     assert "/var/lib/misc/dnsmasq.leases: MAC 52:54:00:00:00:01 leased x2" in found
     assert "/var/lib/misc/dnsmasq.leases: address 10.42.0.11 leased x2" in found
-    assert len(found) == 3
+    assert "/etc/rancher/k3s/config.yaml: top-level key 'flannel-iface' x2" in found
+    assert not any("registries.yaml" in f for f in found)  # nested YAML repeats by design
+    assert len(found) == 4
 
 
 def test_a_converged_machine_reports_nothing():

@@ -20,11 +20,12 @@ LINE_FILES = (
     "/etc/sysctl.d/90-ceil-k3s.conf",
     "/etc/modules-load.d/ceil-k3s.conf",
     "/etc/ssh/sshd_config.d/10-ceil.conf",
-    "/etc/rancher/k3s/config.yaml",
-    "/etc/rancher/k3s/registries.yaml",
     "/etc/ceil/apt/sources.list",
     "/etc/dhcpcd.conf",
 )
+# YAML, where lines such as "endpoint:" repeat by design: only the top-level keys must be unique
+# (k3s-node.sh appends flannel-iface to the rendered config).
+YAML_KEY_FILES = ("/etc/rancher/k3s/config.yaml",)
 LEASES = "/var/lib/misc/dnsmasq.leases"
 
 
@@ -64,6 +65,11 @@ def duplicated_effects(host) -> list[str]:
         text = _read(host, path)
         if text is not None:
             found += [f"{path}: {d}" for d in repeated_lines(text)]
+    for path in YAML_KEY_FILES:
+        text = _read(host, path)
+        if text is not None:
+            keys = [ln.split(":", 1)[0] for ln in text.splitlines() if ln[:1].isalpha() and ":" in ln]
+            found += [f"{path}: top-level key {k!r} x{n}" for k, n in collections.Counter(keys).items() if n > 1]
     # Hypriot's sshd has no sshd_config.d: install.sh appends a marked block once.
     sshd = _read(host, "/etc/ssh/sshd_config") or ""
     if sshd.count("# ceil: hardening") > 1:
