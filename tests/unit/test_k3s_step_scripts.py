@@ -15,6 +15,7 @@ from ceil.catalog import load_flavor
 from ceil.config import load_cluster
 from ceil.features import RoleContext, render_features
 from ceil.secrets import SecretStore
+from command_stubs import write_stubs  # tests/unit/command_stubs.py
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = REPO / "firstboot/k3s-install/lib/steps/k3s-node.sh"
@@ -26,15 +27,7 @@ STUBBED = ["systemctl", "ip", "swapoff", "swapon", "modprobe", "sysctl", "chrony
 def stubs(tmp_path):
     """A bin/ of stubs; behaviour per command from env STUB_<NAME>_RC / STUB_<NAME>_OUT."""
     bin_dir, log = tmp_path / "stubs", tmp_path / "calls.log"
-    bin_dir.mkdir()
-    for name in STUBBED:
-        var = name.upper()
-        (bin_dir / name).write_text(
-            f'#!/bin/sh\necho "{name} $*" >> {log}\n'
-            f'[ -n "${{STUB_{var}_OUT:-}}" ] && printf "%b\\n" "$STUB_{var}_OUT"\n'
-            f'exit "${{STUB_{var}_RC:-0}}"\n'
-        )
-        (bin_dir / name).chmod(0o755)
+    write_stubs(bin_dir, log, STUBBED)
     return bin_dir, log
 
 

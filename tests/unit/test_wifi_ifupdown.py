@@ -15,6 +15,7 @@ from ceil.config import load_cluster
 from ceil.features import RoleContext, render_features
 from ceil.hooks.wifi_ifupdown import WPA_SECRET, wpa_psk
 from ceil.secrets import SecretStore
+from command_stubs import write_stubs  # tests/unit/command_stubs.py
 
 PASSPHRASE = "correct horse battery"
 SSID = 'Home "5G"'
@@ -79,14 +80,7 @@ def scratch(tmp_path, ssh_pubkey):
     secret.parent.mkdir(parents=True)
     secret.write_bytes(rendered.secrets[WPA_SECRET])
     stubs, log = tmp_path / "stubs", tmp_path / "calls.log"
-    stubs.mkdir()
-    for name in ("ifup", "ifdown", "ip"):
-        var = name.upper()
-        (stubs / name).write_text(
-            f'#!/bin/sh\necho "{name} $*" >> {log}\n'
-            f'[ -n "${{STUB_{var}_OUT:-}}" ] && printf "%b\\n" "$STUB_{var}_OUT"\n'
-            f'exit "${{STUB_{var}_RC:-0}}"\n')
-        (stubs / name).chmod(0o755)
+    write_stubs(stubs, log, ["ifup", "ifdown", "ip"])
     script = tmp_path / "payload/lib/steps/wifi-uplink.sh"
 
     def run(**env: str) -> subprocess.CompletedProcess:
