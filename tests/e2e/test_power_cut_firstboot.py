@@ -20,6 +20,7 @@ import pytest
 from ceil_e2e import session
 from ceil_e2e.readiness import NotReady
 from ceil_infra.converge import duplicated_effects
+from ceil_infra.helpers import failed_ceil_units, step_names
 
 # Runs right after the tests with their own guests, before anything awaits the router's first boot.
 pytestmark = [pytest.mark.e2e, pytest.mark.e2e_order(1)]
@@ -30,11 +31,6 @@ SETUP_STEPS = {"secrets", "packages"}
 def done_markers(c, role: str) -> set[str]:
     proc = c.ssh.run(role, "ls /var/lib/ceil/done 2>/dev/null", timeout=120)
     return set(proc.stdout.split()) if proc.returncode == 0 else set()
-
-
-def steps_of(c, role: str) -> set[str]:
-    out = c.ssh.run(role, "grep -ho 'ceil-step [A-Za-z0-9_.-]*' /etc/systemd/system/ceil-*.service", timeout=120).stdout
-    return {line.split()[1] for line in out.splitlines() if len(line.split()) == 2}
 
 
 def wait_until(c, role: str, what: str, check, timeout: float) -> None:
@@ -58,7 +54,7 @@ def test_router_converges_after_power_cuts_during_first_boot():
     c.wait_ready("router", firstboot=False)  # SSH + cloud-init (runcmd installed the payload)
     if c.ssh.run("router", "systemctl is-active ceil-firstboot.target", timeout=60).stdout.strip() == "active":
         pytest.skip("the router finished its first boot before this test ran: no moment left to cut")
-    steps = steps_of(c, "router")
+    steps = set(step_names(c.host("router")))
     config_steps = steps - SETUP_STEPS
     assert len(config_steps) >= 3, f"expected several configuration steps, got {sorted(steps)}"
 
@@ -92,7 +88,7 @@ def test_router_converges_after_power_cuts_during_first_boot():
     router = c.host("router")
     markers = done_markers(c, "router")
     assert steps <= markers, f"steps without a done-marker after converging: {sorted(steps - markers)}"
-    failed = router.run("systemctl list-units --state=failed --plain --no-legend 'ceil-*'").stdout.split()
+    failed = failed_ceil_units(router)
     assert not failed, f"failed ceil units after converging: {failed}"
     dups = duplicated_effects(router)
     assert not dups, "a step re-run after a power cut doubled its effect:\n" + "\n".join(dups)

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from ceil_infra.helpers import failed_ceil_units, step_names
+
 pytestmark = pytest.mark.e2e
 
 FIRSTBOOT_TIMEOUT = 2400  # nodes may still be in first boot when the checks start (QEMU: slow)
@@ -75,17 +77,6 @@ def test_cloud_init_finished_without_errors(host):
 
 
 # ---- first boot ------------------------------------------------------------------------------
-
-
-def step_names(host) -> list[str]:
-    """The done-marker names: the NAME in `ceil-step NAME ...` of every installed ceil unit."""
-    out = host.run("grep -ho 'ceil-step [A-Za-z0-9_.-]*' /etc/systemd/system/ceil-*.service").stdout
-    return sorted({line.split()[1] for line in out.splitlines() if len(line.split()) == 2})
-
-
-def failed_ceil_units(host) -> list[str]:
-    out = host.run("systemctl list-units --state=failed --plain --no-legend 'ceil-*'").stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def firstboot_in_progress(host) -> bool:

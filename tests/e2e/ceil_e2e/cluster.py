@@ -175,9 +175,10 @@ class TestCluster:
             env["CEIL_CACHE"] = self.cache
         from ceil.config import load_cluster
 
+        self.cluster = load_cluster(self.config_path)
         # The router's k3s cache gets the stand-in release (fakes.K3S_STAND_IN), as a workstation
         # with downloaded release files would fill it; the nodes install it from there.
-        version = load_cluster(self.config_path).kubernetes.k3s_version
+        version = self.cluster.kubernetes.k3s_version
         env["CEIL_K3S_CACHE"] = str(fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch))
         t0 = time.monotonic()
         if "router" in self.roles and self.config.get("vpn", {}).get("endpoint"):
@@ -190,7 +191,6 @@ class TestCluster:
         if proc.returncode != 0:
             tail = (self.artifacts / "bake.log").read_text()[-3000:]
             raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
-        self.cluster = load_cluster(self.config_path)
         return time.monotonic() - t0
 
     def _make_vpn_client(self, env: dict) -> None:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from .cluster import REPO, TestCluster, deep_merge, log
+from .cluster import BASE_ENV, REPO, TestCluster, deep_merge, log
 from .fakes import DNS_ANSWER, DNS_NAME, WEB_BODY
 
-# Captured at import, before any test's monkeypatching (tests/conftest.py isolates CEIL_CACHE
-# per unit test; the test bed must come from the real cache).
-CACHE = os.environ.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
+# From the environment as imported, before any test's monkeypatching (tests/conftest.py isolates
+# CEIL_CACHE per unit test; the test bed must come from the real cache).
+CACHE = BASE_ENV.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
 
 _session: dict = {}
 

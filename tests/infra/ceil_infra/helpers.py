@@ -30,3 +30,14 @@ def wait_for(what: str, check, timeout: float = 240, every: float = 5):
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
     return value
+
+
+def step_names(host) -> list[str]:
+    """The done-marker names: the NAME in `ceil-step NAME ...` of every installed ceil unit."""
+    out = host.run("grep -ho 'ceil-step [A-Za-z0-9_.-]*' /etc/systemd/system/ceil-*.service").stdout
+    return sorted({line.split()[1] for line in out.splitlines() if len(line.split()) == 2})
+
+
+def failed_ceil_units(host) -> list[str]:
+    out = host.run("systemctl list-units --state=failed --plain --no-legend 'ceil-*'").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
