@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ceil_infra.helpers import failed_ceil_units, step_names
+from ceil_infra.helpers import failed_ceil_units, run_as_root_detached, step_names
 
 pytestmark = pytest.mark.e2e
 
@@ -153,9 +153,9 @@ def test_no_secret_left_in_the_boot_partition_blocks(host, targets, machine):
     """Deleted FAT files keep their data in free clusters: anyone with the card can read it."""
     mount = boot_mount(host)
     dev = host.mount_point(mount).device
-    patterns = "\n".join(secret_needles(targets))
-    res = host.run(f"printf '%s\\n' {shlex.quote(patterns)} | sudo nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5")
-    leaked = [x[:24] + "..." for x in res.stdout.splitlines() if x.strip()]
+    found = run_as_root_detached(host, f"nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5",
+                                 f"a scan of every block of {dev} on {machine}", stdin="\n".join(secret_needles(targets)))
+    leaked = [x[:24] + "..." for x in found.splitlines() if x.strip()]
     assert not leaked, f"{machine}: secret bytes still on {dev} (deleted, not scrubbed): {leaked}"
 
 

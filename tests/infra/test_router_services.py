@@ -4,7 +4,7 @@ Fixtures (tests/infra/conftest.py): `router` (testinfra host), `nodes` (name -> 
 (ceil.config.Cluster as baked), `fakes` (the local fake internet). From `fakes` these checks use:
   fakes.cloudflare         tests.fakes.cloudflare.FakeCloudflare (ddns.api_url/ip_url point at it)
   fakes.upstream_registry  tests.fakes.registry.FakeUpstreamRegistry (registry.upstream points at it)
-  fakes.vpn_client         tests.fakes.vpn_client.NetnsVpnClient for a client baked into the
+  fakes.vpn_client         ceil_e2e.vpn_client.NetnsVpnClient for a client baked into the
                            router (bake.py vpn-client), or None where the harness cannot make one
 A check whose fake is missing skips (on a real cluster, `make verify`), saying what it needs.
 """

@@ -30,7 +30,7 @@ from ceil_infra.ssh import Endpoint, SshConfig, generate_key
 
 from . import fakes as fakes_mod
 from . import l2dns, readiness
-from .vm import Guest, Lan, Uplink
+from .vm import UPLINK_GUEST_IP, Guest, Lan, Uplink, Wire
 
 REPO = Path(__file__).resolve().parents[3]
 BASE_ENV = dict(os.environ)  # captured at import, before any test's monkeypatching
@@ -112,16 +112,14 @@ class TestCluster:
         self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log")
         self.extras = fakes_mod.wire_service_fakes(self.internet)
         self.config = load_template(Path(f"{self.key}.pub").read_text(), deep_merge(self.extras.overrides, overrides or {}))
-        self.vpn_client = None  # tests.fakes.vpn_client.NetnsVpnClient, made by bake()
+        self.vpn_client = None  # ceil_e2e.vpn_client.NetnsVpnClient, made by bake()
+        self.vpn_wire: Wire | None = None
         vpn = self.config.get("vpn") or {}
         if vpn.get("enabled") and os.geteuid() == 0 and shutil.which("wg-quick"):
-            # The client dials 198.18.0.1 in its own netns; QEMU forwards that UDP port to the
-            # router's uplink, so the tunnel comes in from "outside" as on the internet.
-            from tests.fakes.vpn_client import ROOT_SIDE
-
-            port = vpn.get("port", 51820)
-            self.config["vpn"]["endpoint"] = ROOT_SIDE
-            self.extras.hostfwds.append(f"udp:{ROOT_SIDE}:{port}-:{port}")
+            # The client sits beside the router's uplink (vpn_client.py says why not a forward)
+            # and dials the uplink's own address, as it would dial the router's public address.
+            self.vpn_wire = Wire.random()
+            self.config["vpn"]["endpoint"] = UPLINK_GUEST_IP
         self.config_path = workdir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         shutil.copy(self.config_path, artifacts / "cluster.yaml")
@@ -195,9 +193,8 @@ class TestCluster:
 
     def _make_vpn_client(self, env: dict) -> None:
         """`bake.py vpn-client e2e` as a user runs it (before the router bake, which takes the
-        peer in), and the netns that will use the config; its veth must exist before QEMU binds
-        the UDP forward to it."""
-        from tests.fakes.vpn_client import NetnsVpnClient
+        peer in), and the netns beside the router's uplink that will use the config."""
+        from .vpn_client import NetnsVpnClient
 
         cmd = [sys.executable, str(REPO / "bake.py"), "vpn-client", "e2e", "--config", str(self.config_path),
                "--secrets", str(self.workdir / "secrets")]
@@ -205,7 +202,7 @@ class TestCluster:
         if proc.returncode != 0:
             raise AssertionError(f"bake.py vpn-client failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         conf = self.workdir / "secrets" / "wireguard" / "clients" / "e2e.conf"
-        self.vpn_client = NetnsVpnClient(self.workdir, conf.read_text())
+        self.vpn_client = NetnsVpnClient(self.workdir, conf.read_text(), self.vpn_wire)
         self.vpn_client.create_link()
 
     def image(self, role: str) -> Path:
@@ -222,7 +219,8 @@ class TestCluster:
             uplink = None
             segments = ()
             if role == "router":
-                uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds)
+                uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds,
+                                side_wire=self.vpn_wire)
                 segments = (self.dns.segment,)
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,

@@ -16,6 +16,7 @@ import ctypes
 import os
 import shlex
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -53,19 +54,76 @@ class Lan:
         return f"socket,id={ident},mcast={self.group}:{self.port},localaddr=127.0.0.1"
 
 
+@dataclass(frozen=True)
+class Wire:
+    """A local-only point-to-point Ethernet link: a QEMU socket netdev and a peer in this
+    process exchange frames as UDP datagrams on 127.0.0.1.
+
+    Unlike a multicast segment (Lan), a QEMU port never hears its own frames back. That matters
+    on a hub: QEMU's user network would take its own echoed replies for guest traffic and answer
+    them with resets.
+    """
+
+    qemu_port: int
+    peer_port: int
+
+    @classmethod
+    def random(cls) -> "Wire":
+        ports = []
+        for _ in range(2):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        return cls(*ports)
+
+    def reversed(self) -> "Wire":
+        """The other end's view: lets two peers in this process be wired to each other."""
+        return Wire(self.peer_port, self.qemu_port)
+
+    def netdev(self, ident: str) -> str:
+        return f"socket,id={ident},udp=127.0.0.1:{self.peer_port},localaddr=127.0.0.1:{self.qemu_port}"
+
+    def peer_socket(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", self.peer_port))
+        s.connect(("127.0.0.1", self.qemu_port))
+        return s
+
+
+# The address QEMU's user network leases to the first (here: the only) guest NIC on it.
+UPLINK_GUEST_IP = "10.0.2.15"
+
+
 @dataclass
 class Uplink:
-    """QEMU user networking, restrict=on: the guest reaches nothing but the forwards given here."""
+    """QEMU user networking, restrict=on: the guest reaches nothing but the forwards given here.
+
+    With `side_wire`, the NIC sits on a QEMU hub that also joins that local-only wire, so a
+    test-side host (ceil_e2e.vpn_client.NetnsTap) can talk to the uplink directly, e.g. over
+    UDP, which restrict=on never lets out of the guest through a forward.
+    """
 
     ssh_port: int                                   # 127.0.0.1:<ssh_port> -> guest :22
     guestfwds: list[str] = field(default_factory=list)  # from fakes.Internet.guestfwds()
-    extra_hostfwds: list[str] = field(default_factory=list)  # e.g. "udp:127.0.0.1:51820-:51820"
+    extra_hostfwds: list[str] = field(default_factory=list)  # e.g. "tcp:127.0.0.1:8080-:8080"
+    side_wire: Wire | None = None
 
-    def netdev(self, ident: str) -> str:
+    def user_netdev(self, ident: str) -> str:
         parts = [f"user,id={ident},restrict=on,net=10.0.2.0/24", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
         parts += [f"hostfwd={h}" for h in self.extra_hostfwds]
         parts += [f"guestfwd={g}" for g in self.guestfwds]
         return ",".join(parts)
+
+    def netdev_args(self, ident: str) -> list[str]:
+        """-netdev arguments that end in a netdev called `ident` for the NIC."""
+        if self.side_wire is None:
+            return ["-netdev", self.user_netdev(ident)]
+        hub = "hubid=7"  # any id: hubs are per QEMU process
+        return ["-netdev", self.user_netdev(f"{ident}-user"),
+                "-netdev", f"hubport,id={ident}-hub-user,{hub},netdev={ident}-user",
+                "-netdev", self.side_wire.netdev(f"{ident}-side"),
+                "-netdev", f"hubport,id={ident}-hub-side,{hub},netdev={ident}-side",
+                "-netdev", f"hubport,id={ident},{hub}"]
 
 
 def mac_for(run_id: int, index: int, nic: int) -> str:
@@ -173,7 +231,7 @@ class Guest:
                     "-device", f"virtio-net-pci,netdev=lan,mac={mac_for(self.run_id, self.index, nic)}"]
             nic += 1
         if self.uplink:
-            cmd += ["-netdev", self.uplink.netdev("up"),
+            cmd += [*self.uplink.netdev_args("up"),
                     "-device", f"virtio-net-pci,netdev=up,mac={mac_for(self.run_id, self.index, nic)}"]
             nic += 1
         for i, seg in enumerate(self.segments):

@@ -1,0 +1,58 @@
+"""ceil_infra.helpers.run_as_root_detached, run against this machine through a stand-in host."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+
+from ceil_infra.helpers import run_as_root_detached  # noqa: E402
+
+
+class LocalHost:
+    """The two testinfra Host methods the helper uses, on this machine; `sudo` runs as is."""
+
+    def __init__(self, bindir: Path):
+        self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+        self.commands: list[str] = []
+
+    def run(self, command: str):
+        self.commands.append(command)
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=self.env,
+                              stdin=subprocess.DEVNULL)
+        done.rc = done.returncode  # testinfra's name for it
+        return done
+
+    def run_expect(self, codes, command: str):
+        done = self.run(command)
+        assert done.rc in codes, done.stderr
+        return done
+
+
+@pytest.fixture
+def host(tmp_path):
+    if not os.access("/run", os.W_OK):
+        pytest.skip("needs a writable /run (the helper's result files live there, as on the machines)")
+    sudo = tmp_path / "sudo"
+    sudo.write_text('#!/bin/sh\nexec "$@"\n')
+    sudo.chmod(0o755)
+    return LocalHost(tmp_path)
+
+
+def test_detached_script_reads_stdin_from_a_private_file_and_leaves_nothing(host, tmp_path):
+    haystack = tmp_path / "disk"
+    haystack.write_bytes(b"\0" * 4096 + b"xx-s3cret-token-xx" + b"\0" * 4096)
+    out = run_as_root_detached(host, f"grep -aoF -f - {haystack}", "a scan", stdin="s3cret-token\nnot-there",
+                               every=0.1)
+    assert out.strip() == "s3cret-token"
+    assert not any("s3cret" in c for c in host.commands if "CEIL_EOF" not in c), "secret on a command line"
+    assert not list(Path("/run").glob(f"ceil-check-{os.getpid()}-*"))
+
+
+def test_detached_script_times_out_naming_what_it_waited_for_and_is_stopped(host):
+    with pytest.raises(AssertionError, match="a slow scan"):
+        run_as_root_detached(host, "sleep 31.5", "a slow scan", timeout=1, every=0.1)
+    assert subprocess.run(["pgrep", "-f", "sleep 31.5"], capture_output=True).returncode == 1
