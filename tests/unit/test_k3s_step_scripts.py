@@ -86,7 +86,8 @@ def test_agent_step_writes_config_password_and_unit(payload, stubs):
     assert "ExecStart=/usr/local/bin/k3s agent" in (root / "etc/systemd/system/k3s-agent.service").read_text()
     assert not (root / "var/lib/rancher/k3s/server").exists()
     calls = stubs[1].read_text()
-    assert "systemctl enable k3s-agent.service" in calls and "start --no-block k3s-agent.service" in calls
+    assert "systemctl daemon-reload" in calls  # a new unit file: systemd must read it
+    assert "systemctl enable --no-reload k3s-agent.service" in calls and "start --no-block k3s-agent.service" in calls
 
 
 def test_server_step_installs_the_ca_set_byte_exact(payload, stubs):
@@ -113,6 +114,7 @@ def test_rerun_after_success_changes_nothing_and_restarts_nothing(payload, stubs
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
     assert "restart" not in stubs[1].read_text()
+    assert "daemon-reload" not in stubs[1].read_text()  # the unit file did not change
 
 
 def test_no_lan_address_yet_is_transient(payload, stubs):

@@ -33,5 +33,5 @@ if ! cmp -s "$src" "$dst"; then
 fi
 
 # chrony.service on Debian/Ubuntu (chronyd.service is an alias there).
-systemctl enable chrony.service
+systemctl enable --no-reload chrony.service
 systemctl restart chrony.service

@@ -9,4 +9,4 @@ if [ ! -s /etc/ceil/secrets/ddns-token ]; then
 fi
 mkdir -p /var/lib/ceil/ddns
 chmod 700 /var/lib/ceil/ddns
-systemctl enable --now ceil-ddns-update.timer
+systemctl enable --no-reload --now ceil-ddns-update.timer

@@ -35,7 +35,7 @@ fi
 mkdir -p /etc/dnsmasq.d /var/lib/misc
 install_file "$src" "$dst"
 
-systemctl enable dnsmasq.service
+systemctl enable --no-reload dnsmasq.service
 systemctl restart dnsmasq.service
 
 /usr/local/lib/ceil/steps/router-resolver.sh

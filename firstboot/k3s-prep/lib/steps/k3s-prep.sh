@@ -87,6 +87,6 @@ fi
 # Later boots: hold time-sync.target (which k3s is ordered after) until chrony has synced, so
 # k3s never starts on the stale clock a Pi without RTC wakes up with.
 if systemctl cat chrony-wait.service >/dev/null 2>&1; then
-    systemctl enable chrony-wait.service >/dev/null
+    systemctl enable --no-reload chrony-wait.service >/dev/null
 fi
 log "swap off, modules and sysctls set, clock synchronised ($(chronyc -n tracking | sed -n 's/^Reference ID *: //p'))"

@@ -21,7 +21,7 @@ if ! cmp -s "$src" "$dst"; then
     mv -f "$dst.ceil-tmp" "$dst"
 fi
 
-systemctl enable wg-quick@wg0.service
+systemctl enable --no-reload wg-quick@wg0.service
 # reload = `wg syncconf` when wg0 is already up (a re-run), start otherwise.
 systemctl reload-or-restart wg-quick@wg0.service
 wg show wg0 listen-port
