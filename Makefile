@@ -36,9 +36,10 @@ bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a loca
 	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
 
-test: setup ## Set up and run every test CI runs (unit, image, rendered-config and browser tests)
+test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, then the QEMU e2e suite (amd64, ~50 min)
 	$(PY) -m pytest -m "not e2e"
-test-unit: venv ## Fast unit and image tests only
+	$(MAKE) e2e ARCH=amd64
+test-unit: venv ## Fast unit and image tests only (what `make test` runs before the e2e suite)
 	$(PY) -m pytest -m "not e2e"
 testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images (ARCH=arm64|amd64)
 	$(PY) -m testbed.build --flavor testbed-ubuntu --arch $(ARCH)
