@@ -93,7 +93,7 @@ def test_units_enabled_by_their_step_are_enabled_there(payloads):
 
 
 def test_steps_never_reload_systemd_just_to_enable_a_unit(payloads):
-    """Each `systemctl enable` reloads systemd unless told not to: up to a minute each on a
+    """Each `systemctl enable` (disable, mask, ...) reloads systemd unless told not to: up to a minute each on a
     starved machine, and they queue behind each other when steps run in parallel (the router's
     first boot spent minutes on them in the QEMU suite). Steps only add symlinks for units
     systemd already knows, and start those units themselves, so no reload is needed."""
@@ -103,7 +103,8 @@ def test_steps_never_reload_systemd_just_to_enable_a_unit(payloads):
             if not script.is_file():
                 continue
             for line in script.read_text().splitlines():
-                if re.search(r"(systemctl|SYSTEMCTL\}?) +enable\b", line) and not line.lstrip().startswith("#"):
+                if re.search(r"(systemctl|SYSTEMCTL\}?) +(enable|disable|mask|unmask|reenable)\b", line) \
+                        and not line.lstrip().startswith("#"):
                     seen += 1
                     assert "--no-reload" in line, f"{role}: {script.relative_to(p.root)}: {line.strip()}"
     assert seen >= 8

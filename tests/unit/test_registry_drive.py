@@ -73,7 +73,7 @@ def test_drive_is_formatted_once_and_mounted_by_label(tmp_path, loop_drive):
     assert label_of(loop_drive) == "ceil-registry" and calls.count("wipefs") == 1
     uuid = subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", loop_drive],
                           capture_output=True, text=True).stdout.strip()
-    assert "systemctl mask docker-registry.service" in calls
+    assert "systemctl mask --no-reload docker-registry.service" in calls
     assert "systemctl enable --no-reload ceil-registry-mirror.service ceil-registry-private.service" in calls
     # A re-run (power cut before the done-marker) must not format again nor add a second line.
     second, calls = run_step(tmp_path, loop_drive)

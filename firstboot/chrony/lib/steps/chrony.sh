@@ -33,5 +33,7 @@ if ! cmp -s "$src" "$dst"; then
 fi
 
 # chrony.service on Debian/Ubuntu (chronyd.service is an alias there).
-systemctl enable --no-reload chrony.service
+# The package enabled it already; asking again would run its SysV script through update-rc.d,
+# which reloads systemd (--no-reload notwithstanding).
+systemctl is-enabled --quiet chrony.service || systemctl enable --no-reload chrony.service
 systemctl restart chrony.service

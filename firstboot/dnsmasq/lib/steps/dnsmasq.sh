@@ -35,7 +35,9 @@ fi
 mkdir -p /etc/dnsmasq.d /var/lib/misc
 install_file "$src" "$dst"
 
-systemctl enable --no-reload dnsmasq.service
+# The package enabled it already; asking again would run its SysV script through update-rc.d,
+# which reloads systemd (--no-reload notwithstanding).
+systemctl is-enabled --quiet dnsmasq.service || systemctl enable --no-reload dnsmasq.service
 systemctl restart dnsmasq.service
 
 /usr/local/lib/ceil/steps/router-resolver.sh

@@ -38,14 +38,14 @@ done
 # rpi-swap / systemd-zram-generator (Trixie); Ubuntu may have a swap file in fstab.
 for unit in dphys-swapfile.service zramswap.service rpi-zram-writeback.timer; do
     if systemctl cat "$unit" >/dev/null 2>&1; then
-        systemctl disable --now "$unit" >/dev/null 2>&1 || true
-        systemctl mask "$unit" >/dev/null
+        systemctl disable --no-reload --now "$unit" >/dev/null 2>&1 || true
+        systemctl mask --no-reload "$unit" >/dev/null
     fi
 done
 swapoff -a
 systemctl list-units --type=swap --all --plain --no-legend 2>/dev/null | awk '{print $1}' |
     while read -r unit; do
-        if [ -n "$unit" ]; then systemctl mask --now "$unit" >/dev/null 2>&1 || true; fi
+        if [ -n "$unit" ]; then systemctl mask --no-reload --now "$unit" >/dev/null 2>&1 || true; fi
     done
 if [ -f "$ROOT/etc/fstab" ] && grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' "$ROOT/etc/fstab"; then
     sed -E 's@^([^#].*[[:space:]]swap[[:space:]].*)$@#ceil (k3s-prep, no swap): \1@' "$ROOT/etc/fstab" >"$ROOT/etc/.fstab.ceil-tmp"

@@ -32,7 +32,9 @@ fi
 # Firewall first, then forwarding: the LAN is never routed without the rules in place.
 install_file "$rules_src" "$rules_dst"
 chmod 0755 "$rules_dst"
-systemctl enable --no-reload nftables.service
+# The package enabled it already; asking again would run its SysV script through update-rc.d,
+# which reloads systemd (--no-reload notwithstanding).
+systemctl is-enabled --quiet nftables.service || systemctl enable --no-reload nftables.service
 # nftables.service is a oneshot with RemainAfterExit: restart re-reads the file; it stops with
 # `nft flush ruleset` in between, so load the file directly (one transaction) instead.
 systemctl start nftables.service
