@@ -218,7 +218,7 @@ def test_netns_taps_at_the_two_ends_of_a_wire_reach_each_other():
                                     stdout=subprocess.PIPE, text=True)
         try:
             assert listener.stdout.readline().strip() == "ready"
-            assert _tcp_greeting(a, "10.9.0.2", 2222) == "hello from b"
+            assert a.tcp_banner("10.9.0.2", 2222) == "hello from b"
         finally:
             listener.kill()
             listener.wait()
@@ -235,6 +235,7 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
     """The VPN client's path: a host on the side wire gets to QEMU's user network on the
     uplink's hub: it reaches a guestfwd, the one thing restrict=on lets through. No guest OS
     needed (but a running VM: QEMU delivers no packets while it is paused)."""
+    from ceil_e2e.cluster import free_port
     from ceil_e2e.vpn_client import CLIENT_IP, CLIENT_MAC, NetnsTap
 
     import socket
@@ -244,14 +245,14 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
     server = socket.create_server(("127.0.0.1", 0))
     threading.Thread(target=lambda: server.accept()[0].sendall(greeting.encode() + b"\n"), daemon=True).start()
     forward = f"tcp:10.0.2.100:80-cmd:socat STDIO TCP:127.0.0.1:{server.getsockname()[1]}"
-    uplink = vm.Uplink(ssh_port=_free_port(), guestfwds=[forward], side_wire=vm.Wire.random())
+    uplink = vm.Uplink(ssh_port=free_port(), guestfwds=[forward], side_wire=vm.Wire.random())
     cmd = [*vm.QEMU["amd64"], "-display", "none", "-monitor", "none", "-nodefaults",
            *uplink.netdev_args("up"), "-device", "virtio-net-pci,netdev=up"]
     qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         tap = NetnsTap(uplink.side_wire, f"ceilth{os.getpid() % 1000}", CLIENT_IP, CLIENT_MAC)
         try:
-            assert _tcp_greeting(tap, "10.0.2.100", 80) == greeting
+            assert tap.tcp_banner("10.0.2.100", 80) == greeting
         finally:
             tap.close()
         assert qemu.poll() is None, qemu.stderr.read().decode()
@@ -260,16 +261,3 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
         qemu.wait()
         server.close()
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tcp_greeting(tap, ip: str, port: int) -> str:
-    code = (f"import socket;s=socket.create_connection(({ip!r},{port}),timeout=10);"
-            "print(s.recv(256).decode().strip())")
-    return tap.run(sys.executable, "-c", code).strip()

@@ -69,6 +69,12 @@ class NetnsTap:
     def run(self, *cmd: str) -> str:
         return _run(["ip", "netns", "exec", self.ns, *cmd])
 
+    def tcp_banner(self, ip: str, port: int = 22, timeout: float = 10) -> str:
+        """The first line a TCP service sends (an SSH server greets with `SSH-2.0-...`)."""
+        code = (f"import socket;s=socket.create_connection(({ip!r},{port}),timeout={timeout});"
+                "print(s.recv(256).decode(errors='replace').splitlines()[0])")
+        return self.run("python3", "-c", code).strip()
+
     def _relay(self) -> None:
         while not self._stop.is_set():
             try:
@@ -125,10 +131,7 @@ class NetnsVpnClient:
         self._up = False
 
     def tcp_banner(self, ip: str, port: int = 22, timeout: float = 10) -> str:
-        """The first line a TCP service sends (an SSH server greets with `SSH-2.0-...`)."""
-        code = (f"import socket;s=socket.create_connection(({ip!r},{port}),timeout={timeout});"
-                "print(s.recv(256).decode(errors='replace').splitlines()[0])")
-        return self.link.run("python3", "-c", code).strip()
+        return self.link.tcp_banner(ip, port, timeout)
 
     def handshake_seconds(self) -> int:
         out = self.link.run("wg", "show", self.conf.stem, "latest-handshakes")

@@ -77,12 +77,11 @@ if [ "$MODE" = server ] && [ -d "$SECRETS/tls" ]; then
     chmod 0700 "$TLS"
 fi
 
-unit_changed="$CHANGED"
-CHANGED=""
-install_file "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" 0644
 # A daemon-reload costs up to a minute on a starved machine: only when the unit file is new.
-[ -z "$CHANGED" ] || systemctl daemon-reload
-CHANGED="$unit_changed$CHANGED"
+unit_new=""
+cmp -s "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" || unit_new=yes
+install_file "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" 0644
+[ -z "$unit_new" ] || systemctl daemon-reload
 systemctl enable --no-reload "$UNIT" >/dev/null
 # --no-block: k3s (notify) reports ready only once it has joined; joining is k3s's own retry
 # loop under Restart=always, not this step's.
