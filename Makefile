@@ -44,7 +44,7 @@ test-unit: venv ## Fast unit and image tests only (what `make test` runs before 
 testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images (ARCH=arm64|amd64)
 	$(PY) -m testbed.build --flavor testbed-ubuntu --arch $(ARCH)
 e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH (ARCH=amd64 is faster)
-	CEIL_E2E_ARCH=$(ARCH) $(PY) -m pytest -m e2e tests/e2e tests/infra
+	CEIL_E2E_ARCH=$(ARCH) $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write

@@ -22,6 +22,7 @@ from ceil_infra.fixtures import (  # noqa: E402,F401  (fixtures are used by name
     router,
     targets,
 )
+from ceil_e2e import session as e2e_session  # noqa: E402
 from ceil_e2e.hooks import diagnostics_on_failure  # noqa: E402
 
 
@@ -31,6 +32,12 @@ def pytest_generate_tests(metafunc):
 
 def pytest_runtest_makereport(item, call):
     diagnostics_on_failure(item, call)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Before the session's cleanup shuts the cluster down: its first boots are recorded in the
+    # first-boot cache only if everything passed (ceil_e2e.firstboot_cache).
+    e2e_session.finish(passed=exitstatus == 0 and session.testsfailed == 0)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,6 +64,20 @@ class FakeCloudflare:
             return {"requests": list(self.requests), "records": list(self.records.values()),
                     "writes": self.writes, "public_ip": self.public_ip}
 
+    def export_state(self) -> dict:
+        """Everything a later run needs to carry on from here (JSON): see import_state."""
+        with self.lock:
+            return {"zone_id": self.zone_id, "public_ip": self.public_ip,
+                    "records": list(self.records.values()), "requests": list(self.requests)}
+
+    def import_state(self, state: dict) -> None:
+        """Carry on from an exported state, as if this fake had served those requests itself
+        (the e2e first-boot cache restores the machines that made them)."""
+        with self.lock:
+            self.zone_id, self.public_ip = state["zone_id"], state["public_ip"]
+            self.records = {r["id"]: dict(r) for r in state["records"]}
+            self.requests = list(state["requests"])
+
     def _add_record(self, name: str, content: str) -> dict:
         rec = {"id": uuid.uuid4().hex, "type": "A", "name": name, "content": content,
                "ttl": 1, "proxied": False, "zone_id": self.zone_id, "zone_name": self.zone}

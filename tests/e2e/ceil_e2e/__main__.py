@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--roles", help="comma-separated subset, e.g. router,one (default: all)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for first boot to finish")
     args = ap.parse_args()
-    c = session.new_cluster("main", roles=args.roles.split(",") if args.roles else None)
+    c = session.new_cluster("main", roles=args.roles.split(",") if args.roles else None, reuse=True)
     try:
         if not args.no_wait:
             for role in c.machines:

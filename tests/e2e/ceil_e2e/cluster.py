@@ -133,6 +133,8 @@ class TestCluster:
         self.machines: dict[str, Machine] = {}
         self.ssh = self._ssh_config()
         self.cluster = None  # ceil.config.Cluster, after bake()
+        self.first_boot_cache = None  # firstboot_cache.Entry this run restored instead of baking
+        self.recorder = None  # firstboot_cache.Recorder: saves each disk at its first boot
 
     # -- configuration ------------------------------------------------------------------------
     @property
@@ -194,16 +196,44 @@ class TestCluster:
     def _make_vpn_client(self, env: dict) -> None:
         """`bake.py vpn-client e2e` as a user runs it (before the router bake, which takes the
         peer in), and the netns beside the router's uplink that will use the config."""
-        from .vpn_client import NetnsVpnClient
-
         cmd = [sys.executable, str(REPO / "bake.py"), "vpn-client", "e2e", "--config", str(self.config_path),
                "--secrets", str(self.workdir / "secrets")]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         if proc.returncode != 0:
             raise AssertionError(f"bake.py vpn-client failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+        self._attach_vpn_client()
+
+    def _attach_vpn_client(self) -> None:
+        from .vpn_client import NetnsVpnClient
+
         conf = self.workdir / "secrets" / "wireguard" / "clients" / "e2e.conf"
         self.vpn_client = NetnsVpnClient(self.workdir, conf.read_text(), self.vpn_wire)
         self.vpn_client.create_link()
+
+    def restore(self, entry) -> None:
+        """Instead of bake(): the disks, secrets and MAC seed of a cached first boot.
+
+        `entry` is a firstboot_cache.Entry whose work directory (SSH key, secrets, bake output)
+        was copied into this run's before it was made; the disks come now.
+        """
+        recorded = yaml.safe_load((entry.dir / "workdir" / "cluster.yaml").read_text())
+        if recorded != self.config:
+            raise AssertionError(
+                f"the cached first boot {entry.dir} was baked from another cluster.yaml than this run's: "
+                "its key misses an input (tests/e2e/ceil_e2e/firstboot_cache.py). Run with CEIL_E2E_FRESH=1 "
+                "or remove that directory.")
+        from ceil.config import load_cluster
+
+        self.cluster = load_cluster(self.config_path)
+        self.run_id = entry.state["run_id"]  # the MACs the machines were installed with
+        entry.restore_disks(self.workdir / "out", self.roles)
+        entry.restore_logs(self.artifacts)
+        if self.extras.cloudflare is not None and "cloudflare" in entry.state:
+            self.extras.cloudflare.import_state(entry.state["cloudflare"])
+        if self.vpn_wire is not None:
+            self._attach_vpn_client()
+        self.first_boot_cache = entry
+        log(f"restored the first boot of {', '.join(self.roles)} from the first-boot cache {entry.describe()}")
 
     def image(self, role: str) -> Path:
         return self.workdir / "out" / f"ceil-{role}.img"
@@ -263,6 +293,8 @@ class TestCluster:
             readiness.wait_firstboot(self.ssh, role, self.timeouts.firstboot, [m.guest, *others], progress)
             m.timings["firstboot_s"] = round(time.monotonic() - m.guest.started_at)
             log(f"{role}: ceil-firstboot.target reached after {m.timings['firstboot_s']}s")
+            if self.recorder is not None:
+                self.recorder.save_machine(self, role)  # once per machine: its first first boot
         return m
 
     def host(self, role: str):

@@ -10,6 +10,7 @@ atexit) releases it. Settings come from the environment (docs/testing.md lists t
   CEIL_E2E_WORKDIR    where disks go (default /var/tmp); removed at the end unless CEIL_E2E_KEEP=1
   CEIL_E2E_OVERRIDES  YAML merged into the test cluster.yaml, e.g. '{ddns: {enabled: false}}'
   CEIL_E2E_BAKE_ARGS  extra bake.py arguments, e.g. '--airgap /path/to/k3s-stand-in'
+  CEIL_E2E_FRESH      1: boot the main cluster from scratch even if the first-boot cache has it
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from . import firstboot_cache
 from .cluster import BASE_ENV, REPO, TestCluster, deep_merge, log
 from .fakes import DNS_ANSWER, DNS_NAME, WEB_BODY
 
@@ -82,10 +84,12 @@ def remove_stale_workdirs(parent: Path) -> None:
 
 
 def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[str] | None = None,
-                after_bake=None) -> TestCluster:
+                after_bake=None, reuse: bool = False, record: bool = False) -> TestCluster:
     """A baked, booted (not yet awaited) test cluster; the caller must close() it.
 
     `after_bake(cluster)` may change the baked images before the first boot (e.g. break them).
+    `reuse`: boot the first-boot cache's disks instead of baking when it has this run's inputs;
+    `record`: otherwise record this run's first boots into it (firstboot_cache.py).
     """
     s = settings()
     tb = testbed(s["arch"], s["flavor"])
@@ -95,6 +99,15 @@ def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[s
     remove_stale_workdirs(s["workdir"])
     workdir = Path(tempfile.mkdtemp(prefix=f"ceil-e2e-{name}-", dir=s["workdir"]))
     (workdir / "pid").write_text(str(os.getpid()))
+    entry = key = None
+    if reuse or record:
+        key = firstboot_cache.inputs_key(tb.dir, s["arch"], os.environ)
+        if key is None:
+            log("first-boot cache off: no git checkout to hash")
+    if key and reuse:
+        entry = firstboot_cache.lookup(CACHE, key[0], roles)
+        if entry is not None:
+            entry.restore_workdir(workdir)  # before the cluster is made: it keeps the SSH key found
     over = {"flavor": tb.manifest["flavor"]}  # the arch's twin, e.g. testbed-ubuntu-amd64
     over = deep_merge(deep_merge(over, yaml.safe_load(os.environ.get("CEIL_E2E_OVERRIDES") or "{}") or {}),
                       overrides or {})
@@ -102,10 +115,15 @@ def new_cluster(name: str = "main", overrides: dict | None = None, roles: list[s
                     bake_args=shlex.split(os.environ.get("CEIL_E2E_BAKE_ARGS", "")))
     try:
         c.extras.hostfwds += [f"tcp:127.0.0.1:{c.probe_port(p)}-:{p}" for p in PROBE_PORTS if p != 22]
-        t = c.bake()
-        log(f"baked in {t:.0f}s")
-        if after_bake:
-            after_bake(c)
+        if entry is not None:
+            c.restore(entry)
+        else:
+            t = c.bake()
+            log(f"baked in {t:.0f}s")
+            if after_bake:
+                after_bake(c)
+            if key and record:
+                c.recorder = firstboot_cache.Recorder(CACHE, key[0], key[1], c.roles)
         c.make_guests()
         c.start_all()
     except BaseException:
@@ -120,7 +138,7 @@ def get(pytest_config=None) -> TestCluster:
         raise _session["error"]
     if "cluster" not in _session:
         try:
-            _session["cluster"] = new_cluster("main")
+            _session["cluster"] = new_cluster("main", reuse=True, record=True)
         except BaseException as exc:
             _session["error"] = exc
             raise
@@ -152,9 +170,26 @@ def ready(role: str, firstboot: bool) -> None:
         raise
 
 
+def first_boot_verified(c: TestCluster) -> None:
+    """The first-boot test passed: this run's first boots may go into the first-boot cache."""
+    if c.recorder is not None:
+        c.recorder.verified = True
+
+
+def finish(passed: bool) -> None:
+    """pytest_sessionfinish: whether the whole session passed (the cache records only then)."""
+    _session["passed"] = passed
+
+
 def shutdown() -> None:
     c = _session.pop("cluster", None)
     if c is not None:
+        if c.recorder is not None:
+            try:
+                c.recorder.commit(c, failed=not _session.get("passed", False))
+            except Exception as exc:  # a cache problem must not hide the run's result
+                log(f"first-boot cache: recording failed: {exc}")
+                c.recorder.discard()
         c.close()
         log(f"artefacts: {c.artifacts}")
 
