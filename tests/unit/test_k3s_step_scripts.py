@@ -59,7 +59,8 @@ def payload(cluster_yaml, tmp_path):
 
 def run(script: Path, root: Path, stubs, *args: str, **stub_env: str) -> subprocess.CompletedProcess:
     bin_dir, _ = stubs
-    env = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{bin_dir}:{os.environ['PATH']}", **stub_env}
+    env = {**os.environ, "CEIL_ROOT": str(root), "CEIL_LIB": str(REPO / "firstboot/common/lib"),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}", **stub_env}
     for name in STUBBED:  # never reach a real system command from these tests
         assert (bin_dir / name).is_file()
     return subprocess.run(["sh", str(script), *args], env=env, capture_output=True, text=True, timeout=60)

@@ -84,7 +84,8 @@ def scratch(tmp_path, ssh_pubkey):
     script = tmp_path / "payload/lib/steps/wifi-uplink.sh"
 
     def run(**env: str) -> subprocess.CompletedProcess:
-        full = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{stubs}:{os.environ['PATH']}",
+        full = {**os.environ, "CEIL_ROOT": str(root), "CEIL_LIB": str(tmp_path / "payload/lib"),
+                "PATH": f"{stubs}:{os.environ['PATH']}",
                 "STUB_IP_OUT": "3: wlan0    inet 192.168.1.23/24 brd 192.168.1.255 scope global wlan0", **env}
         return subprocess.run(["sh", str(script)], env=full, capture_output=True, text=True, timeout=60)
 

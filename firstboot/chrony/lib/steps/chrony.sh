@@ -3,6 +3,7 @@
 # router) and restart chrony.
 # Idempotent: atomic replace when different; chrony.conf gets its include line only when missing.
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 src=/etc/ceil/chrony/ceil.conf
 dst=/etc/chrony/conf.d/ceil.conf
@@ -24,16 +25,8 @@ if ! grep -Eq '^[[:space:]]*(confdir|include)[[:space:]]+/etc/chrony/conf\.d' "$
     printf 'include /etc/chrony/conf.d/*.conf\n' >> "$conf"
 fi
 
-mkdir -p /etc/chrony/conf.d
-if ! cmp -s "$src" "$dst"; then
-    tmp=/etc/chrony/conf.d/.ceil.conf.ceil-tmp   # not *.conf: never included half-written
-    cp "$src" "$tmp"
-    sync "$tmp" 2>/dev/null || sync
-    mv -f "$tmp" "$dst"
-fi
+ceil_replace "$src" "$dst"
 
 # chrony.service on Debian/Ubuntu (chronyd.service is an alias there).
-# The package enabled it already; asking again would run its SysV script through update-rc.d,
-# which reloads systemd (--no-reload notwithstanding).
-systemctl is-enabled --quiet chrony.service || systemctl enable --no-reload chrony.service
+ceil_enable chrony.service
 systemctl restart chrony.service

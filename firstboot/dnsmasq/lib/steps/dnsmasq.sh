@@ -3,19 +3,10 @@
 # Idempotent: every file is replaced atomically and only when it differs; a re-run after a power
 # cut converges. The lease file is never touched, so reservations and leases survive.
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 src=/etc/ceil/dnsmasq/ceil.conf
 dst=/etc/dnsmasq.d/ceil.conf
-
-# install_file SRC DST: atomic replace when different. The temp name starts with "." because
-# dnsmasq's conf-dir skips dot-files, so a temp left by a power cut is never read.
-install_file() {
-    if cmp -s "$1" "$2"; then return 0; fi
-    tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
-    cp "$1" "$tmp"
-    sync "$tmp" 2>/dev/null || sync
-    mv -f "$tmp" "$2"
-}
 
 if [ ! -s "$src" ]; then
     echo "ceil-dnsmasq: $src is missing: the router payload is incomplete; re-bake the router image" >&2
@@ -33,11 +24,9 @@ if ! dnsmasq --test -C "$src" >/dev/null 2>&1; then
 fi
 
 mkdir -p /etc/dnsmasq.d /var/lib/misc
-install_file "$src" "$dst"
+ceil_replace "$src" "$dst"
 
-# The package enabled it already; asking again would run its SysV script through update-rc.d,
-# which reloads systemd (--no-reload notwithstanding).
-systemctl is-enabled --quiet dnsmasq.service || systemctl enable --no-reload dnsmasq.service
+ceil_enable dnsmasq.service
 systemctl restart dnsmasq.service
 
 /usr/local/lib/ceil/steps/router-resolver.sh

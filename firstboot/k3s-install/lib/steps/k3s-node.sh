@@ -10,6 +10,7 @@
 # Exit 1 = transient (the node has no LAN address yet), 3 = permanent (payload incomplete).
 # CEIL_ROOT prefixes every path (tests run it on a scratch tree with stub commands).
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 MODE="${1:-}"
 ROOT="${CEIL_ROOT:-}"
@@ -22,21 +23,9 @@ ETC="$ROOT/etc/ceil/k3s-$MODE"
 SECRETS="$ROOT/etc/ceil/secrets/k3s"
 RANCHER="$ROOT/etc/rancher"
 TLS="$ROOT/var/lib/rancher/k3s/server/tls"
-CHANGED=""
+CEIL_CHANGED=""  # set by ceil_replace when it wrote a file
 
 log() { echo "ceil-k3s-$MODE: $*" >&2; }
-
-# install_file SRC DST MODE: atomic replace when different; notes that something changed.
-install_file() {
-    if cmp -s "$1" "$2"; then return 0; fi
-    mkdir -p "$(dirname "$2")"
-    tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
-    cp "$1" "$tmp"
-    chmod "$3" "$tmp"
-    sync
-    mv -f "$tmp" "$2"
-    CHANGED=yes
-}
 
 for f in "$ETC/config.yaml" "$ETC/$UNIT" "$SECRETS/node-password"; do
     if [ ! -s "$f" ]; then
@@ -60,9 +49,9 @@ if [ -z "$iface" ]; then
 fi
 conf_tmp="$ETC/.config.yaml.composed"
 { cat "$ETC/config.yaml"; echo "flannel-iface: $iface"; } >"$conf_tmp"
-install_file "$conf_tmp" "$RANCHER/k3s/config.yaml" 0600
+ceil_replace "$conf_tmp" "$RANCHER/k3s/config.yaml" 0600
 rm -f "$conf_tmp"
-install_file "$SECRETS/node-password" "$RANCHER/node/password" 0600
+ceil_replace "$SECRETS/node-password" "$RANCHER/node/password" 0600
 
 # The init server's CA set: k3s keeps pre-created CA files and only makes what is missing.
 if [ "$MODE" = server ] && [ -d "$SECRETS/tls" ]; then
@@ -72,7 +61,7 @@ if [ "$MODE" = server ] && [ -d "$SECRETS/tls" ]; then
             log "replacing $dst, which differs from the baked CA (k3s ran before its CA was installed?)"
         fi
         case "$src" in *.key) perm=0600 ;; *) perm=0644 ;; esac
-        install_file "$SECRETS/tls/$src" "$dst" "$perm"
+        ceil_replace "$SECRETS/tls/$src" "$dst" "$perm"
     done
     chmod 0700 "$TLS"
 fi
@@ -80,12 +69,12 @@ fi
 # A daemon-reload costs up to a minute on a starved machine: only when the unit file is new.
 unit_new=""
 cmp -s "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" || unit_new=yes
-install_file "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" 0644
+ceil_replace "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" 0644
 [ -z "$unit_new" ] || systemctl daemon-reload
 systemctl enable --no-reload "$UNIT" >/dev/null
 # --no-block: k3s (notify) reports ready only once it has joined; joining is k3s's own retry
 # loop under Restart=always, not this step's.
-if [ -n "$CHANGED" ] && systemctl is-active --quiet "$UNIT"; then
+if [ -n "$CEIL_CHANGED" ] && systemctl is-active --quiet "$UNIT"; then
     systemctl restart --no-block "$UNIT"
 else
     systemctl start --no-block "$UNIT"

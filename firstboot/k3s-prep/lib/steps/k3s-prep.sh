@@ -7,6 +7,7 @@
 # Exit 1 = transient (clock not synced yet: ceil-step retries), exit 3 = permanent.
 # CEIL_ROOT prefixes every path (tests run the file handling on a scratch tree).
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 ROOT="${CEIL_ROOT:-}"
 ETC="$ROOT/etc/ceil/k3s-prep"
@@ -14,17 +15,6 @@ SECRETS="$ROOT/etc/ceil/secrets/k3s"
 SYNC_TRIES="${CEIL_SYNC_TRIES:-30}"   # chronyc waitsync polls every 2 s: about a minute per try
 
 log() { echo "ceil-k3s-prep: $*" >&2; }
-
-# install_file SRC DST MODE: atomic replace when different (temp name never read by anyone).
-install_file() {
-    if cmp -s "$1" "$2"; then return 0; fi
-    mkdir -p "$(dirname "$2")"
-    tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
-    cp "$1" "$tmp"
-    chmod "$3" "$tmp"
-    sync
-    mv -f "$tmp" "$2"
-}
 
 for f in modules.conf sysctl.conf; do
     if [ ! -s "$ETC/$f" ]; then
@@ -58,19 +48,19 @@ if [ -n "$(swapon --noheadings 2>/dev/null)" ]; then
 fi
 
 # --- kernel modules and sysctls ---------------------------------------------------------------
-install_file "$ETC/modules.conf" "$ROOT/etc/modules-load.d/ceil-k3s.conf" 0644
+ceil_replace "$ETC/modules.conf" "$ROOT/etc/modules-load.d/ceil-k3s.conf" 0644
 grep -Ev '^[[:space:]]*(#|$)' "$ETC/modules.conf" | while read -r mod; do
     if ! modprobe "$mod"; then
         log "kernel module $mod cannot be loaded: this kernel lacks it, and k3s cannot run without it"
         exit 3
     fi
 done
-install_file "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
+ceil_replace "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
 sysctl -q -p "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" >/dev/null
 
 # --- containerd registries (k3s reads it at start) ----------------------------------------------
 if [ -f "$SECRETS/registries.yaml" ]; then
-    install_file "$SECRETS/registries.yaml" "$ROOT/etc/rancher/k3s/registries.yaml" 0600
+    ceil_replace "$SECRETS/registries.yaml" "$ROOT/etc/rancher/k3s/registries.yaml" 0600
 fi
 
 # --- time: no RTC on a Pi; k3s must not issue or check a certificate before the clock is right --

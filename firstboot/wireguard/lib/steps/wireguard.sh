@@ -2,6 +2,7 @@
 # ceil step "wireguard": install the baked wg0.conf and keep wg-quick@wg0 enabled and up.
 # Idempotent: the config is replaced atomically only when it differs; enable/start converge.
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 src=/etc/ceil/secrets/wireguard/wg0.conf
 dst=/etc/wireguard/wg0.conf
@@ -15,13 +16,9 @@ fi
 umask 077
 mkdir -p /etc/wireguard
 chmod 700 /etc/wireguard
-if ! cmp -s "$src" "$dst"; then
-    cp "$src" "$dst.ceil-tmp"
-    sync "$dst.ceil-tmp" 2>/dev/null || sync
-    mv -f "$dst.ceil-tmp" "$dst"
-fi
+ceil_replace "$src" "$dst" 0600
 
-systemctl enable --no-reload wg-quick@wg0.service
+ceil_enable wg-quick@wg0.service
 # reload = `wg syncconf` when wg0 is already up (a re-run), start otherwise.
 systemctl reload-or-restart wg-quick@wg0.service
 wg show wg0 listen-port

@@ -1,0 +1,27 @@
+# ceil-lib.sh: shell functions shared by the first-boot step scripts (POSIX sh, sourced):
+#     . "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
+# (CEIL_LIB lets the unit tests run a step from the checkout or a rendered payload.)
+
+# ceil_replace SRC DST [MODE]: make DST a copy of SRC, atomically, only when they differ; sets
+# CEIL_CHANGED=yes when it wrote. The copy is made as ".<name>.ceil-tmp" beside DST: a dot-file,
+# so no conf-dir reader (dnsmasq.d, chrony's conf.d, ifupdown's interfaces.d, ...) ever includes
+# a half-written one that a power cut left behind; it is synced before the rename, so the rename
+# never exposes an empty file. A step re-run after a power cut converges on the same DST.
+ceil_replace() {
+    if cmp -s "$1" "$2"; then return 0; fi
+    mkdir -p "$(dirname "$2")"
+    _ceil_tmp="$(dirname "$2")/.$(basename "$2").ceil-tmp"
+    cp "$1" "$_ceil_tmp"
+    if [ -n "${3:-}" ]; then chmod "$3" "$_ceil_tmp"; fi
+    sync "$_ceil_tmp" 2>/dev/null || sync
+    mv -f "$_ceil_tmp" "$2"
+    CEIL_CHANGED=yes
+}
+
+# ceil_enable UNIT: make sure UNIT is enabled, without reloading systemd. Packages enable their
+# daemons already, and asking again for a unit that also has a SysV script runs update-rc.d,
+# which reloads systemd whatever --no-reload says (30-70 s on a starved machine); so ask only
+# when it is not enabled.
+ceil_enable() {
+    systemctl is-enabled --quiet "$1" || systemctl enable --no-reload "$1"
+}

@@ -1,0 +1,102 @@
+"""firstboot/common/lib/ceil-lib.sh: the shell functions every first-boot step shares.
+
+Run for real with sh (and dash, the shell /bin/sh is on Debian and Ubuntu), on scratch files,
+with a stub systemctl. Plus the rule that keeps it the one way: no step hand-rolls its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LIB = REPO / "firstboot" / "common" / "lib" / "ceil-lib.sh"
+SHELLS = [s for s in ("sh", "dash") if shutil.which(s)]
+
+
+def sh(shell: str, script: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, "CEIL_LIB": str(LIB.parent), **env}
+    return subprocess.run([shell, "-c", f'set -eu\n. "$CEIL_LIB/ceil-lib.sh"\n{script}'], cwd=tmp_path,
+                          env=full, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_replace_writes_only_when_different_and_says_so(shell, tmp_path):
+    (tmp_path / "src").write_text("a = 1\n")
+    dst = tmp_path / "conf.d" / "ceil.conf"  # its directory is made
+    run = 'CEIL_CHANGED=""; ceil_replace src conf.d/ceil.conf 0640; echo "changed=$CEIL_CHANGED"'
+
+    first = sh(shell, run, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "changed=yes"
+    assert dst.read_text() == "a = 1\n" and stat.S_IMODE(dst.stat().st_mode) == 0o640
+    inode = dst.stat().st_ino
+
+    again = sh(shell, run, tmp_path)
+    assert again.stdout.strip() == "changed=", "an identical file was written again"
+    assert dst.stat().st_ino == inode
+
+    (tmp_path / "src").write_text("a = 2\n")
+    third = sh(shell, run, tmp_path)
+    assert third.stdout.strip() == "changed=yes" and dst.read_text() == "a = 2\n"
+    assert dst.stat().st_ino != inode, "replaced in place, not by a rename"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["ceil.conf"], "a temporary file was left"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_replace_after_a_power_cut_mid_copy_converges(shell, tmp_path):
+    """A cut between cp and mv leaves a half-written dot-file temp, never a half-written DST."""
+    (tmp_path / "src").write_text("complete\n")
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / ".ceil.conf.ceil-tmp").write_text("compl")
+    (tmp_path / "conf.d" / "ceil.conf").write_text("old\n")
+    proc = sh(shell, "ceil_replace src conf.d/ceil.conf", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "conf.d" / "ceil.conf").read_text() == "complete\n"
+    assert not (tmp_path / "conf.d" / ".ceil.conf.ceil-tmp").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_replace_failing_stops_the_step(shell, tmp_path):
+    proc = sh(shell, "ceil_replace missing-src dst; echo not-reached", tmp_path)
+    assert proc.returncode != 0 and "not-reached" not in proc.stdout
+    assert not (tmp_path / "dst").exists()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_enable_asks_systemd_only_when_needed_and_never_reloads(tmp_path, enabled):
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls"
+    (stubs / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n[ "$1" = is-enabled ] && exit {0 if enabled else 1}\nexit 0\n')
+    (stubs / "systemctl").chmod(0o755)
+    proc = sh(SHELLS[0], "ceil_enable chrony.service", tmp_path, PATH=f"{stubs}:{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "is-enabled --quiet chrony.service"
+    assert calls[1:] == ([] if enabled else ["enable --no-reload chrony.service"])
+
+
+STEPS = sorted(REPO.glob("firstboot/*/lib/steps/*"))
+# router-resolver.sh writes printf output (not a file copy) and must replace a symlink by a file.
+OWN_WRITER = {"router-resolver.sh"}
+
+
+@pytest.mark.parametrize("step", STEPS, ids=lambda p: p.name)
+def test_steps_use_the_shared_functions(step):
+    text = step.read_text()
+    uses = re.search(r"\bceil_(replace|enable)\b", text)
+    sourced = '. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"' in text
+    if uses:
+        assert sourced, f"{step.name} calls ceil-lib.sh's functions without sourcing it"
+    assert "is-enabled" not in text, f"{step.name}: use ceil_enable (ceil-lib.sh)"
+    if step.name not in OWN_WRITER:
+        rolled = re.search(r"cmp -s[^\n]*\n(?:[^\n]*\n){0,6}?[^\n]*mv -f", text)
+        assert not rolled, f"{step.name} hand-rolls an atomic replace: use ceil_replace (ceil-lib.sh)"
