@@ -146,6 +146,7 @@ def cluster(tmp_path):
 
 def record(tmp_path, cluster, roles=("router", "one")) -> fbc.Recorder:
     rec = fbc.Recorder(str(tmp_path / "cache"), "k1", {"files": 3}, list(roles))
+    assert oct(rec.dir.stat().st_mode & 0o777) == "0o700", "a partial entry holds secrets too"
     for role in roles:
         rec.save_machine(cluster, role)
         rec.save_machine(cluster, role)  # once per machine: later first-boot waits change nothing

@@ -168,7 +168,9 @@ class Recorder:
         self.broken: str | None = None  # why this run cannot record (disk full, copy failed, ...)
         remove_stale(root(cache))
         shutil.rmtree(self.dir, ignore_errors=True)
-        (self.dir / "disks").mkdir(parents=True)
+        self.dir.mkdir(parents=True, mode=0o700)  # the disks hold the run's secrets
+        self.dir.chmod(0o700)  # (mkdir's mode is masked by the umask)
+        (self.dir / "disks").mkdir()
         (self.dir / "logs").mkdir()
 
     def save_machine(self, cluster, role: str) -> None:
@@ -223,7 +225,6 @@ class Recorder:
         (self.dir / "manifest.json").write_text(json.dumps({
             "recorded": time.strftime("%Y-%m-%d %H:%M:%S"), "artifacts": str(cluster.artifacts),
             "roles": self.roles, "timings": self.saved, "inputs": self.parts}, indent=1))
-        os.chmod(self.dir, 0o700)  # it holds the run's secrets
         shutil.rmtree(self.final, ignore_errors=True)
         os.rename(self.dir, self.final)
         prune(self.final.parent)
