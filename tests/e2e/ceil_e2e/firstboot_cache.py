@@ -205,7 +205,7 @@ class Recorder:
 
     def commit(self, cluster, failed: bool) -> Entry | None:
         """Publish the entry if the run proved it: first-boot test passed, no failure, every disk."""
-        why = (self.broken or ("a test failed" if failed else None)
+        why = (self.broken or ("the session did not pass (a failed test, or interrupted)" if failed else None)
                or (None if self.verified else "the first-boot test did not pass in this run")
                or (None if set(self.roles) <= set(self.saved) else
                    f"not every machine finished its first boot ({sorted(set(self.roles) - set(self.saved))} missing)"))

@@ -4,7 +4,7 @@ Imported by tests/infra/conftest.py and tests/e2e/conftest.py. The checks see:
 
   cluster    ceil.config.Cluster as baked (verify: parsed from --cluster-config)
   router     testinfra host of the router, its first boot finished (ceil-firstboot.target)
-  nodes      {name: testinfra host} of the nodes, logged in and cloud-init done
+  nodes      {name: testinfra host} of the nodes, their first boot finished too
   machines   {name: testinfra host} of router + nodes
   machine    one machine name; tests taking it run once per machine (router, one, two, ...)
   host       the testinfra host of `machine`
@@ -82,9 +82,11 @@ class Targets:
     def node_names(self) -> list[str]:
         return [n.name for n in self.cluster.nodes]
 
-    def host(self, name: str, firstboot: bool = False):
+    def host(self, name: str):
+        # QEMU: every check runs after its machine's first boot (a failed step fails the fixture
+        # with the unit's name and journal), and the first-boot cache saves each disk right then.
         if self._ready:
-            self._ready(name, firstboot or name == "router")
+            self._ready(name, True)
         if name not in self._hosts:
             self._hosts[name] = self.ssh.testinfra_host(name)
         return self._hosts[name]
@@ -154,7 +156,7 @@ def fakes(targets):
 
 @pytest.fixture(scope="session")
 def router(targets):
-    return targets.host("router", firstboot=True)
+    return targets.host("router")
 
 
 @pytest.fixture(scope="session")
@@ -170,4 +172,4 @@ def machines(targets, router, nodes) -> dict:
 @pytest.fixture(scope="session")
 def host(targets, machine):
     """Overrides pytest-testinfra's `host`: the machine this parametrised check is about."""
-    return targets.host(machine, firstboot=machine == "router")
+    return targets.host(machine)
