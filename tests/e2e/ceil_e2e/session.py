@@ -44,12 +44,16 @@ _session: dict = {}
 PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 6443, 8080, 8081, 10250)
 
 
+# One default artefacts directory per pytest process: the clusters of one session (broken image,
+# main) and its progress.log belong together.
+_STAMP = time.strftime("%Y%m%d-%H%M%S")
+
+
 def settings() -> dict:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     return {
         "arch": os.environ.get("CEIL_E2E_ARCH", "arm64"),
         "flavor": os.environ.get("CEIL_E2E_FLAVOR", "testbed-ubuntu"),
-        "artifacts": Path(os.environ.get("CEIL_E2E_ARTIFACTS") or REPO / "test-artifacts" / f"e2e-{stamp}"),
+        "artifacts": Path(os.environ.get("CEIL_E2E_ARTIFACTS") or REPO / "test-artifacts" / f"e2e-{_STAMP}"),
         "workdir": Path(os.environ.get("CEIL_E2E_WORKDIR", "/var/tmp")),
     }
 
