@@ -156,18 +156,18 @@ def active() -> TestCluster | None:
     return _session.get("cluster")
 
 
-def ready(role: str, firstboot: bool) -> None:
-    """Wait once per role for readiness; remember a failure so later tests fail fast with it."""
+def ready(role: str) -> None:
+    """Wait once per role for its first boot; remember a failure so later tests fail fast with it."""
     c = get()
-    key = ("ready", role, firstboot)
+    key = ("ready", role)
     if key in _session:
         if isinstance(_session[key], BaseException):
             raise _session[key]
         return
     try:
         if role != "router":
-            ready("router", True)
-        c.wait_ready(role, firstboot=firstboot)
+            ready("router")
+        c.wait_ready(role, firstboot=True)
         _session[key] = True
     except BaseException as exc:
         _session[key] = exc

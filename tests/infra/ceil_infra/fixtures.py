@@ -75,7 +75,7 @@ class Targets:
     ssh: object                    # ceil_infra.ssh.SshConfig
     fakes: object | None
     secrets_dir: Path | None
-    _ready: callable = None        # (name, firstboot) -> None: waits for a QEMU guest
+    _ready: callable = None        # (name) -> None: waits for a QEMU guest's first boot
     _hosts: dict = field(default_factory=dict)
 
     @property
@@ -86,7 +86,7 @@ class Targets:
         # QEMU: every check runs after its machine's first boot (a failed step fails the fixture
         # with the unit's name and journal), and the first-boot cache saves each disk right then.
         if self._ready:
-            self._ready(name, True)
+            self._ready(name)
         if name not in self._hosts:
             self._hosts[name] = self.ssh.testinfra_host(name)
         return self._hosts[name]
