@@ -261,3 +261,76 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
         qemu.wait()
         server.close()
 
+
+
+# What the router's serial console showed in stop 12's CI run (abridged): the initramfs's mount of
+# the root file system waited for a read of the ext4 journal that the virtual disk never completed.
+STALLED_MOUNT = """\
+[    9.812345] EXT4-fs (vda2): recovery required on readonly filesystem
+[  130.101234] INFO: task mount:154 blocked for more than 120 seconds.
+[  130.101300]       Not tainted 6.12.0-1-amd64 #1 Debian 6.12.1-1
+[  130.101400] task:mount           state:D stack:0     pid:154   tgid:154   ppid:1      flags:0x00004002
+[  130.101500] Call Trace:
+[  130.101600]  <TASK>
+[  130.101700]  __schedule+0x3f2/0xb10
+[  130.101800]  schedule+0x27/0xc0
+[  130.101900]  io_schedule+0x46/0x70
+[  130.102000]  bit_wait_io+0x11/0x70
+[  130.102100]  jread+0x10f/0x2c0 [jbd2]
+[  130.102200]  jbd2_journal_recover+0x9f/0x1c0 [jbd2]
+[  130.102300]  ext4_fill_super+0x2c2a/0x2f20 [ext4]
+[  130.102400]  </TASK>
+"""
+
+# A task stuck on a lock, not on the disk: a ceil or kernel problem the harness must not hide.
+STUCK_ON_A_LOCK = """\
+[  250.000001] INFO: task systemd-udevd:548 blocked for more than 122 seconds.
+[  250.000002] Call Trace:
+[  250.000003]  <TASK>
+[  250.000004]  schedule_preempt_disabled+0xa/0x10
+[  250.000005]  __mutex_lock.isra.0+0x19b/0x500
+[  250.000006]  </TASK>
+[  251.000000] blk_update_request: I/O error, dev vda, sector 123 (io_schedule is not in a report here)
+"""
+
+
+def test_io_stall_recognises_a_hung_task_waiting_on_the_disk_and_nothing_else():
+    assert vm.io_stall(STALLED_MOUNT) == "task mount:154 blocked in io_schedule"
+    assert vm.io_stall(STUCK_ON_A_LOCK) is None
+    assert vm.io_stall("[    1.0] Run /init as init process\n[   30.0] reboot: Restarting system\n") is None
+
+
+def test_a_guest_whose_disk_stalls_is_power_cycled_a_bounded_number_of_times(tmp_path, monkeypatch):
+    g = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=None)
+    processes = []
+
+    def fake_start():  # a QEMU stand-in: a live process and a fresh boot section in the serial log
+        g.boots += 1
+        with open(g.serial_log, "a") as f:
+            f.write(f"\n===== ceil e2e: boot {g.boots} of router =====\n")
+        g._serial_mark = g.serial_log.stat().st_size
+        g.proc = subprocess.Popen(["sleep", "60"])
+        processes.append(g.proc)
+
+    monkeypatch.setattr(g, "start", fake_start)
+    try:
+        g.start()
+        g.poll()
+        assert (g.boots, g.stall_restarts) == (1, 0), "a healthy guest is left alone"
+        for restart in range(1, vm.STALL_RESTARTS + 1):
+            with open(g.serial_log, "a") as f:
+                f.write(STALLED_MOUNT)
+            killed = g.proc
+            g.poll()
+            assert killed.poll() is not None, "the stalled QEMU was killed"
+            assert (g.boots, g.stall_restarts) == (restart + 1, restart)
+            assert g.running
+        with open(g.serial_log, "a") as f:
+            f.write(STALLED_MOUNT)
+        with pytest.raises(vm.GuestError, match=r"virtual disk stopped answering.*again after 2 power cycles"):
+            g.poll()
+    finally:
+        for p in processes:
+            p.kill()
+            p.wait()
+        g._bootdir.rmdir()
