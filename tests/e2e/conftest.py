@@ -7,6 +7,8 @@ are the same as there (ceil_infra.fixtures). Settings: docs/testing.md.
 import sys
 from pathlib import Path
 
+import pytest
+
 _TESTS = Path(__file__).resolve().parents[1]
 for _p in (_TESTS / "infra", _TESTS / "e2e", _TESTS.parent):
     if str(_p) not in sys.path:
@@ -38,6 +40,14 @@ def pytest_sessionfinish(session, exitstatus):
     # Before the session's cleanup shuts the cluster down: its first boots are recorded in the
     # first-boot cache only if everything passed (ceil_e2e.firstboot_cache).
     e2e_session.finish(passed=exitstatus == 0 and session.testsfailed == 0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _boot_the_bare_test_bed_early(request):
+    # test_testbed.py's guest boots while the broken-image test's router does: one vCPU each on
+    # a two-core machine, so the two first boots take the time of one (ceil_e2e.bare).
+    if any(item.get_closest_marker("bare_testbed") for item in request.session.items):
+        e2e_session.bare()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
 """The test bed itself, without the bake: does a bare test-bed image boot like the real flavor?
 
-Boots the cached test bed with a hand-made NoCloud seed (ceil_e2e.seed) and checks what the rest
+Boots the cached test bed with a hand-made NoCloud seed (ceil_e2e.bare) and checks what the rest
 of the suite takes for granted, so that a test-bed problem is told apart from a bake problem:
 seed found the flavor's way, SSH with the key only, cloud-init clean, the flavor's partitions and
 mounts, no identity baked in, root grown to the disk, and packages from the local repository.
@@ -8,59 +8,21 @@ mounts, no identity baked in, root grown to the disk, and packages from the loca
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
 
-from ceil_e2e import readiness, seed, session
-from ceil_e2e.cluster import free_port, log, log_to
-from ceil_e2e.fakes import APT_ADDR, standard_internet
-from ceil_e2e.vm import Guest, Uplink
-from ceil_infra.ssh import Endpoint, SshConfig, generate_key
+from ceil_e2e import session
 
-pytestmark = pytest.mark.e2e
+# Its own guest: it runs with the other own-guest tests, before the shared cluster boots, and
+# the session boots it while the broken-image test runs (tests/e2e/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.own_cluster, pytest.mark.bare_testbed]
 
 
 @pytest.fixture(scope="module")
 def bare():
-    s = settings = session.settings()
-    tb = session.testbed(s["arch"], s["flavor"])
-    art = settings["artifacts"] / "testbed"
-    art.mkdir(parents=True, exist_ok=True)
-    log_to(art.parent / "progress.log")
-    work = Path(tempfile.mkdtemp(prefix="ceil-e2e-testbed-", dir=settings["workdir"]))
-    (work / "pid").write_text(str(os.getpid()))  # stale-run cleanup (session.remove_stale_workdirs)
-    net = standard_internet(tb.repo, art / "fakes.log")
-    guest = None
     try:
-        key = generate_key(work / "id_ed25519")
-        img = work / "disk.img"
-        seed.copy_sparse(tb.image, img)
-        os.truncate(img, 8 << 30)
-        seed.seed_testbed(img, "bare", Path(f"{key}.pub").read_text(),
-                          apt_mirror=f"http://{APT_ADDR[0]}/debian")
-        port = free_port()
-        ssh = SshConfig(art / "ssh_config", "ceil", key, [Endpoint("bare", "127.0.0.1", port)], art / "known_hosts")
-        guest = Guest("bare", img, s["arch"], art, lan=None, uplink=Uplink(port, net.guestfwds()),
-                      cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)))
-        guest.start()
-        t = readiness.wait_ssh(ssh, "bare", 1200, [guest])
-        readiness.wait_cloud_init(ssh, "bare", 900)
-        log(f"bare test bed: SSH after {t:.0f}s, cloud-init done after {time.monotonic() - guest.started_at:.0f}s")
-        yield {"host": ssh.testinfra_host("bare"), "testbed": tb, "ssh": ssh}
-    except BaseException:
-        if guest is not None:
-            readiness.collect(ssh, "bare", art / "diagnostics")
-        raise
+        yield session.bare().wait()
     finally:
-        if guest is not None:
-            guest.cleanup()
-        net.close()
-        shutil.rmtree(work, ignore_errors=True)
+        session.close_bare()
 
 
 def test_seed_found_and_cloud_init_clean(bare):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ceil_infra.helpers import failed_ceil_units, run_as_root_detached, step_names
+from ceil_infra.helpers import failed_ceil_units, start_as_root_detached, step_names
 
 pytestmark = pytest.mark.e2e
 
@@ -149,12 +149,28 @@ def test_no_secret_in_the_boot_partition_files(host, targets, machine):
     assert res.stdout.strip() == "", f"{machine}: secret values in FAT files: {res.stdout.split()}"
 
 
-def test_no_secret_left_in_the_boot_partition_blocks(host, targets, machine):
+@pytest.fixture(scope="module")
+def boot_block_scans(targets, machines):
+    """Every machine's whole-boot-partition scan, started at once: each reads its own disk (an SD
+    card, or a QEMU guest with one vCPU) for a minute or more, so one after the other would cost
+    the sum. Each parametrised check collects its machine's result."""
+    needles = "\n".join(secret_needles(targets))
+    scans = {}
+    try:
+        for name, h in machines.items():
+            dev = h.mount_point(boot_mount(h)).device
+            scans[name] = (dev, start_as_root_detached(h, f"nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5",
+                                                       f"a scan of every block of {dev} on {name}", stdin=needles))
+        yield scans
+    finally:
+        for _, job in scans.values():
+            job.cancel()
+
+
+def test_no_secret_left_in_the_boot_partition_blocks(boot_block_scans, machine):
     """Deleted FAT files keep their data in free clusters: anyone with the card can read it."""
-    mount = boot_mount(host)
-    dev = host.mount_point(mount).device
-    found = run_as_root_detached(host, f"nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5",
-                                 f"a scan of every block of {dev} on {machine}", stdin="\n".join(secret_needles(targets)))
+    dev, scan = boot_block_scans[machine]
+    found = scan.result(timeout=900, every=10)
     leaked = [x[:24] + "..." for x in found.splitlines() if x.strip()]
     assert not leaked, f"{machine}: secret bytes still on {dev} (deleted, not scrubbed): {leaked}"
 

@@ -1,15 +1,16 @@
-"""ceil_infra.helpers.run_as_root_detached, run against this machine through a stand-in host."""
+"""ceil_infra.helpers' detached root jobs, run against this machine through a stand-in host."""
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
 
-from ceil_infra.helpers import run_as_root_detached  # noqa: E402
+from ceil_infra.helpers import run_as_root_detached, start_as_root_detached  # noqa: E402
 
 
 class LocalHost:
@@ -56,3 +57,21 @@ def test_detached_script_times_out_naming_what_it_waited_for_and_is_stopped(host
     with pytest.raises(AssertionError, match="a slow scan"):
         run_as_root_detached(host, "sleep 31.5", "a slow scan", timeout=1, every=0.1)
     assert subprocess.run(["pgrep", "-f", "sleep 31.5"], capture_output=True).returncode == 1
+
+
+def test_jobs_started_together_run_at_the_same_time_and_each_gives_its_own_result(host):
+    """The boot-partition scans of all machines start at once; each check collects its own."""
+    t0 = time.monotonic()
+    jobs = [start_as_root_detached(host, f"sleep 2; cat; echo {i}", f"job {i}", stdin=f"in-{i}") for i in range(3)]
+    outs = [job.result(timeout=30, every=0.1).split() for job in jobs]
+    assert outs == [["in-0", "0"], ["in-1", "1"], ["in-2", "2"]]
+    assert time.monotonic() - t0 < 5, "the jobs ran one after the other"
+    assert not list(Path("/run").glob(f"ceil-check-{os.getpid()}-*"))
+
+
+def test_a_job_never_collected_is_stopped_and_removed_by_cancel(host):
+    job = start_as_root_detached(host, "sleep 32.5", "an abandoned scan")
+    job.cancel()
+    job.cancel()  # idempotent: a fixture's teardown may cancel what a check already collected
+    assert subprocess.run(["pgrep", "-f", "sleep 32.5"], capture_output=True).returncode == 1
+    assert not list(Path("/run").glob(f"ceil-check-{os.getpid()}-*"))

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from . import firstboot_cache
+from .bare import BareTestbed
 from .cluster import BASE_ENV, REPO, TestCluster, deep_merge, log
 from .fakes import DNS_ANSWER, DNS_NAME, WEB_BODY
 
@@ -174,6 +175,23 @@ def ready(role: str) -> None:
         raise
 
 
+def bare() -> BareTestbed:
+    """The bare test bed of this session (test_testbed.py), started on the first call."""
+    if "bare" not in _session:
+        s = settings()
+        tb = testbed(s["arch"], s["flavor"])
+        remove_stale_workdirs(s["workdir"])
+        _session["bare"] = BareTestbed(tb, s["arch"], s["artifacts"] / "testbed", s["workdir"]).start()
+        atexit.register(close_bare)
+    return _session["bare"]
+
+
+def close_bare() -> None:
+    b = _session.pop("bare", None)
+    if b is not None:
+        b.close()
+
+
 def first_boot_verified(c: TestCluster) -> None:
     """The first-boot test passed: this run's first boots may go into the first-boot cache."""
     if c.recorder is not None:
@@ -186,6 +204,7 @@ def finish(passed: bool) -> None:
 
 
 def shutdown() -> None:
+    close_bare()
     c = _session.pop("cluster", None)
     if c is not None:
         if c.recorder is not None:

@@ -45,21 +45,47 @@ def failed_ceil_units(host) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def run_as_root_detached(host, script: str, what: str, stdin: str = "", timeout: float = 900,
-                         every: float = 10) -> str:
-    """stdout of root shell `script` that may run for minutes (e.g. reading a whole partition).
+class DetachedJob:
+    """A root shell script running detached on a machine (`start_as_root_detached`)."""
+
+    def __init__(self, host, tag: str, what: str):
+        self.host, self.tag, self.what = host, tag, what
+        self.done = False
+
+    def result(self, timeout: float = 900, every: float = 10) -> str:
+        """Its stdout (and stderr), once it has finished; AssertionError naming it after `timeout`."""
+        try:
+            wait_for(self.what, lambda: self.host.run(f"sudo test -e {self.tag}.rc").rc == 0,
+                     timeout=timeout, every=every)
+            return self.host.run(f"sudo cat {self.tag}.out").stdout
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop it if it still runs and remove its files (idempotent)."""
+        if not self.done:
+            self.done = True
+            tag = self.tag
+            self.host.run(f"sudo sh -c 'test -e {tag}.rc || kill -s TERM -- -$(cat {tag}.pid); rm -f {tag}.*'")
+
+
+def start_as_root_detached(host, script: str, what: str, stdin: str = "") -> DetachedJob:
+    """Start root shell `script`, which may run for minutes (e.g. reading a whole partition).
 
     A long command inside one SSH session dies with the session when a starved guest misses the
     keep-alives, so `script` runs detached on the machine, and short logins poll for its result.
     `stdin` (e.g. grep patterns that are secrets) goes through a root-only file, never argv.
+    Several jobs on several machines run at the same time; `result()` collects each.
     """
     tag = f"/run/ceil-check-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     host.run_expect([0], f"sudo sh -c 'umask 077; cat > {tag}.in' <<'CEIL_EOF'\n{stdin}\nCEIL_EOF")
     # setsid: the job leads its own process group, so a timeout can stop all of it.
     job = f"echo $$ > {tag}.pid; ({script}) < {tag}.in > {tag}.out 2>&1; echo $? > {tag}.rc"
     host.run_expect([0], f"sudo setsid sh -c {shlex.quote(job)} < /dev/null > /dev/null 2>&1 &")
-    try:
-        wait_for(what, lambda: host.run(f"sudo test -e {tag}.rc").rc == 0, timeout=timeout, every=every)
-        return host.run(f"sudo cat {tag}.out").stdout
-    finally:
-        host.run(f"sudo sh -c 'test -e {tag}.rc || kill -s TERM -- -$(cat {tag}.pid); rm -f {tag}.*'")
+    return DetachedJob(host, tag, what)
+
+
+def run_as_root_detached(host, script: str, what: str, stdin: str = "", timeout: float = 900,
+                         every: float = 10) -> str:
+    """stdout of root shell `script` run detached (`start_as_root_detached`), waited for here."""
+    return start_as_root_detached(host, script, what, stdin).result(timeout, every)
