@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "e2e"), str(REPO / "tests" / "infra")]
 
 from ceil_e2e import firstboot_cache as fbc  # noqa: E402
+from ceil_e2e import vm  # noqa: E402
 from tests.fakes.cloudflare import FakeCloudflare  # noqa: E402
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
@@ -96,7 +98,9 @@ def test_no_git_no_key(tmp_path):
 
 
 class FakeGuest:
-    """A process standing in for QEMU (so SIGSTOP/SIGCONT are real) and a sparse disk."""
+    """A real QEMU with no machine in it (`-M none`, so its QMP pause is real) and a sparse disk.
+
+    Two QMP sockets: `qmp_socket` for the recorder, `observer` for the test to ask the state."""
 
     def __init__(self, path: Path, name: str):
         self.image = path / f"{name}.img"
@@ -106,15 +110,36 @@ class FakeGuest:
             f.write(b"first boot of " + name.encode())
         self.serial_log = path / f"{name}.serial.log"
         self.serial_log.write_text(f"{name} booted\n")
-        self.proc = subprocess.Popen(["sleep", "60"])
+        self._sockets = Path(tempfile.mkdtemp(prefix="ceil-qmp-"))  # short: unix socket paths
+        self.qmp_socket, self.observer = self._sockets / "qmp", self._sockets / "observer"
+        self.proc = subprocess.Popen(["qemu-system-x86_64", "-M", "none", "-nodefaults", "-display", "none",
+                                      "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+                                      "-qmp", f"unix:{self.observer},server=on,wait=off"])
+        deadline = time.monotonic() + 30
+        while not (self.qmp_socket.exists() and self.observer.exists()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "QEMU -M none did not start"
+            time.sleep(0.05)
+
+    def paused(self):
+        return vm.paused(self.qmp_socket)
+
+    def status(self) -> str:
+        qmp = vm.Qmp(self.observer)
+        try:
+            return qmp.execute("query-status")["status"]
+        finally:
+            qmp.close()
 
     def close(self):
         self.proc.kill()
         self.proc.wait()
+        shutil.rmtree(self._sockets, ignore_errors=True)
 
 
 @pytest.fixture
 def cluster(tmp_path):
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("needs qemu-system-x86 (scripts/setup-host.sh)")
     work = tmp_path / "work"
     (work / "secrets" / "wireguard").mkdir(parents=True)
     (work / "secrets" / "wireguard" / "router.key").write_text("secret")
@@ -153,12 +178,20 @@ def record(tmp_path, cluster, roles=("router", "one")) -> fbc.Recorder:
     return rec
 
 
-def test_an_entry_is_recorded_and_restored_whole(tmp_path, cluster):
+def test_an_entry_is_recorded_and_restored_whole(tmp_path, cluster, monkeypatch):
+    states = []
+    copy = fbc.copy_sparse
+
+    def copy_and_look(src, dst):  # what QEMU's state was while its disk was copied
+        states.append((Path(src).stem, cluster.machines[Path(src).stem].guest.status()))
+        copy(src, dst)
+
+    monkeypatch.setattr(fbc, "copy_sparse", copy_and_look)
     rec = record(tmp_path, cluster)
     assert cluster.synced == [("router", "sync"), ("one", "sync")], "each disk is synced once before its copy"
+    assert states == [("router", "paused"), ("one", "paused")], "a disk copied while its guest ran"
     for g in cluster.machines.values():
-        assert g.guest.proc.poll() is None
-        assert "T" not in open(f"/proc/{g.guest.proc.pid}/stat").read().split()[2], "QEMU left stopped"
+        assert g.guest.status() == "running", "QEMU left paused"
     rec.verified = True
     entry = rec.commit(cluster, failed=False)
     assert entry is not None and entry.dir == tmp_path / "cache" / "firstboot" / "k1"
@@ -231,4 +264,13 @@ def test_a_full_disk_skips_recording_without_failing_the_run(tmp_path, cluster, 
     rec = record(tmp_path, cluster)
     rec.verified = True
     assert rec.broken and "MiB free" in rec.broken
+    assert rec.commit(cluster, failed=False) is None
+
+
+def test_a_guest_that_cannot_be_paused_is_not_recorded(tmp_path, cluster):
+    """No QMP answer (QEMU gone): no copy of a disk that might be mid-write, and the run goes on."""
+    cluster.machines["one"].guest.close()
+    rec = record(tmp_path, cluster)
+    rec.verified = True
+    assert rec.broken and rec.broken.startswith("one:")
     assert rec.commit(cluster, failed=False) is None

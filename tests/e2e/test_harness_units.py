@@ -329,6 +329,7 @@ def test_a_guest_whose_disk_stalls_is_power_cycled_a_bounded_number_of_times(tmp
             f.write(STALLED_MOUNT)
         with pytest.raises(vm.GuestError, match=r"virtual disk stopped answering.*again after 2 power cycles"):
             g.poll()
+        assert g.serial_log.read_text().count("(stalled virtual disk) =====") == vm.STALL_RESTARTS
     finally:
         for p in processes:
             p.kill()

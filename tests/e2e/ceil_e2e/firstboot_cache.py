@@ -14,8 +14,8 @@ the test-bed image, it is cached outside the checkout, keyed by a hash of those 
 
 A cold run records an entry (`Recorder`): each machine's disk is copied the moment it first
 reaches ceil-firstboot.target, before any check changes it (after a `sync` in the guest, with
-QEMU stopped for the copy, so the copy is one instant of the disk). The entry is committed only
-if the session ran the first-boot test and nothing failed. A warm run (`lookup` finds the key)
+QEMU paused for the copy: one instant of the disk, and no jump in the guest's clock). The entry
+is committed only if the session ran the first-boot test and nothing failed. A warm run (`lookup` finds the key)
 boots copies of those disks instead of baking: what it skips is exactly what the entry proved,
 and every check still runs against booted machines. A change to any input is a new key, hence
 a cold run. CEIL_E2E_FRESH=1 ignores the cache (and records a new entry).
@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 
 from .cluster import REPO, log
 from .seed import copy_sparse
-from .vm import QEMU
+from .vm import QEMU, GuestError
 
 SETTINGS = ("CEIL_E2E_ARCH", "CEIL_E2E_FLAVOR", "CEIL_E2E_OVERRIDES", "CEIL_E2E_BAKE_ARGS",
             "CEIL_E2E_CPUS", "CEIL_E2E_MEM_MIB")
@@ -185,18 +184,15 @@ class Recorder:
             free = shutil.disk_usage(self.dir).free
             if free < need:
                 raise OSError(f"{free >> 20} MiB free in {self.dir.parent}, {need >> 20} MiB wanted")
-            # QEMU stopped: the copy is one instant of the disk, not a smear of several.
-            os.kill(m.guest.proc.pid, signal.SIGSTOP)
-            try:
+            # QEMU paused: the copy is one instant of the disk, not a smear of several.
+            with m.guest.paused():
                 copy_sparse(m.guest.image, self.dir / "disks" / f"{role}.img")
                 if role == "router" and cluster.extras.cloudflare is not None:
                     # The fake internet remembers the first boot too (the DDNS checks count its
                     # writes); taken in the same instant as the disk that holds the router's side.
                     self.state["cloudflare"] = cluster.extras.cloudflare.export_state()
-            finally:
-                os.kill(m.guest.proc.pid, signal.SIGCONT)
             shutil.copy(m.guest.serial_log, self.dir / "logs" / m.guest.serial_log.name)
-        except (OSError, subprocess.CalledProcessError, AssertionError) as exc:
+        except (OSError, subprocess.CalledProcessError, AssertionError, GuestError) as exc:
             self.broken = f"{role}: {exc}"
             log(f"first-boot cache: not recording this run ({self.broken})")
             return

@@ -12,7 +12,9 @@ test run even when pytest itself is killed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import logging
 import os
 import re
@@ -59,6 +61,45 @@ def io_stall(serial: str) -> str | None:
         if wait:
             return f"task {task} blocked in {wait.group(1)}"
     return None
+
+
+class Qmp:
+    """A QEMU Machine Protocol connection (a unix socket): one command at a time, events skipped."""
+
+    def __init__(self, path: Path, timeout: float = 30):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.lines = self.sock.makefile("r")
+        json.loads(self.lines.readline())  # the greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str) -> dict:
+        self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        while True:
+            reply = json.loads(self.lines.readline() or "{}")
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply or not reply:
+                raise GuestError(f"QMP {command}: {reply.get('error', 'connection closed')}")
+
+    def close(self) -> None:
+        self.lines.close()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def paused(qmp_socket: Path):
+    """QEMU's own pause (QMP stop/cont): block I/O in flight is finished first, and the guest's
+    clock stops too. A SIGSTOP froze the process but not time: the guest saw its clock jump and
+    chrony dropped its source for two minutes (a node's time check failed in the QEMU suite)."""
+    qmp = Qmp(qmp_socket)
+    try:
+        qmp.execute("stop")
+        yield
+    finally:
+        qmp.execute("cont")
+        qmp.close()
 
 
 @dataclass(frozen=True)
@@ -231,6 +272,7 @@ class Guest:
         self.serial_log = artifacts / f"{name}.serial.log"
         self._serial_mark = 0
         self._bootdir = Path(tempfile.mkdtemp(prefix=f"ceil-boot-{name}-"))
+        self.qmp_socket = self._bootdir / "qmp.sock"  # short: a unix socket path has ~107 bytes
         self._stopping = False
         self.stall_restarts = 0
 
@@ -249,6 +291,7 @@ class Guest:
             "-chardev", f"file,id=serial,path={self.serial_log},append=on",
             "-serial", "chardev:serial",
             "-display", "none", "-monitor", "none", "-nodefaults",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-no-reboot",
         ]
         # NIC order is the guest's interface order (net.ifnames=0): LAN first is eth0, like a
@@ -329,16 +372,21 @@ class Guest:
         self.stall_restarts += 1
         LOG.warning("%s: test-bed fault, not ceil's: power-cycling it (%d of at most %d)",
                     what, self.stall_restarts, STALL_RESTARTS)
-        self.power_cut()
+        self.power_cut(reason="stalled virtual disk")
         self.start()
 
-    def power_cut(self) -> None:
+    def paused(self):
+        """`with guest.paused():` the guest stands still, its disk quiet (QMP stop ... cont)."""
+        return paused(self.qmp_socket)
+
+    def power_cut(self, reason: str = "") -> None:
         """Pull the plug: SIGKILL QEMU, whatever the guest was doing (its page cache is lost)."""
         if self.running:
             self.proc.kill()
             self.proc.wait()
+        why = f" ({reason})" if reason else ""
         with open(self.serial_log, "a") as f:
-            f.write(f"\n===== ceil e2e: power cut {self.name} at {time.strftime('%H:%M:%S')} =====\n")
+            f.write(f"\n===== ceil e2e: power cut {self.name} at {time.strftime('%H:%M:%S')}{why} =====\n")
 
     def stop(self, timeout: float = 5) -> None:
         """Tear down (no clean shutdown needed for a throwaway disk)."""
