@@ -56,6 +56,19 @@ def test_transient_failure_is_retried(runner, tmp_path, monkeypatch):
     assert (state / "done" / "flaky").is_file()
 
 
+def test_backoff_doubles_from_5_s_and_is_capped_at_a_minute(runner, tmp_path):
+    run, state = runner
+    script = state.parent / "ceil-step"
+    script.write_text(script.read_text().replace("time.sleep(delay)", "pass  # (test: no waiting)"))
+    count = tmp_path / "count"
+    # fails 7 times, then succeeds
+    cmd = ["sh", "-c", f"echo x >> {count}; [ $(wc -l < {count}) -gt 7 ]"]
+    r = run("slow-router", *cmd)
+    assert r.returncode == 0, r.stderr
+    waits = [int(line.rsplit(" ", 1)[1].rstrip("s")) for line in r.stderr.splitlines() if "retrying in" in line]
+    assert waits == [5, 10, 20, 40, 60, 60, 60]
+
+
 def test_parallel_steps_keep_every_state(runner):
     """Steps start together at first boot: status.json must hold all of them (a race here once
     crashed a router's firewall step in the QEMU suite)."""
