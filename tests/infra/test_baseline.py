@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ceil_infra.helpers import failed_ceil_units, start_as_root_detached, step_names
+from ceil_infra.helpers import block_scan_command, failed_ceil_units, start_as_root_detached, step_names
 
 pytestmark = pytest.mark.e2e
 
@@ -159,8 +159,8 @@ def boot_block_scans(targets, machines):
     try:
         for name, h in machines.items():
             dev = h.mount_point(boot_mount(h)).device
-            scans[name] = (dev, start_as_root_detached(h, f"nice grep -aoF -f - {shlex.quote(dev)} | sort -u | head -5",
-                                                       f"a scan of every block of {dev} on {name}", stdin=needles))
+            scans[name] = (dev, start_as_root_detached(h, block_scan_command(dev), f"a scan of every block of {dev} on {name}",
+                                                       stdin=needles))
         yield scans
     finally:
         for _, job in scans.values():

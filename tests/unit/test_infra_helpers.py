@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
 
-from ceil_infra.helpers import run_as_root_detached, start_as_root_detached  # noqa: E402
+from ceil_infra.helpers import block_scan_command, run_as_root_detached, start_as_root_detached  # noqa: E402
 
 
 class LocalHost:
@@ -75,3 +75,22 @@ def test_a_job_never_collected_is_stopped_and_removed_by_cancel(host):
     job.cancel()  # idempotent: a fixture's teardown may cancel what a check already collected
     assert subprocess.run(["pgrep", "-f", "sleep 32.5"], capture_output=True).returncode == 1
     assert not list(Path("/run").glob(f"ceil-check-{os.getpid()}-*"))
+
+
+def test_block_scan_finds_secrets_in_a_mostly_zero_partition_in_little_memory(host, tmp_path):
+    """A boot partition is mostly zeros: newline-delimited grep held 300 MB "lines" in memory and
+    made 1 GiB guests lock up; the scan splits at NUL bytes instead."""
+    disk = tmp_path / "boot.img"
+    with open(disk, "wb") as f:
+        f.truncate(256 << 20)  # zeros (sparse)
+        f.seek(200 << 20)
+        f.write(b"\x00\x07deleted-file:s3cret-token-AbC\x00")  # a deleted file's bytes in a free cluster
+    (tmp_path / "needles").write_text("s3cret-token-AbC\nnot-there\n")
+    measure = ("import resource, subprocess, sys; "
+               "out = subprocess.run(['sh', '-c', sys.argv[1]], stdin=open(sys.argv[2]), capture_output=True, text=True).stdout; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(out, end='')")
+    done = subprocess.run([sys.executable, "-c", measure, block_scan_command(str(disk)), str(tmp_path / "needles")],
+                          capture_output=True, text=True, env=host.env, check=True)
+    max_rss_kib, *found = done.stdout.splitlines()
+    assert found == ["s3cret-token-AbC"]
+    assert int(max_rss_kib) < 64 << 10, f"the scan used {int(max_rss_kib) >> 10} MiB"
