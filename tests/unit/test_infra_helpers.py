@@ -1,4 +1,4 @@
-"""ceil_infra.helpers' detached root jobs, run against this machine through a stand-in host."""
+"""ceil_infra.helpers' detached root jobs and block scan, run against this machine through a stand-in host."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
 
-from ceil_infra.helpers import block_scan_command, run_as_root_detached, start_as_root_detached  # noqa: E402
+from ceil_infra.helpers import block_scan_command, start_as_root_detached  # noqa: E402
 
 
 class LocalHost:
@@ -46,8 +46,8 @@ def host(tmp_path):
 def test_detached_script_reads_stdin_from_a_private_file_and_leaves_nothing(host, tmp_path):
     haystack = tmp_path / "disk"
     haystack.write_bytes(b"\0" * 4096 + b"xx-s3cret-token-xx" + b"\0" * 4096)
-    out = run_as_root_detached(host, f"grep -aoF -f - {haystack}", "a scan", stdin="s3cret-token\nnot-there",
-                               every=0.1)
+    job = start_as_root_detached(host, f"grep -aoF -f - {haystack}", "a scan", stdin="s3cret-token\nnot-there")
+    out = job.result(every=0.1)
     assert out.strip() == "s3cret-token"
     assert not any("s3cret" in c for c in host.commands if "CEIL_EOF" not in c), "secret on a command line"
     assert not list(Path("/run").glob(f"ceil-check-{os.getpid()}-*"))
@@ -55,7 +55,7 @@ def test_detached_script_reads_stdin_from_a_private_file_and_leaves_nothing(host
 
 def test_detached_script_times_out_naming_what_it_waited_for_and_is_stopped(host):
     with pytest.raises(AssertionError, match="a slow scan"):
-        run_as_root_detached(host, "sleep 31.5", "a slow scan", timeout=1, every=0.1)
+        start_as_root_detached(host, "sleep 31.5", "a slow scan").result(timeout=1, every=0.1)
     assert subprocess.run(["pgrep", "-f", "sleep 31.5"], capture_output=True).returncode == 1
 
 

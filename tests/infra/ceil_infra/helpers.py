@@ -93,9 +93,3 @@ def start_as_root_detached(host, script: str, what: str, stdin: str = "") -> Det
     job = f"echo $$ > {tag}.pid; ({script}) < {tag}.in > {tag}.out 2>&1; echo $? > {tag}.rc"
     host.run_expect([0], f"sudo setsid sh -c {shlex.quote(job)} < /dev/null > /dev/null 2>&1 &")
     return DetachedJob(host, tag, what)
-
-
-def run_as_root_detached(host, script: str, what: str, stdin: str = "", timeout: float = 900,
-                         every: float = 10) -> str:
-    """stdout of root shell `script` run detached (`start_as_root_detached`), waited for here."""
-    return start_as_root_detached(host, script, what, stdin).result(timeout, every)
