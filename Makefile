@@ -5,6 +5,8 @@ PY ?= .venv/bin/python
 CONFIG ?= cluster.yaml
 OUT ?= out
 ARCH ?= arm64
+FLAVOR ?= testbed-ubuntu
+TESTBEDS = testbed-ubuntu testbed-raspios
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)')).domain)" 2>/dev/null || echo ceil.internal)
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
@@ -41,10 +43,10 @@ test: setup ## Set up and run every test CI runs: unit, image, config and browse
 	$(MAKE) e2e ARCH=amd64
 test-unit: venv ## Fast unit and image tests only (what `make test` runs before the e2e suite)
 	$(PY) -m pytest -m "not e2e"
-testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images (ARCH=arm64|amd64)
-	$(PY) -m testbed.build --flavor testbed-ubuntu --arch $(ARCH)
-e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH (ARCH=amd64 is faster)
-	CEIL_E2E_ARCH=$(ARCH) $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
+testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, both flavors (ARCH=arm64|amd64)
+	for f in $(TESTBEDS); do $(PY) -m testbed.build --flavor $$f --arch $(ARCH) || exit; done
+e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
+	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write

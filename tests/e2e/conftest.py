@@ -43,11 +43,12 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _boot_the_bare_test_bed_early(request):
-    # test_testbed.py's guest boots while the broken-image test's router does: one vCPU each on
-    # a two-core machine, so the two first boots take the time of one (ceil_e2e.bare).
+def _boot_the_bare_test_beds_early(request):
+    # test_testbed.py's guests boot while the broken-image test's router does: one vCPU each on
+    # a two-core machine, so the first boots overlap instead of queueing (ceil_e2e.bare).
     if any(item.get_closest_marker("bare_testbed") for item in request.session.items):
-        e2e_session.bare()
+        for flavor in e2e_session.settings()["bare"]:
+            e2e_session.bare(flavor)
 
 
 def pytest_collection_modifyitems(config, items):

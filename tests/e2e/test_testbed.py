@@ -1,7 +1,7 @@
-"""The test bed itself, without the bake: does a bare test-bed image boot like the real flavor?
+"""The test beds themselves, without the bake: does each bare test-bed image boot like its flavor?
 
-Boots the cached test bed with a hand-made NoCloud seed (ceil_e2e.bare) and checks what the rest
-of the suite takes for granted, so that a test-bed problem is told apart from a bake problem:
+Boots every cached test bed (testbed-ubuntu and testbed-raspios; CEIL_E2E_BARE) with a hand-made
+NoCloud seed (ceil_e2e.bare) and checks what the rest of the suite takes for granted, so that a test-bed problem is told apart from a bake problem:
 seed found the flavor's way, SSH with the key only, cloud-init clean, the flavor's partitions and
 mounts, no identity baked in, root grown to the disk, and packages from the local repository.
 """
@@ -17,27 +17,41 @@ from ceil_e2e import session
 pytestmark = [pytest.mark.e2e, pytest.mark.own_cluster, pytest.mark.bare_testbed]
 
 
-@pytest.fixture(scope="module")
-def bare():
+@pytest.fixture(scope="module", params=session.settings()["bare"])
+def bare(request):
+    # All of them were started together at the start of the session (tests/e2e/conftest.py).
     try:
-        yield session.bare().wait()
+        yield session.bare(request.param).wait()
     finally:
-        session.close_bare()
+        session.close_bare(request.param)
 
 
-def test_seed_found_and_cloud_init_clean(bare):
+def _flavor_facts(bare) -> dict:
+    import yaml
+
+    flavor = bare["testbed"].manifest["flavor"]
+    return yaml.safe_load((session.REPO / "images" / f"{flavor}.yaml").read_text())
+
+
+def test_seed_found_the_flavors_way_and_cloud_init_clean(bare):
     host = bare["host"]
     res = host.run("cloud-init status --long")
     assert res.rc == 0, res.stdout
     assert "DataSourceNoCloud" in res.stdout
     assert host.run("hostname").stdout.strip() == "bare"
+    # Ubuntu finds the seed as a file system labelled system-boot; Pi OS reads the directory its
+    # cloud.cfg.d names (seedfrom file:///boot/firmware/). A test bed that found its seed the
+    # other way would let a bake that only works one way pass.
+    where = host.check_output("sudo cloud-init query subplatform")
+    facts = _flavor_facts(bare)
+    if facts["seed"]["method"] == "seedfrom":
+        assert facts["partitions"]["boot"]["mount"] in where, where
+    else:
+        assert where.startswith("config-disk"), where
 
 
 def test_flavor_layout(bare):
-    host, flavor = bare["host"], bare["testbed"].manifest["flavor"]
-    import yaml
-
-    facts = yaml.safe_load((session.REPO / "images" / f"{flavor}.yaml").read_text())["partitions"]
+    host, facts = bare["host"], _flavor_facts(bare)["partitions"]
     boot = host.mount_point(facts["boot"]["mount"])
     assert boot.exists and boot.filesystem == "vfat"
     assert host.run(f"lsblk -no LABEL {boot.device}").stdout.strip() == facts["boot"]["label"]

@@ -3,7 +3,7 @@
 tests/e2e/test_testbed.py checks it, so that a test-bed problem is told apart from a bake problem.
 Its boot is split in two (`start()` returns at once, `wait()` awaits SSH and cloud-init) so the
 session can boot it while another own-guest test (the broken image) runs: each is one guest with
-one vCPU, and the machine has two cores (session.bare(), tests/e2e/conftest.py).
+one vCPU, and the machine has two cores (session.bare(flavor), tests/e2e/conftest.py).
 """
 
 from __future__ import annotations

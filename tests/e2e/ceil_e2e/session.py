@@ -5,7 +5,8 @@ session however the tests are selected, and `shutdown()` (registered with pytest
 atexit) releases it. Settings come from the environment (docs/testing.md lists them all):
 
   CEIL_E2E_ARCH       arm64 (default, the Pi's arch) or amd64 (faster to build)
-  CEIL_E2E_FLAVOR     testbed-ubuntu (default) or testbed-raspios
+  CEIL_E2E_FLAVOR     testbed-ubuntu (default) or testbed-raspios: the cluster's base image
+  CEIL_E2E_BARE       the test beds test_testbed.py boots bare (default both, space-separated)
   CEIL_E2E_ARTIFACTS  where logs go (default test-artifacts/e2e-<time>)
   CEIL_E2E_WORKDIR    where disks go (default /var/tmp); removed at the end unless CEIL_E2E_KEEP=1
   CEIL_E2E_OVERRIDES  YAML merged into the test cluster.yaml, e.g. '{ddns: {enabled: false}}'
@@ -41,6 +42,10 @@ CACHE = BASE_ENV.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
 
 _session: dict = {}
 
+# Every test-bed flavor boots bare in test_testbed.py (a layout or seed fault in either shows
+# there, without a bake); the cluster runs on one of them (CEIL_E2E_FLAVOR).
+BARE_FLAVORS = ("testbed-ubuntu", "testbed-raspios")
+
 # Ports probed from the uplink side (uplink_open_ports): each gets a hostfwd at boot.
 PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 6443, 8080, 8081, 10250)
 
@@ -54,6 +59,7 @@ def settings() -> dict:
     return {
         "arch": os.environ.get("CEIL_E2E_ARCH", "arm64"),
         "flavor": os.environ.get("CEIL_E2E_FLAVOR", "testbed-ubuntu"),
+        "bare": tuple(os.environ.get("CEIL_E2E_BARE", " ".join(BARE_FLAVORS)).split()),
         "artifacts": Path(os.environ.get("CEIL_E2E_ARTIFACTS") or REPO / "test-artifacts" / f"e2e-{_STAMP}"),
         "workdir": Path(os.environ.get("CEIL_E2E_WORKDIR", "/var/tmp")),
     }
@@ -175,21 +181,26 @@ def ready(role: str) -> None:
         raise
 
 
-def bare() -> BareTestbed:
-    """The bare test bed of this session (test_testbed.py), started on the first call."""
-    if "bare" not in _session:
+def bare(flavor: str) -> BareTestbed:
+    """The bare test bed of `flavor` in this session (test_testbed.py), started on the first call."""
+    started = _session.setdefault("bare", {})
+    if flavor not in started:
         s = settings()
-        tb = testbed(s["arch"], s["flavor"])
-        remove_stale_workdirs(s["workdir"])
-        _session["bare"] = BareTestbed(tb, s["arch"], s["artifacts"] / "testbed", s["workdir"]).start()
-        atexit.register(close_bare)
-    return _session["bare"]
+        tb = testbed(s["arch"], flavor)
+        if not started:
+            remove_stale_workdirs(s["workdir"])
+            atexit.register(close_bare)
+        started[flavor] = BareTestbed(tb, s["arch"], s["artifacts"] / f"bare-{flavor}", s["workdir"]).start()
+    return started[flavor]
 
 
-def close_bare() -> None:
-    b = _session.pop("bare", None)
-    if b is not None:
-        b.close()
+def close_bare(flavor: str | None = None) -> None:
+    """Shut down the bare test bed of `flavor`, or all of them."""
+    started = _session.get("bare", {})
+    for name in [flavor] if flavor else list(started):
+        b = started.pop(name, None)
+        if b is not None:
+            b.close()
 
 
 def first_boot_verified(c: TestCluster) -> None:
