@@ -38,7 +38,7 @@ bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a loca
 	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
 
-test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, then the QEMU e2e suite (amd64; ~40 min, ~27 with warm caches)
+test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, then the QEMU e2e suite (amd64; ~40 min cold, ~23 with warm caches)
 	$(PY) -m pytest -m "not e2e"
 	$(MAKE) e2e ARCH=amd64
 test-unit: venv ## Fast unit and image tests only (what `make test` runs before the e2e suite)
