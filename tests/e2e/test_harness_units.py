@@ -335,3 +335,22 @@ def test_a_guest_whose_disk_stalls_is_power_cycled_a_bounded_number_of_times(tmp
             p.kill()
             p.wait()
         g._bootdir.rmdir()
+
+
+def test_every_run_boots_every_test_bed_flavor_once(monkeypatch):
+    """The cluster boots one flavor; test_testbed.py boots the others bare (and only those, so
+    the own-guest phase keeps two guests on two cores), unless CEIL_E2E_BARE says otherwise."""
+    from ceil_e2e import session
+
+    monkeypatch.delenv("CEIL_E2E_BARE", raising=False)
+    for flavor in session.BARE_FLAVORS:
+        monkeypatch.setenv("CEIL_E2E_FLAVOR", flavor)
+        bare = session.settings()["bare"]
+        assert flavor not in bare
+        assert sorted((flavor, *bare)) == sorted(session.BARE_FLAVORS)
+        for name in bare:
+            assert (REPO / "images" / f"{name}.yaml").is_file() and (REPO / "images" / f"{name}-amd64.yaml").is_file()
+    monkeypatch.delenv("CEIL_E2E_FLAVOR")
+    assert session.settings()["bare"] == ("testbed-raspios",)
+    monkeypatch.setenv("CEIL_E2E_BARE", "testbed-ubuntu testbed-raspios")
+    assert session.settings()["bare"] == ("testbed-ubuntu", "testbed-raspios")
