@@ -1,14 +1,17 @@
-"""The test beds themselves, without the bake: does each bare test-bed image boot like its flavor?
+"""The test beds themselves, without the bake: does a bare test-bed image boot like its flavor?
 
-Boots every cached test bed (testbed-ubuntu and testbed-raspios; CEIL_E2E_BARE) with a hand-made
-NoCloud seed (ceil_e2e.bare) and checks what the rest of the suite takes for granted, so that a test-bed problem is told apart from a bake problem:
-seed found the flavor's way, SSH with the key only, cloud-init clean, the flavor's partitions and
-mounts, no identity baked in, root grown to the disk, and packages from the local repository.
+Boots cached test beds with a hand-made NoCloud seed (ceil_e2e.bare): by default the flavor the
+cluster does not run on, so each run boots both testbed-ubuntu and testbed-raspios
+(CEIL_E2E_BARE picks others). Checks what the rest of the suite takes for granted, so that a
+test-bed problem is told apart from a bake problem: seed found the flavor's way, SSH with the
+key only, cloud-init clean, the flavor's partitions and mounts, no identity baked in, root grown
+to the disk, and packages from the local repository.
 """
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from ceil_e2e import session
 
@@ -27,8 +30,6 @@ def bare(request):
 
 
 def _flavor_facts(bare) -> dict:
-    import yaml
-
     flavor = bare["testbed"].manifest["flavor"]
     return yaml.safe_load((session.REPO / "images" / f"{flavor}.yaml").read_text())
 
