@@ -11,7 +11,7 @@ to the disk, and packages from the local repository.
 from __future__ import annotations
 
 import pytest
-import yaml
+from ceil.catalog import Flavor, load_flavor
 
 from ceil_e2e import session
 
@@ -29,9 +29,8 @@ def bare(request):
         session.close_bare(request.param)
 
 
-def _flavor_facts(bare) -> dict:
-    flavor = bare["testbed"].manifest["flavor"]
-    return yaml.safe_load((session.REPO / "images" / f"{flavor}.yaml").read_text())
+def _flavor(bare) -> Flavor:
+    return load_flavor(bare["testbed"].manifest["flavor"])
 
 
 def test_seed_found_the_flavors_way_and_cloud_init_clean(bare):
@@ -44,21 +43,21 @@ def test_seed_found_the_flavors_way_and_cloud_init_clean(bare):
     # cloud.cfg.d names (seedfrom file:///boot/firmware/). A test bed that found its seed the
     # other way would let a bake that only works one way pass.
     where = host.check_output("sudo cloud-init query subplatform")
-    facts = _flavor_facts(bare)
-    if facts["seed"]["method"] == "seedfrom":
-        assert facts["partitions"]["boot"]["mount"] in where, where
+    flavor = _flavor(bare)
+    if flavor.seed.method == "seedfrom":
+        assert flavor.partitions.boot.mount in where, where
     else:
         assert where.startswith("config-disk"), where
 
 
 def test_flavor_layout(bare):
-    host, facts = bare["host"], _flavor_facts(bare)["partitions"]
-    boot = host.mount_point(facts["boot"]["mount"])
+    host, parts = bare["host"], _flavor(bare).partitions
+    boot = host.mount_point(parts.boot.mount)
     assert boot.exists and boot.filesystem == "vfat"
-    assert host.run(f"lsblk -no LABEL {boot.device}").stdout.strip() == facts["boot"]["label"]
+    assert host.run(f"lsblk -no LABEL {boot.device}").stdout.strip() == parts.boot.label
     root = host.mount_point("/")
     assert root.filesystem == "ext4"
-    assert host.run(f"lsblk -no LABEL {root.device}").stdout.strip() == facts["root"]["label"]
+    assert host.run(f"lsblk -no LABEL {root.device}").stdout.strip() == parts.root.label
     # growpart + resizefs on first boot, as on a Pi with a bigger card than the image
     size = int(host.check_output("df --output=size -B1 / | tail -1"))
     assert size > 6 << 30, f"root file system not grown: {size} bytes"
