@@ -282,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="only print the cached path/key (build first if missing unless --no-build)")
     ap.add_argument("--no-build", action="store_true", help="with --print: fail instead of building")
     args = ap.parse_args(argv)
+    # `make testbed` builds the flavors side by side: every line names the one it is about.
     logging.basicConfig(level=logging.INFO if not args.what else logging.WARNING,
-                        format="%(asctime)s testbed: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s testbed {' '.join(filter(None, (args.flavor, args.arch)))}: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
         if args.what == "key":
             print(load(args.flavor, args.arch).key)

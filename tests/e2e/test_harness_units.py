@@ -354,3 +354,16 @@ def test_every_run_boots_every_test_bed_flavor_once(monkeypatch):
     assert session.settings()["bare"] == ("testbed-raspios",)
     monkeypatch.setenv("CEIL_E2E_BARE", "testbed-ubuntu testbed-raspios")
     assert session.settings()["bare"] == ("testbed-ubuntu", "testbed-raspios")
+
+
+def test_make_testbed_builds_every_flavor_the_suite_boots_side_by_side():
+    """`make testbed` (a prerequisite of `make e2e`) must build each flavor the suite boots, in
+    one parallel make, so that a cold arm64 run waits for one build's time, not the sum."""
+    from ceil_e2e import session
+
+    out = subprocess.run(["make", "-n", "testbed", "ARCH=amd64", "PY=python3"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    builds = [line.split() for line in out.splitlines() if "-m testbed.build" in line]
+    assert sorted(b[b.index("--flavor") + 1] for b in builds) == sorted(session.BARE_FLAVORS)
+    assert all(b[b.index("--arch") + 1] == "amd64" for b in builds)
+    assert f"-j{len(session.BARE_FLAVORS)}" in out
