@@ -337,6 +337,21 @@ def test_a_guest_whose_disk_stalls_is_power_cycled_a_bounded_number_of_times(tmp
         g._bootdir.rmdir()
 
 
+def test_the_guests_kernel_line_is_the_images_own_plus_a_longer_device_wait(tmp_path, monkeypatch):
+    """Under TCG udev can take more than systemd's 90 s to announce the boot partition's label,
+    and the guest then sits in emergency mode without SSH (arm64 run arm21)."""
+    line = "console=serial0,115200 root=LABEL=writable rootwait net.ifnames=0"
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, index: (dest / "vmlinuz", dest / "initrd.img", line))
+    g = vm.Guest("one", tmp_path / "disk.img", "arm64", tmp_path, lan=None, extra_append="ceil.test=1")
+    try:
+        cmd = g.command()
+    finally:
+        g._bootdir.rmdir()
+    append = cmd[cmd.index("-append") + 1]
+    assert append.startswith(line + " ") and append.endswith(" ceil.test=1")
+    assert "systemd.default_device_timeout_sec=600" in append.split()
+
+
 def test_every_run_boots_every_test_bed_flavor_once(monkeypatch):
     """The cluster boots one flavor; test_testbed.py boots the others bare (and only those, so
     the own-guest phase keeps two guests on two cores), unless CEIL_E2E_BARE says otherwise."""

@@ -33,6 +33,13 @@ QEMU = {
     "amd64": ["qemu-system-x86_64", "-M", "q35", "-cpu", "max"],
 }
 
+# Added to every guest's kernel command line. systemd waits 90 s for an fstab device before it
+# gives up and enters emergency mode (no SSH, so the run would wait out its SSH timeout). Three
+# arm64 guests on two emulated cores took longer than that for udev to announce the boot
+# partition's label (run arm21: router and one in emergency mode, two fine). A Pi has it in a
+# second; an emulator gets ten minutes. The image's own cmdline.txt is not changed.
+TCG_APPEND = "systemd.default_device_timeout_sec=600"
+
 
 class GuestError(Exception):
     pass
@@ -279,7 +286,7 @@ class Guest:
     # -- command line -------------------------------------------------------------------------
     def command(self) -> list[str]:
         kernel, initrd, line = read_boot_files(self.image, self._bootdir, self.boot_index)
-        append = f"{line} {self.extra_append}".strip()
+        append = f"{line} {TCG_APPEND} {self.extra_append}".strip()
         cmd = [
             *QEMU[self.arch],
             "-accel", "tcg,thread=multi",
