@@ -95,12 +95,13 @@ def flavors():
         click.echo(f"{name:<22} {f.arch:<6} {f.description}")
 
 
-# Subcommands owned by other modules; each is registered only if its module is present.
+# Subcommands owned by other modules (imported here, not at the top, so `bake.py --help` stays fast
+# and a module's heavy imports load only with it).
 PLUGINS = [
     ("ceil.init", "init_command"),
     ("ceil.flash.cli", "flash_command"),
     ("ceil.vpn_cli", "vpn_client_command"),
-    ("ceil.kubeconfig", "kubeconfig_command"),
+    ("ceil.k3s.kubeconfig", "kubeconfig_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),
@@ -109,15 +110,7 @@ PLUGINS = [
 
 def _register_plugins() -> None:
     for module, attr in PLUGINS:
-        try:
-            command = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise  # a real missing dependency: say so instead of hiding the command
-            continue
-        except AttributeError:
-            continue
-        cli.add_command(command)
+        cli.add_command(getattr(importlib.import_module(module), attr))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,7 +49,7 @@ class Context:
         if baked.is_file():
             yield str(baked)
             return
-        from ..kubeconfig import admin_kubeconfig, write_private
+        from ..k3s.kubeconfig import admin_kubeconfig, write_private
 
         with tempfile.TemporaryDirectory(prefix="ceil-kube-") as tmp:
             path = Path(tmp) / "kubeconfig"

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..secrets import SecretStore
 from ..status import STATUS_PORT
 from .dnsmasq import VPN_INTERFACE
-from .k3s_cache import K3S_CACHE_PORT
+from ..k3s.cache import K3S_CACHE_PORT
 
 SSH_PORT = 22
 

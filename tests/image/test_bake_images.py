@@ -261,12 +261,12 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
     result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     from ceil.ext4fs import read_file
-    from ceil.hooks.k3s_install import AIRGAP_ON_TARGET
+    from ceil.k3s.install import AIRGAP_ON_TARGET
 
     root = extract(tmp_path / "out" / "ceil-one.img", 2, tmp_path / "one-root.img")
     assert read_file(root, f"{AIRGAP_ON_TARGET}/k3s-arm64") == binary
     assert subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True).returncode == 0
-    from ceil.hooks.k3s_cache import CACHE_ROOT_ON_ROUTER
+    from ceil.k3s.cache import CACHE_ROOT_ON_ROUTER
 
     router_root = extract(tmp_path / "out" / "ceil-router.img", 2, tmp_path / "router-root.img")
     assert read_file(router_root, f"{CACHE_ROOT_ON_ROUTER}/k3s/v1.31.4+k3s1/k3s-arm64") == binary

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ceil import k3s_token, pki
+from ceil.k3s import pki
+from ceil.k3s import token as k3s_token
 from ceil.catalog import load_flavor
 from ceil.secrets import SecretStore
 from tests.imagefactory import make_base_image

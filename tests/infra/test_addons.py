@@ -18,7 +18,7 @@ import pytest
 
 from ceil.addons.catalog import Catalog, selected
 from ceil.addons.render import build_plan, storage_facts
-from ceil.kubeconfig import admin_kubeconfig
+from ceil.k3s.kubeconfig import admin_kubeconfig
 from ceil.secrets import SecretStore
 
 pytestmark = pytest.mark.e2e

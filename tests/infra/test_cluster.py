@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ceil.kubeconfig import admin_kubeconfig
+from ceil.k3s.kubeconfig import admin_kubeconfig
 from ceil.secrets import SecretStore
 
 pytestmark = pytest.mark.e2e
@@ -104,7 +104,7 @@ def test_secrets_encryption_is_on(real_hardware, nodes, cluster):
 
 
 def test_servicelb_is_off_when_metallb_is_on(api, cluster):
-    from ceil.k3s_config import metallb_enabled
+    from ceil.k3s.node_config import metallb_enabled
 
     if not metallb_enabled(cluster):
         pytest.skip("MetalLB is off: k3s's servicelb stays")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from ceil import k3s_config, k3s_token, pki
+from ceil.k3s import node_config as k3s_config
+from ceil.k3s import pki
+from ceil.k3s import token as k3s_token
 from ceil.catalog import load_flavor
 from ceil.config import load_cluster
 from ceil.errors import ConfigError

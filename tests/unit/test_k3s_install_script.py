@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ceil.hooks.k3s_install import ASSETS
+from ceil.k3s.release import ASSETS
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "firstboot/k3s-install/lib/steps/k3s-install.sh"
@@ -102,6 +102,8 @@ def test_installs_from_the_router_cache_verified_by_its_sums_file(node, tmp_path
     assert installed.read_bytes() == binary and os.access(installed, os.X_OK)
     assert "verified against" in result.stderr and "router cache" in result.stderr
     assert leftovers(node) == [] and not mark.exists()
+    record = (node / "var/lib/ceil/k3s-install.verified").read_text()
+    assert hashlib.sha256(binary).hexdigest() in record and "router cache" in record
 
 
 @pytest.mark.parametrize("arch", ["armhf", "amd64"])
@@ -182,3 +184,12 @@ def test_rerun_with_a_verified_binary_downloads_nothing(node, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stderr
     assert leftovers(node) == []
+    assert "verified against pinned" in (node / "var/lib/ceil/k3s-install.verified").read_text()
+
+
+def test_a_refused_download_leaves_no_record(node, tmp_path, servers):
+    cache = servers(tmp_path / "cache")
+    release_dir(tmp_path / "cache", "arm64", fake_binary(tmp_path / "ran"), listed=b"something else")
+    result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}")
+    assert result.returncode == 1, result.stderr
+    assert not (node / "var/lib/ceil/k3s-install.verified").exists()

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ceil import pki
+from ceil.k3s import pki
 from ceil.config import load_cluster
-from ceil.kubeconfig import admin_kubeconfig, kubeconfig_command
+from ceil.k3s.kubeconfig import admin_kubeconfig, kubeconfig_command
 from ceil.secrets import SecretStore
 
 

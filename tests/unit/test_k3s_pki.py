@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ceil import pki
+from ceil.k3s import pki
 from ceil.errors import CeilError
 from ceil.secrets import SecretStore
 

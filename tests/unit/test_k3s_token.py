@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ceil import k3s_token, pki
+from ceil.k3s import pki
+from ceil.k3s import token as k3s_token
 from ceil.errors import CeilError
 from ceil.secrets import SecretStore
 

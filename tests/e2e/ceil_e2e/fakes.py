@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from tests.fakes.cloudflare import FakeCloudflare
+from tests.fakes.registry import FakeUpstreamRegistry
+
 # Guest-visible addresses of the built-in fakes. 10.0.2.2 (host) and .3 (slirp DNS) are taken.
 APT_ADDR = ("10.0.2.100", 80)       # http://10.0.2.100/debian : the test bed's local apt repo
 WEB_ADDR = ("10.0.2.101", 80)       # http://10.0.2.101/       : "some website on the internet"
@@ -238,31 +241,24 @@ class ServiceFakes:
 
 
 def wire_service_fakes(net: Internet) -> ServiceFakes:
+    """Start the Cloudflare fake (DDNS updates land there) and the upstream registry that the
+    router's pull-through mirror fetches from. Both are part of this repository: a failure to
+    import or start one fails the run instead of quietly dropping the checks that need it."""
     out = ServiceFakes()
-    try:
-        from tests.fakes.cloudflare import FakeCloudflare
-    except ImportError:
-        FakeCloudflare = None
-    if FakeCloudflare is not None:
-        cf = FakeCloudflare(token=DDNS["token"], zone=DDNS["zone"], public_ip=DDNS["public_ip"]).start()
-        out.cloudflare = cf
-        net.add("cloudflare", *CLOUDFLARE_ADDR, _Adapter(cf, lambda: None))
-        out._closers.append(cf.stop)
-        base = f"http://{CLOUDFLARE_ADDR[0]}"
-        out.overrides["ddns"] = {
-            "enabled": True, "api_token": DDNS["token"], "zone": DDNS["zone"], "record": DDNS["record"],
-            "api_url": f"{base}/client/v4", "ip_url": f"{base}/ip", "interval_minutes": 1,
-        }
-    try:
-        from tests.fakes.registry import FakeUpstreamRegistry
-    except ImportError:
-        FakeUpstreamRegistry = None
-    if FakeUpstreamRegistry is not None:
-        up = FakeUpstreamRegistry().start()
-        out.upstream_registry = up
-        net.add("upstream-registry", *REGISTRY_ADDR, _Adapter(up, lambda: None))
-        out._closers.append(up.stop)
-        out.overrides["registry"] = {"upstream": f"http://{REGISTRY_ADDR[0]}"}
+    cf = FakeCloudflare(token=DDNS["token"], zone=DDNS["zone"], public_ip=DDNS["public_ip"]).start()
+    out.cloudflare = cf
+    net.add("cloudflare", *CLOUDFLARE_ADDR, _Adapter(cf, lambda: None))
+    out._closers.append(cf.stop)
+    base = f"http://{CLOUDFLARE_ADDR[0]}"
+    out.overrides["ddns"] = {
+        "enabled": True, "api_token": DDNS["token"], "zone": DDNS["zone"], "record": DDNS["record"],
+        "api_url": f"{base}/client/v4", "ip_url": f"{base}/ip", "interval_minutes": 1,
+    }
+    up = FakeUpstreamRegistry().start()
+    out.upstream_registry = up
+    net.add("upstream-registry", *REGISTRY_ADDR, _Adapter(up, lambda: None))
+    out._closers.append(up.stop)
+    out.overrides["registry"] = {"upstream": f"http://{REGISTRY_ADDR[0]}"}
     return out
 
 
@@ -290,7 +286,7 @@ def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
     named as the release asset, and the release's sha256sum file listing it."""
     import hashlib
 
-    from ceil.hooks.k3s_install import ASSETS
+    from ceil.k3s.release import ASSETS
 
     names = ASSETS[arch]
     d = root / version

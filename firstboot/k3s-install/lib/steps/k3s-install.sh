@@ -17,8 +17,20 @@ BIN="$ROOT/usr/local/bin/k3s"
 PART="$ROOT/usr/local/bin/.k3s.ceil-download"
 SUMS_TMP="$ROOT/usr/local/bin/.k3s-sums.ceil-download"
 IMAGES_DIR="$ROOT/var/lib/rancher/k3s/agent/images"
+# What was installed and how it was verified, kept beyond the journal (which a Pi may keep in
+# RAM only, or rotate): `make verify` reads it.
+RECORD="$ROOT/var/lib/ceil/k3s-install.verified"
 
 log() { echo "ceil-k3s-install: $*" >&2; }
+
+# record LINE: log LINE and keep it in $RECORD (atomically: a power cut leaves old or new).
+record() {
+    log "$1"
+    mkdir -p "$(dirname "$RECORD")"
+    printf '%s\n' "$1" > "$RECORD.tmp"
+    sync
+    mv -f "$RECORD.tmp" "$RECORD"
+}
 
 if [ ! -s "$ENV_FILE" ]; then
     log "$ENV_FILE is missing: the node payload is incomplete; re-bake this node's image"
@@ -108,7 +120,7 @@ try_source() {
     sync
     mv -f "$PART" "$BIN"
     sync
-    log "installed k3s $K3S_VERSION ($ASSET) from the $what $base, sha256 $got verified against $why"
+    record "installed k3s $K3S_VERSION ($ASSET) from the $what $base, sha256 $got verified against $why"
     install_images
     exit 0
 }
@@ -117,6 +129,7 @@ mkdir -p "$(dirname "$BIN")"
 rm -f "$PART" "$SUMS_TMP"   # a download cut short by a power loss is never trusted
 if [ -n "$K3S_SHA256" ] && [ -f "$BIN" ] && [ "$(digest_of "$BIN")" = "$K3S_SHA256" ]; then
     log "k3s $K3S_VERSION already installed, sha256 matches the pin"
+    [ -s "$RECORD" ] || record "k3s $K3S_VERSION found installed, sha256 $K3S_SHA256 verified against pinned kubernetes.k3s_sha256"
     install_images
     exit 0
 fi

@@ -7,6 +7,7 @@ credentials may live in it; k3s reads it from /etc/rancher/k3s/registries.yaml.
 from __future__ import annotations
 
 from ..config import Cluster
+from ..hooks.registry import k3s_registries_yaml
 from ..secrets import SecretStore
 
 REGISTRIES_FILE = "k3s/registries.yaml"
@@ -15,10 +16,6 @@ REGISTRIES_FILE = "k3s/registries.yaml"
 def registries_yaml(cluster: Cluster) -> str | None:
     """The registry feature's registries.yaml (pull-through cache + private registry)."""
     if not cluster.registry.enabled:
-        return None
-    try:
-        from .registry import k3s_registries_yaml
-    except ImportError:  # the registry feature is not in this checkout: containerd pulls directly
         return None
     return k3s_registries_yaml(cluster) or None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from ..config import Cluster
-from ..k3s_config import check_servers, server_config, server_secret_files
+from .node_config import check_servers, server_config, server_secret_files
 from ..secrets import SecretStore
 
 

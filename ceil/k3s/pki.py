@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import CeilError
-from .secrets import SecretStore
+from ..errors import CeilError
+from ..secrets import SecretStore
 
 # Secret-store directory; the layout below it mirrors k3s's server/tls/ directory.
 TLS_DIR = "k3s/tls"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from ..config import Cluster
-from ..k3s_config import agent_config, agent_secret_files
+from .node_config import agent_config, agent_secret_files
 from ..secrets import SecretStore
 
 

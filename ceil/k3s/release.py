@@ -1,23 +1,15 @@
-"""Hooks of the `k3s-install` feature: where a node gets the k3s binary, and how it checks it.
-
-Sources, in order: a bundle baked into the image (/usr/local/lib/ceil/airgap/), the router's
-cache (feature k3s-cache), the upstream GitHub release. Every source is checked against the
-pinned `kubernetes.k3s_sha256`, or else against the release's sha256sum file from that source.
+"""A k3s release's files for one architecture: their names, and the check of each against the
+pinned digest or the release's sha256sum file. Shared by the node's install (air-gap bundle) and
+the router's cache, which both carry copies of the same files.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from urllib.parse import quote
 
 from ..config import Cluster
 from ..errors import CeilError
-from ..secrets import SecretStore
-from .k3s_cache import cache_url
-
-UPSTREAM = "https://github.com/k3s-io/k3s/releases/download"
-AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
 
 # Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
 # has no suffix, and armhf's checksum and image files say "arm").
@@ -26,23 +18,6 @@ ASSETS: dict[str, dict[str, str]] = {
     "armhf": {"binary": "k3s-armhf", "sums": "sha256sum-arm.txt", "images": "k3s-airgap-images-arm"},
     "amd64": {"binary": "k3s", "sums": "sha256sum-amd64.txt", "images": "k3s-airgap-images-amd64"},
 }
-
-
-def upstream_url(version: str) -> str:
-    return f"{UPSTREAM}/{quote(version, safe='')}"
-
-
-def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
-    k8s = cluster.kubernetes
-    return {
-        "k3s_install": {
-            "version": k8s.k3s_version,
-            "sha256": k8s.k3s_sha256 or "",
-            "cache_url": cache_url(cluster),
-            "upstream_url": upstream_url(k8s.k3s_version),
-            "airgap_dir": AIRGAP_ON_TARGET,
-        }
-    }
 
 
 def parse_sums(text: str, asset: str) -> str | None:
@@ -96,13 +71,3 @@ def _check(path: Path, expected: str) -> None:
             f"{path}: sha256 is {got} but {expected} was expected: the file is corrupt or not the"
             f" release it claims to be; delete it and download it again"
         )
-
-
-def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
-    """For `bake.py --airgap`: {absolute path in the node's root fs: workstation file}."""
-    return {f"{AIRGAP_ON_TARGET}/{name}": path for name, path in verified_release_files(cluster, arch, source).items()}
-
-
-def rootfs_files(ctx) -> dict[str, Path]:
-    """`bake.py --airgap DIR`: the verified k3s release files go into the node's image."""
-    return airgap_files(ctx.cluster, ctx.flavor.arch, ctx.airgap) if ctx.airgap else {}

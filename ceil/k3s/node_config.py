@@ -11,12 +11,13 @@ others join it with the full server token and receive the CAs from the cluster's
 
 from __future__ import annotations
 
-from .config import Cluster, Node
-from .errors import ConfigError
-from .k3s_token import agent_secret, agent_token, node_password, server_secret, server_token
+from ..addons.catalog import Catalog, selected
+from ..config import Cluster, Node
+from ..errors import ConfigError
+from .token import agent_secret, agent_token, node_password, server_secret, server_token
 from .kubeconfig import API_PORT
 from .pki import K3S_CAS, ensure_k3s_cas
-from .secrets import SecretStore
+from ..secrets import SecretStore
 
 SECRETS_ON_TARGET = "/etc/ceil/secrets"
 TOKEN_FILE = "k3s/token"
@@ -53,10 +54,6 @@ def metallb_enabled(cluster: Cluster) -> bool:
     """Whether MetalLB will hand out LoadBalancer addresses (then k3s's servicelb must be off)."""
     if not cluster.addons.enabled:
         return False
-    try:
-        from .addons.catalog import Catalog, selected
-    except ImportError:  # the add-on catalog is not part of this checkout: use the default rule
-        return "metallb" not in cluster.addons.disable
     return any(spec.name == "metallb" for spec in selected(cluster, Catalog()))
 
 

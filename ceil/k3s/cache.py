@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import Cluster
 from ..secrets import SecretStore
+from .release import verified_release_files
 
 K3S_CACHE_PORT = 8088
 CACHE_ROOT_ON_ROUTER = "/var/lib/ceil/cache"  # served as http://router:port/ (so /k3s/<version>/...)
@@ -38,8 +39,6 @@ def cache_files(cluster: Cluster, arches: list[str], source: Path | None = None)
     """{absolute path in the router's root fs: workstation file} for every architecture whose
     release files are present and verify; empty when the workstation has none (the nodes then
     fall back to the upstream release)."""
-    from .k3s_install import verified_release_files
-
     version = cluster.kubernetes.k3s_version
     source = source or workstation_cache(version)
     out: dict[str, Path] = {}

@@ -16,9 +16,9 @@ from pathlib import Path
 import click
 import yaml
 
-from .config import Cluster, load_cluster
+from ..config import Cluster, load_cluster
 from .pki import ensure_admin_cert, ensure_ca
-from .secrets import SecretStore
+from ..secrets import SecretStore
 
 API_PORT = 6443
 

@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from .errors import CeilError
+from ..errors import CeilError
 from .pki import ensure_ca
-from .secrets import SecretStore
+from ..secrets import SecretStore
 
 TOKEN_PREFIX = "K10"
 TOKEN_RE = re.compile(r"^K10([0-9a-f]{64})::([^:]+):(.+)$")
