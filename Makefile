@@ -11,7 +11,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv test test-unit test-image e2e testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv test test-unit test-apiserver apiserver test-image e2e testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -39,11 +39,16 @@ bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a loca
 	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
 
-test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, then the QEMU e2e suite (amd64; ~40 min cold, ~23 with warm caches)
-	$(PY) -m pytest -m "not e2e"
+test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
+	$(PY) -m pytest -m "not e2e and not apiserver"
+	$(MAKE) test-apiserver
 	$(MAKE) e2e ARCH=amd64
-test-unit: venv ## Fast unit and image tests only (what `make test` runs before the e2e suite)
-	$(PY) -m pytest -m "not e2e"
+test-unit: venv ## Fast unit and image tests only (what `make test` runs first; builds nothing)
+	$(PY) -m pytest -m "not e2e and not apiserver"
+apiserver: venv ## Build (or reuse from cache) the fast layer's control plane from Go modules: kube-apiserver, kube-controller-manager, kine, helm-controller
+	$(PY) -m testbed.apiserver
+test-apiserver: apiserver ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
+	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver
 # The flavors build side by side: one build is mostly a single (emulated) dpkg process, so on 2
 # cores two arm64 builds took 32 and 33 min together. -Oline keeps their log lines whole.
 testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, both flavors at once (ARCH=arm64|amd64)

@@ -22,7 +22,6 @@ until the recipe changes. Needs root (mmdebstrap --mode=root, ownership in the i
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import disk, repo, rootfs
+from .cache import atomic_dir, lock, remove_tree
 from .recipe import ARCHES, Recipe, RecipeError, cache_root, load
 
 log = logging.getLogger("testbed")
@@ -116,29 +116,6 @@ def enable_binfmt(arch: str) -> None:
         raise BuildError("arch-test not found: mmdebstrap needs it for a foreign-arch chroot (apt install arch-test)")
 
 
-def _unmount_below(path: Path) -> None:
-    """mmdebstrap mounts /proc, /sys, /dev in the chroot; a killed build can leave them behind."""
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as f:
-        mounts = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
-    for m in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", m], check=False)
-
-
-def remove_tree(path: Path) -> None:
-    if path.exists():
-        _unmount_below(path)
-        shutil.rmtree(path)
-
-
-@contextmanager
-def _lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 @contextmanager
 def _step(name: str, timings: dict):
     log.info("step %s ...", name)
@@ -164,10 +141,10 @@ def ensure(flavor: str, arch: str | None = None, force: bool = False) -> Testbed
     recipe = load(flavor, arch)
     final = final_dir(recipe)
     tb = Testbed(final, recipe.repo_key)
-    with _lock(cache_root() / f".lock-{recipe.slug}"):
+    with lock(cache_root() / f".lock-{recipe.slug}"):
         if force or not (final / "manifest.json").is_file():
             check_tools(recipe.arch)
-            _atomic(final, lambda tmp: _build_image(recipe, tmp))
+            atomic_dir(final, lambda tmp: _build_image(recipe, tmp))
             link = cache_root() / recipe.slug
             link.unlink(missing_ok=True)
             link.symlink_to(final.name)
@@ -177,26 +154,13 @@ def ensure(flavor: str, arch: str | None = None, force: bool = False) -> Testbed
             missing = [t for t in ("apt-get", "apt-ftparchive", "gpg") if shutil.which(t) is None]
             if missing:
                 raise BuildError(f"{', '.join(missing)} not found: the local repository needs them (apt install apt-utils gpg)")
-            _atomic(tb.repo, lambda tmp: _build_repo(recipe, final, tmp))
+            atomic_dir(tb.repo, lambda tmp: _build_repo(recipe, final, tmp))
             for old in final.glob("repo-*"):
                 if old != tb.repo:
                     remove_tree(old)
         else:
             log.info("local repository %s is cached", tb.repo.name)
     return tb
-
-
-def _atomic(final: Path, build) -> None:
-    """Build into a temporary sibling, then rename: the cache never holds a partial result."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    remove_tree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        build(tmp)
-        remove_tree(final)
-        tmp.rename(final)
-    finally:
-        remove_tree(tmp)
 
 
 def _build_image(recipe: Recipe, tmp: Path) -> None:

@@ -1,7 +1,7 @@
 """Offline validation of rendered manifests.
 
 Built-in kinds are checked with `kubernetes-validate` in strict mode against the Kubernetes
-release k3s ships (v1.31.4+k3s1 -> 1.31); our custom resources (HelmChart, HelmChartConfig,
+release k3s ships (v1.36.1+k3s1 -> 1.36); our custom resources (HelmChart, HelmChartConfig,
 MetalLB pools) against the JSON schemas in addons/schemas/, written from the published CRDs.
 `kubernetes-validate` is a test/workstation extra, so it is imported only when used.
 """
@@ -24,12 +24,12 @@ CR_SCHEMAS = {
 
 
 def kubernetes_version(k3s_version: str) -> str:
-    """'v1.31.4+k3s1' -> '1.31', or the newest schema set kubernetes-validate has that is not newer."""
+    """'v1.36.1+k3s1' -> '1.36', or the newest schema set kubernetes-validate has that is not newer."""
     from kubernetes_validate.utils import all_versions
 
     m = re.match(r"^v?(\d+)\.(\d+)", k3s_version)
     if not m:
-        raise ValueError(f"{k3s_version!r} is not a k3s version like v1.31.4+k3s1")
+        raise ValueError(f"{k3s_version!r} is not a k3s version like v1.36.1+k3s1")
     wanted = (int(m.group(1)), int(m.group(2)))
     have = sorted({tuple(int(x) for x in v.split(".")[:2]) for v in all_versions()})
     usable = [v for v in have if v <= wanted]

@@ -222,7 +222,7 @@ class Node(Model):
 
 
 class Kubernetes(Model):
-    k3s_version: str = Field(default="v1.31.4+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")
+    k3s_version: str = Field(default="v1.36.1+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")
     # k3s's defaults (10.42.0.0/16, 10.43.0.0/16) would swallow the default LAN, so ceil moves them.
     cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.52.0.0/16")
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.53.0.0/16")

@@ -5,10 +5,17 @@ It is NOT Kubernetes: it speaks just enough of the API's HTTP surface for the jo
 job waits for, in a deterministic way counted in requests rather than seconds:
 
 - nodes become Ready after a given number of GETs (or never register);
-- applying a HelmChart schedules its "install": after `delay` more requests the HelmChart gets
-  `status.jobName`, the Job succeeds (or fails), and the chart's CRDs (Established, and their
-  API group now served) and Deployments (available) appear;
+- applying a HelmChart or a HelmChartConfig makes a helm-controller pass (after `delay` more
+  requests), as k3s's helm-controller v0.17 does (pkg/controllers/chart/chart.go): the values
+  go to the Secret chart-values-<chart>, the chart content to the ConfigMap chart-content-<chart>,
+  and the install Job is replaced when its pod template's config hash differs; the HelmChart
+  gets `status.jobName`, and after `delay` more requests the Job succeeds (or fails) and what
+  the chart makes appears: its CRDs (Established, their API group served) and Deployments;
 - applied Deployments become available after one more request.
+
+What each chart makes comes from CHART_FACTS, written from the charts' own templates at the
+versions the catalog pins, never from the plan under test: an add-on that waits for a name its
+chart does not make times out here as it would on a Pi.
 
 Every request is recorded (method, path, query, content type, parsed body) and faults can be
 injected: HTTP errors or dropped connections for the next N matching requests.
@@ -16,6 +23,9 @@ injected: HTTP errors or dropped connections for the next N matching requests.
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -53,12 +63,68 @@ BUILTIN = {
 
 @dataclass
 class Chart:
-    """What installing one HelmChart makes appear."""
+    """What installing one chart makes appear (release name = the HelmChart's name)."""
 
     crds: list[tuple[str, str, str, str]] = field(default_factory=list)  # (crd name, apiVersion, plural, kind)
-    deployments: list[str] = field(default_factory=list)  # namespace/name
+    deployments: list[str] = field(default_factory=list)  # names, in the HelmChart's targetNamespace
     delay: int = 2
     fail: bool = False
+
+
+def _plural(kind: str) -> str:
+    """The plural the CRDs use: Prometheus -> prometheuses, Community -> communities."""
+    k = kind.lower()
+    return k + "es" if k.endswith("s") else k[:-1] + "ies" if k.endswith("y") else k + "s"
+
+
+def _crds(group: str, version: str, *kinds: str) -> list[tuple[str, str, str, str]]:
+    return [(f"{_plural(k)}.{group}", f"{group}/{version}", _plural(k), k) for k in kinds]
+
+
+# From each chart's templates at the catalog's pinned version (crds/ and the Deployment names its
+# fullname helpers produce for a release named like the HelmChart). Kept apart from addons/ on
+# purpose: the catalog's wait_for lists are checked against these, not copied into them.
+CHART_FACTS: dict[str, Chart] = {
+    # metallb 0.15.3: charts/metallb/charts/crds/templates/crds.yaml; templates/controller.yaml
+    # names its Deployment "<fullname>-controller".
+    "metallb": Chart(crds=_crds("metallb.io", "v1beta1", "IPAddressPool", "L2Advertisement", "BGPAdvertisement",
+                                "BFDProfile", "Community", "ServiceL2Status") + _crds("metallb.io", "v1beta2", "BGPPeer"),
+                     deployments=["metallb-controller"]),
+    # kube-prometheus-stack 79.5.0: charts/crds (prometheus-operator's CRDs); the operator is
+    # "<fullname>-operator", Grafana and kube-state-metrics come from subcharts ("<release>-<name>").
+    "kube-prometheus-stack": Chart(
+        crds=_crds("monitoring.coreos.com", "v1", "Prometheus", "ServiceMonitor", "PodMonitor", "PrometheusRule",
+                   "Alertmanager", "Probe", "ThanosRuler")
+        + _crds("monitoring.coreos.com", "v1alpha1", "AlertmanagerConfig", "PrometheusAgent", "ScrapeConfig"),
+        deployments=["kube-prometheus-stack-operator", "kube-prometheus-stack-grafana",
+                     "kube-prometheus-stack-kube-state-metrics"]),
+    # longhorn 1.11.3: templates/crds.yaml; deployment-driver.yaml and deployment-ui.yaml.
+    "longhorn": Chart(crds=_crds("longhorn.io", "v1beta2", "Volume", "Node", "Engine", "Replica", "Setting",
+                                 "EngineImage", "InstanceManager", "Backup", "BackupTarget"),
+                      deployments=["longhorn-driver-deployer", "longhorn-ui"]),
+    # kubernetes-dashboard 7.14.0: templates/deployments/{api,auth,web,metrics-scraper}.yaml are
+    # "<fullname>-<part>"; the kong subchart's proxy is "<release>-kong".
+    "kubernetes-dashboard": Chart(deployments=[
+        "kubernetes-dashboard-api", "kubernetes-dashboard-auth", "kubernetes-dashboard-web",
+        "kubernetes-dashboard-metrics-scraper", "kubernetes-dashboard-kong"]),
+    # robusta kubewatch 3.5.0: templates/deployment.yaml, common.names.fullname (= release name).
+    "kubewatch": Chart(deployments=["kubewatch"]),
+    # k3s's bundled traefik chart: templates/deployment.yaml names it after the release.
+    "traefik": Chart(deployments=["traefik"], delay=1),
+}
+# k3s's own /var/lib/rancher/k3s/server/manifests/traefik.yaml (its values, abridged).
+K3S_TRAEFIK_VALUES = "deployment:\n  podAnnotations:\n    prometheus.io/port: \"8082\"\n"
+
+
+def helm_controller_hash(content: dict, secret: dict) -> str:
+    """hashObjects in helm-controller's chart.go: sha256 over the `data` of the content ConfigMap
+    then the values Secret, each key then value in key order (Secret values base64-encoded)."""
+    h = hashlib.sha256()
+    for obj in (content, secret):
+        data = obj.get("data") or {}
+        for key in sorted(data):
+            h.update(key.encode() + data[key].encode())
+    return "SHA256=" + h.hexdigest().upper()
 
 
 @dataclass
@@ -85,7 +151,9 @@ class KubeApiStandIn:
         self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
-        self.charts: dict[str, Chart] = {}
+        self.charts: dict[str, Chart] = copy.deepcopy(CHART_FACTS)
+        # False: a helm-controller that never reacts to HelmChartConfig changes (a broken one).
+        self.react_to_configs = True
         self.node_ready_after: dict[str, int] = {}
         self._pending: list[tuple[int, Callable[[], None]]] = []
         self._ticks = 0
@@ -159,30 +227,81 @@ class KubeApiStandIn:
 
     def on_applied(self, obj: dict) -> None:
         kind, meta = obj["kind"], obj["metadata"]
-        if kind == "HelmChart":
-            chart = self.charts.get(meta["name"], Chart())
-            self.later(chart.delay, lambda: self._install(meta["namespace"], meta["name"], chart))
+        if kind == "HelmChart" or (kind == "HelmChartConfig" and self.react_to_configs):
+            delay = self.charts.get(meta["name"], Chart()).delay
+            self.later(delay, lambda: self._helm_controller(meta["namespace"], meta["name"]))
         elif kind == "Deployment":
             self.later(1, lambda: self._make_available(meta["namespace"], meta["name"]))
 
-    def _install(self, namespace: str, name: str, chart: Chart) -> None:
-        job = f"helm-install-{name}"
+    def k3s_boot(self) -> None:
+        """What a fresh k3s server already has: its own Traefik HelmChart, installed."""
+        self.put({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
+                  "metadata": {"name": "traefik", "namespace": "kube-system"},
+                  "spec": {"chart": "https://%{KUBERNETES_API}%/static/charts/traefik.tgz",
+                           "targetNamespace": "kube-system", "valuesContent": K3S_TRAEFIK_VALUES}})
+        self._helm_controller("kube-system", "traefik", settle=True)
+
+    def _helm_controller(self, namespace: str, name: str, settle: bool = False) -> None:
+        """One pass of helm-controller's OnChange for HelmChart namespace/name."""
         hc = self.find("helm.cattle.io/v1", "HelmChart", name, namespace)
-        hc.setdefault("status", {})["jobName"] = job
-        status = {"failed": 1} if chart.fail else {"succeeded": 1}
-        self.put({"apiVersion": "batch/v1", "kind": "Job", "status": status,
-                  "metadata": {"name": job, "namespace": namespace}})
+        if hc is None:
+            return
+        config = self.find("helm.cattle.io/v1", "HelmChartConfig", name, namespace)
+        values = {}
+        if hc.get("spec", {}).get("valuesContent"):
+            values["HelmChartValuesContent"] = hc["spec"]["valuesContent"]
+        if config and config.get("spec", {}).get("valuesContent"):
+            values["HelmChartConfigValuesContent"] = config["spec"]["valuesContent"]
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "helmcharts.helm.cattle.io/values",
+                  "metadata": {"name": f"chart-values-{name}", "namespace": namespace},
+                  "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}}
+        content = {"apiVersion": "v1", "kind": "ConfigMap", "data": {},
+                   "metadata": {"name": f"chart-content-{name}", "namespace": namespace}}
+        if hc.get("spec", {}).get("chartContent"):
+            content["data"][f"{name}.tgz.base64"] = hc["spec"]["chartContent"]
+        self.put(secret)
+        self.put(content)
+        digest = helm_controller_hash(content, secret)
+        job_name = f"helm-install-{name}"
+        job = self.find("batch/v1", "Job", job_name, namespace)
+        hc.setdefault("status", {})["jobName"] = job_name
+        current = job and job["spec"]["template"]["metadata"]["annotations"].get("helmcharts.helm.cattle.io/configHash")
+        chart = self.charts.get(name, Chart())
+        target = hc.get("spec", {}).get("targetNamespace") or namespace
+        if current == digest:
+            # The template did not change: the Job stays (generic.ErrSkip). One that has not
+            # succeeded keeps retrying its pod (helm-controller sets backoffLimit 1000).
+            if not job["status"].get("succeeded"):
+                self.later(chart.delay, lambda: self._install(namespace, job_name, target, chart))
+            return
+        # A changed template: the old Job is deleted and a new one made (its pod runs the install).
+        self.put({"apiVersion": "batch/v1", "kind": "Job", "status": {},
+                  "metadata": {"name": job_name, "namespace": namespace, "uid": f"{job_name}-{self._ticks}"},
+                  "spec": {"template": {"metadata": {"annotations": {
+                      "helmcharts.helm.cattle.io/configHash": digest}}}}})
+        if settle:
+            self._install(namespace, job_name, target, chart)
+        else:
+            self.later(chart.delay, lambda: self._install(namespace, job_name, target, chart))
+
+    def _install(self, namespace: str, job_name: str, target: str, chart: Chart) -> None:
+        """The install Job's pod ran helm: it failed, or the chart's objects now exist."""
+        job = self.find("batch/v1", "Job", job_name, namespace)
+        if job is None:
+            return
+        failed = job["status"].get("failed", 0)
+        job["status"] = {"failed": failed + 1} if chart.fail else {"succeeded": 1, **({"failed": failed} if failed else {})}
         if chart.fail:
             return
         for crd_name, api_version, plural, kind in chart.crds:
             self.put({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
                       "metadata": {"name": crd_name},
                       "status": {"conditions": [{"type": "Established", "status": "True"}]}})
-            self.served.setdefault(api_version, []).append(_res(plural, kind, True))
-        for ref in chart.deployments:
-            ns, dep = ref.split("/")
+            if not any(r["name"] == plural for r in self.served.get(api_version, [])):
+                self.served.setdefault(api_version, []).append(_res(plural, kind, True))
+        for dep in chart.deployments:
             self.put({"apiVersion": "apps/v1", "kind": "Deployment",
-                      "metadata": {"name": dep, "namespace": ns, "generation": 1}, "spec": {"replicas": 1},
+                      "metadata": {"name": dep, "namespace": target, "generation": 1}, "spec": {"replicas": 1},
                       "status": {"observedGeneration": 1, "availableReplicas": 1}})
 
     def _make_available(self, namespace: str, name: str) -> None:

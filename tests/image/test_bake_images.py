@@ -249,7 +249,7 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
     system stays clean, and the router gets the same files in its cache when the workstation has them."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(offline_wheels))
     base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"), root_mib=160)
-    release = tmp_path / "k3s-cache" / "v1.31.4+k3s1"  # the workstation cache's layout
+    release = tmp_path / "k3s-cache" / "v1.36.1+k3s1"  # the workstation cache's layout
     release.mkdir(parents=True)
     binary = os.urandom(3 << 20)
     (release / "k3s-arm64").write_bytes(binary)
@@ -269,7 +269,7 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
     from ceil.k3s.cache import CACHE_ROOT_ON_ROUTER
 
     router_root = extract(tmp_path / "out" / "ceil-router.img", 2, tmp_path / "router-root.img")
-    assert read_file(router_root, f"{CACHE_ROOT_ON_ROUTER}/k3s/v1.31.4+k3s1/k3s-arm64") == binary
+    assert read_file(router_root, f"{CACHE_ROOT_ON_ROUTER}/k3s/v1.36.1+k3s1/k3s-arm64") == binary
     # the boot partition did not have to hold it
     boot = extract(tmp_path / "out" / "ceil-one.img", 1, tmp_path / "one-boot.img")
     assert subprocess.run(["fsck.vfat", "-n", str(boot)], capture_output=True).returncode == 0

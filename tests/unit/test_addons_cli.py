@@ -52,7 +52,7 @@ def test_render_writes_numbered_files_and_checks_them(tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "01-metallb.yaml", "02-traefik.yaml", "03-demo.yaml"]
-    assert "all manifests valid for Kubernetes 1.31" in result.output
+    assert "all manifests valid for Kubernetes 1.36" in result.output
 
 
 def test_apply_then_delete_one_addon(setup):

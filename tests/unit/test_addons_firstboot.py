@@ -65,17 +65,7 @@ def test_the_shipped_job_runs_from_the_payload(tmp_path):
     with KubeApiStandIn() as api:
         for n in ("ceil-one", "ceil-two", "ceil-three"):
             api.add_node(n)
-        api.put({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1},
-                 "metadata": {"name": "traefik", "namespace": "kube-system", "generation": 1},
-                 "status": {"observedGeneration": 1, "availableReplicas": 1}})
-        api.put({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart", "status": {"jobName": "j"},
-                 "metadata": {"name": "traefik", "namespace": "kube-system"}})
-        api.put({"apiVersion": "batch/v1", "kind": "Job", "status": {"succeeded": 1},
-                 "metadata": {"name": "j", "namespace": "kube-system"}})
-        from test_addons_job import charts_from_plan
-
-        plan = json.loads((dest / "etc" / "addons.json").read_text())
-        api.charts = charts_from_plan(plan)
+        api.k3s_boot()
         result = subprocess.run(
             [sys.executable, "-m", "addons_job", "--plan", str(dest / "etc" / "addons.json"),
              "--kubeconfig", str(api.write_kubeconfig(tmp_path / "k3s.yaml")),

@@ -1,9 +1,12 @@
 """The post-join add-on job against a local Kubernetes API stand-in on 127.0.0.1.
 
 The stand-in (tests/fakes/kube_api.py) is not Kubernetes: it answers the job's calls and
-plays the controllers (helm-controller jobs, CRDs, Deployments, node readiness) step by step.
-The job talks to it through the real `kubernetes` client (kubeconfig loading, bearer token,
-urllib3 pool). The real API server is exercised only by `make verify` on hardware.
+plays the controllers (helm-controller passes, what each chart makes, Deployments, node
+readiness) step by step, with its own table of what each pinned chart makes. It serves where a
+real control plane cannot (charts finishing their installs, nodes turning Ready); the job's
+applies, CRD waits, install Jobs and re-runs meet a real kube-apiserver and helm-controller in
+tests/apiserver (`make test-apiserver`). The job talks to the stand-in through the real
+`kubernetes` client (kubeconfig loading, bearer token, urllib3 pool).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fakes.kube_api import Chart, KubeApiStandIn  # noqa: E402
+from fakes.kube_api import CHART_FACTS, KubeApiStandIn  # noqa: E402
 
 from ceil.addons.job import __main__ as job_main  # noqa: E402
 from ceil.addons.job.apply import Applier  # noqa: E402
@@ -27,11 +30,6 @@ from ceil.addons.render import build_plan  # noqa: E402
 from ceil.config import parse_cluster  # noqa: E402
 
 NODES = ["ceil-one", "ceil-two", "ceil-three", "ceil-four"]
-# Kinds our manifests apply that arrive with a chart's CRDs: crd name -> (apiVersion, plural, kind).
-CRD_KINDS = {
-    "ipaddresspools.metallb.io": ("metallb.io/v1beta1", "ipaddresspools", "IPAddressPool"),
-    "l2advertisements.metallb.io": ("metallb.io/v1beta1", "l2advertisements", "L2Advertisement"),
-}
 PASSWORD = b"s3cret-grafana-pw"
 
 
@@ -44,29 +42,6 @@ nodes:
   - {{name: three}}
   - {{name: four}}
 """)
-
-
-def charts_from_plan(plan: dict) -> dict[str, Chart]:
-    """Each HelmChart 'installs' what its step waits for, as the real chart would."""
-    charts = {}
-    for addon in plan["addons"]:
-        for step in addon["steps"]:
-            w = step["wait_for"]
-            for ref in w["helmcharts"]:
-                crds = [(c, *CRD_KINDS.get(c, ("x.example/v1", c.split(".")[0], "X"))) for c in w["crds"]]
-                charts[ref.split("/")[1]] = Chart(crds=crds, deployments=w["deployments"])
-    return charts
-
-
-def k3s_at_boot(api: KubeApiStandIn) -> None:
-    """What a fresh k3s server already has: its own Traefik chart, installed."""
-    api.put({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart", "status": {"jobName": "helm-install-traefik"},
-             "metadata": {"name": "traefik", "namespace": "kube-system"}})
-    api.put({"apiVersion": "batch/v1", "kind": "Job", "status": {"succeeded": 1},
-             "metadata": {"name": "helm-install-traefik", "namespace": "kube-system"}})
-    api.put({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1},
-             "metadata": {"name": "traefik", "namespace": "kube-system", "generation": 1},
-             "status": {"observedGeneration": 1, "availableReplicas": 1}})
 
 
 class FakeTime:
@@ -92,8 +67,7 @@ def plan():
 @pytest.fixture
 def stand_in(plan):
     with KubeApiStandIn() as api:
-        k3s_at_boot(api)
-        api.charts = charts_from_plan(plan)
+        api.k3s_boot()
         for n in NODES:
             api.add_node(n)
         yield api
@@ -239,8 +213,7 @@ def test_storage_labels_only_nodes_that_joined(tmp_path):
     storage = next(a for a in plan["addons"] if a["name"] == "storage")
     assert [m["metadata"]["name"] for m in storage["steps"][0]["manifests"] if m["kind"] == "Node"] == ["ceil-two"]
     with KubeApiStandIn() as api:
-        k3s_at_boot(api)
-        api.charts = charts_from_plan(plan)
+        api.k3s_boot()
         for n in ("ceil-one", "ceil-three", "ceil-four"):
             api.add_node(n)
         report = make_applier(api, tmp_path, FakeTime()).run(plan, node_timeout=30)
@@ -253,7 +226,6 @@ def test_storage_labels_only_nodes_that_joined(tmp_path):
 def test_delete_removes_in_reverse_and_never_touches_nodes(stand_in, tmp_path):
     plan = build_plan(cluster(", storage_device: /dev/sda"))
     applier = make_applier(stand_in, tmp_path, FakeTime())
-    stand_in.charts = charts_from_plan(plan)
     applier.run(plan, node_timeout=60)
     storage = next(a for a in plan["addons"] if a["name"] == "storage")
     deleted = applier.delete_addon(storage)
@@ -292,3 +264,58 @@ def test_runner_exit_codes_and_status_file(stand_in, plan, tmp_path, capsys):
     assert "kubewatch" in capsys.readouterr().err
     (tmp_path / "plan.json").write_text("{}")
     assert job_main.main(args) == job_main.EXIT_PERMANENT
+
+
+def test_a_wait_for_name_the_chart_does_not_make_fails(stand_in, plan, tmp_path):
+    """The stand-in's charts come from CHART_FACTS, not from the plan: a misspelt name times out."""
+    metallb = next(a for a in plan["addons"] if a["name"] == "metallb")
+    metallb["steps"][0]["wait_for"]["deployments"] = ["metallb-system/metallb-controler"]
+    report = make_applier(stand_in, tmp_path, FakeTime()).run(plan, node_timeout=600)
+    assert report.states["metallb"] == "failed"
+    assert "Deployment metallb-system/metallb-controler available (not created yet)" in report.messages["metallb"]
+
+
+def test_every_catalog_wait_names_what_its_chart_makes():
+    """Each step that waits for a HelmChart waits only for CRDs and Deployments that chart makes."""
+    plan = build_plan(cluster(", storage_device: /dev/sda"))
+    for addon in plan["addons"]:
+        for step in addon["steps"]:
+            w = step["wait_for"]
+            if not w["helmcharts"]:
+                continue
+            made = [CHART_FACTS[ref.split("/")[1]] for ref in w["helmcharts"]]
+            crds = {c[0] for chart in made for c in chart.crds}
+            deployments = {d for chart in made for d in chart.deployments}
+            assert set(w["crds"]) <= crds, addon["name"]
+            assert {d.split("/")[1] for d in w["deployments"]} <= deployments, addon["name"]
+
+
+def test_the_traefik_wait_sees_the_reinstall_its_own_config_caused(stand_in, plan, tmp_path):
+    """k3s installed Traefik at boot; applying our HelmChartConfig makes helm-controller replace
+    the install Job. The wait must see the new Job, not the old one that already succeeded."""
+    boot_job = stand_in.find("batch/v1", "Job", "helm-install-traefik", "kube-system")
+    assert boot_job["status"] == {"succeeded": 1}
+    report = make_applier(stand_in, tmp_path, FakeTime()).run(plan, node_timeout=600)
+    assert report.states["traefik"] == "ready", report.messages
+    job = stand_in.find("batch/v1", "Job", "helm-install-traefik", "kube-system")
+    assert job["metadata"]["uid"] != boot_job["metadata"]["uid"]
+
+
+def test_a_helm_controller_that_ignores_the_config_is_not_taken_for_ready(stand_in, plan, tmp_path):
+    stand_in.react_to_configs = False
+    traefik = next(a for a in plan["addons"] if a["name"] == "traefik")
+    traefik["steps"][0]["wait_for"]["timeout_seconds"] = 60
+    report = make_applier(stand_in, tmp_path, FakeTime()).run(plan, node_timeout=600)
+    assert report.states["traefik"] == "failed"
+    assert "has not taken the values just applied yet" in report.messages["traefik"]
+
+
+def test_every_applied_object_but_nodes_carries_the_managed_by_label(stand_in, plan, tmp_path):
+    """An apply must own a field, or the next apply bumps the object (tests/apiserver found it)."""
+    make_applier(stand_in, tmp_path, FakeTime()).run(plan, node_timeout=600)
+    for r in stand_in.applies():
+        labels = r.body["metadata"].get("labels") or {}
+        if r.body["kind"] == "Node":
+            assert "app.kubernetes.io/managed-by" not in labels
+        else:
+            assert labels["app.kubernetes.io/managed-by"] == "ceil", r.body["metadata"]["name"]

@@ -1,6 +1,6 @@
 """Add-on catalog, selection and rendering; every rendered manifest validated offline.
 
-Built-in kinds: kubernetes-validate, strict, Kubernetes 1.31 (k3s v1.31.4+k3s1). HelmChart,
+Built-in kinds: kubernetes-validate, strict, Kubernetes 1.36 (k3s v1.36.1+k3s1). HelmChart,
 HelmChartConfig and MetalLB resources: the JSON schemas in addons/schemas/ (from the CRDs).
 """
 
@@ -52,7 +52,7 @@ def values(helmchart) -> dict:
 def test_every_rendered_manifest_validates_strictly_for_k3s_kubernetes(variant):
     cluster = VARIANTS[variant]
     version = kubernetes_version(cluster.kubernetes.k3s_version)
-    assert version == "1.31"
+    assert version == "1.36"
     manifests = docs(cluster)
     assert manifests
     assert validate_all(manifests, version) == []
@@ -61,7 +61,7 @@ def test_every_rendered_manifest_validates_strictly_for_k3s_kubernetes(variant):
 def test_every_addon_validates_even_when_applied_alone():
     cluster = VARIANTS["drives"]
     for name in Catalog().specs:
-        assert validate_all(docs(cluster, [name]), "1.31") == [], name
+        assert validate_all(docs(cluster, [name]), "1.36") == [], name
 
 
 @pytest.mark.parametrize("bad, expected", [
@@ -76,7 +76,7 @@ def test_every_addon_validates_even_when_applied_alone():
     ({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}}, "no schema"),
 ])
 def test_the_validators_reject_what_the_api_server_would_drop_or_refuse(bad, expected):
-    error = validate_manifest(bad, "1.31")
+    error = validate_manifest(bad, "1.36")
     assert error and expected in error
 
 

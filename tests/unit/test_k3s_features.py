@@ -92,8 +92,8 @@ def test_rendered_configs_are_the_configs(make, tmp_path):
     assert server == k3s_config.server_config(cluster, cluster.node("one"))
     assert agent == k3s_config.agent_config(cluster, cluster.node("two"))
     env = (tmp_path / "two/etc/k3s-install/install.env").read_text()
-    assert "K3S_CACHE_URL='http://10.42.0.1:8088/k3s/v1.31.4+k3s1'" in env
-    assert "K3S_UPSTREAM_URL='https://github.com/k3s-io/k3s/releases/download/v1.31.4%2Bk3s1'" in env
+    assert "K3S_CACHE_URL='http://10.42.0.1:8088/k3s/v1.36.1+k3s1'" in env
+    assert "K3S_UPSTREAM_URL='https://github.com/k3s-io/k3s/releases/download/v1.36.1%2Bk3s1'" in env
 
 
 def _all_bytes(root) -> dict[str, bytes]:

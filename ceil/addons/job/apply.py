@@ -9,6 +9,7 @@ after a power cut halfway, applies the same objects again and converges.
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,17 @@ from .kube import ApiError, KubeApi, NotServed
 from .status import StatusFile
 
 PROTECTED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
+# k3s's helm-controller (pkg/controllers/chart/chart.go, v0.17): the chart's values go to the
+# Secret chart-values-<chart> under these keys, its content to the ConfigMap chart-content-<chart>,
+# and the install Job's pod template carries a hash of both: a Job whose hash differs was made
+# from other values and is about to be replaced.
+VALUES_KEYS = {"HelmChart": "HelmChartValuesContent", "HelmChartConfig": "HelmChartConfigValuesContent"}
+CONFIG_HASH = "helmcharts.helm.cattle.io/configHash"
+# Every object the job applies carries this label, so that the apply owns at least one field: a
+# server-side apply that sets no field (a bare Namespace) records no managedFields, and the next
+# apply then hands the object's fields to "before-first-apply" and bumps its resourceVersion
+# (seen on kube-apiserver 1.36 in tests/apiserver). It also lets `kubectl get -l` find them.
+MANAGED_BY = ("app.kubernetes.io/managed-by", "ceil")
 
 
 class StepFailed(Exception):
@@ -94,7 +106,7 @@ class Applier:
 
     def _node_ready(self, name: str) -> bool:
         node = self.api.get("v1", "Node", name)
-        conditions = (node or {}).get("status", {}).get("conditions", [])
+        conditions = _dig(node, "status", "conditions") or []
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
     # ---- one add-on --------------------------------------------------------------------
@@ -114,7 +126,7 @@ class Applier:
                 note = self.apply_object(obj, deadline)
                 if note:
                     notes.append(note)
-            self.wait(step["wait_for"], deadline)
+            self.wait(step["wait_for"], deadline, step["manifests"])
         return notes
 
     def apply_object(self, obj: dict[str, Any], deadline: float) -> str | None:
@@ -123,7 +135,9 @@ class Applier:
             # Partial Node objects carry labels only: never create a node that has not joined.
             if self.api.get("v1", "Node", obj["metadata"]["name"]) is None:
                 return f"{what} has not joined: labels not applied"
-        self._until(deadline, what, lambda: self._try_apply(obj))
+            self._until(deadline, what, lambda: self._try_apply(obj))
+        else:
+            self._until(deadline, what, lambda: self._try_apply(labelled(obj)))
         self.log(f"applied {what}")
         return None
 
@@ -155,10 +169,11 @@ class Applier:
 
     # ---- waiting -----------------------------------------------------------------------
 
-    def wait(self, wait_for: dict[str, Any], deadline: float) -> None:
+    def wait(self, wait_for: dict[str, Any], deadline: float, applied: list[dict[str, Any]] = ()) -> None:
         # The install job first: when it fails, its story beats "CRD not created yet".
         for ref in wait_for.get("helmcharts", []):
-            self._until(deadline, f"HelmChart {ref} installed", lambda r=ref: self._helmchart_done(r))
+            values = applied_values(ref, applied)
+            self._until(deadline, f"HelmChart {ref} installed", lambda r=ref, v=values: self._helmchart_done(r, v))
         for crd in wait_for.get("crds", []):
             self._until(deadline, f"CRD {crd} established", lambda c=crd: self._crd_established(c))
         for ref in wait_for.get("deployments", []):
@@ -179,23 +194,37 @@ class Applier:
             return False, "not created yet"
         return _condition(crd, "Established"), "not established yet"
 
-    def _helmchart_done(self, ref: str) -> tuple[bool, str]:
+    def _helmchart_done(self, ref: str, values: dict[str, str] | None = None) -> tuple[bool, str]:
+        """Installed with the values this run applied: helm-controller has taken them (its values
+        Secret holds them), the install Job was made from them (its hash), and it succeeded. A
+        Job that succeeded before this run's HelmChartConfig was applied does not count."""
         namespace, name = ref.split("/", 1)
         chart = self.api.get("helm.cattle.io/v1", "HelmChart", name, namespace)
         if chart is None:
             return False, "HelmChart not found"
-        for c in chart.get("status", {}).get("conditions", []):
+        for c in _dig(chart, "status", "conditions") or []:
             if c.get("type") == "Failed" and c.get("status") == "True":
                 raise StepFailed(f"HelmChart {ref} failed: {c.get('message') or c.get('reason')}")
-        job_name = chart.get("status", {}).get("jobName")
+        job_name = _dig(chart, "status", "jobName")
         if not job_name:
             return False, "no install job yet"
+        secret = self.api.get("v1", "Secret", f"chart-values-{name}", namespace)
+        content = self.api.get("v1", "ConfigMap", f"chart-content-{name}", namespace)
+        if secret is None or content is None:
+            return False, "helm-controller has not written the chart's values yet"
+        held = secret.get("data") or {}
+        for key, want in (values or {}).items():
+            if base64.b64decode(held.get(key, "")).decode(errors="replace") != want:
+                return False, "helm-controller has not taken the values just applied yet"
         job = self.api.get("batch/v1", "Job", job_name, namespace)
         if job is None:
             return False, f"job {job_name} not found yet"
-        if job.get("status", {}).get("succeeded", 0) >= 1:
+        made_from = _dig(job, "spec", "template", "metadata", "annotations", CONFIG_HASH)
+        if made_from != config_hash(content, secret):
+            return False, f"job {job_name} was made from older values; waiting for its replacement"
+        if (_dig(job, "status", "succeeded") or 0) >= 1:
             return True, ""
-        failed = job.get("status", {}).get("failed", 0)
+        failed = _dig(job, "status", "failed") or 0
         return False, f"job {job_name} running" + (f", {failed} failed attempt(s)" if failed else "")
 
     def _deployment_ready(self, ref: str) -> tuple[bool, str]:
@@ -203,10 +232,10 @@ class Applier:
         dep = self.api.get("apps/v1", "Deployment", name, namespace)
         if dep is None:
             return False, "not created yet"
-        want = dep.get("spec", {}).get("replicas", 1)
-        status = dep.get("status", {})
-        available = status.get("availableReplicas", 0)
-        current = status.get("observedGeneration", 0) >= dep.get("metadata", {}).get("generation", 0)
+        want = _dig(dep, "spec", "replicas")
+        want = 1 if want is None else want
+        available = _dig(dep, "status", "availableReplicas") or 0
+        current = (_dig(dep, "status", "observedGeneration") or 0) >= (_dig(dep, "metadata", "generation") or 0)
         return current and available >= want, f"{available}/{want} available"
 
     # ---- removal (workstation) ---------------------------------------------------------
@@ -234,6 +263,39 @@ class Applier:
                 "metadata": {"name": spec["name"], "namespace": spec["namespace"]}}
 
 
+def labelled(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with the managed-by label added (a copy; an explicit value is kept)."""
+    labels = {MANAGED_BY[0]: MANAGED_BY[1], **(obj["metadata"].get("labels") or {})}
+    return {**obj, "metadata": {**obj["metadata"], "labels": labels}}
+
+
+def applied_values(ref: str, manifests: list[dict[str, Any]]) -> dict[str, str]:
+    """{values key: text} that HelmChart `ref`'s values Secret must hold after this step: the
+    valuesContent of the HelmChart and of its HelmChartConfig, where the step applied them."""
+    namespace, name = ref.split("/", 1)
+    out = {}
+    for m in manifests:
+        meta = m.get("metadata", {})
+        if m.get("kind") in VALUES_KEYS and meta.get("name") == name and meta.get("namespace") == namespace:
+            content = m.get("spec", {}).get("valuesContent")
+            if content:
+                out[VALUES_KEYS[m["kind"]]] = content
+    return out
+
+
+def config_hash(content: dict[str, Any], secret: dict[str, Any]) -> str:
+    """helm-controller's hashObjects over the chart's content ConfigMap and values Secret, as the
+    API serves them: for each, its `data` keys in order, key then value (a Secret's values are
+    base64, as they are in the controller's unstructured copy)."""
+    h = hashlib.sha256()
+    for obj in (content, secret):
+        data = obj.get("data") or {}
+        for key in sorted(data):
+            h.update(key.encode())
+            h.update(data[key].encode())
+    return f"SHA256={h.hexdigest().upper()}"
+
+
 def _ref(obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
     return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else meta["name"]
@@ -241,4 +303,14 @@ def _ref(obj: dict[str, Any]) -> str:
 
 def _condition(obj: dict[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True"
-               for c in obj.get("status", {}).get("conditions", []))
+               for c in _dig(obj, "status", "conditions") or [])
+
+
+def _dig(obj: dict[str, Any] | None, *keys: str) -> Any:
+    """obj[k1][k2]..., or None where a level is missing or null (a real API server sends
+    `"conditions": null` on a CRD it has not yet looked at)."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj

@@ -1,0 +1,83 @@
+"""The fast layer: a real Kubernetes control plane on this machine, no QEMU (marker `apiserver`,
+`make test-apiserver`). One lab per session, started from a cluster's baked PKI; see lab.py.
+
+It needs the build from `make apiserver` (testbed/apiserver.py) and root (a network namespace).
+Missing either is a failure that says what to run, never a skip: `make test` builds first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ceil.config import load_cluster
+from ceil.secrets import SecretStore
+from testbed import apiserver as build
+
+from .lab import ApiServerLab
+
+REPO = Path(__file__).resolve().parents[2]
+# Captured at import: the unit tests' autouse fixture points CEIL_CACHE at a temporary folder.
+BUILD = build.lookup()
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.apiserver)
+
+
+@pytest.fixture(scope="session")
+def workstation(tmp_path_factory, ssh_pubkey) -> Path:
+    """A user's folder: cluster.yaml (default network: server one at 10.42.0.11) and secrets/."""
+    d = tmp_path_factory.mktemp("workstation")
+    (d / "cluster.yaml").write_text(
+        "flavor: ubuntu-24.04-raspi\n"
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+        "router: {uplink: {type: ethernet, interface: eth1}}\n"
+        "nodes:\n  - {name: one, role: server}\n  - {name: two}\n  - {name: three}\n"
+    )
+    return d
+
+
+def bake_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python bake.py ...` as a user runs it, from their folder."""
+    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(workstation) -> Path:
+    """The admin kubeconfig, written by `bake.py kubeconfig` (this also makes the cluster CAs)."""
+    done = bake_py("kubeconfig", cwd=workstation)
+    assert done.returncode == 0, done.stderr
+    return workstation / "out" / "kubeconfig"
+
+
+@pytest.fixture(scope="session")
+def lab(workstation, kubeconfig, tmp_path_factory):
+    if BUILD is None:
+        pytest.fail("no Kubernetes control-plane build for the fast layer: run `make apiserver` first")
+    if os.geteuid() != 0:
+        pytest.fail("the fast layer runs the API server in a network namespace: run it as root")
+    cluster = load_cluster(workstation / "cluster.yaml")
+    lab = ApiServerLab(BUILD, cluster, SecretStore(workstation / "secrets"), tmp_path_factory.mktemp("server"),
+                       suffix=str(os.getpid() % 100000))
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", *args],
+                          capture_output=True, text=True, timeout=90)
+    if check:
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done

@@ -1,0 +1,159 @@
+"""The post-join add-on job against a real control plane: kube-apiserver, kube-controller-manager
+and k3s's helm-controller (lab.py). No node runs, so no pod starts: what is proven here is
+everything up to the pods (apply order, CRDs established, the HelmChart's install Job, idempotent
+re-runs, failure reports); the charts' installs finishing is proven only on hardware (`make verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ceil.addons.catalog import Catalog
+from ceil.addons.render import build_plan
+from ceil.config import load_cluster
+
+from .conftest import kubectl
+
+TEST_CATALOG = Path(__file__).parent / "catalog"
+
+
+@pytest.fixture(scope="module")
+def plan(workstation) -> dict:
+    return build_plan(load_cluster(workstation / "cluster.yaml"), Catalog(TEST_CATALOG))
+
+
+def run_job(plan: dict, kubeconfig: Path, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The job as the server runs it (`python -m ceil.addons.job`), with no nodes to wait for."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "plan.json").write_text(json.dumps(plan))
+    status = tmp / "status.json"
+    done = subprocess.run([sys.executable, "-m", "ceil.addons.job", "--plan", str(tmp / "plan.json"),
+                           "--kubeconfig", str(kubeconfig), "--status", str(status),
+                           "--secrets-dir", str(tmp), "--node-timeout", "0", "--poll-seconds", "1", *extra],
+                          capture_output=True, text=True, timeout=600)
+    return done, json.loads(status.read_text()) if status.exists() else {}
+
+
+def plan_objects(plan: dict) -> list[dict]:
+    return [m for a in plan["addons"] for s in a["steps"] for m in s["manifests"]]
+
+
+def resource_versions(kubeconfig: Path, objects: list[dict]) -> dict[str, str]:
+    docs = yaml.safe_dump_all(objects)
+    out = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "get", "-f", "-", "-o", "json"],
+                         input=docs, capture_output=True, text=True, timeout=60, check=True).stdout
+    found = json.loads(out)
+    items = found.get("items", [found])
+    return {f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            for o in items}
+
+
+@pytest.fixture(scope="module")
+def first_run(lab, kubeconfig, plan, tmp_path_factory):
+    return run_job(plan, kubeconfig, tmp_path_factory.mktemp("job-first"))
+
+
+def test_the_job_applies_a_plan_to_a_server_with_no_nodes_yet(first_run, kubeconfig, plan):
+    done, status = first_run
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {n: a["state"] for n, a in status["addons"].items()} == {"widgets": "ready", "after": "ready"}
+    # No agent has joined (none runs here): reported, and the add-ons were applied all the same.
+    assert status["nodes"]["ready"] == [] and status["nodes"]["missing"] == plan["nodes"]
+    crd = json.loads(kubectl(kubeconfig, "get", "crd", "widgets.fast.ceil.test", "-o", "json").stdout)
+    assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
+    widget = json.loads(kubectl(kubeconfig, "get", "widgets.fast.ceil.test", "-n", "fast", "first", "-o", "json").stdout)
+    assert widget["spec"] == {"cluster": "ceil", "size": 3}
+    after = json.loads(kubectl(kubeconfig, "get", "configmap", "-n", "fast", "after-widgets", "-o", "json").stdout)
+    assert after["data"]["nodes"] == ",".join(plan["nodes"])
+
+
+def test_helm_controller_creates_the_install_job_for_the_helmchart(first_run, kubeconfig):
+    """k3s's helm-controller (the version k3s embeds) turns the HelmChart into an install Job.
+    The Job's pod would run the klipper-helm image on a node: neither exists here."""
+    deadline, chart = time.monotonic() + 120, {}
+    while time.monotonic() < deadline:
+        chart = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", "fast-chart", "-o", "json").stdout)
+        if chart.get("status", {}).get("jobName"):
+            break
+        time.sleep(2)
+    job_name = chart.get("status", {}).get("jobName")
+    assert job_name == "helm-install-fast-chart", chart.get("status")
+    job = json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env.get("CHART", "").endswith("fast-chart") and env.get("TARGET_NAMESPACE") == "fast", env
+
+
+def test_a_second_run_changes_nothing(first_run, lab, kubeconfig, plan, tmp_path):
+    assert first_run[0].returncode == 0
+    before = resource_versions(kubeconfig, plan_objects(plan))
+    done, status = run_job(plan, kubeconfig, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert resource_versions(kubeconfig, plan_objects(plan)) == before
+
+
+def test_a_wait_for_naming_a_crd_nobody_makes_fails_loudly(first_run, kubeconfig, plan, tmp_path):
+    wrong = json.loads(json.dumps(plan))
+    step = wrong["addons"][0]["steps"][0]
+    step["wait_for"] = {**step["wait_for"], "crds": ["widgetz.fast.ceil.test"], "timeout_seconds": 10}
+    done, status = run_job(wrong, kubeconfig, tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert status["addons"]["widgets"]["state"] == "failed"
+    assert "CRD widgetz.fast.ceil.test established" in status["addons"]["widgets"]["message"]
+    assert status["addons"]["after"]["state"] == "skipped"
+
+
+# Kinds that only exist once a chart has installed its CRDs: a server with no nodes runs no chart.
+CHART_KINDS = {"IPAddressPool", "L2Advertisement"}
+
+
+def test_every_catalog_manifest_is_accepted_by_the_server(lab, kubeconfig, workstation, tmp_path):
+    """The real catalog for the default cluster, server-side: namespaces applied, the rest dry-run
+    (admission, defaulting and schema validation by kube-apiserver itself and, for HelmChart and
+    HelmChartConfig, by the CRDs the helm-controller installed)."""
+    objects = plan_objects(build_plan(load_cluster(workstation / "cluster.yaml")))
+    namespaces = [o for o in objects if o["kind"] == "Namespace"]
+    on_charts = [o for o in objects if o["kind"] in CHART_KINDS]
+    rest = [o for o in objects if o not in namespaces and o not in on_charts]
+    assert namespaces and rest and on_charts
+    for docs, dry in ((namespaces, []), (rest, ["--dry-run=server"])):
+        path = tmp_path / "objects.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil", *dry, "-f", str(path))
+    served = kubectl(kubeconfig, "api-resources", "-o", "name").stdout.split()
+    assert not any(name.endswith(".metallb.io") for name in served)  # so these were rightly left out
+
+
+def test_the_helmchart_wait_reads_the_real_helm_controller_right(first_run, kubeconfig):
+    """The job's wait checks that helm-controller took the values it applied and that the install
+    Job was made from them (config hash). Against the real helm-controller: after a new
+    HelmChartConfig the wait must move from "not taken yet" to the new Job (its pod cannot run
+    here, so "running" is as far as it gets), which proves the Secret's keys and our hash match."""
+    from ceil.addons.job.apply import Applier
+    from ceil.addons.job.kube import KubeApi, KubeconfigTransport
+
+    applier = Applier(KubeApi(KubeconfigTransport(str(kubeconfig))), log=lambda m: None)
+    config = {"apiVersion": "helm.cattle.io/v1", "kind": "HelmChartConfig",
+              "metadata": {"name": "fast-chart", "namespace": "kube-system"},
+              "spec": {"valuesContent": f"stamp: {time.time()}\n"}}
+    values = {"HelmChartConfigValuesContent": config["spec"]["valuesContent"]}
+    old_job = json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", "helm-install-fast-chart", "-o", "json").stdout)
+    assert applier._helmchart_done("kube-system/fast-chart", values) == (
+        False, "helm-controller has not taken the values just applied yet")
+    applier.api.apply(config)
+    deadline, detail = time.monotonic() + 120, ""
+    while time.monotonic() < deadline:
+        done, detail = applier._helmchart_done("kube-system/fast-chart", values)
+        if detail == "job helm-install-fast-chart running":
+            break
+        time.sleep(1)
+    assert detail == "job helm-install-fast-chart running"
+    new_job = json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", "helm-install-fast-chart", "-o", "json").stdout)
+    assert new_job["metadata"]["uid"] != old_job["metadata"]["uid"]  # replaced, as the stand-in models it
