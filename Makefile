@@ -11,7 +11,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv test test-unit test-apiserver apiserver test-image e2e testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ $(TESTBEDS): venv
 	$(PY) -m testbed.build --flavor $@ --arch $(ARCH)
 e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
+e2e-full: venv testbed test-apiserver ## More than CI runs: the QEMU suite with the cluster on each test-bed flavor (ARCH=arm64 default)
+	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-ubuntu $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
+	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write

@@ -13,7 +13,20 @@ BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
   qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test libcap2-bin qemu-user-static binfmt-support
   apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps socat
-  wireguard-go docker-registry isc-dhcp-client"
+  wireguard-go docker-registry isc-dhcp-client gcc"
+
+# Not from Debian's archive: the control-plane layer builds from Go modules with Go >= 1.26
+# (Debian 12 ships 1.19), and its tests drive the API server with kubectl.
+if [ "${1:-}" = "--test" ]; then
+  gover=$(go env GOVERSION 2>/dev/null || true)
+  case "$gover" in
+    go1.2[6-9]*|go1.[3-9][0-9]*) ;;
+    *) echo "Go >= 1.26 not found (found: ${gover:-none}): make apiserver builds kube-apiserver with it;" \
+            "install it from https://go.dev/dl/ and put it on PATH" >&2; exit 1 ;;
+  esac
+  command -v kubectl >/dev/null || { echo "kubectl not found: the control-plane tests use it;" \
+      "see https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
+fi
 
 want="$BAKE_PKGS"
 [ "${1:-}" = "--test" ] && want="$BAKE_PKGS $TEST_PKGS"
