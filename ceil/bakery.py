@@ -22,7 +22,7 @@ from . import __version__
 from .catalog import Flavor, load_flavor
 from .config import Cluster, config_hash
 from .errors import CeilError
-from .ext4fs import write_files
+from .ext4fs import read_file_at, write_files
 from .fatfs import append_cmdline, put_tree, read_file, write_file
 from .features import RoleContext
 from .fetch import BaseImage, resolve_base
@@ -85,8 +85,34 @@ def fetch_base(ctx: BakeContext) -> None:
 
 def verify_base(ctx: BakeContext) -> None:
     p = ctx.flavor.partitions
-    with step("verify_base", f"{ctx.flavor.partitions.boot.label} + {ctx.flavor.partitions.root.label}"):
+    with step("verify_base", f"{ctx.flavor.partitions.boot.label} + {ctx.flavor.partitions.root.label}, cloud-init"):
         ctx.boot, ctx.root = check_layout(ctx.base.path, p.boot.index, p.boot.label, p.root.index, p.root.label)
+        check_cloud_init(ctx)
+
+
+def installed_packages(dpkg_status: str) -> dict[str, str]:
+    """{package: version} of what dpkg's status file says is installed."""
+    out: dict[str, str] = {}
+    for stanza in dpkg_status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+        if fields.get("Status") == "install ok installed" and "Package" in fields:
+            out[fields["Package"]] = fields.get("Version", "")
+    return out
+
+
+def check_cloud_init(ctx: BakeContext) -> None:
+    """A card without cloud-init would never read its seed: it boots, and nothing of ceil happens.
+    Raspberry Pi OS images before 2025-11-24 are such images (they used firstrun.sh)."""
+    where = f"{ctx.base.source} (root partition p{ctx.flavor.partitions.root.index})"
+    fix = (f"use the image flavor {ctx.flavor.name} names (images/{ctx.flavor.name}.yaml), or a newer"
+           f" release of the same OS; `python bake.py flavors` lists the flavors")
+    status = read_file_at(ctx.base.path, ctx.root.start, "/var/lib/dpkg/status")
+    if status is None:
+        raise CeilError(f"{where} has no /var/lib/dpkg/status: it is not a Debian-based image with cloud-init; {fix}")
+    packages = installed_packages(status.decode(errors="replace"))
+    if "cloud-init" not in packages:
+        raise CeilError(f"{where} has no cloud-init installed ({len(packages)} packages, none of them cloud-init):"
+                        f" the card would never read the settings ceil writes for it; {fix}")
 
 
 def stage_boot(ctx: BakeContext) -> None:

@@ -1,5 +1,6 @@
-"""Files into the ext4 root partition, written with debugfs on a staged partition file: no
-mounting, no root. Used only for content too big for the boot partition (k3s binaries)."""
+"""The ext4 root partition through debugfs: no mounting, no root. Files are written into a staged
+partition file (content too big for the boot partition: k3s binaries); files are read straight
+from the image at the partition's offset (the base image's package list)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def exists(image: Path, target: str) -> bool:
 def read_file(image: Path, target: str) -> bytes:
     r = subprocess.run(["debugfs", "-R", f'cat "{target}"', str(image)], capture_output=True)
     return r.stdout
+
+
+def read_file_at(image: Path, offset: int, target: str) -> bytes | None:
+    """`target` from the ext4 file system starting `offset` bytes into `image` (e2fsprogs reads
+    `image?offset=N`), or None when it does not exist."""
+    if shutil.which("debugfs") is None:
+        raise CeilError("debugfs not found: it reads the base image's root partition"
+                        " (apt install e2fsprogs / brew install e2fsprogs and add its sbin to PATH)")
+    fs = f"{image}?offset={offset}"
+    stat = subprocess.run(["debugfs", "-R", f'stat "{target}"', fs], capture_output=True, text=True)
+    if "Inode:" not in stat.stdout:
+        return None
+    return subprocess.run(["debugfs", "-R", f'cat "{target}"', fs], capture_output=True, check=True).stdout

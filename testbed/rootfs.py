@@ -169,6 +169,13 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
+    facts = recipe.data.get("flavors", {}).get(fl.family, {})
+    for unit in facts.get("disable_units", []):
+        subprocess.run(["systemctl", f"--root={root}", "disable", unit], check=True, capture_output=True)
+        if any((root / "etc/systemd/system").glob(f"*.wants/{unit}")):
+            raise RuntimeError(f"{unit} is still enabled in the test bed after disabling it")
+    if facts.get("hold_apt_locks_after_cloud_final_s"):
+        hold_apt_locks(root, facts["hold_apt_locks_after_cloud_final_s"])
     if fl.network == "netplan-nm":
         _write(root / "etc/netplan/01-network-manager-all.yaml", "network:\n  version: 2\n  renderer: NetworkManager\n", 0o600)
     for unit in recipe.net["enable"]:
@@ -186,6 +193,51 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
     shutil.copyfile(kernels[-1], bootfs / "vmlinuz")
     shutil.copyfile(initrd, bootfs / "initrd.img")
     return {"kernel": version}
+
+
+APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
+             "/var/cache/apt/archives/lock")
+
+
+def hold_apt_locks(root: Path, seconds: int) -> None:
+    """A stand-in for Ubuntu's first unattended-upgrades run: a unit that takes dpkg's and apt's
+    locks at boot (fcntl locks, as apt takes them) and keeps them until `seconds` after
+    cloud-final.service started, then records that it ran (once per instance)."""
+    _write(root / "usr/local/lib/testbed/hold-apt-locks", f"""#!/usr/bin/python3
+# ceil test bed: unattended-upgrades' first run, as far as other apt users can tell (testbed/rootfs.py).
+import fcntl, os, subprocess, time
+held = []
+for path in {APT_LOCKS!r}:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    f = open(path, "a")
+    fcntl.lockf(f, fcntl.LOCK_EX)
+    held.append(f)
+print("holding", ", ".join({APT_LOCKS!r}), flush=True)
+def state():
+    return subprocess.run(["systemctl", "show", "-P", "ActiveState", "cloud-final.service"],
+                          capture_output=True, text=True).stdout.strip()
+deadline = time.monotonic() + 1200  # cloud-init may be disabled on this boot: never hold for ever
+while state() not in ("activating", "active", "failed") and time.monotonic() < deadline:
+    time.sleep(2)
+time.sleep({seconds})
+os.makedirs("/var/lib/testbed", exist_ok=True)
+open("/var/lib/testbed/unattended-upgrades.done", "w").close()
+print("released after cloud-final + {seconds}s", flush=True)
+""", 0o755)
+    _write(root / "etc/systemd/system/testbed-unattended-upgrades.service", """[Unit]
+Description=ceil test bed: unattended-upgrades holding dpkg's and apt's locks after the first boot
+ConditionPathExists=!/var/lib/testbed/unattended-upgrades.done
+After=local-fs.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/lib/testbed/hold-apt-locks
+
+[Install]
+WantedBy=multi-user.target
+""")
+    subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-unattended-upgrades.service"],
+                   check=True, capture_output=True)
 
 
 def cmdline(recipe: Recipe, disk_id: str) -> str:

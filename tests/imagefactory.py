@@ -11,7 +11,13 @@ from ceil.catalog import Flavor
 MiB = 1024 * 1024
 
 
-def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: int = 96, total_mib: int | None = None) -> Path:
+# What a real image's dpkg status says of cloud-init (the bake refuses an image without it).
+CLOUD_INIT_STATUS = ("Package: cloud-init\nStatus: install ok installed\nVersion: 25.1.4-0ubuntu0~24.04.1\n\n"
+                     "Package: openssh-server\nStatus: install ok installed\nVersion: 1:9.6p1-3ubuntu13\n")
+
+
+def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: int = 96, total_mib: int | None = None,
+                    dpkg_status: str | None = CLOUD_INIT_STATUS) -> Path:
     boot_start = 4 * MiB
     root_start = boot_start + boot_mib * MiB
     size = total_mib * MiB if total_mib else root_start + root_mib * MiB
@@ -31,6 +37,9 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
     root_dir = path.parent / f"{path.stem}-rootfs"
     (root_dir / "etc").mkdir(parents=True, exist_ok=True)
     (root_dir / "etc" / "os-release").write_text(f"PRETTY_NAME=\"synthetic {flavor.name}\"\n")
+    if dpkg_status is not None:
+        (root_dir / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
+        (root_dir / "var/lib/dpkg/status").write_text(dpkg_status)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", flavor.partitions.root.label, "-E", f"offset={root_start},nodiscard",
          "-d", str(root_dir), str(path), f"{(size - root_start) // 1024}k"],

@@ -75,6 +75,9 @@ def test_no_identity_baked_in(bare):
 
 def test_packages_install_from_the_local_repository(bare):
     host = bare["host"]
+    # The Ubuntu twin's stand-in for unattended-upgrades holds apt's locks after the first boot,
+    # as the real one does: wait for it as a user would (ceil's own step waits for the locks).
+    host.run("sudo sh -c 'while systemctl -q is-active testbed-unattended-upgrades.service; do sleep 5; done'")
     out = host.run("sudo apt-get update 2>&1 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y "
                    "--no-install-recommends wireguard-tools 2>&1")
     assert out.rc == 0, out.stdout[-2000:]

@@ -194,6 +194,28 @@ def test_wrong_base_image_is_refused_without_output(tmp_path, ssh_pubkey):
     assert not (tmp_path / "out" / "ceil-router.img").exists()
 
 
+@pytest.mark.parametrize("status", [None, "Package: openssh-server\nStatus: install ok installed\nVersion: 1\n\n"
+                                             "Package: cloud-init\nStatus: deinstall ok config-files\nVersion: 2\n"])
+def test_a_base_image_without_cloud_init_is_refused_without_output(tmp_path, ssh_pubkey, status):
+    """Such a card boots and never reads its seed (Raspberry Pi OS before 2025-11-24: firstrun.sh)."""
+    base = make_base_image(tmp_path / "old.img", load_flavor("raspios-trixie"), dpkg_status=status)
+    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\n")
+    result = run_bake("--role", "router", "--base-image", str(base), cwd=tmp_path)
+    assert result.returncode == 1
+    expected = "has no /var/lib/dpkg/status" if status is None else "has no cloud-init installed (1 packages"
+    assert expected in result.stderr and "images/raspios-trixie.yaml" in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "ceil-router.img").exists()
+
+
+def test_installed_packages_reads_only_installed_stanzas():
+    from ceil.bakery import installed_packages
+
+    status = ("Package: a\nStatus: install ok installed\nVersion: 1.0\nDescription: x\n more: text\n\n"
+              "Package: b\nStatus: deinstall ok config-files\nVersion: 2\n")
+    assert installed_packages(status) == {"a": "1.0"}
+
+
 def test_unknown_role_fails_before_work(tmp_path, ssh_pubkey):
     (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
     result = run_bake("--role", "five", cwd=tmp_path)

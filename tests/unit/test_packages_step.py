@@ -77,3 +77,36 @@ def test_a_failed_install_drops_every_index_for_the_next_attempt(scratch):
     failed = run(STUB_INSTALL_RC="100")
     assert failed.returncode == 1
     assert sorted(p.name for p in lists.iterdir()) == ["lock"]
+
+
+def test_waits_for_a_held_dpkg_lock_instead_of_failing(scratch):
+    """Ubuntu's unattended-upgrades holds dpkg's lock after first boot: the step waits it out."""
+    import fcntl
+    import threading
+
+    root, _, run, log = scratch
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    lock = (root / "var/lib/dpkg/lock-frontend").open("a")
+    fcntl.lockf(lock, fcntl.LOCK_EX)  # like apt, an fcntl lock (a different process from the step's)
+    timer = threading.Timer(2.0, lock.close)  # closing the file releases the lock
+    timer.start()
+    try:
+        done = run(CEIL_APT_LOCK_POLL="1")
+    finally:
+        timer.cancel()
+        lock.close()
+    assert done.returncode == 0, done.stderr
+    assert "/var/lib/dpkg/lock-frontend is held" in done.stderr and "free after" in done.stderr
+    assert "install" in log.read_text()
+
+
+def test_a_lock_held_too_long_fails_the_attempt_for_a_retry(scratch):
+    import fcntl
+
+    root, _, run, log = scratch
+    with (root / "var/lib/apt/lists/lock").open("a") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        done = run(CEIL_APT_LOCK_POLL="1", CEIL_APT_LOCK_WAIT="2")
+    assert done.returncode == 1
+    assert "/var/lib/apt/lists/lock still held after 2s" in done.stderr
+    assert not log.exists() or "install" not in log.read_text()

@@ -33,6 +33,10 @@ def user_data(hostname: str, domain: str, user: str, pubkey: str, apt_mirror: st
         "    lock_passwd: true",
         '    sudo: "ALL=(ALL) NOPASSWD:ALL"',
         f"    ssh_authorized_keys: [{pubkey.strip()!r}]",
+        # Raspberry Pi OS (and its twin) ship sshd disabled; Raspberry Pi Imager turns it on for
+        # the cards it writes, and so does this seed. A no-op where sshd runs already.
+        "runcmd:",
+        "  - [systemctl, enable, --now, ssh.service]",
     ]
     if apt_mirror:
         # Same effect as the bake's apt_mirror option: the deb822 source points at the mirror,

@@ -1,0 +1,26 @@
+"""The test beds reproduce hostile facts of the real images (docs/testing.md, "Hostile twins");
+these checks show, on the session's cluster, that each fact bit and ceil coped with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_first_boot_waits_for_unattended_upgrades_instead_of_failing(nodes, cluster):
+    """The Ubuntu twin holds dpkg's and apt's locks after its first boot, as Ubuntu's first
+    unattended-upgrades run does; the packages step waits for them and succeeds at once."""
+    if not cluster.flavor.startswith("testbed-ubuntu"):
+        pytest.skip(f"{cluster.flavor} mimics Raspberry Pi OS, which runs no unattended-upgrades")
+    for name, host in nodes.items():
+        with host.sudo():
+            holder = host.check_output("journalctl -u testbed-unattended-upgrades.service --no-pager -o cat")
+            packages = host.check_output("journalctl -u ceil-packages.service --no-pager -o cat")
+            status = json.loads(host.file("/var/lib/ceil/status.json").content_string)
+        assert "holding /var/lib/dpkg/lock-frontend" in holder, f"{name}: the twin's lock holder did not run"
+        assert "is held (unattended-upgrades?): waiting for it" in packages, f"{name}:\n{packages}"
+        step = status["steps"]["packages"]
+        assert step["state"] == "done" and step["attempt"] == 1, f"{name}: {step}"
