@@ -14,6 +14,10 @@ SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 def check_public_key(line: str) -> str:
     """Return `line` if it is an OpenSSH public key line, else raise ValueError saying why."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in line):
+        # A newline would smuggle a second line (with options such as command=) into authorized_keys.
+        raise ValueError(f"{_short(line)!r} holds a line break or control character: give one key per"
+                         " list entry, each on one line")
     parts = line.split()
     if len(parts) < 2:
         raise ValueError(

@@ -7,6 +7,7 @@ its JSON over plain HTTP on the LAN (or the VPN): no SSH, no keys.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import click
 import requests
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .config import load_cluster
 from .errors import CeilError
@@ -53,16 +55,26 @@ def _age(seconds: int | None) -> str:
     return f"{seconds // 60}m ago"
 
 
+# C0 and C1 control characters and DEL: an escape sequence from the board would reach the terminal.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain(value: object) -> Text:
+    """What a host reported, as inert text: control characters dropped, no Rich markup read."""
+    return Text(CONTROL.sub("", str(value)))
+
+
 def status_table(snap: dict) -> Table:
-    table = Table("host", "state", "steps", "details", "last report", title=f"{snap.get('cluster', '?')}: first boot")
+    table = Table("host", "state", "steps", "details", "last report", title=plain(f"{snap.get('cluster', '?')}: first boot"))
     for h in snap["hosts"]:
-        state = str(h.get("state", "?"))
+        state = plain(h.get("state", "?"))
+        state.stylize(STATE_STYLE.get(state.plain, "dim"))
         details = [f"failed: {s}" for s in h.get("failed", [])] + [f"busy: {s}" for s in h.get("busy", [])]
         table.add_row(
-            str(h.get("hostname", h.get("name", "?"))),
-            f"[{STATE_STYLE.get(state, 'dim')}]{state}[/]",
-            f"{h.get('done', 0)}/{h.get('total', 0)}",
-            ", ".join(details),
+            plain(h.get("hostname", h.get("name", "?"))),
+            state,
+            plain(f"{h.get('done', 0)}/{h.get('total', 0)}"),
+            plain(", ".join(map(str, details))),
             _age(h.get("age")),
         )
     return table

@@ -53,6 +53,41 @@ def _iface(value: str) -> str:
     return value
 
 
+# Accounts every Debian-family image already has (base-passwd, systemd, openssh): cloud-init would
+# modify the system account instead of making the admin (root: locked out by PermitRootLogin no).
+RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+                  "proxy", "www-data", "backup", "list", "irc", "gnats", "_apt", "nobody", "sshd",
+                  "messagebus", "syslog", "polkitd", "dnsmasq", "_chrony"}
+
+
+def _user(value: str) -> str:
+    _label(value)
+    if value in RESERVED_USERS or value.startswith("systemd-"):
+        raise ValueError(f"{value!r} is a system account on every supported image: choose another"
+                         " admin name (e.g. ceil)")
+    return value
+
+
+def check_endpoint(value: str) -> str:
+    """`host` or `host:port`: a DNS name, an IPv4 address or an IPv6 literal (bracketed with a
+    port). Nothing else may reach the client config, where a newline would add a section."""
+    host, port = value, None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})", value)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    try:
+        ipaddress.ip_address(host)
+        ok = True
+    except ValueError:
+        ok = len(host) <= 253 and all(HOSTNAME_RE.match(p) for p in host.lower().split("."))
+    if not ok or (port is not None and not (port.isdigit() and 1 <= int(port) <= 65535)):
+        raise ValueError(f"{value!r} is not a host name or address, with an optional :port"
+                         " (e.g. vpn.example.com, 203.0.113.7:51820 or [2001:db8::7]:51820)")
+    return value
+
+
 Label = Annotated[str, AfterValidator(_label)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Iface = Annotated[str, AfterValidator(_iface)]
@@ -64,7 +99,7 @@ class Model(BaseModel):
 
 
 class SSH(Model):
-    user: Label = "ceil"
+    user: Annotated[str, AfterValidator(_user)] = "ceil"
     authorized_keys: list[PublicKey] = Field(default_factory=list)
     authorized_key_files: list[Path] = Field(default_factory=list)
 
@@ -240,15 +275,20 @@ class VPN(Model):
     # Public name or address clients dial; default: the DDNS record when DDNS is on.
     endpoint: str | None = None
 
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
+
 
 class DDNS(Model):
     enabled: bool = False
     api_token: SecretStr | None = None
     zone: Domain | None = None
     record: Domain | None = None
-    api_url: str = Field(default="https://api.cloudflare.com/client/v4", pattern=r"^https?://")
+    api_url: str = Field(default="https://api.cloudflare.com/client/v4", pattern=r"^https?://[!-~]+$")
     # Where the router learns its public address (an endpoint that answers with the bare IP).
-    ip_url: str = Field(default="https://api.ipify.org", pattern=r"^https?://")
+    ip_url: str = Field(default="https://api.ipify.org", pattern=r"^https?://[!-~]+$")
     interval_minutes: int = Field(default=5, ge=1, le=1440)
 
     @model_validator(mode="after")
@@ -269,7 +309,7 @@ class Registry(Model):
     enabled: bool = True
     port: int = Field(default=5000, ge=1, le=65535)
     mirror_port: int = Field(default=5001, ge=1, le=65535)
-    upstream: str = Field(default="https://registry-1.docker.io", pattern=r"^https?://")
+    upstream: str = Field(default="https://registry-1.docker.io", pattern=r"^https?://[!-~]+$")
 
 
 class PiWatch(Model):
@@ -295,9 +335,12 @@ DEFAULT_NODES = (
 class AptMirror(Model):
     """A package archive used for first-boot installs instead of the flavor's own sources."""
 
-    url: str = Field(pattern=r"^(https?|file)://\S+$")
-    suite: str = Field(description="e.g. noble, trixie; './' for a flat repository")
-    components: list[str] = Field(default_factory=lambda: ["main"])
+    url: str = Field(pattern=r"^(https?|file)://[!-~]+$")
+    # One word each: a space or newline here would add words (or lines) to the sources line.
+    suite: str = Field(pattern=r"^(\./|[A-Za-z0-9][A-Za-z0-9._/-]*)$",
+                       description="e.g. noble, trixie; './' for a flat repository")
+    components: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")]] = Field(
+        default_factory=lambda: ["main"])
     # Only for local test archives: skips signature checks.
     trusted: bool = False
 

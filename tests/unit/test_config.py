@@ -1,5 +1,7 @@
 """cluster.yaml schema: every bad input gets a message naming the key, the value and the fix."""
 
+import json
+
 import pytest
 
 from ceil.config import ConfigError, load_cluster, parse_cluster
@@ -131,3 +133,60 @@ def test_models_are_frozen():
 def test_unknown_ssh_key_type_is_an_error_not_a_crash():
     msg = error("ssh: {authorized_keys: ['not a key']}\n")
     assert "ssh.authorized_keys[0]" in msg and "not a key type" in msg
+
+
+# ---- hostile input (issue 18): refused with the key, the value and the fix -----------------
+
+
+@pytest.mark.parametrize("endpoint", ["vpn.example.com", "VPN.Example.com", "203.0.113.7", "203.0.113.7:51820",
+                                      "vpn.example.com:443", "2001:db8::7", "[2001:db8::7]:51820"])
+def test_vpn_endpoint_accepts_names_and_addresses(endpoint):
+    assert parse_cluster(BASE + f"vpn: {{endpoint: {json.dumps(endpoint)}}}\n").vpn.endpoint == endpoint
+
+
+@pytest.mark.parametrize("endpoint", ["vpn.example.com\n[Interface]\nPreUp = touch /tmp/pwned",
+                                      "vpn.example.com:99999", "vpn example.com", "host_name.example", "a:b:c:d"])
+def test_vpn_endpoint_refuses_anything_else(endpoint):
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(BASE + f"vpn: {{endpoint: {json.dumps(endpoint)}}}\n")
+    assert "vpn.endpoint" in str(e.value) and "e.g. vpn.example.com" in str(e.value)
+
+
+@pytest.mark.parametrize("user", ["root", "daemon", "nobody", "systemd-network", "www-data"])
+def test_system_accounts_are_refused_as_the_admin(user):
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(BASE + f"ssh: {{user: {user}, authorized_keys: [{KEY!r}]}}\n")
+    assert "ssh.user" in str(e.value) and "system account" in str(e.value)
+
+
+def test_an_authorized_key_with_a_line_break_is_refused():
+    smuggled = KEY + "\ncommand=\"/bin/sh\" " + KEY
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(BASE + f"ssh: {{authorized_keys: [{json.dumps(smuggled)}]}}\n")
+    assert "ssh.authorized_keys" in str(e.value) and "line break" in str(e.value)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("registry", "{upstream: \"https://registry-1.docker.io\\n  delete: {enabled: true}\"}"),
+    ("apt_mirror", "{url: \"http://deb.debian.org/debian\", suite: \"trixie main\\ndeb [trusted=yes] http://evil\"}"),
+    ("apt_mirror", "{url: \"http://deb.debian.org/debian\", suite: trixie, components: [\"main contrib\"]}"),
+    ("ddns", "{api_url: \"https://api.cloudflare.com/client/v4\\u001b]0;x\"}"),
+])
+def test_values_that_would_add_lines_or_words_are_refused(key, value):
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(BASE + f"{key}: {value}\n")
+    assert key in str(e.value)
+
+
+def test_a_timezone_that_yaml_reads_as_a_boolean_stays_a_string_in_user_data(tmp_path):
+    import yaml
+
+    from ceil.catalog import load_flavor
+    from ceil.features import RoleContext
+    from ceil.payload import render_seed
+    from ceil.secrets import SecretStore
+
+    cluster = parse_cluster(BASE + "timezone: \"yes\"\n")
+    ctx = RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"), SecretStore(tmp_path / "secrets"), None)
+    user_data = yaml.safe_load(render_seed(ctx, "i-1")["user-data"])
+    assert user_data["timezone"] == "yes" and user_data["users"][0]["name"] == "ceil"

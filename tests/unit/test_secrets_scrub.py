@@ -77,3 +77,41 @@ def test_secrets_step_logic_on_a_plain_folder(tmp_path):
     assert (dest / "wireguard" / "wg0.conf").stat().st_mode & 0o077 == 0
     assert not (boot / "ceil" / "secrets").exists()
     assert PSK not in (boot / "network-config").read_text()
+
+
+@pytest.mark.parametrize("psk", ['pa"ss\\"word#1', "it's $HOME \\\\ and \\\"more\\\"", "#hash-first $(id) `x`"])
+def test_a_psk_with_quotes_backslashes_dollars_and_hashes_leaves_nothing_behind(tmp_path, psk):
+    """The network-config ceil renders (tojson) scrubbed by the step: no byte run of the PSK stays,
+    and what stays is still YAML that cloud-init can read."""
+    import json
+
+    import yaml
+
+    if os.geteuid() != 0:
+        pytest.skip("install -o root needs root")
+    from ceil.catalog import load_flavor
+    from ceil.config import parse_cluster
+    from ceil.features import RoleContext
+    from ceil.payload import render_seed
+    from ceil.secrets import SecretStore
+
+    cluster = parse_cluster(
+        'ssh: {authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"]}\n'
+        f"router: {{uplink: {{type: wifi, wifi: {{ssid: Home, psk: {json.dumps(psk)}, country: DE}}}}}}\n")
+    seed = render_seed(RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"),
+                                   SecretStore(tmp_path / "secrets"), None), "i-1")
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "network-config").write_text(seed["network-config"])
+    def passwords(doc):
+        return [v for k, v in doc.items() if k == "password"] + [
+            p for v in doc.values() if isinstance(v, dict) for p in passwords(v)]
+
+    assert passwords(yaml.safe_load(seed["network-config"])) == [psk]  # it really is in there first
+    script = tmp_path / "secrets.sh"
+    script.write_text(render_script(boot))
+    subprocess.run(["sh", str(script)], check=True, env={**os.environ, "CEIL_SECRETS_DEST": str(tmp_path / "dest")})
+    left = (boot / "network-config").read_text()
+    pieces = {psk[i:i + 6] for i in range(len(psk) - 5)}  # any 6 bytes in a row
+    assert not [p for p in pieces if p in left], left
+    assert passwords(yaml.safe_load(left)) == ["REDACTED-by-ceil"]

@@ -144,6 +144,17 @@ def test_status_command_exits_1_on_a_failed_step(board):
     assert "failed: k3s-install" in result.output
 
 
+def test_status_command_prints_what_nodes_send_as_inert_text(board):
+    """A LAN host's report reaches the user's terminal: no escape sequence, no Rich markup."""
+    url, _ = board
+    hostile = "k3s\x1b]0;owned\x07\x1b[2J[/][bold red]x"
+    report(url, "one", {hostile: {"state": "failed"}})
+    result = CliRunner().invoke(status_command, ["--url", url], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "failed: k3s]0;owned[2J[/][bold red]x" in result.output
+
+
 def test_status_command_without_a_board_says_how_to_reach_it():
     with pytest.raises(CeilError, match="could not read the status board at http://127.0.0.1:9/api/status.*--url"):
         fetch_status("http://127.0.0.1:9/api/status", timeout=2)
