@@ -6,6 +6,8 @@ its JSON over plain HTTP on the LAN (or the VPN): no SSH, no keys.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import time
@@ -21,6 +23,15 @@ from .config import load_cluster
 from .errors import CeilError
 
 STATUS_PORT = 8081  # the board's port on the router's LAN address (opened by nat-firewall)
+# Each node proves who reports with a token derived from a key only the router holds: the board
+# recomputes it, so a node added to cluster.yaml later needs no new router card.
+BOARD_KEY_SECRET = "status-board/key"
+REPORT_TOKEN_SECRET = "status-report/token"
+
+
+def report_token(key: str, node: str) -> str:
+    """HMAC-SHA256(key, "status-report:<node>"), hex: what node `node` sends as its bearer token."""
+    return hmac.new(bytes.fromhex(key), f"status-report:{node}".encode(), hashlib.sha256).hexdigest()
 STATE_STYLE = {"done": "green", "failed": "bold red", "retrying": "yellow", "running": "cyan"}
 
 

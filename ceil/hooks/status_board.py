@@ -1,10 +1,11 @@
-"""Hooks of the `status-board` feature: the board's config (who may report, where it listens)."""
+"""Hooks of the `status-board` and `status-report` features: the board's config (who may report,
+where it listens), the router's reporting key and each node's token derived from it."""
 
 from __future__ import annotations
 
 from ..config import Cluster
 from ..secrets import SecretStore
-from ..status import STATUS_PORT
+from ..status import BOARD_KEY_SECRET, REPORT_TOKEN_SECRET, STATUS_PORT, report_token
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
@@ -18,3 +19,10 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "state_dir": "/var/lib/ceil-status-board",
         }
     }
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, str]:
+    key = store.token(BOARD_KEY_SECRET)
+    if role == "router":
+        return {BOARD_KEY_SECRET: key + "\n"}
+    return {REPORT_TOKEN_SECRET: report_token(key, role) + "\n"}

@@ -212,3 +212,19 @@ def test_status_board_lists_every_machine(nodes, cluster):
     hosts = wait_for("every node to report to the status board", reported, timeout=180)
     assert set(hosts) == {"router", *(n.name for n in cluster.nodes)}
     assert all(h["state"] != "failed" for h in hosts.values()), {n: h["failed"] for n, h in hosts.items()}
+
+
+def test_status_board_refuses_a_report_without_the_nodes_token(nodes, cluster):
+    """A LAN neighbour cannot set a node's state: only the node's own token is accepted."""
+    name, host = each_node(nodes)[0]
+    url = f"http://{cluster.network.router_ip}:8081/api/status/{name}"
+    code = ("import sys,urllib.request,urllib.error\n"
+            "req=urllib.request.Request(sys.argv[1],data=b'{\"steps\":{\"x\":{\"state\":\"failed\"}}}',method='POST',"
+            "headers={'Content-Type':'application/json','Authorization':'Bearer '+'0'*64})\n"
+            "try: urllib.request.urlopen(req,timeout=10); print(200)\n"
+            "except urllib.error.HTTPError as e: print(e.code)")
+    assert host.check_output(f"python3 -c {shlex.quote(code)} {url}") == "401"
+    snap_code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode())"
+    snap = json.loads(host.check_output(f"python3 -c {shlex.quote(snap_code)} http://{cluster.network.router_ip}:8081/api/status"))
+    mine = next(h for h in snap["hosts"] if h["name"] == name)
+    assert "x" not in (mine.get("report") or {}).get("steps", {})

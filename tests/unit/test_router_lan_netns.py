@@ -18,6 +18,9 @@ import pytest
 from router_lan_lab import FAKE_ANSWER, INET_IP, ROUTER_UPLINK_IP, RouterLanLab
 from router_lan_render import REPO, cluster_from, render
 
+from ceil.hooks import status_board
+from ceil.secrets import SecretStore
+
 TOOLS = ("ip", "dnsmasq", "dhclient", "nft", "chronyd", "ss")
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in TOOLS),
@@ -61,8 +64,12 @@ def lab(tmp_path_factory):
         board = json.loads((out / "etc/status-board/config.json").read_text())
         board["state_dir"] = str(work / "board")
         (work / "board.json").write_text(json.dumps(board))
-        lab.start("rtr", sys.executable, str(REPO / "firstboot/status-board/lib/status-board"),
-                  str(work / "board.json"), log="board.log")
+        # The router's reporting key as systemd hands it over (LoadCredential), from the same secrets.
+        (work / "creds").mkdir()
+        (work / "creds/report-key").write_text(
+            status_board.secret_files(lab_cluster(), "router", SecretStore(work / "secrets"))["status-board/key"])
+        lab.start("rtr", "env", f"CREDENTIALS_DIRECTORY={work / 'creds'}", sys.executable,
+                  str(REPO / "firstboot/status-board/lib/status-board"), str(work / "board.json"), log="board.log")
         lab.listen_tcp("rtr", 22)      # stands in for sshd
         lab.listen_tcp("rtr", 5000)    # stands in for the registry (bound to every address)
         lab.listen_tcp("node", 8000)   # a service on a node
@@ -190,7 +197,9 @@ def test_ntp_answers_the_lan_but_not_the_uplink(lab):
 
 def test_a_node_reports_its_status_over_the_lan(lab, tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"host": "ceil-one", "steps": {"chrony": {"state": "done"}}}))
-    done = lab.run("node", "env", f"CEIL_STATE_DIR={tmp_path}", sys.executable,
+    (tmp_path / "token").write_text(
+        status_board.secret_files(lab_cluster(), "one", SecretStore(lab.dir / "secrets"))["status-report/token"])
+    done = lab.run("node", "env", f"CEIL_STATE_DIR={tmp_path}", f"CEIL_REPORT_TOKEN={tmp_path / 'token'}", sys.executable,
                    str(REPO / "firstboot/status-report/lib/status-report"), "http://10.42.0.1:8081/api/status/one")
     assert "reported" in done.stdout, done.stderr
     stored = json.loads((lab.dir / "board/one.json").read_text())

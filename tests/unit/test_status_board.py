@@ -17,10 +17,11 @@ import requests
 from click.testing import CliRunner
 
 from ceil.errors import CeilError
-from ceil.status import fetch_status, settled, status_command
+from ceil.status import fetch_status, report_token, settled, status_command
 from router_lan_render import REPO, cluster_from, render
 
 BOARD = REPO / "firstboot/status-board/lib/status-board"
+KEY = "5e" * 32  # the router's reporting key in these tests
 REPORTER = REPO / "firstboot/status-report/lib/status-report"
 
 
@@ -44,7 +45,7 @@ def board(tmp_path, monkeypatch):
     config = {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "nodes": ["one", "two"],
               "hostnames": {"router": "ceil-router", "one": "ceil-one", "two": "ceil-two"},
               "state_dir": str(tmp_path / "state")}
-    mod.Handler.board = mod.Board(config)
+    mod.Handler.board = mod.Board(config, bytes.fromhex(KEY))
     server = mod.FreeBindServer(("127.0.0.1", 0), mod.Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "state"
@@ -52,8 +53,11 @@ def board(tmp_path, monkeypatch):
     server.server_close()
 
 
-def report(url: str, node: str, steps: dict) -> requests.Response:
-    return requests.post(f"{url}/api/status/{node}", json={"host": f"ceil-{node}", "steps": steps}, timeout=5)
+def report(url: str, node: str, steps: dict, token: str | None = None) -> requests.Response:
+    """POST as node `node` does, with its token (or `token`)."""
+    auth = {"Authorization": f"Bearer {token if token is not None else report_token(KEY, node)}"}
+    return requests.post(f"{url}/api/status/{node}", json={"host": f"ceil-{node}", "steps": steps},
+                         headers=auth, timeout=5)
 
 
 def test_summary_counts_steps_and_ignores_the_status_services():
@@ -84,10 +88,24 @@ def test_board_stores_reports_and_serves_json_and_page(board):
 def test_board_refuses_unknown_nodes_and_bad_bodies(board):
     url, state = board
     assert report(url, "intruder", {}).status_code == 404
-    assert requests.post(f"{url}/api/status/one", data="not json", timeout=5).status_code == 400
-    assert requests.post(f"{url}/api/status/one", json=[1, 2], timeout=5).status_code == 400
-    assert requests.post(f"{url}/api/status/one", data=b"x" * 300_000, timeout=5).status_code == 413
+    auth = {"Authorization": f"Bearer {report_token(KEY, 'one')}"}
+    assert requests.post(f"{url}/api/status/one", data="not json", headers=auth, timeout=5).status_code == 400
+    assert requests.post(f"{url}/api/status/one", json=[1, 2], headers=auth, timeout=5).status_code == 400
+    assert requests.post(f"{url}/api/status/one", data=b"x" * 300_000, headers=auth, timeout=5).status_code == 413
     assert not list(state.glob("*.json"))
+
+
+def test_a_lan_neighbour_without_the_nodes_token_changes_nothing(board):
+    """Issue 18: any LAN host could set any node's state. Now only the node's own token works."""
+    url, state = board
+    assert report(url, "one", {"k3s-install": {"state": "done"}}).status_code == 200
+    before = (state / "one.json").read_bytes()
+    for token in ("", "0" * 64, report_token(KEY, "two"), report_token("ab" * 32, "one")):
+        answer = report(url, "one", {"k3s-install": {"state": "failed"}}, token=token)
+        assert answer.status_code == 401 and "no valid token for one" in answer.text
+    no_header = requests.post(f"{url}/api/status/one", json={"steps": {}}, timeout=5)
+    assert no_header.status_code == 401
+    assert (state / "one.json").read_bytes() == before
 
 
 def test_page_escapes_what_nodes_send(board):
@@ -97,8 +115,9 @@ def test_page_escapes_what_nodes_send(board):
     assert "<script>alert" not in page and "&lt;script&gt;" in page
 
 
-def run_reporter(url: str, state_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CEIL_STATE_DIR": str(state_dir)}
+def run_reporter(url: str, state_dir: Path, node: str = "two") -> subprocess.CompletedProcess:
+    (state_dir / "token").write_text(report_token(KEY, node) + "\n")
+    env = {**os.environ, "CEIL_STATE_DIR": str(state_dir), "CEIL_REPORT_TOKEN": str(state_dir / "token")}
     return subprocess.run([sys.executable, str(REPORTER), url], capture_output=True, text=True, env=env, timeout=30)
 
 
@@ -170,3 +189,17 @@ def test_rendered_configs_agree_on_address_and_port(tmp_path):
     assert (config["bind"], config["port"]) == ("10.42.0.1", 8081)
     assert config["nodes"] == ["one", "two", "three", "four"]
     assert (node / "etc/status-report/url").read_text().strip() == "http://10.42.0.1:8081/api/status/three"
+
+
+def test_the_router_holds_the_key_and_each_node_only_its_own_token(tmp_path):
+    """A node added later gets a token the board already accepts: no new router card."""
+    from ceil.hooks.status_board import secret_files
+    from ceil.secrets import SecretStore
+
+    cluster = cluster_from()
+    store = SecretStore(tmp_path / "secrets")
+    key = secret_files(cluster, "router", store)["status-board/key"].strip()
+    for node in ("one", "three"):
+        token = secret_files(cluster, node, store)["status-report/token"].strip()
+        assert token == report_token(key, node) and key not in token
+    assert "status-board/key" not in secret_files(cluster, "one", store)
