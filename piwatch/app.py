@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 import piwatch
 from piwatch.events import Event, KubewatchPayload
+from piwatch.guard import RequestGuard
 from piwatch.lights import Lights, open_lights
 from piwatch.reactions import Reactions, load_reactions
 from piwatch.settings import Settings
@@ -82,6 +83,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(RequestGuard, allowed_hosts=[settings.host, *settings.allowed_host_names])
 
     @app.exception_handler(RequestValidationError)
     async def explain_422(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,11 +118,12 @@ def create_app(
         """The seed's webhook path, kept so an old kubewatch config keeps working."""
         return accept(worker, payload)
 
-    @app.get("/traffic/kubewatch-webhook", status_code=202, tags=["legacy"])
-    def legacy_get(worker: WorkerDep) -> dict:
-        """The seed cycled every light on any request; a GET now runs the self-test."""
-        worker.request_self_test()
-        return {"accepted": True, "self_test": True}
+    @app.get("/traffic/kubewatch-webhook", tags=["legacy"])
+    def legacy_get() -> JSONResponse:
+        """The seed cycled every light on any request, so any page could (an <img> tag will do):
+        a GET changes nothing now."""
+        return JSONResponse(status_code=405, headers={"Allow": "POST"}, content={
+            "message": "POST kubewatch's JSON here; the self-test is POST /lights/test"})
 
     @app.get("/healthz", tags=["status"])
     def healthz(worker: WorkerDep) -> JSONResponse:

@@ -204,11 +204,14 @@ def build_wheelhouse(
 
 
 def render_env(
-    host: str, port: int = 8080, reactions_file: str | None = "/etc/ceil/piwatch-reactions.yaml"
+    host: str, port: int = 8080, reactions_file: str | None = "/etc/ceil/piwatch-reactions.yaml",
+    names: Sequence[str] = (),
 ) -> str:
-    """/etc/ceil/piwatch.env for the router: bound to its LAN address, never the uplink."""
+    """/etc/ceil/piwatch.env for the router: bound to its LAN address, never the uplink; answering
+    to that address, the router's `names` and localhost (piwatch.guard)."""
+    allowed = ",".join([host, *names, "127.0.0.1", "localhost", "::1"])
     lines = ["# Written by ceil from cluster.yaml; see docs/piwatch.md for every setting.",
-             f"PIWATCH_HOST={host}", f"PIWATCH_PORT={port}"]
+             f"PIWATCH_HOST={host}", f"PIWATCH_PORT={port}", f"PIWATCH_ALLOWED_HOSTS={allowed}"]
     if reactions_file:
         lines.append(f"PIWATCH_REACTIONS_FILE={reactions_file}")
     return "\n".join(lines) + "\n"

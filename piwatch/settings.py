@@ -18,6 +18,13 @@ class Settings(BaseSettings):
     # Loopback by default: binding to every interface would expose PiWatch on the uplink.
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Host names PiWatch answers to, comma-separated (piwatch.guard); the router adds its address
+    # and names. A plain string: systemd's EnvironmentFile would strip the quotes of a JSON list.
+    allowed_hosts: str = Field(default="127.0.0.1,localhost,::1", pattern=r"^[A-Za-z0-9.:,_-]+$")
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        return [h for h in self.allowed_hosts.split(",") if h]
     reactions_file: Path | None = Field(
         default=None, description="YAML or JSON reactions file; None uses the built-in defaults."
     )

@@ -31,4 +31,5 @@ def payload_files(ctx, files_dir: Path) -> dict[str, Path]:
 def context(cluster: Cluster, role: str, store) -> dict:
     from piwatch.bundle import render_env
 
-    return {"piwatch_env": render_env(str(cluster.network.router_ip), cluster.piwatch.port)}
+    names = [cluster.hostname("router"), cluster.fqdn("router")]
+    return {"piwatch_env": render_env(str(cluster.network.router_ip), cluster.piwatch.port, names=names)}

@@ -80,3 +80,17 @@ def test_piwatch_is_not_reachable_from_the_uplink(cluster, fakes):
         pytest.skip("piwatch.enabled is false")
     probe = fake(fakes, "uplink_open_ports")
     assert probe([cluster.piwatch.port]) == set()
+
+
+def test_piwatch_refuses_cross_site_requests_and_foreign_host_names(nodes, cluster):
+    """A web page a LAN user opens cannot drive the lights or silence an alarm (issue 18)."""
+    url = piwatch_url(cluster)
+    _, node = each_node(nodes)[0]
+
+    def code(args: str) -> str:
+        return node.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20 {args}")
+
+    assert code(f"-X POST -H 'Origin: http://evil.example' -H 'Content-Type: application/json' -d '{{}}' {url}/alarm/ack") == "403"
+    assert code(f"-X POST -H 'Content-Type: text/plain' -d 'x' {url}/lights/test") == "415"
+    assert code(f"-H 'Host: rebound.example' {url}/lights") == "400"
+    assert code(f"{url}/traffic/kubewatch-webhook") == "405"

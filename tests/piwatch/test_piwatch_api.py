@@ -23,7 +23,7 @@ def app(settings, lights):
 
 @pytest.fixture
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8080") as c:
         yield c
 
 
@@ -52,12 +52,13 @@ def test_legacy_post_path_is_the_same_webhook(client):
     assert client.get("/lights").json()["directions"]["north"]["red"] == "on"
 
 
-def test_legacy_get_runs_the_self_test(client, lights):
+def test_legacy_get_changes_nothing(client, lights):
+    """The seed's GET ran the lights: any page could, with an <img> tag (issue 18)."""
     lights.led_pin("east", "yellow").clear_states()
     r = client.get("/traffic/kubewatch-webhook")
-    assert r.status_code == 202 and r.json()["self_test"] is True
+    assert r.status_code == 405 and "POST /lights/test" in r.json()["message"]
     idle(client)
-    assert True in [s.state for s in lights.led_pin("east", "yellow").states]
+    assert True not in [s.state for s in lights.led_pin("east", "yellow").states]
 
 
 def test_failure_event_raises_an_alarm_and_ack_route_clears_it(client):
@@ -68,7 +69,7 @@ def test_failure_event_raises_an_alarm_and_ack_route_clears_it(client):
     assert state["directions"]["north"]["red"] == "blink"
     assert state["buzzer"] == "beep"
     assert state["alarms"][0]["event"]["name"] == "db-0"
-    assert client.post("/alarm/ack").json() == {"acknowledged": 1}
+    assert client.post("/alarm/ack", json={}).json() == {"acknowledged": 1}
     state = client.get("/lights").json()
     assert state["buzzer"] == "off" and state["alarms"][0]["acknowledged"] is True
     assert state["directions"]["north"]["red"] == "on"
@@ -129,7 +130,8 @@ def test_self_test_route(client, lights):
     assert r.status_code == 202 and r.json()["buzzer"] is True
     idle(client)
     assert True in [s.state for s in lights.buzzer_pin.states]
-    assert client.post("/lights/test").json()["buzzer"] is False  # body is optional
+    no_body = client.post("/lights/test", headers={"content-type": "application/json"})
+    assert no_body.json()["buzzer"] is False  # the body is optional, JSON is not
 
 
 def test_events_lists_newest_first(client):
@@ -159,7 +161,7 @@ def test_worker_dependency_can_be_overridden(app, settings):
     replacement = Worker(other, load_reactions(), settings)
     app.dependency_overrides[get_worker] = lambda: replacement
     try:
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1:8080") as c:
             assert c.get("/healthz").json()["gpio"] == "test-double"
     finally:
         other.close()
@@ -183,3 +185,48 @@ def test_a_broken_reactions_file_fails_at_startup(tmp_path, settings):
     bad.write_text("rules: [{colour: purple}]")
     with pytest.raises(ReactionsError, match="rules.0.colour"):
         create_app(settings.model_copy(update={"reactions_file": bad}))
+
+
+# ---- the guard (issue 18: cross-origin POSTs, DNS rebinding) --------------------------------
+
+
+@pytest.mark.parametrize("path,body", [("/lights/test", {}), ("/alarm/ack", {}), ("/kubewatch", KUBEWATCH)])
+def test_a_cross_site_page_cannot_change_anything(client, lights, path, body):
+    lights.led_pin("east", "yellow").clear_states()
+    import json as _json
+
+    evil = {"origin": "http://evil.example", "content-type": "application/json"}
+    assert client.post(path, content=_json.dumps(body), headers=evil).status_code == 403
+    site = {"sec-fetch-site": "cross-site", "content-type": "application/json"}
+    assert client.post(path, content=_json.dumps(body), headers=site).status_code == 403
+    # A plain HTML form (no preflight) can only send form or text bodies: refused as not JSON.
+    form = client.post(path, content="buzzer=true", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 415 and "application/json" in form.json()["message"]
+    idle(client)
+    assert client.get("/lights").json()["stats"]["received"] == 0
+    same = client.post(path, json=body, headers={"origin": "http://127.0.0.1:8080"})
+    assert same.status_code in (200, 202)
+
+
+def test_a_rebound_dns_name_is_refused(client):
+    r = client.get("/lights", headers={"host": "attacker.example:8080"})
+    assert r.status_code == 400 and "attacker.example" in r.json()["message"]
+    assert client.get("/lights", headers={"host": "localhost:8080"}).status_code == 200
+
+
+def test_the_router_env_names_its_address_and_names(tmp_path):
+    from piwatch.bundle import render_env
+    from piwatch.settings import Settings
+
+    env = render_env("10.42.0.1", 8080, names=["ceil-router", "ceil-router.ceil.internal"])
+    values = dict(line.split("=", 1) for line in env.splitlines() if "=" in line and not line.startswith("#"))
+    import os
+
+    old = dict(os.environ)
+    try:
+        os.environ.update(values)
+        allowed = Settings().allowed_host_names
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert {"10.42.0.1", "ceil-router", "ceil-router.ceil.internal", "localhost"} <= set(allowed)
