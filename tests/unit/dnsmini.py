@@ -1,7 +1,9 @@
 """A minimal DNS client and fake upstream server (standard library only) for the netns tests.
 
     python3 dnsmini.py query SERVER NAME [TYPE [TIMEOUT]]   prints the answers (A / PTR), the rcode, or timeout
-    python3 dnsmini.py serve ADDR ANSWER_IP LOG     answers every A query with ANSWER_IP, logs names
+    python3 dnsmini.py serve ADDR ANSWER_IP LOG     answers every A query with ANSWER_IP, logs names;
+                                                    names under rebind. get 10.42.0.1, as a DNS-rebinding
+                                                    attacker's server answers for the router's LAN address
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import struct
 import sys
 
 TYPES = {"A": 1, "PTR": 12}
+REBIND_IP = "10.42.0.1"
 
 
 def encode_name(name: str) -> bytes:
@@ -69,7 +72,8 @@ def serve(addr: str, answer_ip: str, log_path: str) -> None:
         with open(log_path, "a") as log:
             log.write(f"{name}\n")
         header = msg[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0)
-        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(answer_ip)
+        ip = REBIND_IP if name.startswith("rebind.") else answer_ip
+        answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(ip)
         s.sendto(header + msg[12:end + 4] + answer, peer)
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INET_IP, ROUTER_UPLINK_IP = "198.18.0.2", "198.18.0.1"
-FAKE_ANSWER = "203.0.113.7"  # what the fake upstream DNS says every internet name is
+# What the fake upstream DNS says every internet name is: benchmark space (RFC 2544), which the
+# router's dnsmasq passes; TEST-NET answers count as private there (stop-dns-rebind drops them).
+FAKE_ANSWER = "198.19.80.7"
 
 
 class RouterLanLab:

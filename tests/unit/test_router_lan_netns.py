@@ -157,6 +157,14 @@ def test_internet_names_go_to_the_upstream_and_private_ones_do_not(lab):
     assert not {"plainname", "1.1.168.192.in-addr.arpa", "nosuchnode.ceil.internal"} & set(asked)
 
 
+def test_an_upstream_answer_into_private_space_is_dropped(lab):
+    """DNS rebinding (issue 18 #7): an attacker's name answered with the router's LAN address."""
+    answer = lab.dns("node", "10.42.0.1", "rebind.attacker.example")
+    assert "10.42.0.1" not in answer, answer
+    assert "rebind.attacker.example" in (lab.dir / "upstream-queries.log").read_text().split()
+    assert lab.dns("node", "10.42.0.1", "ceil-one.ceil.internal") == "['10.42.0.11']"  # own names unaffected
+
+
 # ---- NAT and firewall ------------------------------------------------------------------------
 
 

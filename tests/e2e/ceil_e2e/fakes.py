@@ -186,9 +186,9 @@ class Internet:
 
 
 WEB_BODY = b"hello from the fake internet\n"
-# The one "internet" name the fake upstream DNS (l2dns) knows, and its address (TEST-NET-3).
+# The one "internet" name the fake upstream DNS (l2dns) knows, and its address.
 DNS_NAME = "www.example-internet.test"
-DNS_ANSWER = "203.0.113.80"
+DNS_ANSWER = "198.19.80.80"  # benchmark space (RFC 2544): the router's stop-dns-rebind drops TEST-NET answers
 
 
 def standard_internet(repo: Path | None, log: Path | None = None) -> Internet:
