@@ -2,7 +2,8 @@
 
 Sources, in order: a bundle baked into the image (/usr/local/lib/ceil/airgap/), the router's
 cache (feature k3s-cache), the upstream GitHub release. Every source is checked against the
-pinned `kubernetes.k3s_sha256`, or else against the release's sha256sum file from that source.
+digest pinned at bake time, or else against the release's sha256sum file from that source; the
+router's cache (plain HTTP on the LAN) only with a pin.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
+from ..catalog import load_flavor
 from ..config import Cluster
 from ..secrets import SecretStore
-from .cache import cache_url
-from .release import verified_release_files
+from .cache import cache_url, workstation_cache
+from .release import ASSETS, sha256_file, verified_release_files
 
 UPSTREAM = "https://github.com/k3s-io/k3s/releases/download"
 AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
@@ -23,12 +25,23 @@ def upstream_url(version: str) -> str:
     return f"{UPSTREAM}/{quote(version, safe='')}"
 
 
+def pinned_digest(cluster: Cluster, arch: str) -> str:
+    """What this node checks k3s against: kubernetes.k3s_sha256, else the digest of the binary in
+    the workstation's release files (verified against their sums file here, at bake time), else
+    "" (the node then takes k3s only from its baked bundle or the upstream release over HTTPS)."""
+    if cluster.kubernetes.k3s_sha256:
+        return cluster.kubernetes.k3s_sha256
+    files = verified_release_files(cluster, arch, workstation_cache(cluster.kubernetes.k3s_version))
+    binary = files.get(ASSETS[arch]["binary"])
+    return sha256_file(binary) if binary else ""
+
+
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     k8s = cluster.kubernetes
     return {
         "k3s_install": {
             "version": k8s.k3s_version,
-            "sha256": k8s.k3s_sha256 or "",
+            "sha256": pinned_digest(cluster, load_flavor(cluster.flavor).arch),
             "cache_url": cache_url(cluster),
             "upstream_url": upstream_url(k8s.k3s_version),
             "airgap_dir": AIRGAP_ON_TARGET,

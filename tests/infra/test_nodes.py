@@ -96,6 +96,9 @@ def test_registries_yaml_points_at_the_router(nodes, cluster):
 def _expected_digest(router, host, cluster) -> str:
     if cluster.kubernetes.k3s_sha256:
         return cluster.kubernetes.k3s_sha256
+    pinned = host.check_output("sed -n \"s/^K3S_SHA256='\\(.*\\)'$/\\1/p\" /etc/ceil/k3s-install/install.env")
+    if pinned:
+        return pinned  # what the bake pinned: the release the workstation verified
     arch = host.check_output("dpkg --print-architecture")
     sums = router.file(f"{CACHE_ROOT_ON_ROUTER}/k3s/{cluster.kubernetes.k3s_version}/{ASSETS[arch]['sums']}")
     if not sums.exists:
@@ -151,6 +154,39 @@ def test_wrong_digest_fails_loudly_and_never_runs_the_file(router, nodes, cluste
     assert left == "", f"{name}: files left behind: {left}"
     show = host.check_output("systemctl show ceil-k3s-install.service -p Restart -p RestartPreventExitStatus")
     assert "Restart=on-failure" in show and "RestartPreventExitStatus=3" in show
+
+
+def test_a_forged_binary_with_a_matching_sums_file_is_never_installed(nodes, cluster):
+    """Issue 18 #1: a LAN host serving a binary and a sums file that matches it. The node's own
+    install step, in a scratch root, with no digest pinned: the plain-HTTP source is not used."""
+    name, host = next(iter(each_node(nodes)))
+    scratch, port = "/tmp/ceil-k3s-forged", 18088
+    arch = host.check_output("dpkg --print-architecture")
+    asset, sums = ASSETS[arch]["binary"], ASSETS[arch]["sums"]
+    version = cluster.kubernetes.k3s_version
+    serve = f"{scratch}/www/k3s/{version}"
+    env = (f"K3S_VERSION='{version}'\\nK3S_SHA256=''\\nK3S_AIRGAP_DIR='{scratch}/none'\\n"
+           f"K3S_CACHE_URL='http://127.0.0.1:{port}/k3s/{version}'\\nK3S_UPSTREAM_URL=''\\n")
+    with host.sudo():
+        host.run(f"rm -rf {scratch} && mkdir -p {shlex.quote(serve)} {scratch}/root/usr/local/bin"
+                 f" && printf '#!/bin/sh\\ntouch {scratch}/ran\\n' > {shlex.quote(serve + '/' + asset)}"
+                 f" && (cd {shlex.quote(serve)} && sha256sum {asset} > {sums})"
+                 f" && printf \"{env}\" > {scratch}/install.env")
+        # The LAN host's web server, on the node's loopback (detached: the SSH command returns).
+        server = host.run(f"cd {scratch}/www && setsid -f sh -c 'echo $$ > {scratch}/pid;"
+                          f" exec python3 -m http.server {port} --bind 127.0.0.1' </dev/null >/dev/null 2>&1;"
+                          f" for i in $(seq 20); do curl -fsS -o /dev/null http://127.0.0.1:{port}/ && exit 0; sleep 1; done;"
+                          " exit 1")
+        assert server.rc == 0, server.stderr
+        try:
+            result = host.run(f"CEIL_ROOT={scratch}/root CEIL_K3S_INSTALL_ENV={scratch}/install.env"
+                              " /usr/local/lib/ceil/steps/k3s-install.sh")
+            left = host.check_output(f"ls -A {scratch}/root/usr/local/bin; ls {scratch}/ran 2>/dev/null || true")
+        finally:
+            host.run(f"kill $(cat {scratch}/pid); rm -rf {scratch}")
+    assert result.rc == 1, result.stderr
+    assert "plain HTTP and no digest was pinned at bake time: not trusted" in result.stderr, result.stderr
+    assert left == "", f"{name}: {left}"
 
 
 def test_k3s_configured_per_role(nodes, cluster):

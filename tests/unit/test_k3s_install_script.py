@@ -91,12 +91,12 @@ def leftovers(node: Path) -> list[str]:
     return sorted(p.name for p in (node / "usr/local/bin").iterdir() if p.name != "k3s")
 
 
-def test_installs_from_the_router_cache_verified_by_its_sums_file(node, tmp_path, servers):
+def test_installs_from_the_router_cache_verified_by_the_baked_pin(node, tmp_path, servers):
     mark = tmp_path / "ran"
     binary = fake_binary(mark)
     cache = servers(tmp_path / "cache")
     release_dir(tmp_path / "cache", "arm64", binary)
-    result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}")
+    result = run(node, tmp_path, sha=hashlib.sha256(binary).hexdigest(), cache=f"{cache.url}/k3s/{VERSION}")
     assert result.returncode == 0, result.stderr
     installed = node / "usr/local/bin/k3s"
     assert installed.read_bytes() == binary and os.access(installed, os.X_OK)
@@ -111,7 +111,7 @@ def test_asset_names_per_architecture(node, tmp_path, servers, arch):
     binary = fake_binary(tmp_path / "ran", arch)
     cache = servers(tmp_path / "cache")
     release_dir(tmp_path / "cache", arch, binary)
-    result = run(node, tmp_path, arch=arch, cache=f"{cache.url}/k3s/{VERSION}")
+    result = run(node, tmp_path, arch=arch, sha=hashlib.sha256(binary).hexdigest(), cache=f"{cache.url}/k3s/{VERSION}")
     assert result.returncode == 0, result.stderr
     assert ASSETS[arch]["binary"] in result.stderr
     assert (node / "usr/local/bin/k3s").read_bytes() == binary
@@ -131,12 +131,17 @@ def test_wrong_digest_deletes_the_download_and_asks_for_a_retry(node, tmp_path, 
     assert leftovers(node) == [] and not mark.exists()
 
 
-def test_a_cache_whose_sums_file_disagrees_is_refused(node, tmp_path, servers):
+def test_a_plain_http_cache_without_a_pin_is_never_trusted(node, tmp_path, servers):
+    """Issue 18 #1: a LAN host served a binary with a matching sums file, and it was installed.
+    Without a digest pinned at bake time, a plain-HTTP source is not even asked."""
+    mark = tmp_path / "ran"
+    forged = fake_binary(mark, "forged")
     cache = servers(tmp_path / "cache")
-    release_dir(tmp_path / "cache", "arm64", fake_binary(tmp_path / "ran", "swapped"), listed=b"the real one")
+    release_dir(tmp_path / "cache", "arm64", forged)  # its sums file matches the forged binary
     result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}")
-    assert result.returncode == 1 and "SHA256 MISMATCH" in result.stderr
-    assert not (node / "usr/local/bin/k3s").exists() and leftovers(node) == []
+    assert result.returncode == 1, result.stderr  # no trusted source yet: retried
+    assert "plain HTTP and no digest was pinned at bake time: not trusted" in result.stderr
+    assert not (node / "usr/local/bin/k3s").exists() and leftovers(node) == [] and not mark.exists()
 
 
 def test_falls_back_to_upstream_when_the_cache_lacks_it(node, tmp_path, servers):
@@ -184,7 +189,7 @@ def test_rerun_with_a_verified_binary_downloads_nothing(node, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stderr
     assert leftovers(node) == []
-    assert "verified against pinned" in (node / "var/lib/ceil/k3s-install.verified").read_text()
+    assert "verified against the digest pinned at bake time" in (node / "var/lib/ceil/k3s-install.verified").read_text()
 
 
 def test_a_refused_download_leaves_no_record(node, tmp_path, servers):

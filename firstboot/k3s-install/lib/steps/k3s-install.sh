@@ -1,9 +1,12 @@
 #!/bin/sh
 # ceil step "k3s-install": put a verified k3s binary at /usr/local/bin/k3s.
 # Sources, first that has it: the air-gap bundle baked into the image, the router's cache, the
-# upstream GitHub release. Every file is checked against the pinned sha256 (cluster.yaml
-# kubernetes.k3s_sha256) or else the release's sha256sum file from the same source, before it
-# is made executable. Nothing downloaded is ever run unverified; no install script is piped in.
+# upstream GitHub release. Every file is checked against the sha256 pinned at bake time
+# (kubernetes.k3s_sha256, or the digest of the release the workstation verified) or else the
+# release's sha256sum file from the same source, before it is made executable. A plain-HTTP
+# source (the router's cache) is used only with a pin: its sums file proves nothing, since
+# whoever can answer on the LAN can serve a binary and a matching sums file. Nothing
+# downloaded is ever run unverified; no install script is piped in.
 # A digest mismatch deletes the download, logs both digests and exits 1 (retried: the source
 # may be fixed); a mismatching baked bundle exits 3 (the image itself is bad: re-bake).
 # Idempotent: the download goes to a hidden non-executable temp file in the same directory
@@ -96,11 +99,17 @@ try_source() {
     kind=$1 base=$2 what=$3
     [ -n "$base" ] || return 0
     if [ "$kind" = file ] && [ ! -f "$base/$ASSET" ]; then return 0; fi
+    case "$base" in http://*)
+        if [ -z "$K3S_SHA256" ]; then
+            log "$what: $base is plain HTTP and no digest was pinned at bake time: not trusted; trying the next source"
+            return 0
+        fi ;;
+    esac
     if ! expected=$(expected_for "$kind" "$base"); then
         log "$what: no sha256 for $ASSET ($base/$SUMS unavailable or without it); trying the next source"
         return 0
     fi
-    why="${K3S_SHA256:+pinned kubernetes.k3s_sha256}"
+    why="${K3S_SHA256:+the digest pinned at bake time}"
     why="${why:-$base/$SUMS}"
     rm -f "$PART"
     if ! get "$kind" "$base/$ASSET" "$PART"; then
@@ -129,7 +138,7 @@ mkdir -p "$(dirname "$BIN")"
 rm -f "$PART" "$SUMS_TMP"   # a download cut short by a power loss is never trusted
 if [ -n "$K3S_SHA256" ] && [ -f "$BIN" ] && [ "$(digest_of "$BIN")" = "$K3S_SHA256" ]; then
     log "k3s $K3S_VERSION already installed, sha256 matches the pin"
-    [ -s "$RECORD" ] || record "k3s $K3S_VERSION found installed, sha256 $K3S_SHA256 verified against pinned kubernetes.k3s_sha256"
+    [ -s "$RECORD" ] || record "k3s $K3S_VERSION found installed, sha256 $K3S_SHA256 verified against the digest pinned at bake time"
     install_images
     exit 0
 fi
