@@ -124,13 +124,17 @@ class RoleContext:
 
 
 def jinja_env(search: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(search)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    # tojson writes non-ASCII as itself: with ensure_ascii an emoji became a pair of \uD83D-style
+    # surrogate escapes, valid JSON but refused by libyaml (netplan, cloud-init) as YAML.
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": True}
+    return env
 
 
 @dataclass

@@ -131,14 +131,28 @@ class SSH(Model):
 
 
 class WiFi(Model):
-    ssid: str = Field(min_length=1, max_length=32)
+    ssid: str = Field(min_length=1)
     psk: SecretStr
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 country code, e.g. DE")
+
+    @field_validator("ssid")
+    @classmethod
+    def _ssid(cls, v: str) -> str:
+        size = len(v.encode())
+        if size > 32:
+            raise ValueError(f"{v!r} is {size} bytes in UTF-8: an SSID holds at most 32 bytes (802.11)")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"{v!r} holds a control character or line break, which no SSID config can carry")
+        return v
 
     @field_validator("psk")
     @classmethod
     def _psk(cls, v: SecretStr) -> SecretStr:
         s = v.get_secret_value()
+        if not all(32 <= ord(c) <= 126 for c in s):
+            # WPA2 passphrases are printable ASCII (IEEE 802.11i, annex H); the value is not shown.
+            raise ValueError("the WiFi passphrase holds a character outside printable ASCII: WPA2"
+                             " passphrases are 8-63 printable ASCII characters")
         if not (8 <= len(s) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", s)):
             raise ValueError(
                 f"the WiFi passphrase has {len(s)} characters: WPA2 needs 8-63 characters"

@@ -190,3 +190,36 @@ def test_a_timezone_that_yaml_reads_as_a_boolean_stays_a_string_in_user_data(tmp
     ctx = RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"), SecretStore(tmp_path / "secrets"), None)
     user_data = yaml.safe_load(render_seed(ctx, "i-1")["user-data"])
     assert user_data["timezone"] == "yes" and user_data["users"][0]["name"] == "ceil"
+
+
+def _wifi(ssid: str, psk: str = "correct-horse-battery") -> str:
+    return (BASE.replace("router: {uplink: {type: ethernet}}\n", "") +
+            f"router: {{uplink: {{type: wifi, wifi: {{ssid: {json.dumps(ssid, ensure_ascii=False)}, psk: {json.dumps(psk, ensure_ascii=False)}, country: DE}}}}}}\n")
+
+
+def test_an_emoji_ssid_reaches_network_config_as_yaml_netplan_reads(tmp_path):
+    import yaml
+
+    from ceil.catalog import load_flavor
+    from ceil.features import RoleContext
+    from ceil.payload import render_seed
+    from ceil.secrets import SecretStore
+
+    cluster = parse_cluster(_wifi("Café 📶"))
+    ctx = RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"), SecretStore(tmp_path / "s"), None)
+    text = render_seed(ctx, "i-1")["network-config"]
+    assert "\\ud83d" not in text.lower() and "📶" in text
+    assert "Café 📶" in yaml.load(text, Loader=yaml.CSafeLoader)["wifis"]["wlan0"]["access-points"]
+
+
+@pytest.mark.parametrize("ssid,why", [("📶" * 9, "36 bytes"), ("a\nb", "control character")])
+def test_ssids_no_radio_can_carry_are_refused(ssid, why):
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(_wifi(ssid))
+    assert "router.uplink.wifi.ssid" in str(e.value) and why in str(e.value)
+
+
+def test_a_non_ascii_psk_is_refused_without_showing_it():
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(_wifi("Home", "pässwörter-123"))
+    assert "printable ASCII" in str(e.value) and "pässwörter" not in str(e.value)
