@@ -88,6 +88,29 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def _url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    """A URL with one of `schemes`, a host (name or address) and, if given, a numeric port;
+    printable ASCII only, so it can sit in any config file as one word."""
+    from urllib.parse import urlsplit
+
+    fix = f"expected {'/'.join(schemes)}://HOST[:PORT][/PATH], e.g. https://registry-1.docker.io"
+    if not re.fullmatch(r"[!-~]+", value):
+        raise ValueError(f"{value!r} holds a space, control or non-ASCII character: {fix}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not a URL ({e}): {fix}") from None
+    if parts.scheme not in schemes or (parts.scheme != "file" and not parts.hostname):
+        raise ValueError(f"{value!r} is not a URL: {fix}")
+    if port is None and parts.netloc.endswith(":"):
+        raise ValueError(f"{value!r} has an empty port: {fix}")
+    if any(c in value for c in "\"'`\\<>{}|^"):
+        raise ValueError(f"{value!r} holds a quote, brace or backslash, which no URL needs: {fix}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_url)]
 Label = Annotated[str, AfterValidator(_label)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Iface = Annotated[str, AfterValidator(_iface)]
@@ -300,9 +323,9 @@ class DDNS(Model):
     api_token: SecretStr | None = None
     zone: Domain | None = None
     record: Domain | None = None
-    api_url: str = Field(default="https://api.cloudflare.com/client/v4", pattern=r"^https?://[!-~]+$")
+    api_url: HttpUrl = "https://api.cloudflare.com/client/v4"
     # Where the router learns its public address (an endpoint that answers with the bare IP).
-    ip_url: str = Field(default="https://api.ipify.org", pattern=r"^https?://[!-~]+$")
+    ip_url: HttpUrl = "https://api.ipify.org"
     interval_minutes: int = Field(default=5, ge=1, le=1440)
 
     @model_validator(mode="after")
@@ -323,7 +346,7 @@ class Registry(Model):
     enabled: bool = True
     port: int = Field(default=5000, ge=1, le=65535)
     mirror_port: int = Field(default=5001, ge=1, le=65535)
-    upstream: str = Field(default="https://registry-1.docker.io", pattern=r"^https?://[!-~]+$")
+    upstream: HttpUrl = "https://registry-1.docker.io"
 
 
 class PiWatch(Model):
@@ -349,7 +372,7 @@ DEFAULT_NODES = (
 class AptMirror(Model):
     """A package archive used for first-boot installs instead of the flavor's own sources."""
 
-    url: str = Field(pattern=r"^(https?|file)://[!-~]+$")
+    url: Annotated[str, AfterValidator(lambda v: _url(v, ("http", "https", "file")))]
     # One word each: a space or newline here would add words (or lines) to the sources line.
     suite: str = Field(pattern=r"^(\./|[A-Za-z0-9][A-Za-z0-9._/-]*)$",
                        description="e.g. noble, trixie; './' for a flat repository")

@@ -15,9 +15,9 @@ def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
 
 def check(cluster: Cluster, role: str) -> None:
     token = cluster.ddns.api_token.get_secret_value().strip() if cluster.ddns.api_token else ""
-    if not token or any(c.isspace() for c in token):
+    if not token or not all(33 <= ord(c) <= 126 for c in token):
         raise ConfigError(
-            "ddns.api_token: expected one Cloudflare API token (no spaces or line breaks), found"
-            " an empty or multi-part value: create a token scoped to Zone.DNS edit and set it,"
+            "ddns.api_token: expected one Cloudflare API token (printable ASCII, no spaces or line"
+            " breaks), found an empty or malformed value: create a token scoped to Zone.DNS edit and set it,"
             " e.g. api_token: ${CLOUDFLARE_API_TOKEN}"
         )
