@@ -52,6 +52,9 @@ class Flavor(_Model):
     cloud_init: Literal["modern", "legacy"] = "modern"
     # CPython of the image ("cp312"): PiWatch's wheels are bundled for it. None: no PiWatch bundle.
     python_tag: str | None = Field(default=None, pattern=r"^cp3\d+$")
+    # Debian packages that give gpiozero a real pin backend on this OS (PiWatch's venv sees the
+    # system's site-packages); without one it falls back to mock pins. Empty for QEMU twins.
+    gpio_packages: list[str] = Field(default_factory=list)
     # Extra kernel arguments a test bed needs (e.g. net.ifnames=0); empty for real flavors.
     kernel_args: list[str] = Field(default_factory=list)
 

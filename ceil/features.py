@@ -161,6 +161,8 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
             variables.update(context(ctx.cluster, ctx.role, ctx.store))
         _render_tree(feature, variables, dest)
         packages += [p for p in feature.spec.packages if p not in packages]
+        if flavor_packages := feature.hook("packages"):  # what the feature needs on this flavor
+            packages += [p for p in flavor_packages(ctx) if p not in packages]
         if payload_files := feature.hook("payload_files"):
             # Large prepared content (e.g. PiWatch's wheels): lands in <boot>/ceil/files/.
             for name, src in payload_files(ctx, dest / "files").items():

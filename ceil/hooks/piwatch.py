@@ -33,3 +33,9 @@ def context(cluster: Cluster, role: str, store) -> dict:
 
     names = [cluster.hostname("router"), cluster.fqdn("router")]
     return {"piwatch_env": render_env(str(cluster.network.router_ip), cluster.piwatch.port, names=names)}
+
+
+def packages(ctx) -> list[str]:
+    """The flavor's GPIO backend for gpiozero (e.g. python3-lgpio): without it PiWatch runs on
+    mock pins on a real Pi, and the lights stay dark."""
+    return list(ctx.flavor.gpio_packages)

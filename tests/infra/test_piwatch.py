@@ -39,10 +39,15 @@ def test_piwatch_runs_on_the_router_and_says_which_gpio(router, nodes, cluster):
     _, node = each_node(nodes)[0]
     health = get_json(node, f"{url}/healthz")
     assert health["status"] == "ok", health
-    # QEMU has no GPIO: PiWatch runs on mock pins and says so; a Pi reports lgpio or rpigpio.
+    # QEMU has no GPIO: PiWatch runs on mock pins and says so; a Pi must drive real pins
+    # (lgpio or rpigpio), or the lights stay dark while every check is green.
     assert health["gpio"] in ("mock", "lgpio", "rpigpio"), health
     if health["gpio"] == "mock":
         assert health["gpio_note"], "mock pins in use but /healthz does not say why"
+        virt = router.run("systemd-detect-virt").stdout.strip()
+        assert virt not in ("", "none"), (
+            f"PiWatch runs on mock pins on real hardware ({health['gpio_note']}): the flavor's GPIO"
+            " backend (images/<flavor>.yaml gpio_packages) is missing; see journalctl -u ceil-piwatch")
 
 
 def test_an_event_posted_from_a_node_changes_the_lights(nodes, cluster):

@@ -261,3 +261,18 @@ def test_addon_ingress_hosts_resolve_to_the_ingress(tmp_path):
 
     hosts = context(cluster, "router", None)["lan_dns"]["ingress_hosts"]
     assert hosts == ingress_hosts(cluster) and f"grafana.{cluster.domain}" in hosts
+
+
+def test_piwatch_brings_its_flavors_gpio_backend(tmp_path):
+    """Issue 17: on Ubuntu no GPIO library imported, PiWatch ran on mock pins and the lights stayed
+    dark. The router installs the flavor's backend; the QEMU twins have no GPIO and list none."""
+    from ceil.catalog import load_flavor
+    from ceil.features import RoleContext, render_features
+    from ceil.secrets import SecretStore
+
+    cluster = cluster_from({"piwatch": {"enabled": True}})
+    for flavor, expected in (("ubuntu-24.04-raspi", "python3-lgpio"), ("raspios-trixie", "python3-lgpio")):
+        payload = render_features(RoleContext(cluster, "router", load_flavor(flavor), SecretStore(tmp_path / "s")),
+                                  tmp_path / flavor)
+        assert expected in payload.packages, flavor
+    assert load_flavor("testbed-ubuntu").gpio_packages == []
