@@ -110,3 +110,26 @@ def test_a_lock_held_too_long_fails_the_attempt_for_a_retry(scratch):
     assert done.returncode == 1
     assert "/var/lib/apt/lists/lock still held after 2s" in done.stderr
     assert not log.exists() or "install" not in log.read_text()
+
+
+@pytest.mark.parametrize("left", [b"", b"#!/bin/sh\n# ceil-packages: daemons wait for their first-boot step\nexit 101\n"])
+def test_a_policy_file_a_power_cut_left_is_taken_over_and_removed(scratch, left):
+    """Found by the power-cut test with the lock-holding Ubuntu twin: a cut right after the
+    policy file was written left it empty ("Exec format error" in every postinst, for good), or
+    whole and never removed (no daemon restarted by later upgrades)."""
+    root, _, run, log = scratch
+    (root / "usr/sbin/policy-rc.d").write_bytes(left)
+    (root / "usr/sbin/policy-rc.d").chmod(0o755)
+    done = run()
+    assert done.returncode == 0, done.stderr
+    assert "install policy=exit 101" in log.read_text()
+    assert not (root / "usr/sbin/policy-rc.d").exists()
+    assert not (root / "usr/sbin/policy-rc.d.ceil-tmp").exists()
+
+
+def test_somebody_elses_policy_file_is_left_alone(scratch):
+    root, _, run, log = scratch
+    theirs = b"#!/bin/sh\n# a container's own policy\nexit 101\n"
+    (root / "usr/sbin/policy-rc.d").write_bytes(theirs)
+    assert run().returncode == 0
+    assert (root / "usr/sbin/policy-rc.d").read_bytes() == theirs
