@@ -10,6 +10,8 @@ to the disk, and packages from the local repository.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from ceil.catalog import Flavor, load_flavor
 
@@ -78,6 +80,9 @@ def test_packages_install_from_the_local_repository(bare):
     # The Ubuntu twin's stand-in for unattended-upgrades holds apt's locks after the first boot,
     # as the real one does: wait for it as a user would (ceil's own step waits for the locks).
     host.run("sudo sh -c 'while systemctl -q is-active testbed-unattended-upgrades.service; do sleep 5; done'")
+    # The twin wakes up months in the past (no RTC): apt would find the archive "not valid yet".
+    # Set the clock first, as a user of a bare card must (ceil's cards do it from their bake time).
+    host.run(f"sudo date -s @{int(time.time())}")
     out = host.run("sudo apt-get update 2>&1 && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y "
                    "--no-install-recommends wireguard-tools 2>&1")
     assert out.rc == 0, out.stdout[-2000:]

@@ -156,6 +156,18 @@ def test_prep_waits_for_the_clock(payload, stubs):
     assert result.returncode == 1 and "not synchronised" in result.stderr
 
 
+def test_prep_refuses_a_synchronised_time_before_the_bake(payload, stubs):
+    """A router with a stale clock and no upstream serves a time before this card was baked:
+    k3s must not start on it (issue 17). The payload carries the bake time as etc/clock-floor."""
+    import time
+
+    root = payload("two")
+    assert abs(int((root / "etc/ceil/clock-floor").read_text()) - time.time()) < 600  # the bake's own time
+    (root / "etc/ceil/clock-floor").write_text(f"{int(time.time()) + 86400}\n")  # baked "tomorrow"
+    result = run(PREP, root, stubs)
+    assert result.returncode == 1 and "before this card was baked" in result.stderr
+
+
 def test_prep_missing_kernel_module_is_permanent(payload, stubs):
     result = run(PREP, payload("two"), stubs, STUB_MODPROBE_RC="1")
     assert result.returncode == 3 and "cannot be loaded" in result.stderr

@@ -39,6 +39,17 @@ QEMU = {
 # partition's label (run arm21: router and one in emergency mode, two fine). A Pi has it in a
 # second; an emulator gets ten minutes. The image's own cmdline.txt is not changed.
 TCG_APPEND = "systemd.default_device_timeout_sec=600"
+# Hostile twin (docs/testing.md): no Pi has a real-time clock, so a fresh card starts months in
+# the past. Every guest's RTC starts this many days behind the host's clock.
+STALE_CLOCK_DAYS = 150
+
+
+def stale_rtc_base(days: int = STALE_CLOCK_DAYS) -> str:
+    """QEMU's -rtc base= value: UTC, `days` before now."""
+    import datetime as dt
+
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    return when.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class GuestError(Exception):
@@ -295,6 +306,7 @@ class Guest:
             "-drive", f"if=none,id=disk,file={self.image},format=raw,cache=unsafe,discard=unmap",
             "-device", "virtio-blk-pci,drive=disk",
             "-device", "virtio-rng-pci",
+            "-rtc", f"base={stale_rtc_base()},clock=host",
             "-chardev", f"file,id=serial,path={self.serial_log},append=on",
             "-serial", "chardev:serial",
             "-display", "none", "-monitor", "none", "-nodefaults",

@@ -74,6 +74,14 @@ if ! chronyc waitsync "$SYNC_TRIES" 0.5 0 2 >/dev/null; then
     chronyc -n sources >&2 || true
     exit 1
 fi
+# A router that serves a time before this card was baked (its own clock stale, no upstream) is
+# not believed: k3s would issue certificates from the past and refuse the server's.
+floor=$(cat "$ROOT/etc/ceil/clock-floor" 2>/dev/null || echo 0)
+if [ "$(date +%s)" -lt "$floor" ]; then
+    log "the synchronised clock ($(date -u '+%F %T')) is before this card was baked ($(date -u -d "@$floor" '+%F %T')):" \
+        "the router's time is wrong (no upstream NTP?); retrying"
+    exit 1
+fi
 # Later boots: hold time-sync.target (which k3s is ordered after) until chrony has synced, so
 # k3s never starts on the stale clock a Pi without RTC wakes up with.
 if systemctl cat chrony-wait.service >/dev/null 2>&1; then
