@@ -14,8 +14,10 @@ import click
 
 from . import __version__
 from .bakery import BakeContext, bake, clean_stale
+from .catalog import load_flavor
 from .config import load_cluster
 from .errors import CeilError
+from .features import preflight
 from .secrets import SecretStore
 from .tools import check_tools
 from .ui import console
@@ -58,6 +60,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
         if r != "router":
             cluster.node(r)
     check_tools("bake")
+    # Every role's checks before the first byte is written.
+    preflight(cluster, chosen, load_flavor(cluster.flavor))
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)

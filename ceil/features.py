@@ -93,6 +93,22 @@ def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR,
     return [f for f in load_features(root) if applies(f, cluster, role, flavor)]
 
 
+def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = FIRSTBOOT_DIR) -> None:
+    """Every feature's check for every role about to be baked, before anything is written: all
+    problems at once (a second server used to be refused after the router's image was written)."""
+    problems: list[str] = []
+    for role in roles:
+        for feature in features_for(cluster, role, root, flavor):
+            if check := feature.hook("check"):
+                try:
+                    check(cluster, role)
+                except ConfigError as e:
+                    if str(e) not in problems:
+                        problems.append(str(e))
+    if problems:
+        raise ConfigError("nothing was baked; fix these first:\n  " + "\n  ".join(problems))
+
+
 # ---- rendering ---------------------------------------------------------------------------
 
 

@@ -216,6 +216,21 @@ def test_installed_packages_reads_only_installed_stanzas():
     assert installed_packages(status) == {"a": "1.0"}
 
 
+def test_every_roles_checks_run_before_anything_is_written(tmp_path, ssh_pubkey):
+    """Issue 19: with two servers, the router's image was written before the nodes' check refused
+    the cluster. Now every problem of every role is reported at once and nothing is written."""
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}, {name: two, role: server}]\n"
+        "vpn: {port: 22}\n")
+    result = run_bake("--all", "--base-image", str(base), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "nothing was baked" in result.stderr
+    assert "role 'server'" in result.stderr and "vpn.port: 22" in result.stderr  # both, at once
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_unknown_role_fails_before_work(tmp_path, ssh_pubkey):
     (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
     result = run_bake("--role", "five", cwd=tmp_path)
