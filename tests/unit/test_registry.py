@@ -149,6 +149,15 @@ def test_private_registry_push_then_pull(registries):
     assert pulled["digest"] == pushed["digest"] and pulled["blobs"] == 2
 
 
+def test_private_registry_refuses_deletes(registries):
+    """Issue 18 #3: anyone on the LAN could delete a tag the cluster runs."""
+    urls, _ = registries
+    pushed = oci.push(urls["private"], "ceil/keep", "v1", oci.tiny_image("keep me\n"))
+    status, _, body = oci._request("DELETE", f"{urls['private']}/v2/ceil/keep/manifests/{pushed['digest']}")
+    assert status == 405 and b"UNSUPPORTED" in body
+    assert oci.pull(urls["private"], "ceil/keep", "v1")["digest"] == pushed["digest"]
+
+
 def test_mirror_serves_the_second_pull_from_its_cache(registries):
     urls, upstream = registries
     first = oci.pull(urls["mirror"], "library/hello", "latest")
