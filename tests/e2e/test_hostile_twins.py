@@ -12,7 +12,8 @@ pytestmark = pytest.mark.e2e
 
 def test_first_boot_waits_for_unattended_upgrades_instead_of_failing(nodes, cluster):
     """The Ubuntu twin holds dpkg's and apt's locks after its first boot, as Ubuntu's first
-    unattended-upgrades run does; the packages step waits for them and succeeds at once."""
+    unattended-upgrades run does; the packages step waits for them, and no attempt fails on a
+    lock. (Attempts may still fail while the router is away: its power-cut test runs meanwhile.)"""
     if not cluster.flavor.startswith("testbed-ubuntu"):
         pytest.skip(f"{cluster.flavor} mimics Raspberry Pi OS, which runs no unattended-upgrades")
     for name, host in nodes.items():
@@ -22,5 +23,6 @@ def test_first_boot_waits_for_unattended_upgrades_instead_of_failing(nodes, clus
             status = json.loads(host.file("/var/lib/ceil/status.json").content_string)
         assert "holding /var/lib/dpkg/lock-frontend" in holder, f"{name}: the twin's lock holder did not run"
         assert "is held (unattended-upgrades?): waiting for it" in packages, f"{name}:\n{packages}"
-        step = status["steps"]["packages"]
-        assert step["state"] == "done" and step["attempt"] == 1, f"{name}: {step}"
+        assert status["steps"]["packages"]["state"] == "done", f"{name}: {status['steps']['packages']}"
+        for refusal in ("Could not get lock", "Unable to acquire the dpkg frontend lock", "is held by process"):
+            assert refusal not in packages, f"{name}: an apt call failed on a lock:\n{packages}"
