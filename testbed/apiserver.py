@@ -43,6 +43,7 @@ from pathlib import Path
 from ceil.config.schema import Kubernetes
 
 from .cache import atomic_dir, lock
+from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("apiserver")
 
@@ -122,8 +123,8 @@ class ApiServerBuild:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("CEIL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ceil")
-    return Path(base) / "apiserver"
+    """Beside the test-bed images, under the same ${CEIL_CACHE:-~/.cache/ceil}."""
+    return recipe_cache_root().parent / "apiserver"
 
 
 def recipe(k3s_version: str | None = None) -> Recipe:
