@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from . import __version__
 from .bakery import BakeContext, bake, clean_stale
@@ -61,7 +62,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
             cluster.node(r)
     check_tools("bake")
     # Every role's checks before the first byte is written.
-    preflight(cluster, chosen, load_flavor(cluster.flavor))
+    for warning in preflight(cluster, chosen, load_flavor(cluster.flavor)):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)
@@ -106,6 +108,7 @@ PLUGINS = [
     ("ceil.flash.cli", "flash_command"),
     ("ceil.vpn_cli", "vpn_client_command"),
     ("ceil.k3s.kubeconfig", "kubeconfig_command"),
+    ("ceil.registry_access", "registry_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),

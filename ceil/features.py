@@ -93,10 +93,12 @@ def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR,
     return [f for f in load_features(root) if applies(f, cluster, role, flavor)]
 
 
-def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = FIRSTBOOT_DIR) -> None:
+def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = FIRSTBOOT_DIR) -> list[str]:
     """Every feature's check for every role about to be baked, before anything is written: all
-    problems at once (a second server used to be refused after the router's image was written)."""
+    problems at once (a second server used to be refused after the router's image was written).
+    Returns the features' warnings: what will work, but less safely than the user may expect."""
     problems: list[str] = []
+    warnings: list[str] = []
     for role in roles:
         for feature in features_for(cluster, role, root, flavor):
             if check := feature.hook("check"):
@@ -105,8 +107,11 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
                 except ConfigError as e:
                     if str(e) not in problems:
                         problems.append(str(e))
+            if warn := feature.hook("warnings"):
+                warnings += [w for w in warn(cluster, role) if w not in warnings]
     if problems:
         raise ConfigError("nothing was baked; fix these first:\n  " + "\n  ".join(problems))
+    return warnings
 
 
 # ---- rendering ---------------------------------------------------------------------------

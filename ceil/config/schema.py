@@ -346,6 +346,9 @@ class Registry(Model):
     enabled: bool = True
     port: int = Field(default=5000, ge=1, le=65535)
     mirror_port: int = Field(default=5001, ge=1, le=65535)
+    # The private registry's writable side: pushes need the `push` account (bake.py registry);
+    # `port` serves the same images read-only to the nodes' `pull` account.
+    push_port: int = Field(default=5002, ge=1, le=65535)
     upstream: HttpUrl = "https://registry-1.docker.io"
 
 

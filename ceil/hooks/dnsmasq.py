@@ -47,6 +47,23 @@ def lan_hosts(cluster: Cluster) -> list[LanHost]:
     return hosts
 
 
+def warnings(cluster: Cluster, role: str) -> list[str]:
+    """Nodes reserved by host name only (issue 18 #9): said once, when the router is baked."""
+    if role != "router":
+        return []
+    by_name = [n.name for n in cluster.nodes if not n.mac]
+    if not by_name:
+        return []
+    example = by_name[0]
+    return [
+        f"nodes without a MAC in cluster.yaml ({', '.join(by_name)}) get their addresses by host name:"
+        f" while {example} is off and its lease has run out, any LAN device announcing"
+        f" {cluster.hostname(example)} gets {cluster.node(example).ip}. Give each node its MAC"
+        f" (nodes[].mac, e.g. `mac: dc:a6:32:12:34:56` from `ip link` on the Pi) to reserve by MAC;"
+        f" see docs/router-lan.md"
+    ]
+
+
 def listen_interfaces(cluster: Cluster) -> list[str]:
     """DNS/DHCP listen on the LAN (and the VPN); never on the uplink."""
     ifaces = [cluster.router.lan_interface]

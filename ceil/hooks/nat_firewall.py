@@ -48,6 +48,7 @@ def lan_services(cluster: Cluster) -> list[Service]:
     if cluster.registry.enabled:
         out.append(Service("registry", "tcp", cluster.registry.port))
         out.append(Service("registry-mirror", "tcp", cluster.registry.mirror_port))
+        out.append(Service("registry-push", "tcp", cluster.registry.push_port))
     if cluster.piwatch.enabled:
         out.append(Service("piwatch", "tcp", cluster.piwatch.port))
     return out
@@ -85,6 +86,6 @@ def check(cluster: Cluster, role: str) -> None:
             raise ConfigError(
                 f"port {s.port}/{s.proto} is used by both {other} and {s.name} on the router:"
                 " give one of them another port in cluster.yaml (registry.port,"
-                " registry.mirror_port, piwatch.port, vpn.port)"
+                " registry.mirror_port, registry.push_port, piwatch.port, vpn.port)"
             )
         seen[(s.proto, s.port)] = s.name

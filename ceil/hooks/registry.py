@@ -1,8 +1,12 @@
 """Hooks of the `registry` feature, and the k3s `registries.yaml` that points nodes at it.
 
-The router runs two CNCF distribution registries bound to its LAN address: a pull-through cache
-of `registry.upstream` on `registry.mirror_port` and a private registry on `registry.port`
-(plain HTTP: they never leave the LAN). `k3s_registries_yaml` is called by the node role.
+The router runs three CNCF distribution registries bound to its LAN address, all over TLS with
+a certificate from the registry CA made at bake time (ceil.registry_access):
+- a pull-through cache of `registry.upstream` on `registry.mirror_port` (no account: it cannot
+  be pushed to, and serves only what the upstream has);
+- the private registry, read-only, on `registry.port`, for the nodes' `pull` account;
+- the same storage, writable, on `registry.push_port`, for the workstation's `push` account.
+`k3s_registries_yaml` is called by the node role.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import yaml
 
 from ..config import Cluster
 from ..errors import ConfigError
+from ..registry_access import NODE_CA_PATH, PULL_USER, password, router_files
 from ..secrets import SecretStore
 
 REGISTRY_ROOT = "/var/lib/ceil-registry"
@@ -24,12 +29,19 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     return {"registry_root": REGISTRY_ROOT, "registry_label": DRIVE_LABEL}
 
 
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, bytes]:
+    """TLS certificate and key, and one htpasswd file per registry (handed over by LoadCredential)."""
+    return router_files(cluster, store)
+
+
 def check(cluster: Cluster, role: str) -> None:
     reg = cluster.registry
-    if reg.port == reg.mirror_port:
+    ports = {"registry.port": reg.port, "registry.mirror_port": reg.mirror_port, "registry.push_port": reg.push_port}
+    if len(set(ports.values())) < len(ports):
+        given = ", ".join(f"{k}: {v}" for k, v in ports.items())
         raise ConfigError(
-            f"registry.port and registry.mirror_port are both {reg.port}: the private registry"
-            " and the pull-through cache need different ports (defaults 5000 and 5001)"
+            f"{given}: the private registry, the pull-through cache and the private registry's"
+            " push side need different ports (defaults 5000, 5001 and 5002)"
         )
     # Clashes with the router's other services are refused by the nat-firewall feature's check.
     drive = cluster.router.usb_drive
@@ -47,20 +59,30 @@ def upstream_name(cluster: Cluster) -> str:
 
 
 def private_registry_names(cluster: Cluster) -> list[str]:
-    """Names that address the private registry in image references, e.g. ceil-router.ceil.internal:5000."""
-    port = cluster.registry.port
-    return [f"{cluster.fqdn('router')}:{port}", f"{cluster.network.router_ip}:{port}"]
+    """Names that address the private registry in image references, e.g.
+    ceil-router.ceil.internal:5000, and the push side's names (an image is used under the name it
+    was pushed as): all of them are pulled from the read-only side."""
+    names = []
+    for port in (cluster.registry.port, cluster.registry.push_port):
+        names += [f"{cluster.fqdn('router')}:{port}", f"{cluster.network.router_ip}:{port}"]
+    return names
 
 
-def k3s_registries_yaml(cluster: Cluster) -> str:
+def k3s_registries_yaml(cluster: Cluster, store: SecretStore) -> str:
     """/etc/rancher/k3s/registries.yaml for every node: pulls go through the router's cache
-    (containerd falls back to the upstream when the cache is down) and the private registry is
-    reached over plain HTTP."""
+    (containerd falls back to the upstream when the cache is down) and private images come from
+    the read-only registry with the `pull` account; both verified against the registry CA."""
     if not cluster.registry.enabled:
         return ""
-    router = cluster.network.router_ip
-    mirrors = {upstream_name(cluster): {"endpoint": [f"http://{router}:{cluster.registry.mirror_port}"]}}
+    router, reg = cluster.network.router_ip, cluster.registry
+    mirror, private = f"{router}:{reg.mirror_port}", f"{router}:{reg.port}"
+    mirrors = {upstream_name(cluster): {"endpoint": [f"https://{mirror}"]}}
     for name in private_registry_names(cluster):
-        mirrors[name] = {"endpoint": [f"http://{router}:{cluster.registry.port}"]}
+        mirrors[name] = {"endpoint": [f"https://{private}"]}
+    tls = {"ca_file": NODE_CA_PATH}
+    configs = {
+        mirror: {"tls": tls},
+        private: {"auth": {"username": PULL_USER, "password": password(store, PULL_USER)}, "tls": tls},
+    }
     header = "# ceil: container registries on the router (written at bake time)\n"
-    return header + yaml.safe_dump({"mirrors": mirrors}, sort_keys=False)
+    return header + yaml.safe_dump({"mirrors": mirrors, "configs": configs}, sort_keys=False)

@@ -14,6 +14,7 @@ which is only informational).
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -133,6 +134,35 @@ def issue_client_cert(
     return CertKey(_cert_pem(cert), _key_pem(key))
 
 
+def issue_server_cert(
+    ca: CertKey, common_name: str, dns_names: list[str], ips: list[str], now: dt.datetime | None = None
+) -> CertKey:
+    """A TLS server certificate signed by `ca` for these names and addresses (SANs).
+
+    It lives as long as its CA: the machine serving it cannot renew it (the CA key stays on the
+    workstation), and a registry whose certificate ran out would stop every image pull."""
+    now = now or _now()
+    key = _new_key()
+    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(ca.cert.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    return CertKey(_cert_pem(cert), _key_pem(key))
+
+
 def _usage(sign: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
@@ -155,7 +185,7 @@ def ca_paths(name: str) -> tuple[str, str]:
     return f"{TLS_DIR}/{name}.crt", f"{TLS_DIR}/{name}.key"
 
 
-def _load_pair(store: SecretStore, crt: str, key: str, what: str) -> CertKey | None:
+def load_pair(store: SecretStore, crt: str, key: str, what: str) -> CertKey | None:
     has_crt, has_key = store.exists(crt), store.exists(key)
     if not has_crt and not has_key:
         return None
@@ -175,10 +205,10 @@ def _load_pair(store: SecretStore, crt: str, key: str, what: str) -> CertKey | N
 def ensure_ca(store: SecretStore, name: str) -> CertKey:
     """CA `name` from the store, made and stored (0600) the first time it is asked for."""
     crt, key = ca_paths(name)
-    pair = _load_pair(store, crt, key, f"k3s CA {name}")
+    pair = load_pair(store, crt, key, f"k3s CA {name}")
     if pair is None:
         pair = make_ca(K3S_CAS[name])
-        # Key first: a crash in between leaves a key without a cert, reported by _load_pair.
+        # Key first: a crash in between leaves a key without a cert, reported by load_pair.
         store.write(key, pair.key_pem)
         store.write(crt, pair.cert_pem)
     return pair
@@ -194,7 +224,7 @@ def ensure_admin_cert(store: SecretStore, now: dt.datetime | None = None) -> Cer
     now = now or _now()
     client_ca = ensure_ca(store, "client-ca")
     crt, key = f"{ADMIN_DIR}/client.crt", f"{ADMIN_DIR}/client.key"
-    pair = _load_pair(store, crt, key, "admin client certificate")
+    pair = load_pair(store, crt, key, "admin client certificate")
     if pair is not None and _still_good(pair, client_ca, now):
         return pair
     pair = issue_client_cert(client_ca, ADMIN_CN, [ADMIN_ORG], now)

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from ..config import Cluster
 from ..hooks.registry import k3s_registries_yaml
+from ..registry_access import ensure_ca as ensure_registry_ca
 from ..secrets import SecretStore
 
 REGISTRIES_FILE = "k3s/registries.yaml"
+REGISTRY_CA_FILE = "k3s/registry-ca.crt"
 
 
-def registries_yaml(cluster: Cluster) -> str | None:
-    """The registry feature's registries.yaml (pull-through cache + private registry)."""
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, str | bytes]:
+    """registries.yaml (with the read-only `pull` account) and the registry CA it names."""
     if not cluster.registry.enabled:
-        return None
-    return k3s_registries_yaml(cluster) or None
-
-
-def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, str]:
-    text = registries_yaml(cluster)
-    return {REGISTRIES_FILE: text} if text else {}
+        return {}
+    return {
+        REGISTRIES_FILE: k3s_registries_yaml(cluster, store),
+        REGISTRY_CA_FILE: ensure_registry_ca(store).cert_pem,
+    }

@@ -2,14 +2,19 @@
 """A tiny container image made by hand, pushed and pulled with the registry HTTP API v2.
 
 Standard library only, so the infra checks can pipe this file into `python3 -` on a node (nodes
-have no docker): `python3 - push http://10.42.0.1:5000 ceil/hello v1 < oci.py` prints JSON.
+have no docker): `python3 - push https://10.42.0.1:5002 ceil/hello v1 < oci.py` prints JSON.
 Also used in-process by the unit tests and by tests/fakes/registry.py to seed its upstream.
+HTTPS is verified against the CA file in $OCI_CA (else the system's); the file named by
+$OCI_AUTH_FILE (one line, user:password) answers a registry's basic-auth challenge.
 """
 
+import base64
 import gzip
 import hashlib
 import io
 import json
+import os
+import ssl
 import sys
 import tarfile
 import urllib.error
@@ -45,10 +50,20 @@ def tiny_image(text="hello from ceil\n"):
     return manifest, {digest(config): config, digest(layer): layer}
 
 
-def _request(method, url, data=None, headers=None, timeout=30):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+def _request(method, url, data=None, headers=None, timeout=30, auth=None, ca=None):
+    """(status, headers, body); `auth` (user, password) and `ca` default to $OCI_AUTH_FILE / $OCI_CA."""
+    headers = dict(headers or {})
+    if auth is None and os.environ.get("OCI_AUTH_FILE"):
+        with open(os.environ["OCI_AUTH_FILE"]) as f:
+            auth = tuple(f.read().strip().split(":", 1))
+    if auth:
+        token = base64.b64encode("{}:{}".format(*auth).encode()).decode()
+        headers["Authorization"] = "Basic " + token
+    ca = ca or os.environ.get("OCI_CA")
+    context = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
@@ -59,36 +74,36 @@ def _expect(status, wanted, what, body=b""):
         raise RuntimeError("{}: HTTP {} {}".format(what, status, body[:300].decode("utf-8", "replace")))
 
 
-def push(base, name, tag, image=None):
+def push(base, name, tag, image=None, auth=None, ca=None):
     manifest, blobs = image or tiny_image()
     for dgst, blob in blobs.items():
-        status, _, _ = _request("HEAD", "{}/v2/{}/blobs/{}".format(base, name, dgst))
+        status, _, _ = _request("HEAD", "{}/v2/{}/blobs/{}".format(base, name, dgst), auth=auth, ca=ca)
         if status == 200:
             continue
-        status, headers, body = _request("POST", "{}/v2/{}/blobs/uploads/".format(base, name), b"")
+        status, headers, body = _request("POST", "{}/v2/{}/blobs/uploads/".format(base, name), b"", auth=auth, ca=ca)
         _expect(status, (202,), "start upload", body)
         location = headers.get("Location") or headers.get("location")
         if location.startswith("/"):
             location = base + location
         sep = "&" if "?" in location else "?"
         status, _, body = _request("PUT", "{}{}digest={}".format(location, sep, dgst), blob,
-                                   {"Content-Type": "application/octet-stream"})
+                                   {"Content-Type": "application/octet-stream"}, auth=auth, ca=ca)
         _expect(status, (201,), "upload " + dgst, body)
     status, _, body = _request("PUT", "{}/v2/{}/manifests/{}".format(base, name, tag), manifest,
-                               {"Content-Type": MANIFEST_TYPE})
+                               {"Content-Type": MANIFEST_TYPE}, auth=auth, ca=ca)
     _expect(status, (201,), "put manifest", body)
     return {"pushed": "{}:{}".format(name, tag), "digest": digest(manifest), "blobs": len(blobs)}
 
 
-def pull(base, name, ref):
+def pull(base, name, ref, auth=None, ca=None):
     """Fetch the manifest and every blob, checking each digest; returns what was read."""
     status, _, manifest = _request("GET", "{}/v2/{}/manifests/{}".format(base, name, ref),
-                                   headers={"Accept": ACCEPT})
+                                   headers={"Accept": ACCEPT}, auth=auth, ca=ca)
     _expect(status, (200,), "get manifest", manifest)
     doc = json.loads(manifest)
     wanted = [doc["config"]["digest"]] + [layer["digest"] for layer in doc["layers"]]
     for dgst in wanted:
-        status, _, blob = _request("GET", "{}/v2/{}/blobs/{}".format(base, name, dgst))
+        status, _, blob = _request("GET", "{}/v2/{}/blobs/{}".format(base, name, dgst), auth=auth, ca=ca)
         _expect(status, (200,), "get blob " + dgst, blob)
         if digest(blob) != dgst:
             raise RuntimeError("blob {} came back with digest {}".format(dgst, digest(blob)))

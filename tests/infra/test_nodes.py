@@ -91,6 +91,10 @@ def test_registries_yaml_points_at_the_router(nodes, cluster):
             f = host.file("/etc/rancher/k3s/registries.yaml")
             assert f.exists and f.user == "root" and f.mode == 0o600, name
             assert str(cluster.network.router_ip) in f.content_string, name
+            assert "https://" in f.content_string and "http://" not in f.content_string, name
+        ca = host.file("/etc/rancher/k3s/registry-ca.crt")
+        assert ca.exists and ca.user == "root" and ca.mode == 0o644, name
+        assert "BEGIN CERTIFICATE" in ca.content_string, name
 
 
 def _expected_digest(router, host, cluster) -> str:

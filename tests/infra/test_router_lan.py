@@ -167,7 +167,8 @@ def test_uplink_accepts_only_ssh_and_the_vpn_port(router, cluster):
 
 def test_from_the_uplink_only_ssh_answers(cluster, fakes):
     probe = fake(fakes, "uplink_open_ports")
-    ports = [22, 53, 8081, cluster.registry.port, cluster.registry.mirror_port, cluster.piwatch.port]
+    ports = [22, 53, 8081, cluster.registry.port, cluster.registry.mirror_port, cluster.registry.push_port,
+             cluster.piwatch.port]
     assert probe(ports) == {22}
 
 
@@ -176,7 +177,7 @@ def test_from_the_lan_the_lan_services_answer(nodes, cluster):
     router_ip = str(cluster.network.router_ip)
     ports = [22, 53, 8081]
     if cluster.registry.enabled:
-        ports += [cluster.registry.port, cluster.registry.mirror_port]
+        ports += [cluster.registry.port, cluster.registry.mirror_port, cluster.registry.push_port]
     if cluster.piwatch.enabled:
         ports.append(cluster.piwatch.port)
     code = ("import socket,sys\nfor p in sys.argv[2:]:\n"

@@ -12,11 +12,13 @@ A check whose fake is missing skips (on a real cluster, `make verify`), saying w
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 
 from ceil.hooks.registry import REGISTRY_ROOT
+from ceil.registry_access import NODE_CA_PATH, PUSH_USER
 from ceil.wireguard import server_address
 
 # Needs a booted cluster; the default unit-test run (-m 'not e2e') leaves these alone.
@@ -99,32 +101,92 @@ def test_ddns_retries_a_5xx_and_never_logs_the_token(router, cluster, fakes):
 # ---- Registries --------------------------------------------------------------------------
 
 
-def oci(node, verb: str, base: str, name: str, tag: str) -> dict:
-    """Run tests/fakes/oci.py on the node (it has python3, not docker)."""
-    out = node.check_output(f"python3 - {verb} {base} {name} {tag} <<'CEIL_OCI'\n{OCI_SCRIPT}\nCEIL_OCI")
-    return json.loads(out.strip().splitlines()[-1])
+def oci(node, verb: str, base: str, name: str, tag: str, auth: tuple[str, str] | None = None,
+        ca: str | None = NODE_CA_PATH) -> dict:
+    """Run tests/fakes/oci.py on the node (it has python3, not docker), as root: the CA file is
+    the node's own, and `auth` goes through a root-only file, not the command line.
+    Returns its JSON result, or {"error": ...} when it failed."""
+    job = f"/run/ceil-oci-{uuid.uuid4().hex[:12]}"
+    env = f"OCI_CA={ca}" if ca else ""
+    try:
+        if auth:
+            node.run_expect([0], f"sudo sh -c 'umask 077; cat > {job}' <<'CEIL_EOF'\n{auth[0]}:{auth[1]}\nCEIL_EOF")
+            env += f" OCI_AUTH_FILE={job}"
+        done = node.run(f"sudo {env} python3 - {verb} {base} {name} {tag} <<'CEIL_OCI'\n{OCI_SCRIPT}\nCEIL_OCI")
+    finally:
+        node.run(f"sudo rm -f {job}")
+    if done.rc != 0:
+        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def node_pull_account(node) -> tuple[str, str]:
+    """The account containerd uses on this node, read from its own registries.yaml."""
+    import yaml
+
+    with node.sudo():
+        doc = yaml.safe_load(node.file("/etc/rancher/k3s/registries.yaml").content_string)
+    auth = next(c["auth"] for c in doc["configs"].values() if "auth" in c)
+    return auth["username"], auth["password"]
+
+
+def push_account(targets) -> tuple[str, str]:
+    """The workstation's push account, from the secrets the cluster was baked with."""
+    if targets.secrets_dir is None:
+        pytest.skip("the workstation's secrets/ folder is not here (CEIL_SECRETS): no push account")
+    path = targets.secrets_dir / f"registry/{PUSH_USER}-password"
+    if not path.exists():
+        pytest.skip(f"{path} is missing: the router was baked before registry accounts existed")
+    return PUSH_USER, path.read_text().strip()
 
 
 def test_registries_listen_on_the_lan_address_only(router, cluster):
     if not cluster.registry.enabled:
         pytest.skip("registry.enabled is false")
     ip = cluster.network.router_ip
-    for port in (cluster.registry.port, cluster.registry.mirror_port):
+    reg = cluster.registry
+    for port in (reg.port, reg.mirror_port, reg.push_port):
         assert router.socket(f"tcp://{ip}:{port}").is_listening
         assert not router.socket(f"tcp://0.0.0.0:{port}").is_listening
-    assert router.service("ceil-registry-mirror").is_running
-    assert router.service("ceil-registry-private").is_running
+    for unit in ("mirror", "private", "push"):
+        assert router.service(f"ceil-registry-{unit}").is_running, unit
     assert not router.service("docker-registry").is_running
 
 
-def test_node_pushes_to_the_private_registry_and_pulls_back(nodes, cluster):
+def test_workstation_pushes_and_nodes_pull_with_their_own_account(nodes, cluster, targets):
+    """Issue 18 #3: pushes need the workstation's account; every node pulls with the read-only
+    account and CA its registries.yaml names (what containerd uses)."""
     if not cluster.registry.enabled:
         pytest.skip("registry.enabled is false")
+    router_ip, reg = cluster.network.router_ip, cluster.registry
     pusher, puller = list(nodes.values())[0], list(nodes.values())[-1]
-    base = f"http://{cluster.network.router_ip}:{cluster.registry.port}"
-    pushed = oci(pusher, "push", base, "ceil/e2e-hello", "v1")
-    pulled = oci(puller, "pull", base, "ceil/e2e-hello", "v1")
-    assert pulled["digest"] == pushed["digest"]
+    pushed = oci(pusher, "push", f"https://{router_ip}:{reg.push_port}", "ceil/e2e-hello", "v1", push_account(targets))
+    assert "digest" in pushed, pushed
+    pulled = oci(puller, "pull", f"https://{router_ip}:{reg.port}", "ceil/e2e-hello", "v1", node_pull_account(puller))
+    assert pulled.get("digest") == pushed["digest"], pulled
+
+
+def test_a_lan_host_cannot_push_or_pose_as_the_registry(nodes, cluster, targets):
+    """From the LAN: no push without the push account (not even with the account every node
+    holds), no anonymous pull, and a client that checks certificates against the system's CAs
+    (not the registry CA) refuses the router's registry."""
+    if not cluster.registry.enabled:
+        pytest.skip("registry.enabled is false")
+    router_ip, reg = cluster.network.router_ip, cluster.registry
+    node = list(nodes.values())[0]
+    real = oci(node, "push", f"https://{router_ip}:{reg.push_port}", "ceil/e2e-app", "v1", push_account(targets))
+    assert "digest" in real, real
+    pull_account = node_pull_account(node)
+    push_url, pull_url = f"https://{router_ip}:{reg.push_port}", f"https://{router_ip}:{reg.port}"
+    for url, auth, refusal in ((push_url, None, "HTTP 401"), (push_url, pull_account, "HTTP 401"),
+                               (pull_url, pull_account, "HTTP 405"), (pull_url, None, "HTTP 401")):
+        forged = oci(node, "push", url, "ceil/e2e-app", "v1", auth)
+        assert refusal in forged.get("error", ""), (url, auth and auth[0], forged)
+    assert "HTTP 401" in oci(node, "pull", pull_url, "ceil/e2e-app", "v1").get("error", "")
+    untrusted = oci(node, "pull", pull_url, "ceil/e2e-app", "v1", pull_account, ca=None)
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.get("error", ""), untrusted
+    still = oci(node, "pull", pull_url, "ceil/e2e-app", "v1", pull_account)
+    assert still.get("digest") == real["digest"], still
 
 
 def test_second_pull_is_served_from_the_cache(router, nodes, cluster, fakes):
@@ -132,8 +194,9 @@ def test_second_pull_is_served_from_the_cache(router, nodes, cluster, fakes):
         pytest.skip("registry.enabled is false")
     upstream = fake(fakes, "upstream_registry")
     node = list(nodes.values())[0]
-    base = f"http://{cluster.network.router_ip}:{cluster.registry.mirror_port}"
+    base = f"https://{cluster.network.router_ip}:{cluster.registry.mirror_port}"
     first = oci(node, "pull", base, "library/hello", "latest")
+    assert "digest" in first, first
     upstream.wait_idle(quiet_seconds=3)  # the cache stores new blobs in the background
     blob_fetches = upstream.blob_gets
     second = oci(list(nodes.values())[-1], "pull", base, "library/hello", "latest")

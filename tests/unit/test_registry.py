@@ -7,8 +7,10 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
 import yaml
 
@@ -16,7 +18,9 @@ from ceil.catalog import load_flavor
 from ceil.config import parse_cluster
 from ceil.errors import ConfigError
 from ceil.features import RoleContext, render_features
+from ceil import registry_access as access
 from ceil.hooks import registry as hooks
+from ceil.k3s.pki import issue_server_cert
 from ceil.secrets import SecretStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,10 +49,67 @@ def test_configs_bind_the_lan_address_and_cache_the_upstream(tmp_path):
     out = render_router(tmp_path)
     mirror = yaml.safe_load((out / "etc/registry/mirror.yml").read_text())
     private = yaml.safe_load((out / "etc/registry/private.yml").read_text())
+    push = yaml.safe_load((out / "etc/registry/push.yml").read_text())
     assert mirror["http"]["addr"] == "10.42.0.1:5001" and private["http"]["addr"] == "10.42.0.1:5000"
+    assert push["http"]["addr"] == "10.42.0.1:5002"
     assert mirror["proxy"] == {"remoteurl": "https://registry-1.docker.io"} and "proxy" not in private
     assert mirror["storage"]["filesystem"]["rootdirectory"] == "/var/lib/ceil-registry/mirror"
+    # One storage, two doors: read-only for the nodes' account, writable for the workstation's.
     assert private["storage"]["filesystem"]["rootdirectory"] == "/var/lib/ceil-registry/private"
+    assert push["storage"]["filesystem"]["rootdirectory"] == "/var/lib/ceil-registry/private"
+    assert private["storage"]["maintenance"]["readonly"] == {"enabled": True}
+    assert "readonly" not in push["storage"]["maintenance"]
+    for doc, unit in ((mirror, "mirror"), (private, "private"), (push, "push")):
+        creds = f"/run/credentials/ceil-registry-{unit}.service"
+        assert doc["http"]["tls"] == {"certificate": f"{creds}/tls.crt", "key": f"{creds}/tls.key"}, unit
+    assert private["auth"]["htpasswd"]["path"].endswith("ceil-registry-private.service/htpasswd")
+    assert push["auth"]["htpasswd"]["path"].endswith("ceil-registry-push.service/htpasswd")
+    assert "auth" not in mirror
+
+
+def test_units_hand_each_registry_only_its_own_account(tmp_path):
+    units = render_router(tmp_path) / "units"
+    private = (units / "ceil-registry-private.service").read_text()
+    push = (units / "ceil-registry-push.service").read_text()
+    assert "LoadCredential=htpasswd:/etc/ceil/secrets/registry/htpasswd-pull" in private
+    assert "htpasswd-push" not in private and "\nReadWritePaths=" not in private
+    assert "LoadCredential=htpasswd:/etc/ceil/secrets/registry/htpasswd-push" in push
+    assert "ReadWritePaths=/var/lib/ceil-registry/private" in push
+
+
+def test_router_gets_certificate_and_hashes_never_the_passwords(tmp_path):
+    from cryptography import x509
+
+    cluster = parse_cluster(BASE)
+    store = SecretStore(tmp_path / "secrets")
+    ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), store)
+    rendered = render_features(ctx, tmp_path / "payload")
+    files = rendered.secrets
+    assert {"registry/tls.crt", "registry/tls.key", "registry/htpasswd-pull", "registry/htpasswd-push"} <= set(files)
+    cert = x509.load_pem_x509_certificate(files["registry/tls.crt"])
+    cert.verify_directly_issued_by(access.ensure_ca(store).cert)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"ceil-router.ceil.internal", "ceil-router"}
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["10.42.0.1"]
+    for user in ("pull", "push"):
+        secret = access.password(store, user)
+        line = files[f"registry/htpasswd-{user}"].decode()
+        assert line.startswith(f"{user}:$2a$05$") and secret not in line
+        assert bcrypt.checkpw(secret.encode(), line.strip().split(":", 1)[1].encode())
+    for path in (tmp_path / "payload").rglob("*"):
+        if path.is_file():
+            body = path.read_bytes()
+            assert access.password(store, "push").encode() not in body, path
+            assert b"PRIVATE KEY" not in body, path
+
+
+def test_certificate_is_kept_until_the_router_changes(tmp_path):
+    store = SecretStore(tmp_path / "secrets")
+    first = access.ensure_server_cert(parse_cluster(BASE), store)
+    assert access.ensure_server_cert(parse_cluster(BASE), store).cert_pem == first.cert_pem
+    moved = parse_cluster(BASE + "name: other\n")
+    again = access.ensure_server_cert(moved, store)
+    assert again.cert_pem != first.cert_pem and b"PRIVATE" in again.key_pem
 
 
 def test_step_formats_only_the_named_drive(tmp_path):
@@ -69,22 +130,41 @@ def test_sd_card_is_refused_as_registry_drive(tmp_path):
         render_router(tmp_path, bad)
 
 
-def test_same_port_twice_is_refused():
-    with pytest.raises(ConfigError, match="different ports"):
-        hooks.check(parse_cluster(BASE + "registry: {port: 5000, mirror_port: 5000}\n"), "router")
+@pytest.mark.parametrize("ports", ["{port: 5000, mirror_port: 5000}", "{push_port: 5001}", "{port: 5002}"])
+def test_same_port_twice_is_refused(ports):
+    with pytest.raises(ConfigError, match="different ports") as e:
+        hooks.check(parse_cluster(BASE + f"registry: {ports}\n"), "router")
+    assert "registry.push_port" in str(e.value)
 
 
-def test_k3s_registries_yaml_points_nodes_at_the_router():
-    doc = yaml.safe_load(hooks.k3s_registries_yaml(parse_cluster(BASE)))
-    assert doc["mirrors"]["docker.io"] == {"endpoint": ["http://10.42.0.1:5001"]}
-    assert doc["mirrors"]["ceil-router.ceil.internal:5000"] == {"endpoint": ["http://10.42.0.1:5000"]}
-    assert doc["mirrors"]["10.42.0.1:5000"] == {"endpoint": ["http://10.42.0.1:5000"]}
+def test_k3s_registries_yaml_points_nodes_at_the_router(tmp_path):
+    store = SecretStore(tmp_path)
+    doc = yaml.safe_load(hooks.k3s_registries_yaml(parse_cluster(BASE), store))
+    assert doc["mirrors"]["docker.io"] == {"endpoint": ["https://10.42.0.1:5001"]}
+    for name in ("ceil-router.ceil.internal:5000", "10.42.0.1:5000", "ceil-router.ceil.internal:5002", "10.42.0.1:5002"):
+        assert doc["mirrors"][name] == {"endpoint": ["https://10.42.0.1:5000"]}, name
+    ca = {"ca_file": "/etc/rancher/k3s/registry-ca.crt"}
+    assert doc["configs"]["10.42.0.1:5001"] == {"tls": ca}
+    assert doc["configs"]["10.42.0.1:5000"] == {
+        "auth": {"username": "pull", "password": access.password(store, "pull")}, "tls": ca}
+    assert access.password(store, "push") not in yaml.safe_dump(doc)
 
 
-def test_k3s_registries_yaml_other_upstream_and_disabled():
+def test_nodes_get_the_registry_ca_and_registries_yaml_as_secrets(tmp_path):
+    from ceil.k3s import prep
+
+    store = SecretStore(tmp_path)
+    files = prep.secret_files(parse_cluster(BASE), "one", store)
+    assert files["k3s/registry-ca.crt"] == access.ensure_ca(store).cert_pem
+    assert "password" in files["k3s/registries.yaml"]
+    assert prep.secret_files(parse_cluster(BASE + "registry: {enabled: false}\n"), "one", store) == {}
+
+
+def test_k3s_registries_yaml_other_upstream_and_disabled(tmp_path):
+    store = SecretStore(tmp_path)
     ghcr = parse_cluster(BASE + "registry: {upstream: 'https://ghcr.io'}\n")
-    assert "ghcr.io" in yaml.safe_load(hooks.k3s_registries_yaml(ghcr))["mirrors"]
-    assert hooks.k3s_registries_yaml(parse_cluster(BASE + "registry: {enabled: false}\n")) == ""
+    assert "ghcr.io" in yaml.safe_load(hooks.k3s_registries_yaml(ghcr, store))["mirrors"]
+    assert hooks.k3s_registries_yaml(parse_cluster(BASE + "registry: {enabled: false}\n"), store) == ""
 
 
 # ---- the rendered configs, served by the real docker-registry ---------------------------
@@ -96,11 +176,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(config: Path, url: str, log: Path) -> subprocess.Popen:
+def serve(config: Path, url: str, log: Path, ca: Path) -> subprocess.Popen:
     proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log.open("w"), stderr=subprocess.STDOUT)
     for _ in range(100):
         try:
-            oci._request("GET", url + "/v2/", timeout=2)
+            oci._request("GET", url + "/v2/", timeout=2, ca=str(ca))
             return proc
         except OSError:
             time.sleep(0.1)
@@ -108,11 +188,15 @@ def serve(config: Path, url: str, log: Path) -> subprocess.Popen:
     raise AssertionError(f"docker-registry did not start: {log.read_text()[-2000:]}")
 
 
-def localize(rendered: Path, dest: Path, storage: Path, port: int, upstream: str | None) -> Path:
-    """The rendered config, moved to 127.0.0.1 and tmp storage; everything else as baked."""
+def localize(rendered: Path, dest: Path, storage: Path, port: int, creds: Path, upstream: str | None) -> Path:
+    """The rendered config, moved to 127.0.0.1, tmp storage and a tmp credentials folder (what
+    systemd's LoadCredential gives the unit on the router); everything else as baked."""
     doc = yaml.safe_load(rendered.read_text())
     doc["http"]["addr"] = f"127.0.0.1:{port}"
     doc["storage"]["filesystem"]["rootdirectory"] = str(storage)
+    doc["http"]["tls"] = {k: str(creds / Path(v).name) for k, v in doc["http"]["tls"].items()}
+    if "auth" in doc:
+        doc["auth"]["htpasswd"]["path"] = str(creds / "htpasswd")
     if upstream:
         doc["proxy"]["remoteurl"] = upstream
     dest.write_text(yaml.safe_dump(doc))
@@ -121,61 +205,121 @@ def localize(rendered: Path, dest: Path, storage: Path, port: int, upstream: str
 
 @pytest.fixture
 def registries(tmp_path):
+    """The router's three registries as baked, on loopback: private and push share a storage.
+    The served certificate comes from the baked registry CA, for 127.0.0.1 (the router's own
+    names 10.42.0.1 and ceil-router are not this machine)."""
     if not Path(REGISTRY_BIN).exists():
         pytest.skip("docker-registry not installed (apt install docker-registry)")
     out = render_router(tmp_path)
+    store = SecretStore(tmp_path / "secrets")
+    ca = access.ensure_ca(store)
+    local = issue_server_cert(ca, "localhost", ["localhost"], ["127.0.0.1"])
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    files = access.router_files(parse_cluster(BASE), store)
     procs = []
     with FakeUpstreamRegistry() as upstream:
         urls = {}
-        for kind in ("private", "mirror"):
+        for kind, account in (("private", "pull"), ("push", "push"), ("mirror", None)):
+            creds = tmp_path / f"creds-{kind}"
+            creds.mkdir()
+            (creds / "tls.crt").write_bytes(local.cert_pem)
+            (creds / "tls.key").write_bytes(local.key_pem)
+            if account:
+                (creds / "htpasswd").write_bytes(files[f"registry/htpasswd-{account}"])
             port = free_port()
-            cfg = localize(out / f"etc/registry/{kind}.yml", tmp_path / f"{kind}.yml",
-                           tmp_path / f"store-{kind}", port, upstream.url if kind == "mirror" else None)
-            urls[kind] = f"http://127.0.0.1:{port}"
-            procs.append(serve(cfg, urls[kind], tmp_path / f"{kind}.log"))
+            storage = tmp_path / ("store-mirror" if kind == "mirror" else "store-private")
+            cfg = localize(out / f"etc/registry/{kind}.yml", tmp_path / f"{kind}.yml", storage, port, creds,
+                           upstream.url if kind == "mirror" else None)
+            urls[kind] = f"https://127.0.0.1:{port}"
+            procs.append(serve(cfg, urls[kind], tmp_path / f"{kind}.log", ca_file))
         try:
-            yield urls, upstream
+            yield Registries(urls, upstream, str(ca_file), ("pull", access.password(store, "pull")),
+                             ("push", access.password(store, "push")))
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=10)
 
 
-def test_private_registry_push_then_pull(registries):
-    urls, _ = registries
-    image = oci.tiny_image("pushed by a node\n")
-    pushed = oci.push(urls["private"], "ceil/hello", "v1", image)
-    pulled = oci.pull(urls["private"], "ceil/hello", "v1")
+@dataclass
+class Registries:
+    urls: dict[str, str]
+    upstream: FakeUpstreamRegistry
+    ca: str
+    pull: tuple[str, str]
+    push: tuple[str, str]
+
+
+def test_workstation_pushes_and_a_node_pulls_the_same_image(registries):
+    r = registries
+    image = oci.tiny_image("pushed by the workstation\n")
+    pushed = oci.push(r.urls["push"], "ceil/hello", "v1", image, auth=r.push, ca=r.ca)
+    pulled = oci.pull(r.urls["private"], "ceil/hello", "v1", auth=r.pull, ca=r.ca)
     assert pulled["digest"] == pushed["digest"] and pulled["blobs"] == 2
 
 
+def test_a_lan_host_without_the_push_account_cannot_push(registries):
+    """Issue 18 #3: anyone on the LAN could replace a tag the cluster runs."""
+    r = registries
+    pushed = oci.push(r.urls["push"], "ceil/app", "v1", oci.tiny_image("the real one\n"), auth=r.push, ca=r.ca)
+    forged = oci.tiny_image("forged\n")
+    for url, auth in ((r.urls["push"], None), (r.urls["push"], ("push", "guess")), (r.urls["push"], r.pull),
+                      (r.urls["private"], None), (r.urls["private"], ("pull", "guess"))):
+        with pytest.raises(RuntimeError, match="HTTP 401"):
+            oci.push(url, "ceil/app", "v1", forged, auth=auth, ca=r.ca)
+    # What a node holds (the pull account) cannot write through the read-only side either.
+    with pytest.raises(RuntimeError, match="HTTP 405"):
+        oci.push(r.urls["private"], "ceil/app", "v1", forged, auth=r.pull, ca=r.ca)
+    assert oci.pull(r.urls["private"], "ceil/app", "v1", auth=r.pull, ca=r.ca)["digest"] == pushed["digest"]
+
+
+def test_pulls_need_the_pull_account(registries):
+    r = registries
+    oci.push(r.urls["push"], "ceil/secret-app", "v1", oci.tiny_image("private\n"), auth=r.push, ca=r.ca)
+    with pytest.raises(RuntimeError, match="HTTP 401"):
+        oci.pull(r.urls["private"], "ceil/secret-app", "v1", ca=r.ca)
+
+
+def test_a_client_that_does_not_trust_the_registry_ca_is_refused(registries, tmp_path):
+    import ssl as ssl_module
+
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(access.ensure_ca(SecretStore(tmp_path / "other")).cert_pem)
+    with pytest.raises(OSError) as e:
+        oci.pull(registries.urls["private"], "ceil/x", "v1", auth=registries.pull, ca=str(other))
+    assert isinstance(getattr(e.value, "reason", e.value), ssl_module.SSLCertVerificationError)
+
+
 def test_private_registry_refuses_deletes(registries):
-    """Issue 18 #3: anyone on the LAN could delete a tag the cluster runs."""
-    urls, _ = registries
-    pushed = oci.push(urls["private"], "ceil/keep", "v1", oci.tiny_image("keep me\n"))
-    status, _, body = oci._request("DELETE", f"{urls['private']}/v2/ceil/keep/manifests/{pushed['digest']}")
-    assert status == 405 and b"UNSUPPORTED" in body
-    assert oci.pull(urls["private"], "ceil/keep", "v1")["digest"] == pushed["digest"]
+    """Issue 18 #3: anyone on the LAN could delete a tag the cluster runs; not even the push
+    account can (a removed tag stops the pods that run it)."""
+    r = registries
+    pushed = oci.push(r.urls["push"], "ceil/keep", "v1", oci.tiny_image("keep me\n"), auth=r.push, ca=r.ca)
+    for url, auth in ((r.urls["push"], r.push), (r.urls["private"], r.pull)):
+        status, _, body = oci._request("DELETE", f"{url}/v2/ceil/keep/manifests/{pushed['digest']}", auth=auth, ca=r.ca)
+        assert status == 405 and (b"UNSUPPORTED" in body or b"Method not allowed" in body), (url, status, body)
+    assert oci.pull(r.urls["private"], "ceil/keep", "v1", auth=r.pull, ca=r.ca)["digest"] == pushed["digest"]
 
 
 def test_mirror_serves_the_second_pull_from_its_cache(registries):
-    urls, upstream = registries
-    first = oci.pull(urls["mirror"], "library/hello", "latest")
+    r = registries
+    urls, upstream = r.urls, r.upstream
+    first = oci.pull(urls["mirror"], "library/hello", "latest", ca=r.ca)
     # The cache stores each new blob with its own upstream fetch, in the background.
     upstream.wait_idle()
     blobs_after_first = upstream.blob_gets
     assert blobs_after_first >= 2
-    second = oci.pull(urls["mirror"], "library/hello", "latest")
+    second = oci.pull(urls["mirror"], "library/hello", "latest", ca=r.ca)
     assert second["digest"] == first["digest"]
     assert upstream.blob_gets == blobs_after_first, "the second pull fetched blobs from upstream again"
-    by_digest = oci.pull(urls["mirror"], "library/hello", first["digest"])
+    by_digest = oci.pull(urls["mirror"], "library/hello", first["digest"], ca=r.ca)
     assert by_digest["digest"] == first["digest"] and upstream.blob_gets == blobs_after_first
 
 
 def test_mirror_refuses_pushes(registries):
-    urls, _ = registries
     with pytest.raises(RuntimeError, match="HTTP 405|HTTP 401|UNSUPPORTED"):
-        oci.push(urls["mirror"], "library/mine", "v1")
+        oci.push(registries.urls["mirror"], "library/mine", "v1", ca=registries.ca)
 
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no sh")
@@ -210,6 +354,7 @@ def test_units_of_these_features_pass_systemd_analyze_verify(tmp_path):
     with_all = BASE + "ddns: {enabled: true, api_token: t0k, zone: example.com, record: h.example.com}\n"
     units = render_router(tmp_path, with_all) / "units"
     mine = sorted(str(p) for p in units.iterdir() if p.name.startswith(("ceil-registry", "ceil-ddns", "ceil-wireguard")))
+    assert any(p.endswith("ceil-registry-push.service") for p in mine)
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", *mine], capture_output=True, text=True,
                           env={"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
     # Paths that exist only on the router (the step runner, the registry binary) are fine here.

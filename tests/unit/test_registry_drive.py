@@ -19,8 +19,9 @@ SHIMS = {
     "systemctl": 'echo "systemctl $*" >> "$CEIL_TEST_LOG"',
     "chown": "exit 0",
     "mount": 'echo "mount $*" >> "$CEIL_TEST_LOG"',
-    # Both registries "listen" on the LAN address at once.
-    "ss": 'printf "LISTEN 0 4096 10.42.0.1:5000 0.0.0.0:*\\nLISTEN 0 4096 10.42.0.1:5001 0.0.0.0:*\\n"',
+    # The three registries "listen" on the LAN address at once.
+    "ss": 'printf "LISTEN 0 4096 10.42.0.1:5000 0.0.0.0:*\\nLISTEN 0 4096 10.42.0.1:5001 0.0.0.0:*\\n'
+          'LISTEN 0 4096 10.42.0.1:5002 0.0.0.0:*\\n"',
     "wipefs": 'echo "wipefs $*" >> "$CEIL_TEST_LOG"; exec /usr/sbin/wipefs "$@"',
 }
 
@@ -54,8 +55,13 @@ def run_step(tmp_path: Path, dev: str) -> tuple[subprocess.CompletedProcess, str
         (shims / name).chmod(0o755)
     log = tmp_path / "calls.log"
     log.write_text("")
+    secrets = tmp_path / "secrets/registry"  # what ceil-secrets moved off the card
+    secrets.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key", "htpasswd-pull", "htpasswd-push"):
+        (secrets / name).write_text("x\n")
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}:/usr/sbin:/sbin", "CEIL_TEST_LOG": str(log),
-           "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab")}
+           "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab"),
+           "CEIL_SECRETS": str(tmp_path / "secrets")}
     shutil.rmtree(tmp_path / "render")
     done = subprocess.run(["sh", str(step)], capture_output=True, text=True, env=env, timeout=120)
     return done, log.read_text()

@@ -143,7 +143,7 @@ def test_lan_ports_follow_enabled_features(variant):
     assert udp == [53, 67, 123]
     expected = {22, 53, 8081, 8088}  # 8088: the k3s binary cache
     if cluster.registry.enabled:
-        expected |= {cluster.registry.port, cluster.registry.mirror_port}
+        expected |= {cluster.registry.port, cluster.registry.mirror_port, cluster.registry.push_port}
     if cluster.piwatch.enabled:
         expected.add(cluster.piwatch.port)
     assert tcp == sorted(expected)
@@ -276,3 +276,18 @@ def test_piwatch_brings_its_flavors_gpio_backend(tmp_path):
                                   tmp_path / flavor)
         assert expected in payload.packages, flavor
     assert load_flavor("testbed-ubuntu").gpio_packages == []
+
+
+def test_nodes_reserved_by_name_only_are_warned_about_when_the_router_is_baked():
+    """Issue 18 #9: without a MAC, a node's address goes to whoever announces its name (shown in
+    test_router_lan_netns); the bake says so, naming the nodes and the fix."""
+    from ceil.catalog import load_flavor
+    from ceil.features import preflight
+
+    cluster = cluster_from({"nodes": [{"name": "one", "role": "server", "ip": "10.42.0.11"},
+                                      {"name": "two", "ip": "10.42.0.12", "mac": "02:00:00:00:00:12"}]})
+    (warning,) = preflight(cluster, ["router", "one", "two"], load_flavor(cluster.flavor))
+    assert "(one)" in warning and "ceil-one gets 10.42.0.11" in warning and "nodes[].mac" in warning
+    assert preflight(cluster, ["one", "two"], load_flavor(cluster.flavor)) == []
+    all_macs = cluster_from({"nodes": [{"name": "one", "role": "server", "ip": "10.42.0.11", "mac": "02:00:00:00:00:11"}]})
+    assert preflight(all_macs, ["router"], load_flavor(all_macs.flavor)) == []

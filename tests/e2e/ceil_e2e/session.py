@@ -50,7 +50,7 @@ _session: dict = {}
 BARE_FLAVORS = ("testbed-ubuntu", "testbed-raspios")
 
 # Ports probed from the uplink side (uplink_open_ports): each gets a hostfwd at boot.
-PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 6443, 8080, 8081, 10250)
+PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 5002, 6443, 8080, 8081, 10250)
 
 
 # One default artefacts directory per pytest process: the clusters of one session (broken image,

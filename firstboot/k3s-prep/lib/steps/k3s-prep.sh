@@ -59,6 +59,10 @@ ceil_replace "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
 sysctl -q -p "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" >/dev/null
 
 # --- containerd registries (k3s reads it at start) ----------------------------------------------
+# The CA first: registries.yaml names it, and containerd reads both when k3s starts.
+if [ -f "$SECRETS/registry-ca.crt" ]; then
+    ceil_replace "$SECRETS/registry-ca.crt" "$ROOT/etc/rancher/k3s/registry-ca.crt" 0644
+fi
 if [ -f "$SECRETS/registries.yaml" ]; then
     ceil_replace "$SECRETS/registries.yaml" "$ROOT/etc/rancher/k3s/registries.yaml" 0600
 fi
