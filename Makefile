@@ -97,9 +97,11 @@ dashboard-token: venv ## Print a Kubernetes Dashboard login token
 	$(PY) bake.py addons --config $(CONFIG) dashboard-token
 grafana-open: venv ## Print Grafana's admin password and open Grafana
 	$(PY) bake.py addons --config $(CONFIG) grafana-password
-	xdg-open http://grafana.$(DOMAIN)/ 2>/dev/null || open http://grafana.$(DOMAIN)/
-traefik-open: ## Open the Traefik dashboard
-	xdg-open http://traefik.$(DOMAIN)/dashboard/ 2>/dev/null || open http://traefik.$(DOMAIN)/dashboard/
+	xdg-open https://grafana.$(DOMAIN)/ 2>/dev/null || open https://grafana.$(DOMAIN)/
+ui-password: venv ## Print the add-on UI login's password (user admin: Longhorn, Prometheus, Traefik dashboard)
+	$(PY) bake.py addons --config $(CONFIG) ui-password
+traefik-open: ui-password ## Print the UI login and open the Traefik dashboard
+	xdg-open https://traefik.$(DOMAIN)/dashboard/ 2>/dev/null || open https://traefik.$(DOMAIN)/dashboard/
 dashboard-open: ## Open the Kubernetes Dashboard
 	xdg-open https://dashboard.$(DOMAIN)/ 2>/dev/null || open https://dashboard.$(DOMAIN)/
 clean: ## Remove baked images (keeps secrets/ and the download cache)

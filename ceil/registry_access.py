@@ -24,7 +24,7 @@ import click
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .k3s.pki import CertKey, load_pair, issue_server_cert, make_ca
-from .secrets import SecretStore
+from .secrets import SecretStore, htpasswd_line
 
 DIR = "registry"
 CA_CRT, CA_KEY = f"{DIR}/ca.crt", f"{DIR}/ca.key"
@@ -32,10 +32,6 @@ TLS_CRT, TLS_KEY = f"{DIR}/tls.crt", f"{DIR}/tls.key"
 PULL_USER, PUSH_USER = "pull", "push"
 # Where the nodes keep the CA (k3s-prep installs it; registries.yaml names it).
 NODE_CA_PATH = "/etc/rancher/k3s/registry-ca.crt"
-# The registry checks the password's bcrypt hash on every request (a pull is a dozen requests).
-# The passwords are 256 random bits, so the hash's cost adds nothing against guessing; cost 5
-# keeps a Pi (and an emulated one) from spending a second per request.
-BCRYPT_COST = 5
 RENEW_BEFORE = dt.timedelta(days=30)
 
 
@@ -83,22 +79,14 @@ def password(store: SecretStore, user: str) -> str:
     return store.token(f"{DIR}/{user}-password")
 
 
-def htpasswd(user: str, secret: str) -> str:
-    """One htpasswd line the distribution registry accepts (bcrypt only, `$2a$`)."""
-    import bcrypt
-
-    hashed = bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds=BCRYPT_COST, prefix=b"2a"))
-    return f"{user}:{hashed.decode()}\n"
-
-
 def router_files(cluster: Cluster, store: SecretStore) -> dict[str, bytes]:
     """Secret files for the router's registries (names under /etc/ceil/secrets/)."""
     cert = ensure_server_cert(cluster, store)
     return {
         TLS_CRT: cert.cert_pem,
         TLS_KEY: cert.key_pem,
-        f"{DIR}/htpasswd-{PULL_USER}": htpasswd(PULL_USER, password(store, PULL_USER)).encode(),
-        f"{DIR}/htpasswd-{PUSH_USER}": htpasswd(PUSH_USER, password(store, PUSH_USER)).encode(),
+        f"{DIR}/htpasswd-{PULL_USER}": htpasswd_line(PULL_USER, password(store, PULL_USER)).encode(),
+        f"{DIR}/htpasswd-{PUSH_USER}": htpasswd_line(PUSH_USER, password(store, PUSH_USER)).encode(),
     }
 
 

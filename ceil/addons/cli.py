@@ -1,4 +1,4 @@
-"""`bake.py addons list|render|apply|delete|grafana-password` and `bake.py dashboard-token`.
+"""`bake.py addons list|render|apply|delete|grafana-password|ui-password|dashboard-token` and `bake.py dashboard-token`.
 
 The workstation side of the add-ons: the same rendered plan and the same job code as the
 server's ceil-addons.service, pointed at the cluster through the admin kubeconfig
@@ -8,8 +8,8 @@ the baked PKI, so nothing has to be fetched from the server).
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,8 @@ from ..config import Cluster, load_cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
 from .catalog import Catalog, selected
-from .hooks import GRAFANA_PASSWORD, grafana_password
+from .hooks import GRAFANA_PASSWORD, UI_HTPASSWD, grafana_password, ui_htpasswd, ui_password
+from .job.kube import ApiError
 from .render import build_plan, render_selected, write_rendered
 
 
@@ -164,6 +165,8 @@ def apply_command(obj: Context, names, everything) -> None:
 def _secret(store: SecretStore, name: str) -> bytes:
     if name == GRAFANA_PASSWORD:
         return grafana_password(store).encode()
+    if name == UI_HTPASSWD:  # made from the stored password, as the bake does for the server
+        return ui_htpasswd(store).encode()
     return store.read(name)
 
 
@@ -196,27 +199,55 @@ def grafana_password_command(obj: Context) -> None:
     click.echo(grafana_password(obj.store))
 
 
-def print_dashboard_token(obj: Context) -> None:
+@addons_group.command("ui-password")
+@click.pass_obj
+def ui_password_command(obj: Context) -> None:
+    """Print the login of the add-on UIs without their own (Longhorn, Prometheus, the Traefik
+    dashboard): user admin."""
+    click.echo(ui_password(obj.store))
+
+
+DASHBOARD_ACCOUNT = ("kubernetes-dashboard", "admin-user")
+duration_option = click.option(
+    "--duration", default="1h", show_default=True, metavar="TIME",
+    help="How long the token lasts: 10m, 1h, 8h (at least 10 minutes, the API server's minimum).")
+
+
+def _seconds(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([smh])", text.strip())
+    seconds = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)] if m else 0
+    if seconds < 600:
+        raise click.BadParameter(f"{text!r}: give a duration of 10m or more, e.g. 30m or 2h", param_hint="--duration")
+    return seconds
+
+
+def print_dashboard_token(obj: Context, duration: str) -> None:
+    seconds = _seconds(duration)
     with obj.kubeconfig_path() as kubeconfig:
-        secret = obj.api(kubeconfig).get("v1", "Secret", "admin-user-token", "kubernetes-dashboard")
-    token = ((secret or {}).get("data") or {}).get("token")
-    if not token:
-        raise CeilError(
-            "no dashboard token yet: secret kubernetes-dashboard/admin-user-token is missing or not"
-            " filled in; apply the add-on first (python bake.py addons apply dashboard)"
-        )
-    click.echo(base64.b64decode(token).decode())
+        try:
+            status = obj.api(kubeconfig).request_token(*DASHBOARD_ACCOUNT, seconds)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            raise CeilError(
+                "no dashboard admin account yet (kubernetes-dashboard/admin-user): apply the add-on"
+                " first (python bake.py addons apply dashboard)"
+            ) from None
+    click.echo(status["token"])
+    click.echo(f"(cluster-admin until {status.get('expirationTimestamp', '?')}: keep it private)", err=True)
 
 
 @addons_group.command("dashboard-token")
+@duration_option
 @click.pass_obj
-def addons_dashboard_token(obj: Context) -> None:
-    """Print the Kubernetes Dashboard login token (cluster-admin: keep it private)."""
-    print_dashboard_token(obj)
+def addons_dashboard_token(obj: Context, duration: str) -> None:
+    """Print a Kubernetes Dashboard login token that expires (cluster-admin: keep it private)."""
+    print_dashboard_token(obj, duration)
 
 
 @click.command("dashboard-token")
 @cluster_options
-def dashboard_token_command(config_path, secrets_path, kubeconfig_path) -> None:
-    """Print the Kubernetes Dashboard login token (cluster-admin: keep it private)."""
-    print_dashboard_token(Context(config_path, secrets_path, kubeconfig_path))
+@duration_option
+def dashboard_token_command(config_path, secrets_path, kubeconfig_path, duration) -> None:
+    """Print a Kubernetes Dashboard login token that expires (cluster-admin: keep it private)."""
+    print_dashboard_token(Context(config_path, secrets_path, kubeconfig_path), duration)

@@ -10,18 +10,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import Cluster
-from ..secrets import SecretStore
+from ..secrets import SecretStore, htpasswd_line
 from .catalog import Catalog, selected
 from .render import plan_json
 
 JOB_DIR = Path(__file__).parent / "job"
 JOB_FILES = ("__init__.py", "__main__.py", "apply.py", "kube.py", "status.py")
 GRAFANA_PASSWORD = "grafana-admin-password"
+# The login in front of the add-on UIs that have none of their own (Longhorn, Prometheus, the
+# Traefik dashboard): a Traefik basic-auth middleware. The workstation keeps the password; the
+# server gets only its htpasswd line.
+UI_USER = "admin"
+UI_PASSWORD = "ui-admin-password"
+UI_HTPASSWD = "ui-htpasswd"
 
 
 def grafana_password(store: SecretStore) -> str:
     """Made once and kept in secrets/; the server gets it as /etc/ceil/secrets/<name>."""
     return store.token(GRAFANA_PASSWORD, 16)
+
+
+def ui_password(store: SecretStore) -> str:
+    return store.token(UI_PASSWORD, 16)
+
+
+def ui_htpasswd(store: SecretStore) -> str:
+    return htpasswd_line(UI_USER, ui_password(store))
 
 
 def job_sources() -> dict[str, str]:
@@ -40,6 +54,10 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
 
 
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
-    if "monitoring" not in {s.name for s in selected(cluster, Catalog())}:
-        return {}
-    return {GRAFANA_PASSWORD: grafana_password(store) + "\n"}
+    chosen = {s.name for s in selected(cluster, Catalog())}
+    files = {}
+    if "monitoring" in chosen:
+        files[GRAFANA_PASSWORD] = grafana_password(store) + "\n"
+    if "traefik" in chosen:
+        files[UI_HTPASSWD] = ui_htpasswd(store)
+    return files

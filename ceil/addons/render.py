@@ -71,8 +71,28 @@ def node_names(cluster: Cluster) -> list[str]:
     return [cluster.hostname(n.name) for n in cluster.nodes]
 
 
+# Ingress annotations of the add-on UIs (issue 18 #2): TLS on Traefik's websecure entry point
+# (the login must not cross the LAN in clear), and for UIs without a login of their own the
+# traefik add-on's basic-auth middleware (addons/traefik/ui-auth.yaml.j2).
+TLS_ANNOTATIONS = {
+    "traefik.ingress.kubernetes.io/router.entrypoints": "websecure",
+    "traefik.ingress.kubernetes.io/router.tls": "true",
+}
+UI_AUTH_MIDDLEWARE = "kube-system-ceil-ui-auth@kubernetescrd"
+UI_AUTH_ANNOTATIONS = {**TLS_ANNOTATIONS, "traefik.ingress.kubernetes.io/router.middlewares": UI_AUTH_MIDDLEWARE}
+
+
+def _yaml_map(d: dict[str, str]) -> str:
+    """A block mapping, one `key: "value"` per line, for templates to indent where they need it."""
+    import json
+
+    return "\n".join(f"{k}: {json.dumps(v)}" for k, v in d.items())
+
+
 def template_context(cluster: Cluster, spec: AddonSpec) -> dict[str, Any]:
     return {
+        "tls_annotations": _yaml_map(TLS_ANNOTATIONS),
+        "ui_auth_annotations": _yaml_map(UI_AUTH_ANNOTATIONS),
         "cluster": cluster,
         "addon": spec,
         "domain": cluster.domain,

@@ -2,7 +2,7 @@
 
 Built-in kinds are checked with `kubernetes-validate` in strict mode against the Kubernetes
 release k3s ships (v1.36.1+k3s1 -> 1.36); our custom resources (HelmChart, HelmChartConfig,
-MetalLB pools) against the JSON schemas in addons/schemas/, written from the published CRDs.
+MetalLB pools, Traefik's Middleware) against the JSON schemas in addons/schemas/, written from the published CRDs.
 `kubernetes-validate` is a test/workstation extra, so it is imported only when used.
 """
 
@@ -20,6 +20,7 @@ CR_SCHEMAS = {
     ("helm.cattle.io/v1", "HelmChartConfig"): "helmchartconfig.json",
     ("metallb.io/v1beta1", "IPAddressPool"): "ipaddresspool.json",
     ("metallb.io/v1beta1", "L2Advertisement"): "l2advertisement.json",
+    ("traefik.io/v1alpha1", "Middleware"): "middleware.json",
 }
 
 

@@ -110,8 +110,9 @@ def test_a_wait_for_naming_a_crd_nobody_makes_fails_loudly(first_run, kubeconfig
     assert status["addons"]["after"]["state"] == "skipped"
 
 
-# Kinds that only exist once a chart has installed its CRDs: a server with no nodes runs no chart.
-CHART_KINDS = {"IPAddressPool", "L2Advertisement"}
+# Kinds that only exist once a chart has installed its CRDs: a server with no nodes runs no chart
+# (Middleware: k3s's own traefik-crd chart). They are checked against addons/schemas/ offline.
+CHART_KINDS = {"IPAddressPool", "L2Advertisement", "Middleware"}
 
 
 def test_every_catalog_manifest_is_accepted_by_the_server(lab, kubeconfig, workstation, tmp_path):
@@ -128,7 +129,45 @@ def test_every_catalog_manifest_is_accepted_by_the_server(lab, kubeconfig, works
         path.write_text(yaml.safe_dump_all(docs))
         kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil", *dry, "-f", str(path))
     served = kubectl(kubeconfig, "api-resources", "-o", "name").stdout.split()
-    assert not any(name.endswith(".metallb.io") for name in served)  # so these were rightly left out
+    assert not any(name.endswith((".metallb.io", ".traefik.io")) for name in served)  # rightly left out
+
+
+def test_dashboard_token_is_asked_for_and_expires(lab, kubeconfig, workstation, tmp_path):
+    """Issue 18 #2: no permanent cluster-admin token sits in the cluster. `dashboard-token` asks
+    the real API server for one (TokenRequest) that works as the dashboard's admin account and
+    expires after the duration asked for."""
+    from click.testing import CliRunner
+
+    from ceil.addons.cli import dashboard_token_command
+
+    cluster = load_cluster(workstation / "cluster.yaml")
+    dashboard = next(a for a in build_plan(cluster, names=["dashboard"])["addons"] if a["name"] == "dashboard")
+    objects = [m for s in dashboard["steps"] for m in s["manifests"]
+               if m["kind"] in ("Namespace", "ServiceAccount", "ClusterRoleBinding")]
+    assert not [m for s in dashboard["steps"] for m in s["manifests"] if m["kind"] == "Secret"]
+    (tmp_path / "admin.yaml").write_text(yaml.safe_dump_all(objects))
+    kubectl(kubeconfig, "apply", "--server-side", "-f", str(tmp_path / "admin.yaml"))
+    args = ["--config", str(workstation / "cluster.yaml"), "--kubeconfig", str(kubeconfig), "--duration", "15m"]
+    result = CliRunner().invoke(dashboard_token_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[0]
+    claims = json.loads(_b64url(token.split(".")[1]))
+    assert claims["sub"] == "system:serviceaccount:kubernetes-dashboard:admin-user"
+    assert 14 * 60 <= claims["exp"] - claims["iat"] <= 16 * 60
+    # The token alone (no client certificate) is cluster-admin, as the dashboard uses it.
+    only_token = tmp_path / "token-kubeconfig"
+    doc = yaml.safe_load(kubeconfig.read_text())
+    doc["users"][0]["user"] = {"token": token}
+    only_token.write_text(yaml.safe_dump(doc))
+    assert kubectl(only_token, "auth", "can-i", "delete", "nodes").stdout.strip() == "yes"
+    secrets = json.loads(kubectl(kubeconfig, "get", "secrets", "-n", "kubernetes-dashboard", "-o", "json").stdout)
+    assert not [s for s in secrets["items"] if s["type"] == "kubernetes.io/service-account-token"]
+
+
+def _b64url(part: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
 def test_the_helmchart_wait_reads_the_real_helm_controller_right(first_run, kubeconfig):

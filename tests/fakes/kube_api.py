@@ -111,6 +111,10 @@ CHART_FACTS: dict[str, Chart] = {
     "kubewatch": Chart(deployments=["kubewatch"]),
     # k3s's bundled traefik chart: templates/deployment.yaml names it after the release.
     "traefik": Chart(deployments=["traefik"], delay=1),
+    # k3s's bundled traefik-crd chart (installed before traefik): Traefik's CRDs, group traefik.io.
+    "traefik-crd": Chart(crds=_crds("traefik.io", "v1alpha1", "IngressRoute", "IngressRouteTCP", "IngressRouteUDP",
+                                    "Middleware", "MiddlewareTCP", "ServersTransport", "ServersTransportTCP",
+                                    "TLSOption", "TLSStore", "TraefikService")),
 }
 # k3s's own /var/lib/rancher/k3s/server/manifests/traefik.yaml (its values, abridged).
 K3S_TRAEFIK_VALUES = "deployment:\n  podAnnotations:\n    prometheus.io/port: \"8082\"\n"
@@ -234,7 +238,12 @@ class KubeApiStandIn:
             self.later(1, lambda: self._make_available(meta["namespace"], meta["name"]))
 
     def k3s_boot(self) -> None:
-        """What a fresh k3s server already has: its own Traefik HelmChart, installed."""
+        """What a fresh k3s server already has: its own traefik-crd and traefik HelmCharts, installed."""
+        self.put({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
+                  "metadata": {"name": "traefik-crd", "namespace": "kube-system"},
+                  "spec": {"chart": "https://%{KUBERNETES_API}%/static/charts/traefik-crd.tgz",
+                           "targetNamespace": "kube-system"}})
+        self._helm_controller("kube-system", "traefik-crd", settle=True)
         self.put({"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
                   "metadata": {"name": "traefik", "namespace": "kube-system"},
                   "spec": {"chart": "https://%{KUBERNETES_API}%/static/charts/traefik.tgz",
@@ -359,6 +368,9 @@ def _handler(api: KubeApiStandIn) -> type[BaseHTTPRequestHandler]:
         def do_DELETE(self) -> None:
             self._serve("DELETE")
 
+        def do_POST(self) -> None:
+            self._serve("POST")
+
         def _serve(self, method: str) -> None:
             url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -388,6 +400,19 @@ def _handler(api: KubeApiStandIn) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def _route(self, method: str, path: str, rec: Recorded) -> tuple[int, dict]:
+            if method == "POST":
+                # Only TokenRequest (serviceaccounts/NAME/token); the real one is proven against
+                # kube-apiserver in tests/apiserver. 404 while the account does not exist.
+                head, _, sub = path.rpartition("/")
+                parsed = _parse_path(head)
+                if sub != "token" or not parsed or parsed[2] != "serviceaccounts":
+                    return 405, _status(405, f"stand-in takes POST only for TokenRequest, not {path}")
+                if not api.find("v1", "ServiceAccount", parsed[3], parsed[1] or ""):
+                    return 404, _status(404, f'serviceaccounts "{parsed[3]}" not found')
+                seconds = (rec.body or {}).get("spec", {}).get("expirationSeconds", 3600)
+                return 201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                             "status": {"token": f"stand-in-sa-token-{seconds}",
+                                        "expirationTimestamp": "2099-01-01T00:00:00Z"}}
             if method == "GET" and (path == "/api/v1" or path.count("/") == 3 and path.startswith("/apis/")):
                 gv = "v1" if path == "/api/v1" else path[len("/apis/"):]
                 if gv not in api.served:

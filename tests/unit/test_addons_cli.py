@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import sys
 from pathlib import Path
 
@@ -79,16 +78,31 @@ def test_apply_reports_failure_with_non_zero_exit(setup, monkeypatch):
     assert "dashboard: failed" in result.output and "HTTP 503" in result.output
 
 
-def test_dashboard_token_is_printed_from_the_token_secret(setup):
+def test_dashboard_token_needs_the_addon_and_a_sane_duration(setup):
+    """The token itself comes from a TokenRequest to the real API server
+    (tests/apiserver/test_addons_job.py); here: what the user is told when it cannot be had."""
     api, opts = setup
     result = CliRunner().invoke(dashboard_token_command, opts)
     assert result.exit_code != 0 and "apply the add-on first" in str(result.exception)
-    api.put({"apiVersion": "v1", "kind": "Secret",
-             "metadata": {"name": "admin-user-token", "namespace": "kubernetes-dashboard"},
-             "data": {"token": base64.b64encode(b"eyJhbGciOi.token").decode()}})
-    result = run(dashboard_token_command, opts)
-    assert result.output == "eyJhbGciOi.token\n"
-    assert run(addons_group, [*opts, "dashboard-token"]).output == "eyJhbGciOi.token\n"
+    result = CliRunner().invoke(dashboard_token_command, [*opts, "--duration", "30s"])
+    assert result.exit_code == 2 and "10m or more" in result.output
+
+
+def test_ui_password_is_made_once_and_only_its_hash_reaches_the_server(tmp_path):
+    import bcrypt
+
+    from ceil.addons.hooks import secret_files
+    from ceil.config import load_cluster
+    from ceil.secrets import SecretStore
+
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    args = ["--config", str(tmp_path / "cluster.yaml"), "ui-password"]
+    first = run(addons_group, args).output.strip()
+    assert len(first) == 32 and run(addons_group, args).output.strip() == first
+    files = secret_files(load_cluster(tmp_path / "cluster.yaml"), "one", SecretStore(tmp_path / "secrets"))
+    user, hashed = files["ui-htpasswd"].strip().split(":", 1)
+    assert user == "admin" and first not in files["ui-htpasswd"]
+    assert bcrypt.checkpw(first.encode(), hashed.encode())
 
 
 def test_grafana_password_is_made_once_and_kept(tmp_path):

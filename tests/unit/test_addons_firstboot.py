@@ -61,7 +61,11 @@ def test_agents_get_only_the_drive_step_and_nothing_when_addons_are_off(tmp_path
 
 
 def test_the_shipped_job_runs_from_the_payload(tmp_path):
-    _, dest, store = render(tmp_path, "one", "piwatch: {enabled: false}\naddons: {disable: [monitoring, dashboard]}\n")
+    payload, dest, store = render(tmp_path, "one", "piwatch: {enabled: false}\naddons: {disable: [monitoring, dashboard]}\n")
+    moved = tmp_path / "etc-ceil-secrets"  # where ceil-secrets puts the payload's secret files
+    for name, value in payload.secrets.items():
+        (moved / name).parent.mkdir(parents=True, exist_ok=True)
+        (moved / name).write_bytes(value)
     with KubeApiStandIn() as api:
         for n in ("ceil-one", "ceil-two", "ceil-three"):
             api.add_node(n)
@@ -69,7 +73,7 @@ def test_the_shipped_job_runs_from_the_payload(tmp_path):
         result = subprocess.run(
             [sys.executable, "-m", "addons_job", "--plan", str(dest / "etc" / "addons.json"),
              "--kubeconfig", str(api.write_kubeconfig(tmp_path / "k3s.yaml")),
-             "--status", str(tmp_path / "addons.json"), "--secrets-dir", str(tmp_path / "secrets"),
+             "--status", str(tmp_path / "addons.json"), "--secrets-dir", str(moved),
              "--poll-seconds", "0.01", "--node-timeout", "5"],
             env={**os.environ, "PYTHONPATH": str(dest / "lib")}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -73,12 +73,21 @@ def stand_in(plan):
         yield api
 
 
+UI_HTPASSWD = b"admin:$2a$05$abcdefghijklmnopqrstuu5Vq3Dk6fTtF4VJkbv2g9U7zQ1Xx7t7Ka\n"
+
+
+def server_secrets(folder: Path) -> None:
+    """What ceil-secrets leaves on the server for the job: the add-ons' secret files."""
+    folder.mkdir(exist_ok=True)
+    (folder / "grafana-admin-password").write_bytes(PASSWORD + b"\n")
+    (folder / "ui-htpasswd").write_bytes(UI_HTPASSWD)
+
+
 def make_applier(api: KubeApiStandIn, tmp_path: Path, t: FakeTime, logs: list[str] | None = None):
     logs = [] if logs is None else logs
     transport = KubeconfigTransport(str(api.write_kubeconfig(tmp_path / "kubeconfig")))
     kube = KubeApi(transport, Backoff(attempts=5, sleep=t.sleep), log=logs.append)
-    (tmp_path / "secrets").mkdir(exist_ok=True)
-    (tmp_path / "secrets" / "grafana-admin-password").write_bytes(PASSWORD + b"\n")
+    server_secrets(tmp_path / "secrets")
     return Applier(kube, secret_reader=lambda n: (tmp_path / "secrets" / n).read_bytes(),
                    status=StatusFile(tmp_path / "addons.json"), poll_seconds=5,
                    clock=t.clock, sleep=t.sleep, log=logs.append)
@@ -167,7 +176,7 @@ def test_gives_up_after_the_retries_and_skips_dependants(stand_in, plan, tmp_pat
     report = make_applier(stand_in, tmp_path, FakeTime()).run(plan, node_timeout=600)
     assert report.states["metallb"] == "failed"
     assert "HTTP 503" in report.messages["metallb"]
-    for dependant in ("traefik", "monitoring", "dashboard", "demo"):
+    for dependant in ("traefik", "monitoring", "dashboard", "demo"):  # (storage does not wait for traefik)
         assert report.states[dependant] == "skipped"
     assert report.states["kubewatch"] == "ready" and report.states["storage"] == "ready"
 
@@ -247,8 +256,7 @@ def test_unreachable_api_server_is_a_transient_error(tmp_path):
 
 def test_runner_exit_codes_and_status_file(stand_in, plan, tmp_path, capsys):
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets" / "grafana-admin-password").write_bytes(PASSWORD)
+    server_secrets(tmp_path / "secrets")
     args = ["--plan", str(tmp_path / "plan.json"), "--status", str(tmp_path / "status.json"),
             "--kubeconfig", str(stand_in.write_kubeconfig(tmp_path / "kubeconfig")),
             "--secrets-dir", str(tmp_path / "secrets"), "--poll-seconds", "0.001", "--node-timeout", "5"]

@@ -149,13 +149,59 @@ def test_kubewatch_posts_to_piwatch_on_the_router():
     assert v["rbac"]["create"] is True and v["slack"]["enabled"] is False
 
 
-def test_dashboard_has_an_admin_token_secret_and_https_only_ingress():
+def test_dashboard_keeps_no_token_and_is_https_only():
+    """Issue 18 #2: the dashboard's cluster-admin token was a permanent Secret in the cluster; now
+    `dashboard-token` asks for one that expires (tests/apiserver: against the real API server)."""
     manifests = docs(make(), ["dashboard"])
-    (secret,) = by_kind(manifests, "Secret")
-    assert secret["type"] == "kubernetes.io/service-account-token"
-    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "admin-user"
+    assert not by_kind(manifests, "Secret")
+    (account,) = by_kind(manifests, "ServiceAccount")
+    assert account["metadata"]["name"] == "admin-user"
     (ing,) = by_kind(manifests, "Ingress")
     assert ing["metadata"]["annotations"]["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+
+
+# UIs with a login of their own; every other add-on UI must sit behind ceil's UI login.
+OWN_LOGIN = {"grafana", "dashboard"}
+# Demo apps: public on the LAN on purpose (they are what the cluster serves).
+OPEN_DEMOS = {"httpd", "podinfo"}
+
+
+def _ingress_routes(manifests: list[dict]) -> dict[str, dict]:
+    """host (first label) -> the annotations of the Ingress serving it, from plain Ingresses and
+    from charts' ingress values (Longhorn, Grafana, Prometheus)."""
+    routes = {}
+    for ing in by_kind(manifests, "Ingress"):
+        for rule in ing["spec"]["rules"]:
+            routes[rule["host"].split(".")[0]] = ing["metadata"].get("annotations", {})
+    for chart in by_kind(manifests, "HelmChart"):
+        values = yaml.safe_load(chart["spec"].get("valuesContent") or "") or {}
+        for section in (values, *(v for v in values.values() if isinstance(v, dict))):
+            ing = section.get("ingress") if isinstance(section, dict) else None
+            if isinstance(ing, dict) and ing.get("enabled"):
+                for host in ing.get("hosts") or [ing.get("host")]:
+                    routes[host.split(".")[0]] = ing.get("annotations", {})
+    return routes
+
+
+def test_every_addon_ui_is_tls_and_behind_a_login():
+    """Issue 18 #2: Longhorn's UI (delete volumes, redirect backups), Prometheus and the Traefik
+    dashboard had no login and were plain HTTP on the LAN."""
+    manifests = docs(make(nodes=DRIVES))
+    routes = _ingress_routes(manifests)
+    assert {"longhorn", "grafana", "prometheus", "dashboard"} <= routes.keys()
+    for host, annotations in routes.items():
+        if host in OPEN_DEMOS:
+            continue
+        assert annotations.get("traefik.ingress.kubernetes.io/router.entrypoints") == "websecure", host
+        if host not in OWN_LOGIN:
+            assert annotations.get("traefik.ingress.kubernetes.io/router.middlewares") == \
+                "kube-system-ceil-ui-auth@kubernetescrd", host
+    (config,) = by_kind(manifests, "HelmChartConfig")
+    dashboard = yaml.safe_load(config["spec"]["valuesContent"])["ingressRoute"]["dashboard"]
+    assert dashboard["entryPoints"] == ["websecure"] and dashboard["middlewares"] == [{"name": "ceil-ui-auth"}]
+    (middleware,) = by_kind(manifests, "Middleware")
+    assert middleware["metadata"] == {"name": "ceil-ui-auth", "namespace": "kube-system"}
+    assert middleware["spec"]["basicAuth"]["secret"] == "ceil-ui-auth"
 
 
 def test_demo_has_httpd_and_podinfo_with_an_autoscaler():

@@ -175,6 +175,16 @@ class KubeApi:
             raise ApiError(f"apply {obj['kind']}/{meta['name']}: 404 (namespace missing?)", 404)
         return answer
 
+    def request_token(self, namespace: str, service_account: str, seconds: int) -> dict:
+        """A TokenRequest for the service account: the token and when it expires (`status`)."""
+        path = self.path("v1", "ServiceAccount", service_account, namespace) + "/token"
+        body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                           "spec": {"expirationSeconds": seconds}}).encode()
+        answer = self.call("POST", path, body=body, content_type="application/json")
+        if answer is None:
+            raise ApiError(f"service account {namespace}/{service_account} not found", 404)
+        return answer["status"]
+
     def delete(self, obj: dict[str, Any]) -> bool:
         """True if something was deleted; False if it was already gone."""
         meta = obj["metadata"]
