@@ -226,6 +226,20 @@ class Router(Model):
         return self
 
 
+def _ntp_server(value: str) -> str:
+    """A host name or an address, nothing else (it becomes one word of a chrony.conf line)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    ok = ":" not in value and len(value) <= 253 and all(HOSTNAME_RE.match(p) for p in value.lower().split("."))
+    if not ok:
+        raise ValueError(f"{value!r} is not an NTP server: give a host name or an address, without a port"
+                         " (e.g. pool.ntp.org or 192.168.1.1)")
+    return value
+
+
 class Network(Model):
     lan_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.42.0.0/24")
     router_ip: ipaddress.IPv4Address = ipaddress.IPv4Address("10.42.0.1")
@@ -235,8 +249,16 @@ class Network(Model):
         default_factory=lambda: [ipaddress.IPv4Address("1.1.1.1"), ipaddress.IPv4Address("9.9.9.9")],
         min_length=1,
     )
+    # NTP servers the router takes its time from (host names or addresses); empty: the
+    # distribution's own pools (chrony.conf). Nodes always take theirs from the router.
+    ntp_servers: list[str] = Field(default_factory=list)
     # Load-balancer addresses handed out by MetalLB; the first one is the ingress (Traefik).
     lb_start: ipaddress.IPv4Address = ipaddress.IPv4Address("10.42.0.240")
+
+    @field_validator("ntp_servers")
+    @classmethod
+    def _ntp(cls, values: list[str]) -> list[str]:
+        return [_ntp_server(v) for v in values]
     lb_end: ipaddress.IPv4Address = ipaddress.IPv4Address("10.42.0.250")
 
     @model_validator(mode="after")

@@ -177,6 +177,32 @@ def test_segment_dns_answers_arp_and_a_queries_over_a_real_multicast_segment():
         server.close()
 
 
+def test_segment_ntp_is_silent_at_first_then_answers_with_this_machines_clock():
+    """The fake upstream time server (issue 17): silent for `ntp_after` seconds, then an RFC 5905
+    server reply: mode 4, our transmit time echoed as its originate time, its own time now."""
+    import struct
+    import time
+
+    router_mac = bytes.fromhex("525400000001")
+    request = bytes([0x23]) + b"\0" * 39 + b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"  # v4, mode 3
+    frame = l2dns.udp_frame(l2dns.SERVER_MAC, l2dns.ROUTER_IP, l2dns.SERVER_IP, 40123, 123, request)
+    frame = frame[:6] + router_mac + frame[12:]
+    asked, silent = l2dns.handle(frame, {}, ntp_now=None)
+    assert asked == "ntp" and silent is None
+    asked, reply = l2dns.handle(frame, {}, ntp_now=time.time())
+    ntp = reply[14 + 20 + 8:]
+    assert struct.unpack("!H", reply[36:38])[0] == 40123 and len(ntp) == 48
+    assert ntp[0] & 0x07 == 4 and (ntp[0] >> 3) & 0x07 == 4 and ntp[0] >> 6 == 0 and ntp[1] == 2
+    assert ntp[24:32] == request[40:48]  # originate = the client's transmit timestamp
+    transmit = struct.unpack("!I", ntp[40:44])[0] - l2dns.NTP_EPOCH_OFFSET
+    assert abs(transmit - time.time()) < 2
+    server = l2dns.SegmentDns(vm.Lan.random(), {}, ntp_after=3600)
+    try:
+        assert server.ntp_after == 3600 and server.ntp_answered == 0
+    finally:
+        server.close()
+
+
 def test_skips_collect_no_diagnostics(monkeypatch):
     """Diagnostics cost ~40 s a cluster: a skip (BaseException in pytest) must not trigger them."""
     from ceil_e2e import hooks, session

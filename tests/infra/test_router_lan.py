@@ -200,6 +200,34 @@ def test_router_serves_time_and_nodes_sync_from_it(router, nodes, cluster):
     assert int(re.search(r"NTP packets received\s*:\s*(\d+)", stats).group(1)) > 0
 
 
+def test_router_takes_its_time_from_the_upstream_once_it_answers(router, cluster, fakes):
+    """Issue 17: the router syncs from network.ntp_servers once they answer (the e2e fake stays
+    silent for the first minutes of the run, CEIL_E2E_NTP_DELAY)."""
+    if not cluster.network.ntp_servers:
+        pytest.skip("network.ntp_servers is empty: the router uses the distribution's pools")
+    upstream = cluster.network.ntp_servers[0]
+
+    def synced_from_upstream():
+        return re.search(rf"^\^\*\s+{re.escape(upstream)}\b", router.check_output("chronyc -n sources"), re.M)
+
+    wait_for(f"the router to select {upstream} as its time source (`chronyc sources`)", synced_from_upstream,
+             timeout=900, every=15)
+    ntp = getattr(fakes, "ntp", None) if fakes else None
+    if ntp is not None:
+        assert ntp.ntp_answered > 0 and ntp.ntp_requests >= ntp.ntp_answered
+
+
+def test_every_machine_saves_its_clock(router, nodes):
+    """Issue 17: no real-time clock, so each machine keeps its time in /usr/lib/clock-epoch
+    (ceil-clock-save, every 5 minutes and at shutdown), which systemd applies at boot: a reboot
+    or power cut brings the clock back minutes behind, not to the day the card was baked."""
+    for name, host in [("router", router), *each_node(nodes)]:
+        assert host.service("ceil-clock-save.timer").is_running, name
+        host.run_expect([0], "sudo systemctl start ceil-clock-save-now.service")
+        saved = int(host.check_output("stat -c %Y /usr/lib/clock-epoch"))
+        assert abs(saved - int(host.check_output("date +%s"))) < 60, name
+
+
 def test_status_board_lists_every_machine(nodes, cluster):
     _, host = each_node(nodes)[0]
     url = f"http://{cluster.network.router_ip}:8081/api/status"

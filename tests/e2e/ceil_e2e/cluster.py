@@ -59,6 +59,12 @@ def log_to(path: Path) -> None:
     LOG.setLevel(logging.INFO)
 
 
+# Hostile twin (docs/testing.md): a real upstream time server is not there the moment a Pi
+# boots (uplink still coming up, DNS, a slow pool). The fake one stays silent this long after the
+# cluster is made, so the first boots run on the clock the card brought (its bake time).
+NTP_DELAY = float(os.environ.get("CEIL_E2E_NTP_DELAY", "300"))
+
+
 @dataclass
 class Timeouts:
     """Seconds. Generous: TCG guests on a busy 2-core machine boot 3-5x slower than on a laptop."""
@@ -126,8 +132,10 @@ class TestCluster:
         all_roles = ["router"] + [n["name"] for n in self.config["nodes"]]
         self.roles = roles or all_roles
         self.lan = Lan.random()
-        # The fake upstream DNS (network.upstream_dns in tests/e2e/cluster.yaml) on the router's eth2.
-        self.dns = l2dns.SegmentDns(Lan.random(), {fakes_mod.DNS_NAME: fakes_mod.DNS_ANSWER})
+        # The fake upstream DNS and NTP (network.upstream_dns, ntp_servers in tests/e2e/cluster.yaml)
+        # on the router's eth2; NTP answers only NTP_DELAY seconds after this point.
+        self.dns = l2dns.SegmentDns(Lan.random(), {fakes_mod.DNS_NAME: fakes_mod.DNS_ANSWER},
+                                    ntp_after=NTP_DELAY)
         self.ssh_port = free_port()
         self.probe_ports: dict[int, int] = {}  # guest uplink port -> 127.0.0.1 port (hostfwd)
         self.machines: dict[str, Machine] = {}

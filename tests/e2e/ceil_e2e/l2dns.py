@@ -1,10 +1,13 @@
-"""The fake "internet" DNS server, on its own QEMU L2 segment.
+"""The fake "internet" DNS and NTP server, on its own QEMU L2 segment.
 
-QEMU's user networking forwards only TCP from guest to host (guestfwd), and dnsmasq asks its
-upstream over UDP, so the fake upstream cannot sit behind the uplink. Instead the router gets a
-third NIC on a local-only multicast segment (the same kind as the LAN, vm.Lan), and this
-process speaks raw Ethernet on it: it answers ARP for its address and A queries over UDP/53
-(one name -> one address, everything else NXDOMAIN). Frames stay on 127.0.0.1.
+QEMU's user networking forwards only TCP from guest to host (guestfwd), and dnsmasq and chrony
+ask their upstreams over UDP, so the fake upstream cannot sit behind the uplink. Instead the
+router gets a third NIC on a local-only multicast segment (the same kind as the LAN, vm.Lan),
+and this process speaks raw Ethernet on it: it answers ARP for its address, A queries over
+UDP/53 (one name -> one address, everything else NXDOMAIN) and NTP client requests over UDP/123
+with this machine's clock, but only once `ntp_after` seconds have passed since it started (a
+real upstream is not there the moment a Pi boots: the first boot must cope). Frames stay on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 from .vm import Lan
 
@@ -53,6 +57,24 @@ def dns_reply(query: bytes, names: dict[str, str]) -> tuple[str, bytes]:
     return name, query[:2] + struct.pack("!HHHHH", 0x8180 | rcode, 1, 0, 0, 0) + question
 
 
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
+
+
+def _ntp_time(t: float) -> bytes:
+    seconds = int(t) + NTP_EPOCH_OFFSET
+    return struct.pack("!II", seconds & 0xFFFFFFFF, int((t % 1) * 2**32) & 0xFFFFFFFF)
+
+
+def ntp_reply(request: bytes, now: float) -> bytes | None:
+    """A stratum-2 server answer (mode 4) to a client request (mode 3), RFC 5905 section 7.3."""
+    if len(request) < 48 or request[0] & 0x07 != 3:
+        return None
+    version = (request[0] >> 3) & 0x07
+    header = struct.pack("!BBbb", (0 << 6) | (version << 3) | 4, 2, request[2], -20)
+    root = struct.pack("!II4s", 0x00000100, 0x00000100, b"FAKE")  # 1/256 s delay and dispersion
+    return header + root + _ntp_time(now - 16) + request[40:48] + _ntp_time(now) + _ntp_time(now)
+
+
 def udp_frame(dst_mac: bytes, src_ip: str, dst_ip: str, sport: int, dport: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload  # checksum 0: none (IPv4)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
@@ -70,8 +92,10 @@ def arp_reply(frame: bytes, my_ip: str) -> bytes | None:
     return sha + SERVER_MAC + b"\x08\x06" + body
 
 
-def handle(frame: bytes, names: dict[str, str], my_ip: str = SERVER_IP) -> tuple[str | None, bytes | None]:
-    """(DNS name asked, frame to send back) for one received Ethernet frame."""
+def handle(frame: bytes, names: dict[str, str], my_ip: str = SERVER_IP,
+           ntp_now: float | None = None) -> tuple[str | None, bytes | None]:
+    """(what was asked, frame to send back) for one received Ethernet frame: a DNS name, or
+    "ntp" for an NTP request (answered only when `ntp_now` is given)."""
     if len(frame) < 42 or frame[6:12] == SERVER_MAC:
         return None, None
     ethertype, = struct.unpack("!H", frame[12:14])
@@ -84,9 +108,12 @@ def handle(frame: bytes, names: dict[str, str], my_ip: str = SERVER_IP) -> tuple
     if ip[9] != 17 or ip[16:20] != socket.inet_aton(my_ip):
         return None, None
     sport, dport, length, _ = struct.unpack("!HHHH", frame[14 + ihl:22 + ihl])
+    payload = frame[22 + ihl:14 + ihl + length]
+    if dport == 123:
+        reply = ntp_reply(payload, ntp_now) if ntp_now is not None else None
+        return "ntp", reply and udp_frame(frame[6:12], my_ip, socket.inet_ntoa(ip[12:16]), 123, sport, reply)
     if dport != 53:
         return None, None
-    payload = frame[22 + ihl:14 + ihl + length]
     try:
         name, reply = dns_reply(payload, names)
     except (IndexError, struct.error):
@@ -107,12 +134,17 @@ def segment_socket(seg: Lan) -> socket.socket:
 
 
 class SegmentDns:
-    """The fake upstream DNS server on segment `seg`, answering `names` ({name: IPv4})."""
+    """The fake upstream DNS server on segment `seg`, answering `names` ({name: IPv4}), and its
+    NTP server, silent for the first `ntp_after` seconds."""
 
-    def __init__(self, seg: Lan, names: dict[str, str]):
+    def __init__(self, seg: Lan, names: dict[str, str], ntp_after: float = 0.0):
         self.segment = seg
         self.names = {k.lower().rstrip("."): v for k, v in names.items()}
         self.asked: list[str] = []
+        self.ntp_after = ntp_after
+        self.ntp_requests = 0   # NTP requests seen
+        self.ntp_answered = 0   # ... and answered (after ntp_after)
+        self._started = time.monotonic()
         self._sock = segment_socket(seg)
         self._sock.settimeout(0.5)
         self._stop = threading.Event()
@@ -127,8 +159,12 @@ class SegmentDns:
                 continue
             except OSError:
                 return
-            name, reply = handle(frame, self.names)
-            if name is not None:
+            answering = time.monotonic() - self._started >= self.ntp_after
+            name, reply = handle(frame, self.names, ntp_now=time.time() if answering else None)
+            if name == "ntp":
+                self.ntp_requests += 1
+                self.ntp_answered += reply is not None
+            elif name is not None:
                 self.asked.append(name)
             if reply is not None:
                 self._sock.sendto(reply, (self.segment.group, self.segment.port))

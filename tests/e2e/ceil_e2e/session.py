@@ -247,6 +247,7 @@ class E2EFakes:
         self.upstream_registry = cluster.extras.upstream_registry
         self.internet = cluster.internet
         self.dns_asked = cluster.dns.asked  # names the fake upstream was asked, live
+        self.ntp = cluster.dns              # .ntp_requests / .ntp_answered: the fake NTP server
         self.vpn_client = cluster.vpn_client  # None unless root with wg-quick (tests/fakes/vpn_client.py)
 
     def reboot_router(self) -> None:

@@ -39,11 +39,10 @@ QEMU = {
 # partition's label (run arm21: router and one in emergency mode, two fine). A Pi has it in a
 # second; an emulator gets ten minutes. The image's own cmdline.txt is not changed.
 TCG_APPEND = "systemd.default_device_timeout_sec=600"
-# Hostile twin, opt-in for now (docs/testing.md): no Pi has a real-time clock, so a fresh card
-# starts months in the past. CEIL_E2E_STALE_CLOCK_DAYS=N starts every guest's RTC N days behind
-# the host. Off by default: with it, run e2e3 of stop 16 showed the nodes' chrony dropping the
-# router after the router's power cut put its clock back to the bake time (no saved clock yet).
-STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "0"))
+# Hostile twin (docs/testing.md): no Pi has a real-time clock, so a fresh card starts months in
+# the past. Every guest's RTC starts CEIL_E2E_STALE_CLOCK_DAYS (default 150) days behind the
+# host; 0 turns the twin off. (Opt-in in stop 16, until the saved clock, ceil-clock-save, existed.)
+STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "150"))
 
 
 def rtc_args(days: int = STALE_CLOCK_DAYS) -> list[str]:
