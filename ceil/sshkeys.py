@@ -12,6 +12,11 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
 
+# The key in cluster.example.yaml: a real public key whose private half nobody kept. A card baked
+# with it alone could never be logged into (no passwords), so it is refused by name.
+EXAMPLE_PLACEHOLDER = "AAAAC3NzaC1lZDI1NTE5AAAAIFUrtLqlAlJ7FvIXmDDOS7u2//IvjwBPM6QbQj7mJErz"
+
+
 def check_public_key(line: str) -> str:
     """Return `line` if it is an OpenSSH public key line, else raise ValueError saying why."""
     if any(ord(c) < 32 or ord(c) == 127 for c in line):
@@ -27,6 +32,11 @@ def check_public_key(line: str) -> str:
     if "PRIVATE KEY" in line:
         raise ValueError("this is a PRIVATE key: give the public key (.pub file) instead")
     kind, blob = parts[0], parts[1]
+    if blob == EXAMPLE_PLACEHOLDER:
+        raise ValueError(
+            "this is cluster.example.yaml's placeholder key: nobody holds its private half, so the"
+            " images would lock everyone out. Put your own public key here (the contents of"
+            " ~/.ssh/id_ed25519.pub; make one with: ssh-keygen -t ed25519)")
     if kind in SK_TYPES:
         try:
             raw = base64.b64decode(blob, validate=True)

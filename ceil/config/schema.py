@@ -153,10 +153,32 @@ class SSH(Model):
         return keys
 
 
+# ISO 3166-1 alpha-2, the country codes the WiFi regulatory database and wpa_supplicant use
+# (from Debian's iso-codes, /usr/share/iso-codes/json/iso_3166-1.json, 249 codes).
+ISO_COUNTRIES = frozenset("""
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS
+BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE
+EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM
+HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC
+LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA
+NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW
+SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO
+TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW
+""".split())
+
+
 class WiFi(Model):
     ssid: str = Field(min_length=1)
     psk: SecretStr
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 country code, e.g. DE")
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str) -> str:
+        if v not in ISO_COUNTRIES:
+            raise ValueError(f"{v!r} is not an ISO 3166-1 country code: give the two letters of the country"
+                             " the router runs in (e.g. DE, GB, US); WiFi channels and power depend on it")
+        return v
 
     @field_validator("ssid")
     @classmethod
@@ -307,6 +329,16 @@ class Node(Model):
     def _not_router(cls, v: str) -> str:
         if v == "router":
             raise ValueError("'router' is the router's role name: pick another node name")
+        return v
+
+    @field_validator("storage_device")
+    @classmethod
+    def _not_the_sd_card(cls, v: str | None) -> str | None:
+        if v and v.startswith("/dev/mmcblk"):
+            raise ValueError(
+                f"{v} is the SD card the node boots from, and the storage drive is formatted on first"
+                " boot: name the USB drive instead (usually /dev/sda; on a Pi that boots from USB the"
+                " boot disk itself is /dev/sda, so the second drive is /dev/sdb)")
         return v
 
     @field_validator("mac", mode="before")

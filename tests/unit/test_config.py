@@ -28,13 +28,35 @@ def test_minimal_config_gets_defaults():
     assert len(set(ips)) == 4 and all(not c.network.in_dhcp_pool(i) for i in ips)
 
 
-def test_example_file_is_valid(monkeypatch):
+def test_example_file_is_valid_once_its_placeholder_key_is_replaced(monkeypatch, tmp_path):
     from pathlib import Path
 
     monkeypatch.setenv("CEIL_WIFI_PSK", "correct horse battery")
-    c = load_cluster(Path(__file__).resolve().parents[2] / "cluster.example.yaml")
+    example = (Path(__file__).resolve().parents[2] / "cluster.example.yaml").read_text()
+    (tmp_path / "as-is.yaml").write_text(example)
+    with pytest.raises(ConfigError, match="placeholder key.*ssh-keygen"):
+        load_cluster(tmp_path / "as-is.yaml")  # issue 19: it baked images nobody could log into
+    (tmp_path / "mine.yaml").write_text(example.replace(
+        "AAAAC3NzaC1lZDI1NTE5AAAAIFUrtLqlAlJ7FvIXmDDOS7u2//IvjwBPM6QbQj7mJErz replace-me@workstation", KEY.split(" ", 1)[1]))
+    c = load_cluster(tmp_path / "mine.yaml")
     assert c.router.uplink.wifi.psk.get_secret_value() == "correct horse battery"
     assert "correct horse" not in repr(c)  # SecretStr never prints
+
+
+@pytest.mark.parametrize("country, ok", [("DE", True), ("GB", True), ("US", True), ("XX", False), ("UK", False)])
+def test_wifi_country_must_be_an_iso_3166_code(country, ok):
+    text = BASE.replace("router: {uplink: {type: ethernet}}", "") + (
+        f"router: {{uplink: {{type: wifi, wifi: {{ssid: home, psk: correct-horse, country: {country}}}}}}}\n")
+    if ok:
+        assert parse_cluster(text).router.uplink.wifi.country == country
+    else:
+        assert "not an ISO 3166-1 country code" in error(text) and repr(country) in error(text)
+
+
+def test_the_sd_card_is_refused_as_a_nodes_storage_drive():
+    msg = error(BASE.replace("nodes: [", "nodes: [{name: five, storage_device: /dev/mmcblk0}, ", 1)
+                if "nodes: [" in BASE else BASE + "nodes: [{name: one, role: server, storage_device: /dev/mmcblk0p2}]\n")
+    assert "/dev/mmcblk0" in msg and "SD card" in msg and "/dev/sda" in msg
 
 
 def test_unknown_key_is_named_with_line():
