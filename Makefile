@@ -11,7 +11,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv route route-add test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a loca
 	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
 %-bake: venv ## Bake one role, e.g. make router-bake
 	$(PY) bake.py --role $* --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
+%-ssh: venv ## SSH into one machine as the baked admin, e.g. make one-ssh (VIA=router's uplink address to jump through it)
+	$(PY) bake.py ssh --config $(CONFIG) $(if $(VIA),--via $(VIA)) $*
+route: venv ## Print the workstation's route to the cluster LAN through the router (route-add applies it)
+	$(PY) bake.py route --config $(CONFIG) $(if $(VIA),--via $(VIA))
+route-add: venv ## Add that route (sudo; Linux and macOS), like the seed's workstation-route-add
+	$(PY) bake.py route --config $(CONFIG) --add $(if $(VIA),--via $(VIA))
 %-flash: venv ## Flash one role's image to DEVICE, e.g. make router-flash DEVICE=/dev/sdb
 	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)

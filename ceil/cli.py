@@ -109,6 +109,8 @@ PLUGINS = [
     ("ceil.vpn_cli", "vpn_client_command"),
     ("ceil.k3s.kubeconfig", "kubeconfig_command"),
     ("ceil.registry_access", "registry_command"),
+    ("ceil.workstation", "route_command"),
+    ("ceil.workstation", "ssh_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),

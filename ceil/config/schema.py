@@ -237,6 +237,10 @@ class Router(Model):
         pattern=r"^/dev/[A-Za-z0-9/_-]+$",
         description="device wiped and used for registry storage, e.g. /dev/sda",
     )
+    # Networks on the uplink side (e.g. the home LAN, 192.168.1.0/24) that may reach the cluster
+    # LAN and the router's LAN services through the router, given a route on the workstation
+    # (`python bake.py route`). Nothing else on the uplink reaches more than SSH and the VPN.
+    trusted_networks: list[ipaddress.IPv4Network] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _distinct_ifaces(self) -> Router:

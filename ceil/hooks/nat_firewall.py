@@ -72,13 +72,31 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "lan_tcp": ports(lan, "tcp"),
             "lan_udp": ports(lan, "udp"),
             "uplink_tcp": ports(up, "tcp"),
+            "trusted_networks": [str(n) for n in cluster.router.trusted_networks],
             "uplink_udp": ports(up, "udp"),
         }
     }
 
 
+def check_trusted_networks(cluster: Cluster) -> None:
+    inside = {"network.lan_cidr": cluster.network.lan_cidr}
+    if cluster.vpn.enabled:
+        inside["vpn.subnet"] = cluster.vpn.subnet
+    for net in cluster.router.trusted_networks:
+        if net.prefixlen < 8:
+            raise ConfigError(
+                f"router.trusted_networks: {net} would let most of the internet into the cluster LAN:"
+                " name only your own network on the uplink side, e.g. 192.168.1.0/24")
+        for key, other in inside.items():
+            if net.overlaps(other):
+                raise ConfigError(
+                    f"router.trusted_networks: {net} overlaps {key} {other}: a trusted network lies on the"
+                    " uplink side (e.g. your home LAN, 192.168.1.0/24), never inside the cluster")
+
+
 def check(cluster: Cluster, role: str) -> None:
     """Two services on one port would make one of them unreachable: refuse at bake time."""
+    check_trusted_networks(cluster)
     seen: dict[tuple[str, int], str] = {}
     for s in lan_services(cluster) + uplink_services(cluster):
         other = seen.get((s.proto, s.port))

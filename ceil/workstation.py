@@ -1,0 +1,119 @@
+"""The workstation's ways into the cluster: `bake.py route` and `bake.py ssh NAME`.
+
+Three paths reach the cluster LAN from the workstation (README, "Flash, boot, check"):
+- on the cluster LAN itself, or through the VPN (`bake.py vpn-client`): every address answers;
+- from a network named in `router.trusted_networks` (the home LAN), with a route to
+  `network.lan_cidr` through the router's uplink address: `bake.py route [--add]`, as the
+  seed's `workstation-route-add` did;
+- from anywhere else on the uplink side only the router's SSH answers: `bake.py ssh NAME --via
+  ROUTER_ADDRESS` jumps through it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from .config import Cluster, load_cluster
+from .errors import CeilError
+from .ui import console
+
+config_option = click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+                             type=click.Path(path_type=Path), help="The cluster description.")
+
+
+# ---- route -------------------------------------------------------------------------------
+
+
+def route_command_for(platform: str, lan: str, via: str) -> list[str]:
+    """The command that routes the cluster LAN through the router on this platform."""
+    if platform.startswith("linux"):
+        return ["ip", "route", "replace", lan, "via", via]
+    if platform == "darwin":
+        # `add` fails when a route exists; `change` then updates it (see add_route).
+        return ["route", "-n", "add", "-net", lan, via]
+    raise CeilError(f"no route command for this system ({platform}): route {lan} via {via} by hand")
+
+
+def router_address(cluster: Cluster, via: str | None, resolve: Callable[[str], str] = socket.gethostbyname) -> str:
+    """--via, else the router's name by mDNS (`ceil-router.local`) or the home network's DNS."""
+    if via:
+        return via
+    name = cluster.hostname("router")
+    for candidate in (f"{name}.local", name):
+        try:
+            return resolve(candidate)
+        except OSError:
+            continue
+    raise CeilError(
+        f"cannot find the router's address on this network ({name}.local and {name} do not resolve):"
+        f" give it with --via ADDRESS (your home router's list of DHCP clients shows {name})"
+    )
+
+
+def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    done = run([*sudo, *cmd], capture_output=True, text=True)
+    if done.returncode != 0 and cmd[0] == "route":  # macOS: the route exists; change it
+        done = run([*sudo, "route", "-n", "change", *cmd[3:]], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
+
+
+@click.command("route")
+@config_option
+@click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: ceil-router.local].")
+@click.option("--add", "apply", is_flag=True, help="Add the route now (sudo), instead of printing it.")
+def route_command(config_path: Path, via: str | None, apply: bool) -> None:
+    """The workstation's route to the cluster LAN through the router's uplink address, for a
+    workstation on a network named in router.trusted_networks (the seed's
+    workstation-route-add). Linux and macOS."""
+    cluster = load_cluster(config_path)
+    lan = str(cluster.network.lan_cidr)
+    if not cluster.router.trusted_networks:
+        console.print("[yellow]warning:[/yellow] router.trusted_networks is empty: the router lets nothing"
+                      " from the uplink into the cluster LAN. Add your network (e.g. 192.168.1.0/24) and"
+                      " re-bake the router, or use the VPN (python bake.py vpn-client NAME)")
+    cmd = route_command_for(sys.platform, lan, router_address(cluster, via))
+    if not apply:
+        click.echo(shlex.join(["sudo", *cmd]))
+        return
+    add_route(cmd)
+    click.echo(f"routed {lan} via {cmd[-1]}")
+
+
+# ---- ssh ---------------------------------------------------------------------------------
+
+
+def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = ()) -> list[str]:
+    """ssh to `name` (router or a node) as the baked admin; through the router at `via` when the
+    workstation reaches only the router's SSH."""
+    user = cluster.ssh.user
+    target = str(cluster.network.router_ip) if name == "router" else str(cluster.node(name).ip)
+    argv = ["ssh"]
+    if via and name == "router":
+        target = via
+    elif via:
+        argv += ["-J", f"{user}@{via}"]
+    return [*argv, f"{user}@{target}", *extra]
+
+
+@click.command("ssh", context_settings={"ignore_unknown_options": True})
+@config_option
+@click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (its uplink"
+              " address, when only its SSH is reachable from where you are).")
+@click.argument("name")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def ssh_command(config_path: Path, via: str | None, name: str, extra: tuple[str, ...]) -> None:
+    """SSH into NAME (router, or a node from cluster.yaml) as the baked admin user. Anything after
+    NAME goes to ssh, e.g. `bake.py ssh one -- uptime`."""
+    cluster = load_cluster(config_path)
+    argv = ssh_argv(cluster, name, via, extra)
+    os.execvp(argv[0], argv)

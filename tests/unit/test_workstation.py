@@ -1,0 +1,90 @@
+"""`bake.py route` and `bake.py ssh` (issue 19): the commands they run, recorded (macOS cannot run
+here; the route itself is proven in test_trusted_networks_netns.py with the real ruleset)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from ceil import workstation
+from ceil.config import parse_cluster
+from ceil.errors import CeilError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"], user: pi-admin}}
+router: {{uplink: {{type: ethernet}}, trusted_networks: [192.168.1.0/24]}}
+nodes: [{{name: one, role: server, ip: 10.42.0.11}}, {{name: two, ip: 10.42.0.12}}]
+"""
+
+
+def test_route_command_per_platform():
+    assert workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50") == [
+        "ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"]
+    assert workstation.route_command_for("darwin", "10.42.0.0/24", "192.168.1.50") == [
+        "route", "-n", "add", "-net", "10.42.0.0/24", "192.168.1.50"]
+    with pytest.raises(CeilError, match="by hand"):
+        workstation.route_command_for("win32", "10.42.0.0/24", "192.168.1.50")
+
+
+def test_macos_route_that_exists_is_changed(monkeypatch):
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1 if "add" in cmd else 0, "", "route: writing to routing socket: File exists")
+
+    monkeypatch.setattr(workstation.os, "geteuid", lambda: 1000)
+    workstation.add_route(workstation.route_command_for("darwin", "10.42.0.0/24", "192.168.1.50"), run)
+    assert calls == [["sudo", "route", "-n", "add", "-net", "10.42.0.0/24", "192.168.1.50"],
+                     ["sudo", "route", "-n", "change", "-net", "10.42.0.0/24", "192.168.1.50"]]
+
+
+def test_linux_route_failure_names_the_command(monkeypatch):
+    monkeypatch.setattr(workstation.os, "geteuid", lambda: 0)
+    run = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2, "", "RTNETLINK answers: Network is unreachable")  # noqa: E731
+    with pytest.raises(CeilError, match="ip route replace 10.42.0.0/24 via 192.168.1.50 failed: RTNETLINK"):
+        workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"), run)
+
+
+def test_router_address_from_mdns_then_dns_else_a_clear_error():
+    cluster = parse_cluster(CLUSTER)
+    asked = []
+
+    def resolve(name):
+        asked.append(name)
+        raise OSError("not found")
+
+    with pytest.raises(CeilError, match="--via ADDRESS"):
+        workstation.router_address(cluster, None, resolve)
+    assert asked == ["ceil-router.local", "ceil-router"]
+    assert workstation.router_address(cluster, None, lambda n: "192.168.1.50") == "192.168.1.50"
+    assert workstation.router_address(cluster, "192.168.1.9", resolve) == "192.168.1.9"
+
+
+def test_route_prints_the_command_and_warns_without_trusted_networks(tmp_path, monkeypatch):
+    monkeypatch.setattr(workstation.sys, "platform", "linux")
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    args = ["--config", str(tmp_path / "cluster.yaml"), "--via", "192.168.1.50"]
+    result = CliRunner().invoke(workstation.route_command, args)
+    assert result.exit_code == 0 and result.output == "sudo ip route replace 10.42.0.0/24 via 192.168.1.50\n"
+    (tmp_path / "cluster.yaml").write_text(CLUSTER.replace(", trusted_networks: [192.168.1.0/24]", ""))
+    result = CliRunner().invoke(workstation.route_command, args)
+    assert "router.trusted_networks is empty" in result.output
+
+
+def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp_path, monkeypatch):
+    cluster = parse_cluster(CLUSTER)
+    assert workstation.ssh_argv(cluster, "router", None) == ["ssh", "pi-admin@10.42.0.1"]
+    assert workstation.ssh_argv(cluster, "two", None, ("uptime",)) == ["ssh", "pi-admin@10.42.0.12", "uptime"]
+    assert workstation.ssh_argv(cluster, "one", "192.168.1.50") == ["ssh", "-J", "pi-admin@192.168.1.50", "pi-admin@10.42.0.11"]
+    assert workstation.ssh_argv(cluster, "router", "192.168.1.50") == ["ssh", "pi-admin@192.168.1.50"]
+    execs = []
+    monkeypatch.setattr(workstation.os, "execvp", lambda f, argv: execs.append(argv))
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "one", "--", "df", "-h"])
+    assert result.exit_code == 0, result.output
+    assert execs == [["ssh", "pi-admin@10.42.0.11", "df", "-h"]]
+    result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "nine"])
+    assert result.exit_code != 0 and "not in the cluster" in str(result.exception)
