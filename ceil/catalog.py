@@ -37,6 +37,14 @@ class Seed(_Model):
     method: Literal["fs_label", "seedfrom", "seed_dir"]
 
 
+class Updates(_Model):
+    """Where the publisher lists its images, to tell whether a newer one exists (`flavors --check`):
+    `pattern`'s first group is the version, read from the index page and from the flavor's url."""
+
+    index_url: str
+    pattern: str
+
+
 class Flavor(_Model):
     name: str
     description: str
@@ -57,6 +65,9 @@ class Flavor(_Model):
     gpio_packages: list[str] = Field(default_factory=list)
     # Extra kernel arguments a test bed needs (e.g. net.ifnames=0); empty for real flavors.
     kernel_args: list[str] = Field(default_factory=list)
+    updates: Updates | None = None
+    # QEMU twins of the real flavors, built by testbed/: not offered to users by `flavors`.
+    test_only: bool = False
 
     @property
     def wheel_platforms(self) -> list[str]:

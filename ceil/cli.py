@@ -92,13 +92,26 @@ def doctor():
 
 
 @cli.command()
-def flavors():
-    """List the base-image flavors (images/*.yaml)."""
+@click.option("--check", is_flag=True, help="Ask each publisher whether the image is still there, still has its"
+              " digest, and whether a newer one is listed (needs the internet).")
+@click.option("--all", "show_all", is_flag=True, help="Also the QEMU test-bed twins (test_only).")
+def flavors(check, show_all):
+    """List the base-image flavors (images/*.yaml), or check them against their publishers."""
     from .catalog import available, load_flavor
 
-    for name in available():
-        f = load_flavor(name)
-        click.echo(f"{name:<22} {f.arch:<6} {f.description}")
+    chosen = [f for f in map(load_flavor, available()) if show_all or not f.test_only]
+    if not check:
+        for f in chosen:
+            click.echo(f"{f.name:<22} {f.arch:<6} {f.description}")
+        return
+    from .flavor_check import check_all
+
+    findings = check_all(chosen)
+    for f in findings:
+        mark = "[green]ok[/green]  " if f.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {f.flavor:<22} {escape(f.message)}")
+    if not all(f.ok for f in findings):
+        raise CeilError("a flavor's image cannot be baked as it stands: see FAIL above")
 
 
 # Subcommands owned by other modules (imported here, not at the top, so `bake.py --help` stays fast

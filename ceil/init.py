@@ -61,7 +61,8 @@ def generate_secrets(config_path: Path, store: SecretStore) -> None:
 @click.command("init")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True)
 @click.option("--name", default="ceil", show_default=True, help="Cluster name (host names become NAME-router, NAME-one, ...).")
-@click.option("--flavor", type=click.Choice(available()), default="ubuntu-24.04-raspi", show_default=True)
+@click.option("--flavor", type=click.Choice([n for n in available() if not load_flavor(n).test_only]),
+              default="ubuntu-24.04-raspi", show_default=True)
 @click.option("--ssh-key-file", type=click.Path(path_type=Path, dir_okay=False), help="Your SSH public key [default: ~/.ssh/id_ed25519.pub].")
 @click.option("--uplink", type=click.Choice(["wifi", "ethernet"]), help="How the router reaches the internet.")
 @click.option("--ssid", help="WiFi network name (uplink wifi).")

@@ -1,0 +1,74 @@
+"""`bake.py flavors --check`: is each flavor's image still where its file says, does the
+publisher's checksum file still list it (with the pinned digest, where one is pinned), and has a
+newer image appeared? Publishers move and drop images (Canonical keeps only the newest point
+release in releases/24.04/release/: the 24.04.3 pin broke the default bake), so this asks them
+before a user's bake does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import requests
+
+from .catalog import Flavor
+from .errors import CeilError
+from .fetch import TIMEOUT, filename_of, parse_checksum_file
+
+
+@dataclass
+class Finding:
+    flavor: str
+    ok: bool       # False: a bake with this flavor would fail (image gone, digest changed)
+    message: str
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def newest_listed(flavor: Flavor, session: requests.Session) -> tuple[str | None, str | None]:
+    """(the flavor's own version, the newest the publisher lists), from `updates`."""
+    if flavor.updates is None or flavor.url is None:
+        return None, None
+    pattern = re.compile(flavor.updates.pattern)
+    own = pattern.search(flavor.url)
+    r = session.get(flavor.updates.index_url, timeout=TIMEOUT)
+    r.raise_for_status()
+    listed = {m.group(1) for m in pattern.finditer(r.text)}
+    return (own.group(1) if own else None), (max(listed, key=_version_key) if listed else None)
+
+
+def check_flavor(flavor: Flavor, session: requests.Session) -> list[Finding]:
+    name = flavor.name
+    if flavor.url is None:
+        return [Finding(name, True, "no download (a test bed, or --base-image only)")]
+    out: list[Finding] = []
+    try:
+        head = session.head(flavor.url, timeout=TIMEOUT, allow_redirects=True)
+        if head.status_code >= 400:
+            out.append(Finding(name, False, f"the image is gone: HTTP {head.status_code} for {flavor.url}"
+                                            f" (update url in images/{name}.yaml)"))
+        if flavor.checksum_url:
+            r = session.get(flavor.checksum_url, timeout=TIMEOUT)
+            r.raise_for_status()
+            try:
+                listed = parse_checksum_file(r.text, filename_of(flavor.url), flavor.checksum_url)
+            except CeilError as e:
+                out.append(Finding(name, False, str(e)))
+            else:
+                if flavor.sha256 and listed != flavor.sha256:
+                    out.append(Finding(name, False, f"the publisher's digest {listed} differs from the pinned"
+                                                    f" {flavor.sha256}: the image changed; check before baking"))
+        own, newest = newest_listed(flavor, session)
+        if newest and own and _version_key(newest) > _version_key(own):
+            out.append(Finding(name, True, f"a newer image is listed: {newest} (this flavor pins {own})"))
+    except requests.RequestException as e:
+        out.append(Finding(name, False, f"cannot ask the publisher: {e}"))
+    return out or [Finding(name, True, "current: the image and its checksum are where the flavor says")]
+
+
+def check_all(flavors: list[Flavor], session: requests.Session | None = None) -> list[Finding]:
+    session = session or requests.Session()
+    return [f for flavor in flavors for f in check_flavor(flavor, session)]

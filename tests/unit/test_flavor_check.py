@@ -1,0 +1,112 @@
+"""`bake.py flavors --check` against a local fake publisher (nothing leaves this machine)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from ceil.catalog import Flavor, available, load_flavor
+from ceil.flavor_check import check_all
+
+IMAGE = b"image bytes"
+DIGEST = hashlib.sha256(IMAGE).hexdigest()
+
+
+class Publisher:
+    """Canonical's layout: a release folder listing point releases, SHA256SUMS next to them."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        publisher = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def _answer(self, body):
+                data = publisher.files.get(self.path)
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                if body and data:
+                    self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self, *versions: str, sums_for: str | None = None):
+        self.files = {"/release/": "".join(
+            f'<a href="ubuntu-{v}-preinstalled-server-arm64+raspi.img.xz">x</a>' for v in versions).encode()}
+        for v in versions:
+            self.files[f"/release/ubuntu-{v}-preinstalled-server-arm64+raspi.img.xz"] = IMAGE
+        listed = sums_for or versions[-1]
+        self.files["/release/SHA256SUMS"] = f"{DIGEST} *ubuntu-{listed}-preinstalled-server-arm64+raspi.img.xz\n".encode()
+
+
+@pytest.fixture
+def publisher():
+    p = Publisher()
+    yield p
+    p.server.shutdown()
+
+
+def flavor(pub: Publisher, version: str, sha256: str | None = None) -> Flavor:
+    data = load_flavor("ubuntu-24.04-raspi").model_dump()
+    data.update(url=f"{pub.url}/release/ubuntu-{version}-preinstalled-server-arm64+raspi.img.xz",
+                checksum_url=f"{pub.url}/release/SHA256SUMS", sha256=sha256,
+                updates={"index_url": f"{pub.url}/release/", "pattern": load_flavor("ubuntu-24.04-raspi").updates.pattern})
+    return Flavor.model_validate(data)
+
+
+def test_a_current_flavor_passes(publisher):
+    publisher.release("24.04.5")
+    (finding,) = check_all([flavor(publisher, "24.04.5", DIGEST)])
+    assert finding.ok and "current" in finding.message
+
+
+def test_a_newer_point_release_is_reported_and_the_old_folder_gone_fails(publisher):
+    publisher.release("24.04.5", "24.04.6")
+    findings = check_all([flavor(publisher, "24.04.5")])
+    assert [f.ok for f in findings] == [False, True]  # SHA256SUMS lists only the newest
+    assert "lists no sha256" in findings[0].message and "24.04.6" in findings[1].message
+    publisher.release("24.04.6")  # Canonical drops the old image: what broke the 24.04.3 pin
+    findings = check_all([flavor(publisher, "24.04.5")])
+    assert not findings[0].ok and "gone: HTTP 404" in findings[0].message
+
+
+def test_a_changed_digest_fails(publisher):
+    publisher.release("24.04.5")
+    (finding,) = check_all([flavor(publisher, "24.04.5", "0" * 64)])
+    assert not finding.ok and "differs from the pinned" in finding.message
+
+
+def test_the_cli_fails_on_a_problem_and_lists_only_user_flavors(publisher, monkeypatch):
+    from ceil import cli
+
+    listing = CliRunner().invoke(cli.cli, ["flavors"])
+    assert listing.exit_code == 0 and "testbed" not in listing.output and "ubuntu-24.04-raspi" in listing.output
+    assert "testbed-ubuntu" in CliRunner().invoke(cli.cli, ["flavors", "--all"]).output
+    publisher.release("24.04.6")
+    monkeypatch.setattr("ceil.catalog.available", lambda: ["stale"])
+    monkeypatch.setattr("ceil.catalog.load_flavor", lambda name: flavor(publisher, "24.04.5"))
+    result = CliRunner().invoke(cli.cli, ["flavors", "--check"])
+    assert result.exit_code != 0 and "gone" in result.output
+
+
+def test_every_user_flavor_with_a_download_says_where_to_look_for_updates():
+    for name in available():
+        f = load_flavor(name)
+        if f.test_only or f.name.startswith("hypriot"):  # HypriotOS is finished: nothing new will come
+            continue
+        assert f.updates is not None and f.url and __import__("re").search(f.updates.pattern, f.url), name
