@@ -6,6 +6,12 @@ binary wheels for the router's CPU and Python with `pip download --platform ...`
 under ~/.cache/ceil/wheels/<key>, and the router installs them with
 `pip install --no-index --find-links` into /opt/ceil/piwatch/venv (see deploy/install-piwatch.sh).
 PiWatch itself ships as a small pure-Python wheel built here with the standard library.
+
+Every wheel is pinned by digest (issue 18 #10): piwatch/wheels.lock.json lists, per target (CPython
+tag + platforms), each wheel's file name and sha256 as PyPI publishes them (`python -m
+piwatch.bundle --lock` writes it, from `pip download`, which checks each file against PyPI's
+digest). The bake downloads with `--require-hashes`, checks every cached wheel against the lock
+each time it is used, and the router installs with `--require-hashes` too.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ REQUIREMENTS = (
 )
 # pip itself: the router runs it from its wheel, so python3-venv/ensurepip need not be installed.
 TOOLS = ("pip",)
+LOCK_FILE = PACKAGE_DIR / "wheels.lock.json"
 # No GPIO library wheel: lgpio publishes no aarch64 binary wheel, and the only binary "lgpio" on
 # PyPI (0.0.0.2) is an empty placeholder that would shadow the real module. The venv sees the
 # distro's python3-lgpio / python3-rpi.gpio instead (install-piwatch.sh: --system-site-packages).
@@ -70,6 +77,59 @@ def cache_key(python_tag: str, platform: str | Sequence[str], requirements: Sequ
     return f"{python_tag}-{'+'.join(_platforms(platform))}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+# ---- the lock ---------------------------------------------------------------------------
+
+
+def target_name(python_tag: str, platform: str | Sequence[str]) -> str:
+    return f"{python_tag} {'+'.join(_platforms(platform))}"
+
+
+def load_lock(path: Path | None = None) -> dict[str, dict[str, str]]:
+    """{target: {wheel file name: sha256}}; CEIL_PIWATCH_LOCK names another file (tests)."""
+    path = path or Path(os.environ.get("CEIL_PIWATCH_LOCK") or LOCK_FILE)
+    return json.loads(path.read_text())["targets"]
+
+
+def locked_wheels(python_tag: str, platform: str | Sequence[str],
+                  lock: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    lock = load_lock() if lock is None else lock
+    target = target_name(python_tag, platform)
+    if target not in lock:
+        raise BundleError(
+            f"no pinned wheels for {target} in piwatch/wheels.lock.json: run `python -m piwatch.bundle"
+            f" --lock` where PyPI is reachable (it pins every flavor's target) and commit the file")
+    return lock[target]
+
+
+def requirement_lines(wheels: dict[str, str]) -> list[str]:
+    """`name==version --hash=sha256:...` for each wheel (pip's hash-checking mode)."""
+    lines = []
+    for name, digest in sorted(wheels.items()):
+        dist, version = name.split("-")[:2]
+        lines.append(f"{dist.replace('_', '-')}=={version} --hash=sha256:{digest}")
+    return lines
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_wheels(folder: Path, wheels: dict[str, str]) -> None:
+    """Every locked wheel present in `folder` with its digest, and nothing else."""
+    have = {p.name for p in folder.glob("*.whl")}
+    if have != set(wheels):
+        raise BundleError(f"{folder} holds {sorted(have ^ set(wheels))} against the lock: delete"
+                          f" {folder} and bake again")
+    for name, digest in wheels.items():
+        if sha256_of(folder / name) != digest:
+            raise BundleError(f"{folder / name} does not match its pinned sha256 {digest}: the cache was"
+                              f" changed or damaged; delete {folder} and bake again")
+
+
 def default_cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ceil" / "wheels"
@@ -98,18 +158,22 @@ def fetch_wheels(
     *,
     python_tag: str = "cp311",
     platform: str | Sequence[str] = "manylinux2014_aarch64",
-    requirements: Sequence[str] = REQUIREMENTS + TOOLS,
+    lock: dict[str, dict[str, str]] | None = None,
     cache_root: Path | None = None,
     runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
 ) -> Path:
-    """Download (once) the wheels for the target into the cache; returns the cache directory."""
+    """Download (once) the target's pinned wheels into the cache and check them against the lock,
+    then and on every later use; returns the cache directory."""
     cache_root = cache_root or default_cache_root()
     runner = runner or subprocess.run
+    wheels = locked_wheels(python_tag, platform, lock)
+    requirements = requirement_lines(wheels)
     key = cache_key(python_tag, platform, requirements)
     final = cache_root / key
     if (final / ".complete").is_file():
-        log.info("wheels for %s: cached in %s", key, final)
+        verify_wheels(final, wheels)
+        log.info("wheels for %s: cached in %s, digests checked", key, final)
         return final
     # Download into a scratch directory and rename at the end, so an interrupted download never
     # looks like a complete cache entry.
@@ -117,8 +181,9 @@ def fetch_wheels(
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        cmd = pip_download_command(scratch, requirements, python_tag=python_tag,
-                                   platform=platform, pip=pip)
+        (scratch / "requirements.txt").write_text("\n".join(requirements) + "\n")
+        cmd = pip_download_command(scratch, ["--require-hashes", "--no-deps", "-r", str(scratch / "requirements.txt")],
+                                   python_tag=python_tag, platform=platform, pip=pip)
         done = runner(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BundleError(
@@ -127,19 +192,70 @@ def fetch_wheels(
                 "Check the python tag matches the router's python3 and that every requirement"
                 " publishes a binary wheel for that platform."
             )
-        wheels = sorted(p.name for p in scratch.glob("*.whl"))
-        if not wheels:
-            raise BundleError(f"pip download produced no wheels in {scratch}")
-        shadowing = [w for w in wheels if w.split("-")[0].lower().replace("_", "-") in NEVER_BUNDLE]
-        if shadowing:
-            raise BundleError(f"refusing to bundle {shadowing}: a GPIO library wheel would shadow"
-                              " the router's distro package (see NEVER_BUNDLE in piwatch/bundle.py)")
-        (scratch / ".complete").write_text("\n".join(wheels) + "\n")
+        (scratch / "requirements.txt").unlink()
+        verify_wheels(scratch, wheels)
+        (scratch / ".complete").write_text("\n".join(sorted(wheels)) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         scratch.rename(final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
+
+
+def make_lock(
+    targets: Sequence[tuple[str, Sequence[str]]],
+    *,
+    requirements: Sequence[str] = REQUIREMENTS + TOOLS,
+    runner: Runner | None = None,
+    pip: Sequence[str] = (sys.executable, "-m", "pip"),
+    work: Path | None = None,
+) -> dict[str, dict[str, str]]:
+    """Resolve `requirements` for each (python tag, platforms) target now and pin what PyPI
+    serves: {target: {wheel file name: sha256}}. pip checks each download against the digest
+    PyPI publishes for the file, so the pins are PyPI's."""
+    import tempfile
+
+    runner = runner or subprocess.run
+    out: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        for python_tag, platform in targets:
+            dest = Path(tmp) / target_name(python_tag, platform).replace(" ", "_")
+            dest.mkdir()
+            cmd = pip_download_command(dest, list(requirements), python_tag=python_tag, platform=platform, pip=pip)
+            done = runner(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise BundleError(f"pip download failed for {target_name(python_tag, platform)}:"
+                                  f" {(done.stderr or '').strip()[-2000:]}")
+            names = sorted(p.name for p in dest.glob("*.whl"))
+            shadowing = [w for w in names if w.split("-")[0].lower().replace("_", "-") in NEVER_BUNDLE]
+            if shadowing:
+                raise BundleError(f"refusing to pin {shadowing}: a GPIO library wheel would shadow"
+                                  " the router's distro package (see NEVER_BUNDLE in piwatch/bundle.py)")
+            out[target_name(python_tag, platform)] = {n: sha256_of(dest / n) for n in names}
+    return out
+
+
+def write_lock(lock: dict[str, dict[str, str]], path: Path = LOCK_FILE) -> None:
+    doc = {
+        "comment": "PiWatch's wheels, pinned by sha256 per target (CPython tag + pip platforms). Written by"
+                   " `python -m piwatch.bundle --lock` from `pip download`, which checks every file against"
+                   " the digest PyPI publishes for it (https://pypi.org/simple/<name>/, #sha256=...).",
+        "requirements": list(REQUIREMENTS + TOOLS),
+        "targets": {k: dict(sorted(v.items())) for k, v in sorted(lock.items())},
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def catalog_targets() -> list[tuple[str, list[str]]]:
+    """Every (python tag, platforms) a flavor in images/ bundles PiWatch for."""
+    from ceil.catalog import available, load_flavor
+
+    seen: dict[str, tuple[str, list[str]]] = {}
+    for name in available():
+        flavor = load_flavor(name)
+        if flavor.python_tag:
+            seen[target_name(flavor.python_tag, flavor.wheel_platforms)] = (flavor.python_tag, flavor.wheel_platforms)
+    return [seen[k] for k in sorted(seen)]
 
 
 def _record_hash(data: bytes) -> str:
@@ -187,12 +303,13 @@ def build_wheelhouse(
     python_tag: str = "cp311",
     platform: str | Sequence[str] = "manylinux2014_aarch64",
     *,
+    lock: dict[str, dict[str, str]] | None = None,
     cache_root: Path | None = None,
     runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
 ) -> list[Path]:
     """Fill `dest` with every wheel the router needs (dependencies, pip, piwatch itself)."""
-    cached = fetch_wheels(python_tag=python_tag, platform=platform, cache_root=cache_root,
+    cached = fetch_wheels(python_tag=python_tag, platform=platform, lock=lock, cache_root=cache_root,
                           runner=runner, pip=pip)
     dest.mkdir(parents=True, exist_ok=True)
     out = []
@@ -223,10 +340,12 @@ def build_bundle(
     platform: str | Sequence[str] = "manylinux2014_aarch64",
     **kwargs,
 ) -> Path:
-    """The directory the router role copies to /opt/ceil/piwatch/bundle on the image."""
+    """The directory the router role copies to /opt/ceil/piwatch/bundle on the image. Its
+    requirements.txt pins every wheel the router installs by sha256 (pip's hash-checking mode)."""
     wheels = build_wheelhouse(dest / "wheels", python_tag, platform, **kwargs)
     piwatch_wheel = next(w for w in wheels if w.name.startswith("piwatch-"))
-    (dest / "requirements.txt").write_text(f"piwatch=={piwatch.__version__}\n")
+    pinned = {w.name: sha256_of(w) for w in wheels if not w.name.startswith("pip-")}
+    (dest / "requirements.txt").write_text("\n".join(requirement_lines(pinned)) + "\n")
     for name in ("install-piwatch.sh", "ceil-piwatch.service"):
         shutil.copy2(DEPLOY_DIR / name, dest / name)
     (dest / "install-piwatch.sh").chmod(0o755)
@@ -236,11 +355,14 @@ def build_bundle(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m piwatch.bundle DEST [--python-tag cp312] [--platform manylinux2014_aarch64]`"""
+    """`python -m piwatch.bundle DEST [--python-tag cp312] [--platform manylinux2014_aarch64]`,
+    or `python -m piwatch.bundle --lock` to pin every flavor's wheels anew (needs PyPI)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m piwatch.bundle", description=main.__doc__)
-    parser.add_argument("dest", type=Path, help="directory to fill (the router's bundle)")
+    parser.add_argument("dest", type=Path, nargs="?", help="directory to fill (the router's bundle)")
+    parser.add_argument("--lock", action="store_true",
+                        help=f"resolve the requirements for every flavor's target and write {LOCK_FILE.name}")
     parser.add_argument("--python-tag", default="cp311",
                         help="the router's CPython, e.g. cp311 (bookworm), cp312 (Ubuntu 24.04), cp313 (trixie)")
     parser.add_argument("--platform", action="append",
@@ -248,6 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-root", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.lock:
+        try:
+            lock = make_lock(catalog_targets())
+        except BundleError as exc:
+            print(f"piwatch.bundle: {exc}", file=sys.stderr)
+            return 1
+        write_lock(lock)
+        print(f"pinned {sum(map(len, lock.values()))} wheels for {len(lock)} targets in {LOCK_FILE}")
+        return 0
+    if args.dest is None:
+        parser.error("give DEST (or --lock)")
     try:
         build_bundle(args.dest, args.python_tag, args.platform or "manylinux2014_aarch64",
                      cache_root=args.cache_root)

@@ -39,22 +39,29 @@ def _isolated_cache(tmp_path, monkeypatch, offline_wheels):
     # Never touch the user's ~/.cache/ceil from tests.
     monkeypatch.setenv("CEIL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(offline_wheels))
+    # The placeholder wheels' own pins (the shipped lock pins PyPI's real wheels).
+    monkeypatch.setenv("CEIL_PIWATCH_LOCK", str(offline_wheels / "wheels.lock.json"))
 
 
 @pytest.fixture(scope="session")
 def offline_wheels(tmp_path_factory) -> Path:
     """A stand-in for the PiWatch wheel cache (normally filled by `pip download` at bake time),
-    so that bakes in tests never reach PyPI: one tiny placeholder wheel per bundled target."""
-    from ceil.catalog import available, load_flavor
-    from piwatch.bundle import REQUIREMENTS, TOOLS, cache_key
+    so that bakes in tests never reach PyPI: one tiny placeholder wheel per bundled target, and a
+    lock (CEIL_PIWATCH_LOCK) that pins it, so the cache's digest check passes."""
+    import hashlib
+    import json
+
+    from piwatch.bundle import cache_key, catalog_targets, requirement_lines, target_name
 
     root = tmp_path_factory.mktemp("xdg-cache")
-    for name in available():
-        flavor = load_flavor(name)
-        if not flavor.python_tag:
-            continue
-        entry = root / "ceil" / "wheels" / cache_key(flavor.python_tag, flavor.wheel_platforms, REQUIREMENTS + TOOLS)
+    placeholder, data = "placeholder-0-py3-none-any.whl", b"not a real wheel: test stand-in"
+    lock = {}
+    for python_tag, platforms in catalog_targets():
+        wheels = {placeholder: hashlib.sha256(data).hexdigest()}
+        lock[target_name(python_tag, platforms)] = wheels
+        entry = root / "ceil" / "wheels" / cache_key(python_tag, platforms, requirement_lines(wheels))
         entry.mkdir(parents=True, exist_ok=True)
-        (entry / "placeholder-0-py3-none-any.whl").write_bytes(b"not a real wheel: test stand-in")
-        (entry / ".complete").write_text("placeholder-0-py3-none-any.whl\n")
+        (entry / placeholder).write_bytes(data)
+        (entry / ".complete").write_text(placeholder + "\n")
+    (root / "wheels.lock.json").write_text(json.dumps({"targets": lock}))
     return root

@@ -29,8 +29,10 @@ pip_wheel=$(ls "$BUNDLE"/wheels/pip-*.whl 2>/dev/null | head -n 1)
 install -d -m 0755 "$PREFIX"
 rm -rf "$VENV.new"
 python3 -m venv --without-pip --system-site-packages "$VENV.new"
+# --require-hashes: requirements.txt pins every wheel by sha256 (piwatch/wheels.lock.json, and
+# piwatch's own wheel as built at bake time); a wheel changed on the card is refused.
 "$VENV.new/bin/python" "$pip_wheel/pip" install --no-index --find-links "$BUNDLE/wheels" \
-    --disable-pip-version-check -r "$BUNDLE/requirements.txt"
+    --disable-pip-version-check --require-hashes --no-deps -r "$BUNDLE/requirements.txt"
 # Prove the venv resolves the right libraries before switching to it.
 "$VENV.new/bin/python" -c 'import pydantic, piwatch.app; assert pydantic.VERSION.startswith("2"), pydantic.VERSION'
 rm -rf "$VENV"

@@ -67,6 +67,7 @@ def baked(request, tmp_path_factory, ssh_pubkey, offline_wheels):
     env_cache = d / "cache"
     os.environ["CEIL_CACHE"] = str(env_cache)
     os.environ["XDG_CACHE_HOME"] = str(offline_wheels)  # module scope: the autouse fixture is not active yet
+    os.environ["CEIL_PIWATCH_LOCK"] = str(offline_wheels / "wheels.lock.json")
     result = run_bake("--all", "--base-image", str(base), cwd=d)
     assert result.returncode == 0, result.stderr
     return {"dir": d, "flavor": flavor, "base": base, "base_digest": base_digest, "stderr": result.stderr}

@@ -3,6 +3,7 @@ deploy files. Only the test marked e2e talks to the package index."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -23,19 +24,24 @@ from piwatch.bundle import (BundleError, build_bundle, build_piwatch_wheel, cach
 DEPLOY = Path(piwatch.__file__).parent / "deploy"
 
 
+FAKE_WHEELS = ("fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl")
+WHEEL_BYTES = b"wheel"
+TARGET = "cp311 manylinux2014_aarch64"  # fetch_wheels' default target
+LOCK = {TARGET: {name: hashlib.sha256(WHEEL_BYTES).hexdigest() for name in FAKE_WHEELS}}
+
+
 class FakePip:
     """Stands in for `pip download`: records the command and drops fake wheels into --dest."""
 
-    def __init__(self, wheels=("fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl"),
-                 returncode=0):
+    def __init__(self, wheels=FAKE_WHEELS, returncode=0, content=WHEEL_BYTES):
         self.calls: list[list[str]] = []
-        self.wheels, self.returncode = wheels, returncode
+        self.wheels, self.returncode, self.content = wheels, returncode, content
 
     def __call__(self, cmd, **kwargs):
         self.calls.append(cmd)
         dest = Path(cmd[cmd.index("--dest") + 1])
         for name in self.wheels:
-            (dest / name).write_bytes(b"wheel")
+            (dest / name).write_bytes(self.content)
         return subprocess.CompletedProcess(cmd, self.returncode, "", "ERROR: no matching distribution")
 
 
@@ -88,26 +94,55 @@ def test_default_cache_root_honours_xdg(monkeypatch, tmp_path):
 
 def test_fetch_wheels_downloads_once_then_uses_the_cache(tmp_path):
     pip = FakePip()
-    first = fetch_wheels(cache_root=tmp_path, runner=pip)
+    first = fetch_wheels(cache_root=tmp_path, runner=pip, lock=LOCK)
     assert len(pip.calls) == 1
+    assert {"--require-hashes", "--no-deps"} <= set(pip.calls[0])  # pip checks every download
     assert sorted(p.name for p in first.glob("*.whl")) == sorted(pip.wheels)
     assert (first / ".complete").is_file()
-    assert fetch_wheels(cache_root=tmp_path, runner=pip) == first
+    assert fetch_wheels(cache_root=tmp_path, runner=pip, lock=LOCK) == first
     assert len(pip.calls) == 1, "second call must come from the cache"
     assert [p.name for p in tmp_path.iterdir()] == [first.name], "no scratch directory left"
 
 
+def test_a_cached_wheel_that_changed_is_refused(tmp_path):
+    """Issue 18 #10: the cache was never re-hashed; now every use checks it against the lock."""
+    first = fetch_wheels(cache_root=tmp_path, runner=FakePip(), lock=LOCK)
+    (first / "fastapi-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="does not match its pinned sha256"):
+        fetch_wheels(cache_root=tmp_path, runner=FakePip(), lock=LOCK)
+
+
+def test_a_download_that_differs_from_the_lock_leaves_no_cache_entry(tmp_path):
+    with pytest.raises(BundleError, match="does not match its pinned sha256"):
+        fetch_wheels(cache_root=tmp_path, runner=FakePip(content=b"another build"), lock=LOCK)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_target_without_pins_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(BundleError, match="python -m piwatch.bundle --lock"):
+        fetch_wheels(python_tag="cp39", cache_root=tmp_path, runner=FakePip(), lock=LOCK)
+
+
 def test_a_failed_download_leaves_no_cache_entry(tmp_path):
     with pytest.raises(BundleError) as exc:
-        fetch_wheels(cache_root=tmp_path, runner=FakePip(returncode=1))
+        fetch_wheels(cache_root=tmp_path, runner=FakePip(returncode=1), lock=LOCK)
     assert "pip download failed" in str(exc.value) and "no matching distribution" in str(exc.value)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_gpio_library_wheels_are_refused(tmp_path):
+def test_gpio_library_wheels_are_never_pinned(tmp_path):
     pip = FakePip(wheels=("lgpio-0.0.0.2-py3-none-any.whl", "fastapi-1.0-py3-none-any.whl"))
     with pytest.raises(BundleError, match="lgpio"):
-        fetch_wheels(cache_root=tmp_path, runner=pip)
+        bundle.make_lock([("cp311", ["manylinux2014_aarch64"])], runner=pip, work=tmp_path)
+
+
+def test_the_shipped_lock_pins_every_flavor_target():
+    lock = bundle.load_lock(bundle.LOCK_FILE)
+    for python_tag, platforms in bundle.catalog_targets():
+        wheels = lock[bundle.target_name(python_tag, platforms)]
+        names = {w.split("-")[0].lower() for w in wheels}
+        assert {"fastapi", "uvicorn", "gpiozero", "pydantic", "pydantic_settings", "pyyaml", "pip"} <= names
+        assert all(len(d) == 64 for d in wheels.values())
 
 
 def test_piwatch_wheel_is_complete_and_reproducible(tmp_path):
@@ -138,8 +173,12 @@ def test_piwatch_wheel_installs_with_pip(tmp_path):
 
 
 def test_build_bundle_layout(tmp_path):
-    out = build_bundle(tmp_path / "bundle", cache_root=tmp_path / "cache", runner=FakePip())
-    assert (out / "requirements.txt").read_text() == f"piwatch=={piwatch.__version__}\n"
+    out = build_bundle(tmp_path / "bundle", cache_root=tmp_path / "cache", runner=FakePip(), lock=LOCK)
+    piwatch_wheel = out / "wheels" / f"piwatch-{piwatch.__version__}-py3-none-any.whl"
+    # Every installed wheel pinned (pip runs from its own wheel and is not installed).
+    assert (out / "requirements.txt").read_text().splitlines() == [
+        f"fastapi==1.0 --hash=sha256:{hashlib.sha256(WHEEL_BYTES).hexdigest()}",
+        f"piwatch=={piwatch.__version__} --hash=sha256:{hashlib.sha256(piwatch_wheel.read_bytes()).hexdigest()}"]
     assert os.access(out / "install-piwatch.sh", os.X_OK)
     assert (out / "ceil-piwatch.service").is_file()
     assert (out / "reactions.yaml").is_file()
@@ -204,10 +243,19 @@ def test_bundle_installs_offline_and_serves(tmp_path):
     """Real `pip download` for this machine's CPU, then the router's install script, offline,
     into a scratch prefix, then `python -m piwatch` answering /healthz on mock pins."""
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
-    out = build_bundle(tmp_path / "bundle", tag, _host_platform_tag())
+    lock = bundle.make_lock([(tag, [_host_platform_tag()])])  # pinned now: this machine is no flavor
+    out = build_bundle(tmp_path / "bundle", tag, _host_platform_tag(), lock=lock)
     prefix, etc = tmp_path / "opt", tmp_path / "etc"
     env = {**os.environ, "CEIL_PIWATCH_PREFIX": str(prefix), "CEIL_ETC": str(etc),
            "PIP_NO_INDEX": "1"}
+    # A wheel changed on the card (or in transit) is refused: the router installs --require-hashes.
+    forged = tmp_path / "forged"
+    shutil.copytree(out, forged)
+    victim = next((forged / "wheels").glob("fastapi-*.whl"))
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    done = subprocess.run([str(forged / "install-piwatch.sh"), str(forged)], capture_output=True, text=True,
+                          env={**env, "CEIL_PIWATCH_PREFIX": str(tmp_path / "opt-forged")})
+    assert done.returncode != 0 and "hash" in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
     for _ in range(2):  # the second run must be a no-op
         done = subprocess.run([str(out / "install-piwatch.sh"), str(out)], env=env,
                               capture_output=True, text=True)
@@ -243,5 +291,5 @@ def test_bundle_cli(tmp_path, monkeypatch, capsys):
     rc = bundle.main([str(tmp_path / "b"), "--python-tag", "cp312", "--platform", "linux_armv7l",
                       "--cache-root", str(tmp_path / "cache")])
     assert rc == 1
-    assert "pip download failed for cp312/linux_armv7l" in capsys.readouterr().err
-    assert pip.calls[0][pip.calls[0].index("--platform") + 1] == "linux_armv7l"
+    assert "no pinned wheels for cp312 linux_armv7l" in capsys.readouterr().err
+    assert pip.calls == []  # nothing unpinned is downloaded

@@ -31,6 +31,7 @@ def payloads(tmp_path_factory, offline_wheels, ssh_pubkey):
 
     d = tmp_path_factory.mktemp("ordering")
     os.environ["XDG_CACHE_HOME"] = str(offline_wheels)  # module scope: set before the autouse fixture
+    os.environ["CEIL_PIWATCH_LOCK"] = str(offline_wheels / "wheels.lock.json")
     template = (Path(__file__).resolve().parents[1] / "e2e/cluster.yaml").read_text()
     path = d / "cluster.yaml"
     path.write_text(
