@@ -6,6 +6,7 @@ Hardware sits behind the `get_worker` dependency so tests can swap in a worker o
 
 from __future__ import annotations
 
+import hmac
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -101,6 +102,16 @@ def create_app(
         return JSONResponse(status_code=422, content={"message": message,
                                                       "detail": jsonable(exc.errors())})
 
+    # Issue 18: any LAN host could post events (and drive the lights); kubewatch's webhook URL
+    # carries a token made at bake time, and without it the webhook answers 401.
+    webhook_token = settings.webhook_token()
+
+    def refused(token: str | None) -> JSONResponse | None:
+        if webhook_token is None or (token is not None and hmac.compare_digest(token.encode(), webhook_token.encode())):
+            return None
+        return JSONResponse(status_code=401, content={
+            "message": "the kubewatch webhook needs ?token= with the token baked into the cluster"})
+
     def accept(worker: Worker, payload: KubewatchPayload) -> Accepted:
         event = worker.submit(Event.from_payload(payload))
         log.info("event %s/%s %s %s -> %s %s", event.namespace, event.name, event.kind,
@@ -108,15 +119,15 @@ def create_app(
         return Accepted(event=event.as_dict())
 
     @app.post("/kubewatch", status_code=202, response_model=Accepted, tags=["events"])
-    def kubewatch(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
+    def kubewatch(payload: KubewatchPayload, worker: WorkerDep, token: str | None = None) -> Accepted:
         """Receive one kubewatch webhook event; returns at once, the lights follow shortly."""
-        return accept(worker, payload)
+        return refused(token) or accept(worker, payload)
 
     @app.post("/traffic/kubewatch-webhook", status_code=202, response_model=Accepted,
               tags=["legacy"])
-    def legacy_post(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
+    def legacy_post(payload: KubewatchPayload, worker: WorkerDep, token: str | None = None) -> Accepted:
         """The seed's webhook path, kept so an old kubewatch config keeps working."""
-        return accept(worker, payload)
+        return refused(token) or accept(worker, payload)
 
     @app.get("/traffic/kubewatch-webhook", tags=["legacy"])
     def legacy_get() -> JSONResponse:

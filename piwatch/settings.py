@@ -28,6 +28,18 @@ class Settings(BaseSettings):
     reactions_file: Path | None = Field(
         default=None, description="YAML or JSON reactions file; None uses the built-in defaults."
     )
+    # The kubewatch webhook's token (`?token=` on its URL). On the router systemd hands it over
+    # (LoadCredential webhook-token); None and no credential: the webhook takes no token.
+    webhook_token_file: Path | None = None
+
+    def webhook_token(self) -> str | None:
+        import os
+
+        path = self.webhook_token_file
+        if path is None and os.environ.get("CREDENTIALS_DIRECTORY"):
+            candidate = Path(os.environ["CREDENTIALS_DIRECTORY"]) / "webhook-token"
+            path = candidate if candidate.is_file() else None
+        return path.read_text().strip() if path else None
     mock_pins: bool = Field(
         default=False, description="Force gpiozero's mock pins even when GPIO hardware exists."
     )

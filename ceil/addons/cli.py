@@ -20,7 +20,8 @@ from ..config import Cluster, load_cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
 from .catalog import Catalog, selected
-from .hooks import GRAFANA_PASSWORD, UI_HTPASSWD, grafana_password, ui_htpasswd, ui_password
+from .hooks import (GRAFANA_PASSWORD, KUBEWATCH_VALUES, UI_HTPASSWD, grafana_password, kubewatch_values,
+                    ui_htpasswd, ui_password)
 from .job.kube import ApiError
 from .render import build_plan, render_selected, write_rendered
 
@@ -151,7 +152,7 @@ def apply_command(obj: Context, names, everything) -> None:
     cluster, store = obj.cluster, obj.store
     plan = build_plan(cluster, names=_names(obj, names, everything))
     with obj.kubeconfig_path() as kubeconfig:
-        applier = Applier(obj.api(kubeconfig), secret_reader=lambda n: _secret(store, n),
+        applier = Applier(obj.api(kubeconfig), secret_reader=lambda n: _secret(cluster, store, n),
                           log=lambda m: click.echo(f"  {m}"))
         report = applier.run(plan, node_timeout=0)
     if report.missing_nodes:
@@ -162,11 +163,13 @@ def apply_command(obj: Context, names, everything) -> None:
         raise CeilError("some add-ons are not ready: see above; re-run when the cause is fixed")
 
 
-def _secret(store: SecretStore, name: str) -> bytes:
+def _secret(cluster: Cluster, store: SecretStore, name: str) -> bytes:
     if name == GRAFANA_PASSWORD:
         return grafana_password(store).encode()
     if name == UI_HTPASSWD:  # made from the stored password, as the bake does for the server
         return ui_htpasswd(store).encode()
+    if name == KUBEWATCH_VALUES:
+        return kubewatch_values(cluster, store).encode()
     return store.read(name)
 
 

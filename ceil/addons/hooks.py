@@ -23,6 +23,8 @@ GRAFANA_PASSWORD = "grafana-admin-password"
 UI_USER = "admin"
 UI_PASSWORD = "ui-admin-password"
 UI_HTPASSWD = "ui-htpasswd"
+# kubewatch's webhook URL with PiWatch's token, as Helm values (HelmChart valuesSecrets).
+KUBEWATCH_VALUES = "kubewatch-values"
 
 
 def grafana_password(store: SecretStore) -> str:
@@ -36,6 +38,14 @@ def ui_password(store: SecretStore) -> str:
 
 def ui_htpasswd(store: SecretStore) -> str:
     return htpasswd_line(UI_USER, ui_password(store))
+
+
+def kubewatch_values(cluster: Cluster, store: SecretStore) -> str:
+    import json
+
+    from ..hooks.piwatch import webhook_url
+
+    return f"webhook:\n  url: {json.dumps(webhook_url(cluster, store))}\n"
 
 
 def job_sources() -> dict[str, str]:
@@ -60,4 +70,6 @@ def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
         files[GRAFANA_PASSWORD] = grafana_password(store) + "\n"
     if "traefik" in chosen:
         files[UI_HTPASSWD] = ui_htpasswd(store)
+    if "kubewatch" in chosen:
+        files[KUBEWATCH_VALUES] = kubewatch_values(cluster, store)
     return files

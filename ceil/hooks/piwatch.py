@@ -7,10 +7,28 @@ from pathlib import Path
 
 from ..config import Cluster
 from ..errors import ConfigError
+from ..secrets import SecretStore
+
+
+WEBHOOK_TOKEN = "piwatch/webhook-token"
+
+
+def webhook_token(store: SecretStore) -> str:
+    """The kubewatch webhook's token: the router checks it, the server's kubewatch sends it."""
+    return store.token("piwatch-webhook-token")
+
+
+def webhook_url(cluster: Cluster, store: SecretStore) -> str:
+    return f"http://{cluster.network.router_ip}:{cluster.piwatch.port}/kubewatch?token={webhook_token(store)}"
 
 
 def check(cluster: Cluster, role: str) -> None:
     return None
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, str]:
+    """PiWatch reads it through LoadCredential (ceil-piwatch.service)."""
+    return {WEBHOOK_TOKEN: webhook_token(store) + "\n"}
 
 
 def payload_files(ctx, files_dir: Path) -> dict[str, Path]:

@@ -230,3 +230,15 @@ def test_the_router_env_names_its_address_and_names(tmp_path):
         os.environ.clear()
         os.environ.update(old)
     assert {"10.42.0.1", "ceil-router", "ceil-router.ceil.internal", "localhost"} <= set(allowed)
+
+
+def test_the_webhook_needs_its_token_when_one_is_baked(settings, lights, tmp_path, monkeypatch):
+    """Issue 18: any LAN host could post events and drive the lights. With the token systemd hands
+    over (LoadCredential webhook-token), both webhook paths answer 401 without it."""
+    (tmp_path / "webhook-token").write_text("s3cret-token\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    with TestClient(create_app(settings, lights=lights), base_url="http://127.0.0.1:8080") as client:
+        for path in ("/kubewatch", "/traffic/kubewatch-webhook"):
+            assert client.post(path, json=KUBEWATCH).status_code == 401
+            assert client.post(f"{path}?token=wrong", json=KUBEWATCH).status_code == 401
+            assert client.post(f"{path}?token=s3cret-token", json=KUBEWATCH).status_code == 202

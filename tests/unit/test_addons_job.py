@@ -81,6 +81,7 @@ def server_secrets(folder: Path) -> None:
     folder.mkdir(exist_ok=True)
     (folder / "grafana-admin-password").write_bytes(PASSWORD + b"\n")
     (folder / "ui-htpasswd").write_bytes(UI_HTPASSWD)
+    (folder / "kubewatch-values").write_bytes(b'webhook:\n  url: "http://10.42.0.1:8080/kubewatch?token=t0k"\n')
 
 
 def make_applier(api: KubeApiStandIn, tmp_path: Path, t: FakeTime, logs: list[str] | None = None):

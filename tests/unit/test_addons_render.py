@@ -141,12 +141,23 @@ def test_grafana_password_is_referenced_never_rendered():
     assert values(prom)["grafana"]["admin"]["existingSecret"] == "grafana-admin"
 
 
-def test_kubewatch_posts_to_piwatch_on_the_router():
+def test_kubewatch_posts_to_piwatch_on_the_router_with_its_token(tmp_path):
+    """Issue 18: the webhook URL carries PiWatch's token; it reaches the chart from a Secret the
+    job makes from the server's secret file (valuesSecrets), never from the rendered plan."""
+    from ceil.addons.hooks import kubewatch_values, secret_files
+    from ceil.hooks.piwatch import webhook_token
+    from ceil.secrets import SecretStore
+
     cluster = make("piwatch: {port: 8099}\n")
     (chart,) = by_kind(docs(cluster), "HelmChart", "kubewatch")
     v = values(chart)
-    assert v["webhook"] == {"enabled": True, "url": "http://10.42.0.1:8099/kubewatch"}
+    assert v["webhook"] == {"enabled": True} and "token" not in chart["spec"]["valuesContent"]
     assert v["rbac"]["create"] is True and v["slack"]["enabled"] is False
+    assert chart["spec"]["valuesSecrets"] == [{"name": "kubewatch-webhook", "keys": ["values.yaml"], "ignoreUpdates": True}]
+    store = SecretStore(tmp_path)
+    sent = yaml.safe_load(secret_files(cluster, "one", store)["kubewatch-values"])
+    assert sent == {"webhook": {"url": f"http://10.42.0.1:8099/kubewatch?token={webhook_token(store)}"}}
+    assert yaml.safe_load(kubewatch_values(cluster, store)) == sent
 
 
 def test_dashboard_keeps_no_token_and_is_https_only():
