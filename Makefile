@@ -7,11 +7,12 @@ OUT ?= out
 ARCH ?= arm64
 FLAVOR ?= testbed-ubuntu
 TESTBEDS = testbed-ubuntu testbed-raspios
+NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null)
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)')).domain)" 2>/dev/null || echo ceil.internal)
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv route route-add test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv route route-add uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -95,6 +96,21 @@ all-deploy: venv ## Apply every enabled add-on
 	$(PY) bake.py addons --config $(CONFIG) apply --all
 all-delete: venv ## Delete every add-on
 	$(PY) bake.py addons --config $(CONFIG) delete --all
+uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime
+df: venv ## Disk use of every machine's root and boot file systems
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- df -h / /boot/firmware
+check-ip: venv ## Which address each machine got (the seed's router-check-ip / k8s-check-ip)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- ip -4 -brief address
+router-reboot: venv ## Reboot the router
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- sudo systemctl reboot
+reboot-all: venv ## Reboot every machine (nodes first, then the router)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) $(foreach n,$(NODES),--on $(n)) -- sudo systemctl reboot
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- sudo systemctl reboot
+httpd-open: ## Open the demo httpd (the seed's first app)
+	xdg-open http://httpd.$(DOMAIN)/ 2>/dev/null || open http://httpd.$(DOMAIN)/
+prometheus-open: ui-password ## Print the UI login and open Prometheus
+	xdg-open https://prometheus.$(DOMAIN)/ 2>/dev/null || open https://prometheus.$(DOMAIN)/
 nodes-show: ## kubectl get nodes (with the baked admin kubeconfig)
 	$(KUBECTL) get nodes -o wide
 pods-show: ## kubectl get pods in every namespace

@@ -124,6 +124,7 @@ PLUGINS = [
     ("ceil.registry_access", "registry_command"),
     ("ceil.workstation", "route_command"),
     ("ceil.workstation", "ssh_command"),
+    ("ceil.workstation", "run_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),

@@ -15,7 +15,7 @@ class Tool:
     why: str
     debian: str
     brew: str
-    needed_for: str  # "bake", "test" or "flash"
+    needed_for: str  # "bake", "test", "flash" or "operate" (day-to-day commands against the cluster)
 
 
 TOOLS = [
@@ -35,6 +35,9 @@ TOOLS = [
     Tool("openssl", "verifies the k3s certificate chains", "openssl", "openssl", "test"),
     Tool("qemu-system-aarch64", "boots arm64 test beds (e2e)", "qemu-system-arm", "qemu", "test"),
     Tool("mmdebstrap", "builds the test-bed root file system (e2e)", "mmdebstrap", "(Linux only)", "test"),
+    Tool("ssh", "reaches the machines (bake.py ssh, run, make verify)", "openssh-client", "(built in)", "operate"),
+    Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "kubectl",
+         "kubectl", "operate"),
 ]
 
 

@@ -92,17 +92,63 @@ def route_command(config_path: Path, via: str | None, apply: bool) -> None:
 # ---- ssh ---------------------------------------------------------------------------------
 
 
-def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = ()) -> list[str]:
+def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = (),
+             options: tuple[str, ...] = ()) -> list[str]:
     """ssh to `name` (router or a node) as the baked admin; through the router at `via` when the
     workstation reaches only the router's SSH."""
     user = cluster.ssh.user
     target = str(cluster.network.router_ip) if name == "router" else str(cluster.node(name).ip)
-    argv = ["ssh"]
+    argv = ["ssh", *options]
     if via and name == "router":
         target = via
     elif via:
         argv += ["-J", f"{user}@{via}"]
     return [*argv, f"{user}@{target}", *extra]
+
+
+def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | None,
+                   run: Callable[..., subprocess.CompletedProcess] | None = None) -> dict[str, tuple[int, str]]:
+    """`command` on each machine over SSH, side by side; {name: (exit code, output)}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = run or subprocess.run
+
+    def one(name: str) -> tuple[int, str]:
+        argv = ssh_argv(cluster, name, via, (command,), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
+        try:
+            done = run(argv, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return 124, "no answer within 120 s"
+        return done.returncode, (done.stdout + done.stderr).rstrip()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(names, pool.map(one, names)))
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@config_option
+@click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `ssh`).")
+@click.option("--on", "only", multiple=True, metavar="NAME", help="Only these machines (repeatable) [default: all].")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run_command(config_path: Path, via: str | None, only: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND on every machine (router first) over SSH, each answer labelled with its
+    machine, e.g. `bake.py run uptime`, `bake.py run -- df -h /`, `bake.py run sudo reboot`.
+    Exit status 1 if it failed anywhere."""
+    cluster = load_cluster(config_path)
+    names = list(only) or cluster.roles
+    for name in names:
+        if name != "router":
+            cluster.node(name)
+    results = run_everywhere(cluster, names, shlex.join(command), via)
+    failed = []
+    for name, (code, output) in results.items():
+        console.print(f"[bold]{name}[/bold] ({cluster.hostname(name)})" + ("" if code == 0 else f" [red]exit {code}[/red]"))
+        for line in output.splitlines() or ["(no output)"]:
+            click.echo(f"  {line}")
+        if code != 0:
+            failed.append(name)
+    if failed:
+        raise CeilError(f"the command failed on {', '.join(failed)}: see above")
 
 
 @click.command("ssh", context_settings={"ignore_unknown_options": True})

@@ -88,3 +88,30 @@ def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp
     assert execs == [["ssh", "pi-admin@10.42.0.11", "df", "-h"]]
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "nine"])
     assert result.exit_code != 0 and "not in the cluster" in str(result.exception)
+
+
+def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(argv, **kw):
+        calls.append(argv)
+        dest = argv[-2]
+        code = 1 if dest.endswith("10.42.0.12") else 0
+        return subprocess.CompletedProcess(argv, code, f" 07:00 up 1 day ({dest})\n", "")
+
+    monkeypatch.setattr(workstation.subprocess, "run", fake_run)
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "uptime"])
+    assert result.exit_code != 0 and "failed on two" in str(result.exception)
+    out = result.output
+    assert out.index("router (ceil-router)") < out.index("one (ceil-one)") < out.index("two (ceil-two) exit 1")
+    assert "up 1 day (pi-admin@10.42.0.11)" in out
+    assert sorted(calls) == sorted([
+        ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"pi-admin@{ip}", "uptime"]
+        for ip in ("10.42.0.1", "10.42.0.11", "10.42.0.12")])
+    calls.clear()
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "--on", "one",
+                                                          "--via", "192.168.1.50", "--", "df", "-h", "/"])
+    assert result.exit_code == 0, result.output
+    assert calls == [["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-J", "pi-admin@192.168.1.50",
+                      "pi-admin@10.42.0.11", "df -h /"]]
