@@ -197,6 +197,13 @@ def test_router_chrony_serves_lan_and_vpn_with_local_fallback(variant):
     assert "local stratum 10" in parsed and "server " not in parsed
 
 
+def test_router_chrony_takes_the_named_upstream_servers(tmp_path):
+    cluster = cluster_from({"network": {"ntp_servers": ["192.0.2.53", "ntp.example.org"]}})
+    parsed = chrony_parse(render(cluster, "router", tmp_path) / "etc/chrony/ceil.conf")
+    assert "server 192.0.2.53 iburst" in parsed and "server ntp.example.org iburst" in parsed
+    assert "local stratum 10" in parsed  # still serving its own clock until one answers
+
+
 def test_node_chrony_syncs_from_the_router(tmp_path):
     cluster = cluster_from()
     out = render(cluster, "two", tmp_path)
