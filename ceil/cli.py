@@ -16,6 +16,7 @@ from rich.markup import escape
 from . import __version__
 from .bakery import BakeContext, bake, clean_stale
 from .catalog import load_flavor
+from .compat import router_baked, stale_router_warning
 from .config import load_cluster
 from .errors import CeilError
 from .features import preflight
@@ -65,12 +66,16 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
     for warning in preflight(cluster, chosen, load_flavor(cluster.flavor)):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
+    if warning := stale_router_warning(store, chosen):
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)
     for r in chosen:
         start = time.monotonic()
         console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
         path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap))
+        if r == "router":
+            router_baked(store)
         console.print(f"[green]wrote {path}[/green] in {time.monotonic() - start:.1f}s")
 
 

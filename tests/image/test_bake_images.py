@@ -325,3 +325,10 @@ def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
     result = run_bake("--role", "one", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
     assert result.returncode == 1 and "sha256" in result.stderr and "0" * 64 in result.stderr
     assert not (tmp_path / "out" / "ceil-one.img").exists()
+
+
+def test_the_bake_records_the_routers_contract(baked):
+    """compat: a later bake of nodes alone can tell whether this router serves what they expect."""
+    from ceil.compat import ROUTER_CONTRACT
+
+    assert (baked["dir"] / "secrets" / "router-contract").read_text() == f"{ROUTER_CONTRACT}\n"
