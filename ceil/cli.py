@@ -154,6 +154,15 @@ def main(argv: list[str] | None = None) -> None:
     except CeilError as e:
         console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         sys.exit(1)
+    except Exception as e:
+        from .addons.job.kube import ApiError
+
+        if not isinstance(e, ApiError):
+            raise
+        console.print(f"[red]error:[/red] {escape(str(e))}. The workstation needs a way to the cluster LAN"
+                      " (README, \"Your way in\": the VPN, a trusted network and `bake.py route`, or `bake.py ssh`)",
+                      soft_wrap=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted: nothing half-written was kept")
         sys.exit(130)

@@ -63,10 +63,14 @@ class Context:
             from .job.kube import KubeApi, KubeconfigTransport
         except ImportError as e:  # pragma: no cover - depends on the installed extras
             raise CeilError(f"{e}: pip install -e '.[cluster]' for the kubernetes client") from None
+        from .job.kube import Backoff
+
         try:
-            return KubeApi(KubeconfigTransport(kubeconfig), log=lambda m: click.echo(f"  {m}"))
+            transport = KubeconfigTransport(kubeconfig, timeout=10.0)
         except Exception as e:
             raise CeilError(f"cannot use kubeconfig {kubeconfig}: {e}") from None
+        # A person is waiting: three tries in about 3 s, not the server job's patient minutes.
+        return KubeApi(transport, backoff=Backoff(attempts=3), log=lambda m: click.echo(f"  {m}"))
 
 
 def cluster_options(command):

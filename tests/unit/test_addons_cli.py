@@ -111,3 +111,27 @@ def test_grafana_password_is_made_once_and_kept(tmp_path):
     first = run(addons_group, args).output
     assert len(first.strip()) == 32 and run(addons_group, args).output == first
     assert (tmp_path / "secrets" / "grafana-admin-password").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unreachable_cluster_is_one_line_and_fast(tmp_path, capsys):
+    """Issue 19 #4: it was a Python traceback after 90 s of retries."""
+    import socket
+    import time
+
+    from ceil import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    with KubeApiStandIn() as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    text = kubeconfig.read_text()
+    kubeconfig.write_text(text.replace(text.split("server: ")[1].split()[0], f"http://127.0.0.1:{port}"))
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["dashboard-token", "--config", str(tmp_path / "cluster.yaml"), "--kubeconfig", str(kubeconfig)])
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert exit_.value.code == 1 and time.monotonic() - started < 20
+    assert "cannot reach the API server" in out and "Your way in" in out and "Traceback" not in out

@@ -65,9 +65,21 @@ class KubeconfigTransport:
         try:
             r = self.pool.request(method, url, body=body, headers=headers,
                                   timeout=self.timeout, retries=False)
+        except urllib3.exceptions.SSLError as e:
+            # Not worth a retry: something answers, but not with the certificate this kubeconfig
+            # trusts (another cluster at that address, or a kubeconfig from an older set of keys).
+            raise ApiError(f"{method} {self.host}{path}: the server's TLS certificate is not the one this"
+                           f" kubeconfig trusts ({e.__class__.__name__}: {_reason(e)})") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ApiError(f"{method} {path}: cannot reach the API server: {e}", transient=True) from None
+            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
+                           transient=True) from None
         return r.status, r.data
+
+
+def _reason(e: Exception) -> str:
+    """The innermost cause urllib3 wraps (a refused connection, a timeout), in one line."""
+    inner = getattr(e, "reason", None) or e
+    return str(getattr(inner, "reason", None) or inner).splitlines()[0][:300]
 
 
 @dataclass
