@@ -13,7 +13,8 @@ import click
 import yaml
 
 from .catalog import available, load_flavor
-from .config import load_cluster
+from .config import Cluster, parse_cluster
+from .features import preflight
 from .errors import CeilError
 from .features import RoleContext, render_features
 from .secrets import SecretStore
@@ -29,6 +30,9 @@ def _default_key() -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+HEADER = "# Written by `bake.py init`; every key is explained in cluster.example.yaml.\n"
 
 
 def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None, psk: str | None,
@@ -48,9 +52,8 @@ def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None
     return cfg
 
 
-def generate_secrets(config_path: Path, store: SecretStore) -> None:
+def generate_secrets(cluster: Cluster, store: SecretStore) -> None:
     """Render every role's payload once (and throw it away): that creates all shared secrets."""
-    cluster = load_cluster(config_path)
     flavor = load_flavor(cluster.flavor)
     for role in cluster.roles:
         with tempfile.TemporaryDirectory() as d:
@@ -86,20 +89,29 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     except ValueError as e:
         raise CeilError(f"{key_file}: {e}") from None
     uplink = uplink or ask("Router uplink", default="wifi", type=click.Choice(["wifi", "ethernet"]))
-    psk = None
+    psk = from_env = None
     if uplink == "wifi":
         ssid = ssid or ask("WiFi network name (SSID)", default=None)
         country = (country or ask("WiFi country code", default="DE")).upper()
-        psk = os.environ.get("CEIL_WIFI_PSK") or (None if yes else click.prompt("WiFi passphrase", hide_input=True))
+        from_env = os.environ.get("CEIL_WIFI_PSK")
+        psk = from_env or (None if yes else click.prompt("WiFi passphrase", hide_input=True))
         if not ssid or not psk:
-            raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (prompt, or CEIL_WIFI_PSK)")
+            raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (the prompt, or CEIL_WIFI_PSK"
+                            " in the environment); or choose --uplink ethernet")
     nodes = nodes or int(ask("Number of k3s nodes", default=4, type=int))
     cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
+    # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
+    # no half of secrets/ behind.
+    cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
+    preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
+    if uplink == "wifi" and from_env:
+        # A secret from the environment stays there: the file names the variable, as a user would.
+        cfg["router"]["uplink"]["wifi"]["psk"] = "${CEIL_WIFI_PSK}"
+    text = HEADER + yaml.safe_dump(cfg, sort_keys=False)
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the WiFi passphrase
     with os.fdopen(fd, "w") as f:
-        f.write("# Written by `bake.py init`; every key is explained in cluster.example.yaml.\n")
-        yaml.safe_dump(cfg, f, sort_keys=False)
+        f.write(text)
     store = SecretStore(config_path.parent / "secrets")
-    generate_secrets(config_path, store)
+    generate_secrets(cluster, store)
     console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
     console.print("next: python bake.py --all")

@@ -20,8 +20,11 @@ def test_init_writes_config_and_secrets(tmp_path, ssh_pubkey, monkeypatch):
     assert r.returncode == 0, r.stderr
     cfg = tmp_path / "cluster.yaml"
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    monkeypatch.setenv("CEIL_WIFI_PSK", "a-good-passphrase")
     cluster = load_cluster(cfg)
     assert cluster.roles == ["router", "one", "two", "three"] and cluster.router.uplink.wifi.country == "DE"
+    # Issue 19: a passphrase from the environment is never written; the file names the variable.
+    assert "a-good-passphrase" not in cfg.read_text() and "${CEIL_WIFI_PSK}" in cfg.read_text()
     secrets = tmp_path / "secrets"
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     files = [p for p in secrets.rglob("*") if p.is_file() and p.name != ".gitignore"]
@@ -29,6 +32,21 @@ def test_init_writes_config_and_secrets(tmp_path, ssh_pubkey, monkeypatch):
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
     again = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_init_checks_everything_before_writing_anything(tmp_path, ssh_pubkey):
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    env = {**__import__("os").environ, "CEIL_WIFI_PSK": "a-good-passphrase"}
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "wifi", "--ssid", "Home", "--country", "XX"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "not an ISO 3166-1 country code" in r.stderr
+    assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key)],
+                       cwd=tmp_path, env={k: v for k, v in env.items() if k != "CEIL_WIFI_PSK"},
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "--ssid" in r.stderr and "--uplink ethernet" in r.stderr
 
 
 def test_init_rejects_a_bad_key(tmp_path):
