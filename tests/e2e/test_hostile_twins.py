@@ -24,5 +24,9 @@ def test_first_boot_waits_for_unattended_upgrades_instead_of_failing(nodes, clus
         assert "holding /var/lib/dpkg/lock-frontend" in holder, f"{name}: the twin's lock holder did not run"
         assert "is held (unattended-upgrades?): waiting for it" in packages, f"{name}:\n{packages}"
         assert status["steps"]["packages"]["state"] == "done", f"{name}: {status['steps']['packages']}"
-        for refusal in ("Could not get lock", "Unable to acquire the dpkg frontend lock", "is held by process"):
-            assert refusal not in packages, f"{name}: an apt call failed on a lock:\n{packages}"
+        # apt's own wait ("Waiting for cache lock: Could not get lock ... held by process ...", from
+        # DPkg::Lock::Timeout) is fine: with the stale-clock twin, the clock's jump to the bake time
+        # fires Debian's Persistent apt-daily timer, whose apt-get may hold the lock for a while.
+        # What must not appear is apt giving up on a lock (an "E:" line).
+        refusals = [line for line in packages.splitlines() if line.startswith("E:") and "lock" in line.lower()]
+        assert not refusals, f"{name}: an apt call failed on a lock:\n{packages}"
