@@ -193,6 +193,8 @@ DIAGNOSTICS = {
     "cloud-init.log": "sudo cat /var/log/cloud-init.log",
     "journal-boot.txt": "sudo journalctl -b --no-pager -o short-monotonic",
     "ip.txt": "ip -d addr; ip route; cat /etc/resolv.conf",
+    "time.txt": "date -u; stat -c 'clock-epoch %y' /usr/lib/clock-epoch; chronyc -n sources -v; chronyc -n sourcestats;"
+                " chronyc -n tracking",
 }
 
 
