@@ -71,9 +71,14 @@ def generate_secrets(cluster: Cluster, store: SecretStore) -> None:
 @click.option("--ssid", help="WiFi network name (uplink wifi).")
 @click.option("--country", help="WiFi country code, e.g. DE (uplink wifi).")
 @click.option("--nodes", type=click.IntRange(1, len(NODE_NAMES)), help="How many k3s nodes (the first is the server).")
+@click.option("--vpn-endpoint", metavar="HOST[:PORT]", help="Where VPN clients dial the router: its public"
+              " name or address, or on the home network its name there [default: NAME-router].")
+@click.option("--vpn-client", "vpn_client", default="laptop", show_default=True, metavar="NAME",
+              help="The first VPN client, baked into the router (empty: none).")
 @click.option("--yes", is_flag=True, help="Take defaults for everything not given; ask nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing cluster.yaml.")
-def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, yes, force):
+def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, vpn_endpoint, vpn_client,
+                 yes, force):
     """Write a cluster.yaml from a few questions and generate the cluster's secrets/."""
     if config_path.exists() and not force:
         raise CeilError(f"{config_path} exists: edit it, or run init with --force to start over")
@@ -99,7 +104,12 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
             raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (the prompt, or CEIL_WIFI_PSK"
                             " in the environment); or choose --uplink ethernet")
     nodes = nodes or int(ask("Number of k3s nodes", default=4, type=int))
+    # The way in from the workstation (README, "Your way in"): a VPN client that works from the
+    # home network at once (the router's name there), or from anywhere with a public name.
+    vpn_endpoint = vpn_endpoint or ask("VPN endpoint (the router's public name, or its name on your network)",
+                                       default=f"{name}-router")
     cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
+    cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
     # no half of secrets/ behind.
     cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
@@ -112,6 +122,14 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     with os.fdopen(fd, "w") as f:
         f.write(text)
     store = SecretStore(config_path.parent / "secrets")
+    client_path = None
+    if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
+        from .wireguard import add_client, client_secret_name
+
+        add_client(cluster, store, vpn_client)
+        client_path = store.path(client_secret_name(vpn_client))
     generate_secrets(cluster, store)
     console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
+    if client_path:
+        console.print(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)")
     console.print("next: python bake.py --all")

@@ -30,6 +30,12 @@ def test_init_writes_config_and_secrets(tmp_path, ssh_pubkey, monkeypatch):
     files = [p for p in secrets.rglob("*") if p.is_file() and p.name != ".gitignore"]
     assert any("k3s" in str(p) for p in files) and any("wireguard" in str(p) for p in files)
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    # ... and a way in: the first VPN client, made before the router's secrets (so the router is
+    # baked knowing it), dialing the router's name on the home network by default.
+    assert cluster.vpn.endpoint == "ceil-router"
+    client = (secrets / "wireguard/clients/laptop.conf").read_text()
+    assert "Endpoint = ceil-router:51820" in client and str(cluster.network.lan_cidr) in client
+    assert "laptop.conf" in r.stdout + r.stderr
     again = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 1 and "exists" in again.stderr
 
