@@ -130,6 +130,7 @@ PLUGINS = [
     ("ceil.workstation", "route_command"),
     ("ceil.workstation", "ssh_command"),
     ("ceil.workstation", "run_command"),
+    ("ceil.nodes", "node_group"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),

@@ -187,6 +187,27 @@ class KubeApi:
             raise ApiError(f"apply {obj['kind']}/{meta['name']}: 404 (namespace missing?)", 404)
         return answer
 
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             field_selector: str | None = None) -> list[dict]:
+        query = {"fieldSelector": field_selector} if field_selector else None
+        answer = self.call("GET", self.path(api_version, kind, None, namespace), query=query)
+        return (answer or {}).get("items", [])
+
+    def merge_patch(self, api_version: str, kind: str, name: str, patch: dict, namespace: str | None = None) -> dict | None:
+        return self.call("PATCH", self.path(api_version, kind, name, namespace),
+                         body=json.dumps(patch).encode(), content_type="application/merge-patch+json")
+
+    def evict(self, namespace: str, pod: str) -> bool:
+        """The Eviction API (respects PodDisruptionBudgets); False when the pod is already gone."""
+        body = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                           "metadata": {"name": pod, "namespace": namespace}}).encode()
+        path = self.path("v1", "Pod", pod, namespace) + "/eviction"
+        return self.call("POST", path, body=body, content_type="application/json") is not None
+
+    def delete_named(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+        return self.delete({"apiVersion": api_version, "kind": kind,
+                            "metadata": {"name": name, **({"namespace": namespace} if namespace else {})}})
+
     def request_token(self, namespace: str, service_account: str, seconds: int) -> dict:
         """A TokenRequest for the service account: the token and when it expires (`status`)."""
         path = self.path("v1", "ServiceAccount", service_account, namespace) + "/token"

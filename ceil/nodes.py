@@ -1,0 +1,113 @@
+"""`bake.py node remove NAME`: take a node out of the running cluster, leaving nothing of it
+behind (issue 19, day two): cordoned and drained, its Node object and its k3s node-password
+Secret deleted, its DHCP lease and status-board entry removed on the router. A replacement card
+baked under the same name then joins as a new machine.
+
+The only server of a cluster whose datastore is k3s's SQLite holds the whole cluster: removing
+it is refused (there is no backup and restore of the datastore yet).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from .addons.cli import Context, cluster_options
+from .config import Cluster
+from .errors import CeilError
+
+STATUS_BOARD_DIR = "/var/lib/ceil-status-board"
+LEASES = "/var/lib/misc/dnsmasq.leases"
+
+
+def refuse_the_only_server(cluster: Cluster, name: str) -> None:
+    node = cluster.node(name)
+    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    if node.role == "server" and len(servers) == 1:
+        raise CeilError(
+            f"{name} is the cluster's only server: its datastore (k3s's SQLite) is the whole cluster,"
+            " and nothing could take over. Re-flash it under the same name instead (it keeps its"
+            " password and rejoins), or add a second server first")
+
+
+def drain_and_delete(api, node_name: str, log, timeout: float = 120, poll: float = 2) -> list[str]:
+    """Cordon, evict every pod but DaemonSet and mirror pods, wait for them to go, delete the
+    Node and its node-password Secret. Returns what was done, one line each."""
+    done = []
+    if api.get("v1", "Node", node_name) is None:
+        done.append(f"Node {node_name}: not in the cluster")
+    else:
+        api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": True}})
+        done.append(f"Node {node_name}: cordoned")
+        pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
+                if not _stays(p)]
+        for pod in pods:
+            meta = pod["metadata"]
+            api.evict(meta["namespace"], meta["name"])
+            log(f"evicting {meta['namespace']}/{meta['name']}")
+        deadline = time.monotonic() + timeout
+        while pods and time.monotonic() < deadline:
+            pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
+                    if not _stays(p) and not p["metadata"].get("deletionTimestamp")]
+            if pods:
+                time.sleep(poll)
+        if pods:
+            raise CeilError(f"{len(pods)} pod(s) on {node_name} were not evicted within {timeout:.0f} s"
+                            f" (a PodDisruptionBudget?): {', '.join(p['metadata']['name'] for p in pods)}")
+        done.append(f"Node {node_name}: drained")
+        api.delete_named("v1", "Node", node_name)
+        done.append(f"Node {node_name}: deleted")
+    secret = f"{node_name}.node-password.k3s"  # k3s keeps each agent's password hash here
+    gone = api.delete_named("v1", "Secret", secret, "kube-system")
+    done.append(f"Secret kube-system/{secret}: {'deleted' if gone else 'not there'}")
+    return done
+
+
+def _stays(pod: dict) -> bool:
+    """DaemonSet pods are recreated anyway and mirror pods belong to the kubelet: drain skips them."""
+    owners = pod["metadata"].get("ownerReferences") or []
+    mirror = "kubernetes.io/config.mirror" in (pod["metadata"].get("annotations") or {})
+    return mirror or any(o.get("kind") == "DaemonSet" for o in owners)
+
+
+def router_cleanup_command(cluster: Cluster, name: str) -> str:
+    """Shell for the router: the node's status-board entry and its DHCP lease (dnsmasq reads its
+    lease file only at start, so it is stopped for the edit)."""
+    ip = cluster.node(name).ip
+    return (f"sudo rm -f {STATUS_BOARD_DIR}/{name}.json && sudo sh -c 'systemctl stop dnsmasq &&"
+            f" sed -i \"/ {ip} /d\" {LEASES}; systemctl start dnsmasq'")
+
+
+@click.group("node")
+def node_group() -> None:
+    """Day two: take nodes out of the running cluster."""
+
+
+@node_group.command("remove")
+@cluster_options
+@click.option("--via", metavar="ADDRESS", help="Reach the router through this address (see `bake.py ssh`).")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.argument("name")
+def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, name) -> None:
+    """Drain NAME and delete it from the cluster (Node, node-password Secret), then clear its DHCP
+    lease and status-board entry on the router. Remove it from cluster.yaml afterwards, or flash a
+    replacement card under the same name."""
+    from .workstation import run_everywhere
+
+    obj = Context(config_path, secrets_path, kubeconfig_path)
+    cluster = obj.cluster
+    refuse_the_only_server(cluster, name)
+    node_name = cluster.hostname(name)
+    if not yes:
+        click.confirm(f"drain {node_name} and delete it from the cluster?", abort=True)
+    with obj.kubeconfig_path() as kubeconfig:
+        for line in drain_and_delete(obj.api(kubeconfig), node_name, log=lambda m: click.echo(f"  {m}")):
+            click.echo(line)
+    code, output = run_everywhere(cluster, ["router"], router_cleanup_command(cluster, name), via)["router"]
+    if code != 0:
+        raise CeilError(f"the cluster no longer has {node_name}, but the router's cleanup failed ({output});"
+                        f" run it by hand: {router_cleanup_command(cluster, name)}")
+    click.echo(f"router: lease of {cluster.node(name).ip} and status-board entry removed")
+    click.echo(f"done: remove {name} from cluster.yaml, or flash a replacement baked under the same name")

@@ -1,0 +1,42 @@
+"""`bake.py node remove` against the real API server (issue 19, day two): cordon, evict, delete
+the Node and k3s's node-password Secret. No kubelet runs here, so the node and its pod are made
+by hand; kube-controller-manager's pod GC removes the evicted pod once its node is gone."""
+
+from __future__ import annotations
+
+import json
+
+from ceil.addons.job.kube import KubeApi, KubeconfigTransport
+from ceil.config import load_cluster
+from ceil.nodes import drain_and_delete
+
+from .conftest import kubectl
+
+
+def test_a_removed_node_leaves_no_node_object_and_no_node_password(lab, kubeconfig, workstation, tmp_path):
+    cluster = load_cluster(workstation / "cluster.yaml")
+    agent = next(n for n in cluster.nodes if n.role == "agent")
+    name = cluster.hostname(agent.name)
+    objects = [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}},
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+         "metadata": {"name": f"{name}.node-password.k3s", "namespace": "kube-system"},
+         "stringData": {"hash": "$1:not-a-real-hash"}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "drain-test"}},
+        # Made by hand: the lab's controller manager does not run the service-account controller.
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "drain-test"}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-on-agent", "namespace": "drain-test"},
+         "spec": {"nodeName": name, "containers": [{"name": "web", "image": "example.invalid/web:1"}]}},
+    ]
+    (tmp_path / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    kubectl(kubeconfig, "create", "-f", str(tmp_path / "objects.json"))
+    api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
+    done = drain_and_delete(api, name, log=lambda m: None, timeout=60, poll=1)
+    assert done == [f"Node {name}: cordoned", f"Node {name}: drained", f"Node {name}: deleted",
+                    f"Secret kube-system/{name}.node-password.k3s: deleted"]
+    assert kubectl(kubeconfig, "get", "node", name, check=False).returncode != 0
+    assert kubectl(kubeconfig, "-n", "kube-system", "get", "secret", f"{name}.node-password.k3s",
+                   check=False).returncode != 0
+    # A second run finds nothing left to do, and says so.
+    assert drain_and_delete(api, name, log=lambda m: None) == [
+        f"Node {name}: not in the cluster", f"Secret kube-system/{name}.node-password.k3s: not there"]

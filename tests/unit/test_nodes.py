@@ -1,0 +1,46 @@
+"""`bake.py node remove`: what it refuses and what it asks of the router (the cluster side runs
+against the real API server in tests/apiserver/test_node_remove.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from ceil import nodes, workstation
+from ceil.config import parse_cluster
+from ceil.errors import CeilError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
+router: {{uplink: {{type: ethernet}}}}
+nodes: [{{name: one, role: server, ip: 10.42.0.11}}, {{name: two, ip: 10.42.0.12}}]
+"""
+
+
+def test_the_only_server_is_not_removed():
+    with pytest.raises(CeilError, match="only server"):
+        nodes.refuse_the_only_server(parse_cluster(CLUSTER), "one")
+    nodes.refuse_the_only_server(parse_cluster(CLUSTER), "two")
+    ha = CLUSTER.replace("{name: two, ip: 10.42.0.12}", "{name: two, role: server, ip: 10.42.0.12}")
+    nodes.refuse_the_only_server(parse_cluster(ha), "one")
+
+
+def test_the_router_forgets_the_nodes_lease_and_status(tmp_path):
+    cmd = nodes.router_cleanup_command(parse_cluster(CLUSTER), "two")
+    assert "rm -f /var/lib/ceil-status-board/two.json" in cmd and "/ 10.42.0.12 /d" in cmd
+    subprocess.run(["sh", "-n", "-c", cmd], check=True)
+    # The lease edit, run on a copy of a real lease file: only that node's line goes.
+    leases = tmp_path / "leases"
+    leases.write_text("1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n1796 02:00:00:00:aa:02 10.42.0.12 ceil-two *\n")
+    subprocess.run(["sed", "-i", "/ 10.42.0.12 /d", str(leases)], check=True)
+    assert leases.read_text() == "1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n"
+
+
+def test_remove_refuses_before_touching_anything(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(workstation.subprocess, "run", lambda *a, **k: calls.append(a))
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(nodes.node_group, ["remove", "--config", str(tmp_path / "cluster.yaml"), "--yes", "one"])
+    assert result.exit_code != 0 and "only server" in str(result.exception) and calls == []
