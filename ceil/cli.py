@@ -16,7 +16,8 @@ from rich.markup import escape
 from . import __version__
 from .bakery import BakeContext, bake, clean_stale
 from .catalog import load_flavor
-from .compat import router_baked, stale_router_warning
+from .compat import (check_no_k3s_downgrade, check_secrets_format, node_baked, router_baked,
+                     stale_router_warning)
 from .config import load_cluster
 from .errors import CeilError
 from .features import preflight
@@ -66,6 +67,10 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
     for warning in preflight(cluster, chosen, load_flavor(cluster.flavor)):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
+    check_secrets_format(store)
+    for r in chosen:
+        if r != "router":
+            check_no_k3s_downgrade(store, r, cluster.kubernetes.k3s_version)
     if warning := stale_router_warning(store, chosen):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +81,9 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
         path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap))
         if r == "router":
             router_baked(store)
+        else:
+            node_baked(store, r, cluster.kubernetes.k3s_version)
+        check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
         console.print(f"[green]wrote {path}[/green] in {time.monotonic() - start:.1f}s")
 
 

@@ -10,6 +10,9 @@ record existed) says what changed and that the router must be baked and flashed 
 
 from __future__ import annotations
 
+import re
+
+from .errors import CeilError
 from .k3s.token import SERVER_SECRET
 from .secrets import SecretStore
 
@@ -44,3 +47,49 @@ def stale_router_warning(store: SecretStore, roles: list[str]) -> str | None:
     missing = "; ".join(text for version, text in sorted(CHANGES.items()) if version > have)
     return (f"the router was baked by an older ceil (contract {have}, now {ROUTER_CONTRACT}): {missing}."
             " Bake and flash the router again before these nodes (python bake.py --role router)")
+
+
+# ---- secrets/ format, and the k3s a node was last baked with ---------------------------------
+
+# secrets/FORMAT: the layout of secrets/ this ceil writes. A newer number means a newer ceil wrote
+# it (and may rely on files this one does not know): refused rather than half-understood.
+SECRETS_FORMAT = 2
+FORMAT_FILE = "FORMAT"
+K3S_RECORD = "nodes/{name}.k3s-version"
+
+
+def check_secrets_format(store: SecretStore) -> None:
+    """Refuse a secrets/ written by a newer ceil; stamp ours on one that has none or an older one
+    (every change so far only added files, which the bake makes when missing)."""
+    if store.exists(FORMAT_FILE):
+        have = int(store.read(FORMAT_FILE).decode().strip() or 0)
+        if have > SECRETS_FORMAT:
+            raise CeilError(
+                f"{store.path(FORMAT_FILE)} says format {have}, but this ceil knows format {SECRETS_FORMAT}:"
+                " a newer ceil wrote secrets/. Update ceil (git pull) before baking with it")
+        if have == SECRETS_FORMAT:
+            return
+    if store.root.is_dir():
+        store.write(FORMAT_FILE, f"{SECRETS_FORMAT}\n".encode())
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v))
+
+
+def check_no_k3s_downgrade(store: SecretStore, name: str, k3s_version: str) -> None:
+    """A node re-baked with an older k3s than it last ran would join with a kubelet older than the
+    server's, which Kubernetes' version skew policy does not allow (and k3s refuses to start on a
+    datastore a newer one migrated)."""
+    record = K3S_RECORD.format(name=name)
+    if store.exists(record):
+        last = store.read(record).decode().strip()
+        if _version(k3s_version) < _version(last):
+            raise CeilError(
+                f"kubernetes.k3s_version {k3s_version} is older than the {last} node {name} was last baked"
+                f" with: a re-flashed node must not downgrade (Kubernetes' version skew policy). Set"
+                f" kubernetes.k3s_version to {last} or newer")
+
+
+def node_baked(store: SecretStore, name: str, k3s_version: str) -> None:
+    store.write(K3S_RECORD.format(name=name), f"{k3s_version}\n".encode())

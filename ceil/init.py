@@ -13,6 +13,7 @@ import click
 import yaml
 
 from .catalog import available, load_flavor
+from .compat import check_secrets_format
 from .config import Cluster, parse_cluster
 from .features import preflight
 from .errors import CeilError
@@ -129,6 +130,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         add_client(cluster, store, vpn_client)
         client_path = store.path(client_secret_name(vpn_client))
     generate_secrets(cluster, store)
+    check_secrets_format(store)
     console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
     if client_path:
         console.print(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)")

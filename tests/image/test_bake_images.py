@@ -332,3 +332,7 @@ def test_the_bake_records_the_routers_contract(baked):
     from ceil.compat import ROUTER_CONTRACT
 
     assert (baked["dir"] / "secrets" / "router-contract").read_text() == f"{ROUTER_CONTRACT}\n"
+    from ceil.compat import SECRETS_FORMAT
+
+    assert (baked["dir"] / "secrets" / "FORMAT").read_text() == f"{SECRETS_FORMAT}\n"
+    assert (baked["dir"] / "secrets" / "nodes" / "one.k3s-version").read_text().startswith("v1.")

@@ -26,3 +26,33 @@ def test_nodes_for_a_router_baked_before_the_registry_accounts_are_warned_about(
     compat.router_baked(store)
     assert compat.stale_router_warning(store, ["one"]) is None
     assert (tmp_path / "router-contract").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_secrets_folder_from_a_newer_ceil_is_refused_and_an_older_one_stamped(tmp_path):
+    import pytest
+
+    from ceil.errors import CeilError
+
+    store = SecretStore(tmp_path / "secrets")
+    store.token(SERVER_SECRET)  # an existing cluster, from before the format stamp
+    compat.check_secrets_format(store)
+    assert (tmp_path / "secrets/FORMAT").read_text() == f"{compat.SECRETS_FORMAT}\n"
+    store.write(compat.FORMAT_FILE, b"99\n")
+    with pytest.raises(CeilError, match="format 99.*newer ceil"):
+        compat.check_secrets_format(store)
+    compat.check_secrets_format(SecretStore(tmp_path / "none"))  # nothing yet: nothing to stamp
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_node_is_never_rebaked_with_an_older_k3s(tmp_path):
+    import pytest
+
+    from ceil.errors import CeilError
+
+    store = SecretStore(tmp_path)
+    compat.check_no_k3s_downgrade(store, "two", "v1.35.4+k3s1")  # never baked: fine
+    compat.node_baked(store, "two", "v1.36.1+k3s1")
+    compat.check_no_k3s_downgrade(store, "two", "v1.36.1+k3s2")
+    compat.check_no_k3s_downgrade(store, "two", "v1.37.0+k3s1")
+    with pytest.raises(CeilError, match="older than the v1.36.1\\+k3s1 node two was last baked with"):
+        compat.check_no_k3s_downgrade(store, "two", "v1.35.9+k3s1")
