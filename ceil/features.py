@@ -218,6 +218,8 @@ def _render_tree(feature: Feature, variables: dict, dest: Path) -> None:
                     text = env.get_template(rel.as_posix()).render(**variables)
                 except jinja2.TemplateError as e:
                     raise ConfigError(f"firstboot/{feature.name}/{rel}: template error: {e}") from None
+                if not text.strip():
+                    continue  # a file this role does not get (e.g. a router-only unit)
                 target.write_text(text)
             else:
                 target.write_bytes(src.read_bytes())

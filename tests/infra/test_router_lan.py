@@ -190,6 +190,8 @@ def test_from_the_lan_the_lan_services_answer(nodes, cluster):
 
 def test_router_serves_time_and_nodes_sync_from_it(router, nodes, cluster):
     assert router.service("chrony").is_running
+    # Decides when the router may serve its own clock (after its upstream had 180 s to answer).
+    assert router.service("ceil-chrony-local").is_running
     router_ip = str(cluster.network.router_ip)
     for name, host in each_node(nodes):
         # A few 64 s polls (maxpoll 6) after the router's last reboot or power cut.

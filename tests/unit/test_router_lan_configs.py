@@ -194,14 +194,19 @@ def test_router_chrony_serves_lan_and_vpn_with_local_fallback(variant):
     parsed = chrony_parse(out / "etc/chrony/ceil.conf")
     assert f"allow {cluster.network.lan_cidr}" in parsed
     assert (f"allow {cluster.vpn.subnet}" in parsed) == cluster.vpn.enabled
-    assert "local stratum 10" in parsed and "server " not in parsed
+    assert "server " not in parsed
+    # The router's own clock is served from ceil-chrony-local.service, after the upstream had its
+    # chance (test_router_lan_netns shows both halves with a real chronyd).
+    assert "local" not in parsed
+    unit = (out / "units/ceil-chrony-local.service").read_text()
+    assert "ExecStart=/usr/local/lib/ceil/ceil-chrony-local" in unit and "PartOf=chrony.service" in unit
 
 
 def test_router_chrony_takes_the_named_upstream_servers(tmp_path):
     cluster = cluster_from({"network": {"ntp_servers": ["192.0.2.53", "ntp.example.org"]}})
     parsed = chrony_parse(render(cluster, "router", tmp_path) / "etc/chrony/ceil.conf")
     assert "server 192.0.2.53 iburst" in parsed and "server ntp.example.org iburst" in parsed
-    assert "local stratum 10" in parsed  # still serving its own clock until one answers
+    assert "local" not in parsed  # its own clock comes later, from ceil-chrony-local
 
 
 def test_node_chrony_syncs_from_the_router(tmp_path):
@@ -210,6 +215,7 @@ def test_node_chrony_syncs_from_the_router(tmp_path):
     parsed = chrony_parse(out / "etc/chrony/ceil.conf")
     assert f"server {cluster.network.router_ip} iburst prefer maxpoll 6" in parsed  # quick to resync after a router reboot
     assert "allow" not in parsed and "local stratum" not in parsed
+    assert not (out / "units/ceil-chrony-local.service").exists()  # a router-only unit
 
 
 def test_debian_chrony_conf_includes_the_dropin_dir():

@@ -59,7 +59,10 @@ def lab(tmp_path_factory):
                                            (out / "etc/dnsmasq/ceil.conf").read_text()))
         start_dnsmasq(lab, lab.dnsmasq_conf)
         chrony_conf = work / "chrony.conf"
-        chrony_conf.write_text((out / "etc/chrony/ceil.conf").read_text() + f"pidfile {work}/chronyd.pid\ncmdport 0\n")
+        chrony_conf.write_text((out / "etc/chrony/ceil.conf").read_text()
+                               + f"pidfile {work}/chronyd.pid\ncmdport 0\nbindcmdaddress {work}/chronyd.sock\n")
+        lab.chronyc = f"chronyc -h {work}/chronyd.sock"
+        lab.chrony_local = out / "lib/ceil-chrony-local"
         lab.start("rtr", "chronyd", "-x", "-d", "-u", "root", "-f", str(chrony_conf), log="chronyd.log")
         board = json.loads((out / "etc/status-board/config.json").read_text())
         board["state_dir"] = str(work / "board")
@@ -232,7 +235,13 @@ def chrony_query(lab: RouterLanLab, ns: str, server: str, wait: int) -> bool:
     return done.returncode == 0 and "System clock wrong by" in done.stdout + done.stderr
 
 
-def test_ntp_answers_the_lan_but_not_the_uplink(lab):
+def test_ntp_answers_the_lan_but_not_the_uplink_once_no_upstream_answered(lab):
+    # No upstream in the lab: until ceil-chrony-local gives up on one, the router serves nothing
+    # a client takes (a rebooted router's clock is minutes behind until its upstream answers).
+    assert not chrony_query(lab, "node", "10.42.0.1", wait=3)
+    done = lab.run("rtr", "env", "CEIL_CHRONY_LOCAL_AFTER=2", f"CEIL_CHRONYC={lab.chronyc}", "sh",
+                   str(lab.chrony_local), timeout=30)
+    assert "no upstream time after 2s: serving the router's own clock" in done.stdout
     assert chrony_query(lab, "node", "10.42.0.1", wait=10)
     assert not chrony_query(lab, "inet", ROUTER_UPLINK_IP, wait=3)
 

@@ -40,10 +40,9 @@ QEMU = {
 # second; an emulator gets ten minutes. The image's own cmdline.txt is not changed.
 TCG_APPEND = "systemd.default_device_timeout_sec=600"
 # Hostile twin (docs/testing.md): no Pi has a real-time clock, so a fresh card starts months in
-# the past. CEIL_E2E_STALE_CLOCK_DAYS=N starts every guest's RTC N days behind the host. Opt-in
-# (0 by default) until nodes resync reliably after the router's power cut: with it on, e2e7
-# passed but e2e8 (stop 17) saw node one without a selectable time source for over 300 s.
-STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "0"))
+# the past. Every guest's RTC starts CEIL_E2E_STALE_CLOCK_DAYS (150) days behind the host; 0
+# turns the twin off.
+STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "150"))
 
 
 def rtc_args(days: int = STALE_CLOCK_DAYS) -> list[str]:

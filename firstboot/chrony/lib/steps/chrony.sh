@@ -30,3 +30,8 @@ ceil_replace "$src" "$dst"
 # chrony.service on Debian/Ubuntu (chronyd.service is an alias there).
 ceil_enable chrony.service
 systemctl restart chrony.service
+# Router: ceil-chrony-local (WantedBy chrony) decides when the router may serve its own clock; it
+# waits minutes for the upstream, so --no-block. Nodes have no such unit.
+if [ -f /etc/systemd/system/ceil-chrony-local.service ]; then
+    systemctl restart --no-block ceil-chrony-local.service
+fi
