@@ -137,14 +137,30 @@ def write_payload(ctx: BakeContext) -> None:
         put_tree(ctx.staged_boot, ctx.payload.root, "ceil")
 
 
+REGDOM_PARAM = "cfg80211.ieee80211_regdom"
+
+
+def cmdline_flags(cluster: Cluster, role: str) -> list[str]:
+    """Kernel arguments the role needs on top of the image's own."""
+    if role != "router":
+        return K3S_CMDLINE_FLAGS
+    uplink = cluster.router.uplink
+    # The WiFi regulatory domain from the first moment the driver loads: Raspberry Pi OS keeps
+    # WiFi soft-blocked (rfkill) until a country is set, and Raspberry Pi Imager writes it here for
+    # the same reason; netplan's regulatory-domain comes later, from userspace.
+    return [f"{REGDOM_PARAM}={uplink.wifi.country}"] if uplink.is_wifi else []
+
+
 def edit_cmdline(ctx: BakeContext) -> None:
-    if ctx.role == "router" or not ctx.flavor.cmdline:
+    flags = cmdline_flags(ctx.cluster, ctx.role)
+    if not flags or not ctx.flavor.cmdline:
         return
-    with step("edit_cmdline", " ".join(K3S_CMDLINE_FLAGS)):
+    with step("edit_cmdline", " ".join(flags)):
         current = read_file(ctx.staged_boot, ctx.flavor.cmdline)
         if current is None:
             raise CeilError(f"{ctx.flavor.cmdline} not found on the boot partition of {ctx.base.source}")
-        write_file(ctx.staged_boot, ctx.flavor.cmdline, append_cmdline(current, K3S_CMDLINE_FLAGS), ctx.work)
+        updated = append_cmdline(current, flags, replace=(REGDOM_PARAM,))
+        write_file(ctx.staged_boot, ctx.flavor.cmdline, updated, ctx.work)
 
 
 def write_rootfs(ctx: BakeContext) -> None:

@@ -57,6 +57,11 @@ class Flavor(_Model):
     seed: Seed
     cmdline: str | None = "cmdline.txt"
     network: Literal["netplan-networkd", "netplan-nm", "ifupdown"]
+    # The name a USB Ethernet adapter (a router's wired uplink: a Pi has one built-in port, the
+    # LAN) gets on this OS: "eth1" where predictable names are off (Raspberry Pi OS, HypriotOS),
+    # "enx*" where udev names USB NICs by their MAC (Ubuntu: 73-usb-net-by-mac). A trailing *
+    # matches any name with that prefix (netplan `match`, nftables, dnsmasq take the pattern).
+    usb_ethernet: str = Field(default="eth1", pattern=r"^[a-zA-Z0-9_.:-]{1,15}$|^[a-zA-Z0-9_.:-]{1,14}\*$")
     cloud_init: Literal["modern", "legacy"] = "modern"
     # CPython of the image ("cp312"): PiWatch's wheels are bundled for it. None: no PiWatch bundle.
     python_tag: str | None = Field(default=None, pattern=r"^cp3\d+$")

@@ -53,10 +53,11 @@ def list_dir(image: Path, path: str = "") -> list[str]:
     return [line.rsplit("/", 1)[-1] for line in result.stdout.decode().splitlines() if line.strip()]
 
 
-def append_cmdline(current: bytes, flags: list[str]) -> bytes:
-    """cmdline.txt is one line: append each flag not already present, exactly once."""
+def append_cmdline(current: bytes, flags: list[str], replace: tuple[str, ...] = ()) -> bytes:
+    """cmdline.txt is one line: append each flag not already present, exactly once. A parameter
+    named in `replace` keeps only the given value (the image may carry another country)."""
     line = current.decode().strip().replace("\n", " ")
-    words = line.split()
+    words = [w for w in line.split() if w.split("=", 1)[0] not in replace or w in flags]
     for flag in flags:
         if flag not in words:
             words.append(flag)

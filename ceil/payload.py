@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .errors import ConfigError
 from .features import FIRSTBOOT_DIR, RoleContext, jinja_env, render_features
 
 CLOUD_INIT_DIR = Path(__file__).resolve().parent.parent / "cloud-init"
@@ -81,7 +82,13 @@ def _target(steps: list[str]) -> str:
 
 def render_seed(ctx: RoleContext, instance_id: str) -> dict[str, str]:
     env = jinja_env(CLOUD_INIT_DIR)
+    uplink = ctx.cluster.uplink_interface if ctx.role == "router" else None
+    if uplink and uplink.endswith("*") and ctx.flavor.network == "ifupdown":
+        # ifupdown's interfaces file names each interface; it has no pattern match.
+        raise ConfigError(f"router.uplink.interface: {uplink!r} is a pattern, and flavor {ctx.flavor.name}"
+                          " configures the network with ifupdown, which needs the exact name (e.g. eth1)")
     variables = {
+        "uplink_iface": uplink,
         **ctx.template_vars(),
         "instance_id": instance_id,
         "version": __version__,

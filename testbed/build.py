@@ -201,6 +201,9 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
         "suite": recipe.suite,
         "kernel": facts["kernel"],
         "cmdline": rootfs.cmdline(recipe, layout.disk_id),
+        # Hostile facts the harness must reproduce outside the image (e.g. the uplink NIC type).
+        "twin": {k: v for k, v in recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).items()
+                 if k in ("uplink_nic",)},
         "disk_id": layout.disk_id,
         "image_bytes": st.st_size,
         "image_allocated_bytes": st.st_blocks * 512,

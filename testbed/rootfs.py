@@ -21,12 +21,29 @@ from .recipe import Recipe
 log = logging.getLogger("testbed")
 
 
+# The Pi's built-in Ethernet port gets no predictable name (no firmware index, not on a PCI or
+# USB path udev names) and stays eth0; QEMU's virtio NICs play that port in the twin.
+BUILTIN_NIC_LINK_NAME = "10-testbed-builtin-nic.link"
+BUILTIN_NIC_LINK = """# ceil test bed: the virtio NICs stand in for a Pi's built-in port, which keeps the kernel's eth0.
+# No policy yields a name and Name= is unset, so udev leaves the kernel's name (systemd.link).
+[Match]
+Driver=virtio_net
+
+[Link]
+NamePolicy=kernel
+"""
+
+
 def mmdebstrap(recipe: Recipe, root: Path, logfile: Path) -> None:
     """Install the base into `root` (as root; a foreign arch runs under qemu-user)."""
     # initramfs-tools includes fsck for the root file system only if /etc/fstab names it: write it
     # after the essential packages, before the kernel's postinst builds the initramfs (once).
     fstab = shlex.quote(fstab_text(recipe))
     essential = f'printf %s {fstab} > "$1/etc/fstab"'
+    if recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("builtin_nic_keeps_kernel_name"):
+        # Before the initramfs is built: it carries /etc/systemd/network/*.link and names NICs.
+        link = shlex.quote(BUILTIN_NIC_LINK)
+        essential += f' && mkdir -p "$1/etc/systemd/network" && printf %s {link} > "$1/etc/systemd/network/{BUILTIN_NIC_LINK_NAME}"'
     # Under qemu-user every file and trigger costs: leave out what a test bed never reads
     # (manual pages, info, translations, docs except the copyright files).
     excludes = [f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "info", "locale", "doc")]

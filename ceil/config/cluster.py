@@ -149,5 +149,22 @@ class Cluster(Model):
         return f"{self.hostname(role)}.{self.domain}"
 
     @property
+    def uplink_interface(self) -> str:
+        """The router's uplink: router.uplink.interface, else wlan0 for WiFi, else the name the
+        flavor's OS gives a USB Ethernet adapter (eth1, or the pattern enx* on Ubuntu)."""
+        uplink = self.router.uplink
+        if uplink.interface:
+            return uplink.interface
+        if uplink.is_wifi:
+            return "wlan0"
+        from ..catalog import load_flavor  # the flavor knows its OS's naming; loaded only when asked
+
+        name = load_flavor(self.flavor).usb_ethernet
+        if name == self.router.lan_interface:
+            raise ConfigError(f"router.lan_interface is {name!r}, the name flavor {self.flavor} gives the USB"
+                              " Ethernet uplink: set router.uplink.interface to the uplink's name")
+        return name
+
+    @property
     def server(self) -> Node:
         return next(n for n in self.nodes if n.role == "server")

@@ -25,8 +25,9 @@ from pydantic import (
 
 from ..sshkeys import check_public_key
 
-HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-IFACE_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,15}$")
+# \Z, not $: Python's $ also matches before a final newline, and "one\n" reached the configs.
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+IFACE_RE = re.compile(r"^[a-zA-Z0-9_.:-]{1,15}\Z")
 
 
 def _label(value: str) -> str:
@@ -50,6 +51,16 @@ def _domain(value: str) -> str:
 def _iface(value: str) -> str:
     if not IFACE_RE.match(value):
         raise ValueError(f"{value!r} is not a valid network interface name (e.g. eth0, wlan0)")
+    return value
+
+
+def _iface_pattern(value: str) -> str:
+    """An interface name, or a prefix ending in * (a USB adapter named by its MAC: enx*)."""
+    if value.endswith("*") and IFACE_RE.match(value[:-1]) and len(value) <= 15:
+        return value
+    if not IFACE_RE.match(value):
+        raise ValueError(f"{value!r} is not a network interface name (e.g. eth1, wlan0) or a"
+                         " prefix ending in * (e.g. enx* for a USB adapter Ubuntu names by its MAC)")
     return value
 
 
@@ -114,6 +125,7 @@ HttpUrl = Annotated[str, AfterValidator(_url)]
 Label = Annotated[str, AfterValidator(_label)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Iface = Annotated[str, AfterValidator(_iface)]
+IfacePattern = Annotated[str, AfterValidator(_iface_pattern)]
 PublicKey = Annotated[str, AfterValidator(lambda k: check_public_key(k.strip()))]
 
 
@@ -208,7 +220,9 @@ class WiFi(Model):
 
 class Uplink(Model):
     type: Literal["wifi", "ethernet"] = "wifi"
-    interface: Iface | None = None
+    # Unset: wlan0 for WiFi; for Ethernet the name the flavor gives a USB adapter
+    # (Cluster.uplink_interface).
+    interface: IfacePattern | None = None
     wifi: WiFi | None = None
 
     @model_validator(mode="after")
@@ -219,10 +233,6 @@ class Uplink(Model):
                 " (or set router.uplink.type: ethernet)"
             )
         return self
-
-    @property
-    def iface(self) -> str:
-        return self.interface or ("wlan0" if self.type == "wifi" else "eth1")
 
     @property
     def is_wifi(self) -> bool:
@@ -244,7 +254,7 @@ class Router(Model):
 
     @model_validator(mode="after")
     def _distinct_ifaces(self) -> Router:
-        if self.uplink.iface == self.lan_interface:
+        if (self.uplink.interface or ("wlan0" if self.uplink.is_wifi else None)) == self.lan_interface:
             raise ValueError(
                 f"uplink interface and lan_interface are both {self.lan_interface!r}:"
                 " the router needs two interfaces"

@@ -78,7 +78,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
         "lan_dns": {
             "hosts": lan_hosts(cluster),
             "interfaces": listen_interfaces(cluster),
-            "uplink_interface": cluster.router.uplink.iface,
+            "uplink_interface": cluster.uplink_interface,
             "vpn_interface": VPN_INTERFACE if cluster.vpn.enabled else None,
             "netmask": str(net.lan_cidr.netmask),
             "apps_domain": f"apps.{cluster.domain}",

@@ -63,7 +63,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     return {
         "firewall": {
             "lan_interface": cluster.router.lan_interface,
-            "uplink_interface": cluster.router.uplink.iface,
+            "uplink_interface": cluster.uplink_interface,
             "vpn_interface": VPN_INTERFACE if cluster.vpn.enabled else None,
             "inside_interfaces": [cluster.router.lan_interface]
             + ([VPN_INTERFACE] if cluster.vpn.enabled else []),

@@ -23,7 +23,7 @@ def wpa_psk(ssid: str, passphrase: str) -> str:
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
-    return {"wifi": {"iface": cluster.router.uplink.iface}}
+    return {"wifi": {"iface": cluster.uplink_interface}}
 
 
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:

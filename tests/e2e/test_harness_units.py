@@ -408,3 +408,32 @@ def test_make_testbed_builds_every_flavor_the_suite_boots_side_by_side():
     assert sorted(b[b.index("--flavor") + 1] for b in builds) == sorted(session.BARE_FLAVORS)
     assert all(b[b.index("--arch") + 1] == "amd64" for b in builds)
     assert f"-j{len(session.BARE_FLAVORS)}" in out
+
+
+def test_the_ubuntu_twins_uplink_is_a_usb_adapter_udev_names_by_its_mac(tmp_path, monkeypatch):
+    """Issue 17: Ubuntu names a USB Ethernet adapter enx<MAC>. The twin's uplink is QEMU's
+    usb-net with a universally administered MAC (udev gives locally administered ones no MAC
+    name); the fake-internet segment's NIC is found by its MAC, whatever the kernel calls it."""
+    from testbed.recipe import load as load_recipe
+
+    twin = load_recipe("testbed-ubuntu", "amd64").data["flavors"]["testbed-ubuntu"]
+    assert twin["uplink_nic"] == "usb-net"
+    assert "net.ifnames=0" not in load_recipe("testbed-ubuntu", "amd64").data["cmdline"]["fs_label"]
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, index: (dest / "vmlinuz", dest / "initrd.img", "x"))
+    lan, seg = vm.Lan.random(), vm.Lan.random()
+    uplink = vm.Uplink(ssh_port=2222)
+    g = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=lan, uplink=uplink, index=0, run_id=7,
+                 segments=(seg,), uplink_nic="usb-net")
+    v = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=lan, uplink=uplink, index=0, run_id=7,
+                 segments=(seg,))
+    try:
+        cmd, virtio = " ".join(g.command()), " ".join(v.command())
+    finally:
+        g._bootdir.rmdir()
+        v._bootdir.rmdir()
+    assert f"usb-net,netdev=up,bus=xhci.0,mac={g.uplink_mac}" in cmd and "qemu-xhci" in cmd
+    assert int(g.uplink_mac.split(":")[0], 16) & 0x02 == 0  # universally administered
+    assert "virtio-net-pci,netdev=up" not in cmd and "virtio-net-pci,netdev=up" in virtio
+    # The segment's NIC keeps a unique MAC either way, and the harness finds it by that.
+    assert f"netdev=seg0,mac={g.segment_mac(0)}" in cmd and g.segment_mac(0) not in (g.macs["lan"], g.uplink_mac)
+    assert f"netdev=seg0,mac={v.segment_mac(0)}" in virtio and len({v.segment_mac(0), *v.macs.values()}) == 3

@@ -148,11 +148,18 @@ def test_network_config_per_role(baked):
     assert (router.get("renderer") == "NetworkManager") == (baked["flavor"].network == "netplan-nm")
 
 
+def node_line(baked) -> str:
+    return mtype(baked["dir"] / "out" / "ceil-one.img", "cmdline.txt")
+
+
 def test_cmdline_flags_for_nodes_only_once(baked):
     if not baked["flavor"].cmdline:
         pytest.skip("flavor has no cmdline.txt")
     router = mtype(baked["dir"] / "out" / "ceil-router.img", "cmdline.txt")
     assert "cgroup_memory" not in router
+    # WiFi uplink: the regulatory domain from the driver's first moment, as Raspberry Pi Imager
+    # writes it (Raspberry Pi OS keeps WiFi rfkill-blocked until a country is set).
+    assert router.split().count("cfg80211.ieee80211_regdom=DE") == 1 and "regdom" not in node_line(baked)
     node = mtype(baked["dir"] / "out" / "ceil-one.img", "cmdline.txt")
     assert node.count("cgroup_memory=1") == 1 and node.count("cgroup_enable=memory") == 1
     assert len(node.strip().splitlines()) == 1

@@ -16,7 +16,7 @@ def test_wifi_uplink_is_unblocked_in_its_country_and_associated(router, cluster)
     uplink = cluster.router.uplink
     if uplink.type != "wifi":
         pytest.skip(f"router.uplink.type is {uplink.type}: no radio to check (QEMU has none either)")
-    iface = uplink.iface
+    iface = cluster.uplink_interface
     with router.sudo():
         rfkill = router.run("rfkill list wifi").stdout
         reg = router.run("iw reg get").stdout

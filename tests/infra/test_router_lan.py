@@ -14,6 +14,7 @@ A check whose fake is missing skips, saying what it needs.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -123,8 +124,26 @@ def test_the_router_resolves_cluster_names_itself(router, cluster):
     assert router.run(f"getent hosts {cluster.fqdn(cluster.server.name)}").stdout.split()[0] == str(cluster.server.ip)
 
 
+def uplink_device(router, cluster) -> str:
+    """The interface the router's default route leaves by; it must be what cluster.yaml names
+    (router.uplink.interface, or the flavor's name for a USB adapter, e.g. the pattern enx*)."""
+    route = router.check_output("ip -o -4 route show default")
+    m = re.search(r"\bdev (\S+)", route)
+    assert m, f"the router has no default route (its uplink got no DHCP lease?): {route!r}"
+    assert fnmatch.fnmatchcase(m.group(1), cluster.uplink_interface), (
+        f"the default route leaves by {m.group(1)}, which router.uplink.interface"
+        f" ({cluster.uplink_interface!r}) does not match: firewall and DNS guard another interface")
+    return m.group(1)
+
+
+def test_the_uplink_is_the_interface_cluster_yaml_names(router, cluster):
+    """Issue 17: on Ubuntu a USB Ethernet uplink is enx<MAC>, not eth1 (the Ubuntu twin's is)."""
+    dev = uplink_device(router, cluster)
+    assert router.interface(dev).addresses, f"{dev} has no address"
+
+
 def test_dns_listens_on_the_lan_not_the_uplink(router, cluster):
-    uplink = router.interface(cluster.router.uplink.iface).addresses
+    uplink = router.interface(uplink_device(router, cluster)).addresses
     with router.sudo():
         listening = router.check_output("ss -H -lnu 'sport = :53'")
     assert str(cluster.network.router_ip) in listening
@@ -149,7 +168,7 @@ def uplink_accepts(router, cluster) -> dict[str, set[int]]:
     out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
     for line in chain.splitlines():
         line = line.strip()
-        if f'iifname "{cluster.router.uplink.iface}"' not in line or not line.endswith("accept"):
+        if f'iifname "{cluster.uplink_interface}"' not in line or not line.endswith("accept"):
             continue
         m = re.search(r"(tcp|udp) dport (\{[^}]*\}|\d+)", line)
         assert m, f"an uplink rule accepts more than one port: {line}"

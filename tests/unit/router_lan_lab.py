@@ -1,6 +1,6 @@
 """A router, a node and "the internet" as three network namespaces on this machine (needs root).
 
-    inet (198.18.0.2: fake DNS + HTTP) --eth1-- router (198.18.0.1 | br0 10.42.0.1) --+-- node (10.42.0.11)
+    inet (198.18.0.2: fake DNS + HTTP) --enx...-- router (198.18.0.1 | br0 10.42.0.1) --+-- node (10.42.0.11)
                                                                                      +-- dhcp (a DHCP client)
 
 The router runs the *rendered* nftables ruleset, dnsmasq config, chrony config and status board;
@@ -18,6 +18,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INET_IP, ROUTER_UPLINK_IP = "198.18.0.2", "198.18.0.1"
+# The router's uplink is named the way Ubuntu names a USB Ethernet adapter (enx<MAC>), and the
+# labs' clusters leave router.uplink.interface unset: the flavor's pattern (enx*) must carry
+# through netplan, nftables and dnsmasq.
+ROUTER_UPLINK_DEV = "enx000ec6c0ffee"
 # What the fake upstream DNS says every internet name is: benchmark space (RFC 2544), which the
 # router's dnsmasq passes; TEST-NET answers count as private there (stop-dns-rebind drops them).
 FAKE_ANSWER = "198.19.80.7"
@@ -32,7 +36,7 @@ class RouterLanLab:
         for ns in self.ns.values():
             self.sh("ip", "netns", "add", ns)
             self.run(ns, "ip", "link", "set", "lo", "up", raw_ns=True)
-        self._link("inet", "eth0", f"{INET_IP}/30", "rtr", "eth1", f"{ROUTER_UPLINK_IP}/30")
+        self._link("inet", "eth0", f"{INET_IP}/30", "rtr", ROUTER_UPLINK_DEV, f"{ROUTER_UPLINK_IP}/30")
         # The router's LAN is a bridge (like the Pi's eth0 on a switch) so two clients can share it.
         self.run("rtr", "ip", "link", "add", "br0", "type", "bridge")
         self.run("rtr", "ip", "addr", "add", "10.42.0.1/24", "dev", "br0")

@@ -245,3 +245,83 @@ def test_a_non_ascii_psk_is_refused_without_showing_it():
     with pytest.raises(ConfigError) as e:
         parse_cluster(_wifi("Home", "pässwörter-123"))
     assert "printable ASCII" in str(e.value) and "pässwörter" not in str(e.value)
+
+
+def _router_network_config(text: str, flavor: str, tmp_path) -> dict:
+    import yaml
+
+    from ceil.catalog import load_flavor
+    from ceil.features import RoleContext
+    from ceil.payload import render_seed
+    from ceil.secrets import SecretStore
+
+    cluster = parse_cluster(text.replace("ssh:", f"flavor: {flavor}\nssh:"))
+    ctx = RoleContext(cluster, "router", load_flavor(flavor), SecretStore(tmp_path / "s"), None)
+    return yaml.safe_load(render_seed(ctx, "i-1")["network-config"])
+
+
+@pytest.mark.parametrize("flavor", ["ubuntu-24.04-raspi", "testbed-ubuntu-amd64"])
+def test_a_wired_uplink_on_ubuntu_matches_the_usb_adapter_by_its_enx_name(flavor, tmp_path):
+    """Issue 17: Ubuntu names a USB Ethernet adapter enx<MAC>, never eth1; the MAC is unknown
+    at bake time, so the uplink is matched by the pattern (netplan `match`)."""
+    net = _router_network_config(BASE, flavor, tmp_path)
+    assert net["ethernets"]["uplink"] == {"match": {"name": "enx*"}, "dhcp4": True}
+    assert "eth1" not in net["ethernets"]
+    assert parse_cluster(BASE.replace("ssh:", f"flavor: {flavor}\nssh:")).uplink_interface == "enx*"
+
+
+def test_a_wired_uplink_on_raspberry_pi_os_is_eth1_and_an_explicit_name_wins(tmp_path):
+    assert _router_network_config(BASE, "raspios-trixie", tmp_path)["ethernets"]["eth1"] == {"dhcp4": True}
+    named = BASE.replace("{type: ethernet}", "{type: ethernet, interface: enx00e04c680001}")
+    assert _router_network_config(named, "ubuntu-24.04-raspi", tmp_path)["ethernets"]["enx00e04c680001"] == {"dhcp4": True}
+
+
+@pytest.mark.parametrize("value,ok", [("enx*", True), ("usb*", True), ("*", False), ("en*x", False),
+                                      ("enx0123456789ab*", False), ("eth1\n", False)])
+def test_the_uplink_interface_is_a_name_or_a_prefix_pattern(value, ok):
+    text = BASE.replace("{type: ethernet}", f"{{type: ethernet, interface: {json.dumps(value)}}}")
+    if ok:
+        assert parse_cluster(text).uplink_interface == value
+    else:
+        assert "router.uplink.interface" in error(text)
+
+
+def test_a_pattern_uplink_on_an_ifupdown_flavor_is_refused(tmp_path):
+    text = BASE.replace("{type: ethernet}", "{type: ethernet, interface: 'enx*'}")
+    with pytest.raises(ConfigError) as e:
+        _router_network_config(text, "hypriot-1.12.3", tmp_path)
+    assert "router.uplink.interface" in str(e.value) and "ifupdown" in str(e.value)
+
+
+def test_a_lan_interface_named_like_the_flavors_usb_uplink_is_refused():
+    cluster = parse_cluster(BASE.replace("ssh:", "flavor: raspios-trixie\nssh:").replace(
+        "router: {", "router: {lan_interface: eth1, "))
+    with pytest.raises(ConfigError) as e:
+        cluster.uplink_interface
+    assert "router.lan_interface" in str(e.value) and "router.uplink.interface" in str(e.value)
+
+
+@pytest.mark.parametrize("key,text", [
+    ("nodes[0].name", 'nodes: [{name: "one\\n", role: server}]\n'),
+    ("domain", 'domain: "ceil.internal\\n"\n'),
+    ("router.lan_interface", 'router: {lan_interface: "eth0\\n", uplink: {type: ethernet}}\n'),
+])
+def test_a_trailing_newline_is_not_part_of_a_name(key, text):
+    """Python's `$` matches before a final newline: these passed once and reached the configs."""
+    base = BASE if not text.startswith("router") else BASE.replace("router: {uplink: {type: ethernet}}\n", "")
+    assert key in error(base + text)
+
+
+def test_the_regulatory_domain_goes_on_the_routers_command_line_only_with_a_wifi_uplink():
+    from ceil.bakery import cmdline_flags
+    from ceil.fatfs import append_cmdline
+
+    wifi = parse_cluster(_wifi("Home"))
+    assert cmdline_flags(wifi, "router") == ["cfg80211.ieee80211_regdom=DE"]
+    assert cmdline_flags(parse_cluster(BASE), "router") == []
+    assert "cgroup_memory=1" in cmdline_flags(wifi, "one")
+    # An image (or an earlier Imager run) that names another country keeps only ours, once.
+    line = b"console=tty1 root=LABEL=writable cfg80211.ieee80211_regdom=GB rootwait\n"
+    out = append_cmdline(line, ["cfg80211.ieee80211_regdom=DE"], replace=("cfg80211.ieee80211_regdom",))
+    assert out == b"console=tty1 root=LABEL=writable rootwait cfg80211.ieee80211_regdom=DE\n"
+    assert append_cmdline(out, ["cfg80211.ieee80211_regdom=DE"], replace=("cfg80211.ieee80211_regdom",)) == out

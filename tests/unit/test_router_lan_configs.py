@@ -72,7 +72,7 @@ def test_dnsmasq_listens_on_lan_and_vpn_never_uplink(variant):
     lines = directives(out / "etc/dnsmasq/ceil.conf")
     want = [f"interface={cluster.router.lan_interface}"] + (["interface=wg0"] if cluster.vpn.enabled else [])
     assert [ln for ln in lines if ln.startswith("interface=")] == want
-    assert f"except-interface={cluster.router.uplink.iface}" in lines
+    assert f"except-interface={cluster.uplink_interface}" in lines
     assert "bind-dynamic" in lines and "bind-interfaces" not in lines
     assert ("no-dhcp-interface=wg0" in lines) == cluster.vpn.enabled
 

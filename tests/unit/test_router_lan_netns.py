@@ -31,7 +31,7 @@ NODE_TWO_MAC = "02:00:00:00:00:12"
 
 def lab_cluster():
     return cluster_from({
-        "router": {"lan_interface": "br0", "uplink": {"type": "ethernet", "interface": "eth1"}},
+        "router": {"lan_interface": "br0", "uplink": {"type": "ethernet"}},  # flavor's enx*
         "network": {"upstream_dns": [INET_IP]},
         "nodes": [{"name": "one", "role": "server", "ip": "10.42.0.11"},
                   {"name": "two", "ip": "10.42.0.12", "mac": NODE_TWO_MAC}],

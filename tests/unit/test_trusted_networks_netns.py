@@ -41,7 +41,7 @@ def probe(lab: RouterLanLab, source: str, host: str, ports: list[int]) -> set[in
 def lab(tmp_path_factory):
     work = tmp_path_factory.mktemp("trusted-lab")
     cluster = cluster_from({
-        "router": {"lan_interface": "br0", "uplink": {"type": "ethernet", "interface": "eth1"},
+        "router": {"lan_interface": "br0", "uplink": {"type": "ethernet"},  # flavor's enx*
                    "trusted_networks": [f"{INET_IP}/32"]},
     })
     out = render(cluster, "router", work)

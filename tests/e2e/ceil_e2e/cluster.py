@@ -6,8 +6,10 @@ disk images. The artefacts directory (serial logs, QEMU command lines, bake log,
 diagnostics of failed guests) is kept for debugging.
 
 Topology (docs/testing.md has a picture):
-  router  eth0 = LAN (L2 segment shared with the nodes), eth1 = uplink (QEMU user net,
-          restrict=on; SSH via hostfwd 127.0.0.1:<port>; fakes via guestfwd)
+  router  eth0 = LAN (L2 segment shared with the nodes), uplink = QEMU user net (restrict=on;
+          SSH via hostfwd 127.0.0.1:<port>; fakes via guestfwd): eth1 (virtio) on the Pi OS twin,
+          a USB adapter named enx<MAC> on the Ubuntu twin (the test bed's manifest, "twin");
+          the fake internet DNS/NTP segment on the next virtio NIC, found by its MAC
   nodes   eth0 = LAN only; reached by ProxyJump over the router once it serves DHCP
 """
 
@@ -262,7 +264,8 @@ class TestCluster:
                 segments = (self.dns.segment,)
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
-                      run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments)
+                      run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments,
+                      uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
             hostname = f"{self.config.get('name', 'ceil')}-{role}"
             self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
@@ -286,8 +289,11 @@ class TestCluster:
         readiness.wait_cloud_init(self.ssh, role, self.timeouts.cloud_init)
         if role == "router":
             # Not ceil's doing: the test bed's "internet DNS" segment (l2dns) is outside cluster.yaml.
-            self.ssh.run(role, f"sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev eth2 && "
-                               "sudo ip link set eth2 up", timeout=60, check=True)
+            # Found by its MAC: its name depends on the twin's NICs (eth2 beside a virtio uplink).
+            mac = m.guest.segment_mac(0)
+            find = f"ip -br link | awk '$3 == \"{mac}\" {{print $1; exit}}'"
+            self.ssh.run(role, f"dev=$({find}) && test -n \"$dev\" && sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev \"$dev\" && "
+                               "sudo ip link set \"$dev\" up", timeout=60, check=True)
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
         if firstboot:

@@ -220,6 +220,12 @@ def mac_for(run_id: int, index: int, nic: int) -> str:
     return "52:54:%02x:%02x:%02x:%02x" % ((run_id >> 8) & 0xFF, run_id & 0xFF, index & 0xFF, nic & 0xFF)
 
 
+def usb_mac_for(run_id: int, index: int) -> str:
+    """A USB Ethernet adapter's MAC: universally administered (an adapter maker's OUI, ASIX's
+    00:0e:c6), which is what makes udev name it enx<MAC>; locally administered ones get no MAC name."""
+    return "00:0e:c6:%02x:%02x:%02x" % ((run_id >> 8) & 0xFF, run_id & 0xFF, index & 0xFF)
+
+
 def partition_offset(image: Path, index: int) -> tuple[int, int]:
     """(offset, size) in bytes of MBR primary partition `index` (1-based)."""
     with open(image, "rb") as f:
@@ -273,6 +279,7 @@ class Guest:
         extra_append: str = "",
         boot_index: int = 1,
         segments: tuple[Lan, ...] = (),
+        uplink_nic: str = "virtio",
     ):
         self.name = name
         self.image = image
@@ -287,6 +294,11 @@ class Guest:
         self.extra_append = extra_append
         self.boot_index = boot_index
         self.segments = segments  # more local-only segments, after LAN and uplink (eth2, ...)
+        # "usb-net": the uplink is a USB Ethernet adapter (QEMU usb-net on an xHCI controller), as
+        # on a Pi whose wired uplink is plugged into USB; the test bed's manifest says which.
+        if uplink_nic not in ("virtio", "usb-net"):
+            raise GuestError(f"{name}: unknown uplink NIC type {uplink_nic!r}")
+        self.uplink_nic = uplink_nic
         self.proc: subprocess.Popen | None = None
         self.boots = 0
         self.started_at = 0.0
@@ -316,31 +328,45 @@ class Guest:
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
             "-no-reboot",
         ]
-        # NIC order is the guest's interface order (net.ifnames=0): LAN first is eth0, like a
-        # Pi's built-in port; the router's uplink second is eth1.
+        # NIC order is the guest's interface order for the virtio NICs (kernel names): LAN first
+        # is eth0, like a Pi's built-in port; a virtio uplink second is eth1.
         nic = 0
         if self.lan:
             cmd += ["-netdev", self.lan.netdev("lan"),
                     "-device", f"virtio-net-pci,netdev=lan,mac={mac_for(self.run_id, self.index, nic)}"]
             nic += 1
-        if self.uplink:
+        if self.uplink and self.uplink_nic == "usb-net":
+            # Not a PCI NIC: the kernel numbers it after the virtio ones, and udev names it
+            # enx<MAC> where predictable names are on (Ubuntu).
+            cmd += [*self.uplink.netdev_args("up"), "-device", "qemu-xhci,id=xhci",
+                    "-device", f"usb-net,netdev=up,bus=xhci.0,mac={self.uplink_mac}"]
+        elif self.uplink:
             cmd += [*self.uplink.netdev_args("up"),
-                    "-device", f"virtio-net-pci,netdev=up,mac={mac_for(self.run_id, self.index, nic)}"]
+                    "-device", f"virtio-net-pci,netdev=up,mac={self.uplink_mac}"]
             nic += 1
         for i, seg in enumerate(self.segments):
             cmd += ["-netdev", seg.netdev(f"seg{i}"),
-                    "-device", f"virtio-net-pci,netdev=seg{i},mac={mac_for(self.run_id, self.index, nic)}"]
-            nic += 1
+                    "-device", f"virtio-net-pci,netdev=seg{i},mac={self.segment_mac(i)}"]
         return cmd
 
     @property
+    def uplink_mac(self) -> str:
+        if self.uplink_nic == "usb-net":
+            return usb_mac_for(self.run_id, self.index)
+        return mac_for(self.run_id, self.index, 1 if self.lan else 0)
+
+    def segment_mac(self, i: int) -> str:
+        """MAC of the NIC on self.segments[i] (the guest finds that NIC by it)."""
+        nic = (1 if self.lan else 0) + (1 if self.uplink and self.uplink_nic == "virtio" else 0) + i
+        return mac_for(self.run_id, self.index, nic)
+
+    @property
     def macs(self) -> dict[str, str]:
-        out, nic = {}, 0
+        out = {}
         if self.lan:
-            out["lan"] = mac_for(self.run_id, self.index, nic)
-            nic += 1
+            out["lan"] = mac_for(self.run_id, self.index, 0)
         if self.uplink:
-            out["uplink"] = mac_for(self.run_id, self.index, nic)
+            out["uplink"] = self.uplink_mac
         return out
 
     # -- life cycle ---------------------------------------------------------------------------
