@@ -193,6 +193,8 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
             raise RuntimeError(f"{unit} is still enabled in the test bed after disabling it")
     if facts.get("hold_apt_locks_after_cloud_final_s"):
         hold_apt_locks(root, facts["hold_apt_locks_after_cloud_final_s"])
+    if facts.get("first_user"):
+        first_user(root, facts["first_user"], rename=bool(facts.get("rename_first_user")))
     if fl.network == "netplan-nm":
         _write(root / "etc/netplan/01-network-manager-all.yaml", "network:\n  version: 2\n  renderer: NetworkManager\n", 0o600)
     for unit in recipe.net["enable"]:
@@ -254,6 +256,82 @@ ExecStart=/usr/local/lib/testbed/hold-apt-locks
 WantedBy=multi-user.target
 """)
     subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-unattended-upgrades.service"],
+                   check=True, capture_output=True)
+
+
+def first_user(root: Path, user: dict, rename: bool) -> None:
+    """Raspberry Pi OS's built-in first account and, with `rename`, what happens to it on a card
+    given a cloud-init user: renamed to that user (keeping its shell), a rename banner on sshd and
+    the first-user dialog waiting on the console (userconf-pi)."""
+    known = {line.split(":", 1)[0] for line in (root / "etc/group").read_text().splitlines()}
+    groups = [g for g in user["groups"] if g in known]
+    subprocess.run(["useradd", f"--root={root}", "--uid", str(user["uid"]), "--user-group", "--create-home",
+                    "--shell", user["shell"], "--groups", ",".join(groups), user["name"]], check=True, capture_output=True)
+    _write(root / f"etc/sudoers.d/010_{user['name']}-nopasswd", f"{user['name']} ALL=(ALL) NOPASSWD: ALL\n", 0o440)
+    if not rename:
+        return
+    _write(root / "usr/share/userconf-pi/sshd_banner",
+           "\nPlease note that SSH may not work until a valid user has been set up.\n\n"
+           "See http://rptl.io/newuser for details.\n\n")
+    _write(root / "etc/ssh/sshd_config.d/rename_user.conf", "Banner /usr/share/userconf-pi/sshd_banner\n")
+    _write(root / "etc/systemd/system/userconfig.service", """[Unit]
+Description=ceil test bed: userconf-pi's first-user dialog, waiting on the console for a user name
+After=systemd-user-sessions.service
+
+[Service]
+Type=simple
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+""")
+    subprocess.run(["systemctl", f"--root={root}", "enable", "userconfig.service"], check=True, capture_output=True)
+    _write(root / "usr/local/lib/testbed/rename-first-user", f"""#!/usr/bin/python3
+# ceil test bed (testbed/rootfs.py): Raspberry Pi OS renames its uid-{user['uid']} account to the first
+# user a card's cloud-init seed names, instead of creating that user; the shell stays {user['shell']}.
+import os, pwd, subprocess, sys, yaml
+try:
+    with open("/boot/firmware/user-data") as f:
+        data = yaml.safe_load(f) or {{}}
+except (OSError, yaml.YAMLError):
+    sys.exit(0)
+names = [u if isinstance(u, str) else u.get("name") for u in data.get("users") or []]
+names = [n for n in names if n and n != "default"]
+old = pwd.getpwuid({user['uid']}).pw_name
+if not names or names[0] == old:
+    sys.exit(0)
+new = names[0]
+try:
+    pwd.getpwnam(new)
+    sys.exit(0)  # already there: nothing to rename
+except KeyError:
+    pass
+subprocess.run(["usermod", "-l", new, "-d", f"/home/{{new}}", "-m", old], check=True)
+subprocess.run(["groupmod", "-n", new, old], check=True)
+sudoers = f"/etc/sudoers.d/010_{{old}}-nopasswd"
+if os.path.exists(sudoers):
+    with open(sudoers) as f:
+        text = f.read().replace(f"{{old}} ", f"{{new}} ", 1)
+    with open(sudoers, "w") as f:
+        f.write(text)
+print(f"renamed {{old}} to {{new}}", flush=True)
+""", 0o755)
+    _write(root / "etc/systemd/system/testbed-rename-first-user.service", """[Unit]
+Description=ceil test bed: rename the image's first account to the seed's first user (as Raspberry Pi OS)
+DefaultDependencies=no
+After=local-fs.target cloud-init-local.service
+Before=cloud-init-network.service cloud-init.service
+ConditionPathExists=!/var/lib/testbed/first-user-renamed
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/lib/testbed/rename-first-user
+ExecStartPost=/bin/sh -c 'mkdir -p /var/lib/testbed && touch /var/lib/testbed/first-user-renamed'
+
+[Install]
+WantedBy=cloud-init-network.service
+""")
+    subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-rename-first-user.service"],
                    check=True, capture_output=True)
 
 

@@ -94,3 +94,18 @@ def test_packages_install_from_the_local_repository(bare):
 def test_ping_works_for_the_admin_user(bare):
     """As on Ubuntu and Pi OS: network checks run ping without sudo."""
     assert bare["host"].run("ping -c1 -W5 127.0.0.1").rc == 0
+
+
+def test_the_pi_os_twin_renames_its_first_account_to_the_seeds_user(bare):
+    """Hostile twin (issue 17): Raspberry Pi OS gives the seed's first user the image's uid-1000
+    account, nologin shell included (the bare seed sets the shell back, as any seed must), with
+    userconf-pi's rename banner and console dialog armed."""
+    if "raspios" not in bare["testbed"].manifest["flavor"]:
+        pytest.skip("only the Raspberry Pi OS twin has a built-in first account")
+    host = bare["host"]
+    user = host.user()
+    assert user.uid == 1000 and user.home == f"/home/{user.name}", "the seed's user is not the renamed uid-1000 account"
+    assert not host.user("pi").exists
+    assert "renamed pi to" in host.check_output("sudo journalctl -b -u testbed-rename-first-user --no-pager")
+    assert host.file("/etc/ssh/sshd_config.d/rename_user.conf").exists
+    assert host.service("userconfig").is_enabled

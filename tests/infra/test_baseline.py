@@ -61,6 +61,17 @@ def test_root_login_is_refused(host, targets, machine):
     assert proc.returncode != 0
 
 
+def test_the_admin_account_is_whole_and_no_first_user_prompt_remains(host, cluster):
+    """Issue 17: Raspberry Pi OS renames its uid-1000 `pi` account (nologin shell) to the card's
+    user instead of creating it, and userconf-pi arms an SSH banner and a console dialog."""
+    admin = host.user(cluster.ssh.user)
+    assert admin.shell == "/bin/bash", f"{cluster.ssh.user}'s shell is {admin.shell}"
+    assert {"adm", "sudo"} <= set(admin.groups), admin.groups
+    assert "banner none" in host.run("sudo sshd -T").stdout.lower(), "sshd still shows a banner"
+    assert not host.file("/etc/ssh/sshd_config.d/rename_user.conf").exists
+    assert not host.service("userconfig").is_enabled and not host.service("userconfig").is_running
+
+
 # ---- identity --------------------------------------------------------------------------------
 
 
