@@ -36,10 +36,11 @@ def user_data(hostname: str, domain: str, user: str, pubkey: str, apt_mirror: st
         # Raspberry Pi OS (and its twin) ship sshd disabled; Raspberry Pi Imager turns it on for
         # the cards it writes, and so does this seed. A no-op where sshd runs already.
         "runcmd:",
-        "  - [systemctl, enable, --now, ssh.service]",
         # Raspberry Pi OS (and its twin) rename the image's uid-1000 account to this user, which
-        # keeps that account's nologin shell: give it the shell asked for above (a no-op elsewhere).
+        # keeps that account's nologin shell: give it the shell asked for above (a no-op elsewhere),
+        # before sshd starts.
         f"  - [usermod, -s, /bin/bash, {user}]",
+        "  - [systemctl, enable, --now, ssh.service]",
     ]
     if apt_mirror:
         # Same effect as the bake's apt_mirror option: the deb822 source points at the mirror,
