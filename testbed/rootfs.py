@@ -193,6 +193,8 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
             raise RuntimeError(f"{unit} is still enabled in the test bed after disabling it")
     if facts.get("hold_apt_locks_after_cloud_final_s"):
         hold_apt_locks(root, facts["hold_apt_locks_after_cloud_final_s"])
+    if facts.get("resize_reboot"):
+        resize_reboot(root, fl.boot_mount, fl.cmdline_file)
     if facts.get("first_user"):
         first_user(root, facts["first_user"], rename=bool(facts.get("rename_first_user")))
     if fl.network == "netplan-nm":
@@ -256,6 +258,41 @@ ExecStart=/usr/local/lib/testbed/hold-apt-locks
 WantedBy=multi-user.target
 """)
     subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-unattended-upgrades.service"],
+                   check=True, capture_output=True)
+
+
+def resize_reboot(root: Path, boot_mount: str, cmdline_file: str) -> None:
+    """Raspberry Pi OS's first-boot resize: with `resize` on the command line, grow the root
+    partition and file system, take the word off cmdline.txt and reboot, before cloud-init."""
+    _write(root / "usr/local/lib/testbed/resize-reboot", f"""#!/bin/sh
+# ceil test bed (testbed/rootfs.py): Raspberry Pi OS's first-boot root resize and its reboot.
+set -eu
+dev=$(findmnt -no SOURCE /)
+disk=/dev/$(lsblk -no PKNAME "$dev")
+part=$(cat /sys/class/block/$(basename "$dev")/partition)
+growpart "$disk" "$part" || true   # exit 1: nothing to grow
+resize2fs "$dev"
+sed -i -e 's/ resize\\b//' -e 's/^resize //' {boot_mount}/{cmdline_file}
+sync
+echo "resized $dev; rebooting as Raspberry Pi OS does after its first-boot resize"
+systemctl reboot --force
+""", 0o755)
+    _write(root / "etc/systemd/system/testbed-resize-reboot.service", f"""[Unit]
+Description=ceil test bed: grow the root file system and reboot (Raspberry Pi OS's first boot)
+DefaultDependencies=no
+ConditionKernelCommandLine=resize
+After=local-fs.target
+Before=cloud-init-local.service sysinit.target
+RequiresMountsFor={boot_mount}
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/lib/testbed/resize-reboot
+
+[Install]
+WantedBy=sysinit.target
+""")
+    subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-resize-reboot.service"],
                    check=True, capture_output=True)
 
 

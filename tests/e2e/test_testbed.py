@@ -109,3 +109,16 @@ def test_the_pi_os_twin_renames_its_first_account_to_the_seeds_user(bare):
     assert "renamed pi to" in host.check_output("sudo journalctl -b -u testbed-rename-first-user --no-pager")
     assert host.file("/etc/ssh/sshd_config.d/rename_user.conf").exists
     assert host.service("userconfig").is_enabled
+
+
+def test_the_pi_os_twin_grows_its_root_and_reboots_before_cloud_init(bare):
+    """Hostile twin (issue 17): `resize` on Raspberry Pi OS's command line grows the root file
+    system at the first boot and reboots; cloud-init runs on the second boot."""
+    if "raspios" not in bare["testbed"].manifest["flavor"]:
+        pytest.skip("only Raspberry Pi OS resizes with a reboot")
+    host, parts = bare["host"], _flavor(bare).partitions
+    assert bare["guest"].boots >= 2, "the twin did not reboot during its first boot"
+    assert "resize" not in host.file("/proc/cmdline").content_string.split()
+    assert "resize" not in host.file(f"{parts.boot.mount}/cmdline.txt").content_string.split()
+    size_gib = int(host.check_output("df --output=size -B1G / | tail -1"))
+    assert size_gib >= 6, f"root is {size_gib} GiB: not grown to the 8 GiB disk"

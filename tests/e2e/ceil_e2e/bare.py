@@ -70,7 +70,8 @@ class BareTestbed:
                 raise
             log(f"bare test bed: SSH after {t:.0f}s of waiting, cloud-init done "
                 f"{time.monotonic() - self.guest.started_at:.0f}s after power-on")
-            self._ready = {"host": self.ssh.testinfra_host(NAME), "testbed": self.testbed, "ssh": self.ssh}
+            self._ready = {"host": self.ssh.testinfra_host(NAME), "testbed": self.testbed, "ssh": self.ssh,
+                           "guest": self.guest}
         return self._ready
 
     def close(self) -> None:
