@@ -73,10 +73,12 @@ def _stays(pod: dict) -> bool:
 
 
 def router_cleanup_command(cluster: Cluster, name: str) -> str:
-    """Shell for the router: the node's status-board entry and its DHCP lease (dnsmasq reads its
-    lease file only at start, so it is stopped for the edit)."""
+    """Shell for the router: the node's status-board entry, its registration if it was baked after
+    the router (ceil-lan-hosts.path then drops its reservation and names), and its DHCP lease
+    (dnsmasq reads its lease file only at start, so it is stopped for the edit)."""
     ip = cluster.node(name).ip
-    return (f"sudo rm -f {STATUS_BOARD_DIR}/{name}.json && sudo sh -c 'systemctl stop dnsmasq &&"
+    return (f"sudo rm -f {STATUS_BOARD_DIR}/{name}.json {STATUS_BOARD_DIR}/registered/{name}.json"
+            f" && sudo sh -c 'systemctl stop dnsmasq &&"
             f" sed -i \"/ {ip} /d\" {LEASES}; systemctl start dnsmasq'")
 
 

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..secrets import SecretStore
 
 VPN_INTERFACE = "wg0"  # the wireguard feature's interface name
+LAN_HOSTS_DIR = "/var/lib/ceil/lan-hosts"  # nodes baked after the router (ceil-lan-hosts)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "apps_domain": f"apps.{cluster.domain}",
             "ingress_hosts": _ingress_hosts(cluster),
             "lease_file": "/var/lib/misc/dnsmasq.leases",
+            "lan_hosts_dir": LAN_HOSTS_DIR,
         }
     }
 

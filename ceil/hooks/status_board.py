@@ -9,15 +9,27 @@ from ..status import BOARD_KEY_SECRET, REPORT_TOKEN_SECRET, STATUS_PORT, report_
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    net = cluster.network
     return {
         "status_board": {
-            "bind": str(cluster.network.router_ip),
+            "bind": str(net.router_ip),
             "port": STATUS_PORT,
             "cluster": cluster.name,
+            "domain": cluster.domain,
             "nodes": [n.name for n in cluster.nodes],
             "hostnames": {r: cluster.hostname(r) for r in cluster.roles},
             "state_dir": "/var/lib/ceil-status-board",
-        }
+            # What a node baked after the router may ask for (POST /api/register/<node>).
+            "lan": {"cidr": str(net.lan_cidr), "router_ip": str(net.router_ip),
+                    "pool": [str(net.dhcp_start), str(net.dhcp_end)], "lb": [str(net.lb_start), str(net.lb_end)]},
+            "reserved": {n.name: {"ip": str(n.ip), "mac": n.mac} for n in cluster.nodes},
+        },
+        # The node's own address and the URL it registers at (status-report feature, nodes).
+        "registration": None if role == "router" else {
+            "url": f"http://{net.router_ip}:{STATUS_PORT}/api/register/{role}",
+            "ip": str(cluster.node(role).ip),
+            "prefix": net.lan_cidr.prefixlen,
+        },
     }
 
 

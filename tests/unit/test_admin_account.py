@@ -39,7 +39,7 @@ def test_a_renamed_pi_account_gets_bash_its_groups_and_loses_the_rename_prompt(t
     done, calls = run(tmp_path, "ceil:x:1000:1000:,,,:/home/ceil:/usr/sbin/nologin", has_userconfig=True)
     assert done.returncode == 0, done.stderr
     assert "usermod -s /bin/bash ceil" in calls and "usermod -a -G adm,sudo ceil" in calls
-    assert "systemctl disable --now userconfig.service" in calls
+    assert "systemctl disable --no-reload --now userconfig.service" in calls
     assert not banner.exists()
     assert "had the shell /usr/sbin/nologin" in done.stdout
 

@@ -29,7 +29,8 @@ def test_the_only_server_is_not_removed():
 
 def test_the_router_forgets_the_nodes_lease_and_status(tmp_path):
     cmd = nodes.router_cleanup_command(parse_cluster(CLUSTER), "two")
-    assert "rm -f /var/lib/ceil-status-board/two.json" in cmd and "/ 10.42.0.12 /d" in cmd
+    assert "rm -f /var/lib/ceil-status-board/two.json /var/lib/ceil-status-board/registered/two.json" in cmd
+    assert "/ 10.42.0.12 /d" in cmd
     subprocess.run(["sh", "-n", "-c", cmd], check=True)
     # The lease edit, run on a copy of a real lease file: only that node's line goes.
     leases = tmp_path / "leases"

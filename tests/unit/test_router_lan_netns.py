@@ -55,8 +55,13 @@ def lab(tmp_path_factory):
         # The router's real config; only the lease file moves out of this machine's /var/lib/misc.
         lab.leases = work / "dnsmasq.leases"
         lab.dnsmasq_conf = work / "dnsmasq.conf"
-        lab.dnsmasq_conf.write_text(re.sub(r"(?m)^dhcp-leasefile=.*$", f"dhcp-leasefile={lab.leases}",
-                                           (out / "etc/dnsmasq/ceil.conf").read_text()))
+        # ... and the directories of nodes baked after the router (ceil-lan-hosts writes them).
+        lab.lan_hosts = work / "lan-hosts"
+        for kind in ("dhcp", "dns"):
+            (lab.lan_hosts / kind).mkdir(parents=True)
+        conf = (out / "etc/dnsmasq/ceil.conf").read_text()
+        conf = re.sub(r"(?m)^(dhcp-hostsdir|hostsdir)=/var/lib/ceil/lan-hosts/", rf"\1={lab.lan_hosts}/", conf)
+        lab.dnsmasq_conf.write_text(re.sub(r"(?m)^dhcp-leasefile=.*$", f"dhcp-leasefile={lab.leases}", conf))
         start_dnsmasq(lab, lab.dnsmasq_conf)
         chrony_conf = work / "chrony.conf"
         chrony_conf.write_text((out / "etc/chrony/ceil.conf").read_text()
@@ -255,3 +260,37 @@ def test_a_node_reports_its_status_over_the_lan(lab, tmp_path):
     assert "reported" in done.stdout, done.stderr
     stored = json.loads((lab.dir / "board/one.json").read_text())
     assert stored["from"] == "10.42.0.11" and stored["report"]["host"] == "ceil-one"
+
+
+# ---- a node baked after the router (issue 19) ------------------------------------------------
+
+FIVE_MAC = "02:00:00:00:aa:05"
+
+
+def test_a_node_baked_after_the_router_registers_and_gets_its_address_and_name(lab, tmp_path):
+    """The router's card knows one and two only. Node five, baked later from the same secrets,
+    registers at the board with its token (from the LAN); ceil-lan-hosts writes the reservation;
+    the real dnsmasq then gives five's MAC its address and serves its names. No router re-bake."""
+    store = SecretStore(lab.dir / "secrets")
+    key = status_board.secret_files(lab_cluster(), "router", store)["status-board/key"].strip()
+    from ceil.status import report_token
+
+    before = dhcp(lab, FIVE_MAC, "ceil-five")
+    assert before.startswith("10.42.0.1") and int(before.split(".")[-1]) >= 100  # a pool address
+    assert "10.42.0." not in lab.dns("node", "10.42.0.1", "five.ceil.internal")
+    code = ("import json,sys,urllib.request;r=urllib.request.Request(sys.argv[1],data=json.dumps("
+            "{'ip':'10.42.0.15','mac':sys.argv[3]}).encode(),method='POST',headers={'Authorization':'Bearer '+sys.argv[2],"
+            "'Content-Type':'application/json'});print(urllib.request.urlopen(r,timeout=10).read().decode())")
+    answer = lab.run("node", sys.executable, "-c", code, "http://10.42.0.1:8081/api/register/five",
+                     report_token(key, "five"), FIVE_MAC).stdout
+    assert "five registered at 10.42.0.15" in answer
+    env = [f"CEIL_REGISTERED_DIR={lab.dir / 'board/registered'}", f"CEIL_LAN_HOSTS_DIR={lab.lan_hosts}"]
+    done = lab.run("rtr", "env", *env, sys.executable, str(REPO / "firstboot/dnsmasq/lib/ceil-lan-hosts"),
+                   str(lab.dir / "board.json"))
+    assert "dhcp entry for five" in done.stdout, done.stderr
+    deadline = time.monotonic() + 10  # dnsmasq reads the new files on its own (inotify)
+    while "10.42.0.15" not in lab.dns("node", "10.42.0.1", "five.ceil.internal") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert lab.dns("node", "10.42.0.1", "five.ceil.internal") == "['10.42.0.15']"
+    assert lab.dns("node", "10.42.0.1", "ceil-five.ceil.internal") == "['10.42.0.15']"
+    assert dhcp(lab, FIVE_MAC, "ceil-five") == "10.42.0.15"

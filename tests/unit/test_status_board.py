@@ -42,9 +42,12 @@ def board(tmp_path, monkeypatch):
         "dnsmasq": {"state": "done"}, "nat-firewall": {"state": "done"}, "status-board": {"state": "pending"}}}))
     monkeypatch.setattr(mod, "ROUTER_STATUS_CMD", ["/nonexistent/ceil-status"])
     monkeypatch.setattr(mod, "ROUTER_STATUS_FILE", str(router_status))
-    config = {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "nodes": ["one", "two"],
+    config = {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "domain": "ceil.internal", "nodes": ["one", "two"],
               "hostnames": {"router": "ceil-router", "one": "ceil-one", "two": "ceil-two"},
-              "state_dir": str(tmp_path / "state")}
+              "state_dir": str(tmp_path / "state"),
+              "lan": {"cidr": "10.42.0.0/24", "router_ip": "10.42.0.1", "pool": ["10.42.0.100", "10.42.0.199"],
+                      "lb": ["10.42.0.240", "10.42.0.250"]},
+              "reserved": {"one": {"ip": "10.42.0.11", "mac": None}, "two": {"ip": "10.42.0.12", "mac": "dc:a6:32:00:00:02"}}}
     mod.Handler.board = mod.Board(config, bytes.fromhex(KEY))
     server = mod.FreeBindServer(("127.0.0.1", 0), mod.Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -203,3 +206,101 @@ def test_the_router_holds_the_key_and_each_node_only_its_own_token(tmp_path):
         token = secret_files(cluster, node, store)["status-report/token"].strip()
         assert token == report_token(key, node) and key not in token
     assert "status-board/key" not in secret_files(cluster, "one", store)
+
+
+# ---- nodes baked after the router (issue 19) -------------------------------------------------
+
+
+def register(url: str, node: str, ip: str, mac: str, token: str | None = None) -> requests.Response:
+    auth = {"Authorization": f"Bearer {token if token is not None else report_token(KEY, node)}"}
+    return requests.post(f"{url}/api/register/{node}", json={"ip": ip, "mac": mac}, headers=auth, timeout=5)
+
+
+def test_a_node_baked_after_the_router_registers_and_then_reports(board):
+    url, state = board
+    assert report(url, "five", {"chrony": {"state": "done"}}).status_code == 404  # not registered yet
+    answer = register(url, "five", "10.42.0.15", "dc:a6:32:00:00:05")
+    assert answer.status_code == 200, answer.text
+    entry = json.loads((state / "registered/five.json").read_text())
+    assert (entry["ip"], entry["mac"], entry["hostname"]) == ("10.42.0.15", "dc:a6:32:00:00:05", "ceil-five")
+    assert entry["names"] == ["ceil-five.ceil.internal", "five.ceil.internal"]
+    assert report(url, "five", {"chrony": {"state": "done"}}).status_code == 200
+    hosts = {h["name"]: h for h in requests.get(f"{url}/api/status", timeout=5).json()["hosts"]}
+    assert hosts["five"]["hostname"] == "ceil-five" and hosts["five"]["state"] == "done"
+    # A replacement card under the same name (another MAC) takes the entry over.
+    assert register(url, "five", "10.42.0.15", "dc:a6:32:00:00:55").status_code == 200
+    assert json.loads((state / "registered/five.json").read_text())["mac"] == "dc:a6:32:00:00:55"
+
+
+@pytest.mark.parametrize("node,ip,mac,code,why", [
+    ("five", "10.42.0.1", "dc:a6:32:00:00:05", 409, "the router's address"),
+    ("five", "10.42.0.150", "dc:a6:32:00:00:05", 409, "DHCP pool"),
+    ("five", "10.42.0.245", "dc:a6:32:00:00:05", 409, "load-balancer range"),
+    ("five", "192.168.1.5", "dc:a6:32:00:00:05", 409, "not a host address of the cluster LAN"),
+    ("five", "10.42.0.255", "dc:a6:32:00:00:05", 409, "not a host address"),
+    ("five", "10.42.0.11", "dc:a6:32:00:00:05", 409, "belongs to one"),
+    ("five", "10.42.0.15", "dc:a6:32:00:00:02", 409, "belongs to two"),
+    ("five", "10.42.0.15", "01:00:5e:00:00:01", 400, "unicast"),
+    ("five", "10.42.0.15", "dc:a6:32:00:00:05\n", 400, "unicast"),
+    ("five", "10.42.0.15\nx", "dc:a6:32:00:00:05", 400, "not an IPv4 address"),
+    ("two", "10.42.0.13", "dc:a6:32:00:00:02", 409, "reserved at 10.42.0.12 by the router's own card"),
+])
+def test_registration_keeps_to_the_lans_plan(board, node, ip, mac, code, why):
+    url, state = board
+    answer = register(url, node, ip, mac)
+    assert answer.status_code == code and why in answer.json()["error"], answer.text
+    assert not (state / "registered" / f"{node}.json").exists()
+
+
+def test_registration_needs_the_nodes_own_token(board):
+    url, state = board
+    for token in ("", report_token(KEY, "one"), report_token("ab" * 32, "five")):
+        assert register(url, "five", "10.42.0.15", "dc:a6:32:00:00:05", token=token).status_code == 401
+    assert register(url, "router", "10.42.0.15", "dc:a6:32:00:00:05").status_code == 404
+    assert not (state / "registered").exists()
+    # A second node may not take the first one's address.
+    assert register(url, "five", "10.42.0.15", "dc:a6:32:00:00:05").status_code == 200
+    assert "belongs to five" in register(url, "six", "10.42.0.15", "dc:a6:32:00:00:06").text
+
+
+def test_a_node_the_router_was_baked_with_is_told_so(board):
+    url, state = board
+    answer = register(url, "one", "10.42.0.11", "dc:a6:32:00:00:01")
+    assert answer.status_code == 200 and "reserved by the router's own card" in answer.text
+    assert not (state / "registered").exists()
+
+
+LAN_HOSTS = REPO / "firstboot/dnsmasq/lib/ceil-lan-hosts"
+
+
+def run_lan_hosts(config: Path, registered: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CEIL_REGISTERED_DIR": str(registered), "CEIL_LAN_HOSTS_DIR": str(out),
+           "PATH": f"{out.parent / 'bin'}:{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, str(LAN_HOSTS), str(config)], capture_output=True, text=True, env=env,
+                          timeout=30)
+
+
+def test_lan_hosts_turns_registrations_into_dnsmasq_entries_and_drops_the_rest(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"lan": {"cidr": "10.42.0.0/24"}, "reserved": {"one": {"ip": "10.42.0.11"}}}))
+    reg, out = tmp_path / "registered", tmp_path / "lan-hosts"
+    reg.mkdir()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/systemctl").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path / 'hup'}\n")
+    (tmp_path / "bin/systemctl").chmod(0o755)
+    good = {"ip": "10.42.0.15", "mac": "dc:a6:32:00:00:05", "hostname": "ceil-five",
+            "names": ["ceil-five.ceil.internal", "five.ceil.internal"]}
+    (reg / "five.json").write_text(json.dumps(good))
+    (reg / "six.json").write_text(json.dumps({**good, "ip": "10.42.0.16", "names": ["x\n10.0.0.1 evil"]}))
+    (reg / "seven.json").write_text(json.dumps({**good, "ip": "192.168.0.7"}))
+    (reg / "one.json").write_text(json.dumps({**good, "ip": "10.42.0.11"}))  # baked: the router's own card
+    done = run_lan_hosts(config, reg, out)
+    assert done.returncode == 0, done.stderr
+    assert (out / "dhcp/five").read_text() == "dc:a6:32:00:00:05,ceil-five,10.42.0.15,12h\n"
+    assert (out / "dns/five").read_text() == "10.42.0.15 ceil-five.ceil.internal five.ceil.internal\n"
+    assert sorted(p.name for p in (out / "dhcp").iterdir()) == ["five"]
+    assert "skipping six.json: bad names" in done.stderr and "skipping seven.json: bad ip" in done.stderr
+    (reg / "five.json").unlink()  # `bake.py node remove five`
+    assert run_lan_hosts(config, reg, out).returncode == 0
+    assert not list((out / "dhcp").iterdir()) and not list((out / "dns").iterdir())
+    assert "kill --signal=HUP dnsmasq.service" in (tmp_path / "hup").read_text()

@@ -1,0 +1,64 @@
+"""Issue 19: a node baked after the router, on the booted router (its real status board under
+DynamicUser, ceil-lan-hosts.path and dnsmasq's hostsdir), without re-flashing the router.
+
+The node side (the "register" step) is run for real in tests/unit/test_register_step.py and the
+DHCP reservation with the real dnsmasq in tests/unit/test_router_lan_netns.py; this checks the
+router's wiring: a registration made from the LAN with a token baked from the cluster's secrets
+becomes a name the router serves, and removing it (as `bake.py node remove` does) takes it away.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from ceil_infra.helpers import wait_for
+
+from ceil.nodes import STATUS_BOARD_DIR
+from ceil.secrets import SecretStore
+from ceil.status import BOARD_KEY_SECRET, STATUS_PORT, report_token
+from ceil_e2e import session
+
+pytestmark = pytest.mark.e2e
+
+NEW = {"name": "five", "ip": "10.42.0.15", "mac": "02:00:00:00:aa:05"}
+
+
+# One A query straight to the router's dnsmasq (no resolver cache in between), first answer or "".
+DNS_QUERY = r"""
+import random,socket,struct,sys
+q=struct.pack('!HHHHHH',random.randint(0,65535),0x100,1,0,0,0)+b''.join(bytes([len(p)])+p.encode() for p in sys.argv[2].split('.'))+b'\0'+struct.pack('!HH',1,1)
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5);s.sendto(q,(sys.argv[1],53));m=s.recv(4096)
+if struct.unpack('!H',m[6:8])[0]:
+    print(socket.inet_ntoa(m[-4:]))
+"""
+
+
+def resolves(host, name: str, server: str = "10.42.0.1") -> str:
+    return host.check_output(f"python3 -c {shlex.quote(DNS_QUERY)} {server} {shlex.quote(name)}").strip()
+
+
+def test_a_node_baked_after_the_router_gets_its_reservation_and_names():
+    c = session.get()
+    domain = c.config.get("domain", "ceil.internal")
+    router_ip = c.config.get("network", {}).get("router_ip", "10.42.0.1")
+    key = SecretStore(c.workdir / "secrets").read(BOARD_KEY_SECRET).decode().strip()
+    node, router = c.host("two"), c.host("router")
+    fqdn = f"{NEW['name']}.{domain}"
+    assert not resolves(node, fqdn, router_ip)
+    body = json.dumps({"ip": NEW["ip"], "mac": NEW["mac"]})
+    code = ("import sys,urllib.request;r=urllib.request.Request(sys.argv[1],data=sys.argv[3].encode(),method='POST',"
+            "headers={'Authorization':'Bearer '+sys.argv[2],'Content-Type':'application/json'});"
+            "print(urllib.request.urlopen(r,timeout=10).read().decode())")
+    url = f"http://{router_ip}:{STATUS_PORT}/api/register/{NEW['name']}"
+    out = node.check_output(f"python3 -c {shlex.quote(code)} {url} {report_token(key, NEW['name'])} {shlex.quote(body)}")
+    assert f"registered at {NEW['ip']}" in out
+    # ceil-lan-hosts.path runs ceil-lan-hosts (root), dnsmasq reads the new files by itself.
+    wait_for(f"the router to serve {fqdn}", lambda: resolves(node, fqdn, router_ip) == NEW["ip"], timeout=60, every=3)
+    assert resolves(node, f"ceil-{NEW['name']}.{domain}", router_ip) == NEW["ip"]
+    with router.sudo():
+        assert router.file(f"/var/lib/ceil/lan-hosts/dhcp/{NEW['name']}").content_string == \
+            f"{NEW['mac']},ceil-{NEW['name']},{NEW['ip']},12h\n"
+        router.check_output(f"rm -f {STATUS_BOARD_DIR}/registered/{NEW['name']}.json")  # as `node remove`
+    wait_for(f"the router to forget {fqdn}", lambda: not resolves(node, fqdn, router_ip), timeout=60, every=3)
