@@ -45,6 +45,7 @@ class BakeContext:
     store: SecretStore
     base_image_arg: Path | None = None
     airgap: Path | None = None
+    any_base_image: bool = False  # --any-base-image: no check against the flavor's pin
     flavor: Flavor = field(init=False)
     work: Path = field(init=False)
     base: BaseImage | None = None
@@ -80,7 +81,7 @@ class BakeContext:
 
 def fetch_base(ctx: BakeContext) -> None:
     with step("fetch_base", ctx.base_image_arg.name if ctx.base_image_arg else ctx.flavor.name):
-        ctx.base = resolve_base(ctx.flavor, ctx.base_image_arg)
+        ctx.base = resolve_base(ctx.flavor, ctx.base_image_arg, ctx.any_base_image)
 
 
 def verify_base(ctx: BakeContext) -> None:

@@ -38,13 +38,14 @@ Examples:
 @click.option("--role", "roles", multiple=True, metavar="NAME", help="Role to bake: router or a node name from cluster.yaml (repeatable).")
 @click.option("--all", "all_roles", is_flag=True, help="Bake the router and every node.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True, help="The cluster description.")
-@click.option("--base-image", type=click.Path(path_type=Path), help="Use this local image (.img, .img.xz, .zip) instead of downloading the flavor's.")
+@click.option("--base-image", type=click.Path(path_type=Path), help="Use this local image (.img, .img.xz, .zip) instead of downloading the flavor's; where the flavor pins a sha256, it must be that file.")
+@click.option("--any-base-image", is_flag=True, help="Bake from --base-image even if it is not the file the flavor pins (e.g. an image you changed).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True, help="Where images and manifests are written.")
 @click.option("--airgap", type=click.Path(path_type=Path, file_okay=False), help="Folder with k3s release files (k3s-arm64, sha256sum-arm64.txt, images tarball) to bake into node images.")
 @click.option("--secrets", "secrets_dir", type=click.Path(path_type=Path), help="Secrets folder [default: secrets/ next to the config].")
 @click.version_option(__version__, prog_name="ceil")
 @click.pass_context
-def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets_dir):
+def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, secrets_dir):
     """Bake ready-to-flash SD-card images for a self-provisioning Raspberry Pi k3s cluster.
 
     Each image configures its machine on first boot: the router (uplink, DHCP/DNS, NAT, firewall,
@@ -78,7 +79,7 @@ def cli(ctx, roles, all_roles, config_path, base_image, out_dir, airgap, secrets
     for r in chosen:
         start = time.monotonic()
         console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
-        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap))
+        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image))
         if r == "router":
             router_baked(store)
         else:

@@ -222,12 +222,19 @@ def _compressed_pos(fin) -> int | None:
 # ---- the one entry point ----------------------------------------------------------------
 
 
-def resolve_base(flavor: Flavor, base_image: Path | None = None) -> BaseImage:
-    """The raw base image for a bake: a local file (--base-image) or the flavor's download."""
+def resolve_base(flavor: Flavor, base_image: Path | None = None, any_base: bool = False) -> BaseImage:
+    """The raw base image for a bake: a local file (--base-image) or the flavor's download. A local
+    file must be the flavor's pinned download (its sha256) unless `any_base` says otherwise."""
     if base_image is not None:
         if not base_image.is_file():
             raise CeilError(f"--base-image {base_image}: no such file")
         digest = cached_sha256(base_image)
+        if flavor.sha256 and digest != flavor.sha256 and not any_base:
+            raise CeilError(
+                f"--base-image {base_image}: its sha256 is {digest}, but flavor {flavor.name} pins"
+                f" {flavor.sha256} ({filename_of(flavor.url) if flavor.url else 'its image'}, as downloaded,"
+                " still compressed). Pass that file, or add --any-base-image to bake from this one anyway"
+            )
         kind = compression_of(base_image)
         raw = base_image if kind == "none" else decompress_to_cache(base_image, digest, kind)
         return BaseImage(raw, digest, str(base_image))

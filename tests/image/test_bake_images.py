@@ -31,7 +31,9 @@ MT = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 def run_bake(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True, text=True)
+    # Synthetic bases are never the flavor's pinned download (raspios-trixie pins one).
+    extra = ["--any-base-image"] if "--base-image" in args else []
+    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args, *extra], cwd=cwd, capture_output=True, text=True)
 
 
 def extract(img: Path, index: int, dest: Path) -> Path:

@@ -137,3 +137,29 @@ def test_checksum_file_without_entry():
 def test_flavor_without_url_needs_base_image():
     with pytest.raises(CeilError, match="--base-image"):
         resolve_base(flavor(None))
+
+
+def test_a_local_base_image_must_be_the_flavors_pinned_download(tmp_path):
+    """Issue 18 #10: --base-image was hashed into the manifest but never checked against the pin."""
+    import hashlib
+
+    img = tmp_path / "base.img"
+    img.write_bytes(b"\0" * 4096)
+    other = tmp_path / "other.img"
+    other.write_bytes(b"\1" * 4096)
+    pin = hashlib.sha256(img.read_bytes()).hexdigest()
+    pinned = flavor("https://example.invalid/base.img", sha=pin, compression="none")
+    assert resolve_base(pinned, img).sha256 == pin
+    with pytest.raises(CeilError) as e:
+        resolve_base(pinned, other)
+    assert "--base-image" in str(e.value) and pin in str(e.value) and "--any-base-image" in str(e.value)
+    assert resolve_base(pinned, other, any_base=True).sha256 != pin
+    assert resolve_base(flavor(None, compression="none"), other).sha256  # no pin: any file
+
+
+def test_the_raspberry_pi_os_flavor_pins_its_image():
+    from ceil.catalog import load_flavor
+
+    raspios = load_flavor("raspios-trixie")
+    assert raspios.sha256 == "1d448a6e665e1ae8100bc28b35408619ec626a2fddfd6579ec99e7996fa09a56"
+    assert raspios.checksum_url == raspios.url + ".sha256"
