@@ -137,6 +137,58 @@ def render_command(obj: Context, names, out_dir, check) -> None:
         click.echo(f"all manifests valid for Kubernetes {version}")
 
 
+def catalog_references(cluster: Cluster) -> tuple[set[str], set[str]]:
+    """Images and charts of every add-on in the catalog (enabled or not), as the cluster renders them."""
+    from .pins import references
+
+    catalog = Catalog()
+    addons = render_selected(cluster, catalog, names=list(catalog.specs))
+    return references([m for a in addons for m in a.manifests])
+
+
+@addons_group.command("pins")
+@click.option("--check", is_flag=True, help="Ask each registry and chart repository for today's digest and compare.")
+@click.option("--write", is_flag=True, help="With --check: record the digests read in addons/pins.yaml (each change is printed).")
+@click.pass_obj
+def pins_command(obj: Context, check: bool, write: bool) -> None:
+    """The digests the add-ons' images and charts are pinned to (addons/pins.yaml).
+
+    Without --check: each image and chart the catalog references and its pin (or "unpinned").
+    --check needs the internet (Docker Hub, ghcr.io, quay.io, the chart repositories); exit 1 when
+    a pinned tag now points at other bytes, or a registry could not be asked."""
+    from .pins import Pins, check as check_pins
+
+    if write and not check:
+        raise CeilError("--write records what --check reads: use both")
+    pins = Pins.load()
+    images, charts = catalog_references(obj.cluster)
+    if not check:
+        for kind, refs, table in (("image", images, pins.images), ("chart", charts, pins.charts)):
+            for ref in sorted(refs):
+                click.echo(f"{kind} {ref}: {table.get(ref) or 'unpinned'}")
+        return
+    findings = check_pins(images, charts, pins)
+    bad = False
+    for f in findings:
+        line = f"{f.state:<11} {f.kind} {f.ref}"
+        if f.error:
+            line += f": {f.error}"
+            bad = True
+        elif f.state == "CHANGED":
+            line += f": pinned {f.pinned}, the registry now says {f.current} (the tag was re-pushed: check why)"
+            bad = True
+        elif f.state == "unpinned":
+            line += f": {f.current}"
+        click.echo(line)
+        if write and f.current and f.current != f.pinned:
+            (pins.images if f.kind == "image" else pins.charts)[f.ref] = f.current
+    if write:
+        pins.save()
+        click.echo(f"wrote {pins.path}")
+    if bad:
+        raise SystemExit(1)
+
+
 def _names(obj: Context, names: tuple[str, ...], everything: bool) -> list[str]:
     if everything:
         return [s.name for s in selected(obj.cluster, Catalog())]

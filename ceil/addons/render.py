@@ -113,6 +113,9 @@ def _environment(root: Path) -> jinja2.Environment:
 
 
 def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog) -> RenderedAddon:
+    from .pins import Pins, apply_image_pins
+
+    pins = Pins.load()
     env = _environment(catalog.dir(spec.name))
     ctx = template_context(cluster, spec)
     out = RenderedAddon(spec.name, list(spec.depends_on))
@@ -122,6 +125,7 @@ def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog) -> Rendere
         manifests: list[dict[str, Any]] = []
         for name in step.templates:
             manifests += _render_docs(env, name, ctx, f"addons/{spec.name}/{name}")
+        apply_image_pins(manifests, pins)  # name:tag -> name:tag@sha256:... where pinned
         secrets = [s.model_dump(exclude_none=True) for s in step.secrets]
         out.steps.append(RenderedStep(manifests, secrets, step.wait_for.model_dump()))
     return out

@@ -1,0 +1,163 @@
+"""Issue 18 #10: the add-ons' images and charts pinned by digest (addons/pins.yaml), and
+`bake.py addons pins --check` reading today's digests from registries and chart repositories,
+here a local fake that speaks the distribution API with Docker Hub's anonymous token flow and
+serves chart indexes and archives; its digests are computed from the bytes it serves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from ceil.addons import pins as pins_mod
+from ceil.addons.cli import addons_group, catalog_references
+from ceil.addons.render import render_selected
+from router_lan_render import KEY, REPO, cluster_from
+
+sys.path.insert(0, str(REPO / "tests/fakes"))
+import oci  # noqa: E402
+
+MANIFEST, _ = oci.tiny_image("busybox stand-in\n")
+IMAGE_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+CHART_TGZ = b"a chart archive\n"
+CHART_DIGEST = hashlib.sha256(CHART_TGZ).hexdigest()
+
+
+def full_cluster():
+    """Every add-on of the catalog renders (storage needs a node with a drive)."""
+    return cluster_from({"addons": {"enabled": True},
+                         "nodes": [{"name": "one", "role": "server"}, {"name": "two", "storage_device": "/dev/sda"}]})
+
+
+@pytest.fixture
+def config(tmp_path) -> str:
+    """A cluster.yaml on which every add-on renders."""
+    data = yaml.safe_load((REPO / "cluster.example.yaml").read_text())
+    data["ssh"] = {"authorized_keys": [KEY]}
+    data["router"]["uplink"] = {"type": "ethernet"}
+    data["addons"] = {"enabled": True}
+    data["nodes"] = [{"name": "one", "role": "server"}, {"name": "two", "storage_device": "/dev/sda"}]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+class Fake(BaseHTTPRequestHandler):
+    """/<host>/v2/<repo>/manifests/<tag> (bearer token from /<host>/token), /<host>/.../index.yaml,
+    /<host>/....tgz. `moved` tags answer with another digest (a re-pushed tag)."""
+    moved: set = set()
+    token = "fake-token"
+
+    def _reply(self, code, body=b"", headers=None):
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_HEAD(self):
+        m = re.fullmatch(r"/([^/]+)/v2/(.+)/manifests/([^/]+)", self.path)
+        if not m:
+            return self._reply(404)
+        host = m.group(1)
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            realm = f"http://{self.headers['Host']}/{host}/token"
+            return self._reply(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="{host}",'
+                                             f'scope="repository:{m.group(2)}:pull"'})
+        digest = IMAGE_DIGEST if m.group(3) not in self.moved else "sha256:" + "e" * 64
+        self._reply(200, headers={"Docker-Content-Digest": digest})
+
+    def do_GET(self):
+        if self.path.split("?")[0].endswith("/token"):
+            return self._reply(200, json.dumps({"token": self.token}).encode())
+        if self.path.endswith("/index.yaml"):
+            chart_version = {"metallb": "0.15.3", "kube-prometheus-stack": "79.5.0", "kubewatch": "3.5.0",
+                             "longhorn": "1.11.3"}
+            entries = {c: [{"version": v, "digest": CHART_DIGEST}] for c, v in chart_version.items()}
+            return self._reply(200, yaml.safe_dump({"apiVersion": "v1", "entries": entries}).encode())
+        if self.path.endswith(".tgz"):
+            return self._reply(200, CHART_TGZ)
+        self._reply(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    hosts = ["docker.io", "ghcr.io", "metallb.github.io", "prometheus-community.github.io",
+             "robusta-charts.storage.googleapis.com", "charts.longhorn.io", "github.com"]
+    monkeypatch.setenv("CEIL_REGISTRY_ENDPOINTS", ",".join(f"{h}={base}/{h}" for h in hosts))
+    pins_file = tmp_path / "pins.yaml"
+    pins_file.write_text((REPO / "addons/pins.yaml").read_text())
+    monkeypatch.setattr(pins_mod, "PINS_FILE", pins_file)
+    Fake.moved = set()
+    yield pins_file
+    server.shutdown()
+
+
+def test_every_image_and_chart_of_the_catalog_has_a_pin_entry():
+    """A new add-on cannot skip the pins: its references must be listed (null until --write)."""
+    images, charts = catalog_references(full_cluster())
+    pins = pins_mod.Pins.load()
+    assert images and charts
+    assert images <= set(pins.images), f"add to addons/pins.yaml: {sorted(images - set(pins.images))}"
+    assert charts <= set(pins.charts), f"add to addons/pins.yaml: {sorted(charts - set(pins.charts))}"
+
+
+def test_image_references_are_split_the_way_registries_name_them():
+    assert pins_mod.split_image("docker.io/library/busybox:1.37") == ("docker.io", "library/busybox", "1.37")
+    assert pins_mod.split_image("busybox:1.37") == ("docker.io", "library/busybox", "1.37")
+    assert pins_mod.split_image("ghcr.io/stefanprodan/podinfo:6.9.2") == ("ghcr.io", "stefanprodan/podinfo", "6.9.2")
+    assert pins_mod.split_image("localhost:5000/x") == ("localhost:5000", "x", "latest")
+
+
+def test_check_reads_the_digests_writes_them_and_pinned_images_render_by_digest(fake, config):
+    result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check", "--write"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"unpinned    image docker.io/library/busybox:1.37: {IMAGE_DIGEST}" in result.output
+    written = pins_mod.Pins.load()
+    assert written.images["docker.io/library/busybox:1.37"] == IMAGE_DIGEST
+    assert written.charts["https://metallb.github.io/metallb metallb 0.15.3"] == f"sha256:{CHART_DIGEST}"
+    url = next(k for k in written.charts if k.endswith(".tgz"))
+    assert written.charts[url] == f"sha256:{CHART_DIGEST}"
+    images = [c["image"] for a in render_selected(full_cluster()) for m in a.manifests
+              for c in pins_mod._containers(m)]
+    assert f"docker.io/library/busybox:1.37@{IMAGE_DIGEST}" in images
+    # A second check finds everything as pinned.
+    again = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check"])
+    assert again.exit_code == 0 and "CHANGED" not in again.output and "unpinned" not in again.output
+
+
+def test_a_re_pushed_tag_is_reported_and_never_adopted_silently(fake, config):
+    args = ["--config", config, "pins", "--check"]
+    env = {}
+    assert CliRunner().invoke(addons_group, [*args, "--write"], env=env).exit_code == 0
+    Fake.moved = {"1.37"}
+    result = CliRunner().invoke(addons_group, args, env=env)
+    assert result.exit_code == 1
+    assert f"CHANGED     image docker.io/library/busybox:1.37: pinned {IMAGE_DIGEST}" in result.output
+    assert pins_mod.Pins.load().images["docker.io/library/busybox:1.37"] == IMAGE_DIGEST
+
+
+def test_an_unreachable_registry_fails_the_check_and_a_bad_pin_is_refused(fake, monkeypatch):
+    monkeypatch.setenv("CEIL_REGISTRY_ENDPOINTS", "docker.io=http://127.0.0.1:9,ghcr.io=http://127.0.0.1:9")
+    findings = pins_mod.check({"docker.io/library/busybox:1.37"}, set(), pins_mod.Pins.load())
+    assert findings[0].state == "unreachable" and "could not ask" in findings[0].error
+    fake.write_text("images:\n  docker.io/library/busybox:1.37: {digest: 'sha256:abc'}\n")
+    with pytest.raises(Exception, match="not sha256:<64 hex digits>"):
+        pins_mod.Pins.load()
