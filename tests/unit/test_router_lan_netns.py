@@ -278,11 +278,10 @@ def test_a_node_baked_after_the_router_registers_and_gets_its_address_and_name(l
     before = dhcp(lab, FIVE_MAC, "ceil-five")
     assert before.startswith("10.42.0.1") and int(before.split(".")[-1]) >= 100  # a pool address
     assert "10.42.0." not in lab.dns("node", "10.42.0.1", "five.ceil.internal")
-    code = ("import json,sys,urllib.request;r=urllib.request.Request(sys.argv[1],data=json.dumps("
-            "{'ip':'10.42.0.15','mac':sys.argv[3]}).encode(),method='POST',headers={'Authorization':'Bearer '+sys.argv[2],"
-            "'Content-Type':'application/json'});print(urllib.request.urlopen(r,timeout=10).read().decode())")
+    code = ("import json,sys;sys.path.insert(0,sys.argv[4]);import ceil_board;print(ceil_board.post(sys.argv[1],"
+            "sys.argv[2],json.dumps({'ip':'10.42.0.15','mac':sys.argv[3]}).encode()))")
     answer = lab.run("node", sys.executable, "-c", code, "http://10.42.0.1:8081/api/register/five",
-                     report_token(key, "five"), FIVE_MAC).stdout
+                     report_token(key, "five"), FIVE_MAC, str(REPO / "firstboot/status-report/lib")).stdout
     assert "five registered at 10.42.0.15" in answer
     env = [f"CEIL_REGISTERED_DIR={lab.dir / 'board/registered'}", f"CEIL_LAN_HOSTS_DIR={lab.lan_hosts}"]
     done = lab.run("rtr", "env", *env, sys.executable, str(REPO / "firstboot/dnsmasq/lib/ceil-lan-hosts"),

@@ -23,6 +23,16 @@ from router_lan_render import REPO, cluster_from, render
 BOARD = REPO / "firstboot/status-board/lib/status-board"
 KEY = "5e" * 32  # the router's reporting key in these tests
 REPORTER = REPO / "firstboot/status-report/lib/status-report"
+sys.path.insert(0, str(REPO / "firstboot/status-report/lib"))
+import ceil_board  # noqa: E402  (the nodes' signing helper)
+
+
+def signed_post(url: str, path: str, body: bytes, token: str) -> requests.Response:
+    """POST as a node does: a fresh nonce from the board, the request signed with `token`."""
+    nonce = requests.get(f"{url}/api/nonce", timeout=5).json()["nonce"]
+    sig = ceil_board.signature(token, "POST", path, nonce, body)
+    return requests.post(f"{url}{path}", data=body, timeout=5, headers={
+        "Content-Type": "application/json", "Authorization": f"CEIL-HMAC nonce={nonce},sig={sig}"})
 
 
 def load_board():
@@ -58,9 +68,8 @@ def board(tmp_path, monkeypatch):
 
 def report(url: str, node: str, steps: dict, token: str | None = None) -> requests.Response:
     """POST as node `node` does, with its token (or `token`)."""
-    auth = {"Authorization": f"Bearer {token if token is not None else report_token(KEY, node)}"}
-    return requests.post(f"{url}/api/status/{node}", json={"host": f"ceil-{node}", "steps": steps},
-                         headers=auth, timeout=5)
+    body = json.dumps({"host": f"ceil-{node}", "steps": steps}).encode()
+    return signed_post(url, f"/api/status/{node}", body, token if token is not None else report_token(KEY, node))
 
 
 def test_summary_counts_steps_and_ignores_the_status_services():
@@ -91,10 +100,10 @@ def test_board_stores_reports_and_serves_json_and_page(board):
 def test_board_refuses_unknown_nodes_and_bad_bodies(board):
     url, state = board
     assert report(url, "intruder", {}).status_code == 404
-    auth = {"Authorization": f"Bearer {report_token(KEY, 'one')}"}
-    assert requests.post(f"{url}/api/status/one", data="not json", headers=auth, timeout=5).status_code == 400
-    assert requests.post(f"{url}/api/status/one", json=[1, 2], headers=auth, timeout=5).status_code == 400
-    assert requests.post(f"{url}/api/status/one", data=b"x" * 300_000, headers=auth, timeout=5).status_code == 413
+    token = report_token(KEY, "one")
+    assert signed_post(url, "/api/status/one", b"not json", token).status_code == 400
+    assert signed_post(url, "/api/status/one", b"[1, 2]", token).status_code == 400
+    assert signed_post(url, "/api/status/one", b"x" * 300_000, token).status_code == 413
     assert not list(state.glob("*.json"))
 
 
@@ -105,10 +114,31 @@ def test_a_lan_neighbour_without_the_nodes_token_changes_nothing(board):
     before = (state / "one.json").read_bytes()
     for token in ("", "0" * 64, report_token(KEY, "two"), report_token("ab" * 32, "one")):
         answer = report(url, "one", {"k3s-install": {"state": "failed"}}, token=token)
-        assert answer.status_code == 401 and "no valid token for one" in answer.text
+        assert answer.status_code == 401 and "no valid signature for one" in answer.text
     no_header = requests.post(f"{url}/api/status/one", json={"steps": {}}, timeout=5)
     assert no_header.status_code == 401
+    # The old way (the token itself as a bearer) is refused: the token never crosses the LAN now.
+    bearer = requests.post(f"{url}/api/status/one", json={"steps": {}}, timeout=5,
+                           headers={"Authorization": f"Bearer {report_token(KEY, 'one')}"})
+    assert bearer.status_code == 401
     assert (state / "one.json").read_bytes() == before
+
+
+def test_a_recorded_request_cannot_be_replayed_or_altered(board):
+    """What a LAN neighbour who records a node's request can do with it: nothing."""
+    url, state = board
+    token = report_token(KEY, "one")
+    body = json.dumps({"steps": {"k3s-install": {"state": "done"}}}).encode()
+    nonce = requests.get(f"{url}/api/nonce", timeout=5).json()["nonce"]
+    auth = {"Authorization": f"CEIL-HMAC nonce={nonce},sig={ceil_board.signature(token, 'POST', '/api/status/one', nonce, body)}"}
+    assert requests.post(f"{url}/api/status/one", data=body, headers=auth, timeout=5).status_code == 200
+    assert requests.post(f"{url}/api/status/one", data=body, headers=auth, timeout=5).status_code == 401  # replay
+    nonce = requests.get(f"{url}/api/nonce", timeout=5).json()["nonce"]
+    auth = {"Authorization": f"CEIL-HMAC nonce={nonce},sig={ceil_board.signature(token, 'POST', '/api/status/one', nonce, body)}"}
+    other = json.dumps({"steps": {"k3s-install": {"state": "failed"}}}).encode()
+    assert requests.post(f"{url}/api/status/one", data=other, headers=auth, timeout=5).status_code == 401  # altered
+    assert requests.post(f"{url}/api/register/one", data=body, headers=auth, timeout=5).status_code == 401  # moved
+    assert json.loads((state / "one.json").read_text())["report"]["steps"]["k3s-install"]["state"] == "done"
 
 
 def test_page_escapes_what_nodes_send(board):
@@ -212,8 +242,8 @@ def test_the_router_holds_the_key_and_each_node_only_its_own_token(tmp_path):
 
 
 def register(url: str, node: str, ip: str, mac: str, token: str | None = None) -> requests.Response:
-    auth = {"Authorization": f"Bearer {token if token is not None else report_token(KEY, node)}"}
-    return requests.post(f"{url}/api/register/{node}", json={"ip": ip, "mac": mac}, headers=auth, timeout=5)
+    body = json.dumps({"ip": ip, "mac": mac}).encode()
+    return signed_post(url, f"/api/register/{node}", body, token if token is not None else report_token(KEY, node))
 
 
 def test_a_node_baked_after_the_router_registers_and_then_reports(board):
