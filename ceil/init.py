@@ -15,6 +15,7 @@ import yaml
 from .catalog import available, load_flavor
 from .compat import check_secrets_format
 from .config import Cluster, parse_cluster
+from .config.cluster import CLUSTER_FORMAT
 from .features import preflight
 from .errors import CeilError
 from .features import RoleContext, render_features
@@ -39,6 +40,7 @@ HEADER = "# Written by `bake.py init`; every key is explained in cluster.example
 def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None, psk: str | None,
                  country: str | None, nodes: int) -> dict:
     cfg: dict = {
+        "format": CLUSTER_FORMAT,
         "name": name,
         "flavor": flavor,
         "ssh": {"authorized_keys": [key]},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from .schema import (
@@ -32,7 +32,14 @@ from .schema import (
 )
 
 
+# The layout of cluster.yaml this ceil reads. A file that names a newer one was written for a
+# newer ceil (it may use keys or meanings this one does not know): refused, not half-understood.
+# When a change needs users to edit their file, this goes up and the change is described here.
+CLUSTER_FORMAT = 1
+
+
 class Cluster(Model):
+    format: int = Field(default=1, ge=1, description="cluster.yaml's format; see CLUSTER_FORMAT")
     name: Label = "ceil"
     domain: Domain = "ceil.internal"
     flavor: str = Field(default="ubuntu-24.04-raspi", pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -48,6 +55,14 @@ class Cluster(Model):
     registry: Registry = Field(default_factory=Registry)
     piwatch: PiWatch = Field(default_factory=PiWatch)
     addons: Addons = Field(default_factory=Addons)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: int) -> int:
+        if v > CLUSTER_FORMAT:
+            raise ValueError(f"{v} is a cluster.yaml format of a newer ceil; this ceil reads format"
+                             f" {CLUSTER_FORMAT}: update ceil (git pull, then make setup) before baking")
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -325,3 +325,12 @@ def test_the_regulatory_domain_goes_on_the_routers_command_line_only_with_a_wifi
     out = append_cmdline(line, ["cfg80211.ieee80211_regdom=DE"], replace=("cfg80211.ieee80211_regdom",))
     assert out == b"console=tty1 root=LABEL=writable rootwait cfg80211.ieee80211_regdom=DE\n"
     assert append_cmdline(out, ["cfg80211.ieee80211_regdom=DE"], replace=("cfg80211.ieee80211_regdom",)) == out
+
+
+def test_a_cluster_yaml_of_a_newer_format_is_refused_with_the_fix():
+    from ceil.config.cluster import CLUSTER_FORMAT
+
+    assert parse_cluster(BASE).format == CLUSTER_FORMAT == parse_cluster(f"format: 1\n{BASE}").format
+    msg = error(f"format: {CLUSTER_FORMAT + 1}\n{BASE}")
+    assert "format" in msg and "newer ceil" in msg and "update ceil" in msg
+    assert "format" in error(f"format: 0\n{BASE}")
