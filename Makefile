@@ -12,7 +12,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv route route-add uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv route route-add k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -96,6 +96,11 @@ all-deploy: venv ## Apply every enabled add-on
 	$(PY) bake.py addons --config $(CONFIG) apply --all
 all-delete: venv ## Delete every add-on
 	$(PY) bake.py addons --config $(CONFIG) delete --all
+k8s-remove: venv ## Take k3s off every node: datastore, pods, state (keeps what the cards were baked with)
+	$(PY) bake.py k3s reset --config $(CONFIG) --remove $(if $(VIA),--via $(VIA))
+k8s-reset: venv ## Delete the cluster and let the nodes form it afresh (same CA and token: the kubeconfig still works)
+	$(PY) bake.py k3s reset --config $(CONFIG) $(if $(VIA),--via $(VIA))
+teardown: all-delete k8s-remove ## The seed's teardown: every add-on deleted, then k3s removed
 uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime
 df: venv ## Disk use of every machine's root and boot file systems

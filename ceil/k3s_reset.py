@@ -1,0 +1,67 @@
+"""`bake.py k3s reset`: take k3s off every node, and (unless --remove) set it up afresh.
+
+The seed's `k8s-remove` and `teardown` (issue 19, day two). Each node runs its own
+`ceil-k3s-reset` (installed by the k3s-install feature): k3s stopped, its containers, mounts and
+links gone, its datastore and state deleted, the baked config, secrets and node password kept.
+Order matters: agents stop before the servers they talk to; on the way back, servers first so the
+agents find a cluster to join. With the baked CA and token, the new cluster's kubeconfig is the
+one `bake.py kubeconfig` already wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .config import Cluster, load_cluster
+from .errors import CeilError
+
+RESET = "sudo /usr/local/lib/ceil/ceil-k3s-reset"
+
+
+def reset_plan(cluster: Cluster, remove: bool) -> list[tuple[list[str], str]]:
+    """[(node names, command)] in order: agents then servers off; then servers, agents back."""
+    agents = [n.name for n in cluster.nodes if n.role != "server"]
+    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    plan = [(names, f"{RESET} --remove") for names in (agents, servers) if names]
+    if not remove:
+        plan += [(names, RESET) for names in (servers, agents) if names]
+    return plan
+
+
+@click.group("k3s")
+def k3s_group() -> None:
+    """Day two: k3s across the cluster."""
+
+
+@k3s_group.command("reset")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"),
+              show_default=True, help="The cluster description.")
+@click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `bake.py ssh`).")
+@click.option("--remove", is_flag=True, help="Leave k3s off (the seed's k8s-remove); without it k3s is set up afresh.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -> None:
+    """Delete the Kubernetes cluster: every node's k3s datastore, pods, volumes in k3s's own
+    directories and certificates it made. The cards keep what was baked into them (CA, token,
+    node passwords), so without --remove the nodes form the same-named cluster again, empty, and
+    the first-boot add-on job applies the add-ons anew. Longhorn's drives are not wiped."""
+    from .workstation import run_everywhere
+
+    cluster = load_cluster(config_path)
+    what = "remove k3s from" if remove else "reset k3s on"
+    if not yes:
+        click.confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"
+                      " Every workload and its data in the cluster is lost", abort=True)
+    failed = []
+    for names, command in reset_plan(cluster, remove):
+        for name, (code, output) in run_everywhere(cluster, names, command, via).items():
+            for line in output.splitlines() or [""]:
+                click.echo(f"{name}: {line}")
+            if code != 0:
+                failed.append(name)
+        if failed:
+            raise CeilError(f"ceil-k3s-reset failed on {', '.join(failed)}: stopped before the next machines;"
+                            f" see the lines above, then run `python bake.py k3s reset{' --remove' if remove else ''}` again")
+    click.echo("k3s removed from every node" if remove else
+               "k3s set up afresh: `python bake.py status --wait 1800`, then `make nodes-show`")

@@ -1,0 +1,92 @@
+"""`bake.py k3s reset` (issue 19, day two: the seed's k8s-remove and teardown): the node-side
+script run for real on a scratch root with stub commands, and the workstation's order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ceil import k3s_reset, workstation
+from ceil.config import parse_cluster
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "firstboot/k3s-install/lib/ceil-k3s-reset"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+CLUSTER = (f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+           "nodes: [{name: one, role: server}, {name: two}, {name: three}]\n")
+
+
+def scratch_node(tmp_path: Path, unit: str) -> tuple[Path, dict]:
+    root = tmp_path / "root"
+    for d in ("etc/systemd/system", "var/lib/rancher/k3s/server/db", "var/lib/kubelet/pods", "var/lib/cni",
+              "etc/rancher/k3s", "etc/rancher/node", "etc/ceil/secrets/k3s", "var/lib/ceil/done", "proc/self", "bin"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/systemd/system" / unit).write_text("[Service]\n")
+    (root / "var/lib/rancher/k3s/server/db/state.db").write_text("the cluster\n")
+    (root / "etc/rancher/k3s/config.yaml").write_text("node-ip: 10.42.0.11\n")
+    (root / "etc/rancher/node/password").write_text("stable\n")
+    (root / "etc/ceil/secrets/k3s/token").write_text("baked\n")
+    step = "k3s-server" if unit == "k3s.service" else "k3s-agent"
+    (root / "var/lib/ceil/done" / step).write_text("")
+    (root / "proc/self/mounts").write_text(f"tmpfs {root}/run/k3s/containerd/x tmpfs rw 0 0\n/dev/vda2 / ext4 rw 0 0\n")
+    log = tmp_path / "calls"
+    for cmd in ("systemctl", "pkill", "umount", "ip"):
+        (root / "bin" / cmd).write_text(f'#!/bin/sh\necho "{cmd} $*" >> {log}\n')
+        (root / "bin" / cmd).chmod(0o755)
+    env = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{root / 'bin'}:{os.environ['PATH']}"}
+    return root, env
+
+
+@pytest.mark.parametrize("unit,step", [("k3s.service", "k3s-server"), ("k3s-agent.service", "k3s-agent")])
+def test_reset_deletes_k3s_state_keeps_the_baked_card_and_runs_the_step_again(tmp_path, unit, step):
+    root, env = scratch_node(tmp_path, unit)
+    done = subprocess.run(["dash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == f"systemctl disable --no-reload --now {unit}"
+    assert "pkill -9 -f containerd-shim" in calls and f"umount -l {root}/run/k3s/containerd/x" in calls
+    assert "ip link delete cni0" in calls and "ip link delete flannel.1" in calls
+    assert calls[-1] == f"systemctl start --no-block ceil-{step}.service"
+    assert not (root / "var/lib/rancher/k3s").exists() and not (root / "var/lib/kubelet").exists()
+    assert not (root / "etc/rancher/k3s/config.yaml").exists() and not (root / "var/lib/ceil/done" / step).exists()
+    assert (root / "etc/rancher/node/password").read_text() == "stable\n"   # rejoins as itself
+    assert (root / "etc/ceil/secrets/k3s/token").exists()                   # the baked card stays
+
+
+def test_remove_leaves_k3s_off(tmp_path):
+    root, env = scratch_node(tmp_path, "k3s-agent.service")
+    done = subprocess.run(["dash", str(SCRIPT), "--remove"], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0 and "k3s removed" in done.stdout
+    assert not any("start" in c for c in (tmp_path / "calls").read_text().splitlines())
+
+
+def test_a_machine_without_k3s_is_left_alone(tmp_path):
+    root, env = scratch_node(tmp_path, "other.service")
+    done = subprocess.run(["dash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=30)
+    assert done.returncode == 0 and "no k3s on this machine" in done.stdout
+    assert (root / "var/lib/rancher/k3s/server/db/state.db").exists()
+
+
+def test_agents_go_first_and_come_back_last():
+    cluster = parse_cluster(CLUSTER)
+    assert k3s_reset.reset_plan(cluster, remove=True) == [
+        (["two", "three"], f"{k3s_reset.RESET} --remove"), (["one"], f"{k3s_reset.RESET} --remove")]
+    assert k3s_reset.reset_plan(cluster, remove=False)[2:] == [(["one"], k3s_reset.RESET), (["two", "three"], k3s_reset.RESET)]
+
+
+def test_the_command_stops_at_the_first_failure(tmp_path, monkeypatch):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    ran = []
+
+    def fake(cluster, names, command, via):
+        ran.append((tuple(names), command))
+        return {n: (1 if n == "two" else 0, f"did {command}") for n in names}
+
+    monkeypatch.setattr(workstation, "run_everywhere", fake)
+    result = CliRunner().invoke(k3s_reset.k3s_group, ["reset", "--config", str(tmp_path / "cluster.yaml"), "--yes"])
+    assert result.exit_code != 0 and "failed on two" in str(result.exception or result.output)
+    assert ran == [(("two", "three"), f"{k3s_reset.RESET} --remove")]  # the servers were never touched
