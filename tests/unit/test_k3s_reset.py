@@ -32,6 +32,8 @@ def scratch_node(tmp_path: Path, unit: str) -> tuple[Path, dict]:
     (root / "etc/ceil/secrets/k3s/token").write_text("baked\n")
     step = "k3s-server" if unit == "k3s.service" else "k3s-agent"
     (root / "var/lib/ceil/done" / step).write_text("")
+    (root / "var/lib/ceil/done/addons").write_text("")
+    (root / "etc/systemd/system/ceil-addons.service").write_text("[Service]\n")
     (root / "proc/self/mounts").write_text(f"tmpfs {root}/run/k3s/containerd/x tmpfs rw 0 0\n/dev/vda2 / ext4 rw 0 0\n")
     log = tmp_path / "calls"
     for cmd in ("systemctl", "pkill", "umount", "ip"):
@@ -50,7 +52,9 @@ def test_reset_deletes_k3s_state_keeps_the_baked_card_and_runs_the_step_again(tm
     assert calls[0] == f"systemctl disable --no-reload --now {unit}"
     assert "pkill -9 -f containerd-shim" in calls and f"umount -l {root}/run/k3s/containerd/x" in calls
     assert "ip link delete cni0" in calls and "ip link delete flannel.1" in calls
-    assert calls[-1] == f"systemctl start --no-block ceil-{step}.service"
+    again = f"ceil-{step}.service" + (" ceil-addons.service" if step == "k3s-server" else "")
+    assert calls[-1] == f"systemctl start --no-block {again}"
+    assert (root / "var/lib/ceil/done/addons").exists() == (step == "k3s-agent")  # the add-ons go on again
     assert not (root / "var/lib/rancher/k3s").exists() and not (root / "var/lib/kubelet").exists()
     assert not (root / "etc/rancher/k3s/config.yaml").exists() and not (root / "var/lib/ceil/done" / step).exists()
     assert (root / "etc/rancher/node/password").read_text() == "stable\n"   # rejoins as itself
