@@ -133,3 +133,31 @@ def test_somebody_elses_policy_file_is_left_alone(scratch):
     (root / "usr/sbin/policy-rc.d").write_bytes(theirs)
     assert run().returncode == 0
     assert (root / "usr/sbin/policy-rc.d").read_bytes() == theirs
+
+
+def test_an_archive_signed_after_the_cards_clock_says_it_waits_for_network_time(scratch, tmp_path):
+    """Issue 17: a card booted long after its bake: apt refuses until the clock is right."""
+    root, lists, run, log = scratch
+    stub = tmp_path / "stubs/apt-get"
+    stub.write_text("#!/bin/sh\ncase \" $* \" in *' update '*) ;; *) exit 0 ;; esac\n"
+                    "echo 'E: Release file for http://10.0.2.100/debian/dists/trixie/InRelease is not valid yet"
+                    " (invalid for another 40d 3h 2min 1s). Updates for this repository will not be applied.'\nexit 100\n")
+    done = run()
+    assert done.returncode == 1
+    assert "earlier than the package archive's signature: waiting for network time" in done.stderr
+    assert not (lists / ".ceil-update.log").exists()
+
+
+def test_install_points_timesyncd_at_the_clusters_time_servers(tmp_path):
+    from router_lan_render import cluster_from
+
+    from ceil.features import FIRSTBOOT_DIR, jinja_env
+
+    cluster = cluster_from({"network": {"ntp_servers": ["192.0.2.53", "ntp.example.org"]}})
+    env = jinja_env(FIRSTBOOT_DIR)  # as ceil.payload renders it
+    router = env.get_template("install.sh.j2").render(cluster=cluster, role="router", boot_mount="/boot/firmware")
+    node = env.get_template("install.sh.j2").render(cluster=cluster, role="one", boot_mount="/boot/firmware")
+    assert 'NTP=%s\\n\' "192.0.2.53 ntp.example.org"' in router
+    assert 'NTP=%s\\n\' "10.42.0.1"' in node
+    for text in (router, node):
+        assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
