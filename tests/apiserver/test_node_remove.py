@@ -5,6 +5,7 @@ by hand; kube-controller-manager's pod GC removes the evicted pod once its node 
 from __future__ import annotations
 
 import json
+import time
 
 from ceil.addons.job.kube import KubeApi, KubeconfigTransport
 from ceil.config import load_cluster
@@ -22,12 +23,19 @@ def test_a_removed_node_leaves_no_node_object_and_no_node_password(lab, kubeconf
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
          "metadata": {"name": f"{name}.node-password.k3s", "namespace": "kube-system"},
          "stringData": {"hash": "$1:not-a-real-hash"}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "drain-test"}},
-        # Made by hand: the lab's controller manager does not run the service-account controller.
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": "drain-test"}},
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-on-agent", "namespace": "drain-test"},
          "spec": {"nodeName": name, "containers": [{"name": "web", "image": "example.invalid/web:1"}]}},
     ]
+    # The pod needs its namespace's "default" ServiceAccount: the lab's controller manager makes it
+    # (soon, or, under load, later); made by hand if it has not appeared within a few seconds.
+    kubectl(kubeconfig, "create", "namespace", "drain-test")
+    deadline = time.monotonic() + 10
+    while kubectl(kubeconfig, "-n", "drain-test", "get", "serviceaccount", "default", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            made = kubectl(kubeconfig, "-n", "drain-test", "create", "serviceaccount", "default", check=False)
+            assert made.returncode == 0 or "AlreadyExists" in made.stderr, made.stderr
+            break
+        time.sleep(0.5)
     (tmp_path / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     kubectl(kubeconfig, "create", "-f", str(tmp_path / "objects.json"))
     api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
