@@ -12,7 +12,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv route route-add k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -116,6 +116,8 @@ httpd-open: ## Open the demo httpd (the seed's first app)
 	xdg-open http://httpd.$(DOMAIN)/ 2>/dev/null || open http://httpd.$(DOMAIN)/
 prometheus-open: ui-password ## Print the UI login and open Prometheus
 	xdg-open https://prometheus.$(DOMAIN)/ 2>/dev/null || open https://prometheus.$(DOMAIN)/
+logs: venv ## Follow the logs of many pods (Q=pattern with stern, or Q=app=name without; NS=namespace)
+	$(PY) bake.py logs --config $(CONFIG) $(if $(NS),-n $(NS)) $(if $(Q),'$(Q)')
 nodes-show: ## kubectl get nodes (with the baked admin kubeconfig)
 	$(KUBECTL) get nodes -o wide
 pods-show: ## kubectl get pods in every namespace

@@ -141,6 +141,7 @@ PLUGINS = [
     ("ceil.workstation", "run_command"),
     ("ceil.nodes", "node_group"),
     ("ceil.k3s_reset", "k3s_group"),
+    ("ceil.logs", "logs_command"),
     ("ceil.status", "status_command"),
     ("ceil.addons.cli", "addons_group"),
     ("ceil.addons.cli", "dashboard_token_command"),

@@ -1,0 +1,53 @@
+"""`bake.py logs`: follow the logs of many pods at once (the 2019 project's kail, issue 20).
+
+With stern (github.com/stern/stern, maintained; kail is not) a QUERY is a pod-name pattern and
+new pods are picked up as they start. Without it, kubectl follows the pods a label selector
+names (QUERY must then be a selector such as app=podinfo), each line prefixed by its pod.
+Both use the baked admin kubeconfig.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import click
+
+from .addons.cli import Context, cluster_options
+from .errors import CeilError
+
+STERN_HINT = ("stern follows pods by name pattern: `brew install stern`, or `go install"
+              " github.com/stern/stern@latest`, or a release binary from github.com/stern/stern")
+
+
+def logs_argv(kubeconfig: str, query: str, namespace: str | None, since: str, stern: str | None,
+              kubectl: str | None) -> list[str]:
+    scope = ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
+    if stern:
+        return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, query]
+    if not kubectl:
+        raise CeilError(f"neither stern nor kubectl found: {STERN_HINT}; kubectl: `python bake.py doctor`")
+    if "=" not in query:
+        raise CeilError(f"without stern, QUERY must be a label selector such as app=podinfo (got {query!r});"
+                        f" {STERN_HINT}")
+    return [kubectl, "--kubeconfig", kubeconfig, "logs", "--follow", "--prefix", "--all-containers",
+            "--max-log-requests", "20", "--since", since, "--selector", query, *scope]
+
+
+@click.command("logs")
+@cluster_options
+@click.option("-n", "--namespace", help="Only this namespace [default: every namespace].")
+@click.option("--since", default="10m", show_default=True, help="Start this far back (e.g. 30s, 1h).")
+@click.argument("query", default=".")
+def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, since, query) -> None:
+    """Follow the logs of every pod QUERY matches, each line labelled with its pod: with stern a
+    pod-name pattern (default: every pod), without it a label selector (app=podinfo). Ctrl-C
+    stops."""
+    obj = Context(config_path, secrets_path, kubeconfig_path)
+    with obj.kubeconfig_path() as kubeconfig:
+        argv = logs_argv(kubeconfig, query, namespace, since, shutil.which("stern"), shutil.which("kubectl"))
+        try:
+            raise SystemExit(subprocess.run(argv).returncode)
+        except KeyboardInterrupt:
+            raise SystemExit(0) from None

@@ -1,0 +1,41 @@
+"""`bake.py logs` (issue 20, phase 3's kail): the command line it runs, with stern or kubectl."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from ceil import logs
+from ceil.errors import CeilError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+
+
+def test_stern_follows_a_name_pattern_everywhere_or_in_one_namespace():
+    argv = logs.logs_argv("/k", "podinfo", None, "10m", "/usr/bin/stern", "/usr/bin/kubectl")
+    assert argv == ["/usr/bin/stern", "--kubeconfig", "/k", "--all-namespaces", "--since", "10m", "podinfo"]
+    assert logs.logs_argv("/k", ".", "demo", "1h", "stern", None)[3:5] == ["--namespace", "demo"]
+
+
+def test_without_stern_kubectl_follows_a_selector_and_a_name_says_what_to_install():
+    argv = logs.logs_argv("/k", "app=podinfo", "demo", "10m", None, "/usr/bin/kubectl")
+    assert argv[:4] == ["/usr/bin/kubectl", "--kubeconfig", "/k", "logs"]
+    assert {"--follow", "--prefix", "--all-containers"} <= set(argv)
+    assert argv[argv.index("--selector") + 1] == "app=podinfo" and argv[-2:] == ["--namespace", "demo"]
+    with pytest.raises(CeilError, match="label selector.*stern"):
+        logs.logs_argv("/k", "podinfo", None, "10m", None, "/usr/bin/kubectl")
+    with pytest.raises(CeilError, match="neither stern nor kubectl"):
+        logs.logs_argv("/k", "app=x", None, "10m", None, None)
+
+
+def test_the_command_runs_it_with_the_baked_kubeconfig(tmp_path, monkeypatch):
+    (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/kubeconfig").write_text("apiVersion: v1\n")
+    ran = []
+    monkeypatch.setattr(logs.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "stern" else None)
+    monkeypatch.setattr(logs.subprocess, "run", lambda argv: ran.append(argv) or type("R", (), {"returncode": 0})())
+    result = CliRunner().invoke(logs.logs_command, ["--config", str(tmp_path / "cluster.yaml"), "-n", "demo", "httpd"])
+    assert result.exit_code == 0, result.output
+    assert ran == [["/usr/bin/stern", "--kubeconfig", str((tmp_path / "out/kubeconfig").resolve()),
+                    "--namespace", "demo", "--since", "10m", "httpd"]]
