@@ -125,15 +125,22 @@ def test_the_router_resolves_cluster_names_itself(router, cluster):
 
 
 def uplink_device(router, cluster) -> str:
-    """The interface the router's default route leaves by; it must be what cluster.yaml names
-    (router.uplink.interface, or the flavor's name for a USB adapter, e.g. the pattern enx*)."""
-    route = router.check_output("ip -o -4 route show default")
-    m = re.search(r"\bdev (\S+)", route)
-    assert m, f"the router has no default route (its uplink got no DHCP lease?): {route!r}"
-    assert fnmatch.fnmatchcase(m.group(1), cluster.uplink_interface), (
-        f"the default route leaves by {m.group(1)}, which router.uplink.interface"
-        f" ({cluster.uplink_interface!r}) does not match: firewall and DNS guard another interface")
-    return m.group(1)
+    """The interface cluster.yaml's uplink name matches (router.uplink.interface, or the flavor's
+    name for a USB adapter, e.g. the pattern enx*): exactly one, holding the address the router
+    configured on it by DHCP, and the one the default route leaves by where there is one (QEMU's
+    restricted user network offers no gateway)."""
+    addrs = router.check_output("ip -o -4 addr show")
+    matching = sorted({line.split()[1] for line in addrs.splitlines()
+                       if fnmatch.fnmatchcase(line.split()[1], cluster.uplink_interface)})
+    assert len(matching) == 1, (
+        f"router.uplink.interface ({cluster.uplink_interface!r}) matches {matching or 'no interface with an'}"
+        f" address; the router has:\n{addrs}")
+    dev = matching[0]
+    assert any(line.split()[1] == dev and " dynamic " in f" {line} " for line in addrs.splitlines()), (
+        f"{dev} has no address from DHCP: the uplink is another interface? The router has:\n{addrs}")
+    m = re.search(r"\bdev (\S+)", router.check_output("ip -o -4 route show default"))
+    assert m is None or m.group(1) == dev, f"the default route leaves by {m.group(1)}, not the uplink {dev}"
+    return dev
 
 
 def test_the_uplink_is_the_interface_cluster_yaml_names(router, cluster):
