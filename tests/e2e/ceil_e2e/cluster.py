@@ -292,7 +292,12 @@ class TestCluster:
             # Found by its MAC: its name depends on the twin's NICs (eth2 beside a virtio uplink).
             mac = m.guest.segment_mac(0)
             find = f"ip -br link | awk '$3 == \"{mac}\" {{print $1; exit}}'"
-            self.ssh.run(role, f"dev=$({find}) && test -n \"$dev\" && sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev \"$dev\" && "
+            # NetworkManager (the Pi OS twin) runs DHCP on every Ethernet port it is not told about
+            # and flushes the port's addresses each time that fails: it must leave this one alone
+            # (run e2e12: the router lost its upstream time server after a reboot).
+            unmanage = "{ ! command -v nmcli >/dev/null || sudo nmcli device set \"$dev\" managed no; }"
+            self.ssh.run(role, f"dev=$({find}) && test -n \"$dev\" && {unmanage} && "
+                               f"sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev \"$dev\" && "
                                "sudo ip link set \"$dev\" up", timeout=60, check=True)
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
