@@ -16,6 +16,7 @@ at another address (tests: a local registry).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -102,12 +103,11 @@ class Pins:
         return out
 
     def save(self) -> None:
-        header = "".join(line + "\n" for line in PINS_HEADER.splitlines())
         body = yaml.safe_dump({"images": {k: {"digest": v} for k, v in sorted(self.images.items())},
                                "charts": {k: {"digest": v} for k, v in sorted(self.charts.items())}},
                               sort_keys=False, width=200)
         tmp = self.path.with_suffix(".yaml.tmp")
-        tmp.write_text(header + body)
+        tmp.write_text(PINS_HEADER + body)
         tmp.replace(self.path)
 
     def pinned_image(self, ref: str) -> str:
@@ -208,8 +208,6 @@ def chart_digest(key: str, session: requests.Session) -> str:
             r.raise_for_status()
         except requests.RequestException as e:
             raise CeilError(f"chart {key}: could not download it: {e}") from None
-        import hashlib
-
         return "sha256:" + hashlib.sha256(r.content).hexdigest()
     repo, chart, version = key.split(" ")
     url = f"{repo.rstrip('/')}/index.yaml"

@@ -18,6 +18,7 @@ import yaml
 from ..config import Cluster
 from ..errors import CeilError
 from .catalog import AddonSpec, Catalog, selected
+from .pins import Pins, apply_image_pins
 
 PLAN_FORMAT = 1
 LONGHORN_DATA_PATH = "/var/lib/longhorn"
@@ -112,10 +113,8 @@ def _environment(root: Path) -> jinja2.Environment:
     )
 
 
-def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog) -> RenderedAddon:
-    from .pins import Pins, apply_image_pins
-
-    pins = Pins.load()
+def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins | None = None) -> RenderedAddon:
+    pins = pins or Pins.load()
     env = _environment(catalog.dir(spec.name))
     ctx = template_context(cluster, spec)
     out = RenderedAddon(spec.name, list(spec.depends_on))
@@ -163,7 +162,8 @@ def render_selected(cluster: Cluster, catalog: Catalog | None = None,
         from .catalog import dependency_order
 
         specs = dependency_order([catalog.get(n) for n in names])
-    return [render_addon(cluster, s, catalog) for s in specs]
+    pins = Pins.load()  # once for every add-on rendered
+    return [render_addon(cluster, s, catalog, pins) for s in specs]
 
 
 def build_plan(cluster: Cluster, catalog: Catalog | None = None,

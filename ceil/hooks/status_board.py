@@ -28,7 +28,6 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
         "registration": None if role == "router" else {
             "url": f"http://{net.router_ip}:{STATUS_PORT}/api/register/{role}",
             "ip": str(cluster.node(role).ip),
-            "prefix": net.lan_cidr.prefixlen,
         },
     }
 
