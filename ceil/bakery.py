@@ -13,8 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +25,13 @@ from .errors import CeilError
 from .ext4fs import read_file_at, write_files
 from .fatfs import append_cmdline, put_tree, read_file, write_file
 from .features import RoleContext
-from .fetch import BaseImage, resolve_base
+from .fetch import BaseImage, cache_root, resolve_base
 from .partitions import Partition, check_layout
 from .payload import Payload, build_payload
 from .secrets import SecretStore
-from .sparse import copy_window, hash_window, allocated_bytes
+from .flash.blockmap import signature_zones
+from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
+from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, reflink
 from .ui import step
 
 # k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
@@ -46,13 +48,14 @@ class BakeContext:
     base_image_arg: Path | None = None
     airgap: Path | None = None
     any_base_image: bool = False  # --any-base-image: no check against the flavor's pin
+    whole_sha256: bool = False  # --sha256: also the whole file's digest (for publishing)
     flavor: Flavor = field(init=False)
     work: Path = field(init=False)
     base: BaseImage | None = None
     boot: Partition | None = None
     root: Partition | None = None
     payload: Payload | None = None
-    output_sha256: str | None = None
+    composed: Composed | None = None
 
     def __post_init__(self) -> None:
         self.cluster.node(self.role) if self.role != "router" else None  # unknown role: clear error
@@ -177,12 +180,25 @@ def write_rootfs(ctx: BakeContext) -> None:
 
 
 def compose_image(ctx: BakeContext) -> None:
-    """Write base + staged partitions into the partial output, hashing it on the way."""
+    """Write base + staged partitions into the partial output, with a sha256 per data range."""
     staged = {ctx.boot: ctx.staged_boot}
     if ctx.staged_root.exists():
         staged[ctx.root] = ctx.staged_root
-    with step("compose_image", f"{ctx.base.path.stat().st_size / 2**30:.1f} GiB sparse"):
-        ctx.output_sha256 = compose(ctx.base.path, staged, ctx.partial_output)
+    st = ctx.base.path.stat()
+    cache = RangeCache(cache_root() / "ranges" / f"{ctx.base.sha256}.json")
+    with step("compose_image", f"{st.st_size / 2**30:.1f} GiB sparse") as detail:
+        ctx.composed = compose(ctx.base.path, staged, ctx.partial_output, cache,
+                               base_key=f"{ctx.base.sha256}:{st.st_size}:{st.st_mtime_ns}",
+                               whole_sha256=ctx.whole_sha256)
+        detail(f"{st.st_size / 2**30:.1f} GiB sparse, {'cloned' if ctx.composed.cloned else 'copied'}")
+    cache.save()
+
+
+@dataclass
+class Composed:
+    ranges: Ranges  # the image's block map, a sha256 per range
+    sha256: str | None  # of the whole file, only when asked for (--sha256)
+    cloned: bool  # the base was reflinked, not copied
 
 
 def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tuple[int, int, int, int]]:
@@ -196,32 +212,54 @@ def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tup
     return out
 
 
-def compose(base: Path, staged: dict[Partition, Path], out: Path) -> str:
+def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCache | None = None,
+            base_key: str | None = None, whole_sha256: bool = False) -> Composed:
     size = base.stat().st_size
     # 0600: the image carries the role's secrets until its first boot moves them off the card.
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     files = {part: open(path, "rb") for part, path in staged.items()}
-    with open(base, "rb") as fb, os.fdopen(fd, "wb") as fo:
+    with open(base, "rb") as fb, os.fdopen(fd, "wb") as fo, ThreadPoolExecutor(1) as pool:
         segments = _segments(fb.fileno(), size, {p: f.fileno() for p, f in files.items()})
-        digest = hashlib.sha256()
-        # Hash from the sources in a second thread while the kernel copies: the digest costs
-        # (almost) no extra wall time on two cores.
-        hasher = threading.Thread(
-            target=lambda: [hash_window(digest, fd, src, n) for fd, src, _, n in segments]
-        )
-        hasher.start()
+        windows = [Window(f, src, dst, n, base_key if f == fb.fileno() else None) for f, src, dst, n in segments]
+        # Digests from the sources in a second thread while the kernel copies: they cost
+        # (almost) no extra wall time on two cores, and the base's are remembered.
+        digests = pool.submit(_digests, windows, signature_zones(fb.fileno()), cache, whole_sha256)
         try:
-            fo.truncate(size)
-            for fd, src, dst, n in segments:
-                copy_window(fd, fo.fileno(), src, dst, n)
+            cloned = _clone_base(fb.fileno(), fo.fileno(), segments)
+            if not cloned:
+                fo.truncate(size)
+            for f, src, dst, n in segments:
+                if not cloned or f != fb.fileno():
+                    copy_window(f, fo.fileno(), src, dst, n)
             # No fsync (as cp): forcing gigabytes to disk per role would double a bake's time.
             # A process failure never leaves a partial image under the final name (rename at
-            # the end), and `flash` checks the image against the manifest's sha256 first.
+            # the end), and `flash` checks the image against the manifest's digests first.
+            ranges, sha256 = digests.result()
         finally:
-            hasher.join()
             for f in files.values():
                 f.close()
-    return digest.hexdigest()
+    return Composed(ranges, sha256, cloned)
+
+
+def _clone_base(base_fd: int, out_fd: int, segments) -> bool:
+    """On a file system with reflinks, the output starts as a clone of the base and only the
+    staged partitions' ranges are emptied, to be rewritten; elsewhere False (copy everything)."""
+    if not reflink(base_fd, out_fd):
+        return False
+    if all(punch_hole(out_fd, dst, n) for f, _, dst, n in segments if f != base_fd):
+        return True
+    os.ftruncate(out_fd, 0)  # a clone we cannot punch holes into: copy instead
+    return False
+
+
+def _digests(windows: list[Window], zones, cache: RangeCache | None, whole: bool) -> tuple[Ranges, str | None]:
+    ranges = image_ranges(windows, zones, cache)
+    if not whole:
+        return ranges, None
+    digest = hashlib.sha256()
+    for w in windows:
+        hash_window(digest, w.fd, w.src, w.length)
+    return ranges, digest.hexdigest()
 
 
 def finish_image(ctx: BakeContext) -> None:
@@ -234,9 +272,10 @@ def finish_image(ctx: BakeContext) -> None:
             "base_image": {"source": ctx.base.source, "sha256": ctx.base.sha256},
             "output": {
                 "path": ctx.output.name,
-                "sha256": ctx.output_sha256,
                 "size": ctx.output.stat().st_size,
                 "allocated": allocated_bytes(ctx.output),
+                "blockmap": manifest_entry(ctx.composed.ranges),
+                **({"sha256": ctx.composed.sha256} if ctx.composed.sha256 else {}),
             },
             "config_sha256": config_hash(ctx.config_path),
             "instance_id": ctx.payload.instance_id,

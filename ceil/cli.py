@@ -42,10 +42,11 @@ Examples:
 @click.option("--any-base-image", is_flag=True, help="Bake from --base-image even if it is not the file the flavor pins (e.g. an image you changed).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True, help="Where images and manifests are written.")
 @click.option("--airgap", type=click.Path(path_type=Path, file_okay=False), help="Folder with k3s release files (k3s-arm64, sha256sum-arm64.txt, images tarball) to bake into node images.")
+@click.option("--sha256", "whole_sha256", is_flag=True, help="Also record each image's whole-file sha256 in its manifest (for publishing images; the manifest always holds a sha256 per data range, which is what flash checks).")
 @click.option("--secrets", "secrets_dir", type=click.Path(path_type=Path), help="Secrets folder [default: secrets/ next to the config].")
 @click.version_option(__version__, prog_name="ceil")
 @click.pass_context
-def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, secrets_dir):
+def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
     """Bake ready-to-flash SD-card images for a self-provisioning Raspberry Pi k3s cluster.
 
     Each image configures its machine on first boot: the router (uplink, DHCP/DNS, NAT, firewall,
@@ -79,7 +80,7 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     for r in chosen:
         start = time.monotonic()
         console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
-        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image))
+        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256))
         if r == "router":
             router_baked(store)
         else:

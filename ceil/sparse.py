@@ -54,7 +54,7 @@ def copy_sparse(src: Path, dst: Path, progress: Callable[[int], None] | None = N
     """
     size = src.stat().st_size
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        if _try_reflink(fin.fileno(), fout.fileno()):
+        if reflink(fin.fileno(), fout.fileno()):
             if progress:
                 progress(size)
             return
@@ -65,7 +65,10 @@ def copy_sparse(src: Path, dst: Path, progress: Callable[[int], None] | None = N
         os.fsync(fout.fileno())
 
 
-def _try_reflink(fin: int, fout: int) -> bool:
+def reflink(fin: int, fout: int) -> bool:
+    """Make `fout` a clone of all of `fin` (FICLONE: btrfs, XFS with reflink; both files on one
+    file system): instant, and no data block is shared until one side writes. False where the
+    file system or platform cannot."""
     try:
         import fcntl
 
@@ -74,6 +77,22 @@ def _try_reflink(fin: int, fout: int) -> bool:
         return True
     except (OSError, ImportError):
         return False
+
+
+FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate fd[offset:offset+length] (it then reads as zeros). False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
 def _copy_range(fin: int, fout: int, offset: int, length: int, progress) -> None:

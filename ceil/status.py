@@ -91,6 +91,59 @@ def status_table(snap: dict) -> Table:
     return table
 
 
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def step_profile(report: object) -> list[dict]:
+    """The first-boot profile of one host's report: each step of the latest boot with its start
+    (seconds since power-on), duration and share of the time from power-on to the last step's
+    end, slowest first; steps of an earlier boot (a power cut) come last, without a share. The
+    first row is the time before any step began: the OS's boot and cloud-init."""
+    steps = report.get("steps") if isinstance(report, dict) else None
+    if not isinstance(steps, dict):
+        return []
+    timed = []
+    for name, entry in steps.items():
+        if isinstance(entry, dict) and _seconds(entry.get("started")) is not None:
+            end = _seconds(entry.get("finished"))
+            timed.append((str(name), entry, _seconds(entry["started"]), end))
+    if not timed:
+        return []
+    latest = max(timed, key=lambda t: t[2])[1].get("boot")
+    current = [t for t in timed if t[1].get("boot") == latest]
+    span = max([end for *_, end in current if end is not None] + [start for _, _, start, _ in current])
+    rows = [{"step": "(power-on to the first step)", "started": 0.0, "took": min(t[2] for t in current),
+             "state": "done", "boot": "latest"}]
+    for name, entry, start, end in current:
+        rows.append({"step": name, "started": start, "took": None if end is None else end - start,
+                     "state": str(entry.get("state", "?")), "boot": "latest"})
+    for row in rows:
+        row["share"] = row["took"] / span if row["took"] is not None and span else None
+    rows.sort(key=lambda r: -(r["took"] or 0))
+    rows += [{"step": name, "started": start, "took": None if end is None else end - start,
+              "state": str(entry.get("state", "?")), "boot": "earlier", "share": None}
+             for name, entry, start, end in timed if entry.get("boot") != latest]
+    return rows
+
+
+def times_tables(snap: dict) -> list[Table]:
+    tables = []
+    for h in snap["hosts"]:
+        rows = step_profile(h.get("report"))
+        table = Table("step", "started", "took", "share", "state",
+                      title=plain(f"{h.get('hostname', h.get('name', '?'))}: first-boot profile"))
+        for r in rows:
+            took = "running" if r["took"] is None else f"{r['took']:.0f} s"
+            share = "" if r["share"] is None else f"{100 * r['share']:.0f} %"
+            started = f"{r['started']:.0f} s" + (" (earlier boot)" if r["boot"] == "earlier" else "")
+            table.add_row(plain(r["step"]), started, took, share, plain(r["state"]))
+        if not rows:
+            table.add_row(plain("(no step times reported yet)"), "", "", "", "")
+        tables.append(table)
+    return tables
+
+
 def settled(snap: dict) -> bool:
     """Every host finished: all done, or something failed (waiting longer would not help)."""
     states = [h.get("state") for h in snap["hosts"]]
@@ -108,10 +161,12 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
               type=click.Path(path_type=Path), help="The cluster description (for the router's address).")
 @click.option("--url", default=None, help="The board's address instead, e.g. http://10.42.0.1:8081")
 @click.option("--json", "as_json", is_flag=True, help="Print the board's raw JSON.")
+@click.option("--times", is_flag=True, help="Each host's first-boot profile: every step's start (seconds after"
+              " power-on), duration and share of the first boot, slowest first.")
 @click.option("--wait", type=float, default=0, metavar="SECONDS",
               help="Poll until every host is done (or one failed), at most this long.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="HTTP timeout in seconds.")
-def status_command(config_path: Path, url: str | None, as_json: bool, wait: float, timeout: float) -> None:
+def status_command(config_path: Path, url: str | None, as_json: bool, times: bool, wait: float, timeout: float) -> None:
     """Show each machine's first-boot progress, as collected by the router's status board.
 
     Exits 1 when a host reports a failed step, 2 when --wait ran out before all were done."""
@@ -123,6 +178,9 @@ def status_command(config_path: Path, url: str | None, as_json: bool, wait: floa
         snap = fetch_status(target, timeout)
     if as_json:
         click.echo(json.dumps(snap, indent=1))
+    elif times:
+        for table in times_tables(snap):
+            Console().print(table)
     else:
         Console().print(status_table(snap))  # stdout: the table is this command's output
     states = [h.get("state") for h in snap["hosts"]]

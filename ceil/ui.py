@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -20,12 +20,14 @@ console = Console(stderr=True, highlight=False)
 
 
 @contextlib.contextmanager
-def step(name: str, detail: str = "") -> Iterator[None]:
-    """Log a bake step's name and how long it took."""
+def step(name: str, detail: str = "") -> Iterator[Callable[[str], None]]:
+    """Log a bake step's name and how long it took; yields a setter for a detail known only
+    at the end."""
     start = time.monotonic()
-    yield
+    said = [detail]
+    yield lambda text: said.__setitem__(0, text)
     took = time.monotonic() - start
-    console.print(f"[dim]  {name:<16}[/dim] {detail} [dim]({took:.2f}s)[/dim]")
+    console.print(f"[dim]  {name:<16}[/dim] {said[0]} [dim]({took:.2f}s)[/dim]")
 
 
 @contextlib.contextmanager

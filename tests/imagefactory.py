@@ -17,7 +17,9 @@ CLOUD_INIT_STATUS = ("Package: cloud-init\nStatus: install ok installed\nVersion
 
 
 def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: int = 96, total_mib: int | None = None,
-                    dpkg_status: str | None = CLOUD_INIT_STATUS) -> Path:
+                    dpkg_status: str | None = CLOUD_INIT_STATUS, filler_mib: int = 0) -> Path:
+    """An image in `flavor`'s layout; `filler_mib` of random data as a file in the root file
+    system (benchmarks: a base with as much data as a real one, and a clean file system)."""
     boot_start = 4 * MiB
     root_start = boot_start + boot_mib * MiB
     size = total_mib * MiB if total_mib else root_start + root_mib * MiB
@@ -40,6 +42,13 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
     if dpkg_status is not None:
         (root_dir / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
         (root_dir / "var/lib/dpkg/status").write_text(dpkg_status)
+    if filler_mib:
+        import os
+
+        block = os.urandom(4 * MiB)
+        with open(root_dir / "filler.bin", "wb") as f:
+            for _ in range(filler_mib // 4):
+                f.write(block)
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", flavor.partitions.root.label, "-E", f"offset={root_start},nodiscard",
          "-d", str(root_dir), str(path), f"{(size - root_start) // 1024}k"],
@@ -55,3 +64,35 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
         subprocess.run(["mcopy", "-i", f"{path}@@{boot_start}", str(cmdline), f"::/{flavor.cmdline}"], check=True,
                        env=env)
     return path
+
+
+def blockmap_problems(img: Path, output: dict) -> list[str]:
+    """What is wrong with a manifest's block map of `img` (its "output" entry): a range whose bytes
+    do not hash to its digest, or non-zero bytes outside every range, which `flash` would never
+    write. Empty when writing only the map onto a zeroed card gives the image."""
+    import hashlib
+    import os
+
+    from ceil.sparse import data_ranges
+
+    problems = []
+    ranges = [(o, n, d) for o, n, d in output["blockmap"]["ranges"]]
+    with open(img, "rb") as f:
+        fd = f.fileno()
+        for o, n, d in ranges:
+            if hashlib.sha256(os.pread(fd, n, o)).hexdigest() != d:
+                problems.append(f"range at {o} ({n} bytes): digest differs")
+        covered = sorted((o, o + n) for o, n, _ in ranges)
+        for start, length in data_ranges(fd):
+            pos, end = start, start + length
+            for lo, hi in covered:
+                if hi <= pos or lo >= end:
+                    continue
+                if lo > pos and any(os.pread(fd, lo - pos, pos)):
+                    problems.append(f"data at {pos}..{lo} outside the map")
+                pos = max(pos, hi)
+            if pos < end and any(os.pread(fd, end - pos, pos)):
+                problems.append(f"data at {pos}..{end} outside the map")
+    if output.get("size") != img.stat().st_size:
+        problems.append(f"size {output.get('size')} != {img.stat().st_size}")
+    return problems

@@ -11,6 +11,10 @@ The map starts from the image's allocated ranges (`ceil.sparse.data_ranges`) and
   cloud-init's NoCloud `fs_label` lookup finds no seed.
 Elsewhere a hole is space no file system on the image uses, so the card's old bytes there are
 never read: the same trade bmaptool makes.
+
+The bake builds the same map for the image it writes, window by window (`map_window`: the base
+image's ranges and each rewritten partition's), with a sha256 per range in the manifest; `flash`
+then checks and writes by that map instead of reading the whole image.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ceil.sparse import data_ranges
+from ceil.sparse import ranges_in
 
 ALIGN = 4096
 MERGE_GAP = 1024 * 1024
@@ -32,6 +36,7 @@ SECTOR = 512  # images are built with 512-byte logical sectors
 class BlockMap:
     image_size: int
     ranges: tuple[tuple[int, int], ...]  # (offset, length), sorted, non-overlapping
+    digests: tuple[str, ...] = ()  # sha256 of each range, when known (from the bake's manifest)
 
     @property
     def mapped_bytes(self) -> int:
@@ -40,18 +45,37 @@ class BlockMap:
 
 def build_blockmap(fd: int, size: int, *, align: int = ALIGN,
                    merge_gap: int = MERGE_GAP) -> BlockMap:
+    """The map of a whole image file: one window over all of it."""
+    return BlockMap(size, tuple(map_window(fd, 0, 0, size, signature_zones(fd), align, merge_gap)))
+
+
+def signature_zones(fd: int) -> list[tuple[int, int]]:
+    """The first MiB of the image and of each partition (see the module's docstring)."""
     head = _pread_all(fd, 34 * SECTOR)  # MBR + GPT header + the first GPT entries sector
-    zones = [(0, SIGNATURE_ZONE)] + [(start, SIGNATURE_ZONE) for start in partition_starts(fd, head)]
-    ranges = list(data_ranges(fd, size)) + zones
-    return BlockMap(size, tuple(normalise(ranges, size, align, merge_gap)))
+    return [(0, SIGNATURE_ZONE)] + [(start, SIGNATURE_ZONE) for start in partition_starts(fd, head)]
+
+
+def map_window(fd: int, src: int, dst: int, length: int, zones: Iterable[tuple[int, int]],
+               align: int = ALIGN, merge_gap: int = MERGE_GAP) -> list[tuple[int, int]]:
+    """Ranges, in image offsets, to write for fd[src:src+length] placed at `dst`: its data and
+    the parts of `zones` inside the window, aligned and merged but never beyond the window, so
+    windows from different sources never share a range."""
+    shift = dst - src
+    ranges = [(off + shift, n) for off, n in ranges_in(fd, src, length)]
+    end = dst + length
+    for start, n in zones:
+        lo, hi = max(start, dst), min(start + n, end)
+        if hi > lo:
+            ranges.append((lo, hi - lo))
+    return normalise(ranges, end, align, merge_gap, lo=dst)
 
 
 def normalise(ranges: Iterable[tuple[int, int]], size: int, align: int,
-              merge_gap: int) -> list[tuple[int, int]]:
-    """Align outwards, clamp to the image, sort and merge ranges closer than `merge_gap`."""
+              merge_gap: int, lo: int = 0) -> list[tuple[int, int]]:
+    """Align outwards, clamp to [lo, size), sort and merge ranges closer than `merge_gap`."""
     spans = []
     for offset, length in ranges:
-        start = offset - offset % align
+        start = max(offset - offset % align, lo)
         end = min(-(-(offset + length) // align) * align, size)
         if end > start:
             spans.append((start, end))

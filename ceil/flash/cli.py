@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from ceil.errors import CeilError
+from ceil.flash.blockmap import BlockMap
 from ceil.flash.device import current_platform
 from ceil.flash.flow import FlashJob, FlashOptions, flash
 from ceil.flash.ui import RichUI
@@ -19,26 +21,43 @@ def resolve_image(role: str | None, image: str | None, out: str) -> str:
     return image or str(Path(out) / f"ceil-{role}.img")
 
 
-def check_against_manifest(image: Path) -> None:
-    """A baked image is checked against the sha256 its manifest recorded before it is written:
-    the bake does not fsync its outputs (like cp), so a workstation crash could leave a damaged
-    image under its final name; this turns that into a clear error instead of a bad card."""
+def check_against_manifest(image: Path) -> BlockMap | None:
+    """A baked image is checked against its manifest before it is written: the bake does not
+    fsync its outputs (like cp), so a workstation crash could leave a damaged image under its
+    final name; this turns that into a clear error instead of a bad card.
+
+    The manifest's block map (a sha256 per data range) is checked by reading only those ranges,
+    and is returned: it is what gets written. A manifest from before per-range digests holds
+    only the whole file's sha256 (read all of it; the map is then made from the file)."""
     manifest = image.with_suffix(".json")
     if not manifest.is_file() or not image.is_file():
-        return
-    import json
-
+        return None
     from ceil.fetch import sha256_file
+    from ceil.image_digests import blockmap_from_manifest, first_mismatch
     from ceil.ui import byte_progress
 
-    expected = json.loads(manifest.read_text()).get("output", {}).get("sha256")
-    if not expected:
-        return
-    with byte_progress(f"checking {image.name}", image.stat().st_size) as advance:
-        got = sha256_file(image, advance)
-    if got != expected:
-        raise CeilError(f"{image} does not match its manifest {manifest.name} (sha256 {got}, manifest"
-                        f" says {expected}): the image was damaged after baking; bake it again.")
+    output = json.loads(manifest.read_text()).get("output", {})
+    size = image.stat().st_size
+    bmap = blockmap_from_manifest(output.get("blockmap"), size)
+    if bmap is not None:
+        if size != output.get("size", size):
+            raise CeilError(f"{image} is {size} bytes, but its manifest {manifest.name} says"
+                            f" {output['size']}: the image was changed after baking; bake it again.")
+        with byte_progress(f"checking {image.name}", bmap.mapped_bytes) as advance, open(image, "rb") as f:
+            bad = first_mismatch(f.fileno(), bmap, advance)
+        if bad:
+            raise CeilError(f"{image} does not match its manifest {manifest.name}: the {bad[1]:,} bytes at"
+                            f" offset {bad[0]:,} differ from what was baked (sha256): the image was damaged"
+                            " after baking; bake it again.")
+        return bmap
+    expected = output.get("sha256")
+    if expected:
+        with byte_progress(f"checking {image.name}", size) as advance:
+            got = sha256_file(image, advance)
+        if got != expected:
+            raise CeilError(f"{image} does not match its manifest {manifest.name} (sha256 {got}, manifest"
+                            f" says {expected}): the image was damaged after baking; bake it again.")
+    return None
 
 
 @click.command("flash")
@@ -58,7 +77,7 @@ def flash_command(role, image, out, device, yes, force, unmount, no_verify, no_e
     """Write a baked image to an SD card: only the blocks that hold data, then read them back
     and compare, then eject. Refuses internal, system, mounted, read-only and too-small disks."""
     path = resolve_image(role, image, out)
-    check_against_manifest(Path(path))
+    bmap = check_against_manifest(Path(path))
     options = FlashOptions(image=path, device=device, yes=yes,
                            force=force, unmount=unmount, verify=not no_verify, eject=not no_eject)
-    flash(FlashJob(options=options, platform=current_platform(), ui=RichUI()))
+    flash(FlashJob(options=options, platform=current_platform(), ui=RichUI(), bmap=bmap))

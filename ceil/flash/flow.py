@@ -72,6 +72,8 @@ def check_safety(job: FlashJob) -> None:
 
 
 def map_image(job: FlashJob) -> None:
+    if job.bmap is not None:  # the bake's map, already checked against the image
+        return
     with open(job.options.image, "rb") as img:
         job.bmap = build_blockmap(img.fileno(), job.image_size)
 

@@ -221,7 +221,7 @@ def write_ranges(image_path: str, target: Target, bmap: BlockMap,
     buf = mmap.mmap(-1, CHUNK)
     results = []
     with open(image_path, "rb") as img, ThreadPoolExecutor(1) as hasher:
-        for offset, length in bmap.ranges:
+        for i, (offset, length) in enumerate(bmap.ranges):
             digest = hashlib.sha256()
             for pos, n in _chunks(offset, length):
                 view = memoryview(buf)[:n]
@@ -238,6 +238,9 @@ def write_ranges(image_path: str, target: Target, bmap: BlockMap,
                 progress(n)
                 view.release()
             results.append((offset, length, digest.hexdigest()))
+            if bmap.digests and bmap.digests[i] != results[-1][2]:
+                raise CeilError(f"{image_path} changed while it was being written (the range at byte"
+                                f" {offset:,} no longer matches its manifest): flash it again.")
     target.sync()
     return WriteResult(results, bmap.mapped_bytes, time.monotonic() - start, target.direct)
 

@@ -117,3 +117,28 @@ def test_system_disk_of_this_machine_is_refused():
     device = LinuxPlatform().discover(disk)
     with pytest.raises(CeilError, match="not even with --force"):
         check_target(device, 1, force=True, unmount=True)
+
+
+def test_a_baked_image_is_written_by_its_manifests_map(loop_device, tmp_path, ssh_pubkey):
+    """bake -> flash: the card receives exactly the ranges the bake mapped and hashed."""
+    import json
+
+    from ceil import bakery
+    from ceil.catalog import load_flavor
+    from ceil.config import load_cluster
+    from ceil.secrets import SecretStore
+    from tests.imagefactory import make_base_image
+
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n")
+    ctx = bakery.BakeContext(load_cluster(cfg), cfg, "router", tmp_path / "out", SecretStore(tmp_path / "s"), base,
+                             any_base_image=True)
+    image = bakery.bake(ctx)
+    ranges = [(o, n) for o, n, _ in json.loads(ctx.manifest.read_text())["output"]["blockmap"]["ranges"]]
+    result = CliRunner().invoke(flash_command, ["--role", "router", "--out", str(tmp_path / "out"), "--device",
+                                                loop_device, "--yes", "--no-eject", "--force"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert read_ranges(loop_device, ranges) == read_ranges(image, ranges)
+    gap = next(o + n for (o, n), (o2, _) in zip(ranges, ranges[1:]) if o2 > o + n)
+    assert read_ranges(loop_device, [(gap, 4)]) == [b"\xa5" * 4]  # outside the map: not written

@@ -175,3 +175,18 @@ def test_write_error_names_the_offset(image, stale_target, monkeypatch):
 def test_missing_image(tmp_path, stale_target):
     with pytest.raises(CeilError, match="bake it first"):
         run_flow(tmp_path / "ceil-nope.img", FilePlatform(stale_target))
+
+
+def test_an_image_changed_after_its_check_stops_the_write(image, stale_target):
+    """The manifest's digests are checked again as each range is written: an image changed
+    between the check and the write is not silently written."""
+    import hashlib
+
+    bmap = mapped(image)
+    with open(image, "rb") as f:
+        digests = tuple(hashlib.sha256(os.pread(f.fileno(), n, o)).hexdigest() for o, n in bmap.ranges)
+    wrong = digests[:1] + ("0" * 64,) + digests[2:]
+    with Target(str(stale_target), direct=False) as t:
+        write_ranges(str(image), t, replace(bmap, digests=digests))  # matches: written
+        with pytest.raises(CeilError, match=f"changed while it was being written .* byte {bmap.ranges[1][0]:,}"):
+            write_ranges(str(image), t, replace(bmap, digests=wrong))

@@ -207,6 +207,31 @@ def test_status_command_prints_what_nodes_send_as_inert_text(board):
     assert "failed: k3s]0;owned[2J[/][bold red]x" in result.output
 
 
+def test_status_times_shows_each_steps_share_of_the_first_boot(board):
+    """Step times travel node -> board -> workstation as the step runner records them."""
+    url, _ = board
+    boot, old = "1a2b3c4d", "99999999"
+    report(url, "one", {
+        "packages": {"state": "done", "started": 100.0, "finished": 400.0, "boot": boot},
+        "chrony": {"state": "done", "started": 100.0, "finished": 130.0, "boot": boot},
+        "k3s-install": {"state": "running", "started": 400.0, "boot": boot},
+        "secrets": {"state": "done", "started": 60.0, "finished": 70.0, "boot": old},  # before a power cut
+        "evil\x1b[2J": {"state": "done", "started": "soon", "boot": boot},  # not a number: no row
+    })
+    result = CliRunner().invoke(status_command, ["--url", url, "--times"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "ceil-one" in line or "│" in line]
+    text = "\n".join(lines)
+    assert "ceil-one: first-boot profile" in result.output
+    # power-on to the last step's end is 400 s: packages 300 s (75 %), power-on to the first step 100 s.
+    assert "packages" in text and "300 s" in text and "75 %" in text
+    assert "(power-on to the first step)" in text and "25 %" in text
+    assert "running" in text and "(earlier boot)" in text and "\x1b" not in result.output
+    order = [n for n in ("packages", "(power-on", "chrony") if n in text]
+    assert sorted(order, key=text.index) == ["packages", "(power-on", "chrony"]  # slowest first
+    assert "no step times reported yet" in result.output  # node two has not reported
+
+
 def test_status_command_without_a_board_says_how_to_reach_it():
     with pytest.raises(CeilError, match="could not read the status board at http://127.0.0.1:9/api/status.*--url"):
         fetch_status("http://127.0.0.1:9/api/status", timeout=2)

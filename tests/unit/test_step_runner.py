@@ -79,3 +79,20 @@ def test_parallel_steps_keep_every_state(runner):
     steps = json.loads((state / "status.json").read_text())["steps"]
     assert sorted(steps) == sorted(f"s{i}" for i in range(12))
     assert all(v["state"] == "done" for v in steps.values())
+
+
+def test_each_step_records_when_it_ran_in_seconds_since_power_on(runner):
+    """The first-boot profile: start and end in CLOCK_BOOTTIME seconds, immune to the clock step
+    a Pi's stale clock gets from chrony; a retried step keeps its first start."""
+    import time
+
+    run, state = runner
+    assert run("slow", "sh", "-c", "sleep 1.2").returncode == 0
+    entry = json.loads((state / "status.json").read_text())["steps"]["slow"]
+    now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert entry["started"] <= entry["finished"] <= now + 0.1
+    assert entry["finished"] - entry["started"] >= 1.1
+    assert len(entry["boot"]) == 8
+    assert run("bad", "sh", "-c", "exit 3").returncode == 3
+    failed = json.loads((state / "status.json").read_text())["steps"]["bad"]
+    assert failed["state"] == "failed" and failed["finished"] >= failed["started"]
