@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..secrets import SecretStore
 from ..status import STATUS_PORT
 from .dnsmasq import VPN_INTERFACE
+from .mdns import MDNS_PORT
 from ..k3s.cache import K3S_CACHE_PORT
 
 SSH_PORT = 22
@@ -73,6 +74,8 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "lan_udp": ports(lan, "udp"),
             "uplink_tcp": ports(up, "tcp"),
             "trusted_networks": [str(n) for n in cluster.router.trusted_networks],
+            # feature mdns runs exactly when there are trusted networks: they may ask for its name
+            "mdns_port": MDNS_PORT,
             "uplink_udp": ports(up, "udp"),
         }
     }

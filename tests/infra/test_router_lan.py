@@ -168,14 +168,17 @@ def test_nodes_fetch_from_the_internet_through_nat(nodes, fakes):
         assert host.check_output(f"python3 -c {shlex.quote(code)} {shlex.quote(url)}") == body.strip(), name
 
 
-def uplink_accepts(router, cluster) -> dict[str, set[int]]:
-    """Destination ports the live input chain accepts on the uplink interface, by protocol."""
+def uplink_accepts(router, cluster, trusted: bool = False) -> dict[str, set[int]]:
+    """Destination ports the live input chain accepts on the uplink interface, by protocol: from
+    anyone, or (`trusted`) from router.trusted_networks only."""
     with router.sudo():
         chain = router.check_output("nft list chain inet ceil input")
     out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
     for line in chain.splitlines():
         line = line.strip()
         if f'iifname "{cluster.uplink_interface}"' not in line or not line.endswith("accept"):
+            continue
+        if ("@trusted" in line) != trusted:
             continue
         m = re.search(r"(tcp|udp) dport (\{[^}]*\}|\d+)", line)
         assert m, f"an uplink rule accepts more than one port: {line}"
@@ -189,6 +192,21 @@ def test_uplink_accepts_only_ssh_and_the_vpn_port(router, cluster):
     # 68 and 546: replies to the router's own DHCP/DHCPv6 client on the uplink (source port 67/547).
     want_udp = {68, 546} | ({cluster.vpn.port} if cluster.vpn.enabled else set())
     assert uplink_accepts(router, cluster) == {"tcp": {22}, "udp": want_udp}
+
+
+def test_trusted_networks_get_the_lan_services_and_the_routers_mdns_name(router, cluster):
+    if not cluster.router.trusted_networks:
+        pytest.skip("router.trusted_networks is empty")
+    from ceil.hooks.mdns import MDNS_PORT
+    from ceil.hooks.nat_firewall import lan_services, ports
+
+    lan = lan_services(cluster)
+    assert uplink_accepts(router, cluster, trusted=True) == {"tcp": set(ports(lan, "tcp")),
+                                                             "udp": set(ports(lan, "udp")) | {MDNS_PORT}}
+    assert router.service("avahi-daemon").is_running
+    conf = router.file("/etc/avahi/avahi-daemon.conf").content_string
+    assert f"host-name={cluster.hostname('router')}" in conf
+    assert f"deny-interfaces={cluster.router.lan_interface}" in conf
 
 
 def test_from_the_uplink_only_ssh_answers(cluster, fakes):

@@ -4,7 +4,10 @@ source still reaches only SSH. The rendered nftables ruleset, loaded in network 
 (router_lan_lab.py); the workstation is the lab's "inet" namespace, whose route to the cluster
 LAN goes through the router's uplink address, as `python bake.py route --add` makes it.
 
-Needs root (ip netns) and nft; skipped otherwise. About 5 s.
+The router's mDNS name (feature mdns) is answered by a real avahi-daemon with the rendered
+configuration, in the router's namespace.
+
+Needs root (ip netns) and nft (avahi-daemon for the mDNS checks); skipped otherwise. About 10 s.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 
 import pytest
 
-from router_lan_lab import INET_IP, ROUTER_UPLINK_IP, RouterLanLab
+from router_lan_lab import INET_IP, ROUTER_UPLINK_DEV, ROUTER_UPLINK_IP, RouterLanLab
 from router_lan_render import cluster_from, render
 
 from ceil.errors import ConfigError
@@ -54,6 +57,12 @@ def lab(tmp_path_factory):
         lab.listen_tcp("rtr", 8081)    # the status board's port
         lab.listen_tcp("node", 22)
         lab.listen_tcp("node", 6443)   # the Kubernetes API on the server
+        if shutil.which("avahi-daemon"):
+            # A private /run/avahi-daemon (pid file, socket) in the namespace's own mount table.
+            os.makedirs("/run/avahi-daemon", exist_ok=True)
+            lab.start("rtr", "sh", "-c", "mount -t tmpfs tmpfs /run/avahi-daemon && exec avahi-daemon"
+                      f" --no-drop-root --no-chroot --no-rlimits -f {out / 'etc/avahi/avahi-daemon.conf'}",
+                      log="avahi.log")
         yield lab
     finally:
         lab.close()
@@ -68,6 +77,76 @@ def test_the_trusted_network_reaches_the_nodes_and_the_routers_lan_services(lab)
 def test_any_other_uplink_source_still_reaches_only_ssh(lab):
     assert probe(lab, UNTRUSTED_IP, "10.42.0.11", [22, 6443]) == set()
     assert probe(lab, UNTRUSTED_IP, ROUTER_UPLINK_IP, [22, 8081]) == {22}
+
+
+MDNS_QUERY = r"""
+import socket, struct, sys, time
+src, name = sys.argv[1], sys.argv[2]
+query = struct.pack(">6H", 0x4242, 0, 1, 0, 0, 0) + b"".join(
+    bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))  # not port 5353: a "legacy unicast" query, answered straight to this socket
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
+s.settimeout(1)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    s.sendto(query, ("224.0.0.251", 5353))
+    try:
+        data = s.recv(4096)
+    except OSError:
+        continue
+    def skip_name(i):
+        while data[i]:
+            if data[i] >= 0xC0:
+                return i + 2
+            i += data[i] + 1
+        return i + 1
+    qd, an = struct.unpack(">HH", data[4:8])
+    i = 12
+    for _ in range(qd):
+        i = skip_name(i) + 4
+    for _ in range(an):
+        i = skip_name(i)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", data[i:i + 10])
+        if rtype == 1:
+            print(socket.inet_ntoa(data[i + 10:i + 14]))
+            sys.exit(0)
+        i += 10 + rdlen
+print("no answer")
+"""
+
+
+def mdns_lookup(lab: RouterLanLab, ns: str, source: str, name: str, seconds: float) -> str:
+    return lab.run(ns, sys.executable, "-c", MDNS_QUERY, source, name, str(seconds), timeout=seconds + 10).stdout.strip()
+
+
+needs_avahi = pytest.mark.skipif(not shutil.which("avahi-daemon"), reason="needs avahi-daemon (scripts/setup-host.sh --test)")
+
+
+@needs_avahi
+def test_the_trusted_network_finds_the_router_by_its_mdns_name(lab):
+    """ceil-router.local answers with the router's uplink address (avahi probes its name first,
+    so the first seconds may pass without an answer)."""
+    assert mdns_lookup(lab, "inet", INET_IP, "ceil-router.local", 20) == ROUTER_UPLINK_IP
+
+
+@needs_avahi
+def test_the_mdns_name_is_not_told_to_other_uplink_hosts_nor_the_cluster_lan(lab):
+    assert mdns_lookup(lab, "inet", INET_IP, "ceil-router.local", 20) == ROUTER_UPLINK_IP  # it is up
+    assert mdns_lookup(lab, "inet", UNTRUSTED_IP, "ceil-router.local", 4) == "no answer"  # the firewall
+    assert mdns_lookup(lab, "node", "10.42.0.11", "ceil-router.local", 4) == "no answer"
+    # Not even behind the firewall: avahi itself stays off the cluster LAN (deny-interfaces).
+    log = (lab.dir / "avahi.log").read_text()
+    assert f"New relevant interface {ROUTER_UPLINK_DEV}.IPv4" in log and "interface br0" not in log, log
+
+
+def test_mdns_comes_with_trusted_networks_only():
+    from ceil.features import features_for
+
+    with_trust = cluster_from({"router": {"trusted_networks": ["192.168.1.0/24"]}})
+    assert "mdns" in [f.name for f in features_for(with_trust, "router")]
+    assert "mdns" not in [f.name for f in features_for(cluster_from({}), "router")]
+    assert "mdns" not in [f.name for f in features_for(with_trust, "one")]
 
 
 @pytest.mark.parametrize("net, words", [

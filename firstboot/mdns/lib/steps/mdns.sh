@@ -1,0 +1,18 @@
+#!/bin/sh
+# ceil step "mdns": avahi-daemon answers <router hostname>.local on the uplink side, for
+# router.trusted_networks (the firewall lets mDNS in from those only). Idempotent.
+set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
+
+src=/etc/ceil/avahi/avahi-daemon.conf
+if [ ! -s "$src" ]; then
+    echo "ceil-mdns: $src is missing: the payload is incomplete; re-bake this image" >&2
+    exit 3
+fi
+if [ ! -d /etc/avahi ]; then
+    echo "ceil-mdns: /etc/avahi not found: ceil-packages should have installed avahi-daemon" >&2
+    exit 1
+fi
+ceil_replace "$src" /etc/avahi/avahi-daemon.conf
+ceil_enable avahi-daemon.service
+systemctl restart avahi-daemon.service
