@@ -39,12 +39,14 @@ def resolves(host, name: str, server: str = "10.42.0.1") -> str:
     return host.check_output(f"python3 -c {shlex.quote(DNS_QUERY)} {server} {shlex.quote(name)}").strip()
 
 
-def test_a_node_baked_after_the_router_gets_its_reservation_and_names():
+def test_a_node_baked_after_the_router_gets_its_reservation_and_names(router, nodes):
+    # The fixtures wait for the machines' first boot: from the first-boot cache this test may be
+    # the session's first to reach them (it failed so, at SSH, while they still booted).
     c = session.get()
     domain = c.config.get("domain", "ceil.internal")
     router_ip = c.config.get("network", {}).get("router_ip", "10.42.0.1")
     key = SecretStore(c.workdir / "secrets").read(BOARD_KEY_SECRET).decode().strip()
-    node, router = c.host("two"), c.host("router")
+    node = nodes["two"]
     fqdn = f"{NEW['name']}.{domain}"
     assert not resolves(node, fqdn, router_ip)
     body = json.dumps({"ip": NEW["ip"], "mac": NEW["mac"]})
