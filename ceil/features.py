@@ -93,12 +93,23 @@ def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR,
     return [f for f in load_features(root) if applies(f, cluster, role, flavor)]
 
 
+def uplink_pattern_problem(cluster: Cluster, flavor: Flavor) -> str | None:
+    """ifupdown's interfaces file names each interface; it has no pattern match (netplan has)."""
+    uplink = cluster.uplink_interface
+    if uplink.endswith("*") and flavor.network == "ifupdown":
+        return (f"router.uplink.interface: {uplink!r} is a pattern, and flavor {flavor.name} configures the"
+                " network with ifupdown, which needs the exact name: set router.uplink.interface (e.g. eth1)")
+    return None
+
+
 def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = FIRSTBOOT_DIR) -> list[str]:
     """Every feature's check for every role about to be baked, before anything is written: all
     problems at once (a second server used to be refused after the router's image was written).
     Returns the features' warnings: what will work, but less safely than the user may expect."""
     problems: list[str] = []
     warnings: list[str] = []
+    if "router" in roles and (problem := uplink_pattern_problem(cluster, flavor)):
+        problems.append(problem)
     for role in roles:
         for feature in features_for(cluster, role, root, flavor):
             if check := feature.hook("check"):

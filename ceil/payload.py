@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError
-from .features import FIRSTBOOT_DIR, RoleContext, jinja_env, render_features
+from .features import FIRSTBOOT_DIR, RoleContext, jinja_env, render_features, uplink_pattern_problem
 
 CLOUD_INIT_DIR = Path(__file__).resolve().parent.parent / "cloud-init"
 SEED_FILES = ("user-data", "meta-data", "network-config")
@@ -83,10 +83,8 @@ def _target(steps: list[str]) -> str:
 def render_seed(ctx: RoleContext, instance_id: str) -> dict[str, str]:
     env = jinja_env(CLOUD_INIT_DIR)
     uplink = ctx.cluster.uplink_interface if ctx.role == "router" else None
-    if uplink and uplink.endswith("*") and ctx.flavor.network == "ifupdown":
-        # ifupdown's interfaces file names each interface; it has no pattern match.
-        raise ConfigError(f"router.uplink.interface: {uplink!r} is a pattern, and flavor {ctx.flavor.name}"
-                          " configures the network with ifupdown, which needs the exact name (e.g. eth1)")
+    if uplink and (problem := uplink_pattern_problem(ctx.cluster, ctx.flavor)):
+        raise ConfigError(problem)  # preflight said so already; a direct render is refused too
     variables = {
         "uplink_iface": uplink,
         **ctx.template_vars(),

@@ -291,6 +291,14 @@ def test_a_pattern_uplink_on_an_ifupdown_flavor_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         _router_network_config(text, "hypriot-1.12.3", tmp_path)
     assert "router.uplink.interface" in str(e.value) and "ifupdown" in str(e.value)
+    # ... and by the preflight, with every other problem, before any role is baked.
+    from ceil.catalog import load_flavor
+    from ceil.features import preflight
+
+    cluster = parse_cluster(text)
+    with pytest.raises(ConfigError, match="(?s)nothing was baked.*router.uplink.interface: 'enx\\*' is a pattern"):
+        preflight(cluster, ["router", "one"], load_flavor("hypriot-1.12.3"))
+    preflight(cluster, ["one"], load_flavor("hypriot-1.12.3"))  # a node's bake does not care
 
 
 def test_a_lan_interface_named_like_the_flavors_usb_uplink_is_refused():
