@@ -61,10 +61,18 @@ def _secret_path(name: str) -> str:
     return f"{SECRETS_ON_TARGET}/{name}"
 
 
+# k3s replaces the kubelet's hard-eviction defaults with its own disk-only ones (nodefs and imagefs
+# 5%), and with them goes memory.available<100Mi: a Pi short of memory then meets the kernel's
+# OOM killer, which may take k3s itself, instead of the kubelet evicting pods
+# (docs/research/addon-resources.md, section 7). The memory signal back, k3s's disk values kept.
+KUBELET_EVICTION_HARD = "eviction-hard=memory.available<100Mi,nodefs.available<5%,imagefs.available<5%"
+
+
 def _common(cluster: Cluster, node: Node) -> dict:
     return {
         "node-name": cluster.hostname(node.name),
         "node-ip": str(node.ip),
+        "kubelet-arg": [KUBELET_EVICTION_HARD],
         # flannel-iface is appended on the machine: it is whichever interface holds node-ip.
     }
 

@@ -202,6 +202,7 @@ def test_k3s_configured_per_role(nodes, cluster):
             assert config.mode == 0o600, name
             text = config.content_string
             assert f"node-ip: {node.ip}" in text and f"node-name: {cluster.hostname(name)}" in text
+            assert "eviction-hard=memory.available<100Mi" in text, f"{name}: no memory eviction threshold"
             iface = text.split("flannel-iface: ", 1)[1].split()[0]
             assert str(node.ip) in host.interface(iface).addresses, f"{name}: flannel-iface {iface}"
             assert host.file("/etc/rancher/node/password").mode == 0o600, name

@@ -35,6 +35,8 @@ def test_server_config(make):
     assert cfg == {
         "node-name": "ceil-one",
         "node-ip": "10.42.0.11",
+        # k3s's own eviction defaults drop the memory signal (docs/research/addon-resources.md)
+        "kubelet-arg": ["eviction-hard=memory.available<100Mi,nodefs.available<5%,imagefs.available<5%"],
         "tls-san": ["ceil-one", "ceil-one.ceil.internal", "10.42.0.11"],
         "cluster-cidr": "10.52.0.0/16",
         "service-cidr": "10.53.0.0/16",
@@ -56,6 +58,7 @@ def test_agent_config(make):
     assert k3s_config.agent_config(cluster, cluster.node("two")) == {
         "node-name": "ceil-two",
         "node-ip": "10.42.0.12",
+        "kubelet-arg": ["eviction-hard=memory.available<100Mi,nodefs.available<5%,imagefs.available<5%"],
         "server": "https://10.42.0.11:6443",
         "token-file": "/etc/ceil/secrets/k3s/agent-token",
     }
