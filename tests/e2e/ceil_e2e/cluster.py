@@ -16,6 +16,7 @@ Topology (docs/testing.md has a picture):
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -312,9 +313,24 @@ class TestCluster:
             readiness.wait_firstboot(self.ssh, role, self.timeouts.firstboot, [m.guest, *others], progress)
             m.timings["firstboot_s"] = round(time.monotonic() - m.guest.started_at)
             log(f"{role}: ceil-firstboot.target reached after {m.timings['firstboot_s']}s")
+            self._log_profile(role)
             if self.recorder is not None:
                 self.recorder.save_machine(self, role)  # once per machine: its first first boot
         return m
+
+    def _log_profile(self, role: str) -> None:
+        """The slowest first-boot steps (as `bake.py status --times` shows them), so every run's
+        progress.log measures where first boots spend their time."""
+        from ceil.status import step_profile
+
+        out = self.ssh.run(role, "sudo /usr/local/lib/ceil/ceil-status --json", timeout=60, check=False)
+        try:
+            rows = step_profile(json.loads(out.stdout))
+        except ValueError:
+            return
+        top = [f"{r['step']} {r['took']:.0f}s ({100 * r['share']:.0f}%)" for r in rows[:6] if r["share"] is not None]
+        if top:
+            log(f"{role}: slowest first-boot steps: {', '.join(top)}")
 
     def host(self, role: str):
         return self.ssh.testinfra_host(role)
