@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import yamlfile
 from .errors import ConfigError
 
 IMAGES_DIR = Path(__file__).resolve().parent.parent / "images"
@@ -100,7 +101,7 @@ def load_flavor(name: str, images_dir: Path = IMAGES_DIR) -> Flavor:
             f" (each is a file in {images_dir})"
         )
     try:
-        flavor = Flavor.model_validate(yaml.safe_load(path.read_text()))
+        flavor = Flavor.model_validate(yamlfile.load(path))
     except (ValidationError, yaml.YAMLError) as e:
         raise ConfigError(f"{path} is not a valid flavor file: {e}") from None
     if flavor.name != name:

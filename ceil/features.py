@@ -7,6 +7,7 @@ template context and secret files. Adding a feature needs no change here.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .catalog import Flavor
 from .config import Cluster, Node
+from . import yamlfile
 from .errors import ConfigError
 from .secrets import SecretStore
 
@@ -55,7 +57,7 @@ def load_features(root: Path = FIRSTBOOT_DIR) -> list[Feature]:
     features = []
     for spec_file in sorted(root.glob("*/feature.yaml")):
         try:
-            spec = FeatureSpec.model_validate(yaml.safe_load(spec_file.read_text()))
+            spec = FeatureSpec.model_validate(yamlfile.load(spec_file))
         except (ValidationError, yaml.YAMLError) as e:
             raise ConfigError(f"{spec_file} is not a valid feature file: {e}") from None
         hooks = importlib.import_module(spec.hooks) if spec.hooks else None
@@ -155,7 +157,10 @@ class RoleContext:
         }
 
 
+@functools.lru_cache(maxsize=None)
 def jinja_env(search: Path) -> jinja2.Environment:
+    """One environment per template folder for the process: it keeps its compiled templates
+    (recompiled when a file changes), so the roles of one bake compile each template once."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(search)),
         undefined=jinja2.StrictUndefined,

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import Cluster
+from .. import yamlfile
 from ..errors import CeilError, ConfigError
 
 ADDONS_DIR = Path(__file__).resolve().parents[2] / "addons"
@@ -133,7 +134,7 @@ def _load_spec(meta: Path) -> AddonSpec:
     if not NAME_RE.match(name):
         raise CeilError(f"{meta.parent}: add-on folder names are lowercase words with '-' (found {name!r})")
     try:
-        data = yaml.safe_load(meta.read_text()) or {}
+        data = yamlfile.load(meta) or {}
         return AddonSpec.model_validate({"name": name, **data})
     except (yaml.YAMLError, ValidationError) as e:
         raise CeilError(f"{meta} is not a valid add-on description: {e}") from None
