@@ -25,6 +25,8 @@ UI_PASSWORD = "ui-admin-password"
 UI_HTPASSWD = "ui-htpasswd"
 # kubewatch's webhook URL with PiWatch's token, as Helm values (HelmChart valuesSecrets).
 KUBEWATCH_VALUES = "kubewatch-values"
+# tunnel.token from cluster.yaml, for the add-on job's Secret (the manifest only names it).
+TUNNEL_TOKEN = "cloudflare-tunnel-token"
 
 
 def grafana_password(store: SecretStore) -> str:
@@ -72,4 +74,6 @@ def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
         files[UI_HTPASSWD] = ui_htpasswd(store)
     if "kubewatch" in chosen:
         files[KUBEWATCH_VALUES] = kubewatch_values(cluster, store)
+    if "tunnel" in chosen:
+        files[TUNNEL_TOKEN] = cluster.tunnel.token.get_secret_value().strip() + "\n"
     return files

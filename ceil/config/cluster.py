@@ -28,6 +28,7 @@ from .schema import (
     Node,
     PiWatch,
     Registry,
+    Tunnel,
     Router,
 )
 
@@ -54,6 +55,7 @@ class Cluster(Model):
     ddns: DDNS = Field(default_factory=DDNS)
     registry: Registry = Field(default_factory=Registry)
     piwatch: PiWatch = Field(default_factory=PiWatch)
+    tunnel: Tunnel = Field(default_factory=Tunnel)
     addons: Addons = Field(default_factory=Addons)
 
     @field_validator("format")

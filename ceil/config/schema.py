@@ -410,6 +410,30 @@ class DDNS(Model):
         return self
 
 
+class Tunnel(Model):
+    """A Cloudflare Tunnel (add-on `tunnel`, the seed's ngrok today): ingress hosts you route to it
+    in Cloudflare's dashboard are reachable from the internet with no port open on the router."""
+
+    enabled: bool = False
+    # The remotely-managed tunnel's token (Zero Trust > Networks > Tunnels > your tunnel), e.g.
+    # ${CLOUDFLARE_TUNNEL_TOKEN}: it becomes a Secret in the cluster, never a rendered manifest.
+    token: SecretStr | None = None
+    replicas: int = Field(default=2, ge=1, le=4)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Tunnel:
+        if not self.enabled:
+            return self
+        token = self.token.get_secret_value().strip() if self.token else ""
+        if not token:
+            raise ValueError("tunnel is enabled but tunnel.token is missing: the tunnel's token from Cloudflare's"
+                             " dashboard (Networks > Tunnels > your tunnel > install), e.g. token: ${CLOUDFLARE_TUNNEL_TOKEN}")
+        if not re.fullmatch(r"[A-Za-z0-9+/=_-]{20,4096}", token):
+            raise ValueError("tunnel.token is not a Cloudflare tunnel token (one base64 word, no spaces or line"
+                             " breaks): copy it again from the dashboard's install command (after --token)")
+        return self
+
+
 class Registry(Model):
     enabled: bool = True
     port: int = Field(default=5000, ge=1, le=65535)

@@ -118,8 +118,14 @@ CHART_KINDS = {"IPAddressPool", "L2Advertisement", "Middleware"}
 def test_every_catalog_manifest_is_accepted_by_the_server(lab, kubeconfig, workstation, tmp_path):
     """The real catalog for the default cluster, server-side: namespaces applied, the rest dry-run
     (admission, defaulting and schema validation by kube-apiserver itself and, for HelmChart and
-    HelmChartConfig, by the CRDs the helm-controller installed)."""
-    objects = plan_objects(build_plan(load_cluster(workstation / "cluster.yaml")))
+    HelmChartConfig, by the CRDs the helm-controller installed). With the add-ons that are off by
+    default and need only a cluster.yaml setting (the Cloudflare tunnel) turned on."""
+    from ceil.config.schema import Tunnel
+
+    cluster = load_cluster(workstation / "cluster.yaml")
+    cluster = cluster.model_copy(update={"tunnel": Tunnel(enabled=True, token="eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3)})
+    objects = plan_objects(build_plan(cluster))
+    assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "cloudflared" for o in objects)
     namespaces = [o for o in objects if o["kind"] == "Namespace"]
     on_charts = [o for o in objects if o["kind"] in CHART_KINDS]
     rest = [o for o in objects if o not in namespaces and o not in on_charts]

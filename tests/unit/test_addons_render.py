@@ -33,7 +33,9 @@ VARIANTS = {
         "domain: lab.example.internal\nnetwork: {lb_start: 10.42.0.200, lb_end: 10.42.0.200}\n",
         nodes="[{name: solo, role: server, storage_device: /dev/sda}]"),
     "no-piwatch-demo-off": make("piwatch: {enabled: false}\naddons: {disable: [demo]}\n"),
+    "tunnel": make("tunnel: {enabled: true, token: " + "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3 + ", replicas: 3}\n"),
 }
+TUNNEL_TOKEN = "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3
 
 
 def docs(cluster, names=None):
@@ -158,6 +160,38 @@ def test_kubewatch_posts_to_piwatch_on_the_router_with_its_token(tmp_path):
     sent = yaml.safe_load(secret_files(cluster, "one", store)["kubewatch-values"])
     assert sent == {"webhook": {"url": f"http://10.42.0.1:8099/kubewatch?token={webhook_token(store)}"}}
     assert yaml.safe_load(kubewatch_values(cluster, store)) == sent
+
+
+def test_the_tunnel_runs_cloudflared_with_the_token_from_a_secret_only(tmp_path):
+    """Issue 20 #5: off unless tunnel.enabled; the token reaches cloudflared as TUNNEL_TOKEN from
+    the Secret the job makes of the server's secret file, never from the rendered plan."""
+    from ceil.addons.hooks import TUNNEL_TOKEN as SECRET_NAME, secret_files
+    from ceil.secrets import SecretStore
+
+    assert "tunnel" not in [s.name for s in selected(make(), Catalog())]
+    cluster = VARIANTS["tunnel"]
+    assert "tunnel" in [s.name for s in selected(cluster, Catalog())]
+    plan = build_plan(cluster)
+    assert TUNNEL_TOKEN not in repr(plan)
+    (tunnel,) = [a for a in plan["addons"] if a["name"] == "tunnel"]
+    assert tunnel["steps"][0]["secrets"] == [{"name": "cloudflared-token", "namespace": "tunnel",
+                                             "data": {"token": {"secret": SECRET_NAME}}}]
+    (deploy,) = by_kind(tunnel["steps"][0]["manifests"], "Deployment", "cloudflared")
+    assert deploy["spec"]["replicas"] == 3
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["tunnel", "--no-autoupdate"] and container["args"][-1] == "run"
+    assert container["env"] == [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {"name": "cloudflared-token", "key": "token"}}}]
+    assert secret_files(cluster, "one", SecretStore(tmp_path))[SECRET_NAME] == TUNNEL_TOKEN + "\n"
+    assert SECRET_NAME not in secret_files(make(), "one", SecretStore(tmp_path))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("tunnel: {enabled: true}\n", "tunnel.token is missing"),
+    ("tunnel: {enabled: true, token: 'two words and more than twenty characters'}\n", "not a Cloudflare tunnel token"),
+])
+def test_a_tunnel_without_a_usable_token_is_refused(text, words):
+    with pytest.raises(ConfigError, match=words):
+        make(text)
 
 
 def test_dashboard_keeps_no_token_and_is_https_only():
