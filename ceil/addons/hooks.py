@@ -11,7 +11,9 @@ from pathlib import Path
 
 from ..config import Cluster
 from ..secrets import SecretStore, htpasswd_line
+from ..errors import ConfigError
 from .catalog import Catalog, selected
+from .fit import fit_problems, fit_warnings
 from .render import plan_json
 
 JOB_DIR = Path(__file__).parent / "job"
@@ -55,7 +57,13 @@ def job_sources() -> dict[str, str]:
 
 
 def check(cluster: Cluster, role: str) -> None:
-    selected(cluster, Catalog())  # unknown names or a disabled dependency fail the bake early
+    chosen = selected(cluster, Catalog())  # unknown names or a disabled dependency fail the bake early
+    if problems := fit_problems(cluster, chosen):
+        raise ConfigError("; ".join(problems))
+
+
+def warnings(cluster: Cluster, role: str) -> list[str]:
+    return fit_warnings(cluster)
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:

@@ -337,6 +337,9 @@ class Node(Model):
     mac: str | None = Field(default=None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
     # Thumb drive given to Longhorn; wiped on first boot, so it must be named explicitly.
     storage_device: str | None = Field(default=None, pattern=r"^/dev/[A-Za-z0-9/_-]+$")
+    # The Pi's memory in GiB (1: Pi 3B+; Pi 4: 1-8; Pi 5: 1-16). Optional: when every node has it,
+    # the bake checks that the add-ons fit (ceil/addons/fit.py, docs/addons.md "Resource fit").
+    ram_gib: Literal[1, 2, 4, 8, 16] | None = None
 
     @field_validator("name")
     @classmethod
