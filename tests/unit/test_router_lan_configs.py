@@ -213,7 +213,7 @@ def test_node_chrony_syncs_from_the_router(tmp_path):
     cluster = cluster_from()
     out = render(cluster, "two", tmp_path)
     parsed = chrony_parse(out / "etc/chrony/ceil.conf")
-    assert f"server {cluster.network.router_ip} iburst prefer maxpoll 6" in parsed  # quick to resync after a router reboot
+    assert f"server {cluster.network.router_ip} iburst prefer minpoll 4 maxpoll 6" in parsed  # quick to resync after a router reboot
     assert "allow" not in parsed and "local stratum" not in parsed
     assert not (out / "units/ceil-chrony-local.service").exists()  # a router-only unit
 
