@@ -238,7 +238,7 @@ def test_router_serves_time_and_nodes_sync_from_it(router, nodes, cluster):
     assert router.service("ceil-chrony-local").is_running
     router_ip = str(cluster.network.router_ip)
     for name, host in each_node(nodes):
-        # A few 64 s polls (maxpoll 6) after the router's last reboot or power cut.
+        # A few polls (16-64 s: minpoll 4, maxpoll 6) after the router's last reboot or power cut.
         wait_for(f"{name} to select the router as its time source",
                  lambda h=host: re.search(rf"^\^\*\s+{re.escape(router_ip)}\b", h.check_output("chronyc -n sources"), re.M),
                  timeout=300, every=10)
