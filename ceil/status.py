@@ -110,7 +110,9 @@ def step_profile(report: object) -> list[dict]:
             timed.append((str(name), entry, _seconds(entry["started"]), end))
     if not timed:
         return []
-    latest = max(timed, key=lambda t: t[2])[1].get("boot")
+    # The boot whose steps ran last, by the wall clock each record was written at ("at"): times since
+    # power-on do not compare across boots (a step early in a later boot has a smaller one).
+    latest = max(timed, key=lambda t: (_seconds(t[1].get("at")) or 0, t[2]))[1].get("boot")
     current = [t for t in timed if t[1].get("boot") == latest]
     span = max([end for *_, end in current if end is not None] + [start for _, _, start, _ in current])
     rows = [{"step": "(power-on to the first step)", "started": 0.0, "took": min(t[2] for t in current),

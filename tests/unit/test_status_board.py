@@ -212,10 +212,11 @@ def test_status_times_shows_each_steps_share_of_the_first_boot(board):
     url, _ = board
     boot, old = "1a2b3c4d", "99999999"
     report(url, "one", {
-        "packages": {"state": "done", "started": 100.0, "finished": 400.0, "boot": boot},
+        "packages": {"state": "done", "started": 100.0, "finished": 400.0, "boot": boot, "at": 2000},
         "chrony": {"state": "done", "started": 100.0, "finished": 130.0, "boot": boot},
         "k3s-install": {"state": "running", "started": 400.0, "boot": boot},
-        "secrets": {"state": "done", "started": 60.0, "finished": 70.0, "boot": old},  # before a power cut
+        # Before a power cut: later in its boot than anything above, but written earlier ("at").
+        "secrets": {"state": "done", "started": 900.0, "finished": 910.0, "boot": old, "at": 1000},
         "evil\x1b[2J": {"state": "done", "started": "soon", "boot": boot},  # not a number: no row
     })
     result = CliRunner().invoke(status_command, ["--url", url, "--times"], env={"COLUMNS": "200"})
