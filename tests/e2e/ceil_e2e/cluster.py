@@ -297,9 +297,14 @@ class TestCluster:
             # and flushes the port's addresses each time that fails: it must leave this one alone
             # (run e2e12: the router lost its upstream time server after a reboot).
             unmanage = "{ ! command -v nmcli >/dev/null || sudo nmcli device set \"$dev\" managed no; }"
+            # The address is added behind NetworkManager's back, so its dispatcher never tells
+            # chrony (Debian's 20-chrony-onoffline): chrony marked the fake upstream offline while
+            # the port had no address, and kept it so for good (run e2e15: the router served its
+            # own clock after every reboot). Ask chrony to look again, where it is installed.
+            recheck = "{ ! command -v chronyc >/dev/null || sudo chronyc onoffline >/dev/null || true; }"
             self.ssh.run(role, f"dev=$({find}) && test -n \"$dev\" && {unmanage} && "
                                f"sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev \"$dev\" && "
-                               "sudo ip link set \"$dev\" up", timeout=60, check=True)
+                               f"sudo ip link set \"$dev\" up && {recheck}", timeout=60, check=True)
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
         if firstboot:
