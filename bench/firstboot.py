@@ -34,7 +34,9 @@ def main() -> int:
     os.environ.update(CEIL_E2E_ARCH=args.arch, CEIL_E2E_FLAVOR=args.flavor, CEIL_E2E_FRESH="1")
     os.environ.setdefault("CEIL_E2E_ARTIFACTS", str(REPO / "test-artifacts" / f"bench-firstboot-{time.strftime('%Y%m%d-%H%M%S')}"))
 
-    from ceil.status import step_profile
+    from rich.console import Console
+
+    from ceil.status import times_tables
     from ceil_e2e import session
 
     bare = session.bare(args.flavor)
@@ -50,14 +52,11 @@ def main() -> int:
         router.close()
         session.close_bare()
 
-    rows = step_profile(report)
     print(f"router first boot, {args.flavor} {args.arch} under TCG: {router_s:.0f} s from power-on to"
           f" ceil-firstboot.target; bare twin (OS + cloud-init): {bare_s:.0f} s")
-    print(f"{'step':<32} {'started':>8} {'took':>7} {'share':>6}")
-    for r in rows:
-        took = "running" if r["took"] is None else f"{r['took']:.0f} s"
-        share = "" if r["share"] is None else f"{100 * r['share']:.0f} %"
-        print(f"{r['step']:<32} {r['started']:>6.0f} s {took:>7} {share:>6}")
+    # The same table as `bake.py status --times`, from the router's own report.
+    for table in times_tables({"hosts": [{"hostname": "router", "report": report}]}):
+        Console(width=100).print(table)
     print(f"ratio router / bare twin: {router_s / bare_s:.2f}x")
     return 0
 

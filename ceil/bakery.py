@@ -186,11 +186,12 @@ def compose_image(ctx: BakeContext) -> None:
         staged[ctx.root] = ctx.staged_root
     st = ctx.base.path.stat()
     cache = RangeCache(cache_root() / "ranges" / f"{ctx.base.sha256}.json")
-    with step("compose_image", f"{st.st_size / 2**30:.1f} GiB sparse") as detail:
+    size = f"{st.st_size / 2**30:.1f} GiB sparse"
+    with step("compose_image", size) as detail:
         ctx.composed = compose(ctx.base.path, staged, ctx.partial_output, cache,
                                base_key=f"{ctx.base.sha256}:{st.st_size}:{st.st_mtime_ns}",
                                whole_sha256=ctx.whole_sha256)
-        detail(f"{st.st_size / 2**30:.1f} GiB sparse, {'cloned' if ctx.composed.cloned else 'copied'}")
+        detail(f"{size}, {'cloned' if ctx.composed.cloned else 'copied'}")
     cache.save()
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .flash.blockmap import ALIGN, MERGE_GAP, BlockMap, map_window
+from .sparse import hash_window
 
-CHUNK = 8 * 1024 * 1024
 Ranges = list[tuple[int, int, str]]  # (offset, length, sha256) in image offsets
 FORMAT = 1  # of the manifest's "blockmap" and of the cache entries
 
@@ -36,19 +36,10 @@ class Window:
 
 
 def digest_range(fd: int, offset: int, length: int, progress: Callable[[int], None] | None = None) -> str:
-    """sha256 of fd[offset:offset+length]; a read past the end counts as zeros (an image file
-    shorter than the card's range, as the writer pads it)."""
+    """sha256 of fd[offset:offset+length]; holes and bytes past the end of the file count as zeros
+    (as the writer pads an image shorter than the card's range)."""
     h = hashlib.sha256()
-    pos, end = offset, offset + length
-    while pos < end:
-        want = min(CHUNK, end - pos)
-        buf = os.pread(fd, want, pos)
-        if len(buf) < want:
-            buf += bytes(want - len(buf))
-        h.update(buf)
-        pos += want
-        if progress:
-            progress(want)
+    hash_window(h, fd, offset, length, progress)
     return h.hexdigest()
 
 

@@ -15,11 +15,12 @@ CHUNK = 8 * 1024 * 1024
 # File systems without SEEK_DATA support report the whole file as data: still correct, just slower.
 
 
-def data_ranges(fd: int, size: int | None = None) -> Iterator[tuple[int, int]]:
-    """Yield (offset, length) of every allocated range of an open file, in order."""
+def data_ranges(fd: int, size: int | None = None, start: int = 0) -> Iterator[tuple[int, int]]:
+    """Yield (offset, length) of every allocated range of an open file from `start` on, in order
+    (the first may begin before `start`: the extent holding it)."""
     if size is None:
         size = os.fstat(fd).st_size
-    pos = 0
+    pos = start
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)
@@ -141,7 +142,9 @@ def ranges_in(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:
     """Allocated ranges of `fd` clipped to [start, start+length)."""
     end = start + length
     size = os.fstat(fd).st_size
-    for off, n in data_ranges(fd, min(size, end)):
+    # From `start`, not from the file's beginning: a window late in an image with many extents
+    # (and a map checked range by range) would otherwise seek through every extent before it.
+    for off, n in data_ranges(fd, min(size, end), start):
         lo, hi = max(off, start), min(off + n, end)
         if hi > lo:
             yield lo, hi - lo
@@ -172,20 +175,26 @@ def _copy_between(fin: int, fout: int, src: int, dst: int, length: int) -> None:
 _ZEROS = bytes(CHUNK)
 
 
-def hash_window(h, fd: int, start: int, length: int) -> None:
-    """Feed fd[start:start+length] to hash object `h`, reading only data ranges (holes are zeros)."""
+def hash_window(h, fd: int, start: int, length: int, progress: Callable[[int], None] | None = None) -> None:
+    """Feed fd[start:start+length] to hash object `h`, reading only data ranges (holes, and what
+    lies past the end of the file, are zeros)."""
     pos, end = start, start + length
     for off, n in ranges_in(fd, start, length):
-        _feed_zeros(h, off - pos)
+        _feed_zeros(h, off - pos, progress)
         for i in range(off, off + n, CHUNK):
-            h.update(os.pread(fd, min(CHUNK, off + n - i), i))
+            chunk = os.pread(fd, min(CHUNK, off + n - i), i)
+            h.update(chunk)
+            if progress:
+                progress(len(chunk))
         pos = off + n
-    _feed_zeros(h, end - pos)
+    _feed_zeros(h, end - pos, progress)
 
 
-def _feed_zeros(h, n: int) -> None:
+def _feed_zeros(h, n: int, progress: Callable[[int], None] | None = None) -> None:
     view = memoryview(_ZEROS)
     while n > 0:
         k = min(n, CHUNK)
         h.update(view[:k])
+        if progress:
+            progress(k)
         n -= k

@@ -28,7 +28,7 @@ POD_REQUESTS_MIB = {
     "dashboard": [200, 200, 200, 200],   # chart 7.14.0: api, auth, web, metrics-scraper
     "monitoring": [200],                 # prometheus-operator's default for Alertmanager
     "demo": [8, 32],                     # ours: httpd, podinfo
-    "tunnel": [32, 32],                  # ours: cloudflared x tunnel.replicas (2 by default)
+    "tunnel": [32],                      # ours: cloudflared, one per tunnel.replicas
 }
 K3S_SYSTEM_PODS_MIB = [70, 70]  # k3s's CoreDNS and metrics-server
 
@@ -46,7 +46,7 @@ def pod_requests(cluster: Cluster, chosen: list[AddonSpec]) -> list[tuple[str, i
     for spec in chosen:
         requests = POD_REQUESTS_MIB.get(spec.name, [])
         if spec.name == "tunnel":
-            requests = requests[:1] * cluster.tunnel.replicas
+            requests = requests * cluster.tunnel.replicas
         pods += [(spec.name, m) for m in requests]
     return pods
 

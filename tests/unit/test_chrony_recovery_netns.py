@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from router_lan_lab import RouterLanLab
 from router_lan_render import cluster_from, render
 
 pytestmark = pytest.mark.skipif(
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, ip and chronyd (scripts/setup-host.sh --test)",
 )
 
-ROUTER_IP, NODE_IP = "10.42.0.1", "10.42.0.11"
+ROUTER_IP = "10.42.0.1"  # the lab router's LAN address; node one is 10.42.0.11
 RECOVERY_LIMIT_S = 150
 
 # An NTP server OFFSET seconds behind until the file SWITCH exists, then right.
@@ -51,40 +51,14 @@ while True:
 """
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 @pytest.fixture
 def lab(tmp_path):
-    tag = os.getpid() % 100000
-    rtr, node = f"cxr{tag}", f"cxn{tag}"
-    procs: list[subprocess.Popen] = []
-    sh("ip", "netns", "add", rtr)
-    sh("ip", "netns", "add", node)
+    """The router/node namespaces of router_lan_lab: the router on 10.42.0.1, node one on .11."""
+    lab = RouterLanLab(tmp_path)
     try:
-        sh("ip", "link", "add", f"cr{tag}", "netns", rtr, "type", "veth", "peer", "name", f"cn{tag}", "netns", node)
-        for ns, dev, ip in ((rtr, f"cr{tag}", ROUTER_IP), (node, f"cn{tag}", NODE_IP)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-        def start(ns: str, *cmd: str, log: str) -> Path:
-            path = tmp_path / log
-            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=open(path, "w"),
-                                          stderr=subprocess.STDOUT))
-            return path
-
-        yield tmp_path, rtr, node, start
+        yield lab
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for ns in (rtr, node):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        lab.close()
 
 
 def wait_for_line(log: Path, pattern: str, after: int, seconds: float) -> float | None:
@@ -98,16 +72,17 @@ def wait_for_line(log: Path, pattern: str, after: int, seconds: float) -> float 
     return None
 
 
-def test_a_node_takes_the_router_again_soon_after_the_routers_time_jumps(lab, tmp_path):
-    work, rtr, node, start = lab
+def test_a_node_takes_the_router_again_soon_after_the_routers_time_jumps(lab):
+    work = lab.dir
     out = render(cluster_from({}), "one", work / "render")
     node_conf = (out / "etc/chrony/ceil.conf").read_text()
     assert f"server {ROUTER_IP} " in node_conf
     conf = work / "node-chrony.conf"
     conf.write_text(node_conf + f"pidfile {work}/chronyd.pid\ncmdport 0\n")
     switch = work / "switch"
-    start(rtr, sys.executable, "-c", FAKE_ROUTER, ROUTER_IP, "1800", str(switch), log="router.log")
-    log = start(node, "chronyd", "-x", "-d", "-u", "root", "-f", str(conf), log="chronyd.log")
+    lab.start("rtr", sys.executable, "-c", FAKE_ROUTER, ROUTER_IP, "1800", str(switch), log="router.log")
+    lab.start("node", "chronyd", "-x", "-d", "-u", "root", "-f", str(conf), log="chronyd.log")
+    log = work / "chronyd.log"
     assert wait_for_line(log, r"Selected source " + re.escape(ROUTER_IP), 0, 60) is not None, log.read_text()
     seen = len(log.read_text().splitlines())
     switch.touch()  # the router's upstream answered: its time jumps 30 minutes forward
