@@ -39,6 +39,11 @@ def check_against_manifest(image: Path) -> BlockMap | None:
     output = json.loads(manifest.read_text()).get("output", {})
     size = image.stat().st_size
     bmap = blockmap_from_manifest(output.get("blockmap"), size)
+    if bmap is None and "blockmap" in output:
+        # Not a reason to flash unchecked: a map this version cannot read is a manifest it did not write.
+        raise CeilError(f"{manifest.name}: its block map is not one this version of ceil reads (format"
+                        f" {output['blockmap'].get('format') if isinstance(output['blockmap'], dict) else '?'}):"
+                        " bake the image again with this version, or flash with the version that baked it.")
     if bmap is not None:
         if size != output.get("size", size):
             raise CeilError(f"{image} is {size} bytes, but its manifest {manifest.name} says"

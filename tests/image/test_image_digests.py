@@ -98,6 +98,12 @@ def test_flash_checks_the_image_by_its_ranges_and_old_manifests_still_flash(tmp_
     with pytest.raises(CeilError, match="does not match its manifest"):
         check_against_manifest(img)
 
+    # A block map this version cannot read is refused, not skipped.
+    future = {**manifest, "output": {**manifest["output"], "blockmap": {"format": 99, "ranges": []}}}
+    img.with_suffix(".json").write_text(json.dumps(future))
+    with pytest.raises(CeilError, match="format 99"):
+        check_against_manifest(img)
+
 
 def test_a_map_never_leaves_its_window(tmp_path):
     f = tmp_path / "src"
