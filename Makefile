@@ -12,7 +12,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -54,7 +54,9 @@ test-unit: venv ## Fast unit and image tests only (what `make test` runs first; 
 	$(PY) -m pytest -m "not e2e and not apiserver"
 apiserver: venv ## Build (or reuse from cache) the fast layer's control plane from Go modules: kube-apiserver, kube-controller-manager, kine, helm-controller
 	$(PY) -m testbed.apiserver
-test-apiserver: apiserver ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
+helm: venv ## Build (or reuse from cache) the Helm CLI the app-delivery tests use, from its Go module
+	$(PY) -m testbed.helm
+test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
 	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver
 # The flavors build side by side: one build is mostly a single (emulated) dpkg process, so on 2
 # cores two arm64 builds took 32 and 33 min together. -Oline keeps their log lines whole.

@@ -137,6 +137,7 @@ PLUGINS = [
     ("ceil.vpn_cli", "vpn_client_command"),
     ("ceil.k3s.kubeconfig", "kubeconfig_command"),
     ("ceil.registry_access", "registry_command"),
+    ("ceil.apps", "app_group"),
     ("ceil.workstation", "route_command"),
     ("ceil.workstation", "ssh_command"),
     ("ceil.workstation", "run_command"),

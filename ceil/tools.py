@@ -15,7 +15,9 @@ class Tool:
     why: str
     debian: str
     brew: str
-    needed_for: str  # "bake", "test", "flash" or "operate" (day-to-day commands against the cluster)
+    # "bake", "test", "flash", "operate" (day-to-day commands against the cluster) or "app"
+    # (bake.py app: one builder of several, and helm)
+    needed_for: str
 
 
 TOOLS = [
@@ -36,6 +38,11 @@ TOOLS = [
     Tool("qemu-system-aarch64", "boots arm64 test beds (e2e)", "qemu-system-arm", "qemu", "test"),
     Tool("mmdebstrap", "builds the test-bed root file system (e2e)", "mmdebstrap", "(Linux only)", "test"),
     Tool("ssh", "reaches the machines (bake.py ssh, run, make verify)", "openssh-client", "(built in)", "operate"),
+    Tool("buildah", "builds your app's multi-arch image without a daemon (bake.py app; or podman, or docker buildx)",
+         "buildah", "(Linux only: use podman)", "app"),
+    Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",
+         "podman", "app"),
+    Tool("helm", "lints and packages your app's chart (bake.py app chart)", "", "helm", "app"),
     Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "kubectl",
          "kubectl", "operate"),
 ]
@@ -44,6 +51,8 @@ TOOLS = [
 def install_hint(tool: Tool) -> str:
     if platform.system() == "Darwin":
         return f"brew install {tool.brew}"
+    if not tool.debian:  # not packaged by Debian
+        return f"brew install {tool.brew}, or the publisher's instructions"
     return f"sudo apt install {tool.debian}"
 
 

@@ -23,18 +23,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 try:
-    from tests.fakes import oci
-except ImportError:  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import oci  # type: ignore[no-redef]
+    from ceil import oci
+except ImportError:  # run as a script from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from ceil import oci
 
 ROUTE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>manifests|blobs)/(?P<ref>[^/]+)$")
 
 
 class FakeUpstreamRegistry:
-    def __init__(self, images: dict[str, tuple[bytes, dict]] | None = None,
+    def __init__(self, images: dict[str, oci.Artifact] | None = None,
                  host: str = "127.0.0.1", port: int = 0):
-        # "name:tag" -> (manifest, blobs)
+        # "name:tag" -> a one-manifest image
         self.images = images or {"library/hello:latest": oci.tiny_image("hello through the cache\n")}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -72,12 +72,13 @@ class FakeUpstreamRegistry:
             time.sleep(0.1)
 
     def lookup(self, name: str, kind: str, ref: str) -> tuple[bytes, str] | None:
-        for key, (manifest, blobs) in self.images.items():
+        for key, image in self.images.items():
+            manifest, blobs = image.manifest, image.blobs
             image_name, tag = key.rsplit(":", 1)
             if image_name != name:
                 continue
             if kind == "manifests" and ref in (tag, oci.digest(manifest)):
-                return manifest, oci.MANIFEST_TYPE
+                return manifest, image.media_type
             if kind == "blobs" and ref in blobs:
                 return blobs[ref], "application/octet-stream"
         return None

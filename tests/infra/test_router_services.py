@@ -26,7 +26,7 @@ from ceil_infra.helpers import fake, wait_for
 
 pytestmark = pytest.mark.e2e
 
-OCI_SCRIPT = (Path(__file__).resolve().parents[1] / "fakes/oci.py").read_text()
+OCI_SCRIPT = (Path(__file__).resolve().parents[2] / "ceil/oci.py").read_text()
 
 
 # ---- WireGuard ---------------------------------------------------------------------------
@@ -102,8 +102,8 @@ def test_ddns_retries_a_5xx_and_never_logs_the_token(router, cluster, fakes):
 
 
 def oci(node, verb: str, base: str, name: str, tag: str, auth: tuple[str, str] | None = None,
-        ca: str | None = NODE_CA_PATH) -> dict:
-    """Run tests/fakes/oci.py on the node (it has python3, not docker), as root: the CA file is
+        ca: str | None = NODE_CA_PATH, sample: str = "image") -> dict:
+    """Run ceil/oci.py on the node (it has python3, not docker), as root: the CA file is
     the node's own, and `auth` goes through a root-only file, not the command line.
     Returns its JSON result, or {"error": ...} when it failed."""
     job = f"/run/ceil-oci-{uuid.uuid4().hex[:12]}"
@@ -112,7 +112,8 @@ def oci(node, verb: str, base: str, name: str, tag: str, auth: tuple[str, str] |
         if auth:
             node.run_expect([0], f"sudo sh -c 'umask 077; cat > {job}' <<'CEIL_EOF'\n{auth[0]}:{auth[1]}\nCEIL_EOF")
             env += f" OCI_AUTH_FILE={job}"
-        done = node.run(f"sudo {env} python3 - {verb} {base} {name} {tag} <<'CEIL_OCI'\n{OCI_SCRIPT}\nCEIL_OCI")
+        what = f" {sample}" if verb == "push" else ""
+        done = node.run(f"sudo {env} python3 - {verb} {base} {name} {tag}{what} <<'CEIL_OCI'\n{OCI_SCRIPT}\nCEIL_OCI")
     finally:
         node.run(f"sudo rm -f {job}")
     if done.rc != 0:
@@ -164,6 +165,23 @@ def test_workstation_pushes_and_nodes_pull_with_their_own_account(nodes, cluster
     assert "digest" in pushed, pushed
     pulled = oci(puller, "pull", f"https://{router_ip}:{reg.port}", "ceil/e2e-hello", "v1", node_pull_account(puller))
     assert pulled.get("digest") == pushed["digest"], pulled
+
+
+def test_an_app_image_and_its_chart_go_through_the_registry_by_digest(nodes, cluster, targets):
+    """Issue 20 #1, what `bake.py app` pushes: a multi-arch FROM-scratch image (an OCI index) and
+    a Helm chart as an OCI artifact, pushed with the workstation's account, read back by digest
+    from the read-only port with a node's own account (the names containerd and the
+    helm-controller's job use), every blob checked against its digest."""
+    if not cluster.registry.enabled:
+        pytest.skip("registry.enabled is false")
+    router_ip, reg = cluster.network.router_ip, cluster.registry
+    pusher, puller = list(nodes.values())[0], list(nodes.values())[-1]
+    push_url, pull_url = f"https://{router_ip}:{reg.push_port}", f"https://{router_ip}:{reg.port}"
+    for name, sample, blobs in (("apps/e2e-app", "index", 4), ("charts/ceil-hello", "chart", 2)):
+        pushed = oci(pusher, "push", push_url, name, "0.1.0", push_account(targets), sample=sample)
+        assert "digest" in pushed, (sample, pushed)
+        pulled = oci(puller, "pull", pull_url, name, pushed["digest"], node_pull_account(puller))
+        assert pulled.get("digest") == pushed["digest"] and pulled.get("blobs") == blobs, (sample, pulled)
 
 
 def test_a_lan_host_cannot_push_or_pose_as_the_registry(nodes, cluster, targets):

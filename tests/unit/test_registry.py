@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -20,29 +17,12 @@ from ceil.errors import ConfigError
 from ceil.features import RoleContext, render_features
 from ceil import registry_access as access
 from ceil.hooks import registry as hooks
-from ceil.k3s.pki import issue_server_cert
 from ceil.secrets import SecretStore
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from tests.fakes import oci  # noqa: E402
-from tests.fakes.registry import FakeUpstreamRegistry  # noqa: E402
-
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
-BASE = f"""
-ssh: {{authorized_keys: ["{KEY}"]}}
-router: {{uplink: {{type: ethernet}}}}
-nodes: [{{name: one, role: server, ip: 10.42.0.11}}]
-vpn: {{endpoint: vpn.example.com}}
-"""
-REGISTRY_BIN = "/usr/bin/docker-registry"
-
-
-def render_router(tmp_path: Path, text: str = BASE) -> Path:
-    cluster = parse_cluster(text)
-    ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "secrets"))
-    render_features(ctx, tmp_path / "payload")
-    return tmp_path / "payload"
+from ceil import oci  # noqa: E402
+from tests.registry_lab import BASE, REGISTRY_BIN, render_router, running_registries  # noqa: E402
 
 
 def test_configs_bind_the_lan_address_and_cache_the_upstream(tmp_path):
@@ -170,85 +150,12 @@ def test_k3s_registries_yaml_other_upstream_and_disabled(tmp_path):
 # ---- the rendered configs, served by the real docker-registry ---------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(config: Path, url: str, log: Path, ca: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log.open("w"), stderr=subprocess.STDOUT)
-    for _ in range(100):
-        try:
-            oci._request("GET", url + "/v2/", timeout=2, ca=str(ca))
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"docker-registry did not start: {log.read_text()[-2000:]}")
-
-
-def localize(rendered: Path, dest: Path, storage: Path, port: int, creds: Path, upstream: str | None) -> Path:
-    """The rendered config, moved to 127.0.0.1, tmp storage and a tmp credentials folder (what
-    systemd's LoadCredential gives the unit on the router); everything else as baked."""
-    doc = yaml.safe_load(rendered.read_text())
-    doc["http"]["addr"] = f"127.0.0.1:{port}"
-    doc["storage"]["filesystem"]["rootdirectory"] = str(storage)
-    doc["http"]["tls"] = {k: str(creds / Path(v).name) for k, v in doc["http"]["tls"].items()}
-    if "auth" in doc:
-        doc["auth"]["htpasswd"]["path"] = str(creds / "htpasswd")
-    if upstream:
-        doc["proxy"]["remoteurl"] = upstream
-    dest.write_text(yaml.safe_dump(doc))
-    return dest
-
-
 @pytest.fixture
 def registries(tmp_path):
-    """The router's three registries as baked, on loopback: private and push share a storage.
-    The served certificate comes from the baked registry CA, for 127.0.0.1 (the router's own
-    names 10.42.0.1 and ceil-router are not this machine)."""
     if not Path(REGISTRY_BIN).exists():
         pytest.skip("docker-registry not installed (apt install docker-registry)")
-    out = render_router(tmp_path)
-    store = SecretStore(tmp_path / "secrets")
-    ca = access.ensure_ca(store)
-    local = issue_server_cert(ca, "localhost", ["localhost"], ["127.0.0.1"])
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
-    files = access.router_files(parse_cluster(BASE), store)
-    procs = []
-    with FakeUpstreamRegistry() as upstream:
-        urls = {}
-        for kind, account in (("private", "pull"), ("push", "push"), ("mirror", None)):
-            creds = tmp_path / f"creds-{kind}"
-            creds.mkdir()
-            (creds / "tls.crt").write_bytes(local.cert_pem)
-            (creds / "tls.key").write_bytes(local.key_pem)
-            if account:
-                (creds / "htpasswd").write_bytes(files[f"registry/htpasswd-{account}"])
-            port = free_port()
-            storage = tmp_path / ("store-mirror" if kind == "mirror" else "store-private")
-            cfg = localize(out / f"etc/registry/{kind}.yml", tmp_path / f"{kind}.yml", storage, port, creds,
-                           upstream.url if kind == "mirror" else None)
-            urls[kind] = f"https://127.0.0.1:{port}"
-            procs.append(serve(cfg, urls[kind], tmp_path / f"{kind}.log", ca_file))
-        try:
-            yield Registries(urls, upstream, str(ca_file), ("pull", access.password(store, "pull")),
-                             ("push", access.password(store, "push")))
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
-
-
-@dataclass
-class Registries:
-    urls: dict[str, str]
-    upstream: FakeUpstreamRegistry
-    ca: str
-    pull: tuple[str, str]
-    push: tuple[str, str]
+    with running_registries(tmp_path) as r:
+        yield r
 
 
 def test_workstation_pushes_and_a_node_pulls_the_same_image(registries):

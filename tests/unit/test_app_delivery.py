@@ -1,0 +1,238 @@
+"""`bake.py app`: a user's image built by a real builder, pushed through the router's registry as
+baked (real docker-registry), and read back by digest with an independent client (skopeo).
+
+The chart half (real helm) and the HelmChart (real helm-controller) are in
+tests/apiserver/test_app_chart.py, the layer that builds those tools.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ceil import apps, oci
+from ceil.errors import CeilError
+from tests.registry_lab import REGISTRY_BIN, running_registries
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bake_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture
+def registries(tmp_path):
+    if not Path(REGISTRY_BIN).exists():
+        pytest.fail("docker-registry is not installed: make setup-host")
+    with running_registries(tmp_path) as r:
+        yield r
+
+
+def scratch_app(root: Path, text: str = "hello from a user's app\n") -> Path:
+    """A user's app folder whose Containerfile needs nothing from the internet."""
+    app = root / "hello"
+    app.mkdir()
+    (app / "hello.txt").write_text(text)
+    (app / "Containerfile").write_text('FROM scratch\nCOPY hello.txt /hello.txt\nCMD ["/hello.txt"]\n')
+    return app
+
+
+def skopeo(verb: str, *args: str, r, arch: str | None = None) -> subprocess.CompletedProcess:
+    """skopeo VERB with the nodes' pull account and the registry CA (copy: for its source)."""
+    certs = r.workstation / "skopeo-certs"
+    certs.mkdir(exist_ok=True)
+    shutil.copy(r.ca, certs / "ca.crt")
+    src = "src-" if verb == "copy" else ""
+    head = ["skopeo"] + (["--override-arch", arch] if arch else []) + [verb]
+    return subprocess.run(head + [f"--{src}cert-dir", str(certs), f"--{src}creds", "{}:{}".format(*r.pull), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---- real builders, real registry, an independent reader --------------------------------------
+
+
+@pytest.mark.parametrize("builder", ["buildah", "podman"])
+def test_a_multi_arch_image_built_by_a_real_builder_is_pushed_and_read_back_by_digest(registries, tmp_path, builder):
+    if shutil.which(builder) is None or shutil.which("skopeo") is None:
+        pytest.fail(f"{builder} or skopeo is not installed: make setup-host")
+    r = registries
+    app = scratch_app(tmp_path)
+    done = bake_py("app", "--registry", r.urls["push"], "build", str(app), "--tag", "v1", "--builder", builder,
+                   "--platform", "linux/arm64,linux/amd64", cwd=r.workstation)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = json.loads((r.workstation / "out/apps/hello.json").read_text())
+    assert state["image"] == "ceil-router.ceil.internal:5002/apps/hello:v1"
+    digest = state["image_digest"]
+    assert digest in done.stdout
+
+    # skopeo reads it from the nodes' read-only port with the nodes' account, by digest.
+    ref = "docker://{}/apps/hello@{}".format(r.urls["private"].removeprefix("https://"), digest)
+    raw = skopeo("inspect", "--raw", ref, r=r)
+    assert raw.returncode == 0, raw.stderr
+    assert oci.digest(raw.stdout.encode()) == digest
+    index = json.loads(raw.stdout)
+    assert {m["platform"]["architecture"] for m in index["manifests"]} == {"arm64", "amd64"}
+    copied = skopeo("copy", ref, f"oci:{tmp_path / 'copy'}:hello", r=r, arch="arm64")
+    assert copied.returncode == 0, copied.stderr
+    layout = oci.read_layout(tmp_path / "copy")
+    layer = next(p for d, p in layout.blobs.items() if d != layout.doc["config"]["digest"])
+    with tarfile.open(fileobj=io.BytesIO(layer.read_bytes())) as tar:
+        assert tar.extractfile("hello.txt").read() == b"hello from a user's app\n"
+
+
+def test_the_push_account_is_needed_and_a_wrong_ca_is_refused(registries, tmp_path):
+    r = registries
+    image = oci.image_index({"linux/arm64": oci.scratch_image({"a.txt": b"a"})})
+    with pytest.raises(oci.OciError, match="401"):
+        oci.Registry(r.urls["push"], r.pull, r.ca).push("apps/x", "v1", image)
+    with pytest.raises(oci.OciError, match="405|401"):  # the read-only port refuses even the push account
+        oci.Registry(r.urls["private"], r.push, r.ca).push("apps/x", "v1", image)
+    other = tmp_path / "other.crt"
+    other.write_bytes(__import__("ceil.k3s.pki", fromlist=["make_ca"]).make_ca("other").cert_pem)
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        oci.Registry(r.urls["push"], r.push, str(other)).push("apps/x", "v1", image)
+
+
+def test_an_index_and_its_images_round_trip_through_the_registry(registries):
+    r = registries
+    index = oci.image_index({p: oci.scratch_image({"which": p.encode()}, arch=p.split("/")[1])
+                             for p in ("linux/arm64", "linux/amd64")})
+    pushed = oci.Registry(r.urls["push"], r.push, r.ca).push("apps/two", "v2", index)
+    back = oci.Registry(r.urls["private"], r.pull, r.ca).pull("apps/two", pushed["digest"])
+    assert back.digest == index.digest and [c.digest for c in back.children] == [c.digest for c in index.children]
+    assert back.all_blobs() == index.all_blobs()
+
+
+# ---- the pieces, without tools ----------------------------------------------------------------
+
+
+def test_names_and_tags_are_checked_with_the_fix():
+    assert apps.check_name("piphp") == "piphp"
+    for bad in ("PiPHP", "-x", "a_b", "x" * 41, ""):
+        with pytest.raises(CeilError, match="lower-case letters"):
+            apps.check_name(bad)
+    with pytest.raises(CeilError, match="--tag '-v1'.*e.g. v1"):
+        apps.check_tag("-v1")
+    assert apps.check_tag(apps.default_tag()).count("-") == 1
+
+
+def test_each_builder_leaves_an_oci_archive_of_every_platform(tmp_path):
+    ctx, cf, out = tmp_path, tmp_path / "Containerfile", tmp_path / "a.tar"
+    docker = apps.build_commands("docker", ctx, cf, ("linux/arm64", "linux/amd64"), out, "m")
+    assert docker == [["docker", "buildx", "build", "--platform", "linux/arm64,linux/amd64", "-f", str(cf),
+                       "--output", f"type=oci,dest={out}", str(ctx)]]
+    for builder in ("podman", "buildah"):
+        build, push = apps.build_commands(builder, ctx, cf, ("linux/arm64",), out, "m")
+        assert build[:2] == [builder, "build"] and "--manifest" in build
+        assert push == [builder, "manifest", "push", "--all", "m", f"oci-archive:{out}"]
+
+
+def test_no_builder_says_how_to_get_one(monkeypatch):
+    monkeypatch.setattr(apps.shutil, "which", lambda name: None)
+    with pytest.raises(CeilError, match="no image builder found.*apt install buildah"):
+        apps.pick_builder()
+    with pytest.raises(CeilError, match="helm not found.*helm.sh"):
+        apps.helm_binary()
+
+
+def test_a_layout_archive_cannot_write_outside_its_folder(tmp_path):
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(oci.OciError, match="outside the layout"):
+        oci.open_layout(evil, tmp_path / "work")
+    assert not (tmp_path / "escaped").exists()
+    with pytest.raises(oci.OciError, match="not an OCI image layout.*type=oci"):
+        oci.read_layout(tmp_path)
+
+
+def write_layout(root: Path, artifact: oci.Artifact) -> Path:
+    """An OCI image layout holding `artifact`, as a builder writes one."""
+    (root / "blobs/sha256").mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    manifests = {c.digest: c.manifest for c in artifact.children}
+    for d, data in {**artifact.all_blobs(), **manifests, artifact.digest: artifact.manifest}.items():
+        (root / "blobs/sha256" / d.split(":")[1]).write_bytes(data)
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": artifact.media_type, "digest": artifact.digest, "size": len(artifact.manifest)}]}))
+    return root
+
+
+def test_a_build_missing_a_platform_is_refused_before_anything_is_pushed(tmp_path):
+    one = oci.image_index({"linux/amd64": oci.scratch_image({"a": b"a"}, arch="amd64")})
+    root = write_layout(tmp_path / "layout", one)
+    target = apps.Target(None, None, "https://127.0.0.1:1")  # never reached
+    with pytest.raises(CeilError, match="made images for linux/amd64, not for linux/arm64, linux/amd64: nothing"):
+        apps.push_archive(target, root, "x", "v1", tmp_path, ("linux/arm64", "linux/amd64"))
+
+
+def test_a_layout_blob_changed_after_the_build_is_not_pushed(tmp_path):
+    image = oci.scratch_image({"a": b"a"})
+    root = write_layout(tmp_path / "layout", image)
+    layout = oci.read_layout(root)
+    assert layout.digest == image.digest
+    layer = next(p for d, p in layout.blobs.items() if d != layout.doc["config"]["digest"])
+    layer.write_bytes(b"tampered")
+
+    class Refusing(oci.Registry):
+        def _call(self, method, path, data=None, headers=None):
+            return (404, {}, b"") if method == "HEAD" else pytest.fail("nothing may be sent")
+    with pytest.raises(oci.OciError, match="changed on disk"):
+        Refusing("https://127.0.0.1:1").push("apps/x", "v1", layout)
+
+
+def test_deploy_pins_the_pushed_digest_and_reads_from_the_read_only_port(tmp_path):
+    from ceil.config import parse_cluster
+    from ceil.secrets import SecretStore
+    from ceil import registry_access as access
+    from tests.registry_lab import BASE
+
+    store = SecretStore(tmp_path / "secrets")
+    access.ensure_ca(store)
+    access.password(store, "push")
+    target = apps.Target.of(parse_cluster(BASE), store)
+    assert target.url == "https://ceil-router.ceil.internal:5002"
+    with pytest.raises(CeilError, match="no image_digest: run `python bake.py app build`"):
+        apps.deploy_objects(target, "piphp", {"chart_version": "0.1.0"})
+    digest = "sha256:" + "b" * 64
+    secret, ca, chart = apps.deploy_objects(target, "piphp", {"image_digest": digest, "chart_version": "0.1.0",
+                                                               "chart_name": "piphp"})
+    assert secret["type"] == "kubernetes.io/basic-auth" and secret["stringData"]["username"] == "pull"
+    assert ca["data"]["ca.crt"] == store.read("registry/ca.crt").decode()
+    spec = chart["spec"]
+    assert spec["chart"] == "oci://ceil-router.ceil.internal:5000/charts/piphp" and spec["version"] == "0.1.0"
+    assert spec["authSecret"] == {"name": secret["metadata"]["name"]}
+    assert spec["repoCAConfigMap"] == {"name": ca["metadata"]["name"]}
+    values = yaml.safe_load(spec["valuesContent"])
+    assert values == {"image": {"repository": "ceil-router.ceil.internal:5002/apps/piphp", "digest": digest},
+                      "host": "piphp.apps.ceil.internal"}
+    shown = yaml.safe_dump_all(apps.redacted([secret, ca, chart]))
+    assert access.password(store, "pull") not in shown
+
+
+def test_state_is_merged_and_replaced_whole(tmp_path):
+    apps.write_state(tmp_path, "piphp", image_digest="sha256:1")
+    apps.write_state(tmp_path, "piphp", chart_version="0.1.0")
+    assert apps.read_state(tmp_path, "piphp") == {"image_digest": "sha256:1", "chart_version": "0.1.0"}
+    assert [p.name for p in (tmp_path / "apps").iterdir()] == ["piphp.json"]
+
+
+def test_bake_py_app_without_a_baked_router_says_what_to_do(tmp_path):
+    from tests.registry_lab import BASE
+
+    (tmp_path / "cluster.yaml").write_text(BASE)
+    app = scratch_app(tmp_path)
+    done = bake_py("app", "build", str(app), cwd=tmp_path)
+    assert done.returncode != 0 and "bake the router first" in done.stderr + done.stdout
