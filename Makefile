@@ -12,7 +12,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,8 @@ e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over
 e2e-full: venv testbed test-apiserver ## More than CI runs: the QEMU suite with the cluster on each test-bed flavor (ARCH=arm64 default)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-ubuntu $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
+app: venv ## Build, push and deploy your app through the router's registry (APP=apps/piphp, the demo; see docs/apps.md)
+	$(PY) bake.py app --config $(CONFIG) ship $(or $(APP),apps/piphp)
 verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write
@@ -85,7 +87,8 @@ kubeconfig: venv ## Write the admin kubeconfig signed by the baked client CA
 vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
 	$(PY) bake.py vpn-client $* --config $(CONFIG)
 KUBECTL ?= kubectl --kubeconfig $(OUT)/kubeconfig
-ADDONS = metallb traefik storage monitoring dashboard kubewatch demo
+# Every add-on of the catalog (addons/<name>/addon.yaml), so a new one gets its targets without an edit here.
+ADDONS := $(patsubst addons/%/addon.yaml,%,$(wildcard addons/*/addon.yaml))
 addons-list: venv ## Every add-on and whether this cluster gets it
 	$(PY) bake.py addons --config $(CONFIG) list
 addons-render: venv ## Render and validate the add-on manifests offline

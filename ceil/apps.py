@@ -319,7 +319,7 @@ def app_group(ctx, config_path, secrets_path, registry, out_path, kubeconfig_pat
     """Your own app on the cluster, through the router's private registry.
 
     \b
-      python bake.py app ship apps/hello     build + chart + deploy (the demo app)
+      python bake.py app ship apps/piphp     build + chart + deploy (the demo app)
       python bake.py app build DIR           multi-arch image from DIR/Containerfile, pushed
       python bake.py app chart DIR/chart     helm lint + package, pushed as an OCI chart
       python bake.py app deploy NAME         install it: http://NAME.apps.<domain>/

@@ -7,6 +7,7 @@ makes a per-role bake take seconds, and what lets `flash` write only the blocks 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,16 +85,23 @@ FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 
+@functools.lru_cache(maxsize=1)
+def _fallocate():
+    """libc's fallocate(2), loaded once (a bake punches one hole per rewritten range)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    return libc.fallocate
+
+
 def punch_hole(fd: int, offset: int, length: int) -> bool:
     """Deallocate fd[offset:offset+length] (it then reads as zeros). False where unsupported."""
-    import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    return libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
+    return _fallocate()(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
 def _copy_range(fin: int, fout: int, offset: int, length: int, progress) -> None:

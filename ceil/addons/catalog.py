@@ -72,6 +72,21 @@ class Step(Model):
     wait_for: WaitFor = Field(default_factory=WaitFor)
 
 
+class CrdSource(Model):
+    """Where the real CRDs of custom resources an add-on renders come from, at the version its
+    chart installs: a Go module (the chart itself cannot be fetched where the tests run, the
+    Go module proxy can). The control-plane tests install them into the real API server and
+    apply the rendered resources against them (tests/apiserver/test_addons_job.py)."""
+
+    module: str = Field(pattern=r"^[a-z0-9.-]+(/[A-Za-z0-9._~-]+)+$")
+    version: str = Field(pattern=r"^v\d+\.\d+\.\d+$")
+    paths: list[str] = Field(min_length=1)
+    # The kinds (group/version Kind) of our templates these CRDs define, e.g. keda.sh/v1alpha1 ScaledObject.
+    kinds: list[str] = Field(min_length=1)
+    # The module's go.mod asks for a newer Go than the one installed: fetch with this toolchain.
+    toolchain: str | None = Field(default=None, pattern=r"^go\d+\.\d+\.\d+$")
+
+
 class AddonSpec(Model):
     name: str
     summary: str = Field(max_length=60, description="one line for `addons list`")
@@ -82,6 +97,7 @@ class AddonSpec(Model):
     when: str | None = Field(default=None, pattern=r"^[a-z_]+(\.[a-z_]+)*$")
     # Host names (under the cluster domain) this add-on serves through the ingress.
     ingress_hosts: list[str] = Field(default_factory=list)
+    crds: list[CrdSource] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
 
     def applies_to(self, cluster: Cluster) -> bool:

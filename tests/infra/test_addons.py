@@ -141,3 +141,27 @@ def test_kubewatch_reaches_piwatch(addons_status, router, cluster):
         pytest.skip("piwatch is disabled")
     out = router.run(f"curl -s --max-time 10 http://127.0.0.1:{cluster.piwatch.port}/events").stdout
     assert out.strip() not in ("", "[]"), "PiWatch has seen no event from kubewatch"
+
+
+def test_deployed_apps_run_the_pushed_digest_and_answer_through_the_ingress(addons_status, kube, router, cluster):
+    """Issue 20 #1 on hardware: every app `bake.py app deploy` recorded in out/apps/ runs the image
+    digest that was pushed, and answers /healthz at http://NAME.apps.<domain>/ (from the LAN)."""
+    from ceil import apps
+
+    out = Path(os.environ.get("CEIL_CONFIG", "cluster.yaml")).resolve().parent / "out"
+    deployed = sorted((out / "apps").glob("*.json")) if (out / "apps").is_dir() else []
+    if not deployed:
+        pytest.skip(f"no app deployed from this workstation ({out}/apps/ is empty): python bake.py app ship apps/piphp")
+    for path in deployed:
+        name, state = path.stem, json.loads(path.read_text())
+        if kube.get("helm.cattle.io/v1", "HelmChart", f"app-{name}", "kube-system") is None:
+            continue  # pushed, never deployed
+        # Helm's release is the HelmChart's name; charts label their pods with it (helm create does).
+        pods = [p for p in kube.list("v1", "Pod", apps.NAMESPACE)
+                if p["metadata"].get("labels", {}).get("app.kubernetes.io/instance") == f"app-{name}"]
+        images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+        assert images and all(i.endswith("@" + state["image_digest"]) for i in images), (name, images)
+        host_name = f"{name}.apps.{cluster.domain}"
+        out_http = router.run(f"curl -s --max-time 20 --resolve {host_name}:80:{cluster.network.ingress_ip}"
+                              f" http://{host_name}/healthz").stdout
+        assert out_http.strip() == "ok", f"http://{host_name}/healthz answered {out_http!r}"

@@ -8,10 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
@@ -22,10 +20,9 @@ from ceil.addons.cli import addons_group, catalog_references
 from ceil.addons.render import render_selected
 from router_lan_render import KEY, REPO, cluster_from
 
-sys.path.insert(0, str(REPO / "tests/fakes"))
-import oci  # noqa: E402
+from ceil import oci
 
-MANIFEST, _ = oci.tiny_image("busybox stand-in\n")
+MANIFEST = oci.tiny_image("busybox stand-in\n").manifest
 IMAGE_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 CHART_TGZ = b"a chart archive\n"
 CHART_DIGEST = hashlib.sha256(CHART_TGZ).hexdigest()
