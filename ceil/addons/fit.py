@@ -29,6 +29,11 @@ POD_REQUESTS_MIB = {
     "monitoring": [200],                 # prometheus-operator's default for Alertmanager
     "demo": [8, 32],                     # ours: httpd, podinfo
     "tunnel": [32],                      # ours: cloudflared, one per tunnel.replicas
+    # chart 2.21.0: operator, metrics apiserver, webhooks (ours: the webhooks' 100 kept); HTTP
+    # add-on 0.15.0: operator, scaler, interceptor at 20 MiB each (its chart); ours: sleepy at 32
+    # only while awake, counted as the worst case.
+    "keda": [100, 100, 100, 20, 20, 20, 32],
+    "custom-metrics": [128],             # ours: prometheus-adapter (the chart declares none)
 }
 K3S_SYSTEM_PODS_MIB = [70, 70]  # k3s's CoreDNS and metrics-server
 

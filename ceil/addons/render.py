@@ -90,8 +90,11 @@ def _yaml_map(d: dict[str, str]) -> str:
     return "\n".join(f"{k}: {json.dumps(v)}" for k, v in d.items())
 
 
-def template_context(cluster: Cluster, spec: AddonSpec) -> dict[str, Any]:
+def template_context(cluster: Cluster, spec: AddonSpec, catalog: Catalog | None = None) -> dict[str, Any]:
     return {
+        # What this cluster runs (not only what is being applied now): e.g. the demo's autoscaler
+        # takes the request rate where custom-metrics serves it.
+        "enabled_addons": sorted(s.name for s in selected(cluster, catalog or Catalog())),
         "tls_annotations": _yaml_map(TLS_ANNOTATIONS),
         "ui_auth_annotations": _yaml_map(UI_AUTH_ANNOTATIONS),
         "cluster": cluster,
@@ -116,7 +119,7 @@ def _environment(root: Path) -> jinja2.Environment:
 def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins | None = None) -> RenderedAddon:
     pins = pins or Pins.load()
     env = _environment(catalog.dir(spec.name))
-    ctx = template_context(cluster, spec)
+    ctx = template_context(cluster, spec, catalog)
     out = RenderedAddon(spec.name, list(spec.depends_on))
     for step in spec.steps:
         if step.when and not _fact(ctx, step.when):

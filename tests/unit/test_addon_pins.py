@@ -10,6 +10,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -25,6 +26,9 @@ from ceil import oci
 MANIFEST = oci.tiny_image("busybox stand-in\n").manifest
 IMAGE_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 CHART_TGZ = b"a chart archive\n"
+# (repo, chart, version) of every repository chart addons/pins.yaml lists ("URL CHART VERSION" keys).
+CATALOG_CHARTS = [tuple(k.split(" ")) for k in yaml.safe_load((REPO / "addons/pins.yaml").read_text())["charts"]
+                  if len(k.split(" ")) == 3]
 CHART_DIGEST = hashlib.sha256(CHART_TGZ).hexdigest()
 
 
@@ -78,9 +82,9 @@ class Fake(BaseHTTPRequestHandler):
         if self.path.split("?")[0].endswith("/token"):
             return self._reply(200, json.dumps({"token": self.token}).encode())
         if self.path.endswith("/index.yaml"):
-            chart_version = {"metallb": "0.15.3", "kube-prometheus-stack": "79.5.0", "kubewatch": "3.5.0",
-                             "longhorn": "1.11.3"}
-            entries = {c: [{"version": v, "digest": CHART_DIGEST}] for c, v in chart_version.items()}
+            entries = {}
+            for repo, chart, version in CATALOG_CHARTS:  # every chart the catalog pins, in each repo's index
+                entries.setdefault(chart, []).append({"version": version, "digest": CHART_DIGEST})
             return self._reply(200, yaml.safe_dump({"apiVersion": "v1", "entries": entries}).encode())
         if self.path.endswith(".tgz"):
             return self._reply(200, CHART_TGZ)
@@ -95,8 +99,7 @@ def fake(monkeypatch, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    hosts = ["docker.io", "ghcr.io", "metallb.github.io", "prometheus-community.github.io",
-             "robusta-charts.storage.googleapis.com", "charts.longhorn.io", "github.com"]
+    hosts = {"docker.io", "ghcr.io", "github.com"} | {urlsplit(repo).hostname for repo, _, _ in CATALOG_CHARTS}
     monkeypatch.setenv("CEIL_REGISTRY_ENDPOINTS", ",".join(f"{h}={base}/{h}" for h in hosts))
     pins_file = tmp_path / "pins.yaml"
     pins_file.write_text((REPO / "addons/pins.yaml").read_text())

@@ -34,6 +34,7 @@ VARIANTS = {
         nodes="[{name: solo, role: server, storage_device: /dev/sda}]"),
     "no-piwatch-demo-off": make("piwatch: {enabled: false}\naddons: {disable: [demo]}\n"),
     "tunnel": make("tunnel: {enabled: true, token: " + "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3 + ", replicas: 3}\n"),
+    "scaling": make("addons: {enable: [keda, custom-metrics]}\n"),
 }
 TUNNEL_TOKEN = "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3
 
@@ -291,3 +292,78 @@ def test_render_to_a_directory_and_ingress_hosts_for_the_router_dns(tmp_path):
     hosts = ingress_hosts(cluster)
     assert {"traefik.ceil.internal", "grafana.ceil.internal", "httpd.ceil.internal"} <= set(hosts)
     assert ipaddress.ip_address(str(cluster.network.ingress_ip)) == ipaddress.ip_address("10.42.0.240")
+
+
+def test_keda_scales_sleepy_to_zero_through_the_interceptor():
+    cluster = VARIANTS["scaling"]
+    addon = next(a for a in render_selected(cluster) if a.name == "keda")
+    charts = {c["metadata"]["name"]: c for c in by_kind(addon.manifests, "HelmChart")}
+    assert charts["keda"]["spec"]["version"] == "2.21.0" and charts["keda-add-ons-http"]["spec"]["version"] == "0.15.0"
+    assert values(charts["keda-add-ons-http"]) == {"interceptor": {"replicas": {"min": 1, "max": 3}},
+                                                   "scaler": {"replicas": 1}}
+    last = addon.steps[-1].manifests
+    kinds = [m["kind"] for m in last]
+    # The scaler reads the route: it must exist before the ScaledObject that names it.
+    assert kinds.index("InterceptorRoute") < kinds.index("ScaledObject")
+    route = by_kind(last, "InterceptorRoute")[0]["spec"]
+    scaled = by_kind(last, "ScaledObject")[0]["spec"]
+    deployment = by_kind(last, "Deployment", "sleepy")[0]
+    assert "replicas" not in deployment["spec"]  # KEDA's HPA owns it; re-applying must not wake it
+    assert scaled["minReplicaCount"] == 0 and scaled["scaleTargetRef"] == {"name": "sleepy"}
+    trigger = scaled["triggers"][0]
+    assert trigger["type"] == "external-push" and trigger["metadata"] == {
+        "scalerAddress": "keda-add-ons-http-external-scaler.keda:9090", "interceptorRoute": "sleepy"}
+    assert route["target"] == {"service": "sleepy", "port": 80}
+    ingress = by_kind(last, "Ingress", "sleepy")[0]
+    # Traefik sends the host to the interceptor (same namespace as the Ingress), never to the app.
+    assert ingress["metadata"]["namespace"] == "keda"
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] in route["rules"][0]["hosts"] and rule["host"] == "sleepy.ceil.internal"
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "keda-add-ons-http-interceptor-proxy", "port": {"number": 8080}}
+    assert "sleepy.ceil.internal" in ingress_hosts(cluster)
+
+
+def test_podinfo_scales_on_requests_per_second_only_where_prometheus_adapter_serves_them():
+    def podinfo_metrics(cluster):
+        return by_kind(docs(cluster), "HorizontalPodAutoscaler", "podinfo")[0]["spec"]["metrics"]
+
+    assert podinfo_metrics(make())[0]["type"] == "Resource"
+    [metric] = podinfo_metrics(VARIANTS["scaling"])
+    assert metric["type"] == "Object"
+    assert metric["object"]["metric"]["name"] == "traefik_requests_per_second"
+    assert metric["object"]["describedObject"] == {"apiVersion": "v1", "kind": "Service", "name": "podinfo"}
+    # Applying only the demo still knows what the cluster runs.
+    alone = by_kind(docs(VARIANTS["scaling"], ["demo"]), "HorizontalPodAutoscaler", "podinfo")[0]
+    assert alone["spec"]["metrics"] == [metric]
+
+
+def test_prometheus_adapter_owns_only_custom_metrics_and_maps_traefiks_labels():
+    manifests = docs(VARIANTS["scaling"], ["custom-metrics"])
+    adapter = values(by_kind(manifests, "HelmChart", "prometheus-adapter")[0])
+    assert adapter["rules"]["default"] is False
+    assert "external" not in adapter["rules"] and "resource" not in adapter["rules"]
+    [rule] = adapter["rules"]["custom"]
+    assert rule["name"]["as"] == "traefik_requests_per_second"
+    monitor = by_kind(manifests, "PodMonitor", "traefik")[0]
+    assert monitor["metadata"]["labels"] == {"release": "kube-prometheus-stack"}  # what the stack selects
+    relabel = {r["targetLabel"] for r in monitor["spec"]["podMetricsEndpoints"][0]["metricRelabelings"]}
+    assert relabel == set(rule["resources"]["overrides"])
+    import re
+
+    regex = monitor["spec"]["podMetricsEndpoints"][0]["metricRelabelings"][0]["regex"]
+    assert re.fullmatch(regex, "demo-podinfo-http@kubernetes").groups()[:2] == ("demo", "podinfo")
+
+
+def test_grafana_dashboards_are_json_with_the_sidecar_label():
+    import json
+
+    maps = [m for m in docs(VARIANTS["scaling"]) if m["kind"] == "ConfigMap"
+            and m["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    assert {m["metadata"]["name"] for m in maps} == {"ceil-dashboard-scale-to-zero",
+                                                     "ceil-dashboard-requests-and-replicas"}
+    for m in maps:
+        [(key, text)] = m["data"].items()
+        board = json.loads(text)
+        assert key.endswith(".json") and board["uid"] == key[:-5] and board["panels"]
+        assert all(t["expr"] for p in board["panels"] for t in p["targets"])
