@@ -278,13 +278,10 @@ def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
     ]
 
 
-def redacted(objs: list[dict]) -> list[dict]:
-    """For printing: the pull password stays out of the terminal and out of files."""
-    shown = json.loads(json.dumps(objs))
-    for obj in shown:
-        if obj["kind"] == "Secret":
-            obj["stringData"]["password"] = "<from secrets/registry/pull-password>"
-    return shown
+def for_git(objs: list[dict]) -> list[dict]:
+    """What may go into a GitOps repository: everything but the pull account's Secret (a
+    placeholder there would overwrite the real one; `deploy` without --print applies it)."""
+    return [o for o in objs if o["kind"] != "Secret"]
 
 
 # ---- the commands ----------------------------------------------------------------------------
@@ -369,7 +366,11 @@ def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
     target = obj.target()
     objs = deploy_objects(target, name, read_state(obj.out, name))
     if print_only:
-        click.echo(yaml.safe_dump_all(redacted(objs), sort_keys=False), nl=False)
+        secret = next(o["metadata"] for o in objs if o["kind"] == "Secret")
+        click.echo(f"# {name}, as `python bake.py app deploy {name}` applies it, for a GitOps repository. Not here:"
+                   f" the Secret {secret['namespace']}/{secret['name']} with the registry's pull account, which"
+                   f" `python bake.py app deploy {name}` applies (once is enough).")
+        click.echo(yaml.safe_dump_all(for_git(objs), sort_keys=False), nl=False)
         return
     from .addons.cli import Context
 
@@ -407,7 +408,7 @@ def chart_command(obj, chart_dir, name):
 @app_group.command("deploy")
 @click.argument("name")
 @click.option("--print", "print_only", is_flag=True,
-              help="Print the objects instead of applying them (password redacted), e.g. for a GitOps repository.")
+              help="Print the objects for a GitOps repository instead of applying them (all but the pull Secret).")
 @click.pass_obj
 def deploy_command(obj, name, print_only):
     """Install NAME with k3s's helm-controller, from the chart and image digest last pushed."""

@@ -20,8 +20,8 @@ from ..config import Cluster, load_cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
 from .catalog import Catalog, selected
-from .hooks import (GRAFANA_PASSWORD, KUBEWATCH_VALUES, UI_HTPASSWD, grafana_password, kubewatch_values,
-                    ui_htpasswd, ui_password)
+from .hooks import (GRAFANA_PASSWORD, KUBEWATCH_VALUES, UI_HTPASSWD, cluster_secret, grafana_password,
+                    kubewatch_values, ui_htpasswd, ui_password)
 from .job.kube import ApiError
 from .render import build_plan, render_selected, write_rendered
 
@@ -226,6 +226,8 @@ def _secret(cluster: Cluster, store: SecretStore, name: str) -> bytes:
         return ui_htpasswd(store).encode()
     if name == KUBEWATCH_VALUES:
         return kubewatch_values(cluster, store).encode()
+    if (value := cluster_secret(cluster, name)) is not None:  # the tunnel's and Git's tokens
+        return value.encode()
     return store.read(name)
 
 

@@ -29,6 +29,20 @@ UI_HTPASSWD = "ui-htpasswd"
 KUBEWATCH_VALUES = "kubewatch-values"
 # tunnel.token from cluster.yaml, for the add-on job's Secret (the manifest only names it).
 TUNNEL_TOKEN = "cloudflare-tunnel-token"
+# gitops.token and gitops.username, for the GitRepository's Secret (a private repository).
+GITOPS_TOKEN, GITOPS_USERNAME = "gitops-token", "gitops-username"
+
+
+def cluster_secret(cluster: Cluster, name: str) -> str | None:
+    """The secrets cluster.yaml itself holds (via environment variables), by the names the
+    add-ons' manifests use; None for the others."""
+    if name == TUNNEL_TOKEN and cluster.tunnel.token is not None:
+        return cluster.tunnel.token.get_secret_value().strip() + "\n"
+    if name == GITOPS_TOKEN and cluster.gitops.token is not None:
+        return cluster.gitops.token.get_secret_value().strip() + "\n"
+    if name == GITOPS_USERNAME:
+        return cluster.gitops.username + "\n"
+    return None
 
 
 def grafana_password(store: SecretStore) -> str:
@@ -83,5 +97,8 @@ def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
     if "kubewatch" in chosen:
         files[KUBEWATCH_VALUES] = kubewatch_values(cluster, store)
     if "tunnel" in chosen:
-        files[TUNNEL_TOKEN] = cluster.tunnel.token.get_secret_value().strip() + "\n"
+        files[TUNNEL_TOKEN] = cluster_secret(cluster, TUNNEL_TOKEN)
+    if "gitops" in chosen and cluster.gitops.token is not None:
+        files[GITOPS_TOKEN] = cluster_secret(cluster, GITOPS_TOKEN)
+        files[GITOPS_USERNAME] = cluster_secret(cluster, GITOPS_USERNAME)
     return files

@@ -103,6 +103,7 @@ def template_context(cluster: Cluster, spec: AddonSpec, catalog: Catalog | None 
         "ingress_ip": str(cluster.network.ingress_ip),
         "router_ip": str(cluster.network.router_ip),
         "storage": storage_facts(cluster),
+        "gitops": {"private": cluster.gitops.token is not None, "public": cluster.gitops.token is None},
         "node_names": node_names(cluster),
     }
 

@@ -27,6 +27,7 @@ from .schema import (
     Network,
     Node,
     PiWatch,
+    GitOps,
     Registry,
     Tunnel,
     Router,
@@ -56,6 +57,7 @@ class Cluster(Model):
     registry: Registry = Field(default_factory=Registry)
     piwatch: PiWatch = Field(default_factory=PiWatch)
     tunnel: Tunnel = Field(default_factory=Tunnel)
+    gitops: GitOps = Field(default_factory=GitOps)
     addons: Addons = Field(default_factory=Addons)
 
     @field_validator("format")

@@ -437,6 +437,37 @@ class Tunnel(Model):
         return self
 
 
+class GitOps(Model):
+    """Flux (add-on `gitops`): the cluster keeps itself in sync with a Git repository you name.
+    Its Kustomization applies what `path` holds on `branch` every `interval` and prunes what was
+    removed there. HTTPS only: an SSH URL would need the server's host key pinned as well."""
+
+    enabled: bool = False
+    url: HttpUrl | None = None
+    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9._/-]{1,100}$")
+    path: str = Field(default="./", pattern=r"^\./([A-Za-z0-9._-]+/?)*$")
+    interval: str = Field(default="5m", pattern=r"^[0-9]+(s|m|h)$")
+    # For a private repository: an access token (GitHub, Gitea, GitLab), e.g. ${GITOPS_TOKEN}; it
+    # becomes a Secret in the cluster (user `username`), never a rendered manifest.
+    token: SecretStr | None = None
+    username: str = Field(default="git", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+    @model_validator(mode="after")
+    def _complete(self) -> GitOps:
+        if not self.enabled:
+            return self
+        if not self.url:
+            raise ValueError("gitops is enabled but gitops.url is missing: the HTTPS address of the repository"
+                             " Flux should apply, e.g. url: https://github.com/you/cluster-config.git")
+        if not self.url.startswith("https://"):
+            raise ValueError(f"gitops.url {self.url!r}: use the repository's https:// address (Flux needs the"
+                             " server's pinned host key for SSH, which ceil does not manage)")
+        if self.token is not None and not re.fullmatch(r"[!-~]{8,1024}", self.token.get_secret_value().strip()):
+            raise ValueError("gitops.token is not an access token (one word of printable ASCII, 8 characters or"
+                             " more): copy it again, e.g. token: ${GITOPS_TOKEN}")
+        return self
+
+
 class Registry(Model):
     enabled: bool = True
     port: int = Field(default=5000, ge=1, le=65535)

@@ -214,8 +214,12 @@ def test_custom_resources_are_accepted_by_their_real_crds(lab, kubeconfig, works
 
     sources = crds.catalog_sources()
     assert {"keda", "custom-metrics"} <= set(sources)
+    from ceil.config.schema import GitOps
+
     cluster = load_cluster(workstation / "cluster.yaml")
-    cluster = cluster.model_copy(update={"addons": cluster.addons.model_copy(update={"enable": sorted(sources)})})
+    cluster = cluster.model_copy(update={
+        "addons": cluster.addons.model_copy(update={"enable": sorted(sources)}),
+        "gitops": GitOps(enabled=True, url="https://git.example.com/me/cluster.git", token="glpat-0123456789")})
     kinds = {tuple(k.split(" ", 1)) for found in sources.values() for s in found for k in s.kinds}
     for found in sources.values():
         for source in found:

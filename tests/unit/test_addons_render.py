@@ -35,6 +35,9 @@ VARIANTS = {
     "no-piwatch-demo-off": make("piwatch: {enabled: false}\naddons: {disable: [demo]}\n"),
     "tunnel": make("tunnel: {enabled: true, token: " + "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3 + ", replicas: 3}\n"),
     "scaling": make("addons: {enable: [keda, custom-metrics]}\n"),
+    "gitops-private": make("gitops: {enabled: true, url: 'https://git.example.com/me/cluster.git', branch: live,"
+                           " path: ./clusters/pi, token: glpat-0123456789abcdef}\n"),
+    "gitops-public": make("gitops: {enabled: true, url: 'https://github.com/me/cluster.git'}\n"),
 }
 TUNNEL_TOKEN = "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3
 
@@ -367,3 +370,44 @@ def test_grafana_dashboards_are_json_with_the_sidecar_label():
         board = json.loads(text)
         assert key.endswith(".json") and board["uid"] == key[:-5] and board["panels"]
         assert all(t["expr"] for p in board["panels"] for t in p["targets"])
+
+
+def test_flux_syncs_the_named_repository_and_its_token_is_a_secret_only(tmp_path):
+    from ceil.addons.hooks import secret_files
+
+    private = VARIANTS["gitops-private"]
+    addon = next(a for a in render_selected(private) if a.name == "gitops")
+    flux = values(by_kind(addon.manifests, "HelmChart", "flux2")[0])
+    assert flux["sourceController"]["tag"] == flux["kustomizeController"]["tag"] == "v1.9.6"
+    assert all(flux[c] == {"create": False} for c in ("helmController", "notificationController",
+                                                      "imageAutomationController", "imageReflectionController"))
+    repo = by_kind(addon.manifests, "GitRepository", "ceil")[0]["spec"]
+    assert repo == {"url": "https://git.example.com/me/cluster.git", "ref": {"branch": "live"}, "interval": "5m",
+                    "secretRef": {"name": "gitops-auth"}}
+    sync = by_kind(addon.manifests, "Kustomization", "ceil")[0]["spec"]
+    assert sync["path"] == "./clusters/pi" and sync["prune"] is True
+    [step] = [s for s in addon.steps if s.secrets]
+    assert step.secrets == [{"name": "gitops-auth", "namespace": "flux-system",
+                             "data": {"username": {"secret": "gitops-username"}, "password": {"secret": "gitops-token"}}}]
+    assert "glpat-0123456789abcdef" not in yaml.safe_dump_all(addon.manifests)
+    from ceil.secrets import SecretStore
+
+    files = secret_files(private, "one", SecretStore(tmp_path))
+    assert files["gitops-token"] == "glpat-0123456789abcdef\n" and files["gitops-username"] == "git\n"
+
+    public = next(a for a in render_selected(VARIANTS["gitops-public"]) if a.name == "gitops")
+    assert not any(s.secrets for s in public.steps)
+    assert "secretRef" not in by_kind(public.manifests, "GitRepository", "ceil")[0]["spec"]
+    assert "gitops" not in {a.name for a in render_selected(make())}  # only when gitops.enabled
+
+
+@pytest.mark.parametrize("text, words", [
+    ("gitops: {enabled: true}", "gitops.url is missing"),
+    ("gitops: {enabled: true, url: 'http://git.example.com/a.git'}", "https://"),
+    ("gitops: {enabled: true, url: 'https://git.example.com/a.git', path: ../etc}", "path"),
+    ("gitops: {enabled: true, url: 'https://git.example.com/a.git', branch: 'a b'}", "branch"),
+    ("gitops: {enabled: true, url: 'https://git.example.com/a.git', token: 'two words'}", "not an access token"),
+])
+def test_a_gitops_setting_that_cannot_work_is_refused(text, words):
+    with pytest.raises(ConfigError, match=words):
+        make(text + "\n")

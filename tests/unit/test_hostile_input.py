@@ -41,7 +41,12 @@ BASE = {
              "api_url": "https://api.cloudflare.com/client/v4", "ip_url": "https://api.ipify.org"},
     "registry": {"enabled": True, "upstream": "https://registry-1.docker.io"},
     "piwatch": {"enabled": False},
+    "tunnel": {"enabled": True, "token": "eyJhIjoiMTIzNDU2Nzg5MCJ9eyJhIjoiMTIzNDU2Nzg5MCJ9"},
+    "gitops": {"enabled": True, "url": "https://git.example.com/me/cluster.git", "branch": "main",
+               "path": "./clusters/pi", "interval": "5m", "token": "glpat-0123456789", "username": "git"},
 }
+# Fields that reach only the server's add-on plan and secrets: the server is rendered for them too.
+SERVER_ONLY = ("tunnel.", "gitops.")
 
 # (dotted path, a valid value the generated ones are built around); secrets marked.
 FIELDS = {
@@ -52,8 +57,11 @@ FIELDS = {
     "router.uplink.wifi.country": "DE", "nodes.1.name": "two", "vpn.endpoint": "vpn.example.com",
     "ddns.api_token": "cf-token-123", "ddns.zone": "example.com", "ddns.record": "vpn.example.com",
     "ddns.api_url": "https://api.cloudflare.com/client/v4", "registry.upstream": "https://registry-1.docker.io",
+    "tunnel.token": "eyJhIjoiMTIzNDU2Nzg5MCJ9eyJhIjoiMTIzNDU2Nzg5MCJ9",
+    "gitops.url": "https://git.example.com/me/cluster.git", "gitops.branch": "main", "gitops.path": "./clusters/pi",
+    "gitops.interval": "5m", "gitops.token": "glpat-0123456789", "gitops.username": "git",
 }
-SECRETS = {"router.uplink.wifi.psk", "ddns.api_token"}
+SECRETS = {"router.uplink.wifi.psk", "ddns.api_token", "tunnel.token", "gitops.token"}
 NASTY = list("aZ09.-_:/ \n\t\"'\\#$`{}[],&*!|>%@=;\x1b\x00\x7féü📶")
 
 
@@ -86,10 +94,10 @@ def values(valid: str):
     )
 
 
-def render_all(cluster, tmp: Path, store: SecretStore) -> dict[str, str]:
+def render_all(cluster, tmp: Path, store: SecretStore, roles=("router", "two")) -> dict[str, str]:
     """{relative path: text} of every file the router and node two would carry, seed included."""
     out: dict[str, str] = {}
-    for role in ("router", "two"):
+    for role in roles:
         ctx = RoleContext(cluster, role, load_flavor(cluster.flavor), store)
         payload = render_features(ctx, tmp / role)
         for path in (tmp / role).rglob("*"):
@@ -215,7 +223,8 @@ def test_every_string_field_is_refused_or_renders_into_files_that_parse(path, da
     try:
         cluster = parse_cluster(yaml.safe_dump(with_value(path, value), allow_unicode=True), "cluster.yaml")
         tmp = tmp_path_factory.mktemp("render")
-        files = render_all(cluster, tmp, store)
+        files = render_all(cluster, tmp, store, ("router", "two", "one") if path.startswith(SERVER_ONLY) else
+                           ("router", "two"))
     except ConfigError as e:  # refused, at load or by a feature's check before anything is written
         event("refused")
         return refused_well(path, value, str(e))
