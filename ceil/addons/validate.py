@@ -61,8 +61,6 @@ def validate_manifest(doc: dict[str, Any], k8s_version: str) -> str | None:
     import kubernetes_validate
 
     where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-    if (doc.get("apiVersion"), doc.get("kind")) in crd_checked_kinds():
-        return None
     schema_file = CR_SCHEMAS.get((doc.get("apiVersion"), doc.get("kind")))
     if schema_file:
         try:
@@ -70,6 +68,8 @@ def validate_manifest(doc: dict[str, Any], k8s_version: str) -> str | None:
         except jsonschema.ValidationError as e:
             path = ".".join(str(p) for p in e.absolute_path) or "(top)"
             return f"{where}: {path}: {e.message}"
+        return None
+    if (doc.get("apiVersion"), doc.get("kind")) in crd_checked_kinds():
         return None
     try:
         kubernetes_validate.validate(doc, k8s_version, strict=True)

@@ -348,7 +348,7 @@ def test_prometheus_adapter_owns_only_custom_metrics_and_maps_traefiks_labels():
     assert "external" not in adapter["rules"] and "resource" not in adapter["rules"]
     [rule] = adapter["rules"]["custom"]
     assert rule["name"]["as"] == "traefik_requests_per_second"
-    monitor = by_kind(manifests, "PodMonitor", "traefik")[0]
+    monitor = by_kind(docs(VARIANTS["scaling"], ["monitoring"]), "PodMonitor", "traefik")[0]  # monitoring scrapes Traefik
     assert monitor["metadata"]["labels"] == {"release": "kube-prometheus-stack"}  # what the stack selects
     relabel = {r["targetLabel"] for r in monitor["spec"]["podMetricsEndpoints"][0]["metricRelabelings"]}
     assert relabel == set(rule["resources"]["overrides"])
