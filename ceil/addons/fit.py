@@ -34,6 +34,7 @@ POD_REQUESTS_MIB = {
     # only while awake, counted as the worst case.
     "keda": [100, 100, 100, 20, 20, 20, 32],
     "custom-metrics": [128],             # ours: prometheus-adapter (the chart declares none)
+    "canary": [32, 32],                  # chart 1.44.0: flagger; ours: the release under test while it runs
     "gitops": [64, 64],                  # ours: Flux source- and kustomize-controller (upstream's requests)
 }
 K3S_SYSTEM_PODS_MIB = [70, 70]  # k3s's CoreDNS and metrics-server

@@ -214,7 +214,7 @@ def test_custom_resources_are_accepted_by_their_real_crds(lab, kubeconfig, works
     from testbed import crds
 
     sources = crds.catalog_sources()
-    assert {"keda", "gitops", "metallb", "monitoring", "traefik"} <= set(sources)
+    assert {"canary", "keda", "gitops", "metallb", "monitoring", "traefik"} <= set(sources)
     from ceil.config.schema import GitOps
 
     cluster = load_cluster(workstation / "cluster.yaml")

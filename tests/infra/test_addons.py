@@ -165,3 +165,54 @@ def test_deployed_apps_run_the_pushed_digest_and_answer_through_the_ingress(addo
         out_http = router.run(f"curl -s --max-time 20 --resolve {host_name}:80:{cluster.network.ingress_ip}"
                               f" http://{host_name}/healthz").stdout
         assert out_http.strip() == "ok", f"http://{host_name}/healthz answered {out_http!r}"
+
+
+def _enabled(cluster, name: str) -> bool:
+    return name in {s.name for s in selected(cluster, Catalog())}
+
+
+def test_sleepy_sleeps_at_zero_and_wakes_on_the_first_request(addons_status, kube, router, cluster):
+    """Issue 20 #2, scale to zero (add-on keda): idle, the demo has no pod; a request through the
+    ingress is held by the interceptor until one is up, and answers."""
+    if not _enabled(cluster, "keda"):
+        pytest.skip("add-on keda is not enabled (addons.enable: [keda])")
+    deadline = time.monotonic() + 900  # KEDA's cooldown is 300 s after the last request
+    while (kube.get("apps/v1", "Deployment", "sleepy", "demo")["spec"].get("replicas") or 0) > 0:
+        assert time.monotonic() < deadline, "demo/sleepy did not scale to zero within 15 minutes of idling"
+        time.sleep(20)
+    host_name = f"sleepy.{cluster.domain}"
+    code = router.run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 180 --resolve"
+                      f" {host_name}:80:{cluster.network.ingress_ip} http://{host_name}/").stdout.strip()
+    assert code == "200", f"the first request to http://{host_name}/ answered {code}"
+    assert kube.get("apps/v1", "Deployment", "sleepy", "demo")["spec"].get("replicas", 0) >= 1
+
+
+def test_the_request_rate_reaches_the_custom_metrics_api(addons_status, kube, cluster):
+    """Issue 20 #2 (add-on custom-metrics): prometheus-adapter serves podinfo's request rate, the
+    metric its HPA scales on."""
+    if not _enabled(cluster, "custom-metrics"):
+        pytest.skip("add-on custom-metrics is not enabled")
+    path = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/demo/services/podinfo/traefik_requests_per_second"
+    answer = kube.call("GET", path)
+    assert answer and answer["items"][0]["metricName"] == "traefik_requests_per_second", answer
+    hpa = kube.get("autoscaling/v2", "HorizontalPodAutoscaler", "podinfo", "demo")
+    assert any(c["type"] == "ScalingActive" and c["status"] == "True" for c in hpa["status"]["conditions"]), hpa["status"]
+
+
+def test_the_canary_is_initialised_by_flagger(addons_status, kube, cluster):
+    """Issue 20 #3 (add-on canary): Flagger took the demo over (rollout-primary serves)."""
+    if not _enabled(cluster, "canary"):
+        pytest.skip("add-on canary is not enabled")
+    canary = kube.get("flagger.app/v1beta1", "Canary", "rollout", "demo")
+    assert canary["status"]["phase"] in ("Initialized", "Succeeded"), canary.get("status")
+    assert kube.get("apps/v1", "Deployment", "rollout-primary", "demo")["status"].get("availableReplicas", 0) >= 1
+
+
+def test_flux_is_in_sync_with_the_repository(addons_status, kube, cluster):
+    """Issue 20 #4 (add-on gitops): the Kustomization applied the repository's last revision."""
+    if not _enabled(cluster, "gitops"):
+        pytest.skip("gitops.enabled is false")
+    sync = kube.get("kustomize.toolkit.fluxcd.io/v1", "Kustomization", "ceil", "flux-system")
+    ready = next((c for c in sync["status"].get("conditions", []) if c["type"] == "Ready"), {})
+    assert ready.get("status") == "True", ready
+    assert sync["status"].get("lastAppliedRevision"), sync["status"]

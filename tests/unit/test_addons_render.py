@@ -35,6 +35,7 @@ VARIANTS = {
     "no-piwatch-demo-off": make("piwatch: {enabled: false}\naddons: {disable: [demo]}\n"),
     "tunnel": make("tunnel: {enabled: true, token: " + "eyJhIjoiMTIzNDU2Nzg5MCJ9" * 3 + ", replicas: 3}\n"),
     "scaling": make("addons: {enable: [keda, custom-metrics]}\n"),
+    "canary": make("addons: {enable: [canary]}\n"),
     "gitops-private": make("gitops: {enabled: true, url: 'https://git.example.com/me/cluster.git', branch: live,"
                            " path: ./clusters/pi, token: glpat-0123456789abcdef}\n"),
     "gitops-public": make("gitops: {enabled: true, url: 'https://github.com/me/cluster.git'}\n"),
@@ -411,3 +412,27 @@ def test_flux_syncs_the_named_repository_and_its_token_is_a_secret_only(tmp_path
 def test_a_gitops_setting_that_cannot_work_is_refused(text, words):
     with pytest.raises(ConfigError, match=words):
         make(text + "\n")
+
+
+def test_flagger_runs_canaries_through_traefik_with_an_ab_route_for_testers():
+    import re
+
+    addon = next(a for a in render_selected(VARIANTS["canary"]) if a.name == "canary")
+    flagger = values(by_kind(addon.manifests, "HelmChart", "flagger")[0])
+    assert flagger["meshProvider"] == "traefik"
+    assert flagger["metricsServer"] == "http://kube-prometheus-stack-prometheus.monitoring:9090"
+    canary = by_kind(addon.manifests, "Canary", "rollout")[0]["spec"]
+    assert canary["provider"] == "traefik" and canary["targetRef"]["name"] == "rollout"
+    assert {m["name"] for m in canary["analysis"]["metrics"]} == {"request-success-rate", "request-duration"}
+    assert "replicas" not in by_kind(addon.manifests, "Deployment", "rollout")[0]["spec"]  # Flagger owns it
+    routes = {r["metadata"]["name"]: r["spec"]["routes"][0] for r in by_kind(addon.manifests, "IngressRoute")}
+    # Everyone goes through Flagger's weighted TraefikService; testers straight to the canary.
+    assert routes["rollout"]["services"] == [{"name": "rollout", "kind": "TraefikService", "port": 80}]
+    assert routes["rollout-ab"]["services"] == [{"name": "rollout-canary", "port": 80}]
+    assert routes["rollout-ab"]["priority"] > len(routes["rollout"]["match"])  # Traefik's default: rule length
+    ab = routes["rollout-ab"]["match"]
+    assert ab.startswith("Host(`rollout.ceil.internal`) && (Header(`X-Canary`, `always`) || ")
+    cookie = re.search(r"HeaderRegexp\(`Cookie`, `(.+)`\)", ab).group(1)
+    assert re.search(cookie, "lang=en; canary=always") and re.search(cookie, "canary=always")
+    assert not re.search(cookie, "notcanary=always") and not re.search(cookie, "canary=alwaysnot")
+    assert "rollout.ceil.internal" in ingress_hosts(VARIANTS["canary"])
