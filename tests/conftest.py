@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# `registries`: the router's registries as baked, on loopback (registry and app-delivery tests).
+pytest_plugins = ["tests.registry_lab"]
 
 
 @pytest.fixture(scope="session")

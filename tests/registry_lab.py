@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ceil import oci
@@ -123,3 +124,12 @@ def running_registries(tmp_path: Path) -> Iterator[Registries]:
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+@pytest.fixture
+def registries(tmp_path):
+    """The running registries for one test (import this fixture into the test module)."""
+    if not Path(REGISTRY_BIN).exists():
+        pytest.fail("docker-registry is not installed: make setup-host (apt install docker-registry)")
+    with running_registries(tmp_path) as r:
+        yield r

@@ -81,3 +81,20 @@ def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.Comp
     if check:
         assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
     return done
+
+
+def install_job(kubeconfig: Path, chart: str, timeout: float = 120) -> dict:
+    """The install Job k3s's helm-controller made for HelmChart kube-system/`chart`, once its
+    status names one (the Job's pod would need a node and the klipper-helm image: none here)."""
+    import json
+    import time
+
+    deadline, found = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        found = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", chart, "-o", "json").stdout)
+        if found.get("status", {}).get("jobName"):
+            break
+        time.sleep(2)
+    job_name = found.get("status", {}).get("jobName")
+    assert job_name == f"helm-install-{chart}", found.get("status")
+    return json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)

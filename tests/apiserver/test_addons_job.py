@@ -19,7 +19,7 @@ from ceil.addons.catalog import Catalog
 from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 
-from .conftest import kubectl
+from .conftest import install_job, kubectl
 
 TEST_CATALOG = Path(__file__).parent / "catalog"
 
@@ -77,15 +77,7 @@ def test_the_job_applies_a_plan_to_a_server_with_no_nodes_yet(first_run, kubecon
 def test_helm_controller_creates_the_install_job_for_the_helmchart(first_run, kubeconfig):
     """k3s's helm-controller (the version k3s embeds) turns the HelmChart into an install Job.
     The Job's pod would run the klipper-helm image on a node: neither exists here."""
-    deadline, chart = time.monotonic() + 120, {}
-    while time.monotonic() < deadline:
-        chart = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", "fast-chart", "-o", "json").stdout)
-        if chart.get("status", {}).get("jobName"):
-            break
-        time.sleep(2)
-    job_name = chart.get("status", {}).get("jobName")
-    assert job_name == "helm-install-fast-chart", chart.get("status")
-    job = json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)
+    job = install_job(kubeconfig, "fast-chart")
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("CHART", "").endswith("fast-chart") and env.get("TARGET_NAMESPACE") == "fast", env

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ import yaml
 
 from ceil import apps
 from testbed import helm as helm_build
-from tests.registry_lab import REGISTRY_BIN, running_registries
 
-from .conftest import kubectl
+from .conftest import install_job, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "apps/piphp/chart"
@@ -37,13 +35,6 @@ def helm() -> str:
         pytest.fail("no Helm build for the tests: run `make helm` first")
     return str(HELM)
 
-
-@pytest.fixture
-def registries(tmp_path):
-    if not Path(REGISTRY_BIN).exists():
-        pytest.fail("docker-registry is not installed: make setup-host")
-    with running_registries(tmp_path) as r:
-        yield r
 
 
 def bake_py(*args: str, cwd: Path, helm: str) -> subprocess.CompletedProcess:
@@ -124,15 +115,7 @@ def test_deploy_makes_helm_controller_install_from_the_registry_with_login_and_c
                      chart_version="0.1.0", chart_digest="sha256:" + "e" * 64)
     done = bake_py("app", "--kubeconfig", str(kubeconfig), "deploy", "piphp", cwd=r.workstation, helm=helm)
     assert done.returncode == 0, done.stdout + done.stderr
-    deadline, chart = time.monotonic() + 120, {}
-    while time.monotonic() < deadline:
-        chart = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", "app-piphp", "-o", "json").stdout)
-        if chart.get("status", {}).get("jobName"):
-            break
-        time.sleep(2)
-    job_name = chart.get("status", {}).get("jobName")
-    assert job_name == "helm-install-app-piphp", chart.get("status")
-    job = json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)
+    job = install_job(kubeconfig, "app-piphp")
     pod = job["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
     assert env["CHART"] == "oci://ceil-router.ceil.internal:5000/charts/piphp" and env["VERSION"] == "0.1.0"

@@ -20,7 +20,6 @@ import yaml
 
 from ceil import apps, oci
 from ceil.errors import CeilError
-from tests.registry_lab import REGISTRY_BIN, running_registries
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,13 +28,6 @@ def bake_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
-
-@pytest.fixture
-def registries(tmp_path):
-    if not Path(REGISTRY_BIN).exists():
-        pytest.fail("docker-registry is not installed: make setup-host")
-    with running_registries(tmp_path) as r:
-        yield r
 
 
 def scratch_app(root: Path, text: str = "hello from a user's app\n") -> Path:

@@ -22,7 +22,7 @@ from ceil.secrets import SecretStore
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from ceil import oci  # noqa: E402
-from tests.registry_lab import BASE, REGISTRY_BIN, render_router, running_registries  # noqa: E402
+from tests.registry_lab import BASE, render_router  # noqa: E402
 
 
 def test_configs_bind_the_lan_address_and_cache_the_upstream(tmp_path):
@@ -149,13 +149,6 @@ def test_k3s_registries_yaml_other_upstream_and_disabled(tmp_path):
 
 # ---- the rendered configs, served by the real docker-registry ---------------------------
 
-
-@pytest.fixture
-def registries(tmp_path):
-    if not Path(REGISTRY_BIN).exists():
-        pytest.skip("docker-registry not installed (apt install docker-registry)")
-    with running_registries(tmp_path) as r:
-        yield r
 
 
 def test_workstation_pushes_and_a_node_pulls_the_same_image(registries):
