@@ -30,16 +30,19 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
 
-from . import oci
 from . import registry_access as access
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .secrets import SecretStore
 from .ui import byte_progress, console
+
+if TYPE_CHECKING:  # imported where a push happens: ssl and tarfile stay out of every bake.py start
+    from . import oci
 
 IMAGE_PREFIX, CHART_PREFIX = "apps", "charts"
 NAMESPACE = "apps"  # where the apps run; their HelmCharts live in kube-system with k3s's own
@@ -92,6 +95,7 @@ class Target:
         return cls(cluster, store, (registry or f"https://{access.push_address(cluster)}").rstrip("/"))
 
     def registry(self, progress=None) -> oci.Registry:
+        from . import oci
         push = (access.PUSH_USER, access.password(self.store, access.PUSH_USER))
         return oci.Registry(self.url, push, str(self.store.path(access.CA_CRT)), progress)
 
@@ -188,6 +192,7 @@ def build_image(context: Path, name: str, builder: str, platforms: tuple[str, ..
 
 def platforms_of(artifact: oci.Artifact) -> set[str]:
     """The os/architecture[/variant] of every image an artifact holds."""
+    from . import oci
     if artifact.media_type in oci.INDEX_TYPES:
         return {"/".join(filter(None, (m["platform"].get("os"), m["platform"].get("architecture"),
                                        m["platform"].get("variant"))))
@@ -197,6 +202,7 @@ def platforms_of(artifact: oci.Artifact) -> set[str]:
 
 def push_archive(target: Target, archive: Path, name: str, tag: str, workdir: Path,
                  platforms: tuple[str, ...] = ()) -> oci.Artifact:
+    from . import oci
     artifact = oci.open_layout(archive, workdir / "layout")
     built = platforms_of(artifact)
     if platforms and len(platforms) > 1 and built != set(platforms):
@@ -245,6 +251,7 @@ def chart_metadata(tgz: Path) -> dict:
 
 
 def push_chart(target: Target, tgz: Path) -> tuple[dict, oci.Artifact]:
+    from . import oci
     meta = chart_metadata(tgz)
     artifact = oci.chart_artifact(tgz.read_bytes(), meta)
     target.registry().push(f"{CHART_PREFIX}/{meta['name']}", str(meta["version"]), artifact)

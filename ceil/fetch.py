@@ -18,14 +18,16 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import requests
 
 from .catalog import Flavor
 from .errors import CeilError
 from .sparse import write_sparse
 from .ui import byte_progress
+
+if TYPE_CHECKING:  # imported where a download happens: a bake from --base-image never loads it
+    import requests
 
 CHUNK = 4 * 1024 * 1024
 TIMEOUT = 30
@@ -77,6 +79,8 @@ def cached_sha256(path: Path) -> str:
 
 
 def expected_digest(flavor: Flavor, session: requests.Session) -> str:
+    import requests
+
     if flavor.sha256:
         return flavor.sha256
     assert flavor.checksum_url and flavor.url
@@ -109,6 +113,8 @@ def filename_of(url: str) -> str:
 
 def download(url: str, digest: str, session: requests.Session | None = None) -> Path:
     """Download `url` into the cache as downloads/<digest>; resume a partial download."""
+    import requests
+
     session = session or requests.Session()
     dl_dir = cache_root() / "downloads"
     dl_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,8 @@ def download(url: str, digest: str, session: requests.Session | None = None) -> 
 
 
 def _fetch_resuming(url: str, part: Path, session: requests.Session) -> None:
+    import requests
+
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
@@ -243,6 +251,8 @@ def resolve_base(flavor: Flavor, base_image: Path | None = None, any_base: bool 
             f"flavor {flavor.name!r} has no download url (it is built locally, e.g. by `make testbed`):"
             " pass the image with --base-image PATH"
         )
+    import requests
+
     session = requests.Session()
     digest = expected_digest(flavor, session)
     cached = cache_root() / "images" / f"{digest}.img"
