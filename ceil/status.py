@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import click
-import requests
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -41,6 +40,8 @@ def board_url(router_ip: str) -> str:
 
 def fetch_status(url: str, timeout: float = 5.0) -> dict:
     """The board's snapshot, or a CeilError that says why it could not be read."""
+    import requests  # here, not at the top: every bake.py start imports this module
+
     try:
         resp = requests.get(url, timeout=timeout)
         resp.raise_for_status()

@@ -21,12 +21,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import requests
 import yaml
 
 from ..errors import CeilError
+
+if TYPE_CHECKING:  # imported where a registry is asked (pins --check): a bake never loads it
+    import requests
+
 
 PINS_FILE = Path(__file__).resolve().parents[2] / "addons" / "pins.yaml"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -181,6 +184,8 @@ def _bearer(session: requests.Session, challenge: str, repo: str) -> str | None:
 
 def image_digest(ref: str, session: requests.Session) -> str:
     """The digest the registry gives `ref`'s tag today (the index's, for multi-arch images)."""
+    import requests
+
     host, repo, tag = split_image(ref)
     base = _endpoints().get(host, f"https://{host}")
     url = f"{base}/v2/{repo}/manifests/{tag}"
@@ -202,6 +207,8 @@ def image_digest(ref: str, session: requests.Session) -> str:
 def chart_digest(key: str, session: requests.Session) -> str:
     """The digest the chart repository's index.yaml gives that chart version (its .tgz); for a
     chart named by its archive's URL, the sha256 of that archive."""
+    import requests
+
     if " " not in key:
         try:
             r = session.get(_rewrite(key), timeout=TIMEOUT)
@@ -244,6 +251,8 @@ class Finding:
 
 
 def check(images: set[str], charts: set[str], pins: Pins, session: requests.Session | None = None) -> list[Finding]:
+    import requests
+
     session = session or requests.Session()
     out = []
     for kind, refs, ask, table in (("image", images, image_digest, pins.images),
