@@ -8,6 +8,7 @@ tests/apiserver/test_app_chart.py, the layer that builds those tools.
 from __future__ import annotations
 
 import io
+import os
 import json
 import shutil
 import subprocess
@@ -229,3 +230,41 @@ def test_bake_py_app_without_a_baked_router_says_what_to_do(tmp_path):
     app = scratch_app(tmp_path)
     done = bake_py("app", "build", str(app), cwd=tmp_path)
     assert done.returncode != 0 and "bake the router first" in done.stderr + done.stdout
+
+
+# ---- the demo app's own code, run by a real PHP ------------------------------------------------
+
+
+def test_piphp_answers_its_health_check_and_says_which_pod_served(tmp_path):
+    """apps/piphp/src/index.php under PHP's built-in server (Apache runs it the same way per request)."""
+    import socket
+    import time
+    import urllib.request
+
+    if shutil.which("php") is None:
+        pytest.fail("php is not installed: make setup-host (apt install php-cli)")
+    src = REPO / "apps/piphp/src"
+    lint = subprocess.run(["php", "-l", str(src / "index.php")], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "NODE_NAME": "two", "APP_VERSION": "1.0.0"}
+    server = subprocess.Popen(["php", "-S", f"127.0.0.1:{port}", str(src / "index.php")], cwd=src, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(50):
+            try:
+                health = urllib.request.urlopen(base + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health == b"ok\n"
+        page = json.loads(urllib.request.urlopen(base + "/?work=1000", timeout=10).read())
+        assert page == {"app": "piphp", "pod": socket.gethostname(), "node": "two", "version": "1.0.0", "work": 1000}
+        # The work per request is bounded: a hostile ?work= cannot pin a Pi's CPU for minutes.
+        assert json.loads(urllib.request.urlopen(base + "/?work=999999999", timeout=30).read())["work"] == 2000000
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
