@@ -105,10 +105,11 @@ def list_command(obj: Context) -> None:
     """Every add-on, whether this cluster gets it on first boot, and what it needs."""
     catalog = Catalog()
     chosen = {s.name for s in selected(obj.cluster, catalog)}
+    width = max(len(name) for name in catalog.specs)
     for spec in catalog.specs.values():
         mark = "on " if spec.name in chosen else "off"
         deps = f" (needs {', '.join(spec.depends_on)})" if spec.depends_on else ""
-        click.echo(f"{mark} {spec.name:<11} {spec.summary}{deps}")
+        click.echo(f"{mark} {spec.name:<{width}} {spec.summary}{deps}")
 
 
 @addons_group.command("render")
