@@ -325,6 +325,7 @@ def app_group(ctx, config_path, secrets_path, registry, out_path, kubeconfig_pat
     \b
       python bake.py app ship apps/piphp     build + chart + deploy (the demo app)
       python bake.py app build DIR           multi-arch image from DIR/Containerfile, pushed
+      python bake.py app push app.tar --name N   an OCI archive built elsewhere (CI), pushed
       python bake.py app chart DIR/chart     helm lint + package, pushed as an OCI chart
       python bake.py app deploy NAME         install it: http://NAME.apps.<domain>/
 
@@ -401,6 +402,23 @@ def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
 def build_command(obj, context, name, tag, platform, builder):
     """Build CONTEXT/Containerfile for the Pis and push it to the router's registry."""
     _build(obj, context, name, tag, platform, builder)
+
+
+@app_group.command("push")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="Image name (apps/NAME in the registry).")
+@click.option("--tag", help="Image tag (default: the UTC time).")
+@click.option("--platform", default="", help="Comma-separated platforms the archive must hold (default: not checked).")
+@click.pass_obj
+def push_command(obj, archive, name, tag, platform):
+    """Push an OCI archive or layout folder someone else built (e.g. a CI job's
+    `docker buildx build --output type=oci,dest=app.tar`), as `build` does after building."""
+    name, tag = check_name(name), check_tag(tag or default_tag())
+    target = obj.target()
+    with tempfile.TemporaryDirectory(prefix="ceil-app-") as tmp:
+        artifact = push_archive(target, archive, name, tag, Path(tmp), _platforms(platform) if platform else ())
+    write_state(obj.out, name, image=f"{target.image_repository(name)}:{tag}", image_digest=artifact.digest)
+    click.echo(f"pushed {target.image_repository(name)}:{tag}\n  digest {artifact.digest}")
 
 
 @app_group.command("chart")

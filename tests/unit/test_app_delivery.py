@@ -268,3 +268,24 @@ def test_piphp_answers_its_health_check_and_says_which_pod_served(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_an_archive_built_elsewhere_is_pushed_and_recorded(registries, tmp_path):
+    """`bake.py app push`: a CI job's OCI archive (here a tar of a layout), with its platforms checked."""
+    r = registries
+    index = oci.image_index({p: oci.scratch_image({"a": p.encode()}, arch=p.split("/")[1])
+                             for p in ("linux/arm64", "linux/amd64")})
+    layout = write_layout(tmp_path / "layout", index)
+    archive = tmp_path / "app.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(layout.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    done = bake_py("app", "--registry", r.urls["push"], "push", str(archive), "--name", "from-ci", "--tag", "v7",
+                   "--platform", "linux/arm64,linux/amd64", cwd=r.workstation)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = json.loads((r.workstation / "out/apps/from-ci.json").read_text())
+    assert state["image_digest"] == index.digest
+    assert oci.Registry(r.urls["private"], r.pull, r.ca).pull("apps/from-ci", "v7").digest == index.digest
+    refused = bake_py("app", "--registry", r.urls["push"], "push", str(archive), "--name", "from-ci",
+                      "--platform", "linux/arm64,linux/arm/v7", cwd=r.workstation)
+    assert refused.returncode != 0 and "nothing was pushed" in refused.stderr + refused.stdout
