@@ -226,12 +226,11 @@ def helm_binary() -> str:
     return helm
 
 
-def package_chart(chart_dir: Path, workdir: Path, app_version: str | None = None) -> Path:
+def package_chart(chart_dir: Path, workdir: Path) -> Path:
     if not (chart_dir / "Chart.yaml").is_file():
         raise CeilError(f"{chart_dir}: no Chart.yaml; give your app's Helm chart folder")
     helm = helm_binary()
-    for cmd in ([helm, "lint", "--strict", str(chart_dir)],
-                [helm, "package", str(chart_dir), "-d", str(workdir)] + (["--app-version", app_version] if app_version else [])):
+    for cmd in ([helm, "lint", "--strict", str(chart_dir)], [helm, "package", str(chart_dir), "-d", str(workdir)]):
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise CeilError(f"{' '.join(cmd[1:3])} failed:\n{(done.stdout + done.stderr).strip()}")
@@ -343,30 +342,33 @@ def _platforms(value: str) -> tuple[str, ...]:
     return platforms
 
 
-def _build(obj: AppContext, context: Path, name: str | None, tag: str | None, platform: str, builder: str | None) -> dict:
+def _record_image(obj: AppContext, target: Target, name: str, tag: str, artifact: oci.Artifact, how: str = "") -> None:
+    """What `build` and `push` pushed, into out/apps/NAME.json for `deploy`, and said."""
+    write_state(obj.out, name, image=f"{target.image_repository(name)}:{tag}", image_digest=artifact.digest)
+    click.echo(f"pushed {target.image_repository(name)}:{tag}\n  digest {artifact.digest}{how}")
+
+
+def _build(obj: AppContext, context: Path, name: str | None, tag: str | None, platform: str, builder: str | None) -> None:
     name = check_name(name or context.resolve().name)
     tag = check_tag(tag or default_tag())
+    platforms = _platforms(platform)
     target = obj.target()
     chosen = pick_builder(builder)
     with tempfile.TemporaryDirectory(prefix="ceil-app-") as tmp:
-        archive = build_image(context, name, chosen, _platforms(platform), Path(tmp))
-        artifact = push_archive(target, archive, name, tag, Path(tmp), _platforms(platform))
-    state = write_state(obj.out, name, image=f"{target.image_repository(name)}:{tag}", image_digest=artifact.digest)
-    click.echo(f"pushed {target.image_repository(name)}:{tag}\n  digest {artifact.digest} ({chosen}, {platform})")
-    return state
+        archive = build_image(context, name, chosen, platforms, Path(tmp))
+        artifact = push_archive(target, archive, name, tag, Path(tmp), platforms)
+    _record_image(obj, target, name, tag, artifact, f" ({chosen}, {platform})")
 
 
-def _chart(obj: AppContext, chart_dir: Path, name: str | None) -> dict:
+def _chart(obj: AppContext, chart_dir: Path, name: str | None) -> None:
     target = obj.target()
     with tempfile.TemporaryDirectory(prefix="ceil-chart-") as tmp:
         tgz = package_chart(chart_dir, Path(tmp))
         meta, artifact = push_chart(target, tgz)
     app = check_name(name or meta["name"])
-    state = write_state(obj.out, app, chart_name=meta["name"], chart_version=str(meta["version"]),
-                        chart_digest=artifact.digest)
+    write_state(obj.out, app, chart_name=meta["name"], chart_version=str(meta["version"]), chart_digest=artifact.digest)
     click.echo(f"pushed chart {meta['name']} {meta['version']} as {target.chart_url(meta['name'])}\n"
                f"  digest {artifact.digest}")
-    return state
 
 
 def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
@@ -417,8 +419,7 @@ def push_command(obj, archive, name, tag, platform):
     target = obj.target()
     with tempfile.TemporaryDirectory(prefix="ceil-app-") as tmp:
         artifact = push_archive(target, archive, name, tag, Path(tmp), _platforms(platform) if platform else ())
-    write_state(obj.out, name, image=f"{target.image_repository(name)}:{tag}", image_digest=artifact.digest)
-    click.echo(f"pushed {target.image_repository(name)}:{tag}\n  digest {artifact.digest}")
+    _record_image(obj, target, name, tag, artifact)
 
 
 @app_group.command("chart")

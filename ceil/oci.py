@@ -301,17 +301,16 @@ class Registry:
     def push(self, name: str, ref: str, artifact: Artifact) -> dict:
         """Blobs, then each manifest of an index, then the top manifest under `ref`. Blobs read
         from disk are checked against their digests first, so a changed file sends nothing."""
-        for dgst, blob in artifact.all_blobs().items():
-            if isinstance(blob, Path) and _file_digest(blob) != dgst:
-                raise OciError("blob {} changed on disk (now {}): build again".format(dgst, _file_digest(blob)))
-        sent = 0
-        for dgst, blob in artifact.all_blobs().items():
-            sent += self._push_blob(name, dgst, blob)
+        blobs = artifact.all_blobs()
+        for dgst, blob in blobs.items():
+            have = _file_digest(blob) if isinstance(blob, Path) else dgst
+            if have != dgst:
+                raise OciError("blob {} changed on disk (now {}): build again".format(dgst, have))
+        sent = sum(self._push_blob(name, dgst, blob) for dgst, blob in blobs.items())
         for child in artifact.children:
             self._put_manifest(name, child.digest, child)
         self._put_manifest(name, ref, artifact)
-        return {"pushed": "{}:{}".format(name, ref), "digest": artifact.digest,
-                "blobs": len(artifact.all_blobs()), "uploaded": sent}
+        return {"pushed": "{}:{}".format(name, ref), "digest": artifact.digest, "blobs": len(blobs), "uploaded": sent}
 
     def _push_blob(self, name, dgst, blob) -> int:
         status, _, _ = self._call("HEAD", "/v2/{}/blobs/{}".format(name, dgst))

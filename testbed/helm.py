@@ -52,8 +52,8 @@ def lookup() -> Path | None:
     """The cached helm binary for this recipe, or None."""
     if shutil.which("go") is None:
         return None
-    binary = final_dir() / "bin" / "helm"
-    return binary if (final_dir() / "manifest.json").is_file() else None
+    final = final_dir()  # asks `go env` once
+    return final / "bin" / "helm" if (final / "manifest.json").is_file() else None
 
 
 def _build(tmp: Path) -> None:

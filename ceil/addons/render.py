@@ -90,11 +90,11 @@ def _yaml_map(d: dict[str, str]) -> str:
     return "\n".join(f"{k}: {json.dumps(v)}" for k, v in d.items())
 
 
-def template_context(cluster: Cluster, spec: AddonSpec, catalog: Catalog | None = None) -> dict[str, Any]:
+def template_context(cluster: Cluster, spec: AddonSpec, enabled_addons: list[str]) -> dict[str, Any]:
     return {
         # What this cluster runs (not only what is being applied now): e.g. the demo's autoscaler
         # takes the request rate where custom-metrics serves it.
-        "enabled_addons": sorted(s.name for s in selected(cluster, catalog or Catalog())),
+        "enabled_addons": enabled_addons,
         "tls_annotations": _yaml_map(TLS_ANNOTATIONS),
         "ui_auth_annotations": _yaml_map(UI_AUTH_ANNOTATIONS),
         "cluster": cluster,
@@ -117,10 +117,9 @@ def _environment(root: Path) -> jinja2.Environment:
     )
 
 
-def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins | None = None) -> RenderedAddon:
-    pins = pins or Pins.load()
+def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins, enabled_addons: list[str]) -> RenderedAddon:
     env = _environment(catalog.dir(spec.name))
-    ctx = template_context(cluster, spec, catalog)
+    ctx = template_context(cluster, spec, enabled_addons)
     out = RenderedAddon(spec.name, list(spec.depends_on))
     for step in spec.steps:
         if step.when and not _fact(ctx, step.when):
@@ -160,14 +159,16 @@ def render_selected(cluster: Cluster, catalog: Catalog | None = None,
                     names: list[str] | None = None) -> list[RenderedAddon]:
     """The chosen add-ons (or exactly `names`, in dependency order), rendered."""
     catalog = catalog or Catalog()
+    chosen = selected(cluster, catalog)
     if names is None:
-        specs = selected(cluster, catalog)
+        specs = chosen
     else:
         from .catalog import dependency_order
 
         specs = dependency_order([catalog.get(n) for n in names])
-    pins = Pins.load()  # once for every add-on rendered
-    return [render_addon(cluster, s, catalog, pins) for s in specs]
+    pins = Pins.load()  # once for every add-on rendered, as the selection
+    enabled = sorted(s.name for s in chosen)
+    return [render_addon(cluster, s, catalog, pins, enabled) for s in specs]
 
 
 def build_plan(cluster: Cluster, catalog: Catalog | None = None,

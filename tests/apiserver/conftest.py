@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from ceil.config import load_cluster
 from ceil.secrets import SecretStore
 from testbed import apiserver as build
+from tests.bake_cli import bake_py
 
 from .lab import ApiServerLab
 
@@ -45,10 +45,6 @@ def workstation(tmp_path_factory, ssh_pubkey) -> Path:
     return d
 
 
-def bake_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`python bake.py ...` as a user runs it, from their folder."""
-    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.fixture(scope="session")

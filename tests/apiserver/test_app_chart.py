@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import yaml
 
 from ceil import apps
 from testbed import helm as helm_build
+from tests import bake_cli
 
 from .conftest import install_job, kubectl
 
@@ -38,9 +38,9 @@ def helm() -> str:
 
 
 def bake_py(*args: str, cwd: Path, helm: str) -> subprocess.CompletedProcess:
+    """With the test build of helm first on PATH, as a user's own helm would be."""
     env = {**os.environ, "PATH": f"{Path(helm).parent}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return bake_cli.bake_py(*args, cwd=cwd, timeout=300, env=env)
 
 
 def test_the_chart_is_pushed_and_helm_pulls_the_same_bytes_back_by_digest(registries, helm, tmp_path):

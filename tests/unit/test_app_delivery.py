@@ -12,7 +12,6 @@ import os
 import json
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -21,13 +20,13 @@ import yaml
 
 from ceil import apps, oci
 from ceil.errors import CeilError
+from tests import bake_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def bake_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bake.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return bake_cli.bake_py(*args, cwd=cwd, timeout=600)  # a build runs in it
 
 
 
