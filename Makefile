@@ -6,13 +6,13 @@ CONFIG ?= cluster.yaml
 OUT ?= out
 ARCH ?= arm64
 FLAVOR ?= testbed-ubuntu
-TESTBEDS = testbed-ubuntu testbed-raspios
+TESTBEDS = testbed-ubuntu testbed-ubuntu-slots testbed-raspios
 NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null)
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)')).domain)" 2>/dev/null || echo ceil.internal)
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -60,7 +60,7 @@ test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfi
 	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver
 # The flavors build side by side: one build is mostly a single (emulated) dpkg process, so on 2
 # cores two arm64 builds took 32 and 33 min together. -Oline keeps their log lines whole.
-testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, both flavors at once (ARCH=arm64|amd64)
+testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, every flavor at once (ARCH=arm64|amd64)
 	@$(MAKE) --no-print-directory -j$(words $(TESTBEDS)) -Oline $(TESTBEDS)
 $(TESTBEDS): venv
 	$(PY) -m testbed.build --flavor $@ --arch $(ARCH)
@@ -84,6 +84,9 @@ status: venv ## First-boot progress of every machine, collected by the router
 	$(PY) bake.py status --config $(CONFIG)
 kubeconfig: venv ## Write the admin kubeconfig signed by the baked client CA
 	$(PY) bake.py kubeconfig --config $(CONFIG)
+k8s-proxy: venv ## The Kubernetes API on https://127.0.0.1:6443 through an SSH tunnel via the router (VIA=its address); kubeconfig: out/kubeconfig-tunnel
+	$(PY) bake.py kubeconfig --config $(CONFIG) --tunnel-port 6443
+	$(PY) bake.py k8s-proxy --config $(CONFIG) --port 6443 $(if $(VIA),--via $(VIA))
 vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
 	$(PY) bake.py vpn-client $* --config $(CONFIG)
 KUBECTL ?= kubectl --kubeconfig $(OUT)/kubeconfig
@@ -105,6 +108,8 @@ k8s-remove: venv ## Take k3s off every node: datastore, pods, state (keeps what 
 	$(PY) bake.py k3s reset --config $(CONFIG) --remove $(if $(VIA),--via $(VIA))
 k8s-reset: venv ## Delete the cluster and let the nodes form it afresh (same CA and token: the kubeconfig still works)
 	$(PY) bake.py k3s reset --config $(CONFIG) $(if $(VIA),--via $(VIA))
+k3s-upgrade: venv ## Bring every node's k3s to kubernetes.k3s_version, one at a time (release files in ~/.cache/ceil/k3s/<version>/)
+	$(PY) bake.py k3s upgrade --config $(CONFIG) $(if $(VIA),--via $(VIA))
 teardown: all-delete k8s-remove ## The seed's teardown: every add-on deleted, then k3s removed
 uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime

@@ -160,11 +160,12 @@ def edit_cmdline(ctx: BakeContext) -> None:
     if not flags or not ctx.flavor.cmdline:
         return
     with step("edit_cmdline", " ".join(flags)):
-        current = read_file(ctx.staged_boot, ctx.flavor.cmdline)
-        if current is None:
-            raise CeilError(f"{ctx.flavor.cmdline} not found on the boot partition of {ctx.base.source}")
-        updated = append_cmdline(current, flags, replace=(REGDOM_PARAM,))
-        write_file(ctx.staged_boot, ctx.flavor.cmdline, updated, ctx.work)
+        for path in (ctx.flavor.cmdline, *ctx.flavor.other_cmdlines):
+            current = read_file(ctx.staged_boot, path)
+            if current is None and path == ctx.flavor.cmdline:
+                raise CeilError(f"{path} not found on the boot partition of {ctx.base.source}")
+            if current is not None:
+                write_file(ctx.staged_boot, path, append_cmdline(current, flags, replace=(REGDOM_PARAM,)), ctx.work)
 
 
 def write_rootfs(ctx: BakeContext) -> None:

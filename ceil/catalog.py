@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import yamlfile
 from .errors import ConfigError
@@ -53,10 +53,18 @@ class Flavor(_Model):
     url: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     checksum_url: str | None = None
+    # The same file elsewhere, tried in order when `url` fails: publishers move or drop a release's
+    # folder when the next one comes (Canonical keeps only the newest point release in place).
+    # Only with a pinned sha256, which decides whether bytes from anywhere are the image.
+    mirrors: list[str] = Field(default_factory=list)
     compression: Literal["none", "xz", "zip", "gz"] = "none"
     partitions: Partitions
     seed: Seed
     cmdline: str | None = "cmdline.txt"
+    # The command lines of the other boot slots (Ubuntu 26.04's new/ and old/), edited too where
+    # the image has them: a pending new/ slot is what the next boot runs (a "double boot" through
+    # the Pi's tryboot), and after it validates it becomes current/ for good.
+    other_cmdlines: list[str] = Field(default_factory=list)
     network: Literal["netplan-networkd", "netplan-nm", "ifupdown"]
     # The name a USB Ethernet adapter (a router's wired uplink: a Pi has one built-in port, the
     # LAN) gets on this OS: "eth1" where predictable names are off (Raspberry Pi OS, HypriotOS),
@@ -74,6 +82,13 @@ class Flavor(_Model):
     updates: Updates | None = None
     # QEMU twins of the real flavors, built by testbed/: not offered to users by `flavors`.
     test_only: bool = False
+
+    @model_validator(mode="after")
+    def _mirrors_need_a_pin(self) -> "Flavor":
+        if self.mirrors and not self.sha256:
+            raise ValueError("lists mirrors but pins no sha256: a checksum file vouches for its own folder only;"
+                             " pin the image's sha256 or drop the mirrors")
+        return self
 
     @property
     def wheel_platforms(self) -> list[str]:

@@ -111,27 +111,38 @@ def filename_of(url: str) -> str:
 # ---- download -----------------------------------------------------------------------------
 
 
-def download(url: str, digest: str, session: requests.Session | None = None) -> Path:
-    """Download `url` into the cache as downloads/<digest>; resume a partial download."""
+def download(urls: str | list[str], digest: str, session: requests.Session | None = None) -> Path:
+    """Download the file with sha256 `digest` into the cache as downloads/<digest>, from the first
+    of `urls` that serves it whole with those bytes; resume a partial download. A place that
+    fails or serves other bytes is passed over for the next (the digest decides, not the place)."""
     import requests
 
+    urls = [urls] if isinstance(urls, str) else list(urls)
     session = session or requests.Session()
     dl_dir = cache_root() / "downloads"
     dl_dir.mkdir(parents=True, exist_ok=True)
-    final = dl_dir / f"{digest}{''.join(Path(filename_of(url)).suffixes[-2:])}"
+    final = dl_dir / f"{digest}{''.join(Path(filename_of(urls[0])).suffixes[-2:])}"
     if final.is_file():
         return final
     part = dl_dir / f"{digest}.part"
-    _fetch_resuming(url, part, session)
-    got = sha256_file(part)
-    if got != digest:
+    failures = []
+    for url in urls:
+        try:
+            _fetch_resuming(url, part, session)
+        except CeilError as e:
+            failures.append(str(e))
+            continue
+        got = sha256_file(part)
+        if got == digest:
+            os.replace(part, final)
+            return final
         part.unlink()
-        raise CeilError(
-            f"checksum mismatch for {url}: expected sha256 {digest}, got {got}; the download was"
-            " deleted. Try again; if it repeats, the mirror or the flavor file is wrong."
-        )
-    os.replace(part, final)
-    return final
+        failures.append(f"checksum mismatch for {url}: expected sha256 {digest}, got {got}; the download was"
+                        " deleted")
+    where = failures[0] if len(failures) == 1 else "every place failed:\n  " + "\n  ".join(failures)
+    hint = (f" The partial file is kept in {part}; run the same command again to resume." if part.exists() else
+            " Try again; if it repeats, the mirror or the flavor file is wrong.")
+    raise CeilError(where + hint)
 
 
 def _fetch_resuming(url: str, part: Path, session: requests.Session) -> None:
@@ -156,10 +167,7 @@ def _fetch_resuming(url: str, part: Path, session: requests.Session) -> None:
                     f.write(chunk)
                     advance(len(chunk))
     except requests.RequestException as e:
-        raise CeilError(
-            f"download of {url} failed: {e}. The partial file is kept in {part};"
-            " run the same command again to resume."
-        ) from None
+        raise CeilError(f"download of {url} failed: {e}.") from None
 
 
 # ---- decompress -------------------------------------------------------------------------
@@ -258,7 +266,7 @@ def resolve_base(flavor: Flavor, base_image: Path | None = None, any_base: bool 
     cached = cache_root() / "images" / f"{digest}.img"
     if cached.is_file():
         return BaseImage(cached, digest, flavor.url)
-    src = download(flavor.url, digest, session)
+    src = download([flavor.url, *flavor.mirrors], digest, session)
     raw = src if flavor.compression == "none" else decompress_to_cache(src, digest, flavor.compression)
     return BaseImage(raw, digest, flavor.url)
 

@@ -40,33 +40,64 @@ def newest_listed(flavor: Flavor, session: requests.Session) -> tuple[str | None
     return (own.group(1) if own else None), (max(listed, key=_version_key) if listed else None)
 
 
+def _served(session: requests.Session, url: str) -> int:
+    return session.head(url, timeout=TIMEOUT, allow_redirects=True).status_code
+
+
 def check_flavor(flavor: Flavor, session: requests.Session) -> list[Finding]:
     name = flavor.name
     if flavor.url is None:
         return [Finding(name, True, "no download (a test bed, or --base-image only)")]
     out: list[Finding] = []
     try:
-        head = session.head(flavor.url, timeout=TIMEOUT, allow_redirects=True)
-        if head.status_code >= 400:
-            out.append(Finding(name, False, f"the image is gone: HTTP {head.status_code} for {flavor.url}"
-                                            f" (update url in images/{name}.yaml)"))
+        status = _served(session, flavor.url)
+        if status >= 400:
+            mirror = next((m for m in flavor.mirrors if _served(session, m) < 400), None)
+            if mirror:
+                out.append(Finding(name, True, f"moved: HTTP {status} for {flavor.url}, still served at {mirror}"
+                                               " (a mirror in the flavor file; the pinned sha256 decides)"))
+            else:
+                out.append(Finding(name, False, f"the image is gone: HTTP {status} for {flavor.url}"
+                                                f"{' and every mirror' if flavor.mirrors else ''}"
+                                                f" (update url in images/{name}.yaml)"))
         if flavor.checksum_url:
             r = session.get(flavor.checksum_url, timeout=TIMEOUT)
             r.raise_for_status()
             try:
                 listed = parse_checksum_file(r.text, filename_of(flavor.url), flavor.checksum_url)
             except CeilError as e:
-                out.append(Finding(name, False, str(e)))
+                # With a pin the checksum file is not asked at bake time: only the pin matters.
+                out.append(Finding(name, bool(flavor.sha256),
+                                   f"{e}; the pinned sha256 still decides" if flavor.sha256 else str(e)))
             else:
                 if flavor.sha256 and listed != flavor.sha256:
                     out.append(Finding(name, False, f"the publisher's digest {listed} differs from the pinned"
                                                     f" {flavor.sha256}: the image changed; check before baking"))
         own, newest = newest_listed(flavor, session)
         if newest and own and _version_key(newest) > _version_key(own):
-            out.append(Finding(name, True, f"a newer image is listed: {newest} (this flavor pins {own})"))
+            out.append(Finding(name, True, f"a newer image is listed: {newest} (this flavor pins {own}); "
+                                           + adopt(flavor, own, newest, session)))
     except requests.RequestException as e:
         out.append(Finding(name, False, f"cannot ask the publisher: {e}"))
     return out or [Finding(name, True, "current: the image and its checksum are where the flavor says")]
+
+
+def adopt(flavor: Flavor, own: str, newest: str, session: requests.Session) -> str:
+    """The change to images/<flavor>.yaml that adopts `newest`: its url and, from the publisher's
+    checksum file, its sha256. Never applied by ceil: a pin changes only by a person's edit."""
+    url = flavor.url.replace(own, newest)
+    change = f"to adopt it, set in images/{flavor.name}.yaml: url: {url}"
+    if not flavor.checksum_url:
+        return change
+    sums = flavor.checksum_url.replace(own, newest)
+    try:
+        r = session.get(sums, timeout=TIMEOUT)
+        r.raise_for_status()
+        digest = parse_checksum_file(r.text, filename_of(url), sums)
+    except (requests.RequestException, CeilError) as e:
+        return f"{change} (its sha256: not read from {sums}: {e})"
+    pin = f", sha256: {digest}" if flavor.sha256 else ""
+    return f"{change}{pin} (sha256 as {sums} lists it; keep the old url among mirrors only while it is served)"
 
 
 def check_all(flavors: list[Flavor], session: requests.Session | None = None) -> list[Finding]:

@@ -189,8 +189,9 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
         shutil.copyfile(root / "var/lib/dpkg/status", tmp / "dpkg-status")
     with _step("layout_disk", timings):
         disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
-        for name in ("vmlinuz", "initrd.img", recipe.flavor.cmdline_file):
-            shutil.copyfile(bootfs / name, tmp / Path(name).name)
+        slot = Path(recipe.flavor.cmdline_file).parent
+        for name in rootfs.BOOT_ASSETS:
+            shutil.copyfile(bootfs / slot / name, tmp / name)
     remove_tree(root)
     remove_tree(bootfs)
     st = (tmp / "image.img").stat()

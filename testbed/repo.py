@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -123,8 +124,31 @@ def build(repo: Path, debs: Path, suite: str, arch: str, components: list[str], 
         cwd=dist, capture_output=True, check=True,
     ).stdout
     (dist / "Release").write_bytes(release)
+    _sign(dist, gpg_home)
     with short_home(gpg_home) as h:
-        _gpg(h, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
-        _gpg(h, "--yes", "--armor", "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
         (repo / "ceil-testbed.asc").write_text(_gpg(h, "--armor", "--export", KEY_UID).stdout.decode())
     return count
+
+
+def _sign(dist: Path, gpg_home: Path, when: int | None = None) -> None:
+    """InRelease and Release.gpg for dist/Release, made at `when` (seconds since the epoch) if given."""
+    faked = ["--faked-system-time", f"{when}!"] if when is not None else []
+    with short_home(gpg_home) as h:
+        _gpg(h, *faked, "--yes", "--clearsign", "-o", str(dist / "InRelease"), str(dist / "Release"))
+        _gpg(h, *faked, "--yes", "--armor", "--detach-sign", "-o", str(dist / "Release.gpg"), str(dist / "Release"))
+
+
+def signed_at(repo: Path, dest: Path, gpg_home: Path, when: int) -> Path:
+    """The `dists/` of the repository at `repo` as the archive's would be if it was last signed at
+    `when`: its Release files dated and signed then (apt and sqv refuse both while a guest's clock
+    is earlier). Returns `dest`, to be served as /debian/dists/ beside the original pool."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(repo / "debian" / "dists", dest)
+    date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime(when))
+    for dist in dest.iterdir():
+        release = dist / "Release"
+        lines = [f"Date: {date}" if line.startswith("Date:") else line for line in release.read_text().splitlines()]
+        release.write_text("\n".join(lines) + "\n")
+        _sign(dist, gpg_home, when)
+    return dest

@@ -197,6 +197,8 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
         resize_reboot(root, fl.boot_mount, fl.cmdline_file)
     if facts.get("first_user"):
         first_user(root, facts["first_user"], rename=bool(facts.get("rename_first_user")))
+    if facts.get("boot_slots"):
+        boot_slots(root, fl.boot_mount)
     if fl.network == "netplan-nm":
         _write(root / "etc/netplan/01-network-manager-all.yaml", "network:\n  version: 2\n  renderer: NetworkManager\n", 0o600)
     for unit in recipe.net["enable"]:
@@ -296,6 +298,72 @@ WantedBy=sysinit.target
                    check=True, capture_output=True)
 
 
+def boot_slots(root: Path, boot_mount: str) -> None:
+    """Ubuntu 26.04's A/B boot (piboot-try) as far as the booted system can tell: with a pending
+    new/ slot (state "unknown"), the boot marks it "trying" and reboots into the Pi's tryboot mode,
+    whose firmware boots new/ (the harness reads the reboot command, as the firmware reads its
+    one-shot flag, and says so on the command line, where a Pi has /chosen/bootloader/tryboot); a
+    tryboot that reaches multi-user makes new/ current/ and current/ old/; a tryboot that never got
+    there (the next boot is not one) marks new/ "bad"."""
+    _write(root / "usr/local/lib/testbed/piboot-try", f"""#!/bin/sh
+# ceil test bed (testbed/rootfs.py): Ubuntu 26.04's piboot-try-reboot and piboot-try-validate.
+set -eu
+boot={boot_mount}
+state=$(cat "$boot/new/state" 2>/dev/null || echo none)
+tryboot() {{ grep -qw ceil_twin.tryboot=1 /proc/cmdline; }}
+case "$1" in
+reboot)
+  tryboot && exit 0
+  case "$state" in
+    unknown)
+      echo trying > "$boot/new/state"; sync
+      echo "new/ boot assets are pending: rebooting into tryboot"
+      systemctl reboot --force --reboot-argument="0 tryboot" ;;
+    trying)
+      echo bad > "$boot/new/state"; sync
+      echo "the tryboot of new/ did not validate: new/ marked bad, booting current/" ;;
+  esac ;;
+validate)
+  tryboot && [ "$state" = trying ] || exit 0
+  echo good > "$boot/new/state"
+  rm -rf "$boot/old"
+  mv "$boot/current" "$boot/old"
+  mv "$boot/new" "$boot/current"
+  sync
+  echo "the tryboot of new/ validated: new/ is now current/, current/ is old/" ;;
+esac
+""", 0o755)
+    _write(root / "etc/systemd/system/testbed-piboot-try-reboot.service", f"""[Unit]
+Description=ceil test bed: reboot into tryboot when new/ boot assets are pending (piboot-try-reboot)
+DefaultDependencies=no
+ConditionPathExists={boot_mount}/new/state
+After=local-fs.target
+Before=cloud-init-local.service sysinit.target
+RequiresMountsFor={boot_mount}
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/lib/testbed/piboot-try reboot
+
+[Install]
+WantedBy=sysinit.target
+""")
+    _write(root / "etc/systemd/system/testbed-piboot-try-validate.service", f"""[Unit]
+Description=ceil test bed: make a tryboot's new/ boot assets current/ (piboot-try-validate)
+ConditionPathExists={boot_mount}/new/state
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/lib/testbed/piboot-try validate
+
+[Install]
+WantedBy=multi-user.target
+""")
+    for unit in ("testbed-piboot-try-reboot.service", "testbed-piboot-try-validate.service"):
+        subprocess.run(["systemctl", f"--root={root}", "enable", unit], check=True, capture_output=True)
+
+
 def first_user(root: Path, user: dict, rename: bool) -> None:
     """Raspberry Pi OS's built-in first account and, with `rename`, what happens to it on a card
     given a cloud-init user: renamed to that user (keeping its shell), a rename banner on sshd and
@@ -379,7 +447,27 @@ def cmdline(recipe: Recipe, disk_id: str) -> str:
     )
 
 
+BOOT_ASSETS = ("vmlinuz", "initrd.img", "cmdline.txt")
+
+
 def write_boot_files(recipe: Recipe, bootfs: Path, disk_id: str) -> None:
-    _write(bootfs / recipe.flavor.cmdline_file, cmdline(recipe, disk_id) + "\n")
-    # A Pi boot partition has config.txt; ours only documents that nothing reads it.
-    _write(bootfs / "config.txt", "# ceil test bed: QEMU boots vmlinuz/initrd.img/cmdline.txt directly\n")
+    """cmdline.txt and config.txt; with boot slots, the assets (kernel, initrd, command line) move
+    into current/ and a copy into a pending new/, so the first boot is a double boot."""
+    slot = Path(recipe.flavor.cmdline_file).parent.as_posix()
+    _write(bootfs / "cmdline.txt", cmdline(recipe, disk_id) + "\n")
+    if slot == ".":
+        # A Pi boot partition has config.txt; the harness reads it like the firmware (its
+        # defaults: vmlinuz, initrd.img, cmdline.txt, no prefix), and nothing here sets any.
+        _write(bootfs / "config.txt", "# ceil test bed: the harness boots vmlinuz/initrd.img/cmdline.txt\n")
+        return
+    for name in BOOT_ASSETS:
+        for where in (slot, "new"):
+            (bootfs / where).mkdir(exist_ok=True)
+            shutil.copyfile(bootfs / name, bootfs / where / name)
+        (bootfs / name).unlink()
+    _write(bootfs / slot / "state", "good\n")
+    _write(bootfs / "new" / "state", "unknown\n")
+    # The firmware's view of the slots (the harness reads it): known-good assets by default, the
+    # pending ones on a tryboot.
+    _write(bootfs / "config.txt", f"[all]\nkernel=vmlinuz\ncmdline=cmdline.txt\ninitramfs initrd.img followkernel\n"
+                                  f"os_prefix={slot}/\n\n[tryboot]\nos_prefix=new/\n")

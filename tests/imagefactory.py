@@ -58,11 +58,12 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
         cmdline = path.parent / "cmdline.txt"
         cmdline.write_text(f"console=serial0,115200 root=LABEL={flavor.partitions.root.label} rootfstype=ext4 rootwait\n")
         env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
-        # In its slot directory where the flavor keeps it (Ubuntu 26.04: current/cmdline.txt).
-        for parent in reversed(Path(flavor.cmdline).parents[:-1]):
-            subprocess.run(["mmd", "-i", f"{path}@@{boot_start}", f"::/{parent.as_posix()}"], check=True, env=env)
-        subprocess.run(["mcopy", "-i", f"{path}@@{boot_start}", str(cmdline), f"::/{flavor.cmdline}"], check=True,
-                       env=env)
+        # In its slot directory where the flavor keeps it (Ubuntu 26.04: current/cmdline.txt), and
+        # a pending new/ slot beside it where the flavor has slots (its old/ stays absent).
+        for where in [flavor.cmdline, *flavor.other_cmdlines[:1]]:
+            for parent in reversed(Path(where).parents[:-1]):
+                subprocess.run(["mmd", "-i", f"{path}@@{boot_start}", f"::/{parent.as_posix()}"], check=True, env=env)
+            subprocess.run(["mcopy", "-i", f"{path}@@{boot_start}", str(cmdline), f"::/{where}"], check=True, env=env)
     return path
 
 

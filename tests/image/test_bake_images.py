@@ -171,11 +171,33 @@ def test_cmdline_flags_for_nodes_only_once(baked):
     assert len(node.strip().splitlines()) == 1
 
 
+def test_every_boot_slot_present_gets_the_flags(baked):
+    """Ubuntu 26.04: a pending new/ slot is what the first boot runs after its tryboot, and it
+    becomes current/; without the flags there, the node would lose its memory cgroup for good.
+    A slot the image does not have is not made (the synthetic base has new/, not old/)."""
+    others = baked["flavor"].other_cmdlines
+    if not others:
+        pytest.skip(f"{baked['flavor'].name} has no boot slots")
+    img = baked["dir"] / "out" / "ceil-one.img"
+    pending = mtype(img, others[0])
+    assert pending.count("cgroup_memory=1") == 1 and pending.count("cgroup_enable=memory") == 1
+    off = read_mbr(img)[0].start
+    for absent in others[1:]:
+        assert subprocess.run(["mtype", "-i", f"{img}@@{off}", f"::/{absent}"], env=MT,
+                              capture_output=True).returncode != 0, f"{absent} was created"
+
+
 def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
     d = baked["dir"]
     secrets_before = {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
+    # The workstation met the old card (bake.py ssh/run): the new card makes new host keys.
+    known_hosts = Path(os.environ["CEIL_CACHE"]) / "known_hosts-ceil"
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts.write_text("ceil-router ssh-ed25519 AAAArouter\nceil-one ssh-ed25519 AAAAold\n")
     result = run_bake("--role", "one", "--base-image", str(baked["base"]), cwd=d)
     assert result.returncode == 0, result.stderr
+    assert known_hosts.read_text() == "ceil-router ssh-ed25519 AAAArouter\n"
+    assert "forgot one's old SSH host key" in " ".join(result.stderr.split())
     assert {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()} == secrets_before
     if baked["flavor"].cmdline:
         assert mtype(d / "out" / "ceil-one.img", baked["flavor"].cmdline).count("cgroup_memory=1") == 1
@@ -264,7 +286,8 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(bakery, "copy_window", full)
-    ctx = bakery.BakeContext(load_cluster(cfg), cfg, "router", out, SecretStore(tmp_path / "secrets"), base)
+    ctx = bakery.BakeContext(load_cluster(cfg), cfg, "router", out, SecretStore(tmp_path / "secrets"), base,
+                             any_base_image=True)
     with pytest.raises(CeilError, match="no space left"):
         bakery.bake(ctx)
     assert (out / "ceil-router.img").read_bytes() == b"previous good image"
@@ -279,7 +302,8 @@ def test_router_carries_the_piwatch_bundle(baked, tmp_path):
     off = read_mbr(baked["dir"] / "out" / "ceil-router.img")[0].start
     img = f"{baked['dir'] / 'out' / 'ceil-router.img'}@@{off}"
     listing = subprocess.run(["mdir", "-/", "-b", "-i", img, "::/ceil/files/piwatch"], env=MT, capture_output=True, text=True).stdout
-    for needed in ("install-piwatch.sh", "ceil-piwatch.service", "requirements.txt", "placeholder-0-py3-none-any.whl", "piwatch-"):
+    for needed in ("install-piwatch.sh", "unpack_wheels.py", "ceil-piwatch.service", "requirements.txt",
+                   "placeholder-0-py3-none-any.whl", "piwatch-"):
         assert needed in listing, listing
     node = subprocess.run(["mdir", "-b", "-i", f"{baked['dir'] / 'out' / 'ceil-one.img'}@@{off}", "::/ceil/files"], env=MT, capture_output=True, text=True)
     assert node.returncode != 0  # nodes carry no PiWatch

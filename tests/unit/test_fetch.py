@@ -9,9 +9,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ceil.catalog import Flavor
-from ceil.errors import CeilError
+from ceil.catalog import Flavor, load_flavor
+from ceil.errors import CeilError, ConfigError
 from ceil.fetch import cache_root, download, parse_checksum_file, resolve_base
 
 MiB = 1 << 20
@@ -163,3 +164,31 @@ def test_the_raspberry_pi_os_flavor_pins_its_image():
     raspios = load_flavor("raspios-trixie")
     assert raspios.sha256 == "1d448a6e665e1ae8100bc28b35408619ec626a2fddfd6579ec99e7996fa09a56"
     assert raspios.checksum_url == raspios.url + ".sha256"
+
+
+def test_mirrors_are_tried_in_order_and_the_pin_decides(server):
+    """The flavor's url gone (a publisher dropped the folder), a mirror serving other bytes, then
+    one with the pinned bytes: the download comes from that one; the others are named if all fail."""
+    root, url = server
+    data = os.urandom(MiB)
+    (root / "other.img").write_bytes(b"not the image")
+    (root / "archive.img").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    places = [f"{url}/gone.img", f"{url}/other.img", f"{url}/archive.img"]
+    assert download(places, digest).read_bytes() == data
+    for p in cache_root().glob("downloads/*"):
+        p.unlink()
+    with pytest.raises(CeilError) as e:
+        download(places[:2], digest)
+    msg = str(e.value)
+    assert "every place failed" in msg and f"{url}/gone.img failed" in msg and f"checksum mismatch for {url}/other.img" in msg
+
+
+def test_mirrors_without_a_pin_are_refused(tmp_path):
+    data = {"name": "m", "description": "m", "arch": "arm64", "url": "https://example.invalid/a.img.xz",
+            "checksum_url": "https://example.invalid/SHA256SUMS", "mirrors": ["https://example.invalid/old/a.img.xz"],
+            "partitions": {"boot": {"index": 1, "label": "b"}, "root": {"index": 2, "label": "r"}},
+            "seed": {"method": "fs_label"}, "network": "netplan-networkd"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="mirrors but pins no sha256"):
+        load_flavor("m", tmp_path)

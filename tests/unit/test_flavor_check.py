@@ -64,7 +64,7 @@ def publisher():
 def flavor(pub: Publisher, version: str, sha256: str | None = None) -> Flavor:
     data = load_flavor("ubuntu-24.04-raspi").model_dump()
     data.update(url=f"{pub.url}/release/ubuntu-{version}-preinstalled-server-arm64+raspi.img.xz",
-                checksum_url=f"{pub.url}/release/SHA256SUMS", sha256=sha256,
+                checksum_url=f"{pub.url}/release/SHA256SUMS", sha256=sha256, mirrors=[],
                 updates={"index_url": f"{pub.url}/release/", "pattern": load_flavor("ubuntu-24.04-raspi").updates.pattern})
     return Flavor.model_validate(data)
 
@@ -83,6 +83,27 @@ def test_a_newer_point_release_is_reported_and_the_old_folder_gone_fails(publish
     publisher.release("24.04.6")  # Canonical drops the old image: what broke the 24.04.3 pin
     findings = check_all([flavor(publisher, "24.04.5")])
     assert not findings[0].ok and "gone: HTTP 404" in findings[0].message
+
+
+def test_a_newer_image_comes_with_the_one_line_change_that_adopts_it(publisher):
+    """The url and, for a pinned flavor, the sha256 the publisher's checksum file gives the newer
+    file; a pinned flavor whose file the checksum file no longer lists still bakes (the pin decides)."""
+    publisher.release("24.04.5", "24.04.6")
+    findings = check_all([flavor(publisher, "24.04.5", DIGEST)])
+    assert all(f.ok for f in findings), findings
+    newer = findings[-1].message
+    assert f"url: {publisher.url}/release/ubuntu-24.04.6-preinstalled-server-arm64+raspi.img.xz" in newer
+    assert f"sha256: {DIGEST}" in newer and "SHA256SUMS" in newer
+
+
+def test_a_pinned_image_gone_from_its_folder_but_on_a_mirror_still_bakes(publisher):
+    publisher.release("24.04.6")
+    publisher.files["/old/ubuntu-24.04.5-preinstalled-server-arm64+raspi.img.xz"] = IMAGE
+    pinned = flavor(publisher, "24.04.5", DIGEST)
+    gone, old = f"{publisher.url}/gone/x.img.xz", f"{publisher.url}/old/ubuntu-24.04.5-preinstalled-server-arm64+raspi.img.xz"
+    findings = check_all([pinned.model_copy(update={"mirrors": [gone, old]})])
+    assert all(f.ok for f in findings) and "still served at" in findings[0].message and "/old/" in findings[0].message
+    assert not check_all([pinned.model_copy(update={"mirrors": [gone]})])[0].ok
 
 
 def test_a_changed_digest_fails(publisher):

@@ -58,6 +58,13 @@ done
 ceil_replace "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
 sysctl -q -p "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" >/dev/null
 
+# --- kernel arguments: kept on every boot slot through kernel and initramfs updates -----------
+if [ -s "$ETC/cmdline-keep" ]; then
+    for hook in "$ROOT/etc/kernel/postinst.d/zz-ceil-cmdline" "$ROOT/etc/initramfs/post-update.d/zz-ceil-cmdline"; do
+        ceil_replace "$ETC/cmdline-keep" "$hook" 0755
+    done
+fi
+
 # --- containerd registries (k3s reads it at start) ----------------------------------------------
 # The CA first: registries.yaml names it, and containerd reads both when k3s starts.
 if [ -f "$SECRETS/registry-ca.crt" ]; then
@@ -75,6 +82,7 @@ fi
 # waitsync TRIES MAX-CORRECTION(s) MAX-SKEW(ppm, 0 = any) INTERVAL(s)
 if ! chronyc waitsync "$SYNC_TRIES" 0.5 0 2 >/dev/null; then
     log "the clock is not synchronised yet (chronyc sources below); retrying"
+    ceil_why "the clock is not synchronised with the router yet"
     chronyc -n sources >&2 || true
     exit 1
 fi
@@ -84,6 +92,7 @@ floor=$(cat "$ROOT/etc/ceil/clock-floor" 2>/dev/null || echo 0)
 if [ "$(date +%s)" -lt "$floor" ]; then
     log "the synchronised clock ($(date -u '+%F %T')) is before this card was baked ($(date -u -d "@$floor" '+%F %T')):" \
         "the router's time is wrong (no upstream NTP?); retrying"
+    ceil_why "the router serves a time before this card was baked (no upstream NTP?)"
     exit 1
 fi
 # Later boots: hold time-sync.target (which k3s is ordered after) until chrony has synced, so
