@@ -24,6 +24,7 @@ from .features import preflight
 from .secrets import SecretStore
 from .tools import check_tools
 from .ui import console
+from .workstation import forget_host_key, known_hosts_file
 
 EPILOG = """\b
 Examples:
@@ -87,6 +88,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
             node_baked(store, r, cluster.kubernetes.k3s_version)
         check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
         console.print(f"[green]wrote {path}[/green] in {time.monotonic() - start:.1f}s")
+        if forget_host_key(cluster, r):
+            console.print(f"  forgot {r}'s old SSH host key ({known_hosts_file(cluster)}): this card makes new ones")
 
 
 @cli.command()
@@ -141,6 +144,7 @@ PLUGINS = [
     ("ceil.workstation", "route_command"),
     ("ceil.workstation", "ssh_command"),
     ("ceil.workstation", "run_command"),
+    ("ceil.workstation", "k8s_proxy_command"),
     ("ceil.nodes", "node_group"),
     ("ceil.k3s_reset", "k3s_group"),
     ("ceil.logs", "logs_command"),

@@ -73,7 +73,7 @@ def check_secrets_format(store: SecretStore) -> None:
         store.write(FORMAT_FILE, f"{SECRETS_FORMAT}\n".encode())
 
 
-def _version(v: str) -> tuple[int, ...]:
+def version_key(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v))
 
 
@@ -84,7 +84,7 @@ def check_no_k3s_downgrade(store: SecretStore, name: str, k3s_version: str) -> N
     record = K3S_RECORD.format(name=name)
     if store.exists(record):
         last = store.read(record).decode().strip()
-        if _version(k3s_version) < _version(last):
+        if version_key(k3s_version) < version_key(last):
             raise CeilError(
                 f"kubernetes.k3s_version {k3s_version} is older than the {last} node {name} was last baked"
                 f" with: a re-flashed node must not downgrade (Kubernetes' version skew policy). Set"

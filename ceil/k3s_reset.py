@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .addons.cli import cluster_options
 from .config import Cluster, load_cluster
 from .errors import CeilError
 
@@ -65,3 +66,35 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
                             f" see the lines above, then run `python bake.py k3s reset{' --remove' if remove else ''}` again")
     click.echo("k3s removed from every node" if remove else
                "k3s set up afresh: `python bake.py status --wait 1800`, then `make nodes-show`")
+
+
+@k3s_group.command("upgrade")
+@cluster_options
+@click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `bake.py ssh`).")
+@click.option("--no-drain", is_flag=True, help="Swap k3s in place without draining and without asking the"
+              " API (a one-node cluster, or no way to the API): its pods restart with k3s.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str | None, no_drain: bool, yes: bool) -> None:
+    """Bring every node's k3s to kubernetes.k3s_version without re-flashing: set the new version
+    in cluster.yaml, put its release files in ~/.cache/ceil/k3s/<version>/, run this. Servers
+    first, then agents, one at a time: drained, binary swapped (checked on the node against the
+    digest this workstation vouches for), k3s restarted, Ready with the new kubelet, uncordoned.
+    A node whose k3s does not come back puts its previous binary back and the roll stops there."""
+    from .addons.cli import Context
+    from .k3s.upgrade import Remote, release_for, upgrade, upgrade_order
+
+    obj = Context(config_path, secrets_path, kubeconfig_path)
+    cluster = obj.cluster
+    release = release_for(cluster)
+    order = ", ".join(upgrade_order(cluster))
+    if not yes:
+        click.confirm(f"upgrade k3s to {release.version} on {order}, one at a time"
+                      f"{'' if no_drain else ', each drained first'}?", abort=True)
+    log = click.echo
+    remote = Remote(cluster, via)
+    if no_drain:
+        upgrade(cluster, obj.store, release, remote, None, log)
+    else:
+        with obj.kubeconfig_path() as kubeconfig:
+            upgrade(cluster, obj.store, release, remote, obj.api(kubeconfig), log)
+    click.echo(f"every node runs k3s {release.version}")

@@ -32,31 +32,39 @@ def refuse_the_only_server(cluster: Cluster, name: str) -> None:
             " password and rejoins), or add a second server first")
 
 
-def drain_and_delete(api, node_name: str, log, timeout: float = 120, poll: float = 2) -> list[str]:
-    """Cordon, evict every pod but DaemonSet and mirror pods, wait for them to go, delete the
-    Node and its node-password Secret. Returns what was done, one line each."""
-    done = []
+def drain(api, node_name: str, log, timeout: float = 120, poll: float = 2) -> bool:
+    """Cordon, evict every pod but DaemonSet and mirror pods, wait for them to go (what `kubectl
+    drain --ignore-daemonsets` does). False if there is no such Node."""
     if api.get("v1", "Node", node_name) is None:
+        return False
+    api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": True}})
+    # A pod already being deleted is on its way out: evicting it again can only fail (403 in a
+    # namespace being deleted).
+    pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
+            if not _stays(p) and not p["metadata"].get("deletionTimestamp")]
+    for pod in pods:
+        meta = pod["metadata"]
+        api.evict(meta["namespace"], meta["name"])
+        log(f"evicting {meta['namespace']}/{meta['name']}")
+    deadline = time.monotonic() + timeout
+    while pods and time.monotonic() < deadline:
+        pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
+                if not _stays(p) and not p["metadata"].get("deletionTimestamp")]
+        if pods:
+            time.sleep(poll)
+    if pods:
+        raise CeilError(f"{len(pods)} pod(s) on {node_name} were not evicted within {timeout:.0f} s"
+                        f" (a PodDisruptionBudget?): {', '.join(p['metadata']['name'] for p in pods)}")
+    return True
+
+
+def drain_and_delete(api, node_name: str, log, timeout: float = 120, poll: float = 2) -> list[str]:
+    """Drain, then delete the Node and its node-password Secret. Returns what was done, one line each."""
+    done = []
+    if not drain(api, node_name, log, timeout, poll):
         done.append(f"Node {node_name}: not in the cluster")
     else:
-        api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": True}})
-        done.append(f"Node {node_name}: cordoned")
-        pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
-                if not _stays(p)]
-        for pod in pods:
-            meta = pod["metadata"]
-            api.evict(meta["namespace"], meta["name"])
-            log(f"evicting {meta['namespace']}/{meta['name']}")
-        deadline = time.monotonic() + timeout
-        while pods and time.monotonic() < deadline:
-            pods = [p for p in api.list("v1", "Pod", field_selector=f"spec.nodeName={node_name}")
-                    if not _stays(p) and not p["metadata"].get("deletionTimestamp")]
-            if pods:
-                time.sleep(poll)
-        if pods:
-            raise CeilError(f"{len(pods)} pod(s) on {node_name} were not evicted within {timeout:.0f} s"
-                            f" (a PodDisruptionBudget?): {', '.join(p['metadata']['name'] for p in pods)}")
-        done.append(f"Node {node_name}: drained")
+        done += [f"Node {node_name}: cordoned", f"Node {node_name}: drained"]
         api.delete_named("v1", "Node", node_name)
         done.append(f"Node {node_name}: deleted")
     secret = f"{node_name}.node-password.k3s"  # k3s keeps each agent's password hash here

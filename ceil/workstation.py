@@ -7,6 +7,8 @@ Three paths reach the cluster LAN from the workstation (README, "Flash, boot, ch
   seed's `workstation-route-add` did;
 - from anywhere else on the uplink side only the router's SSH answers: `bake.py ssh NAME --via
   ROUTER_ADDRESS` jumps through it.
+
+Whichever path, SSH checks the machines' host keys against the cluster's own known_hosts file.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import click
 
 from .config import Cluster, load_cluster
 from .errors import CeilError
+from .fetch import cache_root
 from .ui import console
 
 config_option = click.option("--config", "config_path", default="cluster.yaml", show_default=True,
@@ -92,17 +95,62 @@ def route_command(config_path: Path, via: str | None, apply: bool) -> None:
 # ---- ssh ---------------------------------------------------------------------------------
 
 
+def known_hosts_file(cluster: Cluster) -> Path:
+    """The host keys of this cluster's machines as the workstation first met them, apart from the
+    user's own ~/.ssh/known_hosts: a re-flashed card has new keys (each bake forgets the role's
+    old one), and an address like 10.42.0.1 may be another machine on another network.
+    `make verify` pins the same keys."""
+    return cache_root() / f"known_hosts-{cluster.name}"
+
+
+def host_key_alias(name: str) -> str:
+    """The name a machine's key is filed under, whichever address or jump reached it."""
+    return f"ceil-{name}"
+
+
+def host_key_options(cluster: Cluster, name: str) -> list[str]:
+    """Trust on first use for `name`, in this cluster's own known_hosts; a changed key is refused.
+    The path is quoted: ssh reads an unquoted one as a list of files split at spaces."""
+    return ["-o", f"HostKeyAlias={host_key_alias(name)}", "-o", f'UserKnownHostsFile="{known_hosts_file(cluster)}"',
+            "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no"]
+
+
+def forget_host_key(cluster: Cluster, name: str) -> bool:
+    """Drop `name`'s recorded host key (its card was just baked: its first boot makes new keys).
+    True if there was one."""
+    path = known_hosts_file(cluster)
+    if not path.is_file():
+        return False
+    alias = host_key_alias(name)
+    lines = path.read_text().splitlines(keepends=True)
+
+    def names(line: str) -> list[str]:
+        return line.split(maxsplit=1)[0].split(",") if line.strip() and not line.startswith("#") else []
+
+    kept = [line for line in lines
+            if not any(n == alias or n.startswith(f"[{alias}]:") for n in names(line))]
+    if len(kept) == len(lines):
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+    return True
+
+
 def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = (),
              options: tuple[str, ...] = ()) -> list[str]:
-    """ssh to `name` (router or a node) as the baked admin; through the router at `via` when the
-    workstation reaches only the router's SSH."""
+    """ssh to `name` (router or a node) as the baked admin, checking its host key against this
+    cluster's known_hosts; through the router at `via` when the workstation reaches only the
+    router's SSH (a ProxyCommand, so the hop checks the router's key the same way)."""
+    known_hosts_file(cluster).parent.mkdir(parents=True, exist_ok=True)
     user = cluster.ssh.user
     target = str(cluster.network.router_ip) if name == "router" else str(cluster.node(name).ip)
-    argv = ["ssh", *options]
+    argv = ["ssh", *host_key_options(cluster, name), *options]
     if via and name == "router":
         target = via
     elif via:
-        argv += ["-J", f"{user}@{via}"]
+        hop = ["ssh", *host_key_options(cluster, "router"), *options, "-W", "%h:%p", f"{user}@{via}"]
+        argv += ["-o", f"ProxyCommand={shlex.join(hop)}"]
     return [*argv, f"{user}@{target}", *extra]
 
 
@@ -142,7 +190,9 @@ def run_command(config_path: Path, via: str | None, only: tuple[str, ...], comma
     results = run_everywhere(cluster, names, shlex.join(command), via)
     failed = []
     for name, (code, output) in results.items():
-        console.print(f"[bold]{name}[/bold] ({cluster.hostname(name)})" + ("" if code == 0 else f" [red]exit {code}[/red]"))
+        # The labels are part of the answer: stdout with it, so `run uptime > file` keeps them.
+        click.echo(click.style(name, bold=True) + f" ({cluster.hostname(name)})"
+                   + ("" if code == 0 else " " + click.style(f"exit {code}", fg="red")))
         for line in output.splitlines() or ["(no output)"]:
             click.echo(f"  {line}")
         if code != 0:
@@ -159,7 +209,40 @@ def run_command(config_path: Path, via: str | None, only: tuple[str, ...], comma
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def ssh_command(config_path: Path, via: str | None, name: str, extra: tuple[str, ...]) -> None:
     """SSH into NAME (router, or a node from cluster.yaml) as the baked admin user. Anything after
-    NAME goes to ssh, e.g. `bake.py ssh one -- uptime`."""
+    NAME goes to ssh, e.g. `bake.py ssh one -- uptime`. Host keys are checked against the
+    cluster's own ~/.cache/ceil/known_hosts-<cluster>: the first contact records a machine's key,
+    a changed one is refused (baking a card forgets its machine's old key)."""
     cluster = load_cluster(config_path)
     argv = ssh_argv(cluster, name, via, extra)
+    os.execvp(argv[0], argv)
+
+
+# ---- k8s-proxy ---------------------------------------------------------------------------
+
+
+def tunnel_argv(cluster: Cluster, via: str | None, local_port: int) -> list[str]:
+    """ssh forwarding 127.0.0.1:`local_port` on the workstation to the server's API through the
+    router (at `via`, else its LAN address). k3s's serving certificate names 127.0.0.1, so the
+    baked CA still verifies the API at the tunnel's end (`bake.py kubeconfig --tunnel-port`)."""
+    from .k3s.kubeconfig import API_PORT
+
+    known_hosts_file(cluster).parent.mkdir(parents=True, exist_ok=True)
+    router = via or str(cluster.network.router_ip)
+    return ["ssh", *host_key_options(cluster, "router"), "-N", "-o", "ExitOnForwardFailure=yes",
+            "-L", f"127.0.0.1:{local_port}:{cluster.server.ip}:{API_PORT}", f"{cluster.ssh.user}@{router}"]
+
+
+@click.command("k8s-proxy")
+@config_option
+@click.option("--via", metavar="ADDRESS", help="The router's address where only its SSH answers (see `ssh`).")
+@click.option("--port", "local_port", type=click.IntRange(1, 65535), default=6443, show_default=True,
+              help="The local port the API appears on.")
+def k8s_proxy_command(config_path: Path, via: str | None, local_port: int) -> None:
+    """Bring the Kubernetes API to https://127.0.0.1:PORT through an SSH tunnel via the router,
+    for a workstation that reaches only the router's SSH (the seed's k8s-proxy). Runs until
+    Ctrl-C; use it with the kubeconfig from `bake.py kubeconfig --tunnel-port PORT`."""
+    cluster = load_cluster(config_path)
+    argv = tunnel_argv(cluster, via, local_port)
+    click.echo(f"the Kubernetes API of {cluster.name} on https://127.0.0.1:{local_port} until Ctrl-C;"
+               f" in another shell: python bake.py kubeconfig --tunnel-port {local_port}", err=True)
     os.execvp(argv[0], argv)

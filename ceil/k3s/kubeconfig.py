@@ -23,11 +23,15 @@ from ..secrets import SecretStore
 API_PORT = 6443
 
 
-def server_url(cluster: Cluster) -> str:
+def server_url(cluster: Cluster, tunnel_port: int | None = None) -> str:
+    """The server's LAN address, or the local end of `bake.py k8s-proxy`'s tunnel (k3s's
+    serving certificate names 127.0.0.1, as its own k3s.yaml relies on)."""
+    if tunnel_port:
+        return f"https://127.0.0.1:{tunnel_port}"
     return f"https://{cluster.server.ip}:{API_PORT}"
 
 
-def admin_kubeconfig(cluster: Cluster, store: SecretStore) -> str:
+def admin_kubeconfig(cluster: Cluster, store: SecretStore, tunnel_port: int | None = None) -> str:
     """The kubeconfig YAML (one cluster, one user, one context named after the cluster)."""
     server_ca = ensure_ca(store, "server-ca")
     admin = ensure_admin_cert(store)
@@ -36,7 +40,7 @@ def admin_kubeconfig(cluster: Cluster, store: SecretStore) -> str:
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {
-            "server": server_url(cluster),
+            "server": server_url(cluster, tunnel_port),
             "certificate-authority-data": _b64(server_ca.cert_pem),
         }}],
         "users": [{"name": f"{name}-admin", "user": {
@@ -74,15 +78,21 @@ def write_private(path: Path, text: str) -> None:
 @click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
               help="Secrets directory (default: secrets/ next to the config).")
 @click.option("--out", "out_path", default=None, type=click.Path(path_type=Path),
-              help="Where to write it (default: out/kubeconfig next to the config).")
-def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: Path | None) -> None:
+              help="Where to write it (default: out/kubeconfig, or out/kubeconfig-tunnel, next to the config).")
+@click.option("--tunnel-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="Talk to https://127.0.0.1:PORT, the local end of `bake.py k8s-proxy --port PORT`.")
+def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: Path | None,
+                       tunnel_port: int | None) -> None:
     """Write the cluster-admin kubeconfig (0600). It is signed by the CA baked into the server
     image, so `kubectl` works once the server is up; the workstation must reach the server's
-    LAN address (on the cluster LAN, or through the VPN)."""
+    LAN address (on the cluster LAN, through the VPN or a trusted network's route), or use
+    --tunnel-port with `bake.py k8s-proxy` where only the router's SSH answers."""
     cluster = load_cluster(config_path)
     base = config_path.resolve().parent
     store = SecretStore(secrets_path or base / "secrets")
-    out = out_path or base / "out" / "kubeconfig"
-    write_private(out, admin_kubeconfig(cluster, store))
-    click.echo(f"wrote {out} (cluster-admin for {server_url(cluster)})")
+    out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
+    write_private(out, admin_kubeconfig(cluster, store, tunnel_port))
+    click.echo(f"wrote {out} (cluster-admin for {server_url(cluster, tunnel_port)})")
+    if tunnel_port:
+        click.echo(f"start the tunnel first: python bake.py k8s-proxy --port {tunnel_port} --via ROUTER_ADDRESS")
     click.echo(f"use it with: export KUBECONFIG={out}; kubectl get nodes")

@@ -39,7 +39,10 @@ def test_a_removed_node_leaves_no_node_object_and_no_node_password(lab, kubeconf
     (tmp_path / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
     kubectl(kubeconfig, "create", "-f", str(tmp_path / "objects.json"))
     api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
-    done = drain_and_delete(api, name, log=lambda m: None, timeout=60, poll=1)
+    logged = []
+    done = drain_and_delete(api, name, log=logged.append, timeout=60, poll=1)
+    # Outside "default": the drain once listed that namespace only and evicted nothing here.
+    assert logged == ["evicting drain-test/web-on-agent"], logged
     assert done == [f"Node {name}: cordoned", f"Node {name}: drained", f"Node {name}: deleted",
                     f"Secret kube-system/{name}.node-password.k3s: deleted"]
     assert kubectl(kubeconfig, "get", "node", name, check=False).returncode != 0

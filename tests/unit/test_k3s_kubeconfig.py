@@ -138,3 +138,22 @@ def test_a_client_cert_from_another_ca_is_refused(setup, mtls_server, tmp_path):
     result = _kubectl_raw(yaml.safe_dump(doc), tmp_path)
     assert result.returncode != 0
     assert "certificate" in result.stderr.lower() or "tls" in result.stderr.lower(), result.stderr
+
+
+def test_the_tunnel_kubeconfig_talks_to_the_local_end_of_k8s_proxy(setup):
+    """`bake.py kubeconfig --tunnel-port` beside the LAN one, and `bake.py k8s-proxy`'s ssh that
+    forwards that local port to the server's API through the router, with pinned host keys."""
+    from ceil import workstation
+
+    cluster, _, path = setup
+    result = CliRunner().invoke(kubeconfig_command, ["--config", str(path), "--tunnel-port", "16443"])
+    assert result.exit_code == 0, result.output
+    out = path.parent / "out" / "kubeconfig-tunnel"
+    assert yaml.safe_load(out.read_text())["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:16443"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert "k8s-proxy --port 16443" in result.output
+    argv = workstation.tunnel_argv(cluster, "192.168.1.50", 16443)
+    user = cluster.ssh.user
+    assert argv[0] == "ssh" and argv[-3:] == ["-L", "127.0.0.1:16443:10.42.0.11:6443", f"{user}@192.168.1.50"]
+    assert "HostKeyAlias=ceil-router" in argv and "-N" in argv
+    assert workstation.tunnel_argv(cluster, None, 6443)[-1] == f"{user}@10.42.0.1"

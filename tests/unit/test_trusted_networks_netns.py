@@ -15,14 +15,19 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
-from router_lan_lab import INET_IP, ROUTER_UPLINK_DEV, ROUTER_UPLINK_IP, RouterLanLab
-from router_lan_render import cluster_from, render
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
 
-from ceil.errors import ConfigError
-from ceil.hooks import nat_firewall
+from router_lan_lab import INET_IP, ROUTER_UPLINK_DEV, ROUTER_UPLINK_IP, RouterLanLab  # noqa: E402
+from router_lan_render import cluster_from, render  # noqa: E402
+
+from ceil.errors import ConfigError  # noqa: E402
+from ceil.hooks import nat_firewall  # noqa: E402
+from ceil.hooks.mdns import MDNS_PORT  # noqa: E402
+from ceil_infra.helpers import input_accepts  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "nft")),
@@ -40,13 +45,17 @@ def probe(lab: RouterLanLab, source: str, host: str, ports: list[int]) -> set[in
     return {int(p) for p in out.split()}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    work = tmp_path_factory.mktemp("trusted-lab")
-    cluster = cluster_from({
+def lab_cluster():
+    return cluster_from({
         "router": {"lan_interface": "br0", "uplink": {"type": "ethernet"},  # flavor's enx*
                    "trusted_networks": [f"{INET_IP}/32"]},
     })
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    work = tmp_path_factory.mktemp("trusted-lab")
+    cluster = lab_cluster()
     out = render(cluster, "router", work)
     lab = RouterLanLab(work)
     try:
@@ -79,41 +88,20 @@ def test_any_other_uplink_source_still_reaches_only_ssh(lab):
     assert probe(lab, UNTRUSTED_IP, ROUTER_UPLINK_IP, [22, 8081]) == {22}
 
 
-MDNS_QUERY = r"""
-import socket, struct, sys, time
-src, name = sys.argv[1], sys.argv[2]
-query = struct.pack(">6H", 0x4242, 0, 1, 0, 0, 0) + b"".join(
-    bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((src, 0))  # not port 5353: a "legacy unicast" query, answered straight to this socket
-s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(src))
-s.settimeout(1)
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    s.sendto(query, ("224.0.0.251", 5353))
-    try:
-        data = s.recv(4096)
-    except OSError:
-        continue
-    def skip_name(i):
-        while data[i]:
-            if data[i] >= 0xC0:
-                return i + 2
-            i += data[i] + 1
-        return i + 1
-    qd, an = struct.unpack(">HH", data[4:8])
-    i = 12
-    for _ in range(qd):
-        i = skip_name(i) + 4
-    for _ in range(an):
-        i = skip_name(i)
-        rtype, _, _, rdlen = struct.unpack(">HHIH", data[i:i + 10])
-        if rtype == 1:
-            print(socket.inet_ntoa(data[i + 10:i + 14]))
-            sys.exit(0)
-        i += 10 + rdlen
-print("no answer")
-"""
+def test_the_infra_checks_read_the_live_ruleset_as_the_firewall_applies_it(lab):
+    """tests/infra reads the router's ports from `nft list table inet ceil`, where the trusted
+    rules name sets (@lan_tcp) rather than list ports (CI run of stop 21 failed on that)."""
+    cluster = lab_cluster()
+    table = lab.run("rtr", "nft", "list", "table", "inet", "ceil").stdout
+    lan, up = nat_firewall.lan_services(cluster), nat_firewall.uplink_services(cluster)
+    # 68 and 546: the router's own DHCP and DHCPv6 client replies
+    assert input_accepts(table, cluster.uplink_interface) == {
+        "tcp": set(nat_firewall.ports(up, "tcp")), "udp": set(nat_firewall.ports(up, "udp")) | {68, 546}}
+    assert input_accepts(table, cluster.uplink_interface, trusted=True) == {
+        "tcp": set(nat_firewall.ports(lan, "tcp")), "udp": set(nat_firewall.ports(lan, "udp")) | {MDNS_PORT}}
+
+
+MDNS_QUERY = (Path(__file__).resolve().parent / "mdnsmini.py").read_text()
 
 
 def mdns_lookup(lab: RouterLanLab, ns: str, source: str, name: str, seconds: float) -> str:
@@ -158,3 +146,17 @@ def test_a_trusted_network_inside_the_cluster_or_too_wide_is_refused(net, words)
     cluster = cluster_from({"router": {"trusted_networks": [net]}, "vpn": {"enabled": True, "subnet": "10.8.0.0/24"}})
     with pytest.raises(ConfigError, match=words):
         nat_firewall.check(cluster, "router")
+
+
+def test_avahi_without_dbus_runs_as_a_simple_service():
+    """ceil's avahi-daemon.conf turns D-Bus off, so the packaged unit's Type=dbus would never see
+    the daemon ready and systemd would kill it at its start timeout (run e2e21: every attempt of
+    the mdns step failed). The step installs a drop-in that makes it a simple service."""
+    feature = Path(__file__).resolve().parents[2] / "firstboot" / "mdns"
+    assert "enable-dbus=no" in (feature / "etc/avahi/avahi-daemon.conf.j2").read_text()
+    dropin = (feature / "etc/avahi/avahi-daemon.service.conf").read_text()
+    assert "[Service]\nType=simple\n" in dropin
+    step = (feature / "lib/steps/mdns.sh").read_text()
+    assert ("ceil_replace /etc/ceil/avahi/avahi-daemon.service.conf"
+            " /etc/systemd/system/avahi-daemon.service.d/ceil.conf") in step
+    assert step.index("daemon-reload") < step.index("systemctl restart avahi-daemon.service")

@@ -3,6 +3,7 @@ here; the route itself is proven in test_trusted_networks_netns.py with the real
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 
 import pytest
@@ -74,23 +75,57 @@ def test_route_prints_the_command_and_warns_without_trusted_networks(tmp_path, m
     assert "router.trusted_networks is empty" in result.output
 
 
-def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp_path, monkeypatch):
+def pinned(name: str, known_hosts) -> list[str]:
+    return ["-o", f"HostKeyAlias=ceil-{name}", "-o", f'UserKnownHostsFile="{known_hosts}"',
+            "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no"]
+
+
+@pytest.fixture
+def known_hosts(tmp_path, monkeypatch):
+    monkeypatch.setenv("CEIL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "known_hosts-ceil"
+
+
+def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp_path, monkeypatch, known_hosts):
     cluster = parse_cluster(CLUSTER)
-    assert workstation.ssh_argv(cluster, "router", None) == ["ssh", "pi-admin@10.42.0.1"]
-    assert workstation.ssh_argv(cluster, "two", None, ("uptime",)) == ["ssh", "pi-admin@10.42.0.12", "uptime"]
-    assert workstation.ssh_argv(cluster, "one", "192.168.1.50") == ["ssh", "-J", "pi-admin@192.168.1.50", "pi-admin@10.42.0.11"]
-    assert workstation.ssh_argv(cluster, "router", "192.168.1.50") == ["ssh", "pi-admin@192.168.1.50"]
+    assert workstation.ssh_argv(cluster, "router", None) == ["ssh", *pinned("router", known_hosts), "pi-admin@10.42.0.1"]
+    assert workstation.ssh_argv(cluster, "two", None, ("uptime",)) == [
+        "ssh", *pinned("two", known_hosts), "pi-admin@10.42.0.12", "uptime"]
+    hop = shlex.join(["ssh", *pinned("router", known_hosts), "-W", "%h:%p", "pi-admin@192.168.1.50"])
+    assert workstation.ssh_argv(cluster, "one", "192.168.1.50") == [
+        "ssh", *pinned("one", known_hosts), "-o", f"ProxyCommand={hop}", "pi-admin@10.42.0.11"]
+    assert workstation.ssh_argv(cluster, "router", "192.168.1.50") == [
+        "ssh", *pinned("router", known_hosts), "pi-admin@192.168.1.50"]
+    assert known_hosts.parent.is_dir(), "ssh cannot record a first key in a missing folder"
     execs = []
     monkeypatch.setattr(workstation.os, "execvp", lambda f, argv: execs.append(argv))
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "one", "--", "df", "-h"])
     assert result.exit_code == 0, result.output
-    assert execs == [["ssh", "pi-admin@10.42.0.11", "df", "-h"]]
+    assert execs == [["ssh", *pinned("one", known_hosts), "pi-admin@10.42.0.11", "df", "-h"]]
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "nine"])
     assert result.exit_code != 0 and "not in the cluster" in str(result.exception)
 
 
-def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monkeypatch):
+def test_a_baked_card_forgets_only_its_own_host_key(known_hosts):
+    """ssh files a first key under the alias (with the port when it is not 22); a re-flashed
+    card makes new keys, so the bake forgets that role's lines and no other."""
+    cluster = parse_cluster(CLUSTER)
+    assert workstation.forget_host_key(cluster, "one") is False  # nothing recorded yet
+    known_hosts.parent.mkdir(parents=True)
+    known_hosts.write_text("ceil-router ssh-ed25519 AAAArouter\n"
+                           "ceil-one ssh-ed25519 AAAAone\n"
+                           "[ceil-one]:2222 ecdsa-sha2-nistp256 AAAAone2\n"
+                           "ceil-one1 ssh-ed25519 AAAAother\n"
+                           "# ceil-one a comment stays\n")
+    assert workstation.forget_host_key(cluster, "one") is True
+    assert known_hosts.read_text() == ("ceil-router ssh-ed25519 AAAArouter\n"
+                                       "ceil-one1 ssh-ed25519 AAAAother\n"
+                                       "# ceil-one a comment stays\n")
+    assert workstation.forget_host_key(cluster, "one") is False
+
+
+def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monkeypatch, known_hosts):
     calls = []
 
     def fake_run(argv, **kw):
@@ -103,15 +138,17 @@ def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monk
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "uptime"])
     assert result.exit_code != 0 and "failed on two" in str(result.exception)
-    out = result.output
+    out = result.stdout  # the labels with the answers: `bake.py run uptime > file` keeps both
     assert out.index("router (ceil-router)") < out.index("one (ceil-one)") < out.index("two (ceil-two) exit 1")
     assert "up 1 day (pi-admin@10.42.0.11)" in out
     assert sorted(calls) == sorted([
-        ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"pi-admin@{ip}", "uptime"]
-        for ip in ("10.42.0.1", "10.42.0.11", "10.42.0.12")])
+        ["ssh", *pinned(name, known_hosts), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"pi-admin@{ip}", "uptime"]
+        for name, ip in (("router", "10.42.0.1"), ("one", "10.42.0.11"), ("two", "10.42.0.12"))])
     calls.clear()
     result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "--on", "one",
                                                           "--via", "192.168.1.50", "--", "df", "-h", "/"])
     assert result.exit_code == 0, result.output
-    assert calls == [["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-J", "pi-admin@192.168.1.50",
+    batch = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    hop = shlex.join(["ssh", *pinned("router", known_hosts), *batch, "-W", "%h:%p", "pi-admin@192.168.1.50"])
+    assert calls == [["ssh", *pinned("one", known_hosts), *batch, "-o", f"ProxyCommand={hop}",
                       "pi-admin@10.42.0.11", "df -h /"]]

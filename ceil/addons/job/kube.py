@@ -189,8 +189,13 @@ class KubeApi:
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              field_selector: str | None = None) -> list[dict]:
+        """Objects of `kind` in `namespace`, or in every namespace when None (not "default": a
+        drain that listed only "default" left every other namespace's pods on the node)."""
         query = {"fieldSelector": field_selector} if field_selector else None
-        answer = self.call("GET", self.path(api_version, kind, None, namespace), query=query)
+        path = self.path(api_version, kind, None, namespace)
+        if namespace is None and self.resource(api_version, kind).namespaced:
+            path = path.replace("/namespaces/default/", "/", 1)
+        answer = self.call("GET", path, query=query)
         return (answer or {}).get("items", [])
 
     def merge_patch(self, api_version: str, kind: str, name: str, patch: dict, namespace: str | None = None) -> dict | None:

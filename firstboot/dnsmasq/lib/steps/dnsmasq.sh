@@ -16,8 +16,9 @@ if ! command -v dnsmasq >/dev/null; then
     echo "ceil-dnsmasq: dnsmasq is not installed (ceil-packages should have installed it)" >&2
     exit 1
 fi
-# The directories of nodes baked after the router (ceil-lan-hosts), which the config names.
-mkdir -p /var/lib/ceil/lan-hosts/dhcp /var/lib/ceil/lan-hosts/dns
+# The directories of nodes baked after the router (ceil-lan-hosts): dnsmasq refuses to start
+# without the ones its config names.
+sed -n 's/^\(dhcp-\)\{0,1\}hostsdir=//p' "$src" | while read -r dir; do mkdir -p "$dir"; done
 # A config the daemon would refuse is a bake bug, not a transient failure.
 if ! dnsmasq --test -C "$src" >/dev/null 2>&1; then
     dnsmasq --test -C "$src" >&2 || true

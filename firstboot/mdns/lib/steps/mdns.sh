@@ -14,5 +14,9 @@ if [ ! -d /etc/avahi ]; then
     exit 1
 fi
 ceil_replace "$src" /etc/avahi/avahi-daemon.conf
+# Without D-Bus the packaged unit's Type=dbus never sees the daemon ready (the drop-in says why).
+CEIL_CHANGED=
+ceil_replace /etc/ceil/avahi/avahi-daemon.service.conf /etc/systemd/system/avahi-daemon.service.d/ceil.conf
+if [ -n "$CEIL_CHANGED" ]; then systemctl daemon-reload; fi
 ceil_enable avahi-daemon.service
 systemctl restart avahi-daemon.service

@@ -1,0 +1,211 @@
+"""`bake.py k3s upgrade`: bring every node's running k3s to kubernetes.k3s_version, one node at a
+time, without re-flashing (issue 19, day two).
+
+The new version is the one cluster.yaml names, so a card re-flashed later is baked with it (and
+`secrets/nodes/<name>.k3s-version` refuses an older one). Its binary comes from the
+workstation's release files (~/.cache/ceil/k3s/<version>/, as for a bake) and is checked there
+against the pin or the release's sha256sum file; that digest travels with the command over SSH
+and the node checks the bytes it received against it, so nothing on the LAN (the router's plain
+HTTP cache included) can slip in another binary.
+
+Servers go first, then agents (k3s's own upgrade order), each: drained (unless --no-drain),
+binary swapped with the previous one kept, service restarted; if the service does not come back
+the node puts the previous binary back itself. Then Ready with the new kubelet, and uncordoned.
+The router's cache gets the release too, so a re-flashed node finds it on the LAN.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from ..catalog import load_flavor
+from ..compat import node_baked, version_key
+from ..config import Cluster
+from ..errors import CeilError
+from .cache import CACHE_ROOT_ON_ROUTER, workstation_cache
+from .install import pinned_digest
+from .release import ASSETS, verified_release_files
+
+BIN = "/usr/local/bin/k3s"
+SERVICE = {"server": "k3s", "agent": "k3s-agent"}
+# How long a node's k3s may take to report ready after the restart (a Pi 3's server: minutes).
+RESTART_WAIT_S = 600
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    binary: Path
+    digest: str
+    files: dict[str, Path]  # every verified release file, for the router's cache
+
+
+def release_for(cluster: Cluster) -> Release:
+    arch = load_flavor(cluster.flavor).arch
+    version = cluster.kubernetes.k3s_version
+    source = workstation_cache(version)
+    files = verified_release_files(cluster, arch, source)
+    name = ASSETS[arch]["binary"]
+    if name not in files:
+        raise CeilError(
+            f"no k3s {version} for {arch} on this workstation: put the release's {name} and"
+            f" {ASSETS[arch]['sums']} in {source} (from https://github.com/k3s-io/k3s/releases/tag/"
+            f"{version.replace('+', '%2B')}), then run this again")
+    return Release(version, files[name], pinned_digest(cluster, arch), files)
+
+
+def upgrade_order(cluster: Cluster) -> list[str]:
+    """Servers first, then agents, each in cluster.yaml's order."""
+    return ([n.name for n in cluster.nodes if n.role == "server"]
+            + [n.name for n in cluster.nodes if n.role != "server"])
+
+
+def swap_script(service: str, digest: str, wait_s: int = RESTART_WAIT_S, bin_path: str = BIN) -> str:
+    """Run as root on the node with the new binary on stdin. Exit 0: running the new binary
+    (prints its version); 3: the bytes were not the vouched-for binary, nothing changed; 4: the
+    service did not come back, the previous binary is back in place."""
+    return f"""set -eu
+bin={bin_path}; svc={service}
+cat > "$bin.new"
+if ! echo "{digest}  $bin.new" | sha256sum -c --status -; then
+  rm -f "$bin.new"
+  echo "the binary received is not the one with sha256 {digest}: nothing changed" >&2
+  exit 3
+fi
+chmod 0755 "$bin.new"
+cp -p "$bin" "$bin.prev"
+mv -f "$bin.new" "$bin"
+if timeout {wait_s} systemctl restart "$svc" && systemctl is-active --quiet "$svc"; then
+  "$bin" --version | head -n 1
+  exit 0
+fi
+echo "$svc did not come back with the new binary; the previous one is back in place. Its log:" >&2
+journalctl -u "$svc" -n 20 --no-pager >&2 || true
+mv -f "$bin.prev" "$bin"
+systemctl restart "$svc" || true
+exit 4
+"""
+
+
+def cache_script(version: str, name: str) -> str:
+    """Run as root on the router with a release file on stdin: it joins the router's k3s cache."""
+    d = f"{CACHE_ROOT_ON_ROUTER}/k3s/{version}"
+    return (f"set -eu; install -d -m 0755 {shlex.quote(d)}; cat > {shlex.quote(d + '/' + name + '.new')};"
+            f" chmod 0644 {shlex.quote(d + '/' + name + '.new')}; mv -f {shlex.quote(d + '/' + name + '.new')}"
+            f" {shlex.quote(d + '/' + name)}")
+
+
+def as_root(script: str) -> str:
+    return f"sudo sh -c {shlex.quote(script)}"
+
+
+def parse_version(output: str) -> str | None:
+    """`k3s --version`'s first line: "k3s version v1.35.3+k3s1 (abc123)"."""
+    m = re.search(r"k3s version (v\S+)", output)
+    return m.group(1) if m else None
+
+
+class Remote:
+    """SSH to the cluster's machines as `bake.py ssh` does (pinned host keys, --via jumps)."""
+
+    def __init__(self, cluster: Cluster, via: str | None):
+        self.cluster, self.via = cluster, via
+
+    def run(self, name: str, command: str, stdin: Path | None = None, timeout: float = 120) -> tuple[int, str, str]:
+        from ..workstation import ssh_argv
+
+        argv = ssh_argv(self.cluster, name, self.via, (command,), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=15"))
+        try:
+            if stdin is None:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            else:
+                with stdin.open("rb") as f:
+                    done = subprocess.run(argv, stdin=f, capture_output=True, timeout=timeout)
+                done = subprocess.CompletedProcess(argv, done.returncode, done.stdout.decode(errors="replace"),
+                                                   done.stderr.decode(errors="replace"))
+        except subprocess.TimeoutExpired:
+            return 124, "", f"no answer from {name} within {timeout:.0f} s"
+        return done.returncode, done.stdout, done.stderr
+
+
+def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_S, poll: float = 5) -> None:
+    """Until the Node is Ready with the new kubelet (k3s reports its own version there)."""
+    deadline = time.monotonic() + timeout
+    seen = "not found"
+    while time.monotonic() < deadline:
+        try:
+            node = api.get("v1", "Node", node_name)
+        except Exception as e:  # a restarting (only) server: its API is away for a while
+            node, seen = None, f"API: {e}"
+        if node:
+            status = node.get("status", {})
+            kubelet = status.get("nodeInfo", {}).get("kubeletVersion", "")
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+            seen = f"kubelet {kubelet or '?'}, {'Ready' if ready else 'not Ready'}"
+            if ready and kubelet == version:
+                return
+        time.sleep(poll)
+    raise CeilError(f"Node {node_name} is not Ready with kubelet {version} after {timeout:.0f} s ({seen})")
+
+
+def upgrade_node(cluster: Cluster, name: str, release: Release, remote: Remote, api, log) -> str:
+    """One node to `release`; returns what happened, one line. Raises with the cause otherwise."""
+    from ..nodes import drain
+
+    node = cluster.node(name)
+    code, out, err = remote.run(name, f"{BIN} --version")
+    current = parse_version(out)
+    if code != 0 or current is None:
+        raise CeilError(f"{name}: cannot read its k3s version ({(err or out).strip() or f'exit {code}'})")
+    if current == release.version:
+        return f"{name}: already at {current}"
+    if version_key(release.version) < version_key(current):
+        raise CeilError(f"{name} runs k3s {current}, newer than kubernetes.k3s_version {release.version}:"
+                        " Kubernetes does not support downgrades; set kubernetes.k3s_version to"
+                        f" {current} or newer")
+    node_name = cluster.hostname(name)
+    if api is not None:
+        drain(api, node_name, log)
+        log(f"{name}: drained")
+    service = SERVICE["server" if node.role == "server" else "agent"]
+    code, out, err = remote.run(name, as_root(swap_script(service, release.digest)), stdin=release.binary,
+                                timeout=RESTART_WAIT_S + 180)
+    if code != 0:
+        if api is not None and code in (3, 4):  # the old k3s runs again: let it take pods back
+            api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+        raise CeilError(f"{name}: the upgrade to {release.version} failed (exit {code}), the nodes after it"
+                        f" are untouched:\n{(err or out).strip()}")
+    now = parse_version(out)
+    if now != release.version:
+        raise CeilError(f"{name}: after the swap k3s reports {now or out.strip()!r}, not {release.version}")
+    if api is not None:
+        wait_ready(api, node_name, release.version)
+        api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+    return f"{name}: {current} -> {now}"
+
+
+def fill_router_cache(release: Release, remote: Remote) -> None:
+    for asset, path in release.files.items():
+        code, out, err = remote.run("router", as_root(cache_script(release.version, asset)), stdin=path, timeout=600)
+        if code != 0:
+            raise CeilError(f"router: could not add {asset} to its k3s cache: {(err or out).strip()}")
+
+
+def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log) -> list[str]:
+    """Every node in upgrade_order; stops at the first failure (the ones before it stay upgraded,
+    which k3s's version skew allows: servers first)."""
+    fill_router_cache(release, remote)
+    log(f"router: k3s {release.version} in its cache for re-flashed nodes")
+    done = []
+    for name in upgrade_order(cluster):
+        line = upgrade_node(cluster, name, release, remote, api, log)
+        node_baked(store, name, release.version)  # a re-flash must not go below it
+        log(line)
+        done.append(line)
+    return done

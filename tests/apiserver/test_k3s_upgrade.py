@@ -1,0 +1,79 @@
+"""`bake.py k3s upgrade`'s Kubernetes side against the real API server (issue 19, day two):
+the node is drained (its pod evicted), stays cordoned while k3s restarts, is uncordoned only once
+its Node reports Ready with the new kubelet. No kubelet runs here: the node's SSH side is a
+recording stand-in whose "restart" reports the new kubelet on the Node's status, as k3s's does."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ceil.addons.job.kube import KubeApi, KubeconfigTransport
+from ceil.config import load_cluster
+from ceil.k3s import upgrade as up
+from ceil.secrets import SecretStore
+
+from .conftest import kubectl
+
+OLD, NEW = "v1.36.0+k3s1", "v1.36.1+k3s1"
+
+
+def node_status(kubelet: str, ready: bool) -> dict:
+    return {"status": {"nodeInfo": {"kubeletVersion": kubelet},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "reason": "KubeletReady", "message": "k3s is up"}]}}
+
+
+def test_a_node_is_drained_swapped_and_uncordoned_only_when_ready_with_the_new_kubelet(
+        lab, kubeconfig, workstation, tmp_path):
+    cluster = load_cluster(workstation / "cluster.yaml")
+    agent = next(n for n in cluster.nodes if n.role == "agent")
+    name = cluster.hostname(agent.name)
+    kubectl(kubeconfig, "create", "namespace", "upgrade-test")
+    kubectl(kubeconfig, "-n", "upgrade-test", "create", "serviceaccount", "default", check=False)
+    objects = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}},
+               {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "upgrade-test"},
+                "spec": {"nodeName": name, "containers": [{"name": "web", "image": "example.invalid/web:1"}]}}]
+    (tmp_path / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    kubectl(kubeconfig, "create", "-f", str(tmp_path / "objects.json"))
+
+    def set_status(kubelet: str, ready: bool) -> None:
+        kubectl(kubeconfig, "patch", "node", name, "--subresource=status", "--type=merge",
+                "-p", json.dumps(node_status(kubelet, ready)))
+
+    set_status(OLD, True)
+    seen = {}
+
+    class Node:
+        """The node's SSH side: at the swap, records what the cluster looked like, then
+        "restarts": not Ready at first, then Ready with the new kubelet."""
+
+        def run(self, host, command, stdin=None, timeout=120):
+            if "sha256sum" in command:
+                spec = json.loads(kubectl(kubeconfig, "get", "node", name, "-o", "json").stdout)["spec"]
+                # Evicted: deleting (no kubelet here confirms the end, which drain does not wait for).
+                items = json.loads(kubectl(kubeconfig, "-n", "upgrade-test", "get", "pods", "-o", "json").stdout)["items"]
+                pods = [p["metadata"]["name"] for p in items if not p["metadata"].get("deletionTimestamp")]
+                seen.update(cordoned=spec.get("unschedulable", False), pods=pods)
+                set_status(NEW, False)
+                set_status(NEW, True)
+                return 0, f"k3s version {NEW} (abc)\n", ""
+            return 0, f"k3s version {OLD} (abc)\n", ""
+
+    binary = tmp_path / "k3s-arm64"
+    binary.write_bytes(b"new k3s")
+    release = up.Release(NEW, binary, hashlib.sha256(b"new k3s").hexdigest(), {})
+    api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
+    logged = []
+    line = up.upgrade_node(cluster, agent.name, release, Node(), api, log=logged.append)
+    assert "evicting upgrade-test/web" in logged, logged
+    assert line == f"{agent.name}: {OLD} -> {NEW}"
+    assert seen == {"cordoned": True, "pods": []}, "the swap came before the drain finished"
+    spec = json.loads(kubectl(kubeconfig, "get", "node", name, "-o", "json").stdout)["spec"]
+    assert not spec.get("unschedulable"), "left cordoned"
+    store = SecretStore(tmp_path / "secrets")
+    assert not store.exists(f"nodes/{agent.name}.k3s-version")  # upgrade() records; upgrade_node does not
+    # No kubelet ends the evicted pod: gone by force, with its node and namespace.
+    kubectl(kubeconfig, "-n", "upgrade-test", "delete", "pod", "web", "--force", "--grace-period=0")
+    kubectl(kubeconfig, "delete", "node", name)
+    kubectl(kubeconfig, "delete", "namespace", "upgrade-test", "--wait=false")

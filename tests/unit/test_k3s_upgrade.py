@@ -1,0 +1,176 @@
+"""`bake.py k3s upgrade` (issue 19, day two): the node's swap script run for real on a scratch
+binary with stand-ins for systemctl and journalctl, and the roll's order, checks and stops
+against recorded SSH and a fake API."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from command_stubs import write_stubs
+
+from ceil.config import parse_cluster
+from ceil.errors import CeilError
+from ceil.k3s import upgrade as up
+from ceil.secrets import SecretStore
+
+OLD, NEW = "v1.35.3+k3s1", "v1.35.4+k3s1"
+
+
+def k3s_script(version: str) -> bytes:
+    return f'#!/bin/sh\necho "k3s version {version} (0123abcd)"\necho "go version go1.26"\n'.encode()
+
+
+@pytest.fixture
+def node(tmp_path):
+    bin_path = tmp_path / "k3s"
+    bin_path.write_bytes(k3s_script(OLD))
+    bin_path.chmod(0o755)
+    log = tmp_path / "calls.log"
+    write_stubs(tmp_path / "stubs", log, ["systemctl", "journalctl"])
+    return bin_path, log, tmp_path
+
+
+def swap(node, new: bytes, digest: str, systemctl_rc: int = 0) -> subprocess.CompletedProcess:
+    bin_path, _, tmp = node
+    script = up.swap_script("k3s-agent", digest, wait_s=5, bin_path=str(bin_path))
+    env = {"PATH": f"{tmp / 'stubs'}:/usr/bin:/bin", "STUB_SYSTEMCTL_RC": str(systemctl_rc),
+           "STUB_JOURNALCTL_OUT": "k3s-agent: fatal: the new k3s says no"}
+    return subprocess.run(["sh", "-c", script], input=new, capture_output=True, env=env, timeout=30)
+
+
+def test_the_node_swaps_in_the_vouched_binary_and_keeps_the_previous(node):
+    bin_path, log, _ = node
+    new = k3s_script(NEW)
+    done = swap(node, new, hashlib.sha256(new).hexdigest())
+    assert done.returncode == 0, done.stderr
+    assert up.parse_version(done.stdout.decode()) == NEW
+    assert bin_path.read_bytes() == new and (bin_path.stat().st_mode & 0o777) == 0o755
+    assert Path(f"{bin_path}.prev").read_bytes() == k3s_script(OLD)
+    assert "systemctl restart k3s-agent" in log.read_text()
+
+
+def test_bytes_other_than_the_vouched_ones_change_nothing(node):
+    bin_path, log, _ = node
+    done = swap(node, k3s_script(NEW) + b"# tampered on the way\n", hashlib.sha256(k3s_script(NEW)).hexdigest())
+    assert done.returncode == 3 and b"nothing changed" in done.stderr
+    assert bin_path.read_bytes() == k3s_script(OLD)
+    assert not Path(f"{bin_path}.new").exists() and not log.exists()
+
+
+def test_a_k3s_that_does_not_come_back_is_rolled_back_on_the_node(node):
+    bin_path, log, _ = node
+    new = k3s_script(NEW)
+    done = swap(node, new, hashlib.sha256(new).hexdigest(), systemctl_rc=1)
+    assert done.returncode == 4
+    assert b"previous one is back in place" in done.stderr and b"the new k3s says no" in done.stderr
+    assert bin_path.read_bytes() == k3s_script(OLD)
+    assert log.read_text().count("systemctl restart k3s-agent") == 2  # the new one, then the old one again
+
+
+CLUSTER = """
+flavor: ubuntu-24.04-raspi
+ssh: {authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"]}
+router: {uplink: {type: ethernet}}
+kubernetes: {k3s_version: "%s"}
+nodes: [{name: one, role: server}, {name: two}, {name: three}]
+"""
+
+
+class FakeRemote:
+    """Answers `k3s --version` per node and the swap with a code; records every call."""
+
+    def __init__(self, versions: dict[str, str], swap_rc: dict[str, int] | None = None):
+        self.versions, self.swap_rc, self.calls = versions, swap_rc or {}, []
+
+    def run(self, name, command, stdin=None, timeout=120):
+        self.calls.append((name, "swap" if "sha256sum" in command else "cache" if "install -d" in command
+                           else "version"))
+        if "sha256sum" in command:
+            rc = self.swap_rc.get(name, 0)
+            if rc == 0:
+                self.versions[name] = NEW
+                return 0, f"k3s version {NEW} (0123abcd)\n", ""
+            return rc, "", "k3s-agent did not come back"
+        if "install -d" in command:
+            return 0, "", ""
+        return 0, f"k3s version {self.versions[name]} (abc)\n", ""
+
+
+class FakeApi:
+    def __init__(self):
+        self.unschedulable: dict[str, bool] = {}
+
+    def get(self, version, kind, name, namespace=None):
+        return {"status": {"nodeInfo": {"kubeletVersion": NEW},
+                           "conditions": [{"type": "Ready", "status": "True"}]}}
+
+    def merge_patch(self, version, kind, name, patch):
+        self.unschedulable[name] = patch["spec"]["unschedulable"]
+
+    def list(self, *a, **kw):
+        return []
+
+
+def release(tmp_path) -> up.Release:
+    binary = tmp_path / "k3s-arm64"
+    binary.write_bytes(k3s_script(NEW))
+    return up.Release(NEW, binary, hashlib.sha256(binary.read_bytes()).hexdigest(), {"k3s-arm64": binary})
+
+
+def test_servers_go_first_each_node_is_uncordoned_and_recorded(tmp_path):
+    cluster = parse_cluster(CLUSTER % NEW)
+    store = SecretStore(tmp_path / "secrets")
+    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": NEW}), FakeApi()
+    lines = up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert lines == [f"one: {OLD} -> {NEW}", f"two: {OLD} -> {NEW}", f"three: already at {NEW}"]
+    assert [c for c in remote.calls if c[1] == "swap"] == [("one", "swap"), ("two", "swap")]
+    assert remote.calls[0] == ("router", "cache")
+    assert api.unschedulable == {"ceil-one": False, "ceil-two": False}
+    assert all(store.read(f"nodes/{n}.k3s-version").decode().strip() == NEW for n in ("one", "two", "three"))
+
+
+def test_a_failed_node_stops_the_roll_and_is_given_back_its_pods(tmp_path):
+    cluster = parse_cluster(CLUSTER % NEW)
+    store = SecretStore(tmp_path / "secrets")
+    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}, swap_rc={"two": 4}), FakeApi()
+    with pytest.raises(CeilError, match=r"two: the upgrade to .* failed \(exit 4\), the nodes after it are untouched"):
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert ("three", "swap") not in remote.calls
+    assert api.unschedulable == {"ceil-one": False, "ceil-two": False}
+    assert not store.exists("nodes/two.k3s-version")
+
+
+def test_a_downgrade_is_refused_before_anything_changes(tmp_path):
+    cluster = parse_cluster(CLUSTER % OLD)
+    remote, api = FakeRemote({"one": NEW, "two": NEW, "three": NEW}), FakeApi()
+    rel = up.Release(OLD, release(tmp_path).binary, "0" * 64, {})
+    with pytest.raises(CeilError, match="does not support downgrades"):
+        up.upgrade(cluster, SecretStore(tmp_path / "secrets"), rel, remote, api, log=lambda m: None)
+    assert not [c for c in remote.calls if c[1] == "swap"] and api.unschedulable == {}
+
+
+def test_without_the_release_files_it_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("CEIL_K3S_CACHE", str(tmp_path / "k3s"))
+    with pytest.raises(CeilError, match=r"put the release's k3s-arm64 and sha256sum-arm64.txt in .*v1.35.4\+k3s1"):
+        up.release_for(parse_cluster(CLUSTER % NEW))
+
+
+def test_the_ready_wait_outlasts_a_restarting_api():
+    """The only server's restart takes the API with it: errors mean "not yet", not failure."""
+    calls = []
+
+    class Flaky(FakeApi):
+        def get(self, *a, **kw):
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionRefusedError("connection refused")
+            return super().get(*a, **kw)
+
+    up.wait_ready(Flaky(), "ceil-one", NEW, timeout=5, poll=0.01)
+    assert len(calls) == 3
+    with pytest.raises(CeilError, match=r"not Ready with kubelet v9.9.9\+k3s1 .*kubelet v1.35.4\+k3s1, Ready"):
+        up.wait_ready(FakeApi(), "ceil-one", "v9.9.9+k3s1", timeout=0.05, poll=0.01)
