@@ -38,12 +38,17 @@ def board_url(router_ip: str) -> str:
     return f"http://{router_ip}:{STATUS_PORT}/api/status"
 
 
-def fetch_status(url: str, timeout: float = 5.0) -> dict:
+# A board that cannot be reached says so within this long; one that answers gets `timeout`, since a
+# router busy with its first boot (a Pi 3, a TCG twin) can take many seconds to answer.
+CONNECT_TIMEOUT_S = 5.0
+
+
+def fetch_status(url: str, timeout: float = 20.0) -> dict:
     """The board's snapshot, or a CeilError that says why it could not be read."""
     import requests  # here, not at the top: every bake.py start imports this module
 
     try:
-        resp = requests.get(url, timeout=timeout)
+        resp = requests.get(url, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout))
         resp.raise_for_status()
         snap = resp.json()
     except requests.RequestException as e:
@@ -81,7 +86,12 @@ def status_table(snap: dict) -> Table:
     for h in snap["hosts"]:
         state = plain(h.get("state", "?"))
         state.stylize(STATE_STYLE.get(state.plain, "dim"))
-        details = [f"failed: {s}" for s in h.get("failed", [])] + [f"busy: {s}" for s in h.get("busy", [])]
+        why = h.get("why") if isinstance(h.get("why"), dict) else {}
+
+        def said(step: object) -> str:
+            return f"{step} ({why[step]})" if isinstance(step, str) and why.get(step) else str(step)
+
+        details = [f"failed: {said(s)}" for s in h.get("failed", [])] + [f"busy: {said(s)}" for s in h.get("busy", [])]
         table.add_row(
             plain(h.get("hostname", h.get("name", "?"))),
             state,
@@ -168,7 +178,8 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
               " power-on), duration and share of the first boot, slowest first.")
 @click.option("--wait", type=float, default=0, metavar="SECONDS",
               help="Poll until every host is done (or one failed), at most this long.")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="HTTP timeout in seconds.")
+@click.option("--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait for the board's"
+              " answer (the connection itself gets at most 5).")
 def status_command(config_path: Path, url: str | None, as_json: bool, times: bool, wait: float, timeout: float) -> None:
     """Show each machine's first-boot progress, as collected by the router's status board.
 

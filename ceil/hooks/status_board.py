@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..config import Cluster
 from ..secrets import SecretStore
 from ..status import BOARD_KEY_SECRET, REPORT_TOKEN_SECRET, STATUS_PORT, report_token
+from .dnsmasq import LAN_HOSTS_DIR
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
@@ -21,7 +22,9 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "state_dir": "/var/lib/ceil-status-board",
             # What a node baked after the router may ask for (POST /api/register/<node>).
             "lan": {"cidr": str(net.lan_cidr), "router_ip": str(net.router_ip),
-                    "pool": [str(net.dhcp_start), str(net.dhcp_end)], "lb": [str(net.lb_start), str(net.lb_end)]},
+                    "pool": [str(net.dhcp_start), str(net.dhcp_end)], "lb": [str(net.lb_start), str(net.lb_end)],
+                    # where ceil-lan-hosts writes what dnsmasq reads (its config names the same)
+                    "hosts_dir": LAN_HOSTS_DIR},
             "reserved": {n.name: {"ip": str(n.ip), "mac": n.mac} for n in cluster.nodes},
         },
         # The node's own address and the URL it registers at (status-report feature, nodes).

@@ -83,7 +83,8 @@ def run(node: Path, tmp_path: Path, arch="arm64", sha="", cache="http://127.0.0.
         f"K3S_VERSION='{VERSION}'\nK3S_SHA256='{sha}'\nK3S_AIRGAP_DIR='{airgap or tmp_path / 'no-airgap'}'\n"
         f"K3S_CACHE_URL='{cache}'\nK3S_UPSTREAM_URL='{upstream}'\n"
     )
-    env = {**os.environ, "CEIL_ROOT": str(node), "CEIL_K3S_INSTALL_ENV": str(env_file), "K3S_ARCH": arch}
+    env = {**os.environ, "CEIL_ROOT": str(node), "CEIL_K3S_INSTALL_ENV": str(env_file), "K3S_ARCH": arch,
+           "CEIL_LIB": str(Path(__file__).resolve().parents[2] / "firstboot/common/lib")}
     return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
 
 

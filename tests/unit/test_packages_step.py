@@ -43,11 +43,13 @@ for a in "$@"; do case "$a" in
 esac; done
 """)
     (stubs / "dpkg").write_text(f'#!/bin/sh\necho "dpkg $*" >> {log}\n')
+    (stubs / "systemctl").write_text(f'#!/bin/sh\necho "systemctl $*" >> {log}\n')
     for f in stubs.iterdir():
         f.chmod(0o755)
 
     def run(**env: str) -> subprocess.CompletedProcess:
-        full = {**os.environ, "CEIL_ROOT": str(root), "PATH": f"{stubs}:{os.environ['PATH']}", **env}
+        full = {**os.environ, "CEIL_ROOT": str(root), "CEIL_LIB": str(SCRIPT.parents[1]),
+                "CEIL_STEP_WHY": str(tmp_path / "why"), "PATH": f"{stubs}:{os.environ['PATH']}", **env}
         return subprocess.run(["sh", str(script)], env=full, capture_output=True, text=True, timeout=60)
 
     return root, lists, run, log
@@ -145,7 +147,12 @@ def test_an_archive_signed_after_the_cards_clock_says_it_waits_for_network_time(
     done = run()
     assert done.returncode == 1
     assert "earlier than the package archive's signature: waiting for network time" in done.stderr
+    # ... and tells ceil-step why, in words that stay the same from one attempt to the next
+    assert (tmp_path / "why").read_text() == ("the clock is earlier than the package archive's signature:"
+                                              " waiting for network time\n")
     assert not (lists / ".ceil-update.log").exists()
+    # timesyncd asks its server again now, not at its next (backed-off) poll
+    assert "systemctl try-restart systemd-timesyncd.service" in log.read_text()
 
 
 def test_install_points_timesyncd_at_the_clusters_time_servers(tmp_path):
@@ -157,7 +164,7 @@ def test_install_points_timesyncd_at_the_clusters_time_servers(tmp_path):
     env = jinja_env(FIRSTBOOT_DIR)  # as ceil.payload renders it
     router = env.get_template("install.sh.j2").render(cluster=cluster, role="router", boot_mount="/boot/firmware")
     node = env.get_template("install.sh.j2").render(cluster=cluster, role="one", boot_mount="/boot/firmware")
-    assert 'NTP=%s\\n\' "192.0.2.53 ntp.example.org"' in router
-    assert 'NTP=%s\\n\' "10.42.0.1"' in node
+    assert 'NTP=%s\\nPollIntervalMaxSec=64\\n\' "192.0.2.53 ntp.example.org"' in router
+    assert 'NTP=%s\\nPollIntervalMaxSec=64\\n\' "10.42.0.1"' in node
     for text in (router, node):
         assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0

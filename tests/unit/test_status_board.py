@@ -188,6 +188,19 @@ def test_status_command_prints_the_table(board):
     assert json.loads(raw.stdout)["cluster"] == "ceil", raw.output
 
 
+def test_why_a_step_retries_reaches_the_page_and_the_status_command(board):
+    """ceil-step's "why" (the step's own words for its failing attempts) is what a user needs
+    while a card waits: the board's JSON, its page and `bake.py status` show it."""
+    url, _ = board
+    why = "the clock is earlier than the package archive's signature: waiting for network time"
+    report(url, "one", {"packages": {"state": "retrying", "why": why}, "chrony": {"state": "done", "why": "old"}})
+    hosts = {h["name"]: h for h in requests.get(f"{url}/api/status", timeout=5).json()["hosts"]}
+    assert hosts["one"]["why"] == {"packages": why}  # a done step's old reason is history, not news
+    assert f"busy: packages ({why})".replace("'", "&#x27;") in requests.get(url + "/", timeout=5).text
+    result = CliRunner().invoke(status_command, ["--url", url], env={"COLUMNS": "250"})
+    assert f"busy: packages ({why})" in result.output, result.output
+
+
 def test_status_command_exits_1_on_a_failed_step(board):
     url, _ = board
     report(url, "one", {"k3s-install": {"state": "failed"}})
@@ -360,3 +373,24 @@ def test_lan_hosts_turns_registrations_into_dnsmasq_entries_and_drops_the_rest(t
     assert run_lan_hosts(config, reg, out).returncode == 0
     assert not list((out / "dhcp").iterdir()) and not list((out / "dns").iterdir())
     assert "kill --signal=HUP dnsmasq.service" in (tmp_path / "hup").read_text()
+
+
+def test_a_slow_board_gets_time_to_answer_an_unreachable_one_fails_fast(monkeypatch):
+    """Run e2e23: a router just back from a power cut answered after more than 5 s, the old
+    timeout, and the user saw an error. The answer gets 20 s; the connection still 5."""
+    import requests
+
+    seen = {}
+
+    class Answer:
+        def raise_for_status(self):
+            pass
+
+        def json(self):
+            return {"hosts": []}
+
+    monkeypatch.setattr(requests, "get", lambda url, timeout: seen.update(timeout=timeout) or Answer())
+    assert fetch_status("http://10.42.0.1:8081/api/status") == {"hosts": []}
+    assert seen["timeout"] == (5.0, 20.0)
+    fetch_status("http://10.42.0.1:8081/api/status", timeout=2)
+    assert seen["timeout"] == (2, 2)

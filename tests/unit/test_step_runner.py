@@ -96,3 +96,40 @@ def test_each_step_records_when_it_ran_in_seconds_since_power_on(runner):
     assert run("bad", "sh", "-c", "exit 3").returncode == 3
     failed = json.loads((state / "status.json").read_text())["steps"]["bad"]
     assert failed["state"] == "failed" and failed["finished"] >= failed["started"]
+
+
+def test_why_a_step_waits_is_shown_while_it_retries_and_kept_once_done(runner, tmp_path):
+    """A command says why an attempt failed in $CEIL_STEP_WHY; status.json shows it while the step
+    retries, and keeps each distinct reason (not the journal, which a power cut truncates)."""
+    run, state = runner
+    script = state.parent / "ceil-step"
+    script.write_text(script.read_text().replace("time.sleep(delay)", "pass  # (test: no waiting)"))
+    count = tmp_path / "count"
+    seen = tmp_path / "seen"
+    # attempts 1-2: the clock; 3: no reason; 4: the network; 5: succeeds. Each attempt also
+    # copies what status.json said during it (the previous attempt's record).
+    cmd = ["sh", "-c", f"""cat {state}/status.json >> {seen}; echo >> {seen}; echo x >> {count}; n=$(wc -l < {count})
+case $n in 1|2) echo 'waiting for network time' > "$CEIL_STEP_WHY"; exit 1 ;;
+  3) exit 1 ;; 4) printf 'no route\\033[2J to the router\\nsecond line\\n' > "$CEIL_STEP_WHY"; exit 1 ;; esac"""]
+    r = run("packages", *cmd)
+    assert r.returncode == 0, r.stderr
+    assert "attempt 1 failed (exit 1: waiting for network time), retrying" in r.stderr
+    records = [json.loads(chunk)["steps"]["packages"] for chunk in seen.read_text().split("\n}\n") if chunk.strip()
+               for chunk in [chunk + "}"]]
+    assert records[1]["state"] == "running" and records[1]["waited"] == ["waiting for network time"]
+    final = json.loads((state / "status.json").read_text())["steps"]["packages"]
+    # one line, control characters dropped; the repeated reason kept once
+    assert final["state"] == "done" and "why" not in final
+    assert final["waited"] == ["waiting for network time", "no route[2J to the router"]
+
+
+def test_a_retrying_step_records_its_reason_and_a_later_boot_keeps_the_history(runner, tmp_path):
+    run, state = runner
+    fail = ["sh", "-c", 'echo "the router is not answering" > "$CEIL_STEP_WHY"; exit 3']
+    assert run("join", *fail).returncode == 3
+    entry = json.loads((state / "status.json").read_text())["steps"]["join"]
+    assert entry["state"] == "failed" and entry["why"] == "the router is not answering"
+    # the next boot's run (after a power cut, say) starts from what the card kept
+    assert run("join", "true").returncode == 0
+    entry = json.loads((state / "status.json").read_text())["steps"]["join"]
+    assert entry["state"] == "done" and entry["waited"] == ["the router is not answering"]

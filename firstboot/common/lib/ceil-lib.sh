@@ -25,3 +25,10 @@ ceil_replace() {
 ceil_enable() {
     systemctl is-enabled --quiet "$1" || systemctl enable --no-reload "$1"
 }
+
+# ceil_why TEXT: say, in one line, why this attempt of the step fails (ceil-step records it in
+# status.json, where `bake.py status` shows it and a power cut does not erase it). Keep TEXT the
+# same for the same cause (no times or counters): distinct reasons are kept as the step's history.
+ceil_why() {
+    if [ -n "${CEIL_STEP_WHY:-}" ]; then printf '%s\n' "$*" > "$CEIL_STEP_WHY" 2>/dev/null || true; fi
+}

@@ -11,8 +11,9 @@
 # may be fixed); a mismatching baked bundle exits 3 (the image itself is bad: re-bake).
 # Idempotent: the download goes to a hidden non-executable temp file in the same directory
 # and is renamed over the binary, so a power cut leaves the old state or the new, never half.
-# CEIL_K3S_INSTALL_ENV and CEIL_ROOT let tests run it on a scratch tree.
+# CEIL_K3S_INSTALL_ENV, CEIL_ROOT and CEIL_LIB let tests run it on a scratch tree.
 set -eu
+. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 ROOT="${CEIL_ROOT:-}"
 ENV_FILE="${CEIL_K3S_INSTALL_ENV:-$ROOT/etc/ceil/k3s-install/install.env}"
@@ -146,4 +147,5 @@ try_source file "$K3S_AIRGAP_DIR" "baked air-gap bundle"
 try_source http "$K3S_CACHE_URL" "router cache"
 try_source http "$K3S_UPSTREAM_URL" "upstream release"
 log "no source has k3s $K3S_VERSION ($ASSET) with a usable checksum yet; retrying"
+ceil_why "no source has k3s $K3S_VERSION with the pinned digest yet (the router's cache, the release)"
 exit 1

@@ -45,6 +45,7 @@ iface=$(ip -o -4 addr show | awk -v ip="$node_ip" '{ split($4, a, "/"); if (a[1]
 if [ -z "$iface" ]; then
     log "no interface has the node address $node_ip yet (DHCP reservation from the router); retrying"
     ip -o -4 addr show >&2 || true
+    ceil_why "no address from the router yet (its DHCP reservation for this node)"
     exit 1
 fi
 conf_tmp="$ETC/.config.yaml.composed"
