@@ -4,14 +4,15 @@ Why wheels and a venv: the router's distro packages are too old (pydantic v1 on 
 flavors), and the router may not have its uplink on first boot. So the workstation downloads
 binary wheels for the router's CPU and Python with `pip download --platform ...`, caches them
 under ~/.cache/ceil/wheels/<key>, and the router installs them with
-`pip install --no-index --find-links` into /opt/ceil/piwatch/venv (see deploy/install-piwatch.sh).
+deploy/unpack_wheels.py into /opt/ceil/piwatch/venv (see deploy/install-piwatch.sh).
 PiWatch itself ships as a small pure-Python wheel built here with the standard library.
 
 Every wheel is pinned by digest (issue 18 #10): piwatch/wheels.lock.json lists, per target (CPython
 tag + platforms), each wheel's file name and sha256 as PyPI publishes them (`python -m
 piwatch.bundle --lock` writes it, from `pip download`, which checks each file against PyPI's
 digest). The bake downloads with `--require-hashes`, checks every cached wheel against the lock
-each time it is used, and the router installs with `--require-hashes` too.
+each time it is used, and the router checks each wheel against requirements.txt's sha256
+before it unpacks any (deploy/unpack_wheels.py).
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ REQUIREMENTS = (
     "pydantic-settings>=2.2,<3",
     "pyyaml>=6.0,<7",
 )
-# pip itself: the router runs it from its wheel, so python3-venv/ensurepip need not be installed.
-TOOLS = ("pip",)
 LOCK_FILE = PACKAGE_DIR / "wheels.lock.json"
 # No GPIO library wheel: lgpio publishes no aarch64 binary wheel, and the only binary "lgpio" on
 # PyPI (0.0.0.2) is an empty placeholder that would shadow the real module. The venv sees the
@@ -205,7 +204,7 @@ def fetch_wheels(
 def make_lock(
     targets: Sequence[tuple[str, Sequence[str]]],
     *,
-    requirements: Sequence[str] = REQUIREMENTS + TOOLS,
+    requirements: Sequence[str] = REQUIREMENTS,
     runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
     work: Path | None = None,
@@ -240,7 +239,7 @@ def write_lock(lock: dict[str, dict[str, str]], path: Path = LOCK_FILE) -> None:
         "comment": "PiWatch's wheels, pinned by sha256 per target (CPython tag + pip platforms). Written by"
                    " `python -m piwatch.bundle --lock` from `pip download`, which checks every file against"
                    " the digest PyPI publishes for it (https://pypi.org/simple/<name>/, #sha256=...).",
-        "requirements": list(REQUIREMENTS + TOOLS),
+        "requirements": list(REQUIREMENTS),
         "targets": {k: dict(sorted(v.items())) for k, v in sorted(lock.items())},
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -308,7 +307,7 @@ def build_wheelhouse(
     runner: Runner | None = None,
     pip: Sequence[str] = (sys.executable, "-m", "pip"),
 ) -> list[Path]:
-    """Fill `dest` with every wheel the router needs (dependencies, pip, piwatch itself)."""
+    """Fill `dest` with every wheel the router needs (dependencies, piwatch itself)."""
     cached = fetch_wheels(python_tag=python_tag, platform=platform, lock=lock, cache_root=cache_root,
                           runner=runner, pip=pip)
     dest.mkdir(parents=True, exist_ok=True)
@@ -341,12 +340,12 @@ def build_bundle(
     **kwargs,
 ) -> Path:
     """The directory the router role copies to /opt/ceil/piwatch/bundle on the image. Its
-    requirements.txt pins every wheel the router installs by sha256 (pip's hash-checking mode)."""
+    requirements.txt pins every wheel the router installs by sha256 (in pip's hash-checking format)."""
     wheels = build_wheelhouse(dest / "wheels", python_tag, platform, **kwargs)
     piwatch_wheel = next(w for w in wheels if w.name.startswith("piwatch-"))
-    pinned = {w.name: sha256_of(w) for w in wheels if not w.name.startswith("pip-")}
+    pinned = {w.name: sha256_of(w) for w in wheels}
     (dest / "requirements.txt").write_text("\n".join(requirement_lines(pinned)) + "\n")
-    for name in ("install-piwatch.sh", "ceil-piwatch.service"):
+    for name in ("install-piwatch.sh", "unpack_wheels.py", "ceil-piwatch.service"):
         shutil.copy2(DEPLOY_DIR / name, dest / name)
     (dest / "install-piwatch.sh").chmod(0o755)
     shutil.copy2(PACKAGE_DIR / "reactions.yaml", dest / "reactions.yaml")

@@ -20,21 +20,20 @@ if [ -f "$marker" ] && [ -x "$VENV/bin/python" ]; then
     exit 0
 fi
 
-pip_wheel=$(ls "$BUNDLE"/wheels/pip-*.whl 2>/dev/null | head -n 1)
-[ -n "$pip_wheel" ] || { echo "install-piwatch: no pip wheel in $BUNDLE/wheels" >&2; exit 1; }
+[ -f "$BUNDLE/unpack_wheels.py" ] || { echo "install-piwatch: no unpack_wheels.py in $BUNDLE" >&2; exit 1; }
 
-# --without-pip: Debian/Ubuntu split ensurepip into python3-venv, which images may lack; pip runs
-# from its own wheel instead. --system-site-packages: the distro's GPIO modules (python3-lgpio,
+# --without-pip: Debian/Ubuntu split ensurepip into python3-venv, which images may lack; nothing
+# here needs pip. --system-site-packages: the distro's GPIO modules (python3-lgpio,
 # python3-rpi.gpio) stay importable, while the venv's own pydantic v2 shadows the distro's v1.
 install -d -m 0755 "$PREFIX"
 rm -rf "$VENV.new"
 python3 -m venv --without-pip --system-site-packages "$VENV.new"
-# --require-hashes: requirements.txt pins every wheel by sha256 (piwatch/wheels.lock.json, and
-# piwatch's own wheel as built at bake time); a wheel changed on the card is refused.
-"$VENV.new/bin/python" "$pip_wheel/pip" install --no-index --find-links "$BUNDLE/wheels" \
-    --disable-pip-version-check --require-hashes --no-deps -r "$BUNDLE/requirements.txt"
+# The pinned wheels, unpacked (unpack_wheels.py says why not pip): each is checked against the
+# sha256 in requirements.txt first (piwatch/wheels.lock.json, and piwatch's own wheel as built at
+# bake time); a wheel changed on the card is refused. It also compiles their byte code, as root.
+"$VENV.new/bin/python" "$BUNDLE/unpack_wheels.py" "$BUNDLE"
 # Prove the venv resolves the right libraries before switching to it.
-"$VENV.new/bin/python" -c 'import pydantic, piwatch.app; assert pydantic.VERSION.startswith("2"), pydantic.VERSION'
+"$VENV.new/bin/python" -c 'import pydantic, uvicorn, piwatch.app; assert pydantic.VERSION.startswith("2"), pydantic.VERSION'
 rm -rf "$VENV"
 mv "$VENV.new" "$VENV"
 # The venv records its own path in scripts; "python -m piwatch" does not depend on them.

@@ -24,7 +24,7 @@ from piwatch.bundle import (BundleError, build_bundle, build_piwatch_wheel, cach
 DEPLOY = Path(piwatch.__file__).parent / "deploy"
 
 
-FAKE_WHEELS = ("fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl")
+FAKE_WHEELS = ("fastapi-1.0-py3-none-any.whl", "uvicorn-1.0-py3-none-any.whl")
 WHEEL_BYTES = b"wheel"
 TARGET = "cp311 manylinux2014_aarch64"  # fetch_wheels' default target
 LOCK = {TARGET: {name: hashlib.sha256(WHEEL_BYTES).hexdigest() for name in FAKE_WHEELS}}
@@ -141,7 +141,8 @@ def test_the_shipped_lock_pins_every_flavor_target():
     for python_tag, platforms in bundle.catalog_targets():
         wheels = lock[bundle.target_name(python_tag, platforms)]
         names = {w.split("-")[0].lower() for w in wheels}
-        assert {"fastapi", "uvicorn", "gpiozero", "pydantic", "pydantic_settings", "pyyaml", "pip"} <= names
+        assert {"fastapi", "uvicorn", "gpiozero", "pydantic", "pydantic_settings", "pyyaml"} <= names
+        assert "pip" not in names  # the router unpacks its wheels (deploy/unpack_wheels.py)
         assert all(len(d) == 64 for d in wheels.values())
 
 
@@ -175,16 +176,17 @@ def test_piwatch_wheel_installs_with_pip(tmp_path):
 def test_build_bundle_layout(tmp_path):
     out = build_bundle(tmp_path / "bundle", cache_root=tmp_path / "cache", runner=FakePip(), lock=LOCK)
     piwatch_wheel = out / "wheels" / f"piwatch-{piwatch.__version__}-py3-none-any.whl"
-    # Every installed wheel pinned (pip runs from its own wheel and is not installed).
+    # Every wheel pinned, piwatch's own as built.
+    digest = hashlib.sha256(WHEEL_BYTES).hexdigest()
     assert (out / "requirements.txt").read_text().splitlines() == [
-        f"fastapi==1.0 --hash=sha256:{hashlib.sha256(WHEEL_BYTES).hexdigest()}",
-        f"piwatch=={piwatch.__version__} --hash=sha256:{hashlib.sha256(piwatch_wheel.read_bytes()).hexdigest()}"]
+        f"fastapi==1.0 --hash=sha256:{digest}",
+        f"piwatch=={piwatch.__version__} --hash=sha256:{hashlib.sha256(piwatch_wheel.read_bytes()).hexdigest()}",
+        f"uvicorn==1.0 --hash=sha256:{digest}"]
     assert os.access(out / "install-piwatch.sh", os.X_OK)
-    assert (out / "ceil-piwatch.service").is_file()
-    assert (out / "reactions.yaml").is_file()
+    for name in ("unpack_wheels.py", "ceil-piwatch.service", "reactions.yaml"):
+        assert (out / name).is_file(), name
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
-    assert wheels == sorted(["fastapi-1.0-py3-none-any.whl", "pip-24.0-py3-none-any.whl",
-                             f"piwatch-{piwatch.__version__}-py3-none-any.whl"])
+    assert wheels == sorted([*FAKE_WHEELS, f"piwatch-{piwatch.__version__}-py3-none-any.whl"])
 
 
 def test_render_env_is_read_back_by_settings(tmp_path, monkeypatch):
@@ -293,3 +295,59 @@ def test_bundle_cli(tmp_path, monkeypatch, capsys):
     assert rc == 1
     assert "no pinned wheels for cp312 linux_armv7l" in capsys.readouterr().err
     assert pip.calls == []  # nothing unpinned is downloaded
+
+
+def _wheel(path: Path, files: dict[str, bytes], mode: int = 0o644) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+def _unpack(bundle_dir: Path, site: Path) -> subprocess.CompletedProcess:
+    """deploy/unpack_wheels.py run as the router runs it, with site-packages moved to `site`."""
+    code = (f"import sys, sysconfig; sysconfig.get_path = lambda name: {str(site)!r}; "
+            f"sys.argv = ['unpack_wheels.py', {str(bundle_dir)!r}]; "
+            f"exec(compile(open({str(DEPLOY / 'unpack_wheels.py')!r}).read(), 'unpack_wheels.py', 'exec'))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_unpack_wheels_lays_out_site_packages_and_refuses_what_is_not_pinned(tmp_path):
+    b = tmp_path / "bundle"
+    (b / "wheels").mkdir(parents=True)
+    good = _wheel(b / "wheels" / "demo-1.0-py3-none-any.whl", {
+        "demo/__init__.py": b"X = 1\n", "demo-1.0.dist-info/METADATA": b"Name: demo\n",
+        "demo-1.0.data/purelib/demo_extra.py": b"Y = 2\n", "demo-1.0.data/scripts/demo": b"#!/bin/sh\n"})
+    lib = _wheel(b / "wheels" / "native-1.0-cp311-linux_aarch64.whl", {"native/_speed.so": b"\x7fELF"}, 0o755)
+    pins = [f"demo==1.0 --hash=sha256:{bundle.sha256_of(good)}", f"native==1.0 --hash=sha256:{bundle.sha256_of(lib)}"]
+    (b / "requirements.txt").write_text("\n".join(pins) + "\n")
+    site = tmp_path / "site"
+    done = _unpack(b, site)
+    assert done.returncode == 0, done.stderr
+    assert (site / "demo/__init__.py").read_bytes() == b"X = 1\n"
+    assert list((site / "demo/__pycache__").glob("__init__.*.pyc"))  # compiled at install, as root
+    assert (site / "demo_extra.py").is_file() and not (site / "demo").joinpath("..", "demo-1.0.data").exists()
+    assert (site / "demo-1.0.dist-info/INSTALLER").read_text() == "ceil\n"
+    assert os.access(site / "native/_speed.so", os.X_OK)
+    # A changed wheel, a missing one and a path out of site-packages: each refused, nothing unpacked.
+    for breakage in ("changed", "missing", "escape"):
+        broken = tmp_path / breakage
+        shutil.copytree(b, broken)
+        if breakage == "changed":
+            (broken / "wheels" / good.name).write_bytes(good.read_bytes() + b"\0")
+        elif breakage == "missing":
+            (broken / "wheels" / lib.name).unlink()
+        else:
+            evil = _wheel(broken / "wheels" / good.name, {"../../evil.py": b"boom"})
+            (broken / "requirements.txt").write_text(
+                f"demo==1.0 --hash=sha256:{bundle.sha256_of(evil)}\n{pins[1]}\n")
+        fresh = tmp_path / f"site-{breakage}"
+        done = _unpack(broken, fresh)
+        assert done.returncode == 1, (breakage, done.stdout)
+        assert {"changed": "matches no hash", "missing": "missing from",
+                "escape": "unsafe path"}[breakage] in done.stderr
+        assert not (tmp_path / "evil.py").exists()
+        if breakage != "escape":
+            assert not fresh.exists(), breakage

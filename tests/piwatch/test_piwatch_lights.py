@@ -6,7 +6,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from piwatch import lights as lights_mod
-from piwatch.lights import COLOURS, DIRECTIONS, Lights, open_lights
+from piwatch.lights import COLOURS, DIRECTIONS, open_lights
 
 # The PiTraffic wiring from issue 7, as BCM GPIO numbers (what gpiozero reports) on a 40-pin header.
 EXPECTED_GPIO = {
