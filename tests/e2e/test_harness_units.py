@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -137,6 +138,135 @@ def test_disk_layout_is_the_flavors_and_checks_clean(tmp_path):
     assert "x.service" in listing
 
 
+UBUNTU_SLOTS_CONFIG = """[all]
+kernel=vmlinuz
+cmdline=cmdline.txt
+initramfs initrd.img followkernel
+os_prefix=current/
+
+[pi4]
+os_prefix=pi4-only/   # a model filter: never a QEMU guest
+
+[tryboot]
+os_prefix=new/
+"""
+
+
+def test_the_firmware_reads_config_txt_for_slots_and_tryboot():
+    assert vm.firmware_choice("") == vm.BootAssets("vmlinuz", "initrd.img", "cmdline.txt", "")
+    assert vm.firmware_choice("# ceil test bed: nothing set\n", tryboot=True).prefix == ""
+    normal = vm.firmware_choice(UBUNTU_SLOTS_CONFIG)
+    assert normal == vm.BootAssets("current/vmlinuz", "current/initrd.img", "current/cmdline.txt", "current/")
+    assert vm.firmware_choice(UBUNTU_SLOTS_CONFIG, tryboot=True).cmdline == "new/cmdline.txt"
+
+
+@needs
+def test_a_tryboot_reboot_boots_the_pending_slot_once(tmp_path, monkeypatch):
+    """The slot twin's boot partition as testbed/rootfs.py lays it out; the guest's reboot with
+    the command "0 tryboot" makes the next start (only) boot new/, with the twin's tryboot word;
+    a plain reboot or a power cut boots current/ again."""
+    from testbed import rootfs
+
+    r = recipe.load("testbed-ubuntu-slots", "amd64")
+    root, boot = tmp_path / "root", tmp_path / "boot"
+    (root / "etc").mkdir(parents=True)
+    boot.mkdir()
+    for name in ("vmlinuz", "initrd.img"):
+        (boot / name).write_bytes(b"\x00" * 4096)
+    rootfs.write_boot_files(r, boot, "c0ffee01")
+    assert not (boot / "cmdline.txt").exists() and (boot / "new" / "state").read_text() == "unknown\n"
+    (boot / "new" / "cmdline.txt").write_text("pending root=LABEL=writable\n")  # tell the slots apart
+    img = tmp_path / "t.img"
+    disk.build(img, disk.Layout(size=640 * disk.MIB, boot_start=disk.MIB, boot_size=512 * disk.MIB,
+                                disk_id="c0ffee01"), "system-boot", boot, "writable", root)
+    monkeypatch.setitem(vm.QEMU, "amd64", ["sh", "-c", "sleep 60", "qemu"])  # a QEMU stand-in
+    g = vm.Guest("one", img, "amd64", tmp_path, lan=None)
+
+    def reboot(line: str) -> str:
+        with open(g.serial_log, "a") as f:
+            f.write(f"[  9.0] {line}\n")
+        g.proc.kill()
+        g.proc.wait()
+        g.poll()
+        return (tmp_path / "one.qemu.sh").read_text()
+
+    try:
+        g.start()
+        first = (tmp_path / "one.qemu.sh").read_text()
+        assert vm.TRYBOOT_MARK not in first and "pending" not in first
+        tried = reboot("reboot: Restarting system with command '0 tryboot'")
+        assert vm.TRYBOOT_MARK in tried and "pending root=LABEL=writable" in tried
+        again = reboot("reboot: Restarting system")
+        assert vm.TRYBOOT_MARK not in again and "pending" not in again
+        reboot("reboot: Restarting system with command '0 tryboot'")
+        g.power_cut()
+        g.start()
+        assert g.slots == ["current/", "new/", "current/", "new/", "current/"]
+    finally:
+        g.cleanup()
+
+
+@needs
+def test_an_archive_signed_after_the_bake_is_refused_by_apt_until_the_clock_catches_up(tmp_path):
+    """The "booted long after its bake" twin's repository (testbed.repo.signed_at): the same
+    packages, release files dated and signed later; the host's real apt refuses them as a guest
+    whose clock is earlier does, and takes the originals."""
+    from testbed import repo
+
+    home = tmp_path / "gnupg"
+    key = tmp_path / "key.asc"
+    key.write_text(repo.make_key(home))
+    (tmp_path / "debs").mkdir()
+    repo.build(tmp_path / "r", tmp_path / "debs", "trixie", "amd64", ["main"], home)
+    later = repo.signed_at(tmp_path / "r", tmp_path / "later", home, int(time.time()) + 15 * 86400)
+    assert "InRelease" in {p.name for p in (later / "trixie").iterdir()}
+
+    def apt_update(dists: Path) -> str:
+        served = tmp_path / "served"
+        shutil.rmtree(served, ignore_errors=True)
+        shutil.copytree(dists, served / "debian" / "dists")
+        d = tmp_path / "apt"
+        shutil.rmtree(d, ignore_errors=True)
+        for sub in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d",
+                    "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+            (d / sub).mkdir(parents=True)
+        (d / "var/lib/dpkg/status").write_text("")
+        (d / "etc/apt/sources.list").write_text(f"deb [arch=amd64 signed-by={key}] file:{served}/debian trixie main\n")
+        (d / "apt.conf").write_text(f'Dir "{d}/";\nDir::Etc::Trusted "/dev/null";\nDir::Etc::TrustedParts "/dev/null";\n')
+        proc = subprocess.run(["apt-get", "update"], capture_output=True, text=True,
+                              env={**os.environ, "APT_CONFIG": str(d / "apt.conf")})
+        return proc.stdout + proc.stderr
+
+    assert "E:" not in apt_update(tmp_path / "r" / "debian" / "dists")
+    refused = apt_update(later)
+    assert "E:" in refused and ("not valid yet" in refused or "Not live until" in refused), refused
+
+
+def test_free_ports_are_never_handed_out_twice(monkeypatch):
+    """The kernel may offer the same ephemeral port to two binds in a row once the first socket
+    is closed; the harness must not give it to two QEMU forwards."""
+    from ceil_e2e import cluster
+
+    offered = iter([40001, 40001, 40002])
+
+    class FakeSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def bind(self, addr):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(cluster.socket, "socket", FakeSocket)
+    monkeypatch.setattr(cluster, "_HANDED_OUT", set())
+    assert [cluster.free_port(), cluster.free_port()] == [40001, 40002]
+
+
 def _dns_query_frame(name: str, src_mac: bytes, src_ip: str, sport: int) -> bytes:
     import struct
 
@@ -199,6 +329,17 @@ def test_segment_ntp_is_silent_at_first_then_answers_with_this_machines_clock():
     server = l2dns.SegmentDns(vm.Lan.random(), {}, ntp_after=3600)
     try:
         assert server.ntp_after == 3600 and server.ntp_answered == 0
+    finally:
+        server.close()
+    # The harness holds it silent again from the router's power-on and after its first
+    # cloud-init; a hold never shortens the silence.
+    server = l2dns.SegmentDns(vm.Lan.random(), {}, ntp_after=0)
+    try:
+        assert server.silent_for() == 0
+        server.hold_ntp(600)
+        assert 590 < server.silent_for() <= 600
+        server.hold_ntp(10)
+        assert server.silent_for() > 590
     finally:
         server.close()
 
@@ -289,6 +430,78 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
 
 
 
+@needs_root_net
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("qemu-system-x86_64", "nft")),
+                    reason="needs qemu-system-x86 and nftables (scripts/setup-host.sh)")
+def test_on_the_uplinks_hub_only_the_router_answers_for_the_router():
+    """The workstation's path of issue 19: a host beside the uplink routes the cluster LAN via
+    the router. QEMU's user network hears those frames on the hub and refuses each connection
+    at once; it must stay silent, as a home gateway behind a switch does. The router here is a
+    second namespace on the same hub whose firewall drops one port, as the real router's does:
+    only the answered port may connect, the dropped one must time out, never be refused."""
+    from ceil_e2e.vpn_client import CLIENT_IP, CLIENT_MAC, NetnsTap
+
+    ws_wire, router_wire = vm.Wire.random(), vm.Wire.random()
+    hub = "hubid=3"
+    cmd = [*vm.QEMU["amd64"], "-display", "none", "-monitor", "none", "-nodefaults",
+           "-netdev", "user,id=up,restrict=on,net=10.0.2.0/24",
+           "-netdev", f"hubport,id=hup,{hub},netdev=up",
+           "-netdev", ws_wire.netdev("ws"), "-netdev", f"hubport,id=hws,{hub},netdev=ws",
+           "-netdev", router_wire.netdev("rt"), "-netdev", f"hubport,id=hrt,{hub},netdev=rt"]
+    qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tag = os.getpid() % 1000
+    ws = router = listener = None
+    try:
+        ws = NetnsTap(ws_wire, f"ceilws{tag}", CLIENT_IP, CLIENT_MAC)
+        router = NetnsTap(router_wire, f"ceilrt{tag}", vm.UPLINK_GUEST_IP, "00:0e:c6:00:00:01")
+        router.run("ip", "addr", "add", "10.42.0.1/32", "dev", "lo")
+        router.run("nft", "add table inet t; add chain inet t input { type filter hook input priority 0; }; "
+                          "add rule inet t input tcp dport 9 drop")
+        ws.run("ip", "route", "add", "10.42.0.0/24", "via", vm.UPLINK_GUEST_IP)
+        # An HTTP server (the status board's kind): the client speaks first, the answer is many segments.
+        server = ("import http.server as h\nclass H(h.BaseHTTPRequestHandler):\n def do_GET(self):\n"
+                  "  b=b'x'*20000\n  self.send_response(200);self.send_header('Content-Length',str(len(b)));"
+                  "self.end_headers();self.wfile.write(b)\n"
+                  "s=h.HTTPServer(('10.42.0.1',8081),H);print('ready',flush=True);s.serve_forever()")
+        listener = subprocess.Popen(["ip", "netns", "exec", router.ns, sys.executable, "-c", server],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert listener.stdout.readline().strip() == "ready"
+        get = "import urllib.request;print(len(urllib.request.urlopen('http://10.42.0.1:8081/',timeout=5).read()))"
+        for _ in range(3):
+            assert ws.run(sys.executable, "-c", get).strip() == "20000"
+        probe = ("import socket\ntry:\n socket.create_connection(('10.42.0.1',9),timeout=3)\n print('open')\n"
+                 "except socket.timeout:\n print('silent')\nexcept OSError as e:\n print(e.strerror)")
+        assert ws.run(sys.executable, "-c", probe).strip() == "silent"
+        assert qemu.poll() is None, qemu.stderr.read().decode()
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        for tap in (ws, router):
+            if tap is not None:
+                tap.close()
+        qemu.kill()
+        qemu.wait()
+
+
+def test_slirp_frames_pass_only_for_addresses_asked_of_slirp():
+    from ceil_e2e.vpn_client import SlirpHearsOnlyItsOwn
+
+    def frame(dst_mac: bytes, src_mac: bytes, src_ip: bytes, dst_ip: bytes, ethertype=b"\x08\x00") -> bytes:
+        return dst_mac + src_mac + ethertype + bytes(12) + src_ip + dst_ip + bytes(20)
+
+    slirp, ws, router = b"\x52\x55\x0a\x00\x02\x02", b"\x02\x00\x0a\x00\x02\xc8", b"\x00\x0e\xc6\x00\x00\x01"
+    me, guestfwd, board = bytes([10, 0, 2, 200]), bytes([10, 0, 2, 100]), bytes([10, 42, 0, 1])
+    switch = SlirpHearsOnlyItsOwn()
+    switch.outgoing(frame(router, ws, me, board))
+    assert not switch.passes(frame(ws, slirp, board, me)), "slirp's reset under the router's address"
+    assert switch.passes(frame(ws, router, board, me))
+    assert not switch.passes(frame(ws, slirp, guestfwd, me))
+    switch.outgoing(frame(slirp, ws, me, guestfwd))
+    assert switch.passes(frame(ws, slirp, guestfwd, me))
+    assert switch.passes(frame(ws, slirp, guestfwd, me, ethertype=b"\x08\x06")), "ARP always passes"
+
+
 # What the router's serial console showed in stop 12's CI run (abridged): the initramfs's mount of
 # the root file system waited for a read of the ext4 journal that the virtual disk never completed.
 STALLED_MOUNT = """\
@@ -367,7 +580,8 @@ def test_the_guests_kernel_line_is_the_images_own_plus_a_longer_device_wait(tmp_
     """Under TCG udev can take more than systemd's 90 s to announce the boot partition's label,
     and the guest then sits in emergency mode without SSH (arm64 run arm21)."""
     line = "console=serial0,115200 root=LABEL=writable rootwait net.ifnames=0"
-    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, index: (dest / "vmlinuz", dest / "initrd.img", line))
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, *a: (dest / "vmlinuz", dest / "initrd.img", line))
+    monkeypatch.setattr(vm, "firmware_assets", lambda *a: vm.BootAssets())
     g = vm.Guest("one", tmp_path / "disk.img", "arm64", tmp_path, lan=None, extra_append="ceil.test=1")
     try:
         cmd = g.command()
@@ -405,9 +619,10 @@ def test_make_testbed_builds_every_flavor_the_suite_boots_side_by_side():
     out = subprocess.run(["make", "-n", "testbed", "ARCH=amd64", "PY=python3"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     builds = [line.split() for line in out.splitlines() if "-m testbed.build" in line]
-    assert sorted(b[b.index("--flavor") + 1] for b in builds) == sorted(session.BARE_FLAVORS)
+    every = sorted((*session.BARE_FLAVORS, session.SLOTS_FLAVOR))
+    assert sorted(b[b.index("--flavor") + 1] for b in builds) == every
     assert all(b[b.index("--arch") + 1] == "amd64" for b in builds)
-    assert f"-j{len(session.BARE_FLAVORS)}" in out
+    assert f"-j{len(every)}" in out
 
 
 def test_the_ubuntu_twins_uplink_is_a_usb_adapter_udev_names_by_its_mac(tmp_path, monkeypatch):
@@ -419,7 +634,8 @@ def test_the_ubuntu_twins_uplink_is_a_usb_adapter_udev_names_by_its_mac(tmp_path
     twin = load_recipe("testbed-ubuntu", "amd64").data["flavors"]["testbed-ubuntu"]
     assert twin["uplink_nic"] == "usb-net"
     assert "net.ifnames=0" not in load_recipe("testbed-ubuntu", "amd64").data["cmdline"]["fs_label"]
-    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, index: (dest / "vmlinuz", dest / "initrd.img", "x"))
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, *a: (dest / "vmlinuz", dest / "initrd.img", "x"))
+    monkeypatch.setattr(vm, "firmware_assets", lambda *a: vm.BootAssets())
     lan, seg = vm.Lan.random(), vm.Lan.random()
     uplink = vm.Uplink(ssh_port=2222)
     g = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=lan, uplink=uplink, index=0, run_id=7,

@@ -3,7 +3,7 @@
 The session's router (the one every later check uses), cut three times in its first boot while
 the nodes boot too (the cuts chain, so three moments cost one first boot, not three, and every
 later check runs against a router that survived them):
-  1. while ceil-packages installs (dpkg interrupted mid-way),
+  1. while ceil-packages installs (apt-get install running, dpkg interrupted mid-way),
   2. just after the first configuration step after the packages wrote its done-marker,
   3. when about half of the steps are done.
 Then it boots once more and must reach ceil-firstboot.target with every done-marker, no failed
@@ -66,9 +66,13 @@ def test_router_converges_after_power_cuts_during_first_boot():
 
     def packages_running() -> bool:
         state = c.ssh.run("router", "systemctl is-active ceil-packages.service", timeout=60).stdout.strip()
-        # apt itself, not the step's wait for the locks the Ubuntu twin's unattended-upgrades holds
-        # (a cut during that wait found the empty policy-rc.d: tests/unit/test_packages_step.py).
-        apt = c.ssh.run("router", "pgrep -x apt-get || pgrep -x dpkg", timeout=60).returncode == 0
+        # apt-get install itself (dpkg runs as its child), not the step's wait for the locks the
+        # Ubuntu twin's unattended-upgrades holds (a cut during that wait found the empty
+        # policy-rc.d: tests/unit/test_packages_step.py), nor its `dpkg --configure -a` or
+        # `apt-get update` before: a cut there came before the router's first apt attempt had met
+        # the archive with the card's stale clock, and after the reboot the upstream's time was
+        # there, so the long-after-bake twin never bit (run e2e29).
+        apt = c.ssh.run("router", "pgrep -f '^apt-get .* install '", timeout=60).returncode == 0
         if state == "activating" and apt:
             time.sleep(8)  # let dpkg get into the middle of something
             return True

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ceil_infra.helpers import each_node, fake, wait_for
+from ceil_infra.helpers import each_node, fake, input_accepts, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -172,18 +172,8 @@ def uplink_accepts(router, cluster, trusted: bool = False) -> dict[str, set[int]
     """Destination ports the live input chain accepts on the uplink interface, by protocol: from
     anyone, or (`trusted`) from router.trusted_networks only."""
     with router.sudo():
-        chain = router.check_output("nft list chain inet ceil input")
-    out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
-    for line in chain.splitlines():
-        line = line.strip()
-        if f'iifname "{cluster.uplink_interface}"' not in line or not line.endswith("accept"):
-            continue
-        if ("@trusted" in line) != trusted:
-            continue
-        m = re.search(r"(tcp|udp) dport (\{[^}]*\}|\d+)", line)
-        assert m, f"an uplink rule accepts more than one port: {line}"
-        out[m.group(1)] |= {int(p) for p in re.findall(r"\d+", m.group(2))}
-    return out
+        table = router.check_output("nft list table inet ceil")
+    return input_accepts(table, cluster.uplink_interface, trusted)
 
 
 def test_uplink_accepts_only_ssh_and_the_vpn_port(router, cluster):

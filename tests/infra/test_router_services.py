@@ -22,7 +22,7 @@ from ceil.registry_access import NODE_CA_PATH, PUSH_USER
 from ceil.wireguard import server_address
 
 # Needs a booted cluster; the default unit-test run (-m 'not e2e') leaves these alone.
-from ceil_infra.helpers import fake, wait_for
+from ceil_infra.helpers import fake, or_none, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,18 +51,11 @@ def test_vpn_client_handshakes_and_reaches_a_node(router, cluster, fakes):
     try:
         server = cluster.server
         banner = wait_for("an SSH banner from the server node through the tunnel",
-                          lambda: _try(lambda: client.tcp_banner(str(server.ip), 22)), timeout=60)
+                          lambda: or_none(lambda: client.tcp_banner(str(server.ip), 22)), timeout=60)
         assert banner.startswith("SSH-2.0")
         assert client.handshake_seconds() > 0
     finally:
         client.close()
-
-
-def _try(fn):
-    try:
-        return fn()
-    except Exception:  # not yet: the caller retries until its timeout
-        return None
 
 
 # ---- Dynamic DNS -------------------------------------------------------------------------

@@ -40,10 +40,20 @@ BASE_ENV = dict(os.environ)  # captured at import, before any test's monkeypatch
 CLUSTER_TEMPLATE = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one this process handed out before: the kernel may offer a
+    closed port again at once, and QEMU refuses two forwards on one port (run e2e20: the router's
+    8080 and 10250 probes got the same port, and QEMU exited at its first start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 LOG = logging.getLogger("ceil.e2e")
@@ -66,6 +76,16 @@ def log_to(path: Path) -> None:
 # boots (uplink still coming up, DNS, a slow pool). The fake one stays silent this long after the
 # cluster is made, so the first boots run on the clock the card brought (its bake time).
 NTP_DELAY = float(os.environ.get("CEIL_E2E_NTP_DELAY", "300"))
+# ... and at least this long after the router's first cloud-init is done: the router's packages
+# step makes its first apt attempt after the Ubuntu twin releases apt's locks (240 s after
+# cloud-final starts), and a card booted long after its bake must meet the archive with its stale
+# clock there, or the twin never bites (run e2e24: no machine did).
+NTP_AFTER_CLOUD_INIT = float(os.environ.get("CEIL_E2E_NTP_AFTER_CLOUD_INIT", "300"))
+# Hostile twin (docs/testing.md): a card first booted long after its bake. Its clock starts at the
+# bake time, but the world is this many days later: the fake upstream time server answers that far
+# ahead, and the package archive was last signed halfway in between, after the bake, so apt refuses
+# it ("not valid yet", "Not live until") until the card has network time. 0 turns it off.
+BOOTED_AFTER_BAKE_DAYS = float(os.environ.get("CEIL_E2E_BOOTED_AFTER_BAKE_DAYS", "30"))
 
 
 @dataclass
@@ -118,7 +138,13 @@ class TestCluster:
         log_to(artifacts.parent / "progress.log")
         self.run_id = int.from_bytes(os.urandom(2), "big")
         self.key = generate_key(workdir / "id_ed25519")
-        self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log")
+        ahead = BOOTED_AFTER_BAKE_DAYS * 86400
+        dists = None
+        if ahead:
+            from testbed.repo import signed_at
+
+            dists = signed_at(testbed.repo, workdir / "dists", testbed.dir / "gnupg", int(time.time() + ahead / 2))
+        self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log", dists=dists)
         self.extras = fakes_mod.wire_service_fakes(self.internet)
         self.config = load_template(Path(f"{self.key}.pub").read_text(), deep_merge(self.extras.overrides, overrides or {}))
         self.vpn_client = None  # ceil_e2e.vpn_client.NetnsVpnClient, made by bake()
@@ -136,15 +162,16 @@ class TestCluster:
         self.roles = roles or all_roles
         self.lan = Lan.random()
         # The fake upstream DNS and NTP (network.upstream_dns, ntp_servers in tests/e2e/cluster.yaml)
-        # on the router's eth2; NTP answers only NTP_DELAY seconds after this point.
+        # on the router's eth2; NTP answers only NTP_DELAY seconds after the guests power on.
         self.dns = l2dns.SegmentDns(Lan.random(), {fakes_mod.DNS_NAME: fakes_mod.DNS_ANSWER},
-                                    ntp_after=NTP_DELAY)
+                                    ntp_after=NTP_DELAY, ntp_ahead=ahead)
         self.ssh_port = free_port()
         self.probe_ports: dict[int, int] = {}  # guest uplink port -> 127.0.0.1 port (hostfwd)
         self.machines: dict[str, Machine] = {}
         self.ssh = self._ssh_config()
         self.cluster = None  # ceil.config.Cluster, after bake()
         self.first_boot_cache = None  # firstboot_cache.Entry this run restored instead of baking
+        self._ntp_held = False  # the upstream's silence after the router's first cloud-init, once
         self.recorder = None  # firstboot_cache.Recorder: saves each disk at its first boot
 
     # -- configuration ------------------------------------------------------------------------
@@ -272,6 +299,9 @@ class TestCluster:
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
 
     def start_all(self) -> None:
+        # The upstream's time from the router's power-on (run e2e24: counted from before the
+        # bake, the silence could end before the router's first apt attempt).
+        self.dns.hold_ntp()
         for m in self.machines.values():
             log(f"booting {m.name} ({m.guest.arch}, serial log {m.guest.serial_log})")
             m.guest.start()
@@ -305,6 +335,10 @@ class TestCluster:
             self.ssh.run(role, f"dev=$({find}) && test -n \"$dev\" && {unmanage} && "
                                f"sudo ip addr replace {l2dns.ROUTER_IP}/{l2dns.PREFIX} dev \"$dev\" && "
                                f"sudo ip link set \"$dev\" up && {recheck}", timeout=60, check=True)
+            if not self._ntp_held and self.first_boot_cache is None and BOOTED_AFTER_BAKE_DAYS:
+                self._ntp_held = True
+                self.dns.hold_ntp(NTP_AFTER_CLOUD_INIT)
+                log(f"router: the upstream's time stays silent for {NTP_AFTER_CLOUD_INIT:.0f}s more")
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
         if firstboot:

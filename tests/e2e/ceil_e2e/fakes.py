@@ -191,12 +191,15 @@ DNS_NAME = "www.example-internet.test"
 DNS_ANSWER = "198.19.80.80"  # benchmark space (RFC 2544): the router's stop-dns-rebind drops TEST-NET answers
 
 
-def standard_internet(repo: Path | None, log: Path | None = None) -> Internet:
-    """The fakes every e2e run has: the local apt repo and a plain web server."""
+def standard_internet(repo: Path | None, log: Path | None = None, dists: Path | None = None) -> Internet:
+    """The fakes every e2e run has: the local apt repo and a plain web server. `dists`: the
+    repository's release files from elsewhere (e.g. signed later: testbed.repo.signed_at)."""
     net = Internet()
     apt = HttpFake("apt", log)
     if repo is not None:
         apt.route("/", repo)  # repo/debian/... -> http://10.0.2.100/debian/...
+    if dists is not None:
+        apt.route("/debian/dists/", dists)
     net.add("apt", *APT_ADDR, apt)
     web = HttpFake("web", log).route("/", lambda req: Response(200, WEB_BODY))
     net.add("web", *WEB_ADDR, web)

@@ -5,9 +5,9 @@ ask their upstreams over UDP, so the fake upstream cannot sit behind the uplink.
 router gets a third NIC on a local-only multicast segment (the same kind as the LAN, vm.Lan),
 and this process speaks raw Ethernet on it: it answers ARP for its address, A queries over
 UDP/53 (one name -> one address, everything else NXDOMAIN) and NTP client requests over UDP/123
-with this machine's clock, but only once `ntp_after` seconds have passed since it started (a
-real upstream is not there the moment a Pi boots: the first boot must cope). Frames stay on
-127.0.0.1.
+with this machine's clock (or `ntp_ahead` seconds later: the card is first booted that long
+after its bake), but only once `ntp_after` seconds have passed since it started (a real upstream
+is not there the moment a Pi boots: the first boot must cope). Frames stay on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -135,16 +135,17 @@ def segment_socket(seg: Lan) -> socket.socket:
 
 class SegmentDns:
     """The fake upstream DNS server on segment `seg`, answering `names` ({name: IPv4}), and its
-    NTP server, silent for the first `ntp_after` seconds."""
+    NTP server, silent for the first `ntp_after` seconds and `ntp_ahead` seconds ahead after them."""
 
-    def __init__(self, seg: Lan, names: dict[str, str], ntp_after: float = 0.0):
+    def __init__(self, seg: Lan, names: dict[str, str], ntp_after: float = 0.0, ntp_ahead: float = 0.0):
         self.segment = seg
         self.names = {k.lower().rstrip("."): v for k, v in names.items()}
         self.asked: list[str] = []
         self.ntp_after = ntp_after
+        self.ntp_ahead = ntp_ahead  # seconds the time served is ahead of this machine's clock
         self.ntp_requests = 0   # NTP requests seen
         self.ntp_answered = 0   # ... and answered (after ntp_after)
-        self._started = time.monotonic()
+        self._answer_at = time.monotonic() + ntp_after  # NTP is silent until then (hold_ntp moves it)
         self._sock = segment_socket(seg)
         self._sock.settimeout(0.5)
         self._stop = threading.Event()
@@ -159,8 +160,8 @@ class SegmentDns:
                 continue
             except OSError:
                 return
-            answering = time.monotonic() - self._started >= self.ntp_after
-            name, reply = handle(frame, self.names, ntp_now=time.time() if answering else None)
+            answering = self.silent_for() == 0
+            name, reply = handle(frame, self.names, ntp_now=time.time() + self.ntp_ahead if answering else None)
             if name == "ntp":
                 self.ntp_requests += 1
                 self.ntp_answered += reply is not None
@@ -168,6 +169,17 @@ class SegmentDns:
                 self.asked.append(name)
             if reply is not None:
                 self._sock.sendto(reply, (self.segment.group, self.segment.port))
+
+    def silent_for(self) -> float:
+        """Seconds until NTP answers (0: it answers now)."""
+        return max(0.0, self._answer_at - time.monotonic())
+
+    def hold_ntp(self, seconds: float | None = None) -> None:
+        """Stay silent for at least `seconds` (default `ntp_after`) from now: the harness calls it
+        when the router powers on and when its first boot's cloud-init is done, so the silence
+        covers the router's first apt attempt however long the bake and the boot took."""
+        wait = self.ntp_after if seconds is None else seconds
+        self._answer_at = max(self._answer_at, time.monotonic() + wait)
 
     def close(self) -> None:
         self._stop.set()

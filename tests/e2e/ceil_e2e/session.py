@@ -48,6 +48,8 @@ _session: dict = {}
 # costs ~3 minutes a run on two cores (three guests instead of two beside the broken image) and
 # proves little the cluster's own boot does not; CEIL_E2E_BARE chooses otherwise.
 BARE_FLAVORS = ("testbed-ubuntu", "testbed-raspios")
+# A twin only one test boots (test_boot_slots.py: Ubuntu 26.04's boot slots).
+SLOTS_FLAVOR = "testbed-ubuntu-slots"
 
 # Ports probed from the uplink side (uplink_open_ports): each gets a hostfwd at boot.
 PROBE_PORTS = (22, 53, 80, 443, 5000, 5001, 5002, 6443, 8080, 8081, 10250)

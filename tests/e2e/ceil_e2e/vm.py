@@ -1,8 +1,8 @@
 """One QEMU guest booted from a (baked) test-bed disk image, the way a Pi boots its SD card.
 
 Owns: the QEMU command line (TCG; arm64 `-M virt -cpu cortex-a72`, amd64 `-M q35`), reading
-`vmlinuz`, `initrd.img` and `cmdline.txt` from the image's boot partition at every (re)start like
-the Pi firmware does, the NICs (LAN on an L2 segment shared with the other guests; the router's
+the kernel, initrd and command line from the image's boot partition at every (re)start where
+config.txt names them (boot slots and tryboot included), like the Pi firmware does, the NICs (LAN on an L2 segment shared with the other guests; the router's
 uplink on QEMU user networking with restrict=on), the serial console log, and the life cycle:
 start, power cut (SIGKILL, then boot again from the same disk), guest-initiated reboot (QEMU runs
 with -no-reboot; `poll()` notices the kernel's "reboot: Restarting system" and starts it again),
@@ -42,6 +42,9 @@ TCG_APPEND = "systemd.default_device_timeout_sec=600"
 # Hostile twin (docs/testing.md): no Pi has a real-time clock, so a fresh card starts months in
 # the past. Every guest's RTC starts CEIL_E2E_STALE_CLOCK_DAYS (150) days behind the host; 0
 # turns the twin off.
+# On a tryboot (Ubuntu 26.04's boot slots), the word the twin reads where a Pi's OS reads the
+# device tree's /chosen/bootloader/tryboot (testbed/rootfs.py, boot_slots).
+TRYBOOT_MARK = "ceil_twin.tryboot=1"
 STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "150"))
 
 
@@ -239,19 +242,66 @@ def partition_offset(image: Path, index: int) -> tuple[int, int]:
     return start * 512, count * 512
 
 
-def read_boot_files(image: Path, dest: Path, boot_index: int = 1, cmdline: str = "cmdline.txt") -> tuple[Path, Path, str]:
-    """Copy vmlinuz + initrd.img out of the boot FAT and return them with cmdline.txt's line."""
+@dataclass(frozen=True)
+class BootAssets:
+    """What a Pi's firmware loads from the boot partition (paths on the FAT)."""
+
+    kernel: str = "vmlinuz"
+    initrd: str = "initrd.img"
+    cmdline: str = "cmdline.txt"
+    prefix: str = ""
+
+
+def firmware_choice(config_txt: str, tryboot: bool = False) -> BootAssets:
+    """The boot assets config.txt names, as the Pi firmware reads it: `kernel=`, `cmdline=`,
+    `initramfs FILE followkernel` and `os_prefix=` (prepended to all three: Ubuntu 26.04's boot
+    slots), in `[all]` sections and, on a tryboot, `[tryboot]` ones. Any other filter (a Pi model)
+    never matches a QEMU guest. Without settings: vmlinuz, initrd.img, cmdline.txt, no prefix."""
+    found = {"kernel": "vmlinuz", "cmdline": "cmdline.txt", "initramfs": "initrd.img", "os_prefix": ""}
+    active = True
+    for raw in config_txt.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            name = line[1:-1].strip().lower()
+            active = name == "all" or (name == "tryboot" and tryboot)
+        elif active and line.startswith("initramfs ") and len(line.split()) >= 2:
+            found["initramfs"] = line.split()[1]
+        elif active and "=" in line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            if key in found:
+                found[key] = value
+    p = found["os_prefix"]
+    return BootAssets(p + found["kernel"], p + found["initramfs"], p + found["cmdline"], p)
+
+
+def _fat_text(image: Path, off: int, name: str) -> str:
+    proc = subprocess.run(["mtype", "-i", f"{image}@@{off}", f"::{name}"], capture_output=True,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    return proc.stdout.decode(errors="replace") if proc.returncode == 0 else ""
+
+
+def firmware_assets(image: Path, boot_index: int = 1, tryboot: bool = False) -> BootAssets:
+    """The firmware's choice for this image: config.txt, or tryboot.txt on a tryboot if there is one."""
+    off, _ = partition_offset(image, boot_index)
+    config = (_fat_text(image, off, "tryboot.txt") if tryboot else "") or _fat_text(image, off, "config.txt")
+    return firmware_choice(config, tryboot)
+
+
+def read_boot_files(image: Path, dest: Path, boot_index: int = 1,
+                    assets: BootAssets = BootAssets()) -> tuple[Path, Path, str]:
+    """Copy the kernel and initrd out of the boot FAT and return them with the command line."""
     off, _ = partition_offset(image, boot_index)
     dest.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for name in ("vmlinuz", "initrd.img", cmdline):
-        target = dest / name
+    names = {"vmlinuz": assets.kernel, "initrd.img": assets.initrd, "cmdline.txt": assets.cmdline}
+    for local, name in names.items():
+        target = dest / local
         target.unlink(missing_ok=True)
         proc = subprocess.run(["mcopy", "-n", "-i", f"{image}@@{off}", f"::{name}", str(target)],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise GuestError(f"{image}: cannot read {name} from the boot partition: {proc.stderr.strip()}")
-    line = (dest / cmdline).read_text().strip().splitlines()[0]
+    line = (dest / "cmdline.txt").read_text().strip().splitlines()[0]
     return dest / "vmlinuz", dest / "initrd.img", line
 
 
@@ -308,11 +358,21 @@ class Guest:
         self.qmp_socket = self._bootdir / "qmp.sock"  # short: a unix socket path has ~107 bytes
         self._stopping = False
         self.stall_restarts = 0
+        # The Pi's one-shot tryboot flag: set by a reboot whose command says "tryboot", read (and
+        # cleared) by the next start, lost on a power cut. `slots` is each boot's os_prefix.
+        self.tryboot_next = False
+        self._tryboot = False
+        self.slots: list[str] = []
+        self.assets = BootAssets()
 
     # -- command line -------------------------------------------------------------------------
     def command(self) -> list[str]:
-        kernel, initrd, line = read_boot_files(self.image, self._bootdir, self.boot_index)
-        append = f"{line} {TCG_APPEND} {self.extra_append}".strip()
+        self.assets = assets = firmware_assets(self.image, self.boot_index, self._tryboot)
+        kernel, initrd, line = read_boot_files(self.image, self._bootdir, self.boot_index, assets)
+        # A Pi's firmware tells the OS it is a tryboot in the device tree (/chosen/bootloader/
+        # tryboot); QEMU's virt machine has no such node, so the twin reads this word instead.
+        tryboot = TRYBOOT_MARK if self._tryboot else ""
+        append = " ".join(filter(None, (line, TCG_APPEND, tryboot, self.extra_append)))
         cmd = [
             *QEMU[self.arch],
             "-accel", "tcg,thread=multi",
@@ -373,7 +433,9 @@ class Guest:
     def start(self) -> None:
         if self.running:
             raise GuestError(f"{self.name}: already running (pid {self.proc.pid})")
+        self._tryboot, self.tryboot_next = self.tryboot_next, False
         cmd = self.command()
+        self.slots.append(self.assets.prefix)
         self.boots += 1
         with open(self.serial_log, "a") as f:
             f.write(f"\n===== ceil e2e: boot {self.boots} of {self.name} at {time.strftime('%H:%M:%S')} =====\n")
@@ -402,6 +464,9 @@ class Guest:
             return
         tail = self.serial_since_boot()[-4000:]
         if "reboot: Restarting system" in tail:
+            # `reboot "0 tryboot"` reaches the kernel as the restart command, as on a Pi.
+            command = re.findall(r"reboot: Restarting system with command '([^']*)'", tail)
+            self.tryboot_next = bool(command) and "tryboot" in command[-1].split()
             self.start()  # a Pi's firmware re-reads cmdline.txt and the kernel on reboot, so do we
             return
         raise GuestError(
@@ -432,6 +497,7 @@ class Guest:
         if self.running:
             self.proc.kill()
             self.proc.wait()
+        self.tryboot_next = False  # the flag does not survive losing power
         why = f" ({reason})" if reason else ""
         with open(self.serial_log, "a") as f:
             f.write(f"\n===== ceil e2e: power cut {self.name} at {time.strftime('%H:%M:%S')}{why} =====\n")

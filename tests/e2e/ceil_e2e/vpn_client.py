@@ -33,6 +33,34 @@ CLIENT_MAC = "02:00:0a:00:02:c8"
 
 _TUNSETIFF, _IFF_TAP, _IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 
+# libslirp's emulated hosts (gateway, DNS, guestfwd addresses) all send from MAC 52:55:<IPv4>.
+SLIRP_MAC_PREFIX = b"\x52\x55"
+_ETH_IPV4 = b"\x08\x00"
+
+
+class SlirpHearsOnlyItsOwn:
+    """Make QEMU's hub behave like the switch of a home LAN, for the user network on it.
+
+    A hub floods every frame to every port, so QEMU's user network sees the frames this host
+    sends to the router too. It takes each TCP SYN in them for a connection of its own guest and,
+    with restrict=on, answers at once with a reset under the destination's address; the router
+    under TCG answers later, so the host finds "connection refused" where a real LAN would have
+    connected. On a switch the home gateway never sees those frames. So an IPv4 frame from slirp
+    passes only when its source address is one this host sent frames to slirp's MAC for.
+    """
+
+    def __init__(self) -> None:
+        self.asked: set[bytes] = set()
+
+    def outgoing(self, frame: bytes) -> None:
+        if frame[:2] == SLIRP_MAC_PREFIX and frame[12:14] == _ETH_IPV4:
+            self.asked.add(frame[30:34])  # IPv4 destination
+
+    def passes(self, frame: bytes) -> bool:
+        if frame[6:8] != SLIRP_MAC_PREFIX or frame[12:14] != _ETH_IPV4:
+            return True
+        return frame[26:30] in self.asked  # IPv4 source
+
 
 def _run(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -47,6 +75,7 @@ class NetnsTap:
     def __init__(self, wire: Wire, ns: str, ip: str, mac: str, prefix: int = 24):
         self.wire, self.ns, self.ip, self.mac = wire, ns, ip, mac
         self._tap = self._sock = None
+        self._switch = SlirpHearsOnlyItsOwn()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         tap_name = f"ct{os.getpid() % 100000}{ns[-3:]}"[:15]
@@ -80,9 +109,13 @@ class NetnsTap:
             try:
                 ready, _, _ = select.select([self._tap, self._sock], [], [], 0.5)
                 if self._tap in ready:
-                    self._sock.send(os.read(self._tap, 65536))
+                    frame = os.read(self._tap, 65536)
+                    self._switch.outgoing(frame)
+                    self._sock.send(frame)
                 if self._sock in ready:
-                    os.write(self._tap, self._sock.recv(65536))
+                    frame = self._sock.recv(65536)
+                    if self._switch.passes(frame):
+                        os.write(self._tap, frame)
             except OSError:
                 if self._stop.is_set():
                     return

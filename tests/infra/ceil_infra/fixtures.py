@@ -94,6 +94,7 @@ class Targets:
 
 def _verify_targets(config) -> Targets:
     from ceil.config import load_cluster
+    from ceil.workstation import known_hosts_file
     from ceil_infra.ssh import Endpoint, SshConfig
 
     path = Path(verify_mode(config)).resolve()
@@ -106,8 +107,9 @@ def _verify_targets(config) -> Targets:
     state = Path(os.environ.get("CEIL_CACHE") or Path.home() / ".cache" / "ceil") / "verify"
     state.mkdir(parents=True, exist_ok=True)
     identity = config.getoption("ssh_identity")
+    # The host keys `bake.py ssh` and `bake.py run` pinned, and which each bake of a card forgets.
     ssh = SshConfig(state / f"ssh_config-{cluster.name}", cluster.ssh.user, Path(identity) if identity else None,
-                    ends, state / f"known_hosts-{cluster.name}")
+                    ends, known_hosts_file(cluster))
     if config.getoption("ssh_config"):
         ssh = ExistingSshConfig(Path(config.getoption("ssh_config")), [e.alias for e in ends])
     secrets = Path(os.environ.get("CEIL_SECRETS") or path.parent / "secrets")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 
@@ -33,6 +34,51 @@ def wait_for(what: str, check, timeout: float = 240, every: float = 5):
         time.sleep(every)
     return value
 
+
+def retry(what: str, fn, timeout: float = 240, every: float = 5):
+    """fn()'s value once it stops raising; after `timeout` seconds an AssertionError naming
+    `what` and the last error (which wait_for with or_none would lose)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {e}") from e
+        time.sleep(every)
+
+
+def or_none(fn):
+    """fn()'s value, or None if it raised: for a wait_for check that fails until it works."""
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+
+def input_accepts(table: str, interface: str, trusted: bool = False) -> dict[str, set[int]]:
+    """Destination ports that the input chain in `table` (the text of `nft list table inet ceil`)
+    accepts on `interface`, by protocol: from anyone, or (`trusted`) from the @trusted set only.
+    Port sets may be literal (`{ 22, 51820 }`) or named (`@lan_tcp`, resolved from the table)."""
+    sets = {name: body for name, body in
+            re.findall(r"\bset (\w+) \{[^}]*?elements = (\{[^}]*\})", table)}
+    chain = re.search(r"chain input \{(.*?)\n\t\}", table, re.S)
+    assert chain, f"no input chain in:\n{table}"
+    out: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for line in chain.group(1).splitlines():
+        line = line.strip()
+        if f'iifname "{interface}"' not in line or not line.endswith("accept"):
+            continue
+        if ("@trusted" in line) != trusted:
+            continue
+        m = re.search(r"(tcp|udp) dport (\{[^}]*\}|\d+|@\w+)", line)
+        assert m, f"an {interface} rule accepts traffic not limited to ports: {line}"
+        ports = m.group(2)
+        if ports.startswith("@"):
+            ports = sets[ports[1:]]
+        out[m.group(1)] |= {int(p) for p in re.findall(r"\d+", ports)}
+    return out
 
 def step_names(host) -> list[str]:
     """The done-marker names: the NAME in `ceil-step NAME ...` of every installed ceil unit."""

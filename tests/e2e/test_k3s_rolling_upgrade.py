@@ -1,0 +1,108 @@
+"""Issue 19, day two: `bake.py k3s upgrade` on the booted cluster, from the workstation through
+the VPN (`bake.py vpn-client`'s config, brought up with wg-quick), with the user's agent.
+
+The nodes run the harness's k3s stand-in (no k3s can be had here, docs/testing.md), started by
+the real systemd units ceil baked; an upgrade is a stand-in release under a newer version, put
+where a user puts release files (CEIL_K3S_CACHE). First a release whose k3s does not start: the
+first server puts its previous binary back and the roll stops before the others. Then a good
+one: every node runs it, servers first, and the router's cache holds it for re-flashed nodes.
+No API runs in the test bed, so --no-drain; draining and the Ready wait are unit-tested against
+a fake API, and run for real only on hardware. The harness puts the original k3s back after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ceil.k3s.release import ASSETS
+from ceil.k3s.upgrade import BIN, SERVICE, upgrade_order
+from ceil_e2e import fakes, session
+from ceil_e2e.workstation import Agent
+
+
+pytestmark = pytest.mark.e2e
+
+NEVER_STARTS = "#!/bin/sh\ncase \"${1:-}\" in --version) echo \"k3s version {version} (broken)\"; exit 0 ;; esac\n" \
+               "echo 'fatal: this k3s never starts' >&2\nexit 1\n"
+
+
+def release(root: Path, version: str, arch: str, broken: bool = False) -> Path:
+    fakes.k3s_release_stand_in(root, version, arch)
+    if broken:
+        names = ASSETS[arch]
+        binary = root / version / names["binary"]
+        binary.write_text(NEVER_STARTS.replace("{version}", version))
+        digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+        (root / version / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
+    return root
+
+
+def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(nodes, cluster, router, tmp_path):
+    c = session.get()
+    client = c.vpn_client
+    if client is None:
+        pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    old = cluster.kubernetes.k3s_version
+    broken, good = old.replace("+k3s", "+k3s8"), old.replace("+k3s", "+k3s9")
+    assert broken != old and good != old, old
+    order = upgrade_order(cluster)
+    agent = Agent(tmp_path, c.key)
+    hosts = {name: nodes[name] for name in order}
+    try:
+        client.up()
+        ws = client.link
+        secrets = tmp_path / "secrets"
+        shutil.copytree(c.workdir / "secrets", secrets)
+
+        def upgrade_to(version: str, is_broken: bool = False) -> tuple[int, str]:
+            doc = yaml.safe_load(c.config_path.read_text())
+            doc.setdefault("kubernetes", {}).update(k3s_version=version, k3s_sha256=None)
+            cfg = tmp_path / f"cluster-{version}.yaml"
+            cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+            cache = release(tmp_path / "k3s", version, c.arch, broken=is_broken)
+            cmd = ["ip", "netns", "exec", ws.ns, "env", f"CEIL_K3S_CACHE={cache}", *agent.bake_py(), "k3s", "upgrade",
+                   "--config", str(cfg), "--secrets", str(secrets), "--no-drain", "--yes"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            return done.returncode, done.stdout + done.stderr
+
+        def flat(text: str) -> str:  # the error is printed by rich, which wraps long lines
+            return " ".join(text.split())
+
+        code, out = upgrade_to(broken, is_broken=True)
+        first = order[0]
+        assert code != 0 and f"{first}: the upgrade to {broken} failed (exit 4)" in flat(out), out
+        assert "this k3s never starts" in flat(out), out
+        for name, host in hosts.items():
+            role = cluster.node(name).role
+            assert old in host.check_output(f"{BIN} --version"), f"{name} is not back on {old}"
+            assert host.service(SERVICE["server" if role == "server" else "agent"]).is_running, name
+
+        code, out = upgrade_to(good)
+        assert code == 0 and f"every node runs k3s {good}" in out, out
+        assert [line.split(":")[0] for line in out.splitlines() if f"-> {good}" in line] == order, out
+        for name, host in hosts.items():
+            role = cluster.node(name).role
+            assert good in host.check_output(f"{BIN} --version"), name
+            assert host.service(SERVICE["server" if role == "server" else "agent"]).is_running, name
+            assert (secrets / "nodes" / f"{name}.k3s-version").read_text().strip() == good
+        binary = ASSETS[c.arch]["binary"]
+        with router.sudo():
+            cached = router.check_output(f"sha256sum /var/lib/ceil/cache/k3s/{good}/{binary}").split()[0]
+        assert cached == hashlib.sha256((tmp_path / "k3s" / good / binary).read_bytes()).hexdigest()
+    finally:
+        client.close()
+        agent.close()
+        # The harness, not the code under test, puts the original k3s back for the later checks:
+        # the swap kept it as k3s.prev on every node it reached.
+        for name, host in hosts.items():
+            svc = SERVICE["server" if cluster.node(name).role == "server" else "agent"]
+            with host.sudo():
+                if old not in host.check_output(f"{BIN} --version"):
+                    host.run(f"mv -f {BIN}.prev {BIN} && systemctl restart {svc}")
+                assert old in host.check_output(f"{BIN} --version"), f"{name}: the original k3s is not back"

@@ -1,0 +1,147 @@
+"""Issue 19: the workstation beside the router's uplink, on a trusted network or through the VPN,
+with the README's commands only.
+
+The workstation is the harness's network namespace on the router's uplink segment
+(ceil_e2e.vpn_client: 10.0.2.200, which tests/e2e/cluster.yaml names in router.trusted_networks,
+as a user names their home LAN). From there: `ceil-router.local` by mDNS, `python bake.py route
+--add --via <that address>`, then `python bake.py status` and a node's SSH through the route.
+QEMU's forwarded probes come from 10.0.2.2 and stay untrusted (test_router_lan.py checks they
+find only SSH).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from ceil_infra.helpers import or_none, retry, wait_for
+
+from ceil_e2e import session
+from ceil_e2e.vm import UPLINK_GUEST_IP
+from ceil_e2e.vpn_client import CLIENT_IP
+from ceil_e2e.workstation import Agent
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MDNSMINI = (REPO / "tests" / "unit" / "mdnsmini.py").read_text()
+
+
+# Run e2e24: a TCP connection from the host beside the uplink straight to the router is reset.
+# The uplink's NIC shares a QEMU hub with QEMU's user network, which sees the router's answers to
+# 10.0.2.200 as its guest's own connections and resets them towards the router (libslirp's
+# tcp_input, "dropwithreset"); a real home LAN's switch never shows the gateway those frames. The
+# harness needs a switch of its own in place of the hub (the relay forwarding by MAC between the
+# NIC, the user network and the namespace). Run e2e29 tried exactly that (a learning switch in
+# the test process): all three tests here passed through it, but after the VPN tests had used the
+# side port, the router's later reboots (test_lifecycle, test_router_lan) got no DHCP lease on
+# the uplink for 20 minutes, and 19 checks failed with it; reverted, cause not found yet (the
+# learned MAC table after the namespace left is the first suspect). Until then these run and
+# report, but do not fail the suite; the same paths are proven in network namespaces
+# (test_trusted_networks_netns.py), and the VPN path (UDP to the router) here.
+DIRECT_TCP = pytest.mark.xfail(reason="harness: QEMU's user network on the uplink's hub resets direct TCP"
+                               " between a host beside the uplink and the router", strict=False)
+
+
+@DIRECT_TCP
+def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_the_board(nodes, cluster):
+    c = session.get()
+    side = c.vpn_client
+    if side is None:
+        pytest.skip("no host beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    if not any(ip_address(CLIENT_IP) in net for net in cluster.router.trusted_networks):
+        pytest.skip(f"router.trusted_networks does not hold the uplink-side host {CLIENT_IP}")
+    side.create_link()
+    ws = side.link
+    lan = str(cluster.network.lan_cidr)
+    try:
+        name = f"{cluster.hostname('router')}.local"
+        # avahi may still be probing its name: ask for a while.
+        router = ws.run(sys.executable, "-c", MDNSMINI, CLIENT_IP, name, "60").strip()
+        assert router != "no answer", f"{name}: no mDNS answer on the uplink segment"
+        bake = [sys.executable, str(REPO / "bake.py")]
+        out = ws.run(*bake, "route", "--config", str(c.config_path), "--via", router, "--add")
+        assert f"routed {lan} via {router}" in out, out
+        # The router may be just back from the power-cut tests: its board gets a while to answer.
+        board = json.loads(retry("the status board through the route",
+                                 lambda: ws.run(*bake, "status", "--config", str(c.config_path), "--json"), timeout=180))
+        states = {h["name"]: h.get("state") for h in board["hosts"]}
+        assert all(states.get(n) == "done" for n in ("router", *nodes)), states
+        server = cluster.server
+        banner = wait_for(f"an SSH banner from {server.name} through the route",
+                          lambda: or_none(lambda: ws.tcp_banner(str(server.ip), 22)), timeout=60)
+        assert banner.startswith("SSH-2.0")
+    finally:
+        ws.run("ip", "route", "flush", lan)
+        side.close()
+
+
+def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_keys(nodes, cluster, tmp_path):
+    """The VPN path with the README's commands: the client config from `bake.py vpn-client` up
+    with wg-quick, then `bake.py status` and `bake.py run` as the user's own ssh (key in an agent,
+    nothing in ~/.ssh) reach every machine, and their host keys land in the cluster's own
+    known_hosts, not the user's."""
+    c = session.get()
+    client = c.vpn_client
+    if client is None:
+        pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    agent = Agent(tmp_path, c.key)
+    try:
+        client.up()
+        bake = agent.bake_py()
+        board = json.loads(retry("the status board through the tunnel",
+                                 lambda: client.link.run(*bake, "status", "--config", str(c.config_path), "--json"),
+                                 timeout=180))
+        states = {h["name"]: h.get("state") for h in board["hosts"]}
+        assert all(states.get(n) == "done" for n in ("router", *nodes)), states
+        out = client.link.run(*bake, "run", "--config", str(c.config_path), "--", "cat", "/etc/hostname")
+        for name in ("router", *nodes):
+            assert f"{name} ({cluster.hostname(name)})\n  {cluster.hostname(name)}\n" in out, out
+        known = (agent.cache / f"known_hosts-{cluster.name}").read_text()
+        assert {line.split()[0] for line in known.splitlines()} == {f"ceil-{n}" for n in ("router", *nodes)}
+    finally:
+        client.close()
+        agent.close()
+
+
+@DIRECT_TCP
+def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(nodes, cluster, tmp_path):
+    """The third path: no route, no VPN, only the router's SSH on its uplink address.
+    `bake.py ssh NAME --via` jumps through it to a node, and `bake.py k8s-proxy --via` forwards
+    a local port to the server's API port through it. No API listens in the test bed (no k3s
+    here), so the node refuses the forwarded connection: the router's sshd tried it, which is
+    what the tunnel needs of ceil; the API's answer through it is verified only on hardware."""
+    c = session.get()
+    side = c.vpn_client
+    if side is None:
+        pytest.skip("no host beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    side.create_link()
+    ws = side.link
+    agent = Agent(tmp_path, c.key)
+    proxy = None
+    try:
+        bake = agent.bake_py()
+        config = ["--config", str(c.config_path)]
+        server = cluster.server
+        out = ws.run(*bake, "ssh", *config, "--via", UPLINK_GUEST_IP, server.name, "--", "cat", "/etc/hostname")
+        assert out.strip() == cluster.hostname(server.name)
+        proxy = subprocess.Popen(["ip", "netns", "exec", ws.ns, *bake, "k8s-proxy", *config, "--via", UPLINK_GUEST_IP,
+                                  "--port", "16443"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        probe = ("import socket\ns=socket.create_connection(('127.0.0.1',16443),timeout=5)\n"
+                 "s.settimeout(60)\nprint(repr(s.recv(16)))")
+        answer = wait_for("the tunnel's local end", lambda: or_none(lambda: ws.run(sys.executable, "-c", probe)),
+                          timeout=60, every=2)
+        assert answer.strip() == "b''", answer  # the node closed it: nothing serves the API here
+        proxy.terminate()
+        err = proxy.communicate(timeout=30)[1]
+        assert "open failed: connect failed" in err, err
+    finally:
+        if proxy is not None and proxy.poll() is None:
+            proxy.kill()
+            proxy.wait()
+        side.close()
+        agent.close()
