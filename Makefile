@@ -7,12 +7,14 @@ OUT ?= out
 ARCH ?= arm64
 FLAVOR ?= testbed-ubuntu
 TESTBEDS = testbed-ubuntu testbed-ubuntu-slots testbed-raspios
+# The flavors CI's QEMU suite boots (the cluster on one, the other bare); the boot-slot twin is e2e-full's.
+CI_TESTBEDS = testbed-ubuntu testbed-raspios
 NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null)
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)')).domain)" 2>/dev/null || echo ceil.internal)
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -64,9 +66,11 @@ testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, ever
 	@$(MAKE) --no-print-directory -j$(words $(TESTBEDS)) -Oline $(TESTBEDS)
 $(TESTBEDS): venv
 	$(PY) -m testbed.build --flavor $@ --arch $(ARCH)
-e2e: venv testbed ## Boot baked images in QEMU and run the testinfra checks over SSH (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
-	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
-e2e-full: venv testbed test-apiserver ## More than CI runs: the QEMU suite with the cluster on each test-bed flavor (ARCH=arm64 default)
+testbed-ci: venv ## Build (or reuse) only the test beds CI's QEMU suite boots: $(CI_TESTBEDS)
+	@$(MAKE) --no-print-directory -j$(words $(CI_TESTBEDS)) -Oline $(CI_TESTBEDS)
+e2e: venv testbed-ci ## CI's QEMU suite: boot baked images and run the testinfra checks over SSH, without the tests marked `full` (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
+	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m "e2e and not full" --durations=15 tests/e2e tests/infra
+e2e-full: venv testbed test-apiserver ## More than CI runs: every QEMU test (power cuts, reboots, boot slots, broken image, k3s upgrade) with the cluster on each test-bed flavor (ARCH=arm64 default)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-ubuntu $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 app: venv ## Build, push and deploy your app through the router's registry (APP=apps/piphp, the demo; see docs/apps.md)

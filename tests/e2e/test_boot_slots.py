@@ -25,7 +25,7 @@ from ceil_e2e import readiness, session
 from ceil_e2e.cluster import TestCluster, free_port, log
 from ceil_e2e.vm import TRYBOOT_MARK, Guest, Uplink
 
-pytestmark = [pytest.mark.e2e, pytest.mark.own_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.full, pytest.mark.own_cluster]
 
 @pytest.fixture(scope="module")
 def slotted():

@@ -12,7 +12,7 @@ import pytest
 from ceil_e2e import seed, session
 from ceil_e2e.readiness import NotReady
 
-pytestmark = [pytest.mark.e2e, pytest.mark.own_cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.full, pytest.mark.own_cluster]
 
 UNIT = "ceil-broken-on-purpose.service"
 MESSAGE = "simulated failure: this step is broken on purpose"

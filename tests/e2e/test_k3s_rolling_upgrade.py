@@ -26,7 +26,7 @@ from ceil_e2e import fakes, session
 from ceil_e2e.workstation import Agent
 
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 NEVER_STARTS = "#!/bin/sh\ncase \"${1:-}\" in --version) echo \"k3s version {version} (broken)\"; exit 0 ;; esac\n" \
                "echo 'fatal: this k3s never starts' >&2\nexit 1\n"

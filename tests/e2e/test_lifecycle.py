@@ -16,7 +16,7 @@ import pytest
 
 from ceil_e2e import session
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 SNAPSHOT = (
     "sudo sh -c 'cat /etc/ssh/ssh_host_*_key.pub; cat /etc/machine-id; ls -l --time-style=+%s /var/lib/ceil/done/;"

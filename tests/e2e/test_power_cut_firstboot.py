@@ -26,7 +26,7 @@ from ceil_infra.converge import duplicated_effects
 from ceil_infra.helpers import failed_ceil_units, step_names
 
 # Runs right after the tests with their own guests, before anything awaits the router's first boot.
-pytestmark = [pytest.mark.e2e, pytest.mark.e2e_order(1)]
+pytestmark = [pytest.mark.e2e, pytest.mark.full, pytest.mark.e2e_order(1)]
 
 SETUP_STEPS = {"secrets", "packages"}
 

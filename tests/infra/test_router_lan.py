@@ -73,6 +73,7 @@ def test_leases_survive_a_dnsmasq_restart(router, nodes, cluster):
         assert after.get(ip) == before.get(ip), f"{name}: lease changed across a restart"
 
 
+@pytest.mark.full  # a reboot of the router: minutes CI's budget does not have (make e2e-full)
 def test_addresses_are_kept_across_a_router_reboot(router, nodes, cluster, fakes):
     reboot = fake(fakes, "reboot_router")
     before = leases_by_ip(router)
