@@ -2,6 +2,8 @@
 # Targets that talk to the cluster read cluster.yaml and secrets/ next to it.
 SHELL := /bin/bash
 PY ?= .venv/bin/python
+# Set by `make test` for the builds it runs beside the unit tests.
+NICE ?=
 CONFIG ?= cluster.yaml
 OUT ?= out
 ARCH ?= arm64
@@ -49,15 +51,17 @@ route-add: venv ## Add that route (sudo; Linux and macOS), like the seed's works
 	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
 
 test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
-	$(PY) -m pytest -m "not e2e and not apiserver"
+	@# With cold caches the Go builds (~13 min) and the test beds (~2 min) run beside the unit tests,
+	@# niced so the tests' own timeouts keep the CPU; with warm caches each build is a cache hit.
+	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm testbed-ci
 	$(MAKE) test-apiserver
 	$(MAKE) e2e ARCH=amd64
 test-unit: venv ## Fast unit and image tests only (what `make test` runs first; builds nothing)
 	$(PY) -m pytest -m "not e2e and not apiserver"
 apiserver: venv ## Build (or reuse from cache) the fast layer's control plane from Go modules: kube-apiserver, kube-controller-manager, kine, helm-controller
-	$(PY) -m testbed.apiserver
+	$(NICE) $(PY) -m testbed.apiserver
 helm: venv ## Build (or reuse from cache) the Helm CLI the app-delivery tests use, from its Go module
-	$(PY) -m testbed.helm
+	$(NICE) $(PY) -m testbed.helm
 test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
 	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver
 # The flavors build side by side: one build is mostly a single (emulated) dpkg process, so on 2
@@ -65,7 +69,7 @@ test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfi
 testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, every flavor at once (ARCH=arm64|amd64)
 	@$(MAKE) --no-print-directory -j$(words $(TESTBEDS)) -Oline $(TESTBEDS)
 $(TESTBEDS): venv
-	$(PY) -m testbed.build --flavor $@ --arch $(ARCH)
+	$(NICE) $(PY) -m testbed.build --flavor $@ --arch $(ARCH)
 testbed-ci: venv ## Build (or reuse) only the test beds CI's QEMU suite boots: $(CI_TESTBEDS)
 	@$(MAKE) --no-print-directory -j$(words $(CI_TESTBEDS)) -Oline $(CI_TESTBEDS)
 e2e: venv testbed-ci ## CI's QEMU suite: boot baked images and run the testinfra checks over SSH, without the tests marked `full` (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
