@@ -431,29 +431,38 @@ def test_uplink_side_wire_reaches_the_user_network_through_the_hub():
 
 
 @needs_root_net
-@pytest.mark.skipif(any(shutil.which(t) is None for t in ("qemu-system-x86_64", "nft")),
-                    reason="needs qemu-system-x86 and nftables (scripts/setup-host.sh)")
-def test_on_the_uplinks_hub_only_the_router_answers_for_the_router():
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("qemu-system-x86_64", "nft", "dhclient")),
+                    reason="needs qemu-system-x86, nftables and isc-dhcp-client (scripts/setup-host.sh)")
+@pytest.mark.parametrize("guarded", [True, False], ids=["through-the-guard", "straight-on-the-hub"])
+def test_on_the_uplinks_hub_only_the_router_answers_for_the_router(tmp_path, guarded):
     """The workstation's path of issue 19: a host beside the uplink routes the cluster LAN via
-    the router. QEMU's user network hears those frames on the hub and refuses each connection
-    at once; it must stay silent, as a home gateway behind a switch does. The router here is a
-    second namespace on the same hub whose firewall drops one port, as the real router's does:
-    only the answered port may connect, the dropped one must time out, never be refused."""
+    the router. QEMU's user network hears those frames on the hub and resets the connections in
+    the other's name, as a home gateway behind a switch never does. The router here is a second
+    namespace that hears every frame of its hub port, as a guest's NIC does, with a firewall that
+    drops one port as the real router's does. Through uplink_guard.UplinkGuard (the harness's
+    wiring of the router's NIC) only the answered port connects and the dropped one times out,
+    and the router still gets its address from the user network's DHCP. Straight on the hub
+    (the wiring of runs e2e24 and e2e29) the connections are reset: the bite this guards against."""
+    from ceil_e2e.uplink_guard import UplinkGuard
     from ceil_e2e.vpn_client import CLIENT_IP, CLIENT_MAC, NetnsTap
 
-    ws_wire, router_wire = vm.Wire.random(), vm.Wire.random()
+    ws_wire, router_wire, hub_wire = vm.Wire.random(), vm.Wire.random(), vm.Wire.random()
     hub = "hubid=3"
+    router_port = hub_wire if guarded else router_wire
     cmd = [*vm.QEMU["amd64"], "-display", "none", "-monitor", "none", "-nodefaults",
            "-netdev", "user,id=up,restrict=on,net=10.0.2.0/24",
            "-netdev", f"hubport,id=hup,{hub},netdev=up",
            "-netdev", ws_wire.netdev("ws"), "-netdev", f"hubport,id=hws,{hub},netdev=ws",
-           "-netdev", router_wire.netdev("rt"), "-netdev", f"hubport,id=hrt,{hub},netdev=rt"]
+           "-netdev", router_port.netdev("rt"), "-netdev", f"hubport,id=hrt,{hub},netdev=rt"]
     qemu = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tag = os.getpid() % 1000
-    ws = router = listener = None
+    ws = router = listener = guard = None
     try:
+        if guarded:  # the guard's NIC side plays QEMU's NIC netdev for the router's TAP
+            guard = UplinkGuard(router_wire.reversed(), hub_wire)
         ws = NetnsTap(ws_wire, f"ceilws{tag}", CLIENT_IP, CLIENT_MAC)
-        router = NetnsTap(router_wire, f"ceilrt{tag}", vm.UPLINK_GUEST_IP, "00:0e:c6:00:00:01")
+        router = NetnsTap(router_wire, f"ceilrt{tag}", vm.UPLINK_GUEST_IP, "00:0e:c6:00:00:01",
+                          hears_only_its_own=False)
         router.run("ip", "addr", "add", "10.42.0.1/32", "dev", "lo")
         router.run("nft", "add table inet t; add chain inet t input { type filter hook input priority 0; }; "
                           "add rule inet t input tcp dport 9 drop")
@@ -466,12 +475,23 @@ def test_on_the_uplinks_hub_only_the_router_answers_for_the_router():
         listener = subprocess.Popen(["ip", "netns", "exec", router.ns, sys.executable, "-c", server],
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert listener.stdout.readline().strip() == "ready"
-        get = "import urllib.request;print(len(urllib.request.urlopen('http://10.42.0.1:8081/',timeout=5).read()))"
-        for _ in range(3):
-            assert ws.run(sys.executable, "-c", get).strip() == "20000"
+        get = ("import urllib.request\ntry:\n print(len(urllib.request.urlopen('http://10.42.0.1:8081/',timeout=5).read()))\n"
+               "except Exception as e:\n print(type(e).__name__, e)")
+        answers = [ws.run(sys.executable, "-c", get).strip() for _ in range(3)]
+        if not guarded:
+            assert any(a != "20000" for a in answers), f"the hub let every connection through: {answers}"
+            return
+        assert answers == ["20000"] * 3, answers
         probe = ("import socket\ntry:\n socket.create_connection(('10.42.0.1',9),timeout=3)\n print('open')\n"
                  "except socket.timeout:\n print('silent')\nexcept OSError as e:\n print(e.strerror)")
         assert ws.run(sys.executable, "-c", probe).strip() == "silent"
+        assert guard.dropped > 0, "slirp never spoke in a station's name: the lab no longer shows the bite"
+        # The router's own business with the user network still passes: a DHCP lease (broadcast
+        # out, answered from slirp's 10.0.2.2). No script: nothing on this machine is configured.
+        lease = tmp_path / "lease"
+        router.run("dhclient", "-1", "-sf", "/bin/true", "-lf", str(lease), "-pf", str(tmp_path / "pid"), "eth0")
+        assert "fixed-address 10.0.2.15" in lease.read_text()
+        router.run("dhclient", "-x", "-sf", "/bin/true", "-lf", str(lease), "-pf", str(tmp_path / "pid"), "eth0")
         assert qemu.poll() is None, qemu.stderr.read().decode()
     finally:
         if listener is not None:
@@ -480,8 +500,28 @@ def test_on_the_uplinks_hub_only_the_router_answers_for_the_router():
         for tap in (ws, router):
             if tap is not None:
                 tap.close()
+        if guard is not None:
+            guard.close()
         qemu.kill()
         qemu.wait()
+
+
+def test_the_guard_drops_only_slirps_frames_in_a_stations_name():
+    from ceil_e2e.uplink_guard import SpoofFilter
+
+    def frame(src_mac: bytes, src_ip: bytes, ethertype=b"\x08\x00") -> bytes:
+        return b"\x00\x0e\xc6\x00\x00\x01" + src_mac + ethertype + bytes(12) + src_ip + bytes([10, 0, 2, 15]) + bytes(20)
+
+    slirp_ws, slirp_gw, ws_mac = b"\x52\x55\x0a\x00\x02\xc8", b"\x52\x55\x0a\x00\x02\x02", b"\x02\x00\x0a\x00\x02\xc8"
+    ws_ip, gateway, internet = bytes([10, 0, 2, 200]), bytes([10, 0, 2, 2]), bytes([93, 184, 216, 34])
+    guard = SpoofFilter()
+    assert guard.passes(frame(slirp_gw, gateway)), "DHCP and DNS from slirp's gateway"
+    assert guard.passes(frame(slirp_ws, ws_ip)), "no station has used that address yet"
+    assert guard.passes(frame(ws_mac, ws_ip))  # the workstation speaks: now a known station
+    assert not guard.passes(frame(slirp_ws, ws_ip)), "slirp's reset in the workstation's name"
+    assert guard.passes(frame(slirp_gw, internet)), "a NAT'd answer from outside"
+    assert guard.passes(frame(slirp_ws, ws_ip, ethertype=b"\x08\x06")), "ARP always passes"
+    assert guard.passes(frame(ws_mac, bytes(4))) and bytes(4) not in guard.stations, "a DHCP client is no station"
 
 
 def test_slirp_frames_pass_only_for_addresses_asked_of_slirp():

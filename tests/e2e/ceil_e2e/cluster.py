@@ -85,6 +85,9 @@ NTP_AFTER_CLOUD_INIT = float(os.environ.get("CEIL_E2E_NTP_AFTER_CLOUD_INIT", "30
 # bake time, but the world is this many days later: the fake upstream time server answers that far
 # ahead, and the package archive was last signed halfway in between, after the bake, so apt refuses
 # it ("not valid yet", "Not live until") until the card has network time. 0 turns it off.
+# The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
+# the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
+UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "0") != "0"
 BOOTED_AFTER_BAKE_DAYS = float(os.environ.get("CEIL_E2E_BOOTED_AFTER_BAKE_DAYS", "30"))
 
 
@@ -155,6 +158,12 @@ class TestCluster:
             # and dials the uplink's own address, as it would dial the router's public address.
             self.vpn_wire = Wire.random()
             self.config["vpn"]["endpoint"] = UPLINK_GUEST_IP
+        # The router's NIC reaches the uplink's hub through uplink_guard.UplinkGuard, so that QEMU's
+        # user network cannot reset the side host's connections to the router in its name.
+        self.uplink_guard = None
+        self.guard_wires: tuple[Wire, Wire] | None = None
+        if self.vpn_wire is not None and UPLINK_GUARD:
+            self.guard_wires = (Wire.random(), Wire.random())
         self.config_path = workdir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         shutil.copy(self.config_path, artifacts / "cluster.yaml")
@@ -288,7 +297,11 @@ class TestCluster:
             segments = ()
             if role == "router":
                 uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds,
-                                side_wire=self.vpn_wire)
+                                side_wire=self.vpn_wire, guard=self.guard_wires)
+                if self.guard_wires is not None and self.uplink_guard is None:
+                    from .uplink_guard import UplinkGuard
+
+                    self.uplink_guard = UplinkGuard(*self.guard_wires)
                 segments = (self.dns.segment,)
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
@@ -430,6 +443,8 @@ class TestCluster:
             self.dns.close()
             if self.vpn_client is not None:
                 self.vpn_client.close()
+            if self.uplink_guard is not None:
+                self.uplink_guard.close()
             if os.environ.get("CEIL_E2E_KEEP"):
                 log(f"CEIL_E2E_KEEP set: keeping {self.workdir}")
             else:

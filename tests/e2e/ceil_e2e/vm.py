@@ -199,6 +199,9 @@ class Uplink:
     guestfwds: list[str] = field(default_factory=list)  # from fakes.Internet.guestfwds()
     extra_hostfwds: list[str] = field(default_factory=list)  # e.g. "tcp:127.0.0.1:8080-:8080"
     side_wire: Wire | None = None
+    # (NIC's wire, hub port's wire): the NIC reaches the hub through uplink_guard.UplinkGuard in
+    # this process, which keeps slirp from resetting the side host's connections to the router.
+    guard: tuple[Wire, Wire] | None = None
 
     def user_netdev(self, ident: str) -> str:
         parts = [f"user,id={ident},restrict=on,net=10.0.2.0/24", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"]
@@ -208,14 +211,20 @@ class Uplink:
 
     def netdev_args(self, ident: str) -> list[str]:
         """-netdev arguments that end in a netdev called `ident` for the NIC."""
-        if self.side_wire is None:
+        if self.side_wire is None and self.guard is None:
             return ["-netdev", self.user_netdev(ident)]
         hub = "hubid=7"  # any id: hubs are per QEMU process
-        return ["-netdev", self.user_netdev(f"{ident}-user"),
-                "-netdev", f"hubport,id={ident}-hub-user,{hub},netdev={ident}-user",
-                "-netdev", self.side_wire.netdev(f"{ident}-side"),
-                "-netdev", f"hubport,id={ident}-hub-side,{hub},netdev={ident}-side",
-                "-netdev", f"hubport,id={ident},{hub}"]
+        args = ["-netdev", self.user_netdev(f"{ident}-user"),
+                "-netdev", f"hubport,id={ident}-hub-user,{hub},netdev={ident}-user"]
+        if self.side_wire is not None:
+            args += ["-netdev", self.side_wire.netdev(f"{ident}-side"),
+                     "-netdev", f"hubport,id={ident}-hub-side,{hub},netdev={ident}-side"]
+        if self.guard is None:
+            return args + ["-netdev", f"hubport,id={ident},{hub}"]
+        nic_wire, hub_wire = self.guard
+        return args + ["-netdev", hub_wire.netdev(f"{ident}-guard"),
+                       "-netdev", f"hubport,id={ident}-hub-guard,{hub},netdev={ident}-guard",
+                       "-netdev", nic_wire.netdev(ident)]
 
 
 def mac_for(run_id: int, index: int, nic: int) -> str:

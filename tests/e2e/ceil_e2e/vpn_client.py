@@ -62,6 +62,14 @@ class SlirpHearsOnlyItsOwn:
         return frame[26:30] in self.asked  # IPv4 source
 
 
+class _HearsAll:
+    def outgoing(self, frame: bytes) -> None:
+        pass
+
+    def passes(self, frame: bytes) -> bool:
+        return True
+
+
 def _run(cmd: list[str]) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
@@ -70,12 +78,15 @@ def _run(cmd: list[str]) -> str:
 
 
 class NetnsTap:
-    """Network namespace `ns` whose interface eth0 (a TAP) is the peer end of `wire`, as `ip`/`prefix`."""
+    """Network namespace `ns` whose interface eth0 (a TAP) is the peer end of `wire`, as `ip`/`prefix`.
 
-    def __init__(self, wire: Wire, ns: str, ip: str, mac: str, prefix: int = 24):
+    `hears_only_its_own=False` relays every frame, as a guest's NIC on the hub would get them
+    (the harness tests use it to play the router)."""
+
+    def __init__(self, wire: Wire, ns: str, ip: str, mac: str, prefix: int = 24, hears_only_its_own: bool = True):
         self.wire, self.ns, self.ip, self.mac = wire, ns, ip, mac
         self._tap = self._sock = None
-        self._switch = SlirpHearsOnlyItsOwn()
+        self._switch = SlirpHearsOnlyItsOwn() if hears_only_its_own else _HearsAll()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         tap_name = f"ct{os.getpid() % 100000}{ns[-3:]}"[:15]
