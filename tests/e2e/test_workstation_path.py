@@ -31,24 +31,16 @@ REPO = Path(__file__).resolve().parents[2]
 MDNSMINI = (REPO / "tests" / "unit" / "mdnsmini.py").read_text()
 
 
-# Run e2e24: a TCP connection from the host beside the uplink straight to the router is reset.
-# The uplink's NIC shares a QEMU hub with QEMU's user network, which sees the router's answers to
-# 10.0.2.200 as its guest's own connections and resets them towards the router (libslirp's
+# Run e2e24: a TCP connection from the host beside the uplink straight to the router was reset.
+# The uplink's NIC shared a QEMU hub with QEMU's user network, which took the router's answers to
+# 10.0.2.200 for its own guest's connections and reset them towards the router (libslirp's
 # tcp_input, "dropwithreset"); a real home LAN's switch never shows the gateway those frames. The
-# harness needs a switch of its own in place of the hub (the relay forwarding by MAC between the
-# NIC, the user network and the namespace). Run e2e29 tried exactly that (a learning switch in
-# the test process): all three tests here passed through it, but after the VPN tests had used the
-# side port, the router's later reboots (test_lifecycle, test_router_lan) got no DHCP lease on
-# the uplink for 20 minutes, and 19 checks failed with it; reverted, cause not found yet (the
-# learned MAC table after the namespace left is the first suspect). Until then these run and
-# report, but do not fail the suite; the same paths are proven in network namespaces
-# (test_trusted_networks_netns.py), and the VPN path (UDP to the router) here.
-DIRECT_TCP = pytest.mark.xfail(reason="harness: QEMU's user network on the uplink's hub resets direct TCP"
-                               " between a host beside the uplink and the router", strict=False)
+# harness's uplink guard (ceil_e2e/uplink_guard.py) now stands between the router's NIC and the
+# hub, as that switch does; run e2e30 passed all three tests here through it, and the router's
+# later reboots kept getting their DHCP lease (run e2e29's learning switch had lost it).
 
 
-@pytest.mark.full  # an expected failure on the hub: CI's minutes go to what can pass
-@DIRECT_TCP
+@pytest.mark.full  # minutes CI's budget does not have; the VPN path below runs in CI
 def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_the_board(nodes, cluster):
     c = session.get()
     side = c.vpn_client
@@ -109,8 +101,7 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
         agent.close()
 
 
-@pytest.mark.full  # an expected failure on the hub: CI's minutes go to what can pass
-@DIRECT_TCP
+@pytest.mark.full  # minutes CI's budget does not have; the VPN path below runs in CI
 def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(nodes, cluster, tmp_path):
     """The third path: no route, no VPN, only the router's SSH on its uplink address.
     `bake.py ssh NAME --via` jumps through it to a node, and `bake.py k8s-proxy --via` forwards

@@ -87,7 +87,7 @@ NTP_AFTER_CLOUD_INIT = float(os.environ.get("CEIL_E2E_NTP_AFTER_CLOUD_INIT", "30
 # it ("not valid yet", "Not live until") until the card has network time. 0 turns it off.
 # The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
 # the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
-UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "0") != "0"
+UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
 BOOTED_AFTER_BAKE_DAYS = float(os.environ.get("CEIL_E2E_BOOTED_AFTER_BAKE_DAYS", "30"))
 
 
