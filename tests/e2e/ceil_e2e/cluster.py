@@ -33,6 +33,7 @@ from ceil_infra.ssh import Endpoint, SshConfig, generate_key
 
 from . import fakes as fakes_mod
 from . import l2dns, readiness
+from .uplink_guard import UplinkGuard
 from .vm import UPLINK_GUEST_IP, Guest, Lan, Uplink, Wire
 
 REPO = Path(__file__).resolve().parents[3]
@@ -81,13 +82,13 @@ NTP_DELAY = float(os.environ.get("CEIL_E2E_NTP_DELAY", "300"))
 # cloud-final starts), and a card booted long after its bake must meet the archive with its stale
 # clock there, or the twin never bites (run e2e24: no machine did).
 NTP_AFTER_CLOUD_INIT = float(os.environ.get("CEIL_E2E_NTP_AFTER_CLOUD_INIT", "300"))
+# The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
+# the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
+UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
 # Hostile twin (docs/testing.md): a card first booted long after its bake. Its clock starts at the
 # bake time, but the world is this many days later: the fake upstream time server answers that far
 # ahead, and the package archive was last signed halfway in between, after the bake, so apt refuses
 # it ("not valid yet", "Not live until") until the card has network time. 0 turns it off.
-# The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
-# the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
-UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
 BOOTED_AFTER_BAKE_DAYS = float(os.environ.get("CEIL_E2E_BOOTED_AFTER_BAKE_DAYS", "30"))
 
 
@@ -160,10 +161,9 @@ class TestCluster:
             self.config["vpn"]["endpoint"] = UPLINK_GUEST_IP
         # The router's NIC reaches the uplink's hub through uplink_guard.UplinkGuard, so that QEMU's
         # user network cannot reset the side host's connections to the router in its name.
-        self.uplink_guard = None
-        self.guard_wires: tuple[Wire, Wire] | None = None
+        self.uplink_guard: UplinkGuard | None = None
         if self.vpn_wire is not None and UPLINK_GUARD:
-            self.guard_wires = (Wire.random(), Wire.random())
+            self.uplink_guard = UplinkGuard(Wire.random(), Wire.random())
         self.config_path = workdir / "cluster.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         shutil.copy(self.config_path, artifacts / "cluster.yaml")
@@ -296,12 +296,9 @@ class TestCluster:
             uplink = None
             segments = ()
             if role == "router":
+                guard = self.uplink_guard
                 uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds,
-                                side_wire=self.vpn_wire, guard=self.guard_wires)
-                if self.guard_wires is not None and self.uplink_guard is None:
-                    from .uplink_guard import UplinkGuard
-
-                    self.uplink_guard = UplinkGuard(*self.guard_wires)
+                                side_wire=self.vpn_wire, guard=guard and (guard.nic_wire, guard.hub_wire))
                 segments = (self.dns.segment,)
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,

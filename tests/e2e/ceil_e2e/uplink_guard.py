@@ -24,8 +24,7 @@ from __future__ import annotations
 import select
 import threading
 
-SLIRP_MAC_PREFIX = b"\x52\x55"  # libslirp's emulated hosts send from 52:55:<IPv4>
-_ETH_IPV4 = b"\x08\x00"
+from .vpn_client import ETH_IPV4, SLIRP_MAC_PREFIX
 
 
 class SpoofFilter:
@@ -35,7 +34,7 @@ class SpoofFilter:
         self.stations: set[bytes] = set()
 
     def passes(self, frame: bytes) -> bool:
-        if len(frame) < 34 or frame[12:14] != _ETH_IPV4:
+        if len(frame) < 34 or frame[12:14] != ETH_IPV4:
             return True  # ARP and the rest: slirp answers ARP only for its own hosts
         source = frame[26:30]
         if frame[6:8] == SLIRP_MAC_PREFIX:

@@ -35,7 +35,7 @@ _TUNSETIFF, _IFF_TAP, _IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 
 # libslirp's emulated hosts (gateway, DNS, guestfwd addresses) all send from MAC 52:55:<IPv4>.
 SLIRP_MAC_PREFIX = b"\x52\x55"
-_ETH_IPV4 = b"\x08\x00"
+ETH_IPV4 = b"\x08\x00"
 
 
 class SlirpHearsOnlyItsOwn:
@@ -53,11 +53,11 @@ class SlirpHearsOnlyItsOwn:
         self.asked: set[bytes] = set()
 
     def outgoing(self, frame: bytes) -> None:
-        if frame[:2] == SLIRP_MAC_PREFIX and frame[12:14] == _ETH_IPV4:
+        if frame[:2] == SLIRP_MAC_PREFIX and frame[12:14] == ETH_IPV4:
             self.asked.add(frame[30:34])  # IPv4 destination
 
     def passes(self, frame: bytes) -> bool:
-        if frame[6:8] != SLIRP_MAC_PREFIX or frame[12:14] != _ETH_IPV4:
+        if frame[6:8] != SLIRP_MAC_PREFIX or frame[12:14] != ETH_IPV4:
             return True
         return frame[26:30] in self.asked  # IPv4 source
 
