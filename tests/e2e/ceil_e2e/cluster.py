@@ -82,6 +82,12 @@ NTP_DELAY = float(os.environ.get("CEIL_E2E_NTP_DELAY", "300"))
 # cloud-final starts), and a card booted long after its bake must meet the archive with its stale
 # clock there, or the twin never bites (run e2e24: no machine did).
 NTP_AFTER_CLOUD_INIT = float(os.environ.get("CEIL_E2E_NTP_AFTER_CLOUD_INIT", "300"))
+# ... and until this long after some card first fetched the archive's release files, so that the
+# first fetch meets the archive on a card's own clock, however slow the machine (CI's run on
+# db17f7d: the router's first apt attempt came after those 300 s and no machine was refused);
+# but no longer than NTP_HOLD_MAX after the router's cloud-init, should nothing ever fetch.
+NTP_AFTER_ARCHIVE = float(os.environ.get("CEIL_E2E_NTP_AFTER_ARCHIVE", "60"))
+NTP_HOLD_MAX = float(os.environ.get("CEIL_E2E_NTP_HOLD_MAX", "1200"))
 # The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
 # the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
 UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
@@ -181,6 +187,7 @@ class TestCluster:
         self.cluster = None  # ceil.config.Cluster, after bake()
         self.first_boot_cache = None  # firstboot_cache.Entry this run restored instead of baking
         self._ntp_held = False  # the upstream's silence after the router's first cloud-init, once
+        self._archive_first_fetch: float | None = None  # time.time() of the first release-file fetch
         self.recorder = None  # firstboot_cache.Recorder: saves each disk at its first boot
 
     # -- configuration ------------------------------------------------------------------------
@@ -348,7 +355,9 @@ class TestCluster:
             if not self._ntp_held and self.first_boot_cache is None and BOOTED_AFTER_BAKE_DAYS:
                 self._ntp_held = True
                 self.dns.hold_ntp(NTP_AFTER_CLOUD_INIT)
-                log(f"router: the upstream's time stays silent for {NTP_AFTER_CLOUD_INIT:.0f}s more")
+                self.dns.hold_ntp_until(self._archive_fetched_ago, NTP_AFTER_ARCHIVE, NTP_HOLD_MAX)
+                log(f"router: the upstream's time stays silent for {NTP_AFTER_CLOUD_INIT:.0f}s more, and until "
+                    f"{NTP_AFTER_ARCHIVE:.0f}s after the archive's first fetch (at most {NTP_HOLD_MAX:.0f}s)")
         m.timings["cloud_init_s"] = round(time.monotonic() - m.guest.started_at)
         log(f"{role}: cloud-init done after {m.timings['cloud_init_s']}s")
         if firstboot:
@@ -366,6 +375,14 @@ class TestCluster:
             if self.recorder is not None:
                 self.recorder.save_machine(self, role)  # once per machine: its first first boot
         return m
+
+    def _archive_fetched_ago(self) -> float | None:
+        """Seconds since a guest first asked the fake archive for its release files (None: not yet)."""
+        if self._archive_first_fetch is None:
+            asked = self.internet["apt"].requests_to("/debian/dists/")
+            if asked:
+                self._archive_first_fetch = min(r.at for r in asked)
+        return None if self._archive_first_fetch is None else time.time() - self._archive_first_fetch
 
     def _log_profile(self, role: str) -> None:
         """The slowest first-boot steps (as `bake.py status --times` shows them), so every run's

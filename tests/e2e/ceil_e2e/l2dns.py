@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from typing import Callable
 
 from .vm import Lan
 
@@ -146,6 +147,7 @@ class SegmentDns:
         self.ntp_requests = 0   # NTP requests seen
         self.ntp_answered = 0   # ... and answered (after ntp_after)
         self._answer_at = time.monotonic() + ntp_after  # NTP is silent until then (hold_ntp moves it)
+        self._until: tuple[Callable[[], float | None], float, float] | None = None  # hold_ntp_until's
         self._sock = segment_socket(seg)
         self._sock.settimeout(0.5)
         self._stop = threading.Event()
@@ -171,8 +173,15 @@ class SegmentDns:
                 self._sock.sendto(reply, (self.segment.group, self.segment.port))
 
     def silent_for(self) -> float:
-        """Seconds until NTP answers (0: it answers now)."""
-        return max(0.0, self._answer_at - time.monotonic())
+        """Seconds until NTP answers (0: it answers now; an estimate while waiting for an event)."""
+        now = time.monotonic()
+        wait = self._answer_at - now
+        if self._until is not None:
+            ago, after, deadline = self._until
+            seconds_ago = ago()
+            gate = deadline - now if seconds_ago is None else min(after - seconds_ago, deadline - now)
+            wait = max(wait, gate)
+        return max(0.0, wait)
 
     def hold_ntp(self, seconds: float | None = None) -> None:
         """Stay silent for at least `seconds` (default `ntp_after`) from now: the harness calls it
@@ -180,6 +189,12 @@ class SegmentDns:
         covers the router's first apt attempt however long the bake and the boot took."""
         wait = self.ntp_after if seconds is None else seconds
         self._answer_at = max(self._answer_at, time.monotonic() + wait)
+
+    def hold_ntp_until(self, ago: Callable[[], float | None], after: float, at_most: float) -> None:
+        """Also stay silent until `after` seconds past an event (`ago()`: seconds since it happened,
+        None before it has), and no longer than `at_most` seconds from now: the harness keeps the
+        upstream's time away until the package archive has been met once on a card's own clock."""
+        self._until = (ago, after, time.monotonic() + at_most)
 
     def close(self) -> None:
         self._stop.set()
