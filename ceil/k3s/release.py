@@ -5,11 +5,11 @@ the router's cache, which both carry copies of the same files.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..config import Cluster
 from ..errors import CeilError
+from ..fetch import sha256_file
 
 # Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
 # has no suffix, and armhf's checksum and image files say "arm").
@@ -27,14 +27,6 @@ def parse_sums(text: str, asset: str) -> str | None:
         if len(parts) == 2 and parts[1].lstrip("*") == asset:
             return parts[0].lower()
     return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
