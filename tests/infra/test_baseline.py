@@ -126,6 +126,15 @@ def test_firstboot_target_reached_with_every_done_marker(host, machine):
     assert status.strip(), "/var/lib/ceil/status.json is missing"
 
 
+def test_every_ceil_unit_named_exists(host, machine):
+    """A ceil unit that names another ceil unit (Wants=, After=, ...) names one that is installed:
+    PiWatch's service wanted a ceil-piwatch-install.service no bake ever installed, which
+    systemd lists as "not-found" (stop 28's review)."""
+    out = host.run("systemctl list-units --all --state=not-found --plain --no-legend 'ceil-*'").stdout
+    missing = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert not missing, f"{machine}: ceil units name units that are not installed: {missing}"
+
+
 def test_no_step_left_a_duplicated_effect(host, machine):
     """Steps may run twice (power cut before the done-marker): none may double what it wrote."""
     from ceil_infra.converge import duplicated_effects
