@@ -19,6 +19,7 @@ from .catalog import load_flavor
 from .compat import (check_no_k3s_downgrade, check_secrets_format, node_baked, router_baked,
                      stale_router_warning)
 from .config import load_cluster
+from .datastore import restore_notice
 from .errors import CeilError
 from .features import preflight
 from .secrets import SecretStore
@@ -81,6 +82,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     for r in chosen:
         start = time.monotonic()
         console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
+        if restoring := restore_notice(cluster, store, r):
+            console.print(f"  {escape(restoring)}")
         path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256))
         if r == "router":
             router_baked(store)
@@ -146,6 +149,7 @@ PLUGINS = [
     ("ceil.workstation", "run_command"),
     ("ceil.workstation", "k8s_proxy_command"),
     ("ceil.nodes", "node_group"),
+    ("ceil.datastore", "datastore_group"),
     ("ceil.k3s_reset", "k3s_group"),
     ("ceil.logs", "logs_command"),
     ("ceil.status", "status_command"),

@@ -4,7 +4,8 @@ Secret deleted, its DHCP lease and status-board entry removed on the router. A r
 baked under the same name then joins as a new machine.
 
 The only server of a cluster whose datastore is k3s's SQLite holds the whole cluster: removing
-it is refused (there is no backup and restore of the datastore yet).
+it is refused. Replacing its card goes through `bake.py datastore backup` and `restore`
+(ceil/datastore.py).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def refuse_the_only_server(cluster: Cluster, name: str) -> None:
     if node.role == "server" and len(servers) == 1:
         raise CeilError(
             f"{name} is the cluster's only server: its datastore (k3s's SQLite) is the whole cluster,"
-            " and nothing could take over. Re-flash it under the same name instead (it keeps its"
-            " password and rejoins), or add a second server first")
+            " and nothing could take over. To replace its card: `python bake.py datastore backup`,"
+            " then `python bake.py datastore restore FILE` and bake, flash and boot a new card under"
+            " the same name (it starts on the snapshot; the other nodes rejoin it)")
 
 
 def drain(api, node_name: str, log, timeout: float = 120, poll: float = 2) -> bool:

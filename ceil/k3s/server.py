@@ -5,7 +5,8 @@ from __future__ import annotations
 import yaml
 
 from ..config import Cluster
-from .node_config import check_servers, server_config, server_secret_files
+from ..datastore import restore_secret_files
+from .node_config import check_servers, init_server, server_config, server_secret_files
 from ..secrets import SecretStore
 
 
@@ -19,4 +20,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
 
 
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, bytes | str]:
-    return server_secret_files(cluster, cluster.node(role), store)
+    files = server_secret_files(cluster, cluster.node(role), store)
+    if cluster.node(role) == init_server(cluster):
+        files.update(restore_secret_files(cluster, store))  # a snapshot staged by `datastore restore`
+    return files

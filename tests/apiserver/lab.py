@@ -130,11 +130,18 @@ class ApiServerLab:
                 "localhost", "127.0.0.1", service_ip, self.config["node-ip"], *self.config.get("tls-san", [])]
         self._write_pair("serving-kube-apiserver", _serving_cert(self._ca("server-ca"), "kube-apiserver", sans))
         self._write_pair("client-auth-proxy", pki.issue_client_cert(self._ca("request-header-ca"), "system:auth-proxy", []))
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        (self.tls / "service.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
-        secret = base64.b64encode(pysecrets.token_bytes(32)).decode()
+        # The service-account key and the encryption key are made once and kept across a restart,
+        # as k3s keeps them: on disk, and in the bootstrap data it stores in the datastore under
+        # the server token, from where a new card whose datastore was restored takes them back
+        # (test_datastore_restore.py restarts this lab).
+        if not (self.tls / "service.key").exists():
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            (self.tls / "service.key").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
         (self.dir / "cred").mkdir(exist_ok=True)
+        if (self.dir / "cred" / "encryption-config.json").exists():
+            return
+        secret = base64.b64encode(pysecrets.token_bytes(32)).decode()
         (self.dir / "cred" / "encryption-config.json").write_text(yaml.safe_dump({
             "kind": "EncryptionConfiguration", "apiVersion": "apiserver.config.k8s.io/v1",
             "resources": [{"resources": ["secrets"], "providers": [

@@ -207,3 +207,28 @@ def test_prep_keeps_k3s_kernel_arguments_on_every_boot_slot_after_kernel_updates
     assert (boot / "new/cmdline.txt").read_text() == flagged
     assert (boot / "current/cmdline.txt").read_text() == flagged
     assert not (boot / "old").exists() and not list(boot.rglob(".*ceil-tmp"))
+
+
+def test_server_step_starts_k3s_on_a_staged_datastore_snapshot(payload, stubs, tmp_path):
+    """`bake.py datastore restore` staged a snapshot: the init server's payload carries it and its
+    step installs it as state.db before it starts k3s; no copy stays among the card's secrets."""
+    import sqlite3
+
+    from ceil.datastore import RESTORE_SECRET
+
+    snap = tmp_path / "snap.db"
+    db = sqlite3.connect(snap)
+    db.execute("CREATE TABLE kine (id INTEGER PRIMARY KEY, name TEXT, value BLOB)")
+    db.commit()
+    db.close()
+    SecretStore(tmp_path / "secrets").write(RESTORE_SECRET, snap.read_bytes())
+    root = payload("one")
+    assert (root / "etc/ceil/secrets" / RESTORE_SECRET).is_file()
+    result = run(NODE, root, stubs, "server", STUB_IP_OUT=IP_SERVER)
+    assert result.returncode == 0, result.stderr
+    state = root / "var/lib/rancher/k3s/server/db/state.db"
+    assert state.read_bytes() == snap.read_bytes() and mode(state) == 0o600
+    assert not (root / "etc/ceil/secrets" / RESTORE_SECRET).exists()
+    calls = stubs[1].read_text().splitlines()
+    assert any("start --no-block k3s.service" in c for c in calls)
+    assert not (payload("two") / "etc/ceil/secrets" / RESTORE_SECRET).exists()  # an agent: never

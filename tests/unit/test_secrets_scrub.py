@@ -67,12 +67,20 @@ def test_secrets_step_logic_on_a_plain_folder(tmp_path):
     (boot / "ceil" / "secrets" / "wireguard").mkdir(parents=True)
     (boot / "ceil" / "secrets" / "wireguard" / "wg0.conf").write_bytes(SECRET)
     (boot / "network-config").write_text(f"wifis:\n  wlan0:\n    access-points:\n      Home: {{password: \"{PSK}\"}}\n        password: {PSK}\n")
+    # A datastore snapshot is megabytes: zeroed in place, every byte and not one more. A second
+    # link to its inode shows what the step left in the file's own clusters.
+    big = os.urandom(3 * 1024 * 1024 + 7)
+    (boot / "ceil" / "secrets" / "k3s" / "restore").mkdir(parents=True)
+    (boot / "ceil" / "secrets" / "k3s" / "restore" / "state.db").write_bytes(big)
+    os.link(boot / "ceil" / "secrets" / "k3s" / "restore" / "state.db", tmp_path / "same-inode")
     script = tmp_path / "secrets.sh"
     script.write_text(render_script(boot))
     dest = tmp_path / "etc-secrets"
     env = {**os.environ, "CEIL_SECRETS_DEST": str(dest)}
     for _ in range(2):
         subprocess.run(["sh", str(script)], check=True, env=env)
+    assert (dest / "k3s" / "restore" / "state.db").read_bytes() == big
+    assert (tmp_path / "same-inode").read_bytes() == bytes(len(big))
     assert (dest / "wireguard" / "wg0.conf").read_bytes() == SECRET
     assert (dest / "wireguard" / "wg0.conf").stat().st_mode & 0o077 == 0
     assert not (boot / "ceil" / "secrets").exists()

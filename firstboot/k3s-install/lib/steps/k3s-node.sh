@@ -3,6 +3,7 @@
 #   /etc/rancher/k3s/config.yaml  from /etc/ceil/k3s-<mode>/config.yaml + the LAN interface
 #   /etc/rancher/node/password    the node's stable password (a re-flashed node rejoins as itself)
 #   server/tls/*                  the CA set made at bake time (init server only)
+#   server/db/state.db            a datastore snapshot, when one was baked in (`bake.py datastore`)
 #   k3s.service / k3s-agent.service, enabled and started
 # k3s itself then retries for ever (Restart=always, no start limit): an agent whose server is
 # not up yet keeps trying, visible in `systemctl status k3s-agent`.
@@ -65,6 +66,12 @@ if [ "$MODE" = server ] && [ -d "$SECRETS/tls" ]; then
         ceil_replace "$SECRETS/tls/$src" "$dst" "$perm"
     done
     chmod 0700 "$TLS"
+fi
+
+# A datastore snapshot staged with `bake.py datastore restore` (the init server of a one-server
+# cluster): k3s's state.db before k3s first starts on this card (ceil-lib.sh says when not).
+if [ "$MODE" = server ]; then
+    ceil_restore_datastore "$SECRETS/restore/state.db" "$ROOT/var/lib/rancher/k3s/server/db"
 fi
 
 # A daemon-reload costs up to a minute on a starved machine: only when the unit file is new.

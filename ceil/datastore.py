@@ -1,0 +1,185 @@
+"""`bake.py datastore backup|restore`: the datastore of a one-server cluster, kept off the card.
+
+With one server, k3s keeps the whole cluster in SQLite (kine) on that server's card: losing the
+card loses the cluster. k3s's own answer (docs.k3s.io/datastore/backup-restore): copy
+/var/lib/rancher/k3s/server/db/, keep the server token, and put both back on a new server. ceil
+already keeps the token (secrets/k3s/, baked into every server image), so what remains is the
+database:
+
+- `backup` takes a consistent copy over SSH while k3s runs, with SQLite's online backup (a plain
+  copy of a WAL database that is being written can miss or tear its latest transactions), and
+  writes it into secrets/backups/ (0600: it holds every Secret of the cluster, encrypted with a
+  key the datastore itself keeps under the token).
+- `restore FILE` checks the file and stages it in secrets/; the next bake of the server carries it
+  like its other secrets (moved off the FAT partition at first boot, then scrubbed), and the
+  k3s-server step installs it as state.db before k3s first starts on that card. A card whose k3s
+  already has a datastore never has it replaced.
+
+Clusters with three or five servers run embedded etcd: they survive a lost server, and k3s's
+`etcd-snapshot` covers them; these commands refuse them.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from .addons.cli import Context, cluster_options
+from .config import Cluster
+from .errors import CeilError
+from .k3s.node_config import init_server, servers
+from .secrets import SecretStore
+
+DB_ON_SERVER = "/var/lib/rancher/k3s/server/db/state.db"
+RESTORE_SECRET = "k3s/restore/state.db"  # staged in secrets/, and under /etc/ceil/secrets/ on the card
+BACKUPS = "backups"
+
+# Run as root on the server (`python3 -`): SQLite's online backup of the live database into a
+# root-only temporary file beside it, written to stdout, then removed. Standard library only.
+BACKUP_SCRIPT = f"""
+import os, shutil, sqlite3, sys, tempfile
+db = {DB_ON_SERVER!r}
+if not os.path.isfile(db):
+    sys.exit("no k3s SQLite datastore at " + db + " (is this the server, and has k3s started?)")
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(db), prefix=".ceil-backup-")
+os.close(fd)
+try:
+    src = sqlite3.connect(db, timeout=60)
+    dst = sqlite3.connect(tmp)
+    src.backup(dst)
+    dst.close()
+    src.close()
+    with open(tmp, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+finally:
+    os.unlink(tmp)
+"""
+
+
+def check_sqlite_cluster(cluster: Cluster) -> None:
+    if len(servers(cluster)) > 1:
+        raise CeilError(
+            f"this cluster has {len(servers(cluster))} servers: its datastore is embedded etcd, which"
+            " survives a lost server; back it up with `k3s etcd-snapshot save` on a server instead")
+
+
+def check_snapshot(path: Path) -> int:
+    """The number of rows in kine's table, if `path` is a whole SQLite database k3s wrote;
+    CeilError naming the file and what is wrong otherwise."""
+    if not path.is_file():
+        raise CeilError(f"{path}: no such file (a snapshot from `python bake.py datastore backup`)")
+    try:
+        # immutable: a file at rest, read without locks, and no -wal/-shm made beside it
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            ok = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if ok != "ok":
+                raise CeilError(f"{path} is a damaged SQLite database ({ok}): take another backup")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "kine" not in tables:
+                raise CeilError(f"{path} is an SQLite database but not k3s's datastore (no kine table):"
+                                f" give a snapshot from `python bake.py datastore backup`")
+            return db.execute("SELECT count(*) FROM kine").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise CeilError(f"{path} is not an SQLite database ({e}): give a snapshot from"
+                        f" `python bake.py datastore backup`") from None
+
+
+def backup(cluster: Cluster, store: SecretStore, via: str | None,
+           run=subprocess.run, now: float | None = None) -> tuple[Path, int]:
+    """Take the server's datastore into secrets/backups/; (its path, kine's row count)."""
+    from .workstation import ssh_argv
+
+    check_sqlite_cluster(cluster)
+    server = init_server(cluster).name
+    argv = ssh_argv(cluster, server, via, ("sudo python3 -",), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
+    done = run(argv, input=BACKUP_SCRIPT.encode(), capture_output=True, timeout=900)
+    if done.returncode != 0:
+        raise CeilError(f"backup on {server} failed ({done.returncode}): "
+                        f"{done.stderr.decode(errors='replace').strip() or 'no message'}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    name = f"{BACKUPS}/{cluster.name}-{server}-{stamp}.db"
+    partial = f"{name}.partial"
+    store.write(partial, done.stdout)
+    try:
+        rows = check_snapshot(store.path(partial))
+    except CeilError as e:
+        store.path(partial).unlink(missing_ok=True)
+        raise CeilError(f"what {server} sent is not a usable snapshot: {e}") from None
+    os.replace(store.path(partial), store.path(name))
+    return store.path(name), rows
+
+
+def stage_restore(cluster: Cluster, store: SecretStore, snapshot: Path) -> int:
+    """Check `snapshot` and stage it for the next bake of the server; kine's row count."""
+    check_sqlite_cluster(cluster)
+    rows = check_snapshot(snapshot)
+    store.write(RESTORE_SECRET, snapshot.read_bytes())
+    return rows
+
+
+def staged_restore(store: SecretStore) -> Path | None:
+    return store.path(RESTORE_SECRET) if store.exists(RESTORE_SECRET) else None
+
+
+def restore_secret_files(cluster: Cluster, store: SecretStore) -> dict[str, bytes]:
+    """The staged snapshot, for the init server's payload (nothing when none is staged)."""
+    if len(servers(cluster)) > 1 or not store.exists(RESTORE_SECRET):
+        return {}
+    return {RESTORE_SECRET: store.read(RESTORE_SECRET)}
+
+
+def restore_notice(cluster: Cluster, store: SecretStore, role: str) -> str | None:
+    """What the bake says when `role`'s image will carry a staged snapshot."""
+    if role == "router" or not restore_secret_files(cluster, store) or cluster.node(role) != init_server(cluster):
+        return None
+    staged = store.path(RESTORE_SECRET)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(staged.stat().st_mtime))
+    return (f"restoring: this image starts k3s on the datastore snapshot staged {when} ({staged});"
+            " `python bake.py datastore restore --cancel` drops it")
+
+
+@click.group("datastore")
+def datastore_group() -> None:
+    """Back up the datastore of a one-server cluster, and restore it onto a new server card."""
+
+
+@datastore_group.command("backup")
+@cluster_options
+@click.option("--via", metavar="ADDRESS", help="Reach the server through the router at this address (see `bake.py ssh`).")
+def backup_command(config_path: Path, secrets_path, kubeconfig_path, via) -> None:
+    """Copy the server's k3s datastore (SQLite, taken consistently while k3s runs) into
+    secrets/backups/. Keep that folder safe: it holds every Secret of the cluster."""
+    obj = Context(config_path, secrets_path, kubeconfig_path)
+    path, rows = backup(obj.cluster, obj.store, via)
+    click.echo(f"wrote {path} ({path.stat().st_size} bytes, {rows} datastore rows)")
+    click.echo(f"to restore it onto a new card: python bake.py datastore restore {path}")
+
+
+@datastore_group.command("restore")
+@cluster_options
+@click.option("--cancel", is_flag=True, help="Drop the staged snapshot: the server's next bake starts an empty datastore.")
+@click.argument("snapshot", type=click.Path(path_type=Path), required=False)
+def restore_command(config_path: Path, secrets_path, kubeconfig_path, cancel: bool, snapshot: Path | None) -> None:
+    """Stage SNAPSHOT (from `datastore backup`) for the server's next bake: the card flashed from
+    that image starts k3s on the restored datastore. A card whose k3s already has one keeps it."""
+    obj = Context(config_path, secrets_path, kubeconfig_path)
+    server = init_server(obj.cluster).name
+    if cancel:
+        staged = staged_restore(obj.store)
+        if staged:
+            staged.unlink()
+        click.echo("no snapshot staged" if not staged else f"dropped the staged snapshot ({staged})")
+        return
+    if snapshot is None:
+        raise click.UsageError("name the snapshot to restore (a file in secrets/backups/), or --cancel")
+    rows = stage_restore(obj.cluster, obj.store, snapshot)
+    click.echo(f"staged {snapshot} ({rows} datastore rows) for {server}")
+    click.echo(f"next: python bake.py --role {server}, flash it, and boot it in place of the old card")
