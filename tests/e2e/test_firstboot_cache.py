@@ -137,7 +137,10 @@ class FakeGuest:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, monkeypatch):
+    # These tests set CEIL_E2E_FRESH themselves where they need it; a run started with it (to
+    # boot its own cluster afresh) must not turn every lookup here into a miss.
+    monkeypatch.delenv("CEIL_E2E_FRESH", raising=False)
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("needs qemu-system-x86 (scripts/setup-host.sh)")
     work = tmp_path / "work"
