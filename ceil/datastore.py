@@ -29,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from .addons.cli import Context, cluster_options
+from .addons.cli import Context
 from .config import Cluster
 from .errors import CeilError
 from .k3s.node_config import init_server, servers
@@ -101,9 +101,12 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None,
     server = init_server(cluster).name
     argv = ssh_argv(cluster, server, via, ("sudo python3 -",), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
     done = run(argv, input=BACKUP_SCRIPT.encode(), capture_output=True, timeout=900)
+    said = done.stderr.decode(errors="replace").strip() or "no message"
+    if done.returncode == 255:  # ssh's own failure: the script never ran
+        raise CeilError(f"could not reach {server} over SSH ({said}): from outside the cluster LAN, use"
+                        " the VPN or --via ADDRESS (the router's address; README, 'Flash, boot, check')")
     if done.returncode != 0:
-        raise CeilError(f"backup on {server} failed ({done.returncode}): "
-                        f"{done.stderr.decode(errors='replace').strip() or 'no message'}")
+        raise CeilError(f"backup on {server} failed ({done.returncode}): {said}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     name = f"{BACKUPS}/{cluster.name}-{server}-{stamp}.db"
     partial = f"{name}.partial"
@@ -146,31 +149,39 @@ def restore_notice(cluster: Cluster, store: SecretStore, role: str) -> str | Non
             " `python bake.py datastore restore --cancel` drops it")
 
 
+def datastore_options(command):
+    """--config and --secrets (no kubeconfig: these work over SSH, also when the API server is down)."""
+    command = click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+                           help="Secrets directory (default: secrets/ next to the config).")(command)
+    return click.option("--config", "config_path", default="cluster.yaml", show_default=True,
+                        type=click.Path(path_type=Path), help="The cluster description.")(command)
+
+
 @click.group("datastore")
 def datastore_group() -> None:
     """Back up the datastore of a one-server cluster, and restore it onto a new server card."""
 
 
 @datastore_group.command("backup")
-@cluster_options
+@datastore_options
 @click.option("--via", metavar="ADDRESS", help="Reach the server through the router at this address (see `bake.py ssh`).")
-def backup_command(config_path: Path, secrets_path, kubeconfig_path, via) -> None:
+def backup_command(config_path: Path, secrets_path, via) -> None:
     """Copy the server's k3s datastore (SQLite, taken consistently while k3s runs) into
     secrets/backups/. Keep that folder safe: it holds every Secret of the cluster."""
-    obj = Context(config_path, secrets_path, kubeconfig_path)
+    obj = Context(config_path, secrets_path, None)
     path, rows = backup(obj.cluster, obj.store, via)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes, {rows} datastore rows)")
     click.echo(f"to restore it onto a new card: python bake.py datastore restore {path}")
 
 
 @datastore_group.command("restore")
-@cluster_options
+@datastore_options
 @click.option("--cancel", is_flag=True, help="Drop the staged snapshot: the server's next bake starts an empty datastore.")
 @click.argument("snapshot", type=click.Path(path_type=Path), required=False)
-def restore_command(config_path: Path, secrets_path, kubeconfig_path, cancel: bool, snapshot: Path | None) -> None:
+def restore_command(config_path: Path, secrets_path, cancel: bool, snapshot: Path | None) -> None:
     """Stage SNAPSHOT (from `datastore backup`) for the server's next bake: the card flashed from
     that image starts k3s on the restored datastore. A card whose k3s already has one keeps it."""
-    obj = Context(config_path, secrets_path, kubeconfig_path)
+    obj = Context(config_path, secrets_path, None)
     server = init_server(obj.cluster).name
     if cancel:
         staged = staged_restore(obj.store)

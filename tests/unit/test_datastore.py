@@ -103,6 +103,9 @@ def test_backup_lands_in_secrets_whole_or_not_at_all(tmp_path):
     failed = lambda argv, input, **kw: subprocess.CompletedProcess(argv, 1, b"", b"no k3s SQLite datastore at x")  # noqa: E731
     with pytest.raises(CeilError, match="backup on one failed .1.: no k3s SQLite datastore"):
         datastore.backup(cluster, store, None, run=failed, now=120)
+    unreachable = lambda argv, input, **kw: subprocess.CompletedProcess(argv, 255, b"", b"Connection timed out")  # noqa: E731
+    with pytest.raises(CeilError, match="could not reach one over SSH .Connection timed out.*--via ADDRESS"):
+        datastore.backup(cluster, store, None, run=unreachable, now=180)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
