@@ -141,7 +141,8 @@ def restore_secret_files(cluster: Cluster, store: SecretStore) -> dict[str, byte
 
 def restore_notice(cluster: Cluster, store: SecretStore, role: str) -> str | None:
     """What the bake says when `role`'s image will carry a staged snapshot."""
-    if role == "router" or not restore_secret_files(cluster, store) or cluster.node(role) != init_server(cluster):
+    if (role == "router" or len(servers(cluster)) > 1 or not store.exists(RESTORE_SECRET)
+            or cluster.node(role) != init_server(cluster)):
         return None
     staged = store.path(RESTORE_SECRET)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(staged.stat().st_mtime))
