@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark: PiWatch's install on the router, unpacking the pinned wheels (today) against pip
-installing the same wheels (until stop 26), side by side in one booted guest under QEMU (TCG).
+installing the same wheels (before 1c6710c), side by side in one booted guest under QEMU (TCG).
 
 The router's `piwatch-setup` step builds a venv from the wheels baked into its card. It used to
 run pip from its wheel (`--no-index --require-hashes --no-deps`); it now runs
