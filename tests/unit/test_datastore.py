@@ -106,6 +106,11 @@ def test_backup_lands_in_secrets_whole_or_not_at_all(tmp_path):
     unreachable = lambda argv, input, **kw: subprocess.CompletedProcess(argv, 255, b"", b"Connection timed out")  # noqa: E731
     with pytest.raises(CeilError, match="could not reach one over SSH .Connection timed out.*--via ADDRESS"):
         datastore.backup(cluster, store, None, run=unreachable, now=180)
+    def silent(argv, input, **kw):
+        raise subprocess.TimeoutExpired(argv, kw["timeout"])
+
+    with pytest.raises(CeilError, match="no whole snapshot within 900 s: nothing was written"):
+        datastore.backup(cluster, store, None, run=silent, now=240)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
