@@ -103,8 +103,8 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None,
     try:
         done = run(argv, input=BACKUP_SCRIPT.encode(), capture_output=True, timeout=900)
     except subprocess.TimeoutExpired:
-        raise CeilError(f"{server} sent no whole snapshot within 900 s: nothing was written; try again"
-                        " (a datastore of that size on a Pi's card takes minutes, not more)") from None
+        raise CeilError(f"{server} sent no whole snapshot within 900 s: nothing was written; try again,"
+                        f" and if it happens again look at the server (`python bake.py ssh {server}`)") from None
     said = done.stderr.decode(errors="replace").strip() or "no message"
     if done.returncode == 255:  # ssh's own failure: the script never ran
         raise CeilError(f"could not reach {server} over SSH ({said}): from outside the cluster LAN, use"
