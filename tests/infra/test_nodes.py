@@ -232,3 +232,27 @@ def test_agent_token_pins_the_servers_ca(nodes, cluster):
         with host.sudo():
             token = host.file("/etc/ceil/secrets/k3s/agent-token").content_string.strip()
         assert token.startswith(f"K10{ca_sha}::node:"), f"{name}: token does not pin the server CA"
+
+
+def test_a_staged_datastore_snapshot_became_the_servers_datastore(nodes, cluster, targets):
+    """`bake.py datastore restore` staged a snapshot before the server's bake (the e2e harness does,
+    as a user replacing a lost server would): the card carried it off its FAT partition, the
+    k3s-server step installed it as k3s's state.db before k3s started, and no copy stayed among
+    the server's secrets (the FAT's blocks are scanned by test_baseline.py)."""
+    import sqlite3
+
+    staged = targets.secrets_dir / "k3s/restore/state.db" if targets.secrets_dir else None
+    if staged is None or not staged.is_file():
+        pytest.skip("no datastore snapshot staged in secrets/ (python bake.py datastore restore)")
+    db = sqlite3.connect(f"file:{staged}?immutable=1", uri=True)
+    newest = db.execute("SELECT name FROM kine ORDER BY id DESC LIMIT 1").fetchone()[0]
+    db.close()
+    host = nodes[cluster.server.name]
+    with host.sudo():
+        assert not host.file("/etc/ceil/secrets/k3s/restore/state.db").exists, "the staged copy stayed"
+        state = host.file("/var/lib/rancher/k3s/server/db/state.db")
+        assert state.exists and state.mode == 0o600, "no state.db from the snapshot"
+        found = host.run("python3 -c " + shlex.quote(
+            "import sqlite3, sys; db = sqlite3.connect('file:/var/lib/rancher/k3s/server/db/state.db?mode=ro', uri=True);"
+            " print(db.execute('SELECT count(*) FROM kine WHERE name = ?', (sys.argv[1],)).fetchone()[0])") + f" {shlex.quote(newest)}")
+    assert found.rc == 0 and found.stdout.strip() not in ("", "0"), f"{newest} not in the server's datastore: {found.stderr}"

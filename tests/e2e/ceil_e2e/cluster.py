@@ -237,6 +237,8 @@ class TestCluster:
         t0 = time.monotonic()
         if "router" in self.roles and self.config.get("vpn", {}).get("endpoint"):
             self._make_vpn_client(env)
+        if self.cluster.server.name in self.roles and len([n for n in self.cluster.nodes if n.role == "server"]) == 1:
+            self._stage_datastore_snapshot(env)
         log(f"baking {', '.join(self.roles)} from {self.testbed.image.name}")
         with open(self.artifacts / "bake.log", "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
@@ -246,6 +248,27 @@ class TestCluster:
             tail = (self.artifacts / "bake.log").read_text()[-3000:]
             raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
         return time.monotonic() - t0
+
+    def _stage_datastore_snapshot(self, env: dict) -> None:
+        """`bake.py datastore restore` as a user runs it before re-baking a lost server, with a
+        small kine-shaped database: the server's card carries it through the FAT partition and its
+        k3s-server step installs it (tests/infra/test_nodes.py checks the card; the real API
+        server on a restored datastore is tests/apiserver/test_datastore_restore.py)."""
+        import sqlite3
+
+        snap = self.workdir / "datastore-snapshot.db"
+        snap.unlink(missing_ok=True)
+        db = sqlite3.connect(snap)
+        db.execute("CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, value BLOB)")
+        db.execute("INSERT INTO kine (name, value) VALUES (?, ?)",
+                   (f"/registry/configmaps/default/ceil-e2e-restored-{os.urandom(8).hex()}", b"restored"))
+        db.commit()
+        db.close()
+        cmd = [sys.executable, str(REPO / "bake.py"), "datastore", "restore", str(snap),
+               "--config", str(self.config_path), "--secrets", str(self.workdir / "secrets")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            raise AssertionError(f"bake.py datastore restore failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
     def _make_vpn_client(self, env: dict) -> None:
         """`bake.py vpn-client e2e` as a user runs it (before the router bake, which takes the
