@@ -61,8 +61,13 @@ finally:
 """
 
 
+def runs_sqlite(cluster: Cluster) -> bool:
+    """One server: k3s keeps the cluster in SQLite (more servers run embedded etcd)."""
+    return len(servers(cluster)) == 1
+
+
 def check_sqlite_cluster(cluster: Cluster) -> None:
-    if len(servers(cluster)) > 1:
+    if not runs_sqlite(cluster):
         raise CeilError(
             f"this cluster has {len(servers(cluster))} servers: its datastore is embedded etcd, which"
             " survives a lost server; back it up with `k3s etcd-snapshot save` on a server instead")
@@ -138,14 +143,14 @@ def staged_restore(store: SecretStore) -> Path | None:
 
 def restore_secret_files(cluster: Cluster, store: SecretStore) -> dict[str, bytes]:
     """The staged snapshot, for the init server's payload (nothing when none is staged)."""
-    if len(servers(cluster)) > 1 or not store.exists(RESTORE_SECRET):
+    if not runs_sqlite(cluster) or not store.exists(RESTORE_SECRET):
         return {}
     return {RESTORE_SECRET: store.read(RESTORE_SECRET)}
 
 
 def restore_notice(cluster: Cluster, store: SecretStore, role: str) -> str | None:
     """What the bake says when `role`'s image will carry a staged snapshot."""
-    if (role == "router" or len(servers(cluster)) > 1 or not store.exists(RESTORE_SECRET)
+    if (role == "router" or not runs_sqlite(cluster) or not store.exists(RESTORE_SECRET)
             or cluster.node(role) != init_server(cluster)):
         return None
     staged = store.path(RESTORE_SECRET)

@@ -36,9 +36,10 @@ ceil_why() {
 # ceil_restore_datastore SNAPSHOT DBDIR: install SNAPSHOT (an SQLite datastore from `bake.py
 # datastore backup`) as DBDIR/state.db, for k3s to start on, unless k3s already has a datastore
 # there: one k3s made or ran is never replaced. Either way SNAPSHOT is then removed, so no copy of
-# the cluster's data stays among the card's secrets. Written beside its place and renamed after a
-# sync, so a power cut leaves either no state.db (the next run installs it) or the whole one; a
-# -wal/-shm left without their database belong to nothing and would be replayed into it: they go.
+# the cluster's data stays among the card's secrets. ceil_replace writes it whole, so a power cut
+# leaves either no state.db (the next run installs it) or the whole one; the directory is synced
+# before the snapshot goes. A -wal/-shm left without their database belong to nothing and would
+# be replayed into it: they go.
 ceil_restore_datastore() {
     if [ ! -s "$1" ]; then return 0; fi
     if [ -e "$2/state.db" ]; then
@@ -46,11 +47,8 @@ ceil_restore_datastore() {
     else
         mkdir -p "$2"
         chmod 0700 "$2"
-        rm -f "$2/state.db-wal" "$2/state.db-shm" "$2/.state.db.ceil-tmp"
-        cp "$1" "$2/.state.db.ceil-tmp"
-        chmod 0600 "$2/.state.db.ceil-tmp"
-        sync "$2/.state.db.ceil-tmp" 2>/dev/null || sync
-        mv -f "$2/.state.db.ceil-tmp" "$2/state.db"
+        rm -f "$2/state.db-wal" "$2/state.db-shm"
+        ceil_replace "$1" "$2/state.db" 0600
         sync "$2" 2>/dev/null || sync
         echo "ceil: k3s's datastore restored from the baked snapshot ($(wc -c < "$2/state.db") bytes)" >&2
     fi

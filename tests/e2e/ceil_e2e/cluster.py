@@ -228,6 +228,7 @@ class TestCluster:
         if self.cache:
             env["CEIL_CACHE"] = self.cache
         from ceil.config import load_cluster
+        from ceil.datastore import runs_sqlite
 
         self.cluster = load_cluster(self.config_path)
         # The router's k3s cache gets the stand-in release (fakes.K3S_STAND_IN), as a workstation
@@ -237,7 +238,7 @@ class TestCluster:
         t0 = time.monotonic()
         if "router" in self.roles and self.config.get("vpn", {}).get("endpoint"):
             self._make_vpn_client(env)
-        if self.cluster.server.name in self.roles and len([n for n in self.cluster.nodes if n.role == "server"]) == 1:
+        if self.cluster.server.name in self.roles and runs_sqlite(self.cluster):
             self._stage_datastore_snapshot(env)
         log(f"baking {', '.join(self.roles)} from {self.testbed.image.name}")
         with open(self.artifacts / "bake.log", "w") as f:
