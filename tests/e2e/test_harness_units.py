@@ -353,8 +353,16 @@ def test_segment_ntp_is_silent_at_first_then_answers_with_this_machines_clock():
         assert 59 < server.silent_for() <= 60
         fetched[0] = 61.0
         assert server.silent_for() == 0
+    finally:
+        server.close()
+    # Held from power-on and again after cloud-init: the second call never brings the cap forward.
+    server = l2dns.SegmentDns(vm.Lan.random(), {}, ntp_after=0)
+    try:
         server.hold_ntp_until(lambda: None, after=60, at_most=0)
         assert server.silent_for() == 0
+        server.hold_ntp_until(lambda: None, after=60, at_most=1200)
+        server.hold_ntp_until(lambda: None, after=60, at_most=10)
+        assert server.silent_for() > 1190
     finally:
         server.close()
 
@@ -708,3 +716,34 @@ def test_the_ubuntu_twins_uplink_is_a_usb_adapter_udev_names_by_its_mac(tmp_path
     # The segment's NIC keeps a unique MAC either way, and the harness finds it by that.
     assert f"netdev=seg0,mac={g.segment_mac(0)}" in cmd and g.segment_mac(0) not in (g.macs["lan"], g.uplink_mac)
     assert f"netdev=seg0,mac={v.segment_mac(0)}" in virtio and len({v.segment_mac(0), *v.macs.values()}) == 3
+
+
+def test_the_clock_twins_timeline_says_what_happened_in_order():
+    """CI keeps no artefacts: when the stale-clock twin does not bite, the failure message is all
+    there is, so it names each event the twin depends on, in the order they happened."""
+    import types
+
+    from ceil_e2e.cluster import TestCluster
+    from ceil_e2e.fakes import HttpFake
+
+    apt = HttpFake("apt")
+    dns = l2dns.SegmentDns(vm.Lan.random(), {}, ntp_after=0)
+    try:
+        now = time.time()
+        dns.ntp_first_request, dns.ntp_first_answer = now - 100, now - 50
+        dns.ntp_requests, dns.ntp_answered = 7, 3
+        fake = types.SimpleNamespace(
+            first_boot_cache=None, archive_signed_at=int(now + 15 * 86400), dns=dns,
+            internet={"apt": apt}, _archive_first_fetch=now - 200, _archive_fetched_ago=lambda: 200.0,
+            events={"powered on": now - 600, "router's cloud-init seen done": now - 300})
+        text = TestCluster.clock_twin_timeline(fake)
+    finally:
+        dns.close()
+        apt.close()
+    lines = text.splitlines()
+    assert lines[0] == "first-boot cache: not used"
+    assert "archive signed +15.0 days from now" in lines[1]
+    order = [line.split(" ", 1)[1] for line in lines[2:7]]
+    assert order == ["powered on", "router's cloud-init seen done", "first release-file fetch",
+                     "NTP first asked", "NTP first answered"]
+    assert lines[7] == "release-file fetches: 0, 0 before NTP answered; NTP requests 7, answered 3"

@@ -146,6 +146,8 @@ class SegmentDns:
         self.ntp_ahead = ntp_ahead  # seconds the time served is ahead of this machine's clock
         self.ntp_requests = 0   # NTP requests seen
         self.ntp_answered = 0   # ... and answered (after ntp_after)
+        self.ntp_first_request: float | None = None  # time.time() of the first request (diagnostics)
+        self.ntp_first_answer: float | None = None  # ... and of the first answer
         self._answer_at = time.monotonic() + ntp_after  # NTP is silent until then (hold_ntp moves it)
         self._until: tuple[Callable[[], float | None], float, float] | None = None  # hold_ntp_until's
         self._sock = segment_socket(seg)
@@ -166,7 +168,11 @@ class SegmentDns:
             name, reply = handle(frame, self.names, ntp_now=time.time() + self.ntp_ahead if answering else None)
             if name == "ntp":
                 self.ntp_requests += 1
+                if self.ntp_first_request is None:
+                    self.ntp_first_request = time.time()
                 self.ntp_answered += reply is not None
+                if reply is not None and self.ntp_first_answer is None:
+                    self.ntp_first_answer = time.time()
             elif name is not None:
                 self.asked.append(name)
             if reply is not None:
@@ -193,8 +199,12 @@ class SegmentDns:
     def hold_ntp_until(self, ago: Callable[[], float | None], after: float, at_most: float) -> None:
         """Also stay silent until `after` seconds past an event (`ago()`: seconds since it happened,
         None before it has), and no longer than `at_most` seconds from now: the harness keeps the
-        upstream's time away until the package archive has been met once on a card's own clock."""
-        self._until = (ago, after, time.monotonic() + at_most)
+        upstream's time away until the package archive has been met once on a card's own clock.
+        Called again (at power-on, then after the router's cloud-init), the cap only moves later."""
+        deadline = time.monotonic() + at_most
+        if self._until is not None:
+            deadline = max(deadline, self._until[2])
+        self._until = (ago, after, deadline)
 
     def close(self) -> None:
         self._stop.set()
