@@ -16,7 +16,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -120,6 +120,9 @@ k3s-upgrade: venv ## Bring every node's k3s to kubernetes.k3s_version, one at a 
 	$(PY) bake.py k3s upgrade --config $(CONFIG) $(if $(VIA),--via $(VIA))
 datastore-backup: venv ## Copy the only server's k3s datastore into secrets/backups/ (restore: python bake.py datastore restore FILE)
 	$(PY) bake.py datastore backup --config $(CONFIG) $(if $(VIA),--via $(VIA))
+
+datastore-from-router: venv ## Fetch the newest datastore snapshot the router pulled (the server's card may be dead)
+	$(PY) bake.py datastore backup --from-router --config $(CONFIG) $(if $(VIA),--via $(VIA))
 teardown: all-delete k8s-remove ## The seed's teardown: every add-on deleted, then k3s removed
 uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime

@@ -22,7 +22,6 @@ Clusters with three or five servers run embedded etcd: they survive a lost serve
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -34,18 +33,29 @@ from .config import Cluster
 from .errors import CeilError
 from .k3s.node_config import init_server, servers
 from .secrets import SecretStore
+from .snapshot import HEADER, NOT_YET
+from . import snapshot
 
 DB_ON_SERVER = "/var/lib/rancher/k3s/server/db/state.db"
 RESTORE_SECRET = "k3s/restore/state.db"  # staged in secrets/, and under /etc/ceil/secrets/ on the card
 BACKUPS = "backups"
 
-# Run as root on the server (`python3 -`): SQLite's online backup of the live database into a
-# root-only temporary file beside it, written to stdout, then removed. Standard library only.
+# The snapshot's HMAC key, on the server and the router (ceil.snapshot says why it is signed).
+HMAC_SECRET = "datastore/snapshot-hmac"
+PULL_KEY_SECRET = "datastore/pull_ed25519"  # the router's key, accepted by the server's ceil-backup
+PULL_USER = "ceil-backup"
+ON_ROUTER = "/var/lib/ceil/datastore"  # the router's snapshots (ceil-datastore-pull)
+
+# Run as root on the server: piped to `python3 -` by `datastore backup`, and installed as
+# /usr/local/lib/ceil/ceil-datastore-snapshot, the one command the router's pull key may run
+# (--signed). SQLite's online backup of the live database into a root-only temporary file beside
+# it, written to stdout, then removed. Standard library only.
 BACKUP_SCRIPT = f"""
-import os, shutil, sqlite3, sys, tempfile
+import hmac, os, shutil, sqlite3, sys, tempfile
 db = {DB_ON_SERVER!r}
 if not os.path.isfile(db):
-    sys.exit("no k3s SQLite datastore at " + db + " (is this the server, and has k3s started?)")
+    print("no k3s SQLite datastore at " + db + " yet (is this the server, and has k3s started?)", file=sys.stderr)
+    sys.exit({NOT_YET})
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(db), prefix=".ceil-backup-")
 os.close(fd)
 try:
@@ -54,8 +64,16 @@ try:
     src.backup(dst)
     dst.close()
     src.close()
+    out = sys.stdout.buffer
+    if "--signed" in sys.argv[1:]:
+        with open("/etc/ceil/secrets/{HMAC_SECRET}", "rb") as f:
+            mac = hmac.new(f.read().strip(), digestmod="sha256")
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                mac.update(block)
+        out.write({HEADER!r} + b" %d %s\\n" % (os.path.getsize(tmp), mac.hexdigest().encode()))
     with open(tmp, "rb") as f:
-        shutil.copyfileobj(f, sys.stdout.buffer)
+        shutil.copyfileobj(f, out)
 finally:
     os.unlink(tmp)
 """
@@ -76,46 +94,42 @@ def check_sqlite_cluster(cluster: Cluster) -> None:
 def check_snapshot(path: Path) -> int:
     """The number of rows in kine's table, if `path` is a whole SQLite database k3s wrote;
     CeilError naming the file and what is wrong otherwise."""
-    if not path.is_file():
-        raise CeilError(f"{path}: no such file (a snapshot from `python bake.py datastore backup`)")
     try:
-        # immutable: a file at rest, read without locks, and no -wal/-shm made beside it
-        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-        try:
-            ok = db.execute("PRAGMA integrity_check").fetchone()[0]
-            if ok != "ok":
-                raise CeilError(f"{path} is a damaged SQLite database ({ok}): take another backup")
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "kine" not in tables:
-                raise CeilError(f"{path} is an SQLite database but not k3s's datastore (no kine table):"
-                                f" give a snapshot from `python bake.py datastore backup`")
-            return db.execute("SELECT count(*) FROM kine").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as e:
-        raise CeilError(f"{path} is not an SQLite database ({e}): give a snapshot from"
-                        f" `python bake.py datastore backup`") from None
+        return snapshot.check(str(path))
+    except ValueError as e:
+        raise CeilError(f"{e}: give a snapshot from `python bake.py datastore backup`") from None
 
 
-def backup(cluster: Cluster, store: SecretStore, via: str | None,
+PULL_ON_ROUTER = "/usr/local/lib/ceil/ceil-datastore-pull"  # ceil/snapshot.py, installed by the bake
+
+
+def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: bool = False,
            run=subprocess.run, now: float | None = None) -> tuple[Path, int]:
-    """Take the server's datastore into secrets/backups/; (its path, kine's row count)."""
+    """Take the server's datastore into secrets/backups/; (its path, kine's row count). With
+    `from_router`, the newest snapshot the router pulled instead (the server may be dead)."""
     from .workstation import ssh_argv
 
     check_sqlite_cluster(cluster)
     server = init_server(cluster).name
-    argv = ssh_argv(cluster, server, via, ("sudo python3 -",), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
+    options = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+    if from_router:
+        if not cluster.datastore_backups_on:
+            raise CeilError("kubernetes.datastore_backups.enabled is false: the router keeps no snapshots;"
+                            " take one from the server (without --from-router) or turn them on and re-bake")
+        source, argv, script = "the router", ssh_argv(cluster, "router", via, (f"sudo python3 {PULL_ON_ROUTER} --newest",), options), None
+    else:
+        source, argv, script = server, ssh_argv(cluster, server, via, ("sudo python3 -",), options), BACKUP_SCRIPT.encode()
     try:
-        done = run(argv, input=BACKUP_SCRIPT.encode(), capture_output=True, timeout=900)
+        done = run(argv, input=script, capture_output=True, timeout=900)
     except subprocess.TimeoutExpired:
-        raise CeilError(f"{server} sent no whole snapshot within 900 s: nothing was written; try again,"
-                        f" and if it happens again look at the server (`python bake.py ssh {server}`)") from None
+        raise CeilError(f"{source} sent no whole snapshot within 900 s: nothing was written; try again,"
+                        f" and if it happens again look at it (`python bake.py ssh {'router' if from_router else server}`)") from None
     said = done.stderr.decode(errors="replace").strip() or "no message"
     if done.returncode == 255:  # ssh's own failure: the script never ran
-        raise CeilError(f"could not reach {server} over SSH ({said}): from outside the cluster LAN, use"
+        raise CeilError(f"could not reach {source} over SSH ({said}): from outside the cluster LAN, use"
                         " the VPN or --via ADDRESS (the router's address; README, 'Flash, boot, check')")
     if done.returncode != 0:
-        raise CeilError(f"backup on {server} failed ({done.returncode}): {said}")
+        raise CeilError(f"backup from {source} failed ({done.returncode}): {said}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     name = f"{BACKUPS}/{cluster.name}-{server}-{stamp}.db"
     partial = f"{name}.partial"
@@ -124,7 +138,7 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None,
         rows = check_snapshot(store.path(partial))
     except CeilError as e:
         store.path(partial).unlink(missing_ok=True)
-        raise CeilError(f"what {server} sent is not a usable snapshot: {e}") from None
+        raise CeilError(f"what {source} sent is not a usable snapshot: {e}") from None
     os.replace(store.path(partial), store.path(name))
     return store.path(name), rows
 
@@ -175,11 +189,14 @@ def datastore_group() -> None:
 @datastore_group.command("backup")
 @datastore_options
 @click.option("--via", metavar="ADDRESS", help="Reach the server through the router at this address (see `bake.py ssh`).")
-def backup_command(config_path: Path, secrets_path, via) -> None:
+@click.option("--from-router", is_flag=True,
+              help="Fetch the newest snapshot the router pulled (every kubernetes.datastore_backups.every_hours),"
+                   " e.g. when the server's card is dead.")
+def backup_command(config_path: Path, secrets_path, via, from_router: bool) -> None:
     """Copy the server's k3s datastore (SQLite, taken consistently while k3s runs) into
     secrets/backups/. Keep that folder safe: it holds every Secret of the cluster."""
     obj = Context(config_path, secrets_path, None)
-    path, rows = backup(obj.cluster, obj.store, via)
+    path, rows = backup(obj.cluster, obj.store, via, from_router=from_router)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes, {rows} datastore rows)")
     click.echo(f"to restore it onto a new card: python bake.py datastore restore {path}")
 

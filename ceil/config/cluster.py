@@ -185,5 +185,10 @@ class Cluster(Model):
         return name
 
     @property
+    def datastore_backups_on(self) -> bool:
+        """The router pulls snapshots of the datastore: one server (SQLite) and not turned off."""
+        return self.kubernetes.datastore_backups.enabled and sum(n.role == "server" for n in self.nodes) == 1
+
+    @property
     def server(self) -> Node:
         return next(n for n in self.nodes if n.role == "server")

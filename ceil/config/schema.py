@@ -364,6 +364,14 @@ class Node(Model):
         return v.lower().replace("-", ":") if isinstance(v, str) else v
 
 
+class DatastoreBackups(Model):
+    """Snapshots of a one-server cluster's datastore, pulled by the router (docs/k3s.md)."""
+
+    enabled: bool = True
+    every_hours: int = Field(default=6, ge=1, le=168, description="hours between two snapshots")
+    keep: int = Field(default=14, ge=1, le=365, description="snapshots the router keeps (the newest)")
+
+
 class Kubernetes(Model):
     k3s_version: str = Field(default="v1.36.1+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")
     # k3s's defaults (10.42.0.0/16, 10.43.0.0/16) would swallow the default LAN, so ceil moves them.
@@ -374,6 +382,9 @@ class Kubernetes(Model):
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 of the k3s binary; default: the release's published sha256sum file",
     )
+    # With one server k3s keeps the cluster in SQLite on that one card; with three or more, etcd
+    # survives a lost server, and these are not taken.
+    datastore_backups: DatastoreBackups = Field(default_factory=DatastoreBackups)
 
 
 class VPN(Model):

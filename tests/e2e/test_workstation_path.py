@@ -101,6 +101,47 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
         agent.close()
 
 
+def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the_router(nodes, cluster, tmp_path):
+    """`bake.py datastore backup` as the README gives it, through the VPN: from the server while
+    it runs, and with --from-router the newest snapshot the router pulled (what is left when the
+    server's card is dead). Both land in secrets/backups/, 0600, holding the server's datastore
+    (on the test bed, the snapshot the harness staged before the server's bake)."""
+    import sqlite3
+
+    from ceil.datastore import check_snapshot
+
+    c = session.get()
+    client = c.vpn_client
+    if client is None:
+        pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    if not cluster.datastore_backups_on:
+        pytest.skip("kubernetes.datastore_backups is off, or the cluster runs etcd")
+    staged = c.workdir / "datastore-snapshot.db"
+    if not staged.is_file():
+        pytest.skip("the harness staged no datastore snapshot for the server")
+    db = sqlite3.connect(f"file:{staged}?immutable=1", uri=True)
+    newest = db.execute("SELECT name FROM kine ORDER BY id DESC LIMIT 1").fetchone()[0]
+    db.close()
+    # The router's timer may not have come round yet: its unit, as the timer runs it.
+    c.ssh.run("router", "sudo systemctl start ceil-datastore-snapshots.service", timeout=300, check=True)
+    agent = Agent(tmp_path, c.key)
+    try:
+        client.up()
+        bake = [*agent.bake_py(), "datastore", "backup", "--config", str(c.config_path)]
+        for source in ([], ["--from-router"]):
+            out = retry("a datastore backup through the tunnel", lambda: client.link.run(*bake, *source), timeout=180)
+            path = Path(out.split()[1])
+            assert out.startswith("wrote ") and path.parent.name == "backups", out
+            assert path.stat().st_mode & 0o777 == 0o600
+            assert check_snapshot(path) > 0
+            got = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            assert got.execute("SELECT count(*) FROM kine WHERE name = ?", (newest,)).fetchone()[0] == 1, source
+            got.close()
+    finally:
+        client.close()
+        agent.close()
+
+
 @pytest.mark.full  # minutes CI's budget does not have; the VPN path below runs in CI
 def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(nodes, cluster, tmp_path):
     """The third path: no route, no VPN, only the router's SSH on its uplink address.

@@ -256,3 +256,41 @@ def test_a_staged_datastore_snapshot_became_the_servers_datastore(nodes, cluster
             "import sqlite3, sys; db = sqlite3.connect('file:/var/lib/rancher/k3s/server/db/state.db?mode=ro', uri=True);"
             " print(db.execute('SELECT count(*) FROM kine WHERE name = ?', (sys.argv[1],)).fetchone()[0])") + f" {shlex.quote(newest)}")
     assert found.rc == 0 and found.stdout.strip() not in ("", "0"), f"{newest} not in the server's datastore: {found.stderr}"
+
+
+def test_the_router_keeps_snapshots_of_the_servers_datastore(router, nodes, cluster):
+    """kubernetes.datastore_backups: the router pulls a snapshot of the one server's datastore
+    (ceil/snapshot.py) with a key the server accepts for its snapshot command only. On the QEMU
+    test bed the datastore is the snapshot the harness staged; on a Pi, k3s's own."""
+    from ceil.datastore import DB_ON_SERVER, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
+
+    if not cluster.datastore_backups_on:
+        pytest.skip("kubernetes.datastore_backups is off, or the cluster runs etcd (three servers)")
+    server = cluster.server
+    with nodes[server.name].sudo():
+        if not nodes[server.name].file(DB_ON_SERVER).exists:
+            pytest.skip(f"{server.name} has no k3s datastore yet ({DB_ON_SERVER}): nothing to take")
+    with router.sudo():
+        # The timer's unit, as the timer runs it: a snapshot now, or none needed (one is recent).
+        run = router.run("systemctl start ceil-datastore-snapshots.service")
+        journal = router.run("journalctl -u ceil-datastore-snapshots.service --no-pager -o cat").stdout
+        assert run.rc == 0, f"ceil-datastore-snapshots.service failed: {run.stderr}\n{journal}"
+        assert "ceil-datastore-pull: kept " in journal, f"the unit never kept a snapshot:\n{journal}"
+        folder = router.file(ON_ROUTER)
+        assert folder.is_directory and folder.mode == 0o700 and folder.user == "root"
+        kept = sorted(n for n in folder.listdir() if n.startswith(f"{server.name}-") and n.endswith(".db"))
+        assert kept, f"no snapshot of {server.name} in {ON_ROUTER}"
+        newest = router.file(f"{ON_ROUTER}/{kept[-1]}")
+        assert newest.mode == 0o600 and newest.user == "root"
+        # Checked by the router's own copy of the check the workstation runs (ceil/snapshot.py).
+        check = router.run("python3 -c " + shlex.quote(
+            "import runpy, sys; print(runpy.run_path('/usr/local/lib/ceil/ceil-datastore-pull')['check'](sys.argv[1]))")
+            + f" {shlex.quote(newest.path)}")
+        assert check.rc == 0 and int(check.stdout.strip()) > 0, f"{newest.path}: {check.stderr}"
+        # The pull key runs the snapshot command whatever it asks for: no shell on the server.
+        key = f"/etc/ceil/secrets/{PULL_KEY_SECRET}"
+        asked = router.run(f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=no"
+                           f" -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR {PULL_USER}@{server.ip}"
+                           " 'id; echo SHELL' | head -c 15")
+    assert asked.stdout == "ceil-snapshot 1" and "uid=" not in asked.stdout, (
+        f"the pull key reached more than the snapshot command: {asked.stdout!r} {asked.stderr}")

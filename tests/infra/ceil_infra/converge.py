@@ -22,6 +22,8 @@ LINE_FILES = (
     "/etc/ssh/sshd_config.d/10-ceil.conf",
     "/etc/ceil/apt/sources.list",
     "/etc/dhcpcd.conf",
+    "/var/lib/ceil-backup/.ssh/authorized_keys",  # the server's account for the router's snapshots
+    "/etc/sudoers.d/ceil-datastore-snapshot",
 )
 # YAML, where lines such as "endpoint:" repeat by design: only the top-level keys must be unique
 # (k3s-node.sh appends flannel-iface to the rendered config).

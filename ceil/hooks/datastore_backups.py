@@ -1,0 +1,65 @@
+"""Hooks of the `datastore-snapshot` (server) and `datastore-pull` (router) features: the router
+pulls snapshots of a one-server cluster's datastore (ceil/snapshot.py says how, and why that is
+safe on the LAN). Two secrets, made once per cluster in secrets/datastore/: the router's SSH key,
+whose public half the server accepts for its snapshot command only, and the HMAC key both cards
+hold. A server re-baked later gets the same two, so the router goes on pulling from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..config import Cluster
+from ..datastore import BACKUP_SCRIPT, HMAC_SECRET, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
+from ..k3s.node_config import init_server
+from ..secrets import SecretStore
+
+SNAPSHOT_COMMAND = "/usr/local/lib/ceil/ceil-datastore-snapshot"
+SNAPSHOT_MODULE = Path(__file__).resolve().parent.parent / "snapshot.py"
+
+
+def _new_key() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+
+
+def pull_key(store: SecretStore) -> tuple[bytes, str]:
+    """The router's pull key: (private key file, public key line)."""
+    private = store.get_or_create(PULL_KEY_SECRET, _new_key)
+    public = serialization.load_ssh_private_key(private, None).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} ceil-router-datastore-pull"
+
+
+def authorized_key(cluster: Cluster, store: SecretStore) -> str:
+    """The server's authorized_keys line for the router: the snapshot command and nothing else
+    (`restrict`: no shell, no forwarding, no pty), and only from the router's LAN address."""
+    _, public = pull_key(store)
+    return (f'restrict,from="{cluster.network.router_ip}",command="sudo -n {SNAPSHOT_COMMAND} --signed"'
+            f" {public}")
+
+
+def pull_config(cluster: Cluster) -> dict:
+    server = init_server(cluster)
+    backups = cluster.kubernetes.datastore_backups
+    return {"server": server.name, "address": str(server.ip), "user": PULL_USER,
+            "key": f"/etc/ceil/secrets/{PULL_KEY_SECRET}", "hmac_key": f"/etc/ceil/secrets/{HMAC_SECRET}",
+            "dir": ON_ROUTER, "every_hours": backups.every_hours, "keep": backups.keep}
+
+
+def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    if role == "router":
+        return {"pull_config_json": json.dumps(pull_config(cluster), indent=1),
+                "snapshot_module": SNAPSHOT_MODULE.read_text()}
+    return {"backup_script": BACKUP_SCRIPT, "pull_user": PULL_USER,
+            "pull_authorized_key": authorized_key(cluster, store), "snapshot_command": SNAPSHOT_COMMAND}
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, bytes | str]:
+    files: dict[str, bytes | str] = {HMAC_SECRET: store.token(HMAC_SECRET) + "\n"}
+    if role == "router":
+        files[PULL_KEY_SECRET] = pull_key(store)[0]
+    return files

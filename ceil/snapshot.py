@@ -1,0 +1,185 @@
+"""A datastore snapshot as a file, and the router's pull of one. Standard library only.
+
+This module runs in two places:
+- on the workstation, where `ceil.datastore` checks what `datastore backup` brought and what
+  `datastore restore` is given (`check`);
+- on the router, copied there by the bake as /usr/local/lib/ceil/ceil-datastore-pull and run by
+  ceil-datastore-pull.timer (`main`): it asks the one k3s server for a snapshot and keeps the
+  newest few, so a dead server card does not take the cluster with it.
+
+How the router gets a snapshot, and why it is safe on a LAN that may hold a hostile neighbour:
+- The router connects to the server as `ceil-backup` with a key made at bake time, which the
+  server accepts only for one forced command: its snapshot script (ceil-datastore-snapshot,
+  run through sudo). The key opens no shell, forwards nothing, and is accepted only from the
+  router's address.
+- The router sends nothing secret, so a machine posing as the server learns nothing. What comes
+  back must carry an HMAC made with a second key baked into both cards: a forged or torn snapshot
+  is refused. So the server's host key is not pinned, and a server re-flashed after a lost card
+  (new host key) is pulled from again without anyone touching the router.
+- Snapshots are written 0600 in a root-only directory, whole or not at all (temporary file,
+  fsync, rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+HEADER = b"ceil-snapshot 1"  # first line of a signed snapshot: HEADER SIZE HMAC-SHA256
+NOT_YET = 75  # the server's snapshot script: k3s has no datastore yet (EX_TEMPFAIL)
+SSH_FAILED = 255  # ssh's own failure: unreachable, or the server does not (yet) accept the key
+
+
+def check(path: str) -> int:
+    """kine's row count if `path` is a whole SQLite database k3s wrote; ValueError saying what is
+    wrong otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    try:
+        # immutable: a file at rest, read without locks, and no -wal/-shm made beside it
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            ok = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if ok != "ok":
+                raise ValueError(f"{path} is a damaged SQLite database ({ok})")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "kine" not in tables:
+                raise ValueError(f"{path} is an SQLite database but not k3s's datastore (no kine table)")
+            return db.execute("SELECT count(*) FROM kine").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path} is not an SQLite database ({e})") from None
+
+
+def snapshots(conf: dict) -> list[str]:
+    """The router's snapshots of this server, oldest first (names sort by their UTC time)."""
+    prefix = f"{conf['server']}-"
+    try:
+        names = os.listdir(conf["dir"])
+    except FileNotFoundError:
+        return []
+    return [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _receive(stream, dest: str, key: bytes) -> None:
+    """Copy a signed snapshot from `stream` into `dest` (0600), checking its size and HMAC."""
+    head = stream.readline(200).split()
+    if len(head) != 4 or b" ".join(head[:2]) != HEADER or not head[2].isdigit():
+        raise ValueError("the server's answer is not a signed snapshot")
+    size, want = int(head[2]), head[3].decode(errors="replace")
+    mac = hmac.new(key, digestmod="sha256")
+    got = 0
+    with open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        while True:
+            block = stream.read(1 << 20)
+            if not block:
+                break
+            got += len(block)
+            if got > size:
+                raise ValueError(f"the server sent more than the {size} bytes it announced")
+            mac.update(block)
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    if got != size:
+        raise ValueError(f"the snapshot stopped after {got} of {size} bytes")
+    if not hmac.compare_digest(mac.hexdigest(), want):
+        raise ValueError("the snapshot's HMAC does not match the key baked into this router:"
+                         " refused (a forged or damaged answer, or a server baked with other secrets)")
+
+
+def ssh_argv(conf: dict) -> list[str]:
+    # No known_hosts: the HMAC, not the host key, says the answer is the server's (module doc).
+    return ["ssh", "-i", conf["key"], "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            f"{conf['user']}@{conf['address']}"]
+
+
+def pull(conf: dict, force: bool = False, now: float | None = None, popen=subprocess.Popen) -> tuple[int, str]:
+    """Take one snapshot if the newest is older than every_hours (or `force`); (exit code, message)."""
+    now = time.time() if now is None else now
+    kept = snapshots(conf)
+    if kept and not force:
+        age = now - os.stat(kept[-1]).st_mtime
+        # 10 minutes' slack: the hourly timer wanders, and 5 h 58 min is not worth skipping
+        if age < conf["every_hours"] * 3600 - 600:
+            return 0, f"the newest snapshot ({os.path.basename(kept[-1])}) is {age / 3600:.1f} h old: nothing to do"
+    os.makedirs(conf["dir"], mode=0o700, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    final = os.path.join(conf["dir"], f"{conf['server']}-{stamp}.db")
+    partial = os.path.join(conf["dir"], f".{conf['server']}-{stamp}.partial")
+    with open(conf["hmac_key"], "rb") as f:
+        key = f.read().strip()
+    proc = popen(ssh_argv(conf), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        try:
+            _receive(proc.stdout, partial, key)
+            problem = None
+        except ValueError as e:
+            problem = str(e)
+        proc.stdout.close()
+        said = proc.stderr.read().decode(errors="replace").strip()
+        rc = proc.wait(timeout=60)
+        if rc != 0:
+            if not kept and rc in (NOT_YET, SSH_FAILED):
+                # The cluster's first boot: the server's account or k3s's datastore is not there
+                # yet. Not a failure until a first snapshot was taken (then the unit fails).
+                return 0, f"the server is not ready for snapshots yet ({said or f'exit {rc}'}): next hour"
+            return 1, f"no snapshot from {conf['server']} ({conf['address']}): exit {rc}: {said or 'no message'}"
+        if problem:
+            return 1, f"no snapshot kept from {conf['server']}: {problem}"
+        rows = check(partial)
+        os.replace(partial, final)
+        _fsync_dir(conf["dir"])
+    except ValueError as e:
+        return 1, f"no snapshot kept from {conf['server']}: {e}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if os.path.exists(partial):
+            os.unlink(partial)
+    for old in snapshots(conf)[:-conf["keep"]]:
+        os.unlink(old)
+    return 0, f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ceil-datastore-pull", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="/etc/ceil/datastore-pull.json")
+    ap.add_argument("--now", action="store_true", help="take a snapshot even if the newest is recent")
+    ap.add_argument("--newest", action="store_true", help="write the newest snapshot kept to stdout")
+    args = ap.parse_args(argv)
+    with open(args.config) as f:
+        conf = json.load(f)
+    if args.newest:
+        kept = snapshots(conf)
+        if not kept:
+            print(f"no snapshot of {conf['server']} on this router yet (in {conf['dir']})", file=sys.stderr)
+            return 1
+        with open(kept[-1], "rb") as f:
+            while block := f.read(1 << 20):
+                sys.stdout.buffer.write(block)
+        return 0
+    rc, message = pull(conf, force=args.now)
+    print(f"ceil-datastore-pull: {message}", file=sys.stderr if rc else sys.stdout)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
