@@ -34,6 +34,7 @@ import time
 HEADER = b"ceil-snapshot 1"  # first line of a signed snapshot: HEADER SIZE HMAC-SHA256
 NOT_YET = 75  # the server's snapshot script: k3s has no datastore yet (EX_TEMPFAIL)
 SSH_FAILED = 255  # ssh's own failure: unreachable, or the server does not (yet) accept the key
+PATIENCE_S = 24 * 3600  # how long a server may be "not ready" before the first snapshot
 
 
 def check(path: str) -> int:
@@ -103,6 +104,18 @@ def _receive(stream, dest: str, key: bytes) -> None:
                          " refused (a forged or damaged answer, or a server baked with other secrets)")
 
 
+def _first_try(conf: dict, now: float) -> float:
+    """When this router first tried to take a snapshot (recorded on that first try)."""
+    path = os.path.join(conf["dir"], ".first-try")
+    try:
+        with open(path) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        with open(path, "w") as f:
+            f.write(f"{now}\n")
+        return now
+
+
 def ssh_argv(conf: dict) -> list[str]:
     # No known_hosts: the HMAC, not the host key, says the answer is the server's (module doc).
     return ["ssh", "-i", conf["key"], "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
@@ -139,8 +152,15 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
         if rc != 0:
             if not kept and rc in (NOT_YET, SSH_FAILED):
                 # The cluster's first boot: the server's account or k3s's datastore is not there
-                # yet. Not a failure until a first snapshot was taken (then the unit fails).
-                return 0, f"the server is not ready for snapshots yet ({said or f'exit {rc}'}): next hour"
+                # yet. Not a failure until a first snapshot was taken (then the unit fails), or
+                # for a day: a server baked before these snapshots existed has no account, and
+                # must not leave the router waiting quietly for ever.
+                waiting = now - _first_try(conf, now)
+                if waiting < PATIENCE_S:
+                    return 0, f"the server is not ready for snapshots yet ({said or f'exit {rc}'}): next hour"
+                return 1, (f"no snapshot from {conf['server']} ({conf['address']}) in {waiting / 3600:.0f} h:"
+                           f" exit {rc}: {said or 'no message'}. Is it up, and was it baked with"
+                           " kubernetes.datastore_backups on? (re-bake and re-flash it, or turn them off)")
             return 1, f"no snapshot from {conf['server']} ({conf['address']}): exit {rc}: {said or 'no message'}"
         if problem:
             return 1, f"no snapshot kept from {conf['server']}: {problem}"
