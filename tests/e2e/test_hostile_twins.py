@@ -59,7 +59,9 @@ def test_a_card_booted_after_its_bake_waits_for_network_time_before_apt(machines
     # The harness's side of the story: CI keeps no artefacts, so the message must say what happened
     # (CI's runs on db17f7d and 64127d4 failed here, while every run on the developers' machine passed).
     from ceil_e2e import session
+    from ceil_e2e.cluster import log
 
     harness = session.active().clock_twin_timeline() if session.active() else "(no harness cluster)"
+    log("stale-clock twin: " + harness.replace("\n", "; ") + f"; refused on: {', '.join(waited) or 'none'}")
     assert waited, ("no machine's apt refused the archive signed after the bake: the twin did not bite\n"
                     + harness + "\n" + "\n".join(seen))
