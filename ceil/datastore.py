@@ -31,9 +31,8 @@ import click
 from .addons.cli import Context
 from .config import Cluster
 from .errors import CeilError
-from .k3s.node_config import init_server, servers
+from .k3s.node_config import SECRETS_ON_TARGET, init_server, servers
 from .secrets import SecretStore
-from .snapshot import HEADER, NOT_YET
 from . import snapshot
 
 DB_ON_SERVER = "/var/lib/rancher/k3s/server/db/state.db"
@@ -55,7 +54,7 @@ import hmac, os, shutil, sqlite3, sys, tempfile
 db = {DB_ON_SERVER!r}
 if not os.path.isfile(db):
     print("no k3s SQLite datastore at " + db + " yet (is this the server, and has k3s started?)", file=sys.stderr)
-    sys.exit({NOT_YET})
+    sys.exit({snapshot.NOT_YET})
 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(db), prefix=".ceil-backup-")
 os.close(fd)
 try:
@@ -66,12 +65,12 @@ try:
     src.close()
     out = sys.stdout.buffer
     if "--signed" in sys.argv[1:]:
-        with open("/etc/ceil/secrets/{HMAC_SECRET}", "rb") as f:
+        with open("{SECRETS_ON_TARGET}/{HMAC_SECRET}", "rb") as f:
             mac = hmac.new(f.read().strip(), digestmod="sha256")
         with open(tmp, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 mac.update(block)
-        out.write({HEADER!r} + b" %d %s\\n" % (os.path.getsize(tmp), mac.hexdigest().encode()))
+        out.write({snapshot.HEADER!r} + b" %d %s\\n" % (os.path.getsize(tmp), mac.hexdigest().encode()))
     with open(tmp, "rb") as f:
         shutil.copyfileobj(f, out)
 finally:
@@ -111,19 +110,19 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: b
 
     check_sqlite_cluster(cluster)
     server = init_server(cluster).name
-    options = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
-    if from_router:
-        if not cluster.datastore_backups_on:
-            raise CeilError("kubernetes.datastore_backups.enabled is false: the router keeps no snapshots;"
-                            " take one from the server (without --from-router) or turn them on and re-bake")
-        source, argv, script = "the router", ssh_argv(cluster, "router", via, (f"sudo python3 {PULL_ON_ROUTER} --newest",), options), None
-    else:
-        source, argv, script = server, ssh_argv(cluster, server, via, ("sudo python3 -",), options), BACKUP_SCRIPT.encode()
+    if from_router and not cluster.datastore_backups_on:
+        raise CeilError("kubernetes.datastore_backups.enabled is false: the router keeps no snapshots;"
+                        " take one from the server (without --from-router) or turn them on and re-bake")
+    # The router writes its newest snapshot; the server runs the script it is sent.
+    target, command, script = (("router", f"sudo python3 {PULL_ON_ROUTER} --newest", None) if from_router
+                               else (server, "sudo python3 -", BACKUP_SCRIPT.encode()))
+    source = "the router" if from_router else server
+    argv = ssh_argv(cluster, target, via, (command,), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
     try:
         done = run(argv, input=script, capture_output=True, timeout=900)
     except subprocess.TimeoutExpired:
         raise CeilError(f"{source} sent no whole snapshot within 900 s: nothing was written; try again,"
-                        f" and if it happens again look at it (`python bake.py ssh {'router' if from_router else server}`)") from None
+                        f" and if it happens again look at it (`python bake.py ssh {target}`)") from None
     said = done.stderr.decode(errors="replace").strip() or "no message"
     if done.returncode == 255:  # ssh's own failure: the script never ran
         raise CeilError(f"could not reach {source} over SSH ({said}): from outside the cluster LAN, use"

@@ -4,7 +4,7 @@ This module runs in two places:
 - on the workstation, where `ceil.datastore` checks what `datastore backup` brought and what
   `datastore restore` is given (`check`);
 - on the router, copied there by the bake as /usr/local/lib/ceil/ceil-datastore-pull and run by
-  ceil-datastore-pull.timer (`main`): it asks the one k3s server for a snapshot and keeps the
+  ceil-datastore-snapshots.timer (`main`): it asks the one k3s server for a snapshot and keeps the
   newest few, so a dead server card does not take the cluster with it.
 
 How the router gets a snapshot, and why it is safe on a LAN that may hold a hostile neighbour:

@@ -187,7 +187,9 @@ class Cluster(Model):
     @property
     def datastore_backups_on(self) -> bool:
         """The router pulls snapshots of the datastore: one server (SQLite) and not turned off."""
-        return self.kubernetes.datastore_backups.enabled and sum(n.role == "server" for n in self.nodes) == 1
+        from ..datastore import runs_sqlite  # loaded only when asked (a feature's `when:`)
+
+        return self.kubernetes.datastore_backups.enabled and runs_sqlite(self)
 
     @property
     def server(self) -> Node:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..config import Cluster
 from ..datastore import BACKUP_SCRIPT, HMAC_SECRET, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
-from ..k3s.node_config import init_server
+from ..k3s.node_config import SECRETS_ON_TARGET, init_server
 from ..secrets import SecretStore
 
 SNAPSHOT_COMMAND = "/usr/local/lib/ceil/ceil-datastore-snapshot"
@@ -46,7 +46,7 @@ def pull_config(cluster: Cluster) -> dict:
     server = init_server(cluster)
     backups = cluster.kubernetes.datastore_backups
     return {"server": server.name, "address": str(server.ip), "user": PULL_USER,
-            "key": f"/etc/ceil/secrets/{PULL_KEY_SECRET}", "hmac_key": f"/etc/ceil/secrets/{HMAC_SECRET}",
+            "key": f"{SECRETS_ON_TARGET}/{PULL_KEY_SECRET}", "hmac_key": f"{SECRETS_ON_TARGET}/{HMAC_SECRET}",
             "dir": ON_ROUTER, "every_hours": backups.every_hours, "keep": backups.keep}
 
 

@@ -42,20 +42,16 @@ def test_a_card_booted_after_its_bake_waits_for_network_time_before_apt(machines
 
     if not BOOTED_AFTER_BAKE_DAYS:
         pytest.skip("CEIL_E2E_BOOTED_AFTER_BAKE_DAYS=0: the cards are booted right after their bake")
-    waited, seen = [], []
+    waited, steps = [], {}
     for name, host in machines.items():
         with host.sudo():
             status = json.loads(host.file("/var/lib/ceil/status.json").content_string)
-            # What set this machine's clock, and when (every boot; the first-boot lines matter).
-            clock = host.run("journalctl --no-pager -o short-iso -g 'clock|time server|Contacted|"
-                             "not valid yet|Not live until|System clock' | tail -n 12").stdout
-        step = status["steps"]["packages"]
+        step = steps[name] = status["steps"]["packages"]
         # Read from status.json, which ceil-step fsyncs: the router's journal lost these lines
         # when the power-cut test cut it (journald syncs every 5 minutes; run e2e24).
         if any("earlier than the package archive's signature" in why for why in step.get("waited", [])):
             waited.append(name)
         assert step["state"] == "done", f"{name}: {step}"
-        seen.append(f"{name}: packages {step}\n{clock}")
     # The harness's side of the story: CI keeps no artefacts, so the message must say what happened
     # (CI's runs on db17f7d and 64127d4 failed here, while every run on the developers' machine passed).
     from ceil_e2e import session
@@ -63,5 +59,13 @@ def test_a_card_booted_after_its_bake_waits_for_network_time_before_apt(machines
 
     harness = session.active().clock_twin_timeline() if session.active() else "(no harness cluster)"
     log("stale-clock twin: " + harness.replace("\n", "; ") + f"; refused on: {', '.join(waited) or 'none'}")
-    assert waited, ("no machine's apt refused the archive signed after the bake: the twin did not bite\n"
+    if not waited:
+        seen = []
+        for name, host in machines.items():
+            with host.sudo():
+                # What set this machine's clock, and when (every boot; the first-boot lines matter).
+                clock = host.run("journalctl --no-pager -o short-iso -g 'clock|time server|Contacted|"
+                                 "not valid yet|Not live until|System clock' | tail -n 12").stdout
+            seen.append(f"{name}: packages {steps[name]}\n{clock}")
+        pytest.fail("no machine's apt refused the archive signed after the bake: the twin did not bite\n"
                     + harness + "\n" + "\n".join(seen))
