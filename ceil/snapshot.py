@@ -59,6 +59,17 @@ def check(path: str) -> int:
         raise ValueError(f"{path} is not an SQLite database ({e})") from None
 
 
+def drive_missing(conf: dict) -> str | None:
+    """Why no snapshot may be read or written now: the router's drive they live on is not mounted.
+    Written anyway, they would land on the SD card under the mount point, hidden once the drive
+    is back."""
+    mount = conf.get("mount")
+    if mount and not os.path.ismount(mount):
+        return (f"the router's drive (router.usb_drive) is not mounted at {mount}: plug it in"
+                f" (see `systemctl status {mount}`)")
+    return None
+
+
 def snapshots(conf: dict) -> list[str]:
     """The router's snapshots of this server, oldest first (names sort by their UTC time)."""
     prefix = f"{conf['server']}-"
@@ -127,6 +138,8 @@ def ssh_argv(conf: dict) -> list[str]:
 def pull(conf: dict, force: bool = False, now: float | None = None, popen=subprocess.Popen) -> tuple[int, str]:
     """Take one snapshot if the newest is older than every_hours (or `force`); (exit code, message)."""
     now = time.time() if now is None else now
+    if missing := drive_missing(conf):
+        return 1, f"no snapshot taken: {missing}"
     kept = snapshots(conf)
     if kept and not force:
         age = now - os.stat(kept[-1]).st_mtime
@@ -188,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.config) as f:
         conf = json.load(f)
     if args.newest:
+        if missing := drive_missing(conf):
+            print(missing, file=sys.stderr)
+            return 1
         kept = snapshots(conf)
         if not kept:
             print(f"no snapshot of {conf['server']} on this router yet (in {conf['dir']})", file=sys.stderr)

@@ -129,6 +129,13 @@ class Cluster(Model):
             macs.add(n.mac)
         if not any(n.role == "server" for n in self.nodes):
             raise ValueError("nodes: no node has role 'server': one node must run the k3s server")
+        if self.router.usb_drive and not self.registry.enabled:
+            # The registry's first-boot step formats and mounts the drive; without it the drive
+            # would be named, wiped by nobody, and used by nothing, silently.
+            raise ValueError(
+                f"router.usb_drive: {self.router.usb_drive} is named but registry.enabled is false: the"
+                " router's registry step prepares the drive (it holds the registry's storage and the"
+                " datastore snapshots): set registry.enabled: true, or remove router.usb_drive")
         self._check_cidrs()
         return self
 

@@ -245,7 +245,7 @@ class Router(Model):
     usb_drive: str | None = Field(
         default=None,
         pattern=r"^/dev/[A-Za-z0-9/_-]+$",
-        description="device wiped and used for registry storage, e.g. /dev/sda",
+        description="device wiped and used for the registry's storage and the datastore snapshots, e.g. /dev/sda",
     )
     # Networks on the uplink side (e.g. the home LAN, 192.168.1.0/24) that may reach the cluster
     # LAN and the router's LAN services through the router, given a route on the workstation

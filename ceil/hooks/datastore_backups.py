@@ -16,6 +16,7 @@ from ..config import Cluster
 from ..datastore import BACKUP_SCRIPT, HMAC_SECRET, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
 from ..k3s.node_config import SECRETS_ON_TARGET, init_server
 from ..secrets import SecretStore
+from .registry import drive_root
 
 SNAPSHOT_COMMAND = "/usr/local/lib/ceil/ceil-datastore-snapshot"
 SNAPSHOT_MODULE = Path(__file__).resolve().parent.parent / "snapshot.py"
@@ -43,17 +44,23 @@ def authorized_key(cluster: Cluster, store: SecretStore) -> str:
 
 
 def pull_config(cluster: Cluster) -> dict:
+    """/etc/ceil/datastore-pull.json. With a USB drive on the router the snapshots go onto it
+    (`mount` is its mount point: nothing is written while it is not mounted), so they outlive the
+    router's SD card too; without one, into ON_ROUTER on the card."""
     server = init_server(cluster)
     backups = cluster.kubernetes.datastore_backups
+    mount = drive_root(cluster)
     return {"server": server.name, "address": str(server.ip), "user": PULL_USER,
             "key": f"{SECRETS_ON_TARGET}/{PULL_KEY_SECRET}", "hmac_key": f"{SECRETS_ON_TARGET}/{HMAC_SECRET}",
-            "dir": ON_ROUTER, "every_hours": backups.every_hours, "keep": backups.keep}
+            "dir": f"{mount}/datastore" if mount else ON_ROUTER, "mount": mount,
+            "every_hours": backups.every_hours, "keep": backups.keep}
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     if role == "router":
-        return {"pull_config_json": json.dumps(pull_config(cluster), indent=1),
-                "snapshot_module": SNAPSHOT_MODULE.read_text()}
+        conf = pull_config(cluster)
+        return {"pull_config_json": json.dumps(conf, indent=1), "snapshot_dir": conf["dir"],
+                "snapshot_mount": conf["mount"] or "", "snapshot_module": SNAPSHOT_MODULE.read_text()}
     return {"backup_script": BACKUP_SCRIPT, "pull_user": PULL_USER,
             "pull_authorized_key": authorized_key(cluster, store), "snapshot_command": SNAPSHOT_COMMAND}
 

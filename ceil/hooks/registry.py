@@ -52,6 +52,12 @@ def check(cluster: Cluster, role: str) -> None:
         )
 
 
+def drive_root(cluster: Cluster) -> str | None:
+    """Where the router's USB drive (router.usb_drive) is mounted once this feature's step has
+    prepared it, or None without a drive. The datastore snapshots keep their copies there too."""
+    return REGISTRY_ROOT if cluster.router.usb_drive and cluster.registry.enabled else None
+
+
 def upstream_name(cluster: Cluster) -> str:
     """The registry name images use for the cached upstream (docker.io for Docker Hub)."""
     host = urlsplit(cluster.registry.upstream).netloc

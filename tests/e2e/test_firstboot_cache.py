@@ -102,12 +102,18 @@ class FakeGuest:
 
     Two QMP sockets: `qmp_socket` for the recorder, `observer` for the test to ask the state."""
 
-    def __init__(self, path: Path, name: str):
+    def __init__(self, path: Path, name: str, drives: tuple[str, ...] = ()):
         self.image = path / f"{name}.img"
         with open(self.image, "wb") as f:
             f.truncate(64 << 20)
             f.seek(1 << 20)
             f.write(b"first boot of " + name.encode())
+        self.drives = tuple(path / f"ceil-{name}.{d}.img" for d in drives)  # as cluster.usb_drives names them
+        for drive in self.drives:
+            with open(drive, "wb") as f:
+                f.truncate(32 << 20)
+                f.seek(2 << 20)
+                f.write(b"registry on " + drive.name.encode())
         self.serial_log = path / f"{name}.serial.log"
         self.serial_log.write_text(f"{name} booted\n")
         self._sockets = Path(tempfile.mkdtemp(prefix="ceil-qmp-"))  # short: unix socket paths
@@ -151,7 +157,7 @@ def cluster(tmp_path, monkeypatch):
     (work / "out" / "kubeconfig").write_text("kubeconfig")
     for name in ("id_ed25519", "id_ed25519.pub", "cluster.yaml"):
         (work / name).write_text(name)
-    guests = {r: FakeGuest(tmp_path, r) for r in ("router", "one")}
+    guests = {"router": FakeGuest(tmp_path, "router", drives=("usb",)), "one": FakeGuest(tmp_path, "one")}
     cf = FakeCloudflare(zone="example.com")
     cf._add_record("home.example.com", "203.0.113.7")
     cf.requests.append({"method": "POST", "path": "/x", "query": {}, "body": {}, "status": 200})
@@ -185,14 +191,16 @@ def test_an_entry_is_recorded_and_restored_whole(tmp_path, cluster, monkeypatch)
     states = []
     copy = fbc.copy_sparse
 
-    def copy_and_look(src, dst):  # what QEMU's state was while its disk was copied
-        states.append((Path(src).stem, cluster.machines[Path(src).stem].guest.status()))
+    def copy_and_look(src, dst):  # what QEMU's state was while its disk (or drive) was copied
+        role = Path(src).name.removeprefix("ceil-").split(".")[0]
+        states.append((Path(src).name, cluster.machines[role].guest.status()))
         copy(src, dst)
 
     monkeypatch.setattr(fbc, "copy_sparse", copy_and_look)
     rec = record(tmp_path, cluster)
     assert cluster.synced == [("router", "sync"), ("one", "sync")], "each disk is synced once before its copy"
-    assert states == [("router", "paused"), ("one", "paused")], "a disk copied while its guest ran"
+    assert states == [("router.img", "paused"), ("ceil-router.usb.img", "paused"), ("one.img", "paused")], (
+        "a disk or drive copied while its guest ran")
     for g in cluster.machines.values():
         assert g.guest.status() == "running", "QEMU left paused"
     rec.verified = True
@@ -213,6 +221,10 @@ def test_an_entry_is_recorded_and_restored_whole(tmp_path, cluster, monkeypatch)
         restored = new / "out" / f"ceil-{role}.img"
         assert restored.read_bytes() == g.guest.image.read_bytes()
         assert restored.stat().st_blocks * 512 < 1 << 20, "the disk copy is not sparse"
+    # The router's thumb drive comes back beside its disk, under the name the harness boots it by.
+    drive = cluster.machines["router"].guest.drives[0]
+    assert (new / "out" / "ceil-router.usb.img").read_bytes() == drive.read_bytes()
+    assert sorted(p.name for p in (new / "out").glob("*.img")) == ["ceil-one.img", "ceil-router.img", "ceil-router.usb.img"]
     assert found.state["run_id"] == 4711
 
     cf = FakeCloudflare(zone="example.com")

@@ -262,7 +262,10 @@ def test_the_router_keeps_snapshots_of_the_servers_datastore(router, nodes, clus
     """kubernetes.datastore_backups: the router pulls a snapshot of the one server's datastore
     (ceil/snapshot.py) with a key the server accepts for its snapshot command only. On the QEMU
     test bed the datastore is the snapshot the harness staged; on a Pi, k3s's own."""
-    from ceil.datastore import DB_ON_SERVER, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
+    from ceil.datastore import DB_ON_SERVER, PULL_KEY_SECRET, PULL_USER
+    from ceil.hooks.datastore_backups import pull_config
+
+    conf = pull_config(cluster)  # on the router's USB drive when there is one, else on its card
 
     if not cluster.datastore_backups_on:
         pytest.skip("kubernetes.datastore_backups is off, or the cluster runs etcd (three servers)")
@@ -276,12 +279,15 @@ def test_the_router_keeps_snapshots_of_the_servers_datastore(router, nodes, clus
         journal = router.run("journalctl -u ceil-datastore-snapshots.service --no-pager -o cat").stdout
         assert run.rc == 0, f"ceil-datastore-snapshots.service failed: {run.stderr}\n{journal}"
         assert "ceil-datastore-pull: kept " in journal, f"the unit never kept a snapshot:\n{journal}"
-        folder = router.file(ON_ROUTER)
+        folder = router.file(conf["dir"])
         assert folder.is_directory and folder.mode == 0o700 and folder.user == "root"
         kept = sorted(n for n in folder.listdir() if n.startswith(f"{server.name}-") and n.endswith(".db"))
-        assert kept, f"no snapshot of {server.name} in {ON_ROUTER}"
-        newest = router.file(f"{ON_ROUTER}/{kept[-1]}")
+        assert kept, f"no snapshot of {server.name} in {conf['dir']}"
+        newest = router.file(f"{conf['dir']}/{kept[-1]}")
         assert newest.mode == 0o600 and newest.user == "root"
+        if conf["mount"]:
+            on = router.check_output(f"findmnt -n -o TARGET --target {newest.path}")
+            assert on == conf["mount"], f"{newest.path} is on {on}, not on the router's drive"
         # Checked by the router's own copy of the check the workstation runs (ceil/snapshot.py).
         check = router.run("python3 -c " + shlex.quote(
             "import runpy, sys; print(runpy.run_path('/usr/local/lib/ceil/ceil-datastore-pull')['check'](sys.argv[1]))")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ceil.hooks.registry import REGISTRY_ROOT
+from ceil.hooks.registry import DRIVE_LABEL, REGISTRY_ROOT, drive_root
 from ceil.registry_access import NODE_CA_PATH, PUSH_USER
 from ceil.wireguard import server_address
 
@@ -145,6 +145,31 @@ def test_registries_listen_on_the_lan_address_only(router, cluster):
     for unit in ("mirror", "private", "push"):
         assert router.service(f"ceil-registry-{unit}").is_running, unit
     assert not router.service("docker-registry").is_running
+
+
+def test_the_registry_lives_on_the_routers_usb_drive(router, cluster):
+    """router.usb_drive: the registry step formatted the drive once (ext4, ceil's label), gave it
+    one fstab line by label, and mounted it where the registries and the datastore snapshots
+    keep their files; the SD card holds none of them. On the QEMU test bed the drive is a QEMU
+    usb-storage thumb drive on xHCI, /dev/sda as on a Pi."""
+    mount = drive_root(cluster)
+    if mount is None:
+        pytest.skip("router.usb_drive is not set (or registry.enabled is false)")
+    drive = cluster.router.usb_drive
+    with router.sudo():
+        assert router.file(drive).is_block_device, f"{drive} is not on the router"
+        label = router.check_output(f"blkid -p -o value -s LABEL {drive}")
+        kind = router.check_output(f"blkid -p -o value -s TYPE {drive}")
+        assert (label, kind) == (DRIVE_LABEL, "ext4"), f"{drive}: label {label!r}, type {kind!r}"
+        source = router.check_output(f"findmnt -n -o SOURCE --mountpoint {mount}")
+        assert router.check_output(f"readlink -f {source}") == router.check_output(f"readlink -f {drive}"), (
+            f"{mount} is mounted from {source}, not from {drive}")
+        lines = [ln for ln in router.file("/etc/fstab").content_string.splitlines()
+                 if ln.startswith(f"LABEL={DRIVE_LABEL} ")]
+        assert len(lines) == 1 and lines[0].split()[1] == mount, lines
+        for kind in ("mirror", "private"):
+            where = router.check_output(f"findmnt -n -o TARGET --target {mount}/{kind}")
+            assert where == mount, f"{mount}/{kind} is on {where}, not on the drive"
 
 
 def test_workstation_pushes_and_nodes_pull_with_their_own_account(nodes, cluster, targets):

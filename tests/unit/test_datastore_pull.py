@@ -165,6 +165,65 @@ def test_newest_writes_the_newest_snapshot_for_the_workstation(tmp_path, server,
     assert capsysbinary.readouterr().out == Path(snapshot.snapshots(conf)[-1]).read_bytes()
 
 
+def test_on_the_routers_drive_nothing_is_taken_or_served_while_it_is_not_mounted(tmp_path, server, capsysbinary):
+    """With router.usb_drive the snapshots live on the drive: while it is not mounted a snapshot
+    written anyway would land on the SD card, hidden under the mount point once the drive is back."""
+    mount = tmp_path / "drive"  # a plain folder: what the mount point is while the drive is away
+    mount.mkdir()
+    conf = router_conf(tmp_path, server.key, dir=str(mount / "datastore"), mount=str(mount))
+    rc, said = snapshot.pull(conf, popen=server.popen, now=1_000_000)
+    assert rc == 1 and said == (f"no snapshot taken: the router's drive (router.usb_drive) is not mounted at"
+                                f" {mount}: plug it in (see `systemctl status {mount}`)")
+    assert not server.calls and os.listdir(mount) == []  # not even asked, nothing written
+    path = tmp_path / "pull.json"
+    path.write_text(json.dumps(conf))
+    assert snapshot.main(["--config", str(path), "--newest"]) == 1
+    assert b"is not mounted at" in capsysbinary.readouterr().err
+    # Mounted (here: the root file system, a mount point for certain), it pulls as ever.
+    assert snapshot.drive_missing({**conf, "mount": "/"}) is None
+    assert snapshot.drive_missing({**conf, "mount": None}) is None
+
+
+def test_with_a_usb_drive_the_router_keeps_the_snapshots_on_it(tmp_path, cluster_yaml):
+    from ceil.hooks.registry import REGISTRY_ROOT
+
+    path = cluster_yaml()
+    path.write_text(path.read_text().replace("interface: eth1}}", "interface: eth1}, usb_drive: /dev/sda}"))
+    payloads, _ = _payloads(tmp_path, path)
+    router = payloads["router"].dest
+    conf = json.loads((router / "etc" / "datastore-pull.json").read_text())
+    assert conf["dir"] == f"{REGISTRY_ROOT}/datastore" and conf["mount"] == REGISTRY_ROOT
+    unit = (router / "units" / "ceil-datastore-snapshots.service").read_text()
+    assert f"ReadWritePaths=-{REGISTRY_ROOT}\n" in unit and "ProtectSystem=strict" in unit
+    step = (router / "lib" / "steps" / "datastore-pull.sh").read_text()
+    assert f'mount="{REGISTRY_ROOT}"' in step and f"install -d -m 0700 {REGISTRY_ROOT}/datastore" in step
+    assert "After=ceil-packages.service ceil-secrets.service ceil-registry.service" in (
+        router / "units" / "ceil-datastore-pull.service").read_text()
+    # The step waits for the drive: run it against a mount point that is not one.
+    fake = tmp_path / "not-mounted"
+    fake.mkdir()
+    secrets = tmp_path / "etc-secrets"
+    script = step.replace(f'mount="{REGISTRY_ROOT}"', f'mount="{fake}"').replace("/etc/ceil/secrets", str(secrets))
+    for name in ("pull_ed25519", "snapshot-hmac"):
+        (secrets / "datastore").mkdir(parents=True, exist_ok=True)
+        (secrets / "datastore" / name).write_text("x\n")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 1 and f"not mounted at {fake} yet" in done.stderr, done.stderr
+
+
+def test_without_a_drive_the_unit_writes_only_its_state_directory(tmp_path, cluster_yaml):
+    payloads, _ = _payloads(tmp_path, cluster_yaml())
+    unit = (payloads["router"].dest / "units" / "ceil-datastore-snapshots.service").read_text()
+    assert "ReadWritePaths" not in unit and "StateDirectory=ceil/datastore" in unit
+
+
+def test_a_drive_without_the_registry_is_refused(cluster_yaml):
+    path = cluster_yaml("registry: {enabled: false}\n")
+    path.write_text(path.read_text().replace("interface: eth1}}", "interface: eth1}, usb_drive: /dev/sda}"))
+    with pytest.raises(CeilError, match=r"router.usb_drive \(line 3\): /dev/sda is named but registry.enabled is false"):
+        load_cluster(path)
+
+
 class Baked:
     """One role's rendered payload: its folder, unit names and secret files."""
 
@@ -196,7 +255,7 @@ def test_the_router_and_the_server_are_baked_with_matching_halves(tmp_path, clus
     assert conf == {"server": "one", "address": "10.42.0.11", "user": "ceil-backup",
                     "key": "/etc/ceil/secrets/datastore/pull_ed25519",
                     "hmac_key": "/etc/ceil/secrets/datastore/snapshot-hmac",
-                    "dir": "/var/lib/ceil/datastore", "every_hours": 6, "keep": 14}
+                    "dir": "/var/lib/ceil/datastore", "mount": None, "every_hours": 6, "keep": 14}
     # The router runs this very module; the server runs the backup script the workstation pipes.
     assert (router / "lib" / "ceil-datastore-pull").read_text() == (
         "#!/usr/bin/python3\n" + Path(snapshot.__file__).read_text())

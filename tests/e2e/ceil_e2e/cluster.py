@@ -91,6 +91,9 @@ NTP_HOLD_MAX = float(os.environ.get("CEIL_E2E_NTP_HOLD_MAX", "1200"))
 # The side host's frames and the router's pass a guard in this process (uplink_guard.py); 0 puts
 # the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
 UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
+# The router's thumb drive (router.usb_drive in tests/e2e/cluster.yaml): sparse, so its size costs
+# nothing until the registry and the datastore snapshots write to it.
+USB_DRIVE_GIB = 2
 # Hostile twin (docs/testing.md): a card first booted long after its bake. Its clock starts at the
 # bake time, but the world is this many days later: the fake upstream time server answers that far
 # ahead, and the package archive was last signed halfway in between, after the bake, so apt refuses
@@ -338,10 +341,23 @@ class TestCluster:
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
                       run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments,
-                      uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
+                      uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"),
+                      drives=self.usb_drives(role))
             hostname = f"{self.config.get('name', 'ceil')}-{role}"
             self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
+
+    def usb_drives(self, role: str) -> tuple[Path, ...]:
+        """The router's thumb drive when cluster.yaml names one (router.usb_drive): a blank
+        sparse image the first time, as a new drive comes; the same one at every later boot (and
+        from the first-boot cache, beside the router's disk)."""
+        if role != "router" or not (self.config.get("router") or {}).get("usb_drive"):
+            return ()
+        drive = self.workdir / "out" / f"ceil-{role}.usb.img"
+        if not drive.exists():
+            with open(drive, "wb") as f:
+                f.truncate(USB_DRIVE_GIB << 30)
+        return (drive,)
 
     def start_all(self) -> None:
         # The upstream's time from the router's power-on (run e2e24: counted from before the

@@ -9,6 +9,7 @@ the test-bed image, it is cached outside the checkout, keyed by a hash of those 
       manifest.json      when, which run, what the key was made of, first-boot timings
       state.json         what the harness must give back: the MAC seed, the fake Cloudflare
       disks/<role>.img   each machine's disk just after it reached ceil-firstboot.target
+      disks/<role>.<name>.img  its USB drives at that instant (the router's thumb drive)
       workdir/           the run's SSH key, secrets/ and bake output (not the images)
       logs/              the first boot's serial console logs, for reading later
 
@@ -125,6 +126,12 @@ class Entry:
         out.mkdir(parents=True, exist_ok=True)
         for role in roles:
             copy_sparse(self.disk(role), out / f"ceil-{role}.img")
+            for drive in self.drives(role):  # ceil-router.usb.img, as the harness names it
+                copy_sparse(drive, out / f"ceil-{drive.name}")
+
+    def drives(self, role: str) -> list[Path]:
+        """`role`'s USB drives as they were after its first boot (disks/<role>.<name>.img)."""
+        return sorted((self.dir / "disks").glob(f"{role}.*.img"))
 
     def restore_logs(self, artifacts: Path) -> None:
         for log_file in (self.dir / "logs").glob("*"):
@@ -180,13 +187,17 @@ class Recorder:
         t0 = time.monotonic()
         try:
             cluster.ssh.run(role, "sync", timeout=120, check=True)
-            need = _allocated(m.guest.image) * 2  # this copy and headroom for the run itself
+            disks = {m.guest.image: f"{role}.img"}
+            for drive in m.guest.drives:  # out/ceil-router.usb.img -> disks/router.usb.img
+                disks[drive] = drive.name.removeprefix("ceil-")
+            need = sum(_allocated(d) for d in disks) * 2  # this copy and headroom for the run itself
             free = shutil.disk_usage(self.dir).free
             if free < need:
                 raise OSError(f"{free >> 20} MiB free in {self.dir.parent}, {need >> 20} MiB wanted")
-            # QEMU paused: the copy is one instant of the disk, not a smear of several.
+            # QEMU paused: the copy is one instant of the disks, not a smear of several.
             with m.guest.paused():
-                copy_sparse(m.guest.image, self.dir / "disks" / f"{role}.img")
+                for disk, name in disks.items():
+                    copy_sparse(disk, self.dir / "disks" / name)
                 if role == "router" and cluster.extras.cloudflare is not None:
                     # The fake internet remembers the first boot too (the DDNS checks count its
                     # writes); taken in the same instant as the disk that holds the router's side.

@@ -339,6 +339,7 @@ class Guest:
         boot_index: int = 1,
         segments: tuple[Lan, ...] = (),
         uplink_nic: str = "virtio",
+        drives: tuple[Path, ...] = (),
     ):
         self.name = name
         self.image = image
@@ -358,6 +359,9 @@ class Guest:
         if uplink_nic not in ("virtio", "usb-net"):
             raise GuestError(f"{name}: unknown uplink NIC type {uplink_nic!r}")
         self.uplink_nic = uplink_nic
+        # USB mass storage (thumb drives, as QEMU usb-storage on the xHCI controller): the guest
+        # sees /dev/sda, /dev/sdb, ... as a Pi does, its own disk being virtio (vda), not SCSI.
+        self.drives = tuple(drives)
         self.proc: subprocess.Popen | None = None
         self.boots = 0
         self.started_at = 0.0
@@ -404,10 +408,13 @@ class Guest:
             cmd += ["-netdev", self.lan.netdev("lan"),
                     "-device", f"virtio-net-pci,netdev=lan,mac={mac_for(self.run_id, self.index, nic)}"]
             nic += 1
-        if self.uplink and self.uplink_nic == "usb-net":
+        usb_net = bool(self.uplink) and self.uplink_nic == "usb-net"
+        if usb_net or self.drives:
+            cmd += ["-device", "qemu-xhci,id=xhci"]
+        if usb_net:
             # Not a PCI NIC: the kernel numbers it after the virtio ones, and udev names it
             # enx<MAC> where predictable names are on (Ubuntu).
-            cmd += [*self.uplink.netdev_args("up"), "-device", "qemu-xhci,id=xhci",
+            cmd += [*self.uplink.netdev_args("up"),
                     "-device", f"usb-net,netdev=up,bus=xhci.0,mac={self.uplink_mac}"]
         elif self.uplink:
             cmd += [*self.uplink.netdev_args("up"),
@@ -416,6 +423,10 @@ class Guest:
         for i, seg in enumerate(self.segments):
             cmd += ["-netdev", seg.netdev(f"seg{i}"),
                     "-device", f"virtio-net-pci,netdev=seg{i},mac={self.segment_mac(i)}"]
+        for i, drive in enumerate(self.drives):
+            # removable: a thumb drive says so (lsblk RM 1), as the real ones do.
+            cmd += ["-drive", f"if=none,id=usb{i},file={drive},format=raw,cache=unsafe",
+                    "-device", f"usb-storage,bus=xhci.0,drive=usb{i},removable=on"]
         return cmd
 
     @property
