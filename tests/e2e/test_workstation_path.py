@@ -40,7 +40,6 @@ MDNSMINI = (REPO / "tests" / "unit" / "mdnsmini.py").read_text()
 # later reboots kept getting their DHCP lease (run e2e29's learning switch had lost it).
 
 
-@pytest.mark.full  # minutes CI's budget does not have; the VPN path below runs in CI
 def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_the_board(nodes, cluster):
     c = session.get()
     side = c.vpn_client
@@ -142,7 +141,6 @@ def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the
         agent.close()
 
 
-@pytest.mark.full  # minutes CI's budget does not have; the VPN path below runs in CI
 def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(nodes, cluster, tmp_path):
     """The third path: no route, no VPN, only the router's SSH on its uplink address.
     `bake.py ssh NAME --via` jumps through it to a node, and `bake.py k8s-proxy --via` forwards
