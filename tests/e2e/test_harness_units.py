@@ -718,6 +718,32 @@ def test_the_ubuntu_twins_uplink_is_a_usb_adapter_udev_names_by_its_mac(tmp_path
     assert f"netdev=seg0,mac={v.segment_mac(0)}" in virtio and len({v.segment_mac(0), *v.macs.values()}) == 3
 
 
+def test_a_thumb_drive_is_usb_storage_on_the_one_xhci_controller(tmp_path, monkeypatch):
+    """router.usb_drive: the drive is USB mass storage (the guest's kernel names it sda, beside
+    its virtio disk vda), on the same xHCI controller as a USB uplink, and made as sold."""
+    from ceil_e2e.drives import thumb_drive_as_sold
+
+    if shutil.which("sfdisk") is None or shutil.which("mkfs.fat") is None:
+        pytest.skip("needs sfdisk and mkfs.fat (scripts/setup-host.sh)")
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, *a: (dest / "vmlinuz", dest / "initrd.img", "x"))
+    monkeypatch.setattr(vm, "firmware_assets", lambda *a: vm.BootAssets())
+    drive = thumb_drive_as_sold(tmp_path / "ceil-router.usb.img", 64)
+    table = subprocess.run(["sfdisk", "-d", str(drive)], capture_output=True, text=True, check=True).stdout
+    assert "label: dos" in table and "start=        2048" in table and "type=c" in table
+    assert drive.stat().st_blocks * 512 < 8 << 20, "the drive image is not sparse"
+    uplink = vm.Uplink(ssh_port=2222)
+    for nic in ("usb-net", "virtio"):
+        g = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=vm.Lan.random(), uplink=uplink,
+                     uplink_nic=nic, drives=(drive,))
+        try:
+            cmd = g.command()
+        finally:
+            g._bootdir.rmdir()
+        assert cmd.count("qemu-xhci,id=xhci") == 1, nic
+        i = cmd.index(f"if=none,id=usb0,file={drive},format=raw,cache=unsafe")
+        assert cmd[i + 2] == "usb-storage,bus=xhci.0,drive=usb0,removable=on"
+
+
 def test_the_clock_twins_timeline_says_what_happened_in_order():
     """CI keeps no artefacts: when the stale-clock twin does not bite, the failure message is all
     there is, so it names each event the twin depends on, in the order they happened."""

@@ -161,6 +161,10 @@ def test_the_registry_lives_on_the_routers_usb_drive(router, cluster):
         label = router.check_output(f"blkid -p -o value -s LABEL {drive}")
         kind = router.check_output(f"blkid -p -o value -s TYPE {drive}")
         assert (label, kind) == (DRIVE_LABEL, "ext4"), f"{drive}: label {label!r}, type {kind!r}"
+        # Formatted whole: no partition table left, and no partition the kernel still lists.
+        table = router.run(f"blkid -p -o value -s PTTYPE {drive}").stdout.strip()
+        parts = router.check_output(f"lsblk -nro NAME {drive}").split()
+        assert not table and len(parts) == 1, f"{drive}: partition table {table!r}, devices {parts}"
         source = router.check_output(f"findmnt -n -o SOURCE --mountpoint {mount}")
         assert router.check_output(f"readlink -f {source}") == router.check_output(f"readlink -f {drive}"), (
             f"{mount} is mounted from {source}, not from {drive}")

@@ -101,6 +101,38 @@ def test_a_drive_with_another_filesystem_is_reformatted(tmp_path, loop_drive):
     assert label_of(loop_drive) == "ceil-registry" and "wipefs" in calls
 
 
+def test_a_drive_as_sold_is_formatted_whole_and_its_partition_goes(tmp_path):
+    """The QEMU router's drive (tests/e2e/ceil_e2e/drives.py): an MBR table with one FAT32
+    partition, which the kernel lists as a partition of its own. The step formats the whole drive
+    and leaves no partition table behind."""
+    from tests.e2e.ceil_e2e.drives import thumb_drive_as_sold
+
+    if os.geteuid() != 0 or shutil.which("losetup") is None or shutil.which("mkfs.fat") is None:
+        pytest.skip("needs root, losetup and mkfs.fat for a partitioned loop device")
+    image = thumb_drive_as_sold(tmp_path / "usb.img", 64)
+    done = subprocess.run(["losetup", "-f", "--show", "-P", str(image)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"no loop device here: {done.stderr.strip()}")
+    dev = done.stdout.strip()
+    try:
+        def table() -> str:
+            return subprocess.run(["blkid", "-p", "-o", "value", "-s", "PTTYPE", dev],
+                                  capture_output=True, text=True).stdout.strip()
+
+        assert table() == "dos"
+        (tmp_path / "fstab").write_text("")
+        ran, calls = run_step(tmp_path, dev)
+        assert ran.returncode == 0, ran.stderr
+        assert label_of(dev) == "ceil-registry" and "wipefs" in calls
+        assert table() == "", f"a partition table is left: {table()}"
+        # Where the kernel lists the loop device's partitions (not in every container), none is
+        # left; the QEMU router shows it on its USB drive (test_router_services.py).
+        parts = subprocess.run(["lsblk", "-nro", "NAME", dev], capture_output=True, text=True).stdout.split()
+        assert parts == [Path(dev).name], f"partitions left beside the formatted drive: {parts}"
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
 def test_missing_drive_is_a_transient_failure(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root (the step's tools)")

@@ -33,6 +33,7 @@ from ceil_infra.ssh import Endpoint, SshConfig, generate_key
 
 from . import fakes as fakes_mod
 from . import l2dns, readiness
+from .drives import thumb_drive_as_sold
 from .uplink_guard import UplinkGuard
 from .vm import UPLINK_GUEST_IP, Guest, Lan, Uplink, Wire
 
@@ -92,7 +93,7 @@ NTP_HOLD_MAX = float(os.environ.get("CEIL_E2E_NTP_HOLD_MAX", "1200"))
 # the router's NIC straight on the hub, where direct TCP from the side host is reset (e2e24, e2e29).
 UPLINK_GUARD = os.environ.get("CEIL_E2E_UPLINK_GUARD", "1") != "0"
 # The router's thumb drive (router.usb_drive in tests/e2e/cluster.yaml): sparse, so its size costs
-# nothing until the registry and the datastore snapshots write to it.
+# little until the registry and the datastore snapshots write to it.
 USB_DRIVE_GIB = 2
 # Hostile twin (docs/testing.md): a card first booted long after its bake. Its clock starts at the
 # bake time, but the world is this many days later: the fake upstream time server answers that far
@@ -348,15 +349,14 @@ class TestCluster:
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
 
     def usb_drives(self, role: str) -> tuple[Path, ...]:
-        """The router's thumb drive when cluster.yaml names one (router.usb_drive): a blank
-        sparse image the first time, as a new drive comes; the same one at every later boot (and
-        from the first-boot cache, beside the router's disk)."""
+        """The router's thumb drive when cluster.yaml names one (router.usb_drive): a drive as
+        sold (drives.py) the first time; the same one at every later boot (and from the first-boot
+        cache, beside the router's disk)."""
         if role != "router" or not (self.config.get("router") or {}).get("usb_drive"):
             return ()
         drive = self.workdir / "out" / f"ceil-{role}.usb.img"
         if not drive.exists():
-            with open(drive, "wb") as f:
-                f.truncate(USB_DRIVE_GIB << 30)
+            thumb_drive_as_sold(drive, USB_DRIVE_GIB << 10)
         return (drive,)
 
     def start_all(self) -> None:
