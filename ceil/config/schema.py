@@ -54,6 +54,25 @@ def _iface(value: str) -> str:
     return value
 
 
+# /dev/sda, or the drive's stable name under /dev/disk/by-id/ (usb-SanDisk_..._0123-0:0) or by-path/.
+DRIVE_RE = re.compile(r"^/dev/[A-Za-z0-9/_.:+-]+\Z")
+
+
+def _drive(value: str) -> str:
+    """A whole drive that its first boot wipes (router.usb_drive, nodes[].storage_device)."""
+    if not DRIVE_RE.match(value) or ".." in value.split("/"):
+        raise ValueError(f"{value!r} is not a device path: name the drive as /dev/sda, or by its stable name"
+                         " /dev/disk/by-id/usb-...")
+    name = value.rsplit("/", 1)[-1]
+    if value.startswith("/dev/mmcblk") or name.startswith("mmc-") or ("/by-path/" in value and "mmc" in name):
+        raise ValueError(
+            f"{value} is the SD card the Pi boots from, and this drive is wiped on first boot: name the"
+            " USB drive instead (usually /dev/sda; on a Pi that boots from USB the boot disk itself is"
+            " /dev/sda, so the second drive is /dev/sdb; with several USB drives, its"
+            " /dev/disk/by-id/usb-... name, which does not depend on the order they are found in)")
+    return value
+
+
 def _iface_pattern(value: str) -> str:
     """An interface name, or a prefix ending in * (a USB adapter named by its MAC: enx*)."""
     if value.endswith("*") and IFACE_RE.match(value[:-1]) and len(value) <= 15:
@@ -126,6 +145,7 @@ Label = Annotated[str, AfterValidator(_label)]
 Domain = Annotated[str, AfterValidator(_domain)]
 Iface = Annotated[str, AfterValidator(_iface)]
 IfacePattern = Annotated[str, AfterValidator(_iface_pattern)]
+Drive = Annotated[str, AfterValidator(_drive)]
 PublicKey = Annotated[str, AfterValidator(lambda k: check_public_key(k.strip()))]
 
 
@@ -242,9 +262,8 @@ class Uplink(Model):
 class Router(Model):
     lan_interface: Iface = "eth0"
     uplink: Uplink = Field(default_factory=lambda: Uplink(type="ethernet"))
-    usb_drive: str | None = Field(
+    usb_drive: Drive | None = Field(
         default=None,
-        pattern=r"^/dev/[A-Za-z0-9/_-]+$",
         description="device wiped and used for the registry's storage and the datastore snapshots, e.g. /dev/sda",
     )
     # Networks on the uplink side (e.g. the home LAN, 192.168.1.0/24) that may reach the cluster
@@ -336,7 +355,7 @@ class Node(Model):
     ip: ipaddress.IPv4Address | None = None
     mac: str | None = Field(default=None, pattern=r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
     # Thumb drive given to Longhorn; wiped on first boot, so it must be named explicitly.
-    storage_device: str | None = Field(default=None, pattern=r"^/dev/[A-Za-z0-9/_-]+$")
+    storage_device: Drive | None = None
     # The Pi's memory in GiB (1: Pi 3B+; Pi 4: 1-8; Pi 5: 1-16). Optional: when every node has it,
     # the bake checks that the add-ons fit (ceil/addons/fit.py, docs/addons.md "Resource fit").
     ram_gib: Literal[1, 2, 4, 8, 16] | None = None
@@ -346,16 +365,6 @@ class Node(Model):
     def _not_router(cls, v: str) -> str:
         if v == "router":
             raise ValueError("'router' is the router's role name: pick another node name")
-        return v
-
-    @field_validator("storage_device")
-    @classmethod
-    def _not_the_sd_card(cls, v: str | None) -> str | None:
-        if v and v.startswith("/dev/mmcblk"):
-            raise ValueError(
-                f"{v} is the SD card the node boots from, and the storage drive is formatted on first"
-                " boot: name the USB drive instead (usually /dev/sda; on a Pi that boots from USB the"
-                " boot disk itself is /dev/sda, so the second drive is /dev/sdb)")
         return v
 
     @field_validator("mac", mode="before")

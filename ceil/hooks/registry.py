@@ -43,13 +43,8 @@ def check(cluster: Cluster, role: str) -> None:
             f"{given}: the private registry, the pull-through cache and the private registry's"
             " push side need different ports (defaults 5000, 5001 and 5002)"
         )
-    # Clashes with the router's other services are refused by the nat-firewall feature's check.
-    drive = cluster.router.usb_drive
-    if drive and drive.startswith("/dev/mmcblk"):
-        raise ConfigError(
-            f"router.usb_drive: {drive} is the SD card the router boots from, and the drive is"
-            " wiped on first boot: name the USB drive instead (usually /dev/sda)"
-        )
+    # Clashes with the router's other services are refused by the nat-firewall feature's check;
+    # the SD card as router.usb_drive by the schema (config/schema.py, _drive).
 
 
 def drive_root(cluster: Cluster) -> str | None:

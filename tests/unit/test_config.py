@@ -59,6 +59,41 @@ def test_the_sd_card_is_refused_as_a_nodes_storage_drive():
     assert "/dev/mmcblk0" in msg and "SD card" in msg and "/dev/sda" in msg
 
 
+@pytest.mark.parametrize("key", ["router.usb_drive", "storage_device"])
+@pytest.mark.parametrize("drive, says", [
+    ("/dev/sda", None),
+    ("/dev/nvme0n1", None),
+    ("/dev/disk/by-id/usb-SanDisk_Cruzer_Blade_4C530001230205115432-0:0", None),
+    ("/dev/disk/by-path/platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0-scsi-0:0:0:0", None),
+    ("/dev/mmcblk0", "SD card"),
+    ("/dev/mmcblk0p2", "SD card"),
+    ("/dev/disk/by-id/mmc-SD32G_0x1234abcd", "SD card"),
+    ("/dev/disk/by-path/platform-fe340000.mmc", "SD card"),
+    ("/dev/../etc/passwd", "not a device path"),
+    ("/dev/sda a", "not a device path"),
+    ("sda", "not a device path"),
+])
+def test_a_drive_is_named_by_device_or_stable_name_and_never_the_sd_card(key, drive, says):
+    """Both drives a first boot wipes take the same names; by-id names (with ':') keep the right
+    drive when several are plugged in, and the SD card is refused under any of its names."""
+    quoted = '"' + drive + '"'
+    base = BASE + "nodes: [{name: one, role: server}]\n"
+    if key == "router.usb_drive":
+        text = base.replace("router: {uplink:", "router: {usb_drive: " + quoted + ", uplink:", 1)
+    else:
+        text = base.replace("{name: one, role: server}", "{name: one, role: server, storage_device: " + quoted + "}", 1)
+    assert text != base
+    if says is None:
+        cluster = parse_cluster(text)
+        got = cluster.router.usb_drive if key == "router.usb_drive" else cluster.node("one").storage_device
+        assert got == drive
+    else:
+        msg = error(text)
+        assert says in msg and drive.split()[0] in msg and ("usb_drive" in msg or "storage_device" in msg), msg
+        if says == "SD card":
+            assert "/dev/disk/by-id/usb-" in msg and "/dev/sda" in msg
+
+
 def test_unknown_key_is_named_with_line():
     msg = error(BASE + "netwrok: {}\n")
     assert "netwrok" in msg and "unknown key" in msg and "line 3" in msg

@@ -45,7 +45,7 @@ def loop_drive(tmp_path):
 
 def run_step(tmp_path: Path, dev: str) -> tuple[subprocess.CompletedProcess, str]:
     config = BASE.replace("router: {uplink: {type: ethernet}}",
-                          f"router: {{uplink: {{type: ethernet}}, usb_drive: {dev}}}")
+                          f"router: {{uplink: {{type: ethernet}}, usb_drive: \"{dev}\"}}")
     step = tmp_path / "registry.sh"
     shutil.copy(render_router(tmp_path / "render", config) / "lib/steps/registry.sh", step)
     shims = tmp_path / "shims"
@@ -99,6 +99,22 @@ def test_a_drive_with_another_filesystem_is_reformatted(tmp_path, loop_drive):
     done, calls = run_step(tmp_path, loop_drive)
     assert done.returncode == 0, done.stderr
     assert label_of(loop_drive) == "ceil-registry" and "wipefs" in calls
+
+
+def test_a_drive_named_by_its_stable_id_is_formatted_through_the_link(tmp_path, loop_drive):
+    """With several USB drives, /dev/sdX depends on the order they are found in: the drive may be
+    named by its /dev/disk/by-id/ link (':' and all), and the step formats what the link points to."""
+    links = Path(f"/dev/ceil-test-{os.getpid()}")
+    links.mkdir(exist_ok=True)
+    link = links / "usb-CEIL_Twin_Drive_0001-0:0"
+    try:
+        link.symlink_to(loop_drive)
+        (tmp_path / "fstab").write_text("")
+        done, calls = run_step(tmp_path, str(link))
+        assert done.returncode == 0, done.stderr
+        assert label_of(loop_drive) == "ceil-registry" and f"wipefs -a {link}" in calls
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
 
 
 def test_a_drive_as_sold_is_formatted_whole_and_its_partition_goes(tmp_path):
