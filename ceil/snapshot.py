@@ -62,7 +62,8 @@ def check(path: str) -> int:
 def drive_missing(conf: dict) -> str | None:
     """Why no snapshot may be read or written now: the router's drive they live on is not mounted.
     Written anyway, they would land on the SD card under the mount point, hidden once the drive
-    is back."""
+    is back. os.path.ismount compares devices, not the mount table: the timer's unit bind-mounts
+    the mount point onto itself (ReadWritePaths=), which must not pass for the drive."""
     mount = conf.get("mount")
     if mount and not os.path.ismount(mount):
         return (f"the router's drive (router.usb_drive) is not mounted at {mount}: plug it in"
