@@ -90,6 +90,8 @@ def test_drive_is_formatted_once_and_mounted_by_label(tmp_path, loop_drive):
     fstab = (tmp_path / "fstab").read_text().splitlines()
     assert fstab[0] == "proc /proc proc defaults 0 0"
     assert [line.split()[:3] for line in fstab[1:]] == [["LABEL=ceil-registry", str(tmp_path / "root"), "ext4"]]
+    # systemd's device timeout, not a shorter one: a label udev announces late must still mount.
+    assert "nofail" in fstab[1] and "device-timeout" not in fstab[1]
     assert (tmp_path / "root/mirror").is_dir() and (tmp_path / "root/private").is_dir()
 
 
