@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -741,7 +742,56 @@ def test_a_thumb_drive_is_usb_storage_on_the_one_xhci_controller(tmp_path, monke
             g._bootdir.rmdir()
         assert cmd.count("qemu-xhci,id=xhci") == 1, nic
         i = cmd.index(f"if=none,id=usb0,file={drive},format=raw,cache=unsafe")
-        assert cmd[i + 2] == "usb-storage,bus=xhci.0,drive=usb0,removable=on"
+        assert cmd[i + 2] == "usb-storage,bus=xhci.0,drive=usb0,removable=on,id=usbdev0"
+
+
+def test_a_drive_left_unplugged_at_boot_is_plugged_into_the_running_qemu(tmp_path, monkeypatch):
+    """The late drive (tests/e2e/test_lifecycle.py): the guest starts with the drive's image but
+    no USB device, and plug() hot-plugs the device through QMP, into a real QEMU."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("needs qemu-system-x86 (scripts/setup-host.sh)")
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, *a: (dest / "vmlinuz", dest / "initrd.img", "x"))
+    monkeypatch.setattr(vm, "firmware_assets", lambda *a: vm.BootAssets())
+    drive = tmp_path / "usb.img"
+    drive.write_bytes(b"")
+    os.truncate(drive, 1 << 20)
+    sockets = Path(tempfile.mkdtemp(prefix="ceil-qmp-"))  # short: unix socket paths
+    g = vm.Guest("router", tmp_path / "disk.img", "amd64", tmp_path, lan=None, drives=(drive,))
+    g.unplugged = {0}
+    try:
+        cmd = g.command()
+        assert not any(a.startswith("usb-storage") for a in cmd)
+        # Only the USB part of the guest's command line, in a QEMU whose CPU never starts (-S).
+        i = cmd.index("qemu-xhci,id=xhci")
+        j = cmd.index(f"if=none,id=usb0,file={drive},format=raw,cache=unsafe")
+        usb = [*cmd[i - 1:i + 1], *cmd[j - 1:j + 1]]
+        g.qmp_socket = sockets / "qmp"
+        proc = subprocess.Popen(["qemu-system-x86_64", "-M", "q35", "-S", "-nodefaults", "-display", "none",
+                                 *usb, "-qmp", f"unix:{g.qmp_socket},server=on,wait=off"])
+        try:
+            deadline = time.monotonic() + 30
+            while not g.qmp_socket.exists():
+                assert time.monotonic() < deadline and proc.poll() is None, "QEMU did not start"
+                time.sleep(0.05)
+            g.plug(0)
+            assert g.unplugged == set()
+            qmp = vm.Qmp(g.qmp_socket)
+            try:
+                plugged = {p["name"] for p in qmp.execute("qom-list", path="/machine/peripheral")}
+                kind = qmp.execute("qom-get", path="/machine/peripheral/usbdev0", property="type")
+            finally:
+                qmp.close()
+            assert "usbdev0" in plugged and kind == "usb-storage"
+            with pytest.raises(vm.GuestError, match="already plugged"):
+                g.plug(0)
+            # The next start (a reboot) has it plugged from the beginning.
+            assert "usb-storage,bus=xhci.0,drive=usb0,removable=on,id=usbdev0" in g.command()
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+        shutil.rmtree(g._bootdir, ignore_errors=True)
 
 
 def test_the_clock_twins_timeline_says_what_happened_in_order():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 
 from ceil_e2e import session
+from ceil_infra.helpers import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
@@ -48,3 +49,52 @@ def test_router_comes_back_unchanged_after_a_power_cut(router):
     assert router.check_output("sudo cat /var/lib/cloud/data/instance-id") == instance
     assert router.check_output("cat /var/lib/ceil/e2e-probe") == "power_cut"
     assert router.run("systemctl is-active ceil-firstboot.target").stdout.strip() == "active"
+
+
+# systemd's unit for the drive's label, computed in the guest (the escaping is systemd's own).
+DRIVE_UNIT = '"$(systemd-escape -p --suffix=device /dev/disk/by-label/ceil-registry)"'
+TIMEOUT_DROPIN = f"/etc/systemd/system/{DRIVE_UNIT}.d/ceil-e2e-timeout.conf"
+
+
+def registries_serve(router, lan_ip: str, ports: tuple[int, ...]) -> bool:
+    listening = router.check_output("ss -ltn")
+    return (router.run("mountpoint -q /var/lib/ceil-registry").rc == 0
+            and all(f"{lan_ip}:{p} " in listening for p in ports))
+
+
+def test_the_routers_drive_plugged_in_after_systemd_gave_up_on_it_is_mounted_and_served(router, cluster):
+    """A USB drive that appears after systemd's device timeout (a slow disk, a hub, a drive
+    plugged in late) is mounted by nothing at boot: the registries, which require the mount, stay
+    down until udev sees the drive arrive (the registry step's rule). The QEMU router boots with
+    its drive unplugged; systemd waits for it and gives up, by its own job timer shortened for
+    this one device (a Pi's 90 s, the twin's 600 s, would only cost time); then the drive is
+    hot-plugged through QMP."""
+    if not cluster.router.usb_drive:
+        pytest.skip("tests/e2e/cluster.yaml names no router.usb_drive")
+    c = session.get()
+    guest = c.machines["router"].guest
+    reg, lan_ip = cluster.registry, str(cluster.network.router_ip)
+    ports = (reg.port, reg.mirror_port, reg.push_port)
+    assert registries_serve(router, lan_ip, ports), "the registries were not up before the test"
+    router.check_output(f"sudo sh -c 'mkdir -p {TIMEOUT_DROPIN.rsplit('/', 1)[0]}"
+                        f" && printf \"[Unit]\\nJobRunningTimeoutSec=20s\\n\" > {TIMEOUT_DROPIN} && sync'")
+    try:
+        guest.unplugged = {0}
+        c.power_cut("router")
+        router = c.host("router")
+        wait_for("systemd to give up on the unplugged drive", lambda: router.run(
+            f"sudo journalctl -b -u {DRIVE_UNIT} --no-pager | grep -q 'Timed out'").rc == 0, timeout=300)
+        wait_for("the registries' start jobs to fail", lambda: router.run(
+            "systemctl list-jobs --no-legend | grep -q ceil-registry").rc != 0, timeout=120)
+        assert not registries_serve(router, lan_ip, ports), "the registries serve without their drive"
+        assert router.run("systemctl is-active ceil-registry-private.service").stdout.strip() != "active"
+
+        guest.plug(0)
+        wait_for("the late drive to be mounted and the registries to serve from it",
+                 lambda: registries_serve(router, lan_ip, ports), timeout=300)
+        assert router.check_output("findmnt -no SOURCE /var/lib/ceil-registry") == cluster.router.usb_drive
+        assert router.check_output("findmnt -no LABEL /var/lib/ceil-registry") == "ceil-registry"
+    finally:
+        if guest.unplugged:
+            guest.plug(0)  # the tests after this one expect the drive
+        c.host("router").run(f"sudo sh -c 'rm -rf {TIMEOUT_DROPIN.rsplit('/', 1)[0]} && systemctl daemon-reload'")

@@ -23,6 +23,7 @@ SHIMS = {
     "ss": 'printf "LISTEN 0 4096 10.42.0.1:5000 0.0.0.0:*\\nLISTEN 0 4096 10.42.0.1:5001 0.0.0.0:*\\n'
           'LISTEN 0 4096 10.42.0.1:5002 0.0.0.0:*\\n"',
     "wipefs": 'echo "wipefs $*" >> "$CEIL_TEST_LOG"; exec /usr/sbin/wipefs "$@"',
+    "udevadm": 'echo "udevadm $*" >> "$CEIL_TEST_LOG"',
 }
 
 
@@ -43,9 +44,9 @@ def loop_drive(tmp_path):
         subprocess.run(["losetup", "-d", dev], capture_output=True)
 
 
-def run_step(tmp_path: Path, dev: str) -> tuple[subprocess.CompletedProcess, str]:
-    config = BASE.replace("router: {uplink: {type: ethernet}}",
-                          f"router: {{uplink: {{type: ethernet}}, usb_drive: \"{dev}\"}}")
+def run_step(tmp_path: Path, dev: str | None) -> tuple[subprocess.CompletedProcess, str]:
+    config = BASE if dev is None else BASE.replace(
+        "router: {uplink: {type: ethernet}}", f"router: {{uplink: {{type: ethernet}}, usb_drive: \"{dev}\"}}")
     step = tmp_path / "registry.sh"
     shutil.copy(render_router(tmp_path / "render", config) / "lib/steps/registry.sh", step)
     shims = tmp_path / "shims"
@@ -61,7 +62,8 @@ def run_step(tmp_path: Path, dev: str) -> tuple[subprocess.CompletedProcess, str
         (secrets / name).write_text("x\n")
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}:/usr/sbin:/sbin", "CEIL_TEST_LOG": str(log),
            "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab"),
-           "CEIL_SECRETS": str(tmp_path / "secrets")}
+           "CEIL_SECRETS": str(tmp_path / "secrets"),
+           "CEIL_UDEV_RULE": str(tmp_path / "90-ceil-registry-drive.rules")}
     shutil.rmtree(tmp_path / "render")
     done = subprocess.run(["sh", str(step)], capture_output=True, text=True, env=env, timeout=120)
     return done, log.read_text()
@@ -93,6 +95,31 @@ def test_drive_is_formatted_once_and_mounted_by_label(tmp_path, loop_drive):
     # systemd's device timeout, not a shorter one: a label udev announces late must still mount.
     assert "nofail" in fstab[1] and "device-timeout" not in fstab[1]
     assert (tmp_path / "root/mirror").is_dir() and (tmp_path / "root/private").is_dir()
+
+
+def test_the_registries_start_whenever_the_drive_appears_once_the_step_is_through(tmp_path, loop_drive):
+    """A drive that comes after systemd's device timeout is mounted by nothing at boot: udev
+    starts the registries (whose RequiresMountsFor= mounts it) when the labelled drive appears.
+    The booted proof is tests/e2e/test_lifecycle.py (the drive plugged in after systemd gave up)."""
+    (tmp_path / "fstab").write_text("")
+    done, calls = run_step(tmp_path, loop_drive)
+    assert done.returncode == 0, done.stderr
+    rule = [line for line in (tmp_path / "90-ceil-registry-drive.rules").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert rule == ['ACTION!="remove", SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="ceil-registry",'
+                    ' ENV{SYSTEMD_WANTS}+="ceil-registry-mirror.service ceil-registry-private.service'
+                    ' ceil-registry-push.service"']
+    # Written after the registries were started and checked: formatting the drive (a udev change
+    # event carrying the new label) must not start them before their storage and secrets are ready.
+    assert calls.index("systemctl restart") < calls.index("udevadm control --reload")
+    assert not list(tmp_path.glob("*.ceil-tmp"))
+
+
+def test_without_a_drive_no_rule_and_no_mount(tmp_path):
+    done, calls = run_step(tmp_path, None)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "90-ceil-registry-drive.rules").exists()
+    assert "udevadm" not in calls and "mount" not in calls
 
 
 def test_a_drive_with_another_filesystem_is_reformatted(tmp_path, loop_drive):

@@ -98,8 +98,9 @@ class Qmp:
         json.loads(self.lines.readline())  # the greeting
         self.execute("qmp_capabilities")
 
-    def execute(self, command: str) -> dict:
-        self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+    def execute(self, command: str, **arguments) -> dict:
+        message = {"execute": command, **({"arguments": arguments} if arguments else {})}
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
         while True:
             reply = json.loads(self.lines.readline() or "{}")
             if "return" in reply:
@@ -362,6 +363,9 @@ class Guest:
         # USB mass storage (thumb drives, as QEMU usb-storage on the xHCI controller): the guest
         # sees /dev/sda, /dev/sdb, ... as a Pi does, its own disk being virtio (vda), not SCSI.
         self.drives = tuple(drives)
+        # Indices of drives left unplugged at the next start (their image stays attached to QEMU
+        # without a USB device, so plug() can plug them in while the guest runs).
+        self.unplugged: set[int] = set()
         self.proc: subprocess.Popen | None = None
         self.boots = 0
         self.started_at = 0.0
@@ -424,10 +428,24 @@ class Guest:
             cmd += ["-netdev", seg.netdev(f"seg{i}"),
                     "-device", f"virtio-net-pci,netdev=seg{i},mac={self.segment_mac(i)}"]
         for i, drive in enumerate(self.drives):
-            # removable: a thumb drive says so (lsblk RM 1), as the real ones do.
-            cmd += ["-drive", f"if=none,id=usb{i},file={drive},format=raw,cache=unsafe",
-                    "-device", f"usb-storage,bus=xhci.0,drive=usb{i},removable=on"]
+            cmd += ["-drive", f"if=none,id=usb{i},file={drive},format=raw,cache=unsafe"]
+            if i not in self.unplugged:
+                # removable: a thumb drive says so (lsblk RM 1), as the real ones do.
+                cmd += ["-device", f"usb-storage,bus=xhci.0,drive=usb{i},removable=on,id=usbdev{i}"]
         return cmd
+
+    def plug(self, i: int) -> None:
+        """Plug drive i in while the guest runs (a USB hot-plug: the guest's kernel and udev see
+        it arrive, as when a drive is plugged into a running Pi or announces itself late)."""
+        if i not in self.unplugged:
+            raise GuestError(f"{self.name}: drive {i} is already plugged in")
+        qmp = Qmp(self.qmp_socket)
+        try:
+            qmp.execute("device_add", driver="usb-storage", bus="xhci.0", drive=f"usb{i}",
+                        removable=True, id=f"usbdev{i}")
+        finally:
+            qmp.close()
+        self.unplugged.discard(i)
 
     @property
     def uplink_mac(self) -> str:
