@@ -10,7 +10,9 @@ HTTP cache included) can slip in another binary.
 
 Servers go first, then agents (k3s's own upgrade order), each: drained (unless --no-drain),
 binary swapped with the previous one kept, service restarted; if the service does not come back
-the node puts the previous binary back itself. Then Ready with the new kubelet, and uncordoned.
+the node puts the previous binary back itself. Then Ready with the new kubelet, and uncordoned;
+a node not Ready in time gets its previous binary back too. Before any of it, every node's
+running version is read: a downgrade or a skipped minor version is refused, nothing changed.
 The router's cache gets the release too, so a re-flashed node finds it on the LAN.
 """
 
@@ -36,6 +38,7 @@ BIN = "/usr/local/bin/k3s"
 SERVICE = {"server": "k3s", "agent": "k3s-agent"}
 # How long a node's k3s may take to report ready after the restart (a Pi 3's server: minutes).
 RESTART_WAIT_S = 600
+READY_POLL_S = 5
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,13 @@ mv -f "$bin.prev" "$bin"
 systemctl restart "$svc" || true
 exit 4
 """
+
+
+def rollback_script(service: str, bin_path: str = BIN) -> str:
+    """Run as root on the node whose new k3s runs but never became Ready: the previous binary
+    (kept by swap_script) back in place and the service restarted with it."""
+    return (f"set -eu; test -x {bin_path}.prev; mv -f {bin_path}.prev {bin_path};"
+            f" systemctl restart {service}; {bin_path} --version | head -n 1")
 
 
 def cache_script(version: str, name: str) -> str:
@@ -154,21 +164,54 @@ def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_
     raise CeilError(f"Node {node_name} is not Ready with kubelet {version} after {timeout:.0f} s ({seen})")
 
 
+def running_version(remote: Remote, name: str) -> str:
+    code, out, err = remote.run(name, f"{BIN} --version")
+    current = parse_version(out)
+    if code != 0 or current is None:
+        raise CeilError(f"{name}: cannot read its k3s version ({(err or out).strip() or f'exit {code}'})")
+    return current
+
+
+def minor(version: str) -> tuple[int, int]:
+    return version_key(version)[:2]
+
+
+def step_problem(name: str, current: str, target: str) -> str | None:
+    """Why `current` cannot go to `target` in one step, or None. Kubernetes supports no
+    downgrade, and upgrades of one minor version at a time (the control plane's skew policy; k3s
+    says the same): 1.34 to 1.36 goes through a 1.35 release."""
+    if version_key(target) < version_key(current):
+        return (f"{name} runs k3s {current}, newer than kubernetes.k3s_version {target}: Kubernetes does"
+                f" not support downgrades; set kubernetes.k3s_version to {current} or newer")
+    (cur_major, cur_minor), (new_major, new_minor) = minor(current), minor(target)
+    if new_major != cur_major or new_minor > cur_minor + 1:
+        return (f"{name} runs k3s {current} and kubernetes.k3s_version is {target}: Kubernetes upgrades"
+                f" one minor version at a time; set kubernetes.k3s_version to a v{cur_major}.{cur_minor + 1}"
+                " release first, run `bake.py k3s upgrade`, then go on")
+    return None
+
+
+def check_every_step(cluster: Cluster, release: Release, remote: Remote) -> dict[str, str]:
+    """Every node's running version, once every node can go to `release` in one step: refused,
+    naming every node that cannot, before anything on any machine changes."""
+    running = {name: running_version(remote, name) for name in upgrade_order(cluster)}
+    problems = [p for name, current in running.items() if (p := step_problem(name, current, release.version))]
+    if problems:
+        raise CeilError("nothing was changed:\n  " + "\n  ".join(problems))
+    return running
+
+
 def upgrade_node(cluster: Cluster, name: str, release: Release, remote: Remote, api, log) -> str:
     """One node to `release`; returns what happened, one line. Raises with the cause otherwise."""
     from ..nodes import drain
 
     node = cluster.node(name)
-    code, out, err = remote.run(name, f"{BIN} --version")
-    current = parse_version(out)
-    if code != 0 or current is None:
-        raise CeilError(f"{name}: cannot read its k3s version ({(err or out).strip() or f'exit {code}'})")
+    current = running_version(remote, name)
     if current == release.version:
         return f"{name}: already at {current}"
-    if version_key(release.version) < version_key(current):
-        raise CeilError(f"{name} runs k3s {current}, newer than kubernetes.k3s_version {release.version}:"
-                        " Kubernetes does not support downgrades; set kubernetes.k3s_version to"
-                        f" {current} or newer")
+    problem = step_problem(name, current, release.version)
+    if problem:
+        raise CeilError(problem)
     node_name = cluster.hostname(name)
     if api is not None:
         drain(api, node_name, log)
@@ -185,7 +228,18 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, remote: Remote, 
     if now != release.version:
         raise CeilError(f"{name}: after the swap k3s reports {now or out.strip()!r}, not {release.version}")
     if api is not None:
-        wait_ready(api, node_name, release.version)
+        try:
+            wait_ready(api, node_name, release.version, timeout=RESTART_WAIT_S, poll=READY_POLL_S)
+        except CeilError as not_ready:
+            # Its k3s runs but the node never became Ready with it: the previous k3s goes back,
+            # and the node gets its pods back, as when the service does not start at all.
+            code, out, err = remote.run(name, as_root(rollback_script(service)), timeout=RESTART_WAIT_S)
+            back = (f"{current} is back in place" if code == 0 and parse_version(out) == current
+                    else f"putting {current} back failed too ({(err or out).strip() or f'exit {code}'}):"
+                         f" on {name}, run: {as_root(rollback_script(service))}")
+            api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+            raise CeilError(f"{name}: the upgrade to {release.version} failed ({not_ready}); {back};"
+                            " the nodes after it are untouched") from None
         api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
     return f"{name}: {current} -> {now}"
 
@@ -199,7 +253,9 @@ def fill_router_cache(release: Release, remote: Remote) -> None:
 
 def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log) -> list[str]:
     """Every node in upgrade_order; stops at the first failure (the ones before it stay upgraded,
-    which k3s's version skew allows: servers first)."""
+    which k3s's version skew allows: servers first). A node that cannot take the release in one
+    step (a downgrade, a skipped minor version) is found before anything changes."""
+    check_every_step(cluster, release, remote)
     fill_router_cache(release, remote)
     log(f"router: k3s {release.version} in its cache for re-flashed nodes")
     done = []

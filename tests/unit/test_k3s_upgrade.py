@@ -85,10 +85,14 @@ class FakeRemote:
 
     def __init__(self, versions: dict[str, str], swap_rc: dict[str, int] | None = None):
         self.versions, self.swap_rc, self.calls = versions, swap_rc or {}, []
+        self.before = dict(versions)
 
     def run(self, name, command, stdin=None, timeout=120):
         self.calls.append((name, "swap" if "sha256sum" in command else "cache" if "install -d" in command
-                           else "version"))
+                           else "rollback" if ".prev;" in command else "version"))
+        if ".prev;" in command:
+            self.versions[name] = self.before[name]
+            return 0, f"k3s version {self.before[name]} (abc)\n", ""
         if "sha256sum" in command:
             rc = self.swap_rc.get(name, 0)
             if rc == 0:
@@ -128,7 +132,8 @@ def test_servers_go_first_each_node_is_uncordoned_and_recorded(tmp_path):
     lines = up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
     assert lines == [f"one: {OLD} -> {NEW}", f"two: {OLD} -> {NEW}", f"three: already at {NEW}"]
     assert [c for c in remote.calls if c[1] == "swap"] == [("one", "swap"), ("two", "swap")]
-    assert remote.calls[0] == ("router", "cache")
+    # Every node's version is read before the router's cache or any node changes.
+    assert remote.calls[:4] == [("one", "version"), ("two", "version"), ("three", "version"), ("router", "cache")]
     assert api.unschedulable == {"ceil-one": False, "ceil-two": False}
     assert all(store.read(f"nodes/{n}.k3s-version").decode().strip() == NEW for n in ("one", "two", "three"))
 
@@ -150,7 +155,56 @@ def test_a_downgrade_is_refused_before_anything_changes(tmp_path):
     rel = up.Release(OLD, release(tmp_path).binary, "0" * 64, {})
     with pytest.raises(CeilError, match="does not support downgrades"):
         up.upgrade(cluster, SecretStore(tmp_path / "secrets"), rel, remote, api, log=lambda m: None)
-    assert not [c for c in remote.calls if c[1] == "swap"] and api.unschedulable == {}
+    assert {c[1] for c in remote.calls} == {"version"} and api.unschedulable == {}
+
+
+def test_a_skipped_minor_version_is_refused_for_every_node_before_anything_changes(tmp_path):
+    """1.34 to 1.36 in one step is not an upgrade Kubernetes supports: through a 1.35 first."""
+    cluster = parse_cluster(CLUSTER % "v1.36.1+k3s1")
+    remote, api = FakeRemote({"one": "v1.34.6+k3s1", "two": "v1.35.4+k3s1", "three": "v1.34.6+k3s1"}), FakeApi()
+    rel = up.Release("v1.36.1+k3s1", release(tmp_path).binary, "0" * 64, {"k3s-arm64": release(tmp_path).binary})
+    with pytest.raises(CeilError) as e:
+        up.upgrade(cluster, SecretStore(tmp_path / "secrets"), rel, remote, api, log=lambda m: None)
+    msg = str(e.value)
+    assert msg.startswith("nothing was changed") and "one minor version at a time" in msg
+    assert "one runs k3s v1.34.6+k3s1" in msg and "three runs k3s v1.34.6+k3s1" in msg and "two runs" not in msg
+    assert "set kubernetes.k3s_version to a v1.35 release first" in msg
+    assert {c[1] for c in remote.calls} == {"version"} and api.unschedulable == {}
+
+
+def test_a_node_not_ready_with_the_new_kubelet_gets_its_previous_k3s_back(tmp_path, monkeypatch):
+    """The new k3s starts, but the node never reports Ready with it: the previous binary goes back
+    (kept by the swap as k3s.prev), the node is uncordoned, and the roll stops there."""
+    monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)
+    monkeypatch.setattr(up, "READY_POLL_S", 0.01)
+
+    class NeverReady(FakeApi):
+        def get(self, *a, **kw):
+            return {"status": {"nodeInfo": {"kubeletVersion": NEW}, "conditions": [{"type": "Ready", "status": "False"}]}}
+
+    cluster = parse_cluster(CLUSTER % NEW)
+    store = SecretStore(tmp_path / "secrets")
+    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}), NeverReady()
+    with pytest.raises(CeilError) as e:
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert f"one: the upgrade to {NEW} failed (Node ceil-one is not Ready" in str(e.value)
+    assert f"{OLD} is back in place" in str(e.value) and "the nodes after it are untouched" in str(e.value)
+    assert [c for c in remote.calls if c[1] in ("swap", "rollback")] == [("one", "swap"), ("one", "rollback")]
+    assert remote.versions["one"] == OLD and api.unschedulable == {"ceil-one": False}
+    assert not store.exists("nodes/one.k3s-version")
+
+
+def test_the_rollback_puts_the_kept_binary_back_and_restarts(node):
+    bin_path, log, tmp = node
+    Path(f"{bin_path}.prev").write_bytes(k3s_script(OLD))
+    Path(f"{bin_path}.prev").chmod(0o755)
+    bin_path.write_bytes(k3s_script(NEW))
+    env = {"PATH": f"{tmp / 'stubs'}:/usr/bin:/bin", "STUB_SYSTEMCTL_RC": "0"}
+    done = subprocess.run(["sh", "-c", up.rollback_script("k3s", str(bin_path))], capture_output=True, text=True,
+                          env=env, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert up.parse_version(done.stdout) == OLD and bin_path.read_bytes() == k3s_script(OLD)
+    assert "systemctl restart k3s" in log.read_text() and not Path(f"{bin_path}.prev").exists()
 
 
 def test_without_the_release_files_it_says_where_to_put_them(tmp_path, monkeypatch):
