@@ -4,18 +4,22 @@ DynamicUser, ceil-lan-hosts.path and dnsmasq's hostsdir), without re-flashing th
 The node side (the "register" step) is run for real in tests/unit/test_register_step.py and the
 DHCP reservation with the real dnsmasq in tests/unit/test_router_lan_netns.py; this checks the
 router's wiring: a registration made from the LAN with a token baked from the cluster's secrets
-becomes a name the router serves, and removing it (as `bake.py node remove` does) takes it away.
+becomes a name the router serves, and `bake.py node remove`'s router cleanup (run here as that
+command runs it) takes the names, the status-board entry and the DHCP lease away.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import time
 
 import pytest
+import yaml
 from ceil_infra.helpers import wait_for
 
-from ceil.nodes import STATUS_BOARD_DIR
+from ceil.config import parse_cluster
+from ceil.nodes import LEASES, STATUS_BOARD_DIR, router_cleanup_command
 from ceil.secrets import SecretStore
 from ceil.status import BOARD_KEY_SECRET, STATUS_PORT, report_token
 from ceil_e2e import session
@@ -62,5 +66,30 @@ def test_a_node_baked_after_the_router_gets_its_reservation_and_names(router, no
     with router.sudo():
         assert router.file(f"/var/lib/ceil/lan-hosts/dhcp/{NEW['name']}").content_string == \
             f"{NEW['mac']},ceil-{NEW['name']},{NEW['ip']},12h\n"
-        router.check_output(f"rm -f {STATUS_BOARD_DIR}/registered/{NEW['name']}.json")  # as `node remove`
+    # Its status report, signed with its own token, as its first boot would send it.
+    status_url = f"http://{router_ip}:{STATUS_PORT}/api/status/{NEW['name']}"
+    node.check_output(f"python3 -c {shlex.quote(code)} {status_url} {report_token(key, NEW['name'])}"
+                      f" {shlex.quote(json.dumps({'steps': {'packages': {'state': 'done'}}}))}")
+    # And a DHCP lease, as the machine would hold once booted (none boots here): the line dnsmasq
+    # writes, put in while dnsmasq is stopped (it reads its lease file only at start).
+    lease = f"{int(time.time()) + 43200} {NEW['mac']} {NEW['ip']} ceil-{NEW['name']} 01:{NEW['mac']}"
+    router.check_output(f"sudo sh -c 'systemctl stop dnsmasq && echo {shlex.quote(lease)} >> {LEASES}"
+                        f" && systemctl start dnsmasq'")
+    with router.sudo():
+        leases_before = router.file(LEASES).content_string
+        assert router.file(f"{STATUS_BOARD_DIR}/{NEW['name']}.json").exists
+    assert f" {NEW['ip']} " in leases_before
+
+    # What `bake.py node remove five` runs on the router, from the cluster.yaml that names five.
+    grown = parse_cluster(yaml.safe_dump({**c.config, "nodes": [*c.config["nodes"], NEW]}))
+    router.check_output(router_cleanup_command(grown, NEW["name"]))
+    with router.sudo():
+        leases_after = router.file(LEASES).content_string
+        for gone in (f"{STATUS_BOARD_DIR}/{NEW['name']}.json", f"{STATUS_BOARD_DIR}/registered/{NEW['name']}.json"):
+            assert not router.file(gone).exists, gone
+    assert f" {NEW['ip']} " not in leases_after
+    assert leases_after.splitlines() == [line for line in leases_before.splitlines() if f" {NEW['ip']} " not in line]
+    assert router.service("dnsmasq").is_running
     wait_for(f"the router to forget {fqdn}", lambda: not resolves(node, fqdn, router_ip), timeout=60, every=3)
+    # The other machines keep their names.
+    assert resolves(node, f"ceil-one.{domain}", router_ip)
