@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import requests
 
@@ -83,13 +84,21 @@ def check_flavor(flavor: Flavor, session: requests.Session) -> list[Finding]:
 
 
 def adopt(flavor: Flavor, own: str, newest: str, session: requests.Session) -> str:
-    """The change to images/<flavor>.yaml that adopts `newest`: its url and, from the publisher's
-    checksum file, its sha256. Never applied by ceil: a pin changes only by a person's edit."""
-    url = flavor.url.replace(own, newest)
+    """The change to images/<flavor>.yaml that adopts `newest`: its url, as the newer folder's
+    listing names the file, and, from the publisher's checksum file, its sha256. Never applied by
+    ceil: a pin changes only by a person's edit."""
+    folder = flavor.url.rsplit("/", 1)[0] + "/"
+    try:
+        url = _newer_file(flavor, folder, own, newest, session)
+    except (requests.RequestException, CeilError) as e:
+        return f"to adopt it, pick its file by hand: {e}"
     change = f"to adopt it, set in images/{flavor.name}.yaml: url: {url}"
     if not flavor.checksum_url:
         return change
-    sums = flavor.checksum_url.replace(own, newest)
+    if flavor.checksum_url.startswith(flavor.url):  # Raspberry Pi: <image>.sha256 next to the image
+        sums = url + flavor.checksum_url[len(flavor.url):]
+    else:                                           # Canonical: one SHA256SUMS in the folder
+        sums = flavor.checksum_url.replace(folder, url.rsplit("/", 1)[0] + "/")
     try:
         r = session.get(sums, timeout=TIMEOUT)
         r.raise_for_status()
@@ -98,6 +107,28 @@ def adopt(flavor: Flavor, own: str, newest: str, session: requests.Session) -> s
         return f"{change} (its sha256: not read from {sums}: {e})"
     pin = f", sha256: {digest}" if flavor.sha256 else ""
     return f"{change}{pin} (sha256 as {sums} lists it; keep the old url among mirrors only while it is served)"
+
+
+def _newer_file(flavor: Flavor, folder: str, own: str, newest: str, session: requests.Session) -> str:
+    """The newer image's url, read from its folder's listing, never guessed: Raspberry Pi dates a
+    release's folder and the image in it apart, by a day or more
+    (raspios_lite_arm64-2023-02-22/2023-02-21-raspios-bullseye-arm64-lite.img.xz, its .sha256 next
+    to it: jsiebens/rpi-cloud-init, packer/sources.pkr.hcl), and lists the .sha256, .sig and
+    .torrent beside the image. The file is the one named like the flavor's own with any numbers;
+    where the version is in the file name (Canonical), it is `newest`'s."""
+    version = re.compile(flavor.updates.pattern).search(flavor.url)
+    in_folder = version.end(1) < len(folder)
+    new_folder = folder[:version.start(1)] + newest + folder[version.end(1):] if in_folder else folder
+    name = filename_of(flavor.url)
+    like = re.compile(r"\d+".join(re.escape(part) for part in re.split(r"\d+", name)))
+    r = session.get(new_folder, timeout=TIMEOUT)
+    r.raise_for_status()
+    listed = {unquote(href.rsplit("/", 1)[-1]) for href in re.findall(r'href="([^"?#]+)"', r.text)}
+    found = sorted((n for n in listed if like.fullmatch(n) and (in_folder or n == name.replace(own, newest))),
+                   key=_version_key)
+    if not found:
+        raise CeilError(f"{new_folder} lists no file named like {name}")
+    return new_folder + found[-1]
 
 
 def check_all(flavors: list[Flavor], session: requests.Session | None = None) -> list[Finding]:

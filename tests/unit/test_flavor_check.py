@@ -17,7 +17,9 @@ DIGEST = hashlib.sha256(IMAGE).hexdigest()
 
 
 class Publisher:
-    """Canonical's layout: a release folder listing point releases, SHA256SUMS next to them."""
+    """Canonical's layout (`release`): a release folder listing point releases, SHA256SUMS next to
+    them; or Raspberry Pi's (`raspios`): a dated folder per release, whose image carries another
+    date, with its .sha256, .sig and .torrent beside it."""
 
     def __init__(self):
         self.files: dict[str, bytes] = {}
@@ -53,6 +55,22 @@ class Publisher:
         listed = sums_for or versions[-1]
         self.files["/release/SHA256SUMS"] = f"{DIGEST} *ubuntu-{listed}-preinstalled-server-arm64+raspi.img.xz\n".encode()
 
+    def raspios(self, releases: dict[str, tuple[str, bytes]]):
+        """{folder date: (the image's own date, its bytes)}, listed as Raspberry Pi's server lists
+        them (Apache index pages: sort links, a parent link, one row per file)."""
+        index = '<a href="?C=N;O=D">Name</a> <a href="/">Parent Directory</a>'
+        self.files = {"/images/": (index + "".join(
+            f'<a href="raspios_lite_arm64-{d}/">raspios_lite_arm64-{d}/</a>' for d in releases)).encode()}
+        for folder_date, (file_date, data) in releases.items():
+            folder = f"/images/raspios_lite_arm64-{folder_date}/"
+            name = f"{file_date}-raspios-trixie-arm64-lite.img.xz"
+            self.files[folder + name] = data
+            self.files[folder + name + ".sha256"] = f"{hashlib.sha256(data).hexdigest()}  {name}\n".encode()
+            self.files[folder + name + ".sig"] = b"-----BEGIN PGP SIGNATURE-----"
+            self.files[folder + name + ".torrent"] = b"d8:announce"
+            self.files[folder] = (index + "".join(f'<a href="{n}">{n}</a>' for n in (
+                name, name + ".sha256", name + ".sig", name + ".torrent"))).encode()
+
 
 @pytest.fixture
 def publisher():
@@ -67,6 +85,13 @@ def flavor(pub: Publisher, version: str, sha256: str | None = None) -> Flavor:
                 checksum_url=f"{pub.url}/release/SHA256SUMS", sha256=sha256, mirrors=[],
                 updates={"index_url": f"{pub.url}/release/", "pattern": load_flavor("ubuntu-24.04-raspi").updates.pattern})
     return Flavor.model_validate(data)
+
+
+def raspios_flavor(pub: Publisher, folder_date: str, file_date: str) -> Flavor:
+    real = load_flavor("raspios-trixie")
+    url = f"{pub.url}/images/raspios_lite_arm64-{folder_date}/{file_date}-raspios-trixie-arm64-lite.img.xz"
+    return real.model_copy(update={"url": url, "checksum_url": url + ".sha256", "sha256": DIGEST, "mirrors": [],
+                                   "updates": real.updates.model_copy(update={"index_url": f"{pub.url}/images/"})})
 
 
 def test_a_current_flavor_passes(publisher):
@@ -94,6 +119,33 @@ def test_a_newer_image_comes_with_the_one_line_change_that_adopts_it(publisher):
     newer = findings[-1].message
     assert f"url: {publisher.url}/release/ubuntu-24.04.6-preinstalled-server-arm64+raspi.img.xz" in newer
     assert f"sha256: {DIGEST}" in newer and "SHA256SUMS" in newer
+
+
+def test_a_newer_raspios_is_adopted_by_the_file_its_folder_lists_not_by_the_folders_date(publisher):
+    """Raspberry Pi's folder raspios_lite_arm64-2026-06-19 holds 2026-06-18-raspios-...: the adopt
+    line names that file, and the digest its .sha256 gives (not the .sig or .torrent beside it)."""
+    newer = b"newer image bytes"
+    publisher.raspios({"2025-11-24": ("2025-11-24", IMAGE), "2026-06-19": ("2026-06-18", newer)})
+    findings = check_all([raspios_flavor(publisher, "2025-11-24", "2025-11-24")])
+    assert all(f.ok for f in findings) and len(findings) == 1, findings
+    message = findings[0].message
+    url = f"{publisher.url}/images/raspios_lite_arm64-2026-06-19/2026-06-18-raspios-trixie-arm64-lite.img.xz"
+    assert "a newer image is listed: 2026-06-19 (this flavor pins 2025-11-24)" in message
+    assert f"url: {url}, sha256: {hashlib.sha256(newer).hexdigest()} (sha256 as {url}.sha256 lists it" in message
+    # a flavor whose own file is dated apart from its folder finds the newer one the same way
+    publisher.raspios({"2025-11-25": ("2025-11-24", IMAGE), "2026-06-19": ("2026-06-18", newer)})
+    (finding,) = check_all([raspios_flavor(publisher, "2025-11-25", "2025-11-24")])
+    assert f"url: {url}, sha256: {hashlib.sha256(newer).hexdigest()}" in finding.message
+
+
+def test_a_newer_folder_without_a_like_named_image_says_so_and_guesses_nothing(publisher):
+    publisher.raspios({"2025-11-24": ("2025-11-24", IMAGE), "2026-06-19": ("2026-06-18", b"x")})
+    forky = b'<a href="2026-06-18-raspios-forky-arm64-lite.img.xz">'  # a new release name: no guess
+    publisher.files["/images/raspios_lite_arm64-2026-06-19/"] = forky
+    (finding,) = check_all([raspios_flavor(publisher, "2025-11-24", "2025-11-24")])
+    assert finding.ok and "pick its file by hand" in finding.message
+    assert "raspios_lite_arm64-2026-06-19/ lists no file named like 2025-11-24-raspios-trixie" in finding.message
+    assert "url:" not in finding.message
 
 
 def test_a_pinned_image_gone_from_its_folder_but_on_a_mirror_still_bakes(publisher):
