@@ -61,35 +61,86 @@ def router_address(cluster: Cluster, via: str | None, resolve: Callable[[str], s
     )
 
 
-def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+def _as_root(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None) -> subprocess.CompletedProcess:
+    # subprocess.run looked up at each call: a test's stand-in for it is what runs, never the real
+    # command on the test machine.
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    done = run([*sudo, *cmd], capture_output=True, text=True)
+    return (run or subprocess.run)([*sudo, *cmd], capture_output=True, text=True)
+
+
+def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
+    done = _as_root(cmd, run)
     if done.returncode != 0 and cmd[0] == "route":  # macOS: the route exists; change it
-        done = run([*sudo, "route", "-n", "change", *cmd[3:]], capture_output=True, text=True)
+        done = _as_root(["route", "-n", "change", *cmd[3:]], run)
     if done.returncode != 0:
         raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
+
+
+def interface_towards(address: str, run: Callable[..., subprocess.CompletedProcess] | None = None) -> str:
+    """The workstation's interface that reaches `address` (Linux: `ip route get`)."""
+    done = (run or subprocess.run)(["ip", "-o", "route", "get", address], capture_output=True, text=True)
+    words = done.stdout.split()
+    if done.returncode != 0 or "dev" not in words[:-1]:
+        raise CeilError(f"no interface of this workstation reaches {address}:"
+                        f" {(done.stderr or done.stdout).strip() or 'ip route get found none'}")
+    return words[words.index("dev") + 1]
+
+
+def dns_commands_for(platform: str, domain: str, server: str, interface: str | None) -> list[list[str]]:
+    """The commands that send the cluster domain's names (and only those) to the router's DNS, as
+    the seed's workstation used the router as its DNS server: macOS reads /etc/resolver/<domain>;
+    on Linux, systemd-resolved takes a DNS server per interface for a routing-only domain (~)."""
+    if platform == "darwin":
+        return [["mkdir", "-p", "/etc/resolver"],
+                ["sh", "-c", f"echo 'nameserver {server}' > /etc/resolver/{domain}"]]
+    if platform.startswith("linux"):
+        return [["resolvectl", "dns", interface or "IFACE", server],
+                ["resolvectl", "domain", interface or "IFACE", f"~{domain}"]]
+    raise CeilError(f"no DNS command for this system ({platform}): send {domain} to {server} by hand")
+
+
+def set_dns(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
+    done = _as_root(cmd, run)
+    if done.returncode != 0:
+        hint = (": systemd-resolved is not running here; tell your own resolver (NetworkManager, dnsmasq)"
+                " to ask that server for that domain" if cmd[0] == "resolvectl" else "")
+        raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}{hint}")
 
 
 @click.command("route")
 @config_option
 @click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: ceil-router.local].")
 @click.option("--add", "apply", is_flag=True, help="Add the route now (sudo), instead of printing it.")
-def route_command(config_path: Path, via: str | None, apply: bool) -> None:
+@click.option("--dns", is_flag=True,
+              help="Also send the cluster domain's names (e.g. ceil-one.ceil.internal) to the router's DNS"
+                   " (macOS: /etc/resolver; Linux: systemd-resolved, on the interface towards the router).")
+def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) -> None:
     """The workstation's route to the cluster LAN through the router's uplink address, for a
     workstation on a network named in router.trusted_networks (the seed's
-    workstation-route-add). Linux and macOS."""
+    workstation-route-add). Linux and macOS. With --dns, the cluster's names resolve too (the seed
+    made the router the workstation's DNS server; this sends it only the cluster's domain)."""
     cluster = load_cluster(config_path)
     lan = str(cluster.network.lan_cidr)
     if not cluster.router.trusted_networks:
         console.print("[yellow]warning:[/yellow] router.trusted_networks is empty: the router lets nothing"
                       " from the uplink into the cluster LAN. Add your network (e.g. 192.168.1.0/24) and"
                       " re-bake the router, or use the VPN (python bake.py vpn-client NAME)")
-    cmd = route_command_for(sys.platform, lan, router_address(cluster, via))
+    via = router_address(cluster, via)
+    cmd = route_command_for(sys.platform, lan, via)
+    server = str(cluster.network.router_ip)  # its LAN address, reached through the route
+    if dns:
+        interface = interface_towards(via) if sys.platform.startswith("linux") else None
+        dns_cmds = dns_commands_for(sys.platform, cluster.domain, server, interface)
     if not apply:
-        click.echo(shlex.join(["sudo", *cmd]))
+        for c in [cmd, *(dns_cmds if dns else [])]:
+            click.echo(shlex.join(["sudo", *c]))
         return
     add_route(cmd)
-    click.echo(f"routed {lan} via {cmd[-1]}")
+    click.echo(f"routed {lan} via {via}")
+    if dns:
+        for c in dns_cmds:
+            set_dns(c)
+        click.echo(f"names under {cluster.domain} go to the router's DNS, {server}")
 
 
 # ---- ssh ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 MDNSMINI = (REPO / "tests" / "unit" / "mdnsmini.py").read_text()
+DNSMINI = (REPO / "tests" / "unit" / "dnsmini.py").read_text()
 
 
 # Run e2e24: a TCP connection from the host beside the uplink straight to the router was reset.
@@ -64,6 +65,12 @@ def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_th
         states = {h["name"]: h.get("state") for h in board["hosts"]}
         assert all(states.get(n) == "done" for n in ("router", *nodes)), states
         server = cluster.server
+        # The cluster's names, from the router's DNS on its LAN address through the route (what
+        # `bake.py route --dns` points the workstation's resolver at for the cluster's domain).
+        ask = [sys.executable, "-c", DNSMINI, "query", str(cluster.network.router_ip), cluster.fqdn(server.name), "A"]
+        answer = wait_for("an answer from the router's DNS through the route",
+                          lambda: (a := ws.run(*ask).strip()).startswith("[") and a, timeout=60)
+        assert answer == f"['{server.ip}']", answer
         banner = wait_for(f"an SSH banner from {server.name} through the route",
                           lambda: or_none(lambda: ws.tcp_banner(str(server.ip), 22)), timeout=60)
         assert banner.startswith("SSH-2.0")

@@ -49,6 +49,59 @@ def test_linux_route_failure_names_the_command(monkeypatch):
         workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"), run)
 
 
+def test_dns_for_the_cluster_domain_only_per_platform():
+    assert workstation.dns_commands_for("darwin", "ceil.internal", "10.42.0.1", None) == [
+        ["mkdir", "-p", "/etc/resolver"], ["sh", "-c", "echo 'nameserver 10.42.0.1' > /etc/resolver/ceil.internal"]]
+    assert workstation.dns_commands_for("linux", "ceil.internal", "10.42.0.1", "wlp2s0") == [
+        ["resolvectl", "dns", "wlp2s0", "10.42.0.1"], ["resolvectl", "domain", "wlp2s0", "~ceil.internal"]]
+    with pytest.raises(CeilError, match="by hand"):
+        workstation.dns_commands_for("win32", "ceil.internal", "10.42.0.1", None)
+
+
+def test_the_interface_towards_the_router_is_the_one_ip_route_get_names():
+    out = "192.168.1.50 dev wlp2s0 src 192.168.1.23 uid 1000 \\    cache "
+    run = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, out, "")  # noqa: E731
+    assert workstation.interface_towards("192.168.1.50", run) == "wlp2s0"
+    unreachable = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2, "", "RTNETLINK answers: Network is unreachable")  # noqa: E731
+    with pytest.raises(CeilError, match="no interface of this workstation reaches 192.168.1.50: RTNETLINK"):
+        workstation.interface_towards("192.168.1.50", unreachable)
+
+
+@pytest.mark.parametrize("apply", [False, True])
+def test_route_with_dns_routes_then_sends_the_domain_to_the_routers_lan_address(tmp_path, monkeypatch, apply):
+    """The router's DNS answers on its LAN address, reached through the route (the QEMU cluster's
+    trusted-network test asks it so); nothing but the cluster's domain goes there."""
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        out = "192.168.1.50 dev enp3s0 src 192.168.1.23 uid 0" if cmd[:2] == ["ip", "-o"] else ""
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    monkeypatch.setattr(workstation.subprocess, "run", run)
+    monkeypatch.setattr(workstation.sys, "platform", "linux")
+    monkeypatch.setattr(workstation.os, "geteuid", lambda: 0)
+    args = ["--config", str(tmp_path / "cluster.yaml"), "--via", "192.168.1.50", "--dns"] + (["--add"] if apply else [])
+    result = CliRunner().invoke(workstation.route_command, args)
+    assert result.exit_code == 0, result.output
+    wanted = [["ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"],
+              ["resolvectl", "dns", "enp3s0", "10.42.0.1"], ["resolvectl", "domain", "enp3s0", "~ceil.internal"]]
+    if apply:
+        assert calls == [["ip", "-o", "route", "get", "192.168.1.50"], *wanted]
+        assert "names under ceil.internal go to the router's DNS, 10.42.0.1" in result.output
+    else:
+        assert calls == [["ip", "-o", "route", "get", "192.168.1.50"]]
+        assert result.output.splitlines() == [shlex.join(["sudo", *c]) for c in wanted]
+
+
+def test_without_systemd_resolved_the_dns_step_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(workstation.os, "geteuid", lambda: 0)
+    run = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "Failed to connect to bus")  # noqa: E731
+    with pytest.raises(CeilError, match="systemd-resolved is not running here"):
+        workstation.set_dns(["resolvectl", "dns", "enp3s0", "10.42.0.1"], run)
+
+
 def test_router_address_from_mdns_then_dns_else_a_clear_error():
     cluster = parse_cluster(CLUSTER)
     asked = []
