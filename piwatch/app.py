@@ -1,4 +1,5 @@
-"""The FastAPI app: routes, the 422 wording, and the lifespan that owns the board and worker.
+"""The FastAPI app: routes, the token every change needs, the 422 wording, and the lifespan that
+owns the board and worker.
 
 Hardware sits behind the `get_worker` dependency so tests can swap in a worker over mock pins
 (`app.dependency_overrides[get_worker] = ...`) or pass their own `Lights` to `create_app`.
@@ -7,14 +8,16 @@ Hardware sits behind the `get_worker` dependency so tests can swap in a worker o
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 import piwatch
@@ -35,6 +38,21 @@ PAYLOAD_HINT = (
 )
 
 
+class TokenMissing(Exception):
+    """PiWatch would listen beyond this machine with no token: anyone there could drive it."""
+
+
+class Unauthorised(Exception):
+    """Raised by the token dependencies; answered as a 401 in PiWatch's {"message": ...} form."""
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Accepted(BaseModel):
     accepted: bool = True
     event: dict
@@ -49,6 +67,11 @@ def get_worker(request: Request) -> Worker:
 
 
 WorkerDep = Annotated[Worker, Depends(get_worker)]
+
+# auto_error=False: a missing token is answered by create_app's check, in PiWatch's own words.
+bearer = HTTPBearer(auto_error=False, scheme_name="PiWatchToken",
+                    description="the cluster's piwatch-webhook-token (secrets/ next to cluster.yaml)")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
 def create_app(
@@ -102,15 +125,48 @@ def create_app(
         return JSONResponse(status_code=422, content={"message": message,
                                                       "detail": jsonable(exc.errors())})
 
-    # Issue 18: any LAN host could post events (and drive the lights); kubewatch's webhook URL
-    # carries a token made at bake time, and without it the webhook answers 401.
+    # Issue 18: any LAN host or pod could post events, run the self-test or silence an alarm.
+    # Every route that changes something needs the token made at bake time (systemd hands it
+    # over), sent as `Authorization: Bearer <token>`. The Origin/Host checks (piwatch.guard) only
+    # stop browsers: curl sets any Origin it likes, so they cannot stand in for the token.
     webhook_token = settings.webhook_token()
+    if webhook_token == "":  # `?token=` would then let anyone in
+        raise TokenMissing("PiWatch's token file is empty: write the cluster's token into it")
+    if webhook_token is None and not is_loopback(settings.host):
+        raise TokenMissing(
+            f"PiWatch would listen on {settings.host} with no token, open to every device there:"
+            " give it one (systemd credential webhook-token, or PIWATCH_WEBHOOK_TOKEN_FILE),"
+            " or listen on 127.0.0.1")
+    if webhook_token is None:
+        log.warning("no token (PIWATCH_WEBHOOK_TOKEN_FILE): any program on this machine may"
+                    " change the lights")
 
-    def refused(token: str | None) -> JSONResponse | None:
-        if webhook_token is None or (token is not None and hmac.compare_digest(token.encode(), webhook_token.encode())):
-            return None
-        return JSONResponse(status_code=401, content={
-            "message": "the kubewatch webhook needs ?token= with the token baked into the cluster"})
+    def check_token(request: Request, presented: str | None) -> None:
+        if webhook_token is None or (
+                presented is not None and hmac.compare_digest(presented.encode(), webhook_token.encode())):
+            return
+        # The access log is off (piwatch.__main__), so refusals are logged here; never the token.
+        log.warning("refused %s %s from %s: %s token", request.method, request.url.path,
+                    request.client.host if request.client else "?", "wrong" if presented else "no")
+        raise Unauthorised()
+
+    def require_token(request: Request, credentials: Credentials) -> None:
+        check_token(request, credentials.credentials if credentials else None)
+
+    def require_webhook_token(request: Request, credentials: Credentials, token: str | None = None) -> None:
+        """The header, or `?token=` on the URL: kubewatch's webhook handler sets no header but
+        Content-Type (robusta-dev/kubewatch pkg/handlers/webhook/webhook.go), so its URL has to
+        carry the token. Only the webhook routes take it there: a URL ends up in logs and history."""
+        check_token(request, credentials.credentials if credentials else token)
+
+    @app.exception_handler(Unauthorised)
+    async def explain_401(request: Request, exc: Unauthorised) -> JSONResponse:
+        return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
+            "message": "send the cluster's PiWatch token: Authorization: Bearer <token> (the token is"
+                       " secrets/piwatch-webhook-token next to cluster.yaml; kubewatch's webhook may"
+                       " use ?token=)"})
+
+    needs_token = [Depends(require_token)]
 
     def accept(worker: Worker, payload: KubewatchPayload) -> Accepted:
         event = worker.submit(Event.from_payload(payload))
@@ -118,16 +174,17 @@ def create_app(
                  event.reason, event.direction, event.colour)
         return Accepted(event=event.as_dict())
 
-    @app.post("/kubewatch", status_code=202, response_model=Accepted, tags=["events"])
-    def kubewatch(payload: KubewatchPayload, worker: WorkerDep, token: str | None = None) -> Accepted:
+    @app.post("/kubewatch", status_code=202, response_model=Accepted, tags=["events"],
+              dependencies=[Depends(require_webhook_token)])
+    def kubewatch(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
         """Receive one kubewatch webhook event; returns at once, the lights follow shortly."""
-        return refused(token) or accept(worker, payload)
+        return accept(worker, payload)
 
     @app.post("/traffic/kubewatch-webhook", status_code=202, response_model=Accepted,
-              tags=["legacy"])
-    def legacy_post(payload: KubewatchPayload, worker: WorkerDep, token: str | None = None) -> Accepted:
+              tags=["legacy"], dependencies=[Depends(require_webhook_token)])
+    def legacy_post(payload: KubewatchPayload, worker: WorkerDep) -> Accepted:
         """The seed's webhook path, kept so an old kubewatch config keeps working."""
-        return refused(token) or accept(worker, payload)
+        return accept(worker, payload)
 
     @app.get("/traffic/kubewatch-webhook", tags=["legacy"])
     def legacy_get() -> JSONResponse:
@@ -149,7 +206,7 @@ def create_app(
         """Every LED ("off"/"on"/"blink"), the buzzer, open alarms and counters."""
         return worker.state()
 
-    @app.post("/lights/test", status_code=202, tags=["status"])
+    @app.post("/lights/test", status_code=202, tags=["status"], dependencies=needs_token)
     def self_test(worker: WorkerDep,
                   request: Annotated[SelfTestRequest | None, Body()] = None) -> dict:
         """Queue a self-test: each colour on every light, then a walk round the compass."""
@@ -157,7 +214,7 @@ def create_app(
         worker.request_self_test(buzzer=buzzer)
         return {"accepted": True, "self_test": True, "buzzer": buzzer}
 
-    @app.post("/alarm/ack", tags=["status"])
+    @app.post("/alarm/ack", tags=["status"], dependencies=needs_token)
     def acknowledge(worker: WorkerDep) -> dict:
         """Same as pressing the board's button: silence the buzzer, acknowledge alarms."""
         return {"acknowledged": worker.acknowledge()}
@@ -169,7 +226,9 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        # No other site may frame the page and trick a click on its buttons.
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={
+            "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"})
 
     return app
 

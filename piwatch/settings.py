@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     reactions_file: Path | None = Field(
         default=None, description="YAML or JSON reactions file; None uses the built-in defaults."
     )
-    # The kubewatch webhook's token (`?token=` on its URL). On the router systemd hands it over
-    # (LoadCredential webhook-token); None and no credential: the webhook takes no token.
+    # The token every route that changes something needs (`Authorization: Bearer`; kubewatch's
+    # webhook URL carries it as `?token=`). On the router systemd hands it over (LoadCredential
+    # webhook-token); None and no credential: no route needs one, allowed on loopback only.
     webhook_token_file: Path | None = None
 
     def webhook_token(self) -> str | None:

@@ -84,12 +84,13 @@ def test_an_event_posted_from_a_node_changes_the_lights(nodes, cluster, targets)
     assert any(e["name"] == "ceil-verify-probe" for e in recent), recent
 
 
-def test_malformed_events_are_refused_with_422(nodes, cluster):
+def test_malformed_events_are_refused_with_422(nodes, cluster, targets):
     url = piwatch_url(cluster)
     _, node = each_node(nodes)[0]
+    # With the token: without it, the refusal is 401 before the body is looked at.
     code = node.check_output(
         f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20 -H 'Content-Type: application/json'"
-        f" -d '{{\"eventmeta\": 1}}' {url}/kubewatch")
+        f" -H 'Authorization: Bearer {webhook_token(targets)}' -d '{{\"eventmeta\": 1}}' {url}/kubewatch")
     assert code == "422"
 
 
@@ -112,3 +113,20 @@ def test_piwatch_refuses_cross_site_requests_and_foreign_host_names(nodes, clust
     assert code(f"-X POST -H 'Content-Type: text/plain' -d 'x' {url}/lights/test") == "415"
     assert code(f"-H 'Host: rebound.example' {url}/lights") == "400"
     assert code(f"{url}/traffic/kubewatch-webhook") == "405"
+
+
+def test_only_the_token_holder_silences_an_alarm_or_runs_the_self_test(nodes, cluster, targets):
+    """A LAN neighbour's plain JSON POST (curl) got past the cross-site guard: every change now
+    needs the cluster's PiWatch token, as a Bearer header (issue 18)."""
+    url = piwatch_url(cluster)
+    _, node = each_node(nodes)[0]
+    token = webhook_token(targets)
+
+    def code(args: str) -> str:
+        return node.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20"
+                                 f" -X POST -H 'Content-Type: application/json' -d '{{}}' {args}")
+
+    for path in ("/alarm/ack", "/lights/test"):
+        assert code(f"{url}{path}") == "401", path
+        assert code(f"-H 'Authorization: Bearer not-the-token' {url}{path}") == "401", path
+    assert code(f"-H 'Authorization: Bearer {token}' {url}/alarm/ack") == "200"

@@ -242,3 +242,5 @@ def test_the_webhook_needs_its_token_when_one_is_baked(settings, lights, tmp_pat
             assert client.post(path, json=KUBEWATCH).status_code == 401
             assert client.post(f"{path}?token=wrong", json=KUBEWATCH).status_code == 401
             assert client.post(f"{path}?token=s3cret-token", json=KUBEWATCH).status_code == 202
+            bearer = {"authorization": "Bearer s3cret-token"}
+            assert client.post(path, json=KUBEWATCH, headers=bearer).status_code == 202

@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+TOKEN = "5e1f0c0ffee0ddba11"
+BEARER = {"authorization": f"Bearer {TOKEN}"}
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 pytestmark = pytest.mark.skipif(
@@ -25,12 +27,15 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def server(settings, lights):
+def server(settings, lights, tmp_path):
     import uvicorn
 
     from piwatch.app import create_app
 
-    app = create_app(settings, lights=lights)
+    # A token, as on the router: the page has to ask for it before it may change anything.
+    (tmp_path / "webhook-token").write_text(TOKEN)
+    app = create_app(settings.model_copy(update={"webhook_token_file": tmp_path / "webhook-token"}),
+                     lights=lights)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # the kernel picks a free port; no race with other tests
@@ -81,6 +86,22 @@ def wait_for(predicate, timeout=15.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def answer_prompt(driver, text):
+    alert = wait_for(lambda: _alert(driver), what="the page's token prompt")
+    assert "token" in alert.text
+    alert.send_keys(text)
+    alert.accept()
+
+
+def _alert(driver):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
 def lamp(driver, direction, colour):
     return driver.find_element("id", f"light-{direction}-{colour}").get_attribute("data-state")
 
@@ -92,7 +113,7 @@ def test_posted_event_shows_up_on_the_page(server, browser):
     assert lamp(browser, "north", "green") == "off"
 
     meta = {"kind": "pod", "name": "shop-frontend-1", "namespace": "default", "reason": "created"}
-    r = httpx.post(server + "/kubewatch", json={"eventmeta": meta, "text": "created"})
+    r = httpx.post(server + "/kubewatch", json={"eventmeta": meta, "text": "created"}, headers=BEARER)
     assert r.status_code == 202
 
     item = wait_for(lambda: [li for li in browser.find_elements("css selector", "#events li.event")
@@ -102,18 +123,34 @@ def test_posted_event_shows_up_on_the_page(server, browser):
     assert lamp(browser, "north", "red") == "off"
 
 
-def test_alarm_banner_and_acknowledge_button(server, browser):
+def test_alarm_banner_and_acknowledge_button(server, browser, lights):
     browser.get(server + "/")
     meta = {"kind": "node", "name": "pi-2", "namespace": "", "reason": "NodeNotReady"}
-    assert httpx.post(server + "/kubewatch", json={"eventmeta": meta}).status_code == 202
+    assert httpx.post(server + "/kubewatch", json={"eventmeta": meta}, headers=BEARER).status_code == 202
 
     wait_for(lambda: lamp(browser, "south", "red") == "blink", what="south red blinking")
     banner = browser.find_element("id", "alarm")
     wait_for(lambda: banner.is_displayed() and "pi-2" in banner.text, what="alarm banner")
     assert "beep" in browser.find_element("id", "buzzer").text
 
+    # The page asks for the token on the first 401; a wrong one is refused and changes nothing.
     browser.find_element("id", "ack").click()
+    answer_prompt(browser, "wrong")
+    notice = browser.find_element("id", "notice")
+    wait_for(lambda: "refused" in notice.text, what="the page says the token was refused")
+    assert httpx.get(server + "/lights").json()["buzzer"] == "beep"
+    browser.find_element("id", "ack").click()
+    answer_prompt(browser, TOKEN)
     wait_for(lambda: not banner.is_displayed(), what="banner gone after acknowledge")
+    wait_for(lambda: notice.text == "", what="the refusal notice cleared")
     state = httpx.get(server + "/lights").json()
     assert state["alarms"][0]["acknowledged"] is True and state["buzzer"] == "off"
     wait_for(lambda: lamp(browser, "south", "red") == "on", what="south red steady")
+
+    # Kept for the tab: the self-test needs no second prompt.
+    lights.led_pin("east", "green").clear_states()
+    browser.find_element("id", "selftest").click()
+    wait_for(lambda: True in [s.state for s in lights.led_pin("east", "green").states],
+             what="the self-test lights east green")
+    assert _alert(browser) is None
+    assert browser.execute_script("return sessionStorage.getItem('piwatch-token')") == TOKEN
