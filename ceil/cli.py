@@ -90,9 +90,10 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
         else:
             node_baked(store, r, cluster.kubernetes.k3s_version)
         check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
-        console.print(f"[green]wrote {path}[/green] in {time.monotonic() - start:.1f}s")
+        console.print(f"[green]wrote {escape(str(path))}[/green] in {time.monotonic() - start:.1f}s")
         if forget_host_key(cluster, r):
-            console.print(f"  forgot {r}'s old SSH host key ({known_hosts_file(cluster)}): this card makes new ones")
+            known_hosts = escape(str(known_hosts_file(cluster)))
+            console.print(f"  forgot {r}'s old SSH host key ({known_hosts}): this card makes new ones")
 
 
 @cli.command()
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except CeilError as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        # The message quotes cluster.yaml's values (an SSID "[/]x" is not markup, it is the SSID).
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
         sys.exit(1)
     except Exception as e:
         from .addons.job.kube import ApiError

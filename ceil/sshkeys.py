@@ -8,6 +8,8 @@ import binascii
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from .text import check_one_line
+
 # Security keys (FIDO) are valid OpenSSH keys that `cryptography` does not parse; check their framing.
 SK_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
@@ -19,10 +21,10 @@ EXAMPLE_PLACEHOLDER = "AAAAC3NzaC1lZDI1NTE5AAAAIFUrtLqlAlJ7FvIXmDDOS7u2//IvjwBPM
 
 def check_public_key(line: str) -> str:
     """Return `line` if it is an OpenSSH public key line, else raise ValueError saying why."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in line):
-        # A newline would smuggle a second line (with options such as command=) into authorized_keys.
-        raise ValueError(f"{_short(line)!r} holds a line break or control character: give one key per"
-                         " list entry, each on one line")
+    # A newline would smuggle a second line (with options such as command=) into authorized_keys,
+    # and a C1 control in the comment would reach user-data, which YAML parsers then refuse.
+    check_one_line(line, "give one key per list entry, each on one line, as its .pub file holds it",
+                   shown=repr(_short(line)))
     parts = line.split()
     if len(parts) < 2:
         raise ValueError(

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from ..sshkeys import check_public_key
+from ..text import check_one_line
 
 # \Z, not $: Python's $ also matches before a final newline, and "one\n" reached the configs.
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -218,9 +219,7 @@ class WiFi(Model):
         size = len(v.encode())
         if size > 32:
             raise ValueError(f"{v!r} is {size} bytes in UTF-8: an SSID holds at most 32 bytes (802.11)")
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            raise ValueError(f"{v!r} holds a control character or line break, which no SSID config can carry")
-        return v
+        return check_one_line(v, "write the network's name as your devices show it, on one line")
 
     @field_validator("psk")
     @classmethod
@@ -382,7 +381,8 @@ class DatastoreBackups(Model):
 
 
 class Kubernetes(Model):
-    k3s_version: str = Field(default="v1.36.1+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$")
+    k3s_version: str = Field(default="v1.36.1+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$",
+                             description="a k3s release, e.g. v1.36.1+k3s1")
     # k3s's defaults (10.42.0.0/16, 10.43.0.0/16) would swallow the default LAN, so ceil moves them.
     cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.52.0.0/16")
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.53.0.0/16")

@@ -1,12 +1,14 @@
 """The first-boot secrets step on a real (loop-mounted) FAT file system: secrets end up in
 0600 files, and no secret byte is left anywhere in the partition's blocks afterwards."""
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ceil.features import jinja_env
 
@@ -66,7 +68,9 @@ def test_secrets_step_logic_on_a_plain_folder(tmp_path):
     boot = tmp_path / "boot"
     (boot / "ceil" / "secrets" / "wireguard").mkdir(parents=True)
     (boot / "ceil" / "secrets" / "wireguard" / "wg0.conf").write_bytes(SECRET)
-    (boot / "network-config").write_text(f"wifis:\n  wlan0:\n    access-points:\n      Home: {{password: \"{PSK}\"}}\n        password: {PSK}\n")
+    # Block style, as ceil writes it (the step redacts keys that start their line), quoted or not.
+    (boot / "network-config").write_text(f"wifis:\n  wlan0:\n    access-points:\n      Home:\n        password: {PSK}\n"
+                                         f"      Work:\n        psk: \"{PSK}\"\n")
     # A datastore snapshot is megabytes: zeroed in place, every byte and not one more. A second
     # link to its inode shows what the step left in the file's own clusters.
     big = os.urandom(3 * 1024 * 1024 + 7)
@@ -87,16 +91,8 @@ def test_secrets_step_logic_on_a_plain_folder(tmp_path):
     assert PSK not in (boot / "network-config").read_text()
 
 
-@pytest.mark.parametrize("psk", ['pa"ss\\"word#1', "it's $HOME \\\\ and \\\"more\\\"", "#hash-first $(id) `x`"])
-def test_a_psk_with_quotes_backslashes_dollars_and_hashes_leaves_nothing_behind(tmp_path, psk):
-    """The network-config ceil renders (tojson) scrubbed by the step: no byte run of the PSK stays,
-    and what stays is still YAML that cloud-init can read."""
-    import json
-
-    import yaml
-
-    if os.geteuid() != 0:
-        pytest.skip("install -o root needs root")
+def render_network_config(tmp_path: Path, ssid: str, psk: str) -> str:
+    """The router's network-config as ceil renders it (the real template: tojson, block style)."""
     from ceil.catalog import load_flavor
     from ceil.config import parse_cluster
     from ceil.features import RoleContext
@@ -105,21 +101,55 @@ def test_a_psk_with_quotes_backslashes_dollars_and_hashes_leaves_nothing_behind(
 
     cluster = parse_cluster(
         'ssh: {authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"]}\n'
-        f"router: {{uplink: {{type: wifi, wifi: {{ssid: Home, psk: {json.dumps(psk)}, country: DE}}}}}}\n")
-    seed = render_seed(RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"),
-                                   SecretStore(tmp_path / "secrets"), None), "i-1")
+        f"router: {{uplink: {{type: wifi, wifi: {{ssid: {json.dumps(ssid)}, psk: {json.dumps(psk)}, country: DE}}}}}}\n")
+    return render_seed(RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"),
+                                   SecretStore(tmp_path / "secrets"), None), "i-1")["network-config"]
+
+
+def scrubbed(tmp_path: Path, network_config: str) -> str:
+    """What the real secrets step leaves of `network_config` on the boot partition."""
+    if os.geteuid() != 0:
+        pytest.skip("install -o root needs root")
     boot = tmp_path / "boot"
     boot.mkdir()
-    (boot / "network-config").write_text(seed["network-config"])
-    def passwords(doc):
-        return [v for k, v in doc.items() if k == "password"] + [
-            p for v in doc.values() if isinstance(v, dict) for p in passwords(v)]
-
-    assert passwords(yaml.safe_load(seed["network-config"])) == [psk]  # it really is in there first
+    (boot / "network-config").write_text(network_config)
     script = tmp_path / "secrets.sh"
     script.write_text(render_script(boot))
     subprocess.run(["sh", str(script)], check=True, env={**os.environ, "CEIL_SECRETS_DEST": str(tmp_path / "dest")})
-    left = (boot / "network-config").read_text()
+    return (boot / "network-config").read_text()
+
+
+def access_points(text: str) -> dict:
+    """The router's WiFi networks, read by both YAML parsers cloud-init may use (each raises on a broken file)."""
+    docs = [yaml.load(text, Loader=loader) for loader in (yaml.CSafeLoader, yaml.SafeLoader)]
+    assert docs[0] == docs[1]
+    return docs[0]["wifis"]["wlan0"]["access-points"]
+
+
+@pytest.mark.parametrize("psk", ['pa"ss\\"word#1', "it's $HOME \\\\ and \\\"more\\\"", "#hash-first $(id) `x`"])
+def test_a_psk_with_quotes_backslashes_dollars_and_hashes_leaves_nothing_behind(tmp_path, psk):
+    """The network-config ceil renders (tojson) scrubbed by the step: no byte run of the PSK stays,
+    and what stays is still YAML that cloud-init can read."""
+    before = render_network_config(tmp_path, "Home", psk)
+    assert access_points(before) == {"Home": {"password": psk}}  # it really is in there first
+    left = scrubbed(tmp_path, before)
     pieces = {psk[i:i + 6] for i in range(len(psk) - 5)}  # any 6 bytes in a row
     assert not [p for p in pieces if p in left], left
-    assert passwords(yaml.safe_load(left)) == ["REDACTED-by-ceil"]
+    assert access_points(left) == {"Home": {"password": "REDACTED-by-ceil"}}
+
+
+@pytest.mark.parametrize("ssid", ["x password: y", 'psk: "q"', "  password: {a: b}", "a\\\" psk: 1"])
+def test_an_ssid_that_looks_like_the_passphrase_key_survives_the_scrub_whole(tmp_path, ssid):
+    """Issue 18: the scrub matched `password:` anywhere on a line, so the SSID `x password: y`
+    became `"x password: "REDACTED-by-ceil"` and cloud-init could no longer read the file (the
+    router lost its uplink). Only the key that starts its line is the passphrase."""
+    psk = 'p"w password: "x" psk: \\" #$(id) `y`'
+    before = render_network_config(tmp_path, ssid, psk)
+    assert access_points(before) == {ssid: {"password": psk}}
+    left = scrubbed(tmp_path, before)
+    assert access_points(left) == {ssid: {"password": "REDACTED-by-ceil"}}
+    # Any 6 bytes in a row of the PSK, but those the file holds with a harmless PSK too (the SSID
+    # shares "password: " with it).
+    anyway = render_network_config(tmp_path, ssid, "correct-horse-battery")
+    pieces = {psk[i:i + 6] for i in range(len(psk) - 5)}
+    assert not [p for p in pieces if p in left and p not in anyway], left
