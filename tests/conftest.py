@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -25,12 +26,15 @@ def cluster_yaml(tmp_path, ssh_pubkey):
 
     def write(extra: str = "", flavor: str = "ubuntu-24.04-raspi") -> Path:
         path = tmp_path / "cluster.yaml"
-        path.write_text(
-            f"flavor: {flavor}\n"
-            f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
-            "router: {uplink: {type: ethernet, interface: eth1}}\n"
-            "nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.12}]\n" + extra
-        )
+        defaults = [
+            f"flavor: {flavor}\n",
+            f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n",
+            "router: {uplink: {type: ethernet, interface: eth1}}\n",
+            "nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.12}]\n",
+        ]
+        # A top-level key in `extra` replaces the default's line: a key written twice is refused.
+        own = set(re.findall(r"^([a-z_]+):", extra, re.M))
+        path.write_text("".join(line for line in defaults if line.split(":", 1)[0] not in own) + extra)
         return path
 
     return write

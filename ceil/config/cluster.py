@@ -8,6 +8,7 @@ hostnames, the k3s server).
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -68,6 +69,17 @@ class Cluster(Model):
                              f" {CLUSTER_FORMAT}: update ceil (git pull, then make setup) before baking")
         return v
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        # The workstation's time zone database (Python's zoneinfo: the system's, or the tzdata
+        # package) stands in for the card's: a name unknown to both would leave the Pi on UTC.
+        known = zoneinfo.available_timezones()
+        if known and v not in known:
+            raise ValueError(f"{v!r} is not a time zone name: use one from `timedatectl list-timezones`"
+                             " (Region/City, e.g. Europe/Berlin), or Etc/UTC")
+        return v
+
     @model_validator(mode="before")
     @classmethod
     def _assign_node_ips(cls, data: Any) -> Any:
@@ -99,47 +111,51 @@ class Cluster(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Cluster:
-        names, ips, macs = set(), {}, set()
-        for i, n in enumerate(self.nodes):
-            where = f"nodes[{i}]"
-            if n.name in names:
-                raise ValueError(f"{where}.name: {n.name!r} is used by two nodes: node names must be unique")
-            names.add(n.name)
-            ip = n.ip
-            if ip is None:
-                raise ValueError(f"{where}.ip: no free address left in {self.network.lan_cidr}")
-            if ip not in self.network.lan_cidr or ip in (
-                self.network.lan_cidr.network_address, self.network.lan_cidr.broadcast_address
-            ):
-                raise ValueError(f"{where}.ip: {ip} is outside the LAN {self.network.lan_cidr}")
-            if ip == self.network.router_ip:
-                raise ValueError(f"{where}.ip: {ip} is the router's address")
-            if self.network.in_dhcp_pool(ip):
-                raise ValueError(
-                    f"{where}.ip: {ip} lies inside the DHCP pool {self.network.dhcp_start}-"
-                    f"{self.network.dhcp_end}: pick a fixed address outside it"
-                )
-            if self.network.in_lb_pool(ip):
-                raise ValueError(f"{where}.ip: {ip} lies inside the load-balancer range")
-            if ip in ips:
-                raise ValueError(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}")
-            ips[ip] = n.name
-            if n.mac and n.mac in macs:
-                raise ValueError(f"{where}.mac: {n.mac} is used by two nodes")
-            macs.add(n.mac)
+        # Every problem at once, one per line, each starting with its key (loading.py splits
+        # them): a user with three mistakes fixes them in one go, not in three bakes.
+        problems = [*self._node_problems(), *self._cidr_problems()]
         if not any(n.role == "server" for n in self.nodes):
-            raise ValueError("nodes: no node has role 'server': one node must run the k3s server")
+            problems.append("nodes: no node has role 'server': one node must run the k3s server")
         if self.router.usb_drive and not self.registry.enabled:
             # The registry's first-boot step formats and mounts the drive; without it the drive
             # would be named, wiped by nobody, and used by nothing, silently.
-            raise ValueError(
+            problems.append(
                 f"router.usb_drive: {self.router.usb_drive} is named but registry.enabled is false: the"
                 " router's registry step prepares the drive (it holds the registry's storage and the"
                 " datastore snapshots): set registry.enabled: true, or remove router.usb_drive")
-        self._check_cidrs()
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
-    def _check_cidrs(self) -> None:
+    def _node_problems(self) -> list[str]:
+        problems, names, ips, macs = [], set(), {}, set()
+        net = self.network
+        for i, n in enumerate(self.nodes):
+            where = f"nodes[{i}]"
+            if n.name in names:
+                problems.append(f"{where}.name: {n.name!r} is used by two nodes: node names must be unique")
+            names.add(n.name)
+            ip = n.ip
+            if ip is None:
+                problems.append(f"{where}.ip: no free address left in {net.lan_cidr}")
+            elif ip not in net.lan_cidr or ip in (net.lan_cidr.network_address, net.lan_cidr.broadcast_address):
+                problems.append(f"{where}.ip: {ip} is outside the LAN {net.lan_cidr}")
+            elif ip == net.router_ip:
+                problems.append(f"{where}.ip: {ip} is the router's address")
+            elif net.in_dhcp_pool(ip):
+                problems.append(f"{where}.ip: {ip} lies inside the DHCP pool {net.dhcp_start}-{net.dhcp_end}:"
+                                " pick a fixed address outside it")
+            elif net.in_lb_pool(ip):
+                problems.append(f"{where}.ip: {ip} lies inside the load-balancer range")
+            elif ip in ips:
+                problems.append(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}")
+            ips.setdefault(ip, n.name)
+            if n.mac and n.mac in macs:
+                problems.append(f"{where}.mac: {n.mac} is used by two nodes")
+            macs.add(n.mac)
+        return problems
+
+    def _cidr_problems(self) -> list[str]:
         nets = {
             "network.lan_cidr": self.network.lan_cidr,
             "kubernetes.cluster_cidr": self.kubernetes.cluster_cidr,
@@ -148,10 +164,8 @@ class Cluster(Model):
         if self.vpn.enabled:
             nets["vpn.subnet"] = self.vpn.subnet
         keys = list(nets)
-        for i, a in enumerate(keys):
-            for b in keys[i + 1 :]:
-                if nets[a].overlaps(nets[b]):
-                    raise ValueError(f"{a} {nets[a]} overlaps {b} {nets[b]}: the ranges must be disjoint")
+        return [f"{a} {nets[a]} overlaps {b} {nets[b]}: the ranges must be disjoint"
+                for i, a in enumerate(keys) for b in keys[i + 1:] if nets[a].overlaps(nets[b])]
 
     # ---- derived facts used by renderers -------------------------------------------------
 
@@ -163,6 +177,9 @@ class Cluster(Model):
         for n in self.nodes:
             if n.name == name:
                 return n
+        if name == "router":  # a role, but no k3s node: "not in the cluster" would contradict the list
+            raise ConfigError("the router is the cluster's gateway, not a k3s node: this takes a node: "
+                              + ", ".join(n.name for n in self.nodes))
         raise ConfigError(
             f"role {name!r} is not in the cluster: roles are {', '.join(self.roles)}"
             " (router, or a name under nodes: in cluster.yaml)"

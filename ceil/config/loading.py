@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from ..errors import ConfigError
 from .cluster import Cluster
@@ -53,12 +55,14 @@ def _format_loc(loc: tuple) -> str:
 
 
 def _yaml_line(doc: yaml.Node | None, loc: tuple) -> int | None:
-    """1-based line of the deepest YAML node along `loc` (so errors point into the file)."""
+    """1-based line of the deepest YAML node along `loc` (so errors point into the file); None
+    when not even its first key is in the file (the top of the file would point nowhere useful)."""
     node, line = doc, None
     for part in loc:
         if node is None:
             break
-        line = node.start_mark.line + 1
+        if node is not doc:
+            line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == part), None)
             if node is None:
@@ -82,28 +86,104 @@ def _path_parts(dotted: str) -> tuple:
     return tuple(parts)
 
 
-def _describe(err: dict, doc: yaml.Node | None) -> str:
+def _field_info(loc: tuple) -> FieldInfo | None:
+    """The model field a pydantic error location points at, walking Cluster's annotations
+    through optional sections and lists (for its description: what the key expects)."""
+    model: Any = Cluster
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = _inner_model(info.annotation)
+    return info
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model inside `X | None`, `list[X]` or `Annotated[X, ...]`, if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# pydantic's own words for these, which name no fix, are replaced by ours.
+PLAIN_WORDS = {
+    "ip_v4_address": "is not an IPv4 address (four numbers 0-255, e.g. 10.42.0.1)",
+    "ip_v4_network": "is not an IPv4 network (an address and a prefix length, e.g. 10.42.0.0/24)",
+    "bool_parsing": "is not true or false",
+    "int_parsing": "is not a whole number",
+    "string_pattern_mismatch": "does not have the form this key takes",
+}
+
+
+def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
+    """One line per problem (a cross-field check may report several, one per line)."""
     loc = _format_loc(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     raw_loc = tuple(p for p in err["loc"] if not str(p).startswith("function"))
-    # Cross-field checks name their own (more precise) key path at the start of the message.
-    m = PATH_IN_MSG_RE.match(msg)
-    if err["type"] == "value_error" and m and ("." in m.group(1) or "[" in m.group(1)) and (
-        m.group(1).split(".")[0].split("[")[0] in Cluster.model_fields
-    ):
-        line = _yaml_line(doc, _path_parts(m.group(1)))
-        where = f" (line {line})" if line else ""
-        return f"{m.group(1)}{where}: {msg[m.end():]}"
+    # Cross-field checks name their own (more precise) key path at the start of each line.
+    if err["type"] == "value_error" and all(_own_path(line) for line in msg.splitlines()):
+        return [_own_path_line(line, doc) for line in msg.splitlines()]
     if err["type"] == "extra_forbidden":
         msg = f"unknown key (typo?): {loc.rsplit('.', 1)[-1]!r} is not a setting here"
     elif err["type"] == "missing":
         msg = "is required but missing"
     elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
         shown = "<secret>" if "psk" in loc or "token" in loc else repr(err["input"])
-        msg = f"{shown}: {msg}"
+        msg = f"{shown}: {PLAIN_WORDS.get(err['type'], msg)}"
+        info = _field_info(raw_loc)
+        if info is not None and info.description:
+            msg += f" (expected: {info.description})"
+        elif err["type"] == "string_pattern_mismatch":
+            msg += f" (expected: the pattern {err.get('ctx', {}).get('pattern')})"
     line = _yaml_line(doc, raw_loc)
     where = f" (line {line})" if line else ""
-    return f"{loc or '(top level)'}{where}: {msg}"
+    return [f"{loc or '(top level)'}{where}: {msg}"]
+
+
+def _own_path(line: str) -> re.Match | None:
+    m = PATH_IN_MSG_RE.match(line)
+    if m and ("." in m.group(1) or "[" in m.group(1) or m.group(1) in Cluster.model_fields) and (
+        m.group(1).split(".")[0].split("[")[0] in Cluster.model_fields
+    ):
+        return m
+    return None
+
+
+def _own_path_line(line: str, doc: yaml.Node | None) -> str:
+    m = _own_path(line)
+    at = _yaml_line(doc, _path_parts(m.group(1)))
+    where = f" (line {at})" if at else ""
+    return f"{m.group(1)}{where}: {line[m.end():]}"
+
+
+def duplicate_keys(doc: yaml.Node | None, path: str = "") -> list[str]:
+    """Keys written twice in one mapping: YAML loaders keep the last silently (a second `nodes:`
+    block would drop the first's nodes), so each is an error naming both lines."""
+    problems: list[str] = []
+    if isinstance(doc, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in doc.value:
+            name = str(key.value)
+            here = f"{path}.{name}" if path else name
+            line = key.start_mark.line + 1
+            if name in seen:
+                problems.append(f"{here} (line {line}): written twice (first at line {seen[name]}): YAML"
+                                " keeps only the last one; merge the two into one")
+            else:
+                seen[name] = line
+            problems += duplicate_keys(value, here)
+    elif isinstance(doc, yaml.SequenceNode):
+        for i, item in enumerate(doc.value):
+            problems += duplicate_keys(item, f"{path}[{i}]")
+    return problems
 
 
 def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
@@ -119,11 +199,14 @@ def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top, found {type(data).__name__}")
+    twice = duplicate_keys(doc)
+    if twice:
+        raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(twice))
     data = _resolve_env(data)
     try:
         return Cluster.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err, doc) for err in e.errors(include_url=False)]
+        lines = [line for err in e.errors(include_url=False) for line in _describe(err, doc)]
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
 
 

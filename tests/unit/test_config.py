@@ -7,7 +7,8 @@ import pytest
 from ceil.config import ConfigError, load_cluster, parse_cluster
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
-BASE = f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+ROUTER = "router: {uplink: {type: ethernet}}\n"
+BASE = f"ssh: {{authorized_keys: ['{KEY}']}}\n" + ROUTER
 
 
 def error(text: str) -> str:
@@ -212,14 +213,14 @@ def test_vpn_endpoint_refuses_anything_else(endpoint):
 @pytest.mark.parametrize("user", ["root", "daemon", "nobody", "systemd-network", "www-data"])
 def test_system_accounts_are_refused_as_the_admin(user):
     with pytest.raises(ConfigError) as e:
-        parse_cluster(BASE + f"ssh: {{user: {user}, authorized_keys: [{KEY!r}]}}\n")
+        parse_cluster(ROUTER + f"ssh: {{user: {user}, authorized_keys: [{KEY!r}]}}\n")
     assert "ssh.user" in str(e.value) and "system account" in str(e.value)
 
 
 def test_an_authorized_key_with_a_line_break_is_refused():
     smuggled = KEY + "\ncommand=\"/bin/sh\" " + KEY
     with pytest.raises(ConfigError) as e:
-        parse_cluster(BASE + f"ssh: {{authorized_keys: [{json.dumps(smuggled)}]}}\n")
+        parse_cluster(ROUTER + f"ssh: {{authorized_keys: [{json.dumps(smuggled)}]}}\n")
     assert "ssh.authorized_keys" in str(e.value) and "line break" in str(e.value)
 
 
@@ -243,7 +244,9 @@ def test_a_timezone_that_yaml_reads_as_a_boolean_stays_a_string_in_user_data(tmp
     from ceil.payload import render_seed
     from ceil.secrets import SecretStore
 
-    cluster = parse_cluster(BASE + "timezone: \"yes\"\n")
+    # No time zone is called "yes" (the check below refuses it): rendered anyway, past the check,
+    # because the template must quote whatever reaches it.
+    cluster = parse_cluster(BASE).model_copy(update={"timezone": "yes"})
     ctx = RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"), SecretStore(tmp_path / "secrets"), None)
     user_data = yaml.safe_load(render_seed(ctx, "i-1")["user-data"])
     assert user_data["timezone"] == "yes" and user_data["users"][0]["name"] == "ceil"
@@ -377,3 +380,55 @@ def test_a_cluster_yaml_of_a_newer_format_is_refused_with_the_fix():
     msg = error(f"format: {CLUSTER_FORMAT + 1}\n{BASE}")
     assert "format" in msg and "newer ceil" in msg and "update ceil" in msg
     assert "format" in error(f"format: 0\n{BASE}")
+
+
+@pytest.mark.parametrize("zone", ["yes", "Mars/Olympus", "Europe/berlin"])
+def test_a_time_zone_that_does_not_exist_is_refused_with_the_fix(zone):
+    msg = error(BASE + f"timezone: {json.dumps(zone)}\n")
+    assert "timezone (line 3)" in msg and repr(zone) in msg and "timedatectl list-timezones" in msg
+
+
+def test_a_real_time_zone_is_taken():
+    assert parse_cluster(BASE + "timezone: America/Ciudad_Juarez\n").timezone == "America/Ciudad_Juarez"
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines():
+    """YAML keeps the last of two equal keys silently: a second nodes: block dropped the first's
+    four nodes and the bake went on with one."""
+    text = BASE + ("nodes: [{name: one, role: server}, {name: two}, {name: three}, {name: four}]\n"
+                   "network: {lan_cidr: 10.42.0.0/24}\n"
+                   "nodes: [{name: five, role: server}]\n")
+    msg = error(text)
+    assert "nodes (line 5): written twice (first at line 3)" in msg and "merge" in msg
+    nested = error(BASE + "vpn: {enabled: true, enabled: false}\n")
+    assert "vpn.enabled (line 3): written twice" in nested
+
+
+def test_every_cross_section_mistake_is_reported_in_one_go():
+    text = BASE + (
+        "nodes: [{name: one, role: agent, ip: 10.42.0.11}, {name: one, ip: 10.42.0.11},"
+        " {name: three, ip: 10.42.0.1}, {name: four, ip: 192.168.9.9}]\n"
+        "kubernetes: {cluster_cidr: 10.42.0.0/16}\n"
+        "registry: {enabled: false}\n"
+    )
+    msg = error(BASE.replace("router: {uplink: {type: ethernet}}", "router: {uplink: {type: ethernet},"
+                             " usb_drive: /dev/sda}") + text.removeprefix(BASE))
+    lines = msg.splitlines()[1:]
+    for want in ("nodes[1].name (line 3): 'one' is used by two nodes",
+                 "nodes[1].ip (line 3): 10.42.0.11 is also the address of node 'one'",
+                 "nodes[2].ip (line 3): 10.42.0.1 is the router's address",
+                 "nodes[3].ip (line 3): 192.168.9.9 is outside the LAN",
+                 "network.lan_cidr: 10.42.0.0/24 overlaps kubernetes.cluster_cidr",
+                 "kubernetes.cluster_cidr (line 4): 10.42.0.0/16 overlaps vpn.subnet",
+                 "nodes (line 3): no node has role 'server'",
+                 "router.usb_drive (line 2): /dev/sda is named but registry.enabled is false"):
+        assert any(want in line for line in lines), (want, msg)
+    assert len(lines) == 8, msg
+
+
+def test_pydantics_own_words_are_replaced_by_what_the_key_expects():
+    msg = error(BASE + "kubernetes: {k3s_version: '1.35'}\nnetwork: {router_ip: 10.42.0.300}\n")
+    assert ("kubernetes.k3s_version (line 3): '1.35': does not have the form this key takes (expected: a"
+            " k3s release, e.g. v1.36.1+k3s1)") in msg
+    assert "network.router_ip (line 4): '10.42.0.300': is not an IPv4 address" in msg
+    assert "String should match pattern" not in msg

@@ -69,7 +69,7 @@ HA = ("nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, role: serv
 
 
 def test_three_servers_use_embedded_etcd(make):
-    cluster, store = make(HA)  # a later `nodes:` key replaces the fixture's
+    cluster, store = make(HA)  # its `nodes:` replaces the fixture's
     first = k3s_config.server_config(cluster, cluster.node("one"))
     second = k3s_config.server_config(cluster, cluster.node("two"))
     assert first["cluster-init"] is True and "server" not in first
