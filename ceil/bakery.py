@@ -31,6 +31,7 @@ from .payload import Payload, build_payload
 from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
+from .k3s.install import airgap_files
 from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, reflink
 from .ui import step
 
@@ -80,6 +81,16 @@ class BakeContext:
     @property
     def partial_output(self) -> Path:
         return self.out_dir / f".ceil-{self.role}.img.partial"
+
+
+def check_airgap(ctx: BakeContext) -> None:
+    """`--airgap DIR` is checked whole (digests included) first in every role's bake, the
+    router's too: whichever role is baked first refuses a bad bundle before any image is written."""
+    if not ctx.airgap:
+        return
+    with step("check_airgap", str(ctx.airgap)) as detail:
+        files = airgap_files(ctx.cluster, ctx.flavor.arch, ctx.airgap)
+        detail(f"{len(files)} k3s release files verified")
 
 
 def fetch_base(ctx: BakeContext) -> None:
@@ -136,8 +147,14 @@ def write_seed(ctx: BakeContext) -> None:
             write_file(ctx.staged_boot, name, text.encode(), ctx.work)
 
 
+def payload_summary(payload: Payload) -> str:
+    """What write_payload says: the features by name, and the first-boot steps (units) they make
+    (not one each: status-board or k3s-cache only add files, common makes two)."""
+    return f"{len(payload.steps)} first-boot steps from {len(payload.features)} features: {', '.join(payload.features)}"
+
+
 def write_payload(ctx: BakeContext) -> None:
-    with step("write_payload", f"{len(ctx.payload.steps)} steps: {', '.join(ctx.payload.features)}"):
+    with step("write_payload", payload_summary(ctx.payload)):
         put_tree(ctx.staged_boot, ctx.payload.root, "ceil")
 
 
@@ -291,7 +308,7 @@ def finish_image(ctx: BakeContext) -> None:
         os.replace(tmp, ctx.manifest)
 
 
-STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
+STEPS = [check_airgap, fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
 
 
 def bake(ctx: BakeContext) -> Path:

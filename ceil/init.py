@@ -83,8 +83,14 @@ def generate_secrets(cluster: Cluster, store: SecretStore) -> None:
 def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, vpn_endpoint, vpn_client,
                  yes, force):
     """Write a cluster.yaml from a few questions and generate the cluster's secrets/."""
+    if config_path.is_dir():
+        raise CeilError(f"--config {config_path} is a folder: give the file to write, e.g. --config {config_path / 'cluster.yaml'}")
     if config_path.exists() and not force:
         raise CeilError(f"{config_path} exists: edit it, or run init with --force to start over")
+    # A folder that does not exist yet is made (at the end, with the file); a file in its way is refused now.
+    blocker = next(p for p in config_path.parents if p.exists())  # "." or "/" at the latest
+    if not blocker.is_dir():
+        raise CeilError(f"--config {config_path}: {blocker} is a file, not a folder: choose another path for cluster.yaml")
     ask = (lambda text, **kw: kw.get("default")) if yes else click.prompt
     key_file = ssh_key_file or _default_key()
     if key_file is None and yes:
@@ -121,6 +127,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         # A secret from the environment stays there: the file names the variable, as a user would.
         cfg["router"]["uplink"]["wifi"]["psk"] = "${CEIL_WIFI_PSK}"
     text = HEADER + yaml.safe_dump(cfg, sort_keys=False)
+    config_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the WiFi passphrase
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -136,4 +143,4 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
     if client_path:
         console.print(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)")
-    console.print("next: python bake.py --all")
+    console.print("next: python bake.py --all" + ("" if config_path == Path("cluster.yaml") else f" --config {config_path}"))

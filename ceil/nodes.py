@@ -23,6 +23,16 @@ STATUS_BOARD_DIR = "/var/lib/ceil-status-board"
 LEASES = "/var/lib/misc/dnsmasq.leases"
 
 
+def refuse_the_router(cluster: Cluster, name: str) -> None:
+    """`router` is a role but no k3s node: "not in the cluster" would contradict the list of roles."""
+    if name == "router":
+        raise CeilError(
+            "the router cannot be removed: it is no k3s node but the cluster's gateway (DHCP, DNS, NAT,"
+            " the VPN), which every node needs. To replace its card, bake and flash it again"
+            " (python bake.py --role router); `node remove` takes a node: "
+            + ", ".join(n.name for n in cluster.nodes))
+
+
 def refuse_the_only_server(cluster: Cluster, name: str) -> None:
     node = cluster.node(name)
     servers = [n.name for n in cluster.nodes if n.role == "server"]
@@ -110,6 +120,7 @@ def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, n
 
     obj = Context(config_path, secrets_path, kubeconfig_path)
     cluster = obj.cluster
+    refuse_the_router(cluster, name)
     refuse_the_only_server(cluster, name)
     node_name = cluster.hostname(name)
     if not yes:

@@ -38,6 +38,7 @@ RENEW_BEFORE = dt.timedelta(days=30)
 def ensure_ca(store: SecretStore) -> CertKey:
     pair = load_pair(store, CA_CRT, CA_KEY, "registry CA")
     if pair is None:
+        store.refuse_new(CA_CRT, "registry CA")
         pair = make_ca("ceil-registry-ca")
         store.write(CA_KEY, pair.key_pem)  # key first, as for the k3s CAs
         store.write(CA_CRT, pair.cert_pem)
@@ -106,7 +107,7 @@ def registry_command(config_path: Path, secrets_path: Path | None) -> None:
     cluster = load_cluster(config_path)
     if not cluster.registry.enabled:
         raise CeilError("registry.enabled is false in cluster.yaml: the router runs no registry")
-    store = SecretStore(secrets_path or config_path.resolve().parent / "secrets")
+    store = SecretStore(secrets_path or config_path.resolve().parent / "secrets", make_new=False)
     if not store.exists(CA_CRT) or not store.exists(f"{DIR}/{PUSH_USER}-password"):
         raise CeilError(
             f"no registry credentials in {store.root}: bake the router first"

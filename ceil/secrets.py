@@ -33,8 +33,13 @@ def htpasswd_line(user: str, secret: str) -> str:
 
 
 class SecretStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, make_new: bool = True):
         self.root = root
+        # False for the workstation's commands on a cluster already baked (kubeconfig, vpn-client,
+        # dashboard-token, ...): a CA, key or password they do not find is refused, never made,
+        # since a new one could never match what the cluster's cards carry. Only the bake and
+        # `init` make secrets.
+        self.make_new = make_new
 
     def path(self, name: str) -> Path:
         if name.startswith("/") or ".." in Path(name).parts:
@@ -49,11 +54,21 @@ class SecretStore:
         self._check_mode(p)
         return p.read_bytes()
 
-    def get_or_create(self, name: str, make: Callable[[], bytes | str]) -> bytes:
+    def refuse_new(self, name: str, what: str = "secret") -> None:
+        """Called before the missing secret `name` is made: refused where only existing ones may be used."""
+        if not self.make_new:
+            raise CeilError(
+                f"no {what} in {self.path(name)}: this command uses the secrets of a cluster already"
+                f" baked. Run it in the folder you baked from (or give --secrets DIR), or bake first"
+                f" (python bake.py --all): one made here would not match the cluster's"
+            )
+
+    def get_or_create(self, name: str, make: Callable[[], bytes | str], what: str = "secret") -> bytes:
         """The secret `name`, made by `make()` and stored the first time it is asked for."""
         p = self.path(name)
         if p.is_file():
             return self.read(name)
+        self.refuse_new(name, what)
         value = make()
         self.write(name, value.encode() if isinstance(value, str) else value)
         return self.read(name)

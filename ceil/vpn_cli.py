@@ -36,7 +36,7 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
             f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"
             " set vpn.enabled: true and re-bake the router before making clients"
         )
-    store = SecretStore(_secrets_dir(config_path, secrets_path))
+    store = SecretStore(_secrets_dir(config_path, secrets_path), make_new=False)
     client, changed = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))
     verb = "wrote" if changed else "exists (unchanged; --rotate makes new keys)"

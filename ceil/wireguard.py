@@ -111,7 +111,7 @@ class Client:
 
 
 def server_private_key(store: SecretStore) -> str:
-    return store.get_or_create(SERVER_KEY, lambda: generate_private_key() + "\n").decode().strip()
+    return store.get_or_create(SERVER_KEY, lambda: generate_private_key() + "\n", "VPN server key").decode().strip()
 
 
 def client_secret_name(name: str) -> str:

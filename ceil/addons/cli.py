@@ -38,7 +38,7 @@ class Context:
 
     @property
     def store(self) -> SecretStore:
-        return SecretStore(self.secrets)
+        return SecretStore(self.secrets, make_new=False)
 
     @contextlib.contextmanager
     def kubeconfig_path(self) -> Iterator[str]:
@@ -208,6 +208,15 @@ def apply_command(obj: Context, names, everything) -> None:
 
     cluster, store = obj.cluster, obj.store
     plan = build_plan(cluster, names=_names(obj, names, everything))
+    # Every secret the plan names is read before anything is applied: one missing from secrets/
+    # is refused (never made up here), with no add-on half applied.
+    for name in sorted({source["secret"] for addon in plan["addons"] for step in addon["steps"]
+                        for spec in step.get("secrets", []) for source in spec["data"].values() if "secret" in source}):
+        try:
+            _secret(cluster, store, name)
+        except OSError as e:
+            raise CeilError(f"secret {name!r} cannot be read ({e}): run this in the folder you baked from"
+                            " (or give --secrets DIR)") from None
     with obj.kubeconfig_path() as kubeconfig:
         applier = Applier(obj.api(kubeconfig), secret_reader=lambda n: _secret(cluster, store, n),
                           log=lambda m: click.echo(f"  {m}"))

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ..catalog import load_flavor
 from ..config import Cluster
+from ..errors import CeilError
 from ..secrets import SecretStore
 from .cache import cache_url, workstation_cache
 from .release import ASSETS, parse_sums, verified_release_files
@@ -53,8 +54,25 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
 
 
 def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
-    """For `bake.py --airgap`: {absolute path in the node's root fs: workstation file}."""
-    return {f"{AIRGAP_ON_TARGET}/{name}": path for name, path in verified_release_files(cluster, arch, source).items()}
+    """For `bake.py --airgap`: {absolute path in the node's root fs: workstation file}. A folder
+    without the release's binary is refused: the nodes would be baked without the bundle asked for."""
+    files = verified_release_files(cluster, arch, source)
+    names, version = ASSETS[arch], cluster.kubernetes.k3s_version
+    if not files:
+        found = ("does not exist" if not source.exists() else "is not a folder" if not source.is_dir()
+                 else "is empty" if not any(source.iterdir()) else f"holds no {names['binary']}")
+        raise CeilError(
+            f"--airgap {source} {found}: expected the k3s {version} release files for {arch}"
+            f" ({names['binary']}, {names['sums']}, and {names['images']}.tar.zst for a node without"
+            f" internet) from {upstream_url(version)}; download them there, or bake without --airgap"
+        )
+    if unchecked := sorted(p.name for p in source.glob(names["images"] + ".tar*") if p.name not in files):
+        raise CeilError(
+            f"--airgap {source}: {', '.join(unchecked)} is not listed in {source / names['sums']}, so it"
+            f" cannot be checked and would not be baked: put the release's own {names['sums']} beside it"
+            f" (it lists every asset), or remove the file"
+        )
+    return {f"{AIRGAP_ON_TARGET}/{name}": path for name, path in files.items()}
 
 
 def rootfs_files(ctx) -> dict[str, Path]:

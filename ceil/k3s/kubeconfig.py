@@ -89,7 +89,7 @@ def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: P
     --tunnel-port with `bake.py k8s-proxy` where only the router's SSH answers."""
     cluster = load_cluster(config_path)
     base = config_path.resolve().parent
-    store = SecretStore(secrets_path or base / "secrets")
+    store = SecretStore(secrets_path or base / "secrets", make_new=False)
     out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
     write_private(out, admin_kubeconfig(cluster, store, tunnel_port))
     click.echo(f"wrote {out} (cluster-admin for {server_url(cluster, tunnel_port)})")

@@ -207,6 +207,7 @@ def ensure_ca(store: SecretStore, name: str) -> CertKey:
     crt, key = ca_paths(name)
     pair = load_pair(store, crt, key, f"k3s CA {name}")
     if pair is None:
+        store.refuse_new(crt, f"cluster CA ({name})")
         pair = make_ca(K3S_CAS[name])
         # Key first: a crash in between leaves a key without a cert, reported by load_pair.
         store.write(key, pair.key_pem)

@@ -5,6 +5,7 @@ the router's cache, which both carry copies of the same files.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from ..config import Cluster
@@ -56,8 +57,17 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
     return files
 
 
+@functools.lru_cache(maxsize=32)
+def _sha256(path: Path, ino: int, size: int, mtime_ns: int) -> str:
+    # Remembered for this process, keyed like the bake's range cache (size, mtime): every role's
+    # bake checks the same --airgap files (before anything is written, and again as a node's root
+    # takes them), and the images tarball is hundreds of MB.
+    return sha256_file(path)
+
+
 def _check(path: Path, expected: str) -> None:
-    got = sha256_file(path)
+    st = path.stat()
+    got = _sha256(path.resolve(), st.st_ino, st.st_size, st.st_mtime_ns)
     if got != expected:
         raise CeilError(
             f"{path}: sha256 is {got} but {expected} was expected: the file is corrupt or not the"

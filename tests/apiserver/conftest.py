@@ -49,7 +49,11 @@ def workstation(tmp_path_factory, ssh_pubkey) -> Path:
 
 @pytest.fixture(scope="session")
 def kubeconfig(workstation) -> Path:
-    """The admin kubeconfig, written by `bake.py kubeconfig` (this also makes the cluster CAs)."""
+    """The admin kubeconfig, written by `bake.py kubeconfig` from the cluster CAs, made first as
+    the bake makes them (the command only uses a cluster's CAs, never makes them)."""
+    from ceil.k3s.pki import ensure_k3s_cas
+
+    ensure_k3s_cas(SecretStore(workstation / "secrets"))
     done = bake_py("kubeconfig", cwd=workstation)
     assert done.returncode == 0, done.stderr
     return workstation / "out" / "kubeconfig"

@@ -355,6 +355,7 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
 
 
 def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
+    """Before the first image: it was refused at the node's bake, after out/ceil-router.img was written."""
     base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
     release = tmp_path / "release"
     release.mkdir()
@@ -363,9 +364,36 @@ def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
     (tmp_path / "cluster.yaml").write_text(
         f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
         "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
-    result = run_bake("--role", "one", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
     assert result.returncode == 1 and "sha256" in result.stderr and "0" * 64 in result.stderr
-    assert not (tmp_path / "out" / "ceil-one.img").exists()
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not (tmp_path / "secrets").exists()
+
+
+@pytest.mark.parametrize("content", ["empty", "missing", "unlisted images"])
+def test_an_airgap_folder_without_the_release_is_refused(tmp_path, ssh_pubkey, content):
+    """An empty (or mistyped) --airgap folder was ignored: the nodes were baked without the bundle."""
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    release = tmp_path / "release"
+    if content != "missing":
+        release.mkdir()
+    if content == "unlisted images":  # the binary checks out, the images tarball cannot be checked
+        binary = b"k3s"
+        (release / "k3s-arm64").write_bytes(binary)
+        (release / "sha256sum-arm64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s-arm64\n")
+        (release / "k3s-airgap-images-arm64.tar.zst").write_bytes(b"images")
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
+    result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    said = " ".join(result.stderr.split())
+    expected = {"empty": f"--airgap {release} is empty", "missing": f"--airgap {release} does not exist",
+                "unlisted images": "k3s-airgap-images-arm64.tar.zst is not listed in"}[content]
+    assert result.returncode == 1 and expected in said and "Traceback" not in said, said
+    if content != "unlisted images":
+        assert "k3s-arm64, sha256sum-arm64.txt" in said and "bake without --airgap" in said
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_the_bake_records_the_routers_contract(baked):

@@ -96,20 +96,25 @@ def test_ui_password_is_made_once_and_only_its_hash_reaches_the_server(tmp_path)
     from ceil.secrets import SecretStore
 
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    # The server's bake makes the password and hands the server its hash only.
+    files = secret_files(load_cluster(tmp_path / "cluster.yaml"), "one", SecretStore(tmp_path / "secrets"))
     args = ["--config", str(tmp_path / "cluster.yaml"), "ui-password"]
     first = run(addons_group, args).output.strip()
     assert len(first) == 32 and run(addons_group, args).output.strip() == first
-    files = secret_files(load_cluster(tmp_path / "cluster.yaml"), "one", SecretStore(tmp_path / "secrets"))
     user, hashed = files["ui-htpasswd"].strip().split(":", 1)
     assert user == "admin" and first not in files["ui-htpasswd"]
     assert bcrypt.checkpw(first.encode(), hashed.encode())
 
 
-def test_grafana_password_is_made_once_and_kept(tmp_path):
+def test_grafana_password_is_the_one_the_bake_made(tmp_path):
+    from ceil.addons.hooks import grafana_password
+    from ceil.secrets import SecretStore
+
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    baked = grafana_password(SecretStore(tmp_path / "secrets"))
     args = ["--config", str(tmp_path / "cluster.yaml"), "grafana-password"]
     first = run(addons_group, args).output
-    assert len(first.strip()) == 32 and run(addons_group, args).output == first
+    assert first.strip() == baked and len(baked) == 32 and run(addons_group, args).output == first
     assert (tmp_path / "secrets" / "grafana-admin-password").stat().st_mode & 0o777 == 0o600
 
 

@@ -62,3 +62,24 @@ def test_init_rejects_a_bad_key(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 1 and "not an SSH public key" in r.stderr
     assert not (tmp_path / "cluster.yaml").exists()
+
+
+def test_init_makes_the_folder_the_config_goes_into(tmp_path, ssh_pubkey):
+    """`init --config newdir/cluster.yaml` ended in a FileNotFoundError traceback."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "ethernet", "--nodes", "1", "--config", "new/cluster.yaml"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cfg = tmp_path / "new" / "cluster.yaml"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600 and load_cluster(cfg).roles == ["router", "one"]
+    assert (tmp_path / "new" / "secrets" / "k3s").is_dir()  # secrets/ beside the config, as the bake looks for it
+    assert "--config new/cluster.yaml" in r.stdout + r.stderr
+    # A file where the folder would be is refused before a question is asked or anything written.
+    (tmp_path / "taken").write_text("")
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "ethernet", "--config", "taken/sub/cluster.yaml"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 1 and "taken is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "taken").read_text() == ""

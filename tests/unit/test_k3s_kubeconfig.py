@@ -52,7 +52,8 @@ def test_kubeconfig_points_at_the_server_with_the_baked_cas(setup, tmp_path):
 
 
 def test_command_writes_a_private_file_kubectl_reads(setup):
-    cluster, _, path = setup
+    cluster, store, path = setup
+    pki.ensure_k3s_cas(store)  # the bake made them
     out = path.parent / "kc" / "admin.yaml"
     result = CliRunner().invoke(kubeconfig_command, ["--config", str(path), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -145,7 +146,8 @@ def test_the_tunnel_kubeconfig_talks_to_the_local_end_of_k8s_proxy(setup):
     forwards that local port to the server's API through the router, with pinned host keys."""
     from ceil import workstation
 
-    cluster, _, path = setup
+    cluster, store, path = setup
+    pki.ensure_k3s_cas(store)  # the bake made them
     result = CliRunner().invoke(kubeconfig_command, ["--config", str(path), "--tunnel-port", "16443"])
     assert result.exit_code == 0, result.output
     out = path.parent / "out" / "kubeconfig-tunnel"

@@ -45,3 +45,16 @@ def test_remove_refuses_before_touching_anything(tmp_path, monkeypatch):
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     result = CliRunner().invoke(nodes.node_group, ["remove", "--config", str(tmp_path / "cluster.yaml"), "--yes", "one"])
     assert result.exit_code != 0 and "only server" in str(result.exception) and calls == []
+
+
+def test_the_router_is_not_removed_and_the_message_says_what_to_do_instead(tmp_path, monkeypatch):
+    """It said "role 'router' is not in the cluster: roles are router, ...", which contradicts itself."""
+    calls = []
+    monkeypatch.setattr(workstation.subprocess, "run", lambda *a, **k: calls.append(a))
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(nodes.node_group, ["remove", "--config", str(tmp_path / "cluster.yaml"), "--yes", "router"])
+    said = str(result.exception)
+    assert result.exit_code != 0 and isinstance(result.exception, CeilError)
+    assert "the router cannot be removed" in said and "python bake.py --role router" in said
+    assert "takes a node: one, two" in said and "not in the cluster" not in said
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]

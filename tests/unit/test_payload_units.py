@@ -52,3 +52,19 @@ def test_every_unit_install_sh_enables_also_starts_in_the_first_boot(cluster_yam
             late.append(name)
     assert not late, (f"{role}: enabled by install.sh for multi-user.target only, so they start on the second boot, "
                       f"not the first: {late} (add ceil-firstboot.target to WantedBy=)")
+
+
+@pytest.mark.parametrize("role", ["router", "one", "two"])
+def test_the_bake_says_as_many_features_as_it_names(cluster_yaml, tmp_path, role):
+    """It printed "8 steps:" and then 7 feature names: the count was of first-boot units."""
+    from ceil.bakery import payload_summary
+
+    cluster = load_cluster(cluster_yaml())
+    payload = build_payload(RoleContext(cluster, role, load_flavor(cluster.flavor), SecretStore(tmp_path / "secrets")),
+                            tmp_path / role)
+    said = payload_summary(payload)
+    counted, named = said.split(": ", 1)
+    assert named.split(", ") == payload.features
+    assert counted == f"{len(payload.steps)} first-boot steps from {len(payload.features)} features"
+    assert len(payload.steps) == len((tmp_path / role / "units" / "ceil-firstboot.target").read_text()
+                                     .split("Requires=")[1].split("\n")[0].split())

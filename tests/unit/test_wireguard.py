@@ -96,6 +96,7 @@ def test_server_config_lists_every_client(tmp_path):
 
 def test_vpn_client_command_writes_a_0600_config(tmp_path):
     (tmp_path / "cluster.yaml").write_text(CONFIG)
+    wgmod.server_private_key(SecretStore(tmp_path / "secrets"))  # init or the router's bake made it
     runner = CliRunner()
     args = ["laptop", "--config", str(tmp_path / "cluster.yaml"), "--print-peer"]
     result = runner.invoke(vpn_client_command, args)

@@ -281,7 +281,13 @@ class TestCluster:
 
     def _make_vpn_client(self, env: dict) -> None:
         """`bake.py vpn-client e2e` as a user runs it (before the router bake, which takes the
-        peer in), and the netns beside the router's uplink that will use the config."""
+        peer in), and the netns beside the router's uplink that will use the config. The command
+        only uses the router's VPN key: a user's `bake.py init` made it, here it is made as the
+        router's bake would (this harness writes its own cluster.yaml)."""
+        from ceil.secrets import SecretStore
+        from ceil.wireguard import server_private_key
+
+        server_private_key(SecretStore(self.workdir / "secrets"))
         cmd = [sys.executable, str(REPO / "bake.py"), "vpn-client", "e2e", "--config", str(self.config_path),
                "--secrets", str(self.workdir / "secrets")]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)

@@ -1,0 +1,103 @@
+"""Issue 19, "every mistake caught before anything is written": the workstation's commands on a
+baked cluster use its secrets and never make them. Run in a folder without secrets/ (or one
+without the cluster CA), `kubeconfig` made a new CA and server key, so its kubeconfig could never
+match the cluster. Each command is run as a user runs it (`bake.py ...`, in process): exit status
+1, a message that says what is missing and what to do, and nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ceil import cli, workstation
+from ceil.k3s import pki
+from ceil.secrets import SecretStore
+from ceil.wireguard import server_private_key
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
+router: {{uplink: {{type: ethernet}}}}
+nodes: [{{name: one, role: server, ip: 10.42.0.11}}, {{name: two, ip: 10.42.0.12}}]
+vpn: {{endpoint: vpn.example.com}}
+piwatch: {{enabled: false}}
+"""
+
+CONFIG = "--config"  # stands for `--config FOLDER/cluster.yaml` where each command takes it
+# argv, and what the message says is missing
+COMMANDS = {
+    "kubeconfig": (["kubeconfig", CONFIG], "cluster CA (server-ca)"),
+    "kubeconfig --tunnel-port": (["kubeconfig", CONFIG, "--tunnel-port", "16443"], "cluster CA (server-ca)"),
+    "dashboard-token": (["dashboard-token", CONFIG], "cluster CA (server-ca)"),
+    "addons apply": (["addons", CONFIG, "apply", "demo"], "cluster CA (server-ca)"),
+    # With a kubeconfig of its own: the add-on's secret is refused before anything is applied.
+    "addons apply --kubeconfig": (["addons", CONFIG, "--kubeconfig", "KUBECONFIG", "apply", "monitoring"], "secret"),
+    "addons grafana-password": (["addons", CONFIG, "grafana-password"], "secret"),
+    "addons ui-password": (["addons", CONFIG, "ui-password"], "secret"),
+    "vpn-client": (["vpn-client", "laptop", CONFIG], "VPN server key"),
+    "node remove": (["node", "remove", CONFIG, "--yes", "two"], "cluster CA (server-ca)"),
+}
+
+
+def files_under(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def run(capsys, folder: Path, args: list[str]) -> tuple[int, str]:
+    """`bake.py ARGS` in process: (exit status, everything it printed)."""
+    argv = [a for arg in args for a in ([CONFIG, str(folder / "cluster.yaml")] if arg == CONFIG else [arg])]
+    argv = [str(folder.parent / "kubeconfig") if a == "KUBECONFIG" else a for a in argv]
+    try:
+        cli.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    d = tmp_path / "elsewhere"
+    d.mkdir()
+    (d / "cluster.yaml").write_text(CLUSTER)
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\n")  # a cluster nobody may reach
+    # `node remove` would reach the router next: nothing may get that far.
+    monkeypatch.setattr(workstation.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    return d
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_without_secrets_nothing_is_made(folder, capsys, name):
+    args, what = COMMANDS[name]
+    code, out = run(capsys, folder, args)
+    assert code == 1, out
+    said = " ".join(out.split())  # the console wraps long lines
+    assert f"no {what} in {folder / 'secrets'}" in said
+    assert "Run it in the folder you baked from" in said and "bake first" in said
+    assert "Traceback" not in out
+    assert files_under(folder) == ["cluster.yaml"]
+
+
+@pytest.mark.parametrize("name", ["kubeconfig", "dashboard-token", "node remove"])
+def test_secrets_without_the_cluster_ca_are_not_completed(folder, capsys, name):
+    """A secrets/ with the router's VPN key but no k3s CA (copied in part, or only the router
+    baked here): the CA is not made up either."""
+    server_private_key(SecretStore(folder / "secrets"))
+    before = {p: p.read_bytes() for p in (folder / "secrets").rglob("*") if p.is_file()}
+    code, out = run(capsys, folder, COMMANDS[name][0])
+    said = " ".join(out.split())
+    assert code == 1 and f"no cluster CA (server-ca) in {folder / 'secrets/k3s/tls/server-ca.crt'}" in said, said
+    assert {p: p.read_bytes() for p in (folder / "secrets").rglob("*") if p.is_file()} == before
+    assert not (folder / "out").exists()
+
+
+def test_with_the_baked_secrets_the_commands_work(folder, capsys):
+    """The same folder once the bake made its secrets: the refusals above are about their absence."""
+    store = SecretStore(folder / "secrets")
+    pki.ensure_k3s_cas(store)
+    server_private_key(store)
+    code, out = run(capsys, folder, COMMANDS["vpn-client"][0])
+    assert code == 0 and (folder / "secrets/wireguard/clients/laptop.conf").is_file(), out
+    code, out = run(capsys, folder, COMMANDS["kubeconfig"][0])
+    assert code == 0 and (folder / "out" / "kubeconfig").is_file(), out
