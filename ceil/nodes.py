@@ -78,11 +78,28 @@ def drain_and_delete(api, node_name: str, log, timeout: float = 120, poll: float
     else:
         done += [f"Node {node_name}: cordoned", f"Node {node_name}: drained"]
         api.delete_named("v1", "Node", node_name)
+        wait_gone(api, node_name, timeout, poll)
         done.append(f"Node {node_name}: deleted")
     secret = f"{node_name}.node-password.k3s"  # k3s keeps each agent's password hash here
     gone = api.delete_named("v1", "Secret", secret, "kube-system")
     done.append(f"Secret kube-system/{secret}: {'deleted' if gone else 'not there'}")
     return done
+
+
+def wait_gone(api, node_name: str, timeout: float = 120, poll: float = 2) -> None:
+    """Until the deleted Node is gone. A server of an HA cluster goes only once k3s has removed its
+    etcd member (the Node's finalizer, k3s's etcd member management); a Node still there after
+    `timeout` is named with what holds it, since its member may still count in etcd's quorum."""
+    deadline = time.monotonic() + timeout
+    while (node := api.get("v1", "Node", node_name)) is not None:
+        if time.monotonic() > deadline:
+            holders = ", ".join(node["metadata"].get("finalizers") or []) or "no finalizer named"
+            raise CeilError(
+                f"Node {node_name} was deleted but is still there after {timeout:.0f} s, held by {holders}:"
+                " for a server, k3s first removes its etcd member, which needs the other servers up."
+                " Check `kubectl get nodes`, then run `bake.py node remove` again (never delete a"
+                " Node with --force: its etcd member would stay and the replacement could not join)")
+        time.sleep(poll)
 
 
 def _stays(pod: dict) -> bool:
@@ -133,4 +150,23 @@ def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, n
         raise CeilError(f"the cluster no longer has {node_name}, but the router's cleanup failed ({output});"
                         f" run it by hand: {router_cleanup_command(cluster, name)}")
     click.echo(f"router: lease of {cluster.node(name).ip} and status-board entry removed")
-    click.echo(f"done: remove {name} from cluster.yaml, or flash a replacement baked under the same name")
+    click.echo(next_step(cluster, name))
+
+
+def next_step(cluster: Cluster, name: str) -> str:
+    """What the user does after `node remove NAME`: a server of an HA cluster is replaced, not
+    dropped (an even number of servers is refused: it tolerates no more failures than one fewer).
+    The first server listed is baked with cluster-init (ceil/k3s/node_config.py): a replacement
+    baked so would start a cluster of its own, so another server must come first in the list."""
+    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    if cluster.node(name).role != "server" or len(servers) == 1:
+        return f"done: remove {name} from cluster.yaml, or flash a replacement baked under the same name"
+    left = len(servers) - 1
+    text = (f"done: k3s removed {name}'s etcd member with its Node; {left} servers run etcd, which tolerates"
+            f" {(left - 1) // 2} more lost server(s) until {name} is back. Flash a replacement baked under the"
+            " same name: it joins as a new member.")
+    if servers[0] == name:
+        text += (f" First move another server (e.g. {servers[1]}) above {name} under nodes: in cluster.yaml:"
+                 f" {name} is the first server listed, which is baked to start a new cluster, and its"
+                 f" replacement must join this one instead")
+    return text

@@ -51,3 +51,25 @@ def test_a_removed_node_leaves_no_node_object_and_no_node_password(lab, kubeconf
     # A second run finds nothing left to do, and says so.
     assert drain_and_delete(api, name, log=lambda m: None) == [
         f"Node {name}: not in the cluster", f"Secret kube-system/{name}.node-password.k3s: not there"]
+
+
+def test_a_node_held_by_a_finalizer_is_waited_for_and_named(lab, kubeconfig, tmp_path):
+    """A server's Node in an HA cluster goes only once k3s removed its etcd member (a finalizer):
+    the real API server keeps a deleted Node with a finalizer, and `node remove` waits for it."""
+    import pytest
+
+    from ceil.errors import CeilError
+    from ceil.nodes import wait_gone
+
+    name = "ceil-held"
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "finalizers": ["example.invalid/etcd-member"]}}
+    (tmp_path / "node.json").write_text(json.dumps(node))
+    kubectl(kubeconfig, "create", "-f", str(tmp_path / "node.json"))
+    api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
+    api.delete_named("v1", "Node", name)
+    with pytest.raises(CeilError, match="held by example.invalid/etcd-member"):
+        wait_gone(api, name, timeout=2, poll=0.5)
+    kubectl(kubeconfig, "patch", "node", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    wait_gone(api, name, timeout=30, poll=0.5)
+    assert kubectl(kubeconfig, "get", "node", name, check=False).returncode != 0

@@ -58,3 +58,39 @@ def test_the_router_is_not_removed_and_the_message_says_what_to_do_instead(tmp_p
     assert "the router cannot be removed" in said and "python bake.py --role router" in said
     assert "takes a node: one, two" in said and "not in the cluster" not in said
     assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cluster.yaml"]
+
+
+HA = CLUSTER.replace("nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.12}]",
+                     "nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, role: server, ip: 10.42.0.12},"
+                     " {name: three, role: server, ip: 10.42.0.13}, {name: four, ip: 10.42.0.14}]")
+
+
+def test_after_removal_an_agent_is_dropped_or_replaced_and_an_ha_server_replaced():
+    assert nodes.next_step(parse_cluster(HA), "four").startswith("done: remove four from cluster.yaml")
+    two = nodes.next_step(parse_cluster(HA), "two")
+    assert "2 servers run etcd, which tolerates 0 more lost server(s)" in two and "remove two from" not in two
+    assert "move another server" not in two
+    # The first server listed is baked with cluster-init: its replacement would start a new cluster.
+    one = nodes.next_step(parse_cluster(HA), "one")
+    assert "First move another server (e.g. two) above one under nodes:" in one
+
+
+class Finalized:
+    """A Node whose finalizer is let go after `polls` looks (None: never), as k3s's etcd member
+    removal lets a deleted server's Node go once its member is out."""
+
+    def __init__(self, polls):
+        self.polls, self.seen = polls, 0
+
+    def get(self, version, kind, name, namespace=None):
+        self.seen += 1
+        if self.polls is not None and self.seen > self.polls:
+            return None
+        return {"metadata": {"name": name, "finalizers": ["example.invalid/etcd-member"],
+                             "deletionTimestamp": "2026-12-01T00:00:00Z"}}
+
+
+def test_the_removal_waits_for_the_node_to_be_let_go_and_names_what_holds_it():
+    nodes.wait_gone(Finalized(2), "ceil-two", timeout=5, poll=0.01)
+    with pytest.raises(CeilError, match=r"ceil-two was deleted but is still there .* held by example.invalid/etcd-member"):
+        nodes.wait_gone(Finalized(None), "ceil-two", timeout=0.05, poll=0.01)
