@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import click
 import yaml
+from rich.markup import escape
 
 from . import registry_access as access
 from .config import Cluster, load_cluster
@@ -179,7 +180,7 @@ def build_image(context: Path, name: str, builder: str, platforms: tuple[str, ..
     scratch = f"localhost/ceil-app-{name}-{dt.datetime.now().strftime('%H%M%S%f')}"
     try:
         for cmd in build_commands(builder, context, containerfile, platforms, archive, scratch):
-            console.print(f"[dim]  $ {' '.join(cmd)}[/dim]")
+            console.print(f"[dim]  $ {escape(' '.join(cmd))}[/dim]")
             done = subprocess.run(cmd)
             if done.returncode != 0:
                 raise CeilError(f"{builder} failed ({done.returncode}) building {context} for {','.join(platforms)};"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import yaml
+from rich.markup import escape
 
 from .catalog import available, load_flavor
 from .compat import check_secrets_format
@@ -140,7 +141,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         client_path = store.path(client_secret_name(vpn_client))
     generate_secrets(cluster, store)
     check_secrets_format(store)
-    console.print(f"[green]wrote {config_path}[/green] and {store.root}/ (0600, git-ignored)")
+    console.print(f"[green]wrote {escape(str(config_path))}[/green] and {escape(str(store.root))}/ (0600, git-ignored)")
     if client_path:
-        console.print(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)")
-    console.print("next: python bake.py --all" + ("" if config_path == Path("cluster.yaml") else f" --config {config_path}"))
+        console.print(escape(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)"))
+    console.print(escape("next: python bake.py --all" + ("" if config_path == Path("cluster.yaml") else f" --config {config_path}")))

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -27,7 +28,8 @@ def step(name: str, detail: str = "") -> Iterator[Callable[[str], None]]:
     said = [detail]
     yield lambda text: said.__setitem__(0, text)
     took = time.monotonic() - start
-    console.print(f"[dim]  {name:<16}[/dim] {said[0]} [dim]({took:.2f}s)[/dim]")
+    # The detail quotes paths and names from cluster.yaml or the command line: text, not markup.
+    console.print(f"[dim]  {name:<16}[/dim] {escape(said[0])} [dim]({took:.2f}s)[/dim]")
 
 
 @contextlib.contextmanager

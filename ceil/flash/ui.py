@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.prompt import Confirm
@@ -34,11 +35,12 @@ class RichUI:
         for p in device.partitions or ():
             what = " ".join(x for x in (p.fstype, p.label and f"'{p.label}'") if x)
             where = f" mounted at {', '.join(p.mountpoints)}" if p.mountpoints else ""
-            table.add_row("partition", f"{p.path} {human_size(p.size)} {what}{where}".rstrip())
+            # A partition label is anyone's text (a card from elsewhere): shown, not read as markup.
+            table.add_row("partition", escape(f"{p.path} {human_size(p.size)} {what}{where}".rstrip()))
         if not device.partitions:
             table.add_row("partitions", "none")
         self.console.print(table)
-        self.console.print(f"Image {image}: {human_size(image_size)}, of which "
+        self.console.print(f"Image {escape(str(image))}: {human_size(image_size)}, of which "
                            f"{human_size(mapped)} hold data and will be written.")
 
     def confirm(self, device: Device) -> None:
