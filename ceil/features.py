@@ -124,6 +124,11 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
                 warnings += [w for w in warn(cluster, role) if w not in warnings]
     if problems:
         raise ConfigError("nothing was baked; fix these first:\n  " + "\n  ".join(problems))
+    if cluster.apt_mirror and cluster.apt_mirror.trusted:
+        warnings.append(
+            f"apt_mirror.trusted is true: the cards install whatever {cluster.apt_mirror.url} serves,"
+            " unsigned, as root; meant for a local test archive only: set it false (the archive's"
+            " signing key must then be one the flavor's OS trusts)")
     return warnings
 
 

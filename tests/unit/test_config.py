@@ -432,3 +432,15 @@ def test_pydantics_own_words_are_replaced_by_what_the_key_expects():
             " k3s release, e.g. v1.36.1+k3s1)") in msg
     assert "network.router_ip (line 4): '10.42.0.300': is not an IPv4 address" in msg
     assert "String should match pattern" not in msg
+
+
+def test_an_unsigned_apt_mirror_is_warned_about_at_every_bake():
+    from ceil.catalog import load_flavor
+    from ceil.features import preflight
+
+    signed = parse_cluster(BASE + "apt_mirror: {url: 'http://deb.example.org/debian', suite: trixie}\n")
+    assert not any("apt_mirror" in w for w in preflight(signed, ["router"], load_flavor(signed.flavor)))
+    unsigned = parse_cluster(BASE + "apt_mirror: {url: 'http://deb.example.org/debian', suite: trixie, trusted: true}\n")
+    for roles in (["router"], ["one"]):
+        (warning,) = [w for w in preflight(unsigned, roles, load_flavor(unsigned.flavor)) if "apt_mirror" in w]
+        assert "http://deb.example.org/debian serves, unsigned, as root" in warning and "set it false" in warning
