@@ -174,6 +174,11 @@ def test_the_registry_lives_on_the_routers_usb_drive(router, cluster):
         for kind in ("mirror", "private"):
             where = router.check_output(f"findmnt -n -o TARGET --target {mount}/{kind}")
             assert where == mount, f"{mount}/{kind} is on {where}, not on the drive"
+        # udev's answer when the drive appears (also after systemd gave up on it at boot): start
+        # the registries, whose RequiresMountsFor= mounts it. udevadm test only simulates the event.
+        event = router.check_output(f"udevadm test --action=add $(udevadm info -q path -n {drive}) 2>&1")
+        wants = [ln.strip() for ln in event.splitlines() if ln.strip().startswith("SYSTEMD_WANTS=")]
+        assert wants and all(f"ceil-registry-{k}.service" in wants[-1] for k in ("mirror", "private", "push")), wants
 
 
 def test_workstation_pushes_and_nodes_pull_with_their_own_account(nodes, cluster, targets):
