@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import threading
 
 import pytest
@@ -183,3 +184,13 @@ def test_every_user_flavor_with_a_download_says_where_to_look_for_updates():
         if f.test_only or f.name.startswith("hypriot"):  # HypriotOS is finished: nothing new will come
             continue
         assert f.updates is not None and f.url and __import__("re").search(f.updates.pattern, f.url), name
+
+
+@pytest.mark.parametrize("name", [n for n in available() if not n.startswith("testbed-")])
+def test_every_flavor_a_user_can_bake_pins_its_image_and_finds_it_again(name):
+    """Without a pin, a download is whatever the checksum file says that day (issue 17); and the
+    update pattern must find the pinned file itself, or `flavors --check` could never say "newer"."""
+    flavor = load_flavor(name)
+    assert flavor.sha256 and re.fullmatch(r"[0-9a-f]{64}", flavor.sha256), f"{name}: no sha256 pin"
+    if flavor.updates:
+        assert re.search(flavor.updates.pattern, flavor.url), f"{name}: updates.pattern does not match its own url"
