@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from rich.text import Text
 
 from .config import load_cluster
 from .errors import CeilError
+from .text import printable
 
 STATUS_PORT = 8081  # the board's port on the router's LAN address (opened by nat-firewall)
 # Each node proves who reports with a token derived from a key only the router holds: the board
@@ -72,13 +72,10 @@ def _age(seconds: int | None) -> str:
     return f"{seconds // 60}m ago"
 
 
-# C0 and C1 control characters and DEL: an escape sequence from the board would reach the terminal.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def plain(value: object) -> Text:
-    """What a host reported, as inert text: control characters dropped, no Rich markup read."""
-    return Text(CONTROL.sub("", str(value)))
+    """What a host reported, as inert text: control, format and line-separator characters dropped
+    (an escape sequence from the board would reach the terminal), no Rich markup read."""
+    return Text(printable(str(value)))
 
 
 def status_table(snap: dict) -> Table:

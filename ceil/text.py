@@ -24,3 +24,14 @@ def check_one_line(value: str, fix: str, shown: str | None = None) -> str:
             raise ValueError(f"{shown or repr(value)} holds {kind} (U+{ord(c):04X}): a line break or control"
                              f" character breaks the files it is written into; {fix}")
     return value
+
+
+# What a terminal must not be handed from elsewhere (a node's status report): the refused kinds
+# above, and format characters (Cf), among them the bidirectional overrides that show text in
+# another order than it is (U+202E).
+UNSHOWN = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def printable(value: str) -> str:
+    """`value` without the characters a terminal would act on instead of showing."""
+    return "".join(c for c in value if unicodedata.category(c) not in UNSHOWN)

@@ -218,7 +218,8 @@ class WiFi(Model):
     def _ssid(cls, v: str) -> str:
         size = len(v.encode())
         if size > 32:
-            raise ValueError(f"{v!r} is {size} bytes in UTF-8: an SSID holds at most 32 bytes (802.11)")
+            raise ValueError(f"{v!r} is {size} bytes in UTF-8: an SSID holds at most 32 bytes (802.11):"
+                             " write the network's name exactly as your devices list it")
         return check_one_line(v, "write the network's name as your devices show it, on one line")
 
     @field_validator("psk")

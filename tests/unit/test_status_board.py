@@ -212,12 +212,13 @@ def test_status_command_exits_1_on_a_failed_step(board):
 def test_status_command_prints_what_nodes_send_as_inert_text(board):
     """A LAN host's report reaches the user's terminal: no escape sequence, no Rich markup."""
     url, _ = board
-    hostile = "k3s\x1b]0;owned\x07\x1b[2J[/][bold red]x"
+    # ... nor a line break of Unicode's, nor a bidirectional override showing text reversed.
+    hostile = "k3s\x1b]0;owned\x07\x1b[2J[/][bold red]x\u2028\u202eyz"
     report(url, "one", {hostile: {"state": "failed"}})
     result = CliRunner().invoke(status_command, ["--url", url], env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
-    assert "\x1b" not in result.output and "\x07" not in result.output
-    assert "failed: k3s]0;owned[2J[/][bold red]x" in result.output
+    assert not any(c in result.output for c in "\x1b\x07\u2028\u202e")
+    assert "failed: k3s]0;owned[2J[/][bold red]xyz" in result.output
 
 
 def test_status_times_shows_each_steps_share_of_the_first_boot(board):
