@@ -354,6 +354,13 @@ def test_airgap_bundle_goes_into_the_node_root_fs(tmp_path, ssh_pubkey, offline_
         assert blockmap_problems(tmp_path / "out" / f"ceil-{role}.img", manifest["output"]) == []
 
 
+def bake_one_server_with_airgap(tmp_path, ssh_pubkey, base, release):
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
+    return run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+
+
 def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
     """Before the first image: it was refused at the node's bake, after out/ceil-router.img was written."""
     base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
@@ -361,10 +368,7 @@ def test_airgap_with_a_bad_digest_is_refused(tmp_path, ssh_pubkey):
     release.mkdir()
     (release / "k3s-arm64").write_bytes(b"tampered")
     (release / "sha256sum-arm64.txt").write_text(f"{'0' * 64}  k3s-arm64\n")
-    (tmp_path / "cluster.yaml").write_text(
-        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
-        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
-    result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    result = bake_one_server_with_airgap(tmp_path, ssh_pubkey, base, release)
     assert result.returncode == 1 and "sha256" in result.stderr and "0" * 64 in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -383,10 +387,7 @@ def test_an_airgap_folder_without_the_release_is_refused(tmp_path, ssh_pubkey, c
         (release / "k3s-arm64").write_bytes(binary)
         (release / "sha256sum-arm64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s-arm64\n")
         (release / "k3s-airgap-images-arm64.tar.zst").write_bytes(b"images")
-    (tmp_path / "cluster.yaml").write_text(
-        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
-        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
-    result = run_bake("--all", "--base-image", str(base), "--airgap", str(release), cwd=tmp_path)
+    result = bake_one_server_with_airgap(tmp_path, ssh_pubkey, base, release)
     said = " ".join(result.stderr.split())
     expected = {"empty": f"--airgap {release} is empty", "missing": f"--airgap {release} does not exist",
                 "unlisted images": "k3s-airgap-images-arm64.tar.zst is not listed in"}[content]
