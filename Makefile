@@ -16,7 +16,7 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -97,7 +97,9 @@ k8s-proxy: venv ## The Kubernetes API on https://127.0.0.1:6443 through an SSH t
 	$(PY) bake.py k8s-proxy --config $(CONFIG) --port 6443 $(if $(VIA),--via $(VIA))
 vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
 	$(PY) bake.py vpn-client $* --config $(CONFIG)
-KUBECTL ?= kubectl --kubeconfig $(OUT)/kubeconfig
+# With VIA (only the router's SSH answers), the tunnel's kubeconfig: `make k8s-proxy VIA=...` in
+# another shell holds the tunnel open.
+KUBECTL ?= kubectl --kubeconfig $(if $(VIA),$(OUT)/kubeconfig-tunnel,$(OUT)/kubeconfig)
 # Every add-on of the catalog (addons/<name>/addon.yaml), so a new one gets its targets without an edit here.
 ADDONS := $(patsubst addons/%/addon.yaml,%,$(wildcard addons/*/addon.yaml))
 addons-list: venv ## Every add-on and whether this cluster gets it
@@ -130,6 +132,10 @@ df: venv ## Disk use of every machine's root and boot file systems
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- df -h / /boot/firmware
 check-ip: venv ## Which address each machine got (the seed's router-check-ip / k8s-check-ip)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- ip -4 -brief address
+router-check-ip: venv ## The router's addresses (uplink, LAN, VPN)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- ip -4 -brief address
+k8s-check-ip: venv ## Which address each node got
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) $(foreach n,$(NODES),--on $(n)) -- ip -4 -brief address
 router-reboot: venv ## Reboot the router
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- sudo systemctl reboot
 reboot-all: venv ## Reboot every machine (nodes first, then the router)
@@ -141,9 +147,9 @@ prometheus-open: ui-password ## Print the UI login and open Prometheus
 	xdg-open https://prometheus.$(DOMAIN)/ 2>/dev/null || open https://prometheus.$(DOMAIN)/
 logs: venv ## Follow the logs of many pods (Q=pattern with stern, or Q=app=name without; NS=namespace)
 	$(PY) bake.py logs --config $(CONFIG) $(if $(NS),-n $(NS)) $(if $(Q),'$(Q)')
-nodes-show: ## kubectl get nodes (with the baked admin kubeconfig)
+nodes-show: $(if $(VIA),,kubeconfig) ## kubectl get nodes (with the baked admin kubeconfig; VIA=: through make k8s-proxy's tunnel)
 	$(KUBECTL) get nodes -o wide
-pods-show: ## kubectl get pods in every namespace
+pods-show: $(if $(VIA),,kubeconfig) ## kubectl get pods in every namespace
 	$(KUBECTL) get pods -A -o wide
 dashboard-token: venv ## Print a Kubernetes Dashboard login token
 	$(PY) bake.py addons --config $(CONFIG) dashboard-token
