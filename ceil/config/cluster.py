@@ -69,6 +69,17 @@ class Cluster(Model):
                              f" {CLUSTER_FORMAT}: update ceil (git pull, then make setup) before baking")
         return v
 
+    @field_validator("flavor")
+    @classmethod
+    def _known_flavor(cls, v: str) -> str:
+        # Here, not only when the bake loads the flavor: reported with every other mistake.
+        from ..catalog import IMAGES_DIR, available  # the catalog imports this package
+
+        if v not in available():
+            raise ValueError(f"{v!r} is not a known base image; known flavors: {', '.join(available())}"
+                             f" (each is a file in {IMAGES_DIR})")
+        return v
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, v: str) -> str:

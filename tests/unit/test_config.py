@@ -444,3 +444,9 @@ def test_an_unsigned_apt_mirror_is_warned_about_at_every_bake():
     for roles in (["router"], ["one"]):
         (warning,) = [w for w in preflight(unsigned, roles, load_flavor(unsigned.flavor)) if "apt_mirror" in w]
         assert "http://deb.example.org/debian serves, unsigned, as root" in warning and "set it false" in warning
+
+
+def test_an_unknown_flavor_is_reported_with_the_other_mistakes():
+    msg = error(BASE + "flavor: ubunto-24.04-raspi\ntimezone: Mars/Olympus\n")
+    assert "flavor (line 3): 'ubunto-24.04-raspi' is not a known base image; known flavors:" in msg
+    assert "ubuntu-24.04-raspi" in msg and "timezone (line 4)" in msg
