@@ -4,7 +4,8 @@ build   DIR/Containerfile (or Dockerfile) -> a multi-arch image, with the builde
         (buildah, podman or docker buildx) writing an OCI archive; ceil pushes it
 chart   DIR/chart -> `helm lint` + `helm package`; ceil pushes the .tgz as an OCI artifact
 deploy  a HelmChart (k3s's helm-controller) that installs the chart from the registry, with
-        the image pinned by the digest the push returned
+        the image pinned by the digest the push returned, and a requests-per-second target for
+        the autoscaler where the cluster serves that metric (add-on custom-metrics)
 ship    all three
 
 Why ceil pushes instead of `docker push`/`helm push`: one code path (ceil/oci.py) for every
@@ -37,6 +38,7 @@ import yaml
 from rich.markup import escape
 
 from . import registry_access as access
+from .addons.catalog import Catalog, selected
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .secrets import SecretStore
@@ -260,6 +262,21 @@ def push_chart(target: Target, tgz: Path) -> tuple[dict, oci.Artifact]:
 
 # ---- deploy ----------------------------------------------------------------------------------
 
+# The add-on whose prometheus-adapter serves traefik_requests_per_second (Traefik's request rate
+# per Service), and the average per pod `deploy` asks for there: podinfo's (addons/demo).
+CUSTOM_METRICS_ADDON = "custom-metrics"
+REQUESTS_PER_SECOND = 10
+
+
+def autoscaling_values(cluster: Cluster) -> dict:
+    """`autoscaling.requestsPerSecond` where cluster.yaml turns custom-metrics on, else nothing:
+    elsewhere no one serves the metric, and an HPA metric it cannot read holds every scale-down,
+    so the chart keeps CPU alone. cluster.yaml decides, as it does for the demo's podinfo, so
+    `deploy --print` (no cluster reached) writes the same values."""
+    if CUSTOM_METRICS_ADDON not in {spec.name for spec in selected(cluster, Catalog())}:
+        return {}
+    return {"autoscaling": {"requestsPerSecond": REQUESTS_PER_SECOND}}
+
 
 def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
     """The pull Secret and CA ConfigMap the helm-controller's job needs, and the HelmChart."""
@@ -267,7 +284,7 @@ def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
         if not state.get(key):
             raise CeilError(f"out/apps/{name}.json has no {key}: run `{how}` for {name} first")
     values = {"image": {"repository": target.image_repository(name), "digest": state["image_digest"]},
-              "host": target.host(name)}
+              "host": target.host(name), **autoscaling_values(target.cluster)}
     pull = access.password(target.store, access.PULL_USER)
     return [
         {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
@@ -392,6 +409,8 @@ def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
             api.apply(doc)
     click.echo(f"applied HelmChart kube-system/app-{name}: k3s installs it into namespace {NAMESPACE};"
                f" then http://{target.host(name)}/")
+    if autoscaling_values(target.cluster):
+        click.echo(f"  with autoscaling.requestsPerSecond: {REQUESTS_PER_SECOND} (add-on {CUSTOM_METRICS_ADDON} is on)")
 
 
 @app_group.command("build")

@@ -48,7 +48,7 @@ def test_the_chart_is_pushed_and_helm_pulls_the_same_bytes_back_by_digest(regist
     done = bake_py("app", "--registry", r.urls["push"], "chart", str(CHART), cwd=r.workstation, helm=helm)
     assert done.returncode == 0, done.stdout + done.stderr
     state = json.loads((r.workstation / "out/apps/piphp.json").read_text())
-    assert state["chart_name"] == "piphp" and state["chart_version"] == "0.1.0"
+    assert state["chart_name"] == "piphp" and state["chart_version"] == "0.2.0"
 
     # Helm, logged in as the nodes' pull account, from the read-only port the cluster uses.
     env = {**os.environ, "HELM_REGISTRY_CONFIG": str(tmp_path / "helm-registry.json"),
@@ -67,7 +67,7 @@ def test_the_chart_is_pushed_and_helm_pulls_the_same_bytes_back_by_digest(regist
     tgz = path.read_bytes()
     layer = next(l for l in json.loads(_manifest(r, state["chart_digest"]))["layers"])
     assert "sha256:" + hashlib.sha256(tgz).hexdigest() == layer["digest"]
-    assert apps.chart_metadata(path)["version"] == "0.1.0"
+    assert apps.chart_metadata(path)["version"] == "0.2.0"
 
 
 def _manifest(r, digest: str) -> bytes:
@@ -128,3 +128,124 @@ def test_deploy_makes_helm_controller_install_from_the_registry_with_login_and_c
     # A second deploy is idempotent (server-side apply) and the printed form hides the password.
     again = bake_py("app", "--kubeconfig", str(kubeconfig), "deploy", "piphp", "--print", cwd=r.workstation, helm=helm)
     assert again.returncode == 0 and r.pull[1] not in again.stdout and "kind: HelmChart" in again.stdout
+
+
+# ---- the autoscaler on requests per second (add-on custom-metrics) -------------------------------
+# In this layer, not the unit one, because it needs the Helm build (`make helm`), which `make test`
+# runs beside the unit tests; the values come from `deploy_objects` itself, not a copy of them.
+
+
+def deploy_values(tmp_path: Path, addons: str) -> Path:
+    """The values file `bake.py app deploy piphp` hands the chart, for a cluster.yaml with `addons`."""
+    from ceil import registry_access as access
+    from ceil.config import parse_cluster
+    from ceil.secrets import SecretStore
+    from tests.registry_lab import BASE
+
+    store = SecretStore(tmp_path / "secrets")
+    access.ensure_ca(store)
+    access.password(store, access.PUSH_USER)
+    target = apps.Target.of(parse_cluster(BASE + addons), store)
+    *_, chart = apps.deploy_objects(target, "piphp", {"image_digest": "sha256:" + "c" * 64, "chart_version": "0.1.0"})
+    path = tmp_path / ("values-custom-metrics.yaml" if addons else "values.yaml")
+    path.write_text(chart["spec"]["valuesContent"])
+    return path
+
+
+def helm_template(helm: str, *args: str) -> subprocess.CompletedProcess:
+    """The release as helm-controller names it (the HelmChart's name, app-NAME) in the apps namespace."""
+    return subprocess.run([helm, "template", "app-piphp", str(CHART), "-n", apps.NAMESPACE, *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def rendered(helm: str, *args: str) -> list[dict]:
+    done = helm_template(helm, *args)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def hpa_metrics(docs: list[dict]) -> list[dict]:
+    [hpa] = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    return hpa["spec"]["metrics"]
+
+
+CPU_60 = {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}
+RPS_10 = {"type": "Object", "object": {"describedObject": {"apiVersion": "v1", "kind": "Service", "name": "app-piphp"},
+                                       "metric": {"name": "traefik_requests_per_second"},
+                                       "target": {"type": "AverageValue", "averageValue": "10"}}}
+
+
+def test_the_demo_hpa_adds_requests_per_second_only_with_the_value_deploy_sets(helm, tmp_path):
+    from ceil.addons.validate import validate_manifest
+
+    without = rendered(helm, "-f", str(deploy_values(tmp_path, "")))
+    assert hpa_metrics(without) == [CPU_60]
+    with_rate = rendered(helm, "-f", str(deploy_values(tmp_path, "addons: {enable: [custom-metrics]}\n")))
+    assert hpa_metrics(with_rate) == [CPU_60, RPS_10]  # alongside CPU (values.yaml says why)
+    # The Service the metric describes is the release's own, the one its Ingress routes to.
+    [service] = [d for d in with_rate if d["kind"] == "Service"]
+    [ingress] = [d for d in with_rate if d["kind"] == "Ingress"]
+    assert service["metadata"]["name"] == ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+    assert service["metadata"]["name"] == RPS_10["object"]["describedObject"]["name"]
+    # Offline, strictly against Kubernetes 1.36's schemas, as the add-ons' manifests are.
+    for doc in without + with_rate:
+        assert validate_manifest(doc, "1.36") is None, doc["kind"]
+    # Instead of CPU, for whoever wants it; neither is refused rather than left to Kubernetes' CPU 80 %.
+    only_rate = rendered(helm, "--set", "autoscaling.targetCPUUtilizationPercentage=0",
+                         "--set", "autoscaling.requestsPerSecond=2.5")
+    assert hpa_metrics(only_rate) == [{**RPS_10, "object": {**RPS_10["object"],
+                                                            "target": {"type": "AverageValue", "averageValue": "2.5"}}}]
+    neither = helm_template(helm, "--set", "autoscaling.targetCPUUtilizationPercentage=0")
+    assert neither.returncode != 0 and "set targetCPUUtilizationPercentage, requestsPerSecond or both" in neither.stderr
+    lint = subprocess.run([helm, "lint", "--strict", str(CHART), "--set", "autoscaling.requestsPerSecond=10"],
+                          capture_output=True, text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_the_demo_hpas_metric_is_the_one_prometheus_adapter_serves_for_its_service(helm, tmp_path):
+    """The chain the hardware runs, checked link by link: Traefik names the Ingress backend
+    "<namespace>-<service>-<port>@kubernetes" (port by name when the Ingress names it: traefik
+    v3.6.13, docs/research/scaling.md section 3), the monitoring add-on's PodMonitor relabels that
+    into the labels prometheus-adapter's rule maps to namespace and Service, under the name the HPA asks for."""
+    import re
+
+    from ceil.addons.render import render_selected
+    from ceil.config import parse_cluster
+    from tests.registry_lab import BASE
+
+    cluster = parse_cluster(BASE + "addons: {enable: [custom-metrics]}\n")
+    addons = [m for a in render_selected(cluster, names=["monitoring", "custom-metrics"]) for m in a.manifests]
+    [monitor] = [m for m in addons if m["kind"] == "PodMonitor" and m["metadata"]["name"] == "traefik"]
+    [adapter] = [m for m in addons if m["kind"] == "HelmChart" and m["metadata"]["name"] == "prometheus-adapter"]
+    [rule] = yaml.safe_load(adapter["spec"]["valuesContent"])["rules"]["custom"]
+
+    docs = rendered(helm, "-f", str(deploy_values(tmp_path, "addons: {enable: [custom-metrics]}\n")))
+    [ingress] = [d for d in docs if d["kind"] == "Ingress"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    traefik_service = f"{apps.NAMESPACE}-{backend['name']}-{backend['port']['name']}@kubernetes"
+    labels = {}
+    for relabel in monitor["spec"]["podMetricsEndpoints"][0]["metricRelabelings"]:
+        [source] = relabel["sourceLabels"]
+        assert source == "service"
+        match = re.fullmatch(relabel["regex"], traefik_service)  # Prometheus anchors relabel regexes
+        assert match, (relabel["regex"], traefik_service)
+        labels[relabel["targetLabel"]] = match.expand(relabel["replacement"].replace("$", "\\"))
+    by_resource = {v["resource"]: labels[k] for k, v in rule["resources"]["overrides"].items()}
+    [metric] = [m for m in hpa_metrics(docs) if m["type"] == "Object"]
+    assert by_resource == {"namespace": apps.NAMESPACE, "service": metric["object"]["describedObject"]["name"]}
+    assert rule["name"]["as"] == metric["object"]["metric"]["name"]
+
+
+def test_the_demo_chart_with_requests_per_second_is_accepted_by_the_api_server(lab, kubeconfig, helm, tmp_path):
+    """Server-side dry-run of the chart as deployed on a cluster with custom-metrics: the real
+    kube-apiserver validates the HPA's Object metric and keeps both metrics as written."""
+    values = deploy_values(tmp_path, "addons: {enable: [custom-metrics]}\n")
+    done = helm_template(helm, "-f", str(values))
+    assert done.returncode == 0, done.stderr
+    (tmp_path / "rendered.yaml").write_text(done.stdout)
+    kubectl(kubeconfig, "create", "namespace", apps.NAMESPACE, check=False)
+    applied = kubectl(kubeconfig, "apply", "-n", apps.NAMESPACE, "--server-side", "--dry-run=server", "-o", "json",
+                      "-f", str(tmp_path / "rendered.yaml"))
+    items = json.loads(applied.stdout)["items"]
+    [hpa] = [i for i in items if i["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["metrics"] == [CPU_60, RPS_10]

@@ -288,3 +288,45 @@ def test_an_archive_built_elsewhere_is_pushed_and_recorded(registries, tmp_path)
     refused = bake_py("app", "--registry", r.urls["push"], "push", str(archive), "--name", "from-ci",
                       "--platform", "linux/arm64,linux/arm/v7", cwd=r.workstation)
     assert refused.returncode != 0 and "nothing was pushed" in refused.stderr + refused.stdout
+
+
+
+# ---- the autoscaler's metric follows the cluster's add-ons ---------------------------------------
+
+
+@pytest.mark.parametrize("addons, expected", [
+    ("", None),  # monitoring is on by default, but without prometheus-adapter nothing serves the rate
+    ("addons: {enable: [custom-metrics]}\n", {"requestsPerSecond": 10}),
+    ("addons: {enable: [custom-metrics], disable: [custom-metrics]}\n", None),
+    ("addons: {enabled: false, enable: [custom-metrics]}\n", None),
+])
+def test_deploy_asks_for_requests_per_second_only_where_custom_metrics_serves_them(tmp_path, addons, expected):
+    """The value the demo chart's HPA turns into an Object metric on traefik_requests_per_second
+    (apps/piphp/chart/templates/hpa.yaml; rendered and dry-run in tests/apiserver/test_app_chart.py)."""
+    from ceil.config import parse_cluster
+    from ceil.secrets import SecretStore
+    from ceil import registry_access as access
+    from tests.registry_lab import BASE
+
+    store = SecretStore(tmp_path / "secrets")
+    access.ensure_ca(store)
+    access.password(store, "push")
+    target = apps.Target.of(parse_cluster(BASE + addons), store)
+    state = {"image_digest": "sha256:" + "b" * 64, "chart_version": "0.1.0"}
+    *_, chart = apps.deploy_objects(target, "piphp", state)
+    values = yaml.safe_load(chart["spec"]["valuesContent"])
+    assert values.get("autoscaling") == expected
+    assert values["image"]["digest"] == state["image_digest"] and values["host"] == "piphp.apps.ceil.internal"
+    # `deploy --print` (for a GitOps repository, no cluster reached) writes the same HelmChart.
+    assert apps.for_git(apps.deploy_objects(target, "piphp", state))[-1] == chart
+
+
+def test_the_demo_chart_declares_the_key_deploy_sets_and_has_it_off():
+    """Off in the chart, so a cluster without custom-metrics (or `helm install` by hand) keeps CPU."""
+    from ceil.config import parse_cluster
+    from tests.registry_lab import BASE
+
+    declared = yaml.safe_load((REPO / "apps/piphp/chart/values.yaml").read_text())["autoscaling"]
+    assert declared["requestsPerSecond"] == 0 and declared["targetCPUUtilizationPercentage"] == 60
+    on = apps.autoscaling_values(parse_cluster(BASE + "addons: {enable: [custom-metrics]}\n"))
+    assert set(on["autoscaling"]) <= set(declared)
