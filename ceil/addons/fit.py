@@ -104,6 +104,8 @@ WORKLOADS: dict[str, list[Workload]] = {
     "custom-metrics": [Workload("prometheus-adapter", 128, 50, manifest="HelmChart prometheus-adapter: resources")],
     "canary": [
         Workload("flagger", 32, 10, manifest="HelmChart flagger: resources"),
+        # The load tester sends the release's traffic during analysis (the chart's request, ours too).
+        Workload("loadtester", 64, 10, manifest="HelmChart flagger-loadtester: resources"),
         # Flagger copies `rollout` to rollout-primary, which always runs, and brings `rollout`
         # itself up beside it as the canary for the length of a release: two pods at worst.
         Workload("rollout", 32, 50, pods=2, manifest="Deployment demo/rollout"),

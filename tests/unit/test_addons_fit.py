@@ -134,10 +134,10 @@ def test_too_many_cpu_requests_are_refused(monkeypatch):
     assert "no node has room for demo's spin (1 MiB, 3000m CPU)" in problem and "6200m CPU in all" in problem
 
 
-def test_the_canary_counts_flagger_the_primary_and_the_release_under_test():
+def test_the_canary_counts_flagger_its_load_tester_the_primary_and_the_release_under_test():
     cluster = make(SEED, "addons: {enable: [canary]}\n")
     canary = [(p.name, p.memory_mib) for p in pod_requests(cluster, selected(cluster, Catalog())) if p.addon == "canary"]
-    assert canary == [("flagger", 32), ("rollout", 32), ("rollout", 32)]
+    assert canary == [("flagger", 32), ("loadtester", 64), ("rollout", 32), ("rollout", 32)]
 
 
 def test_a_workload_names_its_manifest_or_cites_its_chart():
