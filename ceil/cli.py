@@ -16,8 +16,8 @@ from rich.markup import escape
 from . import __version__
 from .bakery import BakeContext, bake, clean_stale
 from .catalog import load_flavor
-from .compat import (check_no_k3s_downgrade, check_secrets_format, node_baked, router_baked,
-                     stale_router_warning)
+from .compat import (check_no_k3s_downgrade, check_secrets_format, first_server_rebake_warning, node_baked,
+                     router_baked, stale_router_warning)
 from .config import load_cluster
 from .datastore import restore_notice
 from .errors import CeilError
@@ -75,8 +75,9 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     for r in chosen:
         if r != "router":
             check_no_k3s_downgrade(store, r, cluster.kubernetes.k3s_version)
-    if warning := stale_router_warning(store, chosen):
-        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(out_dir)
     for r in chosen:

@@ -93,3 +93,21 @@ def check_no_k3s_downgrade(store: SecretStore, name: str, k3s_version: str) -> N
 
 def node_baked(store: SecretStore, name: str, k3s_version: str) -> None:
     store.write(K3S_RECORD.format(name=name), f"{k3s_version}\n".encode())
+
+
+def first_server_rebake_warning(cluster, store: SecretStore, roles: list[str]) -> str | None:
+    """A warning when the first server listed (baked with cluster-init: it starts a cluster) is
+    baked alone while other servers of an HA cluster were baked before: as a replacement card in
+    a running cluster it would start a cluster of its own beside it (k3s initialises a new etcd
+    on an empty card with cluster-init). None otherwise."""
+    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    if len(servers) < 3 or servers[0] not in roles:
+        return None
+    earlier = [s for s in servers[1:] if s not in roles and store.exists(K3S_RECORD.format(name=s))]
+    if not earlier:
+        return None
+    first = servers[0]
+    return (f"{first} is the first server under nodes:, baked to start the cluster (cluster-init), and"
+            f" {', '.join(earlier)} were baked before, not now: if this card replaces {first} in a running"
+            f" cluster, it would start a cluster of its own. Move another server above {first} under nodes:"
+            f" and bake {first} again, so that it joins; baking every card for a new cluster: --all")

@@ -56,3 +56,22 @@ def test_a_node_is_never_rebaked_with_an_older_k3s(tmp_path):
     compat.check_no_k3s_downgrade(store, "two", "v1.37.0+k3s1")
     with pytest.raises(CeilError, match="older than the v1.36.1\\+k3s1 node two was last baked with"):
         compat.check_no_k3s_downgrade(store, "two", "v1.35.9+k3s1")
+
+
+def test_the_first_server_baked_alone_after_the_others_is_warned_about(tmp_path):
+    """Its card starts a cluster (cluster-init): as a replacement it would start a second one."""
+    from ceil.config import parse_cluster
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+    ha = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                       "nodes: [{name: one, role: server}, {name: two, role: server}, {name: three, role: server},"
+                       " {name: four}]\n")
+    store = SecretStore(tmp_path / "secrets")
+    assert compat.first_server_rebake_warning(ha, store, ["one"]) is None  # a new cluster: nothing baked
+    for name in ("one", "two", "three", "four"):
+        compat.node_baked(store, name, "v1.36.1+k3s1")
+    warning = compat.first_server_rebake_warning(ha, store, ["one"])
+    assert "one is the first server" in warning and "two, three were baked before" in warning
+    assert "Move another server above one" in warning
+    assert compat.first_server_rebake_warning(ha, store, ["one", "two", "three", "four"]) is None
+    assert compat.first_server_rebake_warning(ha, store, ["two"]) is None  # joins the first: fine
