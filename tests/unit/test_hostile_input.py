@@ -312,5 +312,5 @@ def test_an_error_quoting_rich_markup_is_printed_as_it_is(tmp_path, capsys):
     captured = capsys.readouterr()
     shown = captured.out + captured.err
     assert exit_.value.code == 1
-    assert f"router.uplink.wifi.ssid (line " in shown and repr(ssid) in shown, shown
+    assert "router.uplink.wifi.ssid (line " in shown and repr(ssid) in shown, shown
     assert "Traceback" not in shown and "MarkupError" not in shown
