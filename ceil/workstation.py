@@ -61,11 +61,12 @@ def router_address(cluster: Cluster, via: str | None, resolve: Callable[[str], s
     )
 
 
-def _as_root(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None) -> subprocess.CompletedProcess:
+def _as_root(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None,
+             input: str | None = None) -> subprocess.CompletedProcess:
     # subprocess.run looked up at each call: a test's stand-in for it is what runs, never the real
     # command on the test machine.
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    return (run or subprocess.run)([*sudo, *cmd], capture_output=True, text=True)
+    return (run or subprocess.run)([*sudo, *cmd], capture_output=True, text=True, input=input)
 
 
 def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
@@ -76,35 +77,64 @@ def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | 
         raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
 
 
-def interface_towards(address: str, run: Callable[..., subprocess.CompletedProcess] | None = None) -> str:
-    """The workstation's interface that reaches `address` (Linux: `ip route get`)."""
-    done = (run or subprocess.run)(["ip", "-o", "route", "get", address], capture_output=True, text=True)
-    words = done.stdout.split()
-    if done.returncode != 0 or "dev" not in words[:-1]:
-        raise CeilError(f"no interface of this workstation reaches {address}:"
-                        f" {(done.stderr or done.stdout).strip() or 'ip route get found none'}")
-    return words[words.index("dev") + 1]
+# The workstation's hosts file; a module constant so tests can point it elsewhere.
+HOSTS_FILE = Path("/etc/hosts")
 
 
-def dns_commands_for(platform: str, domain: str, server: str, interface: str | None) -> list[list[str]]:
-    """The commands that send the cluster domain's names (and only those) to the router's DNS, as
-    the seed's workstation used the router as its DNS server: macOS reads /etc/resolver/<domain>;
-    on Linux, systemd-resolved takes a DNS server per interface for a routing-only domain (~)."""
-    if platform == "darwin":
-        return [["mkdir", "-p", "/etc/resolver"],
-                ["sh", "-c", f"echo 'nameserver {server}' > /etc/resolver/{domain}"]]
-    if platform.startswith("linux"):
-        return [["resolvectl", "dns", interface or "IFACE", server],
-                ["resolvectl", "domain", interface or "IFACE", f"~{domain}"]]
-    raise CeilError(f"no DNS command for this system ({platform}): send {domain} to {server} by hand")
+def resolver_commands(domain: str, server: str) -> list[list[str]]:
+    """macOS: /etc/resolver/<domain> sends that domain's names, and only those, to the router's
+    DNS (its LAN address, through the route), as the seed's workstation used the router as DNS."""
+    return [["mkdir", "-p", "/etc/resolver"], ["sh", "-c", f"echo 'nameserver {server}' > /etc/resolver/{domain}"]]
+
+
+def hosts_block(cluster: Cluster) -> str:
+    """The cluster's fixed names for /etc/hosts (Linux): the router and every node, and the add-on
+    UIs at the ingress address. Linux has no per-domain resolver file: systemd-resolved's
+    per-interface settings would replace the network's own DNS servers on that interface (every
+    other name would go unanswered), so the names are written, between markers, instead."""
+    from .addons.render import ingress_hosts
+    from .hooks.dnsmasq import lan_hosts
+
+    lines = [f"{h.ip} {' '.join(h.names)}" for h in lan_hosts(cluster)]
+    if cluster.addons.enabled and (ingress := ingress_hosts(cluster)):
+        lines.append(f"{cluster.network.ingress_ip} {' '.join(ingress)}")
+    begin, end = hosts_markers(cluster)
+    return "\n".join([begin, *lines, end]) + "\n"
+
+
+def hosts_markers(cluster: Cluster) -> tuple[str, str]:
+    return (f"# ceil cluster {cluster.name}: written by `bake.py route --dns` (begin)",
+            f"# ceil cluster {cluster.name} (end)")
+
+
+def with_hosts_block(current: str, cluster: Cluster) -> str:
+    """`current` hosts text with this cluster's block in place of an earlier one (or appended)."""
+    begin, end = hosts_markers(cluster)
+    kept, inside = [], False
+    for line in current.splitlines():
+        if line == begin:
+            inside = True
+        elif line == end and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    text = "\n".join(kept).rstrip("\n")
+    return (text + "\n" if text else "") + hosts_block(cluster)
+
+
+def write_hosts(text: str, run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
+    """Replace the hosts file in one rename (never half-written), as root."""
+    tmp = f"{HOSTS_FILE}.ceil-tmp"
+    script = f"cat > {shlex.quote(tmp)} && chmod 0644 {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(str(HOSTS_FILE))}"
+    done = _as_root(["sh", "-c", script], run, input=text)
+    if done.returncode != 0:
+        raise CeilError(f"could not write {HOSTS_FILE}: {(done.stderr or done.stdout).strip()}")
 
 
 def set_dns(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
     done = _as_root(cmd, run)
     if done.returncode != 0:
-        hint = (": systemd-resolved is not running here; tell your own resolver (NetworkManager, dnsmasq)"
-                " to ask that server for that domain" if cmd[0] == "resolvectl" else "")
-        raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}{hint}")
+        raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
 
 
 @click.command("route")
@@ -112,13 +142,12 @@ def set_dns(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | No
 @click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: ceil-router.local].")
 @click.option("--add", "apply", is_flag=True, help="Add the route now (sudo), instead of printing it.")
 @click.option("--dns", is_flag=True,
-              help="Also send the cluster domain's names (e.g. ceil-one.ceil.internal) to the router's DNS"
-                   " (macOS: /etc/resolver; Linux: systemd-resolved, on the interface towards the router).")
+              help="Also resolve the cluster's names (e.g. ceil-one.ceil.internal): macOS sends the cluster's"
+                   " domain to the router's DNS (/etc/resolver); Linux gets the fixed names in /etc/hosts.")
 def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) -> None:
     """The workstation's route to the cluster LAN through the router's uplink address, for a
     workstation on a network named in router.trusted_networks (the seed's
-    workstation-route-add). Linux and macOS. With --dns, the cluster's names resolve too (the seed
-    made the router the workstation's DNS server; this sends it only the cluster's domain)."""
+    workstation-route-add). Linux and macOS. With --dns, the cluster's names resolve too."""
     cluster = load_cluster(config_path)
     lan = str(cluster.network.lan_cidr)
     if not cluster.router.trusted_networks:
@@ -128,19 +157,27 @@ def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) ->
     via = router_address(cluster, via)
     cmd = route_command_for(sys.platform, lan, via)
     server = str(cluster.network.router_ip)  # its LAN address, reached through the route
-    if dns:
-        interface = interface_towards(via) if sys.platform.startswith("linux") else None
-        dns_cmds = dns_commands_for(sys.platform, cluster.domain, server, interface)
+    macos = sys.platform == "darwin"
+    resolver = resolver_commands(cluster.domain, server) if dns and macos else []
     if not apply:
-        for c in [cmd, *(dns_cmds if dns else [])]:
+        for c in [cmd, *resolver]:
             click.echo(shlex.join(["sudo", *c]))
+        if dns and not macos:
+            click.echo(f"# and these lines in {HOSTS_FILE} (or run this again with --add):")
+            click.echo(hosts_block(cluster), nl=False)
         return
     add_route(cmd)
     click.echo(f"routed {lan} via {via}")
-    if dns:
-        for c in dns_cmds:
+    if not dns:
+        return
+    if macos:
+        for c in resolver:
             set_dns(c)
         click.echo(f"names under {cluster.domain} go to the router's DNS, {server}")
+    else:
+        write_hosts(with_hosts_block(HOSTS_FILE.read_text(), cluster))
+        click.echo(f"{HOSTS_FILE}: the cluster's names (an app's NAME.apps.{cluster.domain} is not among them:"
+                   f" add it for {cluster.network.ingress_ip} by hand)")
 
 
 # ---- ssh ---------------------------------------------------------------------------------

@@ -49,35 +49,45 @@ def test_linux_route_failure_names_the_command(monkeypatch):
         workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"), run)
 
 
-def test_dns_for_the_cluster_domain_only_per_platform():
-    assert workstation.dns_commands_for("darwin", "ceil.internal", "10.42.0.1", None) == [
+def test_macos_sends_the_cluster_domain_and_only_it_to_the_routers_dns():
+    assert workstation.resolver_commands("ceil.internal", "10.42.0.1") == [
         ["mkdir", "-p", "/etc/resolver"], ["sh", "-c", "echo 'nameserver 10.42.0.1' > /etc/resolver/ceil.internal"]]
-    assert workstation.dns_commands_for("linux", "ceil.internal", "10.42.0.1", "wlp2s0") == [
-        ["resolvectl", "dns", "wlp2s0", "10.42.0.1"], ["resolvectl", "domain", "wlp2s0", "~ceil.internal"]]
-    with pytest.raises(CeilError, match="by hand"):
-        workstation.dns_commands_for("win32", "ceil.internal", "10.42.0.1", None)
 
 
-def test_the_interface_towards_the_router_is_the_one_ip_route_get_names():
-    out = "192.168.1.50 dev wlp2s0 src 192.168.1.23 uid 1000 \\    cache "
-    run = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, out, "")  # noqa: E731
-    assert workstation.interface_towards("192.168.1.50", run) == "wlp2s0"
-    unreachable = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2, "", "RTNETLINK answers: Network is unreachable")  # noqa: E731
-    with pytest.raises(CeilError, match="no interface of this workstation reaches 192.168.1.50: RTNETLINK"):
-        workstation.interface_towards("192.168.1.50", unreachable)
+def test_linux_gets_the_clusters_fixed_names_in_a_marked_hosts_block():
+    """Not systemd-resolved: `resolvectl dns IFACE` replaces the interface's own servers, and every
+    other name would go unanswered (review of stop 32)."""
+    cluster = parse_cluster(CLUSTER)
+    block = workstation.hosts_block(cluster).splitlines()
+    assert block[0].startswith("# ceil cluster ceil: written by") and block[-1] == "# ceil cluster ceil (end)"
+    assert "10.42.0.1 ceil-router.ceil.internal router.ceil.internal" in block
+    assert "10.42.0.11 ceil-one.ceil.internal one.ceil.internal" in block
+    ingress = [line for line in block if line.startswith(f"{cluster.network.ingress_ip} ")]
+    assert ingress and "grafana.ceil.internal" in ingress[0]
+    # Written again: the old block replaced, the user's own lines kept, in place.
+    mine = "127.0.0.1 localhost\n192.168.1.5 nas\n"
+    once = workstation.with_hosts_block(mine, cluster)
+    assert once.startswith(mine) and once.count("(begin)") == 1
+    moved = parse_cluster(CLUSTER.replace("ip: 10.42.0.12", "ip: 10.42.0.22"))
+    twice = workstation.with_hosts_block(once + "10.0.0.9 printer\n", moved)
+    assert twice.count("(begin)") == 1 and "10.42.0.12" not in twice and "10.42.0.22 ceil-two" in twice
+    assert "192.168.1.5 nas" in twice and "10.0.0.9 printer" in twice
 
 
 @pytest.mark.parametrize("apply", [False, True])
-def test_route_with_dns_routes_then_sends_the_domain_to_the_routers_lan_address(tmp_path, monkeypatch, apply):
-    """The router's DNS answers on its LAN address, reached through the route (the QEMU cluster's
-    trusted-network test asks it so); nothing but the cluster's domain goes there."""
+def test_route_with_dns_on_linux_routes_then_writes_the_hosts_block_in_one_rename(tmp_path, monkeypatch, apply):
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    monkeypatch.setattr(workstation, "HOSTS_FILE", hosts)
     calls = []
+    real_run = subprocess.run
 
     def run(cmd, **kw):
         calls.append(cmd)
-        out = "192.168.1.50 dev enp3s0 src 192.168.1.23 uid 0" if cmd[:2] == ["ip", "-o"] else ""
-        return subprocess.CompletedProcess(cmd, 0, out, "")
+        if cmd[:2] == ["sh", "-c"]:  # the hosts write, run for real on the scratch file
+            return real_run(cmd, **kw)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(workstation.subprocess, "run", run)
     monkeypatch.setattr(workstation.sys, "platform", "linux")
@@ -85,21 +95,15 @@ def test_route_with_dns_routes_then_sends_the_domain_to_the_routers_lan_address(
     args = ["--config", str(tmp_path / "cluster.yaml"), "--via", "192.168.1.50", "--dns"] + (["--add"] if apply else [])
     result = CliRunner().invoke(workstation.route_command, args)
     assert result.exit_code == 0, result.output
-    wanted = [["ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"],
-              ["resolvectl", "dns", "enp3s0", "10.42.0.1"], ["resolvectl", "domain", "enp3s0", "~ceil.internal"]]
     if apply:
-        assert calls == [["ip", "-o", "route", "get", "192.168.1.50"], *wanted]
-        assert "names under ceil.internal go to the router's DNS, 10.42.0.1" in result.output
+        assert calls[0] == ["ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"]
+        text = hosts.read_text()
+        assert text.startswith("127.0.0.1 localhost\n") and "10.42.0.11 ceil-one.ceil.internal" in text
+        assert (hosts.stat().st_mode & 0o777) == 0o644 and not list(tmp_path.glob("hosts.ceil-tmp"))
+        assert not any(c[0] == "resolvectl" for c in calls)
     else:
-        assert calls == [["ip", "-o", "route", "get", "192.168.1.50"]]
-        assert result.output.splitlines() == [shlex.join(["sudo", *c]) for c in wanted]
-
-
-def test_without_systemd_resolved_the_dns_step_says_what_to_do(monkeypatch):
-    monkeypatch.setattr(workstation.os, "geteuid", lambda: 0)
-    run = lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "Failed to connect to bus")  # noqa: E731
-    with pytest.raises(CeilError, match="systemd-resolved is not running here"):
-        workstation.set_dns(["resolvectl", "dns", "enp3s0", "10.42.0.1"], run)
+        assert calls == [] and hosts.read_text() == "127.0.0.1 localhost\n"
+        assert "10.42.0.11 ceil-one.ceil.internal one.ceil.internal" in result.output
 
 
 def test_router_address_from_mdns_then_dns_else_a_clear_error():
