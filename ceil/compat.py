@@ -14,7 +14,7 @@ import re
 
 from .errors import CeilError
 from .k3s.token import SERVER_SECRET
-from .secrets import SecretStore
+from .secrets import FORMAT_FILE, SecretStore
 
 ROUTER_CONTRACT = 2
 RECORD = "router-contract"
@@ -54,7 +54,6 @@ def stale_router_warning(store: SecretStore, roles: list[str]) -> str | None:
 # secrets/FORMAT: the layout of secrets/ this ceil writes. A newer number means a newer ceil wrote
 # it (and may rely on files this one does not know): refused rather than half-understood.
 SECRETS_FORMAT = 2
-FORMAT_FILE = "FORMAT"
 K3S_RECORD = "nodes/{name}.k3s-version"
 
 
@@ -101,7 +100,7 @@ def first_server_rebake_warning(cluster, store: SecretStore, roles: list[str]) -
     a running cluster it would start a cluster of its own beside it (k3s initialises a new etcd
     on an empty card with cluster-init). None otherwise."""
     servers = [n.name for n in cluster.nodes if n.role == "server"]
-    if len(servers) < 3 or servers[0] not in roles:
+    if len(servers) < 2 or servers[0] not in roles:  # as node_config gives cluster-init
         return None
     earlier = [s for s in servers[1:] if s not in roles and store.exists(K3S_RECORD.format(name=s))]
     if not earlier:

@@ -36,6 +36,14 @@ def refuse_the_router(cluster: Cluster, name: str) -> None:
 def refuse_the_only_server(cluster: Cluster, name: str) -> None:
     node = cluster.node(name)
     servers = [n.name for n in cluster.nodes if n.role == "server"]
+    if node.role == "server" and len(servers) > 1 and servers[0] == name:
+        # The kubeconfig and every card baked from now on use the first server listed; once k3s
+        # has taken this one out of etcd its API is gone mid-command, and a replacement baked
+        # under its name would start a cluster of its own (cluster-init).
+        raise CeilError(
+            f"{name} is the first server under nodes: in cluster.yaml, which the kubeconfig talks to and"
+            f" a card baked under its name starts a new cluster from: first move another server (e.g."
+            f" {servers[1]}) above it, run `python bake.py kubeconfig`, then run this again")
     if node.role == "server" and len(servers) == 1:
         raise CeilError(
             f"{name} is the cluster's only server: its datastore (k3s's SQLite) is the whole cluster,"
@@ -155,18 +163,12 @@ def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, n
 
 def next_step(cluster: Cluster, name: str) -> str:
     """What the user does after `node remove NAME`: a server of an HA cluster is replaced, not
-    dropped (an even number of servers is refused: it tolerates no more failures than one fewer).
-    The first server listed is baked with cluster-init (ceil/k3s/node_config.py): a replacement
-    baked so would start a cluster of its own, so another server must come first in the list."""
+    dropped (an even number of servers is refused at the bake: it tolerates no more failures than
+    one fewer)."""
     servers = [n.name for n in cluster.nodes if n.role == "server"]
     if cluster.node(name).role != "server" or len(servers) == 1:
         return f"done: remove {name} from cluster.yaml, or flash a replacement baked under the same name"
     left = len(servers) - 1
-    text = (f"done: k3s removed {name}'s etcd member with its Node; {left} servers run etcd, which tolerates"
+    return (f"done: k3s removed {name}'s etcd member with its Node; {left} servers run etcd, which tolerates"
             f" {(left - 1) // 2} more lost server(s) until {name} is back. Flash a replacement baked under the"
-            " same name: it joins as a new member.")
-    if servers[0] == name:
-        text += (f" First move another server (e.g. {servers[1]}) above {name} under nodes: in cluster.yaml:"
-                 f" {name} is the first server listed, which is baked to start a new cluster, and its"
-                 f" replacement must join this one instead")
-    return text
+            " same name: it joins as a new member")

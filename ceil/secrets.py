@@ -32,6 +32,11 @@ def htpasswd_line(user: str, secret: str) -> str:
     return f"{user}:{hashed.decode()}\n"
 
 
+# secrets/FORMAT (ceil/compat.py stamps it at a cluster's first bake): this folder holds a baked
+# cluster's secrets.
+FORMAT_FILE = "FORMAT"
+
+
 class SecretStore:
     def __init__(self, root: Path, make_new: bool = True):
         self.root = root
@@ -63,19 +68,24 @@ class SecretStore:
                 f" (python bake.py --all): one made here would not match the cluster's"
             )
 
-    def get_or_create(self, name: str, make: Callable[[], bytes | str], what: str = "secret") -> bytes:
-        """The secret `name`, made by `make()` and stored the first time it is asked for."""
+    def get_or_create(self, name: str, make: Callable[[], bytes | str], what: str = "secret",
+                      any_command: bool = False) -> bytes:
+        """The secret `name`, made by `make()` and stored the first time it is asked for.
+        `any_command`: a secret no card holds yet may be made by any command in a baked cluster's
+        folder (an add-on's password when the add-on is turned on after the bake: the command that
+        applies it sets it); in another folder it would belong to no cluster, and is refused."""
         p = self.path(name)
         if p.is_file():
             return self.read(name)
-        self.refuse_new(name, what)
+        if not (any_command and self.path(FORMAT_FILE).is_file()):
+            self.refuse_new(name, what)
         value = make()
         self.write(name, value.encode() if isinstance(value, str) else value)
         return self.read(name)
 
-    def token(self, name: str, nbytes: int = 32) -> str:
+    def token(self, name: str, nbytes: int = 32, any_command: bool = False) -> str:
         """A random hex token stored under `name`."""
-        return self.get_or_create(name, lambda: pysecrets.token_hex(nbytes)).decode().strip()
+        return self.get_or_create(name, lambda: pysecrets.token_hex(nbytes), any_command=any_command).decode().strip()
 
     def write(self, name: str, data: bytes) -> None:
         """Write atomically with 0600 from the first byte (no window where others can read it)."""

@@ -46,12 +46,13 @@ def cluster_secret(cluster: Cluster, name: str) -> str | None:
 
 
 def grafana_password(store: SecretStore) -> str:
-    """Made once and kept in secrets/; the server gets it as /etc/ceil/secrets/<name>."""
-    return store.token(GRAFANA_PASSWORD, 16)
+    """Made once and kept in secrets/; the server gets it as /etc/ceil/secrets/<name>. An add-on
+    turned on after the bake gets it from the `addons apply` that installs it."""
+    return store.token(GRAFANA_PASSWORD, 16, any_command=True)
 
 
 def ui_password(store: SecretStore) -> str:
-    return store.token(UI_PASSWORD, 16)
+    return store.token(UI_PASSWORD, 16, any_command=True)
 
 
 def ui_htpasswd(store: SecretStore) -> str:

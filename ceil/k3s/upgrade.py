@@ -11,7 +11,8 @@ HTTP cache included) can slip in another binary.
 Servers go first, then agents (k3s's own upgrade order), each: drained (unless --no-drain),
 binary swapped with the previous one kept, service restarted; if the service does not come back
 the node puts the previous binary back itself. Then Ready with the new kubelet, and uncordoned;
-a node not Ready in time gets its previous binary back too. Before any of it, every node's
+an agent not Ready in time gets its previous binary back too (a server does not: its datastore
+may already be migrated). Before any of it, every node's
 running version is read: a downgrade or a skipped minor version is refused, nothing changed.
 The router's cache gets the release too, so a re-flashed node finds it on the LAN.
 """
@@ -231,8 +232,16 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, remote: Remote, 
         try:
             wait_ready(api, node_name, release.version, timeout=RESTART_WAIT_S, poll=READY_POLL_S)
         except CeilError as not_ready:
-            # Its k3s runs but the node never became Ready with it: the previous k3s goes back,
-            # and the node gets its pods back, as when the service does not start at all.
+            if node.role == "server":
+                # Not rolled back: the new k3s may already have migrated the datastore, which an
+                # older k3s refuses to start on (ceil/compat.py). A slow server is left as it is.
+                raise CeilError(
+                    f"{name}: {not_ready}. A server is not rolled back (the new k3s may have migrated its"
+                    f" datastore, which the older one would refuse); it stays cordoned and the nodes after"
+                    f" it are untouched. On it: journalctl -u {service}; once it is Ready, `kubectl uncordon"
+                    f" {node_name}` and run the upgrade again") from None
+            # An agent's k3s runs but the node never became Ready with it: the previous k3s goes
+            # back, and the node gets its pods back, as when the service does not start at all.
             code, out, err = remote.run(name, as_root(rollback_script(service)), timeout=RESTART_WAIT_S)
             back = (f"{current} is back in place" if code == 0 and parse_version(out) == current
                     else f"putting {current} back failed too ({(err or out).strip() or f'exit {code}'}):"

@@ -172,7 +172,7 @@ def test_a_skipped_minor_version_is_refused_for_every_node_before_anything_chang
     assert {c[1] for c in remote.calls} == {"version"} and api.unschedulable == {}
 
 
-def test_a_node_not_ready_with_the_new_kubelet_gets_its_previous_k3s_back(tmp_path, monkeypatch):
+def test_an_agent_not_ready_with_the_new_kubelet_gets_its_previous_k3s_back(tmp_path, monkeypatch):
     """The new k3s starts, but the node never reports Ready with it: the previous binary goes back
     (kept by the swap as k3s.prev), the node is uncordoned, and the roll stops there."""
     monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)
@@ -184,14 +184,32 @@ def test_a_node_not_ready_with_the_new_kubelet_gets_its_previous_k3s_back(tmp_pa
 
     cluster = parse_cluster(CLUSTER % NEW)
     store = SecretStore(tmp_path / "secrets")
-    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}), NeverReady()
+    # The server (one) is already at NEW: the agent two is the one that never becomes Ready.
+    remote, api = FakeRemote({"one": NEW, "two": OLD, "three": OLD}), NeverReady()
     with pytest.raises(CeilError) as e:
         up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
-    assert f"one: the upgrade to {NEW} failed (Node ceil-one is not Ready" in str(e.value)
+    assert f"two: the upgrade to {NEW} failed (Node ceil-two is not Ready" in str(e.value)
     assert f"{OLD} is back in place" in str(e.value) and "the nodes after it are untouched" in str(e.value)
-    assert [c for c in remote.calls if c[1] in ("swap", "rollback")] == [("one", "swap"), ("one", "rollback")]
-    assert remote.versions["one"] == OLD and api.unschedulable == {"ceil-one": False}
-    assert not store.exists("nodes/one.k3s-version")
+    assert [c for c in remote.calls if c[1] in ("swap", "rollback")] == [("two", "swap"), ("two", "rollback")]
+    assert remote.versions["two"] == OLD and api.unschedulable == {"ceil-two": False}
+    assert not store.exists("nodes/two.k3s-version")
+
+
+def test_a_server_not_ready_with_the_new_kubelet_is_left_cordoned_not_rolled_back(tmp_path, monkeypatch):
+    """The new k3s may have migrated the server's datastore, which the older one would refuse."""
+    monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)
+    monkeypatch.setattr(up, "READY_POLL_S", 0.01)
+
+    class NeverReady(FakeApi):
+        def get(self, *a, **kw):
+            return {"status": {"nodeInfo": {"kubeletVersion": NEW}, "conditions": [{"type": "Ready", "status": "False"}]}}
+
+    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}), NeverReady()
+    with pytest.raises(CeilError, match="one: Node ceil-one is not Ready .* A server is not rolled back"):
+        up.upgrade(parse_cluster(CLUSTER % NEW), SecretStore(tmp_path / "secrets"), release(tmp_path), remote, api,
+                   log=lambda m: None)
+    assert [c for c in remote.calls if c[1] in ("swap", "rollback")] == [("one", "swap")]
+    assert api.unschedulable == {"ceil-one": True}
 
 
 def test_the_rollback_puts_the_kept_binary_back_and_restarts(node):

@@ -24,7 +24,7 @@ def test_the_only_server_is_not_removed():
         nodes.refuse_the_only_server(parse_cluster(CLUSTER), "one")
     nodes.refuse_the_only_server(parse_cluster(CLUSTER), "two")
     ha = CLUSTER.replace("{name: two, ip: 10.42.0.12}", "{name: two, role: server, ip: 10.42.0.12}")
-    nodes.refuse_the_only_server(parse_cluster(ha), "one")
+    nodes.refuse_the_only_server(parse_cluster(ha), "two")  # not the only one, not the first
 
 
 def test_the_router_forgets_the_nodes_lease_and_status(tmp_path):
@@ -69,10 +69,11 @@ def test_after_removal_an_agent_is_dropped_or_replaced_and_an_ha_server_replaced
     assert nodes.next_step(parse_cluster(HA), "four").startswith("done: remove four from cluster.yaml")
     two = nodes.next_step(parse_cluster(HA), "two")
     assert "2 servers run etcd, which tolerates 0 more lost server(s)" in two and "remove two from" not in two
-    assert "move another server" not in two
-    # The first server listed is baked with cluster-init: its replacement would start a new cluster.
-    one = nodes.next_step(parse_cluster(HA), "one")
-    assert "First move another server (e.g. two) above one under nodes:" in one
+    # The first server listed: the kubeconfig's, and baked with cluster-init (its replacement
+    # would start a new cluster): refused until another server comes first.
+    with pytest.raises(CeilError, match=r"one is the first server under nodes: .* first move another server \(e.g. two\) above it"):
+        nodes.refuse_the_only_server(parse_cluster(HA), "one")
+    nodes.refuse_the_only_server(parse_cluster(HA), "two")
 
 
 class Finalized:

@@ -101,3 +101,17 @@ def test_with_the_baked_secrets_the_commands_work(folder, capsys):
     assert code == 0 and (folder / "secrets/wireguard/clients/laptop.conf").is_file(), out
     code, out = run(capsys, folder, COMMANDS["kubeconfig"][0])
     assert code == 0 and (folder / "out" / "kubeconfig").is_file(), out
+
+
+def test_an_add_on_turned_on_after_the_bake_gets_its_password_from_the_command(folder, capsys):
+    """Its password is on no card yet: in the baked cluster's folder the command that shows or
+    applies it makes it (review of stop 32: refused before, with advice to re-bake everything)."""
+    store = SecretStore(folder / "secrets")
+    pki.ensure_k3s_cas(store)
+    from ceil.compat import check_secrets_format
+
+    check_secrets_format(store)  # what the first bake stamps
+    code, out = run(capsys, folder, COMMANDS["addons grafana-password"][0])
+    assert code == 0, out
+    made = (folder / "secrets/grafana-admin-password").read_text().strip()
+    assert made in out and len(made) == 32
