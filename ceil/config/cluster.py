@@ -42,7 +42,7 @@ CLUSTER_FORMAT = 1
 
 
 class Cluster(Model):
-    format: int = Field(default=1, ge=1, description="cluster.yaml's format; see CLUSTER_FORMAT")
+    format: int = Field(default=1, ge=1, description="the layout of cluster.yaml, 1 for this ceil")
     name: Label = "ceil"
     domain: Domain = "ceil.internal"
     flavor: str = Field(default="ubuntu-24.04-raspi", pattern=r"^[a-z0-9][a-z0-9.-]*$")
@@ -83,10 +83,10 @@ class Cluster(Model):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, v: str) -> str:
-        # The workstation's time zone database (Python's zoneinfo: the system's, or the tzdata
-        # package) stands in for the card's: a name unknown to both would leave the Pi on UTC.
-        known = zoneinfo.available_timezones()
-        if known and v not in known:
+        # The workstation's time zone database (Python's zoneinfo: the system's and the tzdata
+        # package, a dependency, so never empty) stands in for the card's: a name unknown to both
+        # would leave the Pi on UTC.
+        if v not in zoneinfo.available_timezones():
             raise ValueError(f"{v!r} is not a time zone name: use one from `timedatectl list-timezones`"
                              " (Region/City, e.g. Europe/Berlin), or Etc/UTC")
         return v

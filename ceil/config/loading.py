@@ -149,10 +149,12 @@ def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
 
 
 def _own_path(line: str) -> re.Match | None:
+    """The key path a cross-field check's line starts with: dotted or indexed, or a bare top-level
+    key only when a colon follows ("nodes: no node has ...", not "tunnel is enabled but ...")."""
     m = PATH_IN_MSG_RE.match(line)
-    if m and ("." in m.group(1) or "[" in m.group(1) or m.group(1) in Cluster.model_fields) and (
-        m.group(1).split(".")[0].split("[")[0] in Cluster.model_fields
-    ):
+    if not m or m.group(1).split(".")[0].split("[")[0] not in Cluster.model_fields:
+        return None
+    if "." in m.group(1) or "[" in m.group(1) or m.group(0).endswith(": "):
         return m
     return None
 
