@@ -81,17 +81,13 @@ def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | 
 HOSTS_FILE = Path("/etc/hosts")
 
 
-def resolver_commands(domain: str, server: str) -> list[list[str]]:
-    """macOS: /etc/resolver/<domain> sends that domain's names, and only those, to the router's
-    DNS (its LAN address, through the route), as the seed's workstation used the router as DNS."""
-    return [["mkdir", "-p", "/etc/resolver"], ["sh", "-c", f"echo 'nameserver {server}' > /etc/resolver/{domain}"]]
-
-
 def hosts_block(cluster: Cluster) -> str:
-    """The cluster's fixed names for /etc/hosts (Linux): the router and every node, and the add-on
-    UIs at the ingress address. Linux has no per-domain resolver file: systemd-resolved's
-    per-interface settings would replace the network's own DNS servers on that interface (every
-    other name would go unanswered), so the names are written, between markers, instead."""
+    """The cluster's fixed names for the workstation's hosts file: the router and every node, and
+    the add-on UIs at the ingress address. Not the router's DNS: dnsmasq answers only queries
+    that arrive on the LAN and the VPN (bind-dynamic checks the arriving interface), so a query
+    from a trusted network on the uplink side, even to the LAN address through the route, gets no
+    answer (run ci-art35); and on Linux, systemd-resolved's per-interface DNS setting would
+    replace the network's own servers on that interface."""
     from .addons.render import ingress_hosts
     from .hooks.dnsmasq import lan_hosts
 
@@ -142,8 +138,8 @@ def set_dns(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | No
 @click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: ceil-router.local].")
 @click.option("--add", "apply", is_flag=True, help="Add the route now (sudo), instead of printing it.")
 @click.option("--dns", is_flag=True,
-              help="Also resolve the cluster's names (e.g. ceil-one.ceil.internal): macOS sends the cluster's"
-                   " domain to the router's DNS (/etc/resolver); Linux gets the fixed names in /etc/hosts.")
+              help="Also the cluster's names (e.g. ceil-one.ceil.internal): written into /etc/hosts between"
+                   " markers, replaced on the next run.")
 def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) -> None:
     """The workstation's route to the cluster LAN through the router's uplink address, for a
     workstation on a network named in router.trusted_networks (the seed's
@@ -156,25 +152,15 @@ def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) ->
                       " re-bake the router, or use the VPN (python bake.py vpn-client NAME)")
     via = router_address(cluster, via)
     cmd = route_command_for(sys.platform, lan, via)
-    server = str(cluster.network.router_ip)  # its LAN address, reached through the route
-    macos = sys.platform == "darwin"
-    resolver = resolver_commands(cluster.domain, server) if dns and macos else []
     if not apply:
-        for c in [cmd, *resolver]:
-            click.echo(shlex.join(["sudo", *c]))
-        if dns and not macos:
+        click.echo(shlex.join(["sudo", *cmd]))
+        if dns:
             click.echo(f"# and these lines in {HOSTS_FILE} (or run this again with --add):")
             click.echo(hosts_block(cluster), nl=False)
         return
     add_route(cmd)
     click.echo(f"routed {lan} via {via}")
-    if not dns:
-        return
-    if macos:
-        for c in resolver:
-            set_dns(c)
-        click.echo(f"names under {cluster.domain} go to the router's DNS, {server}")
-    else:
+    if dns:
         write_hosts(with_hosts_block(HOSTS_FILE.read_text(), cluster))
         click.echo(f"{HOSTS_FILE}: the cluster's names (an app's NAME.apps.{cluster.domain} is not among them:"
                    f" add it for {cluster.network.ingress_ip} by hand)")

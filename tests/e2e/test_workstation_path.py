@@ -65,12 +65,12 @@ def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_th
         states = {h["name"]: h.get("state") for h in board["hosts"]}
         assert all(states.get(n) == "done" for n in ("router", *nodes)), states
         server = cluster.server
-        # The cluster's names, from the router's DNS on its LAN address through the route (what
-        # `bake.py route --dns` points the workstation's resolver at for the cluster's domain).
-        ask = [sys.executable, "-c", DNSMINI, "query", str(cluster.network.router_ip), cluster.fqdn(server.name), "A"]
-        answer = wait_for("an answer from the router's DNS through the route",
-                          lambda: (a := ws.run(*ask).strip()).startswith("[") and a, timeout=60)
-        assert answer == f"['{server.ip}']", answer
+        # The router's DNS is the LAN's and the VPN's only: a query from the uplink side gets no
+        # answer even through the route (dnsmasq's bind-dynamic checks the arriving interface;
+        # run ci-art35 found it so), which is why `bake.py route --dns` writes the cluster's names
+        # into the workstation's hosts file instead.
+        ask = [sys.executable, "-c", DNSMINI, "query", str(cluster.network.router_ip), cluster.fqdn(server.name), "A", "3"]
+        assert ws.run(*ask).strip() == "timeout"
         banner = wait_for(f"an SSH banner from {server.name} through the route",
                           lambda: or_none(lambda: ws.tcp_banner(str(server.ip), 22)), timeout=60)
         assert banner.startswith("SSH-2.0")

@@ -49,14 +49,9 @@ def test_linux_route_failure_names_the_command(monkeypatch):
         workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"), run)
 
 
-def test_macos_sends_the_cluster_domain_and_only_it_to_the_routers_dns():
-    assert workstation.resolver_commands("ceil.internal", "10.42.0.1") == [
-        ["mkdir", "-p", "/etc/resolver"], ["sh", "-c", "echo 'nameserver 10.42.0.1' > /etc/resolver/ceil.internal"]]
-
-
-def test_linux_gets_the_clusters_fixed_names_in_a_marked_hosts_block():
-    """Not systemd-resolved: `resolvectl dns IFACE` replaces the interface's own servers, and every
-    other name would go unanswered (review of stop 32)."""
+def test_the_workstation_gets_the_clusters_fixed_names_in_a_marked_hosts_block():
+    """Not the router's DNS, which answers only the LAN and the VPN (run ci-art35), nor
+    systemd-resolved's per-interface setting, which replaces the interface's own servers."""
     cluster = parse_cluster(CLUSTER)
     block = workstation.hosts_block(cluster).splitlines()
     assert block[0].startswith("# ceil cluster ceil: written by") and block[-1] == "# ceil cluster ceil (end)"
@@ -74,8 +69,9 @@ def test_linux_gets_the_clusters_fixed_names_in_a_marked_hosts_block():
     assert "192.168.1.5 nas" in twice and "10.0.0.9 printer" in twice
 
 
+@pytest.mark.parametrize("platform", ["linux", "darwin"])
 @pytest.mark.parametrize("apply", [False, True])
-def test_route_with_dns_on_linux_routes_then_writes_the_hosts_block_in_one_rename(tmp_path, monkeypatch, apply):
+def test_route_with_dns_routes_then_writes_the_hosts_block_in_one_rename(tmp_path, monkeypatch, apply, platform):
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
@@ -90,13 +86,13 @@ def test_route_with_dns_on_linux_routes_then_writes_the_hosts_block_in_one_renam
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(workstation.subprocess, "run", run)
-    monkeypatch.setattr(workstation.sys, "platform", "linux")
+    monkeypatch.setattr(workstation.sys, "platform", platform)
     monkeypatch.setattr(workstation.os, "geteuid", lambda: 0)
     args = ["--config", str(tmp_path / "cluster.yaml"), "--via", "192.168.1.50", "--dns"] + (["--add"] if apply else [])
     result = CliRunner().invoke(workstation.route_command, args)
     assert result.exit_code == 0, result.output
     if apply:
-        assert calls[0] == ["ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"]
+        assert calls[0] == workstation.route_command_for(platform, "10.42.0.0/24", "192.168.1.50")
         text = hosts.read_text()
         assert text.startswith("127.0.0.1 localhost\n") and "10.42.0.11 ceil-one.ceil.internal" in text
         assert (hosts.stat().st_mode & 0o777) == 0o644 and not list(tmp_path.glob("hosts.ceil-tmp"))
