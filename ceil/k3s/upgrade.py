@@ -202,17 +202,14 @@ def check_every_step(cluster: Cluster, release: Release, remote: Remote) -> dict
     return running
 
 
-def upgrade_node(cluster: Cluster, name: str, release: Release, remote: Remote, api, log) -> str:
-    """One node to `release`; returns what happened, one line. Raises with the cause otherwise."""
+def upgrade_node(cluster: Cluster, name: str, release: Release, current: str, remote: Remote, api, log) -> str:
+    """One node, running `current` (read and checked by check_every_step), to `release`; returns
+    what happened, one line. Raises with the cause otherwise."""
     from ..nodes import drain
 
     node = cluster.node(name)
-    current = running_version(remote, name)
     if current == release.version:
         return f"{name}: already at {current}"
-    problem = step_problem(name, current, release.version)
-    if problem:
-        raise CeilError(problem)
     node_name = cluster.hostname(name)
     if api is not None:
         drain(api, node_name, log)
@@ -264,12 +261,12 @@ def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log)
     """Every node in upgrade_order; stops at the first failure (the ones before it stay upgraded,
     which k3s's version skew allows: servers first). A node that cannot take the release in one
     step (a downgrade, a skipped minor version) is found before anything changes."""
-    check_every_step(cluster, release, remote)
+    running = check_every_step(cluster, release, remote)
     fill_router_cache(release, remote)
     log(f"router: k3s {release.version} in its cache for re-flashed nodes")
     done = []
     for name in upgrade_order(cluster):
-        line = upgrade_node(cluster, name, release, remote, api, log)
+        line = upgrade_node(cluster, name, release, running[name], remote, api, log)
         node_baked(store, name, release.version)  # a re-flash must not go below it
         log(line)
         done.append(line)

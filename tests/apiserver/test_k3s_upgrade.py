@@ -65,7 +65,9 @@ def test_a_node_is_drained_swapped_and_uncordoned_only_when_ready_with_the_new_k
     release = up.Release(NEW, binary, hashlib.sha256(b"new k3s").hexdigest(), {})
     api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
     logged = []
-    line = up.upgrade_node(cluster, agent.name, release, Node(), api, log=logged.append)
+    remote = Node()
+    line = up.upgrade_node(cluster, agent.name, release, up.running_version(remote, agent.name), remote, api,
+                           log=logged.append)
     assert "evicting upgrade-test/web" in logged, logged
     assert line == f"{agent.name}: {OLD} -> {NEW}"
     assert seen == {"cordoned": True, "pods": []}, "the swap came before the drain finished"
