@@ -108,13 +108,18 @@ def available(images_dir: Path = IMAGES_DIR) -> list[str]:
     return sorted(p.stem for p in images_dir.glob("*.yaml"))
 
 
+def unknown_flavor(name: str, images_dir: Path = IMAGES_DIR) -> str | None:
+    """Why `name` is no flavor (cluster.yaml's check and load_flavor's), or None."""
+    if (images_dir / f"{name}.yaml").is_file():
+        return None
+    return (f"{name!r} is not a known base image; known flavors: {', '.join(available(images_dir))}"
+            f" (each is a file in {images_dir})")
+
+
 def load_flavor(name: str, images_dir: Path = IMAGES_DIR) -> Flavor:
     path = images_dir / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"flavor: {name!r} is not a known base image; known flavors: {', '.join(available(images_dir))}"
-            f" (each is a file in {images_dir})"
-        )
+    if problem := unknown_flavor(name, images_dir):
+        raise ConfigError(f"flavor: {problem}")
     try:
         flavor = Flavor.model_validate(yamlfile.load(path))
     except (ValidationError, yaml.YAMLError) as e:

@@ -8,6 +8,7 @@ hostnames, the k3s server).
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from typing import Any
 
@@ -39,6 +40,13 @@ from .schema import (
 # newer ceil (it may use keys or meanings this one does not know): refused, not half-understood.
 # When a change needs users to edit their file, this goes up and the change is described here.
 CLUSTER_FORMAT = 1
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    # Read once per process: zoneinfo walks the whole database (about 17 ms), and every command,
+    # test and Makefile variable loads cluster.yaml.
+    return frozenset(zoneinfo.available_timezones())
 
 
 class Cluster(Model):
@@ -73,11 +81,10 @@ class Cluster(Model):
     @classmethod
     def _known_flavor(cls, v: str) -> str:
         # Here, not only when the bake loads the flavor: reported with every other mistake.
-        from ..catalog import IMAGES_DIR, available  # the catalog imports this package
+        from ..catalog import unknown_flavor  # the catalog imports this package
 
-        if v not in available():
-            raise ValueError(f"{v!r} is not a known base image; known flavors: {', '.join(available())}"
-                             f" (each is a file in {IMAGES_DIR})")
+        if problem := unknown_flavor(v):
+            raise ValueError(problem)
         return v
 
     @field_validator("timezone")
@@ -86,7 +93,7 @@ class Cluster(Model):
         # The workstation's time zone database (Python's zoneinfo: the system's and the tzdata
         # package, a dependency, so never empty) stands in for the card's: a name unknown to both
         # would leave the Pi on UTC.
-        if v not in zoneinfo.available_timezones():
+        if v not in time_zones():
             raise ValueError(f"{v!r} is not a time zone name: use one from `timedatectl list-timezones`"
                              " (Region/City, e.g. Europe/Berlin), or Etc/UTC")
         return v
