@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from .errors import CeilError
+from .k3s.node_config import servers as servers_of
 from .k3s.token import SERVER_SECRET
 from .secrets import FORMAT_FILE, SecretStore
 
@@ -99,7 +100,7 @@ def first_server_rebake_warning(cluster, store: SecretStore, roles: list[str]) -
     baked alone while other servers of an HA cluster were baked before: as a replacement card in
     a running cluster it would start a cluster of its own beside it (k3s initialises a new etcd
     on an empty card with cluster-init). None otherwise."""
-    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    servers = [n.name for n in servers_of(cluster)]
     if len(servers) < 2 or servers[0] not in roles:  # as node_config gives cluster-init
         return None
     earlier = [s for s in servers[1:] if s not in roles and store.exists(K3S_RECORD.format(name=s))]

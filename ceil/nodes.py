@@ -18,6 +18,7 @@ import click
 from .addons.cli import Context, cluster_options
 from .config import Cluster
 from .errors import CeilError
+from .k3s.node_config import servers as servers_of
 
 STATUS_BOARD_DIR = "/var/lib/ceil-status-board"
 LEASES = "/var/lib/misc/dnsmasq.leases"
@@ -35,7 +36,7 @@ def refuse_the_router(cluster: Cluster, name: str) -> None:
 
 def refuse_the_only_server(cluster: Cluster, name: str) -> None:
     node = cluster.node(name)
-    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    servers = [n.name for n in servers_of(cluster)]
     if node.role == "server" and len(servers) > 1 and servers[0] == name:
         # The kubeconfig and every card baked from now on use the first server listed; once k3s
         # has taken this one out of etcd its API is gone mid-command, and a replacement baked
@@ -165,7 +166,7 @@ def next_step(cluster: Cluster, name: str) -> str:
     """What the user does after `node remove NAME`: a server of an HA cluster is replaced, not
     dropped (an even number of servers is refused at the bake: it tolerates no more failures than
     one fewer)."""
-    servers = [n.name for n in cluster.nodes if n.role == "server"]
+    servers = [n.name for n in servers_of(cluster)]
     if cluster.node(name).role != "server" or len(servers) == 1:
         return f"done: remove {name} from cluster.yaml, or flash a replacement baked under the same name"
     left = len(servers) - 1
