@@ -88,11 +88,10 @@ def hosts_block(cluster: Cluster) -> str:
     from a trusted network on the uplink side, even to the LAN address through the route, gets no
     answer (run ci-art35); and on Linux, systemd-resolved's per-interface DNS setting would
     replace the network's own servers on that interface."""
-    from .addons.render import ingress_hosts
-    from .hooks.dnsmasq import lan_hosts
+    from .hooks.dnsmasq import lan_hosts, served_ingress_hosts
 
     lines = [f"{h.ip} {' '.join(h.names)}" for h in lan_hosts(cluster)]
-    if cluster.addons.enabled and (ingress := ingress_hosts(cluster)):
+    if ingress := served_ingress_hosts(cluster):
         lines.append(f"{cluster.network.ingress_ip} {' '.join(ingress)}")
     begin, end = hosts_markers(cluster)
     return "\n".join([begin, *lines, end]) + "\n"
@@ -125,12 +124,6 @@ def write_hosts(text: str, run: Callable[..., subprocess.CompletedProcess] | Non
     done = _as_root(["sh", "-c", script], run, input=text)
     if done.returncode != 0:
         raise CeilError(f"could not write {HOSTS_FILE}: {(done.stderr or done.stdout).strip()}")
-
-
-def set_dns(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:
-    done = _as_root(cmd, run)
-    if done.returncode != 0:
-        raise CeilError(f"{shlex.join(cmd)} failed: {(done.stderr or done.stdout).strip()}")
 
 
 @click.command("route")

@@ -83,15 +83,16 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "vpn_interface": VPN_INTERFACE if cluster.vpn.enabled else None,
             "netmask": str(net.lan_cidr.netmask),
             "apps_domain": f"apps.{cluster.domain}",
-            "ingress_hosts": _ingress_hosts(cluster),
+            "ingress_hosts": served_ingress_hosts(cluster),
             "lease_file": "/var/lib/misc/dnsmasq.leases",
             "lan_hosts_dir": LAN_HOSTS_DIR,
         }
     }
 
 
-def _ingress_hosts(cluster: Cluster) -> list[str]:
-    """Add-on UIs (grafana.<domain>, traefik.<domain>, ...) answered with the ingress address."""
+def served_ingress_hosts(cluster: Cluster) -> list[str]:
+    """Add-on UIs (grafana.<domain>, traefik.<domain>, ...) answered with the ingress address
+    (by the router's DNS, and in the workstation's hosts file: `bake.py route --dns`)."""
     if not cluster.addons.enabled:
         return []
     from ..addons.render import ingress_hosts
