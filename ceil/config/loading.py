@@ -129,8 +129,10 @@ def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
     msg = err["msg"].removeprefix("Value error, ")
     raw_loc = tuple(p for p in err["loc"] if not str(p).startswith("function"))
     # Cross-field checks name their own (more precise) key path at the start of each line.
-    if err["type"] == "value_error" and all(_own_path(line) for line in msg.splitlines()):
-        return [_own_path_line(line, doc) for line in msg.splitlines()]
+    lines = msg.splitlines()
+    own = [_own_path(line) for line in lines]
+    if err["type"] == "value_error" and all(own):
+        return [_own_path_line(m, line, doc) for m, line in zip(own, lines)]
     if err["type"] == "extra_forbidden":
         msg = f"unknown key (typo?): {loc.rsplit('.', 1)[-1]!r} is not a setting here"
     elif err["type"] == "missing":
@@ -159,8 +161,7 @@ def _own_path(line: str) -> re.Match | None:
     return None
 
 
-def _own_path_line(line: str, doc: yaml.Node | None) -> str:
-    m = _own_path(line)
+def _own_path_line(m: re.Match, line: str, doc: yaml.Node | None) -> str:
     at = _yaml_line(doc, _path_parts(m.group(1)))
     where = f" (line {at})" if at else ""
     return f"{m.group(1)}{where}: {line[m.end():]}"
