@@ -31,7 +31,6 @@ from .payload import Payload, build_payload
 from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
-from .k3s.install import airgap_files
 from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, reflink
 from .ui import step
 
@@ -81,16 +80,6 @@ class BakeContext:
     @property
     def partial_output(self) -> Path:
         return self.out_dir / f".ceil-{self.role}.img.partial"
-
-
-def check_airgap(ctx: BakeContext) -> None:
-    """`--airgap DIR` is checked whole (digests included) first in every role's bake, the
-    router's too: whichever role is baked first refuses a bad bundle before any image is written."""
-    if not ctx.airgap:
-        return
-    with step("check_airgap", str(ctx.airgap)) as detail:
-        files = airgap_files(ctx.cluster, ctx.flavor.arch, ctx.airgap)
-        detail(f"{len(files)} k3s release files verified")
 
 
 def fetch_base(ctx: BakeContext) -> None:
@@ -308,7 +297,7 @@ def finish_image(ctx: BakeContext) -> None:
         os.replace(tmp, ctx.manifest)
 
 
-STEPS = [check_airgap, fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
+STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
 
 
 def bake(ctx: BakeContext) -> Path:

@@ -22,6 +22,7 @@ from .config import load_cluster
 from .datastore import restore_notice
 from .errors import CeilError
 from .features import preflight
+from .k3s.install import airgap_files
 from .secrets import SecretStore
 from .tools import check_tools
 from .ui import console
@@ -68,8 +69,11 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
             cluster.node(r)
     check_tools("bake")
     # Every role's checks before the first byte is written.
-    for warning in preflight(cluster, chosen, load_flavor(cluster.flavor)):
+    flavor = load_flavor(cluster.flavor)
+    for warning in preflight(cluster, chosen, flavor):
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if airgap:  # the whole bundle, digests included, once: refused before any image is written
+        airgap_files(cluster, flavor.arch, airgap)
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
     check_secrets_format(store)
     for r in chosen:

@@ -59,9 +59,9 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
 
 @functools.lru_cache(maxsize=32)
 def _sha256(path: Path, ino: int, size: int, mtime_ns: int) -> str:
-    # Remembered for this process, keyed like the bake's range cache (size, mtime): every role's
-    # bake checks the same --airgap files (before anything is written, and again as a node's root
-    # takes them), and the images tarball is hundreds of MB.
+    # Remembered for this process, keyed like the bake's range cache (size, mtime): the same
+    # --airgap files are checked before anything is written and again as each node's root takes
+    # them, and the images tarball is hundreds of MB.
     return sha256_file(path)
 
 
