@@ -75,9 +75,11 @@ def test_cli_flashes_and_verifies_a_loop_device(image, loop_device):
 def test_corruption_on_a_loop_device_is_detected(image, loop_device):
     def corrupt(target):
         # Another writer (a failing card, in real life) changes 4 KiB after our fsync.
-        fd = os.open(loop_device, os.O_WRONLY)
+        # Every byte flipped: zeros matched a random image byte one run in 256.
+        fd = os.open(loop_device, os.O_RDWR)
         try:
-            os.pwrite(fd, b"\x00" * 4096, 4 * MiB + 8192)
+            written = os.pread(fd, 4096, 4 * MiB + 8192)
+            os.pwrite(fd, bytes(b ^ 0xFF for b in written), 4 * MiB + 8192)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -122,8 +122,11 @@ def test_flow_writes_verifies_ejects_and_summarises(image, stale_target):
 
 def test_flow_reports_corruption_injected_between_write_and_verify(image, stale_target):
     def corrupt(target):
+        # Every byte flipped, so the first corrupted byte always differs (zeros did not when the
+        # random image byte there happened to be zero: one run in 256 failed).
         with open(target.path, "r+b") as card:
-            os.pwrite(card.fileno(), b"\x00" * 4096, 200 * MiB)
+            written = os.pread(card.fileno(), 4096, 200 * MiB)
+            os.pwrite(card.fileno(), bytes(b ^ 0xFF for b in written), 200 * MiB)
     p = FilePlatform(stale_target)
     with pytest.raises(VerifyError) as e:
         run_flow(image, p, after_write=corrupt)
