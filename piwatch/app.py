@@ -26,6 +26,7 @@ from piwatch.guard import RequestGuard
 from piwatch.lights import Lights, open_lights
 from piwatch.reactions import Reactions, load_reactions
 from piwatch.settings import Settings
+from piwatch.tokens import ingest_token
 from piwatch.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -141,30 +142,44 @@ def create_app(
         log.warning("no token (PIWATCH_WEBHOOK_TOKEN_FILE): any program on this machine may"
                     " change the lights")
 
-    def check_token(request: Request, presented: str | None) -> None:
-        if webhook_token is None or (
-                presented is not None and hmac.compare_digest(presented.encode(), webhook_token.encode())):
-            return
+    # kubewatch's URL carries a narrower token than the full one (piwatch.tokens says why): it
+    # opens the webhook routes only.
+    ingest = ingest_token(webhook_token) if webhook_token else None
+
+    def matches(presented: str | None, expected: str | None) -> bool:
+        return presented is not None and expected is not None and hmac.compare_digest(
+            presented.encode(), expected.encode())
+
+    def refuse(request: Request, presented: str | None) -> Unauthorised:
         # The access log is off (piwatch.__main__), so refusals are logged here; never the token.
         log.warning("refused %s %s from %s: %s token", request.method, request.url.path,
                     request.client.host if request.client else "?", "wrong" if presented else "no")
-        raise Unauthorised()
+        return Unauthorised()
 
     def require_token(request: Request, credentials: Credentials) -> None:
-        check_token(request, credentials.credentials if credentials else None)
+        presented = credentials.credentials if credentials else None
+        if webhook_token is None or matches(presented, webhook_token):
+            return
+        raise refuse(request, presented)
 
     def require_webhook_token(request: Request, credentials: Credentials, token: str | None = None) -> None:
-        """The header, or `?token=` on the URL: kubewatch's webhook handler sets no header but
-        Content-Type (robusta-dev/kubewatch pkg/handlers/webhook/webhook.go), so its URL has to
-        carry the token. Only the webhook routes take it there: a URL ends up in logs and history."""
-        check_token(request, credentials.credentials if credentials else token)
+        """The full token in the header, or the ingest token in the header or as `?token=`:
+        kubewatch's webhook handler sets no header but Content-Type (robusta-dev/kubewatch
+        pkg/handlers/webhook/webhook.go), so its URL has to carry one. The full token is never
+        taken from a URL: a URL ends up in logs and history."""
+        presented = credentials.credentials if credentials else token
+        if webhook_token is None or matches(presented, ingest):
+            return
+        if credentials and matches(presented, webhook_token):
+            return
+        raise refuse(request, presented)
 
     @app.exception_handler(Unauthorised)
     async def explain_401(request: Request, exc: Unauthorised) -> JSONResponse:
         return JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
             "message": "send the cluster's PiWatch token: Authorization: Bearer <token> (the token is"
-                       " secrets/piwatch-webhook-token next to cluster.yaml; kubewatch's webhook may"
-                       " use ?token=)"})
+                       " secrets/piwatch-webhook-token next to cluster.yaml); on the webhook routes,"
+                       " ?token= takes only the event-only token the bake gives kubewatch"})
 
     needs_token = [Depends(require_token)]
 

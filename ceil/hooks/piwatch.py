@@ -19,7 +19,12 @@ def webhook_token(store: SecretStore) -> str:
 
 
 def webhook_url(cluster: Cluster, store: SecretStore) -> str:
-    return f"http://{cluster.network.router_ip}:{cluster.piwatch.port}/kubewatch?token={webhook_token(store)}"
+    """kubewatch's webhook: it logs this URL after every event, so it carries the event-only
+    token (piwatch.tokens), not the one that acknowledges alarms."""
+    from piwatch.tokens import ingest_token
+
+    return (f"http://{cluster.network.router_ip}:{cluster.piwatch.port}/kubewatch"
+            f"?token={ingest_token(webhook_token(store))}")
 
 
 def check(cluster: Cluster, role: str) -> None:

@@ -12,6 +12,7 @@ import shlex
 import pytest
 
 from ceil_infra.helpers import each_node, fake, wait_for
+from piwatch.tokens import ingest_token
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +68,7 @@ def test_an_event_posted_from_a_node_changes_the_lights(nodes, cluster, targets)
     refused = node.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20"
                                 f" -H 'Content-Type: application/json' -d {body} {url}/kubewatch")
     assert refused == "401"
-    hook = shlex.quote(f"{url}/kubewatch?token={webhook_token(targets)}")
+    hook = shlex.quote(f"{url}/kubewatch?token={ingest_token(webhook_token(targets))}")
     reply = json.loads(node.check_output(
         f"curl -fsS --max-time 20 -H 'Content-Type: application/json' -d {body} {hook}"))
     event = reply["event"]

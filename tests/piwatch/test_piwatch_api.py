@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from piwatch.app import create_app, get_worker
 from piwatch.reactions import load_reactions
+from piwatch.tokens import ingest_token
 from piwatch.worker import Worker
 
 KUBEWATCH = {
@@ -241,6 +242,6 @@ def test_the_webhook_needs_its_token_when_one_is_baked(settings, lights, tmp_pat
         for path in ("/kubewatch", "/traffic/kubewatch-webhook"):
             assert client.post(path, json=KUBEWATCH).status_code == 401
             assert client.post(f"{path}?token=wrong", json=KUBEWATCH).status_code == 401
-            assert client.post(f"{path}?token=s3cret-token", json=KUBEWATCH).status_code == 202
+            assert client.post(f"{path}?token={ingest_token('s3cret-token')}", json=KUBEWATCH).status_code == 202
             bearer = {"authorization": "Bearer s3cret-token"}
             assert client.post(path, json=KUBEWATCH, headers=bearer).status_code == 202

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from piwatch.app import TokenMissing, create_app
 from piwatch.guard import SAFE_METHODS
+from piwatch.tokens import ingest_token
 from piwatch_testlib import states
 
 TOKEN = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -70,16 +71,27 @@ def test_self_test_needs_the_token(client, lights):
 
 
 @pytest.mark.parametrize("path", WEBHOOKS)
-def test_the_webhook_takes_the_token_in_the_header_or_its_url(client, path):
+def test_the_webhook_takes_the_token_in_the_header_or_the_event_only_token_in_its_url(client, path):
     assert refused(client.post(path, json=CREATED))
     assert client.post(path, json=CREATED, headers=BEARER).status_code == 202
-    # kubewatch cannot set a header (piwatch.app says why): its URL carries the token.
-    assert client.post(f"{path}?token={TOKEN}", json=CREATED).status_code == 202
+    # kubewatch cannot set a header (piwatch.app says why): its URL carries the event-only token.
+    assert client.post(f"{path}?token={ingest_token(TOKEN)}", json=CREATED).status_code == 202
+    assert client.post(path, json=CREATED,
+                       headers={"Authorization": f"Bearer {ingest_token(TOKEN)}"}).status_code == 202
     assert refused(client.post(f"{path}?token=wrong", json=CREATED))
+    # kubewatch logs its URL after every event: the full token never travels in one.
+    assert refused(client.post(f"{path}?token={TOKEN}", json=CREATED))
 
 
 @pytest.mark.parametrize("path", ["/alarm/ack", "/lights/test"])
-def test_only_the_webhook_takes_the_token_in_its_url(client, path):
+def test_the_event_only_token_changes_nothing_else(client, path):
+    """What leaks through kubewatch's log (its URL) can post events, never silence an alarm."""
+    assert refused(client.post(path, json={}, headers={"Authorization": f"Bearer {ingest_token(TOKEN)}"}))
+    assert refused(client.post(f"{path}?token={ingest_token(TOKEN)}", json={}))
+
+
+@pytest.mark.parametrize("path", ["/alarm/ack", "/lights/test"])
+def test_only_the_webhook_takes_a_token_in_its_url(client, path):
     """A URL ends up in browser history, proxies and logs: routes people use take the header."""
     assert refused(client.post(f"{path}?token={TOKEN}", json={}))
 
@@ -156,7 +168,7 @@ def test_the_server_logs_no_token(guarded, lights, caplog, capfd):
         while not srv.started:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
-        assert httpx.post(f"{base}/kubewatch?token={TOKEN}", json=CREATED).status_code == 202
+        assert httpx.post(f"{base}/kubewatch?token={ingest_token(TOKEN)}", json=CREATED).status_code == 202
         wrong = {"authorization": f"Bearer {TOKEN}x"}
         assert httpx.post(f"{base}/alarm/ack", json={}, headers=wrong).status_code == 401
     finally:

@@ -154,6 +154,7 @@ def test_kubewatch_posts_to_piwatch_on_the_router_with_its_token(tmp_path):
     from ceil.addons.hooks import kubewatch_values, secret_files
     from ceil.hooks.piwatch import webhook_token
     from ceil.secrets import SecretStore
+    from piwatch.tokens import ingest_token
 
     cluster = make("piwatch: {port: 8099}\n")
     (chart,) = by_kind(docs(cluster), "HelmChart", "kubewatch")
@@ -163,7 +164,10 @@ def test_kubewatch_posts_to_piwatch_on_the_router_with_its_token(tmp_path):
     assert chart["spec"]["valuesSecrets"] == [{"name": "kubewatch-webhook", "keys": ["values.yaml"], "ignoreUpdates": True}]
     store = SecretStore(tmp_path)
     sent = yaml.safe_load(secret_files(cluster, "one", store)["kubewatch-values"])
-    assert sent == {"webhook": {"url": f"http://10.42.0.1:8099/kubewatch?token={webhook_token(store)}"}}
+    # The event-only token (piwatch.tokens): kubewatch logs this URL after every event.
+    token = ingest_token(webhook_token(store))
+    assert sent == {"webhook": {"url": f"http://10.42.0.1:8099/kubewatch?token={token}"}}
+    assert webhook_token(store) not in secret_files(cluster, "one", store)["kubewatch-values"]
     assert yaml.safe_load(kubewatch_values(cluster, store)) == sent
 
 
