@@ -120,6 +120,9 @@ def test_storage_is_longhorn_on_named_drives_only():
     v = values(longhorn)
     assert v["defaultSettings"]["createDefaultDiskLabeledNodes"] is True
     assert v["defaultSettings"]["defaultReplicaCount"] == 2
+    # Issue 18: pods could reach the UI's Service round the login. The chart's k3s policies need
+    # its own ingress on (the UI policy is rendered only then) and say which controller is ours.
+    assert v["networkPolicies"] == {"enabled": True, "type": "k3s"} and v["ingress"]["enabled"] is True
     labelled = {n["metadata"]["name"]: n["metadata"]["labels"] for n in by_kind(manifests, "Node")}
     assert labelled == {"ceil-two": {"node.longhorn.io/create-default-disk": "true"},
                         "ceil-three": {"node.longhorn.io/create-default-disk": "true"}}
