@@ -26,3 +26,10 @@ def load(path: Path) -> object:
 def _load(path: str, mtime_ns: int, size: int) -> object:
     with open(path, encoding="utf-8") as f:
         return yaml.load(f, Loader=_LOADER)
+
+
+def parse_all(text: str) -> list:
+    """Every document of a rendered multi-document text (add-on manifests), with libyaml where
+    PyYAML has it: a bake parsed its add-ons' manifests with the pure-Python parser, about a
+    tenth of a five-role bake of a small image."""
+    return list(yaml.load_all(text, Loader=_LOADER))

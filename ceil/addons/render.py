@@ -16,6 +16,8 @@ import jinja2
 import yaml
 
 from ..config import Cluster
+from .. import yamlfile
+from ..features import template_bytecode_cache
 from ..errors import CeilError
 from .catalog import AddonSpec, Catalog, selected
 from .pins import Pins, apply_image_pins
@@ -114,6 +116,7 @@ def _environment(root: Path) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        bytecode_cache=template_bytecode_cache(),
     )
 
 
@@ -146,7 +149,7 @@ def _render_docs(env: jinja2.Environment, name: str, ctx: dict, where: str) -> l
     except jinja2.TemplateError as e:
         raise CeilError(f"{where}: cannot render: {e}") from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yamlfile.parse_all(text) if d is not None]
     except yaml.YAMLError as e:
         raise CeilError(f"{where}: rendered text is not valid YAML: {e}") from None
     for d in docs:
