@@ -265,12 +265,16 @@ def test_install_script_installs_offline_once_and_refuses_a_changed_wheel(tmp_pa
     assert not (tmp_path / "opt-forged/venv").exists()
 
     env["CEIL_PIWATCH_PREFIX"] = str(tmp_path / "opt")
-    for run in range(2):
+    # The router's first boot: the venv alone while apt is busy, then the rest (piwatch.sh).
+    for run, venv_only in enumerate([True, False, False]):
         # cwd: `python -c` puts it first on sys.path, and this checkout has the real piwatch.
-        done = subprocess.run(["sh", str(b / "install-piwatch.sh"), str(b)], env=env, cwd=tmp_path,
+        done = subprocess.run(["sh", str(b / "install-piwatch.sh"), str(b)], cwd=tmp_path,
+                              env={**env, "CEIL_PIWATCH_VENV_ONLY": "1" if venv_only else ""},
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert ("already installed" in done.stdout) == (run == 1), done.stdout
+        assert ("already installed" in done.stdout) == (run > 0), done.stdout
+        # What needs the packages step (the system user, the config) waits for the second call.
+        assert (tmp_path / "etc/piwatch-reactions.yaml").exists() == (not venv_only)
     python = tmp_path / "opt/venv/bin/python"
     check = subprocess.run([str(python), "-c", "import piwatch.app, pydantic; print(piwatch.app.READY, pydantic.VERSION)"],
                            capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, cwd=tmp_path)

@@ -291,6 +291,25 @@ def test_piwatch_brings_its_flavors_gpio_backend(tmp_path):
     assert load_flavor("testbed-ubuntu").gpio_packages == []
 
 
+def test_piwatch_builds_its_venv_while_apt_is_busy_and_the_rest_after_the_packages(tmp_path):
+    """Issue 21: the step waited for the packages step, which on Ubuntu waits minutes for
+    unattended-upgrades to free apt's locks with the CPU idle (bench/firstboot.py). The venv needs
+    only python3, so it comes first; the system user (useradd against a maintainer script's lock
+    on /etc/passwd), the GPIO library and the daemon wait for the firewall, and so the packages."""
+    out = render(cluster_from({"piwatch": {"enabled": True}}), "router", tmp_path)
+    unit = (out / "units/ceil-piwatch-setup.service").read_text()
+    ordering = [line for line in unit.splitlines() if line.startswith(("After=", "Requires="))]
+    assert ordering == ["After=ceil-secrets.service", "Requires=ceil-secrets.service"]
+    firewall = (out / "units/ceil-nat-firewall.service").read_text()
+    assert "After=ceil-packages.service" in firewall and "Requires=ceil-packages.service" in firewall
+    script = [line for line in (out / "lib/steps/piwatch.sh").read_text().splitlines()
+              if line and not line.startswith("#")]
+    order = [next(i for i, line in enumerate(script) if line.startswith(start)) for start in (
+        'CEIL_PIWATCH_VENV_ONLY=1 "$DEST/install-piwatch.sh"', "systemctl start ceil-nat-firewall.service",
+        '"$DEST/install-piwatch.sh" "$DEST"', "systemctl restart ceil-piwatch.service")]
+    assert order == sorted(order), script
+
+
 def test_nodes_reserved_by_name_only_are_warned_about_when_the_router_is_baked():
     """Issue 18 #9: without a MAC, a node's address goes to whoever announces its name (shown in
     test_router_lan_netns); the bake says so, naming the nodes and the fix."""
