@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -162,6 +163,23 @@ class RoleContext:
         }
 
 
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """A cache that never fails a bake: a folder removed or full, or a file cut short, costs a
+    compile and nothing else."""
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError):
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
 @functools.lru_cache(maxsize=None)
 def template_bytecode_cache() -> jinja2.BytecodeCache | None:
     """Compiled templates kept between runs, under the cache folder (jinja keys each by its
@@ -175,7 +193,7 @@ def template_bytecode_cache() -> jinja2.BytecodeCache | None:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError:
         return None  # a read-only cache: compile every time, as before
-    return jinja2.FileSystemBytecodeCache(str(folder))
+    return _BytecodeCache(str(folder))
 
 
 @functools.lru_cache(maxsize=None)
