@@ -28,6 +28,12 @@ def _load(path: str, mtime_ns: int, size: int) -> object:
         return yaml.load(f, Loader=_LOADER)
 
 
+def parse(text: str) -> tuple[yaml.Node | None, object]:
+    """A text's node tree (for line numbers) and its data, with libyaml where PyYAML has it
+    (cluster.yaml, on every command: 18 ms with the pure-Python parser, 1.6 ms with libyaml)."""
+    return yaml.compose(text, Loader=_LOADER), yaml.load(text, Loader=_LOADER)
+
+
 def parse_all(text: str) -> list:
     """Every document of a rendered multi-document text (add-on manifests), with libyaml where
     PyYAML has it: a bake parsed its add-ons' manifests with the pure-Python parser, about a

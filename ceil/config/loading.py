@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from ..errors import ConfigError
-from ..yamlfile import _LOADER
+from .. import yamlfile
 from .cluster import Cluster
 
 ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -192,10 +192,7 @@ def duplicate_keys(doc: yaml.Node | None, path: str = "") -> list[str]:
 
 def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
     try:
-        # libyaml where PyYAML has it: every command loads cluster.yaml, twice over (the node tree
-        # for line numbers, the data), and the pure-Python parser made that a tenth of a second.
-        doc = yaml.compose(text, Loader=_LOADER)
-        data = yaml.load(text, Loader=_LOADER)
+        doc, data = yamlfile.parse(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -24,8 +24,13 @@ def test_a_second_run_loads_what_the_first_compiled_and_an_edit_compiles_again(t
     assert render(templates, cache, name="pi") == "hello pi"
     assert len(list(cache.iterdir())) == 1
     compiled = []
-    monkeypatch.setattr(jinja2.Environment, "compile",
-                        lambda self, *a, **k: compiled.append(1) or ORIGINAL_COMPILE(self, *a, **k))
+    compile_source = jinja2.Environment.compile
+
+    def counting_compile(self, *args, **kwargs):
+        compiled.append(1)
+        return compile_source(self, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting_compile)
     assert render(templates, cache, name="pi") == "hello pi"
     assert compiled == []  # from the cache
     (templates / "t.j2").write_text("bye {{ name }}")
@@ -58,5 +63,3 @@ def test_the_cache_folder_is_private_and_a_read_only_cache_means_no_cache(tmp_pa
     finally:
         features.template_bytecode_cache.cache_clear()
 
-
-ORIGINAL_COMPILE = jinja2.Environment.compile

@@ -92,7 +92,8 @@ def test_route_with_dns_routes_then_writes_the_hosts_block_in_one_rename(tmp_pat
     result = CliRunner().invoke(workstation.route_command, args)
     assert result.exit_code == 0, result.output
     if apply:
-        assert calls[0] == workstation.route_command_for(platform, "10.42.0.0/24", "192.168.1.50")
+        assert calls[0] == {"linux": ["ip", "route", "replace", "10.42.0.0/24", "via", "192.168.1.50"],
+                            "darwin": ["route", "-n", "add", "-net", "10.42.0.0/24", "192.168.1.50"]}[platform]
         text = hosts.read_text()
         assert text.startswith("127.0.0.1 localhost\n") and "10.42.0.11 ceil-one.ceil.internal" in text
         assert (hosts.stat().st_mode & 0o777) == 0o644 and not list(tmp_path.glob("hosts.ceil-tmp"))
