@@ -25,7 +25,7 @@ from ceil.addons import fit
 from ceil.addons.catalog import Catalog
 from ceil.addons.render import build_plan
 from ceil.addons.validate import kubernetes_version, validate_all
-from ceil.config import load_cluster
+from ceil.config import load_cluster, parse_cluster
 from testbed import crds
 from testbed import helm as helm_build
 
@@ -205,6 +205,24 @@ def test_the_webhook_and_the_network_policy_name_what_the_charts_render(helm_tem
     assert "-namespace-regexp=^demo$" in container["command"]
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_prometheus_admits_the_pods_flaggers_chart_renders(helm_template, charts, workstation):
+    """The monitoring add-on's policy lets Flagger query Prometheus: its source must match the
+    labels of the pod Flagger's real chart renders, in the namespace the HelmChart targets."""
+    config = yaml.safe_load((workstation / "cluster.yaml").read_text())
+    addons = config.setdefault("addons", {})
+    addons["enable"] = sorted({*addons.get("enable", []), "canary"})
+    plan = build_plan(parse_cluster(yaml.safe_dump(config)), names=["monitoring"])["addons"]
+    (monitoring,) = [a for a in plan if a["name"] == "monitoring"]
+    (policy,) = [m for s in monitoring["steps"] for m in s["manifests"]
+                 if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "prometheus-clients"]
+    flagger_render, flagger_values, _ = renderer(helm_template, charts, "flagger")
+    flagger_pod = the(flagger_render(flagger_values), "Deployment")["spec"]["template"]
+    namespace = charts["flagger"][0]["targetNamespace"]
+    (source,) = [s for rule in policy["spec"]["ingress"] for s in rule["from"]
+                 if s.get("namespaceSelector", {}).get("matchLabels") == {"kubernetes.io/metadata.name": namespace}]
+    assert source["podSelector"]["matchLabels"].items() <= flagger_pod["metadata"]["labels"].items()
 
 
 def test_the_canarys_webhook_is_checked_by_flaggers_real_crd(lab, kubeconfig, canary, flagger_source, tmp_path):

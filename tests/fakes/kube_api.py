@@ -51,7 +51,7 @@ BUILTIN = {
            _res("nodes/status", "Node", False)],
     "apps/v1": [_res("deployments", "Deployment", True), _res("deployments/status", "Deployment", True)],
     "batch/v1": [_res("jobs", "Job", True)],
-    "networking.k8s.io/v1": [_res("ingresses", "Ingress", True)],
+    "networking.k8s.io/v1": [_res("ingresses", "Ingress", True), _res("networkpolicies", "NetworkPolicy", True)],
     "autoscaling/v2": [_res("horizontalpodautoscalers", "HorizontalPodAutoscaler", True)],
     "rbac.authorization.k8s.io/v1": [_res("clusterrolebindings", "ClusterRoleBinding", False)],
     "apiextensions.k8s.io/v1": [_res("customresourcedefinitions", "CustomResourceDefinition", False)],

@@ -267,3 +267,23 @@ def test_flux_is_in_sync_with_the_repository(addons_status, kube, cluster):
     ready = next((c for c in sync["status"].get("conditions", []) if c["type"] == "Ready"), {})
     assert ready.get("status") == "True", ready
     assert sync["status"].get("lastAppliedRevision"), sync["status"]
+
+
+def _from_a_demo_pod(server, url: str) -> str:
+    """What GET url answers inside demo's podinfo pod (Alpine: busybox wget), '' when nothing does."""
+    inner = f"wget -q -T 5 -O /dev/null {url} && echo answered || echo refused"
+    return server.run(f"sudo k3s kubectl exec -n demo deploy/podinfo -- sh -c {shlex.quote(inner)}").stdout.strip()
+
+
+def test_pods_cannot_step_round_the_ui_login(addons_status, server, cluster):
+    """Issue 18 on hardware: k3s's policy controller enforcing the NetworkPolicies ceil asks for.
+    From an ordinary pod (demo's podinfo), Grafana's Service answers (it has its own login; this
+    shows the pod network works), while Prometheus, Alertmanager and Longhorn's UI do not."""
+    if not (_enabled(cluster, "demo") and _enabled(cluster, "monitoring")):
+        pytest.skip("needs the demo and monitoring add-ons")
+    assert _from_a_demo_pod(server, "http://kube-prometheus-stack-grafana.monitoring/api/health") == "answered"
+    closed = ["http://kube-prometheus-stack-prometheus.monitoring:9090/-/ready",
+              "http://kube-prometheus-stack-alertmanager.monitoring:9093/-/ready"]
+    if storage_facts(cluster)["longhorn"]:
+        closed.append("http://longhorn-frontend.longhorn-system/")
+    assert {url: _from_a_demo_pod(server, url) for url in closed} == {url: "refused" for url in closed}

@@ -130,6 +130,44 @@ def test_storage_is_longhorn_on_named_drives_only():
     assert values(prom)["grafana"]["persistence"]["storageClassName"] == "longhorn"
 
 
+def _admits(policy: dict) -> list[tuple[str | None, dict]]:
+    """(namespace or None for the policy's own, pod labels) of every source a policy admits."""
+    out = []
+    for rule in policy["spec"]["ingress"]:
+        assert "ports" not in rule  # every port of the selected pods, to the sources below only
+        for source in rule["from"]:
+            ns = source.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            out.append((ns, source["podSelector"].get("matchLabels", {})))
+    return out
+
+
+def test_prometheus_and_alertmanager_answer_only_their_own_clients():
+    """Issue 18: pods could call Prometheus' and Alertmanager's Services round the ingress login
+    (Alertmanager's API creates silences). Ingress-only policies (scraping untouched): the
+    monitoring namespace, Traefik for the UI, Flagger only where the canary add-on runs."""
+    for variant, flagger in (("defaults", False), ("canary", True)):
+        manifests = docs(VARIANTS[variant])
+        (prom,) = by_kind(manifests, "NetworkPolicy", "prometheus-clients")
+        (alert,) = by_kind(manifests, "NetworkPolicy", "alertmanager-clients")
+        for policy in (prom, alert):
+            assert policy["metadata"]["namespace"] == "monitoring"
+            assert policy["spec"]["policyTypes"] == ["Ingress"]
+        # The pods prometheus-operator labels (kube-prometheus-stack's own policies select these).
+        assert prom["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+        assert alert["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}}
+        expected = [(None, {}), ("kube-system", {"app.kubernetes.io/name": "traefik"})]
+        if flagger:
+            expected.append(("flagger-system", {"app.kubernetes.io/name": "flagger"}))
+        assert _admits(prom) == expected, variant
+        assert _admits(alert) == [(None, {})], variant
+    # Traefik's pods are the ones the PodMonitor scrapes: the same labels.
+    (monitor,) = by_kind(docs(VARIANTS["defaults"]), "PodMonitor", "traefik")
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "traefik"}
+    # Flagger's address of Prometheus is the Service in front of the pods the policy guards.
+    (flagger_chart,) = by_kind(docs(VARIANTS["canary"]), "HelmChart", "flagger")
+    assert values(flagger_chart)["metricsServer"] == "http://kube-prometheus-stack-prometheus.monitoring:9090"
+
+
 def test_without_drives_storage_applies_nothing_and_monitoring_uses_local_path():
     addons = {a.name: a for a in render_selected(make())}
     assert addons["storage"].steps == []
