@@ -284,12 +284,12 @@ def test_every_addon_ui_is_tls_and_behind_a_login():
     manifests = docs(make(nodes=DRIVES))
     routes = _ingress_routes(manifests)
     assert {"longhorn", "grafana", "prometheus", "dashboard"} <= routes.keys()
-    for host, annotations in routes.items():
+    for host, notes in routes.items():
         if host in OPEN_DEMOS:
             continue
-        assert annotations.get("traefik.ingress.kubernetes.io/router.entrypoints") == "websecure", host
+        assert notes.get("traefik.ingress.kubernetes.io/router.entrypoints") == "websecure", host
         if host not in OWN_LOGIN:
-            assert annotations.get("traefik.ingress.kubernetes.io/router.middlewares") == \
+            assert notes.get("traefik.ingress.kubernetes.io/router.middlewares") == \
                 "kube-system-ceil-ui-auth@kubernetescrd", host
     (config,) = by_kind(manifests, "HelmChartConfig")
     dashboard = yaml.safe_load(config["spec"]["valuesContent"])["ingressRoute"]["dashboard"]
