@@ -39,6 +39,10 @@ for a in "$@"; do case "$a" in
   update) echo "update found: $(cd {lists} && ls -s --block-size=1 | tr '\\n' ' ')" >> {log}
           echo "Package: dnsmasq" > {lists}/{PACKAGES}; exit 0 ;;
   install) echo "install policy=$(cat {root}/usr/sbin/policy-rc.d 2>/dev/null | tail -1) $*" >> {log}
+           # As apt: dpkg and its maintainer scripts get DPkg::Path as their PATH, not the
+           # caller's (here the stubs stand for the system's own programs).
+           PATH={stubs}:/usr/sbin:/usr/bin:/sbin:/bin
+           for o in "$@"; do case "$o" in DPkg::Path=*) PATH="${{o#DPkg::Path=}}" ;; esac; done
            # What dh_installsystemd's postinst snippet runs for each package with a unit.
            systemctl --system daemon-reload; systemctl --quiet is-enabled chrony.service
            systemctl --system daemon-reload; systemctl start dnsmasq.service
