@@ -43,9 +43,12 @@ for a in "$@"; do case "$a" in
            # caller's (here the stubs stand for the system's own programs).
            PATH={stubs}:/usr/sbin:/usr/bin:/sbin:/bin
            for o in "$@"; do case "$o" in DPkg::Path=*) PATH="${{o#DPkg::Path=}}" ;; esac; done
-           # What dh_installsystemd's postinst snippet runs for each package with a unit.
-           systemctl --system daemon-reload; systemctl --quiet is-enabled chrony.service
-           systemctl --system daemon-reload; systemctl start dnsmasq.service
+           # What dh_installsystemd's postinst snippet runs for each package with a unit
+           # (none runs when the download fails: STUB_NO_POSTINST).
+           if [ -z "${{STUB_NO_POSTINST:-}}" ]; then
+             systemctl --system daemon-reload; systemctl --quiet is-enabled chrony.service
+             systemctl --system daemon-reload; systemctl start dnsmasq.service
+           fi
            exit "${{STUB_INSTALL_RC:-0}}" ;;
 esac; done
 """)
@@ -182,10 +185,16 @@ def test_the_maintainer_scripts_reloads_become_one_after_the_install(scratch):
     skipped during the install, every other systemctl call reaches the real one, and systemd is
     reloaded once afterwards, failed install or not."""
     _, _, run, log = scratch
+
+    def calls() -> list[str]:
+        return [c.split(" policy=")[0] for c in log.read_text().splitlines() if c.startswith(("install", "systemctl"))]
+
     for rc, code in (("0", 0), ("100", 1)):
         log.write_text("")
         assert run(STUB_INSTALL_RC=rc).returncode == code
-        calls = [c for c in log.read_text().splitlines() if c.startswith(("install", "systemctl"))]
-        assert [c.split(" policy=")[0] for c in calls] == [
-            "install", "systemctl --quiet is-enabled chrony.service", "systemctl start dnsmasq.service",
-            "systemctl daemon-reload"], rc
+        assert calls() == ["install", "systemctl --quiet is-enabled chrony.service", "systemctl start dnsmasq.service",
+                           "systemctl daemon-reload"], rc
+    # An attempt that configured nothing (a node's archive not served yet) asks for no reload.
+    log.write_text("")
+    assert run(STUB_INSTALL_RC="100", STUB_NO_POSTINST="1").returncode == 1
+    assert calls() == ["install"]
