@@ -270,7 +270,8 @@ def test_flux_is_in_sync_with_the_repository(addons_status, kube, cluster):
 
 
 def _from_a_demo_pod(server, url: str) -> str:
-    """What GET url answers inside demo's podinfo pod (Alpine: busybox wget), '' when nothing does."""
+    """"answered" or "refused": GET url from inside demo's podinfo pod (Alpine: busybox wget);
+    '' when the exec itself failed, which no check here accepts."""
     inner = f"wget -q -T 5 -O /dev/null {url} && echo answered || echo refused"
     return server.run(f"sudo k3s kubectl exec -n demo deploy/podinfo -- sh -c {shlex.quote(inner)}").stdout.strip()
 

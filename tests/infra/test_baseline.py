@@ -130,7 +130,7 @@ def test_firstboot_target_reached_with_every_done_marker(host, machine):
 def test_the_packages_step_reloads_systemd_once_per_install(host, machine):
     """Issue 21: every package with a unit reloads systemd in its postinst, 9-20 s each under
     TCG (10 on the router, 135 s of its install, run ci-art38); ceil's install skips those and
-    reloads once after it. Counted in this boot's journal: after a later boot there is nothing
+    reloads once after it where a package asked for one. Counted in this boot's journal: after a later boot there is nothing
     to count, and each attempt that reached the install may reload once."""
     with host.sudo():
         journal = host.run("journalctl -b --no-pager -o cat -u ceil-packages.service -u init.scope").stdout
