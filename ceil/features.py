@@ -240,6 +240,15 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
         packages += [p for p in feature.spec.packages if p not in packages]
         if flavor_packages := feature.hook("packages"):  # what the feature needs on this flavor
             packages += [p for p in flavor_packages(ctx) if p not in packages]
+        if units := feature.hook("units"):
+            # Units whose text lives elsewhere (PiWatch's own unit file): placed by install.sh
+            # like the feature's units/, so its single daemon-reload covers them too.
+            for name, text in units(ctx).items():
+                target = dest / "units" / name
+                if target.exists():
+                    raise ConfigError(f"feature {feature.name}: units/{name} is also written by another feature")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
         if payload_files := feature.hook("payload_files"):
             # Large prepared content (e.g. PiWatch's wheels): lands in <boot>/ceil/files/.
             for name, src in payload_files(ctx, dest / "files").items():

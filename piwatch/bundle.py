@@ -345,7 +345,7 @@ def build_bundle(
     piwatch_wheel = next(w for w in wheels if w.name.startswith("piwatch-"))
     pinned = {w.name: sha256_of(w) for w in wheels}
     (dest / "requirements.txt").write_text("\n".join(requirement_lines(pinned)) + "\n")
-    for name in ("install-piwatch.sh", "unpack_wheels.py", "ceil-piwatch.service"):
+    for name in ("install-piwatch.sh", "unpack_wheels.py"):  # the unit travels with ceil's units
         shutil.copy2(DEPLOY_DIR / name, dest / name)
     (dest / "install-piwatch.sh").chmod(0o755)
     shutil.copy2(PACKAGE_DIR / "reactions.yaml", dest / "reactions.yaml")

@@ -51,6 +51,14 @@ def payload_files(ctx, files_dir: Path) -> dict[str, Path]:
     return {"piwatch": bundle}
 
 
+def units(ctx) -> dict[str, str]:
+    """PiWatch's unit, kept with its package (piwatch/deploy/): placed with ceil's own units, so
+    the payload installer's single daemon-reload covers it and the step needs none."""
+    from piwatch.bundle import DEPLOY_DIR
+
+    return {"ceil-piwatch.service": (DEPLOY_DIR / "ceil-piwatch.service").read_text()}
+
+
 def context(cluster: Cluster, role: str, store) -> dict:
     from piwatch.bundle import render_env
 

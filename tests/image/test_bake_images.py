@@ -296,15 +296,17 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
 
 def test_router_carries_the_piwatch_bundle(baked, tmp_path):
     """The router's payload holds PiWatch's offline bundle (wheels from the cache, the piwatch
-    wheel built here, the installer and the unit), so first boot needs no PyPI."""
+    wheel built here, the installer), so first boot needs no PyPI; its unit travels with ceil's."""
     if not baked["flavor"].python_tag:
         pytest.skip("flavor bundles no PiWatch")
     off = read_mbr(baked["dir"] / "out" / "ceil-router.img")[0].start
     img = f"{baked['dir'] / 'out' / 'ceil-router.img'}@@{off}"
     listing = subprocess.run(["mdir", "-/", "-b", "-i", img, "::/ceil/files/piwatch"], env=MT, capture_output=True, text=True).stdout
-    for needed in ("install-piwatch.sh", "unpack_wheels.py", "ceil-piwatch.service", "requirements.txt",
+    for needed in ("install-piwatch.sh", "unpack_wheels.py", "requirements.txt",
                    "placeholder-0-py3-none-any.whl", "piwatch-"):
         assert needed in listing, listing
+    assert "ExecStart=/opt/ceil/piwatch/venv/bin/python" in mtype(
+        baked["dir"] / "out" / "ceil-router.img", "ceil/units/ceil-piwatch.service")
     node = subprocess.run(["mdir", "-b", "-i", f"{baked['dir'] / 'out' / 'ceil-one.img'}@@{off}", "::/ceil/files"], env=MT, capture_output=True, text=True)
     assert node.returncode != 0  # nodes carry no PiWatch
     assert "PIWATCH_HOST=10.42.0.1" in mtype(baked["dir"] / "out" / "ceil-router.img", "ceil/etc/piwatch.env")

@@ -139,6 +139,29 @@ def test_the_packages_step_reloads_systemd_once_per_install(host, machine):
     assert reloads <= installs, f"{machine}: {reloads} daemon-reloads from ceil-packages for {installs} install(s)"
 
 
+# The first-boot steps that may still ask systemd for a daemon-reload, and why. Every unit and
+# drop-in a step needs travels with the payload's units, placed before the installer's single
+# reload (docs/features.md); another step's reload is 7-60 s lost on a starved Pi or under TCG.
+RELOADING_STEPS = {
+    "ceil-packages.service": "once after an install where a package asked (checked above)",
+    "ceil-registry.service": "the USB drive's new line in /etc/fstab (systemd's fstab generator)",
+    "ceil-storage-drive.service": "the drive's new line in /etc/fstab (systemd's fstab generator)",
+}
+
+
+def test_no_other_first_boot_step_reloads_systemd(host, machine):
+    """Issue 21: the router's mdns and piwatch steps each reloaded for a file of their own (avahi's
+    drop-in, PiWatch's unit), and every node's k3s step for k3s's unit (run ci-art38's journals).
+    Counted in this boot's journal, as above."""
+    with host.sudo():
+        journal = host.run("journalctl -b --no-pager -o cat -u init.scope").stdout
+    asked: dict[str, int] = {}
+    for unit in re.findall(r"^Reload requested from client PID .*\(unit (ceil-[^)]+)\)", journal, re.M):
+        asked[unit] = asked.get(unit, 0) + 1
+    others = {unit: n for unit, n in asked.items() if unit not in RELOADING_STEPS}
+    assert not others, f"{machine}: first-boot steps reloaded systemd (reloads per unit): {others}"
+
+
 # Each ceil unit's dependencies (not its ordering: Before=/After= a unit another role has is how a
 # feature shared by servers and agents orders itself), as "unit -> missing unit" lines.
 MISSING_CEIL_DEPENDENCIES = r"""

@@ -180,8 +180,9 @@ def test_build_bundle_layout(tmp_path):
         f"piwatch=={piwatch.__version__} --hash=sha256:{hashlib.sha256(piwatch_wheel.read_bytes()).hexdigest()}",
         f"uvicorn==1.0 --hash=sha256:{digest}"]
     assert os.access(out / "install-piwatch.sh", os.X_OK)
-    for name in ("unpack_wheels.py", "ceil-piwatch.service", "reactions.yaml"):
+    for name in ("unpack_wheels.py", "reactions.yaml"):
         assert (out / name).is_file(), name
+    assert not (out / "ceil-piwatch.service").exists()  # placed with ceil's units, not by the step
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
     assert wheels == sorted([*FAKE_WHEELS, f"piwatch-{piwatch.__version__}-py3-none-any.whl"])
 

@@ -44,6 +44,8 @@ def payload(cluster_yaml, tmp_path):
         result = render_features(ctx, rendered)
         (root / "etc/ceil").mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-R", f"{rendered}/etc/.", str(root / "etc/ceil")], check=True)
+        (root / "etc/systemd/system").mkdir(parents=True)
+        subprocess.run(["cp", "-R", f"{rendered}/units/.", str(root / "etc/systemd/system")], check=True)
         for name, value in result.secrets.items():
             path = root / "etc/ceil/secrets" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ IP_AGENT = "2: eth0    inet 10.42.0.12/24 brd 10.42.0.255 scope global eth0"
 IP_SERVER = "2: end0    inet 10.42.0.11/24 brd 10.42.0.255 scope global end0"
 
 
-def test_agent_step_writes_config_password_and_unit(payload, stubs):
+def test_agent_step_writes_config_and_password_and_starts_its_unit(payload, stubs):
     root = payload("two")
     result = run(NODE, root, stubs, "agent", STUB_IP_OUT=IP_AGENT, STUB_SYSTEMCTL_RC="0")
     assert result.returncode == 0, result.stderr
@@ -87,7 +89,8 @@ def test_agent_step_writes_config_password_and_unit(payload, stubs):
     assert "ExecStart=/usr/local/bin/k3s agent" in (root / "etc/systemd/system/k3s-agent.service").read_text()
     assert not (root / "var/lib/rancher/k3s/server").exists()
     calls = stubs[1].read_text()
-    assert "systemctl daemon-reload" in calls  # a new unit file: systemd must read it
+    # the unit came with the payload's, before install.sh's one daemon-reload (issue 21)
+    assert "daemon-reload" not in calls
     assert "systemctl enable --no-reload k3s-agent.service" in calls and "start --no-block k3s-agent.service" in calls
 
 
@@ -115,7 +118,15 @@ def test_rerun_after_success_changes_nothing_and_restarts_nothing(payload, stubs
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
     assert "restart" not in stubs[1].read_text()
-    assert "daemon-reload" not in stubs[1].read_text()  # the unit file did not change
+    assert "daemon-reload" not in stubs[1].read_text()
+
+
+def test_a_payload_without_the_k3s_unit_is_permanent(payload, stubs):
+    root = payload("two")
+    (root / "etc/systemd/system/k3s-agent.service").unlink()
+    result = run(NODE, root, stubs, "agent", STUB_IP_OUT=IP_AGENT)
+    assert result.returncode == 3
+    assert "k3s-agent.service is missing" in result.stderr and "re-bake" in result.stderr
 
 
 def test_no_lan_address_yet_is_transient(payload, stubs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def test_every_unit_install_sh_enables_also_starts_in_the_first_boot(cluster_yam
     build_payload(ctx, dest)
     install_sh = (dest / "install.sh").read_text()
     started_by_install = set(re.findall(r"systemctl start [^\n]*", install_sh))
-    units = {p.name: p for p in (dest / "units").iterdir()}
+    units = {p.name: p for p in (dest / "units").iterdir() if p.is_file()}  # not drop-in folders
     late = []
     for name, unit in sorted(units.items()):
         if ENABLED_BY_STEP in unit.read_text() or "multi-user.target" not in _wanted_by(unit):
@@ -68,3 +69,34 @@ def test_the_bake_says_as_many_features_as_it_names(cluster_yaml, tmp_path, role
     assert counted == f"{len(payload.steps)} first-boot steps from {len(payload.features)} features"
     assert len(payload.steps) == len((tmp_path / role / "units" / "ceil-firstboot.target").read_text()
                                      .split("Requires=")[1].split("\n")[0].split())
+
+
+def test_the_installer_places_drop_ins_and_hook_units_before_its_one_daemon_reload(tmp_path):
+    """Issue 21: after the packages, the router's mdns step reloaded systemd for avahi-daemon's
+    drop-in and the piwatch step for PiWatch's unit, 7-20 s each under TCG (run ci-art38's
+    journal). Both now travel with ceil's units: install.sh's own `units_in_place`, run here on
+    the rendered payload, puts them where systemd looks before its single daemon-reload, and the
+    steps carry no reload but a guarded one."""
+    from router_lan_render import cluster_from
+
+    cluster = cluster_from({"piwatch": {"enabled": True}, "router": {"trusted_networks": ["192.168.1.0/24"]}})
+    dest = tmp_path / "ceil"
+    build_payload(RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "secrets")), dest)
+    install_sh = (dest / "install.sh").read_text()
+    (function,) = re.findall(r"^units_in_place\(\) \{\n.*?^\}\n", install_sh, re.M | re.S)
+    assert install_sh.index("\nunits_in_place\n") < install_sh.index("\nsystemctl daemon-reload\n")
+    unit_dir = tmp_path / "etc-systemd-system"
+    unit_dir.mkdir()
+    done = subprocess.run(["dash", "-c", f"set -eu\n{function}SRC={dest}\nUNIT_DIR={unit_dir}\nunits_in_place\n"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "Type=simple" in (unit_dir / "avahi-daemon.service.d" / "ceil.conf").read_text()
+    piwatch = (unit_dir / "ceil-piwatch.service").read_text()
+    assert piwatch == (Path(__file__).resolve().parents[2] / "piwatch/deploy/ceil-piwatch.service").read_text()
+    # enabled by its step once the venv and its user exist, not by install.sh for every later boot
+    assert ENABLED_BY_STEP in piwatch
+    placed = {p.relative_to(unit_dir).as_posix() for p in unit_dir.rglob("*") if p.is_file()}
+    assert placed == {p.relative_to(dest / "units").as_posix() for p in (dest / "units").rglob("*") if p.is_file()}
+    piwatch_step = [line for line in (dest / "lib/steps/piwatch.sh").read_text().splitlines()
+                    if not line.lstrip().startswith("#")]
+    assert not [line for line in piwatch_step if "daemon-reload" in line]

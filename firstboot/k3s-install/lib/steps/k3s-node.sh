@@ -4,7 +4,7 @@
 #   /etc/rancher/node/password    the node's stable password (a re-flashed node rejoins as itself)
 #   server/tls/*                  the CA set made at bake time (init server only)
 #   server/db/state.db            a datastore snapshot, when one was baked in (`bake.py datastore`)
-#   k3s.service / k3s-agent.service, enabled and started
+#   k3s.service / k3s-agent.service (placed by the payload installer), enabled and started
 # k3s itself then retries for ever (Restart=always, no start limit): an agent whose server is
 # not up yet keeps trying, visible in `systemctl status k3s-agent`.
 # Idempotent: files are replaced atomically only when they differ; enable/start converge.
@@ -28,7 +28,7 @@ CEIL_CHANGED=""  # set by ceil_replace when it wrote a file
 
 log() { echo "ceil-k3s-$MODE: $*" >&2; }
 
-for f in "$ETC/config.yaml" "$ETC/$UNIT" "$SECRETS/node-password"; do
+for f in "$ETC/config.yaml" "$ROOT/etc/systemd/system/$UNIT" "$SECRETS/node-password"; do
     if [ ! -s "$f" ]; then
         log "$f is missing: the node payload is incomplete; re-bake this node's image"
         exit 3
@@ -74,11 +74,8 @@ if [ "$MODE" = server ]; then
     ceil_restore_datastore "$SECRETS/restore/state.db" "$ROOT/var/lib/rancher/k3s/server/db"
 fi
 
-# A daemon-reload costs up to a minute on a starved machine: only when the unit file is new.
-unit_new=""
-cmp -s "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" || unit_new=yes
-ceil_replace "$ETC/$UNIT" "$ROOT/etc/systemd/system/$UNIT" 0644
-[ -z "$unit_new" ] || systemctl daemon-reload
+# The unit came with ceil's others (the payload installer's daemon-reload read it): no reload
+# here, which costs up to a minute on a starved machine.
 systemctl enable --no-reload "$UNIT" >/dev/null
 # --no-block: k3s (notify) reports ready only once it has joined; joining is k3s's own retry
 # loop under Restart=always, not this step's.

@@ -13,10 +13,18 @@ if [ ! -d /etc/avahi ]; then
     echo "ceil-mdns: /etc/avahi not found: ceil-packages should have installed avahi-daemon" >&2
     exit 1
 fi
-ceil_replace "$src" /etc/avahi/avahi-daemon.conf
 # Without D-Bus the packaged unit's Type=dbus never sees the daemon ready (the drop-in says why).
-CEIL_CHANGED=
-ceil_replace /etc/ceil/avahi/avahi-daemon.service.conf /etc/systemd/system/avahi-daemon.service.d/ceil.conf
-if [ -n "$CEIL_CHANGED" ]; then systemctl daemon-reload; fi
+# The payload installer placed the drop-in before avahi-daemon was installed, so the packages
+# step's daemon-reload read it: a reload here (seconds to a minute on a starved machine) only if
+# systemd has not.
+dropin=/etc/systemd/system/avahi-daemon.service.d/ceil.conf
+if [ ! -s "$dropin" ]; then
+    echo "ceil-mdns: $dropin is missing: the payload is incomplete; re-bake this image" >&2
+    exit 3
+fi
+if [ "$(systemctl show -p Type --value avahi-daemon.service)" != simple ]; then
+    systemctl daemon-reload
+fi
+ceil_replace "$src" /etc/avahi/avahi-daemon.conf
 ceil_enable avahi-daemon.service
 systemctl restart avahi-daemon.service
