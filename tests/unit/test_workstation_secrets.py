@@ -115,3 +115,17 @@ def test_an_add_on_turned_on_after_the_bake_gets_its_password_from_the_command(f
     assert code == 0, out
     made = (folder / "secrets/grafana-admin-password").read_text().strip()
     assert made in out and len(made) == 32
+
+
+def test_writing_what_a_secret_already_holds_leaves_the_file_alone(tmp_path):
+    """Each bake records the secrets' format and a node's k3s version again: rewriting them meant
+    an fsync each, which after an image's gigabytes waits for ext4's journal (bench/bake.py)."""
+    store = SecretStore(tmp_path / "secrets")
+    store.write("k3s-version", b"v1.35.0+k3s1\n")
+    before = store.path("k3s-version").stat()
+    store.write("k3s-version", b"v1.35.0+k3s1\n")
+    after = store.path("k3s-version").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    store.write("k3s-version", b"v1.36.0+k3s1\n")  # a new value is still written, atomically, 0600
+    assert store.read("k3s-version") == b"v1.36.0+k3s1\n"
+    assert store.path("k3s-version").stat().st_mode & 0o777 == 0o600
