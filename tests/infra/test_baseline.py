@@ -151,8 +151,8 @@ RELOADING_STEPS = {
 
 def test_no_other_first_boot_step_reloads_systemd(host, machine):
     """Issue 21: the router's mdns and piwatch steps each reloaded for a file of their own (avahi's
-    drop-in, PiWatch's unit), and every node's k3s step for k3s's unit (run ci-art38's journals).
-    Counted in this boot's journal, as above."""
+    drop-in, PiWatch's unit: run ci-art38's journal), and every node's k3s step for k3s's unit
+    (k3s-node.sh reloaded for a new unit file). Counted in this boot's journal, as above."""
     with host.sudo():
         journal = host.run("journalctl -b --no-pager -o cat -u init.scope").stdout
     asked: dict[str, int] = {}
