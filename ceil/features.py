@@ -244,11 +244,7 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
             # Units whose text lives elsewhere (PiWatch's own unit file): placed by install.sh
             # like the feature's units/, so its single daemon-reload covers them too.
             for name, text in units(ctx).items():
-                target = dest / "units" / name
-                if target.exists():
-                    raise ConfigError(f"feature {feature.name}: units/{name} is also written by another feature")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
+                _claim(feature, dest / "units" / name, f"units/{name}").write_text(text)
         if payload_files := feature.hook("payload_files"):
             # Large prepared content (e.g. PiWatch's wheels): lands in <boot>/ceil/files/.
             for name, src in payload_files(ctx, dest / "files").items():
@@ -266,6 +262,14 @@ def render_features(ctx: RoleContext, dest: Path, root: Path = FIRSTBOOT_DIR) ->
     return RenderedPayload([f.name for f in chosen], packages, units, secrets, rootfs)
 
 
+def _claim(feature: Feature, target: Path, what: Path | str) -> Path:
+    """`target` with its folder made, unless another feature already wrote it (`what` names it)."""
+    if target.exists():
+        raise ConfigError(f"feature {feature.name}: {what} is also written by another feature")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def _render_tree(feature: Feature, variables: dict, dest: Path) -> None:
     env = jinja_env(feature.path)
     for tree in TREES:
@@ -274,10 +278,7 @@ def _render_tree(feature: Feature, variables: dict, dest: Path) -> None:
             continue
         for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
             rel = src.relative_to(feature.path)
-            target = dest / (str(rel)[: -len(".j2")] if src.suffix == ".j2" else str(rel))
-            if target.exists():
-                raise ConfigError(f"feature {feature.name}: {rel} is also written by another feature")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = _claim(feature, dest / (str(rel)[: -len(".j2")] if src.suffix == ".j2" else str(rel)), rel)
             if src.suffix == ".j2":
                 try:
                     text = env.get_template(rel.as_posix()).render(**variables)

@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import time
+from collections import Counter
 
 import pytest
 
@@ -130,8 +131,8 @@ def test_firstboot_target_reached_with_every_done_marker(host, machine):
 def test_the_packages_step_reloads_systemd_once_per_install(host, machine):
     """Issue 21: every package with a unit reloads systemd in its postinst, 9-20 s each under
     TCG (10 on the router, 135 s of its install, run ci-art38); ceil's install skips those and
-    reloads once after it where a package asked for one. Counted in this boot's journal: after a later boot there is nothing
-    to count, and each attempt that reached the install may reload once."""
+    reloads once after it where a package asked for one. Counted in this boot's journal: after a
+    later boot there is nothing to count, and each attempt that reached the install may reload once."""
     with host.sudo():
         journal = host.run("journalctl -b --no-pager -o cat -u ceil-packages.service -u init.scope").stdout
     installs = journal.count("ceil-packages: installing ")
@@ -155,9 +156,7 @@ def test_no_other_first_boot_step_reloads_systemd(host, machine):
     (k3s-node.sh reloaded for a new unit file). Counted in this boot's journal, as above."""
     with host.sudo():
         journal = host.run("journalctl -b --no-pager -o cat -u init.scope").stdout
-    asked: dict[str, int] = {}
-    for unit in re.findall(r"^Reload requested from client PID .*\(unit (ceil-[^)]+)\)", journal, re.M):
-        asked[unit] = asked.get(unit, 0) + 1
+    asked = Counter(re.findall(r"^Reload requested from client PID .*\(unit (ceil-[^)]+)\)", journal, re.M))
     others = {unit: n for unit, n in asked.items() if unit not in RELOADING_STEPS}
     assert not others, f"{machine}: first-boot steps reloaded systemd (reloads per unit): {others}"
 

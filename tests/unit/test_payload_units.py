@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from router_lan_render import cluster_from  # tests/unit/router_lan_render.py
 
 from ceil.catalog import load_flavor
 from ceil.config import load_cluster
@@ -77,8 +78,6 @@ def test_the_installer_places_drop_ins_and_hook_units_before_its_one_daemon_relo
     journal). Both now travel with ceil's units: install.sh's own `units_in_place`, run here on
     the rendered payload, puts them where systemd looks before its single daemon-reload, and the
     steps carry no reload but a guarded one."""
-    from router_lan_render import cluster_from
-
     cluster = cluster_from({"piwatch": {"enabled": True}, "router": {"trusted_networks": ["192.168.1.0/24"]}})
     dest = tmp_path / "ceil"
     build_payload(RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "secrets")), dest)

@@ -5,10 +5,13 @@ set -eu
 . "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
 src=/etc/ceil/avahi/avahi-daemon.conf
-if [ ! -s "$src" ]; then
-    echo "ceil-mdns: $src is missing: the payload is incomplete; re-bake this image" >&2
-    exit 3
-fi
+dropin=/etc/systemd/system/avahi-daemon.service.d/ceil.conf
+for f in "$src" "$dropin"; do
+    if [ ! -s "$f" ]; then
+        echo "ceil-mdns: $f is missing: the payload is incomplete; re-bake this image" >&2
+        exit 3
+    fi
+done
 if [ ! -d /etc/avahi ]; then
     echo "ceil-mdns: /etc/avahi not found: ceil-packages should have installed avahi-daemon" >&2
     exit 1
@@ -17,11 +20,6 @@ fi
 # The payload installer placed the drop-in before avahi-daemon was installed, so the packages
 # step's daemon-reload read it: a reload here (seconds to a minute on a starved machine) only if
 # systemd has not.
-dropin=/etc/systemd/system/avahi-daemon.service.d/ceil.conf
-if [ ! -s "$dropin" ]; then
-    echo "ceil-mdns: $dropin is missing: the payload is incomplete; re-bake this image" >&2
-    exit 3
-fi
 if [ "$(systemctl show -p Type --value avahi-daemon.service)" != simple ]; then
     systemctl daemon-reload
 fi
