@@ -31,7 +31,7 @@ from .payload import Payload, build_payload
 from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
-from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, reflink
+from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, ranges_in, reflink
 from .ui import step
 
 # k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
@@ -75,7 +75,9 @@ class BakeContext:
 
     @property
     def staged_root(self) -> Path:
-        return self.work / "root.img"
+        # Beside the output, not in the work folder: it holds as much as the root file system
+        # does, and the work folder may be a RAM-backed /tmp (Fedora, Arch) too small for it.
+        return self.out_dir / f".ceil-{self.role}.root.partial"
 
     @property
     def partial_output(self) -> Path:
@@ -189,7 +191,7 @@ def write_rootfs(ctx: BakeContext) -> None:
 def compose_image(ctx: BakeContext) -> None:
     """Write base + staged partitions into the partial output, with a sha256 per data range."""
     staged = {ctx.boot: ctx.staged_boot}
-    if ctx.staged_root.exists():
+    if ctx.payload.rootfs:  # what write_rootfs staged (not a file a killed bake left behind)
         staged[ctx.root] = ctx.staged_root
     st = ctx.base.path.stat()
     cache = RangeCache(cache_root() / "ranges" / f"{ctx.base.sha256}.json")
@@ -298,6 +300,9 @@ def finish_image(ctx: BakeContext) -> None:
 
 
 STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
+# The steps that write into the work folder (the temporary folder: the staged boot partition and
+# the payload); fetch_base writes into the image cache, the others beside the output.
+IN_WORK_FOLDER = (stage_boot, write_seed, write_payload, edit_cmdline)
 
 
 def bake(ctx: BakeContext) -> Path:
@@ -306,17 +311,34 @@ def bake(ctx: BakeContext) -> Path:
         ctx.work = Path(work)
         try:
             for s in STEPS:
-                s(ctx)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise CeilError(
-                    f"no space left on the device while writing {ctx.output}: free at least"
-                    f" {allocated_bytes(ctx.base.path) // 2**20} MiB in {ctx.out_dir} (or use --out)"
-                ) from None
-            raise
+                try:
+                    s(ctx)
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise no_space(ctx, s) from None
+                    raise
         finally:
             ctx.partial_output.unlink(missing_ok=True)
+            ctx.staged_root.unlink(missing_ok=True)
     return ctx.output
+
+
+def no_space(ctx: BakeContext, failed) -> CeilError:
+    """Which folder filled up, and how much the bake needs there."""
+    def data_mib(part: Partition) -> int:
+        with open(ctx.base.path, "rb") as f:
+            return sum(n for _, n in ranges_in(f.fileno(), part.start, part.size)) // 2**20
+
+    if failed is fetch_base:
+        return CeilError(f"no space left on the device while fetching the base image into {cache_root()}:"
+                         " free space there, or set CEIL_CACHE to a folder with room")
+    if failed in IN_WORK_FOLDER:
+        return CeilError(f"no space left on the device while staging the boot partition in the temporary folder"
+                         f" {ctx.work.parent}: it needs about {data_mib(ctx.boot)} MiB there; free space, or set"
+                         " TMPDIR to a folder with room")
+    need = allocated_bytes(ctx.base.path) // 2**20 + (data_mib(ctx.root) if ctx.payload and ctx.payload.rootfs else 0)
+    return CeilError(f"no space left on the device while writing {ctx.output}: free at least {need} MiB"
+                     f" in {ctx.out_dir} (or use --out)")
 
 
 def clean_stale(out_dir: Path) -> None:

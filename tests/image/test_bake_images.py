@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from ceil.config import load_cluster
 from ceil.errors import CeilError
 from ceil.partitions import read_mbr
 from ceil.secrets import SecretStore
+from ceil.sparse import ranges_in
 from tests.imagefactory import blockmap_problems, make_base_image
 
 pytestmark = pytest.mark.image
@@ -292,6 +294,66 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
         bakery.bake(ctx)
     assert (out / "ceil-router.img").read_bytes() == b"previous good image"
     assert not list(out.glob(".*partial"))
+
+
+def airgap_node_context(tmp_path: Path, ssh_pubkey: str) -> bakery.BakeContext:
+    """A server whose bake stages its root partition (the k3s binary goes into it)."""
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"), root_mib=160)
+    release = tmp_path / "release"
+    release.mkdir()
+    binary = os.urandom(1 << 20)
+    (release / "k3s-arm64").write_bytes(binary)
+    (release / "sha256sum-arm64.txt").write_text(f"{hashlib.sha256(binary).hexdigest()}  k3s-arm64\n")
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                   "nodes: [{name: one, role: server}]\n")
+    return bakery.BakeContext(load_cluster(cfg), cfg, "one", tmp_path / "out", SecretStore(tmp_path / "secrets"),
+                              base, release, any_base_image=True)
+
+
+def test_the_staged_root_partition_lives_beside_the_output_not_in_the_temporary_folder(tmp_path, ssh_pubkey, monkeypatch):
+    """It holds as much as the root file system: in a RAM-backed /tmp (Fedora, Arch) it filled the
+    tmpfs, and the error then told the user to free space in the output folder."""
+    ctx = airgap_node_context(tmp_path, ssh_pubkey)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    staged = []
+    real_write_files = bakery.write_files
+
+    def watch(image, files):
+        staged.append((image, image.stat().st_size, [p.name for p in temp.iterdir()]))
+        return real_write_files(image, files)
+
+    monkeypatch.setattr(bakery, "write_files", watch)
+    bakery.bake(ctx)
+    [(image, size, in_temp)] = staged
+    assert image.parent == ctx.out_dir and size == ctx.root.size
+    assert len(in_temp) == 1 and not list(Path(temp, in_temp[0]).glob("*root*"))  # the work folder only
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == ["ceil-one.img", "ceil-one.json"]
+
+
+@pytest.mark.parametrize("where", ["temporary folder", "output folder"])
+def test_a_full_disk_is_named_where_it_filled(tmp_path, ssh_pubkey, monkeypatch, where):
+    ctx = airgap_node_context(tmp_path, ssh_pubkey)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bakery, "copy_window" if where == "temporary folder" else "write_files", full)
+    with pytest.raises(CeilError) as e:
+        bakery.bake(ctx)
+    said = str(e.value)
+    if where == "temporary folder":
+        assert f"in the temporary folder {tempfile.gettempdir()}" in said and "TMPDIR" in said
+        assert str(ctx.out_dir) not in said
+    else:
+        # The image, and the staged root partition with the base's root data beside it.
+        with open(ctx.base.path, "rb") as f:
+            root_data = sum(n for _, n in ranges_in(f.fileno(), ctx.root.start, ctx.root.size))
+        need = (bakery.allocated_bytes(ctx.base.path) + root_data) // 2**20
+        assert f"free at least {need} MiB in {ctx.out_dir}" in said and "TMPDIR" not in said
+    assert not list(ctx.out_dir.glob(".*partial"))
 
 
 def test_router_carries_the_piwatch_bundle(baked, tmp_path):
