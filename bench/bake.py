@@ -8,7 +8,9 @@ shapes are measured by default: one shaped like a preinstalled Ubuntu raspi imag
 with 2.5 GiB of data; our assumption, not a measured image), a hole-heavy one (4 GiB, 1.5 GiB of
 data) and a very hole-heavy one (2.5 GiB, 0.3 GiB). The manifest holds a sha256 per data range,
 so the bake's digests cost follows the data, not the size; the base's digests are remembered
-from the warm-up bake, as from any earlier bake of that base.
+from the warm-up bake, as from any earlier bake of that base. Each shape is timed in rounds
+(three by default), each run after a sync and the order alternating, and the medians compared:
+without the sync the second of the two paid the first's writeback.
 
 Then, where this machine can loop-mount an XFS with reflinks (root and xfsprogs), the first shape
 again with the base and the output on it: the bake clones the base (target: at most 1 s per
@@ -21,6 +23,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,15 +50,16 @@ def main() -> None:
     ap.add_argument("--total-mib", type=int, help="one shape only: image size")
     ap.add_argument("--data-mib", type=int, help="one shape only: data inside it")
     ap.add_argument("--no-reflinks", action="store_true", help="skip the measurement on XFS with reflinks")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds of each (the medians are compared)")
     args = ap.parse_args()
     shapes = [(args.total_mib, args.data_mib)] if args.total_mib else [(3584, 2560), (4096, 1536), (2560, 300)]
     for total, data in shapes:
-        measure(total, data)
+        measure(total, data, rounds=args.rounds)
     if not args.no_reflinks:
-        measure_on_reflinks(*shapes[0])
+        measure_on_reflinks(*shapes[0], rounds=args.rounds)
 
 
-def measure_on_reflinks(total_mib: int, data_mib: int) -> None:
+def measure_on_reflinks(total_mib: int, data_mib: int, rounds: int) -> None:
     if os.geteuid() != 0 or not shutil.which("mkfs.xfs"):
         print("reflinks: skipped (needs root and mkfs.xfs to loop-mount an XFS)")
         return
@@ -70,12 +74,13 @@ def measure_on_reflinks(total_mib: int, data_mib: int) -> None:
             return
         try:
             print("on XFS with reflinks:")
-            measure(total_mib, data_mib, where=mnt, cp_flags=["--reflink=always"])
+            measure(total_mib, data_mib, where=mnt, cp_flags=["--reflink=always"], rounds=rounds)
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
 
 
-def measure(total_mib: int, data_mib: int, where: str | None = None, cp_flags: list[str] | None = None) -> None:
+def measure(total_mib: int, data_mib: int, where: str | None = None, cp_flags: list[str] | None = None,
+            rounds: int = 3) -> None:
     cp_flags = cp_flags or ["--sparse=always"]
     with tempfile.TemporaryDirectory(prefix="ceil-bench-", dir=where or os.environ.get("TMPDIR", "/var/tmp")) as d:
         d = Path(d)
@@ -88,27 +93,47 @@ def measure(total_mib: int, data_mib: int, where: str | None = None, cp_flags: l
                      (REPO / "cluster.example.yaml").read_text(), count=1)
         (d / "cluster.yaml").write_text(cfg)
         env = {**os.environ, "CEIL_CACHE": str(d / "cache"), "CEIL_WIFI_PSK": "benchmark-psk"}
+        # As a user runs it: Python keeps compiled bytecode between runs (some CI machines turn
+        # that off, which made every bake compile 80 modules again: 0.06 s of each run).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         roles = ["router", "one", "two", "three", "four"]
         # Warm-up: hashes the base once into the digest cache, as any earlier bake would have.
         subprocess.run([sys.executable, str(REPO / "bake.py"), "--role", "router", "--base-image", str(base), "--any-base-image",
                         "--out", str(d / "warm")], cwd=d, env=env, check=True, capture_output=True)
         shutil.rmtree(d / "warm")
 
-        t0 = time.monotonic()
-        for i, _ in enumerate(roles):
-            subprocess.run(["cp", *cp_flags, str(base), str(d / f"cp-{i}.img")], check=True)
-        cp_time = time.monotonic() - t0
-        for i, _ in enumerate(roles):
-            (d / f"cp-{i}.img").unlink()
+        def copy_floor() -> float:
+            t0 = time.monotonic()
+            for i, _ in enumerate(roles):
+                subprocess.run(["cp", *cp_flags, str(base), str(d / f"cp-{i}.img")], check=True)
+            took = time.monotonic() - t0
+            for i, _ in enumerate(roles):
+                (d / f"cp-{i}.img").unlink()
+            return took
 
-        t0 = time.monotonic()
-        subprocess.run([sys.executable, str(REPO / "bake.py"), "--all", "--base-image", str(base), "--any-base-image", "--out", str(d / "out")],
-                       cwd=d, env=env, check=True, capture_output=True)
-        bake_time = time.monotonic() - t0
+        def bake_all() -> float:
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, str(REPO / "bake.py"), "--all", "--base-image", str(base), "--any-base-image",
+                            "--out", str(d / "out")], cwd=d, env=env, check=True, capture_output=True)
+            took = time.monotonic() - t0
+            shutil.rmtree(d / "out")
+            return took
+
+        # Each timed run starts with nothing dirty in the page cache (sync, untimed): otherwise the
+        # second of the two pays the writeback of the first's gigabytes, and the ratio swung from
+        # 0.5x to 1.8x between runs of the same code. The order alternates between rounds.
+        cp_times, bake_times = [], []
+        for r in range(rounds):
+            for run, times in ([(copy_floor, cp_times), (bake_all, bake_times)][::1 if r % 2 == 0 else -1]):
+                os.sync()
+                times.append(run())
+        cp_time, bake_time = statistics.median(cp_times), statistics.median(bake_times)
 
     print(f"base: {total_mib} MiB sparse image with {data_mib} MiB of data; {len(roles)} roles")
-    print(f"cp {' '.join(cp_flags)} x{len(roles)}: {cp_time:6.2f} s")
-    print(f"bake.py --all          : {bake_time:6.2f} s  ({bake_time / len(roles):.2f} s per role,"
+    print(f"rounds: {rounds} (each after a sync, order alternating); cp / bake per round: "
+          + ", ".join(f"{c:.2f} / {b:.2f} s" for c, b in zip(cp_times, bake_times)))
+    print(f"cp {' '.join(cp_flags)} x{len(roles)}: {cp_time:6.2f} s  (median)")
+    print(f"bake.py --all          : {bake_time:6.2f} s  (median; {bake_time / len(roles):.2f} s per role,"
           " with a sha256 per data range of every output)")
     if "--reflink=always" in cp_flags:  # a clone costs nothing: the target is absolute
         print(f"per role               : {bake_time / len(roles):6.2f} s  (target <= 1 s)")

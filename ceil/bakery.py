@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -305,9 +306,24 @@ STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cm
 IN_WORK_FOLDER = (stage_boot, write_seed, write_payload, edit_cmdline)
 
 
+# The work folder holds the staged boot partition (at most its size: 512 MiB on today's images)
+# and the payload's few hundred small files.
+RAM_WORK_NEEDS = 1 << 30
+
+
+def work_root(shm: Path = Path("/dev/shm")) -> str | None:
+    """Where the work folder goes: TMPDIR when the user set it; else RAM (/dev/shm) when it has
+    room, because on a disk file system creating and removing the work folder's files waits for
+    the journal, which waits for the writeback of the images just written (10 ms per file on
+    ext4, a second per bake of five roles); else the system's temporary folder (None)."""
+    if os.environ.get("TMPDIR") or not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
+        return None
+    return str(shm) if shutil.disk_usage(shm).free >= RAM_WORK_NEEDS else None
+
+
 def bake(ctx: BakeContext) -> Path:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"ceil-{ctx.role}-") as work:
+    with tempfile.TemporaryDirectory(prefix=f"ceil-{ctx.role}-", dir=work_root()) as work:
         ctx.work = Path(work)
         try:
             for s in STEPS:

@@ -296,6 +296,30 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
     assert not list(out.glob(".*partial"))
 
 
+def user_tmpdir(tmp_path: Path, monkeypatch) -> Path:
+    """TMPDIR set by the user: the bake's work folder goes there."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+    return temp
+
+
+def test_the_work_folder_goes_to_ram_unless_the_user_chose_a_temporary_folder(tmp_path, monkeypatch):
+    """Creating and removing its files on the output's disk waited for the writeback of the images
+    just written (10 ms per file on ext4): RAM when there is room, TMPDIR when the user set it."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert bakery.work_root(shm) == str(shm)
+    monkeypatch.setattr(bakery, "RAM_WORK_NEEDS", shutil.disk_usage(shm).free + (1 << 30))
+    assert bakery.work_root(shm) is None  # a container's 64 MiB /dev/shm: the system's temporary folder
+    assert bakery.work_root(tmp_path / "absent") is None
+    monkeypatch.undo()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert bakery.work_root(shm) is None  # tempfile then takes TMPDIR
+
+
 def airgap_node_context(tmp_path: Path, ssh_pubkey: str) -> bakery.BakeContext:
     """A server whose bake stages its root partition (the k3s binary goes into it)."""
     base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"), root_mib=160)
@@ -315,9 +339,7 @@ def test_the_staged_root_partition_lives_beside_the_output_not_in_the_temporary_
     """It holds as much as the root file system: in a RAM-backed /tmp (Fedora, Arch) it filled the
     tmpfs, and the error then told the user to free space in the output folder."""
     ctx = airgap_node_context(tmp_path, ssh_pubkey)
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    temp = user_tmpdir(tmp_path, monkeypatch)
     staged = []
     real_write_files = bakery.write_files
 
@@ -336,6 +358,7 @@ def test_the_staged_root_partition_lives_beside_the_output_not_in_the_temporary_
 @pytest.mark.parametrize("where", ["temporary folder", "output folder"])
 def test_a_full_disk_is_named_where_it_filled(tmp_path, ssh_pubkey, monkeypatch, where):
     ctx = airgap_node_context(tmp_path, ssh_pubkey)
+    temp = user_tmpdir(tmp_path, monkeypatch)
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -345,7 +368,7 @@ def test_a_full_disk_is_named_where_it_filled(tmp_path, ssh_pubkey, monkeypatch,
         bakery.bake(ctx)
     said = str(e.value)
     if where == "temporary folder":
-        assert f"in the temporary folder {tempfile.gettempdir()}" in said and "TMPDIR" in said
+        assert f"in the temporary folder {temp}" in said and "TMPDIR" in said
         assert str(ctx.out_dir) not in said
     else:
         # The image, and the staged root partition with the base's root data beside it.
