@@ -84,6 +84,23 @@ def test_enable_asks_systemd_only_when_needed_and_never_reloads(tmp_path, enable
     assert calls[1:] == ([] if enabled else ["enable --no-reload chrony.service"])
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_need_stops_for_good_at_the_first_missing_file_and_says_so_in_the_status(shell, tmp_path):
+    """A payload file the image was baked with is gone or empty: no retry mends it (exit 3), and
+    `bake.py status` shows which file (ceil_why), not only the journal."""
+    (tmp_path / "a.conf").write_text("a\n")
+    (tmp_path / "empty.conf").write_text("")
+    why = tmp_path / "why"
+    ok = sh(shell, "ceil_need a.conf; echo went-on", tmp_path, CEIL_STEP_WHY=str(why))
+    assert ok.returncode == 0 and ok.stdout == "went-on\n" and not why.exists()
+    for missing in ("gone.conf", "empty.conf"):
+        proc = sh(shell, f"ceil_need a.conf {missing} later.conf; echo went-on", tmp_path, CEIL_STEP_WHY=str(why))
+        assert proc.returncode == 3 and "went-on" not in proc.stdout
+        said = f"{missing} is missing: the payload is incomplete; re-bake this image"
+        assert said in proc.stderr and "later.conf" not in proc.stderr
+        assert why.read_text() == said + "\n"
+
+
 STEPS = sorted(REPO.glob("firstboot/*/lib/steps/*"))
 # router-resolver.sh writes printf output (not a file copy) and must replace a symlink by a file.
 OWN_WRITER = {"router-resolver.sh"}
@@ -92,7 +109,7 @@ OWN_WRITER = {"router-resolver.sh"}
 @pytest.mark.parametrize("step", STEPS, ids=lambda p: p.name)
 def test_steps_use_the_shared_functions(step):
     text = step.read_text()
-    uses = re.search(r"\bceil_(replace|enable)\b", text)
+    uses = re.search(r"\bceil_(replace|enable|need)\b", text)
     sourced = '. "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"' in text
     if uses:
         assert sourced, f"{step.name} calls ceil-lib.sh's functions without sourcing it"
@@ -100,3 +117,4 @@ def test_steps_use_the_shared_functions(step):
     if step.name not in OWN_WRITER:
         rolled = re.search(r"cmp -s[^\n]*\n(?:[^\n]*\n){0,6}?[^\n]*mv -f", text)
         assert not rolled, f"{step.name} hand-rolls an atomic replace: use ceil_replace (ceil-lib.sh)"
+    assert "payload is incomplete" not in text, f"{step.name}: use ceil_need (ceil-lib.sh)"

@@ -15,6 +15,8 @@ import pytest
 
 from test_registry import BASE, render_router
 
+REPO = Path(__file__).resolve().parents[2]
+
 SHIMS = {
     "systemctl": 'echo "systemctl $*" >> "$CEIL_TEST_LOG"',
     "chown": "exit 0",
@@ -62,7 +64,7 @@ def run_step(tmp_path: Path, dev: str | None) -> tuple[subprocess.CompletedProce
         (secrets / name).write_text("x\n")
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}:/usr/sbin:/sbin", "CEIL_TEST_LOG": str(log),
            "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab"),
-           "CEIL_SECRETS": str(tmp_path / "secrets"),
+           "CEIL_SECRETS": str(tmp_path / "secrets"), "CEIL_LIB": str(REPO / "firstboot/common/lib"),
            "CEIL_UDEV_RULE": str(tmp_path / "90-ceil-registry-drive.rules")}
     shutil.rmtree(tmp_path / "render")
     done = subprocess.run(["sh", str(step)], capture_output=True, text=True, env=env, timeout=120)

@@ -33,6 +33,19 @@ ceil_why() {
     if [ -n "${CEIL_STEP_WHY:-}" ]; then printf '%s\n' "$*" > "$CEIL_STEP_WHY" 2>/dev/null || true; fi
 }
 
+# ceil_need FILE...: every FILE the image was baked with is there, non-empty. A missing one means
+# an incomplete or damaged payload, which no retry mends: say which file on stderr and in the
+# step's status (ceil_why), and exit 3 (permanent: re-bake this image).
+ceil_need() {
+    for _ceil_need in "$@"; do
+        if [ ! -s "$_ceil_need" ]; then
+            ceil_why "$_ceil_need is missing: the payload is incomplete; re-bake this image"
+            echo "ceil-$(basename "$0" .sh): $_ceil_need is missing: the payload is incomplete; re-bake this image" >&2
+            exit 3
+        fi
+    done
+}
+
 # ceil_restore_datastore SNAPSHOT DBDIR: install SNAPSHOT (an SQLite datastore from `bake.py
 # datastore backup`) as DBDIR/state.db, for k3s to start on, unless k3s already has a datastore
 # there: one k3s made or ran is never replaced. Either way SNAPSHOT is then removed, so no copy of

@@ -9,10 +9,7 @@ src=/etc/ceil/chrony/ceil.conf
 dst=/etc/chrony/conf.d/ceil.conf
 conf=/etc/chrony/chrony.conf
 
-if [ ! -s "$src" ]; then
-    echo "ceil-chrony: $src is missing: the payload is incomplete; re-bake this image" >&2
-    exit 3
-fi
+ceil_need "$src"
 if [ ! -f "$conf" ]; then
     echo "ceil-chrony: $conf not found: ceil-packages should have installed chrony" >&2
     exit 1

@@ -8,10 +8,7 @@ set -eu
 src=/etc/ceil/dnsmasq/ceil.conf
 dst=/etc/dnsmasq.d/ceil.conf
 
-if [ ! -s "$src" ]; then
-    echo "ceil-dnsmasq: $src is missing: the router payload is incomplete; re-bake the router image" >&2
-    exit 3
-fi
+ceil_need "$src"
 if ! command -v dnsmasq >/dev/null; then
     echo "ceil-dnsmasq: dnsmasq is not installed (ceil-packages should have installed it)" >&2
     exit 1

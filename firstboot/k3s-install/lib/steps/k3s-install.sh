@@ -36,10 +36,7 @@ record() {
     mv -f "$RECORD.tmp" "$RECORD"
 }
 
-if [ ! -s "$ENV_FILE" ]; then
-    log "$ENV_FILE is missing: the node payload is incomplete; re-bake this node's image"
-    exit 3
-fi
+ceil_need "$ENV_FILE"
 # shellcheck source=/dev/null
 . "$ENV_FILE"
 

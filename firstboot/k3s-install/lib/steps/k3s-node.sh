@@ -28,12 +28,7 @@ CEIL_CHANGED=""  # set by ceil_replace when it wrote a file
 
 log() { echo "ceil-k3s-$MODE: $*" >&2; }
 
-for f in "$ETC/config.yaml" "$ROOT/etc/systemd/system/$UNIT" "$SECRETS/node-password"; do
-    if [ ! -s "$f" ]; then
-        log "$f is missing: the node payload is incomplete; re-bake this node's image"
-        exit 3
-    fi
-done
+ceil_need "$ETC/config.yaml" "$ROOT/etc/systemd/system/$UNIT" "$SECRETS/node-password"
 if [ ! -x "$ROOT/usr/local/bin/k3s" ]; then
     log "/usr/local/bin/k3s is missing: ceil-k3s-install has not finished; retrying"
     exit 1

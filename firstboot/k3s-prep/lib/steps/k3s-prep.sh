@@ -16,12 +16,7 @@ SYNC_TRIES="${CEIL_SYNC_TRIES:-30}"   # chronyc waitsync polls every 2 s: about 
 
 log() { echo "ceil-k3s-prep: $*" >&2; }
 
-for f in modules.conf sysctl.conf; do
-    if [ ! -s "$ETC/$f" ]; then
-        log "$ETC/$f is missing: the node payload is incomplete; re-bake this node's image"
-        exit 3
-    fi
-done
+ceil_need "$ETC/modules.conf" "$ETC/sysctl.conf"
 
 # --- swap: off now, and nothing that turns it back on at boot ------------------------------
 # The kubelet expects no swap. Raspberry Pi OS uses dphys-swapfile (older) or zram through

@@ -6,12 +6,7 @@ set -eu
 
 src=/etc/ceil/avahi/avahi-daemon.conf
 dropin=/etc/systemd/system/avahi-daemon.service.d/ceil.conf
-for f in "$src" "$dropin"; do
-    if [ ! -s "$f" ]; then
-        echo "ceil-mdns: $f is missing: the payload is incomplete; re-bake this image" >&2
-        exit 3
-    fi
-done
+ceil_need "$src" "$dropin"
 if [ ! -d /etc/avahi ]; then
     echo "ceil-mdns: /etc/avahi not found: ceil-packages should have installed avahi-daemon" >&2
     exit 1

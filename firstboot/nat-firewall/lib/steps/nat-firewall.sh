@@ -11,12 +11,7 @@ rules_dst=/etc/nftables.conf
 sysctl_src=/etc/ceil/sysctl/60-ceil-router.conf
 sysctl_dst=/etc/sysctl.d/60-ceil-router.conf
 
-for f in "$rules_src" "$sysctl_src"; do
-    if [ ! -s "$f" ]; then
-        echo "ceil-nat-firewall: $f is missing: the router payload is incomplete; re-bake the router" >&2
-        exit 3
-    fi
-done
+ceil_need "$rules_src" "$sysctl_src"
 if ! nft -c -f "$rules_src"; then
     echo "ceil-nat-firewall: $rules_src is not a valid nftables ruleset (nft -c -f); fix and re-bake" >&2
     exit 3
