@@ -301,11 +301,9 @@ def finish_image(ctx: BakeContext) -> None:
 
 
 STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
-# The steps that write into the work folder (the temporary folder: the staged boot partition and
-# the payload); fetch_base writes into the image cache, the others beside the output.
+# The steps that write into the work folder (the staged boot partition and the payload);
+# fetch_base writes into the image cache, the others beside the output.
 IN_WORK_FOLDER = (stage_boot, write_seed, write_payload, edit_cmdline)
-
-
 # The work folder holds the staged boot partition (at most its size: 512 MiB on today's images)
 # and the payload's few hundred small files.
 RAM_WORK_NEEDS = 1 << 30
