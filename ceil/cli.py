@@ -82,23 +82,25 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean_stale(out_dir)
-    for r in chosen:
-        start = time.monotonic()
-        console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
-        if restoring := restore_notice(cluster, store, r):
-            console.print(f"  {escape(restoring)}")
-        path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256))
-        if r == "router":
-            router_baked(store)
-        else:
-            node_baked(store, r, cluster.kubernetes.k3s_version)
-        check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
-        console.print(f"[green]wrote {escape(str(path))}[/green] in {time.monotonic() - start:.1f}s")
-        if forget_host_key(cluster, r):
-            known_hosts = escape(str(known_hosts_file(cluster)))
-            console.print(f"  forgot {r}'s old SSH host key ({known_hosts}): this card makes new ones")
+    waiting = f"waiting for another bake that holds {store.root / '.lock'} (its secrets must be the ones this bake uses)"
+    with store.held(lambda: console.print(f"[yellow]{escape(waiting)}[/yellow]")):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(out_dir)
+        for r in chosen:
+            start = time.monotonic()
+            console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
+            if restoring := restore_notice(cluster, store, r):
+                console.print(f"  {escape(restoring)}")
+            path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256))
+            if r == "router":
+                router_baked(store)
+            else:
+                node_baked(store, r, cluster.kubernetes.k3s_version)
+            check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
+            console.print(f"[green]wrote {escape(str(path))}[/green] in {time.monotonic() - start:.1f}s")
+            if forget_host_key(cluster, r):
+                known_hosts = escape(str(known_hosts_file(cluster)))
+                console.print(f"  forgot {r}'s old SSH host key ({known_hosts}): this card makes new ones")
 
 
 @cli.command()

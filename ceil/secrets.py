@@ -7,11 +7,13 @@ each machine makes its own on first boot.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets as pysecrets
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import CeilError
@@ -107,6 +109,24 @@ class SecretStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @contextlib.contextmanager
+    def held(self, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """secrets/ for one bake at a time. Two bakes of a new cluster at once (two terminals,
+        `make -j`) would each make a CA, a key and its certificate; the files last written would
+        then not be the ones the other's images carry. A second bake waits (after `on_wait`) on
+        secrets/.lock, which the kernel frees when the holder exits, however it exits."""
+        self._ensure_dir(self.root)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _ensure_dir(self, d: Path) -> None:
         for part in reversed([d, *d.parents]):

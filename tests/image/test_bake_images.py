@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from ceil import bakery
 from ceil.catalog import load_flavor
 from ceil.config import load_cluster
 from ceil.errors import CeilError
+from ceil.k3s.pki import ca_paths, ensure_ca
 from ceil.partitions import read_mbr
 from ceil.secrets import SecretStore
 from ceil.sparse import ranges_in
@@ -294,6 +296,39 @@ def test_full_disk_leaves_no_partial_image(tmp_path, ssh_pubkey, monkeypatch):
         bakery.bake(ctx)
     assert (out / "ceil-router.img").read_bytes() == b"previous good image"
     assert not list(out.glob(".*partial"))
+
+
+def test_a_second_bake_waits_for_the_one_writing_the_clusters_secrets(tmp_path, ssh_pubkey):
+    """Two bakes of a new cluster at once each made a CA; the images of one then carried a CA that
+    secrets/ no longer held. The second waits, says so, writes nothing meanwhile, then uses the
+    first one's secrets."""
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
+    first = SecretStore(tmp_path / "secrets")
+    with first.held():
+        second = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "--role", "one", "--base-image", str(base),
+                                   "--any-base-image"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        said = ""
+        while "waiting for another bake" not in said:
+            line = second.stdout.readline()
+            assert line, f"the second bake went on or stopped without waiting: {said}"
+            said += line
+        time.sleep(1)
+        assert second.poll() is None and not (tmp_path / "out").exists()
+        assert {p.name for p in first.root.iterdir()} <= {".gitignore", ".lock", "FORMAT"}  # no secret made
+        # what the first bake makes meanwhile is what the second must use
+        ca = ensure_ca(first, "server-ca").cert_pem
+    rest, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, said + rest
+    crt, _ = ca_paths("server-ca")
+    assert first.read(crt) == ca
+    carried = subprocess.run(["mdir", "-/", "-b", "-i", f"{tmp_path / 'out' / 'ceil-one.img'}@@{read_mbr(tmp_path / 'out' / 'ceil-one.img')[0].start}",
+                              "::/ceil"], env=MT, capture_output=True, text=True).stdout
+    [path] = [line for line in carried.splitlines() if line.endswith("tls/server-ca.crt")]
+    assert mtype(tmp_path / "out" / "ceil-one.img", path.removeprefix("::/")).encode() == ca
 
 
 def user_tmpdir(tmp_path: Path, monkeypatch) -> Path:
