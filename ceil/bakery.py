@@ -33,7 +33,7 @@ from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
 from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, ranges_in, reflink
-from .ui import step
+from .ui import byte_progress, step
 
 # k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
 K3S_CMDLINE_FLAGS = ["cgroup_memory=1", "cgroup_enable=memory"]
@@ -185,7 +185,9 @@ def write_rootfs(ctx: BakeContext) -> None:
     with step("write_rootfs", f"{len(ctx.payload.rootfs)} files, {total / 2**20:.0f} MiB"):
         with open(ctx.base.path, "rb") as fin, open(ctx.staged_root, "wb") as fout:
             fout.truncate(ctx.root.size)
-            copy_window(fin.fileno(), fout.fileno(), ctx.root.start, 0, ctx.root.size)
+            data = sum(n for _, n in ranges_in(fin.fileno(), ctx.root.start, ctx.root.size))
+            with byte_progress("staging the root partition", data) as advance:
+                copy_window(fin.fileno(), fout.fileno(), ctx.root.start, 0, ctx.root.size, advance)
         write_files(ctx.staged_root, ctx.payload.rootfs)
 
 
@@ -200,7 +202,7 @@ def compose_image(ctx: BakeContext) -> None:
     with step("compose_image", size) as detail:
         ctx.composed = compose(ctx.base.path, staged, ctx.partial_output, cache,
                                base_key=f"{ctx.base.sha256}:{st.st_size}:{st.st_mtime_ns}",
-                               whole_sha256=ctx.whole_sha256)
+                               whole_sha256=ctx.whole_sha256, label=ctx.output.name)
         detail(f"{size}, {'cloned' if ctx.composed.cloned else 'copied'}")
     cache.save()
 
@@ -224,7 +226,7 @@ def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tup
 
 
 def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCache | None = None,
-            base_key: str | None = None, whole_sha256: bool = False) -> Composed:
+            base_key: str | None = None, whole_sha256: bool = False, label: str = "") -> Composed:
     size = base.stat().st_size
     # 0600: the image carries the role's secrets until its first boot moves them off the card.
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -235,13 +237,17 @@ def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCa
         # Digests from the sources in a second thread while the kernel copies: they cost
         # (almost) no extra wall time on two cores, and the base's are remembered.
         digests = pool.submit(_digests, windows, signature_zones(fb.fileno()), cache, whole_sha256)
+        data = [sum(n for _, n in ranges_in(f, src, length)) for f, src, _, length in segments]
         try:
-            cloned = _clone_base(fb.fileno(), fo.fileno(), segments)
-            if not cloned:
-                fo.truncate(size)
-            for f, src, dst, n in segments:
-                if not cloned or f != fb.fileno():
-                    copy_window(f, fo.fileno(), src, dst, n)
+            with byte_progress(f"writing {label or out.name}", sum(data)) as advance:
+                cloned = _clone_base(fb.fileno(), fo.fileno(), segments)
+                if not cloned:
+                    fo.truncate(size)
+                for (f, src, dst, n), has in zip(segments, data):
+                    if cloned and f == fb.fileno():
+                        advance(has)  # the clone holds it already
+                    else:
+                        copy_window(f, fo.fileno(), src, dst, n, advance)
             # No fsync (as cp): forcing gigabytes to disk per role would double a bake's time.
             # A process failure never leaves a partial image under the final name (rename at
             # the end), and `flash` checks the image against the manifest's digests first.

@@ -62,7 +62,7 @@ def copy_sparse(src: Path, dst: Path, progress: Callable[[int], None] | None = N
             return
         fout.truncate(size)
         for offset, length in data_ranges(fin.fileno(), size):
-            _copy_range(fin.fileno(), fout.fileno(), offset, length, progress)
+            _copy_between(fin.fileno(), fout.fileno(), offset, offset, length, progress)
         fout.flush()
         os.fsync(fout.fileno())
 
@@ -104,33 +104,6 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     return _fallocate()(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
-def _copy_range(fin: int, fout: int, offset: int, length: int, progress) -> None:
-    end = offset + length
-    pos = offset
-    use_cfr = hasattr(os, "copy_file_range")
-    while pos < end:
-        n = min(CHUNK, end - pos)
-        if use_cfr:
-            try:
-                done = os.copy_file_range(fin, fout, n, pos, pos)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                use_cfr = False
-                continue
-            if done == 0:
-                raise OSError(errno.EIO, f"copy_file_range made no progress at offset {pos}")
-        else:
-            buf = os.pread(fin, n, pos)
-            done = len(buf)
-            # Zero runs inside a data extent stay holes in the copy.
-            if not _is_zero(buf):
-                os.pwrite(fout, buf, pos)
-        pos += done
-        if progress:
-            progress(done)
-
-
 def write_sparse(fout, chunk: bytes) -> None:
     """Append `chunk` to an open binary file, seeking over all-zero blocks to leave holes.
 
@@ -158,26 +131,42 @@ def ranges_in(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:
             yield lo, hi - lo
 
 
-def copy_window(fin: int, fout: int, src_off: int, dst_off: int, length: int) -> None:
+def copy_window(fin: int, fout: int, src_off: int, dst_off: int, length: int,
+                progress: Callable[[int], None] | None = None) -> None:
     """Copy the data of fin[src_off:src_off+length] to fout at dst_off; holes stay holes."""
     for off, n in ranges_in(fin, src_off, length):
-        _copy_between(fin, fout, off, dst_off + (off - src_off), n)
+        _copy_between(fin, fout, off, dst_off + (off - src_off), n, progress)
 
 
-def _copy_between(fin: int, fout: int, src: int, dst: int, length: int) -> None:
-    done_total = 0
-    while done_total < length:
-        n = min(CHUNK, length - done_total)
-        try:
-            done = os.copy_file_range(fin, fout, n, src + done_total, dst + done_total)
-        except (OSError, AttributeError) as e:
-            if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            buf = os.pread(fin, n, src + done_total)
-            done = os.pwrite(fout, buf, dst + done_total)
+def _copy_between(fin: int, fout: int, src: int, dst: int, length: int,
+                  progress: Callable[[int], None] | None = None) -> None:
+    """fin[src:src+length] to fout at dst: in the kernel (copy_file_range, which may itself
+    reflink) where it can; else (another file system, e.g. from tmpfs) by reads and writes that
+    leave all-zero chunks as holes, since every caller writes into a fresh or punched range."""
+    pos = 0
+    use_cfr = hasattr(os, "copy_file_range")
+    while pos < length:
+        n = min(CHUNK, length - pos)
+        if use_cfr:
+            try:
+                done = os.copy_file_range(fin, fout, n, src + pos, dst + pos)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            buf = os.pread(fin, n, src + pos)
+            done = len(buf)
+            if not _is_zero(buf):
+                view = memoryview(buf)
+                while view:  # a short write (a disk filling up) raises on the next call
+                    view = view[os.pwrite(fout, view, dst + pos + (done - len(view))):]
         if done == 0:
-            raise OSError(errno.EIO, f"short copy at offset {src + done_total}")
-        done_total += done
+            raise OSError(errno.EIO, f"short copy at offset {src + pos}")
+        pos += done
+        if progress:
+            progress(done)
 
 
 _ZEROS = bytes(CHUNK)

@@ -3,6 +3,7 @@ digests, clones the base where the file system can, and flash checks by the map.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -144,7 +145,40 @@ def used_bytes(path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def test_compose_clones_the_base_and_rewrites_only_the_staged_partition(xfs_dir, tmp_path):
+@pytest.fixture
+def progress(monkeypatch) -> dict:
+    """What compose's progress bar is told: its label, its total and the sum of its advances."""
+    seen = {}
+
+    @contextlib.contextmanager
+    def bar(description, total):
+        seen.update(description=description, total=total, done=0)
+        yield lambda n: seen.__setitem__("done", seen["done"] + n)
+
+    monkeypatch.setattr(bakery, "byte_progress", bar)
+    return seen
+
+
+def test_compose_shows_its_progress_to_the_end_of_the_data_it_writes(tmp_path, progress):
+    """A real image writes gigabytes per role (seconds to minutes on a slow disk): a bar, whose
+    total is the data to write, not the image's size."""
+    base, staged, out = tmp_path / "base.img", tmp_path / "boot.img", tmp_path / "out.img"
+    with open(base, "wb") as f:
+        f.truncate(256 * MiB)
+        f.write(os.urandom(MiB))
+        f.seek(8 * MiB)
+        f.write(os.urandom(16 * MiB))  # the old boot data: replaced, so not written
+        f.seek(100 * MiB)
+        f.write(os.urandom(20 * MiB))
+    with open(staged, "wb") as f:
+        f.truncate(32 * MiB)
+        f.write(os.urandom(3 * MiB))
+    bakery.compose(base, {Partition(1, 0x0C, 8 * MiB, 32 * MiB): staged}, out, label="ceil-one.img")
+    assert progress["description"] == "writing ceil-one.img"
+    assert progress["done"] == progress["total"] and 24 * MiB <= progress["total"] <= 26 * MiB
+
+
+def test_compose_clones_the_base_and_rewrites_only_the_staged_partition(xfs_dir, tmp_path, progress):
     base, staged, out = xfs_dir / "base.img", tmp_path / "boot.img", xfs_dir / "out.img"
     with open(base, "wb") as f:
         f.truncate(256 * MiB)
@@ -159,7 +193,7 @@ def test_compose_clones_the_base_and_rewrites_only_the_staged_partition(xfs_dir,
         f.write(b"new boot" * 1000)
     before = used_bytes(xfs_dir)
     composed = bakery.compose(base, {boot: staged}, out)
-    assert composed.cloned
+    assert composed.cloned and progress["done"] == progress["total"]  # the clone counts as written
     assert used_bytes(xfs_dir) - before < 8 * MiB  # shared extents, not a 100 MiB copy
     data = out.read_bytes()
     assert data[8 * MiB: 40 * MiB] == staged.read_bytes()  # the old boot data is gone, not left in holes

@@ -1,5 +1,6 @@
 """Sparse copies keep holes; the MBR parser and label checks say what they found."""
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from ceil.catalog import load_flavor
 from ceil.errors import CeilError
 from ceil.partitions import check_layout, read_mbr
-from ceil.sparse import allocated_bytes, copy_sparse, data_ranges, hash_window
+from ceil.sparse import allocated_bytes, copy_sparse, copy_window, data_ranges, hash_window, ranges_in
 from tests.imagefactory import make_base_image
 
 MiB = 1 << 20
@@ -31,6 +32,33 @@ def test_copy_preserves_holes_and_bytes(tmp_path):
     assert src.read_bytes() == dst.read_bytes()
     # allocated blocks of the copy within a few % of the source
     assert allocated_bytes(dst) <= allocated_bytes(src) * 1.05 + 64 * 1024
+
+
+@pytest.mark.parametrize("kernel_copy", ["copy_file_range", "across file systems (EXDEV)"])
+def test_a_window_lands_at_its_offset_with_its_holes_and_reports_what_it_copied(tmp_path, monkeypatch, kernel_copy):
+    """The bake's staged boot partition lives in RAM (tmpfs) and the image on disk: there the
+    kernel refuses copy_file_range (EXDEV) and the copy goes by reads and writes, which must keep
+    the bytes, the holes, and the progress count the same."""
+    if kernel_copy != "copy_file_range":
+        def refuse(*a):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    src = sparse_file(tmp_path / "src", 96 * MiB, [4 * MiB, 40 * MiB, 90 * MiB])
+    with open(src, "r+b") as f:  # a zero run inside a data extent: the read-write copy leaves a hole
+        f.seek(41 * MiB)
+        f.write(bytes(16 * MiB))
+    dst = tmp_path / "dst"
+    seen = []
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fout.truncate(128 * MiB)
+        copy_window(fin.fileno(), fout.fileno(), 32 * MiB, 8 * MiB, 64 * MiB, seen.append)
+        with_data = sum(n for _, n in ranges_in(fin.fileno(), 32 * MiB, 64 * MiB))
+    data = dst.read_bytes()
+    assert data[8 * MiB:72 * MiB] == src.read_bytes()[32 * MiB:96 * MiB]
+    assert data[:8 * MiB] == bytes(8 * MiB) and data[72 * MiB:] == bytes(56 * MiB)
+    assert sum(seen) == with_data  # what a progress bar shows ends at its total
+    if kernel_copy != "copy_file_range":
+        assert allocated_bytes(dst) < with_data - 8 * MiB  # the zero run's all-zero chunks stayed holes
 
 
 def test_data_ranges_find_the_data(tmp_path):
