@@ -70,14 +70,16 @@ class BakeContext:
     def manifest(self) -> Path:
         return self.out_dir / f"ceil-{self.role}.json"
 
+    # The staged partitions live beside the output, not in the work folder: the root one holds
+    # as much as the root file system does, and the work folder may be RAM, too small for it;
+    # and between two file systems the kernel refuses to copy (copy_file_range: EXDEV), so the
+    # boot partition's 100-200 MiB would pass through user space twice per role.
     @property
     def staged_boot(self) -> Path:
-        return self.work / "boot.img"
+        return self.out_dir / f".ceil-{self.role}.boot.partial"
 
     @property
     def staged_root(self) -> Path:
-        # Beside the output, not in the work folder: it holds as much as the root file system
-        # does, and the work folder may be a RAM-backed /tmp (Fedora, Arch) too small for it.
         return self.out_dir / f".ceil-{self.role}.root.partial"
 
     @property
@@ -122,10 +124,16 @@ def check_cloud_init(ctx: BakeContext) -> None:
                         f" the card would never read the settings ceil writes for it; {fix}")
 
 
+def create_private(path: Path):
+    """A new (or emptied) file, 0600 from its first byte: the staged boot partition and the image
+    carry the role's secrets until its first boot moves them off the card."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def stage_boot(ctx: BakeContext) -> None:
     """Copy the boot partition out of the base into its own sparse file for mtools."""
     with step("stage_boot", f"{ctx.boot.size // 2**20} MiB FAT"):
-        with open(ctx.base.path, "rb") as fin, open(ctx.staged_boot, "wb") as fout:
+        with open(ctx.base.path, "rb") as fin, create_private(ctx.staged_boot) as fout:
             fout.truncate(ctx.boot.size)
             copy_window(fin.fileno(), fout.fileno(), ctx.boot.start, 0, ctx.boot.size)
 
@@ -183,7 +191,7 @@ def write_rootfs(ctx: BakeContext) -> None:
         return
     total = sum(p.stat().st_size for p in ctx.payload.rootfs.values())
     with step("write_rootfs", f"{len(ctx.payload.rootfs)} files, {total / 2**20:.0f} MiB"):
-        with open(ctx.base.path, "rb") as fin, open(ctx.staged_root, "wb") as fout:
+        with open(ctx.base.path, "rb") as fin, create_private(ctx.staged_root) as fout:
             fout.truncate(ctx.root.size)
             data = sum(n for _, n in ranges_in(fin.fileno(), ctx.root.start, ctx.root.size))
             with byte_progress("staging the root partition", data) as advance:
@@ -228,10 +236,8 @@ def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tup
 def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCache | None = None,
             base_key: str | None = None, whole_sha256: bool = False, label: str = "") -> Composed:
     size = base.stat().st_size
-    # 0600: the image carries the role's secrets until its first boot moves them off the card.
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     files = {part: open(path, "rb") for part, path in staged.items()}
-    with open(base, "rb") as fb, os.fdopen(fd, "wb") as fo, ThreadPoolExecutor(1) as pool:
+    with open(base, "rb") as fb, create_private(out) as fo, ThreadPoolExecutor(1) as pool:
         segments = _segments(fb.fileno(), size, {p: f.fileno() for p, f in files.items()})
         windows = [Window(f, src, dst, n, base_key if f == fb.fileno() else None) for f, src, dst, n in segments]
         # Digests from the sources in a second thread while the kernel copies: they cost
@@ -307,17 +313,16 @@ def finish_image(ctx: BakeContext) -> None:
 
 
 STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
-# The steps that write into the work folder (the staged boot partition and the payload);
-# fetch_base writes into the image cache, the others beside the output.
-IN_WORK_FOLDER = (stage_boot, write_seed, write_payload, edit_cmdline)
-# The work folder holds the staged boot partition (at most its size: 512 MiB on today's images)
-# and the payload's few hundred small files.
-RAM_WORK_NEEDS = 1 << 30
+# write_seed renders the payload into the work folder; fetch_base writes into the image cache,
+# the others beside the output.
+IN_WORK_FOLDER = (write_seed,)
+# The work folder holds the payload: a few hundred small files, 30 MiB with PiWatch's wheels.
+RAM_WORK_NEEDS = 256 << 20
 
 
 def work_root(shm: Path = Path("/dev/shm")) -> str | None:
-    """Where the work folder goes: TMPDIR when the user set it; else RAM (/dev/shm) when it has
-    room, because on a disk file system creating and removing the work folder's files waits for
+    """Where the work folder (the payload) goes: TMPDIR when the user set it; else RAM (/dev/shm)
+    when it has room, because on a disk file system creating and removing its files waits for
     the journal, which waits for the writeback of the images just written (10 ms per file on
     ext4, a second per bake of five roles); else the system's temporary folder (None)."""
     if os.environ.get("TMPDIR") or not (shm.is_dir() and os.access(shm, os.W_OK | os.X_OK)):
@@ -338,8 +343,8 @@ def bake(ctx: BakeContext) -> Path:
                         raise no_space(ctx, s) from None
                     raise
         finally:
-            ctx.partial_output.unlink(missing_ok=True)
-            ctx.staged_root.unlink(missing_ok=True)
+            for partial in (ctx.partial_output, ctx.staged_boot, ctx.staged_root):
+                partial.unlink(missing_ok=True)
     return ctx.output
 
 
@@ -353,10 +358,11 @@ def no_space(ctx: BakeContext, failed) -> CeilError:
         return CeilError(f"no space left on the device while fetching the base image into {cache_root()}:"
                          " free space there, or set CEIL_CACHE to a folder with room")
     if failed in IN_WORK_FOLDER:
-        return CeilError(f"no space left on the device while staging the boot partition in the temporary folder"
-                         f" {ctx.work.parent}: it needs about {data_mib(ctx.boot)} MiB there; free space, or set"
-                         " TMPDIR to a folder with room")
-    need = allocated_bytes(ctx.base.path) // 2**20 + (data_mib(ctx.root) if ctx.payload and ctx.payload.rootfs else 0)
+        return CeilError(f"no space left on the device while writing the first-boot payload in the temporary folder"
+                         f" {ctx.work.parent}: free space there, or set TMPDIR to a folder with room")
+    # The image, and while it is made the staged partitions with their data.
+    staged = data_mib(ctx.boot) + (data_mib(ctx.root) if ctx.payload and ctx.payload.rootfs else 0)
+    need = allocated_bytes(ctx.base.path) // 2**20 + staged
     return CeilError(f"no space left on the device while writing {ctx.output}: free at least {need} MiB"
                      f" in {ctx.out_dir} (or use --out)")
 

@@ -370,23 +370,28 @@ def airgap_node_context(tmp_path: Path, ssh_pubkey: str) -> bakery.BakeContext:
                               base, release, any_base_image=True)
 
 
-def test_the_staged_root_partition_lives_beside_the_output_not_in_the_temporary_folder(tmp_path, ssh_pubkey, monkeypatch):
-    """It holds as much as the root file system: in a RAM-backed /tmp (Fedora, Arch) it filled the
-    tmpfs, and the error then told the user to free space in the output folder."""
+def test_the_staged_partitions_live_beside_the_output_not_in_the_temporary_folder(tmp_path, ssh_pubkey, monkeypatch):
+    """The staged root holds as much as the root file system: in a RAM-backed /tmp (Fedora, Arch)
+    it filled the tmpfs, and the error then told the user to free space in the output folder. The
+    staged boot partition holds the role's secrets: 0600 from its first byte, as the image."""
     ctx = airgap_node_context(tmp_path, ssh_pubkey)
     temp = user_tmpdir(tmp_path, monkeypatch)
-    staged = []
+    seen = []
     real_write_files = bakery.write_files
 
     def watch(image, files):
-        staged.append((image, image.stat().st_size, [p.name for p in temp.iterdir()]))
+        boot = ctx.staged_boot.stat()
+        seen.append((image, image.stat().st_size, stat.S_IMODE(boot.st_mode), boot.st_size,
+                     sorted(str(p.relative_to(temp)) for p in temp.glob("*/*"))))
         return real_write_files(image, files)
 
     monkeypatch.setattr(bakery, "write_files", watch)
     bakery.bake(ctx)
-    [(image, size, in_temp)] = staged
+    [(image, size, boot_mode, boot_size, in_temp)] = seen
     assert image.parent == ctx.out_dir and size == ctx.root.size
-    assert len(in_temp) == 1 and not list(Path(temp, in_temp[0]).glob("*root*"))  # the work folder only
+    assert ctx.staged_boot.parent == ctx.out_dir and boot_mode == 0o600 and boot_size == ctx.boot.size
+    # the work folder: the payload and the seed's files on their way to the FAT, no partition
+    assert {Path(p).name for p in in_temp} == {"payload", "user-data", "meta-data", "network-config", "cmdline.txt"}
     assert sorted(p.name for p in ctx.out_dir.iterdir()) == ["ceil-one.img", "ceil-one.json"]
 
 
@@ -398,7 +403,7 @@ def test_a_full_disk_is_named_where_it_filled(tmp_path, ssh_pubkey, monkeypatch,
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bakery, "copy_window" if where == "temporary folder" else "write_files", full)
+    monkeypatch.setattr(bakery, "build_payload" if where == "temporary folder" else "write_files", full)
     with pytest.raises(CeilError) as e:
         bakery.bake(ctx)
     said = str(e.value)
@@ -406,10 +411,10 @@ def test_a_full_disk_is_named_where_it_filled(tmp_path, ssh_pubkey, monkeypatch,
         assert f"in the temporary folder {temp}" in said and "TMPDIR" in said
         assert str(ctx.out_dir) not in said
     else:
-        # The image, and the staged root partition with the base's root data beside it.
+        # The image, and the staged partitions with the base's data in them beside it.
         with open(ctx.base.path, "rb") as f:
-            root_data = sum(n for _, n in ranges_in(f.fileno(), ctx.root.start, ctx.root.size))
-        need = (bakery.allocated_bytes(ctx.base.path) + root_data) // 2**20
+            staged = [sum(n for _, n in ranges_in(f.fileno(), p.start, p.size)) // 2**20 for p in (ctx.boot, ctx.root)]
+        need = bakery.allocated_bytes(ctx.base.path) // 2**20 + sum(staged)
         assert f"free at least {need} MiB in {ctx.out_dir}" in said and "TMPDIR" not in said
     assert not list(ctx.out_dir.glob(".*partial"))
 
