@@ -316,7 +316,7 @@ STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cm
 # write_seed renders the payload into the work folder; fetch_base writes into the image cache,
 # the others beside the output.
 IN_WORK_FOLDER = (write_seed,)
-# The work folder holds the payload: a few hundred small files and PiWatch's wheels (5 MiB).
+# The work folder holds the payload: about a hundred small files and PiWatch's wheels (5 MiB).
 RAM_WORK_NEEDS = 256 << 20
 
 
