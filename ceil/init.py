@@ -22,7 +22,7 @@ from .errors import CeilError
 from .features import RoleContext, render_features
 from .secrets import SecretStore
 from .sshkeys import check_public_key
-from .ui import console
+from .ui import console, notice
 
 NODE_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -134,13 +134,14 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         f.write(text)
     store = SecretStore(config_path.parent / "secrets")
     client_path = None
-    if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
-        from .wireguard import add_client, client_secret_name
+    with store.held(notice):
+        if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
+            from .wireguard import add_client, client_secret_name
 
-        add_client(cluster, store, vpn_client)
-        client_path = store.path(client_secret_name(vpn_client))
-    generate_secrets(cluster, store)
-    check_secrets_format(store)
+            add_client(cluster, store, vpn_client)
+            client_path = store.path(client_secret_name(vpn_client))
+        generate_secrets(cluster, store)
+        check_secrets_format(store)
     console.print(f"[green]wrote {escape(str(config_path))}[/green] and {escape(str(store.root))}/ (0600, git-ignored)")
     if client_path:
         console.print(escape(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)"))

@@ -111,18 +111,25 @@ class SecretStore:
             raise
 
     @contextlib.contextmanager
-    def held(self, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """secrets/ for one bake at a time. Two bakes of a new cluster at once (two terminals,
-        `make -j`) would each make a CA, a key and its certificate; the files last written would
-        then not be the ones the other's images carry. A second bake waits (after `on_wait`) on
-        secrets/.lock, which the kernel frees when the holder exits, however it exits."""
+    def held(self, say: Callable[[str], None] = lambda text: None) -> Iterator[None]:
+        """secrets/ for one command that makes secrets at a time (bake, init, vpn client). Two
+        bakes of a new cluster at once (two terminals, `make -j`) would each make a CA, a key
+        and its certificate, and the files last written would not be the ones the other's
+        images carry; two new VPN clients would get one address. A second command says so
+        (`say`) and waits on secrets/.lock, which the kernel frees when the holder exits,
+        however it exits."""
+        if not self.make_new and not self.root.is_dir():
+            yield  # nothing to guard: the command will refuse, and must not leave a folder behind
+            return
         self._ensure_dir(self.root)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.root / ".lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                on_wait()
+                say(f"waiting for another ceil command that holds {lock}: the cluster's secrets are made"
+                    " by one command at a time")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:

@@ -20,6 +20,11 @@ from rich.progress import (
 console = Console(stderr=True, highlight=False)
 
 
+def notice(text: str) -> None:
+    """A line the user should see but that stops nothing (text, not markup)."""
+    console.print(f"[yellow]{escape(text)}[/yellow]")
+
+
 @contextlib.contextmanager
 def step(name: str, detail: str = "") -> Iterator[Callable[[str], None]]:
     """Log a bake step's name and how long it took; yields a setter for a detail known only

@@ -312,7 +312,7 @@ def test_a_second_bake_waits_for_the_one_writing_the_clusters_secrets(tmp_path, 
                                    "--any-base-image"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True)
         said = ""
-        while "waiting for another bake" not in said:
+        while "waiting for another ceil command" not in said:
             line = second.stdout.readline()
             assert line, f"the second bake went on or stopped without waiting: {said}"
             said += line

@@ -6,6 +6,9 @@ match the cluster. Each command is run as a user runs it (`bake.py ...`, in proc
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,10 @@ import pytest
 from ceil import cli, workstation
 from ceil.k3s import pki
 from ceil.secrets import SecretStore
-from ceil.wireguard import server_private_key
+from ceil.config import load_cluster
+from ceil.wireguard import add_client, server_private_key
+
+REPO = Path(__file__).resolve().parents[2]
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
 CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
@@ -101,6 +107,27 @@ def test_with_the_baked_secrets_the_commands_work(folder, capsys):
     assert code == 0 and (folder / "secrets/wireguard/clients/laptop.conf").is_file(), out
     code, out = run(capsys, folder, COMMANDS["kubeconfig"][0])
     assert code == 0 and (folder / "out" / "kubeconfig").is_file(), out
+
+
+def test_two_new_vpn_clients_at_once_get_two_addresses(folder):
+    """`vpn-client` takes the next address no client holds: two at once took the same one. The
+    second waits on secrets/.lock, says so, and then takes the next after the first's."""
+    store = SecretStore(folder / "secrets")
+    server_private_key(store)
+    with store.held():
+        second = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "vpn-client", "phone", "--config",
+                                   str(folder / "cluster.yaml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
+        said = ""
+        while "waiting for another ceil command" not in said:
+            line = second.stdout.readline()
+            assert line, f"the second command went on or stopped without waiting: {said}"
+            said += line
+        first, _ = add_client(load_cluster(folder / "cluster.yaml"), store, "laptop")
+    rest, _ = second.communicate(timeout=60)
+    assert second.returncode == 0, said + rest
+    [phone] = re.findall(r"client 'phone' has VPN address (\S+)", rest)
+    assert phone != str(first.address), rest
 
 
 def test_an_add_on_turned_on_after_the_bake_gets_its_password_from_the_command(folder, capsys):
