@@ -26,6 +26,7 @@ from ceil.k3s.pki import ca_paths, ensure_ca
 from ceil.partitions import read_mbr
 from ceil.secrets import SecretStore
 from ceil.sparse import ranges_in
+from tests.bake_cli import bake_py_waiting
 from tests.imagefactory import blockmap_problems, make_base_image
 
 pytestmark = pytest.mark.image
@@ -308,14 +309,7 @@ def test_a_second_bake_waits_for_the_one_writing_the_clusters_secrets(tmp_path, 
         "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
     first = SecretStore(tmp_path / "secrets")
     with first.held():
-        second = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "--role", "one", "--base-image", str(base),
-                                   "--any-base-image"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
-        said = ""
-        while "waiting for another ceil command" not in said:
-            line = second.stdout.readline()
-            assert line, f"the second bake went on or stopped without waiting: {said}"
-            said += line
+        second, said = bake_py_waiting("--role", "one", "--base-image", str(base), "--any-base-image", cwd=tmp_path)
         time.sleep(1)
         assert second.poll() is None and not (tmp_path / "out").exists()
         assert {p.name for p in first.root.iterdir()} <= {".gitignore", ".lock", "FORMAT"}  # no secret made

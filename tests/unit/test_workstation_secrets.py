@@ -7,8 +7,6 @@ match the cluster. Each command is run as a user runs it (`bake.py ...`, in proc
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,7 @@ from ceil.k3s import pki
 from ceil.secrets import SecretStore
 from ceil.config import load_cluster
 from ceil.wireguard import add_client, server_private_key
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bake_cli import bake_py_waiting
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
 CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
@@ -115,14 +112,7 @@ def test_two_new_vpn_clients_at_once_get_two_addresses(folder):
     store = SecretStore(folder / "secrets")
     server_private_key(store)
     with store.held():
-        second = subprocess.Popen([sys.executable, str(REPO / "bake.py"), "vpn-client", "phone", "--config",
-                                   str(folder / "cluster.yaml")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True)
-        said = ""
-        while "waiting for another ceil command" not in said:
-            line = second.stdout.readline()
-            assert line, f"the second command went on or stopped without waiting: {said}"
-            said += line
+        second, said = bake_py_waiting("vpn-client", "phone", "--config", str(folder / "cluster.yaml"), cwd=folder)
         first, _ = add_client(load_cluster(folder / "cluster.yaml"), store, "laptop")
     rest, _ = second.communicate(timeout=60)
     assert second.returncode == 0, said + rest
