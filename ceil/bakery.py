@@ -32,7 +32,7 @@ from .payload import Payload, build_payload
 from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
-from .sparse import allocated_bytes, copy_window, hash_window, punch_hole, ranges_in, reflink
+from .sparse import allocated_bytes, copy_window, data_in, hash_window, punch_hole, reflink
 from .ui import byte_progress, step
 
 # k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
@@ -193,7 +193,7 @@ def write_rootfs(ctx: BakeContext) -> None:
     with step("write_rootfs", f"{len(ctx.payload.rootfs)} files, {total / 2**20:.0f} MiB"):
         with open(ctx.base.path, "rb") as fin, create_private(ctx.staged_root) as fout:
             fout.truncate(ctx.root.size)
-            data = sum(n for _, n in ranges_in(fin.fileno(), ctx.root.start, ctx.root.size))
+            data = data_in(fin.fileno(), ctx.root.start, ctx.root.size)
             with byte_progress("staging the root partition", data) as advance:
                 copy_window(fin.fileno(), fout.fileno(), ctx.root.start, 0, ctx.root.size, advance)
         write_files(ctx.staged_root, ctx.payload.rootfs)
@@ -243,7 +243,7 @@ def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCa
         # Digests from the sources in a second thread while the kernel copies: they cost
         # (almost) no extra wall time on two cores, and the base's are remembered.
         digests = pool.submit(_digests, windows, signature_zones(fb.fileno()), cache, whole_sha256)
-        data = [sum(n for _, n in ranges_in(f, src, length)) for f, src, _, length in segments]
+        data = [data_in(f, src, length) for f, src, _, length in segments]
         try:
             with byte_progress(f"writing {label or out.name}", sum(data)) as advance:
                 cloned = _clone_base(fb.fileno(), fo.fileno(), segments)
@@ -352,7 +352,7 @@ def no_space(ctx: BakeContext, failed) -> CeilError:
     """Which folder filled up, and how much the bake needs there."""
     def data_mib(part: Partition) -> int:
         with open(ctx.base.path, "rb") as f:
-            return sum(n for _, n in ranges_in(f.fileno(), part.start, part.size)) // 2**20
+            return data_in(f.fileno(), part.start, part.size) // 2**20
 
     if failed is fetch_base:
         return CeilError(f"no space left on the device while fetching the base image into {cache_root()}:"

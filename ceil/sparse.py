@@ -131,6 +131,11 @@ def ranges_in(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:
             yield lo, hi - lo
 
 
+def data_in(fd: int, start: int, length: int) -> int:
+    """Bytes of data (not holes) in fd[start:start+length]: what copying that window writes."""
+    return sum(n for _, n in ranges_in(fd, start, length))
+
+
 def copy_window(fin: int, fout: int, src_off: int, dst_off: int, length: int,
                 progress: Callable[[int], None] | None = None) -> None:
     """Copy the data of fin[src_off:src_off+length] to fout at dst_off; holes stay holes."""
