@@ -25,7 +25,7 @@ from .features import preflight
 from .k3s.install import airgap_files
 from .secrets import SecretStore
 from .tools import check_tools
-from .ui import console, notice
+from .ui import console
 from .workstation import forget_host_key, known_hosts_file
 
 EPILOG = """\b
@@ -82,7 +82,7 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    with store.held(notice):
+    with store.held():
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)
         for r in chosen:

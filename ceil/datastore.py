@@ -209,14 +209,18 @@ def restore_command(config_path: Path, secrets_path, cancel: bool, snapshot: Pat
     that image starts k3s on the restored datastore. A card whose k3s already has one keeps it."""
     obj = Context(config_path, secrets_path, None)
     server = init_server(obj.cluster).name
-    if cancel:
-        staged = staged_restore(obj.store)
-        if staged:
-            staged.unlink()
-        click.echo("no snapshot staged" if not staged else f"dropped the staged snapshot ({staged})")
-        return
-    if snapshot is None:
+    if snapshot is None and not cancel:
         raise click.UsageError("name the snapshot to restore (a file in secrets/backups/), or --cancel")
-    rows = stage_restore(obj.cluster, obj.store, snapshot)
+    store = obj.store
+    # A bake running now reads the staged snapshot twice (its notice, then the server's payload):
+    # staged or dropped between the two, the image and what the bake said would differ.
+    with store.held():
+        if cancel:
+            staged = staged_restore(store)
+            if staged:
+                staged.unlink()
+            click.echo("no snapshot staged" if not staged else f"dropped the staged snapshot ({staged})")
+            return
+        rows = stage_restore(obj.cluster, store, snapshot)
     click.echo(f"staged {snapshot} ({rows} datastore rows) for {server}")
     click.echo(f"next: python bake.py --role {server}, flash it, and boot it in place of the old card")

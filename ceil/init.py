@@ -22,7 +22,7 @@ from .errors import CeilError
 from .features import RoleContext, render_features
 from .secrets import SecretStore
 from .sshkeys import check_public_key
-from .ui import console, notice
+from .ui import console
 
 NODE_NAMES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -134,7 +134,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         f.write(text)
     store = SecretStore(config_path.parent / "secrets")
     client_path = None
-    with store.held(notice):
+    with store.held():
         if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
             from .wireguard import add_client, client_secret_name
 

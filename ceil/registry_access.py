@@ -40,8 +40,7 @@ def ensure_ca(store: SecretStore) -> CertKey:
     if pair is None:
         store.refuse_new(CA_CRT, "registry CA")
         pair = make_ca("ceil-registry-ca")
-        store.write(CA_KEY, pair.key_pem)  # key first, as for the k3s CAs
-        store.write(CA_CRT, pair.cert_pem)
+        store.write_pair(CA_KEY, pair.key_pem, CA_CRT, pair.cert_pem)
     return pair
 
 
@@ -59,8 +58,7 @@ def ensure_server_cert(cluster: Cluster, store: SecretStore, now: dt.datetime | 
     if pair is not None and _fits(pair, ca, dns, ips, now):
         return pair
     pair = issue_server_cert(ca, cluster.fqdn("router"), dns, ips, now)
-    store.write(TLS_KEY, pair.key_pem)
-    store.write(TLS_CRT, pair.cert_pem)
+    store.write_pair(TLS_KEY, pair.key_pem, TLS_CRT, pair.cert_pem)
     return pair
 
 

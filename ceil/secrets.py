@@ -39,6 +39,16 @@ def htpasswd_line(user: str, secret: str) -> str:
 FORMAT_FILE = "FORMAT"
 
 
+# secrets/ folders whose .lock this process holds (SecretStore.held).
+_HELD_HERE: set[Path] = set()
+
+
+def _say_on_stderr(text: str) -> None:
+    from .ui import notice
+
+    notice(text)
+
+
 class SecretStore:
     def __init__(self, root: Path, make_new: bool = True):
         self.root = root
@@ -81,8 +91,12 @@ class SecretStore:
             return self.read(name)
         if not (any_command and self.path(FORMAT_FILE).is_file()):
             self.refuse_new(name, what)
-        value = make()
-        self.write(name, value.encode() if isinstance(value, str) else value)
+        # Made under the lock, and only if the command waited for did not make it meanwhile: an
+        # add-on's password shown by `addons` while a bake makes it would otherwise be two.
+        with self.held():
+            if not p.is_file():
+                value = make()
+                self.write(name, value.encode() if isinstance(value, str) else value)
         return self.read(name)
 
     def token(self, name: str, nbytes: int = 32, any_command: bool = False) -> str:
@@ -110,28 +124,47 @@ class SecretStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def write_pair(self, key: str, key_pem: bytes, crt: str, cert_pem: bytes) -> None:
+        """A key and its certificate, key first: a crash in between leaves a key without a
+        certificate, which the loader reports, never a certificate without its key. Under the
+        lock, so two commands renewing one certificate at once cannot leave one's key beside the
+        other's certificate."""
+        with self.held():
+            self.write(key, key_pem)
+            self.write(crt, cert_pem)
+
     @contextlib.contextmanager
-    def held(self, say: Callable[[str], None] = lambda text: None) -> Iterator[None]:
-        """secrets/ for one command that makes secrets at a time (bake, init, vpn client). Two
-        bakes of a new cluster at once (two terminals, `make -j`) would each make a CA, a key
-        and its certificate, and the files last written would not be the ones the other's
-        images carry; two new VPN clients would get one address. A second command says so
-        (`say`) and waits on secrets/.lock, which the kernel frees when the holder exits,
-        however it exits."""
+    def held(self, say: Callable[[str], None] | None = None) -> Iterator[None]:
+        """secrets/ for one command that makes secrets at a time. Two bakes of a new cluster at
+        once (two terminals, `make -j`) would each make a CA, a key and its certificate, and the
+        files last written would not be the ones the other's images carry; two new VPN clients
+        would get one address; an add-on's password shown while a bake makes it would be two. A
+        second command says so (`say`, by default on stderr) and waits on secrets/.lock, which the
+        kernel frees when the holder exits, however it exits. Within one process it nests (the
+        bake holds it and makes secrets through get_or_create): flock locks belong to an open
+        file, so a second open of .lock in the holder would wait on itself."""
         if not self.make_new and not self.root.is_dir():
             yield  # nothing to guard: the command will refuse, and must not leave a folder behind
             return
         self._ensure_dir(self.root)
+        key = self.root.resolve()
+        if key in _HELD_HERE:
+            yield
+            return
         lock = self.root / ".lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                say(f"waiting for another ceil command that holds {lock}: the cluster's secrets are made"
-                    " by one command at a time")
+                (say or _say_on_stderr)(f"waiting for another ceil command that holds {lock}: the"
+                                        " cluster's secrets are made by one command at a time")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            _HELD_HERE.add(key)
+            try:
+                yield
+            finally:
+                _HELD_HERE.discard(key)
         finally:
             os.close(fd)
 

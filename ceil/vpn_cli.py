@@ -9,7 +9,6 @@ import click
 from .config import load_cluster
 from .errors import CeilError
 from .secrets import SecretStore
-from .ui import notice
 from .wireguard import add_client, client_secret_name, wg_set_peer_command
 
 
@@ -38,7 +37,7 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
             " set vpn.enabled: true and re-bake the router before making clients"
         )
     store = SecretStore(_secrets_dir(config_path, secrets_path), make_new=False)
-    with store.held(notice):
+    with store.held():
         client, changed = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))
     verb = "wrote" if changed else "exists (unchanged; --rotate makes new keys)"

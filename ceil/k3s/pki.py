@@ -209,9 +209,7 @@ def ensure_ca(store: SecretStore, name: str) -> CertKey:
     if pair is None:
         store.refuse_new(crt, f"cluster CA ({name})")
         pair = make_ca(K3S_CAS[name])
-        # Key first: a crash in between leaves a key without a cert, reported by load_pair.
-        store.write(key, pair.key_pem)
-        store.write(crt, pair.cert_pem)
+        store.write_pair(key, pair.key_pem, crt, pair.cert_pem)
     return pair
 
 
@@ -229,8 +227,7 @@ def ensure_admin_cert(store: SecretStore, now: dt.datetime | None = None) -> Cer
     if pair is not None and _still_good(pair, client_ca, now):
         return pair
     pair = issue_client_cert(client_ca, ADMIN_CN, [ADMIN_ORG], now)
-    store.write(key, pair.key_pem)
-    store.write(crt, pair.cert_pem)
+    store.write_pair(key, pair.key_pem, crt, pair.cert_pem)
     return pair
 
 

@@ -17,7 +17,7 @@ from ceil.config import parse_cluster
 from ceil.errors import CeilError
 from ceil.k3s import server as server_hooks
 from ceil.secrets import SecretStore
-from tests.bake_cli import bake_py
+from tests.bake_cli import bake_py, bake_py_waiting
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "firstboot/common/lib/ceil-lib.sh"
@@ -150,6 +150,21 @@ def test_restore_cli_refuses_a_bad_file_and_can_cancel(tmp_path):
     done = bake_py("datastore", "restore", "--cancel", cwd=tmp_path)
     assert done.returncode == 0 and "dropped the staged snapshot" in done.stdout
     assert not (tmp_path / "secrets" / datastore.RESTORE_SECRET).exists()
+
+
+def test_restore_waits_for_a_bake_that_holds_the_secrets(tmp_path):
+    """A bake reads the staged snapshot for its notice and again for the server's payload; staged
+    or dropped in between, the image and what the bake said differed. `datastore restore` waits on
+    secrets/.lock, says so, and stages only after the bake."""
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    kine_db(tmp_path / "snap.db").close()
+    store = SecretStore(tmp_path / "secrets")
+    with store.held():
+        restoring, said = bake_py_waiting("datastore", "restore", "snap.db", cwd=tmp_path)
+        assert not store.exists(datastore.RESTORE_SECRET)  # nothing staged while the bake runs
+    rest, _ = restoring.communicate(timeout=60)
+    assert restoring.returncode == 0 and "staged snap.db" in rest, said + rest
+    assert store.exists(datastore.RESTORE_SECRET)
 
 
 def restore(snapshot: Path, db_dir: Path) -> subprocess.CompletedProcess:

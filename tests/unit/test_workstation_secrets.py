@@ -6,7 +6,10 @@ match the cluster. Each command is run as a user runs it (`bake.py ...`, in proc
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from ceil import cli, workstation
 from ceil.k3s import pki
 from ceil.secrets import SecretStore
 from ceil.config import load_cluster
+from ceil.addons.hooks import grafana_password
 from ceil.wireguard import add_client, server_private_key
 from tests.bake_cli import bake_py_waiting
 
@@ -132,6 +136,49 @@ def test_an_add_on_turned_on_after_the_bake_gets_its_password_from_the_command(f
     assert code == 0, out
     made = (folder / "secrets/grafana-admin-password").read_text().strip()
     assert made in out and len(made) == 32
+
+
+def test_an_add_ons_password_asked_for_during_a_bake_is_the_one_the_bake_makes(folder):
+    """`addons grafana-password` run while a bake holds secrets/ (and makes that password for the
+    server's image) made a second one: the workstation showed a password the card never had. It
+    now waits on secrets/.lock, says so, and then shows the one the bake made."""
+    store = SecretStore(folder / "secrets")
+    pki.ensure_k3s_cas(store)
+    from ceil.compat import check_secrets_format
+
+    check_secrets_format(store)  # a baked cluster's folder
+    with store.held():
+        shown, said = bake_py_waiting("addons", "--config", str(folder / "cluster.yaml"), "grafana-password",
+                                      cwd=folder)
+        baked = grafana_password(store)  # the bake, meanwhile
+    rest, _ = shown.communicate(timeout=60)
+    assert shown.returncode == 0, said + rest
+    assert rest.strip().splitlines()[-1] == baked
+
+
+def test_a_command_holding_the_secrets_makes_them_without_waiting_on_itself(tmp_path):
+    """The bake holds secrets/.lock and makes its secrets inside it; a flock taken again through a
+    second open of .lock by the same process would wait for ever."""
+    store = SecretStore(tmp_path / "secrets")
+    with store.held(), SecretStore(tmp_path / "secrets").held():  # another store on the same folder, too
+        made = store.token("board-key")
+    assert store.token("board-key") == made
+
+
+def test_a_key_and_its_certificate_are_written_while_no_other_command_holds_the_secrets(tmp_path):
+    """Two commands renewing the admin certificate at once (`kubeconfig` in two terminals) could
+    leave one's key beside the other's certificate, a pair load_pair refuses for good."""
+    store = SecretStore(tmp_path / "secrets")
+    store.write("FORMAT", b"1\n")
+    other = os.open(store.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)  # another command's hold
+    fcntl.flock(other, fcntl.LOCK_EX)
+    writer = threading.Thread(target=store.write_pair, args=("a/client.key", b"key", "a/client.crt", b"crt"))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and not store.exists("a/client.key")
+    os.close(other)
+    writer.join(10)
+    assert (store.read("a/client.key"), store.read("a/client.crt")) == (b"key", b"crt")
 
 
 def test_writing_what_a_secret_already_holds_leaves_the_file_alone(tmp_path):
