@@ -209,8 +209,94 @@ def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
     try:
         return Cluster.model_validate(data)
     except ValidationError as e:
-        lines = [line for err in e.errors(include_url=False) for line in _describe(err, doc)]
+        lines = _every_problem(data, e, doc)
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
+
+
+# Stand-in for a node name that failed its own check, so the checks across nodes still run.
+SET_ASIDE_NAME = "set-aside-{index}"
+# The values no check of another key reads, as key paths (None: any index): a node's name,
+# address and MAC (each node is checked against the network, never the other way round; a node
+# without `ip` takes a free one), the SSH login and the time zone. Not a node's role (the count
+# of servers is checked) nor an unknown key in another section (`network.lan_cidrr`: the section
+# would be checked with the default the user meant to change).
+SET_ASIDE_SAFE = (("nodes", None, "name"), ("nodes", None, "ip"), ("nodes", None, "mac"), ("ssh",), ("timezone",))
+
+
+def _safe_to_set_aside(path: tuple) -> bool:
+    return any(len(path) >= len(safe) and all(s is None or s == p for s, p in zip(safe, path))
+               for safe in SET_ASIDE_SAFE)
+
+
+def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) -> list[str]:
+    """Every problem of the file in one report. pydantic runs a model's checks across its fields
+    (the DHCP pool against the nodes' addresses, ...) only once each field passed its own, so a
+    file with a bad node name and a node inside the pool said one, then the other on the next
+    try. Each value refused is set aside (an optional key dropped, a bad node name replaced by a
+    stand-in, else the section holding a required one dropped) and the rest checked again, a few
+    rounds deep; what a later round finds is kept unless it concerns a key set aside, or a
+    section holding one (its problem may be the stand-in's). Only values no other check reads
+    are set aside (SET_ASIDE_SAFE): with `network.dhcp_start` dropped for its default, a node's
+    address would be checked against a pool the user never wrote."""
+    lines = _lines_of(error, doc)
+    aside: list[tuple] = []
+    for _ in range(4):
+        fresh = [path for err in error.errors(include_url=False)
+                 if (path := _set_aside(data, _data_path(err["loc"]))) is not None]
+        if not fresh:
+            break
+        aside += fresh
+        try:
+            Cluster.model_validate(data)
+            break
+        except ValidationError as again:
+            error = again
+        for line in _lines_of(error, doc):
+            key = _path_parts(line.split(" ", 1)[0].rstrip(":")) if not line.startswith("(") else ()
+            related = any(key[:len(a)] == a or a[:len(key)] == key for a in aside)
+            if not related and line not in lines:
+                lines.append(line)
+    return lines
+
+
+def _lines_of(error: ValidationError, doc: yaml.Node | None) -> list[str]:
+    return [line for err in error.errors(include_url=False) for line in _describe(err, doc)]
+
+
+def _data_path(loc: tuple) -> tuple:
+    """The keys and indexes of a pydantic location, without its internal step names."""
+    return tuple(p for p in loc if isinstance(p, int)
+                 or not (str(p).startswith("function") or "[" in str(p)))
+
+
+def _set_aside(data: dict, path: tuple) -> tuple | None:
+    """Take the value at `path` out of `data` (in place) so the other checks can run; the path set
+    aside, or None where nothing can be (outside SET_ASIDE_SAFE, or a value whose section is
+    required all the way up)."""
+    if not _safe_to_set_aside(path):
+        return None
+    while path and _safe_to_set_aside(path):
+        parent: Any = data
+        for part in path[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        leaf = path[-1]
+        if path[0] == "nodes" and len(path) == 3 and leaf == "name" and isinstance(parent, dict):
+            parent["name"] = SET_ASIDE_NAME.format(index=path[1])
+            return path
+        if isinstance(parent, dict) and leaf in parent:
+            info = _field_info(path)
+            if info is None or not info.is_required():
+                del parent[leaf]  # an unknown key, or one whose default changes no other check
+                return path
+        elif isinstance(parent, dict):  # missing: its section goes, if that one may
+            pass
+        else:
+            return None
+        path = path[:-1]
+    return None
 
 
 def load_cluster(path: Path) -> Cluster:

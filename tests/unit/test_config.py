@@ -426,6 +426,34 @@ def test_every_cross_section_mistake_is_reported_in_one_go():
     assert len(lines) == 8, msg
 
 
+def test_a_keys_own_mistake_and_a_mistake_across_keys_are_reported_together():
+    """pydantic checks across keys only once every key passed its own check: a bad node name and a
+    node inside the DHCP pool came out one per try (the README's example could not happen)."""
+    nodes = ("nodes: [{{name: one, role: server, ip: 10.42.0.11}}, {{name: {two}, ip: {two_ip}, mac: '{mac}'}},"
+             " {{name: three, ip: 10.42.0.150}}]\n")
+    for two, two_ip, mac, extra, own in [
+        ("Two_", "10.42.0.12", "aa:bb:cc:dd:ee:01", "", "nodes[1].name (line 3): 'Two_' is not a valid hostname"),
+        ("two", "10.42.0.999", "aa:bb:cc:dd:ee:01", "", "nodes[1].ip (line 3): '10.42.0.999': is not an IPv4 address"),
+        ("two", "10.42.0.12", "zz", "", "nodes[1].mac (line 3): 'zz'"),
+        ("two", "10.42.0.12", "aa:bb:cc:dd:ee:01", "timezone: Mars/Base\n", "timezone (line 4): 'Mars/Base'"),
+    ]:
+        lines = [line.strip() for line in error(BASE + nodes.format(two=two, two_ip=two_ip, mac=mac) + extra).splitlines()[1:]]
+        assert len(lines) == 2 and own in lines[0], lines
+        assert lines[1] == ("nodes[2].ip (line 3): 10.42.0.150 lies inside the DHCP pool 10.42.0.100-10.42.0.199:"
+                            " pick a fixed address outside it"), lines
+
+
+def test_a_value_other_keys_are_checked_against_is_not_replaced_by_its_default_to_find_more():
+    """With `network.dhcp_start` refused, the nodes' addresses cannot be checked against the pool
+    the user meant: nothing is said about them rather than something wrong. Nor is a node's
+    refused role set aside (the servers are counted)."""
+    lines = error(BASE + "network: {dhcp_start: 10.42.0.300, dhcp_end: 10.42.0.199}\n"
+                  "nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.150}]\n").split("\n  ")[1:]
+    assert len(lines) == 1 and lines[0].startswith("network.dhcp_start (line 3): '10.42.0.300'"), lines
+    lines = error(BASE + "nodes: [{name: one, role: sever, ip: 10.42.0.11}, {name: two, ip: 10.42.0.150}]\n").split("\n  ")[1:]
+    assert len(lines) == 1 and lines[0].startswith("nodes[0].role (line 3): 'sever'"), lines
+
+
 def test_pydantics_own_words_are_replaced_by_what_the_key_expects():
     msg = error(BASE + "kubernetes: {k3s_version: '1.35'}\nnetwork: {router_ip: 10.42.0.300}\n")
     assert ("kubernetes.k3s_version (line 3): '1.35': does not have the form this key takes (expected: a"
