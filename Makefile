@@ -16,15 +16,17 @@ DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clu
 ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)')).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 	@printf "  \033[36m%-22s\033[0m %s\n" "<addon>-deploy" "Apply one add-on: $(ADDONS)" "<addon>-delete" "Delete one add-on, e.g. make demo-delete" \
 		"<test bed>" "Build (or reuse) one test-bed flavor: $(TESTBEDS) (ARCH=arm64|amd64)"
 
-setup: setup-host venv ## Install host packages (Debian/Ubuntu, as root) and the Python venv
-setup-host: ## Install the Debian packages baking and the tests need (idempotent)
+setup: setup-host venv ## Install the host packages baking needs (Debian/Ubuntu, as root) and the Python venv
+setup-host: ## Install the Debian packages baking needs (idempotent)
+	bash scripts/setup-host.sh
+setup-test: venv ## Install the Debian packages baking and the tests need (idempotent; the tests also need Go >= 1.26 and kubectl)
 	bash scripts/setup-host.sh --test
 venv: .venv/.done ## Create .venv with ceil and its test dependencies
 .venv/.done: pyproject.toml
@@ -46,11 +48,11 @@ route: venv ## Print the workstation's route to the cluster LAN through the rout
 	$(PY) bake.py route --config $(CONFIG) $(if $(VIA),--via $(VIA))
 route-add: venv ## Add that route (sudo; Linux and macOS), like the seed's workstation-route-add
 	$(PY) bake.py route --config $(CONFIG) --add $(if $(VIA),--via $(VIA))
-%-flash: venv ## Flash one role's image to DEVICE, e.g. make router-flash DEVICE=/dev/sdb
-	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX"; exit 2; }
-	$(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE)
+%-flash: venv ## Flash one role's image to DEVICE, e.g. make router-flash DEVICE=/dev/sdb (through sudo: writing a card needs root)
+	@[ -n "$(DEVICE)" ] || { echo "usage: make $@ DEVICE=/dev/sdX (see lsblk; macOS: diskutil list)"; exit 2; }
+	$(if $(filter 0,$(shell id -u)),,sudo) $(PY) bake.py flash --role $* --out $(OUT) --device $(DEVICE) $(FLASH_FLAGS)
 
-test: setup ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
+test: setup-test ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
 	@# With cold caches the Go builds (~13 min) and the test beds (~2 min) run beside the unit tests,
 	@# niced so the tests' own timeouts keep the CPU; with warm caches each build is a cache hit.
 	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm testbed-ci

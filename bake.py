@@ -1,7 +1,22 @@
 #!/usr/bin/env python3
 """ceil: bake SD-card images for a self-provisioning Raspberry Pi k3s cluster. See --help."""
 
-from ceil.cli import main
+import os
+import sys
+from pathlib import Path
+
+VENV = Path(__file__).resolve().parent / ".venv"
+
+try:
+    from ceil.cli import main
+except ImportError as missing:
+    # `python3 bake.py` (or `sudo python3 bake.py flash`) outside the venv `make setup` made:
+    # run the same command with the venv's Python rather than fail on an import. Once only.
+    if (VENV / "bin" / "python").exists() and not os.environ.get("CEIL_IN_VENV"):
+        os.environ["CEIL_IN_VENV"] = "1"
+        os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+    sys.exit(f"ceil cannot start: {missing}. Run `make setup` in {VENV.parent} (it makes the venv"
+             " .venv with ceil's Python packages), then run this command again")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,34 @@
+"""bake.py, the command people type: `python3 bake.py` outside the venv `make setup` made (a
+Debian shell's python3, or `sudo python3 bake.py flash`, which is root's Python) runs the same
+command with the venv's Python instead of failing on an import."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bake_cli import REPO
+
+
+def python_without_packages() -> list[str]:
+    # The interpreter the venv was made from, without its site-packages: no click, no pydantic.
+    return [getattr(sys, "_base_executable", None) or sys.executable, "-S"]
+
+
+@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(), reason="no .venv beside bake.py (make setup)")
+def test_bake_py_started_by_a_python_without_ceils_packages_runs_in_the_venv(tmp_path):
+    done = subprocess.run([*python_without_packages(), str(REPO / "bake.py"), "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Usage: bake.py" in done.stdout, done.stderr
+
+
+def test_without_a_venv_it_says_to_run_make_setup(tmp_path):
+    shutil.copy(REPO / "bake.py", tmp_path / "bake.py")  # a checkout where `make setup` never ran
+    done = subprocess.run([*python_without_packages(), str(tmp_path / "bake.py"), "doctor"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"Run `make setup` in {tmp_path}" in done.stderr, done.stderr
