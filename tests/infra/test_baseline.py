@@ -128,6 +128,14 @@ def test_firstboot_target_reached_with_every_done_marker(host, machine):
     assert status.strip(), "/var/lib/ceil/status.json is missing"
 
 
+def test_ceil_status_answers_by_its_name(host, machine):
+    """What the README tells a user to type on a machine: `sudo ceil-status`, every step done."""
+    done = host.run("sudo ceil-status")
+    assert done.rc == 0, done.stderr
+    assert "ceil-firstboot.target active" in done.stdout, done.stdout
+    assert "pending" not in done.stdout, done.stdout
+
+
 def test_the_packages_step_reloads_systemd_once_per_install(host, machine):
     """Issue 21: every package with a unit reloads systemd in its postinst, 9-20 s each under
     TCG (10 on the router, 135 s of its install, run ci-art38); ceil's install skips those and
