@@ -41,7 +41,7 @@ Examples:
 @click.option("--role", "roles", multiple=True, metavar="NAME", help="Role to bake: router or a node name from cluster.yaml (repeatable).")
 @click.option("--all", "all_roles", is_flag=True, help="Bake the router and every node.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True, help="The cluster description.")
-@click.option("--base-image", type=click.Path(path_type=Path), help="Use this local image (.img, .img.xz, .zip) instead of downloading the flavor's; where the flavor pins a sha256, it must be that file.")
+@click.option("--base-image", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="Use this local image (.img, .img.xz, .zip) instead of downloading the flavor's; where the flavor pins a sha256, it must be that file.")
 @click.option("--any-base-image", is_flag=True, help="Bake from --base-image even if it is not the file the flavor pins (e.g. an image you changed).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True, help="Where images and manifests are written.")
 @click.option("--airgap", type=click.Path(path_type=Path, file_okay=False), help="Folder with k3s release files (k3s-arm64, sha256sum-arm64.txt, images tarball) to bake into node images.")
@@ -55,10 +55,20 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     Each image configures its machine on first boot: the router (uplink, DHCP/DNS, NAT, firewall,
     NTP, VPN, DDNS, registries, PiWatch) and the nodes (a k3s cluster with keys made here).
     """
-    ctx.ensure_object(dict)
-    ctx.obj.update(config_path=config_path, out_dir=out_dir, secrets_dir=secrets_dir)
     if ctx.invoked_subcommand:
+        # Each command has its own --config (and --out, --secrets where it takes them): one given
+        # before the command's name was ignored, and the command acted on ./cluster.yaml instead.
+        given = [param.opts[0] for param in ctx.command.params
+                 if ctx.get_parameter_source(param.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)} before `{ctx.invoked_subcommand}`: {'that is an option' if len(given) == 1 else 'those are options'}"
+                f" of the bake, not of `{ctx.invoked_subcommand}`:"
+                f" put the command's options after its name, e.g. python bake.py {ctx.invoked_subcommand}"
+                f" --config other.yaml (see python bake.py {ctx.invoked_subcommand} --help)")
         return
+    if roles and all_roles:
+        raise click.UsageError("--all bakes every role: drop --role, or drop --all")
     if not roles and not all_roles:
         click.echo(ctx.get_help())
         raise click.UsageError("say what to bake: --role NAME (router, one, ...) or --all")
@@ -74,6 +84,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     if airgap:  # the whole bundle, digests included, once: refused before any image is written
         airgap_files(cluster, flavor.arch, airgap)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CeilError(f"--out {out_dir} is a file, not a folder: give the folder the images go to (default: out)")
     store = SecretStore(secrets_dir or config_path.parent / "secrets")
     check_secrets_format(store)
     for r in chosen:
@@ -186,7 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except Exception as e:
         from .addons.job.kube import ApiError
+        from .oci import OciError
 
+        if isinstance(e, OciError):  # oci.py is standard library only (it runs on nodes too): not a CeilError
+            console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+            sys.exit(1)
         if not isinstance(e, ApiError):
             raise
         console.print(f"[red]error:[/red] {escape(str(e))}. The workstation needs a way to the cluster LAN"

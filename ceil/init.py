@@ -100,8 +100,8 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     if not key_file.is_file():
         raise CeilError(f"{key_file} does not exist: give the path of your public key (.pub)")
     try:
-        key = check_public_key(key_file.read_text().strip().splitlines()[0])
-    except ValueError as e:
+        key = check_public_key((key_file.read_text().strip().splitlines() or [""])[0])
+    except (ValueError, UnicodeDecodeError) as e:
         raise CeilError(f"{key_file}: {e}") from None
     uplink = uplink or ask("Router uplink", default="wifi", type=click.Choice(["wifi", "ethernet"]))
     psk = from_env = None
@@ -113,11 +113,15 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         if not ssid or not psk:
             raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (the prompt, or CEIL_WIFI_PSK"
                             " in the environment); or choose --uplink ethernet")
-    nodes = nodes or int(ask("Number of k3s nodes", default=4, type=int))
+    nodes = nodes or int(ask("Number of k3s nodes", default=4, type=click.IntRange(1, len(NODE_NAMES))))
     # The way in from the workstation (README, "Your way in"): a VPN client that works from the
     # home network at once (the router's name there), or from anywhere with a public name.
     vpn_endpoint = vpn_endpoint or ask("VPN endpoint (the router's public name, or its name on your network)",
                                        default=f"{name}-router")
+    if vpn_client:
+        from .wireguard import client_secret_name
+
+        client_secret_name(vpn_client)  # a bad name is refused before anything is written
     cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
     cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and

@@ -21,13 +21,16 @@ STERN_HINT = ("stern follows pods by name pattern: `brew install stern`, or `go 
               " github.com/stern/stern@latest`, or a release binary from github.com/stern/stern")
 
 
-def logs_argv(kubeconfig: str, query: str, namespace: str | None, since: str, stern: str | None,
+def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: str, stern: str | None,
               kubectl: str | None) -> list[str]:
     scope = ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
     if stern:
-        return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, query]
+        return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, query or "."]
     if not kubectl:
         raise CeilError(f"neither stern nor kubectl found: {STERN_HINT}; kubectl: `python bake.py doctor`")
+    if query is None:
+        raise CeilError(f"every pod at once needs stern; without it, name the pods by a label selector,"
+                        f" e.g. python bake.py logs app=podinfo. {STERN_HINT}")
     if "=" not in query:
         raise CeilError(f"without stern, QUERY must be a label selector such as app=podinfo (got {query!r});"
                         f" {STERN_HINT}")
@@ -39,7 +42,7 @@ def logs_argv(kubeconfig: str, query: str, namespace: str | None, since: str, st
 @cluster_options
 @click.option("-n", "--namespace", help="Only this namespace [default: every namespace].")
 @click.option("--since", default="10m", show_default=True, help="Start this far back (e.g. 30s, 1h).")
-@click.argument("query", default=".")
+@click.argument("query", required=False)
 def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, since, query) -> None:
     """Follow the logs of every pod QUERY matches, each line labelled with its pod: with stern a
     pod-name pattern (default: every pod), without it a label selector (app=podinfo). Ctrl-C

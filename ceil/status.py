@@ -50,13 +50,14 @@ def fetch_status(url: str, timeout: float = 20.0) -> dict:
     try:
         resp = requests.get(url, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout))
         resp.raise_for_status()
-        snap = resp.json()
     except requests.RequestException as e:
         raise CeilError(
             f"could not read the status board at {url}: {e}. Expected the router's board on the"
             " cluster LAN: connect this machine to the LAN (or the VPN), wait until the router has"
             " booted, or give the address with --url"
         ) from None
+    try:
+        snap = resp.json()
     except ValueError:
         raise CeilError(f"{url} answered, but not with JSON: is that the ceil router's status board?") from None
     if not isinstance(snap, dict) or not isinstance(snap.get("hosts"), list):
@@ -162,6 +163,11 @@ def settled(snap: dict) -> bool:
 
 def _resolve_url(url: str | None, config_path: Path) -> str:
     if url:
+        from urllib.parse import urlsplit
+
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise click.BadParameter(f"{url!r} is not a web address: give http://HOST[:PORT], e.g."
+                                     " http://10.42.0.1:8081", param_hint="--url")
         return url if "/api/" in url else url.rstrip("/") + "/api/status"
     return board_url(str(load_cluster(config_path).network.router_ip))
 
@@ -173,9 +179,9 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the board's raw JSON.")
 @click.option("--times", is_flag=True, help="Each host's first-boot profile: every step's start (seconds after"
               " power-on), duration and share of the first boot, slowest first.")
-@click.option("--wait", type=float, default=0, metavar="SECONDS",
+@click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Poll until every host is done (or one failed), at most this long.")
-@click.option("--timeout", type=float, default=20.0, show_default=True, help="Seconds to wait for the board's"
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True, help="Seconds to wait for the board's"
               " answer (the connection itself gets at most 5).")
 def status_command(config_path: Path, url: str | None, as_json: bool, times: bool, wait: float, timeout: float) -> None:
     """Show each machine's first-boot progress, as collected by the router's status board.

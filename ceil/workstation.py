@@ -13,6 +13,7 @@ Whichever path, SSH checks the machines' host keys against the cluster's own kno
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import socket
@@ -46,9 +47,21 @@ def route_command_for(platform: str, lan: str, via: str) -> list[str]:
 
 
 def router_address(cluster: Cluster, via: str | None, resolve: Callable[[str], str] = socket.gethostbyname) -> str:
-    """--via, else the router's name by mDNS (`ceil-router.local`) or the home network's DNS."""
+    """--via (an address, or a name this machine resolves), else the router's name by mDNS
+    (`ceil-router.local`) or the home network's DNS."""
     if via:
-        return via
+        try:
+            try:
+                address = ipaddress.IPv4Address(via)
+            except ValueError:
+                address = ipaddress.IPv4Address(resolve(via))
+        except (OSError, UnicodeError, ValueError):
+            raise CeilError(f"--via {via}: not an IPv4 address, nor a name this machine resolves: give the"
+                            " router's address on your network (e.g. 192.168.1.23)") from None
+        if address in cluster.network.lan_cidr:
+            raise CeilError(f"--via {via}: {address} is inside the cluster LAN ({cluster.network.lan_cidr}), the"
+                            " network the route leads to: give the router's address on your network, its uplink")
+        return str(address)
     name = cluster.hostname("router")
     for candidate in (f"{name}.local", name):
         try:

@@ -121,6 +121,8 @@ def list_command(obj: Context) -> None:
 def render_command(obj: Context, names, out_dir, check) -> None:
     """Write the manifests of NAMES (default: the enabled add-ons), numbered in apply order."""
     cluster = obj.cluster
+    if names:
+        check_settings_on(cluster, list(names))
     addons = render_selected(cluster, names=list(names) or None)
     for path in write_rendered(addons, out_dir):
         click.echo(str(path))
@@ -198,6 +200,17 @@ def _names(obj: Context, names: tuple[str, ...], everything: bool) -> list[str]:
     return list(names)
 
 
+def check_settings_on(cluster: Cluster, names: list[str]) -> None:
+    """An add-on named by hand whose settings are off (gitops without gitops.enabled) rendered
+    with them empty (`url: null`): refused, naming the setting."""
+    catalog = Catalog()
+    off = [spec for spec in map(catalog.get, names) if not spec.applies_to(cluster)]
+    if off:
+        raise CeilError("; ".join(f"{spec.name} needs {spec.when} in cluster.yaml, which is off: set it (with the"
+                                  f" settings beside it, see cluster.example.yaml)" for spec in off)
+                        + ", then run this again")
+
+
 @addons_group.command("apply")
 @click.argument("names", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Every add-on enabled in cluster.yaml.")
@@ -207,7 +220,9 @@ def apply_command(obj: Context, names, everything) -> None:
     from .job.apply import Applier
 
     cluster, store = obj.cluster, obj.store
-    plan = build_plan(cluster, names=_names(obj, names, everything))
+    chosen = _names(obj, names, everything)
+    check_settings_on(cluster, chosen)
+    plan = build_plan(cluster, names=chosen)
     # Every secret the plan names is read before anything is applied: one missing from secrets/
     # is refused (never made up here), with no add-on half applied.
     for name in sorted({source["secret"] for addon in plan["addons"] for step in addon["steps"]

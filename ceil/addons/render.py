@@ -190,8 +190,13 @@ def plan_json(cluster: Cluster, catalog: Catalog | None = None) -> str:
 
 
 def write_rendered(addons: list[RenderedAddon], out: Path) -> list[Path]:
-    """One multi-document YAML file per add-on, numbered in apply order (for review or kubectl)."""
+    """One multi-document YAML file per add-on, numbered in apply order (for review or kubectl).
+    The files of an earlier render go first: `kubectl apply -f out/addons` applied them too."""
+    if out.exists() and not out.is_dir():
+        raise CeilError(f"--out {out} is a file: give a folder for the add-ons' manifests (default: out/addons)")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("[0-9][0-9]-*.yaml"):
+        old.unlink()
     written = []
     for i, addon in enumerate(addons, 1):
         path = out / f"{i:02d}-{addon.name}.yaml"

@@ -131,7 +131,7 @@ class Cluster(Model):
     def _consistent(self) -> Cluster:
         # Every problem at once, one per line, each starting with its key (loading.py splits
         # them): a user with three mistakes fixes them in one go, not in three bakes.
-        problems = [*self._node_problems(), *self._cidr_problems()]
+        problems = [*self._node_problems(), *self._cidr_problems(), *self._host_name_problems()]
         if not any(n.role == "server" for n in self.nodes):
             problems.append("nodes: no node has role 'server': one node must run the k3s server")
         if self.router.usb_drive and not self.registry.enabled:
@@ -144,6 +144,21 @@ class Cluster(Model):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _host_name_problems(self) -> list[str]:
+        """Each part may pass on its own while the host name they make does not fit (the machine
+        would refuse it at first boot, long after the card was flashed)."""
+        problems = []
+        for key, role in [("name", "router"), *((f"nodes[{i}].name", n.name) for i, n in enumerate(self.nodes))]:
+            host = self.hostname(role)
+            if len(host) > 63:
+                shorten = "the cluster's name" if role == "router" else "the node's name or the cluster's"
+                problems.append(f"{key}: the host name {host!r} it makes is {len(host)} characters long; a host"
+                                f" name holds at most 63 (RFC 1123): shorten {shorten}")
+            elif len(self.fqdn(role)) > 253:
+                problems.append(f"domain: {self.fqdn(role)!r} is {len(self.fqdn(role))} characters long; a full"
+                                " name holds at most 253: shorten the domain")
+        return problems
 
     def _node_problems(self) -> list[str]:
         problems, names, ips, macs = [], set(), {}, set()

@@ -300,12 +300,19 @@ def _set_aside(data: dict, path: tuple) -> tuple | None:
 
 
 def load_cluster(path: Path) -> Cluster:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give the cluster description in it, e.g. --config {path / 'cluster.yaml'}")
     if not path.is_file():
         raise ConfigError(
             f"{path} not found: copy cluster.example.yaml to {path} and edit it,"
             " or run `python bake.py init`"
         )
-    return parse_cluster(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): save it"
+                          " as UTF-8 in your editor") from None
+    return parse_cluster(text, str(path))
 
 
 def config_hash(path: Path) -> str:

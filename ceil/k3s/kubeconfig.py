@@ -17,6 +17,7 @@ import click
 import yaml
 
 from ..config import Cluster, load_cluster
+from ..errors import CeilError
 from .pki import ensure_admin_cert, ensure_ca
 from ..secrets import SecretStore
 
@@ -72,6 +73,22 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse to write a kubeconfig over anything but an earlier kubeconfig (`--out cluster.yaml`
+    replaced the cluster's description) or into a folder's place."""
+    if path.is_dir():
+        raise CeilError(f"--out {path} is a folder: name the file, e.g. {path / 'kubeconfig'}")
+    if not path.exists():
+        return
+    try:
+        kind = (yaml.safe_load(path.read_text()) or {}).get("kind")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        kind = None
+    if kind != "Config":
+        raise CeilError(f"--out {path} exists and is not a kubeconfig: it was left alone; give another"
+                        " --out, or move that file away first")
+
+
 @click.command("kubeconfig")
 @click.option("--config", "config_path", default="cluster.yaml", show_default=True,
               type=click.Path(path_type=Path), help="The cluster description.")
@@ -91,6 +108,7 @@ def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: P
     base = config_path.resolve().parent
     store = SecretStore(secrets_path or base / "secrets", make_new=False)
     out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
+    check_replaceable(out)
     write_private(out, admin_kubeconfig(cluster, store, tunnel_port))
     click.echo(f"wrote {out} (cluster-admin for {server_url(cluster, tunnel_port)})")
     if tunnel_port:

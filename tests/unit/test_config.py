@@ -478,3 +478,14 @@ def test_an_unknown_flavor_is_reported_with_the_other_mistakes():
     msg = error(BASE + "flavor: ubunto-24.04-raspi\ntimezone: Mars/Olympus\n")
     assert "flavor (line 3): 'ubunto-24.04-raspi' is not a known base image; known flavors:" in msg
     assert "ubuntu-24.04-raspi" in msg and "timezone (line 4)" in msg
+
+
+def test_a_host_name_longer_than_63_characters_is_refused_though_each_part_fits():
+    """`name` and a node's name each pass; `<name>-<node>` did not fit a host name, which the
+    machine would have refused at first boot, after the card was flashed."""
+    msg = error(BASE + f"name: {'c' * 58}\nnodes: [{{name: one, role: server}}, {{name: {'b' * 20}}}]\n")
+    lines = msg.split("\n  ")[1:]
+    assert any(l.startswith("name (line 3): the host name 'ccc") and "65 characters long" in l
+               and "shorten the cluster's name" in l for l in lines), msg
+    assert any(l.startswith("nodes[1].name (line 4): the host name") and "79 characters" in l for l in lines), msg
+    assert not any(l.startswith("nodes[0].name") for l in lines), msg  # 58 + 4 = 62 fits

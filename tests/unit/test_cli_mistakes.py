@@ -1,0 +1,123 @@
+"""A user's mistakes on the command line, as a review of every command found them (stop 37): each
+is refused with the option, the value and the fix, exit status non-zero, no traceback, and nothing
+written before the refusal. Each command runs as a user runs it (`bake.py ...` from their folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ceil.config import parse_cluster
+from ceil.errors import CeilError
+from ceil import logs, workstation
+from tests.bake_cli import bake_py
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
+router: {{uplink: {{type: ethernet}}}}
+nodes: [{{name: one, role: server, ip: 10.42.0.11}}, {{name: two, ip: 10.42.0.12}}]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    return tmp_path
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def failed(done, *said: str) -> None:
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "Traceback" not in out, out
+    for words in said:
+        assert words in out, (words, out)
+
+
+def test_the_bakes_options_before_another_command_are_refused_not_ignored(folder):
+    """`bake.py --config other.yaml route` acted on ./cluster.yaml: the group's --config is the bake's."""
+    (folder / "other.yaml").write_text(CLUSTER.replace("10.42.0.", "10.43.0."))
+    failed(bake_py("--config", "other.yaml", "route", "--via", "192.168.1.5", cwd=folder),
+           "--config before `route`", "python bake.py route --config other.yaml")
+
+
+def test_kubeconfig_is_never_written_over_another_file_or_a_folder(folder):
+    before = (folder / "cluster.yaml").read_text()
+    failed(bake_py("kubeconfig", "--out", "cluster.yaml", cwd=folder), "--out cluster.yaml exists and is not a kubeconfig")
+    assert (folder / "cluster.yaml").read_text() == before
+    (folder / "kc").mkdir()
+    failed(bake_py("kubeconfig", "--out", "kc", cwd=folder), "--out kc is a folder")
+
+
+def test_init_checks_the_vpn_client_name_and_the_node_count_before_writing(tmp_path):
+    (tmp_path / "k.pub").write_text(KEY + "\n")
+    failed(bake_py("init", "--yes", "--uplink", "ethernet", "--ssh-key-file", "k.pub", "--vpn-client", "Bad",
+                   cwd=tmp_path), "VPN client name 'Bad' is not valid")
+    assert listing(tmp_path) == {"k.pub"}
+    (tmp_path / "empty.pub").write_text("")
+    failed(bake_py("init", "--yes", "--uplink", "ethernet", "--ssh-key-file", "empty.pub", cwd=tmp_path),
+           "empty.pub: '' is not an SSH public key")
+    # -1 took all nodes but the last; the prompt now asks again.
+    import subprocess
+    import sys
+
+    from tests.bake_cli import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--ssh-key-file", "k.pub"],
+                          input="\n-1\n2\n\n", cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "-1 is not in the range" in done.stdout
+    assert [n.name for n in parse_cluster((tmp_path / "cluster.yaml").read_text()).nodes] == ["one", "two"]
+
+
+def test_a_config_that_is_a_folder_or_not_utf8_is_named_so(folder):
+    failed(bake_py("route", "--config", ".", cwd=folder), "is a folder", "cluster.yaml")
+    (folder / "latin1.yaml").write_bytes(CLUSTER.encode() + "# Grüße\n".encode("latin-1"))
+    failed(bake_py("route", "--config", "latin1.yaml", cwd=folder), "latin1.yaml is not UTF-8 text", "save it as UTF-8")
+
+
+def test_a_bake_refuses_a_missing_base_image_or_a_file_as_output_before_writing(folder):
+    before = listing(folder)
+    failed(bake_py("--role", "router", "--base-image", "nope.img", cwd=folder), "--base-image", "nope.img")
+    failed(bake_py("--role", "router", "--out", "cluster.yaml", cwd=folder), "--out cluster.yaml is a file")
+    failed(bake_py("--all", "--role", "one", cwd=folder), "--all bakes every role")
+    assert listing(folder) == before  # no out/, no secrets/
+
+
+def test_addons_render_replaces_its_earlier_files_and_refuses_an_add_on_whose_settings_are_off(folder):
+    out = folder / "out" / "addons"
+    out.mkdir(parents=True)
+    (out / "07-earlier.yaml").write_text("kind: ConfigMap\n")
+    (out / "notes.txt").write_text("mine\n")
+    done = bake_py("addons", "render", "demo", "--out", "out/addons", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["01-demo.yaml", "notes.txt"]
+    failed(bake_py("addons", "render", "gitops", cwd=folder), "gitops needs gitops.enabled in cluster.yaml, which is off")
+    failed(bake_py("addons", "render", "--out", "cluster.yaml", cwd=folder), "--out cluster.yaml is a file")
+
+
+def test_status_refuses_an_address_that_is_no_web_address_and_a_zero_timeout(folder):
+    failed(bake_py("status", "--url", "10.42.0.1:8081", cwd=folder), "is not a web address", "http://HOST[:PORT]")
+    failed(bake_py("status", "--timeout", "0", cwd=folder), "--timeout")
+
+
+def test_logs_without_stern_and_without_a_selector_says_what_to_give():
+    with pytest.raises(CeilError, match=r"every pod at once needs stern.*logs app=podinfo"):
+        logs.logs_argv("/k", None, None, "10m", None, "/usr/bin/kubectl")
+    assert logs.logs_argv("/k", None, None, "10m", "/usr/bin/stern", None)[-1] == "."
+
+
+def test_route_via_must_be_an_address_outside_the_cluster_lan():
+    cluster = parse_cluster(CLUSTER)
+
+    def resolve(name):
+        raise OSError("not found")
+
+    with pytest.raises(CeilError, match="--via notanip: not an IPv4 address"):
+        workstation.router_address(cluster, "notanip", resolve)
+    with pytest.raises(CeilError, match=r"10\.42\.0\.1 is inside the cluster LAN"):
+        workstation.router_address(cluster, "10.42.0.1", resolve)
+    assert workstation.router_address(cluster, "router.home", lambda n: "192.168.1.7") == "192.168.1.7"
