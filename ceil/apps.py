@@ -321,7 +321,7 @@ class AppContext:
         self.kubeconfig = kubeconfig
 
     def target(self) -> Target:
-        return Target.of(load_cluster(self.config), SecretStore(self.secrets, make_new=False), self.registry)
+        return Target.of(load_cluster(self.config, env_optional=True), SecretStore(self.secrets, make_new=False), self.registry)
 
 
 @click.group("app", context_settings={"help_option_names": ["-h", "--help"]})

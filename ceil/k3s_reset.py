@@ -49,7 +49,7 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
     the first-boot add-on job applies the add-ons anew. Longhorn's drives are not wiped."""
     from .workstation import run_everywhere
 
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     what = "remove k3s from" if remove else "reset k3s on"
     if not yes:
         click.confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"

@@ -102,7 +102,7 @@ def registry_command(config_path: Path, secrets_path: Path | None) -> None:
     """How to push images into the router's private registry: its address, the CA to trust and
     the login. Pushes need the `push` account (only on this workstation); the nodes pull with a
     read-only account from registry.port."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     if not cluster.registry.enabled:
         raise CeilError("registry.enabled is false in cluster.yaml: the router runs no registry")
     store = SecretStore(secrets_path or config_path.resolve().parent / "secrets", make_new=False)

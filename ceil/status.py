@@ -169,7 +169,7 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
             raise click.BadParameter(f"{url!r} is not a web address: give http://HOST[:PORT], e.g."
                                      " http://10.42.0.1:8081", param_hint="--url")
         return url if "/api/" in url else url.rstrip("/") + "/api/status"
-    return board_url(str(load_cluster(config_path).network.router_ip))
+    return board_url(str(load_cluster(config_path, env_optional=True).network.router_ip))
 
 
 @click.command("status")

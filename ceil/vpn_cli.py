@@ -30,7 +30,7 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
     """Write secrets/wireguard/clients/NAME.conf: a WireGuard (wg-quick) config that routes the
     cluster LAN and the VPN subnet through the router. Import it in the WireGuard app or run
     `wg-quick up ./NAME.conf`."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     if not cluster.vpn.enabled:
         raise CeilError(
             f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"

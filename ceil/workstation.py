@@ -150,7 +150,7 @@ def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) ->
     """The workstation's route to the cluster LAN through the router's uplink address, for a
     workstation on a network named in router.trusted_networks (the seed's
     workstation-route-add). Linux and macOS. With --dns, the cluster's names resolve too."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     lan = str(cluster.network.lan_cidr)
     if not cluster.router.trusted_networks:
         console.print("[yellow]warning:[/yellow] router.trusted_networks is empty: the router lets nothing"
@@ -262,7 +262,7 @@ def run_command(config_path: Path, via: str | None, only: tuple[str, ...], comma
     """Run COMMAND on every machine (router first) over SSH, each answer labelled with its
     machine, e.g. `bake.py run uptime`, `bake.py run -- df -h /`, `bake.py run sudo reboot`.
     Exit status 1 if it failed anywhere."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     names = list(only) or cluster.roles
     for name in names:
         if name != "router":
@@ -292,7 +292,7 @@ def ssh_command(config_path: Path, via: str | None, name: str, extra: tuple[str,
     NAME goes to ssh, e.g. `bake.py ssh one -- uptime`. Host keys are checked against the
     cluster's own ~/.cache/ceil/known_hosts-<cluster>: the first contact records a machine's key,
     a changed one is refused (baking a card forgets its machine's old key)."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     argv = ssh_argv(cluster, name, via, extra)
     os.execvp(argv[0], argv)
 
@@ -321,7 +321,7 @@ def k8s_proxy_command(config_path: Path, via: str | None, local_port: int) -> No
     """Bring the Kubernetes API to https://127.0.0.1:PORT through an SSH tunnel via the router,
     for a workstation that reaches only the router's SSH (the seed's k8s-proxy). Runs until
     Ctrl-C; use it with the kubeconfig from `bake.py kubeconfig --tunnel-port PORT`."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     argv = tunnel_argv(cluster, via, local_port)
     click.echo(f"the Kubernetes API of {cluster.name} on https://127.0.0.1:{local_port} until Ctrl-C;"
                f" in another shell: python bake.py kubeconfig --tunnel-port {local_port}", err=True)

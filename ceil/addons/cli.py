@@ -34,7 +34,7 @@ class Context:
 
     @property
     def cluster(self) -> Cluster:
-        return load_cluster(self.config)
+        return load_cluster(self.config, env_optional=True)
 
     @property
     def store(self) -> SecretStore:

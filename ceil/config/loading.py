@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from ..errors import ConfigError
@@ -24,23 +24,63 @@ from .cluster import Cluster
 ENV_REF_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
-def _resolve_env(obj: Any, path: str = "") -> Any:
-    """Replace `${VAR}` strings by the environment's value; a missing variable is an error."""
+def _resolve_env(obj: Any, path: str = "", unset: dict[str, str] | None = None) -> Any:
+    """Replace `${VAR}` strings by the environment's value; a missing variable is an error, except
+    for a secret when `unset` collects them ({key path: variable}; see load_cluster)."""
     if isinstance(obj, dict):
-        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k)) for k, v in obj.items()}
+        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), unset) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_resolve_env(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        return [_resolve_env(v, f"{path}[{i}]", unset) for i, v in enumerate(obj)]
     if isinstance(obj, str):
         m = ENV_REF_RE.match(obj.strip())
         if m:
             var = m.group(1)
-            if var not in os.environ:
-                raise ConfigError(
-                    f"{path}: refers to ${{{var}}} but the environment variable {var} is not set:"
-                    f" export {var}=... before baking, or write the value in cluster.yaml"
-                )
-            return os.environ[var]
+            if var in os.environ:
+                return os.environ[var]
+            if unset is not None and _is_secret(_path_parts(path)):
+                unset[path] = var
+                return UNSET_STAND_IN
+            raise ConfigError(_unset_message(path, var))
     return obj
+
+
+def _unset_message(path: str, var: str) -> str:
+    return (f"{path}: refers to ${{{var}}} but the environment variable {var} is not set:"
+            f" export {var}=... before baking, or write the value in cluster.yaml")
+
+
+# Checked in a secret's place while its variable is unset: a value every secret key accepts
+# (printable ASCII, 8-63 characters, a token's alphabet), replaced by an UnsetSecret once checked.
+UNSET_STAND_IN = "ceilUnsetEnvironmentVariable0000"
+
+
+class UnsetSecret(SecretStr):
+    """A secret whose `${VAR}` was not set when a command that does not use it loaded the file:
+    reading it fails with the message a bake gives, so no command can use the stand-in."""
+
+    def __init__(self, path: str, var: str):
+        super().__init__("")
+        self._message = _unset_message(path, var)
+
+    def get_secret_value(self) -> str:
+        raise ConfigError(self._message)
+
+
+def _is_secret(loc: tuple) -> bool:
+    info = _field_info(loc)
+    return info is not None and SecretStr in (info.annotation, *typing.get_args(info.annotation))
+
+
+def _with_unset_secrets(model: BaseModel, unset: dict[str, str]) -> BaseModel:
+    for path, var in unset.items():
+        model = _replace(model, _path_parts(path), UnsetSecret(path, var))
+    return model
+
+
+def _replace(model: BaseModel, parts: tuple, value: Any) -> BaseModel:
+    head, *rest = parts
+    inner = value if not rest else _replace(getattr(model, head), tuple(rest), value)
+    return model.model_copy(update={head: inner})
 
 
 def _format_loc(loc: tuple) -> str:
@@ -190,7 +230,7 @@ def duplicate_keys(doc: yaml.Node | None, path: str = "") -> list[str]:
     return problems
 
 
-def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
+def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = False) -> Cluster:
     try:
         doc, data = yamlfile.parse(text)
     except yaml.YAMLError as e:
@@ -205,9 +245,10 @@ def parse_cluster(text: str, source: str = "cluster.yaml") -> Cluster:
     twice = duplicate_keys(doc)
     if twice:
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(twice))
-    data = _resolve_env(data)
+    unset: dict[str, str] | None = {} if env_optional else None
+    data = _resolve_env(data, unset=unset)
     try:
-        return Cluster.model_validate(data)
+        return _with_unset_secrets(Cluster.model_validate(data), unset or {})
     except ValidationError as e:
         lines = _every_problem(data, e, doc)
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
@@ -299,7 +340,10 @@ def _set_aside(data: dict, path: tuple) -> tuple | None:
     return None
 
 
-def load_cluster(path: Path) -> Cluster:
+def load_cluster(path: Path, env_optional: bool = False) -> Cluster:
+    """The cluster `path` describes. `env_optional`: for the commands that never read a secret
+    written as `${VAR}` (status, ssh, kubeconfig, ...): they run without it exported, and reading
+    one anyway fails as a bake does. The bake itself checks every variable before it starts."""
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: give the cluster description in it, e.g. --config {path / 'cluster.yaml'}")
     if not path.is_file():
@@ -312,7 +356,7 @@ def load_cluster(path: Path) -> Cluster:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): save it"
                           " as UTF-8 in your editor") from None
-    return parse_cluster(text, str(path))
+    return parse_cluster(text, str(path), env_optional)
 
 
 def config_hash(path: Path) -> str:

@@ -104,7 +104,7 @@ def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: P
     image, so `kubectl` works once the server is up; the workstation must reach the server's
     LAN address (on the cluster LAN, through the VPN or a trusted network's route), or use
     --tunnel-port with `bake.py k8s-proxy` where only the router's SSH answers."""
-    cluster = load_cluster(config_path)
+    cluster = load_cluster(config_path, env_optional=True)
     base = config_path.resolve().parent
     store = SecretStore(secrets_path or base / "secrets", make_new=False)
     out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
