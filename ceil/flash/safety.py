@@ -7,6 +7,8 @@ disk check cannot, because no flag typed in a hurry should be able to overwrite 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ceil.errors import CeilError
 from ceil.flash.device import Device, human_size
 
@@ -25,7 +27,11 @@ def check_target(device: Device, image_size: int, *, force: bool = False,
     name = device.path
     if not device.is_block:
         if device.model == "missing":
-            raise FlashRefused(f"{name} does not exist. List disks with `lsblk -d -o "
+            # `--device sdb` names ./sdb; the disk the user meant is likely /dev/sdb.
+            short = Path(name).name
+            meant = short and Path(name).parent != Path("/dev") and Path("/dev", short).exists()
+            hint = f" (the disk is /dev/{short}: --device /dev/{short})" if meant else ""
+            raise FlashRefused(f"{name} does not exist{hint}. List disks with `lsblk -d -o "
                                "NAME,SIZE,MODEL,TRAN` (Linux) or `diskutil list` (macOS).")
         raise FlashRefused(f"{name} is not a block device (a regular file or directory?). "
                            "flash writes whole disks such as /dev/sdb, /dev/mmcblk0 or /dev/disk4.")

@@ -109,3 +109,12 @@ def test_not_a_block_device(tmp_path):
     assert "not a block device" in refusal(p.discover(str(f)), force=True)
     assert "does not exist" in refusal(p.discover(str(tmp_path / "sdz")), force=True)
     assert "does not exist" in refusal(MacPlatform(run=Replay({})).discover("/dev/disk99"))
+
+
+def test_a_device_named_without_dev_is_pointed_at_dev(tmp_path, monkeypatch):
+    """`--device sdb` looked for ./sdb and said only that it does not exist."""
+    monkeypatch.chdir(tmp_path)
+    p = LinuxPlatform(run=Replay({}))
+    said = refusal(p.discover("null"), force=True)  # /dev/null exists on every machine
+    assert "null does not exist (the disk is /dev/null: --device /dev/null)" in said
+    assert "(the disk is" not in refusal(p.discover("no-such-disk-here"), force=True)
