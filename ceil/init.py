@@ -6,6 +6,7 @@ Every answer has a default or a flag, so scripts can run it with --yes.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from .compat import check_secrets_format
 from .config import Cluster, parse_cluster
 from .config.cluster import CLUSTER_FORMAT
 from .features import preflight
-from .errors import CeilError
+from .errors import CeilError, ConfigError
 from .features import RoleContext, render_features
 from .secrets import SecretStore
 from .sshkeys import check_public_key
@@ -63,6 +64,26 @@ def generate_secrets(cluster: Cluster, store: SecretStore) -> None:
         with tempfile.TemporaryDirectory() as d:
             ctx = RoleContext(cluster, role, flavor, store)
             render_features(ctx, Path(d))
+
+
+# Where each key init writes came from: the option (or the question it answers).
+ANSWERED_BY = {"name": "--name", "flavor": "--flavor", "router.uplink.wifi.ssid": "--ssid",
+               "router.uplink.wifi.country": "--country", "router.uplink.wifi.psk": "the passphrase",
+               "vpn.endpoint": "--vpn-endpoint", "ssh.authorized_keys": "--ssh-key-file"}
+
+
+def answers_refused(message: str) -> str:
+    """The schema's report on what init was about to write, in terms of the user's answers: the
+    file's line numbers point into a cluster.yaml that was never written."""
+    lines = message.splitlines()[1:]
+    said = []
+    for line in lines:
+        m = re.match(r"^(\s*)([\w.\[\]]+) \(line \d+\):", line)
+        if m:
+            key = re.sub(r"\[\d+\]$", "", m.group(2))
+            line = f"{m.group(1)}{m.group(2)} ({ANSWERED_BY.get(key, 'answer')}):{line[m.end():]}"
+        said.append(line)
+    return "these answers cannot make a valid cluster.yaml (nothing was written):\n" + "\n".join(said)
 
 
 @click.command("init")
@@ -126,7 +147,10 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
     # no half of secrets/ behind.
-    cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
+    try:
+        cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
+    except ConfigError as e:
+        raise ConfigError(answers_refused(str(e))) from None
     preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
     if uplink == "wifi" and from_env:
         # A secret from the environment stays there: the file names the variable, as a user would.

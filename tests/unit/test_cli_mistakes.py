@@ -158,3 +158,13 @@ def test_a_secret_loaded_without_its_variable_cannot_be_read(tmp_path, monkeypat
     monkeypatch.setenv("CEIL_TEST_PSK", "correct horse battery")
     assert load_cluster(tmp_path / "cluster.yaml", env_optional=True).router.uplink.wifi.psk.get_secret_value() \
         == "correct horse battery"
+
+
+def test_init_names_the_option_a_refused_answer_came_from(tmp_path):
+    """init's refusals read "cluster.yaml is not valid: name (line 3)", about a file never written."""
+    (tmp_path / "k.pub").write_text(KEY + "\n")
+    done = bake_py("init", "--yes", "--uplink", "ethernet", "--name", "Bad_", "--vpn-endpoint", "a b",
+                   "--ssh-key-file", "k.pub", cwd=tmp_path)
+    failed(done, "these answers cannot make a valid cluster.yaml (nothing was written)",
+           "name (--name): 'Bad_' is not a valid hostname", "vpn.endpoint (--vpn-endpoint): 'a b'")
+    assert "(line " not in done.stderr and listing(tmp_path) == {"k.pub"}
