@@ -280,6 +280,9 @@ def autoscaling_values(cluster: Cluster) -> dict:
 
 def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
     """The pull Secret and CA ConfigMap the helm-controller's job needs, and the HelmChart."""
+    if not state:
+        raise CeilError(f"no app {name!r} was built here (out/apps/{name}.json does not exist): run"
+                        f" `python bake.py app ship FOLDER` (or `app build` and `app chart`) for it first")
     for key, how in (("image_digest", "python bake.py app build"), ("chart_version", "python bake.py app chart")):
         if not state.get(key):
             raise CeilError(f"out/apps/{name}.json has no {key}: run `{how}` for {name} first")

@@ -93,6 +93,9 @@ def check_sqlite_cluster(cluster: Cluster) -> None:
 def check_snapshot(path: Path) -> int:
     """The number of rows in kine's table, if `path` is a whole SQLite database k3s wrote;
     CeilError naming the file and what is wrong otherwise."""
+    if path.is_dir():
+        raise CeilError(f"{path} is a folder: give a snapshot file from `python bake.py datastore backup`"
+                        " (they are in secrets/backups/)")
     try:
         return snapshot.check(str(path))
     except ValueError as e:

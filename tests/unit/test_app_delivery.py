@@ -198,6 +198,8 @@ def test_deploy_pins_the_pushed_digest_and_reads_from_the_read_only_port(tmp_pat
     assert target.url == "https://ceil-router.ceil.internal:5002"
     with pytest.raises(CeilError, match="no image_digest: run `python bake.py app build`"):
         apps.deploy_objects(target, "piphp", {"chart_version": "0.1.0"})
+    with pytest.raises(CeilError, match=r"no app 'nosuch' was built here .* app ship FOLDER"):
+        apps.deploy_objects(target, "nosuch", {})  # no state file: not "has no image_digest"
     digest = "sha256:" + "b" * 64
     secret, ca, chart = apps.deploy_objects(target, "piphp", {"image_digest": digest, "chart_version": "0.1.0",
                                                                "chart_name": "piphp"})

@@ -52,8 +52,9 @@ def test_a_snapshot_is_checked_before_anything_uses_it(tmp_path):
     plain.execute("CREATE TABLE t (x)")
     plain.commit()
     plain.close()
+    (tmp_path / "backups").mkdir()
     for name, says in [("missing.db", "no such file"), ("text.db", "not an SQLite database"),
-                       ("other.db", "no kine table")]:
+                       ("other.db", "no kine table"), ("backups", "is a folder: give a snapshot file")]:
         with pytest.raises(CeilError, match=says) as e:
             datastore.check_snapshot(tmp_path / name)
         assert name in str(e.value) and "datastore backup" in str(e.value)
