@@ -274,8 +274,7 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
     (the DHCP pool against the nodes' addresses, ...) only once each field passed its own, so a
     file with a bad node name and a node inside the pool said one, then the other on the next
     try. Each value refused is set aside (an optional key dropped, a bad node name replaced by a
-    stand-in, else the section holding a required one dropped) and the rest checked again, a few
-    rounds deep; what a later round finds is kept unless it concerns a key set aside, or a
+    stand-in) and the rest checked again, a few rounds deep; what a later round finds is kept unless it concerns a key set aside, or a
     section holding one (its problem may be the stand-in's). Only values no other check reads
     are set aside (SET_ASIDE_SAFE): with `network.dhcp_start` dropped for its default, a node's
     address would be checked against a pool the user never wrote."""
