@@ -87,7 +87,8 @@ def answers_refused(message: str) -> str:
 
 
 @click.command("init")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True,
+              help="Where to write the cluster description (secrets/ goes beside it).")
 @click.option("--name", default="ceil", show_default=True, help="Cluster name (host names become NAME-router, NAME-one, ...).")
 @click.option("--flavor", type=click.Choice([n for n in available() if not load_flavor(n).test_only]),
               default="ubuntu-24.04-raspi", show_default=True)

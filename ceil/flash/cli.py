@@ -81,6 +81,8 @@ def check_against_manifest(image: Path) -> BlockMap | None:
 def flash_command(role, image, out, device, yes, force, unmount, no_verify, no_eject) -> None:
     """Write a baked image to an SD card: only the blocks that hold data, then read them back
     and compare, then eject. Refuses internal, system, mounted, read-only and too-small disks."""
+    if not device.strip():
+        raise click.BadParameter("empty: name the card's whole disk, e.g. /dev/sdb (see lsblk)", param_hint="--device")
     path = resolve_image(role, image, out)
     bmap = check_against_manifest(Path(path))
     options = FlashOptions(image=path, device=device, yes=yes,

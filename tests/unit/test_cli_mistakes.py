@@ -168,3 +168,8 @@ def test_init_names_the_option_a_refused_answer_came_from(tmp_path):
     failed(done, "these answers cannot make a valid cluster.yaml (nothing was written)",
            "name (--name): 'Bad_' is not a valid hostname", "vpn.endpoint (--vpn-endpoint): 'a b'")
     assert "(line " not in done.stderr and listing(tmp_path) == {"k.pub"}
+
+
+def test_flash_refuses_an_empty_device_before_looking_for_the_image(tmp_path):
+    """`--device ''` was looked up as the current folder."""
+    failed(bake_py("flash", "--role", "router", "--device", "", cwd=tmp_path), "--device", "empty: name the card's whole disk")
