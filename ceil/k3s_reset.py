@@ -17,6 +17,7 @@ import click
 from .addons.cli import cluster_options
 from .config import Cluster, load_cluster
 from .errors import CeilError
+from .ui import confirm
 
 RESET = "sudo /usr/local/lib/ceil/ceil-k3s-reset"
 
@@ -52,8 +53,8 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
     cluster = load_cluster(config_path, env_optional=True)
     what = "remove k3s from" if remove else "reset k3s on"
     if not yes:
-        click.confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"
-                      " Every workload and its data in the cluster is lost", abort=True)
+        confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"
+                " Every workload and its data in the cluster is lost")
     failed = []
     for names, command in reset_plan(cluster, remove):
         for name, (code, output) in run_everywhere(cluster, names, command, via).items():
@@ -88,8 +89,8 @@ def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str |
     release = release_for(cluster)
     order = ", ".join(upgrade_order(cluster))
     if not yes:
-        click.confirm(f"upgrade k3s to {release.version} on {order}, one at a time"
-                      f"{'' if no_drain else ', each drained first'}?", abort=True)
+        confirm(f"upgrade k3s to {release.version} on {order}, one at a time"
+                f"{'' if no_drain else ', each drained first'}?")
     log = click.echo
     remote = Remote(cluster, via)
     if no_drain:

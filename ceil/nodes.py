@@ -19,6 +19,7 @@ from .addons.cli import Context, cluster_options
 from .config import Cluster
 from .errors import CeilError
 from .k3s.node_config import servers as servers_of
+from .ui import confirm
 
 STATUS_BOARD_DIR = "/var/lib/ceil-status-board"
 LEASES = "/var/lib/misc/dnsmasq.leases"
@@ -150,7 +151,7 @@ def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, n
     refuse_the_only_server(cluster, name)
     node_name = cluster.hostname(name)
     if not yes:
-        click.confirm(f"drain {node_name} and delete it from the cluster?", abort=True)
+        confirm(f"drain {node_name} and delete it from the cluster?")
     with obj.kubeconfig_path() as kubeconfig:
         for line in drain_and_delete(obj.api(kubeconfig), node_name, log=lambda m: click.echo(f"  {m}")):
             click.echo(line)

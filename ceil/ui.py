@@ -25,6 +25,16 @@ def notice(text: str) -> None:
     console.print(f"[yellow]{escape(text)}[/yellow]")
 
 
+def confirm(question: str) -> None:
+    """Ask before something that cannot be undone; a "no" stops the command with exit status 1
+    and says nothing was done (click's abort=True exits 130, as for Ctrl-C)."""
+    import click
+
+    if not click.confirm(question):
+        console.print("nothing was done")
+        raise SystemExit(1)
+
+
 @contextlib.contextmanager
 def step(name: str, detail: str = "") -> Iterator[Callable[[str], None]]:
     """Log a bake step's name and how long it took; yields a setter for a detail known only

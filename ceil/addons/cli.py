@@ -19,6 +19,7 @@ import click
 from ..config import Cluster, load_cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
+from ..ui import confirm
 from .catalog import Catalog, selected
 from .hooks import (GRAFANA_PASSWORD, KUBEWATCH_VALUES, UI_HTPASSWD, cluster_secret, grafana_password,
                     kubewatch_values, ui_htpasswd, ui_password)
@@ -268,7 +269,7 @@ def delete_command(obj: Context, names, everything, yes) -> None:
     plan = build_plan(obj.cluster, names=_names(obj, names, everything))
     chosen = [a["name"] for a in plan["addons"]]
     if not yes:
-        click.confirm(f"delete {', '.join(chosen)} from the cluster (their volumes too)?", abort=True)
+        confirm(f"delete {', '.join(chosen)} from the cluster (their volumes too)?")
     with obj.kubeconfig_path() as kubeconfig:
         applier = Applier(obj.api(kubeconfig), log=lambda m: click.echo(f"  {m}"))
         for addon in reversed(plan["addons"]):  # dependants first

@@ -173,3 +173,16 @@ def test_init_names_the_option_a_refused_answer_came_from(tmp_path):
 def test_flash_refuses_an_empty_device_before_looking_for_the_image(tmp_path):
     """`--device ''` was looked up as the current folder."""
     failed(bake_py("flash", "--role", "router", "--device", "", cwd=tmp_path), "--device", "empty: name the card's whole disk")
+
+
+def test_no_to_a_confirmation_stops_with_status_1_and_says_nothing_was_done(folder):
+    """A "no" exited 130, the status of Ctrl-C, saying "aborted"."""
+    import subprocess
+    import sys
+
+    from tests.bake_cli import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "addons", "delete", "demo"], input="n\n",
+                          cwd=folder, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "nothing was done" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
