@@ -63,9 +63,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
         if given:
             raise click.UsageError(
                 f"{', '.join(given)} before `{ctx.invoked_subcommand}`: {'that is an option' if len(given) == 1 else 'those are options'}"
-                f" of the bake, not of `{ctx.invoked_subcommand}`:"
-                f" put the command's options after its name, e.g. python bake.py {ctx.invoked_subcommand}"
-                f" --config other.yaml (see python bake.py {ctx.invoked_subcommand} --help)")
+                f" of the bake, not of `{ctx.invoked_subcommand}`: put the command's own options after its"
+                f" name (python bake.py {ctx.invoked_subcommand} --help lists them)")
         return
     if roles and all_roles:
         raise click.UsageError("--all bakes every role: drop --role, or drop --all")

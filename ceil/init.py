@@ -72,7 +72,7 @@ ANSWERED_BY = {"name": "--name", "flavor": "--flavor", "router.uplink.wifi.ssid"
                "vpn.endpoint": "--vpn-endpoint", "ssh.authorized_keys": "--ssh-key-file"}
 
 
-def answers_refused(message: str) -> str:
+def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> str:
     """The schema's report on what init was about to write, in terms of the user's answers: the
     file's line numbers point into a cluster.yaml that was never written."""
     lines = message.splitlines()[1:]
@@ -81,7 +81,7 @@ def answers_refused(message: str) -> str:
         m = re.match(r"^(\s*)([\w.\[\]]+) \(line \d+\):", line)
         if m:
             key = re.sub(r"\[\d+\]$", "", m.group(2))
-            line = f"{m.group(1)}{m.group(2)} ({ANSWERED_BY.get(key, 'answer')}):{line[m.end():]}"
+            line = f"{m.group(1)}{m.group(2)} ({answered_by.get(key, 'answer')}):{line[m.end():]}"
         said.append(line)
     return "these answers cannot make a valid cluster.yaml (nothing was written):\n" + "\n".join(said)
 
@@ -138,6 +138,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     nodes = nodes or int(ask("Number of k3s nodes", default=4, type=click.IntRange(1, len(NODE_NAMES))))
     # The way in from the workstation (README, "Your way in"): a VPN client that works from the
     # home network at once (the router's name there), or from anywhere with a public name.
+    endpoint_by_name = not vpn_endpoint  # its default, NAME-router, breaks with a bad --name
     vpn_endpoint = vpn_endpoint or ask("VPN endpoint (the router's public name, or its name on your network)",
                                        default=f"{name}-router")
     if vpn_client:
@@ -151,7 +152,8 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     try:
         cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
     except ConfigError as e:
-        raise ConfigError(answers_refused(str(e))) from None
+        by = {**ANSWERED_BY, "vpn.endpoint": "--vpn-endpoint, by default --name's NAME-router"} if endpoint_by_name else ANSWERED_BY
+        raise ConfigError(answers_refused(str(e), by)) from None
     preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
     if uplink == "wifi" and from_env:
         # A secret from the environment stays there: the file names the variable, as a user would.

@@ -165,7 +165,12 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
     if url:
         from urllib.parse import urlsplit
 
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        try:
+            parts = urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # "http://[10.42.0.1:8081": an unclosed bracket
+            usable = False
+        if not usable:
             raise click.BadParameter(f"{url!r} is not a web address: give http://HOST[:PORT], e.g."
                                      " http://10.42.0.1:8081", param_hint="--url")
         return url if "/api/" in url else url.rstrip("/") + "/api/status"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -54,6 +55,8 @@ def router_address(cluster: Cluster, via: str | None, resolve: Callable[[str], s
             try:
                 address = ipaddress.IPv4Address(via)
             except ValueError:
+                if re.fullmatch(r"[0-9.]+", via):  # 192.168.1.023: the resolver reads 023 as octal (.19)
+                    raise
                 address = ipaddress.IPv4Address(resolve(via))
         except (OSError, UnicodeError, ValueError):
             raise CeilError(f"--via {via}: not an IPv4 address, nor a name this machine resolves: give the"

@@ -65,6 +65,12 @@ class UnsetSecret(SecretStr):
     def get_secret_value(self) -> str:
         raise ConfigError(self._message)
 
+    def __bool__(self) -> bool:  # set, just not here: never taken for an empty value
+        return True
+
+    def __len__(self) -> int:
+        raise ConfigError(self._message)
+
 
 def _is_secret(loc: tuple) -> bool:
     info = _field_info(loc)
@@ -274,8 +280,9 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
     (the DHCP pool against the nodes' addresses, ...) only once each field passed its own, so a
     file with a bad node name and a node inside the pool said one, then the other on the next
     try. Each value refused is set aside (an optional key dropped, a bad node name replaced by a
-    stand-in) and the rest checked again, a few rounds deep; what a later round finds is kept unless it concerns a key set aside, or a
-    section holding one (its problem may be the stand-in's). Only values no other check reads
+    stand-in) and the rest checked again, a few rounds deep; what a later round finds is kept
+    unless it concerns a key set aside or names a stand-in (its problem may be the stand-in's),
+    so "no node has role 'server'" comes with a bad node name. Only values no other check reads
     are set aside (SET_ASIDE_SAFE): with `network.dhcp_start` dropped for its default, a node's
     address would be checked against a pool the user never wrote."""
     lines = _lines_of(error, doc)
@@ -293,7 +300,7 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
             error = again
         for line in _lines_of(error, doc):
             key = _path_parts(line.split(" ", 1)[0].rstrip(":")) if not line.startswith("(") else ()
-            related = any(key[:len(a)] == a or a[:len(key)] == key for a in aside)
+            related = any(key[:len(a)] == a for a in aside) or SET_ASIDE_NAME.format(index="") in line
             if not related and line not in lines:
                 lines.append(line)
     return lines

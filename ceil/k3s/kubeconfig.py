@@ -78,11 +78,15 @@ def check_replaceable(path: Path) -> None:
     replaced the cluster's description) or into a folder's place."""
     if path.is_dir():
         raise CeilError(f"--out {path} is a folder: name the file, e.g. {path / 'kubeconfig'}")
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:  # made beforehand for its mode, e.g. install -m600
         return
     try:
-        kind = (yaml.safe_load(path.read_text()) or {}).get("kind")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        text = path.read_text()
+    except OSError as e:
+        raise CeilError(f"--out {path} cannot be read ({e.strerror}): give another --out") from None
+    try:
+        kind = (yaml.safe_load(text) or {}).get("kind")
+    except (UnicodeDecodeError, yaml.YAMLError, AttributeError):
         kind = None
     if kind != "Config":
         raise CeilError(f"--out {path} exists and is not a kubeconfig: it was left alone; give another"

@@ -41,7 +41,7 @@ def test_the_bakes_options_before_another_command_are_refused_not_ignored(folder
     """`bake.py --config other.yaml route` acted on ./cluster.yaml: the group's --config is the bake's."""
     (folder / "other.yaml").write_text(CLUSTER.replace("10.42.0.", "10.43.0."))
     failed(bake_py("--config", "other.yaml", "route", "--via", "192.168.1.5", cwd=folder),
-           "--config before `route`", "python bake.py route --config other.yaml")
+           "--config before `route`", "python bake.py route --help lists them")
 
 
 def test_kubeconfig_is_never_written_over_another_file_or_a_folder(folder):
@@ -50,6 +50,10 @@ def test_kubeconfig_is_never_written_over_another_file_or_a_folder(folder):
     assert (folder / "cluster.yaml").read_text() == before
     (folder / "kc").mkdir()
     failed(bake_py("kubeconfig", "--out", "kc", cwd=folder), "--out kc is a folder")
+    from ceil.k3s.kubeconfig import check_replaceable
+
+    (folder / "made-for-its-mode").touch()  # install -m600 /dev/null FILE, then --out FILE
+    check_replaceable(folder / "made-for-its-mode")
 
 
 def test_init_checks_the_vpn_client_name_and_the_node_count_before_writing(tmp_path):
@@ -92,9 +96,12 @@ def test_addons_render_replaces_its_earlier_files_and_refuses_an_add_on_whose_se
     out.mkdir(parents=True)
     (out / "07-earlier.yaml").write_text("kind: ConfigMap\n")
     (out / "notes.txt").write_text("mine\n")
+    (out / "01-my-namespace.yaml").write_text("kind: Namespace\n")  # the user's, named like ours
+    (out / "03-metallb.yaml").write_text("kind: ConfigMap\n")  # an earlier render's
     done = bake_py("addons", "render", "demo", "--out", "out/addons", cwd=folder)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["01-demo.yaml", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["01-demo.yaml", "01-my-namespace.yaml", "07-earlier.yaml",
+                                                     "notes.txt"]
     failed(bake_py("addons", "render", "gitops", cwd=folder), "gitops needs gitops.enabled in cluster.yaml, which is off")
     failed(bake_py("addons", "render", "--out", "cluster.yaml", cwd=folder), "--out cluster.yaml is a file")
 
@@ -102,6 +109,7 @@ def test_addons_render_replaces_its_earlier_files_and_refuses_an_add_on_whose_se
 def test_status_refuses_an_address_that_is_no_web_address_and_a_zero_timeout(folder):
     failed(bake_py("status", "--url", "10.42.0.1:8081", cwd=folder), "is not a web address", "http://HOST[:PORT]")
     failed(bake_py("status", "--timeout", "0", cwd=folder), "--timeout")
+    failed(bake_py("status", "--url", "http://[10.42.0.1:8081", cwd=folder), "is not a web address")
 
 
 def test_logs_without_stern_and_without_a_selector_says_what_to_give():
@@ -120,6 +128,9 @@ def test_route_via_must_be_an_address_outside_the_cluster_lan():
         workstation.router_address(cluster, "notanip", resolve)
     with pytest.raises(CeilError, match=r"10\.42\.0\.1 is inside the cluster LAN"):
         workstation.router_address(cluster, "10.42.0.1", resolve)
+    # The resolver reads a leading zero as octal: 192.168.1.023 would have been 192.168.1.19.
+    with pytest.raises(CeilError, match="--via 192.168.1.023: not an IPv4 address"):
+        workstation.router_address(cluster, "192.168.1.023", lambda n: "192.168.1.19")
     assert workstation.router_address(cluster, "router.home", lambda n: "192.168.1.7") == "192.168.1.7"
 
 
@@ -155,6 +166,7 @@ def test_a_secret_loaded_without_its_variable_cannot_be_read(tmp_path, monkeypat
     assert cluster.router.uplink.wifi.ssid == "Home" and cluster.hostname("one") == "ceil-one"
     with pytest.raises(ConfigError, match=r"refers to \$\{CEIL_TEST_PSK\}"):
         cluster.router.uplink.wifi.psk.get_secret_value()
+    assert cluster.router.uplink.wifi.psk  # set, just not here: `if token` must not take it for empty
     monkeypatch.setenv("CEIL_TEST_PSK", "correct horse battery")
     assert load_cluster(tmp_path / "cluster.yaml", env_optional=True).router.uplink.wifi.psk.get_secret_value() \
         == "correct horse battery"

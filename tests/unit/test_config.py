@@ -489,3 +489,10 @@ def test_a_host_name_longer_than_63_characters_is_refused_though_each_part_fits(
                and "shorten the cluster's name" in l for l in lines), msg
     assert any(l.startswith("nodes[1].name (line 4): the host name") and "79 characters" in l for l in lines), msg
     assert not any(l.startswith("nodes[0].name") for l in lines), msg  # 58 + 4 = 62 fits
+
+
+def test_a_stand_in_for_a_bad_node_name_never_appears_and_a_missing_server_still_does():
+    lines = error(BASE + "nodes: [{name: One_1, role: agent, ip: 10.42.0.11}, {name: two, ip: 10.42.0.11}]\n").split("\n  ")[1:]
+    assert not any("set-aside" in line for line in lines), lines
+    assert any(line.startswith("nodes[0].name (line 3): 'One_1'") for line in lines), lines
+    assert any("no node has role 'server'" in line for line in lines), lines
