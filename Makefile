@@ -13,7 +13,6 @@ TESTBEDS = testbed-ubuntu testbed-ubuntu-slots testbed-raspios
 CI_TESTBEDS = testbed-ubuntu testbed-raspios
 NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)'), env_optional=True).nodes))" 2>/dev/null)
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)'), env_optional=True).domain)" 2>/dev/null || echo ceil.internal)
-ROLES = router $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)'), env_optional=True).nodes))" 2>/dev/null || echo one two three four)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor

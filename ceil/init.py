@@ -142,9 +142,9 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     vpn_endpoint = vpn_endpoint or ask("VPN endpoint (the router's public name, or its name on your network)",
                                        default=f"{name}-router")
     if vpn_client:
-        from .wireguard import client_secret_name
+        from .wireguard import add_client, client_secret_name
 
-        client_secret_name(vpn_client)  # a bad name is refused before anything is written
+        client_name = client_secret_name(vpn_client)  # a bad name is refused before anything is written
     cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
     cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
@@ -167,10 +167,8 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     client_path = None
     with store.held():
         if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
-            from .wireguard import add_client, client_secret_name
-
             add_client(cluster, store, vpn_client)
-            client_path = store.path(client_secret_name(vpn_client))
+            client_path = store.path(client_name)
         generate_secrets(cluster, store)
         check_secrets_format(store)
     console.print(f"[green]wrote {escape(str(config_path))}[/green] and {escape(str(store.root))}/ (0600, git-ignored)")

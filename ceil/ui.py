@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
+import click
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -28,8 +29,6 @@ def notice(text: str) -> None:
 def confirm(question: str) -> None:
     """Ask before something that cannot be undone; a "no" stops the command with exit status 1
     and says nothing was done (click's abort=True exits 130, as for Ctrl-C)."""
-    import click
-
     if not click.confirm(question):
         console.print("nothing was done")
         raise SystemExit(1)

@@ -195,9 +195,9 @@ def write_rendered(addons: list[RenderedAddon], out: Path) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise CeilError(f"--out {out} is a file: give a folder for the add-ons' manifests (default: out/addons)")
     out.mkdir(parents=True, exist_ok=True)
-    ours = {f"{i:02d}-{name}.yaml" for i in range(1, 100) for name in Catalog().specs}
+    names = Catalog().specs
     for old in out.glob("[0-9][0-9]-*.yaml"):
-        if old.name in ours:  # an earlier render's (NN-<add-on>.yaml); the user's own files stay
+        if old.name[3:-len(".yaml")] in names:  # an earlier render's (NN-<add-on>.yaml); the user's own files stay
             old.unlink()
     written = []
     for i, addon in enumerate(addons, 1):
