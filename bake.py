@@ -7,14 +7,18 @@ from pathlib import Path
 
 VENV = Path(__file__).resolve().parent / ".venv"
 
+# `python3 bake.py` (or `sudo python3 bake.py flash`) outside the venv `make setup` made: run the
+# same command with the venv's Python. Decided by which Python this is, not by an import failing:
+# a system Python with click and rich (Debian packages them) imports ceil.cli, whose commands load
+# their own modules later, when they run. Once only.
+if (VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != VENV.resolve() \
+        and not os.environ.get("CEIL_IN_VENV"):
+    os.environ["CEIL_IN_VENV"] = "1"
+    os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
+
 try:
     from ceil.cli import main
 except ImportError as missing:
-    # `python3 bake.py` (or `sudo python3 bake.py flash`) outside the venv `make setup` made:
-    # run the same command with the venv's Python rather than fail on an import. Once only.
-    if (VENV / "bin" / "python").exists() and not os.environ.get("CEIL_IN_VENV"):
-        os.environ["CEIL_IN_VENV"] = "1"
-        os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
     sys.exit(f"ceil cannot start: {missing}. Run `make setup` in {VENV.parent} (it makes the venv"
              " .venv with ceil's Python packages), then run this command again")
 

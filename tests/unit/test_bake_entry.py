@@ -31,3 +31,21 @@ def test_without_a_venv_it_says_to_run_make_setup(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"Run `make setup` in {tmp_path}" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(), reason="no .venv beside bake.py (make setup)")
+def test_a_python_with_click_and_rich_but_not_ceils_other_packages_runs_in_the_venv(tmp_path):
+    # Debian's python3 can have python3-click and python3-rich: it imports ceil.cli, whose commands
+    # import their modules (pydantic and the rest) only when they run.
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    for name in ("click", "rich", "markdown_it", "mdurl", "pygments"):
+        (shelf / name).symlink_to(site / name)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{shelf}:{REPO}"}
+    probe = subprocess.run([*python_without_packages(), "-c", "import ceil.cli, click, rich; import pydantic"],
+                           env=env, capture_output=True, text=True)
+    assert "No module named 'pydantic'" in probe.stderr, probe.stderr  # the Python this test means
+    done = subprocess.run([*python_without_packages(), str(REPO / "bake.py"), "status", "--help"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Usage: bake.py status" in done.stdout, done.stderr

@@ -4,6 +4,7 @@ until it said --any-base-image. A small shape of each, a few seconds."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,9 @@ def test_the_bake_benchmark_prints_its_ratio(tmp_path):
                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ratio bake / cp" in done.stdout, done.stdout
+    # The breakdown reads the bake's step times from its output: a renamed step would print 0.
+    writing = re.search(r"writing the images\s*:\s*([\d.]+) s", done.stdout)
+    assert writing and float(writing.group(1)) > 0, done.stdout
 
 
 def test_the_flash_benchmark_prints_its_ratio(tmp_path):

@@ -1,0 +1,28 @@
+"""The command line's subcommands are imported by name when they run: each name leads to its
+command, and a command loads its own modules, not the bake's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+
+from ceil.cli import SUBCOMMANDS, cli
+from tests.bake_cli import REPO
+
+
+def test_every_subcommand_name_leads_to_the_command_of_that_name():
+    ctx = click.Context(cli)
+    for name in SUBCOMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+    assert set(SUBCOMMANDS) | {"doctor", "flavors"} == set(cli.list_commands(ctx))
+
+
+def test_a_command_other_than_the_bake_does_not_load_the_bakes_modules():
+    probe = ("import sys; from ceil.cli import main\n"
+             "try:\n    main(['vpn-client', '--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('ceil.bakery', 'ceil.catalog', 'ceil.features') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().endswith("[]"), done.stdout + done.stderr
