@@ -106,8 +106,8 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
 def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
     from .bakery import BakeContext, bake, clean_stale
     from .catalog import load_flavor
-    from .compat import (check_no_k3s_downgrade, check_secrets_format, first_server_rebake_warning, node_baked,
-                         router_baked, stale_router_warning)
+    from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
+                         node_baked, router_baked, stale_router_warning)
     from .config import load_cluster
     from .datastore import restore_notice
     from .features import preflight
@@ -135,6 +135,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     for r in chosen:
         if r != "router":
             check_no_k3s_downgrade(store, r, cluster.kubernetes.k3s_version)
+    check_version_skew(cluster, store, chosen, cluster.kubernetes.k3s_version)
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 from ..catalog import load_flavor
-from ..compat import node_baked, version_key
+from ..compat import minor, node_baked, version_key
 from ..config import Cluster
 from ..errors import CeilError
 from .cache import CACHE_ROOT_ON_ROUTER, workstation_cache
@@ -171,10 +171,6 @@ def running_version(remote: Remote, name: str) -> str:
     if code != 0 or current is None:
         raise CeilError(f"{name}: cannot read its k3s version ({(err or out).strip() or f'exit {code}'})")
     return current
-
-
-def minor(version: str) -> tuple[int, int]:
-    return version_key(version)[:2]
 
 
 def step_problem(name: str, current: str, target: str) -> str | None:

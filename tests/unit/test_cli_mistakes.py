@@ -198,3 +198,15 @@ def test_no_to_a_confirmation_stops_with_status_1_and_says_nothing_was_done(fold
                           cwd=folder, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "nothing was done" in done.stdout + done.stderr, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_card_for_a_running_cluster_with_a_newer_k3s_is_refused_before_anything_is_written(folder):
+    """Between setting a new kubernetes.k3s_version and `k3s upgrade`, a new card would have joined
+    with a kubelet newer than the server's."""
+    (folder / "secrets" / "nodes").mkdir(parents=True)
+    (folder / "secrets" / "nodes" / "one.k3s-version").write_text("v1.35.4+k3s1\n")
+    (folder / "secrets" / "nodes" / "one.k3s-version").chmod(0o600)  # as the bake writes it
+    before = listing(folder)
+    failed(bake_py("--role", "two", cwd=folder), "one (server) runs v1.35.4+k3s1",
+           "newer than its API server", "python bake.py k3s upgrade")
+    assert listing(folder) - before <= {"secrets/FORMAT", "secrets/.gitignore"}  # no out/, no image, no key

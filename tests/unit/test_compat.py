@@ -75,3 +75,72 @@ def test_the_first_server_baked_alone_after_the_others_is_warned_about(tmp_path)
     assert "Move another server above one" in warning
     assert compat.first_server_rebake_warning(ha, store, ["one", "two", "three", "four"]) is None
     assert compat.first_server_rebake_warning(ha, store, ["two"]) is None  # joins the first: fine
+
+
+HA = ("nodes: [{name: one, role: server}, {name: two, role: server}, {name: three, role: server},"
+      " {name: four}, {name: five}]\n")
+
+
+def cluster_of(nodes: str):
+    from ceil.config import parse_cluster
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+    return parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n" + nodes)
+
+
+def running(tmp_path, **versions):
+    store = SecretStore(tmp_path / "secrets")
+    for name, version in versions.items():
+        compat.node_baked(store, name, version)
+    return store
+
+
+def skew_refusal(cluster, store, roles, version) -> str | None:
+    from ceil.errors import CeilError
+
+    try:
+        compat.check_version_skew(cluster, store, roles, version)
+    except CeilError as e:
+        return str(e)
+    return None
+
+
+def test_a_card_baked_with_a_newer_k3s_than_the_running_servers_is_refused_before_the_upgrade(tmp_path):
+    """The README's upgrade is: set the new kubernetes.k3s_version, then `k3s upgrade`. A new or
+    replacement card baked in between joined with a kubelet newer than the API server, and a card
+    never baked before had no record to check at all."""
+    cluster = cluster_of(HA)
+    store = running(tmp_path, one="v1.36.1+k3s1", two="v1.36.1+k3s1", three="v1.36.1+k3s1", four="v1.36.1+k3s1")
+    said = skew_refusal(cluster, store, ["five"], "v1.37.0+k3s1")  # five: a new agent, never baked
+    assert said and "five with k3s v1.37.0+k3s1 would break Kubernetes' version skew policy" in said
+    assert "one (server) runs v1.36.1+k3s1: the new kubelets would be newer than its API server" in said
+    assert "python bake.py k3s upgrade" in said and "nothing was baked" in said
+    assert "four (agent)" not in said  # an agent's kubelet does not constrain another's
+    for same_line in ("v1.36.1+k3s1", "v1.36.3+k3s1", "v1.36.1+k3s2"):
+        assert skew_refusal(cluster, store, ["five"], same_line) is None
+    assert skew_refusal(cluster, store, ["five"], "v1.33.0+k3s1") is None  # three minor versions older: allowed
+    said = skew_refusal(cluster, store, ["five"], "v1.32.9+k3s1")
+    assert said and "more than three minor versions older than its API server" in said
+
+
+def test_a_server_baked_into_a_running_cluster_keeps_the_servers_within_one_minor_version(tmp_path):
+    cluster = cluster_of(HA)
+    store = running(tmp_path, one="v1.35.2+k3s1", two="v1.35.2+k3s1", four="v1.35.2+k3s1", five="v1.34.0+k3s1")
+    assert skew_refusal(cluster, store, ["three"], "v1.35.9+k3s1") is None
+    said = skew_refusal(cluster, store, ["three"], "v1.37.0+k3s1")
+    assert said and "one (server) runs v1.35.2+k3s1" in said
+    assert "API servers must be within one minor version of each other" in said
+    # a server older than a running kubelet: that kubelet would be newer than an API server
+    said = skew_refusal(cluster, store, ["three"], "v1.34.5+k3s1")
+    assert said and "four (agent) runs v1.35.2+k3s1: its kubelet would be newer than the new API server" in said
+    assert "five (agent)" not in said
+    said = skew_refusal(cluster, store, ["three"], "v1.38.0+k3s1")
+    assert "five (agent) runs v1.34.0+k3s1: its kubelet would be more than three minor versions older" in said
+
+
+def test_every_card_baked_at_once_is_a_cluster_of_one_version(tmp_path):
+    cluster = cluster_of(HA)
+    store = running(tmp_path, one="v1.33.0+k3s1", two="v1.33.0+k3s1", three="v1.33.0+k3s1", four="v1.33.0+k3s1",
+                    five="v1.33.0+k3s1")
+    assert skew_refusal(cluster, store, ["router", *cluster.roles[1:]], "v1.36.1+k3s1") is None
+    assert skew_refusal(cluster, store, ["router"], "v1.37.0+k3s1") is None  # the router runs no k3s
