@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -94,9 +95,55 @@ def fetch_base(ctx: BakeContext) -> None:
 
 def verify_base(ctx: BakeContext) -> None:
     p = ctx.flavor.partitions
-    with step("verify_base", f"{ctx.flavor.partitions.boot.label} + {ctx.flavor.partitions.root.label}, cloud-init"):
-        ctx.boot, ctx.root = check_layout(ctx.base.path, p.boot.index, p.boot.label, p.root.index, p.root.label)
-        check_cloud_init(ctx)
+    with step("verify_base", f"{p.boot.label} + {p.root.label}, cloud-init, {ctx.flavor.name}'s OS"):
+        ctx.boot, ctx.root = inspect_base(ctx.flavor, ctx.base)
+
+
+def check_base_image(flavor: Flavor, base_image_arg: Path | None, any_base_image: bool) -> None:
+    """The base every role is baked from, fetched and inspected once before any image is written:
+    with --all, a base that is not the flavor's OS failed at the first node, after the router's
+    image was written."""
+    inspect_base(flavor, resolve_base(flavor, base_image_arg, any_base_image))
+
+
+def inspect_base(flavor: Flavor, base: BaseImage) -> tuple[Partition, Partition]:
+    """The boot and root partitions of `base`, once it is shown to be the OS release `flavor` is
+    written for: its partition labels, cloud-init, the release its os-release names, the Python
+    PiWatch's wheels are bundled for, and the kernel command line where the flavor edits it. A
+    wrong one is refused with what the image is and the flavor to use: Ubuntu 24.04 and 26.04
+    images carry the same labels, and the wrong one baked without a word."""
+    p = flavor.partitions
+    boot, root = check_layout(base.path, p.boot.index, p.boot.label, p.root.index, p.root.label)
+    where = f"{base.source} (root partition p{p.root.index})"
+    fix = (f"use the image flavor {flavor.name} names (images/{flavor.name}.yaml), or a newer"
+           f" release of the same OS; `python bake.py flavors` lists the flavors")
+    status = read_file_at(base.path, root.start, "/var/lib/dpkg/status")
+    if status is None:
+        raise CeilError(f"{where} has no /var/lib/dpkg/status: it is not a Debian-based image with cloud-init; {fix}")
+    packages = installed_packages(status.decode(errors="replace"))
+    if "cloud-init" not in packages:
+        raise CeilError(f"{where} has no cloud-init installed ({len(packages)} packages, none of them cloud-init):"
+                        f" the card would never read the settings ceil writes for it; {fix}")
+    release = os_release(base.path, root.start)
+    python = python_tag(packages.get("python3", ""))
+    differs = [f"{key}={release.get(key, '(none)')} where {flavor.name} expects {want}"
+               for key, want in flavor.os_release.items() if release.get(key) != want]
+    if flavor.python_tag and python != flavor.python_tag:
+        differs.append(f"python3 {packages.get('python3', '(not installed)')} where {flavor.name} bundles PiWatch"
+                       f" for {flavor.python_tag}")
+    if differs:
+        is_ = release.get("PRETTY_NAME", "an OS without /etc/os-release")
+        others = [f.name for f in flavors_for(release, python) if f.name != flavor.name]
+        instead = (f"set `flavor: {others[0]}` in cluster.yaml (made for this image)" if len(others) == 1 else
+                   f"set `flavor:` in cluster.yaml to one made for this image ({', '.join(others)})" if others else
+                   "no flavor here is made for this image")
+        raise CeilError(f"{base.source} is {is_}, not the OS flavor {flavor.name} is written for"
+                        f" ({'; '.join(differs)}): {instead}, or pass {flavor.name}'s image"
+                        f" (`python bake.py flavors` lists them)")
+    if flavor.cmdline and read_file(base.path, flavor.cmdline, offset=boot.start) is None:
+        raise CeilError(f"{base.source}: its boot partition has no {flavor.cmdline}, where flavor {flavor.name} keeps"
+                        f" the kernel command line (k3s needs the memory cgroup set there); {fix}")
+    return boot, root
 
 
 def installed_packages(dpkg_status: str) -> dict[str, str]:
@@ -109,19 +156,31 @@ def installed_packages(dpkg_status: str) -> dict[str, str]:
     return out
 
 
-def check_cloud_init(ctx: BakeContext) -> None:
-    """A card without cloud-init would never read its seed: it boots, and nothing of ceil happens.
-    Raspberry Pi OS images before 2025-11-24 are such images (they used firstrun.sh)."""
-    where = f"{ctx.base.source} (root partition p{ctx.flavor.partitions.root.index})"
-    fix = (f"use the image flavor {ctx.flavor.name} names (images/{ctx.flavor.name}.yaml), or a newer"
-           f" release of the same OS; `python bake.py flavors` lists the flavors")
-    status = read_file_at(ctx.base.path, ctx.root.start, "/var/lib/dpkg/status")
-    if status is None:
-        raise CeilError(f"{where} has no /var/lib/dpkg/status: it is not a Debian-based image with cloud-init; {fix}")
-    packages = installed_packages(status.decode(errors="replace"))
-    if "cloud-init" not in packages:
-        raise CeilError(f"{where} has no cloud-init installed ({len(packages)} packages, none of them cloud-init):"
-                        f" the card would never read the settings ceil writes for it; {fix}")
+def os_release(image: Path, root_start: int) -> dict[str, str]:
+    """The root file system's os-release fields (os-release(5)): /etc/os-release, which is
+    usually a link to /usr/lib/os-release, read there."""
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        text = (read_file_at(image, root_start, path) or b"").decode(errors="replace")
+        fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        if fields:
+            return {k.strip(): v.strip().strip("\"'") for k, v in fields.items()}
+    return {}
+
+
+def python_tag(version: str) -> str | None:
+    """cp312 for Debian's python3 package version 3.12.3-0ubuntu2 (an epoch, if any, first)."""
+    m = re.match(r"^(?:\d+:)?3\.(\d+)", version)
+    return f"cp3{m.group(1)}" if m else None
+
+
+def flavors_for(release: dict[str, str], python: str | None) -> list[Flavor]:
+    """The flavors whose os-release fields and Python an image with these has, offered ones first."""
+    from .catalog import available
+
+    fits = [f for f in map(load_flavor, available())
+            if f.os_release and all(release.get(k) == v for k, v in f.os_release.items())
+            and f.python_tag in (None, python)]
+    return sorted(fits, key=lambda f: (f.test_only, f.name))
 
 
 def create_private(path: Path):

@@ -72,6 +72,10 @@ class Flavor(_Model):
     # matches any name with that prefix (netplan `match`, nftables, dnsmasq take the pattern).
     usb_ethernet: str = Field(default="eth1", pattern=r"^[a-zA-Z0-9_.:-]{1,15}$|^[a-zA-Z0-9_.:-]{1,14}\*$")
     cloud_init: Literal["modern", "legacy"] = "modern"
+    # Fields of the image's os-release (os-release(5)) naming the OS release this flavor is written
+    # for: a base image whose fields differ is refused before anything is baked. Only fields the
+    # publisher's image is known to carry; empty: not checked.
+    os_release: dict[str, str] = Field(default_factory=dict)
     # CPython of the image ("cp312"): PiWatch's wheels are bundled for it. None: no PiWatch bundle.
     python_tag: str | None = Field(default=None, pattern=r"^cp3\d+$")
     # Debian packages that give gpiozero a real pin backend on this OS (PiWatch's venv sees the

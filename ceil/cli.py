@@ -104,7 +104,7 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
 
 
 def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
-    from .bakery import BakeContext, bake, clean_stale
+    from .bakery import BakeContext, bake, check_base_image, clean_stale
     from .catalog import load_flavor
     from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
                          node_baked, router_baked, stale_router_warning)
@@ -139,6 +139,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    check_base_image(flavor, base_image, any_base_image)  # last: it may download the image
     with store.held():
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)

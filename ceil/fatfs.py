@@ -26,9 +26,11 @@ def _run(args: list[str], image: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def read_file(image: Path, path: str) -> bytes | None:
-    """Bytes of `path` (e.g. 'cmdline.txt') on the FAT image, or None if absent."""
-    result = subprocess.run(["mtype", "-i", str(image), f"::/{path}"], env=ENV, capture_output=True)
+def read_file(image: Path, path: str, offset: int = 0) -> bytes | None:
+    """Bytes of `path` (e.g. 'cmdline.txt') on the FAT image (or the FAT `offset` bytes into a
+    disk image), or None if absent."""
+    target = f"{image}@@{offset}" if offset else str(image)
+    result = subprocess.run(["mtype", "-i", target, f"::/{path}"], env=ENV, capture_output=True)
     return result.stdout if result.returncode == 0 else None
 
 

@@ -235,6 +235,47 @@ def test_wrong_base_image_is_refused_without_output(tmp_path, ssh_pubkey):
     assert not (tmp_path / "out" / "ceil-router.img").exists()
 
 
+def test_another_releases_image_with_the_same_labels_is_refused_before_any_role_is_written(tmp_path, ssh_pubkey):
+    """Ubuntu 26.04's image carries 24.04's partition labels: baked as 24.04, the router was
+    written without a word and the first node failed on its command line, the router's image
+    already in out/. Now the base is inspected once, before any role, and the message says
+    what the image is and which flavor is made for it."""
+    base = make_base_image(tmp_path / "resolute.img", load_flavor("ubuntu-26.04-raspi"))
+    (tmp_path / "cluster.yaml").write_text(f"flavor: ubuntu-24.04-raspi\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\n")
+    result = run_bake("--all", "--base-image", str(base), cwd=tmp_path)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is synthetic ubuntu-26.04-raspi, not the OS flavor ubuntu-24.04-raspi is written for" in said, said
+    assert "VERSION_ID=26.04 where ubuntu-24.04-raspi expects 24.04" in said
+    assert "python3 3.14.1-1 where ubuntu-24.04-raspi bundles PiWatch for cp312" in said
+    assert "set `flavor: ubuntu-26.04-raspi` in cluster.yaml" in said
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_base_without_the_flavors_command_line_is_refused_before_anything_is_written(tmp_path, ssh_pubkey):
+    flavor = load_flavor("ubuntu-24.04-raspi")
+    base = make_base_image(tmp_path / "base.img", flavor)
+    boot = read_mbr(base)[0].start
+    subprocess.run(["mdel", "-i", f"{base}@@{boot}", "::/cmdline.txt"], env=MT, check=True)
+    (tmp_path / "cluster.yaml").write_text(f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\n")
+    result = run_bake("--all", "--base-image", str(base), cwd=tmp_path)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "its boot partition has no cmdline.txt" in said, said
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_the_flavors_made_for_an_image_are_found_by_its_os_release_and_python():
+    trixie = {"ID": "debian", "VERSION_CODENAME": "trixie"}
+    assert [f.name for f in bakery.flavors_for(trixie, "cp313")][:1] == ["raspios-trixie"]  # offered ones first
+    assert {f.name for f in bakery.flavors_for(trixie, "cp313")} >= {"testbed-ubuntu", "testbed-raspios"}
+    assert [f.name for f in bakery.flavors_for({"ID": "ubuntu", "VERSION_ID": "24.04"}, "cp312")] == ["ubuntu-24.04-raspi"]
+    assert bakery.flavors_for({"ID": "ubuntu", "VERSION_ID": "24.04"}, "cp313") == []
+    assert bakery.python_tag("3.12.3-0ubuntu2.1") == "cp312" and bakery.python_tag("1:3.13.5-1") == "cp313"
+    assert bakery.python_tag("") is None
+
+
 @pytest.mark.parametrize("status", [None, "Package: openssh-server\nStatus: install ok installed\nVersion: 1\n\n"
                                              "Package: cloud-init\nStatus: deinstall ok config-files\nVersion: 2\n"])
 def test_a_base_image_without_cloud_init_is_refused_without_output(tmp_path, ssh_pubkey, status):
