@@ -105,6 +105,50 @@ def uplink_pattern_problem(cluster: Cluster, flavor: Flavor) -> str | None:
     return None
 
 
+def wifi_problems(cluster: Cluster, flavor: Flavor) -> list[str]:
+    """What the router's WiFi name and passphrase lose on their way through netplan's networkd
+    path. netplan writes them into wpa_supplicant's configuration (ssid=P"..." with only its
+    double quotes escaped, psk="..." as it is), and wpa_supplicant reads that back wrong: a
+    backslash starts a printf-style escape ("x\\y" is read as "xy"), and a # after an odd number
+    of double quotes starts a comment, since it pairs quotes left to right without regard to
+    escapes. Found with netplan 1.1.2 (the twin's; Ubuntu 24.04 ships the 1.1 series) and
+    wpa_supplicant 2.10 (tests/e2e/test_wifi_real_parsers.py reads what netplan wrote with it).
+    NetworkManager's keyfiles carry both."""
+    uplink = cluster.router.uplink
+    if not uplink.is_wifi or flavor.network != "netplan-networkd":
+        return []
+    ssid, psk = uplink.wifi.ssid, uplink.wifi.psk.get_secret_value()
+    why = (f"flavor {flavor.name} writes the WiFi uplink through netplan into wpa_supplicant's configuration,"
+           " which reads it back otherwise. Ways out: router.uplink.type: ethernet, or flavor raspios-trixie"
+           " (NetworkManager carries it)")
+    problems = []
+    if "\\" in ssid:
+        problems.append(f"router.uplink.wifi.ssid: {ssid!r} holds a backslash, which wpa_supplicant reads as the"
+                        f" start of an escape and drops: the router would look for another network; {why},"
+                        " or rename the network")
+    if read_as_comment(ssid):
+        problems.append(f"router.uplink.wifi.ssid: {ssid!r} holds a # after an odd number of double quotes, where"
+                        f" wpa_supplicant reads a comment and cuts the name; {why}, or rename the network")
+    if read_as_comment(psk):  # the passphrase is not shown
+        problems.append("router.uplink.wifi.psk: the passphrase holds a # after an odd number of double quotes,"
+                        " where wpa_supplicant reads a comment and cuts it. Give the key derived from it"
+                        " instead: `wpa_passphrase 'SSID'` asks for the passphrase and prints psk=<64 hex"
+                        " digits>, which router.uplink.wifi.psk takes (WPA2 and WPA2/WPA3 networks; a WPA3-only"
+                        f" network needs the passphrase itself); {why}")
+    return problems
+
+
+def read_as_comment(value: str) -> bool:
+    """Whether wpa_supplicant's configuration reader sees a comment in `value` written between
+    double quotes: a # after an odd number of the value's own double quotes."""
+    quotes = 0
+    for c in value:
+        quotes += c == '"'
+        if c == "#" and quotes % 2:
+            return True
+    return False
+
+
 def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = FIRSTBOOT_DIR) -> list[str]:
     """Every feature's check for every role about to be baked, before anything is written: all
     problems at once (a second server used to be refused after the router's image was written).
@@ -113,6 +157,8 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
     warnings: list[str] = []
     if "router" in roles and (problem := uplink_pattern_problem(cluster, flavor)):
         problems.append(problem)
+    if "router" in roles:
+        problems += wifi_problems(cluster, flavor)
     for role in roles:
         for feature in features_for(cluster, role, root, flavor):
             if check := feature.hook("check"):
