@@ -15,7 +15,8 @@ from collections import Counter
 
 import pytest
 
-from ceil_infra.helpers import block_scan_command, failed_ceil_units, start_as_root_detached, step_names
+from ceil_infra.helpers import (block_scan_command, cluster_secrets, failed_ceil_units, start_as_root_detached,
+                                step_names)
 
 pytestmark = pytest.mark.e2e
 
@@ -202,11 +203,13 @@ def test_no_step_left_a_duplicated_effect(host, machine):
 
 
 def secret_needles(targets) -> list[str]:
-    """Distinctive lines of every file in the workstation's secrets/ (what must not leak)."""
+    """Distinctive lines of every file in the workstation's secrets/, and the secrets cluster.yaml
+    holds itself (the WiFi passphrase, API tokens) of 12 characters or more (a shorter passphrase,
+    such as a word, could stand in a firmware file by chance): what must not leak."""
     root = targets.secrets_dir
     if root is None or not root.is_dir():
         pytest.skip("no secrets/ directory to compare with (make verify: set CEIL_SECRETS)")
-    needles = []
+    needles = [s for s in cluster_secrets(targets.cluster) if len(s) >= 12]
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
         if b"\0" in data:  # binary (a datastore snapshot): its longest printable runs

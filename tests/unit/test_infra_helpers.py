@@ -98,3 +98,20 @@ def test_block_scan_finds_secrets_in_a_mostly_zero_partition_in_little_memory(ho
     max_rss_kib, *found = done.stdout.splitlines()
     assert found == ["s3cret-token-AbC"]
     assert int(max_rss_kib) < 64 << 10, f"the scan used {int(max_rss_kib) >> 10} MiB"
+
+
+def test_the_secrets_cluster_yaml_holds_are_found_wherever_they_are(monkeypatch):
+    """The block scan looks for them on the boot partition too: the WiFi passphrase and the DDNS
+    token came only from cluster.yaml, never from secrets/, so no scan ever looked for them."""
+    from ceil.config import parse_cluster
+    from ceil_infra.helpers import cluster_secrets
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
+    text = (f"ssh: {{authorized_keys: ['{key}']}}\n"
+            "router: {uplink: {type: wifi, wifi: {ssid: Home, psk: '${CEIL_TEST_PSK}', country: DE}}}\n"
+            "ddns: {enabled: true, api_token: cf-token-0123456789, zone: example.com, record: vpn.example.com}\n")
+    monkeypatch.setenv("CEIL_TEST_PSK", "correct-horse-battery")
+    assert sorted(cluster_secrets(parse_cluster(text, "cluster.yaml"))) == ["cf-token-0123456789", "correct-horse-battery"]
+    monkeypatch.delenv("CEIL_TEST_PSK")
+    unset = parse_cluster(text, "cluster.yaml", env_optional=True)  # as workstation commands load it
+    assert cluster_secrets(unset) == ["cf-token-0123456789"]

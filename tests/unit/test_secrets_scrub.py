@@ -102,8 +102,15 @@ def render_network_config(tmp_path: Path, ssid: str, psk: str) -> str:
     cluster = parse_cluster(
         'ssh: {authorized_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"]}\n'
         f"router: {{uplink: {{type: wifi, wifi: {{ssid: {json.dumps(ssid)}, psk: {json.dumps(psk)}, country: DE}}}}}}\n")
-    return render_seed(RoleContext(cluster, "router", load_flavor("ubuntu-24.04-raspi"),
-                                   SecretStore(tmp_path / "secrets"), None), "i-1")["network-config"]
+    # The default flavor's networkd path refuses what wpa_supplicant would read back otherwise
+    # (features.wifi_problems); NetworkManager's (raspios-trixie) carries it, and is scrubbed alike.
+    from ceil.features import wifi_problems
+
+    flavor = load_flavor("ubuntu-24.04-raspi")
+    if wifi_problems(cluster, flavor):
+        flavor = load_flavor("raspios-trixie")
+    return render_seed(RoleContext(cluster, "router", flavor, SecretStore(tmp_path / "secrets"), None),
+                       "i-1")["network-config"]
 
 
 def scrubbed(tmp_path: Path, network_config: str) -> str:

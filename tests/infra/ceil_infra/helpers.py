@@ -139,3 +139,31 @@ def start_as_root_detached(host, script: str, what: str, stdin: str = "") -> Det
     job = f"echo $$ > {tag}.pid; ({script}) < {tag}.in > {tag}.out 2>&1; echo $? > {tag}.rc"
     host.run_expect([0], f"sudo setsid sh -c {shlex.quote(job)} < /dev/null > /dev/null 2>&1 &")
     return DetachedJob(host, tag, what)
+
+
+def cluster_secrets(cluster) -> list[str]:
+    """Every secret cluster.yaml itself holds (the WiFi passphrase, API tokens: the SecretStr
+    fields), wherever it is in the model; those read from an unset ${VAR} are not known here."""
+    from pydantic import BaseModel, SecretStr
+
+    from ceil.config.loading import UnsetSecret
+
+    found: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, UnsetSecret):
+            return
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    walk(cluster)
+    return found
