@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +18,7 @@ from ceil.config import ConfigError, parse_cluster
 from ceil.features import RoleContext
 from ceil.payload import render_seed
 from ceil.secrets import SecretStore
+from tests.wpa_supplicant import MISSING, WPA, read_back
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +28,6 @@ SSIDS = ["Home", 'Ho"me', "Ho#me", 'a#b"c', 'ab"c"d#e', "Back\\slash", 'a"b #c',
 PSKS = ["correct-horse", 'pa"ss"word', 'ab#cd"efgh', 'ab"cd"ef#g', 'quote"only', "back\\slash1", "  spaces  ",
         "$(id)`x`12", "#leading-hash", 'ab"cd#efgh', "'single'quotes'", "0123456789abcdef" * 4]
 PLACEHOLDER = ("placeholder-ssid", "placeholder-psk")
-WPA = shutil.which("wpa_supplicant") or next((p for p in ("/sbin/wpa_supplicant", "/usr/sbin/wpa_supplicant")
-                                              if Path(p).exists()), None)
 
 
 def network_config(ssid: str, psk: str, store: SecretStore) -> tuple[str, bool]:
@@ -55,29 +51,7 @@ def network_config(ssid: str, psk: str, store: SecretStore) -> tuple[str, bool]:
         return text, False
 
 
-def read_back(conf: str, tmp: Path) -> tuple[bytes | None, bytes | None, str]:
-    """(SSID, passphrase or PSK) as wpa_supplicant 2.10's configuration reader takes them from
-    `conf`, each None where it refused the line; and what it said."""
-    path = tmp / "wpa.conf"
-    path.write_text(conf)
-    done = subprocess.run([WPA, "-dd", "-K", "-c", str(path), "-i", "ceil-nosuch0", "-D", "nl80211"],
-                          capture_output=True, text=True, timeout=30)
-    lines = (done.stdout + done.stderr).splitlines()
-
-    def dump(title: str) -> bytes | None:
-        for i, line in enumerate(lines):
-            if line.startswith(f"{title} - hexdump_ascii(len="):
-                n = int(line.split("len=")[1].split(")")[0])
-                hexes = [h for row in lines[i + 1:i + 1 + (n + 15) // 16] for h in row[5:52].split()]
-                return bytes.fromhex("".join(hexes))
-            if line.startswith(f"{title} - hexdump(len="):
-                return bytes.fromhex("".join(line.split(":", 1)[1].split()))
-        return None
-
-    return dump("ssid"), dump("PSK (ASCII passphrase)") or dump("PSK"), "\n".join(lines[:40])
-
-
-@pytest.mark.skipif(WPA is None, reason="wpa_supplicant not installed (scripts/setup-host.sh --test installs wpasupplicant)")
+@pytest.mark.skipif(WPA is None, reason=MISSING)
 def test_every_wifi_name_and_passphrase_ceil_accepts_reaches_wpa_supplicant_intact(router, tmp_path):
     store = SecretStore(tmp_path / "secrets")
     cases = [(s, "correct-horse") for s in SSIDS] + [("Home", p) for p in PSKS]

@@ -41,7 +41,10 @@ BASE = {
     "ssh": {"user": "ceil", "authorized_keys": [KEY]},
     "apt_mirror": {"url": "http://deb.example.org/debian", "suite": "trixie", "components": ["main"]},
     "router": {"uplink": {"type": "wifi", "wifi": {"ssid": "Home", "psk": "correct-horse-battery", "country": "DE"}}},
-    "nodes": [{"name": "one", "role": "server"}, {"name": "two"}],
+    "nodes": [{"name": "one", "role": "server"}, {"name": "two", "mac": "dc:a6:32:12:34:56", "storage_device": "/dev/sda"}],
+    "network": {"ntp_servers": ["pool.ntp.org"]},
+    "kubernetes": {"k3s_version": "v1.36.1+k3s1"},
+    "addons": {"enable": ["keda"], "disable": ["canary"]},
     "vpn": {"enabled": True, "endpoint": "vpn.example.com"},
     "ddns": {"enabled": True, "api_token": "cf-token-123", "zone": "example.com", "record": "vpn.example.com",
              "api_url": "https://api.cloudflare.com/client/v4", "ip_url": "https://api.ipify.org"},
@@ -52,7 +55,7 @@ BASE = {
                "path": "./clusters/pi", "interval": "5m", "token": "glpat-0123456789", "username": "git"},
 }
 # Fields that reach only the server's add-on plan and secrets: the server is rendered for them too.
-SERVER_ONLY = ("tunnel.", "gitops.")
+SERVER_ONLY = ("tunnel.", "gitops.", "addons.", "kubernetes.")
 
 # (dotted path, a valid value the generated ones are built around); secrets marked.
 FIELDS = {
@@ -66,6 +69,11 @@ FIELDS = {
     "tunnel.token": "eyJhIjoiMTIzNDU2Nzg5MCJ9eyJhIjoiMTIzNDU2Nzg5MCJ9",
     "gitops.url": "https://git.example.com/me/cluster.git", "gitops.branch": "main", "gitops.path": "./clusters/pi",
     "gitops.interval": "5m", "gitops.token": "glpat-0123456789", "gitops.username": "git",
+    "flavor": "ubuntu-24.04-raspi", "router.lan_interface": "eth0", "router.uplink.interface": "wlan0",
+    "router.usb_drive": "/dev/sda", "network.ntp_servers.0": "pool.ntp.org", "nodes.1.mac": "dc:a6:32:12:34:56",
+    "nodes.1.storage_device": "/dev/sda", "kubernetes.k3s_version": "v1.36.1+k3s1",
+    "kubernetes.k3s_sha256": "0123456789abcdef" * 4, "ddns.ip_url": "https://api.ipify.org",
+    "addons.enable.0": "keda", "addons.disable.0": "canary",
 }
 SECRETS = {"router.uplink.wifi.psk", "ddns.api_token", "tunnel.token", "gitops.token"}
 # \x85 (NEL), \u2028 and \u2029 are line breaks to YAML; \x9b is a C1 control (a terminal's CSI).
@@ -314,3 +322,45 @@ def test_an_error_quoting_rich_markup_is_printed_as_it_is(tmp_path, capsys):
     assert exit_.value.code == 1
     assert "router.uplink.wifi.ssid (line " in shown and repr(ssid) in shown, shown
     assert "Traceback" not in shown and "MarkupError" not in shown
+
+
+def schema_string_fields(model=None, prefix: str = "") -> list[str]:
+    """Every string-valued key of cluster.yaml's schema (str, SecretStr, constrained strings, and
+    lists of them: `.0`), found by walking the models, so a field added later is found too."""
+    import types
+    import typing
+
+    from pydantic import BaseModel, SecretStr
+
+    from ceil.config.cluster import Cluster
+
+    def kinds(t):
+        while typing.get_origin(t) is typing.Annotated:
+            t = typing.get_args(t)[0]
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            for a in typing.get_args(t):
+                yield from kinds(a)
+        elif typing.get_origin(t) is list:
+            yield from ((".0", k) for k in kinds(typing.get_args(t)[0]))
+        elif t is SecretStr or isinstance(t, type) and issubclass(t, (str, BaseModel)):
+            yield ("", t)
+
+    found = []
+    for name, field in (model or Cluster).model_fields.items():
+        for suffix, t in kinds(field.annotation):
+            while isinstance(t, tuple):
+                suffix, t = suffix + t[0], t[1]
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                found += schema_string_fields(t, f"{prefix}{name}{suffix}.")
+            else:
+                found.append(f"{prefix}{name}{suffix}")
+    return found
+
+
+def test_every_string_field_of_the_schema_is_fuzzed():
+    """A string field added to the schema without a case here would reach its files unchecked."""
+    import re
+
+    fuzzed = {re.sub(r"\.\d+", ".0", path) for path in FIELDS}
+    missing = sorted(set(schema_string_fields()) - fuzzed)
+    assert not missing, f"string fields of the schema the fuzz does not try (add them to FIELDS): {missing}"

@@ -10,9 +10,10 @@ import yaml
 
 from ceil.catalog import load_flavor
 from ceil.config import ConfigError, parse_cluster
-from ceil.features import RoleContext, preflight
+from ceil.features import RoleContext, preflight, read_as_comment
 from ceil.payload import render_seed
 from ceil.secrets import SecretStore
+from tests.wpa_supplicant import MISSING, WPA, parsed, read_back
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
 
@@ -54,3 +55,21 @@ def test_the_seed_is_not_rendered_around_the_check(tmp_path):
     ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path))
     with pytest.raises(ConfigError, match="holds a backslash"):
         render_seed(ctx, "i-test")
+
+
+@pytest.mark.skipif(WPA is None, reason=MISSING)
+@pytest.mark.parametrize("ssid", ["Home", "Back\\slash", 'a"b #c', "📶 Café", "x" * 32])
+@pytest.mark.parametrize("psk", ['ab"cd#efgh', "correct-horse", "0123456789abcdef" * 4])
+def test_hypriots_wpa_supplicant_file_is_read_back_intact_by_wpa_supplicant(tmp_path, ssid, psk):
+    """HypriotOS's router gets its own wpa_supplicant file (SSID in hex, the derived key): the real
+    reader takes any SSID and passphrase from it whole, and derives the same key ceil wrote."""
+    from ceil.hooks.wifi_ifupdown import WPA_SECRET, secret_files, wpa_psk
+
+    cluster = cluster_with(ssid, psk, "hypriot-1.12.3")
+    assert refusal(cluster) is None
+    conf = secret_files(cluster, "router", None)[WPA_SECRET]
+    got_ssid, got_psk, said = read_back(conf, tmp_path)
+    assert got_ssid == ssid.encode() and got_psk == bytes.fromhex(wpa_psk(ssid, psk)), said
+    if len(psk) != 64 and not read_as_comment(psk):  # the derivation itself, by wpa_supplicant
+        found, said = parsed(f'network={{\n  ssid={ssid.encode().hex()}\n  psk="{psk}"\n}}\n', tmp_path)
+        assert found["PSK (from passphrase)"].hex() == wpa_psk(ssid, psk), said
