@@ -109,7 +109,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
                          node_baked, router_baked, stale_router_warning)
     from .config import load_cluster
-    from .datastore import restore_notice
+    from .datastore import check_staged_restore, restore_notice
     from .features import preflight
     from .k3s.install import airgap_files
     from .secrets import SecretStore
@@ -136,6 +136,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
         if r != "router":
             check_no_k3s_downgrade(store, r, cluster.kubernetes.k3s_version)
     check_version_skew(cluster, store, chosen, cluster.kubernetes.k3s_version)
+    check_staged_restore(cluster, store, chosen)
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")

@@ -34,6 +34,8 @@ from .errors import CeilError
 from .k3s.node_config import SECRETS_ON_TARGET, init_server, servers
 from .secrets import SecretStore
 from . import snapshot
+from .compat import version_key
+from .k3s.upgrade import step_problem
 
 DB_ON_SERVER = "/var/lib/rancher/k3s/server/db/state.db"
 RESTORE_SECRET = "k3s/restore/state.db"  # staged in secrets/, and under /etc/ceil/secrets/ on the card
@@ -149,8 +151,35 @@ def stage_restore(cluster: Cluster, store: SecretStore, snapshot: Path) -> int:
     """Check `snapshot` and stage it for the next bake of the server; kine's row count."""
     check_sqlite_cluster(cluster)
     rows = check_snapshot(snapshot)
+    check_restore_version(cluster, snapshot)
     store.write(RESTORE_SECRET, snapshot.read_bytes())
     return rows
+
+
+def snapshot_version(cluster: Cluster, path: Path) -> str | None:
+    """The k3s version that wrote the snapshot at `path`: its server's, as its Node object says;
+    None where it holds no Node of the cluster's servers (taken before the server registered)."""
+    versions = snapshot.k3s_versions(str(path))
+    found = [versions[s.name] for s in servers(cluster) if s.name in versions]
+    return max(found, key=version_key) if found else None
+
+
+def check_restore_version(cluster: Cluster, path: Path) -> None:
+    """k3s migrates a datastore one minor version at a time and never back: the server that
+    restores the snapshot at `path` must run the version that wrote it or the next minor one
+    (a ceil update can move the default kubernetes.k3s_version further than that)."""
+    wrote = snapshot_version(cluster, path)
+    target = cluster.kubernetes.k3s_version
+    if wrote and (problem := step_problem(f"the snapshot {path.name}", wrote, target)):
+        raise CeilError(problem.replace(" runs k3s ", " was written by k3s ") +
+                        f"; or restore it with kubernetes.k3s_version {wrote} and upgrade from there (`k3s upgrade`)")
+
+
+def check_staged_restore(cluster: Cluster, store: SecretStore, roles: list[str]) -> None:
+    """The bake of the server that will restore a staged snapshot, against the k3s it is baked
+    with now (cluster.yaml may have changed since the snapshot was staged)."""
+    if runs_sqlite(cluster) and store.exists(RESTORE_SECRET) and init_server(cluster).name in roles:
+        check_restore_version(cluster, store.path(RESTORE_SECRET))
 
 
 def staged_restore(store: SecretStore) -> Path | None:

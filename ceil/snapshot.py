@@ -26,6 +26,7 @@ import argparse
 import hmac
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +58,26 @@ def check(path: str) -> int:
             db.close()
     except sqlite3.DatabaseError as e:
         raise ValueError(f"{path} is not an SQLite database ({e})") from None
+
+
+K3S_VERSION = re.compile(rb"v1\.\d+\.\d+\+k3s\d+")
+
+
+def k3s_versions(path: str) -> dict[str, str]:
+    """{node name: the k3s version its kubelet reported} from the newest copy of each Node object
+    in a snapshot (kine stores objects as protobuf, where the version is a plain string). A k3s
+    server's kubelet runs the server's own k3s: that is the version the datastore was written by."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        rows = db.execute("SELECT name, value FROM kine WHERE id IN (SELECT MAX(id) FROM kine"
+                          " WHERE name LIKE '/registry/minions/%' GROUP BY name)").fetchall()
+    finally:
+        db.close()
+    found = {}
+    for name, value in rows:
+        if value and (m := K3S_VERSION.search(bytes(value))):
+            found[name.rsplit("/", 1)[-1]] = m.group().decode()
+    return found
 
 
 def drive_missing(conf: dict) -> str | None:

@@ -7,6 +7,7 @@ the datastore under the same token) is stood in for by the lab keeping those two
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -14,10 +15,13 @@ import sys
 from pathlib import Path
 
 from ceil import datastore
+from ceil.config import parse_cluster
 
 from .conftest import kubectl
 
 REPO = Path(__file__).resolve().parents[2]
+CLUSTER = ("ssh: {authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t']}\n"
+           "router: {uplink: {type: ethernet}}\nnodes: [{name: restore-server, role: server}]\n")
 LIB = REPO / "firstboot/common/lib/ceil-lib.sh"
 
 
@@ -25,6 +29,13 @@ def test_a_live_snapshot_brings_the_cluster_back_on_a_new_card(lab, kubeconfig, 
     kubectl(kubeconfig, "create", "namespace", "restore-check")
     kubectl(kubeconfig, "-n", "restore-check", "create", "configmap", "kept", "--from-literal=colour=green")
     kubectl(kubeconfig, "-n", "restore-check", "create", "secret", "generic", "kept", "--from-literal=word=restored-canary")
+    # The server's Node, its kubelet reporting the k3s it runs (as k3s's kubelet does): what tells a
+    # restore which k3s wrote the snapshot.
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "restore-server"}}
+    (tmp_path / "node.json").write_text(json.dumps(node))
+    kubectl(kubeconfig, "apply", "-f", str(tmp_path / "node.json"))
+    kubectl(kubeconfig, "patch", "node", "restore-server", "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2+k3s1"}}}))
     live = lab.dir / "db" / "state.db"
     script = datastore.BACKUP_SCRIPT.replace(datastore.DB_ON_SERVER, str(live))
     done = subprocess.run([sys.executable, "-"], input=script.encode(), capture_output=True, timeout=300)
@@ -32,6 +43,8 @@ def test_a_live_snapshot_brings_the_cluster_back_on_a_new_card(lab, kubeconfig, 
     snapshot = tmp_path / "snapshot.db"
     snapshot.write_bytes(done.stdout)
     assert datastore.check_snapshot(snapshot) > 0
+    cluster = parse_cluster(CLUSTER)
+    assert datastore.snapshot_version(cluster, snapshot) == "v1.35.2+k3s1"  # from kine's protobuf
     kubectl(kubeconfig, "-n", "restore-check", "create", "configmap", "after-the-backup")
 
     # The card is lost; a new one starts with the snapshot staged among its secrets.

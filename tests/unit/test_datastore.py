@@ -138,6 +138,53 @@ def test_a_staged_snapshot_goes_into_the_init_servers_secrets_only(tmp_path):
     assert datastore.restore_notice(cluster, store, "router") is None
 
 
+def snapshot_written_by(path: Path, versions: dict[str, str]) -> Path:
+    """A kine database holding Node objects whose kubelets report `versions` (as protobuf holds
+    them: the version a plain string among the object's bytes), an older copy of each first."""
+    db = kine_db(path)
+    for name, version in versions.items():
+        for v in ("v1.20.0+k3s1", version):
+            db.execute("INSERT INTO kine (name, value) VALUES (?, ?)",
+                       (f"/registry/minions/{name}", b"k8s\x00\n\x0cv1\x12\x04Node" + b"\x1a" + v.encode() + b"\x22\x05arm64"))
+    db.commit()
+    db.close()
+    return path
+
+
+@pytest.mark.parametrize("written_by, baked_with, refused", [
+    ("v1.35.2+k3s1", "v1.35.2+k3s1", None), ("v1.35.2+k3s1", "v1.36.1+k3s1", None),
+    ("v1.35.2+k3s1", "v1.37.0+k3s1", "upgrades one minor version at a time"),
+    ("v1.36.1+k3s1", "v1.35.4+k3s1", "does not support downgrades")])
+def test_a_snapshot_is_restored_only_by_a_k3s_that_can_migrate_it(tmp_path, written_by, baked_with, refused):
+    """k3s migrates a datastore one minor version at a time and never back; a ceil update can move
+    the default kubernetes.k3s_version two minor versions past the snapshot's."""
+    snap = snapshot_written_by(tmp_path / "snap.db", {"one": written_by, "two": "v1.34.0+k3s1"})
+    cluster = parse_cluster(CLUSTER + f"kubernetes: {{k3s_version: {baked_with}}}\n")
+    store = SecretStore(tmp_path / "secrets")
+    assert datastore.snapshot_version(cluster, snap) == written_by  # the server's, not agent two's
+    if refused is None:
+        datastore.stage_restore(cluster, store, snap)
+        datastore.check_staged_restore(cluster, store, ["one"])
+        return
+    with pytest.raises(CeilError, match=refused) as e:
+        datastore.stage_restore(cluster, store, snap)
+    assert f"the snapshot snap.db was written by k3s {written_by}" in str(e.value)
+    assert not store.exists(datastore.RESTORE_SECRET)
+
+
+def test_a_bake_of_the_restoring_server_checks_the_staged_snapshot_against_its_k3s(tmp_path):
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    snapshot_written_by(tmp_path / "snap.db", {"one": "v1.36.1+k3s1"})
+    assert bake_py("datastore", "restore", "snap.db", cwd=tmp_path).returncode == 0
+    (tmp_path / "cluster.yaml").write_text(CLUSTER + "kubernetes: {k3s_version: v1.38.0+k3s1}\n")  # a later edit
+    done = bake_py("--role", "one", cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "was written by k3s v1.36.1+k3s1" in said, said
+    assert not (tmp_path / "out").exists()
+    cluster = parse_cluster((tmp_path / "cluster.yaml").read_text())
+    datastore.check_staged_restore(cluster, SecretStore(tmp_path / "secrets"), ["two"])  # not the restoring server
+
+
 def test_restore_cli_refuses_a_bad_file_and_can_cancel(tmp_path):
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     (tmp_path / "notes.txt").write_text("hello\n")
