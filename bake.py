@@ -16,11 +16,23 @@ if (VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != VENV.res
     os.environ["CEIL_IN_VENV"] = "1"
     os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
 
+
+
+def cannot_start(missing: ImportError) -> str:
+    return (f"ceil cannot start: {missing}. Run `make setup` in {VENV.parent} (it makes the venv .venv with"
+            " ceil's Python packages), then run this command again")
+
+
 try:
     from ceil.cli import main
 except ImportError as missing:
-    sys.exit(f"ceil cannot start: {missing}. Run `make setup` in {VENV.parent} (it makes the venv"
-             " .venv with ceil's Python packages), then run this command again")
+    sys.exit(cannot_start(missing))
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ModuleNotFoundError as missing:
+        # No venv yet, and a Python with click and rich: a command's own modules fail to import.
+        if (missing.name or "ceil").partition(".")[0] == "ceil":
+            raise
+        sys.exit(cannot_start(missing))

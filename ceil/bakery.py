@@ -133,7 +133,8 @@ def inspect_base(flavor: Flavor, base: BaseImage) -> tuple[Partition, Partition]
                        f" for {flavor.python_tag}")
     if differs:
         is_ = release.get("PRETTY_NAME", "an OS without /etc/os-release")
-        others = [f.name for f in flavors_for(release, python) if f.name != flavor.name]
+        others = [f.name for f in flavors_for(release, python, flavor.partitions, packages_arch(status))
+                  if f.name != flavor.name]
         instead = (f"set `flavor: {others[0]}` in cluster.yaml (made for this image)" if len(others) == 1 else
                    f"set `flavor:` in cluster.yaml to one made for this image ({', '.join(others)})" if others else
                    "no flavor here is made for this image")
@@ -173,14 +174,29 @@ def python_tag(version: str) -> str | None:
     return f"cp3{m.group(1)}" if m else None
 
 
-def flavors_for(release: dict[str, str], python: str | None) -> list[Flavor]:
-    """The flavors whose os-release fields and Python an image with these has, offered ones first."""
+def flavors_for(release: dict[str, str], python: str | None, partitions=None, arch: str | None = None) -> list[Flavor]:
+    """The flavors an image with these os-release fields, Python, partition labels and Debian
+    architecture passes (each left out when None), offered ones first."""
     from .catalog import available
+
+    def labels(p):
+        return (p.boot.label, p.root.label)
 
     fits = [f for f in map(load_flavor, available())
             if f.os_release and all(release.get(k) == v for k, v in f.os_release.items())
-            and f.python_tag in (None, python)]
+            and f.python_tag in (None, python) and (partitions is None or labels(f.partitions) == labels(partitions))
+            and arch in (None, f.arch)]
     return sorted(fits, key=lambda f: (f.test_only, f.name))
+
+
+def packages_arch(dpkg_status: bytes) -> str | None:
+    """The image's Debian architecture: that of its python3 package (most others say "all")."""
+    for stanza in dpkg_status.decode(errors="replace").split("\n\n"):
+        if "\nPackage: python3\n" in f"\n{stanza}\n":
+            for line in stanza.splitlines():
+                if line.startswith("Architecture: "):
+                    return line.split(": ", 1)[1].strip()
+    return None
 
 
 def create_private(path: Path):

@@ -64,6 +64,12 @@ class LazyGroup(click.Group):
             self.add_command(command)
         return super().get_command(ctx, name)
 
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:  # "Did you mean ...?" from every name, not the loaded ones
+            raise click.exceptions.NoSuchCommand(e.command_name, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
 
 @click.group(cls=LazyGroup, invoke_without_command=True, epilog=EPILOG,
              context_settings={"help_option_names": ["-h", "--help"]})

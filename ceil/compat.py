@@ -98,46 +98,54 @@ def minor(version: str) -> tuple[int, int]:
 def check_version_skew(cluster, store: SecretStore, roles: list[str], k3s_version: str) -> None:
     """Nodes baked now against the nodes of the running cluster, as secrets/ records them (the
     bake and `k3s upgrade` write each node's version), by Kubernetes' version skew policy
-    (kubernetes.io/releases/version-skew-policy): a kubelet must not be newer than any API server
+    (kubernetes.io/releases/version-skew-policy): a kubelet must not be newer than an API server
     nor more than three minor versions older, and API servers are within one minor version of
-    each other. A k3s server is an API server with a kubelet of its own, an agent a kubelet.
-    Refused before anything is written, naming each node in the way: a card flashed between
-    setting a new kubernetes.k3s_version and running `k3s upgrade` would otherwise join with a
-    kubelet newer than the servers'."""
+    each other. A k3s server is an API server with a kubelet of its own, an agent a kubelet;
+    servers' own kubelets follow the servers' rule, since `k3s upgrade` moves the servers first
+    and a card replaced half-way must join either side of it. Refused before anything is
+    written, naming each node in the way: a card flashed between setting a new
+    kubernetes.k3s_version and running `k3s upgrade` would otherwise join with a kubelet newer
+    than the servers'."""
     baking = [r for r in roles if r != "router"]
     if not baking:
         return
     new = minor(k3s_version)
     server_baked = any(cluster.node(r).role == "server" for r in baking)
-    problems = []
+    agent_baked = any(cluster.node(r).role == "agent" for r in baking)
+    problems, oldest_server = [], None
     for node in cluster.nodes:
         record = K3S_RECORD.format(name=node.name)
         if node.name in baking or not store.exists(record):
             continue
         version = store.read(record).decode().strip()
         have, why = minor(version), []
+        if len(have) < 2:  # an unreadable record says nothing of what runs
+            continue
         if node.role == "server":
-            if new[0] != have[0] or new[1] > have[1]:
-                why.append("the new kubelets would be newer than its API server")
-            elif have[1] - new[1] > 3:
-                why.append("the new kubelets would be more than three minor versions older than its API server")
+            if oldest_server is None or have < minor(oldest_server):
+                oldest_server = version
+            if agent_baked and new > have:
+                why.append("the new agents' kubelets would be newer than its API server")
+            if agent_baked and (new[0] != have[0] or have[1] - new[1] > 3):
+                why.append("the new agents' kubelets would be more than three minor versions older than its API server")
             if server_baked and (new[0] != have[0] or abs(have[1] - new[1]) > 1):
                 why.append("API servers must be within one minor version of each other")
-        if server_baked:
-            if new[0] != have[0] or have[1] > new[1]:
+        elif server_baked:
+            if have > new:
                 why.append("its kubelet would be newer than the new API server")
-            elif new[1] - have[1] > 3:
+            elif new[0] != have[0] or new[1] - have[1] > 3:
                 why.append("its kubelet would be more than three minor versions older than the new API server")
         if why:
             problems.append(f"{node.name} ({node.role}) runs {version}: {'; '.join(why)}")
     if problems:
+        now = f"set kubernetes.k3s_version to {oldest_server}, what the oldest server runs" if oldest_server else \
+            "set kubernetes.k3s_version to the version the servers run"
         raise CeilError(
             f"{', '.join(baking)} with k3s {k3s_version} would break Kubernetes' version skew policy in the"
             " running cluster:\n  " + "\n  ".join(problems) +
             "\nTo move the cluster to a new version, run `python bake.py k3s upgrade` first (servers first, one"
-            " minor version at a time); to add or replace a card now, set kubernetes.k3s_version to the version"
-            " the servers run. Each node's version is recorded in secrets/nodes/<name>.k3s-version, by the bake"
-            " and by `k3s upgrade`; nothing was baked.")
+            f" minor version at a time); to add or replace a card now, {now}. Each node's version is recorded"
+            " in secrets/nodes/<name>.k3s-version, by the bake and by `k3s upgrade`; nothing was baked.")
 
 
 def node_baked(store: SecretStore, name: str, k3s_version: str) -> None:

@@ -34,7 +34,7 @@ from .errors import CeilError
 from .k3s.node_config import SECRETS_ON_TARGET, init_server, servers
 from .secrets import SecretStore
 from . import snapshot
-from .compat import version_key
+from .compat import minor, version_key
 from .k3s.upgrade import step_problem
 
 DB_ON_SERVER = "/var/lib/rancher/k3s/server/db/state.db"
@@ -159,8 +159,8 @@ def stage_restore(cluster: Cluster, store: SecretStore, snapshot: Path) -> int:
 def snapshot_version(cluster: Cluster, path: Path) -> str | None:
     """The k3s version that wrote the snapshot at `path`: its server's, as its Node object says;
     None where it holds no Node of the cluster's servers (taken before the server registered)."""
-    versions = snapshot.k3s_versions(str(path))
-    found = [versions[s.name] for s in servers(cluster) if s.name in versions]
+    versions = snapshot.k3s_versions(str(path))  # by Node name: the machine's host name
+    found = [versions[h] for s in servers(cluster) if (h := cluster.hostname(s.name)) in versions]
     return max(found, key=version_key) if found else None
 
 
@@ -170,9 +170,14 @@ def check_restore_version(cluster: Cluster, path: Path) -> None:
     (a ceil update can move the default kubernetes.k3s_version further than that)."""
     wrote = snapshot_version(cluster, path)
     target = cluster.kubernetes.k3s_version
-    if wrote and (problem := step_problem(f"the snapshot {path.name}", wrote, target)):
-        raise CeilError(problem.replace(" runs k3s ", " was written by k3s ") +
-                        f"; or restore it with kubernetes.k3s_version {wrote} and upgrade from there (`k3s upgrade`)")
+    if wrote and step_problem("", wrote, target):
+        (major, low), high = minor(wrote), minor(wrote)[1] + 1
+        raise CeilError(
+            f"the snapshot {path.name} was written by k3s {wrote}, and the server would restore it with"
+            f" kubernetes.k3s_version {target}: k3s migrates a datastore one minor version at a time and"
+            f" never back. Set kubernetes.k3s_version to a v{major}.{low} or v{major}.{high} release for the"
+            f" restore ({wrote} itself, say), bake and boot the server, then move on with `python bake.py k3s"
+            " upgrade`, one minor version at a time")
 
 
 def check_staged_restore(cluster: Cluster, store: SecretStore, roles: list[str]) -> None:

@@ -72,16 +72,24 @@ ANSWERED_BY = {"name": "--name", "flavor": "--flavor", "router.uplink.wifi.ssid"
                "vpn.endpoint": "--vpn-endpoint", "ssh.authorized_keys": "--ssh-key-file"}
 
 
+# Settings a refusal proposes, as init's options set them.
+SETTINGS_AS_OPTIONS = {"router.uplink.type: ethernet": "--uplink ethernet",
+                       "flavor raspios-trixie": "--flavor raspios-trixie"}
+
+
 def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> str:
-    """The schema's report on what init was about to write, in terms of the user's answers: the
-    file's line numbers point into a cluster.yaml that was never written."""
+    """The schema's report ("key (line N): ...") or the features' checks' ("key: ...") on what init
+    was about to write, in terms of the user's answers: the file's line numbers point into a
+    cluster.yaml that was never written, and the settings proposed are set by options here."""
     lines = message.splitlines()[1:]
     said = []
     for line in lines:
-        m = re.match(r"^(\s*)([\w.\[\]]+) \(line \d+\):", line)
-        if m:
+        m = re.match(r"^(\s*)([\w.\[\]]+)(?: \(line \d+\))?:", line)
+        if m and (m.group(2) in answered_by or "(line " in m.group(0)):
             key = re.sub(r"\[\d+\]$", "", m.group(2))
             line = f"{m.group(1)}{m.group(2)} ({answered_by.get(key, 'answer')}):{line[m.end():]}"
+        for setting, option in SETTINGS_AS_OPTIONS.items():
+            line = line.replace(setting, option)
         said.append(line)
     return "these answers cannot make a valid cluster.yaml (nothing was written):\n" + "\n".join(said)
 
@@ -154,7 +162,10 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     except ConfigError as e:
         by = {**ANSWERED_BY, "vpn.endpoint": "--vpn-endpoint, by default --name's NAME-router"} if endpoint_by_name else ANSWERED_BY
         raise ConfigError(answers_refused(str(e), by)) from None
-    preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
+    try:
+        preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
+    except ConfigError as e:
+        raise ConfigError(answers_refused(str(e))) from None
     if uplink == "wifi" and from_env:
         # A secret from the environment stays there: the file names the variable, as a user would.
         cfg["router"]["uplink"]["wifi"]["psk"] = "${CEIL_WIFI_PSK}"

@@ -42,7 +42,8 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
     fields = {"PRETTY_NAME": f"synthetic {flavor.name}", **flavor.os_release}
     (root_dir / "etc" / "os-release").write_text("".join(f'{k}="{v}"\n' for k, v in fields.items()))
     if dpkg_status is CLOUD_INIT_STATUS and flavor.python_tag:
-        dpkg_status += f"\nPackage: python3\nStatus: install ok installed\nVersion: 3.{flavor.python_tag[3:]}.1-1\n"
+        dpkg_status += (f"\nPackage: python3\nStatus: install ok installed\nArchitecture: {flavor.arch}\n"
+                        f"Version: 3.{flavor.python_tag[3:]}.1-1\n")
     if dpkg_status is not None:
         (root_dir / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
         (root_dir / "var/lib/dpkg/status").write_text(dpkg_status)

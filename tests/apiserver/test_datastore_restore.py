@@ -31,10 +31,11 @@ def test_a_live_snapshot_brings_the_cluster_back_on_a_new_card(lab, kubeconfig, 
     kubectl(kubeconfig, "-n", "restore-check", "create", "secret", "generic", "kept", "--from-literal=word=restored-canary")
     # The server's Node, its kubelet reporting the k3s it runs (as k3s's kubelet does): what tells a
     # restore which k3s wrote the snapshot.
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "restore-server"}}
+    host = parse_cluster(CLUSTER).hostname("restore-server")  # the Node's name: the host name k3s registers
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host}}
     (tmp_path / "node.json").write_text(json.dumps(node))
     kubectl(kubeconfig, "apply", "-f", str(tmp_path / "node.json"))
-    kubectl(kubeconfig, "patch", "node", "restore-server", "--subresource=status", "--type=merge",
+    kubectl(kubeconfig, "patch", "node", host, "--subresource=status", "--type=merge",
             "-p", json.dumps({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2+k3s1"}}}))
     live = lab.dir / "db" / "state.db"
     script = datastore.BACKUP_SCRIPT.replace(datastore.DB_ON_SERVER, str(live))

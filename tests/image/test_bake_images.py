@@ -272,6 +272,12 @@ def test_the_flavors_made_for_an_image_are_found_by_its_os_release_and_python():
     assert {f.name for f in bakery.flavors_for(trixie, "cp313")} >= {"testbed-ubuntu", "testbed-raspios"}
     assert [f.name for f in bakery.flavors_for({"ID": "ubuntu", "VERSION_ID": "24.04"}, "cp312")] == ["ubuntu-24.04-raspi"]
     assert bakery.flavors_for({"ID": "ubuntu", "VERSION_ID": "24.04"}, "cp313") == []
+    # A twin's image under a real flavor: only the flavors whose partition labels and architecture
+    # it has too (the Raspberry Pi OS ones label their partitions bootfs/rootfs).
+    ubuntu_labels = load_flavor("testbed-ubuntu").partitions
+    assert [f.name for f in bakery.flavors_for(trixie, "cp313", ubuntu_labels, "amd64")] == [
+        "testbed-ubuntu-amd64", "testbed-ubuntu-slots-amd64"]
+    assert bakery.packages_arch(b"Package: python3\nArchitecture: arm64\nVersion: 3.13.5-1\n\n") == "arm64"
     assert bakery.python_tag("3.12.3-0ubuntu2.1") == "cp312" and bakery.python_tag("1:3.13.5-1") == "cp313"
     assert bakery.python_tag("") is None
 

@@ -49,3 +49,21 @@ def test_a_python_with_click_and_rich_but_not_ceils_other_packages_runs_in_the_v
     done = subprocess.run([*python_without_packages(), str(REPO / "bake.py"), "status", "--help"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Usage: bake.py status" in done.stdout, done.stderr
+
+
+def test_without_a_venv_a_python_with_click_and_rich_is_told_to_run_make_setup(tmp_path):
+    """Debian's python3 with python3-click and python3-rich imports ceil.cli; the command's own
+    modules then miss pydantic: the same message as any Python without ceil's packages."""
+    shutil.copy(REPO / "bake.py", tmp_path / "bake.py")  # a checkout where `make setup` never ran
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
+    if site is None:
+        pytest.skip("no .venv to borrow click and rich from (make setup)")
+    shelf = tmp_path / "shelf"
+    shelf.mkdir()
+    for name in ("click", "rich", "markdown_it", "mdurl", "pygments"):
+        (shelf / name).symlink_to(site / name)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{shelf}:{REPO}"}
+    done = subprocess.run([*python_without_packages(), str(tmp_path / "bake.py"), "status", "--help"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "No module named 'pydantic'" in done.stderr and f"Run `make setup` in {tmp_path}" in done.stderr

@@ -26,3 +26,10 @@ def test_a_command_other_than_the_bake_does_not_load_the_bakes_modules():
              "print(sorted(m for m in ('ceil.bakery', 'ceil.catalog', 'ceil.features') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().endswith("[]"), done.stdout + done.stderr
+
+
+def test_a_mistyped_command_is_answered_with_the_one_meant():
+    """click's hint is made from the commands it knows; the lazy ones are known by name only."""
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "statu"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "No such command 'statu'" in done.stderr and "Did you mean 'status'" in done.stderr

@@ -113,7 +113,8 @@ def test_a_card_baked_with_a_newer_k3s_than_the_running_servers_is_refused_befor
     store = running(tmp_path, one="v1.36.1+k3s1", two="v1.36.1+k3s1", three="v1.36.1+k3s1", four="v1.36.1+k3s1")
     said = skew_refusal(cluster, store, ["five"], "v1.37.0+k3s1")  # five: a new agent, never baked
     assert said and "five with k3s v1.37.0+k3s1 would break Kubernetes' version skew policy" in said
-    assert "one (server) runs v1.36.1+k3s1: the new kubelets would be newer than its API server" in said
+    assert "one (server) runs v1.36.1+k3s1: the new agents' kubelets would be newer than its API server" in said
+    assert "set kubernetes.k3s_version to v1.36.1+k3s1, what the oldest server runs" in said
     assert "python bake.py k3s upgrade" in said and "nothing was baked" in said
     assert "four (agent)" not in said  # an agent's kubelet does not constrain another's
     for same_line in ("v1.36.1+k3s1", "v1.36.3+k3s1", "v1.36.1+k3s2"):
@@ -144,3 +145,26 @@ def test_every_card_baked_at_once_is_a_cluster_of_one_version(tmp_path):
                     five="v1.33.0+k3s1")
     assert skew_refusal(cluster, store, ["router", *cluster.roles[1:]], "v1.36.1+k3s1") is None
     assert skew_refusal(cluster, store, ["router"], "v1.37.0+k3s1") is None  # the router runs no k3s
+
+
+def test_a_card_replaced_half_way_through_an_upgrade_joins_either_side_of_it(tmp_path):
+    """`k3s upgrade` moves the servers first, one at a time, and can stop half-way (a node that did
+    not come back). A server card lost then must be bakeable at either version; an agent only at
+    what every server's API server serves."""
+    cluster = cluster_of(HA)
+    store = running(tmp_path, one="v1.36.1+k3s1", two="v1.35.2+k3s1", three="v1.35.2+k3s1",
+                    four="v1.35.2+k3s1", five="v1.35.2+k3s1")
+    for server in ("one", "two"):
+        for version in ("v1.35.2+k3s1", "v1.36.1+k3s1"):
+            assert skew_refusal(cluster, store, [server], version) is None, (server, version)
+    said = skew_refusal(cluster, store, ["four"], "v1.36.1+k3s1")
+    assert said and "two (server) runs v1.35.2+k3s1" in said and "one (server)" not in said
+    assert "set kubernetes.k3s_version to v1.35.2+k3s1, what the oldest server runs" in said
+    assert skew_refusal(cluster, store, ["four"], "v1.35.2+k3s1") is None
+
+
+def test_an_unreadable_record_says_nothing_of_what_runs(tmp_path):
+    cluster = cluster_of(HA)
+    store = running(tmp_path, one="v1.36.1+k3s1")
+    store.write("nodes/two.k3s-version", b"\n")
+    assert skew_refusal(cluster, store, ["five"], "v1.36.1+k3s1") is None

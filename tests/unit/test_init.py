@@ -55,6 +55,21 @@ def test_init_checks_everything_before_writing_anything(tmp_path, ssh_pubkey):
     assert r.returncode == 1 and "--ssid" in r.stderr and "--uplink ethernet" in r.stderr
 
 
+def test_a_wifi_name_the_flavor_cannot_carry_is_refused_in_inits_own_terms(tmp_path, ssh_pubkey):
+    """The features' checks run too, and their refusal names init's options, not cluster.yaml's keys."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    env = {**__import__("os").environ, "CEIL_WIFI_PSK": "a-good-passphrase"}
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "wifi", "--ssid", "Back\\slash", "--country", "DE"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "nothing was written" in said and "nothing was baked" not in said, said
+    assert "router.uplink.wifi.ssid (--ssid): 'Back\\\\slash' holds a backslash" in said, said
+    assert "--uplink ethernet, or --flavor raspios-trixie" in said
+    assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
+
+
 def test_init_rejects_a_bad_key(tmp_path):
     key = tmp_path / "id.pub"
     key.write_text("not a key\n")
