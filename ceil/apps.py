@@ -268,14 +268,32 @@ CUSTOM_METRICS_ADDON = "custom-metrics"
 REQUESTS_PER_SECOND = 10
 
 
+# The add-on that runs Flagger: with it on, the app is released through a Canary (the chart's
+# canary.enabled).
+CANARY_ADDON = "canary"
+
+
+def _addons_on(cluster: Cluster) -> set[str]:
+    return {spec.name for spec in selected(cluster, Catalog())}
+
+
 def autoscaling_values(cluster: Cluster) -> dict:
     """`autoscaling.requestsPerSecond` where cluster.yaml turns custom-metrics on, else nothing:
     elsewhere no one serves the metric, and an HPA metric it cannot read holds every scale-down,
-    so the chart keeps CPU alone. cluster.yaml decides, as it does for the demo's podinfo, so
-    `deploy --print` (no cluster reached) writes the same values."""
-    if CUSTOM_METRICS_ADDON not in {spec.name for spec in selected(cluster, Catalog())}:
+    so the chart keeps CPU alone. Nothing either under Flagger (canary_values), where Traefik
+    counts requests per weighted TraefikService, not per the release's Service. cluster.yaml
+    decides, as it does for the demo's podinfo, so `deploy --print` (no cluster reached) writes
+    the same values."""
+    on = _addons_on(cluster)
+    if CUSTOM_METRICS_ADDON not in on or CANARY_ADDON in on:
         return {}
     return {"autoscaling": {"requestsPerSecond": REQUESTS_PER_SECOND}}
+
+
+def canary_values(cluster: Cluster) -> dict:
+    """`canary.enabled` where cluster.yaml turns the add-on canary (Flagger) on: each deploy of a
+    new image is then a canary release (apps/piphp/chart/templates/canary.yaml)."""
+    return {"canary": {"enabled": True}} if CANARY_ADDON in _addons_on(cluster) else {}
 
 
 def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
@@ -287,7 +305,7 @@ def deploy_objects(target: Target, name: str, state: dict) -> list[dict]:
         if not state.get(key):
             raise CeilError(f"out/apps/{name}.json has no {key}: run `{how}` for {name} first")
     values = {"image": {"repository": target.image_repository(name), "digest": state["image_digest"]},
-              "host": target.host(name), **autoscaling_values(target.cluster)}
+              "host": target.host(name), **autoscaling_values(target.cluster), **canary_values(target.cluster)}
     pull = access.password(target.store, access.PULL_USER)
     return [
         {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
@@ -414,6 +432,10 @@ def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
                f" then http://{target.host(name)}/")
     if autoscaling_values(target.cluster):
         click.echo(f"  with autoscaling.requestsPerSecond: {REQUESTS_PER_SECOND} (add-on {CUSTOM_METRICS_ADDON} is on)")
+    if canary_values(target.cluster):
+        click.echo(f"  released through Flagger (add-on {CANARY_ADDON} is on): a new image is a canary release;"
+                   f" `kubectl -n {NAMESPACE} get canary app-{name}` follows it, and the header X-Canary: always"
+                   " reaches it first")
 
 
 @app_group.command("build")

@@ -26,6 +26,7 @@ from .conftest import install_job, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "apps/piphp/chart"
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]  # what `app chart` pushes
 HELM = helm_build.lookup()  # captured at import, before the unit tests' CEIL_CACHE fixture
 
 
@@ -48,7 +49,7 @@ def test_the_chart_is_pushed_and_helm_pulls_the_same_bytes_back_by_digest(regist
     done = bake_py("app", "--registry", r.urls["push"], "chart", str(CHART), cwd=r.workstation, helm=helm)
     assert done.returncode == 0, done.stdout + done.stderr
     state = json.loads((r.workstation / "out/apps/piphp.json").read_text())
-    assert state["chart_name"] == "piphp" and state["chart_version"] == "0.2.0"
+    assert state["chart_name"] == "piphp" and state["chart_version"] == CHART_VERSION
 
     # Helm, logged in as the nodes' pull account, from the read-only port the cluster uses.
     env = {**os.environ, "HELM_REGISTRY_CONFIG": str(tmp_path / "helm-registry.json"),
@@ -67,7 +68,7 @@ def test_the_chart_is_pushed_and_helm_pulls_the_same_bytes_back_by_digest(regist
     tgz = path.read_bytes()
     layer = next(l for l in json.loads(_manifest(r, state["chart_digest"]))["layers"])
     assert "sha256:" + hashlib.sha256(tgz).hexdigest() == layer["digest"]
-    assert apps.chart_metadata(path)["version"] == "0.2.0"
+    assert apps.chart_metadata(path)["version"] == CHART_VERSION
 
 
 def _manifest(r, digest: str) -> bytes:
@@ -107,6 +108,45 @@ def test_the_demo_chart_as_deployed_is_accepted_by_the_api_server(lab, kubeconfi
     (tmp_path / "rendered.yaml").write_text(rendered.stdout)
     kubectl(kubeconfig, "apply", "-n", apps.NAMESPACE, "--server-side", "--dry-run=server", "-f",
             str(tmp_path / "rendered.yaml"))
+
+
+def test_the_demo_chart_as_a_canary_release_is_accepted_against_flaggers_and_traefiks_crds(
+        lab, kubeconfig, helm, tmp_path):
+    """With the add-on canary on, `deploy` sets canary.enabled: the chart then makes Flagger's
+    Canary and Traefik's IngressRoutes (the weighted route and the A/B one) instead of the Service
+    and the Ingress, and leaves the replica count to Flagger. Server-side dry-run with strict
+    field validation against the CRDs of the Flagger and Traefik versions the catalog pins."""
+    from testbed import crds
+
+    values = {"image": {"repository": "ceil-router.ceil.internal:5002/apps/piphp", "digest": "sha256:" + "c" * 64},
+              "host": "piphp.apps.ceil.internal", "canary": {"enabled": True}}
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    rendered = subprocess.run([helm, "template", "app-piphp", str(CHART), "-n", apps.NAMESPACE,
+                               "-f", str(tmp_path / "values.yaml")], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    assert sorted(d["kind"] for d in docs) == ["Canary", "Deployment", "HorizontalPodAutoscaler", "IngressRoute",
+                                               "IngressRoute"]
+    canary = next(d for d in docs if d["kind"] == "Canary")
+    assert canary["spec"]["targetRef"]["name"] == "app-piphp" == canary["spec"]["autoscalerRef"]["name"]
+    assert "-host piphp.apps.ceil.internal " in canary["spec"]["analysis"]["webhooks"][0]["metadata"]["cmd"]
+    assert "replicas" not in next(d for d in docs if d["kind"] == "Deployment")["spec"]
+    for source in [s for found in crds.catalog_sources().values() for s in found
+                   if s.module in ("github.com/fluxcd/flagger", "github.com/traefik/traefik/v3")]:
+        for path in crds.files(source):
+            kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil-tests", "-f", str(path))
+    for crd in ("canaries.flagger.app", "ingressroutes.traefik.io"):
+        kubectl(kubeconfig, "wait", "--for=condition=established", "--timeout=60s", f"crd/{crd}")
+    kubectl(kubeconfig, "create", "namespace", apps.NAMESPACE, check=False)
+    (tmp_path / "rendered.yaml").write_text(rendered.stdout)
+    kubectl(kubeconfig, "apply", "-n", apps.NAMESPACE, "--server-side", "--dry-run=server", "--validate=strict",
+            "-f", str(tmp_path / "rendered.yaml"))
+    # The request-rate metric cannot be read under Flagger: the chart says so instead of rendering it.
+    values["autoscaling"] = {"requestsPerSecond": 10}
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    both = subprocess.run([helm, "template", "app-piphp", str(CHART), "-f", str(tmp_path / "values.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode != 0 and "set requestsPerSecond: 0" in both.stderr
 
 
 def test_deploy_makes_helm_controller_install_from_the_registry_with_login_and_ca(lab, kubeconfig, registries, helm):

@@ -301,6 +301,7 @@ def test_an_archive_built_elsewhere_is_pushed_and_recorded(registries, tmp_path)
     ("addons: {enable: [custom-metrics]}\n", {"requestsPerSecond": 10}),
     ("addons: {enable: [custom-metrics], disable: [custom-metrics]}\n", None),
     ("addons: {enabled: false, enable: [custom-metrics]}\n", None),
+    ("addons: {enable: [custom-metrics, canary]}\n", None),  # under Flagger: CPU (the chart refuses both)
 ])
 def test_deploy_asks_for_requests_per_second_only_where_custom_metrics_serves_them(tmp_path, addons, expected):
     """The value the demo chart's HPA turns into an Object metric on traefik_requests_per_second
@@ -332,3 +333,23 @@ def test_the_demo_chart_declares_the_key_deploy_sets_and_has_it_off():
     assert declared["requestsPerSecond"] == 0 and declared["targetCPUUtilizationPercentage"] == 60
     on = apps.autoscaling_values(parse_cluster(BASE + "addons: {enable: [custom-metrics]}\n"))
     assert set(on["autoscaling"]) <= set(declared)
+
+
+@pytest.mark.parametrize("addons, canary", [("", None), ("addons: {enable: [canary]}\n", {"enabled": True}),
+                                            ("addons: {enable: [canary], disable: [canary]}\n", None)])
+def test_deploy_releases_through_flagger_where_cluster_yaml_runs_it(tmp_path, addons, canary):
+    """The demo app's canary release (issue 20, phase 7-8): with the add-on canary on, `deploy` sets
+    the chart's canary.enabled, and each new image digest is then a release Flagger judges."""
+    from ceil.config import parse_cluster
+    from ceil.secrets import SecretStore
+    from ceil import registry_access as access
+    from tests.registry_lab import BASE
+
+    store = SecretStore(tmp_path / "secrets")
+    access.ensure_ca(store)
+    access.password(store, "push")
+    target = apps.Target.of(parse_cluster(BASE + addons), store)
+    *_, chart = apps.deploy_objects(target, "piphp", {"image_digest": "sha256:" + "b" * 64, "chart_version": "0.3.0"})
+    assert yaml.safe_load(chart["spec"]["valuesContent"]).get("canary") == canary
+    declared = yaml.safe_load((REPO / "apps/piphp/chart/values.yaml").read_text())["canary"]
+    assert declared["enabled"] is False  # off in the chart: `helm install` by hand needs no Flagger
