@@ -9,6 +9,7 @@ commands run against them exactly as a user's would.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import time
@@ -133,3 +134,15 @@ def registries(tmp_path):
         pytest.fail("docker-registry is not installed: make setup-host (apt install docker-registry)")
     with running_registries(tmp_path) as r:
         yield r
+
+
+def write_layout(root: Path, artifact: oci.Artifact) -> Path:
+    """An OCI image layout holding `artifact`, as a builder writes one."""
+    (root / "blobs/sha256").mkdir(parents=True)
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    manifests = {c.digest: c.manifest for c in artifact.children}
+    for d, data in {**artifact.all_blobs(), **manifests, artifact.digest: artifact.manifest}.items():
+        (root / "blobs/sha256" / d.split(":")[1]).write_bytes(data)
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": artifact.media_type, "digest": artifact.digest, "size": len(artifact.manifest)}]}))
+    return root

@@ -148,6 +148,60 @@ def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the
         agent.close()
 
 
+def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(nodes, cluster, tmp_path):
+    """Issue 20's app delivery from where a user runs it: `bake.py app push` (an OCI archive of
+    two platforms, as a CI job builds one) and `bake.py app chart` (the demo chart, linted and
+    packaged by the user's helm) from the workstation through the VPN into the router's real
+    registry, over TLS with the registry CA and the push account from secrets/; each recorded in
+    out/apps/, and pulled back by the recorded digest from a node with that node's own
+    read-only account."""
+    import tarfile
+
+    from ceil import oci
+    from ceil_infra.registry import node_pull_account, oci as oci_on_node
+    from testbed import helm as helm_build
+    from tests.registry_lab import write_layout
+
+    c = session.get()
+    client = c.vpn_client
+    if client is None:
+        pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    if not cluster.registry.enabled:
+        pytest.skip("registry.enabled is false")
+    helm = helm_build.lookup()
+    if helm is None:
+        pytest.skip("no Helm build (make helm): `app chart` lints and packages the chart with helm")
+    index = oci.image_index({p: oci.scratch_image({"ceil": p.encode()}, arch=p.split("/")[1])
+                             for p in ("linux/arm64", "linux/amd64")})
+    layout = write_layout(tmp_path / "layout", index)
+    archive = tmp_path / "app.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(layout.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    router_ip, reg = cluster.network.router_ip, cluster.registry
+    agent = Agent(tmp_path, c.key)
+    env, *bake = agent.bake_py()
+    app = [env, f"PATH={helm.parent}:/usr/sbin:/usr/bin:/sbin:/bin", *bake, "app", "--config", str(c.config_path),
+           "--out", str(tmp_path / "out"), "--registry", f"https://{router_ip}:{reg.push_port}"]
+    try:
+        client.up()
+        retry("a push through the tunnel", lambda: client.link.run(
+            *app, "push", str(archive), "--name", "e2e-ws", "--tag", "v1", "--platform", "linux/arm64,linux/amd64"),
+              timeout=180)
+        client.link.run(*app, "chart", str(REPO / "apps/piphp/chart"), "--name", "e2e-ws")
+    finally:
+        client.close()
+        agent.close()
+    state = json.loads((tmp_path / "out/apps/e2e-ws.json").read_text())
+    assert state["image_digest"] == index.digest, state
+    node = list(nodes.values())[-1]
+    pull_url = f"https://{router_ip}:{reg.port}"
+    for name, digest, blobs in (("apps/e2e-ws", state["image_digest"], 4),
+                                (f"charts/{state['chart_name']}", state["chart_digest"], 2)):
+        pulled = oci_on_node(node, "pull", pull_url, name, digest, node_pull_account(node))
+        assert pulled.get("digest") == digest and pulled.get("blobs") == blobs, (name, pulled)
+
+
 def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(nodes, cluster, tmp_path):
     """The third path: no route, no VPN, only the router's SSH on its uplink address.
     `bake.py ssh NAME --via` jumps through it to a node, and `bake.py k8s-proxy --via` forwards

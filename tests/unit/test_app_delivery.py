@@ -21,6 +21,7 @@ import yaml
 from ceil import apps, oci
 from ceil.errors import CeilError
 from tests import bake_cli
+from tests.registry_lab import write_layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,18 +149,6 @@ def test_a_layout_archive_cannot_write_outside_its_folder(tmp_path):
     assert not (tmp_path / "escaped").exists()
     with pytest.raises(oci.OciError, match="not an OCI image layout.*type=oci"):
         oci.read_layout(tmp_path)
-
-
-def write_layout(root: Path, artifact: oci.Artifact) -> Path:
-    """An OCI image layout holding `artifact`, as a builder writes one."""
-    (root / "blobs/sha256").mkdir(parents=True)
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    manifests = {c.digest: c.manifest for c in artifact.children}
-    for d, data in {**artifact.all_blobs(), **manifests, artifact.digest: artifact.manifest}.items():
-        (root / "blobs/sha256" / d.split(":")[1]).write_bytes(data)
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": artifact.media_type, "digest": artifact.digest, "size": len(artifact.manifest)}]}))
-    return root
 
 
 def test_a_build_missing_a_platform_is_refused_before_anything_is_pushed(tmp_path):
