@@ -146,3 +146,18 @@ def write_layout(root: Path, artifact: oci.Artifact) -> Path:
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
         {"mediaType": artifact.media_type, "digest": artifact.digest, "size": len(artifact.manifest)}]}))
     return root
+
+
+def ci_archive(folder: Path) -> tuple[oci.Artifact, Path]:
+    """A two-platform image index as a CI job leaves it for `bake.py app push`: a tar of its OCI
+    layout, in `folder`. (the index, the archive's path)."""
+    import tarfile
+
+    index = oci.image_index({p: oci.scratch_image({"ceil": p.encode()}, arch=p.split("/")[1])
+                             for p in ("linux/arm64", "linux/amd64")})
+    layout = write_layout(folder / "layout", index)
+    archive = folder / "app.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(layout.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    return index, archive

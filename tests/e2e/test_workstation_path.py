@@ -155,12 +155,9 @@ def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(no
     registry, over TLS with the registry CA and the push account from secrets/; each recorded in
     out/apps/, and pulled back by the recorded digest from a node with that node's own
     read-only account."""
-    import tarfile
-
-    from ceil import oci
     from ceil_infra.registry import node_pull_account, oci as oci_on_node
     from testbed import helm as helm_build
-    from tests.registry_lab import write_layout
+    from tests.registry_lab import ci_archive
 
     c = session.get()
     client = c.vpn_client
@@ -171,13 +168,7 @@ def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(no
     helm = helm_build.lookup()
     if helm is None:
         pytest.skip("no Helm build (make helm): `app chart` lints and packages the chart with helm")
-    index = oci.image_index({p: oci.scratch_image({"ceil": p.encode()}, arch=p.split("/")[1])
-                             for p in ("linux/arm64", "linux/amd64")})
-    layout = write_layout(tmp_path / "layout", index)
-    archive = tmp_path / "app.tar"
-    with tarfile.open(archive, "w") as tar:
-        for path in sorted(layout.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    index, archive = ci_archive(tmp_path)
     router_ip, reg = cluster.network.router_ip, cluster.registry
     agent = Agent(tmp_path, c.key)
     env, *bake = agent.bake_py()

@@ -21,7 +21,7 @@ import yaml
 from ceil import apps, oci
 from ceil.errors import CeilError
 from tests import bake_cli
-from tests.registry_lab import write_layout
+from tests.registry_lab import ci_archive, write_layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -263,13 +263,7 @@ def test_piphp_answers_its_health_check_and_says_which_pod_served(tmp_path):
 def test_an_archive_built_elsewhere_is_pushed_and_recorded(registries, tmp_path):
     """`bake.py app push`: a CI job's OCI archive (here a tar of a layout), with its platforms checked."""
     r = registries
-    index = oci.image_index({p: oci.scratch_image({"a": p.encode()}, arch=p.split("/")[1])
-                             for p in ("linux/arm64", "linux/amd64")})
-    layout = write_layout(tmp_path / "layout", index)
-    archive = tmp_path / "app.tar"
-    with tarfile.open(archive, "w") as tar:
-        for path in sorted(layout.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+    index, archive = ci_archive(tmp_path)
     done = bake_py("app", "--registry", r.urls["push"], "push", str(archive), "--name", "from-ci", "--tag", "v7",
                    "--platform", "linux/arm64,linux/amd64", cwd=r.workstation)
     assert done.returncode == 0, done.stdout + done.stderr

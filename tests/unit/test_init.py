@@ -10,6 +10,15 @@ from ceil.config import load_cluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+def init_wifi(tmp_path: Path, ssh_pubkey: str, *args: str) -> subprocess.CompletedProcess:
+    """`bake.py init --yes` with a WiFi uplink, the passphrase in the environment as the README says."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    env = {**__import__("os").environ, "CEIL_WIFI_PSK": "a-good-passphrase"}
+    return subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                           "--uplink", "wifi", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
 def test_init_writes_config_and_secrets(tmp_path, ssh_pubkey, monkeypatch):
     key = tmp_path / "id.pub"
     key.write_text(ssh_pubkey + "\n")
@@ -57,12 +66,7 @@ def test_init_checks_everything_before_writing_anything(tmp_path, ssh_pubkey):
 
 def test_a_wifi_name_the_flavor_cannot_carry_is_refused_in_inits_own_terms(tmp_path, ssh_pubkey):
     """The features' checks run too, and their refusal names init's options, not cluster.yaml's keys."""
-    key = tmp_path / "id.pub"
-    key.write_text(ssh_pubkey + "\n")
-    env = {**__import__("os").environ, "CEIL_WIFI_PSK": "a-good-passphrase"}
-    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
-                        "--uplink", "wifi", "--ssid", "Back\\slash", "--country", "DE"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    r = init_wifi(tmp_path, ssh_pubkey, "--ssid", "Back\\slash", "--country", "DE")
     said = " ".join(r.stderr.split())
     assert r.returncode == 1 and "nothing was written" in said and "nothing was baked" not in said, said
     assert "router.uplink.wifi.ssid (--ssid): 'Back\\\\slash' holds a backslash" in said, said
