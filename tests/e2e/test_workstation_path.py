@@ -24,10 +24,12 @@ from ceil_e2e import session
 from ceil_e2e.vm import UPLINK_GUEST_IP
 from ceil_e2e.vpn_client import CLIENT_IP
 from ceil_e2e.workstation import Agent
+from testbed import helm as helm_build
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
+HELM = helm_build.lookup()  # at import: each test runs with a CEIL_CACHE of its own (tests/conftest.py)
 MDNSMINI = (REPO / "tests" / "unit" / "mdnsmini.py").read_text()
 DNSMINI = (REPO / "tests" / "unit" / "dnsmini.py").read_text()
 
@@ -156,7 +158,6 @@ def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(no
     out/apps/, and pulled back by the recorded digest from a node with that node's own
     read-only account."""
     from ceil_infra.registry import node_pull_account, oci as oci_on_node
-    from testbed import helm as helm_build
     from tests.registry_lab import ci_archive
 
     c = session.get()
@@ -165,7 +166,7 @@ def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(no
         pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
     if not cluster.registry.enabled:
         pytest.skip("registry.enabled is false")
-    helm = helm_build.lookup()
+    helm = HELM
     if helm is None:
         pytest.skip("no Helm build (make helm): `app chart` lints and packages the chart with helm")
     index, archive = ci_archive(tmp_path)
