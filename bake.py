@@ -17,7 +17,6 @@ if (VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != VENV.res
     os.execv(VENV / "bin" / "python", [str(VENV / "bin" / "python"), __file__, *sys.argv[1:]])
 
 
-
 def cannot_start(missing: ImportError) -> str:
     return (f"ceil cannot start: {missing}. Run `make setup` in {VENV.parent} (it makes the venv .venv with"
             " ceil's Python packages), then run this command again")

@@ -9,6 +9,7 @@ cached base image is only ever read.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -112,6 +113,16 @@ def inspect_base(flavor: Flavor, base: BaseImage) -> tuple[Partition, Partition]
     PiWatch's wheels are bundled for, and the kernel command line where the flavor edits it. A
     wrong one is refused with what the image is and the flavor to use: Ubuntu 24.04 and 26.04
     images carry the same labels, and the wrong one baked without a word."""
+    st = base.path.stat()
+    return _inspected(flavor.name, base.path.resolve(), base.source, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _inspected(flavor_name: str, path: Path, source: str, ino: int, size: int, mtime_ns: int) -> tuple[Partition, Partition]:
+    # Remembered for this process, keyed like the release files' digests (k3s/release.py): the
+    # bake inspects the base before any role, and each role's verify_base asks again (reading
+    # dpkg's status, a few MB on a real image, through debugfs). A refusal is not remembered.
+    flavor, base = load_flavor(flavor_name), BaseImage(path, "", source)
     p = flavor.partitions
     boot, root = check_layout(base.path, p.boot.index, p.boot.label, p.root.index, p.root.label)
     where = f"{base.source} (root partition p{p.root.index})"

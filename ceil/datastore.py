@@ -171,11 +171,11 @@ def check_restore_version(cluster: Cluster, path: Path) -> None:
     wrote = snapshot_version(cluster, path)
     target = cluster.kubernetes.k3s_version
     if wrote and step_problem("", wrote, target):
-        (major, low), high = minor(wrote), minor(wrote)[1] + 1
+        major, low = minor(wrote)
         raise CeilError(
             f"the snapshot {path.name} was written by k3s {wrote}, and the server would restore it with"
             f" kubernetes.k3s_version {target}: k3s migrates a datastore one minor version at a time and"
-            f" never back. Set kubernetes.k3s_version to a v{major}.{low} or v{major}.{high} release for the"
+            f" never back. Set kubernetes.k3s_version to a v{major}.{low} or v{major}.{low + 1} release for the"
             f" restore ({wrote} itself, say), bake and boot the server, then move on with `python bake.py k3s"
             " upgrade`, one minor version at a time")
 

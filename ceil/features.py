@@ -96,13 +96,16 @@ def features_for(cluster: Cluster, role: str, root: Path = FIRSTBOOT_DIR,
     return [f for f in load_features(root) if applies(f, cluster, role, flavor)]
 
 
-def uplink_pattern_problem(cluster: Cluster, flavor: Flavor) -> str | None:
-    """ifupdown's interfaces file names each interface; it has no pattern match (netplan has)."""
+def uplink_problems(cluster: Cluster, flavor: Flavor) -> list[str]:
+    """What the flavor's network stack cannot carry of the router's uplink: an interface pattern
+    where ifupdown needs the exact name (netplan matches patterns), and the WiFi values
+    wpa_supplicant would read back otherwise (wifi_problems)."""
+    problems = []
     uplink = cluster.uplink_interface
     if uplink.endswith("*") and flavor.network == "ifupdown":
-        return (f"router.uplink.interface: {uplink!r} is a pattern, and flavor {flavor.name} configures the"
-                " network with ifupdown, which needs the exact name: set router.uplink.interface (e.g. eth1)")
-    return None
+        problems.append(f"router.uplink.interface: {uplink!r} is a pattern, and flavor {flavor.name} configures the"
+                        " network with ifupdown, which needs the exact name: set router.uplink.interface (e.g. eth1)")
+    return problems + wifi_problems(cluster, flavor)
 
 
 def wifi_problems(cluster: Cluster, flavor: Flavor) -> list[str]:
@@ -155,10 +158,8 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
     Returns the features' warnings: what will work, but less safely than the user may expect."""
     problems: list[str] = []
     warnings: list[str] = []
-    if "router" in roles and (problem := uplink_pattern_problem(cluster, flavor)):
-        problems.append(problem)
     if "router" in roles:
-        problems += wifi_problems(cluster, flavor)
+        problems += uplink_problems(cluster, flavor)
     for role in roles:
         for feature in features_for(cluster, role, root, flavor):
             if check := feature.hook("check"):

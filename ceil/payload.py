@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError
-from .features import FIRSTBOOT_DIR, RoleContext, jinja_env, render_features, uplink_pattern_problem, wifi_problems
+from .features import FIRSTBOOT_DIR, RoleContext, jinja_env, render_features, uplink_problems
 
 CLOUD_INIT_DIR = Path(__file__).resolve().parent.parent / "cloud-init"
 SEED_FILES = ("user-data", "meta-data", "network-config")
@@ -83,8 +83,7 @@ def _target(steps: list[str]) -> str:
 def render_seed(ctx: RoleContext, instance_id: str) -> dict[str, str]:
     env = jinja_env(CLOUD_INIT_DIR)
     uplink = ctx.cluster.uplink_interface if ctx.role == "router" else None
-    if uplink and (problems := [*filter(None, [uplink_pattern_problem(ctx.cluster, ctx.flavor)]),
-                                *wifi_problems(ctx.cluster, ctx.flavor)]):
+    if uplink and (problems := uplink_problems(ctx.cluster, ctx.flavor)):
         raise ConfigError("\n".join(problems))  # preflight said so already; a direct render is refused too
     variables = {
         "uplink_iface": uplink,

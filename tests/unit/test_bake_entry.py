@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,16 +34,24 @@ def test_without_a_venv_it_says_to_run_make_setup(tmp_path):
     assert f"Run `make setup` in {tmp_path}" in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(), reason="no .venv beside bake.py (make setup)")
-def test_a_python_with_click_and_rich_but_not_ceils_other_packages_runs_in_the_venv(tmp_path):
-    # Debian's python3 can have python3-click and python3-rich: it imports ceil.cli, whose commands
-    # import their modules (pydantic and the rest) only when they run.
-    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+def click_and_rich_only(tmp_path: Path) -> dict:
+    """The environment of a Python that has click and rich (Debian's python3-click and python3-rich)
+    but none of ceil's other packages: the venv's click and rich, alone on its path."""
+    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
+    if site is None:
+        pytest.skip("no .venv to borrow click and rich from (make setup)")
     shelf = tmp_path / "shelf"
     shelf.mkdir()
     for name in ("click", "rich", "markdown_it", "mdurl", "pygments"):
         (shelf / name).symlink_to(site / name)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{shelf}:{REPO}"}
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{shelf}:{REPO}"}
+
+
+@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(), reason="no .venv beside bake.py (make setup)")
+def test_a_python_with_click_and_rich_but_not_ceils_other_packages_runs_in_the_venv(tmp_path):
+    # Debian's python3 can have python3-click and python3-rich: it imports ceil.cli, whose commands
+    # import their modules (pydantic and the rest) only when they run.
+    env = click_and_rich_only(tmp_path)
     probe = subprocess.run([*python_without_packages(), "-c", "import ceil.cli, click, rich; import pydantic"],
                            env=env, capture_output=True, text=True)
     assert "No module named 'pydantic'" in probe.stderr, probe.stderr  # the Python this test means
@@ -55,14 +64,7 @@ def test_without_a_venv_a_python_with_click_and_rich_is_told_to_run_make_setup(t
     """Debian's python3 with python3-click and python3-rich imports ceil.cli; the command's own
     modules then miss pydantic: the same message as any Python without ceil's packages."""
     shutil.copy(REPO / "bake.py", tmp_path / "bake.py")  # a checkout where `make setup` never ran
-    site = next((REPO / ".venv" / "lib").glob("python3*/site-packages"), None)
-    if site is None:
-        pytest.skip("no .venv to borrow click and rich from (make setup)")
-    shelf = tmp_path / "shelf"
-    shelf.mkdir()
-    for name in ("click", "rich", "markdown_it", "mdurl", "pygments"):
-        (shelf / name).symlink_to(site / name)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{shelf}:{REPO}"}
+    env = click_and_rich_only(tmp_path)
     done = subprocess.run([*python_without_packages(), str(tmp_path / "bake.py"), "status", "--help"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
