@@ -119,8 +119,11 @@ def check_version_skew(cluster, store: SecretStore, roles: list[str], k3s_versio
             continue
         version = store.read(record).decode().strip()
         have, why = minor(version), []
-        if len(have) < 2:  # an unreadable record says nothing of what runs
-            continue
+        if len(have) < 2:  # refused, not passed over: the check would otherwise let any version by
+            raise CeilError(
+                f"{store.path(record)} holds {version!r}, not a k3s version: write the version node {node.name}"
+                f" runs there (`k3s --version` on it, e.g. v1.36.1+k3s1), or delete the file if {node.name}"
+                " is not running; nothing was baked")
         if node.role == "server":
             if oldest_server is None or have < minor(oldest_server):
                 oldest_server = version

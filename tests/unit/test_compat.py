@@ -163,8 +163,10 @@ def test_a_card_replaced_half_way_through_an_upgrade_joins_either_side_of_it(tmp
     assert skew_refusal(cluster, store, ["four"], "v1.35.2+k3s1") is None
 
 
-def test_an_unreadable_record_says_nothing_of_what_runs(tmp_path):
+def test_an_unreadable_record_is_refused_with_the_file_and_the_fix(tmp_path):
+    """Passed over, it would let a card of any version join; it crashed the check before."""
     cluster = cluster_of(HA)
     store = running(tmp_path, one="v1.36.1+k3s1")
     store.write("nodes/two.k3s-version", b"\n")
-    assert skew_refusal(cluster, store, ["five"], "v1.36.1+k3s1") is None
+    said = skew_refusal(cluster, store, ["five"], "v1.36.1+k3s1")
+    assert said and "two.k3s-version holds '', not a k3s version" in said and "`k3s --version`" in said
