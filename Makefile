@@ -15,7 +15,7 @@ NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_clus
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)'), env_optional=True).domain)" 2>/dev/null || echo ceil.internal)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm kubenode test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -54,16 +54,21 @@ route-add: venv ## Add that route (sudo; Linux and macOS), like the seed's works
 test: setup-test ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
 	@# With cold caches the Go builds (~13 min) and the test beds (~2 min) run beside the unit tests,
 	@# niced so the tests' own timeouts keep the CPU; with warm caches each build is a cache hit.
-	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm testbed-ci
+	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm kubenode testbed-ci
 	$(MAKE) test-apiserver
 	$(MAKE) e2e ARCH=amd64
 test-unit: venv ## Fast unit and image tests only (what `make test` runs first; builds nothing)
 	$(PY) -m pytest -m "not e2e and not apiserver"
 apiserver: venv ## Build (or reuse from cache) the fast layer's control plane from Go modules: kube-apiserver, kube-controller-manager, kine, helm-controller
 	$(NICE) $(PY) -m testbed.apiserver
+# After apiserver: the Kubernetes packages both build are compiled once (Go's build cache).
+kubenode: venv apiserver ## Build (or reuse) the QEMU nodes' k3s stand-in from Go modules: upstream Kubernetes, kine, containerd, runc, CNI plugins (ARCH=)
+	$(NICE) $(PY) -m testbed.kubenode --arch $(ARCH)
 helm: venv ## Build (or reuse from cache) the Helm CLI the app-delivery tests use, from its Go module
 	$(NICE) $(PY) -m testbed.helm
 test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
+	@# The k3s stand-in's server part runs here too: built for this machine, whatever ARCH says.
+	$(NICE) $(PY) -m testbed.kubenode --arch host
 	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver
 # The flavors build side by side: one build is mostly a single (emulated) dpkg process, so on 2
 # cores two arm64 builds took 32 and 33 min together. -Oline keeps their log lines whole.
@@ -73,9 +78,9 @@ $(TESTBEDS): venv
 	$(NICE) $(PY) -m testbed.build --flavor $@ --arch $(ARCH)
 testbed-ci: venv ## Build (or reuse) only the test beds CI's QEMU suite boots: $(CI_TESTBEDS)
 	@$(MAKE) --no-print-directory -j$(words $(CI_TESTBEDS)) -Oline $(CI_TESTBEDS)
-e2e: venv testbed-ci ## CI's QEMU suite: boot baked images and run the testinfra checks over SSH, without the tests marked `full` (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
+e2e: venv testbed-ci kubenode ## CI's QEMU suite: boot baked images and run the testinfra checks over SSH, without the tests marked `full` (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m "e2e and not full" --durations=15 tests/e2e tests/infra
-e2e-full: venv testbed test-apiserver ## More than CI runs: every QEMU test (power cuts, reboots, boot slots, broken image, k3s upgrade) with the cluster on each test-bed flavor (ARCH=arm64 default)
+e2e-full: venv testbed test-apiserver kubenode ## More than CI runs: every QEMU test (power cuts, reboots, boot slots, broken image, k3s upgrade) with the cluster on each test-bed flavor (ARCH=arm64 default)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-ubuntu $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 app: venv ## Build, push and deploy your app through the router's registry (APP=apps/piphp, the demo; see docs/apps.md)

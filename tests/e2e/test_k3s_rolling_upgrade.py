@@ -1,13 +1,14 @@
 """Issue 19, day two: `bake.py k3s upgrade` on the booted cluster, from the workstation through
 the VPN (`bake.py vpn-client`'s config, brought up with wg-quick), with the user's agent.
 
-The nodes run the harness's k3s stand-in (no k3s can be had here, docs/testing.md), started by
-the real systemd units ceil baked; an upgrade is a stand-in release under a newer version, put
-where a user puts release files (CEIL_K3S_CACHE). First a release whose k3s does not start: the
-first server puts its previous binary back and the roll stops before the others. Then a good
-one: every node runs it, servers first, and the router's cache holds it for re-flashed nodes.
-No API runs in the test bed, so --no-drain; draining and the Ready wait are unit-tested against
-a fake API, and run for real only on hardware. The harness puts the original k3s back after.
+The nodes run the test bed's k3s stand-in (no k3s can be had here, docs/testing.md: upstream
+Kubernetes started from what ceil baked), under the real systemd units ceil baked; an upgrade is
+a stand-in release of the same source stamped with a newer version (its kubelet reports it, as
+k3s's does), put where a user puts release files (CEIL_K3S_CACHE). First a release whose k3s does
+not start: the first server, drained, puts its previous binary back, is uncordoned, and the roll
+stops before the others. Then a good one: every node is drained, swapped, Ready again with the new
+kubelet (read from the API through the VPN) and uncordoned, servers first, and the router's cache
+holds the release for re-flashed nodes. The harness puts the original k3s back after.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
             cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
             cache = release(tmp_path / "k3s", version, c.arch, broken=is_broken)
             cmd = ["ip", "netns", "exec", ws.ns, "env", f"CEIL_K3S_CACHE={cache}", *agent.bake_py(), "k3s", "upgrade",
-                   "--config", str(cfg), "--secrets", str(secrets), "--no-drain", "--yes"]
+                   "--config", str(cfg), "--secrets", str(secrets), "--yes"]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
             return done.returncode, done.stdout + done.stderr
 
@@ -83,9 +84,23 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
             assert old in host.check_output(f"{BIN} --version"), f"{name} is not back on {old}"
             assert host.service(SERVICE["server" if role == "server" else "agent"]).is_running, name
 
+        assert f"{first}: drained" in out, out  # ... and uncordoned again (below: every node schedulable)
+
         code, out = upgrade_to(good)
         assert code == 0 and f"every node runs k3s {good}" in out, out
         assert [line.split(":")[0] for line in out.splitlines() if f"-> {good}" in line] == order, out
+        assert all(f"{name}: drained" in out for name in order), out
+        # What the roll waited for, read back from the API through the VPN: every kubelet reports
+        # the new version, and no node was left cordoned.
+        kubeconfig = tmp_path / "kubeconfig"
+        ws.run(*agent.bake_py(), "kubeconfig", "--config", str(c.config_path), "--secrets", str(secrets),
+               "--out", str(kubeconfig))
+        seen = ws.run("kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", "get", "nodes", "-o",
+                      "jsonpath={range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion}"
+                      " {.spec.unschedulable}{'\\n'}{end}")
+        rows = {line.split()[0]: [w for w in line.split()[1:] if w != "false"]
+                for line in seen.splitlines() if line.strip()}
+        assert rows == {cluster.hostname(n): [good] for n in order}, seen  # "true" there: left cordoned
         for name, host in hosts.items():
             role = cluster.node(name).role
             assert good in host.check_output(f"{BIN} --version"), name

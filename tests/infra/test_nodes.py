@@ -16,7 +16,7 @@ import pytest
 
 from ceil.k3s.cache import CACHE_ROOT_ON_ROUTER, K3S_CACHE_PORT, cache_url
 from ceil.k3s.release import ASSETS, parse_sums
-from ceil_infra.helpers import wait_for
+from ceil_infra.helpers import or_none, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -287,6 +287,12 @@ def test_a_staged_datastore_snapshot_became_the_servers_datastore(nodes, cluster
             "import sqlite3, sys; db = sqlite3.connect('file:/var/lib/rancher/k3s/server/db/state.db?mode=ro', uri=True);"
             " print(db.execute('SELECT count(*) FROM kine WHERE name = ?', (sys.argv[1],)).fetchone()[0])") + f" {shlex.quote(newest)}")
     assert found.rc == 0 and found.stdout.strip() not in ("", "0"), f"{newest} not in the server's datastore: {found.stderr}"
+    # A ConfigMap in it (the e2e harness stages one) is served by the server's API server.
+    if newest.startswith("/registry/configmaps/"):
+        namespace, name = newest.split("/")[3:5]
+        served = wait_for(f"ConfigMap {namespace}/{name} from the API", lambda: or_none(lambda: host.check_output(
+            f"sudo k3s kubectl get configmap -n {shlex.quote(namespace)} {shlex.quote(name)} -o name")), 900, 10)
+        assert served.strip() == f"configmap/{name}", served
 
 
 def test_the_router_keeps_snapshots_of_the_servers_datastore(router, nodes, cluster):

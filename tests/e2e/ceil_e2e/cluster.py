@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +210,9 @@ class TestCluster:
                 return n.get("ip")
         return None
 
+    def server_roles(self) -> set[str]:
+        return {n["name"] for n in self.config["nodes"] if n.get("role") == "server"}
+
     def _ssh_config(self) -> SshConfig:
         ends = [Endpoint("router", "127.0.0.1", self.ssh_port)]
         domain = self.config.get("domain", "ceil.internal")
@@ -239,7 +243,7 @@ class TestCluster:
         from ceil.datastore import runs_sqlite
 
         self.cluster = load_cluster(self.config_path)
-        # The router's k3s cache gets the stand-in release (fakes.K3S_STAND_IN), as a workstation
+        # The router's k3s cache gets the stand-in release (fakes.k3s_release_stand_in), as a workstation
         # with downloaded release files would fill it; the nodes install it from there.
         version = self.cluster.kubernetes.k3s_version
         env["CEIL_K3S_CACHE"] = str(fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch))
@@ -260,17 +264,24 @@ class TestCluster:
 
     def _stage_datastore_snapshot(self, env: dict) -> None:
         """`bake.py datastore restore` as a user runs it before re-baking a lost server, with a
-        small kine-shaped database: the server's card carries it through the FAT partition and its
-        k3s-server step installs it (tests/infra/test_nodes.py checks the card; the real API
-        server on a restored datastore is tests/apiserver/test_datastore_restore.py)."""
+        small kine database holding one ConfigMap: the server's card carries it through the FAT
+        partition, its k3s-server step installs it, and the server's API serves the ConfigMap
+        (tests/infra/test_nodes.py checks both; a snapshot of a live API server is
+        tests/apiserver/test_datastore_restore.py)."""
         import sqlite3
 
         snap = self.workdir / "datastore-snapshot.db"
         snap.unlink(missing_ok=True)
+        _kine_schema(snap)
+        name = f"ceil-e2e-restored-{os.urandom(8).hex()}"
+        value = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"restored": "yes"},
+                            "metadata": {"name": name, "namespace": "default", "uid": str(uuid.uuid4()),
+                                         "creationTimestamp": "2026-01-01T00:00:00Z"}}).encode()
         db = sqlite3.connect(snap)
-        db.execute("CREATE TABLE kine (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, value BLOB)")
-        db.execute("INSERT INTO kine (name, value) VALUES (?, ?)",
-                   (f"/registry/configmaps/default/ceil-e2e-restored-{os.urandom(8).hex()}", b"restored"))
+        # A create as kine writes one: the row's id is its revision, no previous revision.
+        cur = db.execute("INSERT INTO kine (name, created, deleted, create_revision, prev_revision, lease, value,"
+                         " old_value) VALUES (?, 1, 0, 0, 0, 0, ?, NULL)", (f"/registry/configmaps/default/{name}", value))
+        db.execute("UPDATE kine SET create_revision = id WHERE id = ?", (cur.lastrowid,))
         db.commit()
         db.close()
         cmd = [sys.executable, str(REPO / "bake.py"), "datastore", "restore", str(snap),
@@ -345,7 +356,10 @@ class TestCluster:
                 uplink = Uplink(self.ssh_port, self.internet.guestfwds(), self.extras.hostfwds,
                                 side_wire=self.vpn_wire, guard=guard and (guard.nic_wire, guard.hub_wire))
                 segments = (self.dns.segment,)
-            mem = int(os.environ.get("CEIL_E2E_MEM_MIB", 1024))
+            # A server runs the k3s stand-in's control plane as five separate upstream programs,
+            # heavier than k3s's one process (about 0.8 GiB resident under TCG): 2 GiB for it.
+            default_mib = 2048 if role in self.server_roles() else 1024
+            mem = int(os.environ.get("CEIL_E2E_MEM_MIB", default_mib))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
                       run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments,
                       uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"),
@@ -545,3 +559,40 @@ class TestCluster:
                 log(f"CEIL_E2E_KEEP set: keeping {self.workdir}")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _kine_schema(path: Path) -> None:
+    """An empty kine database, made by kine itself (the k3s stand-in's build, for this machine):
+    started on it until it has made its tables, then stopped."""
+    import sqlite3
+
+    from testbed import kubenode
+
+    build = kubenode.lookup(kubenode.host_arch())
+    if build is None:
+        raise AssertionError("no k3s stand-in build for this machine: run `make kubenode ARCH=amd64`"
+                             " (python -m testbed.kubenode --arch host)")
+    kine = subprocess.Popen([str(build / "bin" / "kine"), "--listen-address", f"127.0.0.1:{free_port()}",
+                             "--endpoint", f"sqlite://{path}?_journal=WAL&cache=shared"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'kine'").fetchone()[0]:
+                    db.close()
+                    break
+                db.close()
+            except sqlite3.Error:
+                pass
+            if kine.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"kine made no schema in {path}: {kine.stderr.read().decode(errors='replace')}")
+            time.sleep(0.2)
+    finally:
+        kine.terminate()
+        kine.wait(timeout=30)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.execute("PRAGMA journal_mode=DELETE")  # one file: what `datastore restore` takes
+    db.close()

@@ -265,38 +265,24 @@ def wire_service_fakes(net: Internet) -> ServiceFakes:
     return out
 
 
-# No k3s binary can be had here (docs/testing.md), so the router's k3s cache is filled with this
-# stand-in: the nodes fetch it from the router, verify its sha256 and install and start it like
-# the real binary. It tells systemd it is ready (from the unit's main process, as Type=notify
-# needs) and idles, so k3s.service is active without any Kubernetes behind it.
-K3S_STAND_IN = """#!/bin/sh
-# ceil e2e stand-in for k3s: not Kubernetes (tests/e2e/ceil_e2e/fakes.py).
-case "${1:-}" in --version|-v|version) echo "k3s version {version} (ceil e2e stand-in)"; exit 0 ;; esac
-exec python3 -c '
-import os, socket, time
-addr = os.environ.get("NOTIFY_SOCKET", "")
-if addr:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.sendto(b"READY=1", "\\0" + addr[1:] if addr.startswith("@") else addr)
-while True:
-    time.sleep(3600)
-'
-"""
-
-
+# No k3s binary can be had here (docs/testing.md), so the router's k3s cache is filled with a
+# stand-in release: upstream Kubernetes pieces built from their Go modules and the starter that runs
+# them from ceil's config and secrets (testbed/kubenode.py, testbed/k3s_standin.py), packed into one
+# self-extracting file named like the release's binary. The nodes fetch it from the router, verify
+# its sha256 and run it under the k3s units ceil wrote, like the real binary.
 def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
     """Write <root>/<version>/ the way the workstation's k3s cache holds a release: the binary
-    named as the release asset, and the release's sha256sum file listing it."""
+    named as the release asset, and the release's sha256sum file listing it. The build must
+    exist (`make kubenode`, which `make test` runs): a missing one fails here, saying so."""
     import hashlib
 
     from ceil.k3s.release import ASSETS
+    from testbed import kubenode
 
     names = ASSETS[arch]
     d = root / version
     d.mkdir(parents=True, exist_ok=True)
-    binary = d / names["binary"]
-    binary.write_text(K3S_STAND_IN.replace("{version}", version))
-    binary.chmod(0o755)
+    binary = kubenode.bundle(arch, version, d / names["binary"])
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     (d / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
     return root

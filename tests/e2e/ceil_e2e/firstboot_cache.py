@@ -88,6 +88,7 @@ def inputs_key(testbed_dir: Path, arch: str, env: dict, repo: Path = REPO) -> tu
     parts = {
         "layout": LAYOUT,
         "testbed": testbed_dir.resolve().name,  # <flavor>-<arch>-<recipe hash>
+        "k3s_standin": _standin_build(arch),  # <k3s version>-<arch>-<recipe hash>: what the nodes run
         "settings": {k: env.get(k, "") for k in SETTINGS},
         "qemu": qemu,
         "python": sys.version.split()[0],
@@ -97,6 +98,13 @@ def inputs_key(testbed_dir: Path, arch: str, env: dict, repo: Path = REPO) -> tu
     }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return key, parts
+
+
+def _standin_build(arch: str) -> str:
+    from testbed import kubenode
+
+    build = kubenode.lookup(arch)
+    return build.name if build else ""
 
 
 @dataclass
