@@ -95,20 +95,23 @@ def _manifest(config_type: str, config: bytes, layer_type: str, layers: list, me
     return Artifact(json.dumps(doc, sort_keys=True).encode(), media_type, blobs)
 
 
-def _tar(files: dict) -> bytes:
+def _tar(files: dict, executable: tuple = ()) -> bytes:
     """A reproducible tar of {path: bytes}: same files, same bytes, same digest."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(files):
             info = tarfile.TarInfo(name.lstrip("/"))
-            info.size, info.mtime, info.mode = len(files[name]), 0, 0o755 if name.endswith(".sh") else 0o644
+            run = name.endswith(".sh") or name in executable
+            info.size, info.mtime, info.mode = len(files[name]), 0, 0o755 if run else 0o644
             tar.addfile(info, io.BytesIO(files[name]))
     return raw.getvalue()
 
 
-def scratch_image(files: dict, arch: str = "arm64", cmd: list | None = None, docker_types: bool = False) -> Artifact:
-    """A FROM-scratch image of one layer holding `files` ({path: bytes}) for linux/`arch`."""
-    tar = _tar(files)
+def scratch_image(files: dict, arch: str = "arm64", cmd: list | None = None, docker_types: bool = False,
+                  executable: tuple = ()) -> Artifact:
+    """A FROM-scratch image of one layer holding `files` ({path: bytes}) for linux/`arch`
+    (`executable`: the names among them that get mode 0755, besides *.sh)."""
+    tar = _tar(files, executable)
     layer = gzip.compress(tar, mtime=0)
     config = json.dumps({
         "architecture": arch, "os": "linux", "config": {"Cmd": cmd or ["/" + sorted(files)[0].lstrip("/")]},

@@ -20,7 +20,7 @@ both     containerd + runc with a bridge CNI config, and the kubelet with the no
 Not k3s: no supervisor on :6443 (the CA is read from a ConfigMap anonymous requests may read,
 nothing else), no flannel (pod traffic between nodes is not routed), no kube-proxy, no
 embedded etcd (one server only), no packaged add-ons, no images. Python 3 standard library and
-PyYAML (cloud-init's own dependency), openssl for the certificates.
+PyYAML and python3-cryptography (cloud-init's dependencies bring both onto the test beds).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ import json
 import os
 import re
 import secrets
+import shlex
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -70,39 +70,67 @@ def log(msg: str) -> None:
     print(f"k3s-standin: {msg}", file=sys.stderr, flush=True)
 
 
-# ---- certificates (openssl, as the guest has it) ------------------------------------------
+# ---- certificates ---------------------------------------------------------------------------
 
-def _openssl(*args: str) -> None:
-    done = subprocess.run(["openssl", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise Refused(f"openssl {args[0]} failed: {done.stderr.strip()}")
+def _write_private(path: Path, data: bytes) -> None:
+    """Written beside its final name and renamed: a power cut leaves the old file or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o600)
+    os.replace(tmp, path)
 
 
 def issue(name: str, ca: str, cn: str, orgs: tuple[str, ...] = (), sans: tuple[str, ...] = (),
           server: bool = False, where: Path = TLS) -> tuple[Path, Path]:
-    """where/<name>.{crt,key} signed by TLS/<ca>.{crt,key}; kept when present (k3s keeps them)."""
+    """where/<name>.{crt,key} signed by TLS/<ca>.{crt,key}; kept when present (k3s keeps them).
+    Valid from the CA's own notBefore, as k3s's certificates are (dynamiclistener's
+    NewSignedCert): a clock that is behind, or a workstation's that is, still accepts them."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     crt, key = where / f"{name}.crt", where / f"{name}.key"
     if crt.exists() and key.exists():
         return crt, key
-    where.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=where, prefix=".issue-") as tmp:  # same file system: renamed
-        t = Path(tmp)
-        _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(t / "key"))
-        subject = "/CN=" + cn + "".join(f"/O={o}" for o in orgs)
-        _openssl("req", "-new", "-key", str(t / "key"), "-subj", subject, "-out", str(t / "csr"))
-        ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
-               f"extendedKeyUsage={'serverAuth' if server else 'clientAuth'}"]
-        if sans:
-            alt = ",".join(("IP:" if _is_ip(s) else "DNS:") + s for s in dict.fromkeys(sans))
-            ext.append(f"subjectAltName={alt}")
-        (t / "ext").write_text("[v3]\n" + "\n".join(ext) + "\n")
-        _openssl("x509", "-req", "-in", str(t / "csr"), "-CA", str(TLS / f"{ca}.crt"), "-CAkey", str(TLS / f"{ca}.key"),
-                 "-set_serial", "0x" + secrets.token_hex(16), "-days", "3650", "-sha256",
-                 "-extfile", str(t / "ext"), "-extensions", "v3", "-out", str(t / "crt"))
-        os.replace(t / "key", key)
-        key.chmod(0o600)
-        os.replace(t / "crt", crt)
+    ca_cert = x509.load_pem_x509_certificate((TLS / f"{ca}.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((TLS / f"{ca}.key").read_bytes(), None)
+    own = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                         *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs)])
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+               .public_key(own.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(ca_cert.not_valid_before_utc)
+               .not_valid_after(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
+                                            data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+    if sans:
+        names = [x509.IPAddress(ipaddress.ip_address(s)) if _is_ip(s) else x509.DNSName(s) for s in dict.fromkeys(sans)]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_private(key, own.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    _write_private(crt, cert.public_bytes(serialization.Encoding.PEM))
+    crt.chmod(0o644)
     return crt, key
+
+
+def service_key(path: Path) -> None:
+    """The service-account signing key, made once (k3s keeps it too)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if not path.exists():
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _write_private(path, k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                             serialization.NoEncryption()))
 
 
 def _is_ip(value: str) -> bool:
@@ -277,9 +305,7 @@ def server(cfg: dict, sup: Supervisor) -> None:
     scheduler = issue("client-scheduler", "client-ca", "system:kube-scheduler")
     admin = issue("client-admin", "client-ca", "system:admin", ("system:masters",))
     kubelet_client = issue("client-kube-apiserver", "client-ca", "system:kube-apiserver", ("system:masters",))
-    if not (TLS / "service.key").exists():
-        _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(TLS / "service.key"))
-        (TLS / "service.key").chmod(0o600)
+    service_key(TLS / "service.key")
     CRED.mkdir(parents=True, exist_ok=True)
     # The agents' credential: the agent secret the server was given (agent-token-file), as a
     # static token whose user is a bootstrapper, the rights k3s's node:<secret> login grants.
@@ -429,6 +455,7 @@ def node(cfg: dict, sup: Supervisor, credentials: list[str], client_ca: Path) ->
             {"type": "portmap", "capabilities": {"portMappings": True}}]}, indent=2))
     sup.spawn("containerd", [str(BIN / "containerd"), "--config", str(etc / "containerd/config.toml")])
     sup.wait_for("containerd", SOCKET.exists, timeout=300)
+    import_images(sup)
     kubelet_config = AGENT / "kubelet.yaml"
     kubelet_config.write_text(yaml.safe_dump({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
@@ -445,6 +472,22 @@ def node(cfg: dict, sup: Supervisor, credentials: list[str], client_ca: Path) ->
                           f"--cert-dir={AGENT / 'kubelet-pki'}", f"--hostname-override={cfg['node-name']}",
                           f"--node-ip={cfg['node-ip']}", *([f"--node-labels={labels}"] if labels else []),
                           *([f"--register-with-taints={taints}"] if taints else []), *extra])
+
+
+def import_images(sup: Supervisor) -> None:
+    """What k3s imports at start: the tarballs in agent/images/ (ceil's air-gap bundle puts
+    them there), and the stand-in's own pause image (no sandbox image can be pulled here)."""
+    found = sorted(p for p in (AGENT / "images").glob("*.tar*") if p.is_file()) if (AGENT / "images").is_dir() else []
+    for tarball in [DATA / "images/pause.tar", *found]:
+        ctr = [str(BIN / "ctr"), "--address", str(SOCKET), "-n", "k8s.io", "images", "import"]
+        if tarball.name.endswith(".zst"):
+            done = subprocess.run(f"zstd -dcq {shlex.quote(str(tarball))} | {shlex.join(ctr)} -", shell=True,
+                                  capture_output=True, text=True)
+        else:
+            done = subprocess.run([*ctr, str(tarball)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise Refused(f"importing {tarball} into containerd failed: {done.stderr.strip()}")
+        log(f"imported {tarball.name}")
 
 
 # ---- the command line k3s has, as far as the stand-in goes -------------------------------

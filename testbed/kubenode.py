@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -54,7 +55,7 @@ RUNC = "v1.4.4"
 CNI_PLUGINS = "v1.9.1"
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl")
 CNI = ("main/bridge", "main/loopback", "ipam/host-local", "meta/portmap")
-RECIPE_FORMAT = 1
+RECIPE_FORMAT = 2  # 2: the pause image
 STANDIN = Path(__file__).with_name("k3s_standin.py")
 # C compilers for the CGO pieces (kine's SQLite, runc's nsenter) when the guest is another arch.
 CROSS_CC = {"arm64": "aarch64-linux-gnu-gcc", "amd64": "x86_64-linux-gnu-gcc"}
@@ -186,12 +187,62 @@ def _build(r: dict, tmp: Path) -> None:
     _install("build_runc", [f"github.com/opencontainers/runc@{r['runc']}"], r, work, bin_dir, logfile, timings, cgo=True)
     _install("build_cni", [f"github.com/containernetworking/plugins/plugins/{p}@{r['cni_plugins']}" for p in CNI],
              r, work, bin_dir, logfile, timings)
+    _pause_image(r, work, tmp / "images", logfile, timings)
     shutil.rmtree(work, ignore_errors=True)
     manifest = {**r, "key": key(r), "steps": timings, "build_s": round(time.monotonic() - t0, 1),
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "binaries": sorted(p.name for p in bin_dir.iterdir())}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("built the k3s stand-in's pieces for %s in %.0f s", r["arch"], manifest["build_s"])
+
+
+# The sandbox image every pod needs (containerd's pinned sandbox, k3s's default name). No image
+# can be pulled here, so the build makes one: a static program that waits for SIGTERM, as pause
+# does, in a FROM-scratch OCI image the stand-in imports into containerd at start, the way k3s
+# imports the air-gap images tarball.
+PAUSE_IMAGE = "docker.io/rancher/mirrored-pause:3.6"
+PAUSE_SOURCE = """package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// ceil's test-bed pause: holds a pod's namespaces until the kubelet stops the sandbox.
+func main() {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
+}
+"""
+
+
+def _pause_image(r: dict, work: Path, images: Path, logfile: Path, timings: dict) -> None:
+    from ceil import oci
+
+    src = work / "pause"
+    src.mkdir()
+    (src / "go.mod").write_text(f"module ceil.invalid/pause\n\ngo {r['go'].removeprefix('go')}\n")
+    (src / "main.go").write_text(PAUSE_SOURCE)
+    _run("build_pause", ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(src / "pause"), "."],
+         src, _env(r), logfile, timings)
+    image = oci.scratch_image({"pause": (src / "pause").read_bytes()}, arch=r["arch"], cmd=["/pause"],
+                              executable=("pause",))
+    images.mkdir()
+    with tarfile.open(images / "pause.tar", "w") as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        for digest, data in {**image.blobs, image.digest: image.manifest}.items():
+            add(f"blobs/sha256/{digest.split(':')[1]}", data)
+        add("index.json", json.dumps({"schemaVersion": 2, "manifests": [{
+            "mediaType": image.media_type, "digest": image.digest, "size": len(image.manifest),
+            "platform": {"os": "linux", "architecture": r["arch"]},
+            "annotations": {"io.containerd.image.name": PAUSE_IMAGE,
+                            "org.opencontainers.image.ref.name": PAUSE_IMAGE.rsplit(":", 1)[1]}}]}).encode())
 
 
 # ---- the bundle: one file where the release's k3s binary would be --------------------------
@@ -231,6 +282,7 @@ def payload(build: Path) -> Path:
         with tarfile.open(tar, "w") as t:
             t.add(STANDIN, "k3s_standin.py")
             t.add(build / "bin", "bin")
+            t.add(build / "images", "images")
         subprocess.run(["zstd", "-q", "-f", "-T0", "-6", str(tar), "-o", str(tmp)], check=True)
         tar.unlink()
         for old in build.glob("payload-*.tar.zst"):

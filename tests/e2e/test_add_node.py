@@ -15,7 +15,7 @@ import shlex
 
 import pytest
 import yaml
-from ceil_infra.helpers import wait_for
+from ceil_infra.helpers import resolves, wait_for
 
 from ceil.config import parse_cluster
 from ceil.nodes import LEASES, STATUS_BOARD_DIR, router_cleanup_command
@@ -26,20 +26,6 @@ from ceil_e2e import session
 pytestmark = pytest.mark.e2e
 
 NEW = {"name": "five", "ip": "10.42.0.15", "mac": "02:00:00:00:aa:05"}
-
-
-# One A query straight to the router's dnsmasq (no resolver cache in between), first answer or "".
-DNS_QUERY = r"""
-import random,socket,struct,sys
-q=struct.pack('!HHHHHH',random.randint(0,65535),0x100,1,0,0,0)+b''.join(bytes([len(p)])+p.encode() for p in sys.argv[2].split('.'))+b'\0'+struct.pack('!HH',1,1)
-s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(5);s.sendto(q,(sys.argv[1],53));m=s.recv(4096)
-if struct.unpack('!H',m[6:8])[0]:
-    print(socket.inet_ntoa(m[-4:]))
-"""
-
-
-def resolves(host, name: str, server: str = "10.42.0.1") -> str:
-    return host.check_output(f"python3 -c {shlex.quote(DNS_QUERY)} {server} {shlex.quote(name)}").strip()
 
 
 def test_a_node_baked_after_the_router_gets_its_reservation_and_names(router, nodes, request):

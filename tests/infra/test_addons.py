@@ -1,8 +1,9 @@
 """Issue 6 proof on real hardware (`make verify`): every enabled add-on is running.
 
 Against the real API server (admin kubeconfig made from the workstation's secrets/, nothing
-fetched) and over SSH. k3s does not run in the QEMU test bed (see test_cluster.py), so these
-checks skip there, saying so. The job's logic itself is tested against a local API stand-in in
+fetched) and over SSH. The add-ons need k3s and their images, which the QEMU test bed does not
+have (its nodes run upstream Kubernetes without images, see test_cluster.py), so these checks
+skip there, saying so. The job's logic itself is tested against a local API stand-in in
 tests/unit/test_addons_job.py.
 """
 

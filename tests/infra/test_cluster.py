@@ -180,3 +180,40 @@ def test_servicelb_is_off_when_metallb_is_on(real_hardware, api, cluster):
     client, k8s = api
     pods = k8s.CoreV1Api(client).list_namespaced_pod("kube-system").items
     assert not [p.metadata.name for p in pods if p.metadata.name.startswith("svclb-")]
+
+
+# k3s's sandbox image: on a Pi pulled (through the router's mirror) or already there from the
+# system pods; in the test bed the k3s stand-in imports its own build of it at start.
+PAUSE = "rancher/mirrored-pause:3.6"
+
+
+def test_a_pod_runs_on_every_node(api, cluster):
+    """The container runtime works on each node: a pod pinned to it runs (its sandbox and one
+    container started by containerd and runc, an address from the node's pod network)."""
+    import ipaddress
+
+    client, k8s = api
+    core = k8s.CoreV1Api(client)
+    names = {cluster.hostname(n.name): f"ceil-verify-{n.name}" for n in cluster.nodes}
+    try:
+        for node, pod in names.items():
+            core.create_namespaced_pod("default", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "labels": {"app": "ceil-verify"}},
+                "spec": {"nodeName": node, "tolerations": [{"operator": "Exists"}], "automountServiceAccountToken": False,
+                         "terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "pause", "image": PAUSE, "imagePullPolicy": "IfNotPresent"}]}})
+
+        def running() -> dict | None:
+            pods = {p.metadata.name: p for p in core.list_namespaced_pod("default", label_selector="app=ceil-verify").items}
+            if all(pods.get(pod) is not None and pods[pod].status.phase == "Running" for pod in names.values()):
+                return pods
+            return None
+
+        pods = wait_for(f"pods {sorted(names.values())} Running", lambda: or_none(running), 600, 5)
+        cidr = ipaddress.ip_network(str(cluster.kubernetes.cluster_cidr))
+        for node, pod in names.items():
+            assert pods[pod].spec.node_name == node
+            assert ipaddress.ip_address(pods[pod].status.pod_ip) in cidr, (pod, pods[pod].status.pod_ip)
+    finally:
+        for pod in names.values():
+            or_none(lambda: core.delete_namespaced_pod(pod, "default", grace_period_seconds=0))

@@ -357,7 +357,8 @@ class TestCluster:
                                 side_wire=self.vpn_wire, guard=guard and (guard.nic_wire, guard.hub_wire))
                 segments = (self.dns.segment,)
             # A server runs the k3s stand-in's control plane as five separate upstream programs,
-            # heavier than k3s's one process (about 0.8 GiB resident under TCG): 2 GiB for it.
+            # heavier than k3s's one process (0.7 GiB resident together on the booted server,
+            # beside first boot's apt and cloud-init): 2 GiB for it.
             default_mib = 2048 if role in self.server_roles() else 1024
             mem = int(os.environ.get("CEIL_E2E_MEM_MIB", default_mib))
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
@@ -367,6 +368,53 @@ class TestCluster:
             hostname = f"{self.config.get('name', 'ceil')}-{role}"
             self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
+
+    def add_node(self, name: str, ip: str, disk_gib: int = 8) -> tuple[Machine, Path]:
+        """A node added to cluster.yaml after the others booted, as a user adds one: its own
+        cluster.yaml (this cluster's stays as the other tests know it), baked with the same
+        secrets and k3s release, booted on the LAN. Returns the machine and that cluster.yaml;
+        `forget_node` takes it back out."""
+        config = copy.deepcopy(self.config)
+        config["nodes"].append({"name": name, "role": "agent", "ip": ip})
+        path = self.workdir / f"cluster-with-{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        out = self.workdir / f"out-{name}"
+        from ceil.config import load_cluster
+
+        # The release the others were baked with (the same bytes: the bundle's payload is cached).
+        version = load_cluster(path).kubernetes.k3s_version
+        k3s = fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch)
+        env = {**BASE_ENV, "CEIL_K3S_CACHE": str(k3s)}
+        if self.cache:
+            env["CEIL_CACHE"] = self.cache
+        cmd = [sys.executable, str(REPO / "bake.py"), "--config", str(path), "--base-image", str(self.testbed.image),
+               "--out", str(out), "--secrets", str(self.workdir / "secrets"), "--role", name]
+        with open(self.artifacts / f"bake-{name}.log", "w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        if proc.returncode != 0:
+            raise AssertionError(f"bake.py --role {name} failed: {(self.artifacts / f'bake-{name}.log').read_text()[-3000:]}")
+        img = out / f"ceil-{name}.img"
+        os.truncate(img, max(img.stat().st_size, disk_gib << 30))
+        g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=len(self.machines), run_id=self.run_id,
+                  memory_mib=int(os.environ.get("CEIL_E2E_MEM_MIB", 1024)), cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
+                  uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
+        self.machines[name] = Machine(name, g, f"{config.get('name', 'ceil')}-{name}", ip)
+        self._added = {**getattr(self, "_added", {}), name: self.config}
+        self.config = config
+        self.ssh = self._ssh_config()
+        log(f"booting {name}, added after the others ({self.arch}, serial log {g.serial_log})")
+        g.start()
+        return self.machines[name], path
+
+    def forget_node(self, name: str) -> None:
+        """Stop an added node's guest and take it out of the harness's cluster again."""
+        m = self.machines.pop(name, None)
+        if m is not None:
+            m.guest.cleanup()
+        before = getattr(self, "_added", {}).pop(name, None)
+        if before is not None:
+            self.config = before
+            self.ssh = self._ssh_config()
 
     def usb_drives(self, role: str) -> tuple[Path, ...]:
         """The router's thumb drive when cluster.yaml names one (router.usb_drive): a drive as
@@ -444,7 +492,7 @@ class TestCluster:
             m.timings["firstboot_s"] = round(time.monotonic() - m.guest.started_at)
             log(f"{role}: ceil-firstboot.target reached after {m.timings['firstboot_s']}s")
             self._log_profile(role)
-            if self.recorder is not None:
+            if self.recorder is not None and role in self.roles:  # not a node added later (add_node)
                 self.recorder.save_machine(self, role)  # once per machine: its first first boot
         return m
 
