@@ -16,12 +16,13 @@ BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 # download), skopeo the independent client that reads what it pushed back by digest; php-cli
 # runs the demo app's own page; sudo's visudo checks the rule the server's snapshot account gets;
 # wpasupplicant's configuration reader reads back what netplan writes for the router's WiFi;
-# zstd packs, and gcc-aarch64-linux-gnu compiles (for arm64 guests), the QEMU nodes' k3s stand-in.
+# zstd packs the QEMU nodes' k3s stand-in; its runc links libseccomp (pkg-config finds it), and
+# gcc-aarch64-linux-gnu compiles its CGO pieces for arm64 guests (with libseccomp-dev:arm64).
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
   qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test libcap2-bin qemu-user-static binfmt-support
   apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps socat
   wireguard-go docker-registry isc-dhcp-client gcc xfsprogs avahi-daemon buildah podman skopeo php-cli sudo wpasupplicant
-  zstd gcc-aarch64-linux-gnu"
+  zstd pkg-config libseccomp-dev gcc-aarch64-linux-gnu"
 
 # Not from Debian's archive: the control-plane layer builds from Go modules with Go >= 1.26
 # (Debian 12 ships 1.19), and its tests drive the API server with kubectl.

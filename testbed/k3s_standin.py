@@ -66,6 +66,13 @@ class Refused(Exception):
     """What k3s would refuse to start with: logged, and the unit restarts us (as k3s's would)."""
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT: whatever the stand-in was waiting for, it stops its programs and exits."""
+
+
+DAEMONS = ("kine", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet")
+
+
 def log(msg: str) -> None:
     print(f"k3s-standin: {msg}", file=sys.stderr, flush=True)
 
@@ -110,7 +117,11 @@ def issue(name: str, ca: str, cn: str, orgs: tuple[str, ...] = (), sans: tuple[s
                .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, content_commitment=False,
                                             data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                             crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+               # Key identifiers, as Go and openssl add them: Python 3.13's default verification
+               # (VERIFY_X509_STRICT) refuses a certificate without its issuer's key identifier.
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(own.public_key()), critical=False)
+               .add_extension(_authority_key_id(ca_cert), critical=False))
     if sans:
         names = [x509.IPAddress(ipaddress.ip_address(s)) if _is_ip(s) else x509.DNSName(s) for s in dict.fromkeys(sans)]
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
@@ -120,6 +131,16 @@ def issue(name: str, ca: str, cn: str, orgs: tuple[str, ...] = (), sans: tuple[s
     _write_private(crt, cert.public_bytes(serialization.Encoding.PEM))
     crt.chmod(0o644)
     return crt, key
+
+
+def _authority_key_id(ca_cert):
+    from cryptography import x509
+
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
 
 
 def service_key(path: Path) -> None:
@@ -173,7 +194,9 @@ class Supervisor:
         self.procs[name] = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
                                                             **(env or {})},
-            preexec_fn=lambda: libc.prctl(1, signal.SIGTERM))
+            # PR_SET_PDEATHSIG: SIGKILL, since kube-apiserver can linger for minutes after one
+            # SIGTERM once its datastore is gone (seen on a test-bed server).
+            preexec_fn=lambda: libc.prctl(1, int(signal.SIGKILL)))
 
     def check(self) -> None:
         for name, proc in self.procs.items():
@@ -186,7 +209,7 @@ class Supervisor:
             if proc.poll() is None:
                 proc.terminate()
                 try:
-                    proc.wait(timeout=20)
+                    proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
@@ -202,6 +225,35 @@ class Supervisor:
                 last = str(exc)
             time.sleep(every)
         raise Refused(f"{what} not ready after {timeout:.0f} s: {last}")
+
+
+def kill_leftovers(grace: float = 15) -> None:
+    """The daemons a previous run left behind (killed before it could stop them, or another
+    version's after an upgrade): they would hold the ports and files this run needs. Pod shims
+    are left alone, as k3s leaves them; a user's `k3s kubectl` too."""
+    data = str(K3S / "data") + "/"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            exe = os.readlink(proc / "exe")
+        except OSError:
+            continue
+        if exe.startswith(data) and os.path.basename(exe) in DAEMONS:
+            found.append(int(proc.name))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while (found := [pid for pid in found if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not found:
+            return
+        log(f"left over from an earlier run, still there after SIGTERM: {found}; killing")
 
 
 def notify_ready() -> None:
@@ -241,13 +293,6 @@ def secret_of(path: str) -> str:
 def service_ip(cfg: dict, offset: int) -> str:
     net = ipaddress.ip_network(cfg.get("service-cidr", "10.43.0.0/16"))
     return str(net.network_address + offset)
-
-
-def pod_subnet(cfg: dict) -> str:
-    """This node's /24 of cluster-cidr, by the last byte of its address (flannel would lease one)."""
-    net = ipaddress.ip_network(cfg.get("cluster-cidr", "10.42.0.0/16"))
-    index = int(ipaddress.ip_address(cfg["node-ip"])) & 0xFF
-    return str(list(net.subnets(new_prefix=24))[index])
 
 
 # ---- server -------------------------------------------------------------------------------
@@ -448,11 +493,6 @@ def node(cfg: dict, sup: Supervisor, credentials: list[str], client_ca: Path) ->
     (etc / "containerd").mkdir(parents=True, exist_ok=True)
     (etc / "containerd/config.toml").write_text(CONTAINERD.format(
         root=AGENT / "containerd", state=SOCKET.parent, socket=SOCKET, certs=etc / "containerd/certs.d", bin=BIN, cni=cni))
-    (cni / "10-ceil-standin.conflist").write_text(json.dumps({
-        "cniVersion": "1.0.0", "name": "ceil-standin", "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_subnet(cfg)}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}}]}, indent=2))
     sup.spawn("containerd", [str(BIN / "containerd"), "--config", str(etc / "containerd/config.toml")])
     sup.wait_for("containerd", SOCKET.exists, timeout=300)
     import_images(sup)
@@ -472,6 +512,34 @@ def node(cfg: dict, sup: Supervisor, credentials: list[str], client_ca: Path) ->
                           f"--cert-dir={AGENT / 'kubelet-pki'}", f"--hostname-override={cfg['node-name']}",
                           f"--node-ip={cfg['node-ip']}", *([f"--node-labels={labels}"] if labels else []),
                           *([f"--register-with-taints={taints}"] if taints else []), *extra])
+    # The pod network, as flannel sets it up: on the range the controller-manager gave this Node
+    # out of the server's cluster-cidr (a bridge here; traffic between nodes is not routed).
+    subnet = sup.wait_for(f"{cfg['node-name']}'s pod range", lambda: node_pod_cidr(cfg), timeout=900, every=3)
+    (cni / "10-ceil-standin.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "ceil-standin", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}}]}, indent=2))
+    log(f"pod network {subnet}")
+
+
+def node_pod_cidr(cfg: dict) -> str | None:
+    """spec.podCIDR of this Node, read with the kubelet's own credentials once it has them."""
+    path = AGENT / "kubelet.kubeconfig"
+    if not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text())
+    cluster, user = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
+    ca = Path(cluster.get("certificate-authority") or "")
+    if "certificate-authority-data" in cluster:
+        import base64
+        ca = AGENT / "kubelet-api-ca.crt"
+        ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    cert = Path(user["client-certificate"])
+    if not cert.is_file():
+        return None
+    body = https_get(f"{cluster['server']}/api/v1/nodes/{cfg['node-name']}", ca, (cert, Path(user["client-key"])))
+    return json.loads(body).get("spec", {}).get("podCIDR")
 
 
 def import_images(sup: Supervisor) -> None:
@@ -494,14 +562,15 @@ def import_images(sup: Supervisor) -> None:
 
 def run(mode: str, flags: list[str]) -> int:
     sup = Supervisor()
-    stop = {"now": False}
 
     def on_term(signum, frame):
-        stop["now"] = True
+        raise Stopped()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     try:
+        if ROOT == Path("/"):
+            kill_leftovers()
         cfg = load_config()
         for flag in flags:  # k3s takes every config key as a flag too; the stand-in only these
             if flag != "--disable-agent":
@@ -510,14 +579,17 @@ def run(mode: str, flags: list[str]) -> int:
         server(cfg, sup) if mode == "server" else agent(cfg, sup)
         notify_ready()
         log(f"{mode} running (k3s {VERSION} stand-in); logs in {LOGS}")
-        while not stop["now"]:
+        while True:
             sup.check()
             time.sleep(2)
+    except Stopped:
+        log("stopping")
         return 0
     except Refused as exc:
         log(str(exc))
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short
         sup.stop()
 
 

@@ -55,11 +55,17 @@ RUNC = "v1.4.4"
 CNI_PLUGINS = "v1.9.1"
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl")
 CNI = ("main/bridge", "main/loopback", "ipam/host-local", "meta/portmap")
-RECIPE_FORMAT = 2  # 2: the pause image
+RECIPE_FORMAT = 3  # 2: the pause image; 3: runc with seccomp
 STANDIN = Path(__file__).with_name("k3s_standin.py")
-# C compilers for the CGO pieces (kine's SQLite, runc's nsenter) when the guest is another arch.
+# C compilers for the CGO pieces (kine's SQLite, runc's nsenter and seccomp) when the guest is
+# another arch, and where that arch's libseccomp is (Debian multiarch).
 CROSS_CC = {"arm64": "aarch64-linux-gnu-gcc", "amd64": "x86_64-linux-gnu-gcc"}
 CROSS_PACKAGE = {"arm64": "gcc-aarch64-linux-gnu", "amd64": "gcc-x86-64-linux-gnu"}
+TRIPLET = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
+
+
+def seccomp_pc(arch: str) -> Path:
+    return Path(f"/usr/lib/{TRIPLET[arch]}/pkgconfig/libseccomp.pc")
 
 
 def host_arch() -> str:
@@ -112,6 +118,10 @@ def check_tools(arch: str) -> None:
                        f" {arch} guests (apt install {CROSS_PACKAGE[arch]}; make setup-test installs it)")
     elif shutil.which("gcc") is None:
         missing.append("gcc not found: it compiles kine's SQLite and runc's nsenter (apt install gcc)")
+    if not seccomp_pc(arch).is_file() or shutil.which("pkg-config") is None:
+        package = "libseccomp-dev" if arch == host_arch() else f"libseccomp-dev:{arch} (after dpkg --add-architecture {arch})"
+        missing.append(f"libseccomp for {arch} not found ({seccomp_pc(arch)}): runc is built with seccomp, as k3s"
+                       f" builds it (apt install pkg-config {package}; make setup-test installs it)")
     if missing:
         raise BuildError("; ".join(missing))
 
@@ -139,15 +149,18 @@ def _env(r: dict, bin_dir: Path | None = None, cgo: bool = False) -> dict[str, s
 
 
 def _install(step: str, packages: list[str], r: dict, work: Path, bin_dir: Path, logfile: Path,
-             timings: dict, cgo: bool = False) -> None:
+             timings: dict, cgo: bool = False, tags: str = "") -> None:
     """`go install pkg@version ...` into bin_dir (for another arch: GOPATH/bin/linux_<arch>/)."""
     env = _env(r, bin_dir, cgo)
+    if cgo and r["arch"] != host_arch():
+        env["PKG_CONFIG_LIBDIR"] = str(seccomp_pc(r["arch"]).parent)
     gopath = work / "gopath"
     if r["arch"] != host_arch():
         env["GOPATH"] = str(gopath)
         env["GOMODCACHE"] = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True,
                                            check=True).stdout.strip()
-    _run(step, ["go", "install", "-trimpath", "-ldflags", "-s -w", *packages], work, env, logfile, timings)
+    _run(step, ["go", "install", "-trimpath", *(["-tags", tags] if tags else []), "-ldflags", "-s -w", *packages],
+         work, env, logfile, timings)
     if r["arch"] != host_arch():
         for f in (gopath / "bin" / f"linux_{r['arch']}").iterdir():
             shutil.move(str(f), bin_dir / f.name)
@@ -184,7 +197,10 @@ def _build(r: dict, tmp: Path) -> None:
     _install("build_containerd", [f"github.com/containerd/containerd/v2/cmd/{c}@{r['containerd']}"
                                   for c in ("containerd", "containerd-shim-runc-v2", "ctr")],
              r, work, bin_dir, logfile, timings)
-    _install("build_runc", [f"github.com/opencontainers/runc@{r['runc']}"], r, work, bin_dir, logfile, timings, cgo=True)
+    # With seccomp, as k3s builds it: containerd gives every pod sandbox a seccomp profile, which
+    # a runc without it refuses ("config provided but seccomp not supported").
+    _install("build_runc", [f"github.com/opencontainers/runc@{r['runc']}"], r, work, bin_dir, logfile, timings,
+             cgo=True, tags="seccomp")
     _install("build_cni", [f"github.com/containernetworking/plugins/plugins/{p}@{r['cni_plugins']}" for p in CNI],
              r, work, bin_dir, logfile, timings)
     _pause_image(r, work, tmp / "images", logfile, timings)

@@ -66,7 +66,9 @@ def api(targets, nodes, cluster, tmp_path_factory):
     if targets.mode == "e2e":
         # The host is beside the router's uplink, not on the cluster LAN: through the router's SSH.
         port = _free_port()
-        tunnel = subprocess.Popen(targets.ssh.command("router", None, "-N", "-o", "ExitOnForwardFailure=yes", "-L",
+        # Its own connection (no ControlMaster): the forward lives and ends with this process.
+        tunnel = subprocess.Popen(targets.ssh.command("router", None, "-N", "-o", "ControlMaster=no", "-o",
+                                                      "ControlPath=none", "-o", "ExitOnForwardFailure=yes", "-L",
                                                       f"127.0.0.1:{port}:{cluster.server.ip}:{API_PORT}"),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_for("the SSH tunnel to the API", lambda: _connects(port) or tunnel.poll() is not None, 60, 1)

@@ -616,7 +616,8 @@ def _kine_schema(path: Path) -> None:
 
     from testbed import kubenode
 
-    build = kubenode.lookup(kubenode.host_arch())
+    with fakes_mod.real_cache():
+        build = kubenode.lookup(kubenode.host_arch())
     if build is None:
         raise AssertionError("no k3s stand-in build for this machine: run `make kubenode ARCH=amd64`"
                              " (python -m testbed.kubenode --arch host)")

@@ -17,11 +17,13 @@ docs/testing.md for the options.
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import socketserver
 import threading
 import time
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -270,6 +272,25 @@ def wire_service_fakes(net: Internet) -> ServiceFakes:
 # them from ceil's config and secrets (testbed/kubenode.py, testbed/k3s_standin.py), packed into one
 # self-extracting file named like the release's binary. The nodes fetch it from the router, verify
 # its sha256 and run it under the k3s units ceil wrote, like the real binary.
+# The cache the builds live in, as it was before any test pointed CEIL_CACHE at a folder of its
+# own (tests/conftest.py does, for every test).
+REAL_CACHE = os.environ.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
+
+
+@contextmanager
+def real_cache():
+    """CEIL_CACHE set to REAL_CACHE for the block (testbed's builds read it when called)."""
+    before = os.environ.get("CEIL_CACHE")
+    os.environ["CEIL_CACHE"] = REAL_CACHE
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CEIL_CACHE", None)
+        else:
+            os.environ["CEIL_CACHE"] = before
+
+
 def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
     """Write <root>/<version>/ the way the workstation's k3s cache holds a release: the binary
     named as the release asset, and the release's sha256sum file listing it. The build must
@@ -282,7 +303,8 @@ def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
     names = ASSETS[arch]
     d = root / version
     d.mkdir(parents=True, exist_ok=True)
-    binary = kubenode.bundle(arch, version, d / names["binary"])
+    with real_cache():
+        binary = kubenode.bundle(arch, version, d / names["binary"])
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     (d / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
     return root

@@ -103,7 +103,10 @@ def inputs_key(testbed_dir: Path, arch: str, env: dict, repo: Path = REPO) -> tu
 def _standin_build(arch: str) -> str:
     from testbed import kubenode
 
-    build = kubenode.lookup(arch)
+    from .fakes import real_cache
+
+    with real_cache():
+        build = kubenode.lookup(arch)
     return build.name if build else ""
 
 

@@ -34,12 +34,12 @@ import yaml
 
 from . import firstboot_cache
 from .bare import BareTestbed
-from .cluster import BASE_ENV, REPO, TestCluster, deep_merge, log
-from .fakes import DNS_ANSWER, DNS_NAME, WEB_BODY
+from .cluster import REPO, TestCluster, deep_merge, log
+from .fakes import DNS_ANSWER, DNS_NAME, REAL_CACHE, WEB_BODY
 
 # From the environment as imported, before any test's monkeypatching (tests/conftest.py isolates
 # CEIL_CACHE per unit test; the test bed must come from the real cache).
-CACHE = BASE_ENV.get("CEIL_CACHE") or str(Path.home() / ".cache" / "ceil")
+CACHE = REAL_CACHE
 
 _session: dict = {}
 
