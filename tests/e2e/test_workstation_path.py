@@ -43,6 +43,19 @@ DNSMINI = (REPO / "tests" / "unit" / "dnsmini.py").read_text()
 # later reboots kept getting their DHCP lease (run e2e29's learning switch had lost it).
 
 
+def node_names(run, kubeconfig: Path, cluster, path: str) -> set[str]:
+    """kubectl's list of Nodes with `kubeconfig`, where `run` runs it, once every node of
+    cluster.yaml is in it (a node's kubelet may still be registering)."""
+    want = {cluster.hostname(n.name) for n in cluster.nodes}
+
+    def names() -> set[str] | None:
+        got = set(run("kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=20s", "get", "nodes",
+                      "-o", "jsonpath={.items[*].metadata.name}").split())
+        return got if got == want else None
+
+    return wait_for(f"the nodes {sorted(want)} through {path}", lambda: or_none(names), timeout=600, every=5)
+
+
 def every_machine_done(run, bake: list[str], config_path: Path, nodes) -> dict:
     """`bake.py status --json` run where `run` runs it, asserting every machine is done on the
     board. Retried by its callers: the router may be just back from the power-cut tests, and the
@@ -114,10 +127,7 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
         kubeconfig = tmp_path / "kubeconfig"
         client.link.run(*bake, "kubeconfig", "--config", str(c.config_path), "--secrets", str(c.workdir / "secrets"),
                         "--out", str(kubeconfig))
-        names = wait_for("the nodes through the VPN", lambda: or_none(lambda: client.link.run(
-            "kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=20s", "get", "nodes",
-            "-o", "jsonpath={.items[*].metadata.name}")), timeout=600, every=5)
-        assert set(names.split()) == {cluster.hostname(n.name) for n in cluster.nodes}, names
+        assert node_names(client.link.run, kubeconfig, cluster, "the VPN")
     finally:
         client.close()
         agent.close()
@@ -234,10 +244,7 @@ def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(node
         kubeconfig = tmp_path / "kubeconfig-tunnel"
         ws.run(*bake, "kubeconfig", *config, "--secrets", str(c.workdir / "secrets"), "--tunnel-port", "16443",
                "--out", str(kubeconfig))
-        names = wait_for("the nodes through the tunnel", lambda: or_none(lambda: ws.run(
-            "kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=20s", "get", "nodes",
-            "-o", "jsonpath={.items[*].metadata.name}")), timeout=600, every=5)
-        assert set(names.split()) == {cluster.hostname(n.name) for n in cluster.nodes}, names
+        assert node_names(ws.run, kubeconfig, cluster, "the tunnel")
     finally:
         if proxy is not None and proxy.poll() is None:
             proxy.kill()
