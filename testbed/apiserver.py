@@ -205,31 +205,40 @@ def wrapper_gomod(kube: str, modules: list[str], go: str) -> str:
             f"require k8s.io/kubernetes {kube}\n\nreplace (\n{pins}\n)\n")
 
 
+def build_kubernetes(kube: str, stamp: str, commands: tuple[str, ...], go: str, work: Path, bin_dir: Path,
+                     env: dict, logfile: Path, timings: dict) -> list[str]:
+    """k8s.io/kubernetes@`kube`'s `commands` into bin_dir, built in the wrapper module at `work`
+    with `env` (GOARCH...), each stamped with version `stamp`. Returns the staging modules pinned."""
+    info = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{kube}"],
+                          capture_output=True, text=True, env=_go_env(), cwd=work)
+    meta = json.loads(info.stdout or "{}")
+    if info.returncode != 0 or "Error" in meta:
+        raise BuildError(f"the Go module proxy does not serve k8s.io/kubernetes@{kube}: "
+                         f"{meta.get('Error') or info.stderr.strip()}")
+    modules = staging_modules(Path(meta["GoMod"]).read_text())
+    (work / "go.mod").write_text(wrapper_gomod(kube, modules, go))
+    imports = "".join(f'import _ "k8s.io/kubernetes/cmd/{c}"\n' for c in commands)
+    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}")
+    _run("resolve", ["go", "mod", "tidy"], work, _go_env(), logfile, timings)
+    minor = kube.split(".")[1]
+    ldflags = " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in {
+        "gitVersion": stamp, "gitMajor": "1", "gitMinor": minor, "gitTreeState": "clean"}.items())
+    # One `go build` per command: -o names the file; the shared packages compile once (build cache).
+    for command in commands:
+        _run(f"build_{command}", ["go", "build", "-trimpath", "-ldflags", f"-s -w {ldflags}",
+                                  "-o", str(bin_dir / command), f"k8s.io/kubernetes/cmd/{command}"],
+             work, env, logfile, timings)
+    return modules
+
+
 def _build(r: Recipe, tmp: Path) -> None:
     timings: dict[str, dict] = {}
     t0 = time.monotonic()
     work, bin_dir, logfile = tmp / "work", tmp / "bin", tmp / "build.log"
     work.mkdir()
     bin_dir.mkdir()
-    info = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{r.kubernetes}"],
-                          capture_output=True, text=True, env=_go_env(), cwd=work)
-    meta = json.loads(info.stdout or "{}")
-    if info.returncode != 0 or "Error" in meta:
-        raise BuildError(f"the Go module proxy does not serve k8s.io/kubernetes@{r.kubernetes}: "
-                         f"{meta.get('Error') or info.stderr.strip()}")
-    modules = staging_modules(Path(meta["GoMod"]).read_text())
-    (work / "go.mod").write_text(wrapper_gomod(r.kubernetes, modules, r.go))
-    imports = "".join(f'import _ "k8s.io/kubernetes/cmd/{c}"\n' for c in KUBERNETES_COMMANDS)
-    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}")
-    _run("resolve", ["go", "mod", "tidy"], work, _go_env(), logfile, timings)
-    minor = r.kubernetes.split(".")[1]
-    stamp = " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in {
-        "gitVersion": r.kubernetes, "gitMajor": "1", "gitMinor": minor, "gitTreeState": "clean"}.items())
-    # One `go build` per command: -o names the file; the shared packages compile once (build cache).
-    for command in KUBERNETES_COMMANDS:
-        _run(f"build_{command}", ["go", "build", "-trimpath", "-ldflags", f"-s -w {stamp}",
-                                  "-o", str(bin_dir / command), f"k8s.io/kubernetes/cmd/{command}"],
-             work, _go_env(), logfile, timings)
+    modules = build_kubernetes(r.kubernetes, r.kubernetes, KUBERNETES_COMMANDS, r.go, work, bin_dir, _go_env(),
+                               logfile, timings)
     _run("build_kine", ["go", "install", "-trimpath", "-ldflags", "-s -w", f"github.com/k3s-io/kine@{r.kine}"],
          work, _go_env(gobin=bin_dir, cgo=True), logfile, timings)
     _run("build_helm_controller", ["go", "install", "-trimpath", "-ldflags", "-s -w",

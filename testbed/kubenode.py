@@ -41,8 +41,7 @@ from pathlib import Path
 
 from ceil.config.schema import Kubernetes
 
-from .apiserver import (K3S_COMPONENTS, BuildError, _go_env, _run, go_version, kubernetes_version,
-                        staging_modules, wrapper_gomod)
+from .apiserver import K3S_COMPONENTS, BuildError, _go_env, _run, build_kubernetes, go_version, kubernetes_version
 from .cache import atomic_dir, lock
 from .recipe import cache_root as recipe_cache_root
 
@@ -172,27 +171,9 @@ def _build(r: dict, tmp: Path) -> None:
     work, bin_dir, logfile = tmp / "work", tmp / "bin", tmp / "build.log"
     work.mkdir()
     bin_dir.mkdir()
-    kube = r["kubernetes"]
-    info = subprocess.run(["go", "mod", "download", "-json", f"k8s.io/kubernetes@{kube}"],
-                          capture_output=True, text=True, env=_go_env(), cwd=work)
-    meta = json.loads(info.stdout or "{}")
-    if info.returncode != 0 or "Error" in meta:
-        raise BuildError(f"the Go module proxy does not serve k8s.io/kubernetes@{kube}: "
-                         f"{meta.get('Error') or info.stderr.strip()}")
-    modules = staging_modules(Path(meta["GoMod"]).read_text())
-    (work / "go.mod").write_text(wrapper_gomod(kube, modules, r["go"]))
-    imports = "".join(f'import _ "k8s.io/kubernetes/cmd/{c}"\n' for c in KUBERNETES_COMMANDS)
-    (work / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\n{imports}")
-    _run("resolve", ["go", "mod", "tidy"], work, _go_env(), logfile, timings)
     # Stamped with the k3s version, as k3s stamps the components it embeds: the kubelet reports
     # it as the node's version, which ceil's upgrade and skew checks read.
-    minor = kube.split(".")[1]
-    stamp = " ".join(f"-X k8s.io/component-base/version.{k}={v}" for k, v in {
-        "gitVersion": r["k3s"], "gitMajor": "1", "gitMinor": minor, "gitTreeState": "clean"}.items())
-    for command in KUBERNETES_COMMANDS:
-        _run(f"build_{command}", ["go", "build", "-trimpath", "-ldflags", f"-s -w {stamp}",
-                                  "-o", str(bin_dir / command), f"k8s.io/kubernetes/cmd/{command}"],
-             work, _env(r), logfile, timings)
+    build_kubernetes(r["kubernetes"], r["k3s"], KUBERNETES_COMMANDS, r["go"], work, bin_dir, _env(r), logfile, timings)
     _install("build_kine", [f"github.com/k3s-io/kine@{r['kine']}"], r, work, bin_dir, logfile, timings, cgo=True)
     _install("build_containerd", [f"github.com/containerd/containerd/v2/cmd/{c}@{r['containerd']}"
                                   for c in ("containerd", "containerd-shim-runc-v2", "ctr")],

@@ -15,14 +15,12 @@ secrets directory is CEIL_SECRETS, else secrets/ next to CEIL_CONFIG (default ./
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
-from ceil_infra.helpers import or_none
+from ceil_e2e.cluster import free_port
+from ceil_infra.helpers import or_none, wait_for
 
 from ceil.k3s.kubeconfig import API_PORT, admin_kubeconfig
 from ceil.secrets import SecretStore
@@ -46,26 +44,18 @@ def real_hardware(nodes):
                     " system pods and subcommands); this check runs on real hardware (make verify)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(targets, nodes, cluster, tmp_path_factory):
     kubernetes = pytest.importorskip("kubernetes", reason="pip install 'ceil[cluster]' for make verify")
-    if targets.mode == "e2e":
-        store = SecretStore(targets.secrets_dir)
-    else:
-        config = Path(os.environ.get("CEIL_CONFIG", "cluster.yaml")).resolve()
-        store = SecretStore(Path(os.environ.get("CEIL_SECRETS") or config.parent / "secrets"))
-    if not store.exists("k3s/tls/client-ca.key"):
-        pytest.skip(f"no k3s CA in {store.root}: point CEIL_SECRETS at the secrets/ the images were baked with")
+    # The e2e run's secrets/, or for make verify CEIL_SECRETS, else secrets/ beside cluster.yaml.
+    store = SecretStore(targets.secrets_dir) if targets.secrets_dir else None
+    if store is None or not store.exists("k3s/tls/client-ca.key"):
+        pytest.skip(f"no k3s CA in {targets.secrets_dir or 'secrets/'}: point CEIL_SECRETS at the secrets/ the"
+                    " images were baked with")
     tunnel, port = None, None
     if targets.mode == "e2e":
         # The host is beside the router's uplink, not on the cluster LAN: through the router's SSH.
-        port = _free_port()
+        port = free_port()
         # Its own connection (no ControlMaster): the forward lives and ends with this process.
         tunnel = subprocess.Popen(targets.ssh.command("router", None, "-N", "-o", "ControlMaster=no", "-o",
                                                       "ControlPath=none", "-o", "ExitOnForwardFailure=yes", "-L",
@@ -92,17 +82,6 @@ def _connects(port: int) -> bool:
         return False
 
 
-def wait_for(what: str, check, timeout: float = 600, every: float = 10):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
 def test_kubeconfig_from_the_workstation_works(api, cluster):
     """The baked admin kubeconfig (client CA, server CA) is accepted, and the server runs the
     k3s release cluster.yaml names."""
@@ -122,7 +101,7 @@ def test_every_node_registered_once_and_ready(api, cluster):
                   for n in items}
         return set(states) == want and all(states.values())
 
-    wait_for(f"nodes {sorted(want)} Ready", lambda: or_none(ready), 1200)
+    wait_for(f"nodes {sorted(want)} Ready", lambda: or_none(ready), 1200, 10)
     items = core.list_node().items
     assert sorted(n.metadata.name for n in items) == sorted(want), "a node registered twice or under another name"
     # Each under the address its DHCP reservation gives (config.yaml's node-ip), running the
@@ -161,7 +140,7 @@ def test_system_pods_running(real_hardware, api):
         by_name = {d.metadata.name: d for d in apps.list_namespaced_deployment("kube-system").items}
         return all(name in by_name and (by_name[name].status.ready_replicas or 0) >= 1 for name in SYSTEM_DEPLOYMENTS)
 
-    wait_for(f"kube-system deployments {SYSTEM_DEPLOYMENTS}", deployments_ready)
+    wait_for(f"kube-system deployments {SYSTEM_DEPLOYMENTS}", deployments_ready, 600, 10)
     bad = [f"{p.metadata.name}: {p.status.phase}" for p in core.list_namespaced_pod("kube-system").items
            if p.status.phase not in ("Running", "Succeeded")]
     assert bad == [], bad
