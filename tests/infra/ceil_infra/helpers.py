@@ -122,7 +122,11 @@ class DetachedJob:
         if not self.done:
             self.done = True
             tag = self.tag
-            self.host.run(f"sudo sh -c 'test -e {tag}.rc || kill -s TERM -- -$(cat {tag}.pid); rm -f {tag}.*'")
+            # The files go only once the job's process group is gone: its shell, dying, may still
+            # write the exit code.
+            self.host.run(f"sudo sh -c 'g=$(cat {tag}.pid); test -e {tag}.rc || kill -s TERM -- -$g;"
+                          f" i=0; while kill -0 -- -$g 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done;"
+                          f" rm -f {tag}.*'")
 
 
 def start_as_root_detached(host, script: str, what: str, stdin: str = "") -> DetachedJob:
@@ -138,6 +142,9 @@ def start_as_root_detached(host, script: str, what: str, stdin: str = "") -> Det
     # setsid: the job leads its own process group, so a timeout can stop all of it.
     job = f"echo $$ > {tag}.pid; ({script}) < {tag}.in > {tag}.out 2>&1; echo $? > {tag}.rc"
     host.run_expect([0], f"sudo setsid sh -c {shlex.quote(job)} < /dev/null > /dev/null 2>&1 &")
+    # Started means its pid is on record: a cancel() before that found nothing to stop, and the
+    # job started afterwards (stop 40: a loaded machine left its files behind).
+    wait_for(f"{what} to start", lambda: host.run(f"sudo test -s {tag}.pid").rc == 0, timeout=60, every=0.1)
     return DetachedJob(host, tag, what)
 
 
