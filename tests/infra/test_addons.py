@@ -10,10 +10,8 @@ tests/unit/test_addons_job.py.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
-from pathlib import Path
 
 import pytest
 
@@ -37,14 +35,15 @@ def real_hardware(nodes):
 
 
 @pytest.fixture(scope="module")
-def kube(real_hardware, cluster, tmp_path_factory):
+def kube(real_hardware, targets, cluster, tmp_path_factory):
     pytest.importorskip("kubernetes", reason="pip install 'ceil[cluster]' for make verify")
     from ceil.addons.job.kube import KubeApi, KubeconfigTransport
 
-    config = Path(os.environ.get("CEIL_CONFIG", "cluster.yaml")).resolve()
-    store = SecretStore(Path(os.environ.get("CEIL_SECRETS") or config.parent / "secrets"))
-    if not store.exists("k3s/tls/client-ca.key"):
-        pytest.skip(f"no k3s CA in {store.root}: point CEIL_SECRETS at the secrets/ the images were baked with")
+    # The e2e run's secrets/, or for make verify CEIL_SECRETS, else secrets/ beside cluster.yaml.
+    store = SecretStore(targets.secrets_dir) if targets.secrets_dir else None
+    if store is None or not store.exists("k3s/tls/client-ca.key"):
+        pytest.skip(f"no k3s CA in {targets.secrets_dir or 'secrets/'}: point CEIL_SECRETS at the secrets/ the"
+                    " images were baked with")
     path = tmp_path_factory.mktemp("kube") / "kubeconfig"
     path.write_text(admin_kubeconfig(cluster, store))
     return KubeApi(KubeconfigTransport(str(path)), log=lambda m: None)
@@ -144,13 +143,14 @@ def test_kubewatch_reaches_piwatch(addons_status, router, cluster):
     assert out.strip() not in ("", "[]"), "PiWatch has seen no event from kubewatch"
 
 
-def test_deployed_apps_run_the_pushed_digest_and_answer_through_the_ingress(addons_status, kube, router, cluster):
+def test_deployed_apps_run_the_pushed_digest_and_answer_through_the_ingress(addons_status, kube, router, cluster,
+                                                                            targets):
     """Issue 20 #1 on hardware: every app `bake.py app deploy` recorded in out/apps/ runs the image
     digest that was pushed, and answers /healthz at http://NAME.apps.<domain>/ (from the LAN)."""
     from ceil import apps
 
-    out = Path(os.environ.get("CEIL_CONFIG", "cluster.yaml")).resolve().parent / "out"
-    deployed = sorted((out / "apps").glob("*.json")) if (out / "apps").is_dir() else []
+    out = targets.out_dir
+    deployed = sorted((out / "apps").glob("*.json")) if out and (out / "apps").is_dir() else []
     if not deployed:
         pytest.skip(f"no app deployed from this workstation ({out}/apps/ is empty): python bake.py app ship apps/piphp")
     for path in deployed:

@@ -75,6 +75,7 @@ class Targets:
     ssh: object                    # ceil_infra.ssh.SshConfig
     fakes: object | None
     secrets_dir: Path | None
+    out_dir: Path | None = None    # the bake's out/ (where `bake.py app deploy` records its apps)
     _ready: callable = None        # (name) -> None: waits for a QEMU guest's first boot
     _hosts: dict = field(default_factory=dict)
 
@@ -113,7 +114,7 @@ def _verify_targets(config) -> Targets:
     if config.getoption("ssh_config"):
         ssh = ExistingSshConfig(Path(config.getoption("ssh_config")), [e.alias for e in ends])
     secrets = Path(os.environ.get("CEIL_SECRETS") or path.parent / "secrets")
-    return Targets("verify", cluster, ssh, None, secrets if secrets.is_dir() else None)
+    return Targets("verify", cluster, ssh, None, secrets if secrets.is_dir() else None, out_dir=path.parent / "out")
 
 
 class ExistingSshConfig:
@@ -138,7 +139,8 @@ def _e2e_targets(config) -> Targets:
     c = session.get(config)
     if c.cluster is None:  # baked, so parsed; guard for a failed bake
         raise RuntimeError("the e2e cluster was not baked")
-    return Targets("e2e", c.cluster, c.ssh, session.E2EFakes(c), c.workdir / "secrets", session.ready)
+    return Targets("e2e", c.cluster, c.ssh, session.E2EFakes(c), c.workdir / "secrets", out_dir=c.workdir / "out",
+                   _ready=session.ready)
 
 
 @pytest.fixture(scope="session")
