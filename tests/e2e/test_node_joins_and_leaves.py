@@ -7,7 +7,8 @@ reservation and names), fetches k3s from the router's cache and joins with the b
 here the nodes run the test bed's k3s stand-in (upstream Kubernetes from ceil's files,
 docs/testing.md), so "joins" means its kubelet is a Ready Node of the running API server. Then the
 card dies (the guest is stopped) and `bake.py node remove three` leaves no Node, no lease, no
-status-board entry or registration, and no name served by the router.
+status-board entry or registration, and no name served by the router; a replacement card (another
+board, so another MAC) baked under the same name rejoins at the same address.
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ def test_a_node_added_later_joins_the_running_cluster_and_node_remove_takes_it_o
         fqdn = f"{NAME}.{c.config.get('domain', 'ceil.internal')}"
         wait_for(f"{fqdn} no longer served by the router", lambda: not resolves(nodes["two"], fqdn),
                  timeout=120, every=5)
+
+        # A replacement card under the same name (baked again, another board: another MAC)
+        # registers, takes the reservation over and joins as the same Node name.
+        new = c.replace_card(NAME)
+        c.wait_ready(NAME)
+        state = wait_for(f"{hostname} Ready again", lambda: or_none(ready), timeout=900, every=10)
+        assert state.split() == ["True", IP], state
+        with router.sudo():
+            reservation = router.file(f"/var/lib/ceil/lan-hosts/dhcp/{NAME}").content_string
+        assert reservation == f"{new.guest.macs()['lan']},{hostname},{IP},12h\n", reservation
     finally:
         client.close()
         agent.close()

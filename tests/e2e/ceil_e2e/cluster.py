@@ -378,6 +378,22 @@ class TestCluster:
         config["nodes"].append({"name": name, "role": "agent", "ip": ip})
         path = self.workdir / f"cluster-with-{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self._added = {**getattr(self, "_added", {}), name: self.config}
+        self.config = config
+        self.ssh = self._ssh_config()
+        return self._bake_and_boot(name, path, ip, disk_gib), path
+
+    def replace_card(self, name: str, disk_gib: int = 8) -> Machine:
+        """A new card for a node added with `add_node`, whose old card died: baked again from the
+        same cluster.yaml and secrets (new host keys), booted as another board (another MAC)."""
+        path = self.workdir / f"cluster-with-{name}.yaml"
+        old = self.machines.pop(name)
+        old.guest.cleanup()
+        self.ssh.drop_master(name)
+        self.ssh.forget_host_key(name)
+        return self._bake_and_boot(name, path, old.ip, disk_gib)
+
+    def _bake_and_boot(self, name: str, path: Path, ip: str, disk_gib: int) -> Machine:
         out = self.workdir / f"out-{name}"
         from ceil.config import load_cluster
 
@@ -389,22 +405,22 @@ class TestCluster:
             env["CEIL_CACHE"] = self.cache
         cmd = [sys.executable, str(REPO / "bake.py"), "--config", str(path), "--base-image", str(self.testbed.image),
                "--out", str(out), "--secrets", str(self.workdir / "secrets"), "--role", name]
-        with open(self.artifacts / f"bake-{name}.log", "w") as f:
+        with open(self.artifacts / f"bake-{name}.log", "a") as f:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if proc.returncode != 0:
             raise AssertionError(f"bake.py --role {name} failed: {(self.artifacts / f'bake-{name}.log').read_text()[-3000:]}")
         img = out / f"ceil-{name}.img"
         os.truncate(img, max(img.stat().st_size, disk_gib << 30))
-        g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=len(self.machines), run_id=self.run_id,
+        # Another board each time: the MAC follows the index, never one a machine of this run had.
+        self._next_index = max(getattr(self, "_next_index", 0), len(self.machines), *(g.index + 1 for g in self.guests))
+        g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=self._next_index, run_id=self.run_id,
                   memory_mib=int(os.environ.get("CEIL_E2E_MEM_MIB", 1024)), cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
                   uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
-        self.machines[name] = Machine(name, g, f"{config.get('name', 'ceil')}-{name}", ip)
-        self._added = {**getattr(self, "_added", {}), name: self.config}
-        self.config = config
-        self.ssh = self._ssh_config()
+        self._next_index += 1
+        self.machines[name] = Machine(name, g, f"{self.config.get('name', 'ceil')}-{name}", ip)
         log(f"booting {name}, added after the others ({self.arch}, serial log {g.serial_log})")
         g.start()
-        return self.machines[name], path
+        return self.machines[name]
 
     def forget_node(self, name: str) -> None:
         """Stop an added node's guest and take it out of the harness's cluster again."""
