@@ -85,7 +85,7 @@ def test_a_node_added_later_joins_the_running_cluster_and_node_remove_takes_it_o
         assert state.split() == ["True", IP], state
         with router.sudo():
             reservation = router.file(f"/var/lib/ceil/lan-hosts/dhcp/{NAME}").content_string
-        assert reservation == f"{new.guest.macs()['lan']},{hostname},{IP},12h\n", reservation
+        assert reservation == f"{new.guest.macs['lan']},{hostname},{IP},12h\n", reservation
     finally:
         client.close()
         agent.close()
