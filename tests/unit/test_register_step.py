@@ -31,7 +31,7 @@ def node(tmp_path):
         (root / "registration.json").write_text(json.dumps(
             {"url": f"{url}/api/register/{name}", "ip": want, "iface": "eth0", "network": "netplan-networkd"}))
         (root / "addr").write_text(has)
-        # `ip -4 -o addr show dev eth0` prints the current address; networkctl renew moves to the next.
+        # `ip -4 -o addr show dev eth0` prints the current address.
         (root / "bin/ip").write_text(
             f"#!/bin/sh\necho \"2: eth0    inet $(cat {root / 'addr'})/24 brd 10.42.0.255 scope global eth0\"\n")
         # A `networkctl reconfigure` gives the next address; `after_renew` may list one per call

@@ -381,19 +381,25 @@ class TestCluster:
         self._added = {**getattr(self, "_added", {}), name: self.config}
         self.config = config
         self.ssh = self._ssh_config()
-        return self._bake_and_boot(name, path, ip, disk_gib), path
+        return self._bake_and_boot(name, path, ip, disk_gib, self._new_board_index()), path
 
     def replace_card(self, name: str, disk_gib: int = 8) -> Machine:
         """A new card for a node added with `add_node`, whose old card died: baked again from the
         same cluster.yaml and secrets (new host keys), booted as another board (another MAC)."""
         path = self.workdir / f"cluster-with-{name}.yaml"
+        index = self._new_board_index()  # while the dead card's guest still counts
         old = self.machines.pop(name)
         old.guest.cleanup()
         self.ssh.drop_master(name)
         self.ssh.forget_host_key(name)
-        return self._bake_and_boot(name, path, old.ip, disk_gib)
+        return self._bake_and_boot(name, path, old.ip, disk_gib, index)
 
-    def _bake_and_boot(self, name: str, path: Path, ip: str, disk_gib: int) -> Machine:
+    def _new_board_index(self) -> int:
+        """A guest index no machine of this cluster has: its MAC (which follows the index) is
+        another board's."""
+        return 1 + max(g.index for g in self.guests)
+
+    def _bake_and_boot(self, name: str, path: Path, ip: str, disk_gib: int, index: int) -> Machine:
         out = self.workdir / f"out-{name}"
         from ceil.config import load_cluster
 
@@ -411,12 +417,9 @@ class TestCluster:
             raise AssertionError(f"bake.py --role {name} failed: {(self.artifacts / f'bake-{name}.log').read_text()[-3000:]}")
         img = out / f"ceil-{name}.img"
         os.truncate(img, max(img.stat().st_size, disk_gib << 30))
-        # Another board each time: the MAC follows the index, never one a machine of this run had.
-        self._next_index = max(getattr(self, "_next_index", 0), len(self.machines), *(g.index + 1 for g in self.guests))
-        g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=self._next_index, run_id=self.run_id,
+        g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=index, run_id=self.run_id,
                   memory_mib=int(os.environ.get("CEIL_E2E_MEM_MIB", 1024)), cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
                   uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
-        self._next_index += 1
         self.machines[name] = Machine(name, g, f"{self.config.get('name', 'ceil')}-{name}", ip)
         log(f"booting {name}, added after the others ({self.arch}, serial log {g.serial_log})")
         g.start()
