@@ -17,7 +17,7 @@ BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 # runs the demo app's own page; sudo's visudo checks the rule the server's snapshot account gets;
 # wpasupplicant's configuration reader reads back what netplan writes for the router's WiFi;
 # zstd packs the QEMU nodes' k3s stand-in; its runc links libseccomp (pkg-config finds it), and
-# gcc-aarch64-linux-gnu compiles its CGO pieces for arm64 guests (with libseccomp-dev:arm64).
+# gcc-aarch64-linux-gnu compiles its CGO pieces for arm64 guests (libseccomp-dev:arm64 below).
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
   qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test libcap2-bin qemu-user-static binfmt-support
   apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps socat
@@ -40,6 +40,16 @@ fi
 want="$BAKE_PKGS"
 [ "${1:-}" = "--test" ] && want="$BAKE_PKGS $TEST_PKGS"
 
+# The suites boot arm64 guests by default (ARCH=arm64), and their k3s stand-in's runc links the
+# guests' libseccomp: on another host arch that is Debian's multiarch package, which needs the
+# arch added to dpkg first (apt then fetches its package lists beside the host's).
+host_arch=$(dpkg --print-architecture)
+foreign_arch=""
+if [ "${1:-}" = "--test" ] && [ "$host_arch" != arm64 ]; then
+  foreign_arch=arm64
+  want="$want libseccomp-dev:arm64"
+fi
+
 missing=()
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -50,12 +60,19 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing host packages: ${missing[*]}" >&2
-  echo "install them with: sudo apt-get install ${missing[*]}  (macOS: brew install mtools e2fsprogs xz)" >&2
+  add_arch=""
+  if [ -n "$foreign_arch" ] && ! dpkg --print-foreign-architectures | grep -qx "$foreign_arch"; then
+    add_arch="sudo dpkg --add-architecture $foreign_arch && sudo apt-get update && "
+  fi
+  echo "install them with: ${add_arch}sudo apt-get install ${missing[*]}  (macOS: brew install mtools e2fsprogs xz)" >&2
   exit 1
 fi
 echo "installing host packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# A container or CI machine may have no package lists yet.
+if [ -n "$foreign_arch" ] && ! dpkg --print-foreign-architectures | grep -qx "$foreign_arch"; then
+  dpkg --add-architecture "$foreign_arch"
+fi
+# A container or CI machine may have no package lists yet (nor the foreign arch's).
 apt-get update -qq
 # policy-rc.d keeps packages such as dnsmasq or chrony from starting services on the host.
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.ceil
