@@ -42,10 +42,12 @@ want="$BAKE_PKGS"
 
 # The suites boot arm64 guests by default (ARCH=arm64), and their k3s stand-in's runc links the
 # guests' libseccomp: on another host arch that is Debian's multiarch package, which needs the
-# arch added to dpkg first (apt then fetches its package lists beside the host's).
+# arch added to dpkg first (apt then fetches its package lists beside the host's). Debian's
+# mirrors carry every arch; Ubuntu's amd64 archive does not (arm64 is on ports.ubuntu.com), so
+# there the build names the package when ARCH=arm64 asks for it, and nothing else changes.
 host_arch=$(dpkg --print-architecture)
 foreign_arch=""
-if [ "${1:-}" = "--test" ] && [ "$host_arch" != arm64 ]; then
+if [ "${1:-}" = "--test" ] && [ "$host_arch" != arm64 ] && grep -qx 'ID=debian' /etc/os-release; then
   foreign_arch=arm64
   want="$want libseccomp-dev:arm64"
 fi
