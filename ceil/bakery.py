@@ -26,7 +26,7 @@ from .catalog import Flavor, load_flavor
 from .config import Cluster, config_hash
 from .errors import CeilError
 from .ext4fs import read_file_at, write_files
-from .fatfs import append_cmdline, put_tree, read_file, write_file
+from .fatfs import append_cmdline, missing_files, put_tree, read_file, write_file
 from .features import RoleContext
 from .fetch import BaseImage, cache_root, resolve_base
 from .partitions import Partition, check_layout
@@ -110,7 +110,8 @@ def check_base_image(flavor: Flavor, base_image_arg: Path | None, any_base_image
 def inspect_base(flavor: Flavor, base: BaseImage) -> tuple[Partition, Partition]:
     """The boot and root partitions of `base`, once it is shown to be the OS release `flavor` is
     written for: its partition labels, cloud-init, the release its os-release names, the Python
-    PiWatch's wheels are bundled for, and the kernel command line where the flavor edits it. A
+    PiWatch's wheels are bundled for, the kernel command line where the flavor edits it and a Pi
+    5's 4K-page kernel where the flavor boots it (kubernetes.pi5_page_size). A
     wrong one is refused with what the image is and the flavor to use: Ubuntu 24.04 and 26.04
     images carry the same labels, and the wrong one baked without a word."""
     st = base.path.stat()
@@ -155,6 +156,13 @@ def _inspected(flavor_name: str, path: Path, source: str, ino: int, size: int, m
     if flavor.cmdline and read_file(base.path, flavor.cmdline, offset=boot.start) is None:
         raise CeilError(f"{base.source}: its boot partition has no {flavor.cmdline}, where flavor {flavor.name} keeps"
                         f" the kernel command line (k3s needs the memory cgroup set there); {fix}")
+    if flavor.pi5_4k_kernel:
+        pi5 = flavor.pi5_4k_kernel
+        missing = missing_files(base.path, ["config.txt", pi5.kernel, pi5.initramfs], offset=boot.start)
+        if missing:
+            # Naming a kernel the card lacks would leave a Pi 5 node with nothing to boot.
+            raise CeilError(f"{base.source}: its boot partition has no {', '.join(missing)}, where flavor {flavor.name}"
+                            f" has a Pi 5 node boot its 4K-page kernel (kubernetes.pi5_page_size); {fix}")
     return boot, root
 
 
@@ -269,6 +277,29 @@ def edit_cmdline(ctx: BakeContext) -> None:
                 raise CeilError(f"{path} not found on the boot partition of {ctx.base.source}")
             if current is not None:
                 write_file(ctx.staged_boot, path, append_cmdline(current, flags, replace=(REGDOM_PARAM,)), ctx.work)
+
+
+def config_txt_section(cluster: Cluster, role: str, flavor: Flavor) -> str:
+    """What the role's config.txt gets at its end: a Pi 5 node boots the image's 4K-page kernel
+    (kubernetes.pi5_page_size, docs/hardware.md). The firmware reads `[pi5]` lines on a Pi 5
+    only, and `[all]` hands the rest of the file back to every model. Empty: nothing to add."""
+    boot = flavor.pi5_4k_kernel
+    if role == "router" or boot is None or cluster.kubernetes.pi5_page_size != "4k":
+        return ""
+    # The initramfs is named too: auto_initramfs matches it by the kernel's default name only.
+    return (f"\n# ceil: a Pi 5 node boots the 4K-page kernel (kubernetes.pi5_page_size: 4k)\n"
+            f"[pi5]\nkernel={boot.kernel}\ninitramfs {boot.initramfs} followkernel\n[all]\n")
+
+
+def edit_config_txt(ctx: BakeContext) -> None:
+    section = config_txt_section(ctx.cluster, ctx.role, ctx.flavor)
+    if not section:
+        return
+    with step("edit_config_txt", f"[pi5] kernel={ctx.flavor.pi5_4k_kernel.kernel}"):
+        current = read_file(ctx.staged_boot, "config.txt") or b""  # inspect_base saw it there
+        if section.strip() not in current.decode(errors="replace"):
+            text = current.rstrip(b"\n") + b"\n" + section.encode()
+            write_file(ctx.staged_boot, "config.txt", text, ctx.work)
 
 
 def write_rootfs(ctx: BakeContext) -> None:
@@ -398,7 +429,8 @@ def finish_image(ctx: BakeContext) -> None:
         os.replace(tmp, ctx.manifest)
 
 
-STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, write_rootfs, compose_image, finish_image]
+STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, edit_config_txt, write_rootfs,
+         compose_image, finish_image]
 # write_seed renders the payload into the work folder; fetch_base writes into the image cache,
 # the others beside the output.
 IN_WORK_FOLDER = (write_seed,)

@@ -38,6 +38,14 @@ class Seed(_Model):
     method: Literal["fs_label", "seedfrom", "seed_dir"]
 
 
+class Pi5Kernel(_Model):
+    """An image's 4K-page kernel and its initramfs on the boot partition, which config.txt can
+    choose for a Pi 5 (files on the FAT, e.g. kernel8.img and initramfs8)."""
+
+    kernel: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    initramfs: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+
 class Updates(_Model):
     """Where the publisher lists its images, to tell whether a newer one exists (`flavors --check`):
     `pattern`'s first group is the version, read from the index page and from the flavor's url."""
@@ -81,6 +89,10 @@ class Flavor(_Model):
     # Debian packages that give gpiozero a real pin backend on this OS (PiWatch's venv sees the
     # system's site-packages); without one it falls back to mock pins. Empty for QEMU twins.
     gpio_packages: list[str] = Field(default_factory=list)
+    # Where a Pi 5 boots a 16K-page kernel by default (Raspberry Pi OS: kernel_2712.img), the
+    # image's 4K-page one, which the nodes boot instead when kubernetes.pi5_page_size is 4k.
+    # None: the OS runs 4K pages on a Pi 5 already (Ubuntu), or does not run on one (HypriotOS).
+    pi5_4k_kernel: Pi5Kernel | None = None
     # Extra kernel arguments a test bed needs (e.g. net.ifnames=0); empty for real flavors.
     kernel_args: list[str] = Field(default_factory=list)
     updates: Updates | None = None

@@ -34,6 +34,15 @@ def read_file(image: Path, path: str, offset: int = 0) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
+def missing_files(image: Path, paths: list[str], offset: int = 0) -> list[str]:
+    """Those of `paths` (files in the FAT's top folder) that are not there, read from one listing
+    instead of each file's bytes (a kernel is tens of MB)."""
+    target = f"{image}@@{offset}" if offset else str(image)
+    result = subprocess.run(["mdir", "-b", "-i", target, "::/"], env=ENV, capture_output=True)
+    present = {line.rstrip("/").rsplit("/", 1)[-1].lower() for line in result.stdout.decode(errors="replace").splitlines()}
+    return [p for p in paths if p.lower() not in present]
+
+
 def write_file(image: Path, path: str, data: bytes, tmpdir: Path) -> None:
     src = tmpdir / Path(path).name
     src.write_bytes(data)

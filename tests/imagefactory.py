@@ -69,7 +69,42 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
             for parent in reversed(Path(where).parents[:-1]):
                 subprocess.run(["mmd", "-i", f"{path}@@{boot_start}", f"::/{parent.as_posix()}"], check=True, env=env)
             subprocess.run(["mcopy", "-i", f"{path}@@{boot_start}", str(cmdline), f"::/{where}"], check=True, env=env)
+    if flavor.pi5_4k_kernel:
+        # Raspberry Pi OS's boot partition: its config.txt (ending in model sections and [all]),
+        # the Pi 5's 16K-page kernel and the Pi 3/4's 4K-page one, each with its initramfs.
+        env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+        files = {"config.txt": RASPIOS_CONFIG_TXT, "kernel_2712.img": "16K kernel", "initramfs_2712": "initramfs",
+                 flavor.pi5_4k_kernel.kernel: "4K kernel", flavor.pi5_4k_kernel.initramfs: "initramfs"}
+        for name, text in files.items():
+            (path.parent / name).write_text(text)
+            subprocess.run(["mcopy", "-o", "-i", f"{path}@@{boot_start}", str(path.parent / name), f"::/{name}"],
+                           check=True, env=env)
     return path
+
+
+# The shape of Raspberry Pi OS trixie's config.txt (settings, then model sections, then [all]).
+RASPIOS_CONFIG_TXT = """\
+# For more options and information see
+# http://rptl.io/configtxt
+dtparam=audio=on
+camera_auto_detect=1
+display_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+disable_fw_kms_setup=1
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[cm5]
+dtoverlay=dwc2,dr_mode=host
+
+[all]
+"""
 
 
 def blockmap_problems(img: Path, output: dict) -> list[str]:

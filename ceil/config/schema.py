@@ -392,6 +392,12 @@ class Kubernetes(Model):
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 of the k3s binary; default: the release's published sha256sum file",
     )
+    # Raspberry Pi OS boots a Pi 5 with a 16K-page kernel. arm64 container images are built and
+    # tested on 4K pages, and those linked with jemalloc (built for 4K) abort at start there
+    # ("<jemalloc>: Unsupported system page size"). 4k: the nodes' config.txt has a Pi 5 boot the
+    # image's 4K-page kernel instead (the router runs no containers and keeps the default). Other
+    # flavors run 4K pages on a Pi 5 already, and other Pis always do.
+    pi5_page_size: Literal["4k", "16k"] = "4k"
     # With one server k3s keeps the cluster in SQLite on that one card; with three or more, etcd
     # survives a lost server, and these are not taken.
     datastore_backups: DatastoreBackups = Field(default_factory=DatastoreBackups)

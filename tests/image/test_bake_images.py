@@ -27,7 +27,7 @@ from ceil.partitions import read_mbr
 from ceil.secrets import SecretStore
 from ceil.sparse import ranges_in
 from tests.bake_cli import bake_py_waiting
-from tests.imagefactory import blockmap_problems, make_base_image
+from tests.imagefactory import RASPIOS_CONFIG_TXT, blockmap_problems, make_base_image
 
 pytestmark = pytest.mark.image
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +192,48 @@ def test_every_boot_slot_present_gets_the_flags(baked):
                               capture_output=True).returncode != 0, f"{absent} was created"
 
 
+def test_a_pi5_node_boots_the_4k_page_kernel_and_the_router_keeps_the_images_choice(baked):
+    """Raspberry Pi OS boots a Pi 5 with 16K pages, where jemalloc-linked container images abort;
+    the nodes' config.txt names the image's 4K-page kernel and its initramfs for [pi5] only, after
+    everything the image had, and hands the rest back to [all] (docs/hardware.md)."""
+    pi5 = baked["flavor"].pi5_4k_kernel
+    if not pi5:
+        pytest.skip(f"{baked['flavor'].name} has no 16K-page Pi 5 kernel to replace")
+    original = RASPIOS_CONFIG_TXT
+    assert mtype(baked["dir"] / "out" / "ceil-router.img", "config.txt") == original
+    for node in ("one", "two"):
+        text = mtype(baked["dir"] / "out" / f"ceil-{node}.img", "config.txt")
+        assert text.startswith(original), text
+        added = [line for line in text[len(original):].splitlines() if line and not line.startswith("#")]
+        assert added == ["[pi5]", f"kernel={pi5.kernel}", f"initramfs {pi5.initramfs} followkernel", "[all]"], text
+
+
+def test_pi5_page_size_16k_leaves_config_txt_as_the_image_has_it(tmp_path, ssh_pubkey):
+    flavor = load_flavor("raspios-trixie")
+    base = make_base_image(tmp_path / "base.img", flavor)
+    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\npiwatch: {enabled: false}\n"
+                                           "kubernetes: {pi5_page_size: 16k}\nnodes: [{name: one, role: server}]\n")
+    result = run_bake("--role", "one", "--base-image", str(base), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert mtype(tmp_path / "out" / "ceil-one.img", "config.txt") == RASPIOS_CONFIG_TXT
+
+
+def test_a_base_without_the_4k_page_kernel_is_refused_before_anything_is_written(tmp_path, ssh_pubkey):
+    """Naming a kernel the card does not have would leave a Pi 5 node with nothing to boot."""
+    flavor = load_flavor("raspios-trixie")
+    base = make_base_image(tmp_path / "base.img", flavor)
+    boot = read_mbr(base)[0].start
+    subprocess.run(["mdel", "-i", f"{base}@@{boot}", f"::/{flavor.pi5_4k_kernel.initramfs}"], env=MT, check=True)
+    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\npiwatch: {enabled: false}\n")
+    result = run_bake("--all", "--base-image", str(base), cwd=tmp_path)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "its boot partition has no initramfs8" in said, said
+    assert "4K-page kernel" in said and "images/raspios-trixie.yaml" in said, said
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
     d = baked["dir"]
     secrets_before = {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
@@ -206,6 +248,8 @@ def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
     assert {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()} == secrets_before
     if baked["flavor"].cmdline:
         assert mtype(d / "out" / "ceil-one.img", baked["flavor"].cmdline).count("cgroup_memory=1") == 1
+    if baked["flavor"].pi5_4k_kernel:
+        assert mtype(d / "out" / "ceil-one.img", "config.txt").count("[pi5]") == 1
     for p in secrets_before:
         if p.name != ".gitignore":
             assert stat.S_IMODE(p.stat().st_mode) == 0o600
