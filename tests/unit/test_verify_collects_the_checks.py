@@ -35,3 +35,12 @@ def test_a_marker_expression_the_user_gives_still_selects(cluster_yaml):
     everything, _ = collected(cluster_yaml())
     count, out = collected(cluster_yaml(), "-m", "e2e and not full")
     assert 0 < count < everything, out[-2000:]
+
+
+def test_verify_needs_no_secret_exported(cluster_yaml, monkeypatch):
+    """The example's WiFi passphrase is ${CEIL_WIFI_PSK}: checking a running cluster must not ask
+    for it (bake.py status does not either)."""
+    monkeypatch.delenv("CEIL_WIFI_PSK", raising=False)
+    path = cluster_yaml("router: {uplink: {type: wifi, wifi: {ssid: Home, psk: '${CEIL_WIFI_PSK}', country: DE}}}\n")
+    count, out = collected(path)
+    assert count >= 50 and "CEIL_WIFI_PSK" not in out, out[-2000:]

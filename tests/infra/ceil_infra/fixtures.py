@@ -52,7 +52,7 @@ def machine_names(config) -> list[str]:
     if path:
         from ceil.config import load_cluster
 
-        return ["router"] + [n.name for n in load_cluster(Path(path)).nodes]
+        return ["router"] + [n.name for n in load_cluster(Path(path), env_optional=True).nodes]
     data = yaml.safe_load(E2E_TEMPLATE.read_text())
     return ["router"] + [n["name"] for n in data["nodes"]]
 
@@ -113,7 +113,9 @@ def _verify_targets(config) -> Targets:
     from ceil_infra.ssh import Endpoint, SshConfig
 
     path = Path(verify_mode(config)).resolve()
-    cluster = load_cluster(path)
+    # Like bake.py status: no ${VAR} secret needs exporting to check a cluster (an exported one is
+    # also looked for where secrets must not be, cluster_secrets).
+    cluster = load_cluster(path, env_optional=True)
     router_host = config.getoption("router_host") or str(cluster.network.router_ip)
     direct = config.getoption("nodes_direct")
     ends = [Endpoint("router", router_host)]
