@@ -5,7 +5,7 @@ layout_disk (the image, atomic rename into the cache), then build_repo (the role
 own atomic rename). The result lives in ${CEIL_CACHE:-~/.cache/ceil}/testbed/<flavor>-<arch>-<key>/:
 
     image.img        sparse MBR disk image laid out like the mimicked flavor
-    vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files, for direct boot
+    vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files (those it has), for direct boot
     manifest.json    key, flavor, arch, suite, kernel, timings, sizes
     packages.txt     every package installed in the image, with versions
     dpkg-status      the image's dpkg status (the repository is resolved against it)
@@ -191,7 +191,8 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
         disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
         slot = Path(recipe.flavor.cmdline_file).parent
         for name in rootfs.BOOT_ASSETS:
-            shutil.copyfile(bootfs / slot / name, tmp / name)
+            if (bootfs / slot / name).is_file():  # a Pi OS-like partition has kernel8.img etc. instead
+                shutil.copyfile(bootfs / slot / name, tmp / name)
     remove_tree(root)
     remove_tree(bootfs)
     st = (tmp / "image.img").stat()
@@ -201,10 +202,11 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
         "arch": recipe.arch,
         "suite": recipe.suite,
         "kernel": facts["kernel"],
+        **({"pi5_kernel": facts["pi5_kernel"]} if "pi5_kernel" in facts else {}),  # kernel_2712.img's
         "cmdline": rootfs.cmdline(recipe, layout.disk_id),
         # Hostile facts the harness must reproduce outside the image (e.g. the uplink NIC type).
         "twin": {k: v for k, v in recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).items()
-                 if k in ("uplink_nic",)},
+                 if k in ("uplink_nic", "board")},
         "disk_id": layout.disk_id,
         "image_bytes": st.st_size,
         "image_allocated_bytes": st.st_blocks * 512,

@@ -109,7 +109,9 @@ class Recipe:
             ) from None
 
     def packages(self) -> list[str]:
-        return [*self.data["packages"], self.data["kernel"][self.arch], *self.net["packages"]]
+        kernel_16k = self.data.get("flavors", {}).get(self.flavor.family, {}).get("kernel_16k", {}).get(self.arch)
+        return [*self.data["packages"], self.data["kernel"][self.arch], *([kernel_16k] if kernel_16k else []),
+                *self.net["packages"]]
 
     @property
     def slug(self) -> str:

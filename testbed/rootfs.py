@@ -204,17 +204,34 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
     for unit in recipe.net["enable"]:
         subprocess.run(["systemctl", f"--root={root}", "enable", unit], check=True, capture_output=True)
 
-    # Boot partition: what the Pi firmware would load. The harness boots these directly.
+    return stage_kernels(recipe, root, bootfs)
+
+
+def stage_kernels(recipe: Recipe, root: Path, bootfs: Path) -> dict:
+    """The boot partition's kernels and initrds, named as the mimicked image names them; the
+    harness boots these directly, as the Pi firmware would. Returns the manifest's kernel facts."""
+    facts = recipe.data.get("flavors", {}).get(recipe.flavor.family, {})
     bootfs.mkdir(parents=True, exist_ok=True)
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
-    if not kernels:
+    by_pages = {"16k" if k.name.endswith("-16k") else "4k": k for k in kernels}
+    if "4k" not in by_pages:
         raise RuntimeError(f"no kernel in {root}/boot: is {recipe.data['kernel'][recipe.arch]} in the recipe?")
-    version = kernels[-1].name.removeprefix("vmlinuz-")
-    initrd = root / "boot" / f"initrd.img-{version}"
-    if not initrd.is_file():
-        raise RuntimeError(f"kernel {version} has no initrd ({initrd}): initramfs-tools missing?")
-    shutil.copyfile(kernels[-1], bootfs / "vmlinuz")
-    shutil.copyfile(initrd, bootfs / "initrd.img")
+    initrds = {}
+    for pages, kernel in by_pages.items():
+        initrds[pages] = root / "boot" / f"initrd.img-{kernel.name.removeprefix('vmlinuz-')}"
+        if not initrds[pages].is_file():
+            raise RuntimeError(f"kernel {kernel.name} has no initrd ({initrds[pages]}): initramfs-tools missing?")
+    version = by_pages["4k"].name.removeprefix("vmlinuz-")
+    if facts.get("board") == "pi5":
+        # Raspberry Pi OS's names: the Pi 5's kernel_2712.img (16K pages where the arch has them)
+        # and the Pi 3/4's kernel8.img, each with its initramfs; no vmlinuz.
+        pi5 = "16k" if "16k" in by_pages else "4k"
+        for name, src in (("kernel8.img", by_pages["4k"]), ("initramfs8", initrds["4k"]),
+                          ("kernel_2712.img", by_pages[pi5]), ("initramfs_2712", initrds[pi5])):
+            shutil.copyfile(src, bootfs / name)
+        return {"kernel": version, "pi5_kernel": by_pages[pi5].name.removeprefix("vmlinuz-")}
+    shutil.copyfile(by_pages["4k"], bootfs / "vmlinuz")
+    shutil.copyfile(initrds["4k"], bootfs / "initrd.img")
     return {"kernel": version}
 
 
@@ -449,12 +466,41 @@ def cmdline(recipe: Recipe, disk_id: str) -> str:
 
 BOOT_ASSETS = ("vmlinuz", "initrd.img", "cmdline.txt")
 
+# The shape of Raspberry Pi OS trixie's config.txt (as users post it from their cards).
+PI_OS_CONFIG_TXT = """\
+# For more options and information see
+# http://rptl.io/configtxt
+dtparam=audio=on
+camera_auto_detect=1
+display_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+disable_fw_kms_setup=1
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[cm5]
+dtoverlay=dwc2,dr_mode=host
+
+[all]
+"""
+
 
 def write_boot_files(recipe: Recipe, bootfs: Path, disk_id: str) -> None:
     """cmdline.txt and config.txt; with boot slots, the assets (kernel, initrd, command line) move
     into current/ and a copy into a pending new/, so the first boot is a double boot."""
     slot = Path(recipe.flavor.cmdline_file).parent.as_posix()
     _write(bootfs / "cmdline.txt", cmdline(recipe, disk_id) + "\n")
+    if recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("board") == "pi5":
+        # Raspberry Pi OS trixie's config.txt: no kernel= (the firmware picks the board's own),
+        # auto_initramfs, model sections and a closing [all] (docs/testing.md, "Hostile twins").
+        _write(bootfs / "config.txt", PI_OS_CONFIG_TXT)
+        return
     if slot == ".":
         # A Pi boot partition has config.txt; the harness reads it like the firmware (its
         # defaults: vmlinuz, initrd.img, cmdline.txt, no prefix), and nothing here sets any.

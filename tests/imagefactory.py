@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 from ceil.catalog import Flavor
+# Raspberry Pi OS trixie's config.txt, as the Pi OS twin has it (one copy).
+from testbed.rootfs import PI_OS_CONFIG_TXT as RASPIOS_CONFIG_TXT
 
 MiB = 1024 * 1024
 
@@ -81,30 +83,6 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
                            check=True, env=env)
     return path
 
-
-# The shape of Raspberry Pi OS trixie's config.txt (settings, then model sections, then [all]).
-RASPIOS_CONFIG_TXT = """\
-# For more options and information see
-# http://rptl.io/configtxt
-dtparam=audio=on
-camera_auto_detect=1
-display_auto_detect=1
-auto_initramfs=1
-dtoverlay=vc4-kms-v3d
-max_framebuffers=2
-disable_fw_kms_setup=1
-arm_64bit=1
-disable_overscan=1
-arm_boost=1
-
-[cm4]
-otg_mode=1
-
-[cm5]
-dtoverlay=dwc2,dr_mode=host
-
-[all]
-"""
 
 
 def blockmap_problems(img: Path, output: dict) -> list[str]:

@@ -161,6 +161,76 @@ def test_the_firmware_reads_config_txt_for_slots_and_tryboot():
     assert vm.firmware_choice(UBUNTU_SLOTS_CONFIG, tryboot=True).cmdline == "new/cmdline.txt"
 
 
+PI_OS_FILES = {"config.txt", "cmdline.txt", "kernel_2712.img", "initramfs_2712", "kernel8.img", "initramfs8"}
+
+
+def test_the_pi5_firmware_boots_the_16k_kernel_unless_a_nodes_config_txt_names_the_4k_one(ssh_pubkey):
+    """The Pi OS twin plays a Pi 5: the firmware's own kernel_2712.img (16K pages on arm64) with
+    auto_initramfs's initramfs_2712 where config.txt names none; ceil's [pi5] section on a node
+    picks kernel8.img and initramfs8; a generic board ignores [pi5]."""
+    from ceil.bakery import config_txt_section
+    from ceil.catalog import load_flavor
+    from ceil.config.loading import parse_cluster
+    from testbed.rootfs import PI_OS_CONFIG_TXT
+
+    card = vm.firmware_choice(PI_OS_CONFIG_TXT, board="pi5", present=PI_OS_FILES)
+    assert card == vm.BootAssets("kernel_2712.img", "initramfs_2712", "cmdline.txt", "")
+    older = vm.firmware_choice(PI_OS_CONFIG_TXT, board="pi5", present=PI_OS_FILES - {"kernel_2712.img"})
+    assert (older.kernel, older.initrd) == ("kernel8.img", "initramfs8")
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{ssh_pubkey}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n",
+                            "cluster.yaml")
+    for flavor in ("testbed-raspios", "raspios-trixie"):
+        node = PI_OS_CONFIG_TXT + config_txt_section(cluster, "one", load_flavor(flavor))
+        assert vm.firmware_choice(node, board="pi5", present=PI_OS_FILES) == vm.BootAssets(
+            "kernel8.img", "initramfs8", "cmdline.txt", "")
+        assert vm.firmware_choice(node, present=PI_OS_FILES).kernel == "vmlinuz"  # no [pi5] on another board
+    assert config_txt_section(cluster, "router", load_flavor("testbed-raspios")) == ""
+    # Strict: a kernel named without its initramfs gets none by name (initrd.img, absent: no boot).
+    bare_name = PI_OS_CONFIG_TXT + "[pi5]\nkernel=kernel8.img\n[all]\n"
+    assert vm.firmware_choice(bare_name, board="pi5", present=PI_OS_FILES).initrd == "initrd.img"
+
+
+@pytest.mark.parametrize("arch", ["arm64", "amd64"])
+def test_the_pi_os_twins_boot_partition_is_laid_out_as_pi_os_lays_it_out(tmp_path, arch):
+    """kernel_2712.img is the 16K-page kernel where the arch has one (arm64), kernel8.img the 4K
+    one, each with its initramfs; no vmlinuz; config.txt as Pi OS ships it (no kernel=)."""
+    from testbed import rootfs
+
+    r = recipe.load("testbed-raspios", arch)
+    assert ("linux-image-arm64-16k" in r.packages()) == (arch == "arm64")
+    root, boot = tmp_path / "root", tmp_path / "boot"
+    (root / "boot").mkdir(parents=True)
+    flavors = ["6.12.57+deb13-arm64", "6.12.57+deb13-arm64-16k"] if arch == "arm64" else ["6.12.57+deb13-amd64"]
+    for v in flavors:
+        (root / "boot" / f"vmlinuz-{v}").write_text(f"kernel {v}")
+        (root / "boot" / f"initrd.img-{v}").write_text(f"initrd {v}")
+    facts = rootfs.stage_kernels(r, root, boot)
+    rootfs.write_boot_files(r, boot, "c0ffee01")
+    pi5 = flavors[-1]
+    assert facts == {"kernel": flavors[0], "pi5_kernel": pi5}
+    assert {p.name: p.read_text() for p in boot.iterdir() if p.name not in ("cmdline.txt", "config.txt")} == {
+        "kernel8.img": f"kernel {flavors[0]}", "initramfs8": f"initrd {flavors[0]}",
+        "kernel_2712.img": f"kernel {pi5}", "initramfs_2712": f"initrd {pi5}"}
+    assert (boot / "config.txt").read_text() == rootfs.PI_OS_CONFIG_TXT and "kernel=" not in rootfs.PI_OS_CONFIG_TXT
+    card = vm.firmware_choice(rootfs.PI_OS_CONFIG_TXT, board="pi5", present={p.name for p in boot.iterdir()})
+    assert (boot / card.kernel).read_text() == f"kernel {pi5}" and (boot / card.initrd).read_text() == f"initrd {pi5}"
+
+
+def test_a_pi5_guest_on_arm64_has_the_pi5s_core(tmp_path, monkeypatch):
+    """QEMU's cortex-a72 has no 16K-page granule; the Pi 5's Cortex-A76 does."""
+    monkeypatch.setattr(vm, "read_boot_files", lambda image, dest, *a: (dest / "vmlinuz", dest / "initrd.img", ""))
+    monkeypatch.setattr(vm, "firmware_assets", lambda *a: vm.BootAssets())
+    cpus = {}
+    for board in (None, "pi5"):
+        g = vm.Guest("one", tmp_path / "disk.img", "arm64", tmp_path, lan=None, board=board)
+        try:
+            cmd = g.command()
+        finally:
+            g._bootdir.rmdir()
+        cpus[board] = cmd[cmd.index("-cpu") + 1]
+    assert cpus == {None: "cortex-a72", "pi5": "cortex-a76"}
+
+
 @needs
 def test_a_tryboot_reboot_boots_the_pending_slot_once(tmp_path, monkeypatch):
     """The slot twin's boot partition as testbed/rootfs.py lays it out; the guest's reboot with

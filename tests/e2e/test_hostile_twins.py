@@ -69,3 +69,19 @@ def test_a_card_booted_after_its_bake_waits_for_network_time_before_apt(machines
             seen.append(f"{name}: packages {steps[name]}\n{clock}")
         pytest.fail("no machine's apt refused the archive signed after the bake: the twin did not bite\n"
                     + harness + "\n" + "\n".join(seen))
+
+
+def test_on_the_pi5_twin_nodes_boot_the_4k_page_kernel_and_the_router_the_boards_own(cluster):
+    """The Pi OS twin plays a Pi 5 (its firmware boots kernel_2712.img, 16K pages on arm64): the
+    nodes' config.txt, as ceil baked it, makes the firmware boot kernel8.img with initramfs8,
+    while the router keeps the board's own (kubernetes.pi5_page_size, docs/hardware.md). The
+    pages themselves are checked by test_hardware.py, on real Pis too."""
+    from ceil_e2e import session
+
+    c = session.active()
+    if c is None or c.testbed.manifest.get("twin", {}).get("board") != "pi5":
+        pytest.skip(f"{cluster.flavor} does not stand in for a Pi 5")
+    booted = {name: (m.guest.assets.kernel, m.guest.assets.initrd) for name, m in c.machines.items()}
+    want = {name: ("kernel_2712.img", "initramfs_2712") if name == "router" else ("kernel8.img", "initramfs8")
+            for name in booted}
+    assert booted == want

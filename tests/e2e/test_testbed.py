@@ -122,3 +122,18 @@ def test_the_pi_os_twin_grows_its_root_and_reboots_before_cloud_init(bare):
     assert "resize" not in host.file(f"{parts.boot.mount}/cmdline.txt").content_string.split()
     size_gib = int(host.check_output("df --output=size -B1G / | tail -1"))
     assert size_gib >= 6, f"root is {size_gib} GiB: not grown to the 8 GiB disk"
+
+
+def test_the_pi_os_twin_boots_as_a_pi5_does(bare):
+    """Hostile twin (docs/hardware.md): a Pi 5's firmware boots Raspberry Pi OS's kernel_2712.img
+    with its initramfs_2712, and that kernel uses 16K pages, where container images linked with a
+    4K-page jemalloc abort. The twin's harness plays that firmware; on arm64 the kernel is a
+    16K-page one (amd64 has 4K pages only)."""
+    testbed = bare["testbed"]
+    if "raspios" not in testbed.manifest["flavor"]:
+        pytest.skip("only the Raspberry Pi OS twin stands in for a Pi 5")
+    host, assets = bare["host"], bare["guest"].assets
+    assert (assets.kernel, assets.initrd) == ("kernel_2712.img", "initramfs_2712"), assets
+    assert host.check_output("uname -r") == testbed.manifest["pi5_kernel"]
+    pages = int(host.check_output("getconf PAGESIZE"))
+    assert pages == (16384 if testbed.manifest["arch"] == "arm64" else 4096), pages

@@ -46,7 +46,8 @@ class BareTestbed:
             self.ssh = SshConfig(artifacts / "ssh_config", "ceil", key, [Endpoint(NAME, "127.0.0.1", port)],
                                  artifacts / "known_hosts")
             self.guest = Guest(NAME, img, arch, artifacts, lan=None, uplink=Uplink(port, self.net.guestfwds()),
-                               cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)))
+                               cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
+                               board=testbed.manifest.get("twin", {}).get("board"))
         except BaseException:
             self.close()
             raise

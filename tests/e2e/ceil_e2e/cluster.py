@@ -364,7 +364,7 @@ class TestCluster:
             g = Guest(role, img, self.arch, self.artifacts, lan=self.lan, uplink=uplink, index=i,
                       run_id=self.run_id, memory_mib=mem, cpus=cpus, segments=segments,
                       uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"),
-                      drives=self.usb_drives(role))
+                      drives=self.usb_drives(role), board=self.testbed.manifest.get("twin", {}).get("board"))
             hostname = f"{self.config.get('name', 'ceil')}-{role}"
             self.machines[role] = Machine(role, g, hostname, self.node_ip(role) if role != "router"
                                           else str(self.config.get("network", {}).get("router_ip", "10.42.0.1")))
@@ -419,7 +419,8 @@ class TestCluster:
         os.truncate(img, max(img.stat().st_size, disk_gib << 30))
         g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=index, run_id=self.run_id,
                   memory_mib=int(os.environ.get("CEIL_E2E_MEM_MIB", 1024)), cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
-                  uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"))
+                  uplink_nic=self.testbed.manifest.get("twin", {}).get("uplink_nic", "virtio"),
+                  board=self.testbed.manifest.get("twin", {}).get("board"))
         self.machines[name] = Machine(name, g, f"{self.config.get('name', 'ceil')}-{name}", ip)
         log(f"booting {name}, added after the others ({self.arch}, serial log {g.serial_log})")
         g.start()

@@ -1,6 +1,6 @@
 """One QEMU guest booted from a (baked) test-bed disk image, the way a Pi boots its SD card.
 
-Owns: the QEMU command line (TCG; arm64 `-M virt -cpu cortex-a72`, amd64 `-M q35`), reading
+Owns: the QEMU command line (TCG; arm64 `-M virt -cpu cortex-a72`, cortex-a76 for a Pi 5 twin, amd64 `-M q35`), reading
 the kernel, initrd and command line from the image's boot partition at every (re)start where
 config.txt names them (boot slots and tryboot included), like the Pi firmware does, the NICs (LAN on an L2 segment shared with the other guests; the router's
 uplink on QEMU user networking with restrict=on), the serial console log, and the life cycle:
@@ -262,26 +262,47 @@ class BootAssets:
     prefix: str = ""
 
 
-def firmware_choice(config_txt: str, tryboot: bool = False) -> BootAssets:
+# A board's own default kernels, in the firmware's order, where config.txt names none (the
+# Raspberry Pi OS twin stands in for a Pi 5: its firmware boots kernel_2712.img, the 16K-page
+# kernel, when the boot partition has one, else kernel8.img). Other guests boot vmlinuz.
+BOARD_KERNELS = {"pi5": ("kernel_2712.img", "kernel8.img")}
+# auto_initramfs=1: the initramfs named after a kernel the firmware chose by its default name.
+AUTO_INITRAMFS = {"kernel_2712.img": "initramfs_2712", "kernel8.img": "initramfs8"}
+# The Pi 5's core, which runs 16K-page kernels (QEMU's cortex-a72 has no 16K granule).
+BOARD_CPU = {"pi5": "cortex-a76"}
+
+
+def firmware_choice(config_txt: str, tryboot: bool = False, board: str | None = None,
+                    present: set[str] | None = None) -> BootAssets:
     """The boot assets config.txt names, as the Pi firmware reads it: `kernel=`, `cmdline=`,
-    `initramfs FILE followkernel` and `os_prefix=` (prepended to all three: Ubuntu 26.04's boot
-    slots), in `[all]` sections and, on a tryboot, `[tryboot]` ones. Any other filter (a Pi model)
-    never matches a QEMU guest. Without settings: vmlinuz, initrd.img, cmdline.txt, no prefix."""
-    found = {"kernel": "vmlinuz", "cmdline": "cmdline.txt", "initramfs": "initrd.img", "os_prefix": ""}
+    `initramfs FILE followkernel`, `auto_initramfs=` and `os_prefix=` (prepended to all three:
+    Ubuntu 26.04's boot slots), in `[all]` sections, on a tryboot `[tryboot]` ones, and the
+    board's own (`[pi5]` for board "pi5"); any other model filter never matches. Without a
+    `kernel=`, a board boots its default kernel that `present` (the partition's top-level file
+    names) holds, with its initramfs by name where auto_initramfs is on (for an explicitly named
+    kernel the initramfs must be named too: the strict reading, so a twin bites where a real Pi
+    might); other guests boot vmlinuz and initrd.img."""
+    found = {"kernel": None, "cmdline": "cmdline.txt", "initramfs": None, "os_prefix": "", "auto_initramfs": "0"}
     active = True
     for raw in config_txt.splitlines():
         line = raw.split("#", 1)[0].strip()
         if line.startswith("[") and line.endswith("]"):
             name = line[1:-1].strip().lower()
-            active = name == "all" or (name == "tryboot" and tryboot)
+            active = name == "all" or (name == "tryboot" and tryboot) or (board is not None and name == board)
         elif active and line.startswith("initramfs ") and len(line.split()) >= 2:
             found["initramfs"] = line.split()[1]
         elif active and "=" in line:
             key, value = (part.strip() for part in line.split("=", 1))
             if key in found:
                 found[key] = value
+    kernel, initramfs = found["kernel"], found["initramfs"]
+    if kernel is None:
+        defaults = [k for k in BOARD_KERNELS.get(board, ()) if present is not None and k in present]
+        kernel = defaults[0] if defaults else "vmlinuz"
+        if initramfs is None and found["auto_initramfs"] == "1" and kernel in AUTO_INITRAMFS:
+            initramfs = AUTO_INITRAMFS[kernel]
     p = found["os_prefix"]
-    return BootAssets(p + found["kernel"], p + found["initramfs"], p + found["cmdline"], p)
+    return BootAssets(p + kernel, p + (initramfs or "initrd.img"), p + found["cmdline"], p)
 
 
 def _fat_text(image: Path, off: int, name: str) -> str:
@@ -290,11 +311,17 @@ def _fat_text(image: Path, off: int, name: str) -> str:
     return proc.stdout.decode(errors="replace") if proc.returncode == 0 else ""
 
 
-def firmware_assets(image: Path, boot_index: int = 1, tryboot: bool = False) -> BootAssets:
+def _fat_names(image: Path, off: int) -> set[str]:
+    proc = subprocess.run(["mdir", "-b", "-i", f"{image}@@{off}", "::/"], capture_output=True,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    return {line.rstrip("/").rsplit("/", 1)[-1] for line in proc.stdout.decode(errors="replace").splitlines()}
+
+
+def firmware_assets(image: Path, boot_index: int = 1, tryboot: bool = False, board: str | None = None) -> BootAssets:
     """The firmware's choice for this image: config.txt, or tryboot.txt on a tryboot if there is one."""
     off, _ = partition_offset(image, boot_index)
     config = (_fat_text(image, off, "tryboot.txt") if tryboot else "") or _fat_text(image, off, "config.txt")
-    return firmware_choice(config, tryboot)
+    return firmware_choice(config, tryboot, board, _fat_names(image, off) if board else None)
 
 
 def read_boot_files(image: Path, dest: Path, boot_index: int = 1,
@@ -341,6 +368,7 @@ class Guest:
         segments: tuple[Lan, ...] = (),
         uplink_nic: str = "virtio",
         drives: tuple[Path, ...] = (),
+        board: str | None = None,
     ):
         self.name = name
         self.image = image
@@ -360,6 +388,9 @@ class Guest:
         if uplink_nic not in ("virtio", "usb-net"):
             raise GuestError(f"{name}: unknown uplink NIC type {uplink_nic!r}")
         self.uplink_nic = uplink_nic
+        # The Pi model the firmware stand-in plays ("pi5": [pi5] sections, its default kernels and,
+        # on arm64, its core); the test bed's manifest says which. None: a generic board.
+        self.board = board
         # USB mass storage (thumb drives, as QEMU usb-storage on the xHCI controller): the guest
         # sees /dev/sda, /dev/sdb, ... as a Pi does, its own disk being virtio (vda), not SCSI.
         self.drives = tuple(drives)
@@ -384,14 +415,17 @@ class Guest:
 
     # -- command line -------------------------------------------------------------------------
     def command(self) -> list[str]:
-        self.assets = assets = firmware_assets(self.image, self.boot_index, self._tryboot)
+        self.assets = assets = firmware_assets(self.image, self.boot_index, self._tryboot, self.board)
         kernel, initrd, line = read_boot_files(self.image, self._bootdir, self.boot_index, assets)
         # A Pi's firmware tells the OS it is a tryboot in the device tree (/chosen/bootloader/
         # tryboot); QEMU's virt machine has no such node, so the twin reads this word instead.
         tryboot = TRYBOOT_MARK if self._tryboot else ""
         append = " ".join(filter(None, (line, TCG_APPEND, tryboot, self.extra_append)))
+        qemu = list(QEMU[self.arch])
+        if self.arch == "arm64" and self.board in BOARD_CPU:
+            qemu[qemu.index("-cpu") + 1] = BOARD_CPU[self.board]
         cmd = [
-            *QEMU[self.arch],
+            *qemu,
             "-accel", "tcg,thread=multi",
             "-smp", str(self.cpus), "-m", str(self.memory_mib),
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
