@@ -100,18 +100,20 @@ def verify_base(ctx: BakeContext) -> None:
         ctx.boot, ctx.root = inspect_base(ctx.flavor, ctx.base)
 
 
-def check_base_image(flavor: Flavor, base_image_arg: Path | None, any_base_image: bool) -> None:
+def check_base_image(flavor: Flavor, base_image_arg: Path | None, any_base_image: bool,
+                     cluster: Cluster, roles: list[str]) -> None:
     """The base every role is baked from, fetched and inspected once before any image is written:
     with --all, a base that is not the flavor's OS failed at the first node, after the router's
     image was written."""
-    inspect_base(flavor, resolve_base(flavor, base_image_arg, any_base_image))
+    base = resolve_base(flavor, base_image_arg, any_base_image)
+    boot, _ = inspect_base(flavor, base)
+    check_pi5_kernel(cluster, roles, flavor, base, boot)
 
 
 def inspect_base(flavor: Flavor, base: BaseImage) -> tuple[Partition, Partition]:
     """The boot and root partitions of `base`, once it is shown to be the OS release `flavor` is
     written for: its partition labels, cloud-init, the release its os-release names, the Python
-    PiWatch's wheels are bundled for, the kernel command line where the flavor edits it and a Pi
-    5's 4K-page kernel where the flavor boots it (kubernetes.pi5_page_size). A
+    PiWatch's wheels are bundled for, and the kernel command line where the flavor edits it. A
     wrong one is refused with what the image is and the flavor to use: Ubuntu 24.04 and 26.04
     images carry the same labels, and the wrong one baked without a word."""
     st = base.path.stat()
@@ -156,14 +158,21 @@ def _inspected(flavor_name: str, path: Path, source: str, ino: int, size: int, m
     if flavor.cmdline and read_file(base.path, flavor.cmdline, offset=boot.start) is None:
         raise CeilError(f"{base.source}: its boot partition has no {flavor.cmdline}, where flavor {flavor.name} keeps"
                         f" the kernel command line (k3s needs the memory cgroup set there); {fix}")
-    if flavor.pi5_4k_kernel:
-        pi5 = flavor.pi5_4k_kernel
-        missing = missing_files(base.path, ["config.txt", pi5.kernel, pi5.initramfs], offset=boot.start)
-        if missing:
-            # Naming a kernel the card lacks would leave a Pi 5 node with nothing to boot.
-            raise CeilError(f"{base.source}: its boot partition has no {', '.join(missing)}, where flavor {flavor.name}"
-                            f" has a Pi 5 node boot its 4K-page kernel (kubernetes.pi5_page_size); {fix}")
     return boot, root
+
+
+def check_pi5_kernel(cluster: Cluster, roles: list[str], flavor: Flavor, base: BaseImage, boot: Partition) -> None:
+    """Where a node's config.txt will name the image's 4K-page kernel for a Pi 5, the base must
+    have it, its initramfs and config.txt: a Pi 5 node would otherwise have nothing to boot."""
+    if not any(config_txt_section(cluster, role, flavor) for role in roles):
+        return
+    pi5 = flavor.pi5_4k_kernel
+    missing = missing_files(base.path, ["config.txt", pi5.kernel, pi5.initramfs], offset=boot.start)
+    if missing:
+        raise CeilError(f"{base.source}: its boot partition has no {', '.join(missing)}, where flavor {flavor.name}"
+                        f" has a Pi 5 node boot its 4K-page kernel ({pi5.kernel}, kubernetes.pi5_page_size: 4k):"
+                        f" set kubernetes.pi5_page_size: 16k in cluster.yaml to keep the image's own kernel, or use"
+                        f" the image images/{flavor.name}.yaml names")
 
 
 def installed_packages(dpkg_status: str) -> dict[str, str]:
@@ -286,9 +295,12 @@ def config_txt_section(cluster: Cluster, role: str, flavor: Flavor) -> str:
     boot = flavor.pi5_4k_kernel
     if role == "router" or boot is None or cluster.kubernetes.pi5_page_size != "4k":
         return ""
-    # The initramfs is named too: auto_initramfs matches it by the kernel's default name only.
+    # [all] first: a filter of another kind left open at the file's end (a [tryboot], a [gpioN=]) would
+    # otherwise combine with [pi5]. The initramfs is named, and auto_initramfs off for it: with
+    # auto_initramfs=1 and kernel=kernel8.img a Pi 5 was seen loading the wrong initramfs
+    # (raspberrypi/firmware#1965, whose working fix is exactly these two lines).
     return (f"\n# ceil: a Pi 5 node boots the 4K-page kernel (kubernetes.pi5_page_size: 4k)\n"
-            f"[pi5]\nkernel={boot.kernel}\ninitramfs {boot.initramfs} followkernel\n[all]\n")
+            f"[all]\n[pi5]\nkernel={boot.kernel}\nauto_initramfs=0\ninitramfs {boot.initramfs} followkernel\n[all]\n")
 
 
 def edit_config_txt(ctx: BakeContext) -> None:

@@ -146,7 +146,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    check_base_image(flavor, base_image, any_base_image)  # last: it may download the image
+    check_base_image(flavor, base_image, any_base_image, cluster, chosen)  # last: it may download the image
     with store.held():
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(out_dir)

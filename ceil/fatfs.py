@@ -34,13 +34,11 @@ def read_file(image: Path, path: str, offset: int = 0) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def missing_files(image: Path, paths: list[str], offset: int = 0) -> list[str]:
-    """Those of `paths` (files in the FAT's top folder) that are not there, read from one listing
-    instead of each file's bytes (a kernel is tens of MB)."""
-    target = f"{image}@@{offset}" if offset else str(image)
-    result = subprocess.run(["mdir", "-b", "-i", target, "::/"], env=ENV, capture_output=True)
-    present = {line.rstrip("/").rsplit("/", 1)[-1].lower() for line in result.stdout.decode(errors="replace").splitlines()}
-    return [p for p in paths if p.lower() not in present]
+def missing_files(image: Path, names: list[str], offset: int = 0) -> list[str]:
+    """Those of `names` (files in the FAT's top folder) that are not there, from one listing
+    instead of each file's bytes (a kernel is tens of MB). FAT names are case-insensitive."""
+    present = {name.lower() for name in list_dir(image, offset=offset)}
+    return [n for n in names if n.lower() not in present]
 
 
 def write_file(image: Path, path: str, data: bytes, tmpdir: Path) -> None:
@@ -59,9 +57,12 @@ def put_tree(image: Path, src: Path, dest: str) -> None:
         _run(["mcopy", "-s", "-o", "-i", str(image), *entries, f"::/{dest}/"], image)
 
 
-def list_dir(image: Path, path: str = "") -> list[str]:
-    result = _run(["mdir", "-b", "-i", str(image), f"::/{path}"], image)
-    return [line.rsplit("/", 1)[-1] for line in result.stdout.decode().splitlines() if line.strip()]
+def list_dir(image: Path, path: str = "", offset: int = 0) -> list[str]:
+    """The names in a folder of the FAT image (or of the FAT `offset` bytes into a disk image)."""
+    target = f"{image}@@{offset}" if offset else str(image)
+    result = _run(["mdir", "-b", "-i", target, f"::/{path}"], image)
+    return [line.rstrip("/").rsplit("/", 1)[-1] for line in result.stdout.decode(errors="replace").splitlines()
+            if line.strip()]
 
 
 def append_cmdline(current: bytes, flags: list[str], replace: tuple[str, ...] = ()) -> bytes:

@@ -5,7 +5,7 @@ layout_disk (the image, atomic rename into the cache), then build_repo (the role
 own atomic rename). The result lives in ${CEIL_CACHE:-~/.cache/ceil}/testbed/<flavor>-<arch>-<key>/:
 
     image.img        sparse MBR disk image laid out like the mimicked flavor
-    vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files (those it has), for direct boot
+    vmlinuz, initrd.img, cmdline.txt   copies of the boot partition's files (the Pi OS twin: cmdline.txt only)
     manifest.json    key, flavor, arch, suite, kernel, timings, sizes
     packages.txt     every package installed in the image, with versions
     dpkg-status      the image's dpkg status (the repository is resolved against it)
@@ -63,14 +63,6 @@ class Testbed:
     @property
     def image(self) -> Path:
         return self.dir / "image.img"
-
-    @property
-    def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initrd(self) -> Path:
-        return self.dir / "initrd.img"
 
     @property
     def repo(self) -> Path:
@@ -190,9 +182,11 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
     with _step("layout_disk", timings):
         disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
         slot = Path(recipe.flavor.cmdline_file).parent
+        pi_os_names = recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("board") == "pi5"
         for name in rootfs.BOOT_ASSETS:
-            if (bootfs / slot / name).is_file():  # a Pi OS-like partition has kernel8.img etc. instead
-                shutil.copyfile(bootfs / slot / name, tmp / name)
+            if pi_os_names and name != "cmdline.txt":
+                continue  # kernel8.img, kernel_2712.img and their initramfs instead (rootfs.stage_kernels)
+            shutil.copyfile(bootfs / slot / name, tmp / name)
     remove_tree(root)
     remove_tree(bootfs)
     st = (tmp / "image.img").stat()

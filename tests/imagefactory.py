@@ -84,7 +84,6 @@ def make_base_image(path: Path, flavor: Flavor, boot_mib: int = 64, root_mib: in
     return path
 
 
-
 def blockmap_problems(img: Path, output: dict) -> list[str]:
     """What is wrong with a manifest's block map of `img` (its "output" entry): a range whose bytes
     do not hash to its digest, or non-zero bytes outside every range, which `flash` would never

@@ -279,9 +279,13 @@ def firmware_choice(config_txt: str, tryboot: bool = False, board: str | None = 
     Ubuntu 26.04's boot slots), in `[all]` sections, on a tryboot `[tryboot]` ones, and the
     board's own (`[pi5]` for board "pi5"); any other model filter never matches. Without a
     `kernel=`, a board boots its default kernel that `present` (the partition's top-level file
-    names) holds, with its initramfs by name where auto_initramfs is on (for an explicitly named
-    kernel the initramfs must be named too: the strict reading, so a twin bites where a real Pi
-    might); other guests boot vmlinuz and initrd.img."""
+    names) holds, with its initramfs by name where auto_initramfs is on. For a kernel config.txt
+    names, the initramfs must be named too: stricter than Raspberry Pi's documentation ("the same
+    rules as the kernel selection"), on purpose, since a Pi 5 was seen loading the wrong one there
+    (raspberrypi/firmware#1965): the twin fails where a real Pi might. Other guests boot vmlinuz
+    and initrd.img. A board with os_prefix is not modelled (no twin has both)."""
+    if board is not None and "os_prefix" in config_txt:
+        raise ValueError("firmware_choice: os_prefix on a board with default kernels is not modelled")
     found = {"kernel": None, "cmdline": "cmdline.txt", "initramfs": None, "os_prefix": "", "auto_initramfs": "0"}
     active = True
     for raw in config_txt.splitlines():
@@ -314,7 +318,8 @@ def _fat_text(image: Path, off: int, name: str) -> str:
 def _fat_names(image: Path, off: int) -> set[str]:
     proc = subprocess.run(["mdir", "-b", "-i", f"{image}@@{off}", "::/"], capture_output=True,
                           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
-    return {line.rstrip("/").rsplit("/", 1)[-1] for line in proc.stdout.decode(errors="replace").splitlines()}
+    # FAT names are case-insensitive: compared in lower case (BOARD_KERNELS are).
+    return {line.rstrip("/").rsplit("/", 1)[-1].lower() for line in proc.stdout.decode(errors="replace").splitlines()}
 
 
 def firmware_assets(image: Path, boot_index: int = 1, tryboot: bool = False, board: str | None = None) -> BootAssets:
