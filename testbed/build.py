@@ -182,7 +182,7 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
     with _step("layout_disk", timings):
         disk.build(tmp / "image.img", layout, recipe.flavor.boot_label, bootfs, recipe.flavor.root_label, root)
         slot = Path(recipe.flavor.cmdline_file).parent
-        pi_os_names = recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("board") == "pi5"
+        pi_os_names = recipe.twin.get("board") == "pi5"
         for name in rootfs.BOOT_ASSETS:
             if pi_os_names and name != "cmdline.txt":
                 continue  # kernel8.img, kernel_2712.img and their initramfs instead (rootfs.stage_kernels)
@@ -199,7 +199,7 @@ def _build_image(recipe: Recipe, tmp: Path) -> None:
         **({"pi5_kernel": facts["pi5_kernel"]} if "pi5_kernel" in facts else {}),  # kernel_2712.img's
         "cmdline": rootfs.cmdline(recipe, layout.disk_id),
         # Hostile facts the harness must reproduce outside the image (e.g. the uplink NIC type).
-        "twin": {k: v for k, v in recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).items()
+        "twin": {k: v for k, v in recipe.twin.items()
                  if k in ("uplink_nic", "board")},
         "disk_id": layout.disk_id,
         "image_bytes": st.st_size,

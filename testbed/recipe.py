@@ -108,8 +108,13 @@ class Recipe:
                 f"(flavor {self.flavor.name}); known: {', '.join(self.data['network'])}"
             ) from None
 
+    @property
+    def twin(self) -> dict:
+        """The facts of the mimicked image recipe.yaml lists for this flavor's family (`flavors:`)."""
+        return self.data.get("flavors", {}).get(self.flavor.family, {})
+
     def packages(self) -> list[str]:
-        kernel_16k = self.data.get("flavors", {}).get(self.flavor.family, {}).get("kernel_16k", {}).get(self.arch)
+        kernel_16k = self.twin.get("kernel_16k", {}).get(self.arch)
         return [*self.data["packages"], self.data["kernel"][self.arch], *([kernel_16k] if kernel_16k else []),
                 *self.net["packages"]]
 

@@ -40,7 +40,7 @@ def mmdebstrap(recipe: Recipe, root: Path, logfile: Path) -> None:
     # after the essential packages, before the kernel's postinst builds the initramfs (once).
     fstab = shlex.quote(fstab_text(recipe))
     essential = f'printf %s {fstab} > "$1/etc/fstab"'
-    if recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("builtin_nic_keeps_kernel_name"):
+    if recipe.twin.get("builtin_nic_keeps_kernel_name"):
         # Before the initramfs is built: it carries /etc/systemd/network/*.link and names NICs.
         link = shlex.quote(BUILTIN_NIC_LINK)
         essential += f' && mkdir -p "$1/etc/systemd/network" && printf %s {link} > "$1/etc/systemd/network/{BUILTIN_NIC_LINK_NAME}"'
@@ -173,20 +173,20 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
             root / "etc/systemd/system/cloud-init-local.service.d/10-boot-firmware.conf",
             f"[Unit]\nRequiresMountsFor={fl.boot_mount}\n",
         )
-    boundary = recipe.data.get("flavors", {}).get(fl.family, {}).get("cloud_init_deprecation_boundary")
+    boundary = recipe.twin.get("cloud_init_deprecation_boundary")
     if boundary:
         features = next((root / "usr/lib/python3/dist-packages/cloudinit").glob("features.py"), None)
         text = features.read_text() if features else ""
         if 'DEPRECATION_INFO_BOUNDARY = "devel"' not in text:
             raise RuntimeError("cloud-init's features.py has no DEPRECATION_INFO_BOUNDARY to patch: recipe out of date?")
         features.write_text(text.replace('DEPRECATION_INFO_BOUNDARY = "devel"', f'DEPRECATION_INFO_BOUNDARY = "{boundary}"'))
-    for gen in recipe.data.get("flavors", {}).get(fl.family, {}).get("mask_generators", []):
+    for gen in recipe.twin.get("mask_generators", []):
         # A generator the mimicked image does not have, which runs at every daemon-reload.
         link = root / "etc/systemd/system-generators" / gen
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to("/dev/null")
-    facts = recipe.data.get("flavors", {}).get(fl.family, {})
+    facts = recipe.twin
     for unit in facts.get("disable_units", []):
         subprocess.run(["systemctl", f"--root={root}", "disable", unit], check=True, capture_output=True)
         if any((root / "etc/systemd/system").glob(f"*.wants/{unit}")):
@@ -210,7 +210,6 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
 def stage_kernels(recipe: Recipe, root: Path, bootfs: Path) -> dict:
     """The boot partition's kernels and initrds, named as the mimicked image names them; the
     harness boots these directly, as the Pi firmware would. Returns the manifest's kernel facts."""
-    facts = recipe.data.get("flavors", {}).get(recipe.flavor.family, {})
     bootfs.mkdir(parents=True, exist_ok=True)
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     by_pages = {"16k" if k.name.endswith("-16k") else "4k": k for k in kernels}
@@ -222,7 +221,7 @@ def stage_kernels(recipe: Recipe, root: Path, bootfs: Path) -> dict:
         if not initrds[pages].is_file():
             raise RuntimeError(f"kernel {kernel.name} has no initrd ({initrds[pages]}): initramfs-tools missing?")
     version = by_pages["4k"].name.removeprefix("vmlinuz-")
-    if facts.get("board") == "pi5":
+    if recipe.twin.get("board") == "pi5":
         # Raspberry Pi OS's names: the Pi 5's kernel_2712.img (16K pages where the arch has them)
         # and the Pi 3/4's kernel8.img, each with its initramfs; no vmlinuz.
         pi5 = "16k" if "16k" in by_pages else "4k"
@@ -496,7 +495,7 @@ def write_boot_files(recipe: Recipe, bootfs: Path, disk_id: str) -> None:
     into current/ and a copy into a pending new/, so the first boot is a double boot."""
     slot = Path(recipe.flavor.cmdline_file).parent.as_posix()
     _write(bootfs / "cmdline.txt", cmdline(recipe, disk_id) + "\n")
-    if recipe.data.get("flavors", {}).get(recipe.flavor.family, {}).get("board") == "pi5":
+    if recipe.twin.get("board") == "pi5":
         # Raspberry Pi OS trixie's config.txt: no kernel= (the firmware picks the board's own),
         # auto_initramfs, model sections and a closing [all] (docs/testing.md, "Hostile twins").
         _write(bootfs / "config.txt", PI_OS_CONFIG_TXT)
