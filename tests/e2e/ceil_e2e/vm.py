@@ -309,15 +309,24 @@ def firmware_choice(config_txt: str, tryboot: bool = False, board: str | None = 
     return BootAssets(p + kernel, p + (initramfs or "initrd.img"), p + found["cmdline"], p)
 
 
+def _fat_text(image: Path, off: int, name: str) -> str:
+    proc = subprocess.run(["mtype", "-i", f"{image}@@{off}", f"::{name}"], capture_output=True,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    return proc.stdout.decode(errors="replace") if proc.returncode == 0 else ""
+
+
+def _fat_names(image: Path, off: int) -> set[str]:
+    proc = subprocess.run(["mdir", "-b", "-i", f"{image}@@{off}", "::/"], capture_output=True,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    # FAT names are case-insensitive: compared in lower case (BOARD_KERNELS are).
+    return {line.rstrip("/").rsplit("/", 1)[-1].lower() for line in proc.stdout.decode(errors="replace").splitlines()}
+
+
 def firmware_assets(image: Path, boot_index: int = 1, tryboot: bool = False, board: str | None = None) -> BootAssets:
     """The firmware's choice for this image: config.txt, or tryboot.txt on a tryboot if there is one."""
-    from ceil.fatfs import list_dir, read_file
-
     off, _ = partition_offset(image, boot_index)
-    config = ((read_file(image, "tryboot.txt", off) if tryboot else None) or read_file(image, "config.txt", off) or b"")
-    # FAT names are case-insensitive: compared in lower case (BOARD_KERNELS are).
-    present = {name.lower() for name in list_dir(image, offset=off)} if board else None
-    return firmware_choice(config.decode(errors="replace"), tryboot, board, present)
+    config = (_fat_text(image, off, "tryboot.txt") if tryboot else "") or _fat_text(image, off, "config.txt")
+    return firmware_choice(config, tryboot, board, _fat_names(image, off) if board else None)
 
 
 def read_boot_files(image: Path, dest: Path, boot_index: int = 1,
