@@ -309,6 +309,8 @@ def firmware_choice(config_txt: str, tryboot: bool = False, board: str | None = 
     return BootAssets(p + kernel, p + (initramfs or "initrd.img"), p + found["cmdline"], p)
 
 
+# The firmware stand-in reads the card with mtools itself, not through ceil.fatfs: ceil writes
+# config.txt with those helpers, and a stand-in must not decide what it boots with the code it checks.
 def _fat_text(image: Path, off: int, name: str) -> str:
     proc = subprocess.run(["mtype", "-i", f"{image}@@{off}", f"::{name}"], capture_output=True,
                           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
@@ -318,6 +320,8 @@ def _fat_text(image: Path, off: int, name: str) -> str:
 def _fat_names(image: Path, off: int) -> set[str]:
     proc = subprocess.run(["mdir", "-b", "-i", f"{image}@@{off}", "::/"], capture_output=True,
                           env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    if proc.returncode != 0:
+        raise GuestError(f"{image}: cannot list its boot partition: {proc.stderr.decode(errors='replace').strip()}")
     # FAT names are case-insensitive: compared in lower case (BOARD_KERNELS are).
     return {line.rstrip("/").rsplit("/", 1)[-1].lower() for line in proc.stdout.decode(errors="replace").splitlines()}
 
