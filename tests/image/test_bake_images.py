@@ -209,15 +209,20 @@ def test_a_pi5_node_boots_the_4k_page_kernel_and_the_router_keeps_the_images_cho
                          f"initramfs {pi5.initramfs} followkernel", "[all]"], text
 
 
+def raspios_base_without(tmp_path: Path, ssh_pubkey: str, boot_file: str, extra_yaml: str = "") -> Path:
+    """A Raspberry Pi OS base whose boot partition lacks `boot_file`, and a cluster.yaml for it."""
+    base = make_base_image(tmp_path / "base.img", load_flavor("raspios-trixie"))
+    boot = read_mbr(base)[0].start
+    subprocess.run(["mdel", "-i", f"{base}@@{boot}", f"::/{boot_file}"], env=MT, check=True)
+    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                                           "router: {uplink: {type: ethernet}}\npiwatch: {enabled: false}\n" + extra_yaml)
+    return base
+
+
 def test_pi5_page_size_16k_leaves_config_txt_as_the_image_has_it(tmp_path, ssh_pubkey):
     """...and needs no 4K-page kernel on the base (an image made for the Pi 5 alone has none)."""
-    flavor = load_flavor("raspios-trixie")
-    base = make_base_image(tmp_path / "base.img", flavor)
-    boot = read_mbr(base)[0].start
-    subprocess.run(["mdel", "-i", f"{base}@@{boot}", f"::/{flavor.pi5_4k_kernel.kernel}"], env=MT, check=True)
-    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
-                                           "router: {uplink: {type: ethernet}}\npiwatch: {enabled: false}\n"
-                                           "kubernetes: {pi5_page_size: 16k}\nnodes: [{name: one, role: server}]\n")
+    base = raspios_base_without(tmp_path, ssh_pubkey, load_flavor("raspios-trixie").pi5_4k_kernel.kernel,
+                                "kubernetes: {pi5_page_size: 16k}\nnodes: [{name: one, role: server}]\n")
     result = run_bake("--role", "one", "--base-image", str(base), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert mtype(tmp_path / "out" / "ceil-one.img", "config.txt") == RASPIOS_CONFIG_TXT
@@ -225,12 +230,7 @@ def test_pi5_page_size_16k_leaves_config_txt_as_the_image_has_it(tmp_path, ssh_p
 
 def test_a_base_without_the_4k_page_kernel_is_refused_before_anything_is_written(tmp_path, ssh_pubkey):
     """Naming a kernel the card does not have would leave a Pi 5 node with nothing to boot."""
-    flavor = load_flavor("raspios-trixie")
-    base = make_base_image(tmp_path / "base.img", flavor)
-    boot = read_mbr(base)[0].start
-    subprocess.run(["mdel", "-i", f"{base}@@{boot}", f"::/{flavor.pi5_4k_kernel.initramfs}"], env=MT, check=True)
-    (tmp_path / "cluster.yaml").write_text(f"flavor: raspios-trixie\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
-                                           "router: {uplink: {type: ethernet}}\npiwatch: {enabled: false}\n")
+    base = raspios_base_without(tmp_path, ssh_pubkey, load_flavor("raspios-trixie").pi5_4k_kernel.initramfs)
     result = run_bake("--all", "--base-image", str(base), cwd=tmp_path)
     said = " ".join(result.stderr.split())
     assert result.returncode == 1 and "its boot partition has no initramfs8" in said, said
