@@ -69,6 +69,30 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
                "k3s set up afresh: `python bake.py status --wait 1800`, then `make nodes-show`")
 
 
+@k3s_group.command("digests")
+@click.option("--check", is_flag=True, help="Compare each digest with the release's own sha256sum file on"
+              " GitHub (needs the internet; CEIL_K3S_RELEASES names a mirror of"
+              " https://github.com/k3s-io/k3s/releases).")
+def digests_command(check: bool) -> None:
+    """The k3s releases whose binaries ceil vouches for, with their sha256 per architecture. A
+    node installs only a binary with the digest it was baked with: one of these for
+    kubernetes.k3s_version, or kubernetes.k3s_sha256 for any other release or build."""
+    import os
+
+    from .k3s.digests import KNOWN, RELEASES, check_published
+
+    if not check:
+        for version, arches in KNOWN.items():
+            for arch, digest in arches.items():
+                click.echo(f"{version:<16} {arch:<6} {digest}")
+        return
+    findings = check_published(os.environ.get("CEIL_K3S_RELEASES") or RELEASES)
+    for what, ok, message in findings:
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {what:<22} {message}")
+    if not all(ok for _, ok, _ in findings):
+        raise CeilError("a digest ceil ships is not what the release publishes: see FAIL above")
+
+
 @k3s_group.command("upgrade")
 @cluster_options
 @click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `bake.py ssh`).")

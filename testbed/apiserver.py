@@ -4,8 +4,9 @@ Why not k3s itself: the Go module proxy these machines reach refuses github.com/
 (`go mod download github.com/k3s-io/k3s@<pseudo-version>`: "403 Forbidden ... This module version
 is not available"), and no k3s release asset can be downloaded here. What it does serve are the
 upstream pieces k3s packages, so the fast layer runs those: `kube-apiserver` and
-`kube-controller-manager` from k8s.io/kubernetes at the Kubernetes version of ceil's default
-`kubernetes.k3s_version` (v1.36.1+k3s1 -> v1.36.1), kine (the etcd shim k3s uses for its SQLite
+`kube-controller-manager` from k8s.io/kubernetes at the Kubernetes version of the k3s release
+the test bed plays (STAND_IN_K3S, v1.36.1+k3s1 -> v1.36.1; the same minor release as ceil's
+default `kubernetes.k3s_version`), kine (the etcd shim k3s uses for its SQLite
 datastore) and k3s's helm-controller at the version that k3s release embeds. What k3s adds on
 top (its supervisor and /cacerts, token joins, node passwords, the kubelet, flannel) is not in
 this build, and no test claims it is.
@@ -40,15 +41,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ceil.config.schema import Kubernetes
 
 from .cache import atomic_dir, lock
 from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("apiserver")
 
-# What each k3s release embeds, from its release notes ("Embedded Component Versions"); the
-# default k3s_version must have a row (a unit test checks), so a new default brings its pieces.
+# The k3s release the test bed's control plane and k3s stand-in play. Not ceil's default
+# kubernetes.k3s_version: the nodes install only a k3s binary with a digest ceil vouches for, and
+# the stand-in is no such binary, so the QEMU suite's cluster.yaml names this version and pins the
+# stand-in's own digest (kubernetes.k3s_sha256), as a user with a build of their own would. A unit
+# test keeps it on the default's Kubernetes minor release, whose API the add-ons are checked against.
+STAND_IN_K3S = "v1.36.1+k3s1"
+# What each k3s release embeds, from its release notes ("Embedded Component Versions");
+# STAND_IN_K3S must have a row (a unit test checks), so a new one brings its pieces.
 K3S_COMPONENTS = {
     # https://github.com/k3s-io/k3s/releases/tag/v1.36.1+k3s1: Kine v0.15.0, Helm-controller v0.17.1.
     # The module proxy refuses kine v0.15.0 (403), so the newest kine it serves stands in: the
@@ -70,7 +76,7 @@ class BuildError(RuntimeError):
 
 def kubernetes_version(k3s_version: str | None = None) -> str:
     """The Kubernetes release inside a k3s release: v1.36.1+k3s1 -> v1.36.1."""
-    version = k3s_version or Kubernetes().k3s_version
+    version = k3s_version or STAND_IN_K3S
     return version.split("+", 1)[0]
 
 
@@ -128,7 +134,7 @@ def cache_root() -> Path:
 
 
 def recipe(k3s_version: str | None = None) -> Recipe:
-    version = k3s_version or Kubernetes().k3s_version
+    version = k3s_version or STAND_IN_K3S
     if version not in K3S_COMPONENTS:
         raise BuildError(f"testbed/apiserver.py K3S_COMPONENTS has no row for k3s {version}: add the kine and"
                          f" helm-controller versions from that release's notes")

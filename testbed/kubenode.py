@@ -5,8 +5,9 @@ says how), so the nodes of the QEMU suite cannot run k3s. They run the pieces k3
 instead, built here from their Go modules for the guests' architecture:
 
     kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
-                                   k8s.io/kubernetes at the default k3s release's Kubernetes
-                                   version, stamped with the k3s version (as k3s stamps its own)
+                                   k8s.io/kubernetes at the Kubernetes version of the k3s
+                                   release the test bed plays (apiserver.STAND_IN_K3S),
+                                   stamped with the k3s version (as k3s stamps its own)
     kine                           k3s's SQLite datastore shim (CGO SQLite)
     containerd, containerd-shim-runc-v2, ctr    github.com/containerd/containerd/v2
     runc                           github.com/opencontainers/runc (CGO: its nsenter is C)
@@ -39,9 +40,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from ceil.config.schema import Kubernetes
 
-from .apiserver import K3S_COMPONENTS, BuildError, _go_env, _run, build_kubernetes, go_version, kubernetes_version
+from .apiserver import K3S_COMPONENTS, STAND_IN_K3S, BuildError, _go_env, _run, build_kubernetes, go_version, kubernetes_version
 from .cache import atomic_dir, lock
 from .recipe import cache_root as recipe_cache_root
 
@@ -72,15 +72,15 @@ def host_arch() -> str:
 
 
 def recipe(arch: str, stamp: str | None = None) -> dict:
-    """The default k3s release's pieces; `stamp` names another k3s version of the same Kubernetes
+    """The pieces of the k3s release the test bed plays; `stamp` names another k3s version of the same Kubernetes
     release to stamp them with (an upgrade's target: the same source under another version, as
     the rolling-upgrade test needs, rebuilt in a minute or two from Go's build cache)."""
-    version = Kubernetes().k3s_version
+    version = STAND_IN_K3S
     stamp = stamp or version
     if version not in K3S_COMPONENTS:
         raise BuildError(f"testbed/apiserver.py K3S_COMPONENTS has no row for k3s {version}")
     if kubernetes_version(stamp) != kubernetes_version(version):
-        raise BuildError(f"k3s {stamp} is another Kubernetes release than the default {version}: the stand-in"
+        raise BuildError(f"k3s {stamp} is another Kubernetes release than the stand-in's {version}: it"
                          f" builds {kubernetes_version(version)} only (stamped with any k3s version of it)")
     return {"format": RECIPE_FORMAT, "k3s": stamp, "kubernetes": kubernetes_version(version),
             "kine": K3S_COMPONENTS[version]["kine"], "containerd": CONTAINERD, "runc": RUNC,

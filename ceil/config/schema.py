@@ -382,15 +382,18 @@ class DatastoreBackups(Model):
 
 
 class Kubernetes(Model):
-    k3s_version: str = Field(default="v1.36.1+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$",
-                             description="a k3s release, e.g. v1.36.1+k3s1")
+    # The default is a release whose binaries' digests ceil ships (k3s/digests.py): every node is
+    # baked with the digest it checks k3s against.
+    k3s_version: str = Field(default="v1.36.4+k3s1", pattern=r"^v\d+\.\d+\.\d+\+k3s\d+$",
+                             description="a k3s release, e.g. v1.36.4+k3s1")
     # k3s's defaults (10.42.0.0/16, 10.43.0.0/16) would swallow the default LAN, so ceil moves them.
     cluster_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.52.0.0/16")
     service_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("10.53.0.0/16")
     k3s_sha256: str | None = Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
-        description="sha256 of the k3s binary; default: the release's published sha256sum file",
+        description="sha256 of the k3s binary; default: the release's published digest, which ceil"
+                    " ships for the releases it knows (python bake.py k3s digests)",
     )
     # Raspberry Pi OS boots a Pi 5 with a 16K-page kernel. arm64 container images are built and
     # tested on 4K pages, and those linked with jemalloc (built for 4K) abort at start there

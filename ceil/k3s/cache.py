@@ -3,7 +3,8 @@
 The router's root file system gets a copy of the release assets the workstation has in
 ~/.cache/ceil/k3s/<version>/ (k3s-arm64, sha256sum-arm64.txt, ...); the bake never downloads
 them. Nodes fetch http://<router>:K3S_CACHE_PORT/k3s/<version>/<asset> and verify every byte
-(k3s-install), so the cache needs no trust: a bad copy is refused, never run.
+against the digest baked into them (k3s-install), so the cache needs no trust: a bad copy is
+refused, never run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def cache_files(cluster: Cluster, arches: list[str], source: Path | None = None)
         for name, path in verified_release_files(cluster, arch, source).items():
             out[f"{CACHE_ROOT_ON_ROUTER}/k3s/{version}/{name}"] = path
     return out
+
+
+def check(cluster: Cluster, role: str) -> None:
+    """Before anything is written: the workstation's release files, if any, are the release the
+    nodes are baked to trust (a mismatch would otherwise stop the bake after other images)."""
+    from ..catalog import load_flavor
+
+    cache_files(cluster, [load_flavor(cluster.flavor).arch])
 
 
 def rootfs_files(ctx) -> dict[str, Path]:

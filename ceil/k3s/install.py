@@ -2,8 +2,8 @@
 
 Sources, in order: a bundle baked into the image (/usr/local/lib/ceil/airgap/), the router's
 cache (feature k3s-cache), the upstream GitHub release. Every source is checked against the
-digest pinned at bake time, or else against the release's sha256sum file from that source; the
-router's cache (plain HTTP on the LAN) only with a pin.
+digest baked into the node: kubernetes.k3s_sha256, or the release's published digest that ceil
+ships (digests.py). A version with neither is refused before anything is baked.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from ..catalog import load_flavor
 from ..config import Cluster
 from ..errors import CeilError
 from ..secrets import SecretStore
-from .cache import cache_url, workstation_cache
-from .release import ASSETS, parse_sums, verified_release_files
+from .cache import cache_url
+from .digests import expected_digest, pin_warning
+from .release import ASSETS, verified_release_files
 
 UPSTREAM = "https://github.com/k3s-io/k3s/releases/download"
 AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
@@ -26,18 +27,13 @@ def upstream_url(version: str) -> str:
     return f"{UPSTREAM}/{quote(version, safe='')}"
 
 
-def pinned_digest(cluster: Cluster, arch: str) -> str:
-    """What this node checks k3s against: kubernetes.k3s_sha256, else the digest of the binary in
-    the workstation's release files (verified against their sums file here, at bake time), else
-    "" (the node then takes k3s only from its baked bundle or the upstream release over HTTPS)."""
-    if cluster.kubernetes.k3s_sha256:
-        return cluster.kubernetes.k3s_sha256
-    files = verified_release_files(cluster, arch, workstation_cache(cluster.kubernetes.k3s_version))
-    if ASSETS[arch]["binary"] not in files:
-        return ""
-    # The sums file's digest: verified_release_files just hashed the binary and found it equal
-    # (hashing the ~70 MB binary a second time cost about 0.2 s per role).
-    return parse_sums(files[ASSETS[arch]["sums"]].read_text(), ASSETS[arch]["binary"])
+def check(cluster: Cluster, role: str) -> None:
+    """Before anything is written: the nodes must have a digest to check k3s against."""
+    expected_digest(cluster, load_flavor(cluster.flavor).arch)
+
+
+def warnings(cluster: Cluster, role: str) -> list[str]:
+    return [w] if (w := pin_warning(cluster, load_flavor(cluster.flavor).arch)) else []
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
@@ -45,7 +41,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     return {
         "k3s_install": {
             "version": k8s.k3s_version,
-            "sha256": pinned_digest(cluster, load_flavor(cluster.flavor).arch),
+            "sha256": expected_digest(cluster, load_flavor(cluster.flavor).arch),
             "cache_url": cache_url(cluster),
             "upstream_url": upstream_url(k8s.k3s_version),
             "airgap_dir": AIRGAP_ON_TARGET,

@@ -1,6 +1,8 @@
-"""A k3s release's files for one architecture: their names, and the check of each against the
-pinned digest or the release's sha256sum file. Shared by the node's install (air-gap bundle) and
-the router's cache, which both carry copies of the same files.
+"""A k3s release's files for one architecture: their names, and the check of each. The binary is
+checked against the digest the nodes are baked with (digests.expected_digest); the release's
+sha256sum file must list that same digest for it, and then vouches for the air-gap images beside
+it. Shared by the node's install (air-gap bundle), the router's cache and `k3s upgrade`, which all
+carry copies of the same files.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from ..config import Cluster
 from ..errors import CeilError
 from ..fetch import sha256_file
+from .digests import expected_digest
 
 # Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
 # has no suffix, and armhf's checksum and image files say "arm").
@@ -31,27 +34,30 @@ def parse_sums(text: str, asset: str) -> str | None:
 
 
 def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
-    """The release files for `arch` in `source` (a copy of the release's assets), each checked
-    against the pin or the sha256sum file next to it. {asset name: path}; empty when the binary
-    is not there. A mismatch is an error: a bad file is never baked."""
+    """The release files for `arch` in `source` (a copy of the release's assets): the binary
+    checked against the digest the nodes are baked with, the images against the sha256sum file,
+    which must agree with that digest. {asset name: path}; empty when the binary is not there. A
+    mismatch is an error: a bad file is never baked."""
     names = ASSETS[arch]
     binary = source / names["binary"]
     if not binary.is_file():
         return {}
-    sums = source / names["sums"]
-    files = {names["binary"]: binary}
-    if sums.is_file():
-        files[names["sums"]] = sums
-    expected = cluster.kubernetes.k3s_sha256 or (parse_sums(sums.read_text(), names["binary"]) if sums.is_file() else None)
-    if expected is None:
-        raise CeilError(
-            f"{binary}: no digest to check it against: set kubernetes.k3s_sha256 in cluster.yaml"
-            f" or put the release's {names['sums']} next to it"
-        )
+    expected = expected_digest(cluster, arch)
     _check(binary, expected)
+    files = {names["binary"]: binary}
+    sums = source / names["sums"]
+    if not sums.is_file():
+        return files
+    listed = parse_sums(sums.read_text(), names["binary"])
+    if listed != expected and not cluster.kubernetes.k3s_sha256:
+        raise CeilError(
+            f"{sums} lists {names['binary']} with sha256 {listed or 'nowhere'}, not the published"
+            f" {expected} of k3s {cluster.kubernetes.k3s_version}: it is not that release's sums file, so it"
+            f" cannot vouch for the images beside it; download it again from the release"
+        )
+    files[names["sums"]] = sums
     for image in sorted(source.glob(names["images"] + ".tar*")):
-        digest = parse_sums(sums.read_text(), image.name) if sums.is_file() else None
-        if digest:
+        if digest := parse_sums(sums.read_text(), image.name):
             _check(image, digest)
             files[image.name] = image
     return files

@@ -4,7 +4,7 @@ time, without re-flashing (issue 19, day two).
 The new version is the one cluster.yaml names, so a card re-flashed later is baked with it (and
 `secrets/nodes/<name>.k3s-version` refuses an older one). Its binary comes from the
 workstation's release files (~/.cache/ceil/k3s/<version>/, as for a bake) and is checked there
-against the pin or the release's sha256sum file; that digest travels with the command over SSH
+against the digest ceil ships for that release (or kubernetes.k3s_sha256); that digest travels with the command over SSH
 and the node checks the bytes it received against it, so nothing on the LAN (the router's plain
 HTTP cache included) can slip in another binary.
 
@@ -32,7 +32,7 @@ from ..compat import minor, node_baked, version_key
 from ..config import Cluster
 from ..errors import CeilError
 from .cache import CACHE_ROOT_ON_ROUTER, workstation_cache
-from .install import pinned_digest
+from .digests import expected_digest
 from .release import ASSETS, verified_release_files
 
 BIN = "/usr/local/bin/k3s"
@@ -53,6 +53,7 @@ class Release:
 def release_for(cluster: Cluster) -> Release:
     arch = load_flavor(cluster.flavor).arch
     version = cluster.kubernetes.k3s_version
+    digest = expected_digest(cluster, arch)  # a release ceil cannot vouch for is refused first
     source = workstation_cache(version)
     files = verified_release_files(cluster, arch, source)
     name = ASSETS[arch]["binary"]
@@ -61,7 +62,7 @@ def release_for(cluster: Cluster) -> Release:
             f"no k3s {version} for {arch} on this workstation: put the release's {name} and"
             f" {ASSETS[arch]['sums']} in {source} (from https://github.com/k3s-io/k3s/releases/tag/"
             f"{version.replace('+', '%2B')}), then run this again")
-    return Release(version, files[name], pinned_digest(cluster, arch), files)
+    return Release(version, files[name], digest, files)
 
 
 def upgrade_order(cluster: Cluster) -> list[str]:

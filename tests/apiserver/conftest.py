@@ -35,12 +35,16 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def workstation(tmp_path_factory, ssh_pubkey) -> Path:
     """A user's folder: cluster.yaml (default network: server one at 10.42.0.11) and secrets/."""
+    from testbed.apiserver import STAND_IN_K3S
+
     d = tmp_path_factory.mktemp("workstation")
     (d / "cluster.yaml").write_text(
         "flavor: ubuntu-24.04-raspi\n"
         f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
         "router: {uplink: {type: ethernet, interface: eth1}}\n"
         "nodes:\n  - {name: one, role: server}\n  - {name: two}\n  - {name: three}\n"
+        # The release the control plane built here plays (its kube-apiserver reports it).
+        f"kubernetes: {{k3s_version: {STAND_IN_K3S}}}\n"
     )
     return d
 

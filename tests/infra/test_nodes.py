@@ -15,7 +15,8 @@ import shlex
 import pytest
 
 from ceil.k3s.cache import CACHE_ROOT_ON_ROUTER, K3S_CACHE_PORT, cache_url
-from ceil.k3s.release import ASSETS, parse_sums
+from ceil.k3s.digests import KNOWN
+from ceil.k3s.release import ASSETS
 from ceil_infra.helpers import or_none, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -128,24 +129,23 @@ def test_registries_yaml_points_at_the_router(nodes, cluster):
         assert "BEGIN CERTIFICATE" in ca.content_string, name
 
 
-def _expected_digest(router, host, cluster) -> str:
-    if cluster.kubernetes.k3s_sha256:
-        return cluster.kubernetes.k3s_sha256
-    pinned = host.check_output("sed -n \"s/^K3S_SHA256='\\(.*\\)'$/\\1/p\" /etc/ceil/k3s-install/install.env")
-    if pinned:
-        return pinned  # what the bake pinned: the release the workstation verified
+def _expected_digest(host, cluster) -> str:
+    """What the node must run: cluster.yaml's k3s_sha256, else the release's published digest
+    (the table ceil ships). The node's own baked pin must be the same (issue 18: every node is
+    baked with the digest it checks k3s against)."""
     arch = host.check_output("dpkg --print-architecture")
-    sums = router.file(f"{CACHE_ROOT_ON_ROUTER}/k3s/{cluster.kubernetes.k3s_version}/{ASSETS[arch]['sums']}")
-    if not sums.exists:
-        pytest.skip("no pinned k3s_sha256 and no sha256sum file in the router's cache to compare with")
-    return parse_sums(sums.content_string, ASSETS[arch]["binary"])
+    expected = cluster.kubernetes.k3s_sha256 or KNOWN.get(cluster.kubernetes.k3s_version, {}).get(arch)
+    assert expected, f"k3s {cluster.kubernetes.k3s_version} for {arch}: no k3s_sha256 and no published digest"
+    pinned = host.check_output("sed -n \"s/^K3S_SHA256='\\(.*\\)'$/\\1/p\" /etc/ceil/k3s-install/install.env")
+    assert pinned == expected, f"baked with k3s digest {pinned!r}, not {expected}"
+    return expected
 
 
 def test_k3s_binary_installed_and_verified(router, nodes, cluster):
     for name, host in each_node(nodes):
         binary = host.file("/usr/local/bin/k3s")
         assert binary.exists and binary.mode == 0o755 and binary.user == "root", name
-        assert binary.sha256sum == _expected_digest(router, host, cluster), name
+        assert binary.sha256sum == _expected_digest(host, cluster), name
         assert host.file("/var/lib/ceil/done/k3s-install").exists, name
         # The install step's own record (the journal may be volatile or rotated on a Pi).
         with host.sudo():

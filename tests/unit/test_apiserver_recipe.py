@@ -19,15 +19,22 @@ replace (
 """
 
 
-def test_the_default_k3s_release_has_its_components_listed():
-    """A new default k3s_version must bring the kine and helm-controller versions it embeds."""
-    assert Kubernetes().k3s_version in apiserver.K3S_COMPONENTS
+def test_the_stand_in_release_has_its_components_listed():
+    """A new STAND_IN_K3S must bring the kine and helm-controller versions it embeds."""
+    assert apiserver.STAND_IN_K3S in apiserver.K3S_COMPONENTS
 
 
-def test_versions_follow_the_default_k3s_release():
+def test_the_stand_in_plays_the_kubernetes_minor_release_of_ceils_default():
+    """The add-ons are checked against the control plane the test bed builds: it must serve the
+    API of the Kubernetes minor release ceil's default k3s runs (a new default minor moves it)."""
+    minor = lambda v: v.split("+")[0].rsplit(".", 1)[0]  # noqa: E731
+    assert minor(apiserver.STAND_IN_K3S) == minor(Kubernetes().k3s_version)
+
+
+def test_versions_follow_the_stand_in_release():
     assert apiserver.kubernetes_version("v1.36.1+k3s1") == "v1.36.1"
     assert apiserver.staging_version("v1.36.1") == "v0.36.1"
-    assert apiserver.kubernetes_version() == Kubernetes().k3s_version.split("+")[0]
+    assert apiserver.kubernetes_version() == apiserver.STAND_IN_K3S.split("+")[0]
 
 
 def test_only_the_staging_replaces_are_pinned():

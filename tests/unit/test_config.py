@@ -457,7 +457,7 @@ def test_a_value_other_keys_are_checked_against_is_not_replaced_by_its_default_t
 def test_pydantics_own_words_are_replaced_by_what_the_key_expects():
     msg = error(BASE + "kubernetes: {k3s_version: '1.35'}\nnetwork: {router_ip: 10.42.0.300}\n")
     assert ("kubernetes.k3s_version (line 3): '1.35': does not have the form this key takes (expected: a"
-            " k3s release, e.g. v1.36.1+k3s1)") in msg
+            " k3s release, e.g. v1.36.4+k3s1)") in msg
     assert "network.router_ip (line 4): '10.42.0.300': is not an IPv4 address" in msg
     assert "String should match pattern" not in msg
 

@@ -180,7 +180,8 @@ def test_a_bake_of_the_restoring_server_checks_the_staged_snapshot_against_its_k
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     snapshot_written_by(tmp_path / "snap.db", {"ceil-one": "v1.36.1+k3s1"})
     assert bake_py("datastore", "restore", "snap.db", cwd=tmp_path).returncode == 0
-    (tmp_path / "cluster.yaml").write_text(CLUSTER + "kubernetes: {k3s_version: v1.38.0+k3s1}\n")  # a later edit
+    # a later edit (a release ceil has no digest for: the user pins it)
+    (tmp_path / "cluster.yaml").write_text(CLUSTER + f"kubernetes: {{k3s_version: v1.38.0+k3s1, k3s_sha256: {'f' * 64}}}\n")
     done = bake_py("--role", "one", cwd=tmp_path)
     said = " ".join(done.stderr.split())
     assert done.returncode == 1 and "was written by k3s v1.36.1+k3s1" in said, said

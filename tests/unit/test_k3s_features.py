@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import yaml
 import pytest
+import yaml
 
 from ceil.k3s import node_config as k3s_config
 from ceil.k3s import pki
 from ceil.k3s import token as k3s_token
+from ceil.k3s.digests import KNOWN
 from ceil.catalog import load_flavor
 from ceil.config import load_cluster
 from ceil.errors import ConfigError
@@ -95,8 +96,11 @@ def test_rendered_configs_are_the_configs(make, tmp_path):
     assert server == k3s_config.server_config(cluster, cluster.node("one"))
     assert agent == k3s_config.agent_config(cluster, cluster.node("two"))
     env = (tmp_path / "two/etc/k3s-install/install.env").read_text()
-    assert "K3S_CACHE_URL='http://10.42.0.1:8088/k3s/v1.36.1+k3s1'" in env
-    assert "K3S_UPSTREAM_URL='https://github.com/k3s-io/k3s/releases/download/v1.36.1%2Bk3s1'" in env
+    version = cluster.kubernetes.k3s_version
+    assert f"K3S_CACHE_URL='http://10.42.0.1:8088/k3s/{version}'" in env
+    assert f"K3S_UPSTREAM_URL='https://github.com/k3s-io/k3s/releases/download/{version.replace('+', '%2B')}'" in env
+    # Every node is baked with the digest it checks k3s against: the release's, which ceil ships.
+    assert f"K3S_SHA256='{KNOWN[version]['arm64']}'" in env
 
 
 def _all_bytes(root) -> dict[str, bytes]:

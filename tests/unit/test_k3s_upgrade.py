@@ -13,7 +13,7 @@ import pytest
 from command_stubs import write_stubs
 
 from ceil.config import parse_cluster
-from ceil.errors import CeilError
+from ceil.errors import CeilError, ConfigError
 from ceil.k3s import upgrade as up
 from ceil.secrets import SecretStore
 
@@ -227,7 +227,16 @@ def test_the_rollback_puts_the_kept_binary_back_and_restarts(node):
 
 def test_without_the_release_files_it_says_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("CEIL_K3S_CACHE", str(tmp_path / "k3s"))
+    pinned = parse_cluster(CLUSTER.replace('"%s"}', f'"%s", k3s_sha256: {"a" * 64}}}') % NEW)
     with pytest.raises(CeilError, match=r"put the release's k3s-arm64 and sha256sum-arm64.txt in .*v1.35.4\+k3s1"):
+        up.release_for(pinned)
+
+
+def test_an_upgrade_to_a_release_ceil_has_no_digest_for_is_refused_first(tmp_path, monkeypatch):
+    """The digest travels with the command to each node: without one there is nothing to vouch
+    for the bytes, whatever the workstation's folder holds."""
+    monkeypatch.setenv("CEIL_K3S_CACHE", str(tmp_path / "k3s"))
+    with pytest.raises(ConfigError, match=r"kubernetes.k3s_version: 'v1.35.4\+k3s1' has no arm64 digest"):
         up.release_for(parse_cluster(CLUSTER % NEW))
 
 

@@ -134,6 +134,14 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def stand_in_pin(root: Path, arch: str) -> dict:
+    """cluster.yaml's kubernetes keys for the k3s stand-in: its version and its binary's digest."""
+    from testbed.apiserver import STAND_IN_K3S
+
+    fakes_mod.k3s_release_stand_in(root, STAND_IN_K3S, arch)
+    return {"k3s_version": STAND_IN_K3S, "k3s_sha256": fakes_mod.stand_in_sha256(root, STAND_IN_K3S, arch)}
+
+
 class TestCluster:
     __test__ = False  # not a pytest test class
 
@@ -166,6 +174,10 @@ class TestCluster:
         self.internet = fakes_mod.standard_internet(testbed.repo, artifacts / "fakes.log", dists=dists)
         self.extras = fakes_mod.wire_service_fakes(self.internet)
         self.config = load_template(Path(f"{self.key}.pub").read_text(), deep_merge(self.extras.overrides, overrides or {}))
+        # Nodes install only a k3s binary whose digest ceil or cluster.yaml vouches for. The
+        # stand-in is no k3s release, so the cluster names the release it plays and pins its
+        # digest, as a user with a build of their own does (testbed/apiserver.py STAND_IN_K3S).
+        self.config = deep_merge({"kubernetes": stand_in_pin(workdir / "k3s", arch)}, self.config)
         self.vpn_client = None  # ceil_e2e.vpn_client.NetnsVpnClient, made by bake()
         self.vpn_wire: Wire | None = None
         vpn = self.config.get("vpn") or {}

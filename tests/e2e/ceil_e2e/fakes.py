@@ -308,3 +308,13 @@ def k3s_release_stand_in(root: Path, version: str, arch: str) -> Path:
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()
     (d / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
     return root
+
+
+def stand_in_sha256(root: Path, version: str, arch: str) -> str:
+    """The digest k3s_release_stand_in wrote for `version`'s binary (its sums file's line)."""
+    from ceil.k3s.release import ASSETS, parse_sums
+
+    names = ASSETS[arch]
+    digest = parse_sums((root / version / names["sums"]).read_text(), names["binary"])
+    assert digest, f"{root / version} holds no sums line for {names['binary']}"
+    return digest

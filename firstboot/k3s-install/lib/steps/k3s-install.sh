@@ -2,8 +2,9 @@
 # ceil step "k3s-install": put a verified k3s binary at /usr/local/bin/k3s.
 # Sources, first that has it: the air-gap bundle baked into the image, the router's cache, the
 # upstream GitHub release. Every file is checked against the sha256 pinned at bake time
-# (kubernetes.k3s_sha256, or the digest of the release the workstation verified) or else the
-# release's sha256sum file from the same source, before it is made executable. A plain-HTTP
+# (kubernetes.k3s_sha256, or the release's published digest that ceil ships; a bake always pins
+# one) or else, on a card baked before pins were required, the release's sha256sum file from the
+# same source, before it is made executable. A plain-HTTP
 # source (the router's cache) is used only with a pin: its sums file proves nothing, since
 # whoever can answer on the LAN can serve a binary and a matching sums file. Nothing
 # downloaded is ever run unverified; no install script is piped in.

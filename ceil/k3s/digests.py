@@ -1,0 +1,116 @@
+"""The k3s binaries ceil vouches for: the sha256 of each release's binary, per architecture, as
+the release's own sha256sum-<arch>.txt publishes it (issue 18, finding 1).
+
+Every node is baked with one of these digests (or the one cluster.yaml's kubernetes.k3s_sha256
+names) and installs no k3s binary whose bytes do not match it, whatever the source: the baked
+bundle, the router's plain-HTTP cache, or the release itself. A sha256sum file lying next to a
+binary proves nothing, since whoever can serve the one can serve the other; these digests travel
+inside ceil instead.
+
+Where they come from: GitHub cannot be reached from the machine ceil is developed on, so each
+digest below was read from public repositories that record it from the release's sums files or
+from hashing the release asset, and is listed only where at least three independent ones agree
+(found by searching public code for the digest and for the version; the kinds of record are named
+per release). `python bake.py k3s digests --check` compares this table with the release's sums
+files wherever GitHub can be reached; run it when adding a release.
+
+To add a release: take the k3s / k3s-arm64 lines of
+https://github.com/k3s-io/k3s/releases/download/<version>/sha256sum-amd64.txt and
+sha256sum-arm64.txt, add them here, and run the check. armhf (HypriotOS) has no entry yet: such a
+cluster names its digest in kubernetes.k3s_sha256 (the k3s-armhf line of sha256sum-arm.txt).
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+RELEASES = "https://github.com/k3s-io/k3s/releases"
+
+KNOWN: dict[str, dict[str, str]] = {
+    # Records agreeing: an engineering note that fetched both sums files and hashed both binaries;
+    # a Go map of per-architecture pins; an install script choosing by `uname -m`; a Python
+    # artefact table (with its air-gap image digests); two Go release catalogues.
+    "v1.36.4+k3s1": {
+        "amd64": "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f",
+        "arm64": "c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb",
+    },
+    # Records agreeing: a Terraform module's reviewed manifest ("captured from the official GitHub
+    # release assets/checksum files"); a document quoting both sums files; a pinned shell
+    # configuration (amd64 and arm64 side by side); the note above (its "format control").
+    "v1.36.3+k3s1": {
+        "amd64": "2f98a9f8fe5782479ee2d54e70a1b10a7f6fd4cae8d38ed3098452dc6eed76b5",
+        "arm64": "c9a209103f480f163b7c6a56f00862b4481927b284dc29a3716bb70d886691a8",
+    },
+}
+
+
+def sums_url(version: str, arch: str, releases: str = RELEASES) -> str:
+    from .release import ASSETS  # release.py checks files against these digests
+
+    return f"{releases}/download/{version.replace('+', '%2B')}/{ASSETS[arch]['sums']}"
+
+
+def known_digest(version: str, arch: str) -> str | None:
+    return KNOWN.get(version, {}).get(arch)
+
+
+def expected_digest(cluster, arch: str) -> str:
+    """The digest every node of `cluster` checks its k3s binary against: kubernetes.k3s_sha256
+    when set (the user vouches for it: a build of their own, or a release newer than this table),
+    else this table's. A version with neither is refused: a node would otherwise have nothing but
+    a sums file from the same place as the binary to trust."""
+    k8s = cluster.kubernetes
+    if k8s.k3s_sha256:
+        return k8s.k3s_sha256
+    if digest := known_digest(k8s.k3s_version, arch):
+        return digest
+    from .release import ASSETS
+
+    known = [v for v in KNOWN if arch in KNOWN[v]]
+    choose = f"choose one ceil knows ({', '.join(known)}), or " if known else ""
+    raise ConfigError(
+        f"kubernetes.k3s_version: {k8s.k3s_version!r} has no {arch} digest ceil knows, so the nodes would"
+        f" have nothing to check the k3s binary against: {choose}set kubernetes.k3s_sha256 to the"
+        f" {ASSETS[arch]['binary']} line of {sums_url(k8s.k3s_version, arch)}")
+
+
+def pin_warning(cluster, arch: str) -> str | None:
+    """kubernetes.k3s_sha256 set to something other than the published digest of the release it
+    names: the nodes will install that other binary only (a custom build), never the release."""
+    k8s = cluster.kubernetes
+    published = known_digest(k8s.k3s_version, arch)
+    if k8s.k3s_sha256 and published and k8s.k3s_sha256 != published:
+        return (f"kubernetes.k3s_sha256 {k8s.k3s_sha256} is not the published digest of k3s"
+                f" {k8s.k3s_version} for {arch} ({published}): the nodes will install only the binary"
+                f" you pinned, never the release; remove k3s_sha256 to use the release")
+    return None
+
+
+def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, bool, str]]:
+    """`bake.py k3s digests --check`: each digest above against the release's own sums file.
+    [(version and arch, agrees, what was found)]; a sums file that cannot be read is not ok."""
+    import requests
+
+    from ..fetch import TIMEOUT
+    from .release import ASSETS, parse_sums
+
+    session = session or requests.Session()
+    out = []
+    for version, arches in KNOWN.items():
+        for arch, digest in arches.items():
+            url = sums_url(version, arch, releases)
+            try:
+                r = session.get(url, timeout=TIMEOUT)
+                r.raise_for_status()
+            except requests.RequestException as e:
+                out.append((f"{version} {arch}", False, f"{url} could not be read: {e}"))
+                continue
+            binary = ASSETS[arch]["binary"]
+            listed = parse_sums(r.text, binary)
+            if listed == digest:
+                out.append((f"{version} {arch}", True, f"{digest} as {url} lists it"))
+            else:
+                found = f"{binary} with {listed}" if listed else f"no {binary}"
+                out.append((f"{version} {arch}", False, f"ceil has {digest}, {url} lists {found}:"
+                            " correct ceil/k3s/digests.py"))
+    return out

@@ -1,0 +1,163 @@
+"""Issue 18, finding 1: the k3s binary was trusted from a sums file lying next to it. ceil now
+ships the release's published digests (ceil/k3s/digests.py), bakes one into every node, and
+refuses a release it has no digest for unless cluster.yaml pins one."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import subprocess
+import sys
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from ceil.catalog import available, load_flavor
+from ceil.config import load_cluster
+from ceil.config.schema import Kubernetes
+from ceil.errors import CeilError, ConfigError
+from ceil.k3s import digests
+from ceil.k3s.release import ASSETS, verified_release_files
+
+REPO = Path(__file__).resolve().parents[2]
+UNKNOWN = "v1.36.1+k3s1"
+
+
+def cluster_yaml(tmp_path: Path, ssh_pubkey: str, kubernetes: str = "", flavor: str = "ubuntu-24.04-raspi") -> Path:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f"flavor: {flavor}\nssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\n"
+                    "router: {uplink: {type: ethernet}}\nnodes: [{name: one, role: server}]\n"
+                    + (f"kubernetes: {kubernetes}\n" if kubernetes else ""))
+    return path
+
+
+def release_folder(root: Path, binary: bytes, listed: str | None = None, arch: str = "arm64") -> Path:
+    """A workstation's release folder: the binary and a sums file listing `listed` (its own digest
+    by default, as a forger who serves both would write it)."""
+    names = ASSETS[arch]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / names["binary"]).write_bytes(binary)
+    digest = listed or hashlib.sha256(binary).hexdigest()
+    (root / names["sums"]).write_text(f"{digest}  {names['binary']}\n")
+    return root
+
+
+def test_the_default_release_has_a_digest_for_every_architecture_a_users_flavor_runs_but_armhf():
+    version = Kubernetes().k3s_version
+    arches = {load_flavor(f).arch for f in available() if not load_flavor(f).test_only}
+    assert arches - {"armhf"}, arches
+    for arch in arches - {"armhf"}:
+        assert len(digests.known_digest(version, arch) or "") == 64, (version, arch)
+
+
+def test_every_shipped_digest_is_sha256_hex_and_every_version_a_k3s_release():
+    for version, arches in digests.KNOWN.items():
+        assert Kubernetes(k3s_version=version).k3s_version == version
+        for arch, digest in arches.items():
+            assert arch in ASSETS and len(digest) == 64 and int(digest, 16) >= 0, (version, arch)
+
+
+def test_the_users_pin_wins_and_the_shipped_digest_is_the_default(tmp_path, ssh_pubkey):
+    default = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    assert digests.expected_digest(default, "arm64") == digests.KNOWN[Kubernetes().k3s_version]["arm64"]
+    pinned = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}, k3s_sha256: {'a' * 64}}}"))
+    assert digests.expected_digest(pinned, "arm64") == "a" * 64
+
+
+def test_a_release_without_a_digest_is_refused_with_the_key_the_value_and_the_fix(tmp_path, ssh_pubkey):
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}}}"))
+    with pytest.raises(ConfigError) as e:
+        digests.expected_digest(cluster, "arm64")
+    text = str(e.value)
+    assert "kubernetes.k3s_version" in text and UNKNOWN in text and "kubernetes.k3s_sha256" in text
+    assert "https://github.com/k3s-io/k3s/releases/download/v1.36.1%2Bk3s1/sha256sum-arm64.txt" in text
+    assert Kubernetes().k3s_version in text  # what it could choose instead
+
+
+def test_a_pin_that_is_not_the_published_digest_is_warned_about(tmp_path, ssh_pubkey):
+    version = Kubernetes().k3s_version
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_sha256: {'b' * 64}}}"))
+    warning = digests.pin_warning(cluster, "arm64")
+    assert warning and "b" * 64 in warning and digests.KNOWN[version]["arm64"] in warning
+    assert digests.pin_warning(load_cluster(cluster_yaml(tmp_path, ssh_pubkey)), "arm64") is None
+
+
+def test_a_binary_vouched_for_only_by_the_sums_file_beside_it_is_refused(tmp_path, ssh_pubkey):
+    """The finding itself: a forged binary with a matching sums file passed the bake's check."""
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    folder = release_folder(tmp_path / "release", b"forged k3s")
+    with pytest.raises(CeilError, match=digests.KNOWN[Kubernetes().k3s_version]["arm64"]):
+        verified_release_files(cluster, "arm64", folder)
+
+
+def test_a_sums_file_that_disagrees_with_the_shipped_digest_vouches_for_nothing(tmp_path, ssh_pubkey, monkeypatch):
+    """The binary is the release's, but the sums file beside it is not: it cannot vouch for the
+    air-gap images it lists."""
+    binary = b"the release's binary, in this test"
+    version = Kubernetes().k3s_version
+    monkeypatch.setitem(digests.KNOWN, version, {"arm64": hashlib.sha256(binary).hexdigest()})
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    folder = release_folder(tmp_path / "release", binary, listed="c" * 64)
+    with pytest.raises(CeilError, match="not that release's sums file"):
+        verified_release_files(cluster, "arm64", folder)
+    release_folder(folder, binary)  # the release's own sums file
+    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt"}
+
+
+def test_a_bake_of_a_release_without_a_digest_writes_nothing(tmp_path, ssh_pubkey):
+    """Refused with every other problem, before the first image (the router's comes first)."""
+    cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}}}")
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "--all"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "nothing was baked" in done.stderr and "kubernetes.k3s_sha256" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "secrets").exists()
+
+
+class _Sums(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def releases(tmp_path):
+    """A local stand-in for github.com/k3s-io/k3s/releases on loopback, serving sums files."""
+    root = tmp_path / "releases"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Sums, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def publish(root: Path, version: str, arch: str, digest: str) -> None:
+    d = root / "download" / version  # the URL's %2B reaches the handler decoded
+    d.mkdir(parents=True, exist_ok=True)
+    (d / ASSETS[arch]["sums"]).write_text(f"{'0' * 64}  {ASSETS[arch]['images']}.tar.zst\n{digest}  {ASSETS[arch]['binary']}\n")
+
+
+def test_check_agrees_with_the_published_sums_and_names_a_difference(releases, monkeypatch):
+    root, url = releases
+    for version, arches in digests.KNOWN.items():
+        for arch, digest in arches.items():
+            publish(root, version, arch, digest)
+    assert all(ok for _, ok, _ in digests.check_published(url))
+    version, arch = next(iter(digests.KNOWN)), "arm64"
+    publish(root, version, arch, "d" * 64)
+    bad = [(what, message) for what, ok, message in digests.check_published(url) if not ok]
+    assert bad == [(f"{version} {arch}", bad[0][1])] and "d" * 64 in bad[0][1]
+    monkeypatch.setenv("CEIL_K3S_RELEASES", url)
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "k3s", "digests", "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "FAIL" in done.stdout and "d" * 64 in done.stdout, done.stdout + done.stderr
+
+
+def test_the_listing_shows_every_shipped_digest():
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "k3s", "digests"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for arches in digests.KNOWN.values():
+        for digest in arches.values():
+            assert digest in done.stdout
