@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from .errors import CeilError
+from .k3s.digests import PIN_HINT
 from .k3s.node_config import servers as servers_of
 from .k3s.token import SERVER_SECRET
 from .secrets import FORMAT_FILE, SecretStore
@@ -141,8 +142,8 @@ def check_version_skew(cluster, store: SecretStore, roles: list[str], k3s_versio
         if why:
             problems.append(f"{node.name} ({node.role}) runs {version}: {'; '.join(why)}")
     if problems:
-        now = f"set kubernetes.k3s_version to {oldest_server}, what the oldest server runs" if oldest_server else \
-            "set kubernetes.k3s_version to the version the servers run"
+        now = (f"set kubernetes.k3s_version to {oldest_server}, what the oldest server runs" if oldest_server else
+               "set kubernetes.k3s_version to the version the servers run") + f" {PIN_HINT}"
         raise CeilError(
             f"{', '.join(baking)} with k3s {k3s_version} would break Kubernetes' version skew policy in the"
             " running cluster:\n  " + "\n  ".join(problems) +

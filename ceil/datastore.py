@@ -31,6 +31,7 @@ import click
 from .addons.cli import Context
 from .config import Cluster
 from .errors import CeilError
+from .k3s.digests import PIN_HINT
 from .k3s.node_config import SECRETS_ON_TARGET, init_server, servers
 from .secrets import SecretStore
 from . import snapshot
@@ -176,8 +177,8 @@ def check_restore_version(cluster: Cluster, path: Path) -> None:
             f"the snapshot {path.name} was written by k3s {wrote}, and the server would restore it with"
             f" kubernetes.k3s_version {target}: k3s migrates a datastore one minor version at a time and"
             f" never back. Set kubernetes.k3s_version to a v{major}.{low} or v{major}.{low + 1} release for the"
-            f" restore ({wrote} itself, say), bake and boot the server, then move on with `python bake.py k3s"
-            " upgrade`, one minor version at a time")
+            f" restore ({wrote} itself, say) {PIN_HINT}, bake and boot the server, then move on with `python bake.py"
+            " k3s upgrade`, one minor version at a time")
 
 
 def check_staged_restore(cluster: Cluster, store: SecretStore, roles: list[str]) -> None:

@@ -40,7 +40,7 @@ HEADER = "# Written by `bake.py init`; every key is explained in cluster.example
 
 
 def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None, psk: str | None,
-                 country: str | None, nodes: int) -> dict:
+                 country: str | None, nodes: int, k3s_sha256: str | None = None) -> dict:
     cfg: dict = {
         "format": CLUSTER_FORMAT,
         "name": name,
@@ -54,6 +54,10 @@ def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None
         cfg["router"]["uplink"].update(interface="wlan0", wifi={"ssid": ssid, "psk": psk, "country": country})
     else:
         cfg["router"]["uplink"]["interface"] = "eth1"
+    if not load_flavor(flavor).python_tag:  # PiWatch's wheels need it (hypriot-1.12.3 has none)
+        cfg["piwatch"] = {"enabled": False}
+    if k3s_sha256:
+        cfg["kubernetes"] = {"k3s_sha256": k3s_sha256}
     return cfg
 
 
@@ -69,12 +73,14 @@ def generate_secrets(cluster: Cluster, store: SecretStore) -> None:
 # Where each key init writes came from: the option (or the question it answers).
 ANSWERED_BY = {"name": "--name", "flavor": "--flavor", "router.uplink.wifi.ssid": "--ssid",
                "router.uplink.wifi.country": "--country", "router.uplink.wifi.psk": "the passphrase",
-               "vpn.endpoint": "--vpn-endpoint", "ssh.authorized_keys": "--ssh-key-file"}
+               "vpn.endpoint": "--vpn-endpoint", "ssh.authorized_keys": "--ssh-key-file",
+               "kubernetes.k3s_sha256": "--k3s-sha256"}
 
 
 # Settings a refusal proposes, as init's options set them.
 SETTINGS_AS_OPTIONS = {"router.uplink.type: ethernet": "--uplink ethernet",
-                       "flavor raspios-trixie": "--flavor raspios-trixie"}
+                       "flavor raspios-trixie": "--flavor raspios-trixie",
+                       "set kubernetes.k3s_sha256 to": "pass --k3s-sha256 with"}
 
 
 def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> str:
@@ -109,10 +115,13 @@ def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> 
               " name or address, or on the home network its name there [default: NAME-router].")
 @click.option("--vpn-client", "vpn_client", default="laptop", show_default=True, metavar="NAME",
               help="The first VPN client, baked into the router (empty: none).")
+@click.option("--k3s-sha256", metavar="HEX", help="The k3s binary's sha256, for an architecture ceil ships no"
+              " digest for (hypriot-1.12.3, armhf: the k3s-armhf line of the release's sha256sum-arm.txt;"
+              " `python bake.py k3s digests` lists what ceil has).")
 @click.option("--yes", is_flag=True, help="Take defaults for everything not given; ask nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing cluster.yaml.")
 def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, vpn_endpoint, vpn_client,
-                 yes, force):
+                 k3s_sha256, yes, force):
     """Write a cluster.yaml from a few questions and generate the cluster's secrets/."""
     if config_path.is_dir():
         raise CeilError(f"--config {config_path} is a folder: give the file to write, e.g. --config {config_path / 'cluster.yaml'}")
@@ -153,7 +162,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         from .wireguard import add_client, client_secret_name
 
         client_name = client_secret_name(vpn_client)  # a bad name is refused before anything is written
-    cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes)
+    cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes, k3s_sha256)
     cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
     # no half of secrets/ behind.

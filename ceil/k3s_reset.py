@@ -103,7 +103,7 @@ def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str |
     """Bring every node's k3s to kubernetes.k3s_version without re-flashing: set the new version
     in cluster.yaml, put its release files in ~/.cache/ceil/k3s/<version>/, run this. Servers
     first, then agents, one at a time: drained, binary swapped (checked on the node against the
-    digest this workstation vouches for), k3s restarted, Ready with the new kubelet, uncordoned.
+    release's published digest ceil ships, or kubernetes.k3s_sha256), k3s restarted, Ready with the new kubelet, uncordoned.
     A node whose k3s does not come back puts its previous binary back and the roll stops there."""
     from .addons.cli import Context
     from .k3s.upgrade import Remote, release_for, upgrade, upgrade_order

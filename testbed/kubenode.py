@@ -100,7 +100,7 @@ def final_dir(r: dict) -> Path:
 
 
 def lookup(arch: str, stamp: str | None = None) -> Path | None:
-    """The cached build's directory for this arch (and k3s version stamp: default's), or None."""
+    """The cached build's directory for this arch (and k3s version stamp: STAND_IN_K3S's by default), or None."""
     if shutil.which("go") is None:
         return None
     final = final_dir(recipe(arch, stamp))
@@ -289,8 +289,8 @@ def payload(build: Path) -> Path:
 
 
 def bundle(arch: str, version: str, dest: Path) -> Path:
-    """Write the self-extracting stand-in for k3s `version` to dest (executable). The default
-    release's build must exist (`make kubenode`); another version of its Kubernetes release is
+    """Write the self-extracting stand-in for k3s `version` to dest (executable). The build of
+    STAND_IN_K3S must exist (`make kubenode`); another version of its Kubernetes release is
     built here from it (a relink: the packages are in Go's build cache)."""
     if lookup(arch) is None:
         raise BuildError(f"the k3s stand-in for {arch} guests is not built: run `make kubenode ARCH={arch}`"

@@ -1,7 +1,7 @@
 """Offline validation of rendered manifests.
 
 Built-in kinds are checked with `kubernetes-validate` in strict mode against the Kubernetes
-release k3s ships (v1.36.1+k3s1 -> 1.36); our custom resources (HelmChart, HelmChartConfig,
+release k3s ships (v1.36.4+k3s1 -> 1.36); our custom resources (HelmChart, HelmChartConfig,
 MetalLB pools, Traefik's Middleware) against the JSON schemas in addons/schemas/, written from the published CRDs;
 kinds whose real CRDs an add-on names (KEDA's, prometheus-operator's) by the API server in the control-plane tests.
 `kubernetes-validate` is a test/workstation extra, so it is imported only when used.

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ..config import Cluster
+from ..errors import CeilError, ConfigError
 from ..secrets import SecretStore
 from .release import verified_release_files
 
@@ -54,7 +55,12 @@ def check(cluster: Cluster, role: str) -> None:
     nodes are baked to trust (a mismatch would otherwise stop the bake after other images)."""
     from ..catalog import load_flavor
 
-    cache_files(cluster, [load_flavor(cluster.flavor).arch])
+    try:
+        cache_files(cluster, [load_flavor(cluster.flavor).arch])
+    except ConfigError:
+        raise
+    except CeilError as e:  # a file that does not match: listed with the other problems
+        raise ConfigError(str(e)) from None
 
 
 def rootfs_files(ctx) -> dict[str, Path]:

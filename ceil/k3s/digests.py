@@ -25,6 +25,8 @@ from __future__ import annotations
 from ..errors import ConfigError
 
 RELEASES = "https://github.com/k3s-io/k3s/releases"
+# Appended where a message proposes another k3s_version: it may be one ceil has no digest for.
+PIN_HINT = "(and kubernetes.k3s_sha256 for a release `python bake.py k3s digests` does not list)"
 
 KNOWN: dict[str, dict[str, str]] = {
     # Records agreeing: an engineering note that fetched both sums files and hashed both binaries;

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import Cluster
 from ..errors import CeilError
 from ..fetch import sha256_file
-from .digests import expected_digest
+from .digests import expected_digest, sums_url
 
 # Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
 # has no suffix, and armhf's checksum and image files say "arm").
@@ -36,29 +36,40 @@ def parse_sums(text: str, asset: str) -> str | None:
 def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
     """The release files for `arch` in `source` (a copy of the release's assets): the binary
     checked against the digest the nodes are baked with, the images against the sha256sum file,
-    which must agree with that digest. {asset name: path}; empty when the binary is not there. A
-    mismatch is an error: a bad file is never baked."""
+    which must list that same digest for the binary. {asset name: path}; empty when the binary is
+    not there. A mismatch is an error: a bad file is never baked.
+
+    What the sums file is worth: the binary's digest is public, so a forger can copy its line; the
+    images are only as good as the sums file the user downloaded with them over HTTPS (ceil ships
+    no image digests yet). What it stops is a sums file of another release or another build."""
     names = ASSETS[arch]
     binary = source / names["binary"]
     if not binary.is_file():
         return {}
     expected = expected_digest(cluster, arch)
-    _check(binary, expected)
+    k8s = cluster.kubernetes
+    pin = ("kubernetes.k3s_sha256" if k8s.k3s_sha256 else
+           f"the published digest of k3s {k8s.k3s_version} that ceil ships (python bake.py k3s digests)")
+    _check(binary, expected, f"{expected}, {pin}, was expected: the file is not that binary (another"
+                             f" release, a build of another, or corrupt); download it again, or correct"
+                             f" kubernetes.k3s_version / kubernetes.k3s_sha256")
     files = {names["binary"]: binary}
     sums = source / names["sums"]
     if not sums.is_file():
         return files
     listed = parse_sums(sums.read_text(), names["binary"])
-    if listed != expected and not cluster.kubernetes.k3s_sha256:
+    if listed != expected:
+        found = f"with sha256 {listed}" if listed else "nowhere"
         raise CeilError(
-            f"{sums} lists {names['binary']} with sha256 {listed or 'nowhere'}, not the published"
-            f" {expected} of k3s {cluster.kubernetes.k3s_version}: it is not that release's sums file, so it"
-            f" cannot vouch for the images beside it; download it again from the release"
+            f"{sums} lists {names['binary']} {found}, not {expected} ({pin}): it is not the sums file"
+            f" of that binary, so it cannot vouch for the images beside it; download it again from"
+            f" {sums_url(k8s.k3s_version, arch)} (a build of your own: write its own sums file)"
         )
     files[names["sums"]] = sums
     for image in sorted(source.glob(names["images"] + ".tar*")):
         if digest := parse_sums(sums.read_text(), image.name):
-            _check(image, digest)
+            _check(image, digest, f"{digest}, as {sums} lists it, was expected: the file is corrupt or"
+                                  f" not the release's; delete it and download it again")
             files[image.name] = image
     return files
 
@@ -71,11 +82,9 @@ def _sha256(path: Path, ino: int, size: int, mtime_ns: int) -> str:
     return sha256_file(path)
 
 
-def _check(path: Path, expected: str) -> None:
+def _check(path: Path, expected: str, why: str) -> None:
+    """`why`: the expected digest, where it comes from, and the fix."""
     st = path.stat()
     got = _sha256(path.resolve(), st.st_ino, st.st_size, st.st_mtime_ns)
     if got != expected:
-        raise CeilError(
-            f"{path}: sha256 is {got} but {expected} was expected: the file is corrupt or not the"
-            f" release it claims to be; delete it and download it again"
-        )
+        raise CeilError(f"{path}: sha256 is {got}, but {why}")

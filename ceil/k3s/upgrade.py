@@ -32,7 +32,7 @@ from ..compat import minor, node_baked, version_key
 from ..config import Cluster
 from ..errors import CeilError
 from .cache import CACHE_ROOT_ON_ROUTER, workstation_cache
-from .digests import expected_digest
+from .digests import PIN_HINT, expected_digest
 from .release import ASSETS, verified_release_files
 
 BIN = "/usr/local/bin/k3s"
@@ -180,12 +180,12 @@ def step_problem(name: str, current: str, target: str) -> str | None:
     says the same): 1.34 to 1.36 goes through a 1.35 release."""
     if version_key(target) < version_key(current):
         return (f"{name} runs k3s {current}, newer than kubernetes.k3s_version {target}: Kubernetes does"
-                f" not support downgrades; set kubernetes.k3s_version to {current} or newer")
+                f" not support downgrades; set kubernetes.k3s_version to {current} or newer {PIN_HINT}")
     (cur_major, cur_minor), (new_major, new_minor) = minor(current), minor(target)
     if new_major != cur_major or new_minor > cur_minor + 1:
         return (f"{name} runs k3s {current} and kubernetes.k3s_version is {target}: Kubernetes upgrades"
                 f" one minor version at a time; set kubernetes.k3s_version to a v{cur_major}.{cur_minor + 1}"
-                " release first, run `bake.py k3s upgrade`, then go on")
+                f" release first {PIN_HINT}, run `bake.py k3s upgrade`, then go on")
     return None
 
 

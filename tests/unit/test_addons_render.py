@@ -1,6 +1,6 @@
 """Add-on catalog, selection and rendering; every rendered manifest validated offline.
 
-Built-in kinds: kubernetes-validate, strict, Kubernetes 1.36 (k3s v1.36.1+k3s1). HelmChart,
+Built-in kinds: kubernetes-validate, strict, Kubernetes 1.36 (k3s v1.36.4+k3s1). HelmChart,
 HelmChartConfig and MetalLB resources: the JSON schemas in addons/schemas/ (from the CRDs).
 """
 

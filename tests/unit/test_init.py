@@ -102,3 +102,19 @@ def test_init_makes_the_folder_the_config_goes_into(tmp_path, ssh_pubkey):
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 1 and "taken is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "taken").read_text() == ""
+
+
+def test_a_flavor_ceil_has_no_k3s_digest_for_takes_the_users_in_inits_own_terms(tmp_path, ssh_pubkey):
+    """HypriotOS is armhf, and ceil ships no armhf k3s digest: init says to pass --k3s-sha256
+    (not to edit a cluster.yaml it never wrote), and with it writes the pin."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    cmd = [sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key), "--uplink", "ethernet",
+           "--flavor", "hypriot-1.12.3"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "nothing was written" in said and "pass --k3s-sha256 with the k3s-armhf line" in said, said
+    assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
+    r = subprocess.run([*cmd, "--k3s-sha256", "e" * 64, "--vpn-client", ""], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_cluster(tmp_path / "cluster.yaml").kubernetes.k3s_sha256 == "e" * 64

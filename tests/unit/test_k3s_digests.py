@@ -100,7 +100,7 @@ def test_a_sums_file_that_disagrees_with_the_shipped_digest_vouches_for_nothing(
     monkeypatch.setitem(digests.KNOWN, version, {"arm64": hashlib.sha256(binary).hexdigest()})
     cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
     folder = release_folder(tmp_path / "release", binary, listed="c" * 64)
-    with pytest.raises(CeilError, match="not that release's sums file"):
+    with pytest.raises(CeilError, match="not the sums file of that binary"):
         verified_release_files(cluster, "arm64", folder)
     release_folder(folder, binary)  # the release's own sums file
     assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt"}
@@ -161,3 +161,31 @@ def test_the_listing_shows_every_shipped_digest():
     for arches in digests.KNOWN.values():
         for digest in arches.values():
             assert digest in done.stdout
+
+
+def test_a_pinned_build_needs_its_own_sums_file_to_vouch_for_images(tmp_path, ssh_pubkey):
+    """With kubernetes.k3s_sha256 set, a sums file listing another binary (the release's, say)
+    vouches for nothing beside it either."""
+    binary = b"my own k3s build"
+    pin = hashlib.sha256(binary).hexdigest()
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}, k3s_sha256: {pin}}}"))
+    folder = release_folder(tmp_path / "release", binary, listed="c" * 64)
+    with pytest.raises(CeilError, match="kubernetes.k3s_sha256"):
+        verified_release_files(cluster, "arm64", folder)
+    release_folder(folder, binary)  # its own sums file
+    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt"}
+
+
+def test_a_router_bake_refuses_a_forged_pair_in_the_workstations_folder_before_writing(tmp_path, ssh_pubkey):
+    """The router's cache is filled from ~/.cache/ceil/k3s/<version>/: a forged binary with a
+    matching sums file there is listed with the other problems, and nothing is written."""
+    cluster_yaml(tmp_path, ssh_pubkey)
+    version = Kubernetes().k3s_version
+    release_folder(tmp_path / "k3s" / version, b"forged k3s")
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "--role", "router"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "CEIL_K3S_CACHE": str(tmp_path / "k3s")})
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "nothing was baked" in said, said
+    assert digests.KNOWN[version]["arm64"] in said and "Traceback" not in said
+    assert not (tmp_path / "out").exists() and not (tmp_path / "secrets").exists()

@@ -25,13 +25,14 @@ def fake_binary(mark: Path, flavor: str = "good") -> bytes:
     return f"#!/bin/sh\n# {flavor}\ntouch {mark}\n".encode()
 
 
-def release_dir(root: Path, arch: str, binary: bytes, listed: bytes | None = None) -> Path:
-    """A copy of a release's assets: the binary and a sha256sum file (listing `listed`'s digest)."""
+def release_dir(root: Path, arch: str, binary: bytes) -> Path:
+    """A copy of a release's assets: the binary and a sha256sum file listing it (as a forger who
+    serves both would write it)."""
     names = ASSETS[arch]
     d = root / "k3s" / VERSION
     d.mkdir(parents=True, exist_ok=True)
     (d / names["binary"]).write_bytes(binary)
-    digest = hashlib.sha256(listed if listed is not None else binary).hexdigest()
+    digest = hashlib.sha256(binary).hexdigest()
     other = hashlib.sha256(b"images").hexdigest()
     (d / names["sums"]).write_text(f"{other}  {names['images']}.tar.zst\n{digest}  {names['binary']}\n")
     return d
@@ -132,16 +133,19 @@ def test_wrong_digest_deletes_the_download_and_asks_for_a_retry(node, tmp_path, 
     assert leftovers(node) == [] and not mark.exists()
 
 
-def test_a_plain_http_cache_without_a_pin_is_never_trusted(node, tmp_path, servers):
+def test_an_image_without_a_pin_installs_nothing_from_any_source(node, tmp_path, servers):
     """Issue 18 #1: a LAN host served a binary with a matching sums file, and it was installed.
-    Without a digest pinned at bake time, a plain-HTTP source is not even asked."""
+    A bake always pins a digest now; an install.env without one trusts no source at all, the
+    baked bundle included, and says to re-bake (exit 3: not retried)."""
     mark = tmp_path / "ran"
     forged = fake_binary(mark, "forged")
     cache = servers(tmp_path / "cache")
     release_dir(tmp_path / "cache", "arm64", forged)  # its sums file matches the forged binary
-    result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}")
-    assert result.returncode == 1, result.stderr  # no trusted source yet: retried
-    assert "plain HTTP and no digest was pinned at bake time: not trusted" in result.stderr
+    airgap = release_dir(tmp_path / "airgap", "arm64", forged)
+    result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}", upstream=f"{cache.url}/k3s/{VERSION}",
+                 airgap=airgap)
+    assert result.returncode == 3, result.stderr
+    assert "no k3s digest was baked" in result.stderr and "re-bake" in result.stderr
     assert not (node / "usr/local/bin/k3s").exists() and leftovers(node) == [] and not mark.exists()
 
 
@@ -163,21 +167,21 @@ def test_baked_airgap_bundle_comes_first_and_its_images_are_placed(node, tmp_pat
     airgap = release_dir(tmp_path / "airgap", "arm64", binary)
     images = airgap / "k3s-airgap-images-arm64.tar.zst"
     images.write_bytes(b"images")
-    result = run(node, tmp_path, airgap=airgap)  # cache and upstream unreachable
+    result = run(node, tmp_path, sha=hashlib.sha256(binary).hexdigest(), airgap=airgap)  # cache and upstream unreachable
     assert result.returncode == 0, result.stderr
     assert "air-gap bundle" in result.stderr
     assert (node / "var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst").read_bytes() == b"images"
 
 
 def test_corrupt_airgap_bundle_is_permanent(node, tmp_path):
-    airgap = release_dir(tmp_path / "airgap", "arm64", fake_binary(tmp_path / "ran", "bad"), listed=b"good")
-    result = run(node, tmp_path, airgap=airgap)
+    airgap = release_dir(tmp_path / "airgap", "arm64", fake_binary(tmp_path / "ran", "bad"))
+    result = run(node, tmp_path, sha=hashlib.sha256(b"good").hexdigest(), airgap=airgap)
     assert result.returncode == 3, result.stderr
     assert not (node / "usr/local/bin/k3s").exists()
 
 
 def test_no_source_reachable_is_transient(node, tmp_path):
-    result = run(node, tmp_path)
+    result = run(node, tmp_path, sha=hashlib.sha256(b"k3s").hexdigest())
     assert result.returncode == 1
     assert "retrying" in result.stderr
 
@@ -195,7 +199,7 @@ def test_rerun_with_a_verified_binary_downloads_nothing(node, tmp_path):
 
 def test_a_refused_download_leaves_no_record(node, tmp_path, servers):
     cache = servers(tmp_path / "cache")
-    release_dir(tmp_path / "cache", "arm64", fake_binary(tmp_path / "ran"), listed=b"something else")
-    result = run(node, tmp_path, cache=f"{cache.url}/k3s/{VERSION}")
+    release_dir(tmp_path / "cache", "arm64", fake_binary(tmp_path / "ran"))
+    result = run(node, tmp_path, sha=hashlib.sha256(b"something else").hexdigest(), cache=f"{cache.url}/k3s/{VERSION}")
     assert result.returncode == 1, result.stderr
     assert not (node / "var/lib/ceil/k3s-install.verified").exists()

@@ -1,12 +1,11 @@
 #!/bin/sh
 # ceil step "k3s-install": put a verified k3s binary at /usr/local/bin/k3s.
 # Sources, first that has it: the air-gap bundle baked into the image, the router's cache, the
-# upstream GitHub release. Every file is checked against the sha256 pinned at bake time
-# (kubernetes.k3s_sha256, or the release's published digest that ceil ships; a bake always pins
-# one) or else, on a card baked before pins were required, the release's sha256sum file from the
-# same source, before it is made executable. A plain-HTTP
-# source (the router's cache) is used only with a pin: its sums file proves nothing, since
-# whoever can answer on the LAN can serve a binary and a matching sums file. Nothing
+# upstream GitHub release. The binary from any of them is checked against the sha256 pinned at
+# bake time (kubernetes.k3s_sha256, or the release's published digest that ceil ships) before it
+# is made executable; never against a sums file from the same source, which proves nothing:
+# whoever can answer on the LAN (the router's cache is plain HTTP) can serve a binary and a
+# matching sums file. An image baked without a pin is refused (exit 3: re-bake). Nothing
 # downloaded is ever run unverified; no install script is piped in.
 # A digest mismatch deletes the download, logs both digests and exits 1 (retried: the source
 # may be fixed); a mismatching baked bundle exits 3 (the image itself is bad: re-bake).
@@ -20,7 +19,6 @@ ROOT="${CEIL_ROOT:-}"
 ENV_FILE="${CEIL_K3S_INSTALL_ENV:-$ROOT/etc/ceil/k3s-install/install.env}"
 BIN="$ROOT/usr/local/bin/k3s"
 PART="$ROOT/usr/local/bin/.k3s.ceil-download"
-SUMS_TMP="$ROOT/usr/local/bin/.k3s-sums.ceil-download"
 IMAGES_DIR="$ROOT/var/lib/rancher/k3s/agent/images"
 # What was installed and how it was verified, kept beyond the journal (which a Pi may keep in
 # RAM only, or rotate): `make verify` reads it.
@@ -50,6 +48,12 @@ case "$ARCH" in
     *) log "k3s publishes no binary for architecture $ARCH (arm64, armhf, amd64)"; exit 3 ;;
 esac
 
+if [ -z "${K3S_SHA256:-}" ]; then
+    log "no k3s digest was baked into $ENV_FILE: nothing can be trusted as k3s; re-bake the image"
+    ceil_why "the image carries no k3s digest: re-bake it with a current ceil"
+    exit 3
+fi
+
 digest_of() { sha256sum "$1" | cut -d' ' -f1; }
 sum_in() { awk -v f="$2" '($2 == f || $2 == "*" f) { print $1; exit }' "$1"; }
 
@@ -60,16 +64,6 @@ get() {
     else
         curl -fsSL --retry 2 --connect-timeout 10 --max-time 900 -o "$3" "$2"
     fi
-}
-
-# expected_for KIND BASE: the digest the binary must have (pinned, or from BASE's sums file).
-expected_for() {
-    if [ -n "$K3S_SHA256" ]; then echo "$K3S_SHA256"; return 0; fi
-    rm -f "$SUMS_TMP"
-    get "$1" "$2/$SUMS" "$SUMS_TMP" || { rm -f "$SUMS_TMP"; return 1; }
-    digest=$(sum_in "$SUMS_TMP" "$ASSET")
-    rm -f "$SUMS_TMP"
-    [ -n "$digest" ] && echo "$digest"
 }
 
 install_images() {
@@ -98,18 +92,7 @@ try_source() {
     kind=$1 base=$2 what=$3
     [ -n "$base" ] || return 0
     if [ "$kind" = file ] && [ ! -f "$base/$ASSET" ]; then return 0; fi
-    case "$base" in http://*)
-        if [ -z "$K3S_SHA256" ]; then
-            log "$what: $base is plain HTTP and no digest was pinned at bake time: not trusted; trying the next source"
-            return 0
-        fi ;;
-    esac
-    if ! expected=$(expected_for "$kind" "$base"); then
-        log "$what: no sha256 for $ASSET ($base/$SUMS unavailable or without it); trying the next source"
-        return 0
-    fi
-    why="${K3S_SHA256:+the digest pinned at bake time}"
-    why="${why:-$base/$SUMS}"
+    expected=$K3S_SHA256 why="the digest pinned at bake time"
     rm -f "$PART"
     if ! get "$kind" "$base/$ASSET" "$PART"; then
         rm -f "$PART"
@@ -134,8 +117,8 @@ try_source() {
 }
 
 mkdir -p "$(dirname "$BIN")"
-rm -f "$PART" "$SUMS_TMP"   # a download cut short by a power loss is never trusted
-if [ -n "$K3S_SHA256" ] && [ -f "$BIN" ] && [ "$(digest_of "$BIN")" = "$K3S_SHA256" ]; then
+rm -f "$PART"   # a download cut short by a power loss is never trusted
+if [ -f "$BIN" ] && [ "$(digest_of "$BIN")" = "$K3S_SHA256" ]; then
     log "k3s $K3S_VERSION already installed, sha256 matches the pin"
     [ -s "$RECORD" ] || record "k3s $K3S_VERSION found installed, sha256 $K3S_SHA256 verified against the digest pinned at bake time"
     install_images
@@ -144,6 +127,6 @@ fi
 try_source file "$K3S_AIRGAP_DIR" "baked air-gap bundle"
 try_source http "$K3S_CACHE_URL" "router cache"
 try_source http "$K3S_UPSTREAM_URL" "upstream release"
-log "no source has k3s $K3S_VERSION ($ASSET) with a usable checksum yet; retrying"
+log "no source has k3s $K3S_VERSION ($ASSET) with the pinned digest yet; retrying"
 ceil_why "no source has k3s $K3S_VERSION with the pinned digest yet (the router's cache, the release)"
 exit 1
