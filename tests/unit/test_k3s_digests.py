@@ -189,3 +189,15 @@ def test_a_router_bake_refuses_a_forged_pair_in_the_workstations_folder_before_w
     assert done.returncode == 1 and "nothing was baked" in said, said
     assert digests.KNOWN[version]["arm64"] in said and "Traceback" not in said
     assert not (tmp_path / "out").exists() and not (tmp_path / "secrets").exists()
+
+
+def test_the_bake_warns_of_a_pin_that_is_not_the_releases(tmp_path, ssh_pubkey):
+    """Printed before anything is written (here the bake then stops at a base image that is not
+    the flavor's)."""
+    cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_sha256: {'b' * 64}}}")
+    (tmp_path / "none.img").write_bytes(b"not the flavor's image")
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "--all", "--base-image", str(tmp_path / "none.img")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "warning:" in said and "is not the published digest of k3s" in said, said
+    assert not (tmp_path / "out").exists()
