@@ -79,7 +79,8 @@ def digests_command(check: bool) -> None:
     kubernetes.k3s_version, or kubernetes.k3s_sha256 for any other release or build."""
     import os
 
-    from .k3s.digests import KNOWN, RELEASES, check_published
+    from .k3s.digests import KNOWN, check_published
+    from .k3s.release import RELEASES
 
     if not check:
         for version, arches in KNOWN.items():

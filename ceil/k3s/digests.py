@@ -23,8 +23,8 @@ cluster names its digest in kubernetes.k3s_sha256 (the k3s-armhf line of sha256s
 from __future__ import annotations
 
 from ..errors import ConfigError
+from .release import ASSETS, RELEASES, parse_sums, sums_url
 
-RELEASES = "https://github.com/k3s-io/k3s/releases"
 # Appended where a message proposes another k3s_version: it may be one ceil has no digest for.
 PIN_HINT = "(and kubernetes.k3s_sha256 for a release `python bake.py k3s digests` does not list)"
 
@@ -46,12 +46,6 @@ KNOWN: dict[str, dict[str, str]] = {
 }
 
 
-def sums_url(version: str, arch: str, releases: str = RELEASES) -> str:
-    from .release import ASSETS  # release.py checks files against these digests
-
-    return f"{releases}/download/{version.replace('+', '%2B')}/{ASSETS[arch]['sums']}"
-
-
 def known_digest(version: str, arch: str) -> str | None:
     return KNOWN.get(version, {}).get(arch)
 
@@ -66,8 +60,6 @@ def expected_digest(cluster, arch: str) -> str:
         return k8s.k3s_sha256
     if digest := known_digest(k8s.k3s_version, arch):
         return digest
-    from .release import ASSETS
-
     known = [v for v in KNOWN if arch in KNOWN[v]]
     choose = f"choose one ceil knows ({', '.join(known)}), or " if known else ""
     raise ConfigError(
@@ -94,7 +86,6 @@ def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, b
     import requests
 
     from ..fetch import TIMEOUT
-    from .release import ASSETS, parse_sums
 
     session = session or requests.Session()
     out = []

@@ -9,7 +9,6 @@ ships (digests.py). A version with neither is refused before anything is baked.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 from ..catalog import load_flavor
 from ..config import Cluster
@@ -17,14 +16,9 @@ from ..errors import CeilError
 from ..secrets import SecretStore
 from .cache import cache_url
 from .digests import expected_digest, pin_warning
-from .release import ASSETS, verified_release_files
+from .release import ASSETS, download_url, verified_release_files
 
-UPSTREAM = "https://github.com/k3s-io/k3s/releases/download"
 AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
-
-
-def upstream_url(version: str) -> str:
-    return f"{UPSTREAM}/{quote(version, safe='')}"
 
 
 def check(cluster: Cluster, role: str) -> None:
@@ -43,7 +37,7 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
             "version": k8s.k3s_version,
             "sha256": expected_digest(cluster, load_flavor(cluster.flavor).arch),
             "cache_url": cache_url(cluster),
-            "upstream_url": upstream_url(k8s.k3s_version),
+            "upstream_url": download_url(k8s.k3s_version),
             "airgap_dir": AIRGAP_ON_TARGET,
         }
     }
@@ -60,7 +54,7 @@ def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
         raise CeilError(
             f"--airgap {source} {found}: expected the k3s {version} release files for {arch}"
             f" ({names['binary']}, {names['sums']}, and {names['images']}.tar.zst for a node without"
-            f" internet) from {upstream_url(version)}; download them there, or bake without --airgap"
+            f" internet) from {download_url(version)}; download them there, or bake without --airgap"
         )
     if unchecked := sorted(p.name for p in source.glob(names["images"] + ".tar*") if p.name not in files):
         raise CeilError(

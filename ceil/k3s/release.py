@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from urllib.parse import quote
 
 from ..config import Cluster
 from ..errors import CeilError
 from ..fetch import sha256_file
-from .digests import expected_digest, sums_url
+
+RELEASES = "https://github.com/k3s-io/k3s/releases"
 
 # Release asset names per Debian architecture (as k3s's install.sh names them: the amd64 binary
 # has no suffix, and armhf's checksum and image files say "arm").
@@ -22,6 +24,15 @@ ASSETS: dict[str, dict[str, str]] = {
     "armhf": {"binary": "k3s-armhf", "sums": "sha256sum-arm.txt", "images": "k3s-airgap-images-arm"},
     "amd64": {"binary": "k3s", "sums": "sha256sum-amd64.txt", "images": "k3s-airgap-images-amd64"},
 }
+
+
+def download_url(version: str, releases: str = RELEASES) -> str:
+    """Where a release's assets are downloaded from (its tag's "+" escaped)."""
+    return f"{releases}/download/{quote(version, safe='')}"
+
+
+def sums_url(version: str, arch: str, releases: str = RELEASES) -> str:
+    return f"{download_url(version, releases)}/{ASSETS[arch]['sums']}"
 
 
 def parse_sums(text: str, asset: str) -> str | None:
@@ -42,6 +53,8 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
     What the sums file is worth: the binary's digest is public, so a forger can copy its line; the
     images are only as good as the sums file the user downloaded with them over HTTPS (ceil ships
     no image digests yet). What it stops is a sums file of another release or another build."""
+    from .digests import expected_digest  # digests.py names files by this module's ASSETS
+
     names = ASSETS[arch]
     binary = source / names["binary"]
     if not binary.is_file():

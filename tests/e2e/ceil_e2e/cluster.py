@@ -177,7 +177,8 @@ class TestCluster:
         # Nodes install only a k3s binary whose digest ceil or cluster.yaml vouches for. The
         # stand-in is no k3s release, so the cluster names the release it plays and pins its
         # digest, as a user with a build of their own does (testbed/apiserver.py STAND_IN_K3S).
-        self.config = deep_merge({"kubernetes": stand_in_pin(workdir / "k3s", arch)}, self.config)
+        self.k3s_releases = workdir / "k3s"  # the workstation's k3s cache (CEIL_K3S_CACHE), filled here
+        self.config = deep_merge({"kubernetes": stand_in_pin(self.k3s_releases, arch)}, self.config)
         self.vpn_client = None  # ceil_e2e.vpn_client.NetnsVpnClient, made by bake()
         self.vpn_wire: Wire | None = None
         vpn = self.config.get("vpn") or {}
@@ -255,10 +256,9 @@ class TestCluster:
         from ceil.datastore import runs_sqlite
 
         self.cluster = load_cluster(self.config_path)
-        # The router's k3s cache gets the stand-in release (fakes.k3s_release_stand_in), as a workstation
+        # The router's k3s cache gets the stand-in release stand_in_pin wrote, as a workstation
         # with downloaded release files would fill it; the nodes install it from there.
-        version = self.cluster.kubernetes.k3s_version
-        env["CEIL_K3S_CACHE"] = str(fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch))
+        env["CEIL_K3S_CACHE"] = str(self._k3s_releases_for(self.cluster.kubernetes.k3s_version))
         t0 = time.monotonic()
         if "router" in self.roles and self.config.get("vpn", {}).get("endpoint"):
             self._make_vpn_client(env)
@@ -406,6 +406,12 @@ class TestCluster:
         self.ssh.forget_host_key(name)
         return self._bake_and_boot(name, path, old.ip, disk_gib, index)
 
+    def _k3s_releases_for(self, version: str) -> Path:
+        """The workstation's k3s cache, which holds the stand-in's release files for `version`."""
+        assert (self.k3s_releases / version).is_dir(), \
+            f"the stand-in's release files are for {sorted(p.name for p in self.k3s_releases.iterdir())}, not {version}"
+        return self.k3s_releases
+
     def _new_board_index(self) -> int:
         """A guest index no machine of this cluster has: its MAC (which follows the index) is
         another board's."""
@@ -415,10 +421,8 @@ class TestCluster:
         out = self.workdir / f"out-{name}"
         from ceil.config import load_cluster
 
-        # The release the others were baked with (the same bytes: the bundle's payload is cached).
-        version = load_cluster(path).kubernetes.k3s_version
-        k3s = fakes_mod.k3s_release_stand_in(self.workdir / "k3s", version, self.arch)
-        env = {**BASE_ENV, "CEIL_K3S_CACHE": str(k3s)}
+        # The release the others were baked with.
+        env = {**BASE_ENV, "CEIL_K3S_CACHE": str(self._k3s_releases_for(load_cluster(path).kubernetes.k3s_version))}
         if self.cache:
             env["CEIL_CACHE"] = self.cache
         cmd = [sys.executable, str(REPO / "bake.py"), "--config", str(path), "--base-image", str(self.testbed.image),
