@@ -74,22 +74,25 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
               " GitHub (needs the internet; CEIL_K3S_RELEASES names a mirror of"
               " https://github.com/k3s-io/k3s/releases).")
 def digests_command(check: bool) -> None:
-    """The k3s releases whose binaries ceil vouches for, with their sha256 per architecture. A
-    node installs only a binary with the digest it was baked with: one of these for
-    kubernetes.k3s_version, or kubernetes.k3s_sha256 for any other release or build."""
+    """The k3s releases whose files ceil vouches for, with their sha256: the binary per
+    architecture, and the air-gap image tarballs it has digests for. A node installs only a binary
+    with the digest it was baked with: one of these for kubernetes.k3s_version, or
+    kubernetes.k3s_sha256 for any other release or build."""
     import os
 
-    from .k3s.digests import KNOWN, check_published
-    from .k3s.release import RELEASES
+    from .k3s.digests import KNOWN, KNOWN_IMAGES, check_published
+    from .k3s.release import ASSETS, RELEASES
 
     if not check:
         for version, arches in KNOWN.items():
             for arch, digest in arches.items():
-                click.echo(f"{version:<16} {arch:<6} {digest}")
+                click.echo(f"{version:<16} {ASSETS[arch]['binary']:<33} {digest}")
+            for asset, digest in KNOWN_IMAGES.get(version, {}).items():
+                click.echo(f"{version:<16} {asset:<33} {digest}")
         return
     findings = check_published(os.environ.get("CEIL_K3S_RELEASES") or RELEASES)
     for what, ok, message in findings:
-        click.echo(f"{'ok  ' if ok else 'FAIL'} {what:<22} {message}")
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {what:<46} {message}")
     if not all(ok for _, ok, _ in findings):
         raise CeilError("a digest ceil ships is not what the release publishes: see FAIL above")
 

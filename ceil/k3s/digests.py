@@ -16,7 +16,8 @@ files wherever GitHub can be reached; run it when adding a release.
 
 To add a release: take the k3s / k3s-arm64 lines of
 https://github.com/k3s-io/k3s/releases/download/<version>/sha256sum-amd64.txt and
-sha256sum-arm64.txt, add them here, and run the check. armhf (HypriotOS) has no entry yet: such a
+sha256sum-arm64.txt (and the k3s-airgap-images-<arch>.tar.zst lines, in KNOWN_IMAGES), add
+them here, and run the check. armhf (HypriotOS) has no entry yet: such a
 cluster names its digest in kubernetes.k3s_sha256 (the k3s-armhf line of sha256sum-arm.txt).
 """
 
@@ -45,9 +46,25 @@ KNOWN: dict[str, dict[str, str]] = {
     },
 }
 
+# The air-gap image tarballs of the same releases, by asset name (the same three-record rule; a
+# tarball not listed here is vouched for by the release's sums file beside it, which must list the
+# pinned binary). With one of these, a forged tarball is refused even beside a forged sums file.
+KNOWN_IMAGES: dict[str, dict[str, str]] = {
+    # Records agreeing: a Python artefact table (binary and images per architecture); an offline
+    # bundle's verifier (sizes and digests of both files); a test quoting the sums file's lines.
+    # The amd64 tarball (9024613e...) has two such records only, so it is not listed.
+    "v1.36.4+k3s1": {
+        "k3s-airgap-images-arm64.tar.zst": "9d3c4c2197bcf857ca17633aa393bad683cc982ddd408620f93036a3cca953b5",
+    },
+}
+
 
 def known_digest(version: str, arch: str) -> str | None:
     return KNOWN.get(version, {}).get(arch)
+
+
+def known_image_digest(version: str, asset: str) -> str | None:
+    return KNOWN_IMAGES.get(version, {}).get(asset)
 
 
 def expected_digest(cluster, arch: str) -> str:
@@ -81,8 +98,9 @@ def pin_warning(cluster, arch: str) -> str | None:
 
 
 def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, bool, str]]:
-    """`bake.py k3s digests --check`: each digest above against the release's own sums file.
-    [(version and arch, agrees, what was found)]; a sums file that cannot be read is not ok."""
+    """`bake.py k3s digests --check`: each digest above (binaries and image tarballs) against the
+    release's own sums file. [(version and asset, agrees, what was found)]; a sums file that
+    cannot be read is not ok."""
     import requests
 
     from ..fetch import TIMEOUT
@@ -92,18 +110,21 @@ def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, b
     for version, arches in KNOWN.items():
         for arch, digest in arches.items():
             url = sums_url(version, arch, releases)
+            wanted = {ASSETS[arch]["binary"]: digest} | {
+                asset: d for asset, d in KNOWN_IMAGES.get(version, {}).items()
+                if asset.startswith(ASSETS[arch]["images"] + ".tar")}
             try:
                 r = session.get(url, timeout=TIMEOUT)
                 r.raise_for_status()
             except requests.RequestException as e:
-                out.append((f"{version} {arch}", False, f"{url} could not be read: {e}"))
+                out += [(f"{version} {asset}", False, f"{url} could not be read: {e}") for asset in wanted]
                 continue
-            binary = ASSETS[arch]["binary"]
-            listed = parse_sums(r.text, binary)
-            if listed == digest:
-                out.append((f"{version} {arch}", True, f"{digest} as {url} lists it"))
-            else:
-                found = f"{binary} with {listed}" if listed else f"no {binary}"
-                out.append((f"{version} {arch}", False, f"ceil has {digest}, {url} lists {found}:"
-                            " correct ceil/k3s/digests.py"))
+            for asset, want in wanted.items():
+                listed = parse_sums(r.text, asset)
+                if listed == want:
+                    out.append((f"{version} {asset}", True, f"{want} as {url} lists it"))
+                else:
+                    found = f"{asset} with {listed}" if listed else f"no {asset}"
+                    out.append((f"{version} {asset}", False, f"ceil has {want}, {url} lists {found}:"
+                                " correct ceil/k3s/digests.py"))
     return out

@@ -1,8 +1,8 @@
 """A k3s release's files for one architecture: their names, and the check of each. The binary is
-checked against the digest the nodes are baked with (digests.expected_digest); the release's
-sha256sum file must list that same digest for it, and then vouches for the air-gap images beside
-it. Shared by the node's install (air-gap bundle), the router's cache and `k3s upgrade`, which all
-carry copies of the same files.
+checked against the digest the nodes are baked with (digests.expected_digest); the air-gap images
+against the release's digest ceil ships, else the release's sha256sum file, which must list that
+same binary digest. Shared by the node's install (air-gap bundle), the router's cache and
+`k3s upgrade`, which all carry copies of the same files.
 """
 
 from __future__ import annotations
@@ -46,14 +46,15 @@ def parse_sums(text: str, asset: str) -> str | None:
 
 def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
     """The release files for `arch` in `source` (a copy of the release's assets): the binary
-    checked against the digest the nodes are baked with, the images against the sha256sum file,
-    which must list that same digest for the binary. {asset name: path}; empty when the binary is
-    not there. A mismatch is an error: a bad file is never baked.
+    checked against the digest the nodes are baked with; each air-gap image tarball against the
+    release's published digest where ceil ships one (digests.KNOWN_IMAGES), else against the
+    sha256sum file, which must then list that same binary digest. {asset name: path}; empty when
+    the binary is not there. A mismatch is an error: a bad file is never baked.
 
-    What the sums file is worth: the binary's digest is public, so a forger can copy its line; the
-    images are only as good as the sums file the user downloaded with them over HTTPS (ceil ships
-    no image digests yet). What it stops is a sums file of another release or another build."""
-    from .digests import expected_digest  # digests.py names files by this module's ASSETS
+    What the sums file is worth: the binary's digest is public, so a forger can copy its line; a
+    tarball ceil has no digest for is only as good as the sums file the user downloaded with it
+    over HTTPS. What the sums check stops is a sums file of another release or another build."""
+    from .digests import expected_digest, known_digest, known_image_digest  # digests.py names files by ASSETS
 
     names = ASSETS[arch]
     binary = source / names["binary"]
@@ -61,6 +62,7 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
         return {}
     expected = expected_digest(cluster, arch)
     k8s = cluster.kubernetes
+    published = expected == known_digest(k8s.k3s_version, arch)
     pin = ("kubernetes.k3s_sha256" if k8s.k3s_sha256 else
            f"the published digest of k3s {k8s.k3s_version} that ceil ships (python bake.py k3s digests)")
     _check(binary, expected, f"{expected}, {pin}, was expected: the file is not that binary (another"
@@ -68,22 +70,31 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
                              f" kubernetes.k3s_version / kubernetes.k3s_sha256")
     files = {names["binary"]: binary}
     sums = source / names["sums"]
-    if not sums.is_file():
-        return files
-    listed = parse_sums(sums.read_text(), names["binary"])
-    if listed != expected:
-        found = f"with sha256 {listed}" if listed else "nowhere"
-        raise CeilError(
-            f"{sums} lists {names['binary']} {found}, not {expected} ({pin}): it is not the sums file"
-            f" of that binary, so it cannot vouch for the images beside it; download it again from"
-            f" {sums_url(k8s.k3s_version, arch)} (a build of your own: write its own sums file)"
-        )
-    files[names["sums"]] = sums
+    listing = None
+    if sums.is_file():
+        listing = sums.read_text()
+        listed = parse_sums(listing, names["binary"])
+        if listed != expected:
+            found = f"with sha256 {listed}" if listed else "nowhere"
+            raise CeilError(
+                f"{sums} lists {names['binary']} {found}, not {expected} ({pin}): it is not the sums file"
+                f" of that binary, so it cannot vouch for the images beside it; download it again from"
+                f" {sums_url(k8s.k3s_version, arch)} (a build of your own: write its own sums file)"
+            )
+        files[names["sums"]] = sums
     for image in sorted(source.glob(names["images"] + ".tar*")):
-        if digest := parse_sums(sums.read_text(), image.name):
+        # The release's own tarball: ceil's digest, whatever the sums file says. A build of your
+        # own (a pin that is not the release's) has its own images, vouched for by its sums file.
+        if published and (digest := known_image_digest(k8s.k3s_version, image.name)):
+            _check(image, digest, f"{digest}, the published digest of k3s {k8s.k3s_version}'s"
+                                  f" {image.name} that ceil ships, was expected: the file is corrupt or"
+                                  f" not the release's; delete it and download it again")
+        elif listing and (digest := parse_sums(listing, image.name)):
             _check(image, digest, f"{digest}, as {sums} lists it, was expected: the file is corrupt or"
                                   f" not the release's; delete it and download it again")
-            files[image.name] = image
+        else:
+            continue
+        files[image.name] = image
     return files
 
 

@@ -18,7 +18,7 @@ from ceil.catalog import available, load_flavor
 from ceil.config import load_cluster
 from ceil.config.schema import Kubernetes
 from ceil.errors import CeilError, ConfigError
-from ceil.k3s import digests
+from ceil.k3s import digests, install
 from ceil.k3s.release import ASSETS, verified_release_files
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +106,73 @@ def test_a_sums_file_that_disagrees_with_the_shipped_digest_vouches_for_nothing(
     assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt"}
 
 
+def test_every_shipped_image_digest_belongs_to_a_release_and_architecture_with_a_binary_digest():
+    """So `k3s digests --check` compares each of them with the release's sums file."""
+    for version, assets in digests.KNOWN_IMAGES.items():
+        for asset, digest in assets.items():
+            arches = [a for a in ASSETS if asset in (ASSETS[a]["images"] + ext for ext in (".tar", ".tar.gz", ".tar.zst"))]
+            assert arches and arches[0] in digests.KNOWN[version], (version, asset)
+            assert len(digest) == 64 and int(digest, 16) >= 0, (version, asset)
+
+
+def test_the_default_release_ships_the_arm64_images_digest():
+    """The real Pis' architecture: `--airgap` with the release's tarball needs no sums file."""
+    assert digests.known_image_digest(Kubernetes().k3s_version, "k3s-airgap-images-arm64.tar.zst")
+
+
+@pytest.fixture
+def release_pair(monkeypatch):
+    """The default release's binary and image tarball, as stand-in bytes whose digests are put in
+    ceil's tables for this test."""
+    binary, images = b"the release's binary, in this test", b"the release's images, in this test"
+    version, tarball = Kubernetes().k3s_version, "k3s-airgap-images-arm64.tar.zst"
+    monkeypatch.setitem(digests.KNOWN, version, {"arm64": hashlib.sha256(binary).hexdigest()})
+    monkeypatch.setitem(digests.KNOWN_IMAGES, version, {tarball: hashlib.sha256(images).hexdigest()})
+    return binary, images, tarball
+
+
+def test_forged_images_beside_a_forged_sums_file_are_refused(tmp_path, ssh_pubkey, release_pair):
+    """The sums file's binary line is public, so a forger can copy it next to a tarball of their
+    own: the tarball is checked against ceil's digest, not the sums file's line."""
+    binary, images, tarball = release_pair
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    folder = release_folder(tmp_path / "release", binary)
+    forged = b"images of someone else's choosing"
+    (folder / tarball).write_bytes(forged)
+    with (folder / "sha256sum-arm64.txt").open("a") as sums:
+        sums.write(f"{hashlib.sha256(forged).hexdigest()}  {tarball}\n")
+    with pytest.raises(CeilError, match=f"{tarball} that ceil ships"):
+        verified_release_files(cluster, "arm64", folder)
+    (folder / tarball).write_bytes(images)  # the release's own, whatever the sums file says
+    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt", tarball}
+
+
+def test_the_releases_images_need_no_sums_file_when_ceil_ships_their_digest(tmp_path, ssh_pubkey, release_pair):
+    binary, images, tarball = release_pair
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "k3s-arm64").write_bytes(binary)
+    (folder / tarball).write_bytes(images)
+    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", tarball}
+    files = install.airgap_files(cluster, "arm64", folder)
+    assert sorted(Path(p).name for p in files) == sorted(["k3s-arm64", tarball])
+
+
+def test_a_build_of_your_own_brings_its_own_images_under_its_own_sums_file(tmp_path, ssh_pubkey, release_pair):
+    """A pin that is not the release's: the release's image digest is not applied to its images
+    (they are the build's), the build's sums file vouches for them."""
+    _, _, tarball = release_pair
+    build, build_images = b"my own k3s build", b"my own build's images"
+    pin = hashlib.sha256(build).hexdigest()
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_sha256: {pin}}}"))
+    folder = release_folder(tmp_path / "release", build)
+    (folder / tarball).write_bytes(build_images)
+    with (folder / "sha256sum-arm64.txt").open("a") as sums:
+        sums.write(f"{hashlib.sha256(build_images).hexdigest()}  {tarball}\n")
+    assert tarball in verified_release_files(cluster, "arm64", folder)
+
+
 def test_a_bake_of_a_release_without_a_digest_writes_nothing(tmp_path, ssh_pubkey):
     """Refused with every other problem, before the first image (the router's comes first)."""
     cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}}}")
@@ -132,10 +199,14 @@ def releases(tmp_path):
     server.shutdown()
 
 
-def publish(root: Path, version: str, arch: str, digest: str) -> None:
+def publish(root: Path, version: str, arch: str, digest: str, images: str | None = None) -> None:
+    """The release's sums file: the binary's line, and its image tarball's (ceil's digest for it
+    where ceil ships one, unless `images` says otherwise)."""
     d = root / "download" / version  # the URL's %2B reaches the handler decoded
     d.mkdir(parents=True, exist_ok=True)
-    (d / ASSETS[arch]["sums"]).write_text(f"{'0' * 64}  {ASSETS[arch]['images']}.tar.zst\n{digest}  {ASSETS[arch]['binary']}\n")
+    tarball = f"{ASSETS[arch]['images']}.tar.zst"
+    images = images or digests.known_image_digest(version, tarball) or "0" * 64
+    (d / ASSETS[arch]["sums"]).write_text(f"{images}  {tarball}\n{digest}  {ASSETS[arch]['binary']}\n")
 
 
 def test_check_agrees_with_the_published_sums_and_names_a_difference(releases, monkeypatch):
@@ -147,18 +218,24 @@ def test_check_agrees_with_the_published_sums_and_names_a_difference(releases, m
     version, arch = next(iter(digests.KNOWN)), "arm64"
     publish(root, version, arch, "d" * 64)
     bad = [(what, message) for what, ok, message in digests.check_published(url) if not ok]
-    assert bad == [(f"{version} {arch}", bad[0][1])] and "d" * 64 in bad[0][1]
+    assert bad == [(f"{version} {ASSETS[arch]['binary']}", bad[0][1])] and "d" * 64 in bad[0][1]
     monkeypatch.setenv("CEIL_K3S_RELEASES", url)
     done = subprocess.run([sys.executable, str(REPO / "bake.py"), "k3s", "digests", "--check"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "FAIL" in done.stdout and "d" * 64 in done.stdout, done.stdout + done.stderr
+    # a tarball digest ceil ships is checked against the release's sums file too
+    [(version, images)] = [(v, a) for v, assets in digests.KNOWN_IMAGES.items() for a in assets][:1]
+    arch = next(a for a in ASSETS if images.startswith(ASSETS[a]["images"] + ".tar"))
+    publish(root, version, arch, digests.KNOWN[version][arch], images="e" * 64)
+    bad = [(what, message) for what, ok, message in digests.check_published(url) if not ok]
+    assert [what for what, _ in bad] == [f"{version} {images}"] and "e" * 64 in bad[0][1], bad
 
 
 def test_the_listing_shows_every_shipped_digest():
     done = subprocess.run([sys.executable, str(REPO / "bake.py"), "k3s", "digests"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for arches in digests.KNOWN.values():
+    for arches in [*digests.KNOWN.values(), *digests.KNOWN_IMAGES.values()]:
         for digest in arches.values():
             assert digest in done.stdout
 
