@@ -9,6 +9,7 @@ the baked PKI, so nothing has to be fetched from the server).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
 import tempfile
 from collections.abc import Iterator
@@ -160,7 +161,7 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
     Without --check: each image and chart the catalog references and its pin (or "unpinned").
     --check needs the internet (Docker Hub, ghcr.io, quay.io, the chart repositories); exit 1 when
     a pinned tag now points at other bytes, or a registry could not be asked."""
-    from .pins import Pins, check as check_pins
+    from .pins import REGISTRY_SOURCE, Pins, check as check_pins
 
     if write and not check:
         raise CeilError("--write records what --check reads: use both")
@@ -169,7 +170,8 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
     if not check:
         for kind, refs, table in (("image", images, pins.images), ("chart", charts, pins.charts)):
             for ref in sorted(refs):
-                click.echo(f"{kind} {ref}: {table.get(ref) or 'unpinned'}")
+                pinned = table.get(ref)
+                click.echo(f"{kind} {ref}: {pinned} ({pins.sources[ref]})" if pinned else f"{kind} {ref}: unpinned")
         return
     findings = check_pins(images, charts, pins)
     bad = False
@@ -184,8 +186,9 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
         elif f.state == "unpinned":
             line += f": {f.current}"
         click.echo(line)
-        if write and f.current and f.current != f.pinned:
-            (pins.images if f.kind == "image" else pins.charts)[f.ref] = f.current
+        if write and f.current and (f.current != f.pinned or not pins.sources[f.ref].startswith(REGISTRY_SOURCE)):
+            # a pin taken from public records becomes the registry's once the registry agrees
+            pins.record(f.kind, f.ref, f.current, f"{REGISTRY_SOURCE} on {datetime.date.today().isoformat()}")
     if write:
         pins.save()
         click.echo(f"wrote {pins.path}")

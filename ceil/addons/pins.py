@@ -2,8 +2,9 @@
 
 Tags and chart versions can be re-pushed; a digest cannot. `addons/pins.yaml` records, for every
 image reference and chart the catalog renders, the digest it was checked against (null: not
-pinned yet; nothing can be looked up from the machine this was written on, so each pin is read
-from the registry by `python bake.py addons pins --check --write`, never made up). Rendering
+pinned yet; each pin is read from the registry by `python bake.py addons pins --check --write`,
+or, where no registry can be asked, taken from public records that agree, which its `source`
+names; never made up). Rendering
 turns a pinned image `name:tag` into `name:tag@sha256:...`, which containerd then refuses to run
 with other bytes. Charts: helm-controller takes a repo, chart and version, not a digest, so a
 chart pin is checked (`--check`), not enforced at install.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:  # imported where a registry is asked (pins --check): a bake n
 
 
 PINS_FILE = Path(__file__).resolve().parents[2] / "addons" / "pins.yaml"
+# The source `--check --write` records for a digest it read.
+REGISTRY_SOURCE = "read from the registry by `python bake.py addons pins --check --write`"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -88,6 +91,9 @@ class Pins:
     images: dict[str, str | None]
     charts: dict[str, str | None]
     path: Path = PINS_FILE
+    # Where each digest was read ({ref: text}): a registry by `--check --write`, or the public
+    # records it was taken from where no registry could be asked.
+    sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Pins:
@@ -99,15 +105,27 @@ class Pins:
         out = cls({}, {}, path)
         for kind in ("images", "charts"):
             for ref, entry in (data.get(kind) or {}).items():
-                value = (entry or {}).get("digest")
+                value, source = (entry or {}).get("digest"), (entry or {}).get("source")
                 if value is not None and not DIGEST_RE.match(str(value)):
                     raise CeilError(f"{path}: {kind} {ref!r}: digest {value!r} is not sha256:<64 hex digits>")
+                if value is not None and not (isinstance(source, str) and source.strip()):
+                    raise CeilError(f"{path}: {kind} {ref!r}: digest {value} names no source: say where it was"
+                                    f" read (python bake.py addons pins --check --write records the registry)")
                 getattr(out, kind)[ref] = value
+                if value is not None:
+                    out.sources[ref] = source.strip()
         return out
 
+    def record(self, kind: str, ref: str, digest: str, source: str) -> None:
+        (self.images if kind == "image" else self.charts)[ref] = digest
+        self.sources[ref] = source
+
     def save(self) -> None:
-        body = yaml.safe_dump({"images": {k: {"digest": v} for k, v in sorted(self.images.items())},
-                               "charts": {k: {"digest": v} for k, v in sorted(self.charts.items())}},
+        def entries(table: dict[str, str | None]) -> dict:
+            return {k: {"digest": v, **({"source": self.sources[k]} if v and k in self.sources else {})}
+                    for k, v in sorted(table.items())}
+
+        body = yaml.safe_dump({"images": entries(self.images), "charts": entries(self.charts)},
                               sort_keys=False, width=200)
         tmp = self.path.with_suffix(".yaml.tmp")
         tmp.write_text(PINS_HEADER + body)
@@ -122,10 +140,14 @@ class Pins:
 
 PINS_HEADER = """\
 # Digests of the container images and charts the add-on catalog references (ceil/addons/pins.py).
-# null: not pinned yet. Filled in only from the registries themselves, by
+# null: not pinned yet. Filled in from the registries themselves, by
 #   python bake.py addons pins --check --write
-# which reads each tag's digest (and each chart version's digest from its repository's index) and
-# says what changed; never edit a digest by hand. A pinned image renders as name:tag@sha256:...
+# which reads each tag's digest (and each chart version's digest from its repository's index),
+# says what changed, and records the registry as the pin's source. Where no registry could be
+# asked, a digest may be taken from public records instead: only one that at least three
+# independent repositories pin for the same tag, with those records named in `source`; `--check`
+# then compares it with the registry like any other. A digest without a source is refused.
+# A pinned image renders as name:tag@sha256:...
 """
 
 

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from ceil.addons import pins as pins_mod
 from ceil.addons.cli import addons_group, catalog_references
+from ceil.addons.catalog import Catalog
 from ceil.addons.render import render_selected
 from router_lan_render import KEY, REPO, cluster_from
 
@@ -101,8 +102,10 @@ def fake(monkeypatch, tmp_path):
     base = f"http://127.0.0.1:{server.server_address[1]}"
     hosts = {"docker.io", "ghcr.io", "github.com"} | {urlsplit(repo).hostname for repo, _, _ in CATALOG_CHARTS}
     monkeypatch.setenv("CEIL_REGISTRY_ENDPOINTS", ",".join(f"{h}={base}/{h}" for h in hosts))
-    pins_file = tmp_path / "pins.yaml"
-    pins_file.write_text((REPO / "addons/pins.yaml").read_text())
+    pins_file = tmp_path / "pins.yaml"  # the catalog's entries, none pinned yet
+    shipped = yaml.safe_load((REPO / "addons/pins.yaml").read_text())
+    pins_file.write_text(yaml.safe_dump({kind: {ref: {"digest": None} for ref in shipped[kind]}
+                                         for kind in ("images", "charts")}))
     monkeypatch.setattr(pins_mod, "PINS_FILE", pins_file)
     Fake.moved = set()
     yield pins_file
@@ -161,3 +164,43 @@ def test_an_unreachable_registry_fails_the_check_and_a_bad_pin_is_refused(fake, 
     fake.write_text("images:\n  docker.io/library/busybox:1.37: {digest: 'sha256:abc'}\n")
     with pytest.raises(Exception, match="not sha256:<64 hex digits>"):
         pins_mod.Pins.load()
+
+
+def test_every_shipped_pin_names_its_source_and_a_pin_without_one_is_refused(tmp_path):
+    pins = pins_mod.Pins.load()
+    pinned = {ref for table in (pins.images, pins.charts) for ref, digest in table.items() if digest}
+    assert pinned and pinned == set(pins.sources), "every digest in addons/pins.yaml says where it was read"
+    for ref in pinned:
+        source = pins.sources[ref]
+        assert source.startswith(pins_mod.REGISTRY_SOURCE) or "independent repositories" in source, (ref, source)
+    bare = tmp_path / "pins.yaml"
+    bare.write_text(f"images:\n  docker.io/library/busybox:1.37: {{digest: '{IMAGE_DIGEST}'}}\n")
+    with pytest.raises(Exception, match="names no source"):
+        pins_mod.Pins.load(bare)
+
+
+def test_the_tunnels_cloudflared_renders_by_the_digest_public_records_agree_on():
+    """The one pin taken from public records (six repositories agree; no registry can be asked
+    here): containerd will run no other bytes under that tag."""
+    pins = pins_mod.Pins.load()
+    ref = "docker.io/cloudflare/cloudflared:2026.6.1"
+    assert pins.images[ref] == "sha256:6d91c121b803126f7a5344005d17a9324788fc09d305b6e2560ec6040a7ae283"
+    catalog = Catalog()
+    rendered = render_selected(full_cluster(), catalog, names=["tunnel"])
+    images = [c["image"] for a in rendered for m in a.manifests for c in pins_mod._containers(m)]
+    assert images == [f"{ref}@{pins.images[ref]}"]
+
+
+def test_a_pin_from_public_records_becomes_the_registrys_when_it_agrees_and_is_reported_when_not(fake, config):
+    ref = "docker.io/library/busybox:1.37"
+    fake.write_text(yaml.safe_dump({"images": {ref: {"digest": IMAGE_DIGEST, "source": "three independent repositories"}},
+                                    "charts": {}}))
+    listing = CliRunner().invoke(addons_group, ["--config", config, "pins"], catch_exceptions=False)
+    assert f"image {ref}: {IMAGE_DIGEST} (three independent repositories)" in listing.output
+    result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check", "--write"])
+    assert f"ok          image {ref}" in result.output, result.output
+    assert pins_mod.Pins.load().sources[ref].startswith(pins_mod.REGISTRY_SOURCE)
+    fake.write_text(yaml.safe_dump({"images": {ref: {"digest": "sha256:" + "f" * 64, "source": "three repositories"}},
+                                    "charts": {}}))
+    result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check"])
+    assert result.exit_code == 1 and f"CHANGED     image {ref}: pinned sha256:{'f' * 64}" in result.output
