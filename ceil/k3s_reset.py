@@ -86,9 +86,10 @@ def digests_command(check: bool) -> None:
     if not check:
         for version, arches in KNOWN.items():
             for arch, digest in arches.items():
-                click.echo(f"{version:<16} {ASSETS[arch]['binary']:<33} {digest}")
-            for asset, digest in KNOWN_IMAGES.get(version, {}).items():
-                click.echo(f"{version:<16} {asset:<33} {digest}")
+                click.echo(f"{version:<16} {arch:<6} {ASSETS[arch]['binary']:<33} {digest}")
+                for asset, image_digest in KNOWN_IMAGES.get(version, {}).items():
+                    if asset.startswith(ASSETS[arch]["images"] + ".tar"):
+                        click.echo(f"{version:<16} {arch:<6} {asset:<33} {image_digest}")
         return
     findings = check_published(os.environ.get("CEIL_K3S_RELEASES") or RELEASES)
     for what, ok, message in findings:

@@ -142,12 +142,12 @@ def render_command(obj: Context, names, out_dir, check) -> None:
         click.echo(f"all manifests valid for Kubernetes {version}")
 
 
-def catalog_references(cluster: Cluster) -> tuple[set[str], set[str]]:
+def catalog_references(cluster: Cluster, pins=None) -> tuple[set[str], set[str]]:
     """Images and charts of every add-on in the catalog (enabled or not), as the cluster renders them."""
     from .pins import references
 
     catalog = Catalog()
-    addons = render_selected(cluster, catalog, names=list(catalog.specs))
+    addons = render_selected(cluster, catalog, names=list(catalog.specs), pins=pins)
     return references([m for a in addons for m in a.manifests])
 
 
@@ -165,8 +165,8 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
 
     if write and not check:
         raise CeilError("--write records what --check reads: use both")
-    pins = Pins.load()
-    images, charts = catalog_references(obj.cluster)
+    pins = Pins.load(unsourced="not recorded" if write else None)
+    images, charts = catalog_references(obj.cluster, pins)
     if not check:
         for kind, refs, table in (("image", images, pins.images), ("chart", charts, pins.charts)):
             for ref in sorted(refs):
@@ -181,7 +181,11 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
             line += f": {f.error}"
             bad = True
         elif f.state == "CHANGED":
-            line += f": pinned {f.pinned}, the registry now says {f.current} (the tag was re-pushed: check why)"
+            source = pins.sources[f.ref]
+            why = ("the tag was re-pushed: check why" if source.startswith(REGISTRY_SOURCE) else
+                   f"its source is not the registry ({source.split(':')[0]}): that was wrong, or the tag"
+                   f" was re-pushed since")
+            line += f": pinned {f.pinned}, the registry now says {f.current} ({why})"
             bad = True
         elif f.state == "unpinned":
             line += f": {f.current}"

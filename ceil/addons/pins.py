@@ -96,7 +96,10 @@ class Pins:
     sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Pins:
+    def load(cls, path: Path | None = None, *, unsourced: str | None = None) -> Pins:
+        """`unsourced`: the source given to a digest that names none (a file `--check --write`
+        wrote before sources were recorded; it replaces them with the registry's), instead of
+        refusing it."""
         path = path or PINS_FILE
         try:
             data = yaml.safe_load(path.read_text()) or {}
@@ -108,9 +111,16 @@ class Pins:
                 value, source = (entry or {}).get("digest"), (entry or {}).get("source")
                 if value is not None and not DIGEST_RE.match(str(value)):
                     raise CeilError(f"{path}: {kind} {ref!r}: digest {value!r} is not sha256:<64 hex digits>")
-                if value is not None and not (isinstance(source, str) and source.strip()):
-                    raise CeilError(f"{path}: {kind} {ref!r}: digest {value} names no source: say where it was"
-                                    f" read (python bake.py addons pins --check --write records the registry)")
+                if source is not None and not isinstance(source, str):
+                    raise CeilError(f"{path}: {kind} {ref!r}: source {source!r} is not text: say in words where"
+                                    f" the digest was read")
+                if value is not None and not (source or "").strip():
+                    if unsourced is None:
+                        raise CeilError(
+                            f"{path}: {kind} {ref!r}: digest {value} names no source: add a `source:` saying"
+                            f" where it was read, or run `python bake.py addons pins --check --write`, which"
+                            f" reads it from the registry again and records that")
+                    source = unsourced
                 getattr(out, kind)[ref] = value
                 if value is not None:
                     out.sources[ref] = source.strip()
@@ -121,6 +131,9 @@ class Pins:
         self.sources[ref] = source
 
     def save(self) -> None:
+        unsourced = [ref for table in (self.images, self.charts) for ref, v in table.items() if v and ref not in self.sources]
+        assert not unsourced, f"pins without a source would not load again: {unsourced}"
+
         def entries(table: dict[str, str | None]) -> dict:
             return {k: {"digest": v, **({"source": self.sources[k]} if v and k in self.sources else {})}
                     for k, v in sorted(table.items())}
@@ -145,8 +158,9 @@ PINS_HEADER = """\
 # which reads each tag's digest (and each chart version's digest from its repository's index),
 # says what changed, and records the registry as the pin's source. Where no registry could be
 # asked, a digest may be taken from public records instead: only one that at least three
-# independent repositories pin for the same tag, with those records named in `source`; `--check`
-# then compares it with the registry like any other. A digest without a source is refused.
+# independent repositories pin for the tag, with at most one record naming another digest, and
+# with those records described in `source`; `--check` then compares it with the registry like any
+# other, and `--write` records the registry instead. A digest without a source is refused.
 # A pinned image renders as name:tag@sha256:...
 """
 

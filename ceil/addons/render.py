@@ -159,8 +159,9 @@ def _render_docs(env: jinja2.Environment, name: str, ctx: dict, where: str) -> l
 
 
 def render_selected(cluster: Cluster, catalog: Catalog | None = None,
-                    names: list[str] | None = None) -> list[RenderedAddon]:
-    """The chosen add-ons (or exactly `names`, in dependency order), rendered."""
+                    names: list[str] | None = None, pins: Pins | None = None) -> list[RenderedAddon]:
+    """The chosen add-ons (or exactly `names`, in dependency order), rendered (with `pins`, or
+    addons/pins.yaml's)."""
     catalog = catalog or Catalog()
     chosen = selected(cluster, catalog)
     if names is None:
@@ -169,7 +170,7 @@ def render_selected(cluster: Cluster, catalog: Catalog | None = None,
         from .catalog import dependency_order
 
         specs = dependency_order([catalog.get(n) for n in names])
-    pins = Pins.load()  # once for every add-on rendered, as the selection
+    pins = pins or Pins.load()  # once for every add-on rendered, as the selection
     enabled = sorted(s.name for s in chosen)
     return [render_addon(cluster, s, catalog, pins, enabled) for s in specs]
 

@@ -1,5 +1,6 @@
-"""The k3s binaries ceil vouches for: the sha256 of each release's binary, per architecture, as
-the release's own sha256sum-<arch>.txt publishes it (issue 18, finding 1).
+"""The k3s release files ceil vouches for: the sha256 of each release's binary per architecture
+(KNOWN), and of the air-gap image tarballs in KNOWN_IMAGES, as the release's own
+sha256sum-<arch>.txt publishes them (issue 18, finding 1).
 
 Every node is baked with one of these digests (or the one cluster.yaml's kubernetes.k3s_sha256
 names) and installs no k3s binary whose bytes do not match it, whatever the source: the baked

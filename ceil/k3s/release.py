@@ -83,9 +83,16 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
             )
         files[names["sums"]] = sums
     for image in sorted(source.glob(names["images"] + ".tar*")):
-        # The release's own tarball: ceil's digest, whatever the sums file says. A build of your
-        # own (a pin that is not the release's) has its own images, vouched for by its sums file.
+        # The release's own tarball: ceil's digest. A sums file beside it that says otherwise is
+        # not the release's and is refused (the node checks the baked tarball against a baked sums
+        # file too, and would refuse it for good). A build of your own (a pin that is not the
+        # release's) has its own images, vouched for by its sums file.
         if published and (digest := known_image_digest(k8s.k3s_version, image.name)):
+            if listing and (listed := parse_sums(listing, image.name)) and listed != digest:
+                raise CeilError(
+                    f"{sums} lists {image.name} with sha256 {listed}, but k3s {k8s.k3s_version} publishes"
+                    f" {digest} (python bake.py k3s digests): it is not the release's sums file; download"
+                    f" it again from {sums_url(k8s.k3s_version, arch)}")
             _check(image, digest, f"{digest}, the published digest of k3s {k8s.k3s_version}'s"
                                   f" {image.name} that ceil ships, was expected: the file is corrupt or"
                                   f" not the release's; delete it and download it again")

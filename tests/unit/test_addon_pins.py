@@ -204,3 +204,30 @@ def test_a_pin_from_public_records_becomes_the_registrys_when_it_agrees_and_is_r
                                     "charts": {}}))
     result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check"])
     assert result.exit_code == 1 and f"CHANGED     image {ref}: pinned sha256:{'f' * 64}" in result.output
+    assert "its source is not the registry (three repositories)" in result.output, result.output
+
+
+def test_a_pins_file_written_before_sources_is_refused_and_rewritten_by_check_write(fake, config):
+    """The refusal names the fix, and the fix runs: --write reads every digest again and records
+    the registry as its source."""
+    ref = "docker.io/library/busybox:1.37"
+    fake.write_text(yaml.safe_dump({"images": {ref: {"digest": IMAGE_DIGEST}}, "charts": {}}))
+    with pytest.raises(Exception, match="names no source.*--check --write"):
+        pins_mod.Pins.load()
+    listing = CliRunner().invoke(addons_group, ["--config", config, "pins"])
+    assert listing.exit_code != 0 and "names no source" in str(listing.exception)
+    result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check", "--write"])
+    assert result.exit_code == 0, result.output
+    assert pins_mod.Pins.load().sources[ref].startswith(pins_mod.REGISTRY_SOURCE)
+    fake.write_text(yaml.safe_dump({"images": {ref: {"digest": IMAGE_DIGEST, "source": 42}}}))
+    with pytest.raises(Exception, match="is not text"):
+        pins_mod.Pins.load()
+
+
+def test_the_pins_file_round_trips_with_its_sources(tmp_path):
+    copy = tmp_path / "pins.yaml"
+    copy.write_text((REPO / "addons/pins.yaml").read_text())
+    pins = pins_mod.Pins.load(copy)
+    pins.save()
+    assert copy.read_text() == (REPO / "addons/pins.yaml").read_text()
+    assert pins_mod.Pins.load(copy) == pins

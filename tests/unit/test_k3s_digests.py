@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import subprocess
 import sys
 import threading
@@ -56,7 +57,7 @@ def test_every_shipped_digest_is_sha256_hex_and_every_version_a_k3s_release():
     for version, arches in digests.KNOWN.items():
         assert Kubernetes(k3s_version=version).k3s_version == version
         for arch, digest in arches.items():
-            assert arch in ASSETS and len(digest) == 64 and int(digest, 16) >= 0, (version, arch)
+            assert arch in ASSETS and re.fullmatch(r"[0-9a-f]{64}", digest), (version, arch)
 
 
 def test_the_users_pin_wins_and_the_shipped_digest_is_the_default(tmp_path, ssh_pubkey):
@@ -112,7 +113,7 @@ def test_every_shipped_image_digest_belongs_to_a_release_and_architecture_with_a
         for asset, digest in assets.items():
             arches = [a for a in ASSETS if asset in (ASSETS[a]["images"] + ext for ext in (".tar", ".tar.gz", ".tar.zst"))]
             assert arches and arches[0] in digests.KNOWN[version], (version, asset)
-            assert len(digest) == 64 and int(digest, 16) >= 0, (version, asset)
+            assert re.fullmatch(r"[0-9a-f]{64}", digest), (version, asset)
 
 
 def test_the_default_release_ships_the_arm64_images_digest():
@@ -141,10 +142,32 @@ def test_forged_images_beside_a_forged_sums_file_are_refused(tmp_path, ssh_pubke
     (folder / tarball).write_bytes(forged)
     with (folder / "sha256sum-arm64.txt").open("a") as sums:
         sums.write(f"{hashlib.sha256(forged).hexdigest()}  {tarball}\n")
+    with pytest.raises(CeilError, match="it is not the release's sums file"):
+        verified_release_files(cluster, "arm64", folder)
+    (folder / tarball).write_bytes(images)  # the release's own tarball beside the forged sums file
+    with pytest.raises(CeilError, match="it is not the release's sums file"):
+        verified_release_files(cluster, "arm64", folder)
+    release_folder(folder, binary)  # the sums file without the tarball's line: ceil's digest alone
+    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt", tarball}
+    (folder / tarball).write_bytes(forged)
     with pytest.raises(CeilError, match=f"{tarball} that ceil ships"):
         verified_release_files(cluster, "arm64", folder)
-    (folder / tarball).write_bytes(images)  # the release's own, whatever the sums file says
-    assert set(verified_release_files(cluster, "arm64", folder)) == {"k3s-arm64", "sha256sum-arm64.txt", tarball}
+
+
+def test_the_releases_other_tarballs_are_still_vouched_for_by_its_sums_file(tmp_path, ssh_pubkey, release_pair):
+    """A tarball of the release ceil has no digest for (another compression, here): the sums file
+    beside the binary vouches for it, and a wrong line there is refused."""
+    binary, images, _ = release_pair
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey))
+    folder = release_folder(tmp_path / "release", binary)
+    other = "k3s-airgap-images-arm64.tar.gz"
+    (folder / other).write_bytes(images)
+    with (folder / "sha256sum-arm64.txt").open("a") as sums:
+        sums.write(f"{hashlib.sha256(images).hexdigest()}  {other}\n")
+    assert other in verified_release_files(cluster, "arm64", folder)
+    (folder / other).write_bytes(b"someone else's images")
+    with pytest.raises(CeilError, match="as .* lists it"):
+        verified_release_files(cluster, "arm64", folder)
 
 
 def test_the_releases_images_need_no_sums_file_when_ceil_ships_their_digest(tmp_path, ssh_pubkey, release_pair):
