@@ -60,6 +60,9 @@ STANDIN = Path(__file__).with_name("k3s_standin.py")
 # another arch, and where that arch's libseccomp is (Debian multiarch).
 CROSS_CC = {"arm64": "aarch64-linux-gnu-gcc", "amd64": "x86_64-linux-gnu-gcc"}
 CROSS_PACKAGE = {"arm64": "gcc-aarch64-linux-gnu", "amd64": "gcc-x86-64-linux-gnu"}
+# The C library headers for the cross compiler: only recommended by it, so an install without
+# recommends (setup-host.sh's) leaves a compiler that cannot compile cgo's own files.
+CROSS_LIBC = {"arm64": "libc6-dev-arm64-cross", "amd64": "libc6-dev-amd64-cross"}
 TRIPLET = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
 
 
@@ -107,6 +110,13 @@ def lookup(arch: str, stamp: str | None = None) -> Path | None:
     return final if (final / "manifest.json").is_file() else None
 
 
+def cross_headers_work(arch: str) -> bool:
+    """Whether the cross compiler finds its C library (cgo's runtime includes stdint.h)."""
+    done = subprocess.run([CROSS_CC[arch], "-E", "-x", "c", "-"], input="#include <stdint.h>\n",
+                          capture_output=True, text=True)
+    return done.returncode == 0
+
+
 def check_tools(arch: str) -> None:
     missing = [f"{tool} not found: {why}" for tool, why in {
         "go": "it builds every piece from its Go module (Go >= 1.26)",
@@ -115,6 +125,9 @@ def check_tools(arch: str) -> None:
     if arch != host_arch() and shutil.which(CROSS_CC[arch]) is None:
         missing.append(f"{CROSS_CC[arch]} not found: it compiles kine's SQLite and runc's nsenter for"
                        f" {arch} guests (apt install {CROSS_PACKAGE[arch]}; make setup-test installs it)")
+    elif arch != host_arch() and not cross_headers_work(arch):
+        missing.append(f"{CROSS_CC[arch]} cannot find the C library's headers for {arch} (stdint.h): apt install"
+                       f" {CROSS_LIBC[arch]} (only recommended by {CROSS_PACKAGE[arch]}; make setup-test installs it)")
     elif shutil.which("gcc") is None:
         missing.append("gcc not found: it compiles kine's SQLite and runc's nsenter (apt install gcc)")
     if not seccomp_pc(arch).is_file() or shutil.which("pkg-config") is None:

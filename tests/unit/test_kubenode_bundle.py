@@ -65,3 +65,17 @@ def test_the_pause_image_is_an_oci_layout_containerd_names_and_runs(fake_build):
 def test_another_kubernetes_release_than_the_default_is_refused_with_the_reason():
     with pytest.raises(kubenode.BuildError, match="another Kubernetes release"):
         kubenode.recipe("amd64", "v1.37.0+k3s1")
+
+
+def test_a_cross_compiler_without_its_c_library_is_named_before_the_build(monkeypatch, tmp_path):
+    """gcc-aarch64-linux-gnu only recommends libc6-dev-arm64-cross, and setup-host.sh installs
+    without recommends: cgo's first file then failed minutes into the build, naming a header."""
+    fake_cc = tmp_path / "aarch64-linux-gnu-gcc"  # a cross compiler that finds no stdint.h
+    fake_cc.write_text("#!/bin/sh\necho 'fatal error: bits/libc-header-start.h: No such file' >&2\nexit 1\n")
+    fake_cc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    monkeypatch.setattr(kubenode, "host_arch", lambda: "amd64")
+    with pytest.raises(kubenode.BuildError, match="apt install libc6-dev-arm64-cross"):
+        kubenode.check_tools("arm64")
+    setup = (Path(__file__).resolve().parents[2] / "scripts" / "setup-host.sh").read_text()
+    assert "libc6-dev-arm64-cross" in setup.split("TEST_PKGS=", 1)[1].split('"', 2)[1]
