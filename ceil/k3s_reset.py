@@ -80,16 +80,15 @@ def digests_command(check: bool) -> None:
     kubernetes.k3s_sha256 for any other release or build."""
     import os
 
-    from .k3s.digests import KNOWN, KNOWN_IMAGES, check_published
+    from .k3s.digests import KNOWN, check_published, known_images
     from .k3s.release import ASSETS, RELEASES
 
     if not check:
         for version, arches in KNOWN.items():
             for arch, digest in arches.items():
                 click.echo(f"{version:<16} {arch:<6} {ASSETS[arch]['binary']:<33} {digest}")
-                for asset, image_digest in KNOWN_IMAGES.get(version, {}).items():
-                    if asset.startswith(ASSETS[arch]["images"] + ".tar"):
-                        click.echo(f"{version:<16} {arch:<6} {asset:<33} {image_digest}")
+                for asset, image_digest in known_images(version, arch).items():
+                    click.echo(f"{version:<16} {arch:<6} {asset:<33} {image_digest}")
         return
     findings = check_published(os.environ.get("CEIL_K3S_RELEASES") or RELEASES)
     for what, ok, message in findings:

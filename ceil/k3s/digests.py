@@ -68,6 +68,12 @@ def known_image_digest(version: str, asset: str) -> str | None:
     return KNOWN_IMAGES.get(version, {}).get(asset)
 
 
+def known_images(version: str, arch: str) -> dict[str, str]:
+    """{tarball: digest} of `version`'s air-gap images for `arch` that ceil ships."""
+    prefix = ASSETS[arch]["images"] + ".tar"
+    return {asset: d for asset, d in KNOWN_IMAGES.get(version, {}).items() if asset.startswith(prefix)}
+
+
 def expected_digest(cluster, arch: str) -> str:
     """The digest every node of `cluster` checks its k3s binary against: kubernetes.k3s_sha256
     when set (the user vouches for it: a build of their own, or a release newer than this table),
@@ -111,9 +117,7 @@ def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, b
     for version, arches in KNOWN.items():
         for arch, digest in arches.items():
             url = sums_url(version, arch, releases)
-            wanted = {ASSETS[arch]["binary"]: digest} | {
-                asset: d for asset, d in KNOWN_IMAGES.get(version, {}).items()
-                if asset.startswith(ASSETS[arch]["images"] + ".tar")}
+            wanted = {ASSETS[arch]["binary"]: digest} | known_images(version, arch)
             try:
                 r = session.get(url, timeout=TIMEOUT)
                 r.raise_for_status()
