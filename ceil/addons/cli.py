@@ -168,10 +168,10 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
     pins = Pins.load(unsourced="not recorded" if write else None)
     images, charts = catalog_references(obj.cluster, pins)
     if not check:
-        for kind, refs, table in (("image", images, pins.images), ("chart", charts, pins.charts)):
+        for kind, refs in (("image", images), ("chart", charts)):
             for ref in sorted(refs):
-                pinned = table.get(ref)
-                click.echo(f"{kind} {ref}: {pinned} ({pins.sources[ref]})" if pinned else f"{kind} {ref}: unpinned")
+                pinned = pins.table(kind).get(ref)
+                click.echo(f"{kind} {ref}: {pinned} ({pins.source(kind, ref)})" if pinned else f"{kind} {ref}: unpinned")
         return
     findings = check_pins(images, charts, pins)
     bad = False
@@ -181,7 +181,7 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
             line += f": {f.error}"
             bad = True
         elif f.state == "CHANGED":
-            source = pins.sources[f.ref]
+            source = pins.source(f.kind, f.ref)
             why = ("the tag was re-pushed: check why" if source.startswith(REGISTRY_SOURCE) else
                    f"its source is not the registry ({source.split(':')[0]}): that was wrong, or the tag"
                    f" was re-pushed since")
@@ -190,7 +190,7 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
         elif f.state == "unpinned":
             line += f": {f.current}"
         click.echo(line)
-        if write and f.current and (f.current != f.pinned or not pins.sources[f.ref].startswith(REGISTRY_SOURCE)):
+        if write and f.current and (f.current != f.pinned or not (pins.source(f.kind, f.ref) or "").startswith(REGISTRY_SOURCE)):
             # a pin taken from public records becomes the registry's once the registry agrees
             pins.record(f.kind, f.ref, f.current, f"{REGISTRY_SOURCE} on {datetime.date.today().isoformat()}")
     if write:

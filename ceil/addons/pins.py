@@ -91,9 +91,11 @@ class Pins:
     images: dict[str, str | None]
     charts: dict[str, str | None]
     path: Path = PINS_FILE
-    # Where each digest was read ({ref: text}): a registry by `--check --write`, or the public
-    # records it was taken from where no registry could be asked.
-    sources: dict[str, str] = field(default_factory=dict)
+    # Where each digest was read ({(kind, ref): text}, kind "image" or "chart"): a registry by
+    # `--check --write`, or the public records it was taken from where no registry could be asked.
+    # Keyed by kind too: an image and a chart are two namespaces, and one's source must never
+    # answer for the other.
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path | None = None, *, unsourced: str | None = None) -> Pins:
@@ -123,22 +125,30 @@ class Pins:
                     source = unsourced
                 getattr(out, kind)[ref] = value
                 if value is not None:
-                    out.sources[ref] = source.strip()
+                    out.sources[kind.rstrip("s"), ref] = source.strip()
         return out
 
+    def table(self, kind: str) -> dict[str, str | None]:
+        return {"image": self.images, "chart": self.charts}[kind]
+
+    def source(self, kind: str, ref: str) -> str | None:
+        """Where the pin of `ref` (kind "image" or "chart") was read; None when it is not pinned."""
+        return self.sources.get((kind, ref))
+
     def record(self, kind: str, ref: str, digest: str, source: str) -> None:
-        (self.images if kind == "image" else self.charts)[ref] = digest
-        self.sources[ref] = source
+        self.table(kind)[ref] = digest
+        self.sources[kind, ref] = source
 
     def save(self) -> None:
-        unsourced = [ref for table in (self.images, self.charts) for ref, v in table.items() if v and ref not in self.sources]
+        unsourced = [(kind, ref) for kind in ("image", "chart") for ref, v in self.table(kind).items()
+                     if v and (kind, ref) not in self.sources]
         assert not unsourced, f"pins without a source would not load again: {unsourced}"
 
-        def entries(table: dict[str, str | None]) -> dict:
-            return {k: {"digest": v, **({"source": self.sources[k]} if v and k in self.sources else {})}
-                    for k, v in sorted(table.items())}
+        def entries(kind: str) -> dict:
+            return {k: {"digest": v, **({"source": self.sources[kind, k]} if v else {})}
+                    for k, v in sorted(self.table(kind).items())}
 
-        body = yaml.safe_dump({"images": entries(self.images), "charts": entries(self.charts)},
+        body = yaml.safe_dump({"images": entries("image"), "charts": entries("chart")},
                               sort_keys=False, width=200)
         tmp = self.path.with_suffix(".yaml.tmp")
         tmp.write_text(PINS_HEADER + body)

@@ -168,10 +168,10 @@ def test_an_unreachable_registry_fails_the_check_and_a_bad_pin_is_refused(fake, 
 
 def test_every_shipped_pin_names_its_source_and_a_pin_without_one_is_refused(tmp_path):
     pins = pins_mod.Pins.load()
-    pinned = {ref for table in (pins.images, pins.charts) for ref, digest in table.items() if digest}
+    pinned = {(kind, ref) for kind in ("image", "chart") for ref, digest in pins.table(kind).items() if digest}
     assert pinned and pinned == set(pins.sources), "every digest in addons/pins.yaml says where it was read"
-    for ref in pinned:
-        source = pins.sources[ref]
+    for kind, ref in pinned:
+        source = pins.source(kind, ref)
         assert source.startswith(pins_mod.REGISTRY_SOURCE) or "independent repositories" in source, (ref, source)
     bare = tmp_path / "pins.yaml"
     bare.write_text(f"images:\n  docker.io/library/busybox:1.37: {{digest: '{IMAGE_DIGEST}'}}\n")
@@ -199,7 +199,7 @@ def test_a_pin_from_public_records_becomes_the_registrys_when_it_agrees_and_is_r
     assert f"image {ref}: {IMAGE_DIGEST} (three independent repositories)" in listing.output
     result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check", "--write"])
     assert f"ok          image {ref}" in result.output, result.output
-    assert pins_mod.Pins.load().sources[ref].startswith(pins_mod.REGISTRY_SOURCE)
+    assert pins_mod.Pins.load().source("image", ref).startswith(pins_mod.REGISTRY_SOURCE)
     fake.write_text(yaml.safe_dump({"images": {ref: {"digest": "sha256:" + "f" * 64, "source": "three repositories"}},
                                     "charts": {}}))
     result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check"])
@@ -218,7 +218,7 @@ def test_a_pins_file_written_before_sources_is_refused_and_rewritten_by_check_wr
     assert listing.exit_code != 0 and "names no source" in str(listing.exception)
     result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check", "--write"])
     assert result.exit_code == 0, result.output
-    assert pins_mod.Pins.load().sources[ref].startswith(pins_mod.REGISTRY_SOURCE)
+    assert pins_mod.Pins.load().source("image", ref).startswith(pins_mod.REGISTRY_SOURCE)
     fake.write_text(yaml.safe_dump({"images": {ref: {"digest": IMAGE_DIGEST, "source": 42}}}))
     with pytest.raises(Exception, match="is not text"):
         pins_mod.Pins.load()
@@ -231,3 +231,19 @@ def test_the_pins_file_round_trips_with_its_sources(tmp_path):
     pins.save()
     assert copy.read_text() == (REPO / "addons/pins.yaml").read_text()
     assert pins_mod.Pins.load(copy) == pins
+
+
+def test_an_image_and_a_chart_of_one_name_keep_their_own_sources(tmp_path):
+    """Images and charts are two namespaces: the source recorded for one never answers for the
+    other, nor is lost when the other is written."""
+    path = tmp_path / "pins.yaml"
+    path.write_text(yaml.safe_dump({"images": {"x": {"digest": IMAGE_DIGEST, "source": "the image's registry"}},
+                                    "charts": {"x": {"digest": "sha256:" + "e" * 64, "source": "the chart's index"}}}))
+    pins = pins_mod.Pins.load(path)
+    assert (pins.source("image", "x"), pins.source("chart", "x")) == ("the image's registry", "the chart's index")
+    pins.record("chart", "x", "sha256:" + "d" * 64, "the chart's index, again")
+    pins.save()
+    again = pins_mod.Pins.load(path)
+    assert again.source("image", "x") == "the image's registry" and again.images["x"] == IMAGE_DIGEST
+    assert again.source("chart", "x") == "the chart's index, again"
+    assert pins_mod.Pins.load(path).source("image", "y") is None
