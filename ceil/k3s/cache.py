@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import Cluster
 from ..errors import CeilError, ConfigError
 from ..secrets import SecretStore
-from .release import verified_release_files
+from .release import ASSETS, unvouched_images, verified_release_files
 
 K3S_CACHE_PORT = 8088
 CACHE_ROOT_ON_ROUTER = "/var/lib/ceil/cache"  # served as http://router:port/ (so /k3s/<version>/...)
@@ -61,6 +61,26 @@ def check(cluster: Cluster, role: str) -> None:
         raise
     except CeilError as e:  # a file that does not match: listed with the other problems
         raise ConfigError(str(e)) from None
+
+
+def warnings(cluster: Cluster, role: str) -> list[str]:
+    """An images tarball in the workstation's cache that nothing vouches for is left out of the
+    router's cache; said here, or the nodes would pull every image from upstream unexplained.
+    (`--airgap` refuses the same file outright: a node baked for no internet would not start.)"""
+    from ..catalog import load_flavor
+
+    arch = load_flavor(cluster.flavor).arch
+    source = workstation_cache(cluster.kubernetes.k3s_version)
+    try:
+        files = verified_release_files(cluster, arch, source)
+    except CeilError:
+        return []  # check() reports it as a problem
+    if not files or not (left := unvouched_images(arch, source, files)):
+        return []
+    return [f"{source}: {', '.join(left)} is not in the router's cache: neither ceil (python bake.py k3s"
+            f" digests) nor a {ASSETS[arch]['sums']} beside it lists its sha256, so it cannot be checked;"
+            f" the nodes will pull their images from the internet instead. Put the release's own"
+            f" {ASSETS[arch]['sums']} there (it lists every asset), or remove the file"]
 
 
 def rootfs_files(ctx) -> dict[str, Path]:

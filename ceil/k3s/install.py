@@ -16,7 +16,7 @@ from ..errors import CeilError
 from ..secrets import SecretStore
 from .cache import cache_url
 from .digests import expected_digest, pin_warning
-from .release import ASSETS, download_url, verified_release_files
+from .release import ASSETS, download_url, unvouched_images, verified_release_files
 
 AIRGAP_ON_TARGET = "/usr/local/lib/ceil/airgap"
 
@@ -56,7 +56,7 @@ def airgap_files(cluster: Cluster, arch: str, source: Path) -> dict[str, Path]:
             f" ({names['binary']}, {names['sums']}, and {names['images']}.tar.zst for a node without"
             f" internet) from {download_url(version)}; download them there, or bake without --airgap"
         )
-    if unchecked := sorted(p.name for p in source.glob(names["images"] + ".tar*") if p.name not in files):
+    if unchecked := unvouched_images(arch, source, files):
         raise CeilError(
             f"--airgap {source}: {', '.join(unchecked)} is not listed in {source / names['sums']}, so it"
             f" cannot be checked and would not be baked: put the release's own {names['sums']} beside it"

@@ -105,6 +105,12 @@ def verified_release_files(cluster: Cluster, arch: str, source: Path) -> dict[st
     return files
 
 
+def unvouched_images(arch: str, source: Path, files: dict[str, Path]) -> list[str]:
+    """The air-gap image tarballs in `source` that `verified_release_files` left out (`files`, its
+    answer): neither ceil nor a sums file has a digest for them, so they are never baked."""
+    return sorted(p.name for p in source.glob(ASSETS[arch]["images"] + ".tar*") if p.name not in files)
+
+
 @functools.lru_cache(maxsize=32)
 def _sha256(path: Path, ino: int, size: int, mtime_ns: int) -> str:
     # Remembered for this process, keyed like the bake's range cache (size, mtime): the same

@@ -301,3 +301,28 @@ def test_the_bake_warns_of_a_pin_that_is_not_the_releases(tmp_path, ssh_pubkey):
     said = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and "warning:" in said and "is not the published digest of k3s" in said, said
     assert not (tmp_path / "out").exists()
+
+
+def test_an_images_tarball_nothing_vouches_for_is_left_out_of_the_routers_cache_and_said(tmp_path, ssh_pubkey, monkeypatch):
+    """The router's cache used to skip such a tarball without a word (the nodes then pulled every
+    image from the internet, unexplained); `--airgap` refuses the same folder outright."""
+    from ceil.features import preflight
+    from ceil.k3s import cache
+
+    binary = b"my own k3s build"
+    pin = hashlib.sha256(binary).hexdigest()
+    cluster = load_cluster(cluster_yaml(tmp_path, ssh_pubkey, f"{{k3s_version: {UNKNOWN}, k3s_sha256: {pin}}}"))
+    folder = release_folder(tmp_path / "k3s" / UNKNOWN, binary)
+    monkeypatch.setenv("CEIL_K3S_CACHE", str(tmp_path / "k3s"))
+    assert cache.warnings(cluster, "router") == []
+    (folder / "k3s-airgap-images-arm64.tar.zst").write_bytes(b"images nobody lists")
+    assert "k3s-airgap-images-arm64.tar.zst" not in " ".join(cache.cache_files(cluster, ["arm64"]))
+    said = " ".join(preflight(cluster, ["router"], load_flavor(cluster.flavor)))
+    assert f"{folder}: k3s-airgap-images-arm64.tar.zst is not in the router's cache" in said, said
+    assert "sha256sum-arm64.txt" in said and "remove the file" in said
+    with pytest.raises(CeilError, match="k3s-airgap-images-arm64.tar.zst is not listed"):
+        install.airgap_files(cluster, "arm64", folder)
+    (folder / "sha256sum-arm64.txt").write_text(
+        f"{pin}  k3s-arm64\n{hashlib.sha256(b'images nobody lists').hexdigest()}  k3s-airgap-images-arm64.tar.zst\n")
+    assert cache.warnings(cluster, "router") == []
+    assert any(p.endswith("k3s-airgap-images-arm64.tar.zst") for p in cache.cache_files(cluster, ["arm64"]))
