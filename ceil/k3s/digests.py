@@ -51,11 +51,20 @@ KNOWN: dict[str, dict[str, str]] = {
 # tarball not listed here is vouched for by the release's sums file beside it, which must list the
 # pinned binary). With one of these, a forged tarball is refused even beside a forged sums file.
 KNOWN_IMAGES: dict[str, dict[str, str]] = {
-    # Records agreeing: a Python artefact table (binary and images per architecture); an offline
-    # bundle's verifier (sizes and digests of both files); a test quoting the sums file's lines.
-    # The amd64 tarball (9024613e...) has two such records only, so it is not listed.
+    # arm64, records agreeing: a Python artefact table (binary and images per architecture); an
+    # offline bundle's verifier (sizes and digests of both files); a test quoting the sums file's
+    # lines.
+    # amd64, records agreeing: the same Python artefact table (and its own test); a pinning record
+    # quoting the whole sha256sum-amd64.txt with each file's size; and, independently, a bundling
+    # tool's live report printing the first 12 hex digits of both files it verified against the
+    # release's sums file (9024613e2d46, and 835873f37245 for the binary, as KNOWN has it). Two
+    # full records and a third that agrees on 48 bits of each: taken, and said so. The failure
+    # modes are unequal: a wrong digest here refuses the release's real tarball loudly (the bake
+    # stops, naming both digests), while no digest leaves a forged one checked only by a sums
+    # file a forger can write. The record's .tar and .tar.gz lines have one record each: not listed.
     "v1.36.4+k3s1": {
         "k3s-airgap-images-arm64.tar.zst": "9d3c4c2197bcf857ca17633aa393bad683cc982ddd408620f93036a3cca953b5",
+        "k3s-airgap-images-amd64.tar.zst": "9024613e2d468c51ba0e5ba21898604c41339354449fb3338cc6a7931189eb6a",
     },
 }
 

@@ -116,9 +116,12 @@ def test_every_shipped_image_digest_belongs_to_a_release_and_architecture_with_a
             assert re.fullmatch(r"[0-9a-f]{64}", digest), (version, asset)
 
 
-def test_the_default_release_ships_the_arm64_images_digest():
-    """The real Pis' architecture: `--airgap` with the release's tarball needs no sums file."""
-    assert digests.known_image_digest(Kubernetes().k3s_version, "k3s-airgap-images-arm64.tar.zst")
+def test_the_default_release_ships_the_images_digest_of_arm64_and_amd64():
+    """arm64, the real Pis' architecture, and amd64: `--airgap` with the release's tarball needs no
+    sums file, and a forged one is refused whatever sums file lies beside it."""
+    for arch in ("arm64", "amd64"):
+        assert len(digests.known_image_digest(Kubernetes().k3s_version, f"k3s-airgap-images-{arch}.tar.zst")
+                   or "") == 64, arch
 
 
 @pytest.fixture
