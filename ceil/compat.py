@@ -32,11 +32,35 @@ def router_baked(store: SecretStore) -> None:
     store.write(RECORD, f"{ROUTER_CONTRACT}\n".encode())
 
 
+def read_number(store: SecretStore, name: str, what: str) -> int:
+    """A number ceil wrote into secrets/ (its format, the router's contract); a damaged file is
+    refused by name, not with a traceback."""
+    text = store.read(name).decode(errors="replace").strip()
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise CeilError(
+            f"{store.path(name)} holds {text[:40]!r}, not {what}: the file is damaged. Restore it from"
+            f" your backup of secrets/, or write the number this ceil writes there ({what})") from None
+
+
 def router_contract(store: SecretStore) -> int | None:
     """The contract the router was baked with; None for a cluster that has none yet (new)."""
     if store.exists(RECORD):
-        return int(store.read(RECORD).decode().strip() or 0)
+        return read_number(store, RECORD, f"the router's contract, a number such as {ROUTER_CONTRACT}")
     return 1 if store.exists(SERVER_SECRET) else None  # baked before the record existed
+
+
+def new_cluster_warning(store: SecretStore, roles: list[str]) -> str | None:
+    """Nodes baked from a secrets/ that holds no cluster yet get a new cluster identity (CAs, join
+    token) that no running router or server shares: a mistyped --secrets, or a fresh clone on
+    another workstation, made cards that never join, without a word."""
+    if "router" in roles or router_contract(store) is not None:
+        return None
+    return (f"{store.root} holds no cluster yet, so this bake makes a new one (CAs, join tokens, keys):"
+            f" these cards join only a router and servers baked from that same folder. If the cluster"
+            f" already runs, do not flash them: bake again with --secrets pointing at its secrets folder"
+            f" (by default secrets/ beside cluster.yaml; keep a backup of it)")
 
 
 def stale_router_warning(store: SecretStore, roles: list[str]) -> str | None:
@@ -63,7 +87,7 @@ def check_secrets_format(store: SecretStore) -> None:
     """Refuse a secrets/ written by a newer ceil; stamp ours on one that has none or an older one
     (every change so far only added files, which the bake makes when missing)."""
     if store.exists(FORMAT_FILE):
-        have = int(store.read(FORMAT_FILE).decode().strip() or 0)
+        have = read_number(store, FORMAT_FILE, f"the layout's format, a number such as {SECRETS_FORMAT}")
         if have > SECRETS_FORMAT:
             raise CeilError(
                 f"{store.path(FORMAT_FILE)} says format {have}, but this ceil knows format {SECRETS_FORMAT}:"

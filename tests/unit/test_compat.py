@@ -170,3 +170,28 @@ def test_an_unreadable_record_is_refused_with_the_file_and_the_fix(tmp_path):
     store.write("nodes/two.k3s-version", b"\n")
     said = skew_refusal(cluster, store, ["five"], "v1.36.1+k3s1")
     assert said and "two.k3s-version holds '', not a k3s version" in said and "`k3s --version`" in said
+
+
+def test_a_damaged_format_or_contract_file_is_refused_by_name_not_with_a_traceback(tmp_path):
+    import pytest
+
+    from ceil.errors import CeilError
+
+    store = SecretStore(tmp_path / "secrets")
+    store.write(compat.FORMAT_FILE, b"garbage\n")
+    with pytest.raises(CeilError, match=r"FORMAT holds 'garbage', not the layout's format.*damaged"):
+        compat.check_secrets_format(store)
+    store.write(compat.RECORD, b"two\n")
+    with pytest.raises(CeilError, match=r"router-contract holds 'two', not the router's contract"):
+        compat.router_contract(store)
+
+
+def test_nodes_baked_from_a_folder_that_holds_no_cluster_are_warned_about(tmp_path):
+    """A mistyped --secrets (or a fresh clone elsewhere) made node cards with a new cluster
+    identity that can never join the running one, and the bake said nothing."""
+    store = SecretStore(tmp_path / "secret")
+    warning = compat.new_cluster_warning(store, ["two"])
+    assert warning and str(tmp_path / "secret") in warning and "--secrets" in warning
+    assert compat.new_cluster_warning(store, ["router", "one"]) is None  # a new cluster, router first
+    store.token(SERVER_SECRET)
+    assert compat.new_cluster_warning(store, ["two"]) is None  # the cluster's own folder
