@@ -113,13 +113,14 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .bakery import BakeContext, bake, check_base_image, clean_stale
     from .catalog import load_flavor
     from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
-                         node_baked, router_baked, stale_router_warning)
+                         new_cluster_warning, node_baked, router_baked, stale_router_warning)
     from .config import load_cluster
     from .datastore import check_staged_restore, restore_notice
     from .features import preflight
     from .k3s.install import airgap_files
     from .secrets import SecretStore
     from .tools import check_tools
+    from .wireguard import CLIENTS_DIR, stale_clients
     from .workstation import forget_host_key, known_hosts_file
 
     cluster = load_cluster(config_path)
@@ -143,9 +144,15 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
             check_no_k3s_downgrade(store, r, cluster.kubernetes.k3s_version)
     check_version_skew(cluster, store, chosen, cluster.kubernetes.k3s_version)
     check_staged_restore(cluster, store, chosen)
-    for warning in (stale_router_warning(store, chosen), first_server_rebake_warning(cluster, store, chosen)):
+    for warning in (new_cluster_warning(store, chosen), stale_router_warning(store, chosen),
+                    first_server_rebake_warning(cluster, store, chosen)):
         if warning:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    if "router" in chosen and cluster.vpn.enabled and (stale := stale_clients(cluster, store)):
+        console.print(f"[yellow]note:[/yellow] {escape(', '.join(stale))}: the VPN client config(s) in"
+                      f" {escape(str(store.path(CLIENTS_DIR)))} no longer match the cluster's VPN settings"
+                      " (endpoint, port or subnets changed): this bake rewrites them with the same keys;"
+                      " import them again in WireGuard")
     check_base_image(flavor, base_image, any_base_image, cluster, chosen)  # last: it may download the image
     with store.held():
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,14 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
         )
     store = SecretStore(_secrets_dir(config_path, secrets_path), make_new=False)
     with store.held():
-        client, changed = add_client(cluster, store, name, rotate=rotate)
+        client, state = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))
-    verb = "wrote" if changed else "exists (unchanged; --rotate makes new keys)"
+    verb = {"new": "wrote", "rotated": "wrote (new keys)",
+            "refreshed": "rewritten with the cluster's current VPN settings (same keys, so the router"
+                         " needs nothing new: import it again in WireGuard)",
+            "unchanged": "exists (unchanged; --rotate makes new keys)"}[state]
     click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
-    if changed:
+    if state in ("new", "rotated"):
         click.echo(
             "The router only knows peers that existed when its image was baked: re-bake and"
             " re-flash the router (python bake.py --role router), or add the peer to the running"

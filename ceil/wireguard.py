@@ -200,19 +200,49 @@ def render_server(cluster: Cluster, store: SecretStore) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_client(cluster: Cluster, store: SecretStore, name: str, rotate: bool = False) -> tuple[Client, bool]:
-    """Create (or with `rotate`, re-key) client `name`; returns the client and whether it changed."""
+def add_client(cluster: Cluster, store: SecretStore, name: str, rotate: bool = False) -> tuple[Client, str]:
+    """Create (or with `rotate`, re-key) client `name`. Returns the client and what happened:
+    "new", "rotated", "refreshed" (an existing config rewritten with the cluster's current
+    settings, same keys) or "unchanged"."""
     secret = client_secret_name(name)
     existing = {c.name: c for c in list_clients(store)}
     old = existing.get(name)
     if old and not rotate:
-        return old, False
+        return old, "refreshed" if _write_if_changed(cluster, store, old) else "unchanged"
     taken = {c.address for c in existing.values() if c.name != name}
     address = old.address if old else next_client_address(cluster, taken)
     client = Client(name, generate_private_key(), generate_preshared_key(), address)
     server_public = public_key(server_private_key(store))
     store.write(secret, render_client(cluster, client, server_public).encode())
-    return client, True
+    return client, "rotated" if old else "new"
+
+
+def stale_clients(cluster: Cluster, store: SecretStore) -> list[str]:
+    """The clients whose config no longer says what the cluster does (vpn.endpoint or vpn.port
+    edited, DDNS turned on, the LAN or VPN subnet changed): a config is written once, so such a
+    client kept dialling the old endpoint while configs made later dialled the new one."""
+    clients = list_clients(store)
+    if not clients:
+        return []
+    server_public = public_key(server_private_key(store))
+    return [c.name for c in clients
+            if store.read(client_secret_name(c.name)).decode() != render_client(cluster, c, server_public)]
+
+
+def refresh_clients(cluster: Cluster, store: SecretStore) -> list[str]:
+    """Rewrite every stale client config from its stored keys (the router's peers stay the same);
+    the names rewritten."""
+    stale = set(stale_clients(cluster, store))
+    return [c.name for c in list_clients(store) if c.name in stale and _write_if_changed(cluster, store, c)]
+
+
+def _write_if_changed(cluster: Cluster, store: SecretStore, client: Client) -> bool:
+    secret = client_secret_name(client.name)
+    text = render_client(cluster, client, public_key(server_private_key(store)))
+    if store.read(secret).decode() == text:
+        return False
+    store.write(secret, text.encode())
+    return True
 
 
 def wg_set_peer_command(cluster: Cluster, client: Client, interface: str = "wg0") -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Cluster
 from ..errors import ConfigError
 from ..secrets import SecretStore
-from ..wireguard import render_server, server_address
+from ..wireguard import refresh_clients, render_server, server_address
 
 WG_CONF_SECRET = "wireguard/wg0.conf"  # -> /etc/ceil/secrets/wireguard/wg0.conf on the router
 
@@ -15,6 +15,9 @@ def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
 
 
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict:
+    # The client configs say what this router is baked with (endpoint, port, routes): rewritten
+    # from their stored keys where the cluster changed since (the CLI says which, before the bake).
+    refresh_clients(cluster, store)
     return {WG_CONF_SECRET: render_server(cluster, store)}
 
 

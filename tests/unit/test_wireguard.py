@@ -78,10 +78,30 @@ def test_clients_get_distinct_stable_addresses(tmp_path):
     again, changed_again = wgmod.add_client(cluster, store, "laptop")
     rotated, _ = wgmod.add_client(cluster, store, "laptop", rotate=True)
     assert (str(a.address), str(b.address)) == ("10.42.100.2", "10.42.100.3")
-    assert changed_a and not changed_again and again == a
+    assert (changed_a, changed_again) == ("new", "unchanged") and again == a
     assert rotated.address == a.address and rotated.private_key != a.private_key
     with pytest.raises(CeilError, match="not valid"):
         wgmod.add_client(cluster, store, "Bad_Name")
+
+
+def test_a_client_config_follows_the_clusters_vpn_settings_with_its_keys(tmp_path):
+    """A config was written once: after vpn.endpoint changed, `vpn-client laptop` said "exists
+    (unchanged)" and laptop kept dialling the old endpoint while a new phone dialled the new one."""
+    store = SecretStore(tmp_path / "secrets")
+    laptop, _ = wgmod.add_client(cluster_of(), store, "laptop")
+    moved = cluster_of(CONFIG.replace("vpn.example.com", "home.example.net"))
+    assert wgmod.stale_clients(moved, store) == ["laptop"] and wgmod.stale_clients(cluster_of(), store) == []
+    again, state = wgmod.add_client(moved, store, "laptop")
+    text = store.read("wireguard/clients/laptop.conf").decode()
+    assert state == "refreshed" and again == laptop and "Endpoint = home.example.net:51820" in text
+    assert f"PrivateKey = {laptop.private_key}" in text  # same keys: the router's peer still fits
+    assert wgmod.add_client(moved, store, "laptop")[1] == "unchanged"
+    phone, _ = wgmod.add_client(moved, store, "phone")
+    # the router's bake brings every config to what it is baked with
+    hooks.secret_files(cluster_of(), "router", store)
+    for name in ("laptop", "phone"):
+        assert "Endpoint = vpn.example.com:51820" in store.read(f"wireguard/clients/{name}.conf").decode()
+    assert wgmod.stale_clients(cluster_of(), store) == []
 
 
 def test_server_config_lists_every_client(tmp_path):
