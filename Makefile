@@ -151,7 +151,7 @@ httpd-open: ## Open the demo httpd (the seed's first app)
 	xdg-open http://httpd.$(DOMAIN)/ 2>/dev/null || open http://httpd.$(DOMAIN)/
 prometheus-open: ui-password ## Print the UI login and open Prometheus
 	xdg-open https://prometheus.$(DOMAIN)/ 2>/dev/null || open https://prometheus.$(DOMAIN)/
-logs: venv ## Follow the logs of many pods (Q=pattern with stern, or Q=app=name without; NS=namespace)
+logs: venv ## Follow the logs of many pods (Q=a label selector, e.g. app.kubernetes.io/name=podinfo; with stern also a name pattern; NS=namespace)
 	$(PY) bake.py logs --config $(CONFIG) $(if $(NS),-n $(NS)) $(if $(Q),'$(Q)')
 nodes-show: $(if $(VIA),,kubeconfig) ## kubectl get nodes (with the baked admin kubeconfig; VIA=: through make k8s-proxy's tunnel)
 	$(KUBECTL) get nodes -o wide

@@ -1,9 +1,10 @@
 """`bake.py logs`: follow the logs of many pods at once (the 2019 project's kail, issue 20).
 
-With stern (github.com/stern/stern, maintained; kail is not) a QUERY is a pod-name pattern and
-new pods are picked up as they start. Without it, kubectl follows the pods a label selector
-names (QUERY must then be a selector such as app=podinfo), each line prefixed by its pod.
-Both use the baked admin kubeconfig.
+With stern (github.com/stern/stern, maintained; kail is not) a QUERY is a pod-name pattern or a
+label selector, and new pods are picked up as they start. Without it, kubectl follows the pods a
+label selector names (QUERY must then be a selector such as app.kubernetes.io/name=podinfo, the
+demo's), each line prefixed by its pod. So a selector works either way. Both use the baked admin
+kubeconfig.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 from .addons.cli import Context, cluster_options
 from .errors import CeilError
 
+DEMO_SELECTOR = "app.kubernetes.io/name=podinfo"  # the demo add-on's pods (addons/demo/podinfo.yaml.j2)
 STERN_HINT = ("stern follows pods by name pattern: `brew install stern`, or `go install"
               " github.com/stern/stern@latest`, or a release binary from github.com/stern/stern")
 
@@ -25,14 +27,16 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
               kubectl: str | None) -> list[str]:
     scope = ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
     if stern:
-        return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, query or "."]
+        # a selector (it has "=") means the same with stern as with kubectl; else a name pattern
+        target = ["--selector", query, "."] if query and "=" in query else [query or "."]
+        return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, *target]
     if not kubectl:
         raise CeilError(f"neither stern nor kubectl found: {STERN_HINT}; kubectl: `python bake.py doctor`")
     if query is None:
         raise CeilError(f"every pod at once needs stern; without it, name the pods by a label selector,"
-                        f" e.g. python bake.py logs app=podinfo. {STERN_HINT}")
+                        f" e.g. python bake.py logs -n demo {DEMO_SELECTOR}. {STERN_HINT}")
     if "=" not in query:
-        raise CeilError(f"without stern, QUERY must be a label selector such as app=podinfo (got {query!r});"
+        raise CeilError(f"without stern, QUERY must be a label selector such as {DEMO_SELECTOR} (got {query!r});"
                         f" {STERN_HINT}")
     return [kubectl, "--kubeconfig", kubeconfig, "logs", "--follow", "--prefix", "--all-containers",
             "--max-log-requests", "20", "--since", since, "--selector", query, *scope]
@@ -44,9 +48,9 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
 @click.option("--since", default="10m", show_default=True, help="Start this far back (e.g. 30s, 1h).")
 @click.argument("query", required=False)
 def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, since, query) -> None:
-    """Follow the logs of every pod QUERY matches, each line labelled with its pod: with stern a
-    pod-name pattern (default: every pod), without it a label selector (app=podinfo). Ctrl-C
-    stops."""
+    """Follow the logs of every pod QUERY matches, each line labelled with its pod. QUERY: a label
+    selector (app.kubernetes.io/name=podinfo, the demo's pods), with stern or kubectl; with stern
+    also a pod-name pattern, or nothing for every pod. Ctrl-C stops."""
     obj = Context(config_path, secrets_path, kubeconfig_path)
     with obj.kubeconfig_path() as kubeconfig:
         argv = logs_argv(kubeconfig, query, namespace, since, shutil.which("stern"), shutil.which("kubectl"))

@@ -25,6 +25,10 @@ TOOLS = [
     Tool("mtype", "reads cmdline.txt from the boot partition", "mtools", "mtools", "bake"),
     Tool("mmd", "creates folders on the boot partition", "mtools", "mtools", "bake"),
     Tool("mdel", "replaces files on the boot partition", "mtools", "mtools", "bake"),
+    Tool("mdir", "lists the boot partition's folders (slots, the scrubbed seed)", "mtools", "mtools", "bake"),
+    # Homebrew's e2fsprogs is keg-only: installed, debugfs is still not on PATH.
+    Tool("debugfs", "reads and writes the root (ext4) partition without mounting it", "e2fsprogs",
+         "e2fsprogs, then put $(brew --prefix e2fsprogs)/sbin on PATH (the formula is keg-only)", "bake"),
     Tool("fsck.vfat", "checks baked boot partitions (image tests)", "dosfstools", "dosfstools", "test"),
     Tool("mkfs.vfat", "builds synthetic base images (image tests)", "dosfstools", "dosfstools", "test"),
     Tool("e2fsck", "checks root partitions (image tests)", "e2fsprogs", "e2fsprogs", "test"),
@@ -43,6 +47,8 @@ TOOLS = [
     Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",
          "podman", "app"),
     Tool("helm", "lints and packages your app's chart (bake.py app chart)", "", "helm", "app"),
+    Tool("stern", "tails the logs of every pod at once (bake.py logs, make logs, without a selector)", "",
+         "stern", "operate"),
     Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "kubectl",
          "kubectl", "operate"),
 ]

@@ -113,7 +113,7 @@ def test_status_refuses_an_address_that_is_no_web_address_and_a_zero_timeout(fol
 
 
 def test_logs_without_stern_and_without_a_selector_says_what_to_give():
-    with pytest.raises(CeilError, match=r"every pod at once needs stern.*logs app=podinfo"):
+    with pytest.raises(CeilError, match=r"every pod at once needs stern.*logs -n demo app.kubernetes.io/name=podinfo"):
         logs.logs_argv("/k", None, None, "10m", None, "/usr/bin/kubectl")
     assert logs.logs_argv("/k", None, None, "10m", "/usr/bin/stern", None)[-1] == "."
 

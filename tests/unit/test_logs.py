@@ -17,6 +17,18 @@ def test_stern_follows_a_name_pattern_everywhere_or_in_one_namespace():
     assert logs.logs_argv("/k", ".", "demo", "1h", "stern", None)[3:5] == ["--namespace", "demo"]
 
 
+def test_a_selector_means_the_same_with_stern_as_with_kubectl_and_the_examples_select_the_demo():
+    """The README's `logs -n demo` failed without stern, and the hint's app=podinfo selected
+    nothing: the demo's pods carry app.kubernetes.io/name."""
+    argv = logs.logs_argv("/k", logs.DEMO_SELECTOR, "demo", "10m", "/usr/bin/stern", None)
+    assert argv[-3:] == ["--selector", "app.kubernetes.io/name=podinfo", "."]
+    from pathlib import Path
+    demo = (Path(__file__).resolve().parents[2] / "addons/demo/podinfo.yaml.j2").read_text()
+    assert "labels: {app.kubernetes.io/name: podinfo}" in demo
+    with pytest.raises(CeilError, match="app.kubernetes.io/name=podinfo"):
+        logs.logs_argv("/k", None, "demo", "10m", None, "/usr/bin/kubectl")
+
+
 def test_without_stern_kubectl_follows_a_selector_and_a_name_says_what_to_install():
     argv = logs.logs_argv("/k", "app=podinfo", "demo", "10m", None, "/usr/bin/kubectl")
     assert argv[:4] == ["/usr/bin/kubectl", "--kubeconfig", "/k", "logs"]
