@@ -158,17 +158,19 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
     Returns the features' warnings: what will work, but less safely than the user may expect."""
     problems: list[str] = []
     warnings: list[str] = []
-    if "router" in roles:
-        problems += uplink_problems(cluster, flavor)
-    for role in roles:
+    problems += uplink_problems(cluster, flavor)
+    # Checks of every role, whichever are baked: they judge cluster.yaml, which every card shares
+    # (two servers were refused by `--role one` but baked by `--role three`). Warnings only for
+    # the roles baked.
+    for role in dict.fromkeys([*roles, *cluster.roles]):
         for feature in features_for(cluster, role, root, flavor):
-            if check := feature.hook("check"):
+            if (check := feature.hook("check")):
                 try:
                     check(cluster, role)
                 except ConfigError as e:
                     if str(e) not in problems:
                         problems.append(str(e))
-            if warn := feature.hook("warnings"):
+            if role in roles and (warn := feature.hook("warnings")):
                 warnings += [w for w in warn(cluster, role) if w not in warnings]
     if problems:
         raise ConfigError("nothing was baked; fix these first:\n  " + "\n  ".join(problems))

@@ -336,7 +336,9 @@ def test_a_pattern_uplink_on_an_ifupdown_flavor_is_refused(tmp_path):
     cluster = parse_cluster(text)
     with pytest.raises(ConfigError, match="(?s)nothing was baked.*router.uplink.interface: 'enx\\*' is a pattern"):
         preflight(cluster, ["router", "one"], load_flavor("hypriot-1.12.3"))
-    preflight(cluster, ["one"], load_flavor("hypriot-1.12.3"))  # a node's bake does not care
+    # cluster.yaml is judged whole, whichever card is baked: a node's bake refuses it too
+    with pytest.raises(ConfigError, match="router.uplink.interface"):
+        preflight(cluster, ["one"], load_flavor("hypriot-1.12.3"))
 
 
 def test_a_lan_interface_named_like_the_flavors_usb_uplink_is_refused():

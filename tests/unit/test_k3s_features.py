@@ -87,6 +87,18 @@ def test_two_servers_are_refused(make):
         k3s_config.check_servers(cluster)
 
 
+def test_two_servers_are_refused_whichever_card_is_baked(make):
+    """`--role one` refused two servers, but `--role three` (an agent) and `--role router` baked:
+    cluster.yaml is judged whole, before any card is written."""
+    from ceil.features import preflight
+
+    cluster, _ = make("nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, role: server, ip: 10.42.0.12},"
+                      " {name: three, role: agent, ip: 10.42.0.13}]\n")
+    for roles in (["three"], ["router"], ["one"]):
+        with pytest.raises(ConfigError, match="(?s)nothing was baked.*embedded etcd needs a majority"):
+            preflight(cluster, roles, load_flavor(cluster.flavor))
+
+
 def test_rendered_configs_are_the_configs(make, tmp_path):
     cluster, store = make()
     render(cluster, store, "one", tmp_path / "one")

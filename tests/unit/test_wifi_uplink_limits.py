@@ -21,6 +21,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPq
 def cluster_with(ssid: str, psk: str, flavor: str = "ubuntu-24.04-raspi"):
     doc = {"flavor": flavor, "ssh": {"authorized_keys": [KEY]}, "nodes": [{"name": "one", "role": "server"}],
            "router": {"uplink": {"type": "wifi", "wifi": {"ssid": ssid, "psk": psk, "country": "DE"}}}}
+    if load_flavor(flavor).arch == "armhf":  # no shipped armhf k3s digest: the nodes' check wants a pin
+        doc["kubernetes"] = {"k3s_sha256": "a" * 64}
     return parse_cluster(yaml.safe_dump(doc), "cluster.yaml")
 
 
