@@ -23,6 +23,7 @@ class Finding:
     flavor: str
     ok: bool       # False: a bake with this flavor would fail (image gone, digest changed)
     message: str
+    unchecked: bool = False  # the publisher did not answer: nothing was compared (not ok either)
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -79,7 +80,7 @@ def check_flavor(flavor: Flavor, session: requests.Session) -> list[Finding]:
             out.append(Finding(name, True, f"a newer image is listed: {newest} (this flavor pins {own}); "
                                            + adopt(flavor, own, newest, session)))
     except requests.RequestException as e:
-        out.append(Finding(name, False, f"cannot ask the publisher: {e}"))
+        out.append(Finding(name, False, f"cannot ask the publisher: {e}", unchecked=True))
     return out or [Finding(name, True, "current: the image and its checksum are where the flavor says")]
 
 

@@ -113,10 +113,10 @@ def pin_warning(cluster, arch: str) -> str | None:
     return None
 
 
-def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, bool, str]]:
+def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, bool | None, str]]:
     """`bake.py k3s digests --check`: each digest above (binaries and image tarballs) against the
-    release's own sums file. [(version and asset, agrees, what was found)]; a sums file that
-    cannot be read is not ok."""
+    release's own sums file. [(version and asset, agrees, what was found)]; agrees is None where
+    the sums file could not be read (nothing was compared)."""
     import requests
 
     from ..fetch import TIMEOUT
@@ -131,7 +131,7 @@ def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, b
                 r = session.get(url, timeout=TIMEOUT)
                 r.raise_for_status()
             except requests.RequestException as e:
-                out += [(f"{version} {asset}", False, f"{url} could not be read: {e}") for asset in wanted]
+                out += [(f"{version} {asset}", None, f"{url} could not be read: {e}") for asset in wanted]
                 continue
             for asset, want in wanted.items():
                 listed = parse_sums(r.text, asset)

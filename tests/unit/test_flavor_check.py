@@ -194,3 +194,20 @@ def test_every_flavor_a_user_can_bake_pins_its_image_and_finds_it_again(name):
     assert flavor.sha256 and re.fullmatch(r"[0-9a-f]{64}", flavor.sha256), f"{name}: no sha256 pin"
     if flavor.updates:
         assert re.search(flavor.updates.pattern, flavor.url), f"{name}: updates.pattern does not match its own url"
+
+
+def test_a_publisher_that_does_not_answer_is_not_checked_rather_than_called_broken(monkeypatch):
+    """Offline, --check ended with "a flavor's image cannot be baked as it stands"."""
+    from ceil import cli
+
+    class Nobody:  # a publisher at a port nothing listens on
+        url = "http://127.0.0.1:9/ubuntu/releases/24.04"
+
+    dead = flavor(Nobody, "24.04.5")
+    (finding,) = check_all([dead])
+    assert finding.unchecked and "cannot ask the publisher" in finding.message
+    monkeypatch.setattr("ceil.catalog.available", lambda: ["dead"])
+    monkeypatch.setattr("ceil.catalog.load_flavor", lambda name: dead)
+    result = CliRunner().invoke(cli.cli, ["flavors", "--check"])
+    said = " ".join((result.output + str(result.exception)).split())
+    assert result.exit_code != 0 and "not checked" in said and "cannot be baked" not in said, said

@@ -329,3 +329,15 @@ def test_an_images_tarball_nothing_vouches_for_is_left_out_of_the_routers_cache_
         f"{pin}  k3s-arm64\n{hashlib.sha256(b'images nobody lists').hexdigest()}  k3s-airgap-images-arm64.tar.zst\n")
     assert cache.warnings(cluster, "router") == []
     assert any(p.endswith("k3s-airgap-images-arm64.tar.zst") for p in cache.cache_files(cluster, ["arm64"]))
+
+
+def test_an_unreachable_release_is_not_checked_rather_than_called_wrong(monkeypatch):
+    """Offline, --check ended with "a digest ceil ships is not what the release publishes": a
+    false conclusion from a name that did not resolve."""
+    monkeypatch.setenv("CEIL_K3S_RELEASES", "http://127.0.0.1:9/releases")
+    assert {ok for _, ok, _ in digests.check_published("http://127.0.0.1:9/releases")} == {None}
+    done = subprocess.run([sys.executable, str(REPO / "bake.py"), "k3s", "digests", "--check"],
+                          capture_output=True, text=True, timeout=120)
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and "not checked" in said and "nothing was compared" in said, said
+    assert "FAIL" not in said and "is not what the release publishes" not in said
