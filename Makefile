@@ -37,10 +37,10 @@ venv: .venv/.done ## Create .venv with ceil and its test dependencies
 doctor: venv ## Which host tools are present, what each is for, how to install
 	$(PY) bake.py doctor
 
-bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a local base image)
-	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
-%-bake: venv ## Bake one role, e.g. make router-bake
-	$(PY) bake.py --role $* --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE))
+bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a local base image; ANY_BASE=1 for one that is not the flavor's pinned file)
+	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE)) $(if $(ANY_BASE),--any-base-image)
+%-bake: venv ## Bake one role, e.g. make router-bake (BASE=, ANY_BASE=1 as for bake)
+	$(PY) bake.py --role $* --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE)) $(if $(ANY_BASE),--any-base-image)
 %-ssh: venv ## SSH into one machine as the baked admin, e.g. make one-ssh (VIA=router's uplink address to jump through it)
 	$(PY) bake.py ssh --config $(CONFIG) $(if $(VIA),--via $(VIA)) $*
 route: venv ## Print the workstation's route to the cluster LAN through the router (route-add applies it)

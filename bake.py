@@ -22,10 +22,19 @@ def cannot_start(missing: ImportError) -> str:
             " ceil's Python packages), then run this command again")
 
 
+def aborted() -> None:
+    # Ctrl-C while Python is still importing (the first few tenths of a second) printed a
+    # KeyboardInterrupt traceback; the commands themselves say "aborted" and exit 130 too.
+    sys.stderr.write("aborted\n")
+    sys.exit(130)
+
+
 try:
     from ceil.cli import main
 except ImportError as missing:
     sys.exit(cannot_start(missing))
+except KeyboardInterrupt:
+    aborted()
 
 if __name__ == "__main__":
     try:
@@ -35,3 +44,5 @@ if __name__ == "__main__":
         if (missing.name or "ceil").partition(".")[0] == "ceil":
             raise
         sys.exit(cannot_start(missing))
+    except KeyboardInterrupt:
+        aborted()

@@ -103,6 +103,9 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
         return
     if roles and all_roles:
         raise click.UsageError("--all bakes every role: drop --role, or drop --all")
+    if any_base_image and not base_image:  # ignored, the bake went on to download the flavor's image
+        raise click.UsageError("--any-base-image applies to --base-image FILE: give the image you changed"
+                               " with --base-image, or drop --any-base-image")
     if not roles and not all_roles:
         click.echo(ctx.get_help())
         raise click.UsageError("say what to bake: --role NAME (router, one, ...) or --all")

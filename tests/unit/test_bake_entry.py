@@ -69,3 +69,19 @@ def test_without_a_venv_a_python_with_click_and_rich_is_told_to_run_make_setup(t
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "No module named 'pydantic'" in done.stderr and f"Run `make setup` in {tmp_path}" in done.stderr
+
+
+def test_ctrl_c_while_python_is_still_importing_says_aborted_not_a_traceback():
+    """Seen at 0.3 s: a raw KeyboardInterrupt traceback. Here the Ctrl-C lands exactly while
+    ceil.cli is being imported."""
+    code = ("import runpy, sys\n"
+            "class CtrlC:\n"
+            "    def find_spec(self, name, *rest):\n"
+            "        if name == 'ceil.cli':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, CtrlC())\n"
+            f"sys.argv = [{str(REPO / 'bake.py')!r}, '--help']\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "CEIL_IN_VENV": "1"}, cwd=REPO)
+    assert done.returncode == 130 and done.stderr == "aborted\n", done.stderr

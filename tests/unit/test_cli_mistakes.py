@@ -88,6 +88,8 @@ def test_a_bake_refuses_a_missing_base_image_or_a_file_as_output_before_writing(
     failed(bake_py("--role", "router", "--base-image", "nope.img", cwd=folder), "--base-image", "nope.img")
     failed(bake_py("--role", "router", "--out", "cluster.yaml", cwd=folder), "--out cluster.yaml is a file")
     failed(bake_py("--all", "--role", "one", cwd=folder), "--all bakes every role")
+    # ignored, the bake went on to download the flavor's image
+    failed(bake_py("--role", "router", "--any-base-image", cwd=folder), "--any-base-image applies to --base-image")
     assert listing(folder) == before  # no out/, no secrets/
 
 
