@@ -23,6 +23,7 @@ How the router gets a snapshot, and why it is safe on a LAN that may hold a host
 from __future__ import annotations
 
 import argparse
+import calendar
 import hmac
 import json
 import os
@@ -92,14 +93,44 @@ def drive_missing(conf: dict) -> str | None:
     return None
 
 
-def snapshots(conf: dict) -> list[str]:
-    """The router's snapshots of this server, oldest first (names sort by their UTC time)."""
+STAMP = "%Y%m%dT%H%M%SZ"  # a snapshot's name: SERVER-STAMP.db, its UTC time
+SLACK_S = 600  # a clock this far ahead is a clock that wanders, not one that was pushed
+
+
+def taken_at(path: str) -> float | None:
+    """The UTC time in a snapshot's name; None for a name that holds none."""
+    stamp = os.path.basename(path)[:-len(".db")].rpartition("-")[2]
+    try:
+        return float(calendar.timegm(time.strptime(stamp, STAMP)))
+    except ValueError:
+        return None
+
+
+def snapshots(conf: dict, now: float | None = None) -> list[str]:
+    """The router's snapshots of this server, oldest first (names sort by their UTC time). With
+    `now`: only those taken before it, give or take SLACK_S (see set_aside_future)."""
     prefix = f"{conf['server']}-"
     try:
         names = os.listdir(conf["dir"])
     except FileNotFoundError:
         return []
-    return [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
+    kept = [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
+    return kept if now is None else [p for p in kept if (taken_at(p) or 0) <= now + SLACK_S]
+
+
+def set_aside_future(conf: dict, now: float) -> list[str]:
+    """Snapshots named after a time still to come: taken while the router's clock was pushed
+    ahead (NTP is unauthenticated: a forged answer steps chrony any distance, and the saved
+    clock only moves forward). Sorting last by name, one stamped 2040 was "the newest" until
+    2040: the pull said "nothing to do" and `--newest` served it, however stale. Renamed to
+    .future-NAME: kept for a person to look at, never counted or served again. Returns their names."""
+    moved = []
+    for path in snapshots(conf):
+        if (taken_at(path) or 0) > now + SLACK_S:
+            name = os.path.basename(path)
+            os.replace(path, os.path.join(conf["dir"], f".future-{name}"))
+            moved.append(name)
+    return moved
 
 
 def _fsync_dir(path: str) -> None:
@@ -162,14 +193,18 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
     now = time.time() if now is None else now
     if missing := drive_missing(conf):
         return 1, f"no snapshot taken: {missing}"
+    future = set_aside_future(conf, now)
+    aside = (f" (set aside, dated after now, the clock was ahead when they were taken:"
+             f" {', '.join(future)})") if future else ""
     kept = snapshots(conf)
     if kept and not force:
         age = now - os.stat(kept[-1]).st_mtime
-        # 10 minutes' slack: the hourly timer wanders, and 5 h 58 min is not worth skipping
-        if age < conf["every_hours"] * 3600 - 600:
-            return 0, f"the newest snapshot ({os.path.basename(kept[-1])}) is {age / 3600:.1f} h old: nothing to do"
+        # 10 minutes' slack: the hourly timer wanders, and 5 h 58 min is not worth skipping; a
+        # modification time ahead of now counts as old (the clock was ahead when it was written)
+        if -SLACK_S <= age < conf["every_hours"] * 3600 - SLACK_S:
+            return 0, f"the newest snapshot ({os.path.basename(kept[-1])}) is {age / 3600:.1f} h old: nothing to do{aside}"
     os.makedirs(conf["dir"], mode=0o700, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    stamp = time.strftime(STAMP, time.gmtime(now))
     final = os.path.join(conf["dir"], f"{conf['server']}-{stamp}.db")
     partial = os.path.join(conf["dir"], f".{conf['server']}-{stamp}.partial")
     with open(conf["hmac_key"], "rb") as f:
@@ -211,7 +246,7 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
             os.unlink(partial)
     for old in snapshots(conf)[:-conf["keep"]]:
         os.unlink(old)
-    return 0, f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows)"
+    return 0, f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows){aside}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing := drive_missing(conf):
             print(missing, file=sys.stderr)
             return 1
-        kept = snapshots(conf)
+        kept = snapshots(conf, now=time.time())  # never one dated after now (set_aside_future)
         if not kept:
             print(f"no snapshot of {conf['server']} on this router yet (in {conf['dir']})", file=sys.stderr)
             return 1

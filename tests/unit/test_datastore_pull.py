@@ -341,3 +341,33 @@ def test_backup_from_router_fetches_the_newest_snapshot(tmp_path):
     off = parse_cluster(CLUSTER + "kubernetes: {datastore_backups: {enabled: false}}\n")
     with pytest.raises(CeilError, match="kubernetes.datastore_backups.enabled is false: the router keeps no snapshots"):
         datastore.backup(off, store, None, from_router=True, run=router)
+
+
+def test_a_snapshot_taken_while_the_clock_was_pushed_ahead_is_set_aside_not_newest(tmp_path, server, capsysbinary):
+    """A forged NTP answer steps the router to 2040; the snapshot taken then sorted last by name
+    for ever: the pull said "nothing to do" until 2040 and --newest served that stale file."""
+    conf = router_conf(tmp_path, server.key)
+    t = 1_700_000_000  # 2023: before the real now, which --newest reads
+    assert snapshot.pull(conf, popen=server.popen, now=t)[0] == 0
+    os.utime(snapshot.snapshots(conf)[-1], (t, t))
+    pushed = 2_208_988_800  # 2040-01-01, the forged clock
+    assert snapshot.pull(conf, force=True, popen=server.popen, now=pushed)[0] == 0
+    os.utime(snapshot.snapshots(conf)[-1], (pushed, pushed))
+    assert Path(snapshot.snapshots(conf)[-1]).name == "one-20400101T000000Z.db"
+    # the clock is right again, an hour after the first snapshot
+    path = tmp_path / "pull.json"
+    path.write_text(json.dumps(conf))
+    rc, said = snapshot.pull(conf, popen=server.popen, now=t + 3600)
+    assert rc == 0 and "nothing to do" in said and "set aside" in said and "one-20400101T000000Z.db" in said, said
+    assert [Path(p).name for p in snapshot.snapshots(conf)] == [time.strftime("one-%Y%m%dT%H%M%SZ.db", time.gmtime(t))]
+    assert (Path(conf["dir"]) / ".future-one-20400101T000000Z.db").exists()  # kept for a person to look at
+    assert snapshot.main(["--config", str(path), "--newest"]) == 0
+    assert capsysbinary.readouterr().out == Path(snapshot.snapshots(conf)[-1]).read_bytes()
+
+
+def test_a_newest_snapshot_whose_file_time_is_ahead_of_now_is_due_not_recent(tmp_path, server):
+    conf = router_conf(tmp_path, server.key)
+    t = 1_700_000_000
+    snapshot.pull(conf, popen=server.popen, now=t)
+    os.utime(snapshot.snapshots(conf)[-1], (t + 86400, t + 86400))  # written while the clock was a day ahead
+    assert snapshot.pull(conf, popen=server.popen, now=t + 60)[1].startswith("kept")
