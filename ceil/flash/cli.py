@@ -11,6 +11,7 @@ from ceil.errors import CeilError
 from ceil.flash.blockmap import BlockMap
 from ceil.flash.device import current_platform
 from ceil.flash.flow import FlashJob, FlashOptions, flash
+from ceil.flash.imagefile import check_image_file
 from ceil.flash.ui import RichUI
 
 
@@ -84,6 +85,9 @@ def flash_command(role, image, out, device, yes, force, unmount, no_verify, no_e
     if not device.strip():
         raise click.BadParameter("empty: name the card's whole disk, e.g. /dev/sdb (see lsblk)", param_hint="--device")
     path = resolve_image(role, image, out)
+    # First: a compressed file, or the manifest given as the image, is refused as what it is, not
+    # checked against a manifest (the manifest's own name is the one it would look for).
+    check_image_file(path)
     bmap = check_against_manifest(Path(path))
     options = FlashOptions(image=path, device=device, yes=yes,
                            force=force, unmount=unmount, verify=not no_verify, eject=not no_eject)

@@ -4,13 +4,13 @@ eject, summarise. Each step takes the same `FlashJob` and the platform and UI it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ceil.errors import CeilError
 from ceil.flash.blockmap import BlockMap, build_blockmap
 from ceil.flash.device import Device, Platform, human_size
+from ceil.flash.imagefile import check_image_file
 from ceil.flash.safety import FlashRefused, check_target
 from ceil.flash.ui import RichUI
 from ceil.flash.writer import (Target, VerifyError, VerifyResult, WriteResult, first_difference,
@@ -52,11 +52,7 @@ def flash(job: FlashJob) -> FlashJob:
 
 
 def check_image(job: FlashJob) -> None:
-    path = job.options.image
-    if not os.path.isfile(path):
-        raise CeilError(f"image {path} not found: bake it first (python bake.py --role NAME) "
-                        "or pass --image PATH.")
-    job.image_size = os.path.getsize(path)
+    job.image_size = check_image_file(job.options.image)
 
 
 def discover_target(job: FlashJob) -> None:
