@@ -72,21 +72,35 @@ class BakeContext:
     def manifest(self) -> Path:
         return self.out_dir / f"ceil-{self.role}.json"
 
+    def partial(self, what: str) -> Path:
+        """Every file the bake writes in the output folder before its final name is named here,
+        in one scheme (PARTIAL_PATTERN), so that bake()'s cleanup and clean_stale (after a bake
+        killed too hard for its cleanup to run) both find every one of them."""
+        return self.out_dir / f".ceil-{self.role}.{what}.partial"
+
     # The staged partitions live beside the output, not in the work folder: the root one holds
     # as much as the root file system does, and the work folder may be RAM, too small for it;
     # and between two file systems the kernel refuses to copy (copy_file_range: EXDEV), so the
     # boot partition's 100-200 MiB would pass through user space twice per role.
     @property
     def staged_boot(self) -> Path:
-        return self.out_dir / f".ceil-{self.role}.boot.partial"
+        return self.partial("boot")
 
     @property
     def staged_root(self) -> Path:
-        return self.out_dir / f".ceil-{self.role}.root.partial"
+        return self.partial("root")
 
     @property
     def partial_output(self) -> Path:
-        return self.out_dir / f".ceil-{self.role}.img.partial"
+        return self.partial("img")
+
+    @property
+    def partial_manifest(self) -> Path:
+        return self.partial("json")
+
+    @property
+    def partials(self) -> tuple[Path, ...]:
+        return (self.partial_output, self.partial_manifest, self.staged_boot, self.staged_root)
 
 
 def fetch_base(ctx: BakeContext) -> None:
@@ -416,29 +430,41 @@ def _digests(windows: list[Window], zones, cache: RangeCache | None, whole: bool
 
 def finish_image(ctx: BakeContext) -> None:
     with step("finish_image", str(ctx.output)):
-        os.replace(ctx.partial_output, ctx.output)
-        manifest = {
-            "role": ctx.role,
-            "hostname": ctx.cluster.hostname(ctx.role),
-            "flavor": ctx.flavor.name,
-            "base_image": {"source": ctx.base.source, "sha256": ctx.base.sha256},
-            "output": {
-                "path": ctx.output.name,
-                "size": ctx.output.stat().st_size,
-                "allocated": allocated_bytes(ctx.output),
-                "blockmap": manifest_entry(ctx.composed.ranges),
-                **({"sha256": ctx.composed.sha256} if ctx.composed.sha256 else {}),
-            },
-            "config_sha256": config_hash(ctx.config_path),
-            "instance_id": ctx.payload.instance_id,
-            "features": ctx.payload.features,
-            "packages": ctx.payload.packages,
-            "ceil_version": __version__,
-            "baked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        tmp = ctx.manifest.with_suffix(".json.partial")
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, ctx.manifest)
+        publish(ctx.partial_output, ctx.output, manifest_of(ctx), ctx.manifest, ctx.partial_manifest)
+
+
+def manifest_of(ctx: BakeContext) -> dict:
+    """What ceil-<role>.json says of the image composed in ctx.partial_output."""
+    return {
+        "role": ctx.role,
+        "hostname": ctx.cluster.hostname(ctx.role),
+        "flavor": ctx.flavor.name,
+        "base_image": {"source": ctx.base.source, "sha256": ctx.base.sha256},
+        "output": {
+            "path": ctx.output.name,
+            "size": ctx.partial_output.stat().st_size,
+            "allocated": allocated_bytes(ctx.partial_output),
+            "blockmap": manifest_entry(ctx.composed.ranges),
+            **({"sha256": ctx.composed.sha256} if ctx.composed.sha256 else {}),
+        },
+        "config_sha256": config_hash(ctx.config_path),
+        "instance_id": ctx.payload.instance_id,
+        "features": ctx.payload.features,
+        "packages": ctx.payload.packages,
+        "ceil_version": __version__,
+        "baked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def publish(partial_image: Path, image: Path, manifest: dict, manifest_path: Path, partial_manifest: Path) -> None:
+    """Move a new image and its manifest into place, in an order where an interrupt at any point
+    leaves either the previous image with its manifest, or an image with no manifest (which flash
+    refuses: bake it again), never the new image beside the old manifest, which flash would call
+    damaged. (Against a power cut nothing here helps: the bake does not fsync, see compose.)"""
+    partial_manifest.write_text(json.dumps(manifest, indent=2) + "\n")  # the part that can fail, first
+    manifest_path.unlink(missing_ok=True)  # from here the old image stands alone: refused
+    os.replace(partial_image, image)
+    os.replace(partial_manifest, manifest_path)
 
 
 STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, edit_config_txt, write_rootfs,
@@ -473,7 +499,7 @@ def bake(ctx: BakeContext) -> Path:
                         raise no_space(ctx, s) from None
                     raise
         finally:
-            for partial in (ctx.partial_output, ctx.staged_boot, ctx.staged_root):
+            for partial in ctx.partials:
                 partial.unlink(missing_ok=True)
     return ctx.output
 
@@ -497,9 +523,12 @@ def no_space(ctx: BakeContext, failed) -> CeilError:
                      f" in {ctx.out_dir} (or use --out)")
 
 
+PARTIAL_PATTERN = ".ceil-*.partial"  # what BakeContext.partial names
+
+
 def clean_stale(out_dir: Path) -> None:
     """Remove partial outputs a killed bake may have left behind."""
-    for p in out_dir.glob(".ceil-*.partial"):
+    for p in out_dir.glob(PARTIAL_PATTERN):
         p.unlink(missing_ok=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
@@ -31,7 +32,10 @@ def check_against_manifest(image: Path) -> BlockMap | None:
     and is returned: it is what gets written. A manifest from before per-range digests holds
     only the whole file's sha256 (read all of it; the map is then made from the file)."""
     manifest = image.with_suffix(".json")
-    if not manifest.is_file() or not image.is_file():
+    if not image.is_file():
+        return None
+    if not manifest.is_file():
+        check_not_orphaned(image, manifest)
         return None
     from ceil.fetch import sha256_file
     from ceil.image_digests import blockmap_from_manifest, first_mismatch
@@ -64,6 +68,18 @@ def check_against_manifest(image: Path) -> BlockMap | None:
             raise CeilError(f"{image} does not match its manifest {manifest.name} (sha256 {got}, manifest"
                             f" says {expected}): the image was damaged after baking; bake it again.")
     return None
+
+
+def check_not_orphaned(image: Path, manifest: Path) -> None:
+    """A file named as the bake names its images, without the manifest beside it, is refused: the
+    bake puts the manifest in place last, so it is what an interrupted bake leaves behind (or an
+    image whose manifest was moved away), and nothing vouches for it. An image ceil did not bake
+    (`--image` any other name) has no manifest to miss, and is flashed as it is."""
+    baked = re.fullmatch(r"ceil-(.+)\.img", image.name)
+    if baked:
+        raise CeilError(f"{image} has no manifest beside it ({manifest.name}): a bake puts the manifest in place last,"
+                        f" so this image's bake was interrupted (or the manifest was moved away), and nothing"
+                        f" vouches for the image; bake it again (python bake.py --role {baked.group(1)}).")
 
 
 @click.command("flash")

@@ -52,8 +52,9 @@ def make_image(path: Path, size: int, chunks: list[tuple[int, bytes]]) -> Path:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
+    """An image ceil did not bake: no manifest, and a name flash does not expect one for."""
     rnd = os.urandom
-    return make_image(tmp_path / "ceil-router.img", 256 * MiB, [
+    return make_image(tmp_path / "pi.img", 256 * MiB, [
         (4 * MiB, rnd(3 * MiB)),       # FAT start
         (68 * MiB + 1024, rnd(4096)),  # ext4 superblock area
         (100 * MiB, rnd(9 * MiB + 123)),  # unaligned end inside a range

@@ -142,3 +142,18 @@ def test_the_manifest_given_as_the_image_names_the_image_beside_it(monkeypatch, 
     assert f"flash the image it describes, {image} (--image {image}, or --role router)" in said
     assert "changed after baking" not in said
 
+
+def test_a_baked_image_without_its_manifest_is_refused_and_another_image_is_not(tmp_path):
+    from ceil.flash.cli import check_against_manifest
+
+    baked = tmp_path / "ceil-node1.img"
+    baked.write_bytes(mbr([(0x83, 1, 7)]) + bytes(3584))
+    result = CliRunner().invoke(flash_command, ["--role", "node1", "--out", str(tmp_path), "--device", "/dev/sdz"])
+    said = " ".join(str(result.exception).split())
+    assert result.exit_code != 0 and isinstance(result.exception, CeilError)
+    assert f"{baked} has no manifest beside it (ceil-node1.json)" in said
+    assert said.endswith("bake it again (python bake.py --role node1).")
+
+    other = tmp_path / "raspios.img"  # not baked by ceil: nothing to check it against
+    other.write_bytes(baked.read_bytes())
+    assert check_against_manifest(other) is None
