@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import time
@@ -106,13 +107,15 @@ def running_registries(tmp_path: Path) -> Iterator[Registries]:
     with FakeUpstreamRegistry() as upstream:
         urls = {}
         try:
-            for kind, account in (("private", "pull"), ("push", "push"), ("mirror", None)):
+            for kind in ("private", "push", "mirror"):
                 creds = tmp_path / f"creds-{kind}"
                 creds.mkdir()
                 (creds / "tls.crt").write_bytes(local.cert_pem)
                 (creds / "tls.key").write_bytes(local.key_pem)
-                if account:
-                    (creds / "htpasswd").write_bytes(files[f"registry/htpasswd-{account}"])
+                # the accounts file the baked unit hands its registry (LoadCredential), as systemd would
+                unit = (out / f"units/ceil-registry-{kind}.service").read_text()
+                if m := re.search(r"^LoadCredential=htpasswd:/etc/ceil/secrets/(\S+)$", unit, re.M):
+                    (creds / "htpasswd").write_bytes(files[m.group(1)])
                 port = free_port()
                 storage = tmp_path / ("store-mirror" if kind == "mirror" else "store-private")
                 cfg = localize(out / f"etc/registry/{kind}.yml", tmp_path / f"{kind}.yml", storage, port, creds,

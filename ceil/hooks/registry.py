@@ -2,8 +2,8 @@
 
 The router runs three CNCF distribution registries bound to its LAN address, all over TLS with
 a certificate from the registry CA made at bake time (ceil.registry_access):
-- a pull-through cache of `registry.upstream` on `registry.mirror_port` (no account: it cannot
-  be pushed to, and serves only what the upstream has);
+- a pull-through cache of `registry.upstream` on `registry.mirror_port`, for the nodes' `pull`
+  account too (it cannot be pushed to, but anyone could fill the router's disk through it);
 - the private registry, read-only, on `registry.port`, for the nodes' `pull` account;
 - the same storage, writable, on `registry.push_port`, for the workstation's `push` account.
 `k3s_registries_yaml` is called by the node role.
@@ -81,9 +81,7 @@ def k3s_registries_yaml(cluster: Cluster, store: SecretStore) -> str:
     for name in private_registry_names(cluster):
         mirrors[name] = {"endpoint": [f"https://{private}"]}
     tls = {"ca_file": NODE_CA_PATH}
-    configs = {
-        mirror: {"tls": tls},
-        private: {"auth": {"username": PULL_USER, "password": password(store, PULL_USER)}, "tls": tls},
-    }
+    pull = {"username": PULL_USER, "password": password(store, PULL_USER)}
+    configs = {mirror: {"auth": pull, "tls": tls}, private: {"auth": pull, "tls": tls}}
     header = "# ceil: container registries on the router (written at bake time)\n"
     return header + yaml.safe_dump({"mirrors": mirrors, "configs": configs}, sort_keys=False)

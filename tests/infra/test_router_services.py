@@ -206,11 +206,14 @@ def test_second_pull_is_served_from_the_cache(router, nodes, cluster, fakes):
     upstream = fake(fakes, "upstream_registry")
     node = list(nodes.values())[0]
     base = f"https://{cluster.network.router_ip}:{cluster.registry.mirror_port}"
-    first = oci(node, "pull", base, "library/hello", "latest")
+    # without the nodes' account, nothing: anyone on the LAN could fill the router's disk
+    assert "HTTP 401" in oci(node, "pull", base, "library/hello", "latest").get("error", "")
+    first = oci(node, "pull", base, "library/hello", "latest", node_pull_account(node))
     assert "digest" in first, first
     upstream.wait_idle(quiet_seconds=3)  # the cache stores new blobs in the background
     blob_fetches = upstream.blob_gets
-    second = oci(list(nodes.values())[-1], "pull", base, "library/hello", "latest")
+    last = list(nodes.values())[-1]
+    second = oci(last, "pull", base, "library/hello", "latest", node_pull_account(last))
     assert second["digest"] == first["digest"]
     assert upstream.blob_gets == blob_fetches, "the second pull went to the upstream for blobs"
     with router.sudo():

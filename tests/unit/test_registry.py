@@ -44,7 +44,7 @@ def test_configs_bind_the_lan_address_and_cache_the_upstream(tmp_path):
         assert doc["http"]["tls"] == {"certificate": f"{creds}/tls.crt", "key": f"{creds}/tls.key"}, unit
     assert private["auth"]["htpasswd"]["path"].endswith("ceil-registry-private.service/htpasswd")
     assert push["auth"]["htpasswd"]["path"].endswith("ceil-registry-push.service/htpasswd")
-    assert "auth" not in mirror
+    assert mirror["auth"]["htpasswd"]["path"].endswith("ceil-registry-mirror.service/htpasswd")
 
 
 def test_units_hand_each_registry_only_its_own_account(tmp_path):
@@ -55,6 +55,8 @@ def test_units_hand_each_registry_only_its_own_account(tmp_path):
     assert "htpasswd-push" not in private and "\nReadWritePaths=" not in private
     assert "LoadCredential=htpasswd:/etc/ceil/secrets/registry/htpasswd-push" in push
     assert "ReadWritePaths=/var/lib/ceil-registry/private" in push
+    mirror = (units / "ceil-registry-mirror.service").read_text()
+    assert "LoadCredential=htpasswd:/etc/ceil/secrets/registry/htpasswd-pull" in mirror and "htpasswd-push" not in mirror
 
 
 def test_router_gets_certificate_and_hashes_never_the_passwords(tmp_path):
@@ -124,9 +126,9 @@ def test_k3s_registries_yaml_points_nodes_at_the_router(tmp_path):
     for name in ("ceil-router.ceil.internal:5000", "10.42.0.1:5000", "ceil-router.ceil.internal:5002", "10.42.0.1:5002"):
         assert doc["mirrors"][name] == {"endpoint": ["https://10.42.0.1:5000"]}, name
     ca = {"ca_file": "/etc/rancher/k3s/registry-ca.crt"}
-    assert doc["configs"]["10.42.0.1:5001"] == {"tls": ca}
-    assert doc["configs"]["10.42.0.1:5000"] == {
-        "auth": {"username": "pull", "password": access.password(store, "pull")}, "tls": ca}
+    pull = {"username": "pull", "password": access.password(store, "pull")}
+    assert doc["configs"]["10.42.0.1:5001"] == {"auth": pull, "tls": ca}
+    assert doc["configs"]["10.42.0.1:5000"] == {"auth": pull, "tls": ca}
     assert access.password(store, "push") not in yaml.safe_dump(doc)
 
 
@@ -205,16 +207,26 @@ def test_private_registry_refuses_deletes(registries):
 def test_mirror_serves_the_second_pull_from_its_cache(registries):
     r = registries
     urls, upstream = r.urls, r.upstream
-    first = oci.pull(urls["mirror"], "library/hello", "latest", ca=r.ca)
+    first = oci.pull(urls["mirror"], "library/hello", "latest", auth=r.pull, ca=r.ca)
     # The cache stores each new blob with its own upstream fetch, in the background.
     upstream.wait_idle()
     blobs_after_first = upstream.blob_gets
     assert blobs_after_first >= 2
-    second = oci.pull(urls["mirror"], "library/hello", "latest", ca=r.ca)
+    second = oci.pull(urls["mirror"], "library/hello", "latest", auth=r.pull, ca=r.ca)
     assert second["digest"] == first["digest"]
     assert upstream.blob_gets == blobs_after_first, "the second pull fetched blobs from upstream again"
-    by_digest = oci.pull(urls["mirror"], "library/hello", first["digest"], ca=r.ca)
+    by_digest = oci.pull(urls["mirror"], "library/hello", first["digest"], auth=r.pull, ca=r.ca)
     assert by_digest["digest"] == first["digest"] and upstream.blob_gets == blobs_after_first
+
+
+def test_the_mirror_serves_only_the_nodes_account(registries):
+    """Security review: without an account any LAN device or pod could pull public images through
+    the router's cache until its disk (the SD card, without a drive) was full."""
+    r = registries
+    for auth in (None, ("pull", "guess"), ("push", r.push[1])):
+        with pytest.raises(RuntimeError, match="HTTP 401"):
+            oci.pull(r.urls["mirror"], "library/hello", "latest", auth=auth, ca=r.ca)
+    assert r.upstream.blob_gets == 0, "a refused pull reached the upstream"
 
 
 def test_mirror_refuses_pushes(registries):
