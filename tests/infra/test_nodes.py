@@ -99,6 +99,25 @@ def test_forwarding_and_bridge_sysctls(nodes):
         assert host.file("/etc/sysctl.d/90-ceil-k3s.conf").exists, name
 
 
+def test_the_nodes_own_firewall_is_loaded_and_loads_again_at_boot(nodes, cluster):
+    """A LAN device shares the nodes' switch, out of the router firewall's sight: each node drops
+    what the DHCP pool sends its VXLAN, kubelet and etcd ports, and anything routed into the pod
+    and service networks that kube-proxy did not translate (tests/unit/test_node_firewall_netns.py
+    shows the attack and the drop)."""
+    net, k8s = cluster.network, cluster.kubernetes
+    for name, host in each_node(nodes):
+        with host.sudo():
+            table = host.check_output("nft list table inet ceil_node")
+        # (nft lists the pod and service networks merged where they touch, and `! dnat` or
+        # `& dnat == 0` by version: the parts are checked, not one spelling)
+        pool = f"ip saddr {net.dhcp_start}-{net.dhcp_end}"
+        assert f"{pool} udp dport {{ 8472, 51820-51821 }}" in table, (name, table)
+        assert f"{pool} tcp dport {{ 2379-2380, 10250 }}" in table, (name, table)
+        routed_in = [line for line in table.splitlines() if f"ip saddr != {k8s.cluster_cidr} ct status" in line]
+        assert len(routed_in) == 1 and "dnat" in routed_in[0] and routed_in[0].endswith("drop"), (name, table)
+        assert host.service("ceil-node-rules.service").is_enabled, name
+
+
 def test_clock_synced_from_the_router(nodes, cluster):
     router_ip = str(cluster.network.router_ip)
 
