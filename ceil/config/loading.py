@@ -46,7 +46,7 @@ def _resolve_env(obj: Any, path: str = "", unset: dict[str, str] | None = None) 
 
 def _unset_message(path: str, var: str) -> str:
     return (f"{path}: refers to ${{{var}}} but the environment variable {var} is not set:"
-            f" export {var}=... before baking, or write the value in cluster.yaml")
+            f" export {var}=... and run the command again, or write the value in cluster.yaml")
 
 
 # Checked in a secret's place while its variable is unset: a value every secret key accepts

@@ -17,9 +17,11 @@ from ceil.flash.ui import RichUI
 
 
 def resolve_image(role: str | None, image: str | None, out: str) -> str:
-    if bool(role) == bool(image):
-        raise CeilError("say what to flash: either --role NAME (uses OUT/ceil-NAME.img) or "
-                        "--image PATH, not both.")
+    if role and image:
+        raise CeilError("--role and --image both name what to flash: give --role NAME (uses"
+                        " OUT/ceil-NAME.img) or --image PATH, not both")
+    if not role and not image:
+        raise CeilError("say what to flash: --role NAME (uses OUT/ceil-NAME.img) or --image PATH")
     return image or str(Path(out) / f"ceil-{role}.img")
 
 

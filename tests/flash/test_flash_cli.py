@@ -22,9 +22,11 @@ def test_is_a_click_command_with_the_agreed_options():
 def test_role_resolves_into_out():
     assert resolve_image("router", None, "out") == "out/ceil-router.img"
     assert resolve_image(None, "/x/y.img", "out") == "/x/y.img"
-    for role, image in (("router", "/x.img"), (None, None)):
-        with pytest.raises(CeilError, match="either --role NAME"):
-            resolve_image(role, image, "out")
+    # each refusal says what is wrong with what was given ("not both" was said when neither was)
+    with pytest.raises(CeilError, match="--role and --image both name what to flash"):
+        resolve_image("router", "/x.img", "out")
+    with pytest.raises(CeilError, match=r"say what to flash: --role NAME .* or --image PATH$"):
+        resolve_image(None, None, "out")
 
 
 def test_refusals_exit_non_zero_with_a_ceil_error(tmp_path):
