@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
@@ -43,6 +48,28 @@ def load_board():
     return module
 
 
+def board_config(tmp_path: Path) -> dict:
+    return {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "domain": "ceil.internal", "nodes": ["one", "two"],
+            "hostnames": {"router": "ceil-router", "one": "ceil-one", "two": "ceil-two"},
+            "state_dir": str(tmp_path / "state"),
+            "lan": {"cidr": "10.42.0.0/24", "router_ip": "10.42.0.1", "pool": ["10.42.0.100", "10.42.0.199"],
+                    "lb": ["10.42.0.240", "10.42.0.250"]},
+            "reserved": {"one": {"ip": "10.42.0.11", "mac": None}, "two": {"ip": "10.42.0.12", "mac": "dc:a6:32:00:00:02"}}}
+
+
+@contextmanager
+def running_board(mod, tmp_path: Path, **server_args):
+    """The board module `mod` serving on 127.0.0.1:<free port>; yields (base URL, server)."""
+    mod.Handler.board = mod.Board(board_config(tmp_path), bytes.fromhex(KEY))
+    server = mod.FreeBindServer(("127.0.0.1", 0), mod.Handler, **server_args)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def board(tmp_path, monkeypatch):
     """A running board on 127.0.0.1:<free port> for nodes one and two; yields its base URL."""
@@ -52,18 +79,8 @@ def board(tmp_path, monkeypatch):
         "dnsmasq": {"state": "done"}, "nat-firewall": {"state": "done"}, "status-board": {"state": "pending"}}}))
     monkeypatch.setattr(mod, "ROUTER_STATUS_CMD", ["/nonexistent/ceil-status"])
     monkeypatch.setattr(mod, "ROUTER_STATUS_FILE", str(router_status))
-    config = {"bind": "127.0.0.1", "port": 0, "cluster": "ceil", "domain": "ceil.internal", "nodes": ["one", "two"],
-              "hostnames": {"router": "ceil-router", "one": "ceil-one", "two": "ceil-two"},
-              "state_dir": str(tmp_path / "state"),
-              "lan": {"cidr": "10.42.0.0/24", "router_ip": "10.42.0.1", "pool": ["10.42.0.100", "10.42.0.199"],
-                      "lb": ["10.42.0.240", "10.42.0.250"]},
-              "reserved": {"one": {"ip": "10.42.0.11", "mac": None}, "two": {"ip": "10.42.0.12", "mac": "dc:a6:32:00:00:02"}}}
-    mod.Handler.board = mod.Board(config, bytes.fromhex(KEY))
-    server = mod.FreeBindServer(("127.0.0.1", 0), mod.Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "state"
-    server.shutdown()
-    server.server_close()
+    with running_board(mod, tmp_path) as (url, _):
+        yield url, tmp_path / "state"
 
 
 def report(url: str, node: str, steps: dict, token: str | None = None) -> requests.Response:
@@ -146,6 +163,85 @@ def test_page_escapes_what_nodes_send(board):
     report(url, "one", {"<script>alert(1)</script>": {"state": "failed"}})
     page = requests.get(url + "/", timeout=5).text
     assert "<script>alert" not in page and "&lt;script&gt;" in page
+
+
+# ---- a flood of reads from the LAN (security review: memory exhaustion of the router) ----------
+
+
+def stand_in_ceil_status(tmp_path: Path) -> tuple[Path, Path]:
+    """A `ceil-status` on a PATH of its own that notes each run in a file and takes a while (so
+    that concurrent requests overlap it); returns (the command, the file of runs)."""
+    runs = tmp_path / "ceil-status.runs"
+    command = tmp_path / "bin/ceil-status"
+    command.parent.mkdir()
+    command.write_text(f"#!/bin/sh\necho \"$*\" >> {runs}\nsleep 0.5\n"
+                       'echo \'{"host": "ceil-router", "steps": {"dnsmasq": {"state": "done"}}}\'\n')
+    command.chmod(0o755)
+    return command, runs
+
+
+def test_concurrent_reads_run_ceil_status_once_per_cache_period(tmp_path, monkeypatch):
+    """Every GET / and /api/status started a Python process: a few hundred at once took a 1 GB
+    Pi's memory, and the OOM killer could take dnsmasq with it."""
+    mod = load_board()
+    command, runs = stand_in_ceil_status(tmp_path)
+    monkeypatch.setenv("PATH", f"{command.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(mod, "ROUTER_STATUS_CMD", ["ceil-status", "--json"])
+    monkeypatch.setattr(mod, "ROUTER_REPORT_TTL", 2.0)
+    with running_board(mod, tmp_path) as (url, _):
+        paths = ["/api/status", "/"] * 20
+        with ThreadPoolExecutor(len(paths)) as pool:
+            answers = list(pool.map(lambda p: requests.get(url + p, timeout=30), paths))
+        assert [a.status_code for a in answers] == [200] * len(paths)
+        assert runs.read_text() == "--json\n"  # one run for 40 requests
+        router = requests.get(f"{url}/api/status", timeout=5).json()["hosts"][0]
+        assert (router["name"], router["state"]) == ("router", "done")  # the stand-in's report
+        assert runs.read_text().count("\n") == 1  # still within the period
+        time.sleep(2.1)
+        requests.get(f"{url}/api/status", timeout=5)
+        assert runs.read_text().count("\n") == 2  # a period later: a fresh report
+
+
+def test_the_board_handles_at_most_max_handlers_requests_at_once(tmp_path):
+    """More connections than handlers wait in the kernel's listen queue, not in threads."""
+    mod = load_board()
+    with running_board(mod, tmp_path, max_handlers=2) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # send nothing
+        try:
+            with pytest.raises(requests.ReadTimeout):  # both handlers busy: queued, not served
+                requests.get(f"{url}/healthz", timeout=(5, 1))
+            handlers = [t for t in threading.enumerate() if "process_request_thread" in t.name]
+            assert len(handlers) == 2  # and no thread started for it
+        finally:
+            for sock in idle:
+                sock.close()
+        assert requests.get(f"{url}/healthz", timeout=5).text == "ok\n"  # handlers free again
+
+
+def test_a_connection_that_sends_nothing_gives_its_handler_back(tmp_path, monkeypatch):
+    """Without a timeout MAX_HANDLERS silent connections would shut the board for good."""
+    mod = load_board()
+    monkeypatch.setattr(mod.Handler, "timeout", 0.5)
+    with running_board(mod, tmp_path, max_handlers=1) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            started = time.monotonic()
+            assert requests.get(f"{url}/healthz", timeout=5).text == "ok\n"
+            assert time.monotonic() - started < 4
+
+
+def test_the_boards_unit_limits_its_tasks_and_memory():
+    """Should the board's own bounds fail, the unit's keep it from starving dnsmasq."""
+    mod = load_board()
+    unit = (REPO / "firstboot/status-board/units/ceil-status-board.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    # The main thread, every handler, ceil-status and its systemctl must fit, or requests fail.
+    assert mod.MAX_HANDLERS + 3 <= int(settings["TasksMax"]) <= 64
+    assert f"at most {mod.MAX_HANDLERS} handler threads" in unit  # the comment's sum is this code's
+    memory = re.fullmatch(r"(\d+)M", settings["MemoryMax"])
+    assert memory and 64 <= int(memory.group(1)) <= 256, settings["MemoryMax"]
+    assert int(settings["OOMScoreAdjust"]) > 0  # killed before dnsmasq where no memory cgroup is
 
 
 def run_reporter(url: str, state_dir: Path, node: str = "two") -> subprocess.CompletedProcess:
