@@ -20,6 +20,7 @@ from rich.text import Text
 from .config import load_cluster
 from .errors import CeilError
 from .text import printable
+from .ui import notice
 
 STATUS_PORT = 8081  # the board's port on the router's LAN address (opened by nat-firewall)
 # Each node proves who reports with a token derived from a key only the router holds: the board
@@ -41,6 +42,14 @@ def board_url(router_ip: str) -> str:
 # A board that cannot be reached says so within this long; one that answers gets `timeout`, since a
 # router busy with its first boot (a Pi 3, a TCG twin) can take many seconds to answer.
 CONNECT_TIMEOUT_S = 5.0
+# --wait: seconds between two reads of a board that answered, and between tries of one that did not.
+POLL_INTERVAL_S = 5.0
+RETRY_INTERVAL_S = 2.0
+
+
+class BoardUnreachable(CeilError):
+    """The board did not answer: not up yet, a dropped connection, an error of the server's own.
+    Worth trying again while the router boots, unlike an answer that is not a board's."""
 
 
 def fetch_status(url: str, timeout: float = 20.0) -> dict:
@@ -51,7 +60,9 @@ def fetch_status(url: str, timeout: float = 20.0) -> dict:
         resp = requests.get(url, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout))
         resp.raise_for_status()
     except requests.RequestException as e:
-        raise CeilError(
+        # A 4xx is an answer from something at that address that is not a board: no retry fixes it.
+        refused = isinstance(e, requests.HTTPError) and e.response is not None and e.response.status_code < 500
+        raise (CeilError if refused else BoardUnreachable)(
             f"could not read the status board at {url}: {e}. Expected the router's board on the"
             " cluster LAN: connect this machine to the LAN (or the VPN), wait until the router has"
             " booted, or give the address with --url"
@@ -161,6 +172,36 @@ def settled(snap: dict) -> bool:
     return "failed" in states or all(s == "done" for s in states)
 
 
+def fetch_while_waiting(url: str, timeout: float, deadline: float) -> dict:
+    """The board's snapshot, trying again until `deadline` (time.monotonic()) while it does not
+    answer: a router still booting, or a connection dropped mid-poll. Then its last error."""
+    said = False
+    while True:
+        try:
+            return fetch_status(url, timeout)
+        except BoardUnreachable:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if not said:  # once per outage, not every few seconds
+                notice(f"waiting for the status board at {url} to answer (at most {left:.0f} s more, --wait)")
+                said = True
+            time.sleep(min(RETRY_INTERVAL_S, left))
+
+
+def poll_status(url: str, timeout: float, wait: float) -> dict:
+    """The board's snapshot once every host is done or one failed, or the last one when `wait`
+    seconds ran out; without `wait`, the first one (and an unreachable board fails at once)."""
+    if not wait:
+        return fetch_status(url, timeout)
+    deadline = time.monotonic() + wait
+    snap = fetch_while_waiting(url, timeout, deadline)
+    while not settled(snap) and time.monotonic() < deadline:
+        time.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        snap = fetch_while_waiting(url, timeout, deadline)
+    return snap
+
+
 def _resolve_url(url: str | None, config_path: Path) -> str:
     if url:
         from urllib.parse import urlsplit
@@ -185,19 +226,15 @@ def _resolve_url(url: str | None, config_path: Path) -> str:
 @click.option("--times", is_flag=True, help="Each host's first-boot profile: every step's start (seconds after"
               " power-on), duration and share of the first boot, slowest first.")
 @click.option("--wait", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
-              help="Poll until every host is done (or one failed), at most this long.")
+              help="Poll until every host is done (or one failed), at most this long; a board that does"
+              " not answer yet (the router still booting) is tried again meanwhile.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True, help="Seconds to wait for the board's"
               " answer (the connection itself gets at most 5).")
 def status_command(config_path: Path, url: str | None, as_json: bool, times: bool, wait: float, timeout: float) -> None:
     """Show each machine's first-boot progress, as collected by the router's status board.
 
     Exits 1 when a host reports a failed step, 2 when --wait ran out before all were done."""
-    target = _resolve_url(url, config_path)
-    deadline = time.monotonic() + wait
-    snap = fetch_status(target, timeout)
-    while wait and not settled(snap) and time.monotonic() < deadline:
-        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-        snap = fetch_status(target, timeout)
+    snap = poll_status(_resolve_url(url, config_path), timeout, wait)
     if as_json:
         click.echo(json.dumps(snap, indent=1))
     elif times:

@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
@@ -348,6 +349,113 @@ def test_status_command_without_a_board_says_how_to_reach_it():
         fetch_status("http://127.0.0.1:9/api/status", timeout=2)
     assert settled({"hosts": [{"state": "done"}, {"state": "failed"}]})
     assert not settled({"hosts": [{"state": "done"}, {"state": "waiting"}]})
+
+
+# ---- `status --wait` while the router boots (the board not up yet, or dropping a connection) ----
+
+DONE_SNAPSHOT = {"cluster": "ceil", "hosts": [{"name": "router", "hostname": "ceil-router", "state": "done",
+                                               "done": 2, "total": 2, "failed": [], "busy": []}]}
+RUNNING_SNAPSHOT = {"cluster": "ceil", "hosts": [{**DONE_SNAPSHOT["hosts"][0], "state": "running", "done": 1}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def fake_board(port: int, answers: list, after: float = 0.0):
+    """A board on 127.0.0.1:`port` that starts listening `after` seconds from now and answers GET
+    /api/status with the next of `answers` (the last one again once they run out): a snapshot,
+    or None to drop the connection without an answer. Yields the list of requests it saw."""
+    seen = []
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            snap = answers[min(len(seen), len(answers)) - 1]
+            if snap is None:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            body = json.dumps(snap).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def start():
+        time.sleep(after)
+        servers.append(ThreadingHTTPServer(("127.0.0.1", port), Answer))
+        servers[0].serve_forever()
+
+    threading.Thread(target=start, daemon=True).start()
+    try:
+        yield seen
+    finally:
+        while after and not servers:  # started late: stop it all the same
+            time.sleep(0.05)
+        if servers:
+            servers[0].shutdown()
+            servers[0].server_close()
+
+
+def test_status_wait_waits_for_a_board_that_comes_up_later():
+    """`status --wait 15` exited 1 after 0.4 s with "could not read the status board" when the
+    router's board came up 3 s later: the waiting is what --wait is for."""
+    port = free_port()
+    with fake_board(port, [DONE_SNAPSHOT], after=1.5) as seen:
+        started = time.monotonic()
+        result = CliRunner().invoke(status_command, ["--url", f"http://127.0.0.1:{port}", "--wait", "15"],
+                                    env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert time.monotonic() - started >= 1.5 and seen == ["/api/status"]
+    assert f"waiting for the status board at http://127.0.0.1:{port}/api/status to answer" in result.output
+    assert "ceil-router" in result.output and "done" in result.output
+
+
+def test_status_wait_survives_a_connection_dropped_mid_poll(monkeypatch):
+    monkeypatch.setattr("ceil.status.POLL_INTERVAL_S", 0.2)
+    port = free_port()
+    with fake_board(port, [RUNNING_SNAPSHOT, None, DONE_SNAPSHOT]) as seen:
+        result = CliRunner().invoke(status_command, ["--url", f"http://127.0.0.1:{port}", "--wait", "15"],
+                                    env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 3 and "done" in result.output and "2/2" in result.output
+
+
+def test_status_fails_with_the_board_unreachable_once_wait_runs_out_and_at_once_without_it():
+    url = f"http://127.0.0.1:{free_port()}"
+    for args, at_least, at_most in (([], 0, 1.5), (["--wait", "1"], 1, 3)):
+        started = time.monotonic()
+        result = CliRunner().invoke(status_command, ["--url", url, *args])
+        took = time.monotonic() - started
+        assert isinstance(result.exception, CeilError) and at_least <= took < at_most, (args, took, result.output)
+        assert "could not read the status board" in str(result.exception)
+        assert "wait until the router has booted" in str(result.exception)
+        assert ("waiting for the status board" in result.output) == bool(args)
+
+
+def test_status_wait_does_not_retry_an_answer_that_is_no_boards(monkeypatch):
+    """A 404 comes from something else at that address: waiting would not change it."""
+    import requests
+
+    class NotFound:
+        status_code = 404
+
+        def raise_for_status(self):
+            raise requests.HTTPError("404 Client Error: Not Found", response=self)
+
+    calls = []
+    monkeypatch.setattr(requests, "get", lambda url, timeout: calls.append(url) or NotFound())
+    result = CliRunner().invoke(status_command, ["--url", "http://127.0.0.1:9", "--wait", "30"])
+    assert isinstance(result.exception, CeilError) and len(calls) == 1
 
 
 def test_rendered_configs_agree_on_address_and_port(tmp_path):
