@@ -41,8 +41,9 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
         client, state = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))
     verb = {"new": "wrote", "rotated": "wrote (new keys)",
-            "refreshed": "rewritten with the cluster's current VPN settings (same keys, so the router"
-                         " needs nothing new: import it again in WireGuard)",
+            "refreshed": "rewritten with the cluster's current VPN settings (same keys): import it"
+                         " again in WireGuard; if vpn.port or a subnet changed, re-bake and re-flash the"
+                         " router too, which still listens and routes as it was baked",
             "unchanged": "exists (unchanged; --rotate makes new keys)"}[state]
     click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
     if state in ("new", "rotated"):

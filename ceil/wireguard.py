@@ -189,12 +189,7 @@ def render_server(cluster: Cluster, store: SecretStore) -> str:
         f"PrivateKey = {server_private_key(store)}",
     ]
     for client in list_clients(store):
-        if client.address not in subnet:
-            raise CeilError(
-                f"VPN client {client.name!r} has address {client.address}, outside vpn.subnet {subnet}"
-                f" (the subnet changed?): delete secrets/{CLIENTS_DIR}/{client.name}.conf and run"
-                f" `python bake.py vpn-client {client.name}` again"
-            )
+        check_in_subnet(cluster, client)
         lines += ["", f"# client {client.name}", "[Peer]", f"PublicKey = {client.public_key}",
                   f"PresharedKey = {client.preshared_key}", f"AllowedIPs = {client.address}/32"]
     return "\n".join(lines) + "\n"
@@ -208,6 +203,7 @@ def add_client(cluster: Cluster, store: SecretStore, name: str, rotate: bool = F
     existing = {c.name: c for c in list_clients(store)}
     old = existing.get(name)
     if old and not rotate:
+        check_in_subnet(cluster, old)
         return old, "refreshed" if _write_if_changed(cluster, store, old) else "unchanged"
     taken = {c.address for c in existing.values() if c.name != name}
     address = old.address if old else next_client_address(cluster, taken)
@@ -224,9 +220,24 @@ def stale_clients(cluster: Cluster, store: SecretStore) -> list[str]:
     clients = list_clients(store)
     if not clients:
         return []
+    try:
+        endpoint(cluster)
+    except ConfigError:  # vpn.endpoint removed: the router needs none, the configs keep theirs
+        return []
+    for c in clients:
+        check_in_subnet(cluster, c)
     server_public = public_key(server_private_key(store))
     return [c.name for c in clients
             if store.read(client_secret_name(c.name)).decode() != render_client(cluster, c, server_public)]
+
+
+def check_in_subnet(cluster: Cluster, client: Client) -> None:
+    if client.address not in cluster.vpn.subnet:
+        raise CeilError(
+            f"VPN client {client.name!r} has address {client.address}, outside vpn.subnet {cluster.vpn.subnet}"
+            f" (the subnet changed?): delete secrets/{CLIENTS_DIR}/{client.name}.conf and run"
+            f" `python bake.py vpn-client {client.name}` again"
+        )
 
 
 def refresh_clients(cluster: Cluster, store: SecretStore) -> list[str]:

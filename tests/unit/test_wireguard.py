@@ -102,6 +102,15 @@ def test_a_client_config_follows_the_clusters_vpn_settings_with_its_keys(tmp_pat
     for name in ("laptop", "phone"):
         assert "Endpoint = vpn.example.com:51820" in store.read(f"wireguard/clients/{name}.conf").decode()
     assert wgmod.stale_clients(cluster_of(), store) == []
+    # a subnet the client's address is outside of: refused by name, never "refreshed" into it
+    elsewhere = cluster_of(CONFIG.replace("vpn: {endpoint: vpn.example.com}",
+                                          "vpn: {endpoint: vpn.example.com, subnet: 10.99.0.0/24}"))
+    for call in (lambda: wgmod.add_client(elsewhere, store, "laptop"), lambda: wgmod.stale_clients(elsewhere, store)):
+        with pytest.raises(CeilError, match="outside vpn.subnet 10.99.0.0/24"):
+            call()
+    # vpn.endpoint removed later: the router needs none, so its bake is not refused for it
+    bare = cluster_of(CONFIG.replace("vpn: {endpoint: vpn.example.com}", ""))
+    assert wgmod.stale_clients(bare, store) == [] and "wireguard/wg0.conf" in hooks.secret_files(bare, "router", store)
 
 
 def test_server_config_lists_every_client(tmp_path):
