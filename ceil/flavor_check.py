@@ -79,7 +79,9 @@ def check_flavor(flavor: Flavor, session: requests.Session) -> list[Finding]:
         if newest and own and _version_key(newest) > _version_key(own):
             out.append(Finding(name, True, f"a newer image is listed: {newest} (this flavor pins {own}); "
                                            + adopt(flavor, own, newest, session)))
-    except requests.RequestException as e:
+    except requests.HTTPError as e:  # the publisher answered: with an error, which is a finding
+        out.append(Finding(name, False, f"the publisher answered with an error: {e}"))
+    except requests.RequestException as e:  # no answer (no internet here?): nothing was compared
         out.append(Finding(name, False, f"cannot ask the publisher: {e}", unchecked=True))
     return out or [Finding(name, True, "current: the image and its checksum are where the flavor says")]
 

@@ -116,7 +116,7 @@ def pin_warning(cluster, arch: str) -> str | None:
 def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, bool | None, str]]:
     """`bake.py k3s digests --check`: each digest above (binaries and image tarballs) against the
     release's own sums file. [(version and asset, agrees, what was found)]; agrees is None where
-    the sums file could not be read (nothing was compared)."""
+    no answer came (nothing was compared), False where the answer was an error (HTTP 404: moved)."""
     import requests
 
     from ..fetch import TIMEOUT
@@ -131,7 +131,9 @@ def check_published(releases: str = RELEASES, session=None) -> list[tuple[str, b
                 r = session.get(url, timeout=TIMEOUT)
                 r.raise_for_status()
             except requests.RequestException as e:
-                out += [(f"{version} {asset}", None, f"{url} could not be read: {e}") for asset in wanted]
+                # an error answer is a finding (False); no answer at all compared nothing (None)
+                ok = False if isinstance(e, requests.HTTPError) else None
+                out += [(f"{version} {asset}", ok, f"{url} could not be read: {e}") for asset in wanted]
                 continue
             for asset, want in wanted.items():
                 listed = parse_sums(r.text, asset)

@@ -211,3 +211,10 @@ def test_a_publisher_that_does_not_answer_is_not_checked_rather_than_called_brok
     result = CliRunner().invoke(cli.cli, ["flavors", "--check"])
     said = " ".join((result.output + str(result.exception)).split())
     assert result.exit_code != 0 and "not checked" in said and "cannot be baked" not in said, said
+
+
+def test_a_publisher_that_answers_with_an_error_is_a_failure_not_unchecked(publisher):
+    publisher.release("24.04.5", sums_for="24.04.4")  # the image is there; see what its folder answers
+    gone = flavor(publisher, "24.04.5").model_copy(update={"checksum_url": f"{publisher.url}/release/NOPE"})
+    findings = check_all([gone])
+    assert any(not f.ok and not f.unchecked and "answered with an error" in f.message for f in findings), findings

@@ -341,3 +341,9 @@ def test_an_unreachable_release_is_not_checked_rather_than_called_wrong(monkeypa
     said = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and "not checked" in said and "nothing was compared" in said, said
     assert "FAIL" not in said and "is not what the release publishes" not in said
+
+
+def test_a_sums_file_that_is_gone_is_a_failure_not_unchecked(releases):
+    """The release answered, with 404: that is a finding (moved or withdrawn), not "no internet"."""
+    root, url = releases  # nothing published: every sums file answers 404
+    assert {ok for _, ok, _ in digests.check_published(url)} == {False}
