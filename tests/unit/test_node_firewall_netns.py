@@ -116,18 +116,31 @@ def test_a_lan_device_reaches_neither_the_pods_nor_vxlan_and_a_service_still_doe
     # kube-proxy's part, as a Service of type NodePort or LoadBalancer: destination NAT to the pod.
     lab.run("node", "nft", "add table ip kubeproxy ; add chain ip kubeproxy pre { type nat hook prerouting priority"
                     " -100 ; } ; add rule ip kubeproxy pre tcp dport 30080 dnat to " + f"{POD}:8080")
-    # Without ceil's table the review's attack works: the pod answers the device directly.
+    # A kubelet stand-in on every address, IPv6 included (as the kubelet listens).
+    lab.start("node", SERVE_TCP.replace("socket.socket()", "socket.socket(socket.AF_INET6)")
+              .replace("('0.0.0.0', 8080)", "('::', 10250)"))
+    for _ in range(50):  # link-local addresses are usable once duplicate address detection ends
+        if "tentative" not in lab.run("node", "ip", "-6", "addr") + lab.run("dev", "ip", "-6", "addr"):
+            break
+        time.sleep(0.1)
+    node_ll = lab.run("node", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").split()[3].split("/")[0]
+    kubelet_v6 = f"{node_ll}%lan0"
+    # Without ceil's table the review's attack works: the pod answers the device directly, and
+    # so does the kubelet's port over IPv6.
     assert lab.py("dev", CONNECT, POD, "8080") == "pod"
+    assert lab.py("dev", CONNECT, kubelet_v6, "10250") == "pod"
     assert lab.udp_from(DEVICE) == DEVICE
     rules = node_rules(tmp_path)
     lab.run("node", "nft", "-f", rules)
     lab.run("node", "nft", "-f", rules)  # loaded again at the next boot: no duplicate
-    assert lab.run("node", "nft", "list", "table", "inet", "ceil_node").count("counter") == 3
+    assert lab.run("node", "nft", "list", "table", "inet", "ceil_node").count("counter") == 5
     assert lab.py("dev", CONNECT, POD, "8080") == "timeout"
     assert lab.udp_from(DEVICE) == "nothing"
     # What stays: the Service (translated by kube-proxy), and VXLAN from a node's address.
     assert lab.py("dev", CONNECT, NODE, "30080") == "pod"
     assert lab.udp_from("10.42.0.12") == "10.42.0.12"
+    # The kubelet's port over link-local IPv6, which every LAN device has: dropped too.
+    assert lab.py("dev", CONNECT, kubelet_v6, "10250") == "timeout"
     # A pod's own connection out through the node gets its answers (they come back to the pod's
     # address, untranslated here; flannel masquerades them on a real node).
     lab.start("dev", SERVE_TCP.replace("8080", "9090"))
