@@ -164,7 +164,7 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
     # the roles baked.
     for role in dict.fromkeys([*roles, *cluster.roles]):
         for feature in features_for(cluster, role, root, flavor):
-            if (check := feature.hook("check")):
+            if check := feature.hook("check"):
                 try:
                     check(cluster, role)
                 except ConfigError as e:

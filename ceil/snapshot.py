@@ -106,6 +106,11 @@ def taken_at(path: str) -> float | None:
         return None
 
 
+def _dated_after(path: str, now: float) -> bool:
+    """Named after `now` by more than a wandering clock explains (a name without a time: no)."""
+    return (taken_at(path) or 0) > now + SLACK_S
+
+
 def snapshots(conf: dict, now: float | None = None) -> list[str]:
     """The router's snapshots of this server, oldest first (names sort by their UTC time). With
     `now`: only those taken before it, give or take SLACK_S (see set_aside_future)."""
@@ -115,7 +120,7 @@ def snapshots(conf: dict, now: float | None = None) -> list[str]:
     except FileNotFoundError:
         return []
     kept = [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
-    return kept if now is None else [p for p in kept if (taken_at(p) or 0) <= now + SLACK_S]
+    return kept if now is None else [p for p in kept if not _dated_after(p, now)]
 
 
 def set_aside_future(conf: dict, now: float) -> list[str]:
@@ -126,7 +131,7 @@ def set_aside_future(conf: dict, now: float) -> list[str]:
     .future-NAME: kept for a person to look at, never counted or served again. Returns their names."""
     moved = []
     for path in snapshots(conf):
-        if (taken_at(path) or 0) > now + SLACK_S:
+        if _dated_after(path, now):
             name = os.path.basename(path)
             os.replace(path, os.path.join(conf["dir"], f".future-{name}"))
             moved.append(name)

@@ -213,10 +213,11 @@ def add_client(cluster: Cluster, store: SecretStore, name: str, rotate: bool = F
     return client, "rotated" if old else "new"
 
 
-def stale_clients(cluster: Cluster, store: SecretStore) -> list[str]:
-    """The clients whose config no longer says what the cluster does (vpn.endpoint or vpn.port
-    edited, DDNS turned on, the LAN or VPN subnet changed): a config is written once, so such a
-    client kept dialling the old endpoint while configs made later dialled the new one."""
+def _stale_configs(cluster: Cluster, store: SecretStore) -> list[tuple[Client, str]]:
+    """(client, its config as the cluster now says) for each client whose stored config differs
+    (vpn.endpoint or vpn.port edited, DDNS turned on, the LAN or VPN subnet changed): a config is
+    written once, so such a client kept dialling the old endpoint while configs made later dialled
+    the new one."""
     clients = list_clients(store)
     if not clients:
         return []
@@ -227,8 +228,13 @@ def stale_clients(cluster: Cluster, store: SecretStore) -> list[str]:
     for c in clients:
         check_in_subnet(cluster, c)
     server_public = public_key(server_private_key(store))
-    return [c.name for c in clients
-            if store.read(client_secret_name(c.name)).decode() != render_client(cluster, c, server_public)]
+    rendered = [(c, render_client(cluster, c, server_public)) for c in clients]
+    return [(c, text) for c, text in rendered if store.read(client_secret_name(c.name)).decode() != text]
+
+
+def stale_clients(cluster: Cluster, store: SecretStore) -> list[str]:
+    """The clients whose config no longer says what the cluster does (see _stale_configs)."""
+    return [c.name for c, _ in _stale_configs(cluster, store)]
 
 
 def check_in_subnet(cluster: Cluster, client: Client) -> None:
@@ -243,8 +249,10 @@ def check_in_subnet(cluster: Cluster, client: Client) -> None:
 def refresh_clients(cluster: Cluster, store: SecretStore) -> list[str]:
     """Rewrite every stale client config from its stored keys (the router's peers stay the same);
     the names rewritten."""
-    stale = set(stale_clients(cluster, store))
-    return [c.name for c in list_clients(store) if c.name in stale and _write_if_changed(cluster, store, c)]
+    stale = _stale_configs(cluster, store)
+    for client, text in stale:
+        store.write(client_secret_name(client.name), text.encode())
+    return [c.name for c, _ in stale]
 
 
 def _write_if_changed(cluster: Cluster, store: SecretStore, client: Client) -> bool:
