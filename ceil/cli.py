@@ -124,7 +124,8 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .secrets import SecretStore
     from .tools import check_tools
     from .wireguard import CLIENTS_DIR, stale_clients
-    from .workstation import forget_host_key, known_hosts_file
+    from .host_keys import pinned_keys
+    from .workstation import known_hosts_file, pin_host_key
 
     cluster = load_cluster(config_path)
     chosen = cluster.roles if all_roles else list(dict.fromkeys(roles))
@@ -172,9 +173,12 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
                 node_baked(store, r, cluster.kubernetes.k3s_version)
             check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
             console.print(f"[green]wrote {escape(str(path))}[/green] in {time.monotonic() - start:.1f}s")
-            if forget_host_key(cluster, r):
-                known_hosts = escape(str(known_hosts_file(cluster)))
-                console.print(f"  forgot {r}'s old SSH host key ({known_hosts}): this card makes new ones")
+            # The card's host key, made at its first bake, is the one the workstation expects
+            # from now on: a first contact is checked like any other.
+            known_hosts = known_hosts_file(cluster)
+            if pin_host_key(known_hosts, r, pinned_keys(store, [r])[r]) == "changed":
+                console.print(f"  {r}'s SSH host key in {escape(str(known_hosts))} is now the one this card carries"
+                              " (the one recorded there came from a card baked before ceil made host keys)")
 
 
 @cli.command()

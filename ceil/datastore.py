@@ -232,7 +232,10 @@ def datastore_group() -> None:
 def backup_command(config_path: Path, secrets_path, via, from_router: bool) -> None:
     """Copy the server's k3s datastore (SQLite, taken consistently while k3s runs) into
     secrets/backups/. Keep that folder safe: it holds every Secret of the cluster."""
+    from .workstation import pin_from_secrets
+
     obj = Context(config_path, secrets_path, None)
+    pin_from_secrets(obj.cluster, obj.secrets)
     path, rows = backup(obj.cluster, obj.store, via, from_router=from_router)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes, {rows} datastore rows)")
     click.echo(f"to restore it onto a new card: python bake.py datastore restore {path}")

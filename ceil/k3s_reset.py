@@ -48,9 +48,10 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
     directories and certificates it made. The cards keep what was baked into them (CA, token,
     node passwords), so without --remove the nodes form the same-named cluster again, empty, and
     the first-boot add-on job applies the add-ons anew. Longhorn's drives are not wiped."""
-    from .workstation import run_everywhere
+    from .workstation import pin_from_secrets, run_everywhere
 
     cluster = load_cluster(config_path, env_optional=True)
+    pin_from_secrets(cluster, config_path.resolve().parent / "secrets")
     what = "remove k3s from" if remove else "reset k3s on"
     if not yes:
         confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"
@@ -115,8 +116,11 @@ def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str |
     from .addons.cli import Context
     from .k3s.upgrade import Remote, release_for, upgrade, upgrade_order
 
+    from .workstation import pin_from_secrets
+
     obj = Context(config_path, secrets_path, kubeconfig_path)
     cluster = obj.cluster
+    pin_from_secrets(cluster, obj.secrets)
     release = release_for(cluster)
     order = ", ".join(upgrade_order(cluster))
     if not yes:

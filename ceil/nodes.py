@@ -143,10 +143,11 @@ def remove_command(config_path: Path, secrets_path, kubeconfig_path, via, yes, n
     """Drain NAME and delete it from the cluster (Node, node-password Secret), then clear its DHCP
     lease and status-board entry on the router. Remove it from cluster.yaml afterwards, or flash a
     replacement card under the same name."""
-    from .workstation import run_everywhere
+    from .workstation import pin_from_secrets, run_everywhere
 
     obj = Context(config_path, secrets_path, kubeconfig_path)
     cluster = obj.cluster
+    pin_from_secrets(cluster, obj.secrets)
     refuse_the_router(cluster, name)
     refuse_the_only_server(cluster, name)
     node_name = cluster.hostname(name)

@@ -1,8 +1,8 @@
 """secrets/: everything the cluster shares, generated once on the workstation and reused.
 
 Files are 0600 in a 0700 directory next to cluster.yaml (git-ignored). A second bake reuses
-them, so re-flashing one node keeps it in the same cluster. SSH host keys are never made here:
-each machine makes its own on first boot.
+them, so re-flashing one node keeps it in the same cluster, under the same SSH host key
+(ceil/host_keys.py: made here, so the workstation knows it before the card first boots).
 """
 
 from __future__ import annotations

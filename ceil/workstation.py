@@ -32,6 +32,13 @@ from .ui import console
 
 config_option = click.option("--config", "config_path", default="cluster.yaml", show_default=True,
                              type=click.Path(path_type=Path), help="The cluster description.")
+secrets_option = click.option("--secrets", "secrets_path", default=None, type=click.Path(path_type=Path),
+                              help="The secrets folder the machines' host keys are read from"
+                                   " [default: secrets/ next to the config].")
+
+
+def _pin_keys(cluster: Cluster, config_path: Path, secrets_path: Path | None) -> None:
+    pin_from_secrets(cluster, secrets_path or config_path.resolve().parent / "secrets")
 
 
 # ---- route -------------------------------------------------------------------------------
@@ -179,10 +186,10 @@ def route_command(config_path: Path, via: str | None, apply: bool, dns: bool) ->
 
 
 def known_hosts_file(cluster: Cluster) -> Path:
-    """The host keys of this cluster's machines as the workstation first met them, apart from the
-    user's own ~/.ssh/known_hosts: a re-flashed card has new keys (each bake forgets the role's
-    old one), and an address like 10.42.0.1 may be another machine on another network.
-    `make verify` pins the same keys."""
+    """The host keys of this cluster's machines, apart from the user's own ~/.ssh/known_hosts (an
+    address like 10.42.0.1 may be another machine on another network). Each bake writes its
+    machine's key here (ceil/host_keys.py), and `ssh`, `run` and `k8s-proxy` write every key
+    secrets/ holds, so even a first contact is checked. `make verify` uses the same file."""
     return cache_root() / f"known_hosts-{cluster.name}"
 
 
@@ -192,32 +199,47 @@ def host_key_alias(name: str) -> str:
 
 
 def host_key_options(cluster: Cluster, name: str) -> list[str]:
-    """Trust on first use for `name`, in this cluster's own known_hosts; a changed key is refused.
-    The path is quoted: ssh reads an unquoted one as a list of files split at spaces."""
+    """`name`'s key checked against this cluster's own known_hosts, a changed key refused. A key
+    is recorded on first contact only for a machine secrets/ holds no key of (a card baked before
+    ceil made host keys). The path is quoted: ssh reads an unquoted one as a list of files split
+    at spaces."""
     return ["-o", f"HostKeyAlias={host_key_alias(name)}", "-o", f'UserKnownHostsFile="{known_hosts_file(cluster)}"',
             "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no"]
 
 
-def forget_host_key(cluster: Cluster, name: str) -> bool:
-    """Drop `name`'s recorded host key (its card was just baked: its first boot makes new keys).
-    True if there was one."""
-    path = known_hosts_file(cluster)
-    if not path.is_file():
-        return False
+def pin_host_key(path: Path, name: str, public: str) -> str:
+    """File `public` as `name`'s host key in the known_hosts file `path` (the cluster's,
+    known_hosts_file), replacing whatever was recorded for it. Returns "new" (none was), "changed"
+    (another key was: one recorded on first contact with a card baked before ceil made host keys)
+    or "same"."""
     alias = host_key_alias(name)
-    lines = path.read_text().splitlines(keepends=True)
+    entry = f"{alias} {' '.join(public.split()[:2])}\n"
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
 
     def names(line: str) -> list[str]:
         return line.split(maxsplit=1)[0].split(",") if line.strip() and not line.startswith("#") else []
 
     kept = [line for line in lines
             if not any(n == alias or n.startswith(f"[{alias}]:") for n in names(line))]
-    if len(kept) == len(lines):
-        return False
+    if len(lines) - len(kept) == 1 and entry in lines:
+        return "same"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
+    tmp.write_text("".join(kept) + entry)
     os.replace(tmp, path)
-    return True
+    return "new" if len(kept) == len(lines) else "changed"
+
+
+def pin_from_secrets(cluster: Cluster, secrets_dir: Path) -> None:
+    """Every host key secrets/ holds for this cluster's machines, into its known_hosts: the
+    workstation's cache may be new or emptied, the keys the cards carry are in secrets/."""
+    from .host_keys import pinned_keys
+    from .secrets import SecretStore
+
+    if not secrets_dir.is_dir():
+        return
+    for name, public in pinned_keys(SecretStore(secrets_dir, make_new=False), cluster.roles).items():
+        pin_host_key(known_hosts_file(cluster), name, public)
 
 
 def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = (),
@@ -258,10 +280,12 @@ def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | 
 
 @click.command("run", context_settings={"ignore_unknown_options": True})
 @config_option
+@secrets_option
 @click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `ssh`).")
 @click.option("--on", "only", multiple=True, metavar="NAME", help="Only these machines (repeatable) [default: all].")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(config_path: Path, via: str | None, only: tuple[str, ...], command: tuple[str, ...]) -> None:
+def run_command(config_path: Path, secrets_path: Path | None, via: str | None, only: tuple[str, ...],
+                command: tuple[str, ...]) -> None:
     """Run COMMAND on every machine (router first) over SSH, each answer labelled with its
     machine, e.g. `bake.py run uptime`, `bake.py run -- df -h /`, `bake.py run sudo reboot`.
     Exit status 1 if it failed anywhere."""
@@ -270,6 +294,7 @@ def run_command(config_path: Path, via: str | None, only: tuple[str, ...], comma
     for name in names:
         if name != "router":
             cluster.node(name)
+    _pin_keys(cluster, config_path, secrets_path)
     results = run_everywhere(cluster, names, shlex.join(command), via)
     failed = []
     for name, (code, output) in results.items():
@@ -286,16 +311,19 @@ def run_command(config_path: Path, via: str | None, only: tuple[str, ...], comma
 
 @click.command("ssh", context_settings={"ignore_unknown_options": True})
 @config_option
+@secrets_option
 @click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (its uplink"
               " address, when only its SSH is reachable from where you are).")
 @click.argument("name")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def ssh_command(config_path: Path, via: str | None, name: str, extra: tuple[str, ...]) -> None:
+def ssh_command(config_path: Path, secrets_path: Path | None, via: str | None, name: str,
+                extra: tuple[str, ...]) -> None:
     """SSH into NAME (router, or a node from cluster.yaml) as the baked admin user. Anything after
     NAME goes to ssh, e.g. `bake.py ssh one -- uptime`. Host keys are checked against the
-    cluster's own ~/.cache/ceil/known_hosts-<cluster>: the first contact records a machine's key,
-    a changed one is refused (baking a card forgets its machine's old key)."""
+    cluster's own ~/.cache/ceil/known_hosts-<cluster>, which gets the keys made at bake time
+    from secrets/: another key is refused, from the first contact on."""
     cluster = load_cluster(config_path, env_optional=True)
+    _pin_keys(cluster, config_path, secrets_path)
     argv = ssh_argv(cluster, name, via, extra)
     os.execvp(argv[0], argv)
 
@@ -317,14 +345,16 @@ def tunnel_argv(cluster: Cluster, via: str | None, local_port: int) -> list[str]
 
 @click.command("k8s-proxy")
 @config_option
+@secrets_option
 @click.option("--via", metavar="ADDRESS", help="The router's address where only its SSH answers (see `ssh`).")
 @click.option("--port", "local_port", type=click.IntRange(1, 65535), default=6443, show_default=True,
               help="The local port the API appears on.")
-def k8s_proxy_command(config_path: Path, via: str | None, local_port: int) -> None:
+def k8s_proxy_command(config_path: Path, secrets_path: Path | None, via: str | None, local_port: int) -> None:
     """Bring the Kubernetes API to https://127.0.0.1:PORT through an SSH tunnel via the router,
     for a workstation that reaches only the router's SSH (the seed's k8s-proxy). Runs until
     Ctrl-C; use it with the kubeconfig from `bake.py kubeconfig --tunnel-port PORT`."""
     cluster = load_cluster(config_path, env_optional=True)
+    _pin_keys(cluster, config_path, secrets_path)
     argv = tunnel_argv(cluster, via, local_port)
     click.echo(f"the Kubernetes API of {cluster.name} on https://127.0.0.1:{local_port} until Ctrl-C;"
                f" in another shell: python bake.py kubeconfig --tunnel-port {local_port}", err=True)

@@ -1,4 +1,5 @@
-"""Hooks of the `common` feature: facts every card carries, here the time it was baked.
+"""Hooks of the `common` feature: what every card carries: the time it was baked, and the
+machine's SSH host key (ceil/host_keys.py).
 
 No Pi has a real-time clock: a freshly flashed card starts at whatever its RTC-less kernel and
 image say (months in the past), where apt refuses archives "not valid yet" and certificates are
@@ -12,8 +13,13 @@ from __future__ import annotations
 import time
 
 from ..config import Cluster
+from ..host_keys import CARD_SECRET, host_key
 from ..secrets import SecretStore
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
     return {"bake_time": int(time.time())}
+
+
+def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, bytes]:
+    return {CARD_SECRET: host_key(store, role)}

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ..config import Cluster
 from ..datastore import BACKUP_SCRIPT, HMAC_SECRET, ON_ROUTER, PULL_KEY_SECRET, PULL_USER
+from ..host_keys import new_key, public_line
 from ..k3s.node_config import SECRETS_ON_TARGET, init_server
 from ..secrets import SecretStore
 from .registry import drive_root
@@ -22,17 +20,10 @@ SNAPSHOT_COMMAND = "/usr/local/lib/ceil/ceil-datastore-snapshot"
 SNAPSHOT_MODULE = Path(__file__).resolve().parent.parent / "snapshot.py"
 
 
-def _new_key() -> bytes:
-    return Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-
-
 def pull_key(store: SecretStore) -> tuple[bytes, str]:
     """The router's pull key: (private key file, public key line)."""
-    private = store.get_or_create(PULL_KEY_SECRET, _new_key)
-    public = serialization.load_ssh_private_key(private, None).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    return private, f"{public} ceil-router-datastore-pull"
+    private = store.get_or_create(PULL_KEY_SECRET, new_key)
+    return private, f"{public_line(private, str(store.path(PULL_KEY_SECRET)))} ceil-router-datastore-pull"
 
 
 def authorized_key(cluster: Cluster, store: SecretStore) -> str:

@@ -138,6 +138,28 @@ def test_user_data_passes_cloud_init_schema(baked, tmp_path):
         assert data["users"][0]["lock_passwd"] is True and "passwd" not in data["users"][0]
 
 
+def test_each_card_carries_its_machines_host_key_and_the_workstation_holds_its_public_half(baked):
+    """The host key made at the bake travels as a secret (scrubbed at first boot), the workstation's
+    known_hosts for the cluster holds its public half under the machine's alias before any card
+    boots, and user-data has cloud-init keep it (no deleting, no other keys) and place it early."""
+    from ceil.host_keys import CARD_SECRET, pinned_keys
+
+    keys = pinned_keys(SecretStore(baked["dir"] / "secrets", make_new=False), ROLES)
+    assert sorted(keys) == sorted(ROLES) and len(set(keys.values())) == len(ROLES)
+    known = (baked["dir"] / "cache" / "known_hosts-ceil").read_text().splitlines()
+    assert sorted(known) == sorted(f"ceil-{r} {keys[r]}" for r in ROLES)
+    mount = baked["flavor"].boot_mount
+    for role in ROLES:
+        img = baked["dir"] / "out" / f"ceil-{role}.img"
+        on_card = mtype(img, f"ceil/secrets/{CARD_SECRET}")
+        assert on_card == (baked["dir"] / "secrets" / "ssh-host" / role).read_text()
+        data = yaml.safe_load(mtype(img, "user-data"))
+        assert data["ssh_deletekeys"] is False and data["ssh_genkeytypes"] == ["ed25519"]
+        assert f"{mount}/ceil/lib/ceil-host-key" in data["bootcmd"][0][2]
+        assert f"{mount}/ceil/secrets/{CARD_SECRET} --early" in data["bootcmd"][0][2]
+        assert f'/usr/local/lib/ceil/ceil-host-key "$SRC/secrets/{CARD_SECRET}"' in mtype(img, "ceil/install.sh")
+
+
 def test_meta_data_has_unique_instance_id(baked):
     ids = {yaml.safe_load(mtype(baked["dir"] / "out" / f"ceil-{r}.img", "meta-data"))["instance-id"] for r in ROLES}
     assert len(ids) == 3
@@ -245,14 +267,23 @@ def test_a_base_without_the_4k_page_kernel_is_refused_before_anything_is_written
 def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
     d = baked["dir"]
     secrets_before = {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
-    # The workstation met the old card (bake.py ssh/run): the new card makes new host keys.
+    # The workstation met a card baked before ceil made host keys (its key recorded on first
+    # contact): the re-bake files the key the new card carries, the same as the first bake made.
+    from ceil.host_keys import pinned_keys
+
     known_hosts = Path(os.environ["CEIL_CACHE"]) / "known_hosts-ceil"
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     known_hosts.write_text("ceil-router ssh-ed25519 AAAArouter\nceil-one ssh-ed25519 AAAAold\n")
     result = run_bake("--role", "one", "--base-image", str(baked["base"]), cwd=d)
     assert result.returncode == 0, result.stderr
-    assert known_hosts.read_text() == "ceil-router ssh-ed25519 AAAArouter\n"
-    assert "forgot one's old SSH host key" in " ".join(result.stderr.split())
+    pinned = pinned_keys(SecretStore(d / "secrets", make_new=False), ["one"])["one"]
+    assert known_hosts.read_text() == f"ceil-router ssh-ed25519 AAAArouter\nceil-one {pinned}\n"
+    assert "one's SSH host key in" in " ".join(result.stderr.split())
+    assert mtype(d / "out" / "ceil-one.img", "ceil/secrets/ssh/ssh_host_ed25519_key") == (d / "secrets/ssh-host/one").read_text()
+    # A second bake changes nothing and says nothing.
+    result = run_bake("--role", "one", "--base-image", str(baked["base"]), cwd=d)
+    assert result.returncode == 0 and "host key" not in result.stderr, result.stderr
+    assert known_hosts.read_text() == f"ceil-router ssh-ed25519 AAAArouter\nceil-one {pinned}\n"
     assert {p: p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()} == secrets_before
     if baked["flavor"].cmdline:
         assert mtype(d / "out" / "ceil-one.img", baked["flavor"].cmdline).count("cgroup_memory=1") == 1

@@ -47,6 +47,25 @@ def _try_login(targets, machine: str, *opts: str) -> subprocess.CompletedProcess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
 
 
+def test_the_machine_answers_with_the_host_key_made_at_its_bake(host, targets, machine):
+    """Each machine's SSH host key is made at its bake and kept in secrets/ (ceil/host_keys.py),
+    so the workstation checks even its first contact. Here: the key sshd serves is that one, on
+    every image, Raspberry Pi OS's own first-boot key regeneration included (ceil-host-key). The
+    login that ran this check was itself checked against it (the known_hosts the harness and
+    `make verify` write from secrets/)."""
+    from ceil.host_keys import pinned_keys
+    from ceil.secrets import SecretStore
+
+    if targets.secrets_dir is None:
+        pytest.skip("no secrets/ directory to compare with (make verify: set CEIL_SECRETS)")
+    keys = pinned_keys(SecretStore(targets.secrets_dir, make_new=False), [machine])
+    if machine not in keys:
+        pytest.skip(f"secrets/ holds no host key of {machine}: a card baked before ceil made host keys")
+    served = host.run("ssh-keyscan -t ed25519 -p 22 127.0.0.1 2>/dev/null").stdout.split()
+    assert served[1:3] == keys[machine].split()[:2], (
+        f"{machine}: sshd serves {served[1:3]}, not the key made at its bake ({keys[machine]})")
+
+
 def test_password_login_is_refused(host, targets, machine):
     sshd = host.run("sudo sshd -T").stdout.lower()
     assert "passwordauthentication no" in sshd

@@ -133,7 +133,7 @@ def test_agent_payload_holds_no_ca_key_and_no_server_token(make, tmp_path):
         for path, data in carried.items():
             assert value not in data, f"{what} found in the agent payload file {path}"
     assert set(payload.secrets) == {"k3s/agent-token", "k3s/node-password", "k3s/registries.yaml",
-                                   "k3s/registry-ca.crt", "status-report/token"}
+                                   "k3s/registry-ca.crt", "status-report/token", "ssh/ssh_host_ed25519_key"}
     assert payload.secrets["k3s/agent-token"].decode().strip() == k3s_token.agent_token(store)
 
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from ceil import workstation
 from ceil.config import parse_cluster
 from ceil.errors import CeilError
+from ceil.secrets import SecretStore
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
 CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"], user: pi-admin}}
@@ -161,22 +162,53 @@ def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp
     assert result.exit_code != 0 and "not in the cluster" in str(result.exception)
 
 
-def test_a_baked_card_forgets_only_its_own_host_key(known_hosts):
-    """ssh files a first key under the alias (with the port when it is not 22); a re-flashed
-    card makes new keys, so the bake forgets that role's lines and no other."""
-    cluster = parse_cluster(CLUSTER)
-    assert workstation.forget_host_key(cluster, "one") is False  # nothing recorded yet
-    known_hosts.parent.mkdir(parents=True)
+def test_pinning_a_host_key_replaces_only_that_machines_lines(known_hosts):
+    """A key recorded on first contact (ssh files it under the alias; under [alias]:port it would
+    be with a port other than 22) is replaced by the baked key, the other machines' lines and
+    comments stay, and pinning the same key again writes nothing."""
+    assert workstation.pin_host_key(known_hosts, "one", "ssh-ed25519 AAAAbaked") == "new"
+    assert known_hosts.read_text() == "ceil-one ssh-ed25519 AAAAbaked\n"
     known_hosts.write_text("ceil-router ssh-ed25519 AAAArouter\n"
                            "ceil-one ssh-ed25519 AAAAone\n"
                            "[ceil-one]:2222 ecdsa-sha2-nistp256 AAAAone2\n"
                            "ceil-one1 ssh-ed25519 AAAAother\n"
                            "# ceil-one a comment stays\n")
-    assert workstation.forget_host_key(cluster, "one") is True
+    assert workstation.pin_host_key(known_hosts, "one", "ssh-ed25519 AAAAbaked root@ceil-one") == "changed"
     assert known_hosts.read_text() == ("ceil-router ssh-ed25519 AAAArouter\n"
                                        "ceil-one1 ssh-ed25519 AAAAother\n"
-                                       "# ceil-one a comment stays\n")
-    assert workstation.forget_host_key(cluster, "one") is False
+                                       "# ceil-one a comment stays\n"
+                                       "ceil-one ssh-ed25519 AAAAbaked\n")
+    mtime = known_hosts.stat().st_mtime_ns
+    assert workstation.pin_host_key(known_hosts, "one", "ssh-ed25519 AAAAbaked") == "same"
+    assert known_hosts.stat().st_mtime_ns == mtime
+
+
+def test_ssh_and_run_check_even_a_first_contact_against_the_keys_in_secrets(tmp_path, monkeypatch, known_hosts):
+    """A new workstation cache (or an emptied one) with the cluster's secrets/: `ssh` and `run`
+    file every baked host key before connecting, so ssh's accept-new records nothing on trust:
+    a machine answering with another key is refused. A machine secrets/ holds no key of (a card
+    baked before ceil made host keys) is left to first contact."""
+    from ceil.host_keys import host_key, public_line
+
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    store = SecretStore(tmp_path / "secrets")
+    keys = {name: public_line(host_key(store, name)) for name in ("router", "two")}
+    monkeypatch.setattr(workstation.os, "execvp", lambda f, argv: None)
+    result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "one"])
+    assert result.exit_code == 0, result.output
+    assert sorted(known_hosts.read_text().splitlines()) == [f"ceil-router {keys['router']}", f"ceil-two {keys['two']}"]
+    # --secrets names another folder; a folder that is not there pins nothing and refuses nothing.
+    known_hosts.unlink()
+    other = SecretStore(tmp_path / "elsewhere")
+    mine = public_line(host_key(other, "one"))
+    monkeypatch.setattr(workstation.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0, "", ""))
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"),
+                                                          "--secrets", str(tmp_path / "elsewhere"), "true"])
+    assert result.exit_code == 0, result.output
+    assert known_hosts.read_text() == f"ceil-one {mine}\n"
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"),
+                                                          "--secrets", str(tmp_path / "nowhere"), "true"])
+    assert result.exit_code == 0, result.output
 
 
 def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monkeypatch, known_hosts):

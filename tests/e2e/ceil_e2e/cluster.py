@@ -272,7 +272,21 @@ class TestCluster:
         if proc.returncode != 0:
             tail = (self.artifacts / "bake.log").read_text()[-3000:]
             raise AssertionError(f"bake.py failed (exit {proc.returncode}); {self.artifacts / 'bake.log'}:\n{tail}")
+        self._pin_host_keys(self.roles)
         return time.monotonic() - t0
+
+    def _pin_host_keys(self, names: list[str]) -> None:
+        """The host keys the bake made, into the session's known_hosts before any machine boots,
+        as `bake.py` does into the workstation's: every login of the run, the first included,
+        is checked against the baked key (a machine answering with another is refused)."""
+        from ceil.host_keys import pinned_keys
+        from ceil.secrets import SecretStore
+        from ceil.workstation import pin_host_key
+
+        keys = pinned_keys(SecretStore(self.workdir / "secrets", make_new=False), names)
+        assert set(keys) == set(names), f"the bake made no host key for {sorted(set(names) - set(keys))}"
+        for name, public in keys.items():
+            pin_host_key(self.artifacts / "known_hosts", name, public)
 
     def _stage_datastore_snapshot(self, env: dict) -> None:
         """`bake.py datastore restore` as a user runs it before re-baking a lost server, with a
@@ -397,13 +411,13 @@ class TestCluster:
 
     def replace_card(self, name: str, disk_gib: int = 8) -> Machine:
         """A new card for a node added with `add_node`, whose old card died: baked again from the
-        same cluster.yaml and secrets (new host keys), booted as another board (another MAC)."""
+        same cluster.yaml and secrets, booted as another board (another MAC). Its host key is the
+        name's, the one the session already holds: the new card must answer with it."""
         path = self.workdir / f"cluster-with-{name}.yaml"
         index = self._new_board_index()  # while the dead card's guest still counts
         old = self.machines.pop(name)
         old.guest.cleanup()
         self.ssh.drop_master(name)
-        self.ssh.forget_host_key(name)
         return self._bake_and_boot(name, path, old.ip, disk_gib, index)
 
     def _k3s_releases_for(self, version: str) -> Path:
@@ -431,6 +445,7 @@ class TestCluster:
             proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         if proc.returncode != 0:
             raise AssertionError(f"bake.py --role {name} failed: {(self.artifacts / f'bake-{name}.log').read_text()[-3000:]}")
+        self._pin_host_keys([name])
         img = out / f"ceil-{name}.img"
         os.truncate(img, max(img.stat().st_size, disk_gib << 30))
         g = Guest(name, img, self.arch, self.artifacts, lan=self.lan, index=index, run_id=self.run_id,

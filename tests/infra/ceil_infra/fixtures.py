@@ -109,7 +109,7 @@ class Targets:
 
 def _verify_targets(config) -> Targets:
     from ceil.config import load_cluster
-    from ceil.workstation import known_hosts_file
+    from ceil.workstation import known_hosts_file, pin_from_secrets
     from ceil_infra.ssh import Endpoint, SshConfig
 
     path = Path(verify_mode(config)).resolve()
@@ -124,12 +124,14 @@ def _verify_targets(config) -> Targets:
     state = Path(os.environ.get("CEIL_CACHE") or Path.home() / ".cache" / "ceil") / "verify"
     state.mkdir(parents=True, exist_ok=True)
     identity = config.getoption("ssh_identity")
-    # The host keys `bake.py ssh` and `bake.py run` pinned, and which each bake of a card forgets.
+    secrets = Path(os.environ.get("CEIL_SECRETS") or path.parent / "secrets")
+    # The workstation's known_hosts for this cluster, with the host keys the bakes made (secrets/),
+    # as `bake.py ssh` and `bake.py run` use it: a machine answering with another key is refused.
+    pin_from_secrets(cluster, secrets)
     ssh = SshConfig(state / f"ssh_config-{cluster.name}", cluster.ssh.user, Path(identity) if identity else None,
                     ends, known_hosts_file(cluster))
     if config.getoption("ssh_config"):
         ssh = ExistingSshConfig(Path(config.getoption("ssh_config")), [e.alias for e in ends])
-    secrets = Path(os.environ.get("CEIL_SECRETS") or path.parent / "secrets")
     return Targets("verify", cluster, ssh, None, secrets if secrets.is_dir() else None, out_dir=path.parent / "out")
 
 
@@ -144,9 +146,6 @@ class ExistingSshConfig:
         self.control_dir = Path("/nonexistent")
         for name in ("command", "run", "drop_master", "drop_all", "testinfra_host", "shell_hint"):
             setattr(self, name, getattr(SshConfig, name).__get__(self))
-
-    def forget_host_key(self, alias: str) -> None:
-        raise RuntimeError("not with a foreign ssh_config")
 
 
 def _e2e_targets(config) -> Targets:

@@ -3,8 +3,9 @@
 Owns the generated ssh_config: one `Host` entry per machine (the router directly; nodes through
 ProxyJump over the router), connection sharing (ControlMaster/ControlPersist, so a whole check
 module costs one login per machine), keep-alives that notice a dead guest within seconds, and a
-per-run known_hosts with HostKeyAlias per machine: the first login records each machine's host
-key and a later change (a reboot that regenerated keys) fails loudly instead of passing unnoticed.
+known_hosts with HostKeyAlias per machine, which holds the host keys the bake made (the harness
+and `make verify` write them from secrets/ first): a machine answering with another key (a
+reboot that regenerated keys, a device in its place) fails loudly instead of passing unnoticed.
 """
 
 from __future__ import annotations
@@ -89,14 +90,6 @@ class SshConfig:
     def drop_all(self) -> None:
         for alias in self.endpoints:
             self.drop_master(alias)
-
-    def forget_host_key(self, alias: str) -> None:
-        """For a machine that is legitimately new (re-flashed): drop its recorded host key."""
-        subprocess.run(["ssh-keygen", "-R", f"ceil-{alias}", "-f", str(self.known_hosts)], capture_output=True)
-        # ssh-keygen records HostKeyAlias with the port when it is not 22
-        for port in {e.port for e in self.endpoints.values()}:
-            subprocess.run(["ssh-keygen", "-R", f"[ceil-{alias}]:{port}", "-f", str(self.known_hosts)],
-                           capture_output=True)
 
     def testinfra_host(self, alias: str):
         import testinfra
