@@ -195,6 +195,8 @@ def shape(recipe: Recipe, root: Path, bootfs: Path, repo_key_asc: str) -> dict:
         hold_apt_locks(root, facts["hold_apt_locks_after_cloud_final_s"])
     if facts.get("resize_reboot"):
         resize_reboot(root, fl.boot_mount, fl.cmdline_file)
+    if facts.get("regenerate_host_keys"):
+        regenerate_host_keys(root)
     if facts.get("first_user"):
         first_user(root, facts["first_user"], rename=bool(facts.get("rename_first_user")))
     if facts.get("boot_slots"):
@@ -312,6 +314,57 @@ WantedBy=sysinit.target
 """)
     subprocess.run(["systemctl", f"--root={root}", "enable", "testbed-resize-reboot.service"],
                    check=True, capture_output=True)
+
+
+# Raspberry Pi OS's cloud.cfg.d file, by its own name: cloud-init reads cloud.cfg.d in name order and a
+# later file wins, and "99_" sorts after the twin's 99-ceil-testbed.cfg (and any "99-" file) as it
+# does on a card. Only the host-key settings: the twin's seed discovery is in 99-ceil-testbed.cfg.
+PI_OS_CLOUD_CFG = "99_raspberry-pi.cfg"
+PI_OS_HOST_KEY_SETTINGS = """\
+# ceil test bed (testbed/rootfs.py): Raspberry Pi OS's host-key settings (pi-gen's 99_raspberry-pi.cfg).
+# cloud-init deletes no host key and makes none: regenerate_ssh_host_keys.service makes them at the
+# first boot, after cloud-init's init stages.
+ssh_deletekeys: false
+ssh_genkeytypes: []
+"""
+REGENERATE_HOST_KEYS_UNIT = "regenerate_ssh_host_keys.service"
+REGENERATE_HOST_KEYS_SCRIPT = "usr/lib/raspberrypi-sys-mods/regenerate_ssh_host_keys"
+
+
+def regenerate_host_keys(root: Path) -> None:
+    """Raspberry Pi OS's first-boot host keys: cloud-init neither deletes nor makes any, and
+    raspberrypi-sys-mods' regenerate_ssh_host_keys.service (enabled in the image by pi-gen) deletes
+    whatever host keys /etc/ssh holds and makes new ones, once, before sshd starts. With default
+    dependencies it runs after basic.target, so after cloud-init's local and network stages
+    (ordered before sysinit.target): a host key a seed put there (ssh_keys, bootcmd) is replaced."""
+    _write(root / "etc/cloud/cloud.cfg.d" / PI_OS_CLOUD_CFG, PI_OS_HOST_KEY_SETTINGS)
+    _write(root / REGENERATE_HOST_KEYS_SCRIPT, """#!/bin/sh
+# ceil test bed (testbed/rootfs.py): raspberrypi-sys-mods' regenerate_ssh_host_keys. Every host key in
+# /etc/ssh goes, whoever put it there, new ones are made, and the unit disables itself: once per card.
+set -e
+# A Pi has a hardware RNG: a little of it goes into the kernel's pool first.
+if [ -c /dev/hwrng ]; then
+  dd if=/dev/hwrng of=/dev/urandom bs=4096 count=1 status=none
+fi
+rm -f /etc/ssh/ssh_host_*_key*
+ssh-keygen -A >/dev/null
+systemctl -q disable regenerate_ssh_host_keys
+echo "regenerated the SSH host keys:" $(cd /etc/ssh && ls ssh_host_*_key.pub)
+""", 0o755)
+    # Where the package puts it (not /etc/systemd/system): a unit file in /etc could not be masked.
+    _write(root / "usr/lib/systemd/system" / REGENERATE_HOST_KEYS_UNIT, f"""[Unit]
+Description=ceil test bed: regenerate the SSH host keys once (raspberrypi-sys-mods, Raspberry Pi OS)
+Before=ssh.service
+ConditionFileIsExecutable=/usr/bin/ssh-keygen
+
+[Service]
+Type=oneshot
+ExecStart=/{REGENERATE_HOST_KEYS_SCRIPT}
+
+[Install]
+WantedBy=multi-user.target
+""")
+    subprocess.run(["systemctl", f"--root={root}", "enable", REGENERATE_HOST_KEYS_UNIT], check=True, capture_output=True)
 
 
 def boot_slots(root: Path, boot_mount: str) -> None:

@@ -4,12 +4,14 @@ Boots cached test beds with a hand-made NoCloud seed (ceil_e2e.bare): by default
 cluster does not run on, so each run boots both testbed-ubuntu and testbed-raspios
 (CEIL_E2E_BARE picks others). Checks what the rest of the suite takes for granted, so that a
 test-bed problem is told apart from a bake problem: seed found the flavor's way, SSH with the
-key only, cloud-init clean, the flavor's partitions and mounts, no identity baked in, root grown
-to the disk, and packages from the local repository.
+key only, cloud-init clean, the flavor's partitions and mounts, no identity baked in (and what
+becomes of a host key the seed gives), root grown to the disk, and packages from the local
+repository.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -137,3 +139,41 @@ def test_the_pi_os_twin_boots_as_a_pi5_does(bare):
     assert host.check_output("uname -r") == testbed.manifest["pi5_kernel"]
     pages = int(host.check_output("getconf PAGESIZE"))
     assert pages == (16384 if testbed.manifest["arch"] == "arm64" else 4096), pages
+
+
+def test_a_host_key_the_seed_gives_is_kept_by_cloud_init_and_replaced_on_the_pi_os_twin(bare):
+    """Hostile twin (docs/testing.md, "Hostile twins"): Raspberry Pi OS's cloud-init deletes and
+    makes no host key (ssh_deletekeys false, ssh_genkeytypes []); its
+    regenerate_ssh_host_keys.service runs once, after cloud-init's init stages and before sshd,
+    and replaces every host key, the seed's too. Elsewhere cloud-init's key stays. The bare seed
+    gives an ed25519 host key through ssh_keys (ceil_e2e.bare)."""
+    host, flavor = bare["host"], bare["testbed"].manifest["flavor"]
+    blob = lambda line: line.split()[1]  # noqa: E731  (the base64 key, not its comment)
+    seed_key = blob(bare["seed_host_key"])
+    machine_key = blob(host.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string)
+    # cloud-init put the seed's key in place (its init stage) on every flavor
+    written = host.run("sudo grep -c 'Writing to /etc/ssh/ssh_host_ed25519_key.pub' /var/log/cloud-init.log")
+    assert written.stdout.strip() == "1", f"cloud-init did not write the seed's host key: {written.stdout}"
+    # the harness's known_hosts has what sshd showed at the first login
+    known = bare["ssh"].known_hosts.read_text()
+    assert machine_key in known, known
+    if "raspios" not in flavor:
+        assert machine_key == seed_key, "cloud-init's host key from the seed was replaced"
+        return
+    assert machine_key != seed_key, "the Pi OS twin kept the seed's host key: no regenerator ran after cloud-init"
+    assert seed_key not in known
+    # cloud-init's settings as the image ships them (its merged configuration of this boot)
+    cfg = json.loads(host.check_output("sudo cat /run/cloud-init/combined-cloud-config.json"))
+    assert (cfg.get("ssh_deletekeys"), cfg.get("ssh_genkeytypes")) == (False, []), \
+        (cfg.get("ssh_deletekeys"), cfg.get("ssh_genkeytypes"))
+    # once: it disabled itself; on this boot (the second: the resize reboot came first), after
+    # cloud-init's network stage was done, and before sshd started
+    unit = "regenerate_ssh_host_keys.service"
+    assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "disabled"
+    assert "regenerated the SSH host keys" in host.check_output(f"sudo journalctl -b -u {unit} --no-pager")
+    # (the unit's own timestamps are gone: systemd unloads an inactive unit nothing refers to)
+    ran = [int(json.loads(e)["__MONOTONIC_TIMESTAMP"]) for e in host.check_output(
+        f"sudo journalctl -b -u {unit} -o json --output-fields=MESSAGE --no-pager").splitlines()]
+    usec = lambda u, prop: int(host.check_output(f"systemctl show -P {prop} {u}"))  # noqa: E731
+    assert min(ran) >= usec("cloud-init-network.service", "ActiveEnterTimestampMonotonic") > 0
+    assert max(ran) <= usec("ssh.service", "ExecMainStartTimestampMonotonic")

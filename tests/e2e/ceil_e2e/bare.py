@@ -22,6 +22,15 @@ from .fakes import APT_ADDR, standard_internet
 from .vm import Guest, Uplink
 
 NAME = "bare"
+USER = "ceil"
+DOMAIN = "ceil.internal"
+
+
+def host_key_config(private_key: Path) -> str:
+    """cloud-config giving the machine an ed25519 host key (cloud-init's ssh_keys)."""
+    private = "".join(f"    {line}\n" for line in private_key.read_text().splitlines())
+    public = Path(f"{private_key}.pub").read_text().strip()
+    return f"ssh_keys:\n  ed25519_private: |\n{private}  ed25519_public: {public}\n"
 
 
 class BareTestbed:
@@ -38,12 +47,20 @@ class BareTestbed:
         self._ready: dict | BaseException | None = None
         try:
             key = generate_key(self.work / "id_ed25519")
+            # A throwaway host key the seed gives the machine (ssh_keys), as a bake may: cloud-init
+            # puts it in place; what is left of it after the boot is the flavor's (test_testbed.py).
+            host_key = generate_key(self.work / "seed_host_ed25519_key")
+            self.seed_host_key = Path(f"{host_key}.pub").read_text().strip()
             img = self.work / "disk.img"
             seed.copy_sparse(testbed.image, img)
             os.truncate(img, 8 << 30)
-            seed.seed_testbed(img, NAME, Path(f"{key}.pub").read_text(), apt_mirror=f"http://{APT_ADDR[0]}/debian")
+            pubkey, mirror = Path(f"{key}.pub").read_text(), f"http://{APT_ADDR[0]}/debian"
+            seed.seed_testbed(img, NAME, pubkey, domain=DOMAIN, user=USER, apt_mirror=mirror)
+            # The same user-data plus the host key.
+            seed.write_seed(img, {"user-data": seed.user_data(NAME, DOMAIN, USER, pubkey, mirror)
+                                               + host_key_config(host_key)})
             port = free_port()
-            self.ssh = SshConfig(artifacts / "ssh_config", "ceil", key, [Endpoint(NAME, "127.0.0.1", port)],
+            self.ssh = SshConfig(artifacts / "ssh_config", USER, key, [Endpoint(NAME, "127.0.0.1", port)],
                                  artifacts / "known_hosts")
             self.guest = Guest(NAME, img, arch, artifacts, lan=None, uplink=Uplink(port, self.net.guestfwds()),
                                cpus=int(os.environ.get("CEIL_E2E_CPUS", 1)),
@@ -72,7 +89,7 @@ class BareTestbed:
             log(f"bare test bed: SSH after {t:.0f}s of waiting, cloud-init done "
                 f"{time.monotonic() - self.guest.started_at:.0f}s after power-on")
             self._ready = {"host": self.ssh.testinfra_host(NAME), "testbed": self.testbed, "ssh": self.ssh,
-                           "guest": self.guest}
+                           "guest": self.guest, "seed_host_key": self.seed_host_key}
         return self._ready
 
     def close(self) -> None:
