@@ -53,7 +53,7 @@ def card(tmp_path):
     key = tmp_path / "fat" / "ssh_host_ed25519_key"
     key.parent.mkdir()
     key.write_bytes(new_key())
-    key.chmod(0o600)
+    key.chmod(0o755)  # every file on a FAT partition shows so, and ssh-keygen refuses such a key (run ci-art71)
 
     class Card:
         pass
@@ -88,6 +88,7 @@ def test_on_ubuntu_the_early_call_places_the_key_before_sshd_and_the_second_chan
     assert card.served() == card.pinned
     assert (card.etc / "ssh_host_ed25519_key").read_bytes() == card.key.read_bytes()
     assert sorted(p.name for p in card.etc.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    assert oct((card.etc / "ssh_host_ed25519_key.pub").stat().st_mode & 0o777) == "0o644"
     assert oct((card.etc / "ssh_host_ed25519_key").stat().st_mode & 0o777) == "0o600"
     before = (card.etc / "ssh_host_ed25519_key.pub").stat().st_mtime_ns
     r = card.run()
@@ -134,6 +135,7 @@ def test_a_copy_that_is_not_a_key_fails_loudly_and_touches_nothing(card):
     r = card.run()
     assert r.returncode != 0
     assert card.served() == card.pinned
+    assert sorted(p.name for p in card.etc.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
 
 
 def test_each_machine_has_its_own_key_and_every_bake_reuses_it(tmp_path):
