@@ -79,7 +79,9 @@ def stale_router_warning(store: SecretStore, roles: list[str]) -> str | None:
 
 # secrets/FORMAT: the layout of secrets/ this ceil writes. A newer number means a newer ceil wrote
 # it (and may rely on files this one does not know): refused rather than half-understood.
-SECRETS_FORMAT = 2
+# 3: ssh-host/<name>, the machines' host keys the workstation pins (an older ceil would bake cards
+# without them, which the pins then refuse).
+SECRETS_FORMAT = 3
 K3S_RECORD = "nodes/{name}.k3s-version"
 
 

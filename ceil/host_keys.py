@@ -37,8 +37,11 @@ def new_key() -> bytes:
 
 
 def host_key(store: SecretStore, name: str) -> bytes:
-    """`name`'s private host key (OpenSSH format), made the first time a card of that name is baked."""
-    return store.get_or_create(secret_name(name), new_key, what=f"SSH host key of {name}")
+    """`name`'s private host key (OpenSSH format), made the first time a card of that name is baked.
+    A damaged one is refused here, before an image carries it (the card's install.sh would fail)."""
+    key = store.get_or_create(secret_name(name), new_key, what=f"SSH host key of {name}")
+    public_line(key, str(store.path(secret_name(name))))
+    return key
 
 
 def public_line(private_key: bytes, where: str = "") -> str:

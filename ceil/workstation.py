@@ -20,6 +20,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -223,10 +224,21 @@ def pin_host_key(path: Path, name: str, public: str) -> str:
             if not any(n == alias or n.startswith(f"[{alias}]:") for n in names(line))]
     if len(lines) - len(kept) == 1 and entry in lines:
         return "same"
+    if kept and not kept[-1].endswith("\n"):  # a hand-edited last line: the entry must not join it
+        kept[-1] += "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept) + entry)
-    os.replace(tmp, path)
+    # A temp file of its own, synced, then renamed: two commands pinning at once (`run` in one
+    # terminal, `ssh` in another) each leave a whole file, never one's half or a missing temp.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(kept) + entry)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return "new" if len(kept) == len(lines) else "changed"
 
 
@@ -235,11 +247,21 @@ def pin_from_secrets(cluster: Cluster, secrets_dir: Path) -> None:
     workstation's cache may be new or emptied, the keys the cards carry are in secrets/."""
     from .host_keys import pinned_keys
     from .secrets import SecretStore
+    from .ui import notice
 
     if not secrets_dir.is_dir():
         return
-    for name, public in pinned_keys(SecretStore(secrets_dir, make_new=False), cluster.roles).items():
-        pin_host_key(known_hosts_file(cluster), name, public)
+    store = SecretStore(secrets_dir, make_new=False)
+    for name in cluster.roles:
+        # One damaged key file must not stop the commands for every other machine: said, and that
+        # machine's key left as it is in known_hosts (pinned by its bake, or recorded on first contact).
+        try:
+            keys = pinned_keys(store, [name])
+        except CeilError as e:
+            notice(f"{name}'s host key not checked against secrets/: {e}")
+            continue
+        if name in keys:
+            pin_host_key(known_hosts_file(cluster), name, keys[name])
 
 
 def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...] = (),

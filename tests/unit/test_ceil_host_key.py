@@ -31,7 +31,14 @@ unit = units[0] if units else ""
 enabled = state / "enabled" / unit
 if verb == "is-enabled":
     sys.exit(0 if enabled.exists() else 1)
+if verb == "disable":
+    enabled.unlink(missing_ok=True)
+    sys.exit(0)
 if verb == "start" and unit == "regenerate_ssh_host_keys.service":
+    if (state / "regen-fails").exists():  # fails before disabling itself, as the real script would
+        for key in etc.glob("ssh_host_*_key*"):
+            key.unlink()
+        sys.exit(1)
     for key in etc.glob("ssh_host_*_key*"):
         key.unlink()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(etc / "ssh_host_ed25519_key")], check=True)
@@ -121,6 +128,24 @@ def test_a_regeneration_still_pending_when_install_runs_is_run_first_not_after(c
     assert card.served() == card.pinned
 
 
+def test_a_failed_regeneration_is_disabled_and_the_key_placed_anyway(card):
+    """Left enabled, it would delete the baked key at the next boot, with no install.sh after it."""
+    pi_os(card)
+    (card.state / "regen-fails").touch()
+    r = card.run()
+    assert r.returncode == 0 and "failed: placing the baked key anyway" in r.stderr, r.stdout + r.stderr
+    assert not (card.state / "enabled" / "regenerate_ssh_host_keys.service").exists()
+    assert card.served() == card.pinned
+
+
+def test_other_host_keys_go_even_when_the_baked_key_is_already_in_place(card):
+    """A power cut between placing the key and removing the others: the next run removes them."""
+    card.run()
+    (card.etc / "ssh_host_rsa_key").write_text("left over\n")
+    assert card.run().returncode == 0
+    assert sorted(p.name for p in card.etc.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+
+
 def test_a_scrubbed_or_missing_copy_leaves_the_key_in_place(card):
     card.run()
     card.key.write_bytes(b"\0" * card.key.stat().st_size)  # zeroed by the secrets step, not yet removed
@@ -136,6 +161,16 @@ def test_a_copy_that_is_not_a_key_fails_loudly_and_touches_nothing(card):
     assert r.returncode != 0
     assert card.served() == card.pinned
     assert sorted(p.name for p in card.etc.iterdir()) == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+
+
+def test_a_damaged_key_in_secrets_is_refused_before_an_image_carries_it(tmp_path):
+    from ceil.errors import CeilError
+
+    store = SecretStore(tmp_path / "secrets")
+    host_key(store, "one")
+    (tmp_path / "secrets" / secret_name("one")).write_text("-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n")
+    with pytest.raises(CeilError, match=r"ssh-host/one is not an unencrypted OpenSSH private key.*bake the machine again"):
+        host_key(store, "one")
 
 
 def test_each_machine_has_its_own_key_and_every_bake_reuses_it(tmp_path):

@@ -181,6 +181,11 @@ def test_pinning_a_host_key_replaces_only_that_machines_lines(known_hosts):
     mtime = known_hosts.stat().st_mtime_ns
     assert workstation.pin_host_key(known_hosts, "one", "ssh-ed25519 AAAAbaked") == "same"
     assert known_hosts.stat().st_mtime_ns == mtime
+    # A last line without its newline (edited by hand) is not joined to the new entry.
+    known_hosts.write_text("ceil-router ssh-ed25519 AAAArouter")
+    assert workstation.pin_host_key(known_hosts, "two", "ssh-ed25519 AAAAtwo") == "new"
+    assert known_hosts.read_text() == "ceil-router ssh-ed25519 AAAArouter\nceil-two ssh-ed25519 AAAAtwo\n"
+    assert sorted(p.name for p in known_hosts.parent.iterdir()) == [known_hosts.name]  # no temp file left
 
 
 def test_ssh_and_run_check_even_a_first_contact_against_the_keys_in_secrets(tmp_path, monkeypatch, known_hosts):
@@ -209,6 +214,13 @@ def test_ssh_and_run_check_even_a_first_contact_against_the_keys_in_secrets(tmp_
     result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"),
                                                           "--secrets", str(tmp_path / "nowhere"), "true"])
     assert result.exit_code == 0, result.output
+    # One damaged key file: said, that machine left as it is, the others pinned, the command runs.
+    (tmp_path / "secrets" / "ssh-host" / "router").write_text("damaged\n")
+    known_hosts.unlink()
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "true"])
+    assert result.exit_code == 0, result.output
+    assert "router's host key not checked against secrets/" in " ".join(result.output.split())
+    assert known_hosts.read_text() == f"ceil-two {keys['two']}\n"
 
 
 def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monkeypatch, known_hosts):
