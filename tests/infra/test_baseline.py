@@ -61,9 +61,12 @@ def test_the_machine_answers_with_the_host_key_made_at_its_bake(host, targets, m
     keys = pinned_keys(SecretStore(targets.secrets_dir, make_new=False), [machine])
     if machine not in keys:
         pytest.skip(f"secrets/ holds no host key of {machine}: a card baked before ceil made host keys")
-    served = host.run("ssh-keyscan -t ed25519 -p 22 127.0.0.1 2>/dev/null").stdout.split()
-    assert served[1:3] == keys[machine].split()[:2], (
-        f"{machine}: sshd serves {served[1:3]}, not the key made at its bake ({keys[machine]})")
+    # "127.0.0.1 ssh-ed25519 AAAA..."; OpenSSH 10's keyscan also prints a "# 127.0.0.1:22 SSH-2.0-..."
+    # line on stdout (run ci-art72).
+    scan = host.run("ssh-keyscan -t ed25519 -p 22 127.0.0.1 2>/dev/null").stdout
+    served = [line.split()[1:3] for line in scan.splitlines() if line.strip() and not line.startswith("#")]
+    assert served == [keys[machine].split()[:2]], (
+        f"{machine}: sshd serves {served}, not the key made at its bake ({keys[machine]})")
 
 
 def test_password_login_is_refused(host, targets, machine):
