@@ -20,7 +20,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -226,19 +225,12 @@ def pin_host_key(path: Path, name: str, public: str) -> str:
         return "same"
     if kept and not kept[-1].endswith("\n"):  # a hand-edited last line: the entry must not join it
         kept[-1] += "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temp file of its own, synced, then renamed: two commands pinning at once (`run` in one
-    # terminal, `ssh` in another) each leave a whole file, never one's half or a missing temp.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(kept) + entry)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A temp file of its own, then renamed (0600: the user's own file, like ~/.ssh/known_hosts):
+    # two commands pinning at once (`run` in one terminal, `ssh` in another) each leave a whole
+    # file, never one's half or a missing temp.
+    from .k3s.kubeconfig import write_private
+
+    write_private(path, "".join(kept) + entry)
     return "new" if len(kept) == len(lines) else "changed"
 
 
