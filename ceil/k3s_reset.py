@@ -115,7 +115,6 @@ def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str |
     A node whose k3s does not come back puts its previous binary back and the roll stops there."""
     from .addons.cli import Context
     from .k3s.upgrade import Remote, release_for, upgrade, upgrade_order
-
     from .workstation import pin_from_secrets
 
     obj = Context(config_path, secrets_path, kubeconfig_path)

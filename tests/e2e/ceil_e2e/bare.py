@@ -54,11 +54,8 @@ class BareTestbed:
             img = self.work / "disk.img"
             seed.copy_sparse(testbed.image, img)
             os.truncate(img, 8 << 30)
-            pubkey, mirror = Path(f"{key}.pub").read_text(), f"http://{APT_ADDR[0]}/debian"
-            seed.seed_testbed(img, NAME, pubkey, domain=DOMAIN, user=USER, apt_mirror=mirror)
-            # The same user-data plus the host key.
-            seed.write_seed(img, {"user-data": seed.user_data(NAME, DOMAIN, USER, pubkey, mirror)
-                                               + host_key_config(host_key)})
+            seed.seed_testbed(img, NAME, Path(f"{key}.pub").read_text(), domain=DOMAIN, user=USER,
+                              apt_mirror=f"http://{APT_ADDR[0]}/debian", extra_user_data=host_key_config(host_key))
             port = free_port()
             self.ssh = SshConfig(artifacts / "ssh_config", USER, key, [Endpoint(NAME, "127.0.0.1", port)],
                                  artifacts / "known_hosts")

@@ -79,10 +79,11 @@ def write_seed(image: Path, files: dict[str, str], boot_index: int = 1) -> None:
 
 def seed_testbed(image: Path, hostname: str, pubkey: str, *, domain: str = "ceil.internal", user: str = "ceil",
                  dhcp: list[str] = ("eth0",), static: dict[str, str] | None = None,
-                 apt_mirror: str | None = None) -> str:
+                 apt_mirror: str | None = None, extra_user_data: str = "") -> str:
+    """`extra_user_data`: cloud-config lines appended to user-data's (top-level keys)."""
     instance_id = f"ceil-smoke-{uuid.uuid4()}"
     write_seed(image, {
-        "user-data": user_data(hostname, domain, user, pubkey, apt_mirror),
+        "user-data": user_data(hostname, domain, user, pubkey, apt_mirror) + extra_user_data,
         "meta-data": f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n",
         "network-config": network_config(list(dhcp), static),
     })
