@@ -12,11 +12,11 @@ import fcntl
 import os
 import secrets as pysecrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import CeilError
+from .privatefile import write_private
 
 
 # Hash cost of the htpasswd lines ceil makes. The registry and Traefik check the hash on every
@@ -112,17 +112,7 @@ class SecretStore:
         if p.is_file() and stat.S_IMODE(p.stat().st_mode) == 0o600 and p.read_bytes() == data:
             return
         self._ensure_dir(p.parent)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(p, data, durable=True)
 
     def write_pair(self, key: str, key_pem: bytes, crt: str, cert_pem: bytes) -> None:
         """A key and its certificate, key first: a crash in between leaves a key without a

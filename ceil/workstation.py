@@ -228,7 +228,7 @@ def pin_host_key(path: Path, name: str, public: str) -> str:
     # A temp file of its own, then renamed (0600: the user's own file, like ~/.ssh/known_hosts):
     # two commands pinning at once (`run` in one terminal, `ssh` in another) each leave a whole
     # file, never one's half or a missing temp.
-    from .k3s.kubeconfig import write_private
+    from .privatefile import write_private
 
     write_private(path, "".join(kept) + entry)
     return "new" if len(kept) == len(lines) else "changed"

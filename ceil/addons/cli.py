@@ -53,7 +53,8 @@ class Context:
         if baked.is_file():
             yield str(baked)
             return
-        from ..k3s.kubeconfig import admin_kubeconfig, write_private
+        from ..k3s.kubeconfig import admin_kubeconfig
+        from ..privatefile import write_private
 
         with tempfile.TemporaryDirectory(prefix="ceil-kube-") as tmp:
             path = Path(tmp) / "kubeconfig"

@@ -9,8 +9,6 @@ from it.
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from pathlib import Path
 
 import click
@@ -18,6 +16,7 @@ import yaml
 
 from ..config import Cluster, load_cluster
 from ..errors import CeilError
+from ..privatefile import write_private
 from .pki import ensure_admin_cert, ensure_ca
 from ..secrets import SecretStore
 
@@ -57,20 +56,6 @@ def admin_kubeconfig(cluster: Cluster, store: SecretStore, tunnel_port: int | No
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `path` atomically, 0600 from the first byte (it holds the admin key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_replaceable(path: Path) -> None:
