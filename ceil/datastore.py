@@ -22,6 +22,7 @@ Clusters with three or five servers run embedded etcd: they survive a lost serve
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -108,19 +109,28 @@ def check_snapshot(path: Path) -> int:
 PULL_ON_ROUTER = "/usr/local/lib/ceil/ceil-datastore-pull"  # ceil/snapshot.py, installed by the bake
 
 
+SERVED = re.compile(r"^serving \S+-(\d{8}T\d{6}Z)\.db$", re.M)  # what the router's pull says it sends
+
+
 def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: bool = False,
-           run=subprocess.run, now: float | None = None) -> tuple[Path, int]:
+           previous: bool = False, run=subprocess.run, now: float | None = None) -> tuple[Path, int]:
     """Take the server's datastore into secrets/backups/; (its path, kine's row count). With
-    `from_router`, the newest snapshot the router pulled instead (the server may be dead)."""
+    `from_router`, the newest snapshot the router pulled instead (the server may be dead), or with
+    `previous` the newest of a datastore the server no longer runs (ceil.snapshot: a server
+    replaced without a restore starts an empty one, and the router sets the old one's aside).
+    A snapshot from the router is named by the time the router took it, not by today's."""
     from .workstation import ssh_argv
 
     check_sqlite_cluster(cluster)
     server = init_server(cluster).name
+    if previous and not from_router:
+        raise CeilError("--previous names a snapshot the router set aside: use it with --from-router")
     if from_router and not cluster.datastore_backups_on:
         raise CeilError("kubernetes.datastore_backups.enabled is false: the router keeps no snapshots;"
                         " take one from the server (without --from-router) or turn them on and re-bake")
     # The router writes its newest snapshot; the server runs the script it is sent.
-    target, command, script = (("router", f"sudo python3 {PULL_ON_ROUTER} --newest", None) if from_router
+    which = "--previous" if previous else "--newest"
+    target, command, script = (("router", f"sudo python3 {PULL_ON_ROUTER} {which}", None) if from_router
                                else (server, "sudo python3 -", BACKUP_SCRIPT.encode()))
     source = "the router" if from_router else server
     argv = ssh_argv(cluster, target, via, (command,), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
@@ -135,7 +145,8 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: b
                         " the VPN or --via ADDRESS (the router's address; README, 'Flash, boot, check')")
     if done.returncode != 0:
         raise CeilError(f"backup from {source} failed ({done.returncode}): {said}")
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    served = SERVED.search(done.stderr.decode(errors="replace")) if from_router else None
+    stamp = served.group(1) if served else time.strftime(snapshot.STAMP, time.gmtime(now))
     name = f"{BACKUPS}/{cluster.name}-{server}-{stamp}.db"
     partial = f"{name}.partial"
     store.write(partial, done.stdout)
@@ -229,14 +240,17 @@ def datastore_group() -> None:
 @click.option("--from-router", is_flag=True,
               help="Fetch the newest snapshot the router pulled (every kubernetes.datastore_backups.every_hours),"
                    " e.g. when the server's card is dead.")
-def backup_command(config_path: Path, secrets_path, via, from_router: bool) -> None:
+@click.option("--previous", is_flag=True,
+              help="With --from-router: the newest snapshot of the datastore the server ran before it was"
+                   " re-flashed or reset without a restore (the router sets it aside and keeps it).")
+def backup_command(config_path: Path, secrets_path, via, from_router: bool, previous: bool) -> None:
     """Copy the server's k3s datastore (SQLite, taken consistently while k3s runs) into
     secrets/backups/. Keep that folder safe: it holds every Secret of the cluster."""
     from .workstation import pin_from_secrets
 
     obj = Context(config_path, secrets_path, None)
     pin_from_secrets(obj.cluster, obj.secrets)
-    path, rows = backup(obj.cluster, obj.store, via, from_router=from_router)
+    path, rows = backup(obj.cluster, obj.store, via, from_router=from_router, previous=previous)
     click.echo(f"wrote {path} ({path.stat().st_size} bytes, {rows} datastore rows)")
     click.echo(f"to restore it onto a new card: python bake.py datastore restore {path}")
 

@@ -61,6 +61,19 @@ def check(path: str) -> int:
         raise ValueError(f"{path} is not an SQLite database ({e})") from None
 
 
+def revision(path: str) -> int:
+    """The datastore's revision: kine numbers its rows AUTOINCREMENT (a row's id is the revision
+    it wrote), so within one datastore it only grows, compactions included. A datastore begun anew
+    (a server re-flashed or reset without `datastore restore`) starts again near 0."""
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        top = db.execute("SELECT max(id) FROM kine").fetchone()[0] or 0
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'kine'").fetchone()
+        return max(top, seq[0] if seq else 0)
+    finally:
+        db.close()
+
+
 K3S_VERSION = re.compile(rb"v1\.\d+\.\d+\+k3s\d+")
 
 
@@ -136,6 +149,37 @@ def set_aside_future(conf: dict, now: float) -> list[str]:
             os.replace(path, os.path.join(conf["dir"], f".future-{name}"))
             moved.append(name)
     return moved
+
+
+PREVIOUS = ".previous-"  # the newest snapshot of a datastore the server no longer runs
+
+
+def set_aside_earlier_datastore(conf: dict, kept: list[str], new: str) -> str | None:
+    """When `new` holds a datastore begun after the one the newest kept snapshot holds (its
+    revision went back: the server card was replaced, or k3s reset, without a restore), that
+    snapshot is renamed .previous-NAME: never pruned or served as the newest, so the pulls of the
+    new, near-empty datastore cannot rotate the old cluster's last copy away within days.
+    Returns its name, or None when `new` continues the same datastore."""
+    if not kept:
+        return None
+    try:
+        if revision(new) >= revision(kept[-1]):
+            return None
+    except sqlite3.DatabaseError:
+        return None  # a kept file that cannot be read says nothing about the new one
+    name = os.path.basename(kept[-1])
+    os.replace(kept[-1], os.path.join(conf["dir"], f"{PREVIOUS}{name}"))
+    return name
+
+
+def previous(conf: dict) -> list[str]:
+    """The snapshots set aside by set_aside_earlier_datastore, oldest first."""
+    prefix = f"{PREVIOUS}{conf['server']}-"
+    try:
+        names = os.listdir(conf["dir"])
+    except FileNotFoundError:
+        return []
+    return [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
 
 
 def _fsync_dir(path: str) -> None:
@@ -240,6 +284,7 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
         if problem:
             return 1, f"no snapshot kept from {conf['server']}: {problem}"
         rows = check(partial)
+        earlier = set_aside_earlier_datastore(conf, kept, partial)
         os.replace(partial, final)
         _fsync_dir(conf["dir"])
     except ValueError as e:
@@ -251,25 +296,39 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
             os.unlink(partial)
     for old in snapshots(conf)[:-conf["keep"]]:
         os.unlink(old)
-    return 0, f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows){aside}"
+    said = f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows){aside}"
+    if earlier:
+        # A failed unit once: the user should hear that the cluster's datastore started over.
+        return 1, (f"{said}; it holds a datastore begun after the one in {earlier} (its revision went back:"
+                   f" the server was re-flashed or reset without `datastore restore`). {earlier} is kept"
+                   f" as {PREVIOUS}{earlier}, never pruned: `python bake.py datastore backup --from-router"
+                   " --previous` fetches it")
+    return 0, said
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ceil-datastore-pull", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="/etc/ceil/datastore-pull.json")
     ap.add_argument("--now", action="store_true", help="take a snapshot even if the newest is recent")
-    ap.add_argument("--newest", action="store_true", help="write the newest snapshot kept to stdout")
+    served = ap.add_mutually_exclusive_group()
+    served.add_argument("--newest", action="store_true", help="write the newest snapshot kept to stdout")
+    served.add_argument("--previous", action="store_true",
+                        help="write the newest snapshot of a datastore the server no longer runs to stdout")
     args = ap.parse_args(argv)
     with open(args.config) as f:
         conf = json.load(f)
-    if args.newest:
+    if args.newest or args.previous:
         if missing := drive_missing(conf):
             print(missing, file=sys.stderr)
             return 1
-        kept = snapshots(conf, now=time.time())  # never one dated after now (set_aside_future)
+        # never one dated after now (set_aside_future)
+        kept = snapshots(conf, now=time.time()) if args.newest else previous(conf)
         if not kept:
-            print(f"no snapshot of {conf['server']} on this router yet (in {conf['dir']})", file=sys.stderr)
+            print(f"no {'snapshot' if args.newest else 'set-aside snapshot'} of {conf['server']} on this"
+                  f" router (in {conf['dir']})", file=sys.stderr)
             return 1
+        # The workstation names its copy by the time in this name, not by when it fetched it.
+        print(f"serving {os.path.basename(kept[-1]).removeprefix(PREVIOUS)}", file=sys.stderr)
         with open(kept[-1], "rb") as f:
             while block := f.read(1 << 20):
                 sys.stdout.buffer.write(block)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -159,10 +160,12 @@ def test_newest_writes_the_newest_snapshot_for_the_workstation(tmp_path, server,
     path = tmp_path / "pull.json"
     path.write_text(json.dumps(conf))
     assert snapshot.main(["--config", str(path), "--newest"]) == 1
-    assert b"no snapshot of one on this router yet" in capsysbinary.readouterr().err
+    assert b"no snapshot of one on this router (in " in capsysbinary.readouterr().err
     snapshot.pull(conf, popen=server.popen, now=1_000_000)
     assert snapshot.main(["--config", str(path), "--newest"]) == 0
-    assert capsysbinary.readouterr().out == Path(snapshot.snapshots(conf)[-1]).read_bytes()
+    served = capsysbinary.readouterr()
+    assert served.out == Path(snapshot.snapshots(conf)[-1]).read_bytes()
+    assert served.err == b"serving one-19700112T134640Z.db\n"  # the workstation names its copy by it
 
 
 def test_on_the_routers_drive_nothing_is_taken_or_served_while_it_is_not_mounted(tmp_path, server, capsysbinary):
@@ -338,6 +341,8 @@ def test_backup_from_router_fetches_the_newest_snapshot(tmp_path):
     assert rows == 3 and path.name == "ceil-one-19700101T000000Z.db" and mode(path) == 0o600
     assert asked[0][0][-2:] == ["ceil@10.42.0.1", "sudo python3 /usr/local/lib/ceil/ceil-datastore-pull --newest"]
     assert asked[0][1] is None
+    with pytest.raises(CeilError, match="--previous names a snapshot the router set aside: use it with --from-router"):
+        datastore.backup(cluster, store, None, previous=True, run=router)
     off = parse_cluster(CLUSTER + "kubernetes: {datastore_backups: {enabled: false}}\n")
     with pytest.raises(CeilError, match="kubernetes.datastore_backups.enabled is false: the router keeps no snapshots"):
         datastore.backup(off, store, None, from_router=True, run=router)
@@ -371,3 +376,75 @@ def test_a_newest_snapshot_whose_file_time_is_ahead_of_now_is_due_not_recent(tmp
     snapshot.pull(conf, popen=server.popen, now=t)
     os.utime(snapshot.snapshots(conf)[-1], (t + 86400, t + 86400))  # written while the clock was a day ahead
     assert snapshot.pull(conf, popen=server.popen, now=t + 60)[1].startswith("kept")
+
+
+def _datastore_begun_anew(server, rows: int) -> None:
+    """The server's card replaced (or k3s reset) without a restore: a new, near-empty kine."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{server.db}{suffix}").unlink(missing_ok=True)
+    kine_db(server.db, rows=rows).close()
+
+
+def test_a_server_begun_anew_cannot_rotate_the_old_clusters_last_snapshot_away(tmp_path, server, capsysbinary):
+    """Found in review: after a dead server's card was replaced without a restore, the router's
+    pulls of the new, near-empty datastore rotated every snapshot of the real cluster away within
+    keep x every_hours (3.5 days by default), and --newest served the empty one meanwhile."""
+    conf = router_conf(tmp_path, server.key, keep=3)
+    _datastore_begun_anew(server, rows=44)  # the real cluster's datastore, grown: revision 44
+    t = 1_700_000_000
+    for i in range(3):
+        assert snapshot.pull(conf, force=True, popen=server.popen, now=t + i * 3600)[0] == 0
+    last_good = Path(snapshot.snapshots(conf)[-1])
+    good = last_good.read_bytes()
+    assert snapshot.revision(str(last_good)) == 44
+    _datastore_begun_anew(server, rows=3)
+    rc, said = snapshot.pull(conf, force=True, popen=server.popen, now=t + 3 * 3600)
+    assert rc == 1, said  # a failed unit, once: the cluster's datastore started over
+    assert f"holds a datastore begun after the one in {last_good.name}" in said
+    assert f".previous-{last_good.name}, never pruned" in said and "--from-router --previous" in said
+    for i in range(4, 10):  # days of pulls of the new datastore: quiet again, and the old copy stays
+        rc, said = snapshot.pull(conf, force=True, popen=server.popen, now=t + i * 3600)
+        assert rc == 0 and said.startswith("kept"), said
+    aside = Path(conf["dir"]) / f".previous-{last_good.name}"
+    assert aside.read_bytes() == good and len(snapshot.snapshots(conf)) == 3
+    assert all(snapshot.check(p) == 3 for p in snapshot.snapshots(conf))
+    path = tmp_path / "pull.json"
+    path.write_text(json.dumps(conf))
+    assert snapshot.main(["--config", str(path), "--previous"]) == 0
+    served = capsysbinary.readouterr()
+    assert served.out == good and served.err == f"serving {last_good.name}\n".encode()
+
+
+def test_a_restored_datastore_continues_and_sets_nothing_aside(tmp_path, server):
+    """A server restored from a snapshot carries on counting from it: the same datastore."""
+    conf = router_conf(tmp_path, server.key)
+    t = 1_700_000_000
+    assert snapshot.pull(conf, popen=server.popen, now=t)[0] == 0
+    restored = snapshot.snapshots(conf)[-1]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{server.db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(restored, server.db)
+    db = sqlite3.connect(server.db)
+    db.execute("INSERT INTO kine (name, value) VALUES ('/registry/after-restore', x'00')")
+    db.commit()
+    db.close()
+    rc, said = snapshot.pull(conf, force=True, popen=server.popen, now=t + 3600)
+    assert rc == 0 and said.startswith("kept"), said
+    assert snapshot.previous(conf) == [] and len(snapshot.snapshots(conf)) == 2
+
+
+def test_backup_from_router_is_named_by_when_the_router_took_it(tmp_path):
+    """A snapshot days old was saved under the day it was fetched: a user picking the newest
+    backup to restore would be misled."""
+    kine_db(tmp_path / "snap.db").close()
+    cluster, store = parse_cluster(CLUSTER), SecretStore(tmp_path / "secrets")
+    asked = []
+
+    def router(argv, input, **kw):
+        asked.append(argv[-1])
+        return subprocess.CompletedProcess(argv, 0, (tmp_path / "snap.db").read_bytes(),
+                                           b"serving one-20261101T060000Z.db\n")
+
+    path, rows = datastore.backup(cluster, store, None, from_router=True, previous=True, run=router, now=2_000_000_000)
+    assert path.name == "ceil-one-20261101T060000Z.db" and rows == 3
+    assert asked == ["sudo python3 /usr/local/lib/ceil/ceil-datastore-pull --previous"]
