@@ -114,6 +114,7 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
 
 def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
     from .bakery import BakeContext, bake, check_base_image, clean_stale
+    from .locks import folder_held
     from .catalog import load_flavor
     from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
                          new_cluster_warning, node_baked, router_baked, stale_router_warning)
@@ -158,8 +159,11 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
                       " (endpoint, port or subnets changed): this bake rewrites them with the same keys;"
                       " import them again in WireGuard")
     check_base_image(flavor, base_image, any_base_image, cluster, chosen)  # last: it may download the image
-    with store.held():
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # Two bakes into one out/ (two clusters' configs, or other --secrets) hold different secrets/
+    # locks: one's clean_stale removed the other's partial image, and both staged the same
+    # .partial names, so an image could be published with the other cluster's boot files. (The
+    # folder is made once secrets/ is held: a bake waiting on secrets/ writes nothing.)
+    with store.held(), folder_held(out_dir, "one bake at a time writes into this folder"):
         clean_stale(out_dir)
         for r in chosen:
             start = time.monotonic()

@@ -8,14 +8,13 @@ them, so re-flashing one node keeps it in the same cluster, under the same SSH h
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import secrets as pysecrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import CeilError
+from .locks import exclusive
 from .privatefile import write_private
 
 
@@ -41,12 +40,6 @@ FORMAT_FILE = "FORMAT"
 
 # secrets/ folders whose .lock this process holds (SecretStore.held).
 _HELD_HERE: set[Path] = set()
-
-
-def _say_on_stderr(text: str) -> None:
-    from .ui import notice
-
-    notice(text)
 
 
 class SecretStore:
@@ -141,22 +134,12 @@ class SecretStore:
         if key in _HELD_HERE:
             yield
             return
-        lock = self.root / ".lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                (say or _say_on_stderr)(f"waiting for another ceil command that holds {lock}: the"
-                                        " cluster's secrets are made by one command at a time")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+        with exclusive(self.root / ".lock", "the cluster's secrets are made by one command at a time", say):
             _HELD_HERE.add(key)
             try:
                 yield
             finally:
                 _HELD_HERE.discard(key)
-        finally:
-            os.close(fd)
 
     def _ensure_dir(self, d: Path) -> None:
         for part in reversed([d, *d.parents]):

@@ -455,6 +455,32 @@ def test_a_second_bake_waits_for_the_one_writing_the_clusters_secrets(tmp_path, 
     assert mtype(tmp_path / "out" / "ceil-one.img", path.removeprefix("::/")).encode() == ca
 
 
+def test_a_second_bake_into_the_same_folder_waits_even_with_other_secrets(tmp_path, ssh_pubkey):
+    """Found in review: two bakes sharing out/ with different secrets/ (two clusters' configs, or
+    --secrets) held different locks; one's clean-up removed the other's partial image, and both
+    staged the same partial names, so an image could be published with the other's boot files."""
+    from ceil.locks import exclusive
+
+    base = make_base_image(tmp_path / "base.img", load_flavor("ubuntu-24.04-raspi"))
+    (tmp_path / "cluster.yaml").write_text(
+        f"ssh: {{authorized_keys: [\"{ssh_pubkey}\"]}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+        "nodes: [{name: one, role: server}]\npiwatch: {enabled: false}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    others = out / ".ceil-one.img.partial"  # another cluster's bake, half-way through its image
+    others.write_bytes(b"half an image")
+    with exclusive(out, "the test's other bake"):
+        second, said = bake_py_waiting("--role", "one", "--base-image", str(base), "--any-base-image",
+                                       "--secrets", str(tmp_path / "other-secrets"), cwd=tmp_path)
+        time.sleep(1)
+        assert second.poll() is None and "holds out: one bake at a time" in " ".join(said.split()), said
+        assert sorted(p.name for p in out.iterdir()) == [others.name]  # nothing removed or written
+        others.unlink()  # the other bake published its image
+    rest, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, said + rest
+    assert sorted(p.name for p in out.iterdir()) == ["ceil-one.img", "ceil-one.json"]  # no lock file left
+
+
 def user_tmpdir(tmp_path: Path, monkeypatch) -> Path:
     """TMPDIR set by the user: the bake's work folder goes there."""
     temp = tmp_path / "tmp"
