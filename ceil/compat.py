@@ -32,6 +32,14 @@ def router_baked(store: SecretStore) -> None:
     store.write(RECORD, f"{ROUTER_CONTRACT}\n".encode())
 
 
+def cluster_made(store: SecretStore) -> None:
+    """`init` made this cluster's secrets: no older ceil baked its router, and the one baked from
+    them speaks this contract. Recorded now because the server secret init makes would otherwise
+    read as a router baked before the record existed (router_contract), and a node baked before
+    the router was warned about an older router that was never baked."""
+    store.write(RECORD, f"{ROUTER_CONTRACT}\n".encode())
+
+
 def read_number(store: SecretStore, name: str, what: str) -> int:
     """A number ceil wrote into secrets/ (its format, the router's contract); a damaged file is
     refused by name, not with a traceback."""

@@ -15,7 +15,7 @@ import yaml
 from rich.markup import escape
 
 from .catalog import available, load_flavor
-from .compat import check_secrets_format
+from .compat import check_secrets_format, cluster_made, router_contract
 from .config import Cluster, parse_cluster
 from .config.cluster import CLUSTER_FORMAT
 from .features import preflight
@@ -186,11 +186,14 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     store = SecretStore(config_path.parent / "secrets")
     client_path = None
     with store.held():
+        new_cluster = router_contract(store) is None  # --force beside a baked cluster's secrets/ reuses them
         if vpn_client:  # made before the router's secrets: the router is baked knowing this peer
             add_client(cluster, store, vpn_client)
             client_path = store.path(client_name)
         generate_secrets(cluster, store)
         check_secrets_format(store)
+        if new_cluster:
+            cluster_made(store)
     console.print(f"[green]wrote {escape(str(config_path))}[/green] and {escape(str(store.root))}/ (0600, git-ignored)")
     if client_path:
         console.print(escape(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)"))

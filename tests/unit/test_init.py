@@ -118,3 +118,31 @@ def test_a_flavor_ceil_has_no_k3s_digest_for_takes_the_users_in_inits_own_terms(
     r = subprocess.run([*cmd, "--k3s-sha256", "e" * 64, "--vpn-client", ""], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert load_cluster(tmp_path / "cluster.yaml").kubernetes.k3s_sha256 == "e" * 64
+
+
+def test_a_node_baked_first_after_init_is_not_told_of_an_older_router(tmp_path, ssh_pubkey):
+    """init makes the server secret a router bake needs, which read as a router baked before
+    secrets/router-contract existed: `bake.py --role one` right after init warned that "the router
+    was baked by an older ceil" though no router had been baked at all."""
+    from ceil import compat
+    from ceil.secrets import SecretStore
+
+    r = init_wifi(tmp_path, ssh_pubkey, "--ssid", "Home")
+    assert r.returncode == 0, r.stderr
+    store = SecretStore(tmp_path / "secrets", make_new=False)
+    assert compat.stale_router_warning(store, ["one"]) is None
+    assert compat.new_cluster_warning(store, ["one"]) is None  # init made the cluster: these nodes join it
+
+
+def test_init_over_a_cluster_an_older_ceil_baked_keeps_its_warning(tmp_path, ssh_pubkey):
+    """`init --force` beside a secrets/ whose router an older ceil baked reuses those secrets: its
+    router still cannot serve nodes baked now, and the warning stays."""
+    from ceil import compat
+    from ceil.k3s.token import SERVER_SECRET
+    from ceil.secrets import SecretStore
+
+    SecretStore(tmp_path / "secrets").token(SERVER_SECRET)  # baked before the contract record
+    (tmp_path / "cluster.yaml").write_text("old\n")
+    r = init_wifi(tmp_path, ssh_pubkey, "--ssid", "Home", "--force")
+    assert r.returncode == 0, r.stderr
+    assert "contract 1" in compat.stale_router_warning(SecretStore(tmp_path / "secrets"), ["one"])
