@@ -70,5 +70,13 @@ def check_tools(purpose: str = "bake") -> None:
         raise CeilError("missing host tools:\n  " + "\n  ".join(lines) + "\n  (`python bake.py doctor` lists all)")
 
 
+def require(name: str) -> None:
+    """The one tool a command is about to run, refused by name, why and how to install before it
+    runs (a missing ssh client ended `bake.py ssh`, `run`, ... in a FileNotFoundError traceback)."""
+    if shutil.which(name) is None:
+        tool = next(t for t in TOOLS if t.name == name)
+        raise CeilError(f"{name} not found: it {tool.why} ({install_hint(tool)}; `python bake.py doctor` lists all)")
+
+
 def doctor_rows() -> list[tuple[str, bool, str, str, str]]:
     return [(t.name, shutil.which(t.name) is not None, t.needed_for, t.why, install_hint(t)) for t in TOOLS]

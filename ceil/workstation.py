@@ -28,6 +28,7 @@ import click
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .fetch import cache_root
+from .tools import require
 from .ui import console
 
 config_option = click.option("--config", "config_path", default="cluster.yaml", show_default=True,
@@ -261,6 +262,7 @@ def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...
     """ssh to `name` (router or a node) as the baked admin, checking its host key against this
     cluster's known_hosts; through the router at `via` when the workstation reaches only the
     router's SSH (a ProxyCommand, so the hop checks the router's key the same way)."""
+    require("ssh")
     known_hosts_file(cluster).parent.mkdir(parents=True, exist_ok=True)
     user = cluster.ssh.user
     target = str(cluster.network.router_ip) if name == "router" else str(cluster.node(name).ip)
@@ -351,6 +353,7 @@ def tunnel_argv(cluster: Cluster, via: str | None, local_port: int) -> list[str]
     baked CA still verifies the API at the tunnel's end (`bake.py kubeconfig --tunnel-port`)."""
     from .k3s.kubeconfig import API_PORT
 
+    require("ssh")
     known_hosts_file(cluster).parent.mkdir(parents=True, exist_ok=True)
     router = via or str(cluster.network.router_ip)
     return ["ssh", *host_key_options(cluster, "router"), "-N", "-o", "ExitOnForwardFailure=yes",

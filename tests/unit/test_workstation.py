@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from ceil import workstation
+from ceil import tools, workstation
 from ceil.config import parse_cluster
 from ceil.errors import CeilError
 from ceil.secrets import SecretStore
@@ -250,3 +250,27 @@ def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monk
     hop = shlex.join(["ssh", *pinned("router", known_hosts), *batch, "-W", "%h:%p", "pi-admin@192.168.1.50"])
     assert calls == [["ssh", *pinned("one", known_hosts), *batch, "-o", f"ProxyCommand={hop}",
                       "pi-admin@10.42.0.11", "df -h /"]]
+
+
+@pytest.mark.parametrize("args", [["ssh", "one"], ["run", "uptime"], ["k8s-proxy"], ["datastore", "backup"],
+                                  ["k3s", "reset", "--yes"]])
+def test_a_workstation_without_an_ssh_client_is_told_what_to_install(tmp_path, monkeypatch, known_hosts, capsys, args):
+    """No `ssh` on PATH (a minimal container, a fresh macOS-less Linux): every command that SSHes
+    ended in a FileNotFoundError traceback, from execvp or from subprocess."""
+    from ceil.cli import main
+
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(args)
+    assert exit.value.code == 1
+    assert "ssh not found: it reaches the machines" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_missing_ssh_client_is_named_with_its_package(tmp_path, monkeypatch, known_hosts):
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
+    with pytest.raises(CeilError, match=r"ssh not found: it reaches the machines .*openssh-client"):
+        workstation.ssh_argv(parse_cluster(CLUSTER), "one", None)
+    with pytest.raises(CeilError, match=r"ssh not found"):
+        workstation.tunnel_argv(parse_cluster(CLUSTER), None, 6443)
