@@ -90,7 +90,11 @@ def _as_root(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | N
     # subprocess.run looked up at each call: a test's stand-in for it is what runs, never the real
     # command on the test machine.
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    return (run or subprocess.run)([*sudo, *cmd], capture_output=True, text=True, input=input)
+    try:
+        return (run or subprocess.run)([*sudo, *cmd], capture_output=True, text=True, input=input)
+    except FileNotFoundError as e:  # no `ip` in a minimal container, no sudo: a traceback said only that
+        raise CeilError(f"{e.filename} not found on this workstation: cannot run {shlex.join([*sudo, *cmd])}:"
+                        f" install {e.filename}, or run that as root by hand") from None
 
 
 def add_route(cmd: list[str], run: Callable[..., subprocess.CompletedProcess] | None = None) -> None:

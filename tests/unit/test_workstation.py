@@ -50,6 +50,17 @@ def test_linux_route_failure_names_the_command(monkeypatch):
         workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"), run)
 
 
+@pytest.mark.parametrize("euid, missing", [(0, "ip"), (1000, "sudo")])
+def test_a_route_command_this_machine_lacks_is_named_not_a_traceback(tmp_path, monkeypatch, euid, missing):
+    """`route --add` on a machine without `ip` (a minimal container) or, as a user, without sudo
+    ended in a FileNotFoundError traceback."""
+    monkeypatch.setattr(workstation.os, "geteuid", lambda: euid)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CeilError, match=rf"^{missing} not found on this workstation: cannot run"
+                                        r" .*ip route replace 10.42.0.0/24 via 192.168.1.50"):
+        workstation.add_route(workstation.route_command_for("linux", "10.42.0.0/24", "192.168.1.50"))
+
+
 def test_the_workstation_gets_the_clusters_fixed_names_in_a_marked_hosts_block():
     """Not the router's DNS, which answers only the LAN and the VPN (run ci-art35), nor
     systemd-resolved's per-interface setting, which replaces the interface's own servers."""
