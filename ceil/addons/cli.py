@@ -175,19 +175,16 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
                 click.echo(f"{kind} {ref}: {pinned} ({pins.source(kind, ref)})" if pinned else f"{kind} {ref}: unpinned")
         return
     findings = check_pins(images, charts, pins)
-    bad = False
     for f in findings:
         line = f"{f.state:<11} {f.kind} {f.ref}"
         if f.error:
             line += f": {f.error}"
-            bad = True
         elif f.state == "CHANGED":
             source = pins.source(f.kind, f.ref)
             why = ("the tag was re-pushed: check why" if source.startswith(REGISTRY_SOURCE) else
                    f"its source is not the registry ({source.split(':')[0]}): that was wrong, or the tag"
                    f" was re-pushed since")
             line += f": pinned {f.pinned}, the registry now says {f.current} ({why})"
-            bad = True
         elif f.state == "unpinned":
             line += f": {f.current}"
         click.echo(line)
@@ -197,8 +194,23 @@ def pins_command(obj: Context, check: bool, write: bool) -> None:
     if write:
         pins.save()
         click.echo(f"wrote {pins.path}")
-    if bad:
-        raise SystemExit(1)
+    if problems := check_problems(findings):
+        raise CeilError(problems)
+
+
+def check_problems(findings) -> str:
+    """What exit 1 of `pins --check` means and what to do, as `flavors --check` says it (offline,
+    a line per reference and exit 1 said neither)."""
+    changed = sum(f.state == "CHANGED" for f in findings)
+    unchecked = sum(f.state == "unreachable" for f in findings)
+    said = []
+    if changed:
+        said.append(f"{changed} pinned tag(s) now point at other bytes: see CHANGED above")
+    if unchecked:
+        said.append(f"{unchecked} of {len(findings)} pins not checked: their registry or chart repository did not"
+                    " answer (no internet here?), so nothing was compared for them; run it again where they are"
+                    " reachable")
+    return "; ".join(said)
 
 
 def _names(obj: Context, names: tuple[str, ...], everything: bool) -> list[str]:

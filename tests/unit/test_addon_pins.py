@@ -154,6 +154,7 @@ def test_a_re_pushed_tag_is_reported_and_never_adopted_silently(fake, config):
     result = CliRunner().invoke(addons_group, args, env=env)
     assert result.exit_code == 1
     assert f"CHANGED     image docker.io/library/busybox:1.37: pinned {IMAGE_DIGEST}" in result.output
+    assert str(result.exception) == "1 pinned tag(s) now point at other bytes: see CHANGED above"
     assert pins_mod.Pins.load().images["docker.io/library/busybox:1.37"] == IMAGE_DIGEST
 
 
@@ -164,6 +165,19 @@ def test_an_unreachable_registry_fails_the_check_and_a_bad_pin_is_refused(fake, 
     fake.write_text("images:\n  docker.io/library/busybox:1.37: {digest: 'sha256:abc'}\n")
     with pytest.raises(Exception, match="not sha256:<64 hex digits>"):
         pins_mod.Pins.load()
+
+
+def test_a_check_where_no_registry_answers_says_nothing_was_compared_and_what_to_do(fake, config, monkeypatch):
+    """Offline, `pins --check` printed a line per reference and exited 1 without a word of what
+    that meant, where `flavors --check` and `k3s digests --check` say it and what to do."""
+    hosts = {"docker.io", "ghcr.io", "github.com"} | {urlsplit(repo).hostname for repo, _, _ in CATALOG_CHARTS}
+    monkeypatch.setenv("CEIL_REGISTRY_ENDPOINTS", ",".join(f"{h}=http://127.0.0.1:9" for h in hosts))
+    result = CliRunner().invoke(addons_group, ["--config", config, "pins", "--check"])
+    assert result.exit_code == 1
+    said = str(result.exception)
+    assert re.fullmatch(r"(\d+) of \1 pins not checked: their registry or chart repository did not answer"
+                        r" \(no internet here\?\), so nothing was compared for them; run it again where they are"
+                        r" reachable", said), said
 
 
 def test_every_shipped_pin_names_its_source_and_a_pin_without_one_is_refused(tmp_path):
