@@ -7,6 +7,7 @@ for secrets, the value found. `config_hash` fingerprints the file for each image
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import typing
@@ -170,6 +171,18 @@ PLAIN_WORDS = {
 }
 
 
+def _plain_words(err: dict) -> str:
+    """What was wrong with the value, and the fix, in our words where pydantic's name none."""
+    if err["type"] == "ip_v4_network":
+        try:  # an address and a prefix, just not the network's own address: say which one it is
+            network = ipaddress.IPv4Network(str(err["input"]), strict=False)
+        except ValueError:
+            pass
+        else:
+            return f"has host bits set (it is an address inside the network, not the network): write {network}"
+    return PLAIN_WORDS.get(err["type"], err["msg"])
+
+
 def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
     """One line per problem (a cross-field check may report several, one per line)."""
     loc = _format_loc(err["loc"])
@@ -186,7 +199,7 @@ def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
         msg = "is required but missing"
     elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
         shown = "<secret>" if "psk" in loc or "token" in loc else repr(err["input"])
-        msg = f"{shown}: {PLAIN_WORDS.get(err['type'], msg)}"
+        msg = f"{shown}: {_plain_words(err)}"
         info = _field_info(raw_loc)
         if info is not None and info.description:
             msg += f" (expected: {info.description})"

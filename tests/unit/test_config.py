@@ -498,3 +498,20 @@ def test_a_stand_in_for_a_bad_node_name_never_appears_and_a_missing_server_still
     assert not any("set-aside" in line for line in lines), lines
     assert any(line.startswith("nodes[0].name (line 3): 'One_1'") for line in lines), lines
     assert any("no node has role 'server'" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("key, line", [
+    ("network.lan_cidr", "network: {lan_cidr: 10.42.0.1/24}\n"),
+    ("vpn.subnet", "vpn: {subnet: 10.42.100.7/24}\n"),
+    ("router.trusted_networks[0]", "router: {uplink: {type: ethernet}, trusted_networks: [192.168.1.23/24]}\n"),
+])
+def test_a_network_written_with_its_host_bits_is_told_the_network_to_write(key, line):
+    """`10.42.0.1/24` is an address and a prefix length: the message said it was not one, and the
+    fix (the network's own address) was left to guess."""
+    text = BASE.replace(ROUTER, "") + (line if line.startswith("router") else ROUTER + line)
+    msg = error(text)
+    network = {"network.lan_cidr": "10.42.0.0/24", "vpn.subnet": "10.42.100.0/24",
+               "router.trusted_networks[0]": "192.168.1.0/24"}[key]
+    assert f"{key} (line " in msg and "has host bits set" in msg and f"write {network}" in msg, msg
+    assert "is not an IPv4 network (an address and a prefix length" in error(
+        BASE + "network: {lan_cidr: 10.42.0.0/33}\n")  # not a network at all: said so, as before
