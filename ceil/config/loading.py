@@ -171,6 +171,16 @@ PLAIN_WORDS = {
 }
 
 
+# A value of the wrong shape: pydantic said "Input should be a valid dictionary or instance of VPN"
+# (a class name the file never shows) and "List should have at least 1 item after validation".
+SHAPE_WORDS = {
+    "model_type": "is not a section: write its keys under it, indented (key: value), as cluster.example.yaml does",
+    "dict_type": "is not a section: write its keys under it, indented (key: value), as cluster.example.yaml does",
+    "list_type": "is not a list: write [a, b], or one '- item' per line under the key",
+    "too_short": "is empty: give at least one, or leave the key out for its default",
+}
+
+
 def _plain_words(err: dict) -> str:
     """What was wrong with the value, and the fix, in our words where pydantic's name none."""
     if err["type"] == "ip_v4_network":
@@ -197,6 +207,8 @@ def _describe(err: dict, doc: yaml.Node | None) -> list[str]:
         msg = f"unknown key (typo?): {loc.rsplit('.', 1)[-1]!r} is not a setting here"
     elif err["type"] == "missing":
         msg = "is required but missing"
+    elif err["type"] in SHAPE_WORDS:  # the value itself (a whole section, maybe) is on the line named
+        msg = SHAPE_WORDS[err["type"]]
     elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
         shown = "<secret>" if "psk" in loc or "token" in loc else repr(err["input"])
         msg = f"{shown}: {_plain_words(err)}"

@@ -515,3 +515,20 @@ def test_a_network_written_with_its_host_bits_is_told_the_network_to_write(key, 
     assert f"{key} (line " in msg and "has host bits set" in msg and f"write {network}" in msg, msg
     assert "is not an IPv4 network (an address and a prefix length" in error(
         BASE + "network: {lan_cidr: 10.42.0.0/33}\n")  # not a network at all: said so, as before
+
+
+@pytest.mark.parametrize("extra, key, fix", [
+    ("nodes: {name: one}\n", "nodes (line", "is not a list: write"),
+    ("network: {upstream_dns: 1.1.1.1}\n", "network.upstream_dns (line", "is not a list: write"),
+    ("nodes: []\n", "nodes (line", "is empty: give at least one"),
+    ("network: {upstream_dns: []}\n", "network.upstream_dns (line", "is empty: give at least one"),
+    ("vpn: [on]\n", "vpn (line", "is not a section: write its keys under it"),
+    ("network: 10.42.0.0/24\n", "network (line", "is not a section: write its keys under it"),
+    ("nodes: [one]\n", "nodes[0] (line", "is not a section: write its keys under it"),
+])
+def test_a_value_of_the_wrong_shape_is_told_the_shape_to_write(extra, key, fix):
+    """pydantic's own words named no fix, and one named ceil's internals: "Input should be a valid
+    dictionary or instance of VPN", "List should have at least 1 item after validation, not 0"."""
+    msg = error(BASE + extra)
+    assert key in msg and fix in msg, msg
+    assert "Input should" not in msg and "instance of" not in msg and "after validation" not in msg, msg
