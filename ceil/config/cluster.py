@@ -161,7 +161,8 @@ class Cluster(Model):
         return problems
 
     def _node_problems(self) -> list[str]:
-        problems, names, ips, macs = [], set(), {}, set()
+        problems, names, ips, macs = [], set(), {}, {}
+        free = "or leave ip out for a free one"
         net = self.network
         for i, n in enumerate(self.nodes):
             where = f"nodes[{i}]"
@@ -172,20 +173,24 @@ class Cluster(Model):
             if ip is None:
                 problems.append(f"{where}.ip: no free address left in {net.lan_cidr}")
             elif ip not in net.lan_cidr or ip in (net.lan_cidr.network_address, net.lan_cidr.broadcast_address):
-                problems.append(f"{where}.ip: {ip} is outside the LAN {net.lan_cidr}")
+                problems.append(f"{where}.ip: {ip} is outside the LAN {net.lan_cidr}: pick an address inside it,"
+                                f" {free}")
             elif ip == net.router_ip:
-                problems.append(f"{where}.ip: {ip} is the router's address")
+                problems.append(f"{where}.ip: {ip} is the router's address: pick another, {free}")
             elif net.in_dhcp_pool(ip):
                 problems.append(f"{where}.ip: {ip} lies inside the DHCP pool {net.dhcp_start}-{net.dhcp_end}:"
                                 " pick a fixed address outside it")
             elif net.in_lb_pool(ip):
-                problems.append(f"{where}.ip: {ip} lies inside the load-balancer range")
+                problems.append(f"{where}.ip: {ip} lies inside the load-balancer range {net.lb_start}-{net.lb_end}:"
+                                " pick a fixed address outside it")
             elif ip in ips:
-                problems.append(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}")
+                problems.append(f"{where}.ip: {ip} is also the address of node {ips[ip]!r}: give each node its own,"
+                                f" {free}")
             ips.setdefault(ip, n.name)
             if n.mac and n.mac in macs:
-                problems.append(f"{where}.mac: {n.mac} is used by two nodes")
-            macs.add(n.mac)
+                problems.append(f"{where}.mac: {n.mac} is also the MAC of node {macs[n.mac]!r}: each Pi has its own"
+                                " (`ip link show eth0` on it): correct one of them, or leave mac out")
+            macs.setdefault(n.mac, n.name)
         return problems
 
     def _cidr_problems(self) -> list[str]:

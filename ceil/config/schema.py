@@ -322,19 +322,24 @@ class Network(Model):
         for key in ("router_ip", "dhcp_start", "dhcp_end", "lb_start", "lb_end"):
             ip = getattr(self, key)
             if ip not in net or ip in (net.network_address, net.broadcast_address):
-                raise ValueError(f"network.{key}: {ip} is not a usable address of lan_cidr {net}")
+                raise ValueError(f"network.{key}: {ip} is not a usable address of lan_cidr {net}: pick one from"
+                                 f" {net.network_address + 1} to {net.broadcast_address - 1}")
         if self.dhcp_start > self.dhcp_end:
-            raise ValueError(f"network.dhcp_start {self.dhcp_start} is after dhcp_end {self.dhcp_end}")
+            raise ValueError(f"network.dhcp_start {self.dhcp_start} is after dhcp_end {self.dhcp_end}: the pool runs"
+                             " from dhcp_start up to dhcp_end: swap them")
         if self.lb_start > self.lb_end:
-            raise ValueError(f"network.lb_start {self.lb_start} is after lb_end {self.lb_end}")
+            raise ValueError(f"network.lb_start {self.lb_start} is after lb_end {self.lb_end}: the range runs from"
+                             " lb_start up to lb_end: swap them")
         if self.dhcp_start <= self.router_ip <= self.dhcp_end:
-            raise ValueError(f"network.router_ip {self.router_ip} lies inside the DHCP pool")
+            raise ValueError(f"network.router_ip {self.router_ip} lies inside the DHCP pool {self.dhcp_start}-"
+                             f"{self.dhcp_end}: pick a router address outside it, or move the pool")
         if self.in_lb_pool(self.router_ip) or (
             self.dhcp_start <= self.lb_end and self.lb_start <= self.dhcp_end
         ):
             raise ValueError(
                 f"network: the load-balancer range {self.lb_start}-{self.lb_end} overlaps the"
-                f" router address or the DHCP pool {self.dhcp_start}-{self.dhcp_end}"
+                f" router address or the DHCP pool {self.dhcp_start}-{self.dhcp_end}: move lb_start and lb_end"
+                " clear of both"
             )
         return self
 

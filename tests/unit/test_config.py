@@ -532,3 +532,37 @@ def test_a_value_of_the_wrong_shape_is_told_the_shape_to_write(extra, key, fix):
     msg = error(BASE + extra)
     assert key in msg and fix in msg, msg
     assert "Input should" not in msg and "instance of" not in msg and "after validation" not in msg, msg
+
+
+@pytest.mark.parametrize("extra, says", [
+    ("network: {router_ip: 10.43.0.1}\n",
+     "network.router_ip (line 3): 10.43.0.1 is not a usable address of lan_cidr 10.42.0.0/24: pick one from"
+     " 10.42.0.1 to 10.42.0.254"),
+    ("network: {dhcp_start: 10.42.0.200, dhcp_end: 10.42.0.100}\n",
+     "10.42.0.200 is after dhcp_end 10.42.0.100: the pool runs from dhcp_start up to dhcp_end: swap them"),
+    ("network: {lb_start: 10.42.0.250, lb_end: 10.42.0.240}\n",
+     "10.42.0.250 is after lb_end 10.42.0.240: the range runs from lb_start up to lb_end: swap them"),
+    ("network: {router_ip: 10.42.0.150}\n",
+     "network.router_ip (line 3): 10.42.0.150 lies inside the DHCP pool 10.42.0.100-10.42.0.199: pick a"
+     " router address outside it, or move the pool"),
+    ("network: {lb_start: 10.42.0.150, lb_end: 10.42.0.160}\n",
+     "the load-balancer range 10.42.0.150-10.42.0.160 overlaps the router address or the DHCP pool"
+     " 10.42.0.100-10.42.0.199: move lb_start and lb_end clear of both"),
+    ("nodes: [{name: one, role: server, ip: 10.43.0.5}]\n",
+     "nodes[0].ip (line 3): 10.43.0.5 is outside the LAN 10.42.0.0/24: pick an address inside it, or leave ip out"
+     " for a free one"),
+    ("nodes: [{name: one, role: server, ip: 10.42.0.1}]\n",
+     "nodes[0].ip (line 3): 10.42.0.1 is the router's address: pick another, or leave ip out for a free one"),
+    ("nodes: [{name: one, role: server, ip: 10.42.0.245}]\n",
+     "nodes[0].ip (line 3): 10.42.0.245 lies inside the load-balancer range 10.42.0.240-10.42.0.250: pick a fixed"
+     " address outside it"),
+    ("nodes: [{name: one, role: server, ip: 10.42.0.11}, {name: two, ip: 10.42.0.11}]\n",
+     "nodes[1].ip (line 3): 10.42.0.11 is also the address of node 'one': give each node its own, or leave ip out"
+     " for a free one"),
+    ("nodes: [{name: one, role: server, mac: 'dc:a6:32:01:02:03'}, {name: two, mac: 'dc:a6:32:01:02:03'}]\n",
+     "nodes[1].mac (line 3): dc:a6:32:01:02:03 is also the MAC of node 'one': each Pi has its own (`ip link show"
+     " eth0` on it): correct one of them, or leave mac out"),
+])
+def test_an_address_mistake_names_the_fix(extra, says):
+    """Each said what was wrong and left the fix to guess (the README promises key, value and fix)."""
+    assert says in " ".join(error(BASE + extra).split())
