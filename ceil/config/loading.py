@@ -281,8 +281,17 @@ def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = 
     try:
         return _with_unset_secrets(Cluster.model_validate(data), unset or {})
     except ValidationError as e:
-        lines = _every_problem(data, e, doc)
+        lines = [_shortened(line) for line in _every_problem(data, e, doc)]
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
+
+
+# A value quoted in a message, longer than anything a key takes (a pasted blob of thousands of
+# characters filled the screen, the key and the fix lost among it): shown by its start and length.
+LONG_QUOTED_RE = re.compile(r"'[^'\n]{100,}'|\"[^\"\n]{100,}\"")
+
+
+def _shortened(line: str) -> str:
+    return LONG_QUOTED_RE.sub(lambda m: f"{m.group(0)[:61]}...{m.group(0)[0]} ({len(m.group(0)) - 2} characters)", line)
 
 
 # Stand-in for a node name that failed its own check, so the checks across nodes still run.

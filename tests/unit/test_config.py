@@ -1,6 +1,7 @@
 """cluster.yaml schema: every bad input gets a message naming the key, the value and the fix."""
 
 import json
+import re
 
 import pytest
 
@@ -566,3 +567,17 @@ def test_a_value_of_the_wrong_shape_is_told_the_shape_to_write(extra, key, fix):
 def test_an_address_mistake_names_the_fix(extra, says):
     """Each said what was wrong and left the fix to guess (the README promises key, value and fix)."""
     assert says in " ".join(error(BASE + extra).split())
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("name: " + "x" * 5000 + "\n", "name (line 3)"),
+    ("domain: " + "a" * 3000 + ".internal\n", "domain (line 3)"),
+    ("timezone: Europe/" + "b" * 4000 + "\n", "timezone (line 3)"),
+], ids=["name", "domain", "timezone"])
+def test_a_very_long_value_is_shown_by_its_start_and_length_not_in_full(extra, key):
+    """A pasted blob (thousands of characters) came back whole, a screenful per mistake, the key
+    and the fix lost among it."""
+    msg = error(BASE + extra)
+    line = next(line for line in msg.splitlines() if key in line)
+    assert len(line) < 400, line
+    assert re.search(r"'[A-Za-z/]{40,}\.\.\.' \(\d{4} characters\)", line), line
