@@ -48,7 +48,7 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
     directories and certificates it made. The cards keep what was baked into them (CA, token,
     node passwords), so without --remove the nodes form the same-named cluster again, empty, and
     the first-boot add-on job applies the add-ons anew. Longhorn's drives are not wiped."""
-    from .workstation import pin_from_secrets, run_everywhere
+    from .workstation import not_reached, pin_from_secrets, run_everywhere
 
     cluster = load_cluster(config_path, env_optional=True)
     pin_from_secrets(cluster, config_path.resolve().parent / "secrets")
@@ -58,14 +58,17 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
                 " Every workload and its data in the cluster is lost")
     failed = []
     for names, command in reset_plan(cluster, remove):
-        for name, (code, output) in run_everywhere(cluster, names, command, via).items():
+        results = run_everywhere(cluster, names, command, via)
+        for name, (code, output) in results.items():
             for line in output.splitlines() or [""]:
                 click.echo(f"{name}: {line}")
             if code != 0:
                 failed.append(name)
         if failed:
+            unreached = not_reached(results)
             raise CeilError(f"ceil-k3s-reset failed on {', '.join(failed)}: stopped before the next machines;"
-                            f" see the lines above, then run `python bake.py k3s reset{' --remove' if remove else ''}` again")
+                            + (f" {unreached}; then" if unreached else " see the lines above, then")
+                            + f" run `python bake.py k3s reset{' --remove' if remove else ''}` again")
     click.echo("k3s removed from every node" if remove else
                "k3s set up afresh: `python bake.py status --wait 1800`, then `make nodes-show`")
 

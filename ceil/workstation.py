@@ -279,6 +279,21 @@ def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...
     return [*argv, f"{user}@{target}", *extra]
 
 
+# ssh's own exit status when it could not connect or log in: the command never ran there.
+SSH_FAILED = 255
+
+
+def not_reached(results: dict[str, tuple[int, str]]) -> str:
+    """What to do about the machines ssh itself failed on ("" when it reached them all): a
+    cluster this workstation has no way to (no VPN, no route) read as the command failing."""
+    names = [name for name, (code, _) in results.items() if code == SSH_FAILED]
+    if not names:
+        return ""
+    return (f"{', '.join(names)} not reached over SSH (exit {SSH_FAILED}; the lines above say why): if they are up,"
+            " this workstation needs a way to the cluster LAN: the VPN, or --via ADDRESS (the router's address"
+            " where only its SSH answers; README, \"Your way in\")")
+
+
 def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | None,
                    run: Callable[..., subprocess.CompletedProcess] | None = None) -> dict[str, tuple[int, str]]:
     """`command` on each machine over SSH, side by side; {name: (exit code, output)}."""
@@ -326,7 +341,9 @@ def run_command(config_path: Path, secrets_path: Path | None, via: str | None, o
         if code != 0:
             failed.append(name)
     if failed:
-        raise CeilError(f"the command failed on {', '.join(failed)}: see above")
+        unreached = not_reached(results)
+        raise CeilError(f"the command failed on {', '.join(failed)}: see above"
+                        + (f"; {unreached}" if unreached else ""))
 
 
 @click.command("ssh", context_settings={"ignore_unknown_options": True})

@@ -94,3 +94,15 @@ def test_the_command_stops_at_the_first_failure(tmp_path, monkeypatch):
     result = CliRunner().invoke(k3s_reset.k3s_group, ["reset", "--config", str(tmp_path / "cluster.yaml"), "--yes"])
     assert result.exit_code != 0 and "failed on two" in str(result.exception or result.output)
     assert ran == [(("two", "three"), f"{k3s_reset.RESET} --remove")]  # the servers were never touched
+
+
+def test_machines_ssh_could_not_reach_are_told_the_way_in(tmp_path, monkeypatch):
+    """A cluster not reachable from here (no VPN, no route) ended in "failed on two, three: see
+    the lines above, then run it again", which would fail the same way."""
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    monkeypatch.setattr(workstation, "run_everywhere", lambda cluster, names, command, via: {
+        n: (255, "ssh: connect to host 10.42.0.3 port 22: Network is unreachable") for n in names})
+    result = CliRunner().invoke(k3s_reset.k3s_group, ["reset", "--config", str(tmp_path / "cluster.yaml"), "--yes"])
+    said = str(result.exception)
+    assert "failed on two, three" in said and "two, three not reached over SSH (exit 255" in said, said
+    assert "the VPN, or --via ADDRESS" in said, said

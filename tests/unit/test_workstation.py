@@ -263,6 +263,23 @@ def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monk
                       "pi-admin@10.42.0.11", "df -h /"]]
 
 
+def test_run_tells_the_way_in_when_ssh_reached_no_machine(tmp_path, monkeypatch, known_hosts):
+    """Against a cluster not reachable from here, `run` said "the command failed on router, one,
+    two: see above": ssh's own failures (exit 255), where the command never ran, read as the
+    command's, and nothing said what to do."""
+    def fake_run(argv, **kw):
+        code = 255 if argv[-2].endswith(("10.42.0.1", "10.42.0.12")) else 1
+        return subprocess.CompletedProcess(argv, code, "", "ssh: connect to host port 22: Network is unreachable")
+
+    monkeypatch.setattr(workstation.subprocess, "run", fake_run)
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "uptime"])
+    said = str(result.exception)
+    assert said.startswith("the command failed on router, one, two: see above; router, two not reached over SSH"
+                           " (exit 255"), said
+    assert "the VPN, or --via ADDRESS" in said, said
+
+
 @pytest.mark.parametrize("args", [["ssh", "one"], ["run", "uptime"], ["k8s-proxy"], ["datastore", "backup"],
                                   ["k3s", "reset", "--yes"]])
 def test_a_workstation_without_an_ssh_client_is_told_what_to_install(tmp_path, monkeypatch, known_hosts, capsys, args):
