@@ -105,7 +105,9 @@ def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> 
               help="Where to write the cluster description (secrets/ goes beside it).")
 @click.option("--name", default="ceil", show_default=True, help="Cluster name (host names become NAME-router, NAME-one, ...).")
 @click.option("--flavor", type=click.Choice([n for n in available() if not load_flavor(n).test_only]),
-              default="ubuntu-24.04-raspi", show_default=True)
+              default="ubuntu-24.04-raspi", show_default=True,
+              help="The base OS image every card is baked from (`python bake.py flavors` describes each; README,"
+                   " \"Bake\", says why the default).")
 @click.option("--ssh-key-file", type=click.Path(path_type=Path, dir_okay=False), help="Your SSH public key [default: ~/.ssh/id_ed25519.pub].")
 @click.option("--uplink", type=click.Choice(["wifi", "ethernet"]), help="How the router reaches the internet.")
 @click.option("--ssid", help="WiFi network name (uplink wifi).")

@@ -33,3 +33,19 @@ def test_a_mistyped_command_is_answered_with_the_one_meant():
     done = subprocess.run([sys.executable, str(REPO / "bake.py"), "statu"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "No such command 'statu'" in done.stderr and "Did you mean 'status'" in done.stderr
+
+
+def test_every_option_of_every_command_says_what_it_does_in_help():
+    """`bake.py init --help` listed --flavor with its choices and nothing else: not what a flavor
+    is, nor where the list of them is explained."""
+    ctx = click.Context(cli)
+
+    def silent(command, path):
+        found = [f"{path} {p.opts[0]}" for p in command.params
+                 if isinstance(p, click.Option) and p.name != "help" and not p.help]
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                found += silent(command.get_command(ctx, name), f"{path} {name}")
+        return found
+
+    assert silent(cli, "bake.py") == []
