@@ -43,7 +43,15 @@ def check_against_manifest(image: Path) -> BlockMap | None:
     from ceil.image_digests import blockmap_from_manifest, first_mismatch
     from ceil.ui import byte_progress
 
-    output = json.loads(manifest.read_text()).get("output", {})
+    try:
+        doc = json.loads(manifest.read_text())
+        output = doc.get("output", {}) if isinstance(doc, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        output = None
+    if not isinstance(output, dict):
+        # A crash right after a bake can leave it empty (the bake does not fsync its outputs).
+        raise CeilError(f"{manifest} is damaged (not the manifest a bake writes): nothing vouches for {image.name};"
+                        f" bake it again.")
     size = image.stat().st_size
     bmap = blockmap_from_manifest(output.get("blockmap"), size)
     if bmap is None and "blockmap" in output:

@@ -211,9 +211,17 @@ def _chunks(offset: int, length: int):
         offset += n
 
 
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def write_ranges(image_path: str, target: Target, bmap: BlockMap,
-                 progress: Progress = lambda n: None) -> WriteResult:
+                 progress: Progress = lambda n: None,
+                 identity: tuple[int, int, int, int] | None = None) -> WriteResult:
     """Copy every mapped range from the image to the target; hash what was written; fsync.
+    With `identity` (file_identity when the image was checked and mapped), a file replaced or
+    changed under that name since is refused before a byte is written: an image without per-range
+    digests would otherwise be written by the old file's map and "verified" against itself.
 
     Each chunk is hashed on a second thread while it is being written (hashlib and os.write
     both release the GIL), so hashing costs no wall time on any card slower than sha256."""
@@ -221,6 +229,9 @@ def write_ranges(image_path: str, target: Target, bmap: BlockMap,
     buf = mmap.mmap(-1, CHUNK)
     results = []
     with open(image_path, "rb") as img, ThreadPoolExecutor(1) as hasher:
+        if identity is not None and file_identity(os.fstat(img.fileno())) != identity:
+            raise CeilError(f"{image_path} was replaced or changed since it was checked: nothing was"
+                            " written; flash it again once nothing is writing it (a bake?)")
         for i, (offset, length) in enumerate(bmap.ranges):
             digest = hashlib.sha256()
             for pos, n in _chunks(offset, length):
@@ -241,7 +252,12 @@ def write_ranges(image_path: str, target: Target, bmap: BlockMap,
             if bmap.digests and bmap.digests[i] != results[-1][2]:
                 raise CeilError(f"{image_path} changed while it was being written (the range at byte"
                                 f" {offset:,} no longer matches its manifest): flash it again.")
-    target.sync()
+    try:
+        target.sync()
+    except OSError as e:
+        raise CeilError(f"writing {target.path} could not be finished (flushing it failed: {e.strerror or e}):"
+                        " the card holds a partial image and will not boot; it may be failing or was"
+                        " removed. Flash it again, or use another card.") from e
     return WriteResult(results, bmap.mapped_bytes, time.monotonic() - start, target.direct)
 
 

@@ -68,6 +68,19 @@ def test_image_damaged_after_baking_is_refused_before_writing(tmp_path):
     assert "does not match its manifest" in str(result.exception)
 
 
+@pytest.mark.parametrize("manifest", ["", "[1, 2]", '{"output": "x"}', "\xff"])
+def test_a_damaged_manifest_is_refused_with_what_to_do_not_a_traceback(tmp_path, manifest):
+    """Found in review: a crash right after a bake can leave the manifest empty; json's own error
+    came out as a traceback."""
+    img = tmp_path / "ceil-router.img"
+    img.write_bytes(mbr([(0x83, 1, 7)]) + b"baked image bytes" * 100)
+    (tmp_path / "ceil-router.json").write_bytes(manifest.encode("latin-1"))
+    result = CliRunner().invoke(flash_command, ["--role", "router", "--out", str(tmp_path), "--device", "/dev/nonexistent-ceil"])
+    assert isinstance(result.exception, CeilError), result.exception
+    assert "ceil-router.json is damaged (not the manifest a bake writes)" in str(result.exception)
+    assert "bake it again" in str(result.exception)
+
+
 def flash_refusal(monkeypatch, tmp_path, *args) -> str:
     """The refusal of `flash ARGS --device <a file>`, asserting no device was looked at."""
     import ceil.flash.cli as cli

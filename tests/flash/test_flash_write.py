@@ -112,7 +112,7 @@ def run_flow(image, platform, after_write=None, interactive=False, **opts):
 def test_flow_writes_verifies_ejects_and_summarises(image, stale_target):
     p = FilePlatform(stale_target)
     job = run_flow(image, p)
-    assert p.calls == ["discover", "eject"]
+    assert p.calls == ["discover", "discover", "eject"]  # found, then checked again right before the write
     assert_ranges_equal(image, stale_target, job.bmap)
     out = job.output
     assert "Test Card" in out and "T1" in out and "256.0 MiB" in out
@@ -140,7 +140,7 @@ def test_flow_no_verify_no_eject(image, stale_target):
     p = FilePlatform(stale_target)
     job = run_flow(image, p, verify=False, eject=False)
     assert job.verified is None and "Not verified" in job.output and "not ejected" in job.output
-    assert p.calls == ["discover"]
+    assert p.calls == ["discover", "discover"]
 
 
 def test_flow_needs_confirmation(image, stale_target, monkeypatch):
@@ -165,6 +165,102 @@ def test_flow_unmounts_then_rechecks(image, stale_target):
     p = FilePlatform(stale_target, mounted=["/media/alice/bootfs"], remount=True)
     with pytest.raises(FlashRefused, match="mounted"):
         run_flow(image, p, unmount=True)
+
+
+class SwappingPlatform(FilePlatform):
+    """A platform whose name answers for another disk once the user has confirmed the first
+    (a card pulled while the prompt waited, a backup drive plugged in under the same name)."""
+
+    def __init__(self, path, other: Device):
+        super().__init__(path)
+        self.other = other
+
+    def discover(self, path):
+        self.calls.append("discover")
+        return self.device if len(self.calls) == 1 else self.other
+
+
+@pytest.mark.parametrize("unmount", [False, True])
+def test_a_disk_that_is_not_the_one_confirmed_is_never_written(image, stale_target, unmount):
+    """Found in review: only the device number was checked again (a disk plugged in later may
+    reuse it; macOS has none), and the re-discovery after --unmount compared nothing."""
+    before = stale_target.read_bytes()
+    p = FilePlatform(stale_target, mounted=["/media/u/bootfs"] if unmount else ())
+    backup = replace(p.device, model="WD Elements", serial="WX-BACKUP", mountpoints=())
+    swapping = SwappingPlatform(stale_target, backup)
+    swapping.device = p.device
+    swapping.unmount = lambda device: swapping.calls.append("unmount")
+    with pytest.raises(FlashRefused, match="is no longer the disk you confirmed .*WD Elements.*nothing was written"):
+        run_flow(image, swapping, unmount=unmount)
+    assert stale_target.read_bytes() == before
+
+
+def test_a_disk_gone_since_it_was_confirmed_is_not_written(image, stale_target):
+    p = FilePlatform(stale_target)
+    seen = []
+
+    def gone(path):
+        seen.append(path)
+        if len(seen) > 1:
+            raise OSError("lsblk: /dev/test: not a block device")
+        return p.device
+
+    p.discover = gone
+    with pytest.raises(FlashRefused, match="is gone since you confirmed it .*nothing was written"):
+        run_flow(image, p)
+
+
+def test_an_image_replaced_after_it_was_checked_is_not_written(image, stale_target, tmp_path):
+    """Found in review: an image without per-range digests, replaced by rename while the prompt
+    waited, was written by the old file's map and then "verified" against what was just read."""
+    before = stale_target.read_bytes()
+    p = FilePlatform(stale_target)
+    real = p.discover
+
+    def swap_then_discover(path):
+        if p.calls == ["discover"]:  # the second look, after the confirmation
+            other = tmp_path / "other.img"
+            other.write_bytes(image.read_bytes()[::-1])
+            os.replace(other, image)
+        return real(path)
+
+    p.discover = swap_then_discover
+    with pytest.raises(CeilError, match="was replaced or changed since it was checked: nothing was written"):
+        run_flow(image, p)
+    assert stale_target.read_bytes() == before
+
+
+def test_a_card_failing_after_the_write_says_what_it_holds(image, stale_target, monkeypatch):
+    """Found in review: an error flushing or reading back the card, or Ctrl-C while verifying,
+    ended in a traceback or a bare "aborted", never saying what the card now holds."""
+    def eio(*a):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as m:
+        m.setattr(Target, "sync", eio)
+        with pytest.raises(CeilError, match="could not be finished .*Input/output error.*partial image"):
+            run_flow(image, FilePlatform(stale_target))
+    with monkeypatch.context() as m:
+        m.setattr(Target, "read", eio)
+        with pytest.raises(CeilError, match="reading .* back failed: Input/output error. The image was written but not verified"):
+            run_flow(image, FilePlatform(stale_target))
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Target, "read", interrupted)
+        with pytest.raises(CeilError, match="interrupted while verifying: .* holds the whole image, but it was not read back"):
+            run_flow(image, FilePlatform(stale_target))
+
+
+def test_a_failing_reread_keeps_the_verdict(image, stale_target, monkeypatch):
+    def corrupt(target):
+        with open(target.path, "r+b") as card:
+            os.pwrite(card.fileno(), bytes(b ^ 0xFF for b in os.pread(card.fileno(), 4096, 200 * MiB)), 200 * MiB)
+        monkeypatch.setattr("ceil.flash.flow.first_difference", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "gone")))
+    with pytest.raises(VerifyError, match="verification FAILED .*sha256 differs; reading it again failed: gone"):
+        run_flow(image, FilePlatform(stale_target), after_write=corrupt)
 
 
 def test_write_error_names_the_offset(image, stale_target, monkeypatch):
