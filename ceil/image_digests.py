@@ -70,12 +70,22 @@ class RangeCache:
         self.dirty = True
 
     def save(self) -> None:
+        """Best effort: the digests only save the next bake from hashing the base again, so a
+        full or read-only cache folder is said and the bake goes on (it once failed the bake,
+        telling the user to free room in out/, and left its temp file behind)."""
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "windows": self.entries}))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"format": FORMAT, "windows": self.entries}))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            from .ui import notice
+
+            notice(f"the base image's range digests were not saved in {self.path.parent} ({e.strerror or e}):"
+                   " the next bake hashes the base again")
 
 
 def image_ranges(windows: list[Window], zones: list[tuple[int, int]], cache: RangeCache | None) -> Ranges:

@@ -207,3 +207,23 @@ def test_a_bake_on_xfs_clones(xfs_dir, ssh_pubkey, capsys):
     img, manifest = bake_router(xfs_dir, base, ssh_pubkey)
     assert "cloned" in capsys.readouterr().err
     assert blockmap_problems(img, manifest["output"]) == []
+
+
+def test_a_range_cache_that_cannot_be_saved_is_said_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """Found in review: a full cache disk failed the bake with "free room in out/" (the wrong
+    folder) and left its temp file in ~/.cache/ceil/ranges."""
+    cache = image_digests.RangeCache(tmp_path / "ranges" / "digests.json")
+    cache.put("base:0:4096", [(0, 4096, "ab" * 32)])
+    real = os.replace
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    cache.save()  # no exception: the bake goes on
+    assert list((tmp_path / "ranges").iterdir()) == []
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"not saved in {tmp_path / 'ranges'} (No space left on device)" in said
+    monkeypatch.setattr(os, "replace", real)
+    cache.save()
+    assert image_digests.RangeCache(tmp_path / "ranges" / "digests.json").get("base:0:4096") == [(0, 4096, "ab" * 32)]
