@@ -37,8 +37,12 @@ from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_en
 from .sparse import allocated_bytes, copy_window, data_in, hash_window, punch_hole, reflink
 from .ui import byte_progress, step
 
-# k3s needs the memory cgroup, which Raspberry Pi kernels leave off by default.
-K3S_CMDLINE_FLAGS = ["cgroup_memory=1", "cgroup_enable=memory"]
+# The memory cgroup, which Raspberry Pi kernels leave off by default (their firmware's command
+# line starts with cgroup_disable=memory; docs/testing.md, hostile twins): k3s needs it on a node,
+# and on the router it is what makes the memory bounds of its LAN-facing services (the status
+# board's MemoryMax=) hold; without it systemd ignores them and a flood can push a 1 GB router
+# into the OOM killer. About 1% of the RAM (the kernel's page accounting).
+MEMCG_CMDLINE_FLAGS = ["cgroup_memory=1", "cgroup_enable=memory"]
 
 
 @dataclass
@@ -281,12 +285,12 @@ REGDOM_PARAM = "cfg80211.ieee80211_regdom"
 def cmdline_flags(cluster: Cluster, role: str) -> list[str]:
     """Kernel arguments the role needs on top of the image's own."""
     if role != "router":
-        return K3S_CMDLINE_FLAGS
+        return MEMCG_CMDLINE_FLAGS
     uplink = cluster.router.uplink
     # The WiFi regulatory domain from the first moment the driver loads: Raspberry Pi OS keeps
     # WiFi soft-blocked (rfkill) until a country is set, and Raspberry Pi Imager writes it here for
     # the same reason; netplan's regulatory-domain comes later, from userspace.
-    return [f"{REGDOM_PARAM}={uplink.wifi.country}"] if uplink.is_wifi else []
+    return MEMCG_CMDLINE_FLAGS + ([f"{REGDOM_PARAM}={uplink.wifi.country}"] if uplink.is_wifi else [])
 
 
 def edit_cmdline(ctx: BakeContext) -> None:

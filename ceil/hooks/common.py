@@ -1,5 +1,6 @@
-"""Hooks of the `common` feature: what every card carries: the time it was baked, and the
-machine's SSH host key (ceil/host_keys.py).
+"""Hooks of the `common` feature: what every card carries: the time it was baked, the kernel
+arguments its bake added (kept through kernel updates), and the machine's SSH host key
+(ceil/host_keys.py).
 
 No Pi has a real-time clock: a freshly flashed card starts at whatever its RTC-less kernel and
 image say (months in the past), where apt refuses archives "not valid yet" and certificates are
@@ -18,7 +19,11 @@ from ..secrets import SecretStore
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
-    return {"bake_time": int(time.time())}
+    """The bake time (the clock floor) and cmdline-keep's flags: the kernel arguments the bake
+    writes for this role."""
+    from ..bakery import cmdline_flags  # the one list the bake writes (bakery imports the features)
+
+    return {"bake_time": int(time.time()), "cmdline_flags": cmdline_flags(cluster, role)}
 
 
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, bytes]:

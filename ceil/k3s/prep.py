@@ -15,13 +15,6 @@ REGISTRIES_FILE = "k3s/registries.yaml"
 REGISTRY_CA_FILE = "k3s/registry-ca.crt"
 
 
-def context(cluster: Cluster, role: str, store: SecretStore) -> dict:
-    """cmdline-keep's flags: the kernel arguments the bake writes for this role."""
-    from ..bakery import cmdline_flags  # the one list the bake writes (bakery imports the features)
-
-    return {"cmdline_flags": cmdline_flags(cluster, role)}
-
-
 def secret_files(cluster: Cluster, role: str, store: SecretStore) -> dict[str, str | bytes]:
     """registries.yaml (with the read-only `pull` account) and the registry CA it names."""
     if not cluster.registry.enabled:

@@ -20,7 +20,7 @@ import pytest
 from ceil_infra.helpers import wait_for
 from ceil_infra.ssh import Endpoint, SshConfig
 
-from ceil.bakery import K3S_CMDLINE_FLAGS
+from ceil.bakery import MEMCG_CMDLINE_FLAGS
 from ceil_e2e import readiness, session
 from ceil_e2e.cluster import TestCluster, free_port, log
 from ceil_e2e.vm import TRYBOOT_MARK, Guest, Uplink
@@ -57,7 +57,7 @@ def slotted():
 
 
 def flags_once(line: str) -> bool:
-    return all(line.split().count(flag) == 1 for flag in K3S_CMDLINE_FLAGS)
+    return all(line.split().count(flag) == 1 for flag in MEMCG_CMDLINE_FLAGS)
 
 
 def test_the_first_boot_double_boots_into_the_pending_slot_with_the_nodes_flags(slotted):

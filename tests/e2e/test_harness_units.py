@@ -103,6 +103,14 @@ def test_every_feature_package_is_in_the_local_repository_list():
     assert not missing, f"add to testbed/role-packages.txt: {missing}"
 
 
+def test_the_memory_cgroup_is_off_unless_cmdline_txt_turns_it_on_as_on_a_pi():
+    """Raspberry Pi kernels: off by default, on with cgroup_enable=memory in cmdline.txt."""
+    assert vm.pi_kernel_args("console=ttyS0 root=LABEL=writable rootwait") == "cgroup_disable=memory"
+    assert vm.pi_kernel_args("root=LABEL=writable cgroup_memory=1 cgroup_enable=memory") == ""
+    assert vm.pi_kernel_args("root=LABEL=writable cgroup_enable=cpuset,memory") == ""  # a list, as the kernel reads it
+    assert vm.pi_kernel_args("root=LABEL=writable cgroup_memory=1") == "cgroup_disable=memory"
+
+
 @needs
 def test_disk_layout_is_the_flavors_and_checks_clean(tmp_path):
     root, boot = tmp_path / "root", tmp_path / "boot"
@@ -265,6 +273,8 @@ def test_a_tryboot_reboot_boots_the_pending_slot_once(tmp_path, monkeypatch):
         g.start()
         first = (tmp_path / "one.qemu.sh").read_text()
         assert vm.TRYBOOT_MARK not in first and "pending" not in first
+        # a Pi kernel: the memory cgroup off where cmdline.txt does not turn it on
+        assert f"-append '{vm.PI_MEMCG_OFF} " in first
         tried = reboot("reboot: Restarting system with command '0 tryboot'")
         assert vm.TRYBOOT_MARK in tried and "pending root=LABEL=writable" in tried
         again = reboot("reboot: Restarting system")
@@ -722,7 +732,8 @@ def test_the_guests_kernel_line_is_the_images_own_plus_a_longer_device_wait(tmp_
     finally:
         g._bootdir.rmdir()
     append = cmd[cmd.index("-append") + 1]
-    assert append.startswith(line + " ") and append.endswith(" ceil.test=1")
+    # the firmware's own arguments first, as on a Pi (pi_kernel_args), then the image's line
+    assert append.startswith(f"{vm.PI_MEMCG_OFF} {line} ") and append.endswith(" ceil.test=1")
     assert "systemd.default_device_timeout_sec=600" in append.split()
 
 

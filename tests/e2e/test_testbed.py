@@ -98,6 +98,14 @@ def test_ping_works_for_the_admin_user(bare):
     assert bare["host"].run("ping -c1 -W5 127.0.0.1").rc == 0
 
 
+def test_a_twin_has_no_memory_cgroup_unless_its_command_line_turns_it_on(bare):
+    """Hostile twin (docs/testing.md): a Raspberry Pi kernel leaves the memory cgroup off; the
+    bare seed does not turn it on, so systemd's MemoryMax= bounds nothing here, as on a Pi."""
+    host = bare["host"]
+    assert "cgroup_enable=memory" not in host.file(f"{_flavor(bare).partitions.boot.mount}/{_flavor(bare).cmdline}").content_string
+    assert "memory" not in host.file("/sys/fs/cgroup/cgroup.controllers").content_string.split()
+
+
 def test_the_pi_os_twin_renames_its_first_account_to_the_seeds_user(bare):
     """Hostile twin (issue 17): Raspberry Pi OS gives the seed's first user the image's uid-1000
     account, nologin shell included (the bare seed sets the shell back, as any seed must), with

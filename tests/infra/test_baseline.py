@@ -34,6 +34,59 @@ def boot_mount(host) -> str:
     pytest.fail("no FAT boot partition mounted at /boot/firmware or /boot")
 
 
+# ---- kernel command line ---------------------------------------------------------------------
+
+MEMCG_FLAGS = ("cgroup_memory=1", "cgroup_enable=memory")
+
+
+def memory_cgroup_on(host) -> bool:
+    controllers = host.file("/sys/fs/cgroup/cgroup.controllers")
+    if controllers.exists:  # cgroup v2
+        return "memory" in controllers.content_string.split()
+    rows = [line.split() for line in host.file("/proc/cgroups").content_string.splitlines()]
+    return any(r[0] == "memory" and r[-1] == "1" for r in rows if r and not r[0].startswith("#"))
+
+
+def test_the_memory_cgroup_is_on_by_the_flags_the_bake_wrote_once(host, machine):
+    """Raspberry Pi kernels leave the memory cgroup off (the QEMU twins play it: the harness's
+    pi_kernel_args). k3s needs it on a node; on the router it is what makes its LAN-facing
+    services' memory bounds hold (test_the_status_boards_memory_bound_holds)."""
+    words = host.file("/proc/cmdline").content_string.split()
+    for flag in MEMCG_FLAGS:
+        assert words.count(flag) == 1, f"{machine}: {flag} appears {words.count(flag)} times in {words}"
+    assert memory_cgroup_on(host), f"{machine}: no memory cgroup, with {words}"
+
+
+def test_every_boot_slots_command_line_keeps_the_flags_and_the_hook_that_keeps_them(host, machine, cluster):
+    """/proc/cmdline shows the slot this boot came from; the cmdline.txt of every slot on the boot
+    partition (Ubuntu 26.04's current/, new/ and old/) is what the next boots, after a kernel
+    update's double boot, come from. Each must carry the flags once, and the hook that keeps them
+    through kernel and initramfs updates must be installed; run again, it changes nothing."""
+    from ceil.catalog import load_flavor
+
+    flavor = load_flavor(cluster.flavor)
+    if not flavor.cmdline:
+        pytest.skip(f"flavor {flavor.name} has no cmdline.txt the bake edits")
+    hooks = ("/etc/kernel/postinst.d/zz-ceil-cmdline", "/etc/initramfs/post-update.d/zz-ceil-cmdline")
+    with host.sudo():
+        found = []
+        for rel in (flavor.cmdline, *flavor.other_cmdlines):
+            f = host.file(f"{flavor.boot_mount}/{rel}")
+            if f.exists:
+                found.append(rel)
+                words = f.content_string.split()
+                for flag in MEMCG_FLAGS:
+                    assert words.count(flag) == 1, f"{machine}: {flag} appears {words.count(flag)} times in {rel}"
+        assert flavor.cmdline in found, f"{machine}: no {flavor.cmdline} on {flavor.boot_mount}"
+        for hook in hooks:
+            f = host.file(hook)
+            assert f.exists and f.mode & 0o111, f"{machine}: {hook} is missing or not executable"
+        before = {rel: host.file(f"{flavor.boot_mount}/{rel}").content_string for rel in found}
+        again = host.run(hooks[0])
+        assert again.rc == 0, f"{machine}: {hooks[0]} failed: {again.stderr}"
+        assert before == {rel: host.file(f"{flavor.boot_mount}/{rel}").content_string for rel in found}, machine
+
+
 # ---- SSH -------------------------------------------------------------------------------------
 
 

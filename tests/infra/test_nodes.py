@@ -21,53 +21,9 @@ from ceil_infra.helpers import or_none, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CMDLINE_FLAGS = ("cgroup_memory=1", "cgroup_enable=memory")
-
-
 def each_node(nodes):
     assert nodes, "the cluster has no nodes"
     return nodes.items()
-
-
-def test_cmdline_has_the_memory_cgroup_flags_once(nodes):
-    for name, host in each_node(nodes):
-        words = host.file("/proc/cmdline").content_string.split()
-        for flag in CMDLINE_FLAGS:
-            assert words.count(flag) == 1, f"{name}: {flag} appears {words.count(flag)} times in {words}"
-        controllers = host.file("/sys/fs/cgroup/cgroup.controllers")
-        if controllers.exists:  # cgroup v2: what the flags are for
-            assert "memory" in controllers.content_string.split(), name
-
-
-def test_every_boot_slots_command_line_keeps_the_flags_and_the_hook_that_keeps_them(nodes, cluster):
-    """/proc/cmdline shows the slot this boot came from; the cmdline.txt of every slot on the boot
-    partition (Ubuntu 26.04's current/, new/ and old/) is what the next boots, after a kernel
-    update's double boot, come from. Each must carry the flags once, and the hook that keeps them
-    through kernel and initramfs updates must be installed; run again, it changes nothing."""
-    from ceil.catalog import load_flavor
-
-    flavor = load_flavor(cluster.flavor)
-    if not flavor.cmdline:
-        pytest.skip(f"flavor {flavor.name} has no cmdline.txt the bake edits")
-    hooks = ("/etc/kernel/postinst.d/zz-ceil-cmdline", "/etc/initramfs/post-update.d/zz-ceil-cmdline")
-    for name, host in each_node(nodes):
-        with host.sudo():
-            found = []
-            for rel in (flavor.cmdline, *flavor.other_cmdlines):
-                f = host.file(f"{flavor.boot_mount}/{rel}")
-                if f.exists:
-                    found.append(rel)
-                    words = f.content_string.split()
-                    for flag in CMDLINE_FLAGS:
-                        assert words.count(flag) == 1, f"{name}: {flag} appears {words.count(flag)} times in {rel}"
-            assert flavor.cmdline in found, f"{name}: no {flavor.cmdline} on {flavor.boot_mount}"
-            for hook in hooks:
-                f = host.file(hook)
-                assert f.exists and f.mode & 0o111, f"{name}: {hook} is missing or not executable"
-            before = {rel: host.file(f"{flavor.boot_mount}/{rel}").content_string for rel in found}
-            again = host.run(hooks[0])
-            assert again.rc == 0, f"{name}: {hooks[0]} failed: {again.stderr}"
-            assert before == {rel: host.file(f"{flavor.boot_mount}/{rel}").content_string for rel in found}, name
 
 
 def test_swap_is_off_and_stays_off(nodes):

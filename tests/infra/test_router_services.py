@@ -28,6 +28,16 @@ pytestmark = pytest.mark.e2e
 # ---- WireGuard ---------------------------------------------------------------------------
 
 
+def test_the_status_boards_memory_bound_holds(router):
+    """Any LAN host can send the status board requests; MemoryMax= keeps a flood from pushing the
+    router into the OOM killer. systemd ignores it where the kernel has no memory cgroup, which is
+    a Raspberry Pi kernel's default (the QEMU twins play it): the bake turns it on for the router."""
+    wait_for("the status board to run", lambda: router.service("ceil-status-board").is_running, timeout=120)
+    limit = router.file("/sys/fs/cgroup/system.slice/ceil-status-board.service/memory.max")
+    assert limit.exists, "the status board's cgroup has no memory.max: the router's kernel has no memory cgroup"
+    assert limit.content_string.strip() == str(128 * 1024 * 1024)
+
+
 def test_wireguard_server_is_up_on_the_vpn_port(router, cluster):
     if not cluster.vpn.enabled:
         pytest.skip("vpn.enabled is false")

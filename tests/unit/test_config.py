@@ -365,10 +365,11 @@ def test_the_regulatory_domain_goes_on_the_routers_command_line_only_with_a_wifi
     from ceil.bakery import cmdline_flags
     from ceil.fatfs import append_cmdline
 
+    memcg = ["cgroup_memory=1", "cgroup_enable=memory"]  # every role: see bakery.MEMCG_CMDLINE_FLAGS
     wifi = parse_cluster(_wifi("Home"))
-    assert cmdline_flags(wifi, "router") == ["cfg80211.ieee80211_regdom=DE"]
-    assert cmdline_flags(parse_cluster(BASE), "router") == []
-    assert "cgroup_memory=1" in cmdline_flags(wifi, "one")
+    assert cmdline_flags(wifi, "router") == [*memcg, "cfg80211.ieee80211_regdom=DE"]
+    assert cmdline_flags(parse_cluster(BASE), "router") == memcg
+    assert cmdline_flags(wifi, "one") == memcg
     # An image (or an earlier Imager run) that names another country keeps only ours, once.
     line = b"console=tty1 root=LABEL=writable cfg80211.ieee80211_regdom=GB rootwait\n"
     out = append_cmdline(line, ["cfg80211.ieee80211_regdom=DE"], replace=("cfg80211.ieee80211_regdom",))

@@ -189,37 +189,6 @@ def test_prep_swap_still_on_is_transient(payload, stubs):
     assert result.returncode == 1 and "swap is still active" in result.stderr
 
 
-def test_prep_keeps_k3s_kernel_arguments_on_every_boot_slot_after_kernel_updates(cluster_yaml, tmp_path, stubs):
-    """Issue 17: on Ubuntu 26.04 a kernel update writes a new/ boot slot, and nothing published
-    says its cmdline.txt keeps the arguments the bake added. k3s-prep installs a hook that runs
-    after every kernel install and initramfs rebuild and puts them back, once."""
-    cluster = load_cluster(cluster_yaml())
-    flavor = load_flavor("ubuntu-26.04-raspi")
-    ctx = RoleContext(cluster, "two", flavor, SecretStore(tmp_path / "secrets"))
-    rendered, root = tmp_path / "payload", tmp_path / "root"
-    render_features(ctx, rendered)
-    (root / "etc/ceil").mkdir(parents=True)
-    subprocess.run(["cp", "-R", f"{rendered}/etc/.", str(root / "etc/ceil")], check=True)
-    assert run(PREP, root, stubs).returncode == 0
-    hooks = [root / "etc/kernel/postinst.d/zz-ceil-cmdline", root / "etc/initramfs/post-update.d/zz-ceil-cmdline"]
-    assert all(mode(h) == 0o755 and h.read_bytes() == hooks[0].read_bytes() for h in hooks)
-
-    boot = root / flavor.boot_mount.lstrip("/")
-    base = "console=serial0,115200 root=LABEL=writable rootwait"
-    flagged = f"{base} cgroup_memory=1 cgroup_enable=memory\n"
-    for slot, line in (("current", flagged), ("new", base + "\n")):  # the update's new/ without them
-        (boot / slot).mkdir(parents=True)
-        (boot / slot / "cmdline.txt").write_text(line)
-    for _ in range(2):  # the kernel's hook, then the initramfs's: the second changes nothing
-        for hook in hooks:
-            done = subprocess.run(["sh", str(hook), "6.17.0-1-raspi"], env={**os.environ, "CEIL_ROOT": str(root)},
-                                  capture_output=True, text=True, timeout=30)
-            assert done.returncode == 0, done.stderr
-    assert (boot / "new/cmdline.txt").read_text() == flagged
-    assert (boot / "current/cmdline.txt").read_text() == flagged
-    assert not (boot / "old").exists() and not list(boot.rglob(".*ceil-tmp"))
-
-
 def test_server_step_starts_k3s_on_a_staged_datastore_snapshot(payload, stubs, tmp_path):
     """`bake.py datastore restore` staged a snapshot: the init server's payload carries it and its
     step installs it as state.db before it starts k3s; no copy stays among the card's secrets."""

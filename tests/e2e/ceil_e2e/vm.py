@@ -46,6 +46,18 @@ TCG_APPEND = "systemd.default_device_timeout_sec=600"
 # device tree's /chosen/bootloader/tryboot (testbed/rootfs.py, boot_slots).
 TRYBOOT_MARK = "ceil_twin.tryboot=1"
 STALE_CLOCK_DAYS = int(os.environ.get("CEIL_E2E_STALE_CLOCK_DAYS", "150"))
+# Hostile twin (docs/testing.md): a Raspberry Pi kernel leaves the memory cgroup off unless the
+# command line turns it on (its firmware's arguments, which come before cmdline.txt's, carry
+# cgroup_disable=memory; the downstream-only cgroup_enable=memory in cmdline.txt wins). The
+# twins' Debian kernels have it on and know no cgroup_enable=, so the harness plays the outcome:
+# cgroup_disable=memory unless cmdline.txt says cgroup_enable=memory.
+PI_MEMCG_OFF = "cgroup_disable=memory"
+
+
+def pi_kernel_args(line: str) -> str:
+    """What a Pi's firmware puts before cmdline.txt's `line`, as far as a twin's kernel can show it."""
+    enabled = {c for w in line.split() if w.startswith("cgroup_enable=") for c in w.split("=", 1)[1].split(",")}
+    return "" if "memory" in enabled else PI_MEMCG_OFF
 
 
 def rtc_args(days: int = STALE_CLOCK_DAYS) -> list[str]:
@@ -429,7 +441,7 @@ class Guest:
         # A Pi's firmware tells the OS it is a tryboot in the device tree (/chosen/bootloader/
         # tryboot); QEMU's virt machine has no such node, so the twin reads this word instead.
         tryboot = TRYBOOT_MARK if self._tryboot else ""
-        append = " ".join(filter(None, (line, TCG_APPEND, tryboot, self.extra_append)))
+        append = " ".join(filter(None, (pi_kernel_args(line), line, TCG_APPEND, tryboot, self.extra_append)))
         qemu = list(QEMU[self.arch])
         if self.arch == "arm64" and self.board in BOARD_CPU:
             qemu[qemu.index("-cpu") + 1] = BOARD_CPU[self.board]

@@ -53,13 +53,6 @@ done
 ceil_replace "$ETC/sysctl.conf" "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" 0644
 sysctl -q -p "$ROOT/etc/sysctl.d/90-ceil-k3s.conf" >/dev/null
 
-# --- kernel arguments: kept on every boot slot through kernel and initramfs updates -----------
-if [ -s "$ETC/cmdline-keep" ]; then
-    for hook in "$ROOT/etc/kernel/postinst.d/zz-ceil-cmdline" "$ROOT/etc/initramfs/post-update.d/zz-ceil-cmdline"; do
-        ceil_replace "$ETC/cmdline-keep" "$hook" 0755
-    done
-fi
-
 # --- containerd registries (k3s reads it at start) ----------------------------------------------
 # The CA first: registries.yaml names it, and containerd reads both when k3s starts.
 if [ -f "$SECRETS/registry-ca.crt" ]; then
