@@ -47,8 +47,8 @@ class SecretStore:
         self.root = root
         # False for the workstation's commands on a cluster already baked (kubeconfig, vpn-client,
         # dashboard-token, ...): a CA, key or password they do not find is refused, never made,
-        # since a new one could never match what the cluster's cards carry. Only the bake and
-        # `init` make secrets.
+        # since a new one could never match what the cluster's cards carry. Only the bake, `init`
+        # and, before the first bake, `vpn-client` (the VPN server key) make secrets.
         self.make_new = make_new
 
     def path(self, name: str) -> Path:

@@ -36,7 +36,14 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
             f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"
             " set vpn.enabled: true and re-bake the router before making clients"
         )
-    store = SecretStore(_secrets_dir(config_path, secrets_path), make_new=False)
+    from .compat import router_contract  # it loads the k3s release table and the download code: not for --help
+
+    secrets_dir = _secrets_dir(config_path, secrets_path)
+    # Before the first bake (a copied cluster.example.yaml) secrets/ holds no cluster yet: the
+    # client is made as init makes its first, with the VPN server key the router will be baked
+    # with. A baked cluster's key is never made anew: its router's card carries the one it has.
+    new_cluster = router_contract(SecretStore(secrets_dir, make_new=False)) is None
+    store = SecretStore(secrets_dir, make_new=new_cluster)
     with store.held():
         client, state = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))

@@ -142,6 +142,33 @@ def test_vpn_client_command_writes_a_0600_config(tmp_path):
     assert second.exit_code == 0 and "unchanged" in second.output and conf.read_text() == text
 
 
+def test_vpn_client_before_the_first_bake_makes_the_server_key_the_router_is_baked_with(tmp_path):
+    """README, "Your way in": with a copied cluster.example.yaml, set vpn.endpoint and make clients;
+    those made before the router is baked are baked into it. vpn-client stopped with "no VPN server
+    key ... bake first": before any bake it now makes the server key, as init makes its first client."""
+    (tmp_path / "cluster.yaml").write_text(CONFIG)
+    result = CliRunner().invoke(vpn_client_command, ["phone", "--config", str(tmp_path / "cluster.yaml")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    store = SecretStore(tmp_path / "secrets", make_new=False)
+    phone = wgmod.parse_client("phone", (tmp_path / "secrets/wireguard/clients/phone.conf").read_text())
+    server = wgmod.render_server(cluster_of(), store)  # what the router's bake writes into its wg0.conf
+    assert f"PublicKey = {phone.public_key}" in server
+    assert f"PublicKey = {wgmod.public_key(wgmod.server_private_key(store))}" in store.read(
+        "wireguard/clients/phone.conf").decode()
+
+
+def test_vpn_client_makes_no_server_key_for_a_cluster_already_baked(tmp_path):
+    """A secrets/ that holds a baked cluster without a VPN server key (a mistyped --secrets, a copy
+    missing files) gets no new one: the router's card carries another."""
+    from ceil import compat
+
+    (tmp_path / "cluster.yaml").write_text(CONFIG)
+    compat.router_baked(SecretStore(tmp_path / "secrets"))
+    result = CliRunner().invoke(vpn_client_command, ["phone", "--config", str(tmp_path / "cluster.yaml")])
+    assert result.exit_code != 0 and "no VPN server key" in str(result.exception)
+    assert not (tmp_path / "secrets/wireguard").exists()
+
+
 def test_vpn_client_command_refuses_when_vpn_disabled(tmp_path):
     disabled = CONFIG.replace("vpn: {endpoint: vpn.example.com}", "vpn: {enabled: false}")
     (tmp_path / "cluster.yaml").write_text(disabled)

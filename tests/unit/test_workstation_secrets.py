@@ -74,7 +74,9 @@ def folder(tmp_path, monkeypatch):
     return d
 
 
-@pytest.mark.parametrize("name", COMMANDS)
+# vpn-client before any bake makes the VPN server key the router will be baked with (README,
+# "Your way in"; test_wireguard): it refuses one only beside a baked cluster's secrets.
+@pytest.mark.parametrize("name", [name for name in COMMANDS if name != "vpn-client"])
 def test_without_secrets_nothing_is_made(folder, capsys, name):
     args, what = COMMANDS[name]
     code, out = run(capsys, folder, args)
