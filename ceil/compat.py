@@ -20,6 +20,9 @@ from .secrets import FORMAT_FILE, SecretStore
 
 ROUTER_CONTRACT = 2
 RECORD = "router-contract"
+# secrets/cluster-made: `init` made this cluster's secrets. Its router is not baked until the bake
+# writes RECORD beside it.
+MADE = "cluster-made"
 # What a node baked now expects of the router, by the contract that introduced it.
 CHANGES = {
     2: "the private registry speaks TLS with accounts (nodes pull read-only over HTTPS; an older"
@@ -36,8 +39,9 @@ def cluster_made(store: SecretStore) -> None:
     """`init` made this cluster's secrets: no older ceil baked its router, and the one baked from
     them speaks this contract. Recorded now because the server secret init makes would otherwise
     read as a router baked before the record existed (router_contract), and a node baked before
-    the router was warned about an older router that was never baked."""
-    store.write(RECORD, f"{ROUTER_CONTRACT}\n".encode())
+    the router was warned about an older router that was never baked. Recorded apart from RECORD,
+    which says the router was baked (router_was_baked)."""
+    store.write(MADE, b"made by bake.py init; router-contract appears when the router is baked\n")
 
 
 def read_number(store: SecretStore, name: str, what: str) -> int:
@@ -56,7 +60,16 @@ def router_contract(store: SecretStore) -> int | None:
     """The contract the router was baked with; None for a cluster that has none yet (new)."""
     if store.exists(RECORD):
         return read_number(store, RECORD, f"the router's contract, a number such as {ROUTER_CONTRACT}")
+    if store.exists(MADE):
+        return ROUTER_CONTRACT  # init made it; the router's first bake will be with this ceil's
     return 1 if store.exists(SERVER_SECRET) else None  # baked before the record existed
+
+
+def router_was_baked(store: SecretStore) -> bool:
+    """Whether a router image was baked from these secrets (its card knows only the VPN peers made
+    before); False after `init` alone and before any bake. A cluster whose init an older ceil ran
+    recorded RECORD at init: it reads as baked, the side whose advice (add the peer) is harmless."""
+    return store.exists(RECORD) or (not store.exists(MADE) and store.exists(SERVER_SECRET))
 
 
 def new_cluster_warning(store: SecretStore, roles: list[str]) -> str | None:

@@ -36,7 +36,8 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
             f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"
             " set vpn.enabled: true and re-bake the router before making clients"
         )
-    from .compat import router_contract  # it loads the k3s release table and the download code: not for --help
+    # Imported here: compat loads the k3s release table and the download code, which --help needs not.
+    from .compat import router_contract, router_was_baked
 
     secrets_dir = _secrets_dir(config_path, secrets_path)
     # Before the first bake (a copied cluster.example.yaml) secrets/ holds no cluster yet: the
@@ -53,7 +54,13 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
                          " router too, which still listens and routes as it was baked",
             "unchanged": "exists (unchanged; --rotate makes new keys)"}[state]
     click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
-    if state in ("new", "rotated"):
+    if state in ("new", "rotated") and not router_was_baked(store):
+        click.echo(
+            f"No router has been baked from {store.root} yet: its first bake (python bake.py --role"
+            " router, or --all) carries this peer (if your router runs already, it was baked from"
+            " another secrets folder: run this there, or give that one with --secrets)."
+        )
+    elif state in ("new", "rotated"):
         click.echo(
             "The router only knows peers that existed when its image was baked: re-bake and"
             " re-flash the router (python bake.py --role router), or add the peer to the running"

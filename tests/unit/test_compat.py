@@ -195,3 +195,18 @@ def test_nodes_baked_from_a_folder_that_holds_no_cluster_are_warned_about(tmp_pa
     assert compat.new_cluster_warning(store, ["router", "one"]) is None  # a new cluster, router first
     store.token(SERVER_SECRET)
     assert compat.new_cluster_warning(store, ["two"]) is None  # the cluster's own folder
+
+
+def test_whether_the_router_was_baked_is_told_apart_from_init_having_made_the_cluster(tmp_path):
+    """init recorded the same router-contract as the router's bake, so `vpn-client` could not tell
+    a router still to be baked (it will carry the new peer) from one running without it."""
+    store = SecretStore(tmp_path / "new")
+    assert not compat.router_was_baked(store)  # nothing yet
+    store.token(SERVER_SECRET)
+    compat.cluster_made(store)  # as init does
+    assert not compat.router_was_baked(store) and compat.router_contract(store) == compat.ROUTER_CONTRACT
+    compat.router_baked(store)
+    assert compat.router_was_baked(store) and compat.router_contract(store) == compat.ROUTER_CONTRACT
+    older = SecretStore(tmp_path / "older")
+    older.token(SERVER_SECRET)  # baked before the contract record existed
+    assert compat.router_was_baked(older)

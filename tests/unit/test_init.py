@@ -146,3 +146,25 @@ def test_init_over_a_cluster_an_older_ceil_baked_keeps_its_warning(tmp_path, ssh
     r = init_wifi(tmp_path, ssh_pubkey, "--ssid", "Home", "--force")
     assert r.returncode == 0, r.stderr
     assert "contract 1" in compat.stale_router_warning(SecretStore(tmp_path / "secrets"), ["one"])
+
+
+def test_a_vpn_client_made_after_init_is_told_the_routers_first_bake_carries_it(tmp_path, ssh_pubkey):
+    """After init, before the router is baked, `vpn-client phone` said the router only knows peers
+    that existed when its image was baked (re-bake and re-flash it): the router's first bake
+    carries the peer. Once the router is baked, a new client is told how to add it to the running
+    router, as before."""
+    from ceil import compat
+    from ceil.secrets import SecretStore
+
+    r = init_wifi(tmp_path, ssh_pubkey, "--ssid", "Home")
+    assert r.returncode == 0, r.stderr
+    vpn_client = [sys.executable, str(REPO / "bake.py"), "vpn-client"]
+    r = subprocess.run([*vpn_client, "phone"], cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stderr
+    assert "first bake" in said and "carries this peer" in said and "re-flash" not in said, said
+    compat.router_baked(SecretStore(tmp_path / "secrets"))  # as the router's bake records it
+    r = subprocess.run([*vpn_client, "tablet"], cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stderr
+    assert "re-flash the router" in said and "--print-peer" in said and "carries this peer" not in said, said

@@ -124,8 +124,12 @@ def test_server_config_lists_every_client(tmp_path):
 
 
 def test_vpn_client_command_writes_a_0600_config(tmp_path):
+    from ceil import compat
+
     (tmp_path / "cluster.yaml").write_text(CONFIG)
-    wgmod.server_private_key(SecretStore(tmp_path / "secrets"))  # init or the router's bake made it
+    store = SecretStore(tmp_path / "secrets")
+    wgmod.server_private_key(store)  # the router's bake made it, and recorded the router baked
+    compat.router_baked(store)
     runner = CliRunner()
     args = ["laptop", "--config", str(tmp_path / "cluster.yaml"), "--print-peer"]
     result = runner.invoke(vpn_client_command, args)
@@ -149,6 +153,7 @@ def test_vpn_client_before_the_first_bake_makes_the_server_key_the_router_is_bak
     (tmp_path / "cluster.yaml").write_text(CONFIG)
     result = CliRunner().invoke(vpn_client_command, ["phone", "--config", str(tmp_path / "cluster.yaml")])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "its first bake" in result.output and "carries this peer" in result.output
     store = SecretStore(tmp_path / "secrets", make_new=False)
     phone = wgmod.parse_client("phone", (tmp_path / "secrets/wireguard/clients/phone.conf").read_text())
     server = wgmod.render_server(cluster_of(), store)  # what the router's bake writes into its wg0.conf
