@@ -152,7 +152,8 @@ class Cluster(Model):
         for key, role in [("name", "router"), *((f"nodes[{i}].name", n.name) for i, n in enumerate(self.nodes))]:
             host = self.hostname(role)
             if len(host) > 63:
-                shorten = "the cluster's name" if role == "router" else "the node's name or the cluster's"
+                shorten = (f"the cluster's name to at most {63 - len('-router')} characters" if role == "router"
+                           else "the node's name or the cluster's (together at most 62 characters)")
                 problems.append(f"{key}: the host name {host!r} it makes is {len(host)} characters long; a host"
                                 f" name holds at most 63 (RFC 1123): shorten {shorten}")
             elif len(self.fqdn(role)) > 253:

@@ -298,10 +298,13 @@ def _shortened(line: str) -> str:
 SET_ASIDE_NAME = "set-aside-{index}"
 # The values no check of another key reads, as key paths (None: any index): a node's name,
 # address and MAC (each node is checked against the network, never the other way round; a node
-# without `ip` takes a free one), the SSH login and the time zone. Not a node's role (the count
+# without `ip` takes a free one), the SSH login, the time zone and the VPN endpoint (init makes it
+# NAME-router: a name too long for its host names fails it too, and the name's own problem, which
+# a check across keys finds, was not told). Not a node's role (the count
 # of servers is checked) nor an unknown key in another section (`network.lan_cidrr`: the section
 # would be checked with the default the user meant to change).
-SET_ASIDE_SAFE = (("nodes", None, "name"), ("nodes", None, "ip"), ("nodes", None, "mac"), ("ssh",), ("timezone",))
+SET_ASIDE_SAFE = (("nodes", None, "name"), ("nodes", None, "ip"), ("nodes", None, "mac"), ("ssh",), ("timezone",),
+                  ("vpn", "endpoint"))
 
 
 def _safe_to_set_aside(path: tuple) -> bool:

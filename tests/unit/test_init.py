@@ -168,3 +168,18 @@ def test_a_vpn_client_made_after_init_is_told_the_routers_first_bake_carries_it(
     said = " ".join(r.stdout.split())
     assert r.returncode == 0, r.stderr
     assert "re-flash the router" in said and "--print-peer" in said and "carries this peer" not in said, said
+
+
+def test_a_name_too_long_for_its_host_names_is_reported_as_the_names_problem(tmp_path, ssh_pubkey):
+    """`init --name <60 a's>` reported only that the VPN endpoint it defaults to, NAME-router, is no
+    host name: the name's own problem (the host names it makes are too long) was told only when
+    --vpn-endpoint was given."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "ethernet", "--name", "a" * 60], cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "nothing was written" in said, said
+    assert f"name (--name): the host name '{'a' * 60}-router' it makes is 67 characters long" in said, said
+    assert "shorten the cluster's name to at most 56 characters" in said, said
+    assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
