@@ -133,6 +133,9 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     blocker = next(p for p in config_path.parents if p.exists())  # "." or "/" at the latest
     if not blocker.is_dir():
         raise CeilError(f"--config {config_path}: {blocker} is a file, not a folder: choose another path for cluster.yaml")
+    if vpn_endpoint is not None and not vpn_endpoint.strip():  # a script's unset variable: not the default
+        raise click.BadParameter("empty: give the name or address VPN clients dial (e.g. vpn.example.com),"
+                                 " or leave the option out for NAME-router", param_hint="--vpn-endpoint")
     ask = (lambda text, **kw: kw.get("default")) if yes else click.prompt
     key_file = ssh_key_file or _default_key()
     if key_file is None and yes:

@@ -183,3 +183,14 @@ def test_a_name_too_long_for_its_host_names_is_reported_as_the_names_problem(tmp
     assert f"name (--name): the host name '{'a' * 60}-router' it makes is 67 characters long" in said, said
     assert "shorten the cluster's name to at most 56 characters" in said, said
     assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
+
+
+def test_an_empty_vpn_endpoint_is_refused_not_taken_for_the_default(tmp_path, ssh_pubkey):
+    """`init --vpn-endpoint ''` quietly wrote the default NAME-router (a script's unset variable)."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--yes", "--ssh-key-file", str(key),
+                        "--uplink", "ethernet", "--vpn-endpoint", ""], cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 2 and "--vpn-endpoint" in said and "empty" in said and "leave the option out" in said, said
+    assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
