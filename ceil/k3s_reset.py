@@ -18,6 +18,7 @@ from .addons.cli import cluster_options
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .ui import confirm
+from .workstation import config_option, secrets_option
 
 RESET = "sudo /usr/local/lib/ceil/ceil-k3s-reset"
 
@@ -38,12 +39,12 @@ def k3s_group() -> None:
 
 
 @k3s_group.command("reset")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"),
-              show_default=True, help="The cluster description.")
+@config_option
+@secrets_option
 @click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `bake.py ssh`).")
 @click.option("--remove", is_flag=True, help="Leave k3s off (the seed's k8s-remove); without it k3s is set up afresh.")
 @click.option("--yes", is_flag=True, help="Do not ask.")
-def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -> None:
+def reset_command(config_path: Path, secrets_path: Path | None, via: str | None, remove: bool, yes: bool) -> None:
     """Delete the Kubernetes cluster: every node's k3s datastore, pods, volumes in k3s's own
     directories and certificates it made. The cards keep what was baked into them (CA, token,
     node passwords), so without --remove the nodes form the same-named cluster again, empty, and
@@ -51,7 +52,7 @@ def reset_command(config_path: Path, via: str | None, remove: bool, yes: bool) -
     from .workstation import not_reached, pin_from_secrets, run_everywhere
 
     cluster = load_cluster(config_path, env_optional=True)
-    pin_from_secrets(cluster, config_path.resolve().parent / "secrets")
+    pin_from_secrets(cluster, secrets_path or config_path.resolve().parent / "secrets")
     what = "remove k3s from" if remove else "reset k3s on"
     if not yes:
         confirm(f"{what} {', '.join(cluster.hostname(n.name) for n in cluster.nodes)}?"

@@ -106,3 +106,19 @@ def test_machines_ssh_could_not_reach_are_told_the_way_in(tmp_path, monkeypatch)
     said = str(result.exception)
     assert "failed on two, three" in said and "two, three not reached over SSH (exit 255" in said, said
     assert "the VPN, or --via ADDRESS" in said, said
+
+
+def test_reset_pins_the_host_keys_of_the_secrets_folder_given(tmp_path, monkeypatch):
+    """`ssh`, `run`, `k3s upgrade`, `node remove` and `datastore` take --secrets; `k3s reset` had
+    none and pinned host keys only from secrets/ beside the config."""
+    from ceil.host_keys import host_key, public_line
+    from ceil.secrets import SecretStore
+
+    monkeypatch.setenv("CEIL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    mine = public_line(host_key(SecretStore(tmp_path / "elsewhere"), "one"))
+    monkeypatch.setattr(workstation, "run_everywhere", lambda cluster, names, command, via: {n: (0, "") for n in names})
+    result = CliRunner().invoke(k3s_reset.k3s_group, ["reset", "--config", str(tmp_path / "cluster.yaml"),
+                                                      "--secrets", str(tmp_path / "elsewhere"), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cache/known_hosts-ceil").read_text() == f"ceil-one {mine}\n"
