@@ -142,7 +142,7 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: b
     said = done.stderr.decode(errors="replace").strip() or "no message"
     if done.returncode == 255:  # ssh's own failure: the script never ran
         raise CeilError(f"could not reach {source} over SSH ({said}): from outside the cluster LAN, use"
-                        " the VPN or --via ADDRESS (the router's address; README, 'Flash, boot, check')")
+                        " the VPN or --via ADDRESS (the router's address; README, \"Your way in\")")
     if done.returncode != 0:
         raise CeilError(f"backup from {source} failed ({done.returncode}): {said}")
     served = SERVED.search(done.stderr.decode(errors="replace")) if from_router else None

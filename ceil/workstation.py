@@ -1,6 +1,6 @@
 """The workstation's ways into the cluster: `bake.py route` and `bake.py ssh NAME`.
 
-Three paths reach the cluster LAN from the workstation (README, "Flash, boot, check"):
+Three paths reach the cluster LAN from the workstation (README, "Your way in"):
 - on the cluster LAN itself, or through the VPN (`bake.py vpn-client`): every address answers;
 - from a network named in `router.trusted_networks` (the home LAN), with a route to
   `network.lan_cidr` through the router's uplink address: `bake.py route [--add]`, as the

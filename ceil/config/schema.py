@@ -232,7 +232,7 @@ class WiFi(Model):
                              " passphrases are 8-63 printable ASCII characters")
         if not (8 <= len(s) <= 63 or re.fullmatch(r"[0-9a-fA-F]{64}", s)):
             raise ValueError(
-                f"the WiFi passphrase has {len(s)} characters: WPA2 needs 8-63 characters"
+                f"the WiFi passphrase has {len(s)} {'character' if len(s) == 1 else 'characters'}: WPA2 needs 8-63 characters"
                 " or exactly 64 hex digits"
             )
         return v

@@ -49,3 +49,23 @@ def test_every_option_of_every_command_says_what_it_does_in_help():
         return found
 
     assert silent(cli, "bake.py") == []
+
+
+def test_every_readme_section_the_code_points_to_is_there():
+    """`datastore backup` sent a user who could not reach the server to README "Flash, boot,
+    check"; the paths into the cluster LAN are under "Your way in". Every (README, "SECTION") in
+    ceil/ names a heading of README.md or a paragraph's bold lead, and one said where the way into
+    the cluster LAN is told (beside the VPN or --via) names "Your way in"."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    sections = set(re.findall(r"^#+ (.+)$", readme, re.M)) | set(re.findall(r"^\*\*([^*.,:]+)", readme, re.M))
+    pointers = []
+    for path in sorted((REPO / "ceil").rglob("*.py")):
+        text = path.read_text()
+        for m in re.finditer(r"README, \\?[\"']([^\"'\\]+)\\?[\"']", text):
+            around = text[max(0, m.start() - 300):m.end() + 300]
+            pointers.append((str(path.relative_to(REPO)), m.group(1), "VPN" in around or "--via" in around))
+    assert "Your way in" in sections and len(pointers) > 3, (sorted(sections), pointers)
+    assert [(where, section) for where, section, _ in pointers if section not in sections] == []
+    assert [(where, section) for where, section, way_in in pointers if way_in and section != "Your way in"] == []

@@ -151,6 +151,15 @@ def test_wifi_psk_length():
     assert "router.uplink.wifi.psk" in msg and "8-63" in msg and "short" not in msg.split("psk")[1][:20]
 
 
+def test_a_one_character_wifi_psk_is_counted_in_the_singular():
+    """`init` said "the WiFi passphrase has 1 characters"."""
+    def said(psk: str) -> str:
+        return error(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{wifi: {{ssid: x, psk: '{psk}', country: DE}}}}}}\n")
+
+    assert "the WiFi passphrase has 1 character: WPA2 needs 8-63 characters" in said("x"), said("x")
+    assert "the WiFi passphrase has 5 characters:" in said("short"), said("short")
+
+
 def test_wifi_psk_64_hex_is_accepted():
     parse_cluster(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{uplink: {{wifi: {{ssid: x, psk: '{'a1' * 32}', country: DE}}}}}}\n")
 
