@@ -36,6 +36,18 @@ def _default_key() -> Path | None:
     return None
 
 
+def read_public_key(path: str) -> tuple[Path, str]:
+    """(the file, its first line as a checked public key). A wrong path or a file that holds no
+    public key raises click.BadParameter saying which: the prompt shows it and asks again."""
+    key_file = Path(path).expanduser()
+    if not key_file.is_file():
+        raise click.BadParameter(f"{key_file} does not exist: give the path of your public key (.pub)")
+    try:
+        return key_file, check_public_key((key_file.read_text().strip().splitlines() or [""])[0])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"{key_file}: {e}") from None
+
+
 HEADER = "# Written by `bake.py init`; every key is explained in cluster.example.yaml.\n"
 
 
@@ -140,13 +152,14 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
     key_file = ssh_key_file or _default_key()
     if key_file is None and yes:
         raise CeilError("no SSH public key found in ~/.ssh: create one with ssh-keygen -t ed25519, or pass --ssh-key-file")
-    key_file = Path(ask("SSH public key file", default=str(key_file) if key_file else None)).expanduser()
-    if not key_file.is_file():
-        raise CeilError(f"{key_file} does not exist: give the path of your public key (.pub)")
-    try:
-        key = check_public_key((key_file.read_text().strip().splitlines() or [""])[0])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CeilError(f"{key_file}: {e}") from None
+    key_default = str(key_file) if key_file else None
+    if yes:
+        try:
+            key_file, key = read_public_key(key_default)
+        except click.BadParameter as e:
+            raise CeilError(e.message) from None
+    else:  # a wrong path is asked again, as the typed questions below are
+        key_file, key = click.prompt("SSH public key file", default=key_default, value_proc=read_public_key)
     uplink = uplink or ask("Router uplink", default="wifi", type=click.Choice(["wifi", "ethernet"]))
     psk = from_env = None
     if uplink == "wifi":

@@ -194,3 +194,21 @@ def test_an_empty_vpn_endpoint_is_refused_not_taken_for_the_default(tmp_path, ss
     said = " ".join(r.stderr.split())
     assert r.returncode == 2 and "--vpn-endpoint" in said and "empty" in said and "leave the option out" in said, said
     assert not (tmp_path / "cluster.yaml").exists() and not (tmp_path / "secrets").exists()
+
+
+def test_interactive_init_asks_again_for_a_wrong_ssh_key_path(tmp_path, ssh_pubkey):
+    """Interactive init stopped at a mistyped key path (or a file that holds no public key), where
+    its other questions ask again with the reason."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    (tmp_path / "id").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    answers = f"{tmp_path / 'typo.pub'}\n{tmp_path / 'id'}\n{key}\n"
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--nodes", "1",
+                        "--vpn-endpoint", "vpn.example.com", "--vpn-client", ""], cwd=tmp_path, input=answers,
+                       capture_output=True, text=True, env={**__import__("os").environ, "HOME": str(tmp_path)})
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0, said
+    assert f"Error: {tmp_path / 'typo.pub'} does not exist: give the path of your public key (.pub)" in said, said
+    assert f"Error: {tmp_path / 'id'}: " in said, said
+    assert said.count("SSH public key file") == 3, said
+    assert load_cluster(tmp_path / "cluster.yaml").ssh.authorized_keys == [ssh_pubkey]
