@@ -48,13 +48,14 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
     with store.held():
         client, state = add_client(cluster, store, name, rotate=rotate)
     path = store.path(client_secret_name(name))
+    baked = router_was_baked(store)
+    router_too = (("; if vpn.port or a subnet changed, re-bake and re-flash the router too, which still"
+                   " listens and routes as it was baked") if baked else "")
     verb = {"new": "wrote", "rotated": "wrote (new keys)",
-            "refreshed": "rewritten with the cluster's current VPN settings (same keys): import it"
-                         " again in WireGuard; if vpn.port or a subnet changed, re-bake and re-flash the"
-                         " router too, which still listens and routes as it was baked",
+            "refreshed": f"rewritten with the cluster's current VPN settings (same keys): import it again in WireGuard{router_too}",
             "unchanged": "exists (unchanged; --rotate makes new keys)"}[state]
     click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
-    if state in ("new", "rotated") and not router_was_baked(store):
+    if state in ("new", "rotated") and not baked:
         click.echo(
             f"No router has been baked from {store.root} yet: its first bake (python bake.py --role"
             " router, or --all) carries this peer (if your router runs already, it was baked from"

@@ -170,6 +170,29 @@ def test_a_vpn_client_made_after_init_is_told_the_routers_first_bake_carries_it(
     assert "re-flash the router" in said and "--print-peer" in said and "carries this peer" not in said, said
 
 
+def test_a_refreshed_vpn_client_is_told_to_re_bake_the_router_only_once_one_was_baked(tmp_path, ssh_pubkey):
+    """A client rewritten for a changed vpn.endpoint was told to re-bake and re-flash the router
+    even before any router was baked (whose first bake takes the settings as they are)."""
+    import re
+
+    from ceil import compat
+    from ceil.secrets import SecretStore
+
+    assert init_wifi(tmp_path, ssh_pubkey, "--ssid", "Home").returncode == 0
+    config = tmp_path / "cluster.yaml"
+    vpn_client = [sys.executable, str(REPO / "bake.py"), "vpn-client", "laptop"]
+    for endpoint, baked in (("vpn1.example.net", False), ("vpn2.example.net", True)):
+        if baked:
+            compat.router_baked(SecretStore(tmp_path / "secrets"))  # as the router's bake records it
+        text, n = re.subn(r"endpoint: \S+", f"endpoint: {endpoint}", config.read_text())
+        assert n == 1
+        config.write_text(text)
+        r = subprocess.run(vpn_client, cwd=tmp_path, capture_output=True, text=True)
+        said = " ".join(r.stdout.split())
+        assert r.returncode == 0 and "rewritten with the cluster's current VPN settings" in said, r.stdout + r.stderr
+        assert ("re-bake and re-flash the router too" in said) == baked, said
+
+
 def test_a_name_too_long_for_its_host_names_is_reported_as_the_names_problem(tmp_path, ssh_pubkey):
     """`init --name <60 a's>` reported only that the VPN endpoint it defaults to, NAME-router, is no
     host name: the name's own problem (the host names it makes are too long) was told only when
