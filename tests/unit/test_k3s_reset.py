@@ -61,11 +61,25 @@ def test_reset_deletes_k3s_state_keeps_the_baked_card_and_runs_the_step_again(tm
     assert (root / "etc/ceil/secrets/k3s/token").exists()                   # the baked card stays
 
 
-def test_remove_leaves_k3s_off(tmp_path):
-    root, env = scratch_node(tmp_path, "k3s-agent.service")
+@pytest.mark.parametrize("unit,step", [("k3s.service", "k3s-server"), ("k3s-agent.service", "k3s-agent")])
+def test_remove_leaves_k3s_off_also_after_a_reboot(tmp_path, unit, step):
+    """Found in review: --remove deleted the steps' done marks, so ceil-firstboot.target (which runs
+    every step not done at each boot) brought k3s and the add-ons back at the next boot."""
+    root, env = scratch_node(tmp_path, unit)
     done = subprocess.run(["dash", str(SCRIPT), "--remove"], capture_output=True, text=True, env=env, timeout=30)
     assert done.returncode == 0 and "k3s removed" in done.stdout
     assert not any("start" in c for c in (tmp_path / "calls").read_text().splitlines())
+    assert not (root / "var/lib/rancher/k3s").exists()
+    assert (root / "var/lib/ceil/done" / step).exists() and (root / "var/lib/ceil/done/addons").exists()
+
+
+def test_a_reset_cut_short_leaves_its_steps_to_run_at_the_next_boot(tmp_path):
+    """A power cut after k3s was stopped and disabled must not leave its step marked done (k3s
+    would never come back): the marks go before anything is stopped."""
+    root, env = scratch_node(tmp_path, "k3s.service")
+    (root / "bin" / "systemctl").write_text("#!/bin/sh\nkill -9 $PPID\n")  # the cut, at the first stop
+    subprocess.run(["dash", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=30)
+    assert not (root / "var/lib/ceil/done/k3s-server").exists() and not (root / "var/lib/ceil/done/addons").exists()
 
 
 def test_a_machine_without_k3s_is_left_alone(tmp_path):
