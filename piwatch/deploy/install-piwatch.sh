@@ -30,6 +30,10 @@ install_venv() {
     "$VENV.new/bin/python" "$BUNDLE/unpack_wheels.py" "$BUNDLE"
     # Prove the venv resolves the right libraries before switching to it.
     "$VENV.new/bin/python" -c 'import pydantic, uvicorn, piwatch.app; assert pydantic.VERSION.startswith("2"), pydantic.VERSION'
+    # Its files on the card before the rename and the marker: ext4 may commit those within seconds
+    # while the files' data still waits in the page cache, and a power cut would leave a marker
+    # over a venv of empty modules that no re-run repairs (found in review).
+    sync
     rm -rf "$VENV"
     mv "$VENV.new" "$VENV"
     # The venv records its own path in scripts; "python -m piwatch" does not depend on them.
@@ -64,5 +68,10 @@ fi
 
 install -d -m 0755 "$ETC"
 # Keep an edited reactions file across re-installs.
-[ -f "$ETC/piwatch-reactions.yaml" ] || install -m 0644 "$BUNDLE/reactions.yaml" "$ETC/piwatch-reactions.yaml"
+# Whole or absent (a temp file, synced, renamed): an empty one would read as the defaults for good.
+if [ ! -f "$ETC/piwatch-reactions.yaml" ]; then
+    install -m 0644 "$BUNDLE/reactions.yaml" "$ETC/.piwatch-reactions.yaml.tmp"
+    sync
+    mv "$ETC/.piwatch-reactions.yaml.tmp" "$ETC/piwatch-reactions.yaml"
+fi
 

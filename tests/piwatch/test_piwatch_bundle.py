@@ -283,6 +283,19 @@ def test_install_script_installs_offline_once_and_refuses_a_changed_wheel(tmp_pa
     assert (tmp_path / "etc/piwatch-reactions.yaml").read_text() == "reactions: {}\n"
 
 
+def test_the_venv_is_on_the_card_before_its_marker_and_the_reactions_file_is_whole_or_absent():
+    """Found in review: `mv venv.new venv; touch marker; sync` lets ext4 commit the rename and the
+    marker before the modules' data: a power cut left a marker over empty modules, and every
+    re-run said "already installed" while PiWatch never answered. The reactions file was written
+    in place, and an empty one reads as the defaults for good."""
+    lines = [line.strip() for line in (DEPLOY / "install-piwatch.sh").read_text().splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    swap = lines.index('mv "$VENV.new" "$VENV"')
+    assert "sync" in lines[swap - 3:swap] and lines.index('touch "$marker"') > swap
+    assert not [line for line in lines if line.endswith('"$ETC/piwatch-reactions.yaml"') and line.startswith("install ")]
+    assert 'mv "$ETC/.piwatch-reactions.yaml.tmp" "$ETC/piwatch-reactions.yaml"' in lines
+
+
 def test_bundle_cli(tmp_path, monkeypatch, capsys):
     pip = FakePip(returncode=1)
     monkeypatch.setattr(bundle.subprocess, "run", pip)
