@@ -107,7 +107,8 @@ def drive_script(tmp_path: Path, device: str) -> tuple[Path, dict]:
     script = dest / "lib" / "steps" / "storage-drive.sh"
     script.write_text(script.read_text().replace('DEVICE="/dev/sda"', f'DEVICE="{device}"'))
     env = {**os.environ, "CEIL_SYSTEMCTL": "true", "CEIL_UNIT_DIR": str(tmp_path / "units"),
-           "CEIL_DRIVE_MOUNT": str(tmp_path / "longhorn")}
+           "CEIL_DRIVE_MOUNT": str(tmp_path / "longhorn"), "CEIL_LIB": str(dest / "lib"),
+           "CEIL_STEP_WHY": str(tmp_path / "why")}
     return script, env
 
 
@@ -140,6 +141,7 @@ def test_missing_drive_is_retried_and_no_drive_is_nothing_to_do(tmp_path):
     script, env = drive_script(tmp_path, "/dev/ceil-no-such-disk")
     missing = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "plugged in" in missing.stderr
+    assert "storage_device /dev/ceil-no-such-disk is not there" in (tmp_path / "why").read_text()  # shown by status
     script.write_text(script.read_text().replace('DEVICE="/dev/ceil-no-such-disk"', 'DEVICE=""'))
     nothing = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
     assert nothing.returncode == 0 and "no drive to prepare" in nothing.stdout

@@ -101,6 +101,16 @@ def test_need_stops_for_good_at_the_first_missing_file_and_says_so_in_the_status
         assert why.read_text() == said + "\n"
 
 
+def test_a_step_that_gives_up_an_attempt_says_why_on_stderr_and_in_its_status(tmp_path):
+    """ceil_retry: the reason on stderr and in $CEIL_STEP_WHY (what `bake.py status` shows), exit 1."""
+    why = tmp_path / "why"
+    proc = sh("dash", 'ceil_retry "router.usb_drive /dev/sda is not present:" "plug the drive in"\necho never',
+              tmp_path, CEIL_STEP_WHY=str(why))
+    assert proc.returncode == 1 and "never" not in proc.stdout
+    assert proc.stderr.endswith(": router.usb_drive /dev/sda is not present: plug the drive in; retrying\n")
+    assert why.read_text() == "router.usb_drive /dev/sda is not present: plug the drive in\n"
+
+
 STEPS = sorted(REPO.glob("firstboot/*/lib/steps/*"))
 # router-resolver.sh writes printf output (not a file copy) and must replace a symlink by a file.
 OWN_WRITER = {"router-resolver.sh"}
@@ -118,3 +128,9 @@ def test_steps_use_the_shared_functions(step):
         rolled = re.search(r"cmp -s[^\n]*\n(?:[^\n]*\n){0,6}?[^\n]*mv -f", text)
         assert not rolled, f"{step.name} hand-rolls an atomic replace: use ceil_replace (ceil-lib.sh)"
     assert "payload is incomplete" not in text, f"{step.name}: use ceil_need (ceil-lib.sh)"
+    # Found in review: steps that retried with a bare `exit 1` left no reason, and the status
+    # board showed "busy: registry" while the README promised "router.usb_drive ... is not present".
+    if text.startswith("#!/bin/sh"):
+        assert not re.search(r"\bexit 1\b", text), f"{step.name}: give up an attempt with ceil_retry (ceil-lib.sh)"
+        if "ceil_retry" in text:
+            assert sourced, f"{step.name} calls ceil_retry without sourcing ceil-lib.sh"

@@ -227,8 +227,11 @@ def test_with_a_usb_drive_the_router_keeps_the_snapshots_on_it(tmp_path, cluster
     for name in ("pull_ed25519", "snapshot-hmac"):
         (secrets / "datastore").mkdir(parents=True, exist_ok=True)
         (secrets / "datastore" / name).write_text("x\n")
-    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    why = tmp_path / "why"
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "CEIL_LIB": str(router / "lib"), "CEIL_STEP_WHY": str(why)})
     assert done.returncode == 1 and f"not mounted at {fake} yet" in done.stderr, done.stderr
+    assert f"not mounted at {fake} yet" in why.read_text()  # what `bake.py status` shows
 
 
 def test_without_a_drive_the_unit_writes_only_its_state_directory(tmp_path, cluster_yaml):

@@ -90,7 +90,10 @@ def test_an_address_the_router_refuses_stops_the_step_for_good(board, node):
 def test_no_router_yet_or_no_new_lease_is_transient(board, node):
     url, _ = board
     n = node("http://127.0.0.1:9", "five", want="10.42.0.15", has="10.42.0.150", after_renew="10.42.0.150")
+    n["env"]["CEIL_STEP_WHY"] = str(n["root"] / "why")
     assert run(n).returncode == 1
+    # why the step waits, for `bake.py status` (it showed "busy: register" alone)
+    assert (n["root"] / "why").read_text().startswith("the router's status board is not reachable yet")
     n = node(url, "six", want="10.42.0.16", has="10.42.0.150", after_renew="10.42.0.150")
     done = run(n)
     assert done.returncode == 1 and "still has ['10.42.0.150'], not 10.42.0.16" in done.stderr

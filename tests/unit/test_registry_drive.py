@@ -65,7 +65,7 @@ def run_step(tmp_path: Path, dev: str | None) -> tuple[subprocess.CompletedProce
     env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}:/usr/sbin:/sbin", "CEIL_TEST_LOG": str(log),
            "CEIL_REGISTRY_ROOT": str(tmp_path / "root"), "CEIL_FSTAB": str(tmp_path / "fstab"),
            "CEIL_SECRETS": str(tmp_path / "secrets"), "CEIL_LIB": str(REPO / "firstboot/common/lib"),
-           "CEIL_UDEV_RULE": str(tmp_path / "90-ceil-registry-drive.rules")}
+           "CEIL_UDEV_RULE": str(tmp_path / "90-ceil-registry-drive.rules"), "CEIL_STEP_WHY": str(tmp_path / "why")}
     shutil.rmtree(tmp_path / "render")
     done = subprocess.run(["sh", str(step)], capture_output=True, text=True, env=env, timeout=120)
     return done, log.read_text()
@@ -186,3 +186,5 @@ def test_missing_drive_is_a_transient_failure(tmp_path):
     (tmp_path / "fstab").write_text("")
     done, calls = run_step(tmp_path, "/dev/ceil-no-such-drive")
     assert done.returncode == 1 and "plug the drive in" in done.stderr and "wipefs" not in calls
+    # what `bake.py status` and the status board show, as the README promises
+    assert (tmp_path / "why").read_text() == "router.usb_drive /dev/ceil-no-such-drive is not present: plug the drive in\n"

@@ -33,6 +33,16 @@ ceil_why() {
     if [ -n "${CEIL_STEP_WHY:-}" ]; then printf '%s\n' "$*" > "$CEIL_STEP_WHY" 2>/dev/null || true; fi
 }
 
+# ceil_retry TEXT: this attempt fails for a reason a later one may not meet (a drive not plugged
+# in yet, a service still starting, an archive not answering): TEXT on stderr and as the step's
+# reason (ceil_why: `bake.py status` and the status board show why the step waits), then exit 1,
+# which ceil-step retries. The one way a step gives up an attempt (tests/unit/test_ceil_lib.py).
+ceil_retry() {
+    ceil_why "$*"
+    echo "ceil-$(basename "$0" .sh): $*; retrying" >&2
+    exit 1
+}
+
 # ceil_need FILE...: every FILE the image was baked with is there, non-empty. A missing one means
 # an incomplete or damaged payload, which no retry mends: say which file on stderr and in the
 # step's status (ceil_why), and exit 3 (permanent: re-bake this image).

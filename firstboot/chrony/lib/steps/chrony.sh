@@ -11,8 +11,7 @@ conf=/etc/chrony/chrony.conf
 
 ceil_need "$src"
 if [ ! -f "$conf" ]; then
-    echo "ceil-chrony: $conf not found: ceil-packages should have installed chrony" >&2
-    exit 1
+    ceil_retry "$conf not found: ceil-packages should have installed chrony"
 fi
 
 # chrony >= 4.0 (Debian 12, Ubuntu 24.04, Trixie) ships `confdir /etc/chrony/conf.d`; older ones

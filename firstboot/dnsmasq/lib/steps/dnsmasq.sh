@@ -10,8 +10,7 @@ dst=/etc/dnsmasq.d/ceil.conf
 
 ceil_need "$src"
 if ! command -v dnsmasq >/dev/null; then
-    echo "ceil-dnsmasq: dnsmasq is not installed (ceil-packages should have installed it)" >&2
-    exit 1
+    ceil_retry "dnsmasq is not installed (ceil-packages should have installed it)"
 fi
 # The directories of nodes baked after the router (ceil-lan-hosts): dnsmasq refuses to start
 # without the ones its config names.

@@ -105,7 +105,7 @@ try_source() {
         log "SHA256 MISMATCH for $base/$ASSET ($what): expected $expected (from $why), got $got;" \
             "the download is deleted and NOT installed"
         if [ "$kind" = file ]; then exit 3; fi
-        exit 1
+        ceil_retry "k3s $K3S_VERSION from the $what does not match its pinned sha256: not installed"
     fi
     chmod 0755 "$PART"
     sync
@@ -128,5 +128,4 @@ try_source file "$K3S_AIRGAP_DIR" "baked air-gap bundle"
 try_source http "$K3S_CACHE_URL" "router cache"
 try_source http "$K3S_UPSTREAM_URL" "upstream release"
 log "no source has k3s $K3S_VERSION ($ASSET) with the pinned digest yet; retrying"
-ceil_why "no source has k3s $K3S_VERSION with the pinned digest yet (the router's cache, the release)"
-exit 1
+ceil_retry "no source has k3s $K3S_VERSION with the pinned digest yet (the router's cache, the release)"

@@ -30,8 +30,7 @@ log() { echo "ceil-k3s-$MODE: $*" >&2; }
 
 ceil_need "$ETC/config.yaml" "$ROOT/etc/systemd/system/$UNIT" "$SECRETS/node-password"
 if [ ! -x "$ROOT/usr/local/bin/k3s" ]; then
-    log "/usr/local/bin/k3s is missing: ceil-k3s-install has not finished; retrying"
-    exit 1
+    ceil_retry "/usr/local/bin/k3s is missing: ceil-k3s-install has not finished"
 fi
 
 # flannel must carry pod traffic over the cluster LAN: the interface that holds node-ip (the
@@ -41,8 +40,7 @@ iface=$(ip -o -4 addr show | awk -v ip="$node_ip" '{ split($4, a, "/"); if (a[1]
 if [ -z "$iface" ]; then
     log "no interface has the node address $node_ip yet (DHCP reservation from the router); retrying"
     ip -o -4 addr show >&2 || true
-    ceil_why "no address from the router yet (its DHCP reservation for this node)"
-    exit 1
+    ceil_retry "no address from the router yet (its DHCP reservation for this node)"
 fi
 conf_tmp="$ETC/.config.yaml.composed"
 { cat "$ETC/config.yaml"; echo "flannel-iface: $iface"; } >"$conf_tmp"

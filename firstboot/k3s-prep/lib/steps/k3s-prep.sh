@@ -38,8 +38,8 @@ if [ -f "$ROOT/etc/fstab" ] && grep -Eq '^[^#].*[[:space:]]swap[[:space:]]' "$RO
     mv -f "$ROOT/etc/.fstab.ceil-tmp" "$ROOT/etc/fstab"
 fi
 if [ -n "$(swapon --noheadings 2>/dev/null)" ]; then
-    log "swap is still active after swapoff -a:"; swapon --show >&2 || true
-    exit 1
+    swapon --show >&2 || true
+    ceil_retry "swap is still active after swapoff -a"
 fi
 
 # --- kernel modules and sysctls ---------------------------------------------------------------
@@ -64,15 +64,13 @@ fi
 
 # --- time: no RTC on a Pi; k3s must not issue or check a certificate before the clock is right --
 if ! command -v chronyc >/dev/null 2>&1; then
-    log "chronyc not found: chrony should have been installed by ceil-packages; retrying"
-    exit 1
+    ceil_retry "chronyc not found: chrony should have been installed by ceil-packages"
 fi
 # waitsync TRIES MAX-CORRECTION(s) MAX-SKEW(ppm, 0 = any) INTERVAL(s)
 if ! chronyc waitsync "$SYNC_TRIES" 0.5 0 2 >/dev/null; then
     log "the clock is not synchronised yet (chronyc sources below); retrying"
-    ceil_why "the clock is not synchronised with the router yet"
     chronyc -n sources >&2 || true
-    exit 1
+    ceil_retry "the clock is not synchronised with the router yet"
 fi
 # A router that serves a time before this card was baked (its own clock stale, no upstream) is
 # not believed: k3s would issue certificates from the past and refuse the server's.
@@ -80,8 +78,7 @@ floor=$(cat "$ROOT/etc/ceil/clock-floor" 2>/dev/null || echo 0)
 if [ "$(date +%s)" -lt "$floor" ]; then
     log "the synchronised clock ($(date -u '+%F %T')) is before this card was baked ($(date -u -d "@$floor" '+%F %T')):" \
         "the router's time is wrong (no upstream NTP?); retrying"
-    ceil_why "the router serves a time before this card was baked (no upstream NTP?)"
-    exit 1
+    ceil_retry "the router serves a time before this card was baked (no upstream NTP?)"
 fi
 # Later boots: hold time-sync.target (which k3s is ordered after) until chrony has synced, so
 # k3s never starts on the stale clock a Pi without RTC wakes up with.

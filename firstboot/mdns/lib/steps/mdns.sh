@@ -8,8 +8,7 @@ src=/etc/ceil/avahi/avahi-daemon.conf
 dropin=/etc/systemd/system/avahi-daemon.service.d/ceil.conf
 ceil_need "$src" "$dropin"
 if [ ! -d /etc/avahi ]; then
-    echo "ceil-mdns: /etc/avahi not found: ceil-packages should have installed avahi-daemon" >&2
-    exit 1
+    ceil_retry "/etc/avahi not found: ceil-packages should have installed avahi-daemon"
 fi
 # Without D-Bus the packaged unit's Type=dbus never sees the daemon ready (the drop-in says why).
 # The payload installer placed the drop-in before avahi-daemon was installed, so the packages
