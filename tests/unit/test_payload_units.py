@@ -99,3 +99,22 @@ def test_the_installer_places_drop_ins_and_hook_units_before_its_one_daemon_relo
     piwatch_step = [line for line in (dest / "lib/steps/piwatch.sh").read_text().splitlines()
                     if not line.lstrip().startswith("#")]
     assert not [line for line in piwatch_step if "daemon-reload" in line]
+
+
+def test_packaged_daemons_never_start_with_their_default_configs_before_ceils(tmp_path):
+    """Found in review: a power cut between the packages step and the dnsmasq or registry step
+    started Debian's dnsmasq (DNS on every interface) and docker-registry (every interface, no
+    accounts) with their default configs at the next boot, before the router's firewall existed.
+    Their drop-ins travel with ceil's units (in place before the packages' one reload)."""
+    cluster = cluster_from({"registry": {"enabled": True}})
+    dest = tmp_path / "ceil"
+    build_payload(RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "secrets")), dest)
+    dnsmasq = (dest / "units" / "dnsmasq.service.d" / "ceil.conf").read_text()
+    step = (dest / "lib" / "steps" / "dnsmasq.sh").read_text()
+    assert "ConditionPathExists=/etc/dnsmasq.d/ceil.conf" in dnsmasq and "dst=/etc/dnsmasq.d/ceil.conf" in step
+    assert "After=ceil-nat-firewall.service" in dnsmasq
+    registry = (dest / "units" / "docker-registry.service.d" / "ceil.conf").read_text()
+    [never] = [line.split("=", 1)[1] for line in registry.splitlines() if line.startswith("ConditionPathExists=")]
+    # nothing ceil ships makes that path
+    assert not [p for p in dest.rglob("*") if p.is_file() and never in p.read_text(errors="replace")
+                and p.name != "ceil.conf"]
