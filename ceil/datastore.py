@@ -140,7 +140,7 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: b
         raise CeilError(f"{source} sent no whole snapshot within 900 s: nothing was written; try again,"
                         f" and if it happens again look at it (`python bake.py ssh {target}`)") from None
     said = done.stderr.decode(errors="replace").strip() or "no message"
-    if done.returncode == 255:  # ssh's own failure: the script never ran
+    if done.returncode == snapshot.SSH_FAILED:  # ssh's own failure: the script never ran
         raise CeilError(f"could not reach {source} over SSH ({said}): from outside the cluster LAN, use"
                         " the VPN or --via ADDRESS (the router's address; README, \"Your way in\")")
     if done.returncode != 0:

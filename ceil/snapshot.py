@@ -155,8 +155,8 @@ PREVIOUS = ".previous-"  # the newest snapshot of a datastore the server no long
 
 
 def set_aside_earlier_datastore(conf: dict, kept: list[str], new: str) -> str | None:
-    """When `new` holds a datastore begun after the one the newest kept snapshot holds (its
-    revision went back: the server card was replaced, or k3s reset, without a restore), that
+    """When `new` holds a datastore whose revision is below the newest kept snapshot's (the server
+    card was replaced, or k3s reset, without a restore; or restored from an older snapshot), that
     snapshot is renamed .previous-NAME: never pruned or served as the newest, so the pulls of the
     new, near-empty datastore cannot rotate the old cluster's last copy away within days.
     Returns its name, or None when `new` continues the same datastore."""
@@ -299,8 +299,8 @@ def pull(conf: dict, force: bool = False, now: float | None = None, popen=subpro
     said = f"kept {os.path.basename(final)} ({os.path.getsize(final)} bytes, {rows} datastore rows){aside}"
     if earlier:
         # A failed unit once: the user should hear that the cluster's datastore started over.
-        return 1, (f"{said}; it holds a datastore begun after the one in {earlier} (its revision went back:"
-                   f" the server was re-flashed or reset without `datastore restore`). {earlier} is kept"
+        return 1, (f"{said}; its datastore's revision is below the one in {earlier} (the server was re-flashed"
+                   f" or reset without `datastore restore`, or restored from an older snapshot). {earlier} is kept"
                    f" as {PREVIOUS}{earlier}, never pruned: `python bake.py datastore backup --from-router"
                    " --previous` fetches it")
     return 0, said

@@ -280,7 +280,7 @@ def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...
 
 
 # ssh's own exit status when it could not connect or log in: the command never ran there.
-SSH_FAILED = 255
+from .snapshot import SSH_FAILED  # noqa: E402  (one definition, beside the router's pull)
 
 
 def not_reached(results: dict[str, tuple[int, str]]) -> str:
@@ -289,7 +289,8 @@ def not_reached(results: dict[str, tuple[int, str]]) -> str:
     names = [name for name, (code, _) in results.items() if code == SSH_FAILED]
     if not names:
         return ""
-    return (f"{', '.join(names)} not reached over SSH (exit {SSH_FAILED}; the lines above say why): if they are up,"
+    return (f"{', '.join(names)} not reached over SSH (exit {SSH_FAILED}, unless the command itself exited so; the lines"
+            " above say why): if they are up,"
             " this workstation needs a way to the cluster LAN: the VPN, or --via ADDRESS (the router's address"
             " where only its SSH answers; README, \"Your way in\")")
 

@@ -109,6 +109,9 @@ def recheck_target(job: FlashJob) -> None:
         now = job.platform.discover(job.options.device)
     except OSError as e:
         raise FlashRefused(f"{job.options.device} is gone since you confirmed it ({e}): nothing was written") from e
+    if job.device.is_block and not now.is_block:  # the platforms' shape of a card pulled meanwhile
+        raise FlashRefused(f"{job.options.device} is gone since you confirmed it (no block device there now):"
+                           " nothing was written")
     if disk_identity(now) != disk_identity(job.device):
         raise FlashRefused(f"{job.options.device} is no longer the disk you confirmed (was {job.device.description},"
                            f" serial {job.device.serial or '?'}; now {now.description}, serial {now.serial or '?'}):"

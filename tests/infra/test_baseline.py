@@ -67,7 +67,7 @@ def test_every_boot_slots_command_line_keeps_the_flags_and_the_hook_that_keeps_t
     flavor = load_flavor(cluster.flavor)
     if not flavor.cmdline:
         pytest.skip(f"flavor {flavor.name} has no cmdline.txt the bake edits")
-    hooks = ("/etc/kernel/postinst.d/zz-ceil-cmdline", "/etc/initramfs/post-update.d/zz-ceil-cmdline")
+    hooks = ("/etc/kernel/postinst.d/zzz-ceil-cmdline", "/etc/initramfs/post-update.d/zzz-ceil-cmdline")
     with host.sudo():
         found = []
         for rel in (flavor.cmdline, *flavor.other_cmdlines):

@@ -18,7 +18,7 @@ from ceil.features import RoleContext
 from ceil.payload import build_payload
 from ceil.secrets import SecretStore
 
-HOOKS = ("etc/kernel/postinst.d/zz-ceil-cmdline", "etc/initramfs/post-update.d/zz-ceil-cmdline")
+HOOKS = ("etc/kernel/postinst.d/zzz-ceil-cmdline", "etc/initramfs/post-update.d/zzz-ceil-cmdline")
 
 
 def installed_hooks(tmp_path, cluster, role: str, flavor) -> tuple:
