@@ -124,15 +124,21 @@ def _dated_after(path: str, now: float) -> bool:
     return (taken_at(path) or 0) > now + SLACK_S
 
 
-def snapshots(conf: dict, now: float | None = None) -> list[str]:
-    """The router's snapshots of this server, oldest first (names sort by their UTC time). With
-    `now`: only those taken before it, give or take SLACK_S (see set_aside_future)."""
-    prefix = f"{conf['server']}-"
+def _named(conf: dict, prefix: str) -> list[str]:
+    """The files in the snapshot folder named PREFIX<server>-...db, oldest first (names sort by
+    their UTC time)."""
+    start = f"{prefix}{conf['server']}-"
     try:
         names = os.listdir(conf["dir"])
     except FileNotFoundError:
         return []
-    kept = [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
+    return [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(start) and n.endswith(".db")]
+
+
+def snapshots(conf: dict, now: float | None = None) -> list[str]:
+    """The router's snapshots of this server, oldest first. With `now`: only those taken before
+    it, give or take SLACK_S (see set_aside_future)."""
+    kept = _named(conf, "")
     return kept if now is None else [p for p in kept if not _dated_after(p, now)]
 
 
@@ -174,12 +180,7 @@ def set_aside_earlier_datastore(conf: dict, kept: list[str], new: str) -> str | 
 
 def previous(conf: dict) -> list[str]:
     """The snapshots set aside by set_aside_earlier_datastore, oldest first."""
-    prefix = f"{PREVIOUS}{conf['server']}-"
-    try:
-        names = os.listdir(conf["dir"])
-    except FileNotFoundError:
-        return []
-    return [os.path.join(conf["dir"], n) for n in sorted(names) if n.startswith(prefix) and n.endswith(".db")]
+    return _named(conf, PREVIOUS)
 
 
 def _fsync_dir(path: str) -> None:
