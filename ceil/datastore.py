@@ -145,7 +145,7 @@ def backup(cluster: Cluster, store: SecretStore, via: str | None, from_router: b
                         " the VPN or --via ADDRESS (the router's address; README, \"Your way in\")")
     if done.returncode != 0:
         raise CeilError(f"backup from {source} failed ({done.returncode}): {said}")
-    served = SERVED.search(done.stderr.decode(errors="replace")) if from_router else None
+    served = SERVED.search(said) if from_router else None
     stamp = served.group(1) if served else time.strftime(snapshot.STAMP, time.gmtime(now))
     name = f"{BACKUPS}/{cluster.name}-{server}-{stamp}.db"
     partial = f"{name}.partial"

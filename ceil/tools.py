@@ -66,8 +66,12 @@ def check_tools(purpose: str = "bake") -> None:
     """Fail before any work if a tool `purpose` needs is missing, saying why and how to install."""
     missing = [t for t in TOOLS if t.needed_for == purpose and shutil.which(t.name) is None]
     if missing:
-        lines = [f"{t.name} not found: it {t.why} ({install_hint(t)})" for t in missing]
+        lines = [_not_found(t) for t in missing]
         raise CeilError("missing host tools:\n  " + "\n  ".join(lines) + "\n  (`python bake.py doctor` lists all)")
+
+
+def _not_found(tool: Tool, more: str = "") -> str:
+    return f"{tool.name} not found: it {tool.why} ({install_hint(tool)}{more})"
 
 
 def require(name: str) -> None:
@@ -75,7 +79,7 @@ def require(name: str) -> None:
     runs (a missing ssh client ended `bake.py ssh`, `run`, ... in a FileNotFoundError traceback)."""
     if shutil.which(name) is None:
         tool = next(t for t in TOOLS if t.name == name)
-        raise CeilError(f"{name} not found: it {tool.why} ({install_hint(tool)}; `python bake.py doctor` lists all)")
+        raise CeilError(_not_found(tool, "; `python bake.py doctor` lists all"))
 
 
 def doctor_rows() -> list[tuple[str, bool, str, str, str]]:
