@@ -28,6 +28,7 @@ import click
 from .config import Cluster, load_cluster
 from .errors import CeilError
 from .fetch import cache_root
+from .snapshot import SSH_FAILED  # ssh's own exit status: it could not connect or log in
 from .tools import require
 from .ui import console
 
@@ -277,10 +278,6 @@ def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...
         hop = ["ssh", *host_key_options(cluster, "router"), *options, "-W", "%h:%p", f"{user}@{via}"]
         argv += ["-o", f"ProxyCommand={shlex.join(hop)}"]
     return [*argv, f"{user}@{target}", *extra]
-
-
-# ssh's own exit status when it could not connect or log in: the command never ran there.
-from .snapshot import SSH_FAILED  # noqa: E402  (one definition, beside the router's pull)
 
 
 def not_reached(results: dict[str, tuple[int, str]]) -> str:
