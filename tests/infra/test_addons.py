@@ -134,6 +134,11 @@ def test_longhorn_drives_are_mounted_by_label(addons_status, nodes, cluster):
             assert mount.exists and mount.filesystem == "ext4", node.name
             label = nodes[node.name].run(f"sudo blkid -s LABEL -o value {shlex.quote(mount.device)}").stdout
             assert label.strip() == "ceil-longhorn"
+            # Later boots: k3s waits for the drive, and a drive that comes late is still mounted.
+            escape = f"systemd-escape --path --suffix=mount {shlex.quote(facts['data_path'])}"
+            unit = nodes[node.name].run(escape).stdout.strip()
+            show = nodes[node.name].run(f"systemctl show -p Before -p WantedBy {unit}").stdout
+            assert "k3s" in show and "dev-disk-by\\x2dlabel-ceil\\x2dlonghorn.device" in show, (node.name, show)
 
 
 def test_kubewatch_reaches_piwatch(addons_status, router, cluster):

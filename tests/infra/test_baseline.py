@@ -230,7 +230,7 @@ def test_the_packages_step_reloads_systemd_once_per_install(host, machine):
 RELOADING_STEPS = {
     "ceil-packages.service": "once after an install where a package asked (checked above)",
     "ceil-registry.service": "the USB drive's new line in /etc/fstab (systemd's fstab generator)",
-    "ceil-storage-drive.service": "the drive's new line in /etc/fstab (systemd's fstab generator)",
+    "ceil-storage-drive.service": "the Longhorn drive's mount unit, written once the drive is formatted",
 }
 
 

@@ -102,6 +102,14 @@ def loop_device(tmp_path):
         subprocess.run(["losetup", "--detach", dev], check=False)
 
 
+@pytest.fixture(autouse=True)
+def _mount_point_made_mutable_again(tmp_path):
+    """The drive step makes its unmounted mount point immutable; pytest must still delete it."""
+    yield
+    if (tmp_path / "longhorn").exists():
+        subprocess.run(["chattr", "-i", str(tmp_path / "longhorn")], check=False, capture_output=True)
+
+
 def drive_script(tmp_path: Path, device: str) -> tuple[Path, dict]:
     _, dest, _ = render(tmp_path, "two")
     script = dest / "lib" / "steps" / "storage-drive.sh"
@@ -130,6 +138,11 @@ def test_drive_is_formatted_once_and_kept_on_rerun(tmp_path, loop_device):
         ["systemd-escape", "--path", "--suffix=mount", str(tmp_path / "longhorn")],
         capture_output=True, text=True).stdout.strip()
     assert "What=/dev/disk/by-label/ceil-longhorn" in unit.read_text()
+    # Every boot: k3s waits for the drive, and Longhorn cannot write onto the SD card under it.
+    assert "Before=k3s.service k3s-agent.service" in unit.read_text()
+    assert r"WantedBy=local-fs.target dev-disk-by\x2dlabel-ceil\x2dlonghorn.device" in unit.read_text()
+    with pytest.raises(PermissionError):
+        (tmp_path / "longhorn" / "longhorn-disk.cfg").write_text("{}")
     second = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "keeping its data" in second.stdout
     assert blkid(loop_device, "UUID") == uuid  # not reformatted
