@@ -195,7 +195,9 @@ def test_trusted_networks_get_the_lan_services_and_the_routers_mdns_name(router,
     assert uplink_accepts(router, cluster, trusted=True) == {"tcp": set(ports(lan, "tcp")),
                                                              "udp": set(ports(lan, "udp")) | {MDNS_PORT}}
     assert router.service("avahi-daemon").is_running
-    conf = router.file("/etc/avahi/avahi-daemon.conf").content_string
+    # The configuration avahi runs: ceil's, by the drop-in's ExecStart (never the packaged one).
+    assert "-f /etc/ceil/avahi/avahi-daemon.conf" in router.run("systemctl show -p ExecStart avahi-daemon").stdout
+    conf = router.file("/etc/ceil/avahi/avahi-daemon.conf").content_string
     assert f"host-name={cluster.hostname('router')}" in conf
     assert f"deny-interfaces={cluster.router.lan_interface}" in conf
 

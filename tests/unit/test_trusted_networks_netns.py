@@ -148,7 +148,7 @@ def test_a_trusted_network_inside_the_cluster_or_too_wide_is_refused(net, words)
         nat_firewall.check(cluster, "router")
 
 
-def test_avahi_without_dbus_runs_as_a_simple_service(tmp_path):
+def test_avahi_runs_ceils_config_without_dbus_as_a_simple_service(tmp_path):
     """ceil's avahi-daemon.conf turns D-Bus off, so the packaged unit's Type=dbus would never see
     the daemon ready and systemd would kill it at its start timeout (run e2e21: every attempt of
     the mdns step failed). A drop-in makes it a simple service; it travels with ceil's units, so
@@ -156,7 +156,12 @@ def test_avahi_without_dbus_runs_as_a_simple_service(tmp_path):
     daemon-reload of its own (issue 21: 7-20 s each under TCG)."""
     out = render(cluster_from({"router": {"trusted_networks": ["192.168.1.0/24"]}}), "router", tmp_path)
     assert "enable-dbus=no" in (out / "etc/avahi/avahi-daemon.conf").read_text()
-    assert "[Service]\nType=simple\n" in (out / "units/avahi-daemon.service.d/ceil.conf").read_text()
+    dropin = (out / "units/avahi-daemon.service.d/ceil.conf").read_text()
+    assert "[Service]\nType=simple\n" in dropin
+    # From its first start (the packages step's install, or a boot after a power cut before the
+    # mdns step) avahi reads ceil's file, never the packaged one that answers on every interface.
+    assert "\nExecStart=\nExecStart=/usr/sbin/avahi-daemon -s -f /etc/ceil/avahi/avahi-daemon.conf\n" in dropin
+    assert "/etc/avahi/avahi-daemon.conf" not in (out / "lib/steps/mdns.sh").read_text()
     lines = (out / "lib/steps/mdns.sh").read_text().splitlines()
     reload = lines.index("    systemctl daemon-reload")
     # only where systemd has not read the drop-in yet

@@ -1,6 +1,7 @@
 #!/bin/sh
 # ceil step "mdns": avahi-daemon answers <router hostname>.local on the uplink side, for
-# router.trusted_networks (the firewall lets mDNS in from those only). Idempotent.
+# router.trusted_networks (the firewall lets mDNS in from those only). Idempotent. avahi reads
+# ceil's configuration where the payload put it (the drop-in's ExecStart=), never the packaged one.
 set -eu
 . "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-lib.sh"
 
@@ -17,6 +18,5 @@ fi
 if [ "$(systemctl show -p Type --value avahi-daemon.service)" != simple ]; then
     systemctl daemon-reload
 fi
-ceil_replace "$src" /etc/avahi/avahi-daemon.conf
 ceil_enable avahi-daemon.service
 systemctl restart avahi-daemon.service
