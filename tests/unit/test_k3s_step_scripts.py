@@ -212,3 +212,27 @@ def test_server_step_starts_k3s_on_a_staged_datastore_snapshot(payload, stubs, t
     calls = stubs[1].read_text().splitlines()
     assert any("start --no-block k3s.service" in c for c in calls)
     assert not (payload("two") / "etc/ceil/secrets" / RESTORE_SECRET).exists()  # an agent: never
+
+
+@pytest.mark.parametrize("role, unit", [("one", "k3s.service"), ("two", "k3s-agent.service")])
+def test_k3s_never_starts_on_a_clock_before_the_bake_at_any_boot(payload, stubs, role, unit, tmp_path):
+    """Issue 17: k3s-prep checks the bake-time floor at the first boot only. At a later boot
+    chrony-wait lets time-sync.target pass once chrony has synced, to whatever the router serves;
+    a router rebooted without upstream NTP serves its own stale time, and k3s started on it. Now
+    k3s's own unit refuses to start (and Restart= tries again) until the clock is past the floor."""
+    import time
+
+    root = payload(role)
+    lines = (root / "etc/systemd/system" / unit).read_text().splitlines()
+    pre = [line for line in lines if line.startswith("ExecStartPre=")]
+    assert pre[0] == "ExecStartPre=/usr/local/lib/ceil/ceil-clock-floor"  # no "-": its failure counts
+    assert "Restart=always" in lines
+    check = REPO / "firstboot/common/lib/ceil-clock-floor"  # installed as /usr/local/lib/ceil/ by install.sh
+    env = {**os.environ, "CEIL_ROOT": str(root)}
+    floor = root / "etc/ceil/clock-floor"
+    assert subprocess.run([str(check)], env=env, capture_output=True).returncode == 0  # baked just now
+    floor.write_text(f"{int(time.time()) + 86400}\n")  # baked "tomorrow": the clock is behind it
+    behind = subprocess.run([str(check)], env=env, capture_output=True, text=True)
+    assert behind.returncode == 1 and "before this card was baked" in behind.stderr
+    floor.write_text("garbage\n")  # a damaged floor never keeps k3s down for good
+    assert subprocess.run([str(check)], env=env, capture_output=True).returncode == 0

@@ -74,10 +74,7 @@ if ! chronyc waitsync "$SYNC_TRIES" 0.5 0 2 >/dev/null; then
 fi
 # A router that serves a time before this card was baked (its own clock stale, no upstream) is
 # not believed: k3s would issue certificates from the past and refuse the server's.
-floor=$(cat "$ROOT/etc/ceil/clock-floor" 2>/dev/null || echo 0)
-if [ "$(date +%s)" -lt "$floor" ]; then
-    log "the synchronised clock ($(date -u '+%F %T')) is before this card was baked ($(date -u -d "@$floor" '+%F %T')):" \
-        "the router's time is wrong (no upstream NTP?); retrying"
+if ! "${CEIL_LIB:-/usr/local/lib/ceil}/ceil-clock-floor"; then
     ceil_retry "the router serves a time before this card was baked (no upstream NTP?)"
 fi
 # Later boots: hold time-sync.target (which k3s is ordered after) until chrony has synced, so
