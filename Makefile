@@ -134,19 +134,18 @@ datastore-from-router: venv ## Fetch the newest datastore snapshot the router pu
 teardown: all-delete k8s-remove ## The seed's teardown: every add-on deleted, then k3s removed
 uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime
-df: venv ## Disk use of every machine's root and boot file systems
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- df -h / /boot/firmware
+df: venv ## Disk use of every machine's file systems (root, boot and USB drives; not k3s's tmpfs and overlay mounts)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- df -h -x tmpfs -x devtmpfs -x overlay -x squashfs
 check-ip: venv ## Which address each machine got (the seed's router-check-ip / k8s-check-ip)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- ip -4 -brief address
 router-check-ip: venv ## The router's addresses (uplink, LAN, VPN)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- ip -4 -brief address
 k8s-check-ip: venv ## Which address each node got
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) $(foreach n,$(NODES),--on $(n)) -- ip -4 -brief address
-router-reboot: venv ## Reboot the router
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- sudo systemctl reboot
-reboot-all: venv ## Reboot every machine (nodes first, then the router)
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) $(foreach n,$(NODES),--on $(n)) -- sudo systemctl reboot
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- sudo systemctl reboot
+router-reboot: venv ## Reboot the router and wait until it is back (a new boot id)
+	$(PY) bake.py reboot --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router
+reboot-all: venv ## Reboot every machine, the nodes first, then the router, each confirmed back
+	$(PY) bake.py reboot --config $(CONFIG) $(if $(VIA),--via $(VIA))
 httpd-open: ## Open the demo httpd (the seed's first app)
 	xdg-open http://httpd.$(DOMAIN)/ 2>/dev/null || open http://httpd.$(DOMAIN)/
 prometheus-open: ui-password ## Print the UI login and open Prometheus

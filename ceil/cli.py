@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "route": ("ceil.workstation", "route_command"),
     "ssh": ("ceil.workstation", "ssh_command"),
     "run": ("ceil.workstation", "run_command"),
+    "reboot": ("ceil.reboot", "reboot_command"),
     "k8s-proxy": ("ceil.workstation", "k8s_proxy_command"),
     "node": ("ceil.nodes", "node_group"),
     "datastore": ("ceil.datastore", "datastore_group"),

@@ -1,0 +1,74 @@
+"""The Makefile's day-two targets (the seed's habits) call commands and options that exist: each
+target's `bake.py` lines, as `make -n` prints them for a real cluster.yaml, parse with the real
+command line (its arguments checked, nothing run)."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+
+import click
+import pytest
+
+from ceil.cli import cli
+from tests.bake_cli import REPO
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"
+TARGETS = ["uptime", "df", "check-ip", "router-check-ip", "k8s-check-ip", "router-reboot", "reboot-all", "teardown",
+           "k8s-remove", "k8s-reset", "datastore-backup", "datastore-from-router", "k3s-upgrade", "nodes-show",
+           "pods-show", "dashboard-token", "status", "kubeconfig", "route", "route-add"]
+
+
+def printed(target: str, config, **variables: str) -> list[list[str]]:
+    """The `bake.py` command lines `make -n TARGET` prints, as argument lists after bake.py."""
+    extra = [f"{name}={value}" for name, value in variables.items()]
+    done = subprocess.run(["make", "-n", "--no-print-directory", target, f"CONFIG={config}", f"PY={sys.executable}",
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [shlex.split(line) for line in done.stdout.splitlines() if " bake.py " in f" {line} "]
+    return [words[words.index("bake.py") + 1:] for words in lines]
+
+
+def parses(args: list[str]) -> None:
+    """`args` accepted by the real command line down to its last subcommand (no callback runs)."""
+    command: click.Command = cli
+    ctx = click.Context(cli)
+    while isinstance(command, click.Group) and args and not args[0].startswith("-"):
+        ctx = click.Context(command, parent=ctx)
+        name, args = args[0], args[1:]
+        command = command.get_command(ctx, name)
+        assert command is not None, f"no command {name!r}"
+    command.make_context(command.name, list(args), parent=ctx)
+
+
+@pytest.fixture
+def config(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(f'ssh: {{authorized_keys: ["{KEY}"]}}\nnodes: [{{name: one, role: server}}, {{name: two}}]\n')
+    return path
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_day_two_target_calls_a_command_line_that_exists(config, target):
+    lines = printed(target, config) + printed(target, config, VIA="192.168.1.50")
+    assert lines, f"make -n {target} printed no bake.py line"
+    for args in lines:
+        parses(args)
+
+
+def test_the_node_targets_name_each_node_and_not_the_router(config):
+    assert printed("k8s-check-ip", config) == [["run", "--config", str(config), "--on", "one", "--on", "two", "--",
+                                                "ip", "-4", "-brief", "address"]]
+
+
+def test_reboot_all_is_one_command_that_orders_the_machines_itself(config):
+    """It was two `run ... sudo systemctl reboot` lines: a reboot cutting its SSH connection (exit
+    255) stopped make after the nodes, and the router was never rebooted (bake.py reboot orders
+    the machines and judges each by its new boot id)."""
+    assert printed("reboot-all", config) == [["reboot", "--config", str(config)]]
+    assert printed("router-reboot", config, VIA="192.168.1.50") == [
+        ["reboot", "--config", str(config), "--via", "192.168.1.50", "--on", "router"]]
