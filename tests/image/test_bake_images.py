@@ -208,6 +208,7 @@ def test_network_config_per_role(baked):
         return
     assert router["ethernets"]["eth0"]["addresses"] == ["10.42.0.1/24"]
     assert router["wifis"]["wlan0"]["access-points"]["Home"]["password"] == "wifi-secret-123"
+    assert router["wifis"]["wlan0"]["dhcp4-overrides"] == {"hostname": "ceil-router"}  # the home DNS learns it
     assert node["ethernets"]["eth0"]["dhcp4"] is True
     assert (router.get("renderer") == "NetworkManager") == (baked["flavor"].network == "netplan-nm")
 

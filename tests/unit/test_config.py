@@ -295,6 +295,11 @@ def test_a_non_ascii_psk_is_refused_without_showing_it():
     assert "printable ASCII" in str(e.value) and "pässwörter" not in str(e.value)
 
 
+# The router's name in its uplink's DHCP requests: the home router's DNS learns it there, and the
+# VPN client's default endpoint is that name (issue 19: the nodes sent theirs, the router did not).
+UPLINK_NAME = {"hostname": "ceil-router"}
+
+
 def _router_network_config(text: str, flavor: str, tmp_path) -> dict:
     import yaml
 
@@ -313,15 +318,17 @@ def test_a_wired_uplink_on_ubuntu_matches_the_usb_adapter_by_its_enx_name(flavor
     """Issue 17: Ubuntu names a USB Ethernet adapter enx<MAC>, never eth1; the MAC is unknown
     at bake time, so the uplink is matched by the pattern (netplan `match`)."""
     net = _router_network_config(BASE, flavor, tmp_path)
-    assert net["ethernets"]["uplink"] == {"match": {"name": "enx*"}, "dhcp4": True}
+    assert net["ethernets"]["uplink"] == {"match": {"name": "enx*"}, "dhcp4": True, "dhcp4-overrides": UPLINK_NAME}
     assert "eth1" not in net["ethernets"]
     assert parse_cluster(BASE.replace("ssh:", f"flavor: {flavor}\nssh:")).uplink_interface == "enx*"
 
 
 def test_a_wired_uplink_on_raspberry_pi_os_is_eth1_and_an_explicit_name_wins(tmp_path):
-    assert _router_network_config(BASE, "raspios-trixie", tmp_path)["ethernets"]["eth1"] == {"dhcp4": True}
+    assert _router_network_config(BASE, "raspios-trixie", tmp_path)["ethernets"]["eth1"] == {
+        "dhcp4": True, "dhcp4-overrides": UPLINK_NAME}
     named = BASE.replace("{type: ethernet}", "{type: ethernet, interface: enx00e04c680001}")
-    assert _router_network_config(named, "ubuntu-24.04-raspi", tmp_path)["ethernets"]["enx00e04c680001"] == {"dhcp4": True}
+    assert _router_network_config(named, "ubuntu-24.04-raspi", tmp_path)["ethernets"]["enx00e04c680001"] == {
+        "dhcp4": True, "dhcp4-overrides": UPLINK_NAME}
 
 
 @pytest.mark.parametrize("value,ok", [("enx*", True), ("usb*", True), ("*", False), ("en*x", False),
