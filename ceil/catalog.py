@@ -124,12 +124,17 @@ def available(images_dir: Path = IMAGES_DIR) -> list[str]:
     return sorted(p.stem for p in images_dir.glob("*.yaml"))
 
 
+def for_pis(images_dir: Path = IMAGES_DIR) -> list[str]:
+    """The flavors for real cards: every one but the QEMU test beds (test_only)."""
+    return [name for name in available(images_dir) if not load_flavor(name, images_dir).test_only]
+
+
 def unknown_flavor(name: str, images_dir: Path = IMAGES_DIR) -> str | None:
     """Why `name` is no flavor (cluster.yaml's check and load_flavor's), or None."""
     if (images_dir / f"{name}.yaml").is_file():
         return None
-    return (f"{name!r} is not a known base image; known flavors: {', '.join(available(images_dir))}"
-            f" (each is a file in {images_dir})")
+    return (f"{name!r} is not a known base image; flavors for a Raspberry Pi: {', '.join(for_pis(images_dir))}"
+            f" (each is a file in {images_dir}; `python bake.py flavors` describes them)")
 
 
 def load_flavor(name: str, images_dir: Path = IMAGES_DIR) -> Flavor:

@@ -179,6 +179,10 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
             f"apt_mirror.trusted is true: the cards install whatever {cluster.apt_mirror.url} serves,"
             " unsigned, as root; meant for a local test archive only: set it false (the archive's"
             " signing key must then be one the flavor's OS trusts)")
+    if flavor.test_only:
+        warnings.append(
+            f"flavor: {flavor.name} is a QEMU test bed of this project, not an image for a Raspberry Pi:"
+            " its cards boot only in the test harness; for real cards use one of `python bake.py flavors`")
     return warnings
 
 

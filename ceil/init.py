@@ -14,7 +14,7 @@ import click
 import yaml
 from rich.markup import escape
 
-from .catalog import available, load_flavor
+from .catalog import for_pis, load_flavor
 from .compat import check_secrets_format, cluster_made, router_contract
 from .config import Cluster, parse_cluster
 from .config.cluster import CLUSTER_FORMAT
@@ -116,7 +116,7 @@ def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> 
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=Path("cluster.yaml"), show_default=True,
               help="Where to write the cluster description (secrets/ goes beside it).")
 @click.option("--name", default="ceil", show_default=True, help="Cluster name (host names become NAME-router, NAME-one, ...).")
-@click.option("--flavor", type=click.Choice([n for n in available() if not load_flavor(n).test_only]),
+@click.option("--flavor", type=click.Choice(for_pis()),
               default="ubuntu-24.04-raspi", show_default=True,
               help="The base OS image every card is baked from (`python bake.py flavors` describes each; README,"
                    " \"Bake\", says why the default).")

@@ -496,8 +496,19 @@ def test_an_unsigned_apt_mirror_is_warned_about_at_every_bake():
 
 def test_an_unknown_flavor_is_reported_with_the_other_mistakes():
     msg = error(BASE + "flavor: ubunto-24.04-raspi\ntimezone: Mars/Olympus\n")
-    assert "flavor (line 3): 'ubunto-24.04-raspi' is not a known base image; known flavors:" in msg
+    assert "flavor (line 3): 'ubunto-24.04-raspi' is not a known base image; flavors for a Raspberry Pi:" in msg
     assert "ubuntu-24.04-raspi" in msg and "timezone (line 4)" in msg
+    assert "testbed" not in msg  # the QEMU twins are no choice for a card (`bake.py flavors --all` lists them)
+
+
+def test_baking_a_qemu_test_bed_flavor_is_said_to_be_no_image_for_a_pi():
+    from ceil.catalog import load_flavor
+    from ceil.features import preflight
+
+    for name in ("testbed-ubuntu", "ubuntu-24.04-raspi"):
+        cluster = parse_cluster(BASE + f"flavor: {name}\n")
+        said = [w for w in preflight(cluster, ["router"], load_flavor(name)) if "QEMU test bed" in w]
+        assert bool(said) == (name == "testbed-ubuntu"), said
 
 
 def test_a_host_name_longer_than_63_characters_is_refused_though_each_part_fits():
