@@ -69,7 +69,9 @@ class Context:
         from .job.kube import Backoff
 
         try:
-            transport = KubeconfigTransport(kubeconfig, timeout=10.0)
+            # A person is waiting: an address that stays silent for 3 s is not reachable from
+            # here (no VPN, no route), and asking again changes nothing.
+            transport = KubeconfigTransport(kubeconfig, timeout=10.0, connect_timeout=3.0, retry_unanswered=False)
         except Exception as e:
             raise CeilError(f"cannot use kubeconfig {kubeconfig}: {e}") from None
         # A person is waiting: three tries in about 3 s, not the server job's patient minutes.

@@ -41,7 +41,13 @@ class Transport(Protocol):
 class KubeconfigTransport:
     """HTTP(S) to the API server named in a kubeconfig, through the kubernetes client's pool."""
 
-    def __init__(self, kubeconfig: str, timeout: float = 30.0):
+    def __init__(self, kubeconfig: str, timeout: float = 30.0, connect_timeout: float | None = None,
+                 retry_unanswered: bool = True):
+        """`connect_timeout` (default `timeout`): how long a connection may wait for the server's
+        first answer. `retry_unanswered`: whether such a wait running out is worth a retry (the
+        server job's, where the API comes up in its time) or not (a person at the workstation,
+        where it means the cluster LAN is not reachable from here: no VPN, no route)."""
+        import urllib3
         from kubernetes import client, config
         from kubernetes.client import rest
 
@@ -53,7 +59,8 @@ class KubeconfigTransport:
         for setting in cfg.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):
                 self.headers[setting["key"]] = setting["value"]
-        self.timeout = timeout
+        self.timeout = urllib3.Timeout(connect=connect_timeout or timeout, read=timeout)
+        self.retry_unanswered = retry_unanswered
 
     def request(self, method, path, query=None, body=None, content_type=None):
         import urllib3
@@ -70,6 +77,10 @@ class KubeconfigTransport:
             # trusts (another cluster at that address, or a kubeconfig from an older set of keys).
             raise ApiError(f"{method} {self.host}{path}: the server's TLS certificate is not the one this"
                            f" kubeconfig trusts ({e.__class__.__name__}: {_reason(e)})") from None
+        except urllib3.exceptions.ConnectTimeoutError:
+            # Silence, not a refusal: packets dropped on the way (a VPN that is down, no route).
+            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
+                           f" {self.timeout.connect_timeout:g} s", transient=self.retry_unanswered) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
                            transient=True) from None
