@@ -14,7 +14,7 @@ import click
 from rich.markup import escape
 
 from . import __version__
-from .errors import CeilError
+from .errors import CeilError, ConfigError
 from .ui import console
 
 EPILOG = """\b
@@ -121,7 +121,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
                          new_cluster_warning, node_baked, router_baked, stale_router_warning)
     from .config import load_cluster
     from .datastore import check_staged_restore, restore_notice
-    from .features import preflight
+    from .features import preflight, with_feature_problems
     from .k3s.install import airgap_files
     from .secrets import SecretStore
     from .tools import check_tools
@@ -129,7 +129,10 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .host_keys import pinned_keys
     from .workstation import known_hosts_file, pin_host_key
 
-    cluster = load_cluster(config_path)
+    try:
+        cluster = load_cluster(config_path)
+    except ConfigError as e:  # with the features' problems too: every problem in one report
+        raise with_feature_problems(e) from None
     chosen = cluster.roles if all_roles else list(dict.fromkeys(roles))
     for r in chosen:
         if r != "router":

@@ -8,6 +8,7 @@ template context and secret files. Adding a feature needs no change here.
 from __future__ import annotations
 
 import functools
+import re
 import importlib
 import pickle
 from dataclasses import dataclass, field
@@ -184,6 +185,33 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
             f"flavor: {flavor.name} is a QEMU test bed of this project, not an image for a Raspberry Pi:"
             " its cards boot only in the test harness; for real cards use one of `python bake.py flavors`")
     return warnings
+
+
+def with_feature_problems(error: ConfigError) -> ConfigError:
+    """cluster.yaml's refusal, with the features' problems of the rest added (the number of
+    servers, an unknown add-on, a WiFi name the flavor cannot carry, ...): they used to come one
+    bake later, after the first fix. A feature's problem with a key set aside, or one under it,
+    is left out: it judged a default the user did not write."""
+    from .catalog import load_flavor
+    from .config.loading import SET_ASIDE_NAME
+
+    cluster = error.checkable
+    if cluster is None:
+        return error
+    try:
+        preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
+        return error
+    except ConfigError as more:
+        found = str(more).split("\n  ")[1:]
+    stand_in = SET_ASIDE_NAME.format(index="")
+
+    def about_aside(line: str) -> bool:
+        key = re.split(r"[ :]", line, maxsplit=1)[0]
+        return stand_in in line or any(key == a or key.startswith((a + ".", a + "[")) or a.startswith(key + ".")
+                                       for a in error.aside)
+
+    kept = [line for line in found if not about_aside(line) and line not in str(error)]
+    return ConfigError("\n  ".join([str(error), *kept])) if kept else error
 
 
 # ---- rendering ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .catalog import for_pis, load_flavor
 from .compat import check_secrets_format, cluster_made, router_contract
 from .config import Cluster, parse_cluster
 from .config.cluster import CLUSTER_FORMAT
-from .features import preflight
+from .features import preflight, with_feature_problems
 from .errors import CeilError, ConfigError
 from .features import RoleContext, render_features
 from .secrets import SecretStore
@@ -188,7 +188,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         cluster = parse_cluster(HEADER + yaml.safe_dump(cfg, sort_keys=False), str(config_path))
     except ConfigError as e:
         by = {**ANSWERED_BY, "vpn.endpoint": "--vpn-endpoint, by default --name's NAME-router"} if endpoint_by_name else ANSWERED_BY
-        raise ConfigError(answers_refused(str(e), by)) from None
+        raise ConfigError(answers_refused(str(with_feature_problems(e)), by)) from None
     try:
         preflight(cluster, cluster.roles, load_flavor(cluster.flavor))
     except ConfigError as e:

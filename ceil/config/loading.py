@@ -6,6 +6,7 @@ for secrets, the value found. `config_hash` fingerprints the file for each image
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import ipaddress
 import os
@@ -281,8 +282,10 @@ def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = 
     try:
         return _with_unset_secrets(Cluster.model_validate(data), unset or {})
     except ValidationError as e:
+        checkable, aside = _checkable(copy.deepcopy(data), e)
         lines = [_shortened(line) for line in _every_problem(data, e, doc)]
-        raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines),
+                          checkable=checkable and _with_unset_secrets(checkable, unset or {}), aside=aside) from None
 
 
 # A value quoted in a message, longer than anything a key takes (a pasted blob of thousands of
@@ -343,6 +346,25 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
     return lines
 
 
+def _checkable(data: dict, error: ValidationError) -> tuple[Cluster | None, tuple[str, ...]]:
+    """The cluster with every refused value set aside, wherever it is (an optional key dropped,
+    a required one's section with it), for the features' checks of the rest, and the keys set
+    aside; (None, ()) when no valid cluster is left. Unlike _every_problem's rounds, any key may
+    go here: a feature's problem with a key set aside, or under one, is not reported."""
+    aside: list[tuple] = []
+    for _ in range(6):
+        fresh = [path for err in error.errors(include_url=False)
+                 if (path := _set_aside(data, _data_path(err["loc"]), anywhere=True)) is not None]
+        if not fresh:
+            return None, ()
+        aside += fresh
+        try:
+            return Cluster.model_validate(data), tuple(dict.fromkeys(_format_loc(path) for path in aside))
+        except ValidationError as again:
+            error = again
+    return None, ()
+
+
 def _lines_of(error: ValidationError, doc: yaml.Node | None) -> list[str]:
     return [line for err in error.errors(include_url=False) for line in _describe(err, doc)]
 
@@ -353,13 +375,13 @@ def _data_path(loc: tuple) -> tuple:
                  or not (str(p).startswith("function") or "[" in str(p)))
 
 
-def _set_aside(data: dict, path: tuple) -> tuple | None:
+def _set_aside(data: dict, path: tuple, anywhere: bool = False) -> tuple | None:
     """Take the value at `path` out of `data` (in place) so the other checks can run; the path set
-    aside, or None where nothing can be (outside SET_ASIDE_SAFE, or a value whose section is
-    required all the way up)."""
-    if not _safe_to_set_aside(path):
+    aside, or None where nothing can be (outside SET_ASIDE_SAFE unless `anywhere`, or a value
+    whose section is required all the way up)."""
+    if not (anywhere or _safe_to_set_aside(path)):
         return None
-    while path and _safe_to_set_aside(path):
+    while path and (anywhere or _safe_to_set_aside(path)):
         parent: Any = data
         for part in path[:-1]:
             try:

@@ -212,3 +212,27 @@ def test_a_card_for_a_running_cluster_with_a_newer_k3s_is_refused_before_anythin
     failed(bake_py("--role", "two", cwd=folder), "one (server) runs v1.35.4+k3s1",
            "newer than its API server", "python bake.py k3s upgrade")
     assert listing(folder) - before <= {"secrets/FORMAT", "secrets/.gitignore"}  # no out/, no image, no key
+
+
+def test_every_problem_of_cluster_yaml_comes_in_one_report_and_nothing_is_written(folder):
+    """Issue 19 #4: cluster.yaml's own checks came first, and the features' (two servers, an
+    unknown add-on) only at the next bake, after those were fixed. Now one report holds both, and
+    a feature's problem with a value set aside (here the WiFi section, whose country was refused)
+    is left out: it would judge a default nobody wrote."""
+    (folder / "cluster.yaml").write_text(
+        f'ssh: {{authorized_keys: ["{KEY}"]}}\n'
+        'router: {uplink: {type: wifi, wifi: {ssid: "Home\\\\Net", psk: "correct-horse-battery", country: XX}}}\n'
+        "nodes: [{name: one, role: server}, {name: two, role: server, storage_device: /dev/mmcblk0}, {name: three}]\n"
+        "addons: {enabled: true, enable: [nosuchaddon]}\n")
+    before = listing(folder)
+    done = bake_py("--role", "router", cwd=folder)
+    failed(done, "cluster.yaml is not valid:", "router.uplink.wifi.country (line 2): 'XX' is not an ISO 3166-1",
+           "nodes[1].storage_device (line 3): /dev/mmcblk0 is the SD card", "nodes: 2 nodes have role 'server'",
+           "addons.enable: 'nosuchaddon' is not an add-on")
+    assert "router.uplink.wifi.ssid" not in done.stderr
+    assert listing(folder) == before  # no out/, no secrets/
+
+
+def test_a_config_whose_own_checks_pass_still_gets_the_features_report(folder):
+    (folder / "cluster.yaml").write_text(CLUSTER.replace("{name: two,", "{name: two, role: server,"))
+    failed(bake_py("--role", "router", cwd=folder), "nothing was baked; fix these first:", "nodes: 2 nodes have role 'server'")
