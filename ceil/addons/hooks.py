@@ -78,7 +78,27 @@ def check(cluster: Cluster, role: str) -> None:
 
 
 def warnings(cluster: Cluster, role: str) -> list[str]:
-    return fit_warnings(cluster)
+    return fit_warnings(cluster) + ([loose] if (loose := pin_warning(cluster)) else [])
+
+
+def pin_warning(cluster: Cluster, pins=None) -> str | None:
+    """What the chosen add-ons install that no digest holds (addons/pins.yaml: images by tag,
+    charts by version), said at every bake of the server until it is pinned: the registries and
+    chart repositories are believed on the day the server pulls."""
+    from .pins import Pins, references
+    from .render import render_selected
+
+    pins = pins or Pins.load()
+    images, charts = references([m for a in render_selected(cluster, pins=pins) for m in a.manifests])
+    loose_images = [i for i in images if not pins.images.get(i)]
+    loose_charts = [c for c in charts if not pins.charts.get(c)]
+    if not (loose_images or loose_charts):
+        return None
+    return (f"add-ons: {len(loose_images)} of {len(images)} container images and {len(loose_charts)} of"
+            f" {len(charts)} Helm charts are pinned by tag or version only, not by digest (addons/pins.yaml),"
+            " and a chart's own images follow its version: the server installs what the registries and chart"
+            " repositories serve under those names on the day it pulls them. `python bake.py addons pins --check"
+            " --write`, on a machine that reaches them, records today's digests (docs/addons.md)")
 
 
 def context(cluster: Cluster, role: str, store: SecretStore) -> dict:

@@ -261,3 +261,23 @@ def test_an_image_and_a_chart_of_one_name_keep_their_own_sources(tmp_path):
     assert again.source("image", "x") == "the image's registry" and again.images["x"] == IMAGE_DIGEST
     assert again.source("chart", "x") == "the chart's index, again"
     assert pins_mod.Pins.load(path).source("image", "y") is None
+
+
+def test_each_bake_of_the_server_says_what_no_digest_holds_until_it_is_pinned():
+    """Issue 18 #10: the charts and most images are pinned by version or tag only (no registry
+    reachable here to read their digests), and nothing said so when a cluster was baked."""
+    from ceil.addons.hooks import pin_warning, warnings
+
+    cluster = cluster_from({"addons": {"enabled": True}})
+    pins = pins_mod.Pins.load()
+    images, charts = pins_mod.references([m for a in render_selected(cluster, pins=pins) for m in a.manifests])
+    loose = [i for i in images if not pins.images.get(i)], [c for c in charts if not pins.charts.get(c)]
+    said = pin_warning(cluster, pins)
+    assert said.startswith(f"add-ons: {len(loose[0])} of {len(images)} container images and {len(loose[1])} of"
+                           f" {len(charts)} Helm charts are pinned by tag or version only")
+    assert "pins --check --write" in said and said in warnings(cluster, "one")
+    for ref in images:
+        pins.images[ref] = "sha256:" + "a" * 64
+    for key in charts:
+        pins.charts[key] = "sha256:" + "b" * 64
+    assert pin_warning(cluster, pins) is None  # all held by digest: nothing to say
