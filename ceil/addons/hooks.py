@@ -89,7 +89,11 @@ def pin_warning(cluster: Cluster, pins=None) -> str | None:
     from .render import render_selected
 
     pins = pins or Pins.load()
-    images, charts = references([m for a in render_selected(cluster, pins=pins) for m in a.manifests])
+    try:
+        rendered = render_selected(cluster, pins=pins)
+    except ConfigError:  # an unknown add-on, ...: the check says so, among every other problem
+        return None
+    images, charts = references([m for a in rendered for m in a.manifests])
     loose_images = [i for i in images if not pins.images.get(i)]
     loose_charts = [c for c in charts if not pins.charts.get(c)]
     if not (loose_images or loose_charts):

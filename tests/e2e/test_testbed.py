@@ -98,6 +98,47 @@ def test_ping_works_for_the_admin_user(bare):
     assert bare["host"].run("ping -c1 -W5 127.0.0.1").rc == 0
 
 
+def test_the_secrets_step_leaves_no_byte_of_a_hostile_wifi_passphrase_on_a_real_fat(bare):
+    """Issue 18 #4 at the block level, with the kernel's own vfat (this machine has none, and the
+    QEMU cluster's uplink is wired, so its boot partition holds no passphrase): the router's
+    network-config as ceil renders it, with a passphrase of quotes, backslashes and shell
+    characters, and a secret file, on a FAT image in the twin; the real secrets step; then every
+    6 bytes in a row of the passphrase are looked for in the raw image, free clusters included."""
+    import base64
+    import shlex
+
+    from ceil.features import jinja_env
+    from tests.unit.test_secrets_scrub import REPO, render_network_config
+
+    host = bare["host"]
+    psk = 'p"w\\d \'q\' #$(id) `x` \\"tail-of-the-passphrase'
+    network_config = render_network_config(bare["ssh"].known_hosts.parent, "Home", psk)
+    written = network_config.split("password: ", 1)[1].splitlines()[0]  # the value as the file holds it (JSON-escaped)
+    pieces = sorted({text[i:i + 6] for text in (psk, written) for i in range(len(text) - 5)})
+    script = jinja_env(REPO / "firstboot" / "common").get_template("lib/steps/secrets.sh.j2").render(
+        boot_mount="/mnt/ceil-fat")
+    put = lambda path, text: f"echo {base64.b64encode(text.encode()).decode()} | base64 -d > {path}"  # noqa: E731
+    found = "grep -aoF -f /tmp/ceil-pieces /tmp/ceil-fat.img | sort -u | wc -l"  # how many pieces the blocks hold
+    steps = [
+        "rm -rf /tmp/ceil-fat.img /mnt/ceil-fat /tmp/ceil-dest", "truncate -s 8M /tmp/ceil-fat.img",
+        "mkfs.vfat /tmp/ceil-fat.img >/dev/null", "mkdir -p /mnt/ceil-fat", put("/tmp/ceil-pieces", "\n".join(pieces)),
+        "mount -o loop /tmp/ceil-fat.img /mnt/ceil-fat", "mkdir -p /mnt/ceil-fat/ceil/secrets/wireguard",
+        put("/mnt/ceil-fat/network-config", network_config),
+        put("/mnt/ceil-fat/ceil/secrets/wireguard/wg0.conf", f"PrivateKey = {psk}-as-a-secret-file\n"),
+        "umount /mnt/ceil-fat", f"echo before: $({found})",  # the scan finds them before the step
+        "mount -o loop /tmp/ceil-fat.img /mnt/ceil-fat", put("/tmp/ceil-secrets.sh", script),
+        "CEIL_SECRETS_DEST=/tmp/ceil-dest sh /tmp/ceil-secrets.sh", "cat /mnt/ceil-fat/network-config",
+        "umount /mnt/ceil-fat", f"echo after: $({found})", "grep -aoF -f /tmp/ceil-pieces /tmp/ceil-fat.img | sort -u"]
+    done = host.run(f"sudo sh -c {shlex.quote(' && '.join(steps))}; sudo rm -rf /tmp/ceil-fat.img /tmp/ceil-dest"
+                    " /tmp/ceil-secrets.sh /tmp/ceil-pieces")
+    assert done.rc == 0, done.stdout + done.stderr
+    assert 'password: "REDACTED-by-ceil"' in done.stdout
+    before = int(done.stdout.split("before: ", 1)[1].split()[0])
+    assert before >= len(pieces) // 2, done.stdout  # the passphrase was there, and the scan sees it
+    after = done.stdout.split("after: ", 1)[1]
+    assert after.split()[0] == "0", f"bytes of the passphrase left on the FAT: {after}"
+
+
 def test_a_twin_has_no_memory_cgroup_unless_its_command_line_turns_it_on(bare):
     """Hostile twin (docs/testing.md): a Raspberry Pi kernel leaves the memory cgroup off; the
     bare seed does not turn it on, so systemd's MemoryMax= bounds nothing here, as on a Pi."""
