@@ -5,7 +5,7 @@ of the schema, values made of the characters that break formats (quotes, backsla
 `#`, `$`, braces, control and non-ASCII characters) are either refused (naming the key and,
 for secrets, never the value) or, if accepted, rendered into the router's and a node's files,
 each of which must still parse with its real parser (libyaml and PyYAML for YAML, json for JSON,
-`sh -n` for shell, `dnsmasq --test` and `nft -c` for the router's DHCP/DNS config and ruleset,
+`sh -n` or `bash -n` for shell (by the script's own interpreter), `dnsmasq --test` and `nft -c` for the router's DHCP/DNS config and ruleset,
 systemd's own syntax for env files); and a value that was accepted comes back out of the YAML it
 went into unchanged. Where dnsmasq or nft is not installed, a field's test runs every other check
 and then skips, naming the tool.
@@ -76,6 +76,9 @@ FIELDS = {
     "kubernetes.k3s_sha256": "0123456789abcdef" * 4, "ddns.ip_url": "https://api.ipify.org",
     "addons.enable.0": "keda", "addons.disable.0": "canary",
 }
+# The flavors whose files differ for the same values (netplan rendered for systemd-networkd and
+# for NetworkManager), one drawn per example: every field meets both in a run of the same length.
+FLAVORS = ("ubuntu-24.04-raspi", "raspios-trixie")
 SECRETS = {"router.uplink.wifi.psk", "ddns.api_token", "tunnel.token", "gitops.token"}
 # \x85 (NEL), \u2028 and \u2029 are line breaks to YAML; \x9b is a C1 control (a terminal's CSI).
 NASTY = list("aZ09.-_:/ \n\t\"'\\#$`{}[],&*!|>%@=;\x1b\x00\x7f\x85\x9b\u2028\u2029éü📶")
@@ -229,8 +232,10 @@ def check_parses(files: dict[str, str], value: str, tmp: Path, baseline: str) ->
             for line in text.splitlines():
                 assert not line or line.startswith("#") or "=" in line, f"{name}: {line!r}"
     if shell:
-        bad = subprocess.run(["sh", "-c", 'for f; do sh -n "$f" 2>&1 || echo "BROKEN $f"; done', "sh", *map(str, shell)],
-                             capture_output=True, text=True)
+        # Each by the shell that runs it: bash for a #!/bin/bash script, the system's sh (dash on
+        # every flavor) for the rest.
+        check = 'for f; do if head -n1 "$f" | grep -q bash; then bash -n "$f"; else sh -n "$f"; fi 2>&1 || echo "BROKEN $f"; done'
+        bad = subprocess.run(["sh", "-c", check, "sh", *map(str, shell)], capture_output=True, text=True)
         assert "BROKEN" not in bad.stdout, bad.stdout
     # Round trip: a value that lands in a YAML file comes back out of it whole (checked where the
     # value is long enough to be told apart from what the files hold anyway).
@@ -287,8 +292,11 @@ def test_every_string_field_is_refused_or_renders_into_files_that_parse(path, st
     @given(data=st.data())
     def each_value(data):
         value = data.draw(values(FIELDS[path]), label=path)
+        settings_ = with_value(path, value)
+        if path != "flavor":  # netplan for networkd, or for NetworkManager: each renderer's files
+            settings_["flavor"] = data.draw(st.sampled_from(FLAVORS), label="flavor")
         try:
-            cluster = parse_cluster(as_yaml(with_value(path, value)), "cluster.yaml")
+            cluster = parse_cluster(as_yaml(settings_), "cluster.yaml")
             tmp = tmp_path_factory.mktemp("render")
             files = render_all(cluster, tmp, store, ("router", "two", "one") if path.startswith(SERVER_ONLY) else
                                ("router", "two"))
