@@ -133,6 +133,33 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
         agent.close()
 
 
+def test_make_verify_runs_as_the_readme_gives_it_through_the_vpn(nodes, cluster, tmp_path):
+    """`make verify` (pytest tests/infra --cluster-config cluster.yaml) from the workstation,
+    through the VPN, with the user's agent: until now its checks had only run inside the harness,
+    which sets up their SSH targets itself; the verify path's own (the ssh_config it writes, the
+    host keys from secrets/, the jump through the router) never ran. The baseline checks, on
+    every machine; the boot partition's block scan is left to the harness's run of them."""
+    c = session.get()
+    client = c.vpn_client
+    if client is None:
+        pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
+    agent = Agent(tmp_path, c.key)
+    try:
+        client.up()
+        verify = [*agent.bake_py()[:-1], "-m", "pytest", str(REPO / "tests" / "infra" / "test_baseline.py"),
+                  "--cluster-config", str(c.config_path), "-p", "no:cacheprovider", "-q", "-k", "not blocks"]
+        done = subprocess.run(["ip", "netns", "exec", client.link.ns, *verify], cwd=REPO, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        summary = done.stdout.strip().splitlines()[-1]
+        assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+        # every machine was checked: the router and each node by name in the parametrised ids
+        assert int(summary.split(" passed")[0].split()[-1]) >= 3 * len(("router", *nodes)), summary
+    finally:
+        client.close()
+        agent.close()
+
+
 def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the_router(nodes, cluster, tmp_path):
     """`bake.py datastore backup` as the README gives it, through the VPN: from the server while
     it runs, and with --from-router the newest snapshot the router pulled (what is left when the
