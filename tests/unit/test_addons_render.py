@@ -418,6 +418,34 @@ def test_grafana_dashboards_are_json_with_the_sidecar_label():
         assert all(t["expr"] for p in board["panels"] for t in p["targets"])
 
 
+def test_every_promql_expression_the_add_ons_carry_parses():
+    """The dashboards' queries and prometheus-adapter's, parsed by a PromQL parser (a typo in one
+    showed only as an empty panel or a metric the HPA never got, on hardware). The adapter's
+    Go-template placeholders are filled the way the adapter fills them."""
+    import json
+
+    import promql_parser
+
+    manifests = docs(VARIANTS["scaling"])
+    exprs = [t["expr"] for m in manifests if m["kind"] == "ConfigMap"
+             and m["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+             for text in m["data"].values() for p in json.loads(text)["panels"] for t in p["targets"]]
+    adapter = yaml.safe_load(by_kind(manifests, "HelmChart", "prometheus-adapter")[0]["spec"]["valuesContent"])
+    filled = {"<<.Series>>": "traefik_service_requests_total", "<<.LabelMatchers>>": 'ingress_namespace="demo"',
+              "<<.GroupBy>>": "ingress_service"}
+    for rule in adapter["rules"]["custom"]:
+        exprs.append(rule["seriesQuery"])
+        query = rule["metricsQuery"]
+        for placeholder, value in filled.items():
+            query = query.replace(placeholder, value)
+        exprs.append(query)
+    assert len(exprs) >= 7
+    for expr in exprs:
+        promql_parser.parse(expr)  # raises ValueError with the parser's words
+    with pytest.raises(ValueError):
+        promql_parser.parse(exprs[0].replace(")", "", 1) if ")" in exprs[0] else exprs[0] + "{")
+
+
 def test_flux_syncs_the_named_repository_and_its_token_is_a_secret_only(tmp_path):
     from ceil.addons.hooks import secret_files
 
