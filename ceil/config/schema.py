@@ -406,6 +406,12 @@ class Kubernetes(Model):
     # image's 4K-page kernel instead (the router runs no containers and keeps the default). Other
     # flavors run 4K pages on a Pi 5 already, and other Pis always do.
     pi5_page_size: Literal["4k", "16k"] = "4k"
+    # How pod traffic crosses between nodes. flannel's VXLAN (k3s's default) is unauthenticated:
+    # a device on the LAN that takes a node's address can put packets into the pod network.
+    # wireguard-native encrypts it and accepts only the nodes' keys (exchanged through the API
+    # server); it needs the kernel's WireGuard, which the router's VPN needs too, and costs CPU on
+    # a Pi 3. Verified only on hardware (the QEMU nodes run no flannel).
+    flannel_backend: Literal["vxlan", "wireguard-native"] = "vxlan"
     # With one server k3s keeps the cluster in SQLite on that one card; with three or more, etcd
     # survives a lost server, and these are not taken.
     datastore_backups: DatastoreBackups = Field(default_factory=DatastoreBackups)

@@ -87,6 +87,8 @@ def server_config(cluster: Cluster, node: Node) -> dict:
         "token-file": _secret_path(TOKEN_FILE),
         "agent-token-file": _secret_path(AGENT_TOKEN_FILE),
     })
+    if cluster.kubernetes.flannel_backend != "vxlan":  # the servers choose it for every node
+        cfg["flannel-backend"] = cluster.kubernetes.flannel_backend
     if metallb_enabled(cluster):
         cfg["disable"] = ["servicelb"]
     if len(servers(cluster)) > 1:

@@ -48,6 +48,17 @@ def test_server_config(make):
     }
 
 
+def test_wireguard_native_flannel_is_the_servers_choice_for_every_node(make):
+    """Issue 18: flannel's VXLAN takes pod packets from whoever holds a node's address on the LAN;
+    wireguard-native accepts only the nodes' keys. Set on the servers (k3s hands it to the agents),
+    never on an agent, whose k3s would refuse a server-only flag."""
+    cluster, _ = make("kubernetes: {flannel_backend: wireguard-native}\n")
+    assert k3s_config.server_config(cluster, cluster.node("one"))["flannel-backend"] == "wireguard-native"
+    assert "flannel-backend" not in k3s_config.agent_config(cluster, cluster.node("two"))
+    default, _ = make()
+    assert "flannel-backend" not in k3s_config.server_config(default, default.node("one"))  # k3s's vxlan
+
+
 def test_servicelb_stays_when_metallb_is_off(make):
     for extra in ("addons: {enabled: false}\n", "addons: {disable: [metallb, traefik, dashboard, demo, monitoring]}\n"):
         cluster, _ = make(extra)
