@@ -10,6 +10,7 @@ it is refused. Replacing its card goes through `bake.py datastore backup` and `r
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -119,14 +120,21 @@ def _stays(pod: dict) -> bool:
     return mirror or any(o.get("kind") == "DaemonSet" for o in owners)
 
 
+def lease_edit(cluster: Cluster, name: str, leases: str = LEASES) -> str:
+    """Shell that drops the node's leases from dnsmasq's lease file (`expiry MAC address host
+    client-id` per line): its reserved address, and any address leased under its host name (the
+    pool address a node baked after the router had before it registered; that lease stayed)."""
+    keep = f'$3 != "{cluster.node(name).ip}" && $4 != "{cluster.hostname(name)}"'
+    return f"awk {shlex.quote(keep)} {leases} > {leases}.ceil-tmp && mv {leases}.ceil-tmp {leases}"
+
+
 def router_cleanup_command(cluster: Cluster, name: str) -> str:
     """Shell for the router: the node's status-board entry, its registration if it was baked after
-    the router (ceil-lan-hosts.path then drops its reservation and names), and its DHCP lease
+    the router (ceil-lan-hosts.path then drops its reservation and names), and its DHCP leases
     (dnsmasq reads its lease file only at start, so it is stopped for the edit)."""
-    ip = cluster.node(name).ip
+    edit = f"systemctl stop dnsmasq && {lease_edit(cluster, name)}; systemctl start dnsmasq"
     return (f"sudo rm -f {STATUS_BOARD_DIR}/{name}.json {STATUS_BOARD_DIR}/registered/{name}.json"
-            f" && sudo sh -c 'systemctl stop dnsmasq &&"
-            f" sed -i \"/ {ip} /d\" {LEASES}; systemctl start dnsmasq'")
+            f" && sudo sh -c {shlex.quote(edit)}")
 
 
 @click.group("node")

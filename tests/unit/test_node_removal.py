@@ -3,6 +3,7 @@ against the real API server in tests/apiserver/test_node_remove.py)."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 
 import pytest
@@ -30,13 +31,19 @@ def test_the_only_server_is_not_removed():
 def test_the_router_forgets_the_nodes_lease_and_status(tmp_path):
     cmd = nodes.router_cleanup_command(parse_cluster(CLUSTER), "two")
     assert "rm -f /var/lib/ceil-status-board/two.json /var/lib/ceil-status-board/registered/two.json" in cmd
-    assert "/ 10.42.0.12 /d" in cmd
     subprocess.run(["sh", "-n", "-c", cmd], check=True)
-    # The lease edit, run on a copy of a real lease file: only that node's line goes.
+    assert nodes.lease_edit(parse_cluster(CLUSTER), "two") in shlex.split(cmd)[-1]  # sudo sh -c '...'
+    # The command's own lease edit, run on a lease file as dnsmasq writes it: node two's reserved
+    # address and the pool address it leased under its name before it registered both go (the
+    # pool lease stayed before); another host's lease on a similar address stays.
     leases = tmp_path / "leases"
-    leases.write_text("1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n1796 02:00:00:00:aa:02 10.42.0.12 ceil-two *\n")
-    subprocess.run(["sed", "-i", "/ 10.42.0.12 /d", str(leases)], check=True)
-    assert leases.read_text() == "1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n"
+    leases.write_text("1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n"
+                      "1796 02:00:00:00:aa:02 10.42.0.12 ceil-two *\n"
+                      "1500 02:00:00:00:aa:02 10.42.0.150 ceil-two 01:02:00:00:00:aa:02\n"
+                      "1796 02:00:00:00:bb:01 10.42.0.120 phone *\n")
+    subprocess.run(["sh", "-c", nodes.lease_edit(parse_cluster(CLUSTER), "two", str(leases))], check=True)
+    assert leases.read_text() == ("1796 02:00:00:00:aa:01 10.42.0.11 ceil-one *\n"
+                                  "1796 02:00:00:00:bb:01 10.42.0.120 phone *\n")
 
 
 def test_remove_refuses_before_touching_anything(tmp_path, monkeypatch):
