@@ -281,22 +281,27 @@ def _secret(cluster: Cluster, store: SecretStore, name: str) -> bytes:
 
 @addons_group.command("delete")
 @click.argument("names", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every add-on enabled in cluster.yaml.")
+@click.option("--all", "everything", is_flag=True, help="Every add-on of the catalog found in the cluster, also one"
+              " disabled in cluster.yaml after it was applied (make teardown).")
 @click.option("--yes", is_flag=True, help="Do not ask (volumes of deleted add-ons are lost).")
 @click.pass_obj
 def delete_command(obj: Context, names, everything, yes) -> None:
     """Delete what NAMES applied (their charts are uninstalled by k3s's helm-controller)."""
     from .job.apply import Applier
 
-    plan = build_plan(obj.cluster, names=_names(obj, names, everything))
+    # --all: the whole catalog, as this cluster would render it; what is not there is skipped.
+    # The add-ons enabled now only left behind one applied before it was disabled.
+    plan = build_plan(obj.cluster, names=list(Catalog().specs) if everything else _names(obj, names, everything))
     chosen = [a["name"] for a in plan["addons"]]
     if not yes:
-        confirm(f"delete {', '.join(chosen)} from the cluster (their volumes too)?")
+        what = "every add-on ceil applied" if everything else ", ".join(chosen)
+        confirm(f"delete {what} from the cluster (their volumes too)?")
     with obj.kubeconfig_path() as kubeconfig:
         applier = Applier(obj.api(kubeconfig), log=lambda m: click.echo(f"  {m}"))
         for addon in reversed(plan["addons"]):  # dependants first
             gone = applier.delete_addon(addon)
-            click.echo(f"{addon['name']}: deleted {len(gone)} object(s)")
+            if gone or not everything:
+                click.echo(f"{addon['name']}: deleted {len(gone)} object(s)")
             for what in gone:
                 click.echo(f"  {what}")
 

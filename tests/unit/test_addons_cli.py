@@ -66,6 +66,18 @@ def test_apply_then_delete_one_addon(setup):
     assert api.find("v1", "Namespace", "demo") is None
 
 
+def test_delete_all_takes_an_add_on_disabled_after_it_was_applied(setup, tmp_path):
+    """`make teardown` (addons delete --all) deleted only the add-ons enabled in cluster.yaml now:
+    one applied, then disabled, stayed in the cluster."""
+    api, opts = setup
+    assert run(addons_group, [*opts, "apply", "demo"]).exit_code == 0
+    (tmp_path / "cluster.yaml").write_text(CLUSTER + "addons: {disable: [demo]}\n")
+    result = run(addons_group, [*opts, "delete", "--yes", "--all"])
+    assert result.exit_code == 0, result.output
+    assert api.find("apps/v1", "Deployment", "httpd", "demo") is None and api.find("v1", "Namespace", "demo") is None
+    assert "demo: deleted" in result.output and "gitops: deleted" not in result.output  # nothing there: not listed
+
+
 def test_apply_reports_failure_with_non_zero_exit(setup, monkeypatch):
     api, opts = setup
     monkeypatch.setattr("ceil.addons.job.kube.time.sleep", lambda seconds: None)  # the retries' backoff
