@@ -51,15 +51,19 @@ def read_public_key(path: str) -> tuple[Path, str]:
 HEADER = "# Written by `bake.py init`; every key is explained in cluster.example.yaml.\n"
 
 
+RAM_CHOICES = ["1", "2", "4", "8", "16"]  # nodes[].ram_gib: the Pis' memory sizes
+
+
 def build_config(name: str, flavor: str, key: str, uplink: str, ssid: str | None, psk: str | None,
-                 country: str | None, nodes: int, k3s_sha256: str | None = None) -> dict:
+                 country: str | None, nodes: int, k3s_sha256: str | None = None, ram_gib: int | None = None) -> dict:
     cfg: dict = {
         "format": CLUSTER_FORMAT,
         "name": name,
         "flavor": flavor,
         "ssh": {"authorized_keys": [key]},
         "router": {"lan_interface": "eth0", "uplink": {"type": uplink}},
-        "nodes": [{"name": n, "role": "server" if i == 0 else "agent", "ip": f"10.42.0.{11 + i}"}
+        "nodes": [{"name": n, "role": "server" if i == 0 else "agent", "ip": f"10.42.0.{11 + i}",
+                   **({"ram_gib": ram_gib} if ram_gib else {})}
                   for i, n in enumerate(NODE_NAMES[:nodes])],
     }
     if uplink == "wifi":
@@ -125,6 +129,8 @@ def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> 
 @click.option("--ssid", help="WiFi network name (uplink wifi).")
 @click.option("--country", help="WiFi country code, e.g. DE (uplink wifi).")
 @click.option("--nodes", type=click.IntRange(1, len(NODE_NAMES)), help="How many k3s nodes (the first is the server).")
+@click.option("--ram-gib", type=click.Choice(RAM_CHOICES), help="Each node's memory in GiB (1: Pi 3; 2, 4, 8, 16: Pi 4"
+              " or 5), so the bake checks that the chosen add-ons fit [asked; with --yes: unknown, warned at bake].")
 @click.option("--vpn-endpoint", metavar="HOST[:PORT]", help="Where VPN clients dial the router: its public"
               " name or address, or on the home network its name there [default: NAME-router].")
 @click.option("--vpn-client", "vpn_client", default="laptop", show_default=True, metavar="NAME",
@@ -134,8 +140,8 @@ def answers_refused(message: str, answered_by: dict[str, str] = ANSWERED_BY) -> 
               " `python bake.py k3s digests` lists what ceil has).")
 @click.option("--yes", is_flag=True, help="Take defaults for everything not given; ask nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing cluster.yaml.")
-def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, vpn_endpoint, vpn_client,
-                 k3s_sha256, yes, force):
+def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country, nodes, ram_gib, vpn_endpoint,
+                 vpn_client, k3s_sha256, yes, force):
     """Write a cluster.yaml from a few questions and generate the cluster's secrets/."""
     if config_path.is_dir():
         raise CeilError(f"--config {config_path} is a folder: give the file to write, e.g. --config {config_path / 'cluster.yaml'}")
@@ -171,6 +177,11 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
             raise CeilError("uplink wifi needs an SSID (--ssid) and a passphrase (the prompt, or CEIL_WIFI_PSK"
                             " in the environment); or choose --uplink ethernet")
     nodes = nodes or int(ask("Number of k3s nodes", default=4, type=click.IntRange(1, len(NODE_NAMES))))
+    # The add-ons' fit is checked against it (a Pi 3's 1 GiB does not hold the default set);
+    # --yes leaves it unknown rather than guess (the bake then warns that it could not check).
+    if ram_gib is None and not yes:
+        ram_gib = click.prompt("Memory of each node in GiB (1: Pi 3; 2, 4, 8, 16: Pi 4 or 5)", default="4",
+                               type=click.Choice(RAM_CHOICES))
     # The way in from the workstation (README, "Your way in"): a VPN client that works from the
     # home network at once (the router's name there), or from anywhere with a public name.
     endpoint_by_name = not vpn_endpoint  # its default, NAME-router, breaks with a bad --name
@@ -180,7 +191,7 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         from .wireguard import add_client, client_secret_name
 
         client_name = client_secret_name(vpn_client)  # a bad name is refused before anything is written
-    cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes, k3s_sha256)
+    cfg = build_config(name, flavor, key, uplink, ssid, psk, country, nodes, k3s_sha256, int(ram_gib) if ram_gib else None)
     cfg["vpn"] = {"endpoint": vpn_endpoint}
     # Everything is checked before anything is written: a refused value leaves no cluster.yaml and
     # no half of secrets/ behind.

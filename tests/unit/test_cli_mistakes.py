@@ -71,10 +71,17 @@ def test_init_checks_the_vpn_client_name_and_the_node_count_before_writing(tmp_p
     from tests.bake_cli import REPO
 
     done = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--ssh-key-file", "k.pub"],
-                          input="\n-1\n2\n\n", cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          input="\n-1\n2\n3\n8\n\n", cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "-1 is not in the range" in done.stdout
-    assert [n.name for n in parse_cluster((tmp_path / "cluster.yaml").read_text()).nodes] == ["one", "two"]
+    assert "'3' is not one of '1', '2', '4', '8', '16'" in done.stdout  # the nodes' memory, asked again
+    made = parse_cluster((tmp_path / "cluster.yaml").read_text())
+    assert [(n.name, n.ram_gib) for n in made.nodes] == [("one", 8), ("two", 8)]
+    # Pi 3s (1 GiB) cannot hold the default add-ons: said before anything is written, with the fix.
+    (tmp_path / "cluster.yaml").unlink()
+    failed(bake_py("init", "--yes", "--uplink", "ethernet", "--ssh-key-file", "k.pub", "--nodes", "2", "--ram-gib", "1",
+                   cwd=tmp_path), "(nothing was written)", "no node has room for", "disable some add-ons (addons.disable)")
+    assert not (tmp_path / "cluster.yaml").exists()
 
 
 def test_a_config_that_is_a_folder_or_not_utf8_is_named_so(folder):

@@ -225,7 +225,7 @@ def test_interactive_init_asks_again_for_a_wrong_ssh_key_path(tmp_path, ssh_pubk
     key = tmp_path / "id.pub"
     key.write_text(ssh_pubkey + "\n")
     (tmp_path / "id").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-    answers = f"{tmp_path / 'typo.pub'}\n{tmp_path / 'id'}\n{key}\n"
+    answers = f"{tmp_path / 'typo.pub'}\n{tmp_path / 'id'}\n{key}\n\n"  # (the last: the nodes' memory, 4 GiB)
     r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--nodes", "1",
                         "--vpn-endpoint", "vpn.example.com", "--vpn-client", ""], cwd=tmp_path, input=answers,
                        capture_output=True, text=True, env={**__import__("os").environ, "HOME": str(tmp_path)})
