@@ -410,10 +410,49 @@ def _chart(obj: AppContext, chart_dir: Path, name: str | None) -> None:
                f"  digest {artifact.digest}")
 
 
-def _deploy(obj: AppContext, name: str, print_only: bool) -> None:
+def commit_to_gitops(repo: Path, cluster: Cluster, name: str, objs: list[dict], state: dict) -> str:
+    """The app's objects (for_git) as APP.yaml under the folder Flux syncs (gitops.path)/apps/ in
+    the user's checkout `repo`, committed there: Flux then rolls the new digest out. The user
+    pushes (their remote, their credentials). Returns what happened, in words."""
+    from .tools import require
+
+    require("git")
+    if not (repo / ".git").exists():
+        raise CeilError(f"--git {repo} is not a Git checkout: give the working copy of the repository gitops.url"
+                        " names (git clone it first)")
+    folder = repo / cluster.gitops.path / "apps"
+    path = folder / f"{name}.yaml"
+    text = (f"# {name}: written by `python bake.py app deploy {name} --git`; the pull Secret is applied by"
+            f" `python bake.py app deploy {name}` once.\n" + yaml.safe_dump_all(for_git(objs), sort_keys=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    rel = str(path.relative_to(repo))
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+    if (added := git("add", "--", rel)).returncode != 0:
+        raise CeilError(f"git add {rel} failed in {repo}: {added.stderr.strip()}")
+    if git("diff", "--cached", "--quiet", "--", rel).returncode == 0:
+        return f"{rel} already holds this image and chart: nothing to commit"
+    message = f"app {name}: image {state['image_digest']}, chart {state['chart_version']}"
+    done = git("commit", "-q", "-m", message, "--", rel)
+    if done.returncode != 0:
+        raise CeilError(f"git commit in {repo} failed: {(done.stderr or done.stdout).strip()} (the file is written"
+                        f" and staged: {rel})")
+    return f"committed {rel} in {repo} (\"{message}\"): push it, and Flux rolls it out within gitops.interval"
+
+
+def _deploy(obj: AppContext, name: str, print_only: bool, git_repo: Path | None = None) -> None:
     check_name(name)
     target = obj.target()
-    objs = deploy_objects(target, name, read_state(obj.out, name))
+    state = read_state(obj.out, name)
+    objs = deploy_objects(target, name, state)
+    if git_repo is not None:
+        click.echo(commit_to_gitops(git_repo, target.cluster, name, objs, state))
+        return
     if print_only:
         secret = next(o["metadata"] for o in objs if o["kind"] == "Secret")
         click.echo(f"# {name}, as `python bake.py app deploy {name}` applies it, for a GitOps repository. Not here:"
@@ -480,10 +519,15 @@ def chart_command(obj, chart_dir, name):
 @click.argument("name")
 @click.option("--print", "print_only", is_flag=True,
               help="Print the objects for a GitOps repository instead of applying them (all but the pull Secret).")
+@click.option("--git", "git_repo", type=click.Path(file_okay=False, path_type=Path), metavar="CHECKOUT",
+              help="Write them into this checkout of your GitOps repository (gitops.path/apps/NAME.yaml) and commit;"
+                   " you push, Flux deploys (docs/apps.md, \"Through Git\").")
 @click.pass_obj
-def deploy_command(obj, name, print_only):
+def deploy_command(obj, name, print_only, git_repo):
     """Install NAME with k3s's helm-controller, from the chart and image digest last pushed."""
-    _deploy(obj, name, print_only)
+    if print_only and git_repo:
+        raise click.UsageError("--print shows the objects, --git commits them: give one")
+    _deploy(obj, name, print_only, git_repo)
 
 
 @app_group.command("ship")
@@ -493,8 +537,10 @@ def deploy_command(obj, name, print_only):
               help="Comma-separated platforms.")
 @click.option("--builder", type=click.Choice(BUILDERS), help="Which builder (default: the first found).")
 @click.option("--no-deploy", is_flag=True, help="Push image and chart only.")
+@click.option("--git", "git_repo", type=click.Path(file_okay=False, path_type=Path), metavar="CHECKOUT",
+              help="Deploy through Git: commit the app's objects in this checkout of your GitOps repository.")
 @click.pass_obj
-def ship_command(obj, context, tag, platform, builder, no_deploy):
+def ship_command(obj, context, tag, platform, builder, no_deploy, git_repo):
     """Build CONTEXT, push CONTEXT/chart, deploy: the app's name is its folder's."""
     name = check_name(context.resolve().name)
     if not (context / "chart" / "Chart.yaml").is_file():
@@ -503,4 +549,4 @@ def ship_command(obj, context, tag, platform, builder, no_deploy):
     _build(obj, context, name, tag, platform, builder)
     _chart(obj, context / "chart", name)
     if not no_deploy:
-        _deploy(obj, name, print_only=False)
+        _deploy(obj, name, print_only=False, git_repo=git_repo)

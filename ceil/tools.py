@@ -47,6 +47,8 @@ TOOLS = [
     Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",
          "podman", "app"),
     Tool("helm", "lints and packages your app's chart (bake.py app chart)", "", "helm", "app"),
+    Tool("git", "commits your app's deployment into your GitOps repository (bake.py app deploy --git)", "git", "git",
+         "app"),
     Tool("stern", "tails the logs of every pod at once (bake.py logs, make logs, without a selector)", "",
          "stern", "operate"),
     Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "kubectl",

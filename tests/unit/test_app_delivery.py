@@ -336,3 +336,48 @@ def test_deploy_releases_through_flagger_where_cluster_yaml_runs_it(tmp_path, ad
     assert yaml.safe_load(chart["spec"]["valuesContent"]).get("canary") == canary
     declared = yaml.safe_load((REPO / "apps/piphp/chart/values.yaml").read_text())["canary"]
     assert declared["enabled"] is False  # off in the chart: `helm install` by hand needs no Flagger
+
+
+def test_deploy_through_git_commits_the_apps_objects_where_flux_syncs(tmp_path):
+    """Issue 20 #4, the light CI path for Pis (built on the workstation or a CI runner, no build in
+    the cluster): `app deploy --git CHECKOUT` writes the objects `--print` shows into
+    gitops.path/apps/NAME.yaml of the user's checkout and commits them; the next digest is the
+    next commit, the same digest no commit at all. The pull account's Secret never goes into Git."""
+    from ceil.secrets import SecretStore
+    from ceil import registry_access as access
+    from tests.registry_lab import BASE
+
+    store = SecretStore(tmp_path / "secrets")
+    access.ensure_ca(store)
+    access.password(store, "push")
+    access.password(store, "pull")  # (made by the router's bake)
+    (tmp_path / "cluster.yaml").write_text(BASE + "gitops: {enabled: true, url: 'https://git.example.org/me/fleet',"
+                                           " path: ./clusters/home}\n")
+    repo = tmp_path / "fleet"
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True).stdout  # noqa: E731
+    repo.mkdir()
+    git("init", "-q")
+    git("config", "user.email", "me@example.org")
+    git("config", "user.name", "me")
+    digest = "sha256:" + "c" * 64
+    apps.write_state(tmp_path / "out", "piphp", image_digest=digest, chart_version="0.1.0", chart_name="piphp")
+    deploy = ["app", "deploy", "piphp", "--git", str(repo)]
+    done = bake_py(*deploy, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = repo / "clusters/home/apps/piphp.yaml"
+    assert f"committed clusters/home/apps/piphp.yaml in {repo}" in done.stdout
+    objs = [d for d in yaml.safe_load_all(written.read_text()) if d]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "HelmChart"]  # no Secret
+    assert access.password(store, "pull") not in written.read_text()
+    assert yaml.safe_load(objs[1]["spec"]["valuesContent"])["image"]["digest"] == digest
+    assert git("log", "--format=%s") == f"app piphp: image {digest}, chart 0.1.0\n"
+    again = bake_py(*deploy, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to commit" in again.stdout
+    newer = "sha256:" + "d" * 64
+    apps.write_state(tmp_path / "out", "piphp", image_digest=newer)
+    assert bake_py(*deploy, cwd=tmp_path).returncode == 0
+    assert git("log", "--format=%s").splitlines() == [f"app piphp: image {newer}, chart 0.1.0",
+                                                       f"app piphp: image {digest}, chart 0.1.0"]
+    assert git("status", "--porcelain") == ""
+    not_git = bake_py("app", "deploy", "piphp", "--git", str(tmp_path / "out"), cwd=tmp_path)
+    assert not_git.returncode != 0 and "is not a Git checkout" in not_git.stderr + not_git.stdout
