@@ -97,6 +97,12 @@ def test_a_workstation_on_a_trusted_network_finds_the_router_routes_and_reads_th
         banner = wait_for(f"an SSH banner from {server.name} through the route",
                           lambda: or_none(lambda: ws.tcp_banner(str(server.ip), 22)), timeout=60)
         assert banner.startswith("SSH-2.0")
+        # The Kubernetes API too, with `bake.py kubeconfig`'s file as written (the server at its
+        # LAN address): the firewall forwards the API port to trusted networks (README, "Your way in").
+        kubeconfig = c.workdir / "kubeconfig-route"
+        ws.run(*bake, "kubeconfig", "--config", str(c.config_path), "--secrets", str(c.workdir / "secrets"),
+               "--out", str(kubeconfig))
+        assert node_names(ws.run, kubeconfig, cluster, "the trusted route")
     finally:
         ws.run("ip", "route", "flush", lan)
         side.close()
