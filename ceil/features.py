@@ -187,6 +187,11 @@ def preflight(cluster: Cluster, roles: list[str], flavor: Flavor, root: Path = F
     return warnings
 
 
+# The cluster.yaml key a problem starts with (`nodes: ...`, `router.uplink.wifi.ssid: ...`,
+# `nodes[1].mac (line 7): ...`); a problem of the whole starts otherwise ("no node has room ...").
+KEY_RE = re.compile(r"([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*)(?::| \(line)")
+
+
 def with_feature_problems(error: ConfigError) -> ConfigError:
     """cluster.yaml's refusal, with the features' problems of the rest added (the number of
     servers, an unknown add-on, a WiFi name the flavor cannot carry, ...): they used to come one
@@ -206,7 +211,9 @@ def with_feature_problems(error: ConfigError) -> ConfigError:
     stand_in = SET_ASIDE_NAME.format(index="")
 
     def about_aside(line: str) -> bool:
-        key = re.split(r"[ :]", line, maxsplit=1)[0]
+        if not (named := KEY_RE.match(line)):  # a problem of the whole (the add-ons' fit): it read what was set aside too
+            return True
+        key = named.group(1)
         return stand_in in line or any(key == a or key.startswith((a + ".", a + "[")) or a.startswith(key + ".")
                                        for a in error.aside)
 

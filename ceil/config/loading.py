@@ -358,6 +358,10 @@ def _checkable(data: dict, error: ValidationError) -> tuple[Cluster | None, tupl
         if not fresh:
             return None, ()
         aside += fresh
+        if any(path[:1] == ("flavor",) or (path[:1] == ("nodes",) and path[2:3] == ("role",)) for path in aside):
+            # Read by nearly every check (the flavor), or counted across nodes (the servers): their
+            # defaults would make up problems the user does not have.
+            return None, ()
         try:
             return Cluster.model_validate(data), tuple(dict.fromkeys(_format_loc(path) for path in aside))
         except ValidationError as again:

@@ -184,3 +184,5 @@ def test_an_unreachable_cluster_is_one_line_and_fast(tmp_path, capsys):
     out = captured.out + captured.err
     assert exit_.value.code == 1 and time.monotonic() - started < 20
     assert "cannot reach the API server" in out and "Your way in" in out and "Traceback" not in out
+    # A refusal is no silence: retried (the API may be restarting), and told as what it is.
+    assert "no answer within" not in out and "retrying in" in out and "refused" in out.lower(), out

@@ -245,3 +245,23 @@ def test_every_problem_of_cluster_yaml_comes_in_one_report_and_nothing_is_writte
 def test_a_config_whose_own_checks_pass_still_gets_the_features_report(folder):
     (folder / "cluster.yaml").write_text(CLUSTER.replace("{name: two,", "{name: two, role: server,"))
     failed(bake_py("--role", "router", cwd=folder), "nothing was baked; fix these first:", "nodes: 2 nodes have role 'server'")
+
+
+@pytest.mark.parametrize("mistake, made_up", [
+    # a misspelt role: with the role's default the count of servers is not what the user wrote
+    ("nodes: [{name: one, role: server}, {name: two, role: server}, {name: three, role: sever}]\n", "have role 'server'"),
+    # a misspelt flavor: the default flavor's WiFi limits are not the chosen one's
+    ('flavor: raspios-trixy\nrouter: {uplink: {type: wifi, wifi: {ssid: "Home\\\\Net", psk: "correct-horse-battery",'
+     ' country: DE}}}\n', "router.uplink.wifi.ssid"),
+    # a misspelt add-ons key on small nodes: the fit would be judged on add-ons nobody chose
+    ("nodes: [{name: one, role: server, ram_gib: 1}, {name: two, ram_gib: 1}]\naddons: {disabel: [demo]}\n", "no node has room"),
+])
+def test_the_one_report_makes_up_no_problem_from_a_value_set_aside(folder, mistake, made_up):
+    """Found in review: the features' checks judged the defaults standing in for refused values."""
+    text = f'ssh: {{authorized_keys: ["{KEY}"]}}\n' + mistake
+    if not mistake.startswith("nodes"):
+        text += "nodes: [{name: one, role: server}, {name: two}]\n"
+    (folder / "cluster.yaml").write_text(text)
+    done = bake_py("--role", "router", cwd=folder)
+    failed(done, "cluster.yaml is not valid:")
+    assert made_up not in done.stderr, done.stderr

@@ -77,6 +77,11 @@ class KubeconfigTransport:
             # trusts (another cluster at that address, or a kubeconfig from an older set of keys).
             raise ApiError(f"{method} {self.host}{path}: the server's TLS certificate is not the one this"
                            f" kubeconfig trusts ({e.__class__.__name__}: {_reason(e)})") from None
+        except urllib3.exceptions.NewConnectionError as e:
+            # Refused, unreachable, a name that does not resolve (urllib3 files these under
+            # ConnectTimeoutError too): the API may be restarting; worth the retries.
+            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
+                           transient=True) from None
         except urllib3.exceptions.ConnectTimeoutError:
             # Silence, not a refusal: packets dropped on the way (a VPN that is down, no route).
             raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
