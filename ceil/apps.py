@@ -421,6 +421,9 @@ def commit_to_gitops(repo: Path, cluster: Cluster, name: str, objs: list[dict], 
         raise CeilError(f"--git {repo} is not a Git checkout: give the working copy of the repository gitops.url"
                         " names (git clone it first)")
     folder = repo / cluster.gitops.path / "apps"
+    if not folder.resolve().is_relative_to(repo.resolve()):
+        raise CeilError(f"gitops.path {cluster.gitops.path!r} leads out of the repository: give a folder in it, e.g."
+                        " ./clusters/home")
     path = folder / f"{name}.yaml"
     text = (f"# {name}: written by `python bake.py app deploy {name} --git`; the pull Secret is applied by"
             f" `python bake.py app deploy {name}` once.\n" + yaml.safe_dump_all(for_git(objs), sort_keys=False))

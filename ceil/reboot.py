@@ -12,6 +12,7 @@ as `bake.py run`. Two things a plain `ssh ... sudo reboot` gets wrong:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,15 @@ SCHEDULE_REBOOT = "sudo systemd-run --quiet --on-active=2 --timer-property=Accur
 POLL_SECONDS = 5
 
 
+UUID_RE = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
 def boot_ids(cluster: Cluster, names: list[str], via: str | None, run=None) -> dict[str, str | None]:
-    """Each machine's current boot id, None where it did not answer (down, or still booting)."""
+    """Each machine's current boot id, None where it did not answer (down, or still booting). The
+    id is picked out of the answer, which holds ssh's own warnings too."""
     answers = run_everywhere(cluster, names, BOOT_ID, via, run)
-    return {name: (output.strip() if code == 0 and output.strip() else None) for name, (code, output) in answers.items()}
+    return {name: (found.group(0) if code == 0 and (found := UUID_RE.search(output)) else None)
+            for name, (code, output) in answers.items()}
 
 
 def reboot_group(cluster: Cluster, names: list[str], via: str | None, wait: bool, timeout: float,

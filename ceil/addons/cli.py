@@ -293,13 +293,15 @@ def delete_command(obj: Context, names, everything, yes) -> None:
     # The add-ons enabled now only left behind one applied before it was disabled.
     plan = build_plan(obj.cluster, names=list(Catalog().specs) if everything else _names(obj, names, everything))
     chosen = [a["name"] for a in plan["addons"]]
+    enabled = {s.name for s in selected(obj.cluster, Catalog())}
     if not yes:
         what = "every add-on ceil applied" if everything else ", ".join(chosen)
         confirm(f"delete {what} from the cluster (their volumes too)?")
     with obj.kubeconfig_path() as kubeconfig:
         applier = Applier(obj.api(kubeconfig), log=lambda m: click.echo(f"  {m}"))
         for addon in reversed(plan["addons"]):  # dependants first
-            gone = applier.delete_addon(addon)
+            # One not enabled now: only what ceil applied (its label), never a user's object of that name.
+            gone = applier.delete_addon(addon, only_ours=everything and addon["name"] not in enabled)
             if gone or not everything:
                 click.echo(f"{addon['name']}: deleted {len(gone)} object(s)")
             for what in gone:

@@ -76,6 +76,10 @@ def test_delete_all_takes_an_add_on_disabled_after_it_was_applied(setup, tmp_pat
     assert result.exit_code == 0, result.output
     assert api.find("apps/v1", "Deployment", "httpd", "demo") is None and api.find("v1", "Namespace", "demo") is None
     assert "demo: deleted" in result.output and "gitops: deleted" not in result.output  # nothing there: not listed
+    # An add-on never applied whose object's name the user has taken: theirs stays.
+    api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}})
+    assert run(addons_group, [*opts, "delete", "--yes", "--all"]).exit_code == 0
+    assert api.find("v1", "Namespace", "demo") is not None
 
 
 def test_apply_reports_failure_with_non_zero_exit(setup, monkeypatch):

@@ -112,25 +112,32 @@ def test_a_power_cut_while_a_moved_secret_is_zeroed_on_the_fat_keeps_the_moved_c
     assert not (boot / "ceil" / "secrets").exists()
 
 
-@pytest.mark.parametrize("cut", ["while the redacted copy was written", "while the original was zeroed"])
+@pytest.mark.parametrize("cut", ["while the redacted copy was written", "while the original was zeroed",
+                                 "while the redacted bytes were written into it", "before the mark was removed"])
 def test_a_power_cut_in_the_network_config_scrub_ends_in_the_redacted_file(tmp_path, cut):
     """Found in review: the step zeroed network-config and only then wrote the redacted text, so a
-    cut between the two left a file of zeros for good (the re-run found no passphrase to redact).
-    Each state a cut can leave is set up here, and the next run must end in the whole redacted
-    file, with no passphrase byte and no temporary file left on the boot partition."""
+    cut between the two left a file of zeros for good (the re-run found no passphrase to redact);
+    and a rename over the file (the first mend) is several writes on FAT. Each state a cut can
+    leave is set up here, and the next run must end in the whole redacted file, with no
+    passphrase byte and no file of the step's own left on the boot partition."""
     if os.geteuid() != 0:
         pytest.skip("install -o root needs root")
     boot = tmp_path / "boot"
     boot.mkdir()
     original = f"version: 2\nwifis:\n  wlan0:\n    access-points:\n      Home:\n        password: \"{PSK}\"\n"
     redacted = original.replace(f'"{PSK}"', '"REDACTED-by-ceil"')
-    if cut == "while the redacted copy was written":
+    half = len(original) // 2
+    copy, mark = boot / ".network-config.ceil-redacted", boot / ".network-config.ceil-ready"
+    if cut == "while the redacted copy was written":  # no mark yet: the copy may be partial
         (boot / "network-config").write_text(original)
-        (boot / ".network-config.ceil-new").write_text(redacted[:17])
-    else:  # the copy was whole and renamed; the zeros had reached half of the original
-        half = len(original) // 2
-        (boot / "network-config").write_bytes(bytes(half) + original.encode()[half:])
-        (boot / ".network-config.ceil-redacted").write_text(redacted)
+        copy.write_text(redacted[:17])
+    else:
+        copy.write_text(redacted)
+        mark.touch()
+        (boot / "network-config").write_bytes({
+            "while the original was zeroed": bytes(half) + original.encode()[half:],
+            "while the redacted bytes were written into it": redacted.encode()[:half] + bytes(len(original) - half),
+            "before the mark was removed": redacted.encode()}[cut])
     script = tmp_path / "secrets.sh"
     script.write_text(render_script(boot))
     subprocess.run(["sh", str(script)], check=True, env={**os.environ, "CEIL_SECRETS_DEST": str(tmp_path / "dest")})

@@ -240,8 +240,10 @@ class Applier:
 
     # ---- removal (workstation) ---------------------------------------------------------
 
-    def delete_addon(self, addon: dict[str, Any]) -> list[str]:
-        """Delete what the add-on applied, dependants' objects first; nodes are never deleted."""
+    def delete_addon(self, addon: dict[str, Any], only_ours: bool = False) -> list[str]:
+        """Delete what the add-on applied, dependants' objects first; nodes are never deleted.
+        `only_ours`: only objects that carry ceil's managed-by label (an add-on not enabled now:
+        an object of that name may be the user's own, e.g. a HelmChartConfig for k3s's Traefik)."""
         deleted = []
         objects = [m for s in addon["steps"] for m in s["manifests"]]
         objects += [self._secret_ref(s) for st in addon["steps"] for s in st.get("secrets", [])]
@@ -251,11 +253,18 @@ class Applier:
             ):
                 continue
             try:
+                if only_ours and not self._ours(obj):
+                    continue
                 if self.api.delete(obj):
                     deleted.append(f"{obj['kind']} {_ref(obj)}")
             except NotServed:
                 pass  # its CRD is gone already, and with it every object of that kind
         return deleted
+
+    def _ours(self, obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        live = self.api.get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+        return live is not None and (live["metadata"].get("labels") or {}).get(MANAGED_BY[0]) == MANAGED_BY[1]
 
     @staticmethod
     def _secret_ref(spec: dict[str, Any]) -> dict[str, Any]:
