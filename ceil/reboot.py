@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from .config import Cluster, load_cluster
+from .config import Cluster
 from .errors import CeilError
-from .workstation import _pin_keys, config_option, not_reached, run_everywhere, secrets_option
+from .workstation import config_option, machines_named, not_reached, run_everywhere, secrets_option
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 # Two seconds ahead, so sshd sends the exit status before systemd stops it.
@@ -89,12 +89,7 @@ def reboot_command(config_path: Path, secrets_path: Path | None, via: str | None
     workstation's way to the nodes goes through it). Each reboot is confirmed by the machine's
     new boot id, not by ssh's exit status, which a reboot can cut off. `make reboot-all`,
     `make router-reboot` (`--on router`)."""
-    cluster = load_cluster(config_path, env_optional=True)
-    names = list(only) or cluster.roles
-    for name in names:
-        if name != "router":
-            cluster.node(name)
-    _pin_keys(cluster, config_path, secrets_path)
+    cluster, names = machines_named(config_path, secrets_path, only)
     nodes = [name for name in cluster.roles if name in names and name != "router"]
     for group in (nodes, ["router"] if "router" in names else []):
         if group:

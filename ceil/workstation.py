@@ -43,6 +43,18 @@ def _pin_keys(cluster: Cluster, config_path: Path, secrets_path: Path | None) ->
     pin_from_secrets(cluster, secrets_path or config_path.resolve().parent / "secrets")
 
 
+def machines_named(config_path: Path, secrets_path: Path | None, only: tuple[str, ...]) -> tuple[Cluster, list[str]]:
+    """The cluster and the machines `--on` names (every one by default), each checked against
+    cluster.yaml, with their host keys pinned from secrets/: what `run` and `reboot` start with."""
+    cluster = load_cluster(config_path, env_optional=True)
+    names = list(only) or cluster.roles
+    for name in names:
+        if name != "router":
+            cluster.node(name)
+    _pin_keys(cluster, config_path, secrets_path)
+    return cluster, names
+
+
 # ---- route -------------------------------------------------------------------------------
 
 
@@ -322,12 +334,7 @@ def run_command(config_path: Path, secrets_path: Path | None, via: str | None, o
     """Run COMMAND on every machine (router first) over SSH, each answer labelled with its
     machine, e.g. `bake.py run uptime`, `bake.py run -- df -h /`, `bake.py run sudo reboot`.
     Exit status 1 if it failed anywhere."""
-    cluster = load_cluster(config_path, env_optional=True)
-    names = list(only) or cluster.roles
-    for name in names:
-        if name != "router":
-            cluster.node(name)
-    _pin_keys(cluster, config_path, secrets_path)
+    cluster, names = machines_named(config_path, secrets_path, only)
     results = run_everywhere(cluster, names, shlex.join(command), via)
     failed = []
     for name, (code, output) in results.items():

@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -42,6 +43,19 @@ DNSMINI = (REPO / "tests" / "unit" / "dnsmini.py").read_text()
 # harness's uplink guard (ceil_e2e/uplink_guard.py) now stands between the router's NIC and the
 # hub, as that switch does; run e2e30 passed all three tests here through it, and the router's
 # later reboots kept getting their DHCP lease (run e2e29's learning switch had lost it).
+
+
+@contextmanager
+def vpn_and_agent(c, tmp_path: Path):
+    """The README's VPN path as the user has it: `bake.py vpn-client`'s config up with wg-quick in
+    the client's namespace, and their ssh-agent holding the key (nothing in ~/.ssh)."""
+    agent = Agent(tmp_path, c.key)
+    try:
+        c.vpn_client.up()
+        yield c.vpn_client, agent
+    finally:
+        c.vpn_client.close()
+        agent.close()
 
 
 def node_names(run, kubeconfig: Path, cluster, path: str) -> set[str]:
@@ -118,9 +132,7 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
     client = c.vpn_client
     if client is None:
         pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
-    agent = Agent(tmp_path, c.key)
-    try:
-        client.up()
+    with vpn_and_agent(c, tmp_path) as (client, agent):
         bake = agent.bake_py()
         retry("every machine done on the status board, through the tunnel",
               lambda: every_machine_done(client.link.run, bake, c.config_path, nodes), timeout=180)
@@ -135,9 +147,6 @@ def test_through_the_vpn_status_and_run_reach_every_machine_with_pinned_host_key
         client.link.run(*bake, "kubeconfig", "--config", str(c.config_path), "--secrets", str(c.workdir / "secrets"),
                         "--out", str(kubeconfig))
         assert node_names(client.link.run, kubeconfig, cluster, "the VPN")
-    finally:
-        client.close()
-        agent.close()
 
 
 def test_make_verify_runs_as_the_readme_gives_it_through_the_vpn(nodes, cluster, tmp_path):
@@ -150,9 +159,7 @@ def test_make_verify_runs_as_the_readme_gives_it_through_the_vpn(nodes, cluster,
     client = c.vpn_client
     if client is None:
         pytest.skip("no VPN client beside the router's uplink (root and wg-quick make one: ceil_e2e.vpn_client)")
-    agent = Agent(tmp_path, c.key)
-    try:
-        client.up()
+    with vpn_and_agent(c, tmp_path) as (client, agent):
         verify = [*agent.bake_py()[:-1], "-m", "pytest", str(REPO / "tests" / "infra" / "test_baseline.py"),
                   "--cluster-config", str(c.config_path), "-p", "no:cacheprovider", "-v", "-k", "not blocks"]
         done = subprocess.run(["ip", "netns", "exec", client.link.ns, *verify], cwd=REPO, capture_output=True,
@@ -164,9 +171,6 @@ def test_make_verify_runs_as_the_readme_gives_it_through_the_vpn(nodes, cluster,
         # every machine was checked, by its name in the parametrised ids
         for name in ("router", *nodes):
             assert f"[{name}]" in done.stdout or f"-{name}]" in done.stdout, (name, done.stdout[-3000:])
-    finally:
-        client.close()
-        agent.close()
 
 
 def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the_router(nodes, cluster, tmp_path):
@@ -192,9 +196,7 @@ def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the
     db.close()
     # The router's timer may not have come round yet: its unit, as the timer runs it.
     c.ssh.run("router", "sudo systemctl start ceil-datastore-snapshots.service", timeout=300, check=True)
-    agent = Agent(tmp_path, c.key)
-    try:
-        client.up()
+    with vpn_and_agent(c, tmp_path) as (client, agent):
         bake = [*agent.bake_py(), "datastore", "backup", "--config", str(c.config_path)]
         for source in ([], ["--from-router"]):
             out = retry("a datastore backup through the tunnel", lambda: client.link.run(*bake, *source), timeout=180)
@@ -205,9 +207,6 @@ def test_through_the_vpn_the_datastore_is_backed_up_from_the_server_and_from_the
             got = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
             assert got.execute("SELECT count(*) FROM kine WHERE name = ?", (newest,)).fetchone()[0] == 1, source
             got.close()
-    finally:
-        client.close()
-        agent.close()
 
 
 def test_through_the_vpn_an_apps_image_and_chart_go_into_the_routers_registry(nodes, cluster, tmp_path):
