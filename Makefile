@@ -134,8 +134,10 @@ datastore-from-router: venv ## Fetch the newest datastore snapshot the router pu
 teardown: all-delete k8s-remove ## The seed's teardown: every add-on deleted, then k3s removed
 uptime: venv ## uptime of every machine, each answer labelled (bake.py run; VIA= as for <name>-ssh)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) uptime
-df: venv ## Disk use of every machine's file systems (root, boot and USB drives; not k3s's tmpfs and overlay mounts)
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- df -h -x tmpfs -x devtmpfs -x overlay -x squashfs
+# The kubelet's mounts go too: each Longhorn volume is mounted twice under /var/lib/kubelet (the CSI
+# staging path and the pod's), and its bytes are on the drive df already lists.
+df: venv ## Disk use of every machine's file systems (root, boot and USB drives; not k3s's tmpfs, overlay and volume mounts)
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- sh -c 'df -h -x tmpfs -x devtmpfs -x overlay -x squashfs | grep -v " /var/lib/kubelet/"'
 check-ip: venv ## Which address each machine got (the seed's router-check-ip / k8s-check-ip)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) -- ip -4 -brief address
 router-check-ip: venv ## The router's addresses (uplink, LAN, VPN)

@@ -178,10 +178,11 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
                             " in the environment); or choose --uplink ethernet")
     nodes = nodes or int(ask("Number of k3s nodes", default=4, type=click.IntRange(1, len(NODE_NAMES))))
     # The add-ons' fit is checked against it (a Pi 3's 1 GiB does not hold the default set);
-    # --yes leaves it unknown rather than guess (the bake then warns that it could not check).
+    # --yes leaves it unknown rather than guess (the bake then warns that it could not check). No
+    # default: Enter on a guessed 4 GiB let a Pi 3 cluster pass the fit check it exists for.
     if ram_gib is None and not yes:
-        ram_gib = click.prompt("Memory of each node in GiB (1: Pi 3; 2, 4, 8, 16: Pi 4 or 5)", default="4",
-                               type=click.Choice(RAM_CHOICES))
+        ram_gib = click.prompt("Memory of each node in GiB (1: Pi 3; 2, 4, 8, 16: Pi 4 or 5; printed on the board"
+                               " or `free -g` on a running Pi)", type=click.Choice(RAM_CHOICES))
     # The way in from the workstation (README, "Your way in"): a VPN client that works from the
     # home network at once (the router's name there), or from anywhere with a public name.
     endpoint_by_name = not vpn_endpoint  # its default, NAME-router, breaks with a bad --name

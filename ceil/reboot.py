@@ -80,7 +80,9 @@ def reboot_group(cluster: Cluster, names: list[str], via: str | None, wait: bool
 @click.option("--on", "only", multiple=True, metavar="NAME",
               help="Only these machines (repeatable) [default: every node, then the router].")
 @click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until each machine answers again with a new boot (the router only after the nodes).")
+              help="Wait until each machine answers again with a new boot (the router only after the nodes)."
+                   " --no-wait schedules every reboot and returns: the router's then overlaps the nodes', as at"
+                   " power-on (the nodes retry DHCP and the join until the router is back).")
 @click.option("--timeout", default=900, show_default=True, type=click.IntRange(min=10), metavar="SECONDS",
               help="How long to wait for each group (the nodes, then the router) to come back.")
 def reboot_command(config_path: Path, secrets_path: Path | None, via: str | None, only: tuple[str, ...],

@@ -225,7 +225,8 @@ def test_interactive_init_asks_again_for_a_wrong_ssh_key_path(tmp_path, ssh_pubk
     key = tmp_path / "id.pub"
     key.write_text(ssh_pubkey + "\n")
     (tmp_path / "id").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
-    answers = f"{tmp_path / 'typo.pub'}\n{tmp_path / 'id'}\n{key}\n\n"  # (the last: the nodes' memory, 4 GiB)
+    # The last two: the nodes' memory, which has no default (Enter asks again), then 4 GiB.
+    answers = f"{tmp_path / 'typo.pub'}\n{tmp_path / 'id'}\n{key}\n\n4\n"
     r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--nodes", "1",
                         "--vpn-endpoint", "vpn.example.com", "--vpn-client", ""], cwd=tmp_path, input=answers,
                        capture_output=True, text=True, env={**__import__("os").environ, "HOME": str(tmp_path)})
@@ -234,4 +235,6 @@ def test_interactive_init_asks_again_for_a_wrong_ssh_key_path(tmp_path, ssh_pubk
     assert f"Error: {tmp_path / 'typo.pub'} does not exist: give the path of your public key (.pub)" in said, said
     assert f"Error: {tmp_path / 'id'}: " in said, said
     assert said.count("SSH public key file") == 3, said
+    assert said.count("Memory of each node in GiB") == 2, said
+    assert load_cluster(tmp_path / "cluster.yaml").nodes[0].ram_gib == 4
     assert load_cluster(tmp_path / "cluster.yaml").ssh.authorized_keys == [ssh_pubkey]

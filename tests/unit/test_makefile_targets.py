@@ -72,3 +72,31 @@ def test_reboot_all_is_one_command_that_orders_the_machines_itself(config):
     assert printed("reboot-all", config) == [["reboot", "--config", str(config)]]
     assert printed("router-reboot", config, VIA="192.168.1.50") == [
         ["reboot", "--config", str(config), "--via", "192.168.1.50", "--on", "router"]]
+
+
+def test_df_lists_each_drive_once_and_not_the_kubelets_volume_mounts(config, tmp_path):
+    """Each Longhorn volume is mounted twice under /var/lib/kubelet (CSI staging and the pod's
+    path), so `make df` listed every volume twice beside the drive that holds its bytes. The
+    printed command runs as `bake.py run` sends it (shlex.join, then the machine's shell), with a
+    `df` that prints a node's real shape."""
+    [args] = printed("df", config)
+    command = args[args.index("--") + 1:]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "df"
+    stub.write_text("#!/bin/sh\ncat <<'EOF'\n"
+                    "Filesystem                    Size  Used Avail Use% Mounted on\n"
+                    "/dev/mmcblk0p2                 29G  4.1G   24G  15% /\n"
+                    "/dev/mmcblk0p1                510M   62M  448M  13% /boot/firmware\n"
+                    "/dev/sda1                     117G  2.0G  109G   2% /var/lib/longhorn\n"
+                    "/dev/longhorn/pvc-0b1c        2.0G   24M  1.9G   2% /var/lib/kubelet/plugins/kubernetes.io/csi/"
+                    "driver.longhorn.io/5d1e/globalmount\n"
+                    "/dev/longhorn/pvc-0b1c        2.0G   24M  1.9G   2% /var/lib/kubelet/pods/9a7f/volumes/"
+                    "kubernetes.io~csi/pvc-0b1c/mount\n"
+                    "EOF\n")
+    stub.chmod(0o755)
+    done = subprocess.run(["sh", "-c", shlex.join(command)], capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    mounts = [line.split()[-1] for line in done.stdout.splitlines()]
+    assert mounts == ["on", "/", "/boot/firmware", "/var/lib/longhorn"], done.stdout
