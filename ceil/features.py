@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .catalog import Flavor
 from .config import Cluster, Node
-from . import yamlfile
+from . import escaping, yamlfile
 from .errors import ConfigError
 from .secrets import SecretStore
 
@@ -276,7 +276,10 @@ def template_bytecode_cache() -> jinja2.BytecodeCache | None:
     The folder is the user's own (0700), like the rest of the cache."""
     from .fetch import cache_root
 
-    folder = cache_root() / "jinja"
+    # Compiled code also depends on the environment's settings (escaping's finalize is compiled in),
+    # which jinja's source checksum does not see: a folder per setting, so code compiled without
+    # the escaping check is never loaded.
+    folder = cache_root() / "jinja-escaped"
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError:
@@ -299,7 +302,7 @@ def jinja_env(search: Path) -> jinja2.Environment:
     # tojson writes non-ASCII as itself: with ensure_ascii an emoji became a pair of \uD83D-style
     # surrogate escapes, valid JSON but refused by libyaml (netplan, cloud-init) as YAML.
     env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": True}
-    return env
+    return escaping.install(env)
 
 
 @dataclass

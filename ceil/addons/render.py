@@ -16,7 +16,7 @@ import jinja2
 import yaml
 
 from ..config import Cluster
-from .. import yamlfile
+from .. import escaping, yamlfile
 from ..features import template_bytecode_cache
 from ..errors import CeilError
 from .catalog import AddonSpec, Catalog, selected
@@ -111,13 +111,13 @@ def template_context(cluster: Cluster, spec: AddonSpec, enabled_addons: list[str
 
 
 def _environment(root: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    return escaping.install(jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(root)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
         bytecode_cache=template_bytecode_cache(),
-    )
+    ))
 
 
 def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins, enabled_addons: list[str]) -> RenderedAddon:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_agents_get_only_the_drive_step_and_nothing_when_addons_are_off(tmp_path
     payload, dest, _ = render(tmp_path, "two")
     assert "addons" not in payload.features and "storage-drive" in payload.features
     script = (dest / "lib" / "steps" / "storage-drive.sh").read_text()
-    assert 'DEVICE="/dev/sda"' in script and 'LONGHORN="yes"' in script
+    assert "\nDEVICE=/dev/sda\n" in script and "\nLONGHORN=yes\n" in script
     payload, _, _ = render(tmp_path / "off", "one", "addons: {enabled: false}\n")
     assert not {"addons", "storage-drive"} & set(payload.features)
 
@@ -113,7 +114,7 @@ def _mount_point_made_mutable_again(tmp_path):
 def drive_script(tmp_path: Path, device: str) -> tuple[Path, dict]:
     _, dest, _ = render(tmp_path, "two")
     script = dest / "lib" / "steps" / "storage-drive.sh"
-    script.write_text(script.read_text().replace('DEVICE="/dev/sda"', f'DEVICE="{device}"'))
+    script.write_text(script.read_text().replace("DEVICE=/dev/sda\n", f"DEVICE={shlex.quote(device)}\n"))
     env = {**os.environ, "CEIL_SYSTEMCTL": "true", "CEIL_UNIT_DIR": str(tmp_path / "units"),
            "CEIL_DRIVE_MOUNT": str(tmp_path / "longhorn"), "CEIL_LIB": str(dest / "lib"),
            "CEIL_STEP_WHY": str(tmp_path / "why")}
@@ -155,7 +156,7 @@ def test_missing_drive_is_retried_and_no_drive_is_nothing_to_do(tmp_path):
     missing = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and "plugged in" in missing.stderr
     assert "storage_device /dev/ceil-no-such-disk is not there" in (tmp_path / "why").read_text()  # shown by status
-    script.write_text(script.read_text().replace('DEVICE="/dev/ceil-no-such-disk"', 'DEVICE=""'))
+    script.write_text(script.read_text().replace("DEVICE=/dev/ceil-no-such-disk\n", "DEVICE=''\n"))
     nothing = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True)
     assert nothing.returncode == 0 and "no drive to prepare" in nothing.stdout
 

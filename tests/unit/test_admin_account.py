@@ -58,4 +58,4 @@ def test_a_missing_account_is_reported_not_fatal(tmp_path):
 @pytest.mark.parametrize("name", ["install.sh.j2"])
 def test_install_runs_it_before_sshd_is_reloaded(name):
     text = (REPO / "firstboot" / name).read_text()
-    assert text.index("ceil-admin-account {{ cluster.ssh.user }}") < text.index("systemctl reload ssh")
+    assert text.index("ceil-admin-account {{ cluster.ssh.user | sh }}") < text.index("systemctl reload ssh")

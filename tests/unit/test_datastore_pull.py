@@ -216,14 +216,14 @@ def test_with_a_usb_drive_the_router_keeps_the_snapshots_on_it(tmp_path, cluster
     unit = (router / "units" / "ceil-datastore-snapshots.service").read_text()
     assert f"ReadWritePaths=-{REGISTRY_ROOT}\n" in unit and "ProtectSystem=strict" in unit
     step = (router / "lib" / "steps" / "datastore-pull.sh").read_text()
-    assert f'mount="{REGISTRY_ROOT}"' in step and f"install -d -m 0700 {REGISTRY_ROOT}/datastore" in step
+    assert f"mount={REGISTRY_ROOT}\n" in step and f"install -d -m 0700 {REGISTRY_ROOT}/datastore" in step
     assert "After=ceil-packages.service ceil-secrets.service ceil-registry.service" in (
         router / "units" / "ceil-datastore-pull.service").read_text()
     # The step waits for the drive: run it against a mount point that is not one.
     fake = tmp_path / "not-mounted"
     fake.mkdir()
     secrets = tmp_path / "etc-secrets"
-    script = step.replace(f'mount="{REGISTRY_ROOT}"', f'mount="{fake}"').replace("/etc/ceil/secrets", str(secrets))
+    script = step.replace(f"mount={REGISTRY_ROOT}\n", f"mount='{fake}'\n").replace("/etc/ceil/secrets", str(secrets))
     for name in ("pull_ed25519", "snapshot-hmac"):
         (secrets / "datastore").mkdir(parents=True, exist_ok=True)
         (secrets / "datastore" / name).write_text("x\n")

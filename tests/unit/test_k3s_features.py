@@ -120,10 +120,10 @@ def test_rendered_configs_are_the_configs(make, tmp_path):
     assert agent == k3s_config.agent_config(cluster, cluster.node("two"))
     env = (tmp_path / "two/etc/k3s-install/install.env").read_text()
     version = cluster.kubernetes.k3s_version
-    assert f"K3S_CACHE_URL='http://10.42.0.1:8088/k3s/{version}'" in env
-    assert f"K3S_UPSTREAM_URL='https://github.com/k3s-io/k3s/releases/download/{version.replace('+', '%2B')}'" in env
+    assert f"K3S_CACHE_URL=http://10.42.0.1:8088/k3s/{version}\n" in env
+    assert f"K3S_UPSTREAM_URL=https://github.com/k3s-io/k3s/releases/download/{version.replace('+', '%2B')}\n" in env
     # Every node is baked with the digest it checks k3s against: the release's, which ceil ships.
-    assert f"K3S_SHA256='{KNOWN[version]['arm64']}'" in env
+    assert f"K3S_SHA256={KNOWN[version]['arm64']}\n" in env
 
 
 def _all_bytes(root) -> dict[str, bytes]:

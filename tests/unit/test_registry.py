@@ -96,11 +96,11 @@ def test_certificate_is_kept_until_the_router_changes(tmp_path):
 
 def test_step_formats_only_the_named_drive(tmp_path):
     plain = (render_router(tmp_path / "a") / "lib/steps/registry.sh").read_text()
-    assert 'drive=""' in plain
+    assert "\ndrive=''\n" in plain
     with_drive = BASE.replace("router: {uplink: {type: ethernet}}",
                               "router: {uplink: {type: ethernet}, usb_drive: /dev/sda}")
     step = (render_router(tmp_path / "b", with_drive) / "lib/steps/registry.sh").read_text()
-    assert 'drive="/dev/sda"' in step and "label=ceil-registry" in step
+    assert "\ndrive=/dev/sda\n" in step and "label=ceil-registry" in step
     for text in (plain, step):
         subprocess.run(["sh", "-n"], input=text, text=True, check=True)
 

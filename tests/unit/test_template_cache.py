@@ -55,7 +55,7 @@ def test_the_cache_folder_is_private_and_a_read_only_cache_means_no_cache(tmp_pa
     features.template_bytecode_cache.cache_clear()
     try:
         assert isinstance(features.template_bytecode_cache(), _BytecodeCache)
-        assert (tmp_path / "c/jinja").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "c/jinja-escaped").stat().st_mode & 0o777 == 0o700
         features.template_bytecode_cache.cache_clear()
         (tmp_path / "ro").write_text("a file where the cache folder should be")
         monkeypatch.setenv("CEIL_CACHE", str(tmp_path / "ro"))

@@ -56,7 +56,7 @@ def test_hypriot_router_with_wifi_gets_the_step_and_only_the_derived_key(tmp_pat
     assert PASSPHRASE not in conf
     unit = (tmp_path / "payload/units/ceil-wifi-uplink.service").read_text()
     assert "Before=ceil-packages.service" in unit
-    assert 'IFACE="wlan0"' in (tmp_path / "payload/lib/steps/wifi-uplink.sh").read_text()
+    assert "\nIFACE=wlan0\n" in (tmp_path / "payload/lib/steps/wifi-uplink.sh").read_text()
 
 
 @pytest.mark.parametrize("flavor, uplink", [
