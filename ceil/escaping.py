@@ -20,6 +20,12 @@ template cannot write a value raw by forgetting:
 Which filter a template may use follows from its format (template_format): shell files `sh`,
 YAML and JSON `tojson`, Python and line-based configs (dnsmasq, nftables, chrony, avahi, systemd
 units, kernel command lines) only `word`/`words`.
+
+Files written by Python rather than a template have their own one path: YAML through
+yaml.safe_dump (k3s's config.yaml, registries.yaml, the kubeconfig), JSON through json.dumps,
+wpa_supplicant's file with the SSID in hex and the derived key (ceil/hooks/wifi_ifupdown.py),
+WireGuard's from addresses, keys and an endpoint the schema holds to a host name or address
+(ceil/wireguard.py).
 """
 
 from __future__ import annotations
