@@ -284,10 +284,16 @@ class Router(Model):
 def _ntp_server(value: str) -> str:
     """A host name or an address, nothing else (it becomes one word of a chrony.conf line)."""
     try:
-        ipaddress.ip_address(value)
-        return value
+        address = ipaddress.ip_address(value)
     except ValueError:
         pass
+    else:
+        # Python takes an IPv6 zone (`fe80::1%eth0`); chrony's line and systemd's units read `%`
+        # as their own syntax, and the uplink's name is the bake's to choose, not the address's.
+        if getattr(address, "scope_id", None):
+            raise ValueError(f"{value!r} names an interface after '%': give the server's address without it, a"
+                             " global or private address, or a host name (e.g. pool.ntp.org)")
+        return value
     ok = ":" not in value and len(value) <= 253 and all(HOSTNAME_RE.match(p) for p in value.lower().split("."))
     if not ok:
         raise ValueError(f"{value!r} is not an NTP server: give a host name or an address, without a port"

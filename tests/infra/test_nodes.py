@@ -105,8 +105,9 @@ def test_registries_yaml_points_at_the_router(nodes, cluster):
 
 
 def _baked_pin(host) -> str:
-    """The k3s digest the node was baked with (its k3s-install step's environment)."""
-    return host.check_output("sed -n \"s/^K3S_SHA256='\\(.*\\)'$/\\1/p\" /etc/ceil/k3s-install/install.env")
+    """The k3s digest the node was baked with, read as its k3s-install step reads it (the shell
+    sources the file: its quoting is the bake's, which changed over releases)."""
+    return host.check_output("sh -c '. /etc/ceil/k3s-install/install.env && printf %s \"$K3S_SHA256\"'")
 
 
 def _expected_digest(host, cluster) -> str:

@@ -16,9 +16,11 @@ from jinja2 import nodes
 
 from ceil import escaping
 from ceil.addons.render import _environment
+from ceil.config import ConfigError, parse_cluster
 from ceil.features import jinja_env
 
 REPO = Path(__file__).resolve().parents[2]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly test@ceil"
 TEMPLATE_ROOTS = ("firstboot", "cloud-init", "addons")
 
 
@@ -139,3 +141,22 @@ def test_a_list_is_one_quoted_shell_word_each():
     done = subprocess.run(["sh", "-c", f"for f in {escaping.sh(['a b', '*', 'c'])}; do printf '<%s>' \"$f\"; done"],
                           capture_output=True, text=True, timeout=10)
     assert done.stdout == "<a b><*><c>"
+
+
+@pytest.mark.parametrize("server", ["pool.ntp.org", "192.168.1.1", "2001:db8::123", "fe80::1"])
+def test_every_ntp_server_the_schema_takes_is_a_word(server):
+    """The schema and `word` agree: what cluster.yaml may name as a time server is written into
+    chrony's line as it is."""
+    cluster = parse_cluster(f"network: {{ntp_servers: [{server!r}]}}\nnodes: [{{name: one, role: server}}]\n"
+                            f"ssh: {{authorized_keys: [{KEY!r}]}}\n", "cluster.yaml")
+    assert escaping.word(cluster.network.ntp_servers[0]) == server
+
+
+def test_a_zoned_ipv6_time_server_is_refused_with_the_fix_not_at_render():
+    """`fe80::1%eth0`: Python's ipaddress took it, and the bake then stopped in the chrony
+    template with "report it as a ceil bug"."""
+    with pytest.raises(ConfigError) as refused:
+        parse_cluster(f"network: {{ntp_servers: ['fe80::1%eth0']}}\nnodes: [{{name: one, role: server}}]\n"
+                      f"ssh: {{authorized_keys: [{KEY!r}]}}\n", "cluster.yaml")
+    said = str(refused.value)
+    assert "ntp_servers" in said and "fe80::1%eth0" in said and "without it" in said, said
