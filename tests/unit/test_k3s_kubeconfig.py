@@ -159,3 +159,43 @@ def test_the_tunnel_kubeconfig_talks_to_the_local_end_of_k8s_proxy(setup):
     assert argv[0] == "ssh" and argv[-3:] == ["-L", "127.0.0.1:16443:10.42.0.11:6443", f"{user}@192.168.1.50"]
     assert "HostKeyAlias=ceil-router" in argv and "-N" in argv
     assert workstation.tunnel_argv(cluster, None, 6443)[-1] == f"{user}@10.42.0.1"
+
+
+def test_the_workstation_waits_for_a_slow_tls_handshake_and_not_for_a_silent_address(setup, tmp_path):
+    """The workstation waits 3 s for the API's address to answer at all (a dropped VPN must not
+    cost half a minute), but urllib3 counts the TLS handshake against that wait too: an API
+    server that accepted the connection and took 4 s to answer its handshake (a busy one, during
+    an upgrade: run ci-art81's rolling upgrade) failed three times with "Read timed out (read
+    timeout=3.0)". The short wait is now a TCP probe; the handshake gets the request's 10 s."""
+    import ssl
+    import threading
+
+    from ceil.addons.job.kube import KubeconfigTransport
+
+    cluster, store, _ = setup
+    crt, key = _server_cert(pki.ensure_ca(store, "server-ca"), tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(crt, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_slowly():
+        for _ in range(2):  # the probe's connection, then the request's
+            conn, _ = listener.accept()
+            time.sleep(4)  # accepted, then slow to begin the handshake
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(4096)
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                                b"Connection: close\r\n\r\n{}")
+            except (ssl.SSLError, OSError):
+                pass  # the probe closes without a handshake
+
+    threading.Thread(target=serve_slowly, daemon=True).start()
+    path = tmp_path / "kubeconfig"
+    path.write_text(admin_kubeconfig(cluster, store).replace("https://10.42.0.11:6443", f"https://127.0.0.1:{port}"))
+    transport = KubeconfigTransport(str(path), timeout=10.0, connect_timeout=3.0, retry_unanswered=False)
+    started = time.monotonic()
+    assert transport.request("GET", "/api/v1") == (200, b"{}")
+    assert time.monotonic() - started < 10
+    listener.close()

@@ -43,10 +43,16 @@ class KubeconfigTransport:
 
     def __init__(self, kubeconfig: str, timeout: float = 30.0, connect_timeout: float | None = None,
                  retry_unanswered: bool = True):
-        """`connect_timeout` (default `timeout`): how long a connection may wait for the server's
-        first answer. `retry_unanswered`: whether such a wait running out is worth a retry (the
-        server job's, where the API comes up in its time) or not (a person at the workstation,
-        where it means the cluster LAN is not reachable from here: no VPN, no route)."""
+        """`connect_timeout` (default `timeout`): how long the first TCP connection may wait for
+        the server's address to answer at all. `retry_unanswered`: whether such a wait running
+        out is worth a retry (the server job's, where the API comes up in its time) or not (a
+        person at the workstation, where it means the cluster LAN is not reachable from here: no
+        VPN, no route).
+
+        The short wait is a TCP probe of its own, made once: urllib3 also counts the TLS
+        handshake against its connect timeout (and reports it as a read timeout), and a busy
+        API server (a Pi 3, or one rebooting its k3s during an upgrade) takes seconds to
+        answer a handshake it has accepted. Requests then get `timeout` for everything."""
         import urllib3
         from kubernetes import client, config
         from kubernetes.client import rest
@@ -59,12 +65,34 @@ class KubeconfigTransport:
         for setting in cfg.auth_settings().values():
             if setting.get("in") == "header" and setting.get("value"):
                 self.headers[setting["key"]] = setting["value"]
-        self.timeout = urllib3.Timeout(connect=connect_timeout or timeout, read=timeout)
+        self.timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self.probe_timeout = connect_timeout if connect_timeout and connect_timeout < timeout else None
         self.retry_unanswered = retry_unanswered
+
+    def _probe(self, method: str, path: str) -> None:
+        """Until the address has answered once: a TCP connection within `probe_timeout`."""
+        import socket
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.host)
+        address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+        try:
+            socket.create_connection(address, timeout=self.probe_timeout).close()
+        except socket.timeout:
+            # Silence, not a refusal: packets dropped on the way (a VPN that is down, no route).
+            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
+                           f" {self.probe_timeout:g} s", transient=self.retry_unanswered) from None
+        except OSError as e:
+            # Refused, unreachable, a name that does not resolve: the API may be restarting.
+            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {e.strerror or e}",
+                           transient=True) from None
+        self.probe_timeout = None
 
     def request(self, method, path, query=None, body=None, content_type=None):
         import urllib3
 
+        if self.probe_timeout:
+            self._probe(method, path)
         url = self.host + path + ("?" + urlencode(query) if query else "")
         headers = dict(self.headers)
         if content_type:
@@ -83,9 +111,8 @@ class KubeconfigTransport:
             raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
                            transient=True) from None
         except urllib3.exceptions.ConnectTimeoutError:
-            # Silence, not a refusal: packets dropped on the way (a VPN that is down, no route).
             raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
-                           f" {self.timeout.connect_timeout:g} s", transient=self.retry_unanswered) from None
+                           f" {self.timeout.connect_timeout:g} s", transient=True) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
                            transient=True) from None
