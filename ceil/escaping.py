@@ -7,9 +7,9 @@ template cannot write a value raw by forgetting:
 - `word`: a value that needs no escaping in any format (names, addresses, ports, paths, URLs,
   versions, interface patterns). It is written as it is, and refused if it holds anything a
   format would read as syntax: space, quote, backslash, `$`, `#`, `%`, `;`, `&`, `|`, `<`, `>`,
-  `?`, brackets or braces, a control character. The schema refuses such values first; this is the backstop, and
-  the one filter allowed inside another format's string (a URL in a shell message, a host name
-  in a YAML scalar, a port in a unit's ExecStart=).
+  `?`, brackets or braces, a control character. The schema refuses such values first; this is
+  the backstop, and the one filter allowed inside another format's string (a URL in a shell
+  message, a host name in a YAML scalar, a port in a unit's ExecStart=).
 - `words(sep)`: a list of words joined by `sep`.
 - `sh`: one shell word, quoted (shlex.quote): what `sh` reads back is the value, whatever it holds.
 - `tojson` (Jinja's own): JSON, which is YAML too, for YAML and JSON files.

@@ -132,7 +132,7 @@ def test_in_a_shell_script_a_quoted_word_stands_outside_quotes_and_a_plain_one_i
             where = f"{path.relative_to(REPO)}:{number}: {line.strip()}"
             if expr.endswith("| sh }}"):
                 assert not double and not single, where
-            elif expr.endswith(("| word }}", ")}}")) or "| words" in expr:
+            elif expr.endswith("| word }}") or "| words" in expr:
                 assert double, where
 
 

@@ -80,13 +80,15 @@ class KubeconfigTransport:
             socket.create_connection(address, timeout=self.probe_timeout).close()
         except socket.timeout:
             # Silence, not a refusal: packets dropped on the way (a VPN that is down, no route).
-            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
-                           f" {self.probe_timeout:g} s", transient=self.retry_unanswered) from None
+            raise self._unreachable(method, path, f"no answer within {self.probe_timeout:g} s",
+                                    transient=self.retry_unanswered) from None
         except OSError as e:
             # Refused, unreachable, a name that does not resolve: the API may be restarting.
-            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {e.strerror or e}",
-                           transient=True) from None
+            raise self._unreachable(method, path, str(e.strerror or e)) from None
         self.probe_timeout = None
+
+    def _unreachable(self, method: str, path: str, why: str, transient: bool = True) -> ApiError:
+        return ApiError(f"{method} {self.host}{path}: cannot reach the API server: {why}", transient=transient)
 
     def request(self, method, path, query=None, body=None, content_type=None):
         import urllib3
@@ -108,14 +110,11 @@ class KubeconfigTransport:
         except urllib3.exceptions.NewConnectionError as e:
             # Refused, unreachable, a name that does not resolve (urllib3 files these under
             # ConnectTimeoutError too): the API may be restarting; worth the retries.
-            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
-                           transient=True) from None
+            raise self._unreachable(method, path, _reason(e)) from None
         except urllib3.exceptions.ConnectTimeoutError:
-            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: no answer within"
-                           f" {self.timeout.connect_timeout:g} s", transient=True) from None
+            raise self._unreachable(method, path, f"no answer within {self.timeout.connect_timeout:g} s") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise ApiError(f"{method} {self.host}{path}: cannot reach the API server: {_reason(e)}",
-                           transient=True) from None
+            raise self._unreachable(method, path, _reason(e)) from None
         return r.status, r.data
 
 
