@@ -162,7 +162,7 @@ def test_the_raspberry_pi_os_flavor_pins_its_image():
     from ceil.catalog import load_flavor
 
     raspios = load_flavor("raspios-trixie")
-    assert raspios.sha256 == "1d448a6e665e1ae8100bc28b35408619ec626a2fddfd6579ec99e7996fa09a56"
+    assert raspios.sha256 == "483db18a48da399b5b7022ffae9a07bc6d99daab30e593aedac09b69ff422843"
     assert raspios.checksum_url == raspios.url + ".sha256"
 
 
