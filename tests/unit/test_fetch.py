@@ -158,6 +158,21 @@ def test_a_local_base_image_must_be_the_flavors_pinned_download(tmp_path):
     assert resolve_base(flavor(None, compression="none"), other).sha256  # no pin: any file
 
 
+def test_a_pinned_flavor_refuses_other_bytes_whatever_the_checksum_file_says(server):
+    """Issue 17: a publisher's checksum file changes with what it serves; the pin does not. The
+    served file's own digest in SHA256SUMS changes nothing, and the checksum file is not read."""
+    root, url = server
+    (root / "disk.img.xz").write_bytes(lzma.compress(disk_bytes()))
+    served = hashlib.sha256((root / "disk.img.xz").read_bytes()).hexdigest()
+    (root / "SHA256SUMS").write_text(f"{served} *disk.img.xz\n")
+    pin = "2" * 64
+    with pytest.raises(CeilError) as e:
+        resolve_base(flavor(f"{url}/disk.img.xz", sha=pin, checksum_url=f"{url}/SHA256SUMS"))
+    assert pin in str(e.value) and served in str(e.value)
+    assert "/SHA256SUMS" not in [path for path, _ in _Handler.requests]
+    assert not list((cache_root() / "images").glob(f"{served}*"))
+
+
 def test_the_raspberry_pi_os_flavor_pins_its_image():
     from ceil.catalog import load_flavor
 

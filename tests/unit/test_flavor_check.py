@@ -194,6 +194,8 @@ def test_every_flavor_a_user_can_bake_pins_its_image_and_finds_it_again(name):
     assert flavor.sha256 and re.fullmatch(r"[0-9a-f]{64}", flavor.sha256), f"{name}: no sha256 pin"
     if flavor.updates:
         assert re.search(flavor.updates.pattern, flavor.url), f"{name}: updates.pattern does not match its own url"
+    for mirror in flavor.mirrors:  # the same file elsewhere, checked by the same pin
+        assert mirror.rsplit("/", 1)[-1] == flavor.url.rsplit("/", 1)[-1], f"{name}: mirror {mirror} is another file"
 
 
 def test_a_publisher_that_does_not_answer_is_not_checked_rather_than_called_broken(monkeypatch):
