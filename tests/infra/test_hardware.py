@@ -1,5 +1,5 @@
 """What only a real Pi can show (docs/hardware.md): the WiFi uplink (rfkill, regulatory domain,
-association) and the kernel's page size. Plain functions of testinfra hosts; in the QEMU suite
+association), the kernel's page size and a bootloader that can try Ubuntu 26.04's boot slots. Plain functions of testinfra hosts; in the QEMU suite
 the uplink is Ethernet and there is no radio, so the WiFi check skips, saying why.
 """
 
@@ -40,3 +40,33 @@ def test_nodes_run_4k_pages_where_the_cluster_asks_for_them(router, nodes, clust
         wrong = {name: size for name, size in sizes.items() if name != "router" and size != 4096}
         assert not wrong, (f"nodes not on 4K pages: {wrong}; a Pi 5 should boot kernel8.img: is the [pi5] section"
                            f" at the end of its /boot/firmware/config.txt, and kernel8.img on that partition?")
+
+
+# The oldest Pi 4 bootloader EEPROM that can tryboot, as snapd's piboot judges it before it
+# installs a kernel (snapcore/snapd bootloader/piboot.go, eepromVersionSupportsTryboot: the
+# build-timestamp of pieeprom-2021-03-18, the first default release with tryboot). A Pi 5's EEPROM
+# has always had it; a Pi 3 and earlier run the start.elf on the card's boot partition.
+PI4_TRYBOOT_EEPROM = 1616057651  # 2021-03-18 08:54:11 UTC
+
+
+def test_the_bootloader_can_try_the_boot_slots(host, machine, cluster):
+    """Ubuntu 26.04's boot slots: a kernel update lands in new/ and is booted once in tryboot mode;
+    a Pi 4 whose EEPROM predates tryboot never boots new/, and the update never takes. Reads the
+    bootloader's build time the firmware leaves in the device tree."""
+    from ceil.catalog import load_flavor
+
+    flavor = load_flavor(cluster.flavor)
+    if not flavor.other_cmdlines:
+        pytest.skip(f"flavor {flavor.name} has no boot slots")
+    virt = host.run("systemd-detect-virt").stdout.strip()
+    if virt not in ("", "none"):
+        pytest.skip(f"{machine} runs in {virt}: the twin's tryboot is the harness's (test_boot_slots.py)")
+    model = host.run("tr -d '\\0' < /proc/device-tree/model").stdout.strip()
+    if not re.search(r"Raspberry Pi (4|400|Compute Module 4)", model):
+        pytest.skip(f"{machine} is a {model or 'board without a device-tree model'}: tryboot needs no EEPROM check")
+    stamp = host.run("od -An -tu1 /proc/device-tree/chosen/bootloader/build-timestamp")
+    assert stamp.rc == 0, f"{machine} ({model}): no bootloader build-timestamp in the device tree: {stamp.stderr}"
+    built = int.from_bytes(bytes(int(b) for b in stamp.stdout.split()), "big")
+    assert built >= PI4_TRYBOOT_EEPROM, (
+        f"{machine} ({model}): its bootloader EEPROM was built at {built} (before 2021-03-18), without"
+        " tryboot: kernel updates in new/ would never be booted. Update it: sudo rpi-eeprom-update -a, reboot")

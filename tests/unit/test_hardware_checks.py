@@ -1,0 +1,61 @@
+"""`make verify`'s hardware checks (tests/infra/test_hardware.py) judged on recorded answers of a
+Pi, since no Pi is here: the same functions run on real hosts."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tests.infra.test_hardware import test_the_bootloader_can_try_the_boot_slots as bootloader_check
+
+
+class RecordedPi:
+    """A host whose commands answer as a real Pi's would (testinfra's run(): rc, stdout, stderr)."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def run(self, command: str):
+        for start, out in self.answers.items():
+            if command.startswith(start):
+                return SimpleNamespace(rc=0, stdout=out, stderr="")
+        return SimpleNamespace(rc=1, stdout="", stderr=f"{command}: no such file")
+
+
+def pi(model: str, built: int | None, virt: str = "none") -> RecordedPi:
+    answers = {"systemd-detect-virt": virt + "\n", "tr -d": model}
+    if built is not None:
+        answers["od -An -tu1 /proc/device-tree/chosen/bootloader/build-timestamp"] = " ".join(
+            str(b) for b in built.to_bytes(4, "big")) + "\n"
+    return RecordedPi(answers)
+
+
+SLOTTED = SimpleNamespace(flavor="ubuntu-26.04-raspi")
+
+
+def test_a_pi4_whose_eeprom_cannot_tryboot_fails_and_says_how_to_update_it():
+    with pytest.raises(AssertionError) as e:
+        bootloader_check(pi("Raspberry Pi 4 Model B Rev 1.4", 1603843200), "one", SLOTTED)  # 2020-10-28
+    assert "rpi-eeprom-update" in str(e.value) and "one" in str(e.value)
+
+
+def test_a_pi4_with_a_tryboot_eeprom_passes():
+    bootloader_check(pi("Raspberry Pi 4 Model B Rev 1.5", 1700000000), "one", SLOTTED)
+    bootloader_check(pi("Raspberry Pi Compute Module 4 Rev 1.0", 1616057651), "one", SLOTTED)
+
+
+def test_a_pi4_that_shows_no_bootloader_time_fails():
+    with pytest.raises(AssertionError, match="no bootloader build-timestamp"):
+        bootloader_check(pi("Raspberry Pi 4 Model B Rev 1.4", None), "one", SLOTTED)
+
+
+@pytest.mark.parametrize("host, cluster", [
+    (pi("Raspberry Pi 5 Model B Rev 1.0", 1), SLOTTED),           # its EEPROM always could
+    (pi("Raspberry Pi 3 Model B Plus Rev 1.3", None), SLOTTED),   # start.elf on the card
+    (pi("Raspberry Pi 4 Model B Rev 1.4", 1, virt="qemu"), SLOTTED),  # the twin: the harness's tryboot
+    (pi("Raspberry Pi 4 Model B Rev 1.4", 1), SimpleNamespace(flavor="ubuntu-24.04-raspi")),  # no slots
+])
+def test_other_boards_flavors_and_twins_skip(host, cluster):
+    with pytest.raises(pytest.skip.Exception):
+        bootloader_check(host, "one", cluster)
