@@ -37,7 +37,7 @@ venv: .venv/.done ## Create .venv with ceil and its test dependencies
 doctor: venv ## Which host tools are present, what each is for, how to install
 	$(PY) bake.py doctor
 
-bake: venv ## Bake every role of $(CONFIG) into $(OUT)/ (BASE=path to use a local base image; ANY_BASE=1 for one that is not the flavor's pinned file)
+bake: venv ## Bake every role of CONFIG (default cluster.yaml) into OUT/ (default out/; BASE=path to use a local base image; ANY_BASE=1 for one that is not the flavor's pinned file)
 	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE)) $(if $(ANY_BASE),--any-base-image)
 %-bake: venv ## Bake one role, e.g. make router-bake (BASE=, ANY_BASE=1 as for bake)
 	$(PY) bake.py --role $* --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE)) $(if $(ANY_BASE),--any-base-image)
@@ -76,7 +76,7 @@ testbed: venv ## Build (or reuse from cache) the QEMU test-bed base images, ever
 	@$(MAKE) --no-print-directory -j$(words $(TESTBEDS)) -Oline $(TESTBEDS)
 $(TESTBEDS): venv
 	$(NICE) $(PY) -m testbed.build --flavor $@ --arch $(ARCH)
-testbed-ci: venv ## Build (or reuse) only the test beds CI's QEMU suite boots: $(CI_TESTBEDS)
+testbed-ci: venv ## Build (or reuse) only the test beds CI's QEMU suite boots (CI_TESTBEDS: the cluster's flavor and the bare one)
 	@$(MAKE) --no-print-directory -j$(words $(CI_TESTBEDS)) -Oline $(CI_TESTBEDS)
 e2e: venv testbed-ci kubenode ## CI's QEMU suite: boot baked images and run the testinfra checks over SSH, without the tests marked `full` (ARCH=amd64 is faster; FLAVOR=testbed-raspios for the Pi OS twin)
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=$(FLAVOR) $(PY) -m pytest -m "e2e and not full" --durations=15 tests/e2e tests/infra
@@ -85,7 +85,7 @@ e2e-full: venv testbed test-apiserver kubenode ## More than CI runs: every QEMU 
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 app: venv ## Build, push and deploy your app through the router's registry (APP=apps/piphp, the demo; see docs/apps.md)
 	$(PY) bake.py app --config $(CONFIG) ship $(or $(APP),apps/piphp)
-verify: venv ## Run the testinfra checks against the real cluster described by $(CONFIG)
+verify: venv ## Run the testinfra checks against the real cluster described by CONFIG (default cluster.yaml)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write
 	$(PY) bench/bake.py
@@ -98,14 +98,19 @@ status: venv ## First-boot progress of every machine, collected by the router
 	$(PY) bake.py status --config $(CONFIG)
 kubeconfig: venv ## Write the admin kubeconfig signed by the baked client CA
 	$(PY) bake.py kubeconfig --config $(CONFIG)
-k8s-proxy: venv ## The Kubernetes API on https://127.0.0.1:6443 through an SSH tunnel via the router (VIA=its address); kubeconfig: out/kubeconfig-tunnel
+k8s-proxy: venv ## The Kubernetes API on https://127.0.0.1:6443 through an SSH tunnel via the router (VIA=its address); kubeconfig: out/kubeconfig-tunnel next to CONFIG
 	$(PY) bake.py kubeconfig --config $(CONFIG) --tunnel-port 6443
 	$(PY) bake.py k8s-proxy --config $(CONFIG) --port 6443 $(if $(VIA),--via $(VIA))
 vpn-client-%: venv ## WireGuard client config for NAME, e.g. make vpn-client-laptop
 	$(PY) bake.py vpn-client $* --config $(CONFIG)
 # With VIA (only the router's SSH answers), the tunnel's kubeconfig: `make k8s-proxy VIA=...` in
 # another shell holds the tunnel open.
-KUBECTL ?= kubectl --kubeconfig $(if $(VIA),$(OUT)/kubeconfig-tunnel,$(OUT)/kubeconfig)
+# `bake.py kubeconfig` writes it into out/ next to the config, wherever CONFIG is.
+KUBECONFIG_DIR = $(dir $(CONFIG))out
+KUBECTL ?= kubectl --kubeconfig $(if $(VIA),$(KUBECONFIG_DIR)/kubeconfig-tunnel,$(KUBECONFIG_DIR)/kubeconfig)
+# A URL in the browser: `open` on macOS (on Linux `open` is openvt), xdg-open elsewhere; printed if
+# neither can (no desktop session).
+BROWSE = sh -c 'if [ "$$(uname)" = Darwin ]; then open "$$1"; else xdg-open "$$1" 2>/dev/null || echo "open $$1 in a browser"; fi' browse
 # Every add-on of the catalog (addons/<name>/addon.yaml), so a new one gets its targets without an edit here.
 ADDONS := $(patsubst addons/%/addon.yaml,%,$(wildcard addons/*/addon.yaml))
 addons-list: venv ## Every add-on and whether this cluster gets it
@@ -149,9 +154,9 @@ router-reboot: venv ## Reboot the router and wait until it is back (a new boot i
 reboot-all: venv ## Reboot every machine, the nodes first, then the router, each confirmed back
 	$(PY) bake.py reboot --config $(CONFIG) $(if $(VIA),--via $(VIA))
 httpd-open: ## Open the demo httpd (the seed's first app)
-	xdg-open http://httpd.$(DOMAIN)/ 2>/dev/null || open http://httpd.$(DOMAIN)/
+	$(BROWSE) http://httpd.$(DOMAIN)/
 prometheus-open: ui-password ## Print the UI login and open Prometheus
-	xdg-open https://prometheus.$(DOMAIN)/ 2>/dev/null || open https://prometheus.$(DOMAIN)/
+	$(BROWSE) https://prometheus.$(DOMAIN)/
 logs: venv ## Follow the logs of many pods (Q=a label selector, e.g. app.kubernetes.io/name=podinfo; with stern also a name pattern; NS=namespace)
 	$(PY) bake.py logs --config $(CONFIG) $(if $(NS),-n $(NS)) $(if $(Q),'$(Q)')
 nodes-show: $(if $(VIA),,kubeconfig) ## kubectl get nodes (with the baked admin kubeconfig; VIA=: through make k8s-proxy's tunnel)
@@ -162,12 +167,12 @@ dashboard-token: venv ## Print a Kubernetes Dashboard login token
 	$(PY) bake.py addons --config $(CONFIG) dashboard-token
 grafana-open: venv ## Print Grafana's admin password and open Grafana
 	$(PY) bake.py addons --config $(CONFIG) grafana-password
-	xdg-open https://grafana.$(DOMAIN)/ 2>/dev/null || open https://grafana.$(DOMAIN)/
+	$(BROWSE) https://grafana.$(DOMAIN)/
 ui-password: venv ## Print the add-on UI login's password (user admin: Longhorn, Prometheus, Traefik dashboard)
 	$(PY) bake.py addons --config $(CONFIG) ui-password
 traefik-open: ui-password ## Print the UI login and open the Traefik dashboard
-	xdg-open https://traefik.$(DOMAIN)/dashboard/ 2>/dev/null || open https://traefik.$(DOMAIN)/dashboard/
+	$(BROWSE) https://traefik.$(DOMAIN)/dashboard/
 dashboard-open: ## Open the Kubernetes Dashboard
-	xdg-open https://dashboard.$(DOMAIN)/ 2>/dev/null || open https://dashboard.$(DOMAIN)/
+	$(BROWSE) https://dashboard.$(DOMAIN)/
 clean: ## Remove baked images (keeps secrets/ and the download cache)
 	rm -rf $(OUT)

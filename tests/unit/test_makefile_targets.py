@@ -100,3 +100,21 @@ def test_df_lists_each_drive_once_and_not_the_kubelets_volume_mounts(config, tmp
     assert done.returncode == 0, done.stderr
     mounts = [line.split()[-1] for line in done.stdout.splitlines()]
     assert mounts == ["on", "/", "/boot/firmware", "/var/lib/longhorn"], done.stdout
+
+
+def test_kubectl_targets_read_the_kubeconfig_bake_py_writes_next_to_the_config(config):
+    """`bake.py kubeconfig` writes out/kubeconfig beside cluster.yaml; with CONFIG outside the
+    checkout, nodes-show read ./out/kubeconfig (missing, or another cluster's)."""
+    for variables, name in (({}, "kubeconfig"), ({"VIA": "192.168.1.50"}, "kubeconfig-tunnel")):
+        done = subprocess.run(["make", "-n", "--no-print-directory", "nodes-show", "pods-show", f"CONFIG={config}",
+                               f"PY={sys.executable}", *[f"{k}={v}" for k, v in variables.items()]],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        kubectl = [shlex.split(line) for line in done.stdout.splitlines() if line.startswith("kubectl ")]
+        assert len(kubectl) == 2, done.stdout + done.stderr
+        for words in kubectl:
+            assert words[words.index("--kubeconfig") + 1] == str(config.parent / "out" / name)
+
+
+def test_make_help_shows_no_unexpanded_variable():
+    done = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "$(" not in done.stdout, done.stdout
