@@ -31,6 +31,7 @@ from .features import RoleContext
 from .fetch import BaseImage, cache_root, resolve_base
 from .partitions import Partition, check_layout
 from .payload import Payload, build_payload
+from .privatefile import git_ignored_folder
 from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
@@ -491,7 +492,7 @@ def work_root(shm: Path = Path("/dev/shm")) -> str | None:
 
 
 def bake(ctx: BakeContext) -> Path:
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    git_ignored_folder(ctx.out_dir, "baked images, each holding its machine's keys")
     with tempfile.TemporaryDirectory(prefix=f"ceil-{ctx.role}-", dir=work_root()) as work:
         ctx.work = Path(work)
         try:

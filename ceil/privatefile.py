@@ -26,3 +26,13 @@ def write_private(path: Path, data: bytes | str, durable: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def git_ignored_folder(path: Path, what: str) -> None:
+    """Make the folder `path` with a .gitignore that ignores all of it, unless it has one: what ceil
+    writes there (baked images holding the cluster's keys, the admin kubeconfig) must never be
+    committed, wherever the folder is (the repository's own .gitignore covers only its out/)."""
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / ".gitignore"
+    if not marker.exists():
+        marker.write_text(f"# ceil: {what}; never commit them\n*\n")

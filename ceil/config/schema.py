@@ -136,8 +136,32 @@ def _url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
         raise ValueError(f"{value!r} is not a URL: {fix}")
     if port is None and parts.netloc.endswith(":"):
         raise ValueError(f"{value!r} has an empty port: {fix}")
+    if "@" in parts.netloc:
+        # Shown without them: the error reaches terminals and CI logs.
+        shown = value.replace(parts.netloc, "USER:…@" + parts.netloc.rsplit("@", 1)[1], 1)
+        raise ValueError(
+            f"{shown!r} carries a user name or password before '@': URLs are written into plain files on"
+            " the card (some stay on its boot partition), so none may hold a credential. For a private Git"
+            " repository give the token as gitops.token (e.g. ${GITOPS_TOKEN}); the other URLs take none")
     if any(c in value for c in "\"'`\\<>{}|^"):
         raise ValueError(f"{value!r} holds a quote, brace or backslash, which no URL needs: {fix}")
+    return value
+
+
+def _token_url(value: str) -> str:
+    """An API URL a secret is sent to: https, or http only to a private or loopback address."""
+    from urllib.parse import urlsplit
+
+    _url(value)
+    parts = urlsplit(value)
+    if parts.scheme == "http":
+        try:
+            private = ipaddress.ip_address(parts.hostname).is_private
+        except ValueError:
+            private = False
+        if not private:
+            raise ValueError(f"{value!r}: the API token would cross the network in clear over http; use https://"
+                             " (plain http only to a private address, e.g. a local stand-in)")
     return value
 
 
@@ -441,7 +465,9 @@ class DDNS(Model):
     api_token: SecretStr | None = None
     zone: Domain | None = None
     record: Domain | None = None
-    api_url: HttpUrl = "https://api.cloudflare.com/client/v4"
+    # Every request carries api_token: HTTPS, or plain HTTP only to a private address (a local
+    # stand-in or proxy, as the test beds use), never across the internet in clear.
+    api_url: Annotated[str, AfterValidator(_token_url)] = "https://api.cloudflare.com/client/v4"
     # Where the router learns its public address (an endpoint that answers with the bare IP).
     ip_url: HttpUrl = "https://api.ipify.org"
     interval_minutes: int = Field(default=5, ge=1, le=1440)

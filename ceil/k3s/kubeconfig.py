@@ -16,7 +16,7 @@ import yaml
 
 from ..config import Cluster, load_cluster
 from ..errors import CeilError
-from ..privatefile import write_private
+from ..privatefile import git_ignored_folder, write_private
 from .pki import ensure_admin_cert, ensure_ca
 from ..secrets import SecretStore
 
@@ -97,6 +97,8 @@ def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: P
     base = config_path.resolve().parent
     store = SecretStore(secrets_path or base / "secrets", make_new=False)
     out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
+    if out_path is None:
+        git_ignored_folder(out.parent, "the cluster-admin kubeconfig and baked images")
     check_replaceable(out)
     write_private(out, admin_kubeconfig(cluster, store, tunnel_port))
     click.echo(f"wrote {out} (cluster-admin for {server_url(cluster, tunnel_port)})")

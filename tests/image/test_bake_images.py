@@ -99,6 +99,8 @@ def test_outputs_and_manifests(baked):
         assert manifest["ceil_version"]
         assert stat.S_IMODE(img.stat().st_mode) == 0o600  # it carries secrets until first boot
     assert not list((baked["dir"] / "out").glob(".*partial"))
+    # ... and never committed, wherever out/ is (the repository's .gitignore covers only its own).
+    assert (baked["dir"] / "out" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
 def test_base_image_is_never_modified(baked):

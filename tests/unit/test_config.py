@@ -609,3 +609,36 @@ def test_a_very_long_value_is_shown_by_its_start_and_length_not_in_full(extra, k
     line = next(line for line in msg.splitlines() if key in line)
     assert len(line) < 400, line
     assert re.search(r"'[A-Za-z/]{40,}\.\.\.' \(\d{4} characters\)", line), line
+
+
+@pytest.mark.parametrize("key, url", [
+    ("gitops", "https://x-access-token:ghp_s3cretvalue@github.com/you/cluster.git"),
+    ("registry", "https://user:dckr_pat_s3cretvalue@registry-1.docker.io"),
+    ("apt_mirror", "http://user:s3cretvalue@archive.example.com/debian"),
+    ("ddns", "https://s3cretvalue@api.cloudflare.com/client/v4"),
+])
+def test_a_url_carrying_a_credential_is_refused_without_showing_it(key, url):
+    """Issue 18: URLs are written into plain files on the card (gitops.url into the server's
+    addons.json on the boot partition, registry.upstream into the router's mirror.yml): a token
+    in one would stay there. Refused, and the message does not repeat it."""
+    sections = {
+        "gitops": f"gitops: {{enabled: true, url: '{url}'}}\naddons: {{enable: [gitops]}}\n",
+        "registry": f"registry: {{upstream: '{url}'}}\n",
+        "apt_mirror": f"apt_mirror: {{url: '{url}', suite: trixie}}\n",
+        "ddns": f"ddns: {{enabled: true, api_token: abcdefgh12345678, zone: example.com, record: home.example.com,"
+                f" api_url: '{url}'}}\n",
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_cluster(BASE + sections[key])
+    text = str(e.value)
+    assert "user name or password" in text and "s3cretvalue" not in text, text
+
+
+def test_the_ddns_token_goes_over_http_only_to_a_private_address():
+    ddns = "ddns: {enabled: true, api_token: abcdefgh12345678, zone: example.com, record: home.example.com, api_url: '%s'}\n"
+    with pytest.raises(ConfigError, match="in clear"):
+        parse_cluster(BASE + ddns % "http://api.cloudflare.com/client/v4")
+    with pytest.raises(ConfigError, match="in clear"):
+        parse_cluster(BASE + ddns % "http://1.1.1.1:8053/client/v4")
+    assert parse_cluster(BASE + ddns % "http://10.0.2.100:8053/client/v4").ddns.api_url.startswith("http://10.")
+    assert parse_cluster(BASE + ddns % "https://api.cloudflare.com/client/v4")

@@ -64,6 +64,21 @@ def test_command_writes_a_private_file_kubectl_reads(setup):
     assert '"current-context": "ceil"' in view.stdout
 
 
+def test_the_default_kubeconfig_is_git_ignored_wherever_the_config_lives(setup):
+    """Issue 18: out/kubeconfig holds the cluster-admin key; the repository's .gitignore covers
+    only its own out/, so a cluster kept in clusters/home/ had its kubeconfig committable."""
+    cluster, store, path = setup
+    pki.ensure_k3s_cas(store)
+    repo = path.parent
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    result = CliRunner().invoke(kubeconfig_command, ["--config", str(path)])
+    assert result.exit_code == 0, result.output
+    kubeconfig = repo / "out" / "kubeconfig"
+    assert kubeconfig.is_file()
+    ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", str(kubeconfig)])
+    assert ignored.returncode == 0, "out/kubeconfig is not git-ignored"
+
+
 def _server_cert(ca: pki.CertKey, tmp_path) -> tuple[str, str]:
     """A serving certificate for 127.0.0.1 signed by the server CA (k3s makes its own on the Pi)."""
     key = ec.generate_private_key(ec.SECP256R1())
