@@ -73,12 +73,16 @@ def fetch_status(url: str, timeout: float = 20.0) -> dict:
         raise CeilError(f"{url} answered, but not with JSON: is that the ceil router's status board?") from None
     if not isinstance(snap, dict) or not isinstance(snap.get("hosts"), list):
         raise CeilError(f"{url} answered JSON without a 'hosts' list: not a ceil status board")
+    # The board is read over plain HTTP: whatever answers there must not crash this command.
+    if not all(isinstance(h, dict) for h in snap["hosts"]):
+        raise CeilError(f"{url} answered a 'hosts' list whose entries are not objects: not a ceil status board")
     return snap
 
 
-def _age(seconds: int | None) -> str:
-    if seconds is None:
+def _age(value: object) -> str:
+    if _seconds(value) is None:
         return "never"
+    seconds = int(value)
     if seconds < 120:
         return f"{seconds}s ago"
     return f"{seconds // 60}m ago"
@@ -100,7 +104,10 @@ def status_table(snap: dict) -> Table:
         def said(step: object) -> str:
             return f"{step} ({why[step]})" if isinstance(step, str) and why.get(step) else str(step)
 
-        details = [f"failed: {said(s)}" for s in h.get("failed", [])] + [f"busy: {said(s)}" for s in h.get("busy", [])]
+        def listed(key: str) -> list:
+            return h[key] if isinstance(h.get(key), list) else []
+
+        details = [f"failed: {said(s)}" for s in listed("failed")] + [f"busy: {said(s)}" for s in listed("busy")]
         table.add_row(
             plain(h.get("hostname", h.get("name", "?"))),
             state,

@@ -601,3 +601,38 @@ def test_a_slow_board_gets_time_to_answer_an_unreachable_one_fails_fast(monkeypa
     assert seen["timeout"] == (5.0, 20.0)
     fetch_status("http://10.42.0.1:8081/api/status", timeout=2)
     assert seen["timeout"] == (2, 2)
+
+
+@contextmanager
+def answering(body: bytes):
+    """Something at the board's address that answers every GET with `body` (a LAN host can)."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/status"
+    finally:
+        server.shutdown()
+
+
+def test_a_malformed_board_answer_is_a_message_not_a_traceback():
+    """Issue 18: `bake.py status` reads the board over plain HTTP; an age that is a string, lists
+    that are not lists, or hosts that are not objects crashed it (TypeError, AttributeError)."""
+    odd = {"cluster": "x", "hosts": [{"name": "one", "age": "soon", "failed": "k3s", "busy": 3, "state": ["?"],
+                                      "done": "a", "total": None}]}
+    with answering(json.dumps(odd).encode()) as url:
+        result = CliRunner().invoke(status_command, ["--url", url], env={"COLUMNS": "200"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "one" in result.output and "never" in result.output
+    with answering(json.dumps({"hosts": ["one", 2]}).encode()) as url:
+        result = CliRunner().invoke(status_command, ["--url", url])
+    assert isinstance(result.exception, CeilError) and "not a ceil status board" in str(result.exception)
