@@ -136,6 +136,40 @@ def test_in_a_shell_script_a_quoted_word_stands_outside_quotes_and_a_plain_one_i
                 assert double, where
 
 
+YAML_TEMPLATES = [p for p in templates() if escaping.template_format(str(p), p.read_text()) == "yaml"]
+
+
+@pytest.mark.parametrize("path", YAML_TEMPLATES, ids=lambda p: str(p.relative_to(REPO)))
+def test_in_yaml_a_value_standing_alone_as_a_scalar_goes_through_tojson(path):
+    """`word` writes a value as it is, and YAML reads a lone `on`, `null`, `0x1f` or `1:20` as a
+    boolean, nothing or a number: an interface named so became another key in network-config than
+    the one dnsmasq and nftables use. Inside a longer scalar (`grafana.{{ domain }}`) it stays text."""
+    import re
+
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for m in re.finditer(r"\{\{[^}]*\|\s*word\s*\}\}", line):
+            before, after = line[:m.start()], line[m.end():]
+            alone = (re.search(r"(^\s*(-\s+)?|:\s+|[\[{,]\s*)$", before)
+                     and re.match(r"\s*($|:(\s|$)|,|\]|\}|#)", after))
+            assert not alone, f"{path.relative_to(REPO)}:{number}: {line.strip()} (use tojson)"
+
+
+@pytest.mark.parametrize("name", ["on", "null", "0x1f", "1:20", "yes"])
+def test_an_interface_named_like_a_yaml_value_stays_that_name_in_network_config(name, tmp_path):
+    import yaml
+
+    from ceil.catalog import load_flavor
+    from ceil.features import RoleContext
+    from ceil.payload import render_seed
+    from ceil.secrets import SecretStore
+
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{KEY}']}}\nrouter: {{lan_interface: '{name}',"
+                            f" uplink: {{type: ethernet, interface: eth1}}}}\n")
+    ctx = RoleContext(cluster, "router", load_flavor(cluster.flavor), SecretStore(tmp_path / "s"), None)
+    doc = yaml.safe_load(render_seed(ctx, "i-1")["network-config"])
+    assert name in doc["ethernets"], doc["ethernets"]
+
+
 def test_a_list_is_one_quoted_shell_word_each():
     assert escaping.sh(["current/cmdline.txt", "a b", "it's"]) == "current/cmdline.txt 'a b' 'it'\"'\"'s'"
     done = subprocess.run(["sh", "-c", f"for f in {escaping.sh(['a b', '*', 'c'])}; do printf '<%s>' \"$f\"; done"],
