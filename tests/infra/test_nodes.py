@@ -57,7 +57,7 @@ def test_forwarding_and_bridge_sysctls(nodes):
 
 def test_the_nodes_own_firewall_is_loaded_and_loads_again_at_boot(nodes, cluster):
     """A LAN device shares the nodes' switch, out of the router firewall's sight: each node drops
-    what the DHCP pool sends its VXLAN, kubelet and etcd ports, and anything routed into the pod
+    what the DHCP pool sends its VXLAN, kubelet, etcd, node-exporter and MetalLB ports, and anything routed into the pod
     and service networks that kube-proxy did not translate (tests/unit/test_node_firewall_netns.py
     shows the attack and the drop)."""
     net, k8s = cluster.network, cluster.kubernetes
@@ -67,8 +67,8 @@ def test_the_nodes_own_firewall_is_loaded_and_loads_again_at_boot(nodes, cluster
         # (nft lists the pod and service networks merged where they touch, and `! dnat` or
         # `& dnat == 0` by version: the parts are checked, not one spelling)
         pool = f"ip saddr {net.dhcp_start}-{net.dhcp_end}"
-        assert f"{pool} udp dport {{ 8472, 51820-51821 }}" in table, (name, table)
-        assert f"{pool} tcp dport {{ 2379-2380, 10250 }}" in table, (name, table)
+        assert f"{pool} udp dport {{ 7946, 8472, 51820-51821 }}" in table, (name, table)
+        assert f"{pool} tcp dport {{ 2379-2380, 7472, 7946, 9100, 10250 }}" in table, (name, table)
         routed_in = [line for line in table.splitlines() if f"ip saddr != {k8s.cluster_cidr} ct status" in line]
         assert len(routed_in) == 1 and "dnat" in routed_in[0] and routed_in[0].endswith("drop"), (name, table)
         assert host.service("ceil-node-rules.service").is_enabled, name

@@ -141,6 +141,11 @@ def test_a_lan_device_reaches_neither_the_pods_nor_vxlan_and_a_service_still_doe
     assert lab.udp_from("10.42.0.12") == "10.42.0.12"
     # The kubelet's port over link-local IPv6, which every LAN device has: dropped too.
     assert lab.py("dev", CONNECT, kubelet_v6, "10250") == "timeout"
+    # node-exporter on the host's network (the monitoring add-on): Prometheus, a pod, scrapes it;
+    # a LAN device does not read the node's kernel, mounts and interfaces.
+    lab.start("node", SERVE_TCP.replace("8080", "9100"))
+    assert lab.py("pod", CONNECT, NODE, "9100") == "pod"
+    assert lab.py("dev", CONNECT, NODE, "9100") == "timeout"
     # A pod's own connection out through the node gets its answers (they come back to the pod's
     # address, untranslated here; flannel masquerades them on a real node).
     lab.start("dev", SERVE_TCP.replace("8080", "9090"))
