@@ -292,6 +292,50 @@ def ssh_argv(cluster: Cluster, name: str, via: str | None, extra: tuple[str, ...
     return [*argv, f"{user}@{target}", *extra]
 
 
+# What a workstation that reaches none of the cluster needs (README, "Your way in").
+WAY_IN = ("this workstation needs a way to the cluster LAN: the VPN, or --via ADDRESS (the router's address"
+          " where only its SSH answers; README, \"Your way in\")")
+# A silent address (no VPN up, no route) fails in this long, not after the system's minutes.
+CONNECT_OPTIONS = ("-o", "ConnectTimeout=10")
+
+
+def _end_with_parent() -> None:
+    """In the child, on Linux: the kernel sends it SIGTERM when this process dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def run_ssh_attached(argv: list[str], what: str) -> int:
+    """ssh on this terminal (an interactive login, a tunnel) until it ends; its exit status. When
+    ssh itself could not connect (255), says what the workstation needs. Ctrl-C reaches ssh, which
+    decides: this process only waits for it."""
+    import signal
+
+    proc = subprocess.Popen(argv, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+    # Stopped by a signal (kill, a closed terminal): ssh goes with this process, never left behind
+    # holding a tunnel.
+    passed_on = {sig: signal.signal(sig, lambda number, frame: proc.send_signal(number))
+                 for sig in (signal.SIGTERM, signal.SIGHUP)}
+    interrupted = False
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+    finally:
+        for sig, handler in passed_on.items():
+            signal.signal(sig, handler)
+    if code == SSH_FAILED and not interrupted:
+        click.echo(f"ceil: {what}: ssh could not connect or log in (exit {SSH_FAILED}; its line above says why):"
+                   f" if the machine is up, {WAY_IN}", err=True)
+    return code
+
+
 def not_reached(results: dict[str, tuple[int, str]]) -> str:
     """What to do about the machines ssh itself failed on ("" when it reached them all): a
     cluster this workstation has no way to (no VPN, no route) read as the command failing."""
@@ -299,9 +343,7 @@ def not_reached(results: dict[str, tuple[int, str]]) -> str:
     if not names:
         return ""
     return (f"{', '.join(names)} not reached over SSH (exit {SSH_FAILED}, unless the command itself exited so; the lines"
-            " above say why): if they are up,"
-            " this workstation needs a way to the cluster LAN: the VPN, or --via ADDRESS (the router's address"
-            " where only its SSH answers; README, \"Your way in\")")
+            f" above say why): if they are up, {WAY_IN}")
 
 
 def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | None,
@@ -312,7 +354,7 @@ def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | 
     run = run or subprocess.run
 
     def one(name: str) -> tuple[int, str]:
-        argv = ssh_argv(cluster, name, via, (command,), ("-o", "BatchMode=yes", "-o", "ConnectTimeout=10"))
+        argv = ssh_argv(cluster, name, via, (command,), ("-o", "BatchMode=yes", *CONNECT_OPTIONS))
         try:
             done = run(argv, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
@@ -366,8 +408,8 @@ def ssh_command(config_path: Path, secrets_path: Path | None, via: str | None, n
     from secrets/: another key is refused, from the first contact on."""
     cluster = load_cluster(config_path, env_optional=True)
     _pin_keys(cluster, config_path, secrets_path)
-    argv = ssh_argv(cluster, name, via, extra)
-    os.execvp(argv[0], argv)
+    argv = ssh_argv(cluster, name, via, extra, CONNECT_OPTIONS)
+    sys.exit(run_ssh_attached(argv, f"ssh {name}"))
 
 
 # ---- k8s-proxy ---------------------------------------------------------------------------
@@ -382,7 +424,9 @@ def tunnel_argv(cluster: Cluster, via: str | None, local_port: int) -> list[str]
     require("ssh")
     known_hosts_file(cluster).parent.mkdir(parents=True, exist_ok=True)
     router = via or str(cluster.network.router_ip)
-    return ["ssh", *host_key_options(cluster, "router"), "-N", "-o", "ExitOnForwardFailure=yes",
+    return ["ssh", *host_key_options(cluster, "router"), *CONNECT_OPTIONS, "-N", "-o", "ExitOnForwardFailure=yes",
+            # A tunnel whose far end went away (the router rebooted) ends instead of hanging.
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
             "-L", f"127.0.0.1:{local_port}:{cluster.server.ip}:{API_PORT}", f"{cluster.ssh.user}@{router}"]
 
 
@@ -401,4 +445,4 @@ def k8s_proxy_command(config_path: Path, secrets_path: Path | None, via: str | N
     argv = tunnel_argv(cluster, via, local_port)
     click.echo(f"the Kubernetes API of {cluster.name} on https://127.0.0.1:{local_port} until Ctrl-C;"
                f" in another shell: python bake.py kubeconfig --tunnel-port {local_port}", err=True)
-    os.execvp(argv[0], argv)
+    sys.exit(run_ssh_attached(argv, "k8s-proxy"))

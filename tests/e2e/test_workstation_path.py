@@ -282,7 +282,7 @@ def test_where_only_the_routers_ssh_answers_ssh_and_k8s_proxy_go_through_it(node
         assert node_names(ws.run, kubeconfig, cluster, "the tunnel")
     finally:
         if proxy is not None and proxy.poll() is None:
-            proxy.kill()
-            proxy.wait()
+            proxy.terminate()  # bake.py passes it on to its ssh
+            proxy.wait(timeout=30)
         side.close()
         agent.close()

@@ -164,11 +164,12 @@ def test_ssh_reaches_the_router_and_the_nodes_directly_or_through_the_router(tmp
         "ssh", *pinned("router", known_hosts), "pi-admin@192.168.1.50"]
     assert known_hosts.parent.is_dir(), "ssh cannot record a first key in a missing folder"
     execs = []
-    monkeypatch.setattr(workstation.os, "execvp", lambda f, argv: execs.append(argv))
+    monkeypatch.setattr(workstation, "run_ssh_attached", lambda argv, what: execs.append(argv) or 0)
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "one", "--", "df", "-h"])
     assert result.exit_code == 0, result.output
-    assert execs == [["ssh", *pinned("one", known_hosts), "pi-admin@10.42.0.11", "df", "-h"]]
+    assert execs == [["ssh", *pinned("one", known_hosts), *workstation.CONNECT_OPTIONS, "pi-admin@10.42.0.11",
+                      "df", "-h"]]
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "nine"])
     assert result.exit_code != 0 and "not in the cluster" in str(result.exception)
 
@@ -209,7 +210,7 @@ def test_ssh_and_run_check_even_a_first_contact_against_the_keys_in_secrets(tmp_
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     store = SecretStore(tmp_path / "secrets")
     keys = {name: public_line(host_key(store, name)) for name in ("router", "two")}
-    monkeypatch.setattr(workstation.os, "execvp", lambda f, argv: None)
+    monkeypatch.setattr(workstation, "run_ssh_attached", lambda argv, what: 0)
     result = CliRunner().invoke(workstation.ssh_command, ["--config", str(tmp_path / "cluster.yaml"), "one"])
     assert result.exit_code == 0, result.output
     assert sorted(known_hosts.read_text().splitlines()) == [f"ceil-router {keys['router']}", f"ceil-two {keys['two']}"]
@@ -302,3 +303,69 @@ def test_the_missing_ssh_client_is_named_with_its_package(tmp_path, monkeypatch,
         workstation.ssh_argv(parse_cluster(CLUSTER), "one", None)
     with pytest.raises(CeilError, match=r"ssh not found"):
         workstation.tunnel_argv(parse_cluster(CLUSTER), None, 6443)
+
+
+@pytest.mark.parametrize("command", [["ssh", "one", "--", "true"], ["k8s-proxy", "--port", "16443"]])
+def test_ssh_and_the_tunnel_give_up_on_a_silent_cluster_and_say_what_is_missing(tmp_path, command):
+    """Issue 19: `bake.py ssh` and `k8s-proxy` waited for the system's TCP timeout (minutes) when
+    the cluster's address was silent (no VPN up), then ended with ssh's bare error. Run in a
+    network namespace whose cluster LAN routes into a tun device nobody reads."""
+    import os
+    import shutil
+    import sys
+    import time
+    from pathlib import Path
+
+    if os.geteuid() != 0 or not shutil.which("unshare") or not Path("/dev/net/tun").exists():
+        pytest.skip("needs root, unshare and /dev/net/tun")
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    bake = Path(__file__).resolve().parents[2] / "bake.py"
+    silent_lan = ("ip link set lo up && ip tuntap add ceiltun0 mode tun && ip addr add 10.42.0.200/24 dev ceiltun0"
+                  " && ip link set ceiltun0 up && exec \"$0\" \"$@\"")
+    started = time.monotonic()
+    done = subprocess.run(["unshare", "-n", "sh", "-c", silent_lan, sys.executable, str(bake), *command[:1],
+                           "--config", str(tmp_path / "cluster.yaml"), *command[1:]],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "HOME": str(tmp_path)})
+    took = time.monotonic() - started
+    assert done.returncode == 255, done.stdout + done.stderr
+    assert "timed out" in done.stderr and "Your way in" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert took < 30, took
+
+
+def test_the_attached_ssh_ends_with_bake_py_even_when_it_is_killed_outright():
+    """`k8s-proxy` runs ssh as a child (to say what is missing when it cannot connect): killed
+    with SIGKILL, bake.py must not leave a tunnel behind."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    if sys.platform != "linux":
+        pytest.skip("the kernel's parent-death signal is Linux's")
+    repo = Path(__file__).resolve().parents[2]
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from ceil import workstation;"
+            " workstation.run_ssh_attached(['sleep', '300'], 'test')")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    child = None
+    for _ in range(100):
+        found = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        if found:
+            child = int(found[0])
+            break
+        time.sleep(0.05)
+    assert child, "no child started"
+    parent.kill()
+    parent.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    for _ in range(100):
+        if not running(child):
+            break
+        time.sleep(0.05)
+    assert not running(child), "ssh's stand-in outlived a killed bake.py"
