@@ -9,7 +9,7 @@ import click
 from .config import load_cluster
 from .errors import CeilError
 from .secrets import SecretStore
-from .wireguard import add_client, client_secret_name, wg_set_peer_command
+from .wireguard import add_client, client_secret_name, endpoint, wg_set_peer_command
 
 
 def _secrets_dir(config: Path, secrets: Path | None) -> Path:
@@ -36,6 +36,7 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
             f"{config_path}: vpn.enabled is false, so the router runs no WireGuard server:"
             " set vpn.enabled: true and re-bake the router before making clients"
         )
+    endpoint(cluster)  # refused before anything is written to secrets/: a client needs somewhere to dial
     # Imported here: compat loads the k3s release table and the download code, which --help needs not.
     from .compat import router_contract, router_was_baked
 
@@ -51,10 +52,11 @@ def vpn_client_command(name, config_path, secrets_path, rotate, print_peer) -> N
     baked = router_was_baked(store)
     router_too = (("; if vpn.port or a subnet changed, re-bake and re-flash the router too, which still"
                    " listens and routes as it was baked") if baked else "")
-    verb = {"new": "wrote", "rotated": "wrote (new keys)",
-            "refreshed": f"rewritten with the cluster's current VPN settings (same keys): import it again in WireGuard{router_too}",
-            "unchanged": "exists (unchanged; --rotate makes new keys)"}[state]
-    click.echo(f"{path} {verb}: client {name!r} has VPN address {client.address}")
+    said = {"new": f"wrote {path}", "rotated": f"wrote {path} (new keys)",
+            "refreshed": f"rewrote {path} with the cluster's current VPN settings (same keys): import it again in"
+                         f" WireGuard{router_too}",
+            "unchanged": f"{path} exists (unchanged; --rotate makes new keys)"}[state]
+    click.echo(f"{said}; client {name!r} has VPN address {client.address}")
     if state in ("new", "rotated") and not baked:
         click.echo(
             f"No router has been baked from {store.root} yet: its first bake (python bake.py --role"

@@ -189,7 +189,7 @@ def test_a_refreshed_vpn_client_is_told_to_re_bake_the_router_only_once_one_was_
         config.write_text(text)
         r = subprocess.run(vpn_client, cwd=tmp_path, capture_output=True, text=True)
         said = " ".join(r.stdout.split())
-        assert r.returncode == 0 and "rewritten with the cluster's current VPN settings" in said, r.stdout + r.stderr
+        assert r.returncode == 0 and "with the cluster's current VPN settings (same keys)" in said, r.stdout + r.stderr
         assert ("re-bake and re-flash the router too" in said) == baked, said
 
 

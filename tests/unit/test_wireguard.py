@@ -228,3 +228,12 @@ def test_handshake_and_node_reachable_through_the_tunnel(netns_lab, tmp_path):
     assert "ceil-node" in body
     assert netns_lab.client_handshake_seconds() > 0
 
+
+
+def test_vpn_client_without_an_endpoint_is_refused_before_secrets_is_touched(tmp_path):
+    """It made secrets/wireguard/server.key (and the lock, the .gitignore) and only then said a
+    client had nowhere to dial: a user fixing cluster.yaml then found a half-made secrets/."""
+    (tmp_path / "cluster.yaml").write_text(CONFIG.replace("endpoint: vpn.example.com", "port: 51820"))
+    result = CliRunner().invoke(vpn_client_command, ["phone", "--config", str(tmp_path / "cluster.yaml")])
+    assert result.exit_code != 0 and "vpn.endpoint is not set" in str(result.exception), result.output
+    assert not (tmp_path / "secrets").exists()
