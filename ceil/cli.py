@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from . import __version__
 from .errors import CeilError, ConfigError
-from .ui import console
+from .ui import console, notice
 
 EPILOG = """\b
 Examples:
@@ -202,8 +202,30 @@ def doctor():
         missing += not found and purpose == "bake"
         table.add_row(name, "[green]yes[/green]" if found else "[red]no[/red]", purpose, why, "" if found else hint)
     console.print(table)
+    skew = _kubectl_skew()
+    if skew:
+        notice(f"kubectl: {skew}")
     if missing:
         raise CeilError(f"{missing} tool(s) needed for baking are missing: install them as shown above")
+
+
+def _kubectl_skew() -> str | None:
+    """kubectl on PATH against the Kubernetes of the cluster.yaml here (else ceil's default k3s)."""
+    import shutil
+    import subprocess
+
+    from .config import load_cluster
+    from .config.schema import Kubernetes
+    from .tools import kubectl_skew
+
+    if shutil.which("kubectl") is None:
+        return None
+    try:
+        version = load_cluster(Path("cluster.yaml"), env_optional=True).kubernetes.k3s_version
+    except (CeilError, OSError):
+        version = Kubernetes().k3s_version
+    done = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30)
+    return kubectl_skew(int(version.split(".")[1]), done.stdout)
 
 
 @cli.command()

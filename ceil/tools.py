@@ -18,6 +18,8 @@ class Tool:
     # "bake", "test", "flash", "operate" (day-to-day commands against the cluster) or "app"
     # (bake.py app: one builder of several, and helm)
     needed_for: str
+    # Where Debian has no package (or one too old), how to get it on Linux instead.
+    elsewhere: str = ""
 
 
 TOOLS = [
@@ -46,22 +48,42 @@ TOOLS = [
          "buildah", "(Linux only: use podman)", "app"),
     Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",
          "podman", "app"),
-    Tool("helm", "lints and packages your app's chart (bake.py app chart)", "", "helm", "app"),
+    Tool("helm", "lints and packages your app's chart (bake.py app chart)", "", "helm", "app",
+         "Helm's own apt repository or release (helm.sh/docs/intro/install)"),
     Tool("git", "commits your app's deployment into your GitOps repository (bake.py app deploy --git)", "git", "git",
          "app"),
     Tool("stern", "tails the logs of every pod at once (bake.py logs, make logs, without a selector)", "",
-         "stern", "operate"),
-    Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "kubectl",
-         "kubectl", "operate"),
+         "stern", "operate", "its release binary (github.com/stern/stern/releases)"),
+    # Debian's kubernetes-client is 1.20, and kubectl talks to a server one minor version either way.
+    Tool("kubectl", "talks to the cluster with the baked kubeconfig (make nodes-show, pods-show)", "",
+         "kubectl", "operate", "Kubernetes' own apt repository (pkgs.k8s.io: kubernetes.io/docs/tasks/tools/"
+         "install-kubectl-linux), one minor version of the cluster's either way; Debian's kubernetes-client is too old"),
 ]
 
 
 def install_hint(tool: Tool) -> str:
     if platform.system() == "Darwin":
         return f"brew install {tool.brew}"
-    if not tool.debian:  # not packaged by Debian
-        return f"brew install {tool.brew}, or the publisher's instructions"
+    if not tool.debian:  # not packaged by Debian (or too old there)
+        return tool.elsewhere or "the publisher's instructions"
     return f"sudo apt install {tool.debian}"
+
+
+def kubectl_skew(cluster_minor: int, version_json: str) -> str | None:
+    """What is wrong with the kubectl whose `kubectl version --client -o json` is `version_json`
+    for a cluster of Kubernetes 1.`cluster_minor` (kubectl's version skew policy: one minor version
+    either way), or None."""
+    import json
+
+    try:
+        client = json.loads(version_json)["clientVersion"]
+        major, minor = int(client["major"]), int(str(client["minor"]).rstrip("+"))
+    except (ValueError, KeyError, TypeError):
+        return "its version could not be read (kubectl version --client -o json)"
+    if major != 1 or abs(minor - cluster_minor) > 1:
+        return (f"it is {major}.{minor}, and the cluster runs Kubernetes 1.{cluster_minor}: kubectl supports one minor"
+                f" version either way of its own; install 1.{cluster_minor} ({next(t for t in TOOLS if t.name == 'kubectl').elsewhere})")
+    return None
 
 
 def check_tools(purpose: str = "bake") -> None:
