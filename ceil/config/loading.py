@@ -277,15 +277,23 @@ def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = 
     twice = duplicate_keys(doc)
     if twice:
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(twice))
-    unset: dict[str, str] | None = {} if env_optional else None
+    # A secret's unset ${VAR} is checked as a stand-in; for a command that needs the secrets (the
+    # bake) each is a problem of the report, beside the file's others, not one alone before them.
+    unset: dict[str, str] = {}
     data = _resolve_env(data, unset=unset)
+    missing = [] if env_optional else [_unset_message(path, var) for path, var in unset.items()]
     try:
-        return _with_unset_secrets(Cluster.model_validate(data), unset or {})
+        cluster = Cluster.model_validate(data)
     except ValidationError as e:
         checkable, aside = _checkable(copy.deepcopy(data), e)
-        lines = [_shortened(line) for line in _every_problem(data, e, doc)]
+        lines = missing + [_shortened(line) for line in _every_problem(data, e, doc)]
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines),
-                          checkable=checkable and _with_unset_secrets(checkable, unset or {}), aside=aside) from None
+                          checkable=checkable and _with_unset_secrets(checkable, unset),
+                          aside=(*aside, *(unset if missing else ()))) from None
+    if missing:
+        raise ConfigError(missing[0] if len(missing) == 1 else f"{source} is not valid:\n  " + "\n  ".join(missing),
+                          checkable=_with_unset_secrets(cluster, unset), aside=tuple(unset)) from None
+    return _with_unset_secrets(cluster, unset)
 
 
 # A value quoted in a message, longer than anything a key takes (a pasted blob of thousands of
@@ -299,20 +307,32 @@ def _shortened(line: str) -> str:
 
 # Stand-in for a node name that failed its own check, so the checks across nodes still run.
 SET_ASIDE_NAME = "set-aside-{index}"
-# The values no check of another key reads, as key paths (None: any index): a node's name,
-# address and MAC (each node is checked against the network, never the other way round; a node
-# without `ip` takes a free one), the SSH login, the time zone and the VPN endpoint (init makes it
-# NAME-router: a name too long for its host names fails it too, and the name's own problem, which
-# a check across keys finds, was not told). Not a node's role (the count
-# of servers is checked) nor an unknown key in another section (`network.lan_cidrr`: the section
-# would be checked with the default the user meant to change).
-SET_ASIDE_SAFE = (("nodes", None, "name"), ("nodes", None, "ip"), ("nodes", None, "mac"), ("ssh",), ("timezone",),
-                  ("vpn", "endpoint"))
+# What the checks across keys read (Cluster._consistent, the nodes' free addresses, the router's
+# interfaces), as key paths (None: any index). Everything else may be set aside when refused: the
+# rest is then checked as written. These may not: with `network.dhcp_start` dropped for its
+# default, a node's address would be checked against a pool the user never wrote; with a
+# misspelt role, the count of servers would not be the user's. A node's name, address and MAC are
+# read across nodes but safe: a name gets a stand-in, an address left out takes a free one, and
+# each node is checked against the network, never the other way round.
+READ_ACROSS = (("nodes", None, "role"), ("network",), ("kubernetes", "cluster_cidr"), ("kubernetes", "service_cidr"),
+               ("kubernetes", "datastore_backups"), ("vpn", "enabled"), ("vpn", "subnet"), ("router", "usb_drive"),
+               ("router", "lan_interface"), ("router", "uplink", "type"), ("router", "uplink", "interface"),
+               ("registry", "enabled"), ("name",), ("domain",), ("flavor",))
+# Required values no check across keys reads, and what stands in for them when refused (dropped,
+# their section would be refused for lacking them, a problem the user does not have).
+STAND_INS = {("router", "uplink", "wifi", "country"): "GB", ("router", "uplink", "wifi", "ssid"): "set-aside",
+             ("router", "uplink", "wifi", "psk"): "set-aside-passphrase"}
 
 
-def _safe_to_set_aside(path: tuple) -> bool:
-    return any(len(path) >= len(safe) and all(s is None or s == p for s, p in zip(safe, path))
-               for safe in SET_ASIDE_SAFE)
+def _under(path: tuple, prefixes) -> bool:
+    return any(len(path) >= len(pre) and all(s is None or s == p for s, p in zip(pre, path)) for pre in prefixes)
+
+
+def _safe_to_set_aside(path: tuple, unknown: bool = False) -> bool:
+    """Whether `path`'s value may be set aside for the next round. Not an unknown key at the top
+    level (`nodez:` would check the default nodes the user meant to replace)."""
+    holds_read = any(len(pre) > len(path) and all(a is None or a == b for a, b in zip(pre, path)) for pre in READ_ACROSS)
+    return bool(path) and not _under(path, READ_ACROSS) and not holds_read and not (unknown and len(path) == 1)
 
 
 def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) -> list[str]:
@@ -323,16 +343,21 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
     stand-in) and the rest checked again, a few rounds deep; what a later round finds is kept
     unless it concerns a key set aside or names a stand-in (its problem may be the stand-in's),
     so "no node has role 'server'" comes with a bad node name. Only values no other check reads
-    are set aside (SET_ASIDE_SAFE): with `network.dhcp_start` dropped for its default, a node's
+    are set aside (not READ_ACROSS): with `network.dhcp_start` dropped for its default, a node's
     address would be checked against a pool the user never wrote."""
     lines = _lines_of(error, doc)
     aside: list[tuple] = []
+    dropped: list[tuple] = []
     for _ in range(4):
         fresh = [path for err in error.errors(include_url=False)
-                 if (path := _set_aside(data, _data_path(err["loc"]))) is not None]
+                 if (path := _set_aside(data, _data_path(err["loc"]), unknown=err["type"] == "extra_forbidden"))
+                 is not None]
         if not fresh:
             break
         aside += fresh
+        # A value dropped (not stood in for) may make its own section's checks complain ("ddns is
+        # enabled but ddns.zone is missing", when the zone given was refused): not the user's problem.
+        dropped += [path for path in fresh if path not in STAND_INS and path[-1:] != ("name",)]
         try:
             Cluster.model_validate(data)
             break
@@ -340,7 +365,8 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
             error = again
         for line in _lines_of(error, doc):
             key = _path_parts(line.split(" ", 1)[0].rstrip(":")) if not line.startswith("(") else ()
-            related = any(key[:len(a)] == a for a in aside) or SET_ASIDE_NAME.format(index="") in line
+            related = (any(key[:len(a)] == a for a in aside) or SET_ASIDE_NAME.format(index="") in line
+                       or any(key and len(key) < len(a) and a[:len(key)] == key for a in dropped))
             if not related and line not in lines:
                 lines.append(line)
     return lines
@@ -353,8 +379,8 @@ def _checkable(data: dict, error: ValidationError) -> tuple[Cluster | None, tupl
     go here: a feature's problem with a key set aside, or under one, is not reported."""
     aside: list[tuple] = []
     for _ in range(6):
-        fresh = [path for err in error.errors(include_url=False)
-                 if (path := _set_aside(data, _data_path(err["loc"]), anywhere=True)) is not None]
+        fresh = [path for err in error.errors(include_url=False) for where in _named_in(err)
+                 if (path := _set_aside(data, where, anywhere=True)) is not None]
         if not fresh:
             return None, ()
         aside += fresh
@@ -369,6 +395,18 @@ def _checkable(data: dict, error: ValidationError) -> tuple[Cluster | None, tupl
     return None, ()
 
 
+def _named_in(err: dict) -> list[tuple]:
+    """The key paths an error is about: its location, or for a check across keys (the whole
+    cluster's) each key its lines start with, below a top-level section (`nodes[1].ip`, not
+    `nodes`: a whole section set aside leaves nothing the user wrote to check)."""
+    path = _data_path(err["loc"])
+    if path or err["type"] != "value_error":
+        return [path]
+    named = [_path_parts(m.group(1)) for line in err["msg"].removeprefix("Value error, ").splitlines()
+             if (m := _own_path(line))]
+    return [p for p in named if len(p) >= 2]
+
+
 def _lines_of(error: ValidationError, doc: yaml.Node | None) -> list[str]:
     return [line for err in error.errors(include_url=False) for line in _describe(err, doc)]
 
@@ -379,13 +417,13 @@ def _data_path(loc: tuple) -> tuple:
                  or not (str(p).startswith("function") or "[" in str(p)))
 
 
-def _set_aside(data: dict, path: tuple, anywhere: bool = False) -> tuple | None:
+def _set_aside(data: dict, path: tuple, anywhere: bool = False, unknown: bool = False) -> tuple | None:
     """Take the value at `path` out of `data` (in place) so the other checks can run; the path set
-    aside, or None where nothing can be (outside SET_ASIDE_SAFE unless `anywhere`, or a value
-    whose section is required all the way up)."""
-    if not (anywhere or _safe_to_set_aside(path)):
+    aside, or None where nothing can be (what checks across keys read unless `anywhere`, or a
+    value whose section is required all the way up). `unknown`: the key is not a setting."""
+    if not (anywhere or _safe_to_set_aside(path, unknown)):
         return None
-    while path and (anywhere or _safe_to_set_aside(path)):
+    while path and (anywhere or _safe_to_set_aside(path, unknown)):
         parent: Any = data
         for part in path[:-1]:
             try:
@@ -395,6 +433,9 @@ def _set_aside(data: dict, path: tuple, anywhere: bool = False) -> tuple | None:
         leaf = path[-1]
         if path[0] == "nodes" and len(path) == 3 and leaf == "name" and isinstance(parent, dict):
             parent["name"] = SET_ASIDE_NAME.format(index=path[1])
+            return path
+        if path in STAND_INS and isinstance(parent, dict) and not unknown:
+            parent[leaf] = STAND_INS[path]
             return path
         if isinstance(parent, dict) and leaf in parent:
             info = _field_info(path)

@@ -225,9 +225,10 @@ def test_a_card_for_a_running_cluster_with_a_newer_k3s_is_refused_before_anythin
 
 def test_every_problem_of_cluster_yaml_comes_in_one_report_and_nothing_is_written(folder):
     """Issue 19 #4: cluster.yaml's own checks came first, and the features' (two servers, an
-    unknown add-on) only at the next bake, after those were fixed. Now one report holds both, and
-    a feature's problem with a value set aside (here the WiFi section, whose country was refused)
-    is left out: it would judge a default nobody wrote."""
+    unknown add-on) only at the next bake, after those were fixed. Now one report holds both. The
+    refused WiFi country is stood in for, not its section dropped, so the SSID the user wrote is
+    still judged (a backslash wpa_supplicant drops, on the default flavor): a real problem, in the
+    same report."""
     (folder / "cluster.yaml").write_text(
         f'ssh: {{authorized_keys: ["{KEY}"]}}\n'
         'router: {uplink: {type: wifi, wifi: {ssid: "Home\\\\Net", psk: "correct-horse-battery", country: XX}}}\n'
@@ -238,7 +239,8 @@ def test_every_problem_of_cluster_yaml_comes_in_one_report_and_nothing_is_writte
     failed(done, "cluster.yaml is not valid:", "router.uplink.wifi.country (line 2): 'XX' is not an ISO 3166-1",
            "nodes[1].storage_device (line 3): /dev/mmcblk0 is the SD card", "nodes: 2 nodes have role 'server'",
            "addons.enable: 'nosuchaddon' is not an add-on")
-    assert "router.uplink.wifi.ssid" not in done.stderr
+    assert "router.uplink.wifi.ssid: 'Home\\\\Net' holds a backslash" in done.stderr
+    assert "country" not in done.stderr.split("router.uplink.wifi.country", 1)[1].split("\n", 1)[1]  # the stand-in unjudged
     assert listing(folder) == before  # no out/, no secrets/
 
 
@@ -265,3 +267,30 @@ def test_the_one_report_makes_up_no_problem_from_a_value_set_aside(folder, mista
     done = bake_py("--role", "router", cwd=folder)
     failed(done, "cluster.yaml is not valid:")
     assert made_up not in done.stderr, done.stderr
+
+
+def test_a_refused_value_no_check_across_keys_reads_hides_nothing_else(folder, monkeypatch):
+    """Found in review: a refused WiFi country hid a node inside the DHCP pool, the two servers and
+    an unknown add-on (three bakes to see them all), and an unset ${VAR} came alone, before any
+    other problem. Each is in the first report now."""
+    monkeypatch.delenv("CEIL_TEST_UNSET_TOKEN", raising=False)
+    (folder / "cluster.yaml").write_text(
+        f'ssh: {{authorized_keys: ["{KEY}"]}}\n'
+        'router: {uplink: {type: wifi, wifi: {ssid: "Home", psk: "correct-horse-battery", country: XX}}}\n'
+        "nodes: [{name: one, role: server}, {name: two, role: server, ip: 10.42.0.150}, {name: three}]\n"
+        "ddns: {enabled: true, api_token: '${CEIL_TEST_UNSET_TOKEN}', zone: example.com, record: home.example.com}\n"
+        "addons: {enabled: true, enable: [nosuchaddon]}\n")
+    failed(bake_py("--role", "router", cwd=folder), "cluster.yaml is not valid:",
+           "ddns.api_token: refers to ${CEIL_TEST_UNSET_TOKEN} but the environment variable",
+           "router.uplink.wifi.country (line 2): 'XX'", "nodes[1].ip (line 3): 10.42.0.150 lies inside the DHCP pool",
+           "nodes: 2 nodes have role 'server'", "addons.enable: 'nosuchaddon' is not an add-on")
+
+
+def test_a_refused_value_dropped_makes_up_no_complaint_of_its_section(folder):
+    """ddns.zone refused and dropped: its section's own check would then say the zone is missing."""
+    (folder / "cluster.yaml").write_text(
+        f'ssh: {{authorized_keys: ["{KEY}"]}}\nnodes: [{{name: one, role: server}}]\n'
+        "ddns: {enabled: true, api_token: abcdefgh12345678, zone: 'not a zone!', record: home.example.com}\n")
+    done = bake_py("--role", "router", cwd=folder)
+    failed(done, "ddns.zone (line 3):")
+    assert "missing" not in done.stderr, done.stderr
