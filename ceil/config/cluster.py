@@ -248,6 +248,15 @@ class Cluster(Model):
         return name
 
     @property
+    def inside_sources(self) -> list[str]:
+        """The networks the router's LAN services answer, as its firewall lets them in: the LAN,
+        the VPN when enabled, router.trusted_networks. The services' own units allow these alone
+        (systemd's IPAddressAllow=), so they stay LAN-only before the firewall is loaded, or
+        should its first-boot step fail."""
+        return ([str(self.network.lan_cidr)] + ([str(self.vpn.subnet)] if self.vpn.enabled else [])
+                + [str(n) for n in self.router.trusted_networks])
+
+    @property
     def datastore_backups_on(self) -> bool:
         """The router pulls snapshots of the datastore: one server (SQLite) and not turned off."""
         from ..datastore import runs_sqlite  # loaded only when asked (a feature's `when:`)

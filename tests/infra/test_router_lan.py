@@ -15,6 +15,7 @@ A check whose fake is missing skips, saying what it needs.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import re
 import shlex
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from ceil.k3s.cache import K3S_CACHE_PORT
 from ceil_infra.helpers import each_node, fake, input_accepts, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -207,6 +209,25 @@ def test_from_the_uplink_only_ssh_answers(cluster, fakes):
     ports = [22, 53, 8081, cluster.registry.port, cluster.registry.mirror_port, cluster.registry.push_port,
              cluster.piwatch.port]
     assert probe(ports) == {22}
+
+
+def test_the_lan_services_refuse_the_uplink_side_without_the_firewall(router, cluster):
+    """Issue 18 review: these units answer only the LAN, the VPN and the trusted networks by the
+    kernel's own filter (IPAddressAllow=), so they stay LAN-only before the firewall is loaded.
+    Checked without the firewall in the way: from the router itself (nft accepts all of lo), once
+    from its uplink address, which the units refuse, and once from its LAN address."""
+    router_ip = str(cluster.network.router_ip)
+    route = router.check_output("ip -4 -o route show default").split()
+    uplink_ip = router.check_output(f"ip -4 -o addr show dev {route[route.index('dev') + 1]}").split()[3].split("/")[0]
+    if any(ipaddress.ip_address(uplink_ip) in ipaddress.ip_network(net) for net in cluster.inside_sources):
+        pytest.skip(f"the router's uplink address {uplink_ip} is inside a network its services answer")
+    urls = [f"http://{router_ip}:8081/healthz", f"http://{router_ip}:{K3S_CACHE_PORT}/"]
+    if cluster.registry.enabled:  # TLS, and any answer will do (401 without an account)
+        urls += [f"https://{router_ip}:{port}/v2/" for port in (cluster.registry.port, cluster.registry.push_port)]
+    for url in urls:
+        said = {source: router.run(f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 5 --interface {source} {url}")
+                .stdout for source in (router_ip, uplink_ip)}
+        assert said[router_ip] != "000" and said[uplink_ip] == "000", (url, said)
 
 
 def test_from_the_lan_the_lan_services_answer(nodes, cluster):

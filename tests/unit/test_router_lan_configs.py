@@ -328,3 +328,30 @@ def test_nodes_reserved_by_name_only_are_warned_about_when_the_router_is_baked()
     all_macs = cluster_from({"nodes": [{"name": "one", "role": "server", "ip": "10.42.0.11",
                                         "mac": "02:00:00:00:00:11", "ram_gib": 4}]})
     assert warned(all_macs, ["router"]) == []
+
+
+LAN_ONLY_UNITS = ("ceil-status-board.service", "ceil-k3s-cache.service", "ceil-registry-private.service",
+                  "ceil-registry-push.service")
+
+
+def test_the_routers_lan_services_answer_only_inside_networks_without_the_firewall(tmp_path):
+    """Issue 18 review: the status board and the k3s cache start at boot, the registries after the
+    packages, none after the firewall, and each binds the LAN address, which an uplink host can
+    route to through the router: until the firewall's step ran (or for good, had it failed) they
+    answered the uplink side. Each unit now lets the kernel drop what comes from anywhere but the
+    LAN, the VPN and the trusted networks (the registry's pull-through cache is left to the
+    firewall: it must reach its upstream on the internet)."""
+    cluster = cluster_from({"router": {"uplink": {"type": "ethernet"}, "trusted_networks": ["192.168.1.0/24"]},
+                            "vpn": {"enabled": True, "endpoint": "vpn.example.com"}})
+    units = render(cluster, "router", tmp_path) / "units"
+    for name in LAN_ONLY_UNITS:
+        settings = [line for line in (units / name).read_text().splitlines() if line.startswith("IPAddress")]
+        assert settings == ["IPAddressDeny=any", f"IPAddressAllow=localhost {cluster.network.lan_cidr}"
+                            f" {cluster.vpn.subnet} 192.168.1.0/24"], (name, settings)
+    if shutil.which("systemd-analyze"):
+        done = subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(units / n) for n in LAN_ONLY_UNITS)],
+                              capture_output=True, text=True,
+                              env={"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+        problems = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()
+                    and "is not executable" not in line and "No such file" not in line]
+        assert not problems, "\n".join(problems)

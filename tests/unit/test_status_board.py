@@ -235,7 +235,7 @@ def test_a_connection_that_sends_nothing_gives_its_handler_back(tmp_path, monkey
 def test_the_boards_unit_limits_its_tasks_and_memory():
     """Should the board's own bounds fail, the unit's keep it from starving dnsmasq."""
     mod = load_board()
-    unit = (REPO / "firstboot/status-board/units/ceil-status-board.service").read_text()
+    unit = (REPO / "firstboot/status-board/units/ceil-status-board.service.j2").read_text()
     settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
     # The main thread, every handler, ceil-status and its systemctl must fit, or requests fail.
     assert mod.MAX_HANDLERS + 3 <= int(settings["TasksMax"]) <= 64
