@@ -11,7 +11,6 @@ FLAVOR ?= testbed-ubuntu
 TESTBEDS = testbed-ubuntu testbed-ubuntu-slots testbed-raspios
 # The flavors CI's QEMU suite boots (the cluster on one, the other bare); the boot-slot twin is e2e-full's.
 CI_TESTBEDS = testbed-ubuntu testbed-raspios
-NODES ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(' '.join(n.name for n in load_cluster(Path('$(CONFIG)'), env_optional=True).nodes))" 2>/dev/null)
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)'), env_optional=True).domain)" 2>/dev/null || echo ceil.internal)
 
 .DEFAULT_GOAL := help
@@ -148,7 +147,7 @@ check-ip: venv ## Which address each machine got (the seed's router-check-ip / k
 router-check-ip: venv ## The router's addresses (uplink, LAN, VPN)
 	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router -- ip -4 -brief address
 k8s-check-ip: venv ## Which address each node got
-	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) $(foreach n,$(NODES),--on $(n)) -- ip -4 -brief address
+	$(PY) bake.py run --config $(CONFIG) $(if $(VIA),--via $(VIA)) --nodes -- ip -4 -brief address
 router-reboot: venv ## Reboot the router and wait until it is back (a new boot id)
 	$(PY) bake.py reboot --config $(CONFIG) $(if $(VIA),--via $(VIA)) --on router
 reboot-all: venv ## Reboot every machine, the nodes first, then the router, each confirmed back

@@ -9,6 +9,7 @@ kubeconfig.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -42,10 +43,18 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
             "--max-log-requests", "20", "--since", since, "--selector", query, *scope]
 
 
+def _duration(value: str) -> str:
+    """A duration as kubectl and stern take it (Go's: 30s, 10m, 1h30m), else a usage error."""
+    if not re.fullmatch(r"(\d+(\.\d+)?(ms|s|m|h))+", value):
+        raise click.BadParameter(f"{value!r} is not a duration: give a number with s, m or h, e.g. 30s, 10m, 1h30m")
+    return value
+
+
 @click.command("logs")
 @cluster_options
 @click.option("-n", "--namespace", help="Only this namespace [default: every namespace].")
-@click.option("--since", default="10m", show_default=True, help="Start this far back (e.g. 30s, 1h).")
+@click.option("--since", default="10m", show_default=True, callback=lambda ctx, param, value: _duration(value),
+              help="Start this far back (e.g. 30s, 1h, 1h30m).")
 @click.argument("query", required=False)
 def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, since, query) -> None:
     """Follow the logs of every pod QUERY matches, each line labelled with its pod. QUERY: a label

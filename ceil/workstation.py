@@ -43,11 +43,15 @@ def _pin_keys(cluster: Cluster, config_path: Path, secrets_path: Path | None) ->
     pin_from_secrets(cluster, secrets_path or config_path.resolve().parent / "secrets")
 
 
-def machines_named(config_path: Path, secrets_path: Path | None, only: tuple[str, ...]) -> tuple[Cluster, list[str]]:
-    """The cluster and the machines `--on` names (every one by default), each checked against
-    cluster.yaml, with their host keys pinned from secrets/: what `run` and `reboot` start with."""
+def machines_named(config_path: Path, secrets_path: Path | None, only: tuple[str, ...],
+                   nodes_only: bool = False) -> tuple[Cluster, list[str]]:
+    """The cluster and the machines `--on` names (every one by default, every node with
+    `nodes_only`), each checked against cluster.yaml, with their host keys pinned from secrets/:
+    what `run` and `reboot` start with."""
     cluster = load_cluster(config_path, env_optional=True)
-    names = list(only) or cluster.roles
+    if nodes_only and only:
+        raise CeilError("--nodes and --on both choose machines: give one of them")
+    names = list(only) or ([n.name for n in cluster.nodes] if nodes_only else cluster.roles)
     for name in names:
         if name != "router":
             cluster.node(name)
@@ -169,7 +173,8 @@ def write_hosts(text: str, run: Callable[..., subprocess.CompletedProcess] | Non
 
 @click.command("route")
 @config_option
-@click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: ceil-router.local].")
+@click.option("--via", metavar="ADDRESS", help="The router's address on your network [default: its mDNS name,"
+              " NAME-router.local, NAME being the cluster's name].")
 @click.option("--add", "apply", is_flag=True, help="Add the route now (sudo), instead of printing it.")
 @click.option("--dns", is_flag=True,
               help="Also the cluster's names (e.g. ceil-one.ceil.internal): written into /etc/hosts between"
@@ -370,13 +375,14 @@ def run_everywhere(cluster: Cluster, names: list[str], command: str, via: str | 
 @secrets_option
 @click.option("--via", metavar="ADDRESS", help="Jump through the router at this address (see `ssh`).")
 @click.option("--on", "only", multiple=True, metavar="NAME", help="Only these machines (repeatable) [default: all].")
+@click.option("--nodes", "nodes_only", is_flag=True, help="Every node of cluster.yaml, not the router.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(config_path: Path, secrets_path: Path | None, via: str | None, only: tuple[str, ...],
-                command: tuple[str, ...]) -> None:
+                nodes_only: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND on every machine (router first) over SSH, each answer labelled with its
     machine, e.g. `bake.py run uptime`, `bake.py run -- df -h /`, `bake.py run sudo reboot`.
     Exit status 1 if it failed anywhere."""
-    cluster, names = machines_named(config_path, secrets_path, only)
+    cluster, names = machines_named(config_path, secrets_path, only, nodes_only)
     results = run_everywhere(cluster, names, shlex.join(command), via)
     failed = []
     for name, (code, output) in results.items():

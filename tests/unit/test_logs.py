@@ -51,3 +51,17 @@ def test_the_command_runs_it_with_the_baked_kubeconfig(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert ran == [["/usr/bin/stern", "--kubeconfig", str((tmp_path / "out/kubeconfig").resolve()),
                     "--namespace", "demo", "--since", "10m", "httpd"]]
+
+
+@pytest.mark.parametrize("since, good", [("10m", True), ("1h30m", True), ("45s", True), ("forever", False),
+                                         ("10", False), ("-5m", False), ("10m; id", False)])
+def test_since_takes_a_duration_or_says_what_one_is(since, good, tmp_path):
+    from click.testing import CliRunner
+
+    from ceil.logs import logs_command
+
+    result = CliRunner().invoke(logs_command, ["--config", str(tmp_path / "none.yaml"), "--since", since])
+    if good:  # it gets as far as the missing cluster.yaml
+        assert "is not a duration" not in result.output
+    else:
+        assert result.exit_code == 2 and "is not a duration" in result.output and "1h30m" in result.output

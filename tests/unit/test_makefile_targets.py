@@ -61,7 +61,7 @@ def test_each_day_two_target_calls_a_command_line_that_exists(config, target):
 
 
 def test_the_node_targets_name_each_node_and_not_the_router(config):
-    assert printed("k8s-check-ip", config) == [["run", "--config", str(config), "--on", "one", "--on", "two", "--",
+    assert printed("k8s-check-ip", config) == [["run", "--config", str(config), "--nodes", "--",
                                                 "ip", "-4", "-brief", "address"]]
 
 

@@ -262,6 +262,15 @@ def test_run_labels_each_machines_answer_and_fails_when_one_fails(tmp_path, monk
     hop = shlex.join(["ssh", *pinned("router", known_hosts), *batch, "-W", "%h:%p", "pi-admin@192.168.1.50"])
     assert calls == [["ssh", *pinned("one", known_hosts), *batch, "-o", f"ProxyCommand={hop}",
                       "pi-admin@10.42.0.11", "df -h /"]]
+    # --nodes: every node and not the router (make k8s-check-ip); make no longer lists them itself,
+    # which put the router in when cluster.yaml could not be read.
+    calls.clear()
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "--nodes", "true"])
+    assert sorted(argv[-2] for argv in calls) == ["pi-admin@10.42.0.11", "pi-admin@10.42.0.12"]
+    assert "router" not in result.stdout
+    result = CliRunner().invoke(workstation.run_command, ["--config", str(tmp_path / "cluster.yaml"), "--nodes",
+                                                          "--on", "one", "true"])
+    assert result.exit_code != 0 and "--nodes and --on" in str(result.exception)
 
 
 def test_run_tells_the_way_in_when_ssh_reached_no_machine(tmp_path, monkeypatch, known_hosts):
