@@ -34,7 +34,7 @@ venv: .venv/.done ## Create .venv with ceil and its test dependencies
 	touch $@
 
 doctor: venv ## Which host tools are present, what each is for, how to install
-	$(PY) bake.py doctor
+	$(PY) bake.py doctor --config $(CONFIG)
 
 bake: venv ## Bake every role of CONFIG (default cluster.yaml) into OUT/ (default out/; BASE=path to use a local base image; ANY_BASE=1 for one that is not the flavor's pinned file)
 	$(PY) bake.py --all --config $(CONFIG) --out $(OUT) $(if $(BASE),--base-image $(BASE)) $(if $(ANY_BASE),--any-base-image)

@@ -190,7 +190,9 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
 
 
 @cli.command()
-def doctor():
+@click.option("--config", "config_path", default="cluster.yaml", show_default=True, type=click.Path(path_type=Path),
+              help="The cluster whose Kubernetes kubectl is checked against (ceil's default k3s without it).")
+def doctor(config_path):
     """Which host tools are present, what each is for, and how to install the missing ones."""
     from rich.table import Table
 
@@ -202,15 +204,15 @@ def doctor():
         missing += not found and purpose == "bake"
         table.add_row(name, "[green]yes[/green]" if found else "[red]no[/red]", purpose, why, "" if found else hint)
     console.print(table)
-    skew = _kubectl_skew()
+    skew = _kubectl_skew(config_path)
     if skew:
         notice(f"kubectl: {skew}")
     if missing:
         raise CeilError(f"{missing} tool(s) needed for baking are missing: install them as shown above")
 
 
-def _kubectl_skew() -> str | None:
-    """kubectl on PATH against the Kubernetes of the cluster.yaml here (else ceil's default k3s)."""
+def _kubectl_skew(config_path: Path) -> str | None:
+    """kubectl on PATH against the Kubernetes of `config_path` (else ceil's default k3s)."""
     import shutil
     import subprocess
 
@@ -221,10 +223,14 @@ def _kubectl_skew() -> str | None:
     if shutil.which("kubectl") is None:
         return None
     try:
-        version = load_cluster(Path("cluster.yaml"), env_optional=True).kubernetes.k3s_version
+        version = load_cluster(config_path, env_optional=True).kubernetes.k3s_version
     except (CeilError, OSError):
         version = Kubernetes().k3s_version
-    done = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30)
+    try:
+        done = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"`kubectl version --client` did not run: {e}"
     return kubectl_skew(int(version.split(".")[1]), done.stdout)
 
 

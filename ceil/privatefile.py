@@ -28,11 +28,17 @@ def write_private(path: Path, data: bytes | str, durable: bool = False) -> None:
         raise
 
 
+# What ceil writes into an output folder (images, manifests, their partial files, the admin
+# kubeconfigs): each is git-ignored there by name, never the folder's other files.
+OUTPUT_NAMES = ("ceil-*.img", "ceil-*.json", ".ceil-*", "kubeconfig", "kubeconfig-tunnel")
+
+
 def git_ignored_folder(path: Path, what: str) -> None:
-    """Make the folder `path` with a .gitignore that ignores all of it, unless it has one: what ceil
-    writes there (baked images holding the cluster's keys, the admin kubeconfig) must never be
-    committed, wherever the folder is (the repository's own .gitignore covers only its out/)."""
+    """Make the folder `path` with a .gitignore naming what ceil writes there, unless it has one:
+    baked images hold the cluster's keys and the kubeconfig its admin key, and must never be
+    committed, wherever the folder is (the repository's own .gitignore covers only its out/). By
+    name, not `*`: `--out .` must not hide a project's own files from git."""
     path.mkdir(parents=True, exist_ok=True)
     marker = path / ".gitignore"
     if not marker.exists():
-        marker.write_text(f"# ceil: {what}; never commit them\n*\n")
+        marker.write_text(f"# ceil: {what}; never commit them\n" + "".join(f"/{n}\n" for n in OUTPUT_NAMES))

@@ -119,7 +119,9 @@ def status_table(snap: dict) -> Table:
 
 
 def _seconds(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    """A count of seconds as the board sends it, or None for anything else (JSON's 1e400 is inf)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+    return float(value) if ok else None
 
 
 def step_profile(report: object) -> list[dict]:

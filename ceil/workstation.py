@@ -320,11 +320,16 @@ def run_ssh_attached(argv: list[str], what: str) -> int:
     import signal
 
     proc = subprocess.Popen(argv, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+    interrupted = False
+
+    def pass_on(number: int, frame) -> None:
+        nonlocal interrupted
+        interrupted = True  # ssh then ends with 255 too: not a connection that failed
+        proc.send_signal(number)
+
     # Stopped by a signal (kill, a closed terminal): ssh goes with this process, never left behind
     # holding a tunnel.
-    passed_on = {sig: signal.signal(sig, lambda number, frame: proc.send_signal(number))
-                 for sig in (signal.SIGTERM, signal.SIGHUP)}
-    interrupted = False
+    passed_on = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while True:
             try:
@@ -336,9 +341,9 @@ def run_ssh_attached(argv: list[str], what: str) -> int:
         for sig, handler in passed_on.items():
             signal.signal(sig, handler)
     if code == SSH_FAILED and not interrupted:
-        click.echo(f"ceil: {what}: ssh could not connect or log in (exit {SSH_FAILED}; its line above says why):"
-                   f" if the machine is up, {WAY_IN}", err=True)
-    return code
+        click.echo(f"ceil: {what}: ssh ended with exit {SSH_FAILED} (it could not connect or log in, or the"
+                   f" connection dropped; its line above says which): if the machine is up, {WAY_IN}", err=True)
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's way of saying so
 
 
 def not_reached(results: dict[str, tuple[int, str]]) -> str:

@@ -282,17 +282,19 @@ def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = 
     unset: dict[str, str] = {}
     data = _resolve_env(data, unset=unset)
     missing = [] if env_optional else [_unset_message(path, var) for path, var in unset.items()]
+    # The features' checks (`checkable`) read secrets too (the WiFi passphrase's length): they get
+    # the stand-ins, and what they say of an unset one is left out with the keys set aside.
     try:
         cluster = Cluster.model_validate(data)
     except ValidationError as e:
         checkable, aside = _checkable(copy.deepcopy(data), e)
         lines = missing + [_shortened(line) for line in _every_problem(data, e, doc)]
         raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(lines),
-                          checkable=checkable and _with_unset_secrets(checkable, unset),
+                          checkable=checkable if missing else checkable and _with_unset_secrets(checkable, unset),
                           aside=(*aside, *(unset if missing else ()))) from None
     if missing:
-        raise ConfigError(missing[0] if len(missing) == 1 else f"{source} is not valid:\n  " + "\n  ".join(missing),
-                          checkable=_with_unset_secrets(cluster, unset), aside=tuple(unset)) from None
+        raise ConfigError(f"{source} is not valid:\n  " + "\n  ".join(missing), checkable=cluster,
+                          aside=tuple(unset)) from None
     return _with_unset_secrets(cluster, unset)
 
 
@@ -328,11 +330,16 @@ def _under(path: tuple, prefixes) -> bool:
     return any(len(path) >= len(pre) and all(s is None or s == p for s, p in zip(pre, path)) for pre in prefixes)
 
 
+def _read_across(path: tuple) -> bool:
+    """Whether a check across keys reads `path`'s value, or one inside it."""
+    holds_read = any(len(pre) > len(path) and all(a is None or a == b for a, b in zip(pre, path)) for pre in READ_ACROSS)
+    return _under(path, READ_ACROSS) or holds_read
+
+
 def _safe_to_set_aside(path: tuple, unknown: bool = False) -> bool:
     """Whether `path`'s value may be set aside for the next round. Not an unknown key at the top
     level (`nodez:` would check the default nodes the user meant to replace)."""
-    holds_read = any(len(pre) > len(path) and all(a is None or a == b for a, b in zip(pre, path)) for pre in READ_ACROSS)
-    return bool(path) and not _under(path, READ_ACROSS) and not holds_read and not (unknown and len(path) == 1)
+    return bool(path) and not _read_across(path) and not (unknown and len(path) == 1)
 
 
 def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) -> list[str]:
@@ -355,8 +362,9 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
         if not fresh:
             break
         aside += fresh
-        # A value dropped (not stood in for) may make its own section's checks complain ("ddns is
-        # enabled but ddns.zone is missing", when the zone given was refused): not the user's problem.
+        # A value dropped (not stood in for) may make its own section's checks complain of it by
+        # name ("ddns is enabled but ddns.zone is missing", when the zone given was refused): not the
+        # user's problem. Other lines about that section stay ("ddns.api_token is missing" too).
         dropped += [path for path in fresh if path not in STAND_INS and path[-1:] != ("name",)]
         try:
             Cluster.model_validate(data)
@@ -366,7 +374,7 @@ def _every_problem(data: dict, error: ValidationError, doc: yaml.Node | None) ->
         for line in _lines_of(error, doc):
             key = _path_parts(line.split(" ", 1)[0].rstrip(":")) if not line.startswith("(") else ()
             related = (any(key[:len(a)] == a for a in aside) or SET_ASIDE_NAME.format(index="") in line
-                       or any(key and len(key) < len(a) and a[:len(key)] == key for a in dropped))
+                       or any(_format_loc(a) in line for a in dropped))
             if not related and line not in lines:
                 lines.append(line)
     return lines
@@ -384,9 +392,10 @@ def _checkable(data: dict, error: ValidationError) -> tuple[Cluster | None, tupl
         if not fresh:
             return None, ()
         aside += fresh
-        if any(path[:1] == ("flavor",) or (path[:1] == ("nodes",) and path[2:3] == ("role",)) for path in aside):
-            # Read by nearly every check (the flavor), or counted across nodes (the servers): their
-            # defaults would make up problems the user does not have.
+        if any(_read_across(path) for path in aside):
+            # Read by the checks across keys, the features' too (the flavor by nearly every one, the
+            # roles counted, the LAN's ranges against the trusted networks): their defaults would
+            # make up problems the user does not have.
             return None, ()
         try:
             return Cluster.model_validate(data), tuple(dict.fromkeys(_format_loc(path) for path in aside))
@@ -404,7 +413,9 @@ def _named_in(err: dict) -> list[tuple]:
         return [path]
     named = [_path_parts(m.group(1)) for line in err["msg"].removeprefix("Value error, ").splitlines()
              if (m := _own_path(line))]
-    return [p for p in named if len(p) >= 2]
+    # Not what checks across keys read (a LAN range set aside would have the features judge the
+    # default one: "overlaps network.lan_cidr 10.42.0.0/24" for a file that never says so).
+    return [p for p in named if len(p) >= 2 and _safe_to_set_aside(p)]
 
 
 def _lines_of(error: ValidationError, doc: yaml.Node | None) -> list[str]:

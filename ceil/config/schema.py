@@ -125,6 +125,15 @@ def _url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
     from urllib.parse import urlsplit
 
     fix = f"expected {'/'.join(schemes)}://HOST[:PORT][/PATH], e.g. https://registry-1.docker.io"
+    # First, before any message could quote it: a user name or password in the authority.
+    authority = re.split(r"[/?#]", value.split("://", 1)[-1], maxsplit=1)[0]
+    if "@" in authority:
+        # Shown without them: the error reaches terminals and CI logs.
+        shown = value.replace(authority, "USER:…@" + authority.rsplit("@", 1)[1], 1)
+        raise ValueError(
+            f"{shown!r} carries a user name or password before '@': URLs are written into plain files on"
+            " the card (some stay on its boot partition), so none may hold a credential. For a private Git"
+            " repository give the token as gitops.token (e.g. ${GITOPS_TOKEN}); the other URLs take none")
     if not re.fullmatch(r"[!-~]+", value):
         raise ValueError(f"{value!r} holds a space, control or non-ASCII character: {fix}")
     try:
@@ -136,13 +145,6 @@ def _url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
         raise ValueError(f"{value!r} is not a URL: {fix}")
     if port is None and parts.netloc.endswith(":"):
         raise ValueError(f"{value!r} has an empty port: {fix}")
-    if "@" in parts.netloc:
-        # Shown without them: the error reaches terminals and CI logs.
-        shown = value.replace(parts.netloc, "USER:…@" + parts.netloc.rsplit("@", 1)[1], 1)
-        raise ValueError(
-            f"{shown!r} carries a user name or password before '@': URLs are written into plain files on"
-            " the card (some stay on its boot partition), so none may hold a credential. For a private Git"
-            " repository give the token as gitops.token (e.g. ${GITOPS_TOKEN}); the other URLs take none")
     if any(c in value for c in "\"'`\\<>{}|^"):
         raise ValueError(f"{value!r} holds a quote, brace or backslash, which no URL needs: {fix}")
     return value
@@ -158,7 +160,7 @@ def _token_url(value: str) -> str:
         try:
             private = ipaddress.ip_address(parts.hostname).is_private
         except ValueError:
-            private = False
+            private = parts.hostname == "localhost"
         if not private:
             raise ValueError(f"{value!r}: the API token would cross the network in clear over http; use https://"
                              " (plain http only to a private address, e.g. a local stand-in)")

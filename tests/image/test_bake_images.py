@@ -100,7 +100,7 @@ def test_outputs_and_manifests(baked):
         assert stat.S_IMODE(img.stat().st_mode) == 0o600  # it carries secrets until first boot
     assert not list((baked["dir"] / "out").glob(".*partial"))
     # ... and never committed, wherever out/ is (the repository's .gitignore covers only its own).
-    assert (baked["dir"] / "out" / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert {"/ceil-*.img", "/ceil-*.json", "/.ceil-*"} <= set((baked["dir"] / "out" / ".gitignore").read_text().splitlines())
 
 
 def test_base_image_is_never_modified(baked):

@@ -616,6 +616,13 @@ def test_a_very_long_value_is_shown_by_its_start_and_length_not_in_full(extra, k
     ("registry", "https://user:dckr_pat_s3cretvalue@registry-1.docker.io"),
     ("apt_mirror", "http://user:s3cretvalue@archive.example.com/debian"),
     ("ddns", "https://s3cretvalue@api.cloudflare.com/client/v4"),
+    # ... also where another check would have refused the URL first, quoting it (review)
+    ("registry", "https://user:s3cretvalue@host:abc/x"),
+    ("registry", "https://user:s3cretvalue@host:99999"),
+    ("registry", "ftp://user:s3cretvalue@host"),
+    ("registry", "https://user:s3cretvalue@/x"),
+    ("registry", "https://user:s3cretvalue has space@host"),
+    ("registry", "user:s3cretvalue@host"),
 ])
 def test_a_url_carrying_a_credential_is_refused_without_showing_it(key, url):
     """Issue 18: URLs are written into plain files on the card (gitops.url into the server's
@@ -641,4 +648,5 @@ def test_the_ddns_token_goes_over_http_only_to_a_private_address():
     with pytest.raises(ConfigError, match="in clear"):
         parse_cluster(BASE + ddns % "http://1.1.1.1:8053/client/v4")
     assert parse_cluster(BASE + ddns % "http://10.0.2.100:8053/client/v4").ddns.api_url.startswith("http://10.")
+    assert parse_cluster(BASE + ddns % "http://localhost:8053/client/v4")
     assert parse_cluster(BASE + ddns % "https://api.cloudflare.com/client/v4")

@@ -77,6 +77,9 @@ def test_the_default_kubeconfig_is_git_ignored_wherever_the_config_lives(setup):
     assert kubeconfig.is_file()
     ignored = subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", str(kubeconfig)])
     assert ignored.returncode == 0, "out/kubeconfig is not git-ignored"
+    # ... by name: a folder given to ceil that holds a project's own files keeps them visible to git.
+    (repo / "out" / "notes.txt").write_text("mine")
+    assert subprocess.run(["git", "-C", str(repo), "check-ignore", "-q", str(repo / "out" / "notes.txt")]).returncode == 1
 
 
 def _server_cert(ca: pki.CertKey, tmp_path) -> tuple[str, str]:

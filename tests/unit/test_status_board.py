@@ -628,8 +628,8 @@ def test_a_malformed_board_answer_is_a_message_not_a_traceback():
     """Issue 18: `bake.py status` reads the board over plain HTTP; an age that is a string, lists
     that are not lists, or hosts that are not objects crashed it (TypeError, AttributeError)."""
     odd = {"cluster": "x", "hosts": [{"name": "one", "age": "soon", "failed": "k3s", "busy": 3, "state": ["?"],
-                                      "done": "a", "total": None}]}
-    with answering(json.dumps(odd).encode()) as url:
+                                      "done": "a", "total": None}, {"name": "two", "age": 1e400}]}
+    with answering(json.dumps(odd).encode().replace(b"Infinity", b"1e400")) as url:
         result = CliRunner().invoke(status_command, ["--url", url], env={"COLUMNS": "200"})
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "one" in result.output and "never" in result.output

@@ -378,3 +378,25 @@ def test_the_attached_ssh_ends_with_bake_py_even_when_it_is_killed_outright():
             break
         time.sleep(0.05)
     assert not running(child), "ssh's stand-in outlived a killed bake.py"
+
+
+def test_the_attached_ssh_stopped_by_a_signal_is_not_told_as_a_missing_way_in():
+    """Review: a tunnel stopped with `kill` (passed on to ssh, which then exits 255) said "could not
+    connect ... needs a way to the cluster LAN"; and a child killed by a signal gave exit 241."""
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    stand_in = "trap 'exit 255' TERM; sleep 30 & wait"
+    code = (f"import sys; sys.path.insert(0, {str(repo)!r}); from ceil import workstation;"
+            f" sys.exit(workstation.run_ssh_attached(['sh', '-c', {stand_in!r}], 'k8s-proxy'))")
+    parent = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=30)
+    assert parent.returncode == 255 and "Your way in" not in err, err
+    from ceil import workstation
+
+    assert workstation.run_ssh_attached(["sh", "-c", "kill -TERM $$"], "x") == 128 + signal.SIGTERM
