@@ -97,10 +97,11 @@ def kubeconfig_command(config_path: Path, secrets_path: Path | None, out_path: P
     base = config_path.resolve().parent
     store = SecretStore(secrets_path or base / "secrets", make_new=False)
     out = out_path or base / "out" / ("kubeconfig-tunnel" if tunnel_port else "kubeconfig")
+    check_replaceable(out)
+    text = admin_kubeconfig(cluster, store, tunnel_port)  # refused without the cluster's CAs: nothing made
     if out_path is None:
         git_ignored_folder(out.parent, "the cluster-admin kubeconfig and baked images")
-    check_replaceable(out)
-    write_private(out, admin_kubeconfig(cluster, store, tunnel_port))
+    write_private(out, text)
     click.echo(f"wrote {out} (cluster-admin for {server_url(cluster, tunnel_port)})")
     if tunnel_port:
         click.echo(f"start the tunnel first: python bake.py k8s-proxy --port {tunnel_port} --via ROUTER_ADDRESS")

@@ -583,7 +583,7 @@ def test_the_staged_partitions_live_beside_the_output_not_in_the_temporary_folde
     assert ctx.staged_boot.parent == ctx.out_dir and boot_mode == 0o600 and boot_size == ctx.boot.size
     # the work folder: the payload and the seed's files on their way to the FAT, no partition
     assert {Path(p).name for p in in_temp} == {"payload", "user-data", "meta-data", "network-config", "cmdline.txt"}
-    assert sorted(p.name for p in ctx.out_dir.iterdir()) == ["ceil-one.img", "ceil-one.json"]
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == [".gitignore", "ceil-one.img", "ceil-one.json"]
 
 
 @pytest.mark.parametrize("where", ["temporary folder", "output folder"])

@@ -116,7 +116,7 @@ def test_a_rebake_interrupted_anywhere_leaves_a_pair_or_an_image_flash_says_to_b
     # the next bake's clean_stale does.
     bakery.clean_stale(ctx.out_dir)
     leftovers = sorted(p.name for p in ctx.out_dir.iterdir())
-    assert set(leftovers) <= {"ceil-router.img", "ceil-router.json"}, leftovers
+    assert set(leftovers) <= {".gitignore", "ceil-router.img", "ceil-router.json"}, leftovers
     verdict = flash_verdict(ctx, old, written[0])
     assert verdict in ("old pair", "new pair") or (
         verdict.startswith(f"refused: {ctx.output} has no manifest beside it (ceil-router.json)")
@@ -128,7 +128,7 @@ def test_a_rebake_that_is_not_interrupted_leaves_the_new_pair(tmp_path, ssh_pubk
     old = bake(ctx, monkeypatch)
     new = bake(ctx, monkeypatch)
     assert flash_verdict(ctx, old, new) == "new pair"
-    assert sorted(p.name for p in ctx.out_dir.iterdir()) == ["ceil-router.img", "ceil-router.json"]
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == [".gitignore", "ceil-router.img", "ceil-router.json"]
 
 
 def test_every_temporary_file_of_the_bake_is_one_clean_stale_removes(tmp_path, ssh_pubkey):
