@@ -127,7 +127,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .tools import check_tools
     from .wireguard import CLIENTS_DIR, stale_clients
     from .host_keys import pinned_keys
-    from .workstation import known_hosts_file, pin_host_key
+    from .workstation import known_hosts_file, no_way_in_warning, pin_host_key
 
     try:
         cluster = load_cluster(config_path)
@@ -162,6 +162,8 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
                       f" {escape(str(store.path(CLIENTS_DIR)))} no longer match the cluster's VPN settings"
                       " (endpoint, port or subnets changed): this bake rewrites them with the same keys;"
                       " import them again in WireGuard")
+    if "router" in chosen and (way_in := no_way_in_warning(cluster, store)):
+        console.print(f"[yellow]warning:[/yellow] {escape(way_in)}")
     check_base_image(flavor, base_image, any_base_image, cluster, chosen)  # last: it may download the image
     # Two bakes into one out/ (two clusters' configs, or other --secrets) hold different secrets/
     # locks: one's clean_stale removed the other's partial image, and both staged the same
@@ -186,7 +188,8 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
             known_hosts = known_hosts_file(cluster)
             if pin_host_key(known_hosts, r, pinned_keys(store, [r])[r]) == "changed":
                 console.print(f"  {r}'s SSH host key in {escape(str(known_hosts))} is now the one this card carries"
-                              " (the one recorded there came from a card baked before ceil made host keys)")
+                              " (the one recorded there was another card's: one baked before ceil made host keys,"
+                              " or another cluster's of the same name, whose pins share this file)")
 
 
 @cli.command()
@@ -198,7 +201,10 @@ def doctor(config_path):
 
     from .tools import doctor_rows
 
-    table = Table("tool", "found", "for", "why", "install")
+    from rich.table import Column
+
+    # The install hint is what a newcomer copies: folded onto more lines, never cut off.
+    table = Table("tool", "found", "for", Column("why", overflow="fold"), Column("install", overflow="fold"))
     missing = 0
     for name, found, purpose, why, hint in doctor_rows():
         missing += not found and purpose == "bake"

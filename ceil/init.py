@@ -224,7 +224,13 @@ def init_command(config_path, name, flavor, ssh_key_file, uplink, ssid, country,
         check_secrets_format(store)
         if new_cluster:
             cluster_made(store)
-    console.print(f"[green]wrote {escape(str(config_path))}[/green] and {escape(str(store.root))}/ (0600, git-ignored)")
+    # Only secrets/ ignores itself; cluster.yaml is ignored by the repository's .gitignore only at its root.
+    holds = (" (0600; it holds the WiFi passphrase you typed: keep it out of git)" if uplink == "wifi" and not from_env
+             else " (0600)")
+    console.print(f"[green]wrote {escape(str(config_path))}[/green]{escape(holds)} and {escape(str(store.root))}/"
+                  " (0600, git-ignored)")
     if client_path:
         console.print(escape(f"VPN client {vpn_client!r}: {client_path} (import it in WireGuard, or wg-quick up)"))
+    if uplink == "wifi" and from_env:
+        console.print(escape("cluster.yaml names ${CEIL_WIFI_PSK}: keep it exported in the shell that bakes"))
     console.print(escape("next: python bake.py --all" + ("" if config_path == Path("cluster.yaml") else f" --config {config_path}")))

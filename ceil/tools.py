@@ -44,6 +44,11 @@ TOOLS = [
     Tool("qemu-system-aarch64", "boots arm64 test beds (e2e)", "qemu-system-arm", "qemu", "test"),
     Tool("mmdebstrap", "builds the test-bed root file system (e2e)", "mmdebstrap", "(Linux only)", "test"),
     Tool("ssh", "reaches the machines (bake.py ssh, run, make verify)", "openssh-client", "(built in)", "operate"),
+    Tool("wg-quick", "brings the VPN client up (sudo wg-quick up laptop.conf; or import the file in WireGuard's app)",
+         "wireguard-tools", "wireguard-tools", "operate"),
+    # wg-quick hands the client file's DNS= line to resolvconf; without it, `up` fails on Linux.
+    Tool("resolvconf", "lets wg-quick set the cluster's DNS server from the VPN client file (Linux)", "openresolv",
+         "(not needed: macOS's wg-quick sets DNS itself)", "operate"),
     Tool("buildah", "builds your app's multi-arch image without a daemon (bake.py app; or podman, or docker buildx)",
          "buildah", "(Linux only: use podman)", "app"),
     Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",

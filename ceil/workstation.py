@@ -346,6 +346,22 @@ def run_ssh_attached(argv: list[str], what: str) -> int:
     return 128 - code if code < 0 else code  # killed by a signal: the shell's way of saying so
 
 
+def no_way_in_warning(cluster: Cluster, store) -> str | None:
+    """What to say when the router about to be baked lets the workstation in by SSH alone (no
+    VPN client baked in, no trusted network): `status`, `kubeconfig` and `make verify` then need
+    --via or a re-bake, which a user finds out only after flashing."""
+    from .wireguard import list_clients
+
+    if cluster.router.trusted_networks or (cluster.vpn.enabled and list_clients(store)):
+        return None
+    vpn = ("the VPN has no client yet (python bake.py vpn-client laptop, with vpn.endpoint set)" if cluster.vpn.enabled
+           else "the VPN is off (vpn.enabled)")
+    return (f"this router lets the workstation in by SSH alone: {vpn} and router.trusted_networks is empty."
+            " status, kubeconfig and make verify reach the cluster LAN (README, \"Your way in\"): make a VPN"
+            " client or name your home network first, then bake the router; else use --via ROUTER_ADDRESS"
+            " with ssh, run and k8s-proxy")
+
+
 def not_reached(results: dict[str, tuple[int, str]]) -> str:
     """What to do about the machines ssh itself failed on ("" when it reached them all): a
     cluster this workstation has no way to (no VPN, no route) read as the command failing."""

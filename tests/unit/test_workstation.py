@@ -400,3 +400,20 @@ def test_the_attached_ssh_stopped_by_a_signal_is_not_told_as_a_missing_way_in():
     from ceil import workstation
 
     assert workstation.run_ssh_attached(["sh", "-c", "kill -TERM $$"], "x") == 128 + signal.SIGTERM
+
+
+def test_a_router_baked_with_no_way_in_but_ssh_is_warned_about(tmp_path):
+    """README walkthrough: the quick start baked the router before a way in was chosen: VPN on,
+    no client, no trusted network; the router answered SSH alone, and nothing said so."""
+    store = SecretStore(tmp_path / "secrets")
+    bare = parse_cluster(CLUSTER.replace(", trusted_networks: [192.168.1.0/24]", "")
+                         + "vpn: {enabled: true, endpoint: vpn.example.com}\n")
+    said = workstation.no_way_in_warning(bare, store)
+    assert said and "no client yet" in said and "Your way in" in said and "--via" in said
+    off = parse_cluster(CLUSTER.replace(", trusted_networks: [192.168.1.0/24]", "") + "vpn: {enabled: false}\n")
+    assert "the VPN is off" in workstation.no_way_in_warning(off, store)
+    from ceil import wireguard
+
+    wireguard.add_client(bare, store, "laptop")
+    assert workstation.no_way_in_warning(bare, store) is None
+    assert workstation.no_way_in_warning(parse_cluster(CLUSTER), SecretStore(tmp_path / "other")) is None  # trusted
