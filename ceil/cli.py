@@ -266,6 +266,19 @@ def flavors(check, show_all):
                         " here?): nothing was compared for them; run it again where the publisher is reachable")
 
 
+def _where_the_option_goes(error: click.ClickException) -> str | None:
+    """For an option a subcommand lacks but its group takes (`addons list --config X`): where it
+    goes. The groups whose subcommands share their options (addons, app) take them first."""
+    ctx = getattr(error, "ctx", None)
+    if not isinstance(error, click.NoSuchOption) or ctx is None or ctx.parent is None:
+        return None
+    group = ctx.parent.command
+    if not any(error.option_name in param.opts for param in group.params):
+        return None
+    return (f"{error.option_name} belongs to `{ctx.parent.command_path}`, before `{ctx.info_name}`:"
+            f" {ctx.parent.command_path} {error.option_name} VALUE {ctx.info_name} ...")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="bake.py", standalone_mode=False)
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.ClickException as e:
         e.show()
+        if hint := _where_the_option_goes(e):
+            click.echo(hint, err=True)
         sys.exit(e.exit_code)
     except CeilError as e:
         # The message quotes cluster.yaml's values (an SSID "[/]x" is not markup, it is the SSID).

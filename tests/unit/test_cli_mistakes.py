@@ -337,3 +337,12 @@ def test_an_unset_wifi_passphrase_hides_no_feature_problem(folder, monkeypatch):
     failed(done, "cluster.yaml is not valid:", "router.uplink.wifi.psk: refers to ${CEIL_TEST_NO_PSK}",
            "nodes: 2 nodes have role 'server'", "router.uplink.wifi.ssid")
     assert "ceilUnsetEnvironmentVariable" not in done.stderr
+
+
+def test_a_groups_option_after_its_subcommand_says_where_it_goes(folder):
+    """README walkthrough: `bake.py addons list --config X` said only "No such option"."""
+    done = bake_py("addons", "list", "--config", "other.yaml", cwd=folder)
+    assert done.returncode == 2
+    assert "--config belongs to `bake.py addons`, before `list`: bake.py addons --config VALUE list" in done.stderr
+    done = bake_py("addons", "list", "--nosuch", cwd=folder)
+    assert done.returncode == 2 and "belongs to" not in done.stderr
