@@ -166,6 +166,22 @@ def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_
     raise CeilError(f"Node {node_name} is not Ready with kubelet {version} after {timeout:.0f} s ({seen})")
 
 
+def uncordon(api, node_name: str, timeout: float = RESTART_WAIT_S, poll: float = READY_POLL_S) -> str | None:
+    """Give the node its pods back; None once done, else what stood in the way. A server's k3s has
+    just restarted (the new one, or the previous put back): its API may answer only later, and a
+    failed uncordon must not hide what happened to the node (run ci-art83: the roll-back's restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+            return None
+        except Exception as e:  # the API away while its server restarts
+            if time.monotonic() >= deadline:
+                return (f"{node_name} stays cordoned, its API did not answer within {timeout:.0f} s ({e}):"
+                        f" `kubectl uncordon {node_name}` once it does")
+        time.sleep(poll)
+
+
 def running_version(remote: Remote, name: str) -> str:
     code, out, err = remote.run(name, f"{BIN} --version")
     current = parse_version(out)
@@ -215,10 +231,10 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, current: str, re
     code, out, err = remote.run(name, as_root(swap_script(service, release.digest)), stdin=release.binary,
                                 timeout=RESTART_WAIT_S + 180)
     if code != 0:
-        if api is not None and code in (3, 4):  # the old k3s runs again: let it take pods back
-            api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+        # The old k3s runs again: let it take pods back.
+        stuck = uncordon(api, node_name) if api is not None and code in (3, 4) else None
         raise CeilError(f"{name}: the upgrade to {release.version} failed (exit {code}), the nodes after it"
-                        f" are untouched:\n{(err or out).strip()}")
+                        f" are untouched{f'; {stuck}' if stuck else ''}:\n{(err or out).strip()}")
     now = parse_version(out)
     if now != release.version:
         raise CeilError(f"{name}: after the swap k3s reports {now or out.strip()!r}, not {release.version}")
@@ -240,10 +256,11 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, current: str, re
             back = (f"{current} is back in place" if code == 0 and parse_version(out) == current
                     else f"putting {current} back failed too ({(err or out).strip() or f'exit {code}'}):"
                          f" on {name}, run: {as_root(rollback_script(service))}")
-            api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+            stuck = uncordon(api, node_name)
             raise CeilError(f"{name}: the upgrade to {release.version} failed ({not_ready}); {back};"
-                            " the nodes after it are untouched") from None
-        api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
+                            f" the nodes after it are untouched{f'; {stuck}' if stuck else ''}") from None
+        if stuck := uncordon(api, node_name):
+            raise CeilError(f"{name}: upgraded to {now} and Ready, but {stuck}; the nodes after it are untouched")
     return f"{name}: {current} -> {now}"
 
 

@@ -255,3 +255,52 @@ def test_the_ready_wait_outlasts_a_restarting_api():
     assert len(calls) == 3
     with pytest.raises(CeilError, match=r"not Ready with kubelet v9.9.9\+k3s1 .*kubelet v1.35.4\+k3s1, Ready"):
         up.wait_ready(FakeApi(), "ceil-one", "v9.9.9+k3s1", timeout=0.05, poll=0.01)
+
+
+class RestartingApi(FakeApi):
+    """A server's API that restarts with the swap: the requests after it fail `failures` times,
+    as its connections were cut."""
+
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures, self.after_swap = failures, False
+
+    def merge_patch(self, version, kind, name, patch):
+        if self.after_swap and self.failures:
+            self.failures -= 1
+            raise ConnectionResetError("Connection reset by peer")
+        super().merge_patch(version, kind, name, patch)
+
+
+class SwapRestartsApi(FakeRemote):
+    def __init__(self, api: RestartingApi, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.api = api
+
+    def run(self, name, command, stdin=None, timeout=120):
+        if "sha256sum" in command:
+            self.api.after_swap = True
+        return super().run(name, command, stdin, timeout)
+
+
+def test_a_rolled_back_server_is_uncordoned_once_its_restarted_api_answers(tmp_path, monkeypatch):
+    """Run ci-art83 (Pi OS twin): the broken k3s rolled back on the server, whose API came back
+    only after its restart; the uncordon right after is retried, and the upgrade's own failure
+    (exit 4) is what is reported."""
+    monkeypatch.setattr(up.time, "sleep", lambda s: None)
+    cluster = parse_cluster(CLUSTER % NEW)
+    store = SecretStore(tmp_path / "secrets")
+    api = RestartingApi(failures=3)
+    remote = SwapRestartsApi(api, {"one": OLD, "two": OLD, "three": OLD}, swap_rc={"one": 4})
+    with pytest.raises(CeilError) as e:
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert "one: the upgrade to" in str(e.value) and "failed (exit 4)" in str(e.value) and "cordoned" not in str(e.value)
+    assert api.unschedulable == {"ceil-one": False} and api.failures == 0
+    # An API that never answers: the upgrade's failure is still what is said, with how to finish.
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(up.time, "monotonic", lambda: next(clock))
+    api = RestartingApi(failures=10**9)
+    remote = SwapRestartsApi(api, {"one": OLD, "two": OLD, "three": OLD}, swap_rc={"one": 4})
+    with pytest.raises(CeilError) as e:
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert "failed (exit 4)" in str(e.value) and "kubectl uncordon ceil-one" in str(e.value)
