@@ -24,7 +24,8 @@ def collected(cluster_yaml: Path, *extra: str) -> tuple[int, str]:
 
 def test_verify_collects_the_e2e_marked_checks(cluster_yaml):
     makefile = (REPO / "Makefile").read_text()
-    assert re.search(r"^verify:.*\n\t\$\(PY\) -m pytest tests/infra --cluster-config \$\(CONFIG\) -p no:cacheprovider$",
+    assert re.search(r"^verify:.*\n\t\$\(PY\) -m pytest tests/infra --cluster-config \$\(CONFIG\)"
+                     r" \$\(if \$\(VIA\),--router-host \$\(VIA\)\) -p no:cacheprovider$",
                      makefile, re.M), "the verify target's command changed: update this test's copy of it"
     count, out = collected(cluster_yaml())
     assert count >= 50, out[-2000:]
