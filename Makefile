@@ -84,7 +84,7 @@ e2e-full: venv testbed test-apiserver kubenode ## More than CI runs: every QEMU 
 	CEIL_E2E_ARCH=$(ARCH) CEIL_E2E_FLAVOR=testbed-raspios $(PY) -m pytest -m e2e --durations=15 tests/e2e tests/infra
 app: venv ## Build, push and deploy your app through the router's registry (APP=apps/piphp, the demo; see docs/apps.md)
 	$(PY) bake.py app --config $(CONFIG) ship $(or $(APP),apps/piphp)
-verify: venv ## Run the testinfra checks against the real cluster described by CONFIG (default cluster.yaml; VIA=the router's address where only its SSH answers)
+verify: venv ## Run the testinfra checks against the real cluster described by CONFIG (default cluster.yaml; VIA=the router's address where only its SSH answers: the SSH checks, not the Kubernetes API's)
 	$(PY) -m pytest tests/infra --cluster-config $(CONFIG) $(if $(VIA),--router-host $(VIA)) -p no:cacheprovider
 bench: venv ## Benchmarks: bake vs cp --sparse, flash vs full write
 	$(PY) bench/bake.py

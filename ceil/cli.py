@@ -270,13 +270,15 @@ def _where_the_option_goes(error: click.ClickException) -> str | None:
     """For an option a subcommand lacks but its group takes (`addons list --config X`): where it
     goes. The groups whose subcommands share their options (addons, app) take them first."""
     ctx = getattr(error, "ctx", None)
-    if not isinstance(error, click.NoSuchOption) or ctx is None or ctx.parent is None:
+    # Not the root: its options are the bake's, which no subcommand takes (cli() says so itself).
+    if not isinstance(error, click.NoSuchOption) or ctx is None or ctx.parent is None or ctx.parent.parent is None:
         return None
-    group = ctx.parent.command
-    if not any(error.option_name in param.opts for param in group.params):
+    param = next((p for p in ctx.parent.command.params if error.option_name in p.opts), None)
+    if param is None:
         return None
+    value = "" if getattr(param, "is_flag", False) else " VALUE"
     return (f"{error.option_name} belongs to `{ctx.parent.command_path}`, before `{ctx.info_name}`:"
-            f" {ctx.parent.command_path} {error.option_name} VALUE {ctx.info_name} ...")
+            f" {ctx.parent.command_path} {error.option_name}{value} {ctx.info_name} ...")
 
 
 def main(argv: list[str] | None = None) -> None:

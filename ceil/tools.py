@@ -20,6 +20,8 @@ class Tool:
     needed_for: str
     # Where Debian has no package (or one too old), how to get it on Linux instead.
     elsewhere: str = ""
+    # Needed on Linux only (doctor leaves it out on macOS).
+    linux_only: bool = False
 
 
 TOOLS = [
@@ -47,8 +49,9 @@ TOOLS = [
     Tool("wg-quick", "brings the VPN client up (sudo wg-quick up laptop.conf; or import the file in WireGuard's app)",
          "wireguard-tools", "wireguard-tools", "operate"),
     # wg-quick hands the client file's DNS= line to resolvconf; without it, `up` fails on Linux.
-    Tool("resolvconf", "lets wg-quick set the cluster's DNS server from the VPN client file (Linux)", "openresolv",
-         "(not needed: macOS's wg-quick sets DNS itself)", "operate"),
+    Tool("resolvconf", "lets wg-quick set the cluster's DNS server from the VPN client file", "openresolv",
+         "", "operate", "or systemd-resolved, whose resolvconf serves too",
+         linux_only=True),
     Tool("buildah", "builds your app's multi-arch image without a daemon (bake.py app; or podman, or docker buildx)",
          "buildah", "(Linux only: use podman)", "app"),
     Tool("podman", "builds your app's multi-arch image (bake.py app; or buildah, or docker buildx)", "podman",
@@ -71,7 +74,7 @@ def install_hint(tool: Tool) -> str:
         return f"brew install {tool.brew}"
     if not tool.debian:  # not packaged by Debian (or too old there)
         return tool.elsewhere or "the publisher's instructions"
-    return f"sudo apt install {tool.debian}"
+    return f"sudo apt install {tool.debian}" + (f" ({tool.elsewhere})" if tool.elsewhere else "")
 
 
 def kubectl_skew(cluster_minor: int, version_json: str) -> str | None:
@@ -112,4 +115,6 @@ def require(name: str) -> None:
 
 
 def doctor_rows() -> list[tuple[str, bool, str, str, str]]:
-    return [(t.name, shutil.which(t.name) is not None, t.needed_for, t.why, install_hint(t)) for t in TOOLS]
+    mac = platform.system() == "Darwin"
+    return [(t.name, shutil.which(t.name) is not None, t.needed_for, t.why, install_hint(t)) for t in TOOLS
+            if not (mac and t.linux_only)]

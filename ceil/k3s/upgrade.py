@@ -166,19 +166,27 @@ def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_
     raise CeilError(f"Node {node_name} is not Ready with kubelet {version} after {timeout:.0f} s ({seen})")
 
 
-def uncordon(api, node_name: str, timeout: float = RESTART_WAIT_S, poll: float = READY_POLL_S) -> str | None:
+def uncordon(api, node_name: str, timeout: float | None = None, poll: float | None = None) -> str | None:
     """Give the node its pods back; None once done, else what stood in the way. A server's k3s has
-    just restarted (the new one, or the previous put back): its API may answer only later, and a
-    failed uncordon must not hide what happened to the node (run ci-art83: the roll-back's restart)."""
+    just restarted (the new one, or the previous put back): the cluster's API may answer only
+    later, so an error the API calls passing (no answer, a reset connection) is retried; any other
+    answer is final. Either way a failed uncordon must not hide what happened to the node (run
+    ci-art83: the roll-back's restart)."""
+    from ..addons.job.kube import ApiError
+
+    timeout = RESTART_WAIT_S if timeout is None else timeout
+    poll = READY_POLL_S if poll is None else poll
     deadline = time.monotonic() + timeout
     while True:
         try:
             api.merge_patch("v1", "Node", node_name, {"spec": {"unschedulable": False}})
             return None
-        except Exception as e:  # the API away while its server restarts
+        except (ApiError, OSError) as e:
+            if isinstance(e, ApiError) and not e.transient:
+                return f"{node_name} stays cordoned ({e}): `kubectl uncordon {node_name}`"
             if time.monotonic() >= deadline:
-                return (f"{node_name} stays cordoned, its API did not answer within {timeout:.0f} s ({e}):"
-                        f" `kubectl uncordon {node_name}` once it does")
+                return (f"{node_name} stays cordoned, the cluster's API did not answer within {timeout:.0f} s"
+                        f" ({e}): `kubectl uncordon {node_name}` once it does")
         time.sleep(poll)
 
 
@@ -260,8 +268,13 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, current: str, re
             raise CeilError(f"{name}: the upgrade to {release.version} failed ({not_ready}); {back};"
                             f" the nodes after it are untouched{f'; {stuck}' if stuck else ''}") from None
         if stuck := uncordon(api, node_name):
-            raise CeilError(f"{name}: upgraded to {now} and Ready, but {stuck}; the nodes after it are untouched")
+            raise UpgradedButCordoned(f"{name}: upgraded to {now} and Ready, but {stuck}; the nodes after it are"
+                                      " untouched")
     return f"{name}: {current} -> {now}"
+
+
+class UpgradedButCordoned(CeilError):
+    """The node runs the new k3s (so a re-flash must not go below it), but its pods did not come back."""
 
 
 def fill_router_cache(release: Release, remote: Remote) -> None:
@@ -280,7 +293,11 @@ def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log)
     log(f"router: k3s {release.version} in its cache for re-flashed nodes")
     done = []
     for name in upgrade_order(cluster):
-        line = upgrade_node(cluster, name, release, running[name], remote, api, log)
+        try:
+            line = upgrade_node(cluster, name, release, running[name], remote, api, log)
+        except UpgradedButCordoned:
+            node_baked(store, name, release.version)
+            raise
         node_baked(store, name, release.version)  # a re-flash must not go below it
         log(line)
         done.append(line)

@@ -346,3 +346,6 @@ def test_a_groups_option_after_its_subcommand_says_where_it_goes(folder):
     assert "--config belongs to `bake.py addons`, before `list`: bake.py addons --config VALUE list" in done.stderr
     done = bake_py("addons", "list", "--nosuch", cwd=folder)
     assert done.returncode == 2 and "belongs to" not in done.stderr
+    # The bake's own options (the root's) belong to no subcommand: no such hint (review).
+    done = bake_py("flavors", "--out", "x", cwd=folder)
+    assert done.returncode == 2 and "belongs to" not in done.stderr

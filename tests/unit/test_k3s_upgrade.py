@@ -12,6 +12,7 @@ import pytest
 
 from command_stubs import write_stubs
 
+from ceil.addons.job.kube import ApiError
 from ceil.config import parse_cluster
 from ceil.errors import CeilError, ConfigError
 from ceil.k3s import upgrade as up
@@ -268,8 +269,11 @@ class RestartingApi(FakeApi):
     def merge_patch(self, version, kind, name, patch):
         if self.after_swap and self.failures:
             self.failures -= 1
-            raise ConnectionResetError("Connection reset by peer")
+            raise self.error
         super().merge_patch(version, kind, name, patch)
+
+    # What KubeApi raises for a reset connection: an ApiError it marks as passing.
+    error = ApiError("PATCH /api/v1/nodes/ceil-one: Connection reset by peer", transient=True)
 
 
 class SwapRestartsApi(FakeRemote):
@@ -287,7 +291,8 @@ def test_a_rolled_back_server_is_uncordoned_once_its_restarted_api_answers(tmp_p
     """Run ci-art83 (Pi OS twin): the broken k3s rolled back on the server, whose API came back
     only after its restart; the uncordon right after is retried, and the upgrade's own failure
     (exit 4) is what is reported."""
-    monkeypatch.setattr(up.time, "sleep", lambda s: None)
+    slept = []
+    monkeypatch.setattr(up.time, "sleep", slept.append)
     cluster = parse_cluster(CLUSTER % NEW)
     store = SecretStore(tmp_path / "secrets")
     api = RestartingApi(failures=3)
@@ -295,7 +300,15 @@ def test_a_rolled_back_server_is_uncordoned_once_its_restarted_api_answers(tmp_p
     with pytest.raises(CeilError) as e:
         up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
     assert "one: the upgrade to" in str(e.value) and "failed (exit 4)" in str(e.value) and "cordoned" not in str(e.value)
-    assert api.unschedulable == {"ceil-one": False} and api.failures == 0
+    assert api.unschedulable == {"ceil-one": False} and api.failures == 0 and slept == [up.READY_POLL_S] * 3
+    # An answer that is final (forbidden) is not waited out: said at once, beside the upgrade's failure.
+    api = RestartingApi(failures=1)
+    api.error = ApiError("PATCH /api/v1/nodes/ceil-one: HTTP 403: nodes is forbidden", 403)
+    remote = SwapRestartsApi(api, {"one": OLD, "two": OLD, "three": OLD}, swap_rc={"one": 4})
+    slept.clear()
+    with pytest.raises(CeilError) as e:
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert "failed (exit 4)" in str(e.value) and "forbidden" in str(e.value) and not slept
     # An API that never answers: the upgrade's failure is still what is said, with how to finish.
     clock = iter(range(0, 10**6, 100))
     monkeypatch.setattr(up.time, "monotonic", lambda: next(clock))
@@ -304,3 +317,17 @@ def test_a_rolled_back_server_is_uncordoned_once_its_restarted_api_answers(tmp_p
     with pytest.raises(CeilError) as e:
         up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
     assert "failed (exit 4)" in str(e.value) and "kubectl uncordon ceil-one" in str(e.value)
+
+
+def test_a_node_upgraded_but_left_cordoned_keeps_its_new_version_on_record(tmp_path, monkeypatch):
+    """Its k3s is the new one: a re-flash must not go below it, even though the roll stopped there."""
+    monkeypatch.setattr(up.time, "sleep", lambda s: None)
+    cluster = parse_cluster(CLUSTER % NEW)
+    store = SecretStore(tmp_path / "secrets")
+    api = RestartingApi(failures=1)
+    api.error = ApiError("PATCH /api/v1/nodes/ceil-one: HTTP 403: nodes is forbidden", 403)
+    remote = SwapRestartsApi(api, {"one": OLD, "two": OLD, "three": OLD})
+    with pytest.raises(up.UpgradedButCordoned, match="one: upgraded to .* and Ready, but ceil-one stays cordoned"):
+        up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
+    assert store.read("nodes/one.k3s-version").decode().strip() == NEW
+    assert ("two", "swap") not in remote.calls

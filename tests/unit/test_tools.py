@@ -64,3 +64,12 @@ def test_doctor_reads_the_kubectl_on_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["doctor"], env={"COLUMNS": "300"})
     assert "kubectl: it is 1.20" in result.output, result.output
+
+
+def test_the_vpn_clients_tools_are_listed_where_they_are_needed(monkeypatch):
+    monkeypatch.setattr(tools.platform, "system", lambda: "Linux")
+    hints = {name: hint for name, _, _, _, hint in tools.doctor_rows()}
+    assert hints["wg-quick"] == "sudo apt install wireguard-tools"
+    assert hints["resolvconf"].startswith("sudo apt install openresolv") and "systemd-resolved" in hints["resolvconf"]
+    monkeypatch.setattr(tools.platform, "system", lambda: "Darwin")  # macOS's wg-quick sets DNS itself
+    assert "resolvconf" not in {name for name, *_ in tools.doctor_rows()}
