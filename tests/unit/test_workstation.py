@@ -416,4 +416,5 @@ def test_a_router_baked_with_no_way_in_but_ssh_is_warned_about(tmp_path):
 
     wireguard.add_client(bare, store, "laptop")
     assert workstation.no_way_in_warning(bare, store) is None
+    assert "the VPN is off" in workstation.no_way_in_warning(off, store)  # its clients are baked into no router
     assert workstation.no_way_in_warning(parse_cluster(CLUSTER), SecretStore(tmp_path / "other")) is None  # trusted
