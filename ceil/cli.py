@@ -197,11 +197,9 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
               help="The cluster whose Kubernetes kubectl is checked against (ceil's default k3s without it).")
 def doctor(config_path):
     """Which host tools are present, what each is for, and how to install the missing ones."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from .tools import doctor_rows
-
-    from rich.table import Column
 
     # The install hint is what a newcomer copies: folded onto more lines, never cut off.
     table = Table("tool", "found", "for", Column("why", overflow="fold"), Column("install", overflow="fold"))

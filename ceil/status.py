@@ -80,9 +80,9 @@ def fetch_status(url: str, timeout: float = 20.0) -> dict:
 
 
 def _age(value: object) -> str:
-    if _seconds(value) is None:
+    if (reported := _seconds(value)) is None:
         return "never"
-    seconds = int(value)
+    seconds = int(reported)
     if seconds < 120:
         return f"{seconds}s ago"
     return f"{seconds // 60}m ago"

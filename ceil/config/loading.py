@@ -326,14 +326,10 @@ STAND_INS = {("router", "uplink", "wifi", "country"): "GB", ("router", "uplink",
              ("router", "uplink", "wifi", "psk"): "set-aside-passphrase"}
 
 
-def _under(path: tuple, prefixes) -> bool:
-    return any(len(path) >= len(pre) and all(s is None or s == p for s, p in zip(pre, path)) for pre in prefixes)
-
-
 def _read_across(path: tuple) -> bool:
-    """Whether a check across keys reads `path`'s value, or one inside it."""
-    holds_read = any(len(pre) > len(path) and all(a is None or a == b for a, b in zip(pre, path)) for pre in READ_ACROSS)
-    return _under(path, READ_ACROSS) or holds_read
+    """Whether a check across keys reads `path`'s value, or one inside it: `path` and a READ_ACROSS
+    entry agree as far as the shorter goes (one lies under the other)."""
+    return any(all(a is None or a == b for a, b in zip(pre, path)) for pre in READ_ACROSS)
 
 
 def _safe_to_set_aside(path: tuple, unknown: bool = False) -> bool:

@@ -117,9 +117,8 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
                 for line in seen.splitlines() if line.strip()}
         assert rows == {cluster.hostname(n): [good] for n in order}, seen  # "true" there: left cordoned
         for name, host in hosts.items():
-            role = cluster.node(name).role
             assert good in host.check_output(f"{BIN} --version"), name
-            assert host.service(SERVICE["server" if role == "server" else "agent"]).is_running, name
+            assert host.service(service_of(name)).is_running, name
             assert (secrets / "nodes" / f"{name}.k3s-version").read_text().strip() == good
         binary = ASSETS[c.arch]["binary"]
         with router.sudo():
@@ -131,7 +130,7 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
         # The harness, not the code under test, puts the original k3s back for the later checks:
         # the swap kept it as k3s.prev on every node it reached.
         for name, host in hosts.items():
-            svc = SERVICE["server" if cluster.node(name).role == "server" else "agent"]
+            svc = service_of(name)
             with host.sudo():
                 if old not in host.check_output(f"{BIN} --version"):
                     host.run(f"mv -f {BIN}.prev {BIN} && systemctl restart {svc}")
