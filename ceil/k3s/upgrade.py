@@ -65,6 +65,10 @@ def release_for(cluster: Cluster) -> Release:
     return Release(version, files[name], digest, files)
 
 
+def service_of(node) -> str:
+    return SERVICE["server" if node.role == "server" else "agent"]
+
+
 def upgrade_order(cluster: Cluster) -> list[str]:
     """Servers first, then agents, each in cluster.yaml's order."""
     return ([n.name for n in cluster.nodes if n.role == "server"]
@@ -146,6 +150,43 @@ class Remote:
         return done.returncode, done.stdout, done.stderr
 
 
+def node_state(node: dict) -> tuple[str, bool]:
+    """A Node object's kubelet version (k3s reports its own there) and whether it is Ready."""
+    status = node.get("status", {})
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+    return status.get("nodeInfo", {}).get("kubeletVersion", ""), ready
+
+
+def not_ready_reason(node: dict) -> str:
+    """What the Node's Ready condition says, for a message."""
+    ready = next((c for c in node.get("status", {}).get("conditions", []) if c.get("type") == "Ready"), None)
+    if ready is None:
+        return "no Ready condition yet"
+    said = ": ".join(x for x in (ready.get("reason"), ready.get("message")) if x)
+    return f"Ready={ready.get('status', '?')}{f', {said}' if said else ''}"
+
+
+def check_every_node_ready(cluster: Cluster, api) -> None:
+    """Refused before anything changes while a node is not Ready: its own upgrade could not be
+    judged (it would never turn Ready with the new kubelet, so an agent is rolled back and a
+    server left cordoned), and draining the others would leave their pods one node fewer to go
+    to. Every such node is named at once, with the ways out."""
+    problems = []
+    for name in upgrade_order(cluster):
+        node_name = cluster.hostname(name)
+        node = api.get("v1", "Node", node_name)
+        if node is None:
+            problems.append(f"{name}: the cluster has no Node {node_name} (it never joined, or was removed);"
+                            f" `bake.py status` shows its first boot")
+        elif not node_state(node)[1]:
+            problems.append(f"{name}: Node {node_name} is not Ready ({not_ready_reason(node)}); see why with"
+                            f" `bake.py ssh {name}`, then `journalctl -u {service_of(cluster.node(name))}`")
+    if problems:
+        raise CeilError("nothing was changed: every node must be Ready before its k3s is swapped; bring these"
+                        " back (or take one out for good with `bake.py node remove NAME`), then run the upgrade"
+                        " again:\n  " + "\n  ".join(problems))
+
+
 def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_S, poll: float = 5) -> None:
     """Until the Node is Ready with the new kubelet (k3s reports its own version there)."""
     deadline = time.monotonic() + timeout
@@ -156,9 +197,7 @@ def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_
         except Exception as e:  # a restarting (only) server: its API is away for a while
             node, seen = None, f"API: {e}"
         if node:
-            status = node.get("status", {})
-            kubelet = status.get("nodeInfo", {}).get("kubeletVersion", "")
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
+            kubelet, ready = node_state(node)
             seen = f"kubelet {kubelet or '?'}, {'Ready' if ready else 'not Ready'}"
             if ready and kubelet == version:
                 return
@@ -235,7 +274,7 @@ def upgrade_node(cluster: Cluster, name: str, release: Release, current: str, re
     if api is not None:
         drain(api, node_name, log)
         log(f"{name}: drained")
-    service = SERVICE["server" if node.role == "server" else "agent"]
+    service = service_of(node)
     code, out, err = remote.run(name, as_root(swap_script(service, release.digest)), stdin=release.binary,
                                 timeout=RESTART_WAIT_S + 180)
     if code != 0:
@@ -287,8 +326,11 @@ def fill_router_cache(release: Release, remote: Remote) -> None:
 def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log) -> list[str]:
     """Every node in upgrade_order; stops at the first failure (the ones before it stay upgraded,
     which k3s's version skew allows: servers first). A node that cannot take the release in one
-    step (a downgrade, a skipped minor version) is found before anything changes."""
+    step (a downgrade, a skipped minor version), or (with the API) one that is not Ready, is found
+    before anything changes."""
     running = check_every_step(cluster, release, remote)
+    if api is not None:
+        check_every_node_ready(cluster, api)
     fill_router_cache(release, remote)
     log(f"router: k3s {release.version} in its cache for re-flashed nodes")
     done = []

@@ -8,8 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from ceil.addons.job.kube import KubeApi, KubeconfigTransport
 from ceil.config import load_cluster
+from ceil.errors import CeilError
 from ceil.k3s import upgrade as up
 from ceil.secrets import SecretStore
 
@@ -79,3 +82,47 @@ def test_a_node_is_drained_swapped_and_uncordoned_only_when_ready_with_the_new_k
     kubectl(kubeconfig, "-n", "upgrade-test", "delete", "pod", "web", "--force", "--grace-period=0")
     kubectl(kubeconfig, "delete", "node", name)
     kubectl(kubeconfig, "delete", "namespace", "upgrade-test", "--wait=false")
+
+
+def test_a_node_the_api_reports_not_ready_stops_the_upgrade_before_anything_changes(
+        lab, kubeconfig, workstation, tmp_path):
+    """The Ready check reads real Node objects: one agent whose kubelet stopped posting (the node
+    lifecycle controller's NodeStatusUnknown) and one never joined are named, and no node and not
+    the router's cache is touched."""
+    cluster = load_cluster(workstation / "cluster.yaml")
+    server, down, gone = (cluster.node(n) for n in ("one", "two", "three"))
+    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": cluster.hostname(n.name)}} for n in (server, down)]
+    (tmp_path / "nodes.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    kubectl(kubeconfig, "create", "-f", str(tmp_path / "nodes.json"))
+    try:
+        kubectl(kubeconfig, "patch", "node", cluster.hostname(server.name), "--subresource=status", "--type=merge",
+                "-p", json.dumps(node_status(OLD, True)))
+        unknown = node_status(OLD, False)
+        unknown["status"]["conditions"][0].update(status="Unknown", reason="NodeStatusUnknown",
+                                                  message="Kubelet stopped posting node status.")
+        kubectl(kubeconfig, "patch", "node", cluster.hostname(down.name), "--subresource=status", "--type=merge",
+                "-p", json.dumps(unknown))
+
+        calls = []
+
+        class Nodes:
+            def run(self, host, command, stdin=None, timeout=120):
+                calls.append((host, command))
+                return 0, f"k3s version {OLD} (abc)\n", ""
+
+        binary = tmp_path / "k3s-arm64"
+        binary.write_bytes(b"new k3s")
+        release = up.Release(NEW, binary, hashlib.sha256(b"new k3s").hexdigest(), {"k3s-arm64": binary})
+        api = KubeApi(KubeconfigTransport(str(kubeconfig)), log=lambda m: None)
+        with pytest.raises(CeilError) as e:
+            up.upgrade(cluster, SecretStore(tmp_path / "secrets"), release, Nodes(), api, log=lambda m: None)
+        msg = str(e.value)
+        assert (f"two: Node {cluster.hostname('two')} is not Ready (Ready=Unknown, NodeStatusUnknown: Kubelet"
+                " stopped posting node status.)") in msg, msg
+        assert f"three: the cluster has no Node {cluster.hostname('three')}" in msg and "one:" not in msg
+        assert [host for host, _ in calls] == ["one", "two", "three"], "only the versions are read"
+        for n in (server, down):
+            assert not json.loads(kubectl(kubeconfig, "get", "node", cluster.hostname(n.name), "-o", "json")
+                                  .stdout)["spec"].get("unschedulable")
+    finally:
+        kubectl(kubeconfig, "delete", "node", cluster.hostname(server.name), cluster.hostname(down.name))

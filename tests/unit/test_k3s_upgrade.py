@@ -120,6 +120,25 @@ class FakeApi:
         return []
 
 
+def node_answer(kubelet: str, ready: bool, reason: str = "KubeletReady") -> dict:
+    return {"status": {"nodeInfo": {"kubeletVersion": kubelet},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": reason}]}}
+
+
+class NotReadyOnceSwapped(FakeApi):
+    """Every node Ready with the k3s it runs, until its swap: then it reports the new kubelet and
+    never turns Ready."""
+
+    def __init__(self, remote: FakeRemote):
+        super().__init__()
+        self.remote = remote
+
+    def get(self, version, kind, name, namespace=None):
+        node = name.removeprefix("ceil-")
+        swapped = (node, "swap") in self.remote.calls
+        return node_answer(self.remote.versions[node] if not swapped else NEW, ready=not swapped)
+
+
 def release(tmp_path) -> up.Release:
     binary = tmp_path / "k3s-arm64"
     binary.write_bytes(k3s_script(NEW))
@@ -179,14 +198,11 @@ def test_an_agent_not_ready_with_the_new_kubelet_gets_its_previous_k3s_back(tmp_
     monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)
     monkeypatch.setattr(up, "READY_POLL_S", 0.01)
 
-    class NeverReady(FakeApi):
-        def get(self, *a, **kw):
-            return {"status": {"nodeInfo": {"kubeletVersion": NEW}, "conditions": [{"type": "Ready", "status": "False"}]}}
-
     cluster = parse_cluster(CLUSTER % NEW)
     store = SecretStore(tmp_path / "secrets")
     # The server (one) is already at NEW: the agent two is the one that never becomes Ready.
-    remote, api = FakeRemote({"one": NEW, "two": OLD, "three": OLD}), NeverReady()
+    remote = FakeRemote({"one": NEW, "two": OLD, "three": OLD})
+    api = NotReadyOnceSwapped(remote)
     with pytest.raises(CeilError) as e:
         up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
     assert f"two: the upgrade to {NEW} failed (Node ceil-two is not Ready" in str(e.value)
@@ -201,11 +217,8 @@ def test_a_server_not_ready_with_the_new_kubelet_is_left_cordoned_not_rolled_bac
     monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)
     monkeypatch.setattr(up, "READY_POLL_S", 0.01)
 
-    class NeverReady(FakeApi):
-        def get(self, *a, **kw):
-            return {"status": {"nodeInfo": {"kubeletVersion": NEW}, "conditions": [{"type": "Ready", "status": "False"}]}}
-
-    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}), NeverReady()
+    remote = FakeRemote({"one": OLD, "two": OLD, "three": OLD})
+    api = NotReadyOnceSwapped(remote)
     with pytest.raises(CeilError, match="one: Node ceil-one is not Ready .* A server is not rolled back"):
         up.upgrade(parse_cluster(CLUSTER % NEW), SecretStore(tmp_path / "secrets"), release(tmp_path), remote, api,
                    log=lambda m: None)
@@ -331,3 +344,35 @@ def test_a_node_upgraded_but_left_cordoned_keeps_its_new_version_on_record(tmp_p
         up.upgrade(cluster, store, release(tmp_path), remote, api, log=lambda m: None)
     assert store.read("nodes/one.k3s-version").decode().strip() == NEW
     assert ("two", "swap") not in remote.calls
+
+
+def test_a_node_not_ready_or_missing_is_refused_before_anything_changes(tmp_path, monkeypatch):
+    """Its own upgrade could not be judged, and draining the others leaves their pods one node
+    fewer: every such node is named, with the way to look, before the router's cache or any node
+    changes."""
+    monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)  # without the check: a short wait, then a roll-back
+    monkeypatch.setattr(up, "READY_POLL_S", 0.01)
+    class TwoDownThreeGone(FakeApi):
+        def get(self, version, kind, name, namespace=None):
+            if name == "ceil-three":
+                return None
+            return node_answer(OLD, ready=name != "ceil-two", reason="NodeStatusUnknown")
+
+    remote, api = FakeRemote({"one": OLD, "two": OLD, "three": OLD}), TwoDownThreeGone()
+    with pytest.raises(CeilError) as e:
+        up.upgrade(parse_cluster(CLUSTER % NEW), SecretStore(tmp_path / "secrets"), release(tmp_path), remote, api,
+                   log=lambda m: None)
+    msg = str(e.value)
+    assert msg.startswith("nothing was changed: every node must be Ready"), msg
+    assert "two: Node ceil-two is not Ready (Ready=False, NodeStatusUnknown)" in msg
+    assert "`bake.py ssh two`, then `journalctl -u k3s-agent`" in msg
+    assert "three: the cluster has no Node ceil-three" in msg and "one:" not in msg
+    assert {c[1] for c in remote.calls} == {"version"} and api.unschedulable == {}
+
+
+def test_without_the_api_the_ready_check_is_not_asked(tmp_path):
+    """--no-drain (a one-node cluster, or no way to the API): nothing to ask, the swap goes on."""
+    remote = FakeRemote({"one": OLD, "two": OLD, "three": OLD})
+    lines = up.upgrade(parse_cluster(CLUSTER % NEW), SecretStore(tmp_path / "secrets"), release(tmp_path), remote,
+                       None, log=lambda m: None)
+    assert lines == [f"{n}: {OLD} -> {NEW}" for n in ("one", "two", "three")]
