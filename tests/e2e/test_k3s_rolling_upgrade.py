@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from ceil.k3s.release import ASSETS
-from ceil.k3s.upgrade import BIN, SERVICE, upgrade_order
+from ceil.k3s.upgrade import BIN, service_of, upgrade_order
 from ceil_e2e import fakes, session
 from ceil_e2e.workstation import Agent
 from ceil_infra.helpers import wait_for
@@ -57,19 +57,37 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
     agent = Agent(tmp_path, c.key)
     hosts = {name: nodes[name] for name in order}
 
-    def service_of(name: str) -> str:
-        return SERVICE["server" if cluster.node(name).role == "server" else "agent"]
+    def service(name: str) -> str:
+        return service_of(cluster.node(name))
 
     # An agent's k3s is up only once it has joined its server, which the first boot's target does
     # not wait for: on the Pi OS twin, node two's was still starting when this test began, and the
     # server's restart below held it back further (run ci-art83). Start from a running cluster.
     for name, host in hosts.items():
-        wait_for(f"{service_of(name)} running on {name}", lambda: host.service(service_of(name)).is_running, 900)
+        wait_for(f"{service(name)} running on {name}", lambda: host.service(service(name)).is_running, 900)
     try:
         client.up()
         ws = client.link
         secrets = tmp_path / "secrets"
         shutil.copytree(c.workdir / "secrets", secrets)
+        kubeconfig = tmp_path / "kubeconfig"
+        ws.run(*agent.bake_py(), "kubeconfig", "--config", str(c.config_path), "--secrets", str(secrets),
+               "--out", str(kubeconfig))
+
+        def nodes_seen(fields: str) -> dict[str, list[str]]:
+            """Each Node's `fields` (jsonpath), read from the API through the VPN."""
+            seen = ws.run("kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", "get", "nodes", "-o",
+                          f"jsonpath={{range .items[*]}}{{.metadata.name}} {fields}{{'\\n'}}{{end}}")
+            return {line.split()[0]: line.split()[1:] for line in seen.splitlines() if line.strip()}
+
+        def every_node_ready() -> bool:
+            """The upgrade refuses while a node is not Ready: an agent whose server was away is
+            Ready again only once its kubelet posts its status anew."""
+            try:
+                ready = nodes_seen("{.status.conditions[?(@.type=='Ready')].status}")
+            except RuntimeError:  # the API is away while the only server restarts
+                return False
+            return all(ready.get(cluster.hostname(n)) == ["True"] for n in order)
 
         def upgrade_to(version: str, is_broken: bool = False) -> tuple[int, str]:
             doc = yaml.safe_load(c.config_path.read_text())
@@ -87,6 +105,7 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
         def flat(text: str) -> str:  # the error is printed by rich, which wraps long lines
             return " ".join(text.split())
 
+        wait_for("every Node Ready", every_node_ready, 600, every=10)
         code, out = upgrade_to(broken, is_broken=True)
         first = order[0]
         assert code != 0 and f"{first}: the upgrade to {broken} failed (exit 4)" in flat(out), out
@@ -94,31 +113,26 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
         for name, host in hosts.items():
             assert old in host.check_output(f"{BIN} --version"), f"{name} is not back on {old}"
             if name == first:  # restarted with its previous k3s before the command returned
-                assert host.service(service_of(name)).is_running, name
+                assert host.service(service(name)).is_running, name
             else:  # untouched, but its server was away: it reconnects
-                wait_for(f"{service_of(name)} running again on {name}", lambda: host.service(service_of(name)).is_running,
+                wait_for(f"{service(name)} running again on {name}", lambda: host.service(service(name)).is_running,
                          600)
 
         assert f"{first}: drained" in out, out  # ... and uncordoned again (below: every node schedulable)
 
+        wait_for("every Node Ready again", every_node_ready, 600, every=10)
         code, out = upgrade_to(good)
         assert code == 0 and f"every node runs k3s {good}" in out, out
         assert [line.split(":")[0] for line in out.splitlines() if f"-> {good}" in line] == order, out
         assert all(f"{name}: drained" in out for name in order), out
         # What the roll waited for, read back from the API through the VPN: every kubelet reports
         # the new version, and no node was left cordoned.
-        kubeconfig = tmp_path / "kubeconfig"
-        ws.run(*agent.bake_py(), "kubeconfig", "--config", str(c.config_path), "--secrets", str(secrets),
-               "--out", str(kubeconfig))
-        seen = ws.run("kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", "get", "nodes", "-o",
-                      "jsonpath={range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion}"
-                      " {.spec.unschedulable}{'\\n'}{end}")
-        rows = {line.split()[0]: [w for w in line.split()[1:] if w != "false"]
-                for line in seen.splitlines() if line.strip()}
+        seen = nodes_seen("{.status.nodeInfo.kubeletVersion} {.spec.unschedulable}")
+        rows = {name: [w for w in words if w != "false"] for name, words in seen.items()}
         assert rows == {cluster.hostname(n): [good] for n in order}, seen  # "true" there: left cordoned
         for name, host in hosts.items():
             assert good in host.check_output(f"{BIN} --version"), name
-            assert host.service(service_of(name)).is_running, name
+            assert host.service(service(name)).is_running, name
             assert (secrets / "nodes" / f"{name}.k3s-version").read_text().strip() == good
         binary = ASSETS[c.arch]["binary"]
         with router.sudo():
@@ -130,7 +144,7 @@ def test_k3s_upgrade_rolls_back_a_k3s_that_does_not_start_then_rolls_every_node(
         # The harness, not the code under test, puts the original k3s back for the later checks:
         # the swap kept it as k3s.prev on every node it reached.
         for name, host in hosts.items():
-            svc = service_of(name)
+            svc = service(name)
             with host.sudo():
                 if old not in host.check_output(f"{BIN} --version"):
                     host.run(f"mv -f {BIN}.prev {BIN} && systemctl restart {svc}")
