@@ -35,7 +35,7 @@ def slotted():
     (workdir / "pid").write_text(str(os.getpid()))  # stale-run cleanup (session.remove_stale_workdirs)
     c = TestCluster("boot-slots", tb, s["arch"], s["artifacts"] / "boot-slots", workdir,
                     overrides={"flavor": tb.manifest["flavor"]}, roles=["one"], cache=session.CACHE)
-    guest = None
+    guest = ssh = None
     try:
         log(f"boot slots: baked one in {c.bake():.0f}s")
         img = c.image("one")
@@ -53,6 +53,8 @@ def slotted():
     finally:
         if guest is not None:
             guest.cleanup()
+        if ssh is not None:
+            ssh.close()
         c.close()
 
 

@@ -71,6 +71,19 @@ def test_ssh_config_jumps_to_nodes_and_shares_connections(tmp_path):
     assert out.returncode == 0 and "proxyjump router" in out.stdout
 
 
+def test_ssh_config_leaves_no_control_directory_of_its_own_behind(tmp_path):
+    """`make verify` made one in /tmp per run and never removed it (49 in a day here)."""
+    own = SshConfig(tmp_path / "own_config", "ceil", None, [Endpoint("router", "127.0.0.1", 2222)],
+                    tmp_path / "known_hosts")
+    given = SshConfig(tmp_path / "given_config", "ceil", None, [Endpoint("router", "127.0.0.1", 2222)],
+                      tmp_path / "known_hosts", control_dir=tmp_path / "given")
+    (tmp_path / "given").mkdir()
+    assert own.control_dir.is_dir() and str(own.control_dir).startswith("/tmp/ceil-ssh-")
+    own.close()
+    given.close()
+    assert not own.control_dir.exists() and (tmp_path / "given").is_dir()
+
+
 def test_macs_are_unique_per_guest_and_nic():
     macs = {vm.mac_for(7, g, n) for g in range(4) for n in range(2)}
     assert len(macs) == 8

@@ -93,5 +93,7 @@ class BareTestbed:
         if self.guest is not None:
             self.guest.cleanup()
             self.guest = None
+        if self.ssh is not None:
+            self.ssh.close()
         self.net.close()
         shutil.rmtree(self.work, ignore_errors=True)

@@ -644,8 +644,7 @@ class TestCluster:
             except Exception as exc:  # keep tearing down the rest
                 log(f"{m.name}: cleanup: {exc}")
         try:
-            self.ssh.drop_all()
-            shutil.rmtree(self.ssh.control_dir, ignore_errors=True)
+            self.ssh.close()
         finally:
             self.internet.close()
             self.extras.close()

@@ -128,10 +128,11 @@ def _verify_targets(config) -> Targets:
     # The workstation's known_hosts for this cluster, with the host keys the bakes made (secrets/),
     # as `bake.py ssh` and `bake.py run` use it: a machine answering with another key is refused.
     pin_from_secrets(cluster, secrets)
-    ssh = SshConfig(state / f"ssh_config-{cluster.name}", cluster.ssh.user, Path(identity) if identity else None,
-                    ends, known_hosts_file(cluster))
     if config.getoption("ssh_config"):
         ssh = ExistingSshConfig(Path(config.getoption("ssh_config")), [e.alias for e in ends])
+    else:
+        ssh = SshConfig(state / f"ssh_config-{cluster.name}", cluster.ssh.user, Path(identity) if identity else None,
+                        ends, known_hosts_file(cluster))
     return Targets("verify", cluster, ssh, None, secrets if secrets.is_dir() else None, out_dir=path.parent / "out")
 
 
@@ -147,6 +148,9 @@ class ExistingSshConfig:
         for name in ("command", "run", "drop_master", "drop_all", "testinfra_host", "shell_hint"):
             setattr(self, name, getattr(SshConfig, name).__get__(self))
 
+    def close(self) -> None:
+        """Its connections are its owner's to keep."""
+
 
 def _e2e_targets(config) -> Targets:
     from ceil_e2e import session
@@ -160,7 +164,14 @@ def _e2e_targets(config) -> Targets:
 
 @pytest.fixture(scope="session")
 def targets(request) -> Targets:
-    return _verify_targets(request.config) if verify_mode(request.config) else _e2e_targets(request.config)
+    if not verify_mode(request.config):
+        yield _e2e_targets(request.config)  # the e2e session closes its cluster's connections
+        return
+    t = _verify_targets(request.config)
+    try:
+        yield t
+    finally:
+        t.ssh.close()
 
 
 @pytest.fixture(scope="session")

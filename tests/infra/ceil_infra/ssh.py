@@ -11,6 +11,7 @@ reboot that regenerated keys, a device in its place) fails loudly instead of pas
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class SshConfig:
         self.endpoints = {e.alias: e for e in endpoints}
         self.known_hosts = known_hosts
         # Unix socket paths are limited to ~104 bytes: keep the control sockets in a short dir.
+        self._own_dir = control_dir is None
         self.control_dir = control_dir or Path(tempfile.mkdtemp(prefix="ceil-ssh-", dir="/tmp"))
         self.strict = strict
         self.write()
@@ -90,6 +92,13 @@ class SshConfig:
     def drop_all(self) -> None:
         for alias in self.endpoints:
             self.drop_master(alias)
+
+    def close(self) -> None:
+        """Nothing left behind on the workstation: no master connection persisting for
+        ControlPersist's ten minutes after the run, no control directory in /tmp."""
+        self.drop_all()
+        if self._own_dir:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
 
     def testinfra_host(self, alias: str):
         import testinfra
