@@ -183,8 +183,8 @@ def check_every_node_ready(cluster: Cluster, api) -> None:
                             f" `bake.py ssh {name}`, then `journalctl -u {service_of(cluster.node(name))}`")
     if problems:
         raise CeilError("nothing was changed: every node must be Ready before its k3s is swapped; bring these"
-                        " back (or take one out for good with `bake.py node remove NAME`), then run the upgrade"
-                        " again:\n  " + "\n  ".join(problems))
+                        " back (or take one out for good: `bake.py node remove NAME`, then remove it from"
+                        " cluster.yaml), then run the upgrade again:\n  " + "\n  ".join(problems))
 
 
 def wait_ready(api, node_name: str, version: str, timeout: float = RESTART_WAIT_S, poll: float = 5) -> None:
@@ -328,9 +328,9 @@ def upgrade(cluster: Cluster, store, release: Release, remote: Remote, api, log)
     which k3s's version skew allows: servers first). A node that cannot take the release in one
     step (a downgrade, a skipped minor version), or (with the API) one that is not Ready, is found
     before anything changes."""
-    running = check_every_step(cluster, release, remote)
-    if api is not None:
+    if api is not None:  # first: a node switched off is named as such, not by its SSH timeout
         check_every_node_ready(cluster, api)
+    running = check_every_step(cluster, release, remote)
     fill_router_cache(release, remote)
     log(f"router: k3s {release.version} in its cache for re-flashed nodes")
     done = []
