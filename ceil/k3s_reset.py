@@ -116,7 +116,9 @@ def upgrade_command(config_path: Path, secrets_path, kubeconfig_path, via: str |
     in cluster.yaml, put its release files in ~/.cache/ceil/k3s/<version>/, run this. Servers
     first, then agents, one at a time: drained, binary swapped (checked on the node against the
     release's published digest ceil ships, or kubernetes.k3s_sha256), k3s restarted, Ready with the new kubelet, uncordoned.
-    A node whose k3s does not come back puts its previous binary back and the roll stops there."""
+    A node whose k3s does not come back puts its previous binary back and the roll stops there.
+    Refused before anything changes while a node is not Ready (asked from the API, unless
+    --no-drain), or cannot take the release in one step (a downgrade, a skipped minor version)."""
     from .addons.cli import Context
     from .k3s.upgrade import Remote, release_for, upgrade, upgrade_order
     from .workstation import pin_from_secrets
