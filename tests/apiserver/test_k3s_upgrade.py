@@ -90,7 +90,7 @@ def test_a_node_the_api_reports_not_ready_stops_the_upgrade_before_anything_chan
     lifecycle controller's NodeStatusUnknown) and one never joined are named, and no node and not
     the router's cache is touched."""
     cluster = load_cluster(workstation / "cluster.yaml")
-    server, down, gone = (cluster.node(n) for n in ("one", "two", "three"))
+    server, down = cluster.node("one"), cluster.node("two")  # three: no Node at all
     nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": cluster.hostname(n.name)}} for n in (server, down)]
     (tmp_path / "nodes.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
     kubectl(kubeconfig, "create", "-f", str(tmp_path / "nodes.json"))

@@ -220,8 +220,9 @@ def test_the_lan_services_refuse_the_uplink_side_without_the_firewall(router, cl
     # Any address of the router's own outside the networks its services answer (the uplink's; the
     # twin has no default route under QEMU's restricted network, so not found by that).
     inside = [ipaddress.ip_network(net) for net in cluster.inside_sources]
-    outside = [a.split("/")[0] for line in router.check_output("ip -4 -o addr show scope global").splitlines()
-               for a in line.split()[3:4] if not any(ipaddress.ip_address(a.split("/")[0]) in n for n in inside)]
+    addresses = [line.split()[3].split("/")[0]
+                 for line in router.check_output("ip -4 -o addr show scope global").splitlines()]
+    outside = [a for a in addresses if not any(ipaddress.ip_address(a) in n for n in inside)]
     if not outside:
         pytest.skip("every address of the router lies inside a network its services answer")
     uplink_ip = outside[0]

@@ -352,6 +352,7 @@ def test_a_node_not_ready_or_missing_is_refused_before_anything_changes(tmp_path
     changes."""
     monkeypatch.setattr(up, "RESTART_WAIT_S", 0.05)  # without the check: a short wait, then a roll-back
     monkeypatch.setattr(up, "READY_POLL_S", 0.01)
+
     class TwoDownThreeGone(FakeApi):
         def get(self, version, kind, name, namespace=None):
             if name == "ceil-three":
