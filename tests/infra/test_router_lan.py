@@ -166,9 +166,17 @@ def test_dns_listens_on_the_lan_not_the_uplink(router, cluster):
 
 def test_nodes_fetch_from_the_internet_through_nat(nodes, fakes):
     url, body = fake(fakes, "http_url"), fake(fakes, "http_body")
-    code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=20).read().decode())"
     for name, host in each_node(nodes):
-        assert host.check_output(f"python3 -c {shlex.quote(code)} {shlex.quote(url)}") == body.strip(), name
+        assert http_get(host, url) == body.strip(), name
+
+
+# The body `url` answers a GET from `host`, with python3 (on every flavor: cloud-init needs it;
+# curl is not on the router).
+HTTP_GET = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=20).read().decode())"
+
+
+def http_get(host, url: str) -> str:
+    return host.check_output(f"python3 -c {shlex.quote(HTTP_GET)} {shlex.quote(url)}")
 
 
 def uplink_accepts(router, cluster, trusted: bool = False) -> dict[str, set[int]]:
@@ -319,10 +327,9 @@ def test_every_machine_saves_its_clock(router, nodes):
 def test_status_board_lists_every_machine(nodes, cluster):
     _, host = each_node(nodes)[0]
     url = f"http://{cluster.network.router_ip}:8081/api/status"
-    code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode())"
 
     def reported():
-        snap = json.loads(host.check_output(f"python3 -c {shlex.quote(code)} {url}"))
+        snap = json.loads(http_get(host, url))
         hosts = {h["name"]: h for h in snap["hosts"]}
         return hosts if all(hosts[n.name]["last_seen"] for n in cluster.nodes) else None
 
@@ -341,7 +348,6 @@ def test_status_board_refuses_a_report_without_the_nodes_token(nodes, cluster):
             "try: urllib.request.urlopen(req,timeout=10); print(200)\n"
             "except urllib.error.HTTPError as e: print(e.code)")
     assert host.check_output(f"python3 -c {shlex.quote(code)} {url}") == "401"
-    snap_code = "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=10).read().decode())"
-    snap = json.loads(host.check_output(f"python3 -c {shlex.quote(snap_code)} http://{cluster.network.router_ip}:8081/api/status"))
+    snap = json.loads(http_get(host, f"http://{cluster.network.router_ip}:8081/api/status"))
     mine = next(h for h in snap["hosts"] if h["name"] == name)
     assert "x" not in (mine.get("report") or {}).get("steps", {})
