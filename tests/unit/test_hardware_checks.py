@@ -3,11 +3,19 @@ Pi, since no Pi is here: the same functions run on real hosts."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.infra.test_hardware import test_the_bootloader_can_try_the_boot_slots as bootloader_check
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))  # the checks import ceil_infra
+
+from tests.infra.test_hardware import test_the_bootloader_can_try_the_boot_slots as bootloader_check  # noqa: E402
+from tests.infra.test_piwatch import (  # noqa: E402
+    test_piwatch_runs_on_the_router_and_says_which_gpio as piwatch_gpio_check,
+)
 
 
 class RecordedPi:
@@ -21,6 +29,14 @@ class RecordedPi:
             if command.startswith(start):
                 return SimpleNamespace(rc=0, stdout=out, stderr="")
         return SimpleNamespace(rc=1, stdout="", stderr=f"{command}: no such file")
+
+    def check_output(self, command: str) -> str:
+        answer = self.run(command)
+        assert answer.rc == 0, answer.stderr
+        return answer.stdout.strip()
+
+    def service(self, name: str):
+        return SimpleNamespace(is_running=True)
 
 
 def pi(model: str, built: int | None, virt: str = "none") -> RecordedPi:
@@ -59,3 +75,29 @@ def test_a_pi4_that_shows_no_bootloader_time_fails():
 def test_other_boards_flavors_and_twins_skip(host, cluster):
     with pytest.raises(pytest.skip.Exception):
         bootloader_check(host, "one", cluster)
+
+
+# ---- PiWatch's pins (tests/infra/test_piwatch.py) --------------------------------------------
+
+PIWATCH = SimpleNamespace(piwatch=SimpleNamespace(enabled=True, port=8086),
+                          network=SimpleNamespace(router_ip="10.42.0.1"))
+
+
+def piwatch_on(gpio: str, virt: str) -> tuple[RecordedPi, dict]:
+    """A router whose PiWatch drives `gpio` pins, on a machine systemd-detect-virt calls `virt`,
+    and a node that reads PiWatch's /healthz (what a real one answers: piwatch/app.py)."""
+    health = {"status": "ok", "gpio": gpio, "gpio_note": "no GPIO library imported" if gpio == "mock" else ""}
+    return pi("Raspberry Pi 4 Model B Rev 1.4", None, virt=virt), {"one": RecordedPi({"curl": json.dumps(health)})}
+
+
+def test_piwatch_on_mock_pins_on_a_real_pi_fails_and_names_the_missing_backend():
+    """Issue 17: on Ubuntu no GPIO library imported, PiWatch fell back to mock pins and the lights
+    stayed dark while every check passed. On real hardware mock pins are a failure."""
+    router, nodes = piwatch_on("mock", virt="none")
+    with pytest.raises(AssertionError, match="mock pins on real hardware.*gpio_packages"):
+        piwatch_gpio_check(router, nodes, PIWATCH)
+
+
+@pytest.mark.parametrize("gpio, virt", [("lgpio", "none"), ("rpigpio", "none"), ("mock", "qemu"), ("mock", "kvm")])
+def test_piwatch_on_real_pins_or_mock_pins_in_a_vm_passes(gpio, virt):
+    piwatch_gpio_check(*piwatch_on(gpio, virt), PIWATCH)

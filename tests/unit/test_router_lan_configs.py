@@ -284,7 +284,10 @@ def test_piwatch_brings_its_flavors_gpio_backend(tmp_path):
     from ceil.secrets import SecretStore
 
     cluster = cluster_from({"piwatch": {"enabled": True}})
-    for flavor, expected in (("ubuntu-24.04-raspi", "python3-lgpio"), ("raspios-trixie", "python3-lgpio")):
+    # Every flavor that can run PiWatch (Hypriot cannot: no python_tag, refused at bake time);
+    # lgpio drives a Pi 5's RP1 too (gpiozero documentation, "Installing").
+    for flavor, expected in (("ubuntu-24.04-raspi", "python3-lgpio"), ("ubuntu-26.04-raspi", "python3-lgpio"),
+                             ("raspios-trixie", "python3-lgpio")):
         payload = render_features(RoleContext(cluster, "router", load_flavor(flavor), SecretStore(tmp_path / "s")),
                                   tmp_path / flavor)
         assert expected in payload.packages, flavor
