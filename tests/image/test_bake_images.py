@@ -329,6 +329,27 @@ def test_rebake_reuses_secrets_and_keeps_flags_single(baked):
             assert stat.S_IMODE(p.stat().st_mode) == 0o600
 
 
+def test_a_secrets_folder_from_before_the_format_stamp_keeps_every_key_through_a_bake(baked, tmp_path):
+    """Issue 19 #5: a cluster baked by an older ceil (no secrets/FORMAT, no router contract, no
+    host keys made at bake time) re-baked with this one: every file it had stays byte for byte
+    (its nodes' tokens, the CA, the VPN keys: re-generated, the cluster would split), and only
+    what this ceil adds is added."""
+    if baked["flavor"].name != "ubuntu-24.04-raspi":
+        pytest.skip("one flavor is enough: the secrets folder does not depend on it")
+    d = tmp_path / "cluster"
+    shutil.copytree(baked["dir"], d, ignore=shutil.ignore_patterns("out", "cache", "*.img"))
+    for later in ("FORMAT", "router-contract"):
+        (d / "secrets" / later).unlink()
+    shutil.rmtree(d / "secrets" / "ssh-host")
+    old = {p.relative_to(d): p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
+    result = run_bake("--all", "--base-image", str(baked["base"]), cwd=d)
+    assert result.returncode == 0, result.stderr
+    now = {p.relative_to(d): p.read_bytes() for p in (d / "secrets").rglob("*") if p.is_file()}
+    assert {p: now.get(p) for p in old} == old
+    added = {str(p.relative_to("secrets")).split("/")[0] for p in set(now) - set(old)}
+    assert added == {"FORMAT", "router-contract", "ssh-host"}, added
+
+
 def test_no_secret_outside_the_secrets_folder(baked, tmp_path):
     """Secret values travel only in ceil/secrets/ (moved off the card on first boot)."""
     d = baked["dir"]

@@ -4,6 +4,7 @@ written before the refusal. Each command runs as a user runs it (`bake.py ...` f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from ceil.config import parse_cluster
 from ceil.errors import CeilError
 from ceil import logs, workstation
-from tests.bake_cli import bake_py
+from tests.bake_cli import REPO, bake_py
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t@t"
 CLUSTER = f"""ssh: {{authorized_keys: ["{KEY}"]}}
@@ -243,6 +244,15 @@ def test_every_problem_of_cluster_yaml_comes_in_one_report_and_nothing_is_writte
     assert "router.uplink.wifi.ssid: 'Home\\\\Net' holds a backslash" in done.stderr
     assert "country" not in done.stderr.split("router.uplink.wifi.country", 1)[1].split("\n", 1)[1]  # the stand-in unjudged
     assert listing(folder) == before  # no out/, no secrets/
+
+
+def test_the_examples_placeholder_key_is_refused_before_anything_is_written(folder):
+    """Issue 19 #4: cluster.example.yaml copied as it stands baked images nobody could log into."""
+    (folder / "cluster.yaml").write_text((REPO / "cluster.example.yaml").read_text())
+    before = listing(folder)
+    done = bake_py("--all", cwd=folder, env={**os.environ, "CEIL_WIFI_PSK": "correct-horse-battery"})
+    failed(done, "ssh.authorized_keys[0]", "placeholder key", "ssh-keygen -t ed25519")
+    assert listing(folder) == before
 
 
 def test_a_config_whose_own_checks_pass_still_gets_the_features_report(folder):

@@ -650,3 +650,21 @@ def test_the_ddns_token_goes_over_http_only_to_a_private_address():
     assert parse_cluster(BASE + ddns % "http://10.0.2.100:8053/client/v4").ddns.api_url.startswith("http://10.")
     assert parse_cluster(BASE + ddns % "http://localhost:8053/client/v4")
     assert parse_cluster(BASE + ddns % "https://api.cloudflare.com/client/v4")
+
+
+def test_the_readmes_defaults_are_what_the_code_gives():
+    """Issue 19 #6: the README's "Defaults" paragraph, checked against the parsed config."""
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    cluster = parse_cluster(BASE + "nodes: [{name: one, role: server}, {name: two}, {name: three}]\n")
+    net = cluster.network
+    assert [str(n.ip) for n in cluster.nodes] == ["10.42.0.2", "10.42.0.3", "10.42.0.4"]
+    claims = {f"cluster LAN `{net.lan_cidr}`", f"router `{net.router_ip}`", f"DNS domain `{cluster.domain}`",
+              "next free one after the router: `10.42.0.2`", "the example and `init` write `10.42.0.11` onwards",
+              f"`{cluster.kubernetes.cluster_cidr}` / `{cluster.kubernetes.service_cidr}`"}
+    assert [c for c in claims if c not in readme] == []
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster.example.yaml").read_text())
+    assert [n["ip"] for n in example["nodes"]][:2] == ["10.42.0.11", "10.42.0.12"]

@@ -18,7 +18,8 @@ from tests.bake_cli import REPO
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly t"
 TARGETS = ["uptime", "df", "check-ip", "router-check-ip", "k8s-check-ip", "router-reboot", "reboot-all", "teardown",
            "k8s-remove", "k8s-reset", "datastore-backup", "datastore-from-router", "k3s-upgrade", "nodes-show",
-           "pods-show", "dashboard-token", "status", "kubeconfig", "route", "route-add"]
+           "pods-show", "dashboard-token", "status", "kubeconfig", "route", "route-add", "k8s-proxy", "one-ssh",
+           "all-delete"]
 
 
 def printed(target: str, config, **variables: str) -> list[list[str]]:
@@ -118,3 +119,14 @@ def test_kubectl_targets_read_the_kubeconfig_bake_py_writes_next_to_the_config(c
 def test_make_help_shows_no_unexpanded_variable():
     done = subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "$(" not in done.stdout, done.stdout
+
+
+def test_the_open_targets_open_the_clusters_own_domain(config):
+    """httpd-open and prometheus-open name the hosts under cluster.yaml's domain, not the example's."""
+    config.write_text(config.read_text() + "domain: lab.example.internal\n")
+    for target, url in (("httpd-open", "http://httpd.lab.example.internal/"),
+                        ("prometheus-open", "https://prometheus.lab.example.internal/")):
+        done = subprocess.run(["make", "-n", "--no-print-directory", target, f"CONFIG={config}", f"PY={sys.executable}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"browse {url}" in done.stdout, done.stdout
