@@ -16,6 +16,7 @@ import time
 import pytest
 
 from ceil.addons.catalog import Catalog, selected
+from ceil.addons.hooks import UI_PASSWORD
 from ceil.addons.render import build_plan, storage_facts
 from ceil.k3s.kubeconfig import admin_kubeconfig
 from ceil.secrets import SecretStore
@@ -94,33 +95,73 @@ def test_the_ingress_has_its_address_from_metallb(addons_status, kube, cluster):
     assert ips == [str(cluster.network.ingress_ip)]
 
 
-def _http(router, host_name: str, ip: str, scheme: str = "http") -> str:
-    """Status code of GET / for `host_name` at the ingress, asked from the router (on the LAN)."""
+def _http(router, host_name: str, ip: str, scheme: str = "http", path: str = "/", login: str | None = None) -> str:
+    """Status code of GET `path` for `host_name` at the ingress, asked from the router (on the LAN),
+    with `login` ("user:password") as basic auth when given. Traefik's own certificate: -k."""
     port = 443 if scheme == "https" else 80
-    cmd = (f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 20 "
-           f"--resolve {host_name}:{port}:{ip} {scheme}://{host_name}/")
+    auth = f"-u {shlex.quote(login)} " if login else ""
+    cmd = (f"curl -sk -o /dev/null -w '%{{http_code}}' --max-time 20 {auth}"
+           f"--resolve {host_name}:{port}:{ip} {scheme}://{host_name}{path}")
     return router.run(cmd).stdout.strip()
 
 
+@pytest.fixture(scope="module")
+def ui_login(targets) -> str:
+    """The UI login the add-ons were baked with (`python bake.py addons ui-password`)."""
+    store = SecretStore(targets.secrets_dir) if targets.secrets_dir else None
+    if store is None or not store.exists(UI_PASSWORD):
+        pytest.skip(f"no {UI_PASSWORD} in {targets.secrets_dir or 'secrets/'}: point CEIL_SECRETS at the secrets/"
+                    " the images were baked with")
+    return f"admin:{store.read(UI_PASSWORD).decode().strip()}"
+
+
+def _enabled(cluster, addon: str) -> None:
+    if addon not in {s.name for s in selected(cluster, Catalog())}:
+        pytest.skip(f"add-on {addon} is not enabled")
+
+
+# Issue 18 #2: every UI on TLS (websecure); those without a login of their own behind the UI
+# login (addons/traefik/ui-auth.yaml.j2). (add-on, host, path, answers with the login)
+BEHIND_THE_UI_LOGIN = [
+    ("traefik", "traefik", "/api/version", {"200"}),
+    ("monitoring", "prometheus", "/", {"200", "302"}),
+    ("storage", "longhorn", "/", {"200"}),
+]
+
+
+@pytest.mark.parametrize("addon, name, path, ok", BEHIND_THE_UI_LOGIN)
+def test_uis_without_a_login_of_their_own_ask_for_the_ui_login(addons_status, router, cluster, ui_login, addon,
+                                                                name, path, ok):
+    _enabled(cluster, addon)
+    if name == "longhorn" and not storage_facts(cluster)["longhorn"]:
+        pytest.skip("no node has a storage_device: local-path, no Longhorn UI")
+    host_name, ip = f"{name}.{cluster.domain}", str(cluster.network.ingress_ip)
+    assert _http(router, host_name, ip, "https", path) == "401", f"https://{host_name}{path} answered without a login"
+    assert _http(router, host_name, ip, "https", path, login="admin:not-the-password") == "401"
+    code = _http(router, host_name, ip, "https", path, login=ui_login)
+    assert code in ok, f"https://{host_name}{path} answered {code} with the UI login"
+    # Not on plain HTTP, where the password would cross the LAN in clear.
+    assert _http(router, host_name, ip, "http", path, login=ui_login) == "404", f"http://{host_name}{path} is served"
+
+
 @pytest.mark.parametrize("addon, name, scheme, ok", [
-    ("traefik", "traefik", "http", {"404", "200", "302"}),  # the dashboard lives under /dashboard/
-    ("monitoring", "grafana", "http", {"200", "302"}),
-    ("monitoring", "prometheus", "http", {"200", "302"}),
-    ("dashboard", "dashboard", "https", {"200"}),
+    ("monitoring", "grafana", "https", {"200", "302"}),  # Grafana's own login (addons grafana-password)
+    ("dashboard", "dashboard", "https", {"200"}),         # asks for a token (bake.py dashboard-token)
     ("demo", "httpd", "http", {"200"}),
     ("demo", "podinfo", "http", {"200"}),
 ])
 def test_ingress_hosts_answer_on_the_lan(addons_status, router, cluster, addon, name, scheme, ok):
-    if addon not in {s.name for s in selected(cluster, Catalog())}:
-        pytest.skip(f"add-on {addon} is not enabled")
+    _enabled(cluster, addon)
     code = _http(router, f"{name}.{cluster.domain}", str(cluster.network.ingress_ip), scheme)
     assert code in ok, f"{scheme}://{name}.{cluster.domain}/ answered {code}"
+    if scheme == "https":  # a UI with a login: not on plain HTTP
+        assert _http(router, f"{name}.{cluster.domain}", str(cluster.network.ingress_ip), "http") == "404"
 
 
-def test_traefik_dashboard_is_served(addons_status, router, cluster):
+def test_traefik_dashboard_is_served(addons_status, router, cluster, ui_login):
     host_name = f"traefik.{cluster.domain}"
-    out = router.run(f"curl -s --max-time 20 --resolve {host_name}:80:{cluster.network.ingress_ip} "
-                     f"http://{host_name}/api/version").stdout
+    out = router.run(f"curl -sk --max-time 20 -u {shlex.quote(ui_login)} --resolve"
+                     f" {host_name}:443:{cluster.network.ingress_ip} https://{host_name}/api/version").stdout
     assert "Version" in out
 
 

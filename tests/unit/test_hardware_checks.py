@@ -4,6 +4,7 @@ Pi, since no Pi is here: the same functions run on real hosts."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,3 +102,40 @@ def test_piwatch_on_mock_pins_on_a_real_pi_fails_and_names_the_missing_backend()
 @pytest.mark.parametrize("gpio, virt", [("lgpio", "none"), ("rpigpio", "none"), ("mock", "qemu"), ("mock", "kvm")])
 def test_piwatch_on_real_pins_or_mock_pins_in_a_vm_passes(gpio, virt):
     piwatch_gpio_check(*piwatch_on(gpio, virt), PIWATCH)
+
+
+# ---- The add-on UIs' login (tests/infra/test_addons.py) -------------------------------------
+
+class Ingress:
+    """A router asking the ingress with curl, answered as Traefik would (`open_to_all`: a UI
+    published without its login, the fault issue 18 #2 found)."""
+
+    def __init__(self, password: str, open_to_all: bool = False):
+        self.password, self.open_to_all = password, open_to_all
+
+    def run(self, command: str):
+        words = shlex.split(command)
+        url = words[-1]
+        login = words[words.index("-u") + 1] if "-u" in words else None
+        if url.startswith("http://"):
+            code = "200" if self.open_to_all else "404"  # the UI's route is on websecure only
+        elif self.open_to_all or login == f"admin:{self.password}":
+            code = "200"
+        else:
+            code = "401"
+        return SimpleNamespace(rc=0, stdout=code, stderr="")
+
+
+def test_make_verify_fails_when_a_ui_answers_without_the_login():
+    from ceil.config import parse_cluster
+    from tests.infra.test_addons import test_uis_without_a_login_of_their_own_ask_for_the_ui_login as ui_check
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                            "nodes: [{name: one, role: server}, {name: two}]\n")
+    ui_check({}, Ingress("s3cret"), cluster, "admin:s3cret", "monitoring", "prometheus", "/", {"200"})
+    with pytest.raises(AssertionError, match="answered without a login"):
+        ui_check({}, Ingress("s3cret", open_to_all=True), cluster, "admin:s3cret", "monitoring", "prometheus", "/",
+                 {"200"})
+    with pytest.raises(AssertionError, match="answered 401 with the UI login"):
+        ui_check({}, Ingress("another"), cluster, "admin:s3cret", "monitoring", "prometheus", "/", {"200"})

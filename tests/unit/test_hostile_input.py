@@ -259,7 +259,7 @@ def check_parses(files: dict[str, str], value: str, tmp: Path, baseline: str) ->
 
 
 def refused_well(path: str, value: str, message: str) -> None:
-    """The key named; a secret never shown; any other value shown (its start, as written, as
+    """The key named; a secret never shown (nor a URL's user and password); any other value shown (its start, as written, as
     repr or JSON escapes it, or as YAML or the check normalised it), so the user sees which of
     their values was meant."""
     key = path.replace(".0", "").replace(".1", "")
@@ -268,6 +268,8 @@ def refused_well(path: str, value: str, message: str) -> None:
         if len(value) >= 4:
             assert value not in message, f"{path}: the secret is shown in the error"
         return
+    if "@" in value and "USER:…@" in message:  # a URL's credential: shown is only what follows it
+        value = value.rsplit("@", 1)[1]
     if value.strip():
         start = value.strip()[:12]
         bases = {start, start.lower(), start.lower().replace("-", ":")}  # (a MAC is shown lowercased, with colons)
