@@ -55,7 +55,8 @@ def check_public_key(line: str) -> str:
             " (expected ssh-ed25519, ecdsa-sha2-*, ssh-rsa or sk-*)"
         ) from None
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{_short(line)!r} does not parse as an SSH public key ({e})") from None
+        raise ValueError(f"{_short(line)!r} does not parse as an SSH public key ({e}): copy the whole line of"
+                         " your .pub file again, e.g. the contents of ~/.ssh/id_ed25519.pub") from None
     return line
 
 

@@ -484,7 +484,8 @@ class DDNS(Model):
                     " (api_token: a Cloudflare token scoped to Zone.DNS edit, e.g. ${CLOUDFLARE_API_TOKEN})"
                 )
             if not (self.record == self.zone or self.record.endswith("." + self.zone)):
-                raise ValueError(f"ddns.record {self.record!r} is not inside ddns.zone {self.zone!r}")
+                raise ValueError(f"ddns.record {self.record!r} is not inside ddns.zone {self.zone!r}: the record is"
+                                 f" the zone itself or a name under it, e.g. home.{self.zone}")
         return self
 
 

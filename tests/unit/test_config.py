@@ -668,3 +668,12 @@ def test_the_readmes_defaults_are_what_the_code_gives():
 
     example = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster.example.yaml").read_text())
     assert [n["ip"] for n in example["nodes"]][:2] == ["10.42.0.11", "10.42.0.12"]
+
+
+def test_a_short_value_and_an_apostrophe_in_the_fix_are_not_taken_for_a_long_value():
+    """The fuzz found an SSID refused with its fix cut out: the closing quote of 'Home\\n' and the
+    apostrophe of "the network's name" were shortened as one quoted value of 125 characters."""
+    msg = error(BASE.replace("type: ethernet", "type: wifi, wifi: {ssid: \"Home\\n\", psk: correct-horse-battery,"
+                                                " country: DE}"))
+    assert "write the network's name as your devices show it, on one line" in " ".join(msg.split()), msg
+    assert "characters)" not in msg, msg
