@@ -17,7 +17,7 @@ from .fit import fit_problems, fit_warnings
 from .render import plan_json
 
 JOB_DIR = Path(__file__).parent / "job"
-JOB_FILES = ("__init__.py", "__main__.py", "apply.py", "kube.py", "status.py")
+JOB_FILES = ("__init__.py", "__main__.py", "apply.py", "charts.py", "kube.py", "status.py")
 GRAFANA_PASSWORD = "grafana-admin-password"
 # The login in front of the add-on UIs that have none of their own (Longhorn, Prometheus, the
 # Traefik dashboard): a Traefik basic-auth middleware. The workstation keeps the password; the

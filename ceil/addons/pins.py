@@ -6,8 +6,8 @@ pinned yet; each pin is read from the registry by `python bake.py addons pins --
 or, where no registry can be asked, taken from public records that agree, which its `source`
 names; never made up). Rendering
 turns a pinned image `name:tag` into `name:tag@sha256:...`, which containerd then refuses to run
-with other bytes. Charts: helm-controller takes a repo, chart and version, not a digest, so a
-chart pin is checked (`--check`), not enforced at install.
+with other bytes. A pinned chart's HelmChart is marked with its digest: the add-on job downloads
+the archive, refuses other bytes, and gives helm-controller the archive itself (job/charts.py).
 
 The check asks each registry over the distribution API (HEAD /v2/<name>/manifests/<tag>, with
 the anonymous bearer token flow Docker Hub and ghcr.io use) and each chart repository's
@@ -180,6 +180,16 @@ def apply_image_pins(manifests: list[dict], pins: Pins) -> None:
     for doc in manifests:
         for c in _containers(doc):
             c["image"] = pins.pinned_image(str(c["image"]))
+
+
+def apply_chart_pins(manifests: list[dict], pins: Pins) -> None:
+    """Mark every HelmChart whose chart is pinned with its digest: the job fetches the archive,
+    checks it and installs those bytes (ceil/addons/job/charts.py)."""
+    from .job.charts import CHART_PIN
+
+    for doc in manifests:
+        if doc.get("kind") == "HelmChart" and (key := chart_key(doc.get("spec") or {})) and pins.charts.get(key):
+            doc.setdefault("metadata", {}).setdefault("annotations", {})[CHART_PIN] = pins.charts[key]
 
 
 # ---- asking the registries -------------------------------------------------------------------

@@ -20,7 +20,7 @@ from .. import escaping, yamlfile
 from ..features import template_bytecode_cache
 from ..errors import CeilError
 from .catalog import AddonSpec, Catalog, selected
-from .pins import Pins, apply_image_pins
+from .pins import Pins, apply_chart_pins, apply_image_pins
 
 PLAN_FORMAT = 1
 LONGHORN_DATA_PATH = "/var/lib/longhorn"
@@ -131,6 +131,7 @@ def render_addon(cluster: Cluster, spec: AddonSpec, catalog: Catalog, pins: Pins
         for name in step.templates:
             manifests += _render_docs(env, name, ctx, f"addons/{spec.name}/{name}")
         apply_image_pins(manifests, pins)  # name:tag -> name:tag@sha256:... where pinned
+        apply_chart_pins(manifests, pins)  # the job installs only the pinned archive
         secrets = [s.model_dump(exclude_none=True) for s in step.secrets]
         out.steps.append(RenderedStep(manifests, secrets, step.wait_for.model_dump()))
     return out

@@ -42,7 +42,9 @@ def test_server_payload_has_the_job_the_plan_and_the_grafana_secret(tmp_path):
     assert "ceil-addons.service" in payload.units
     plan = json.loads((dest / "etc" / "addons.json").read_text())
     assert plan["nodes"] == ["ceil-one", "ceil-two", "ceil-three"]
-    for name in ("kube.py", "apply.py", "__main__.py"):
+    from ceil.addons.hooks import JOB_FILES
+
+    for name in JOB_FILES:
         shipped = (dest / "lib" / "addons_job" / name).read_text()
         source = (Path(__file__).parents[2] / "ceil" / "addons" / "job" / name).read_text()
         assert shipped.rstrip("\n") == source.rstrip("\n")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import charts
 from .kube import ApiError, KubeApi, NotServed
 from .status import StatusFile
 
@@ -53,8 +54,10 @@ class Applier:
                  status: StatusFile | None = None, poll_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print,
+                 chart_get: Callable[[str, int], bytes] = charts._get):
         self.api = api
+        self.chart_get = chart_get
         self.secret_reader = secret_reader
         self.status = status or StatusFile(None)
         self.poll_seconds = poll_seconds
@@ -121,7 +124,11 @@ class Applier:
             # Namespaces, then the step's Secrets (charts may name them), then the rest.
             namespaces = [m for m in step["manifests"] if m["kind"] == "Namespace"]
             secrets = [self._secret_manifest(s) for s in step.get("secrets", [])]
-            rest = [m for m in step["manifests"] if m["kind"] != "Namespace"]
+            # Pinned charts fetched and checked before anything of the step is applied.
+            try:
+                rest = [charts.pinned_chart(m, self.chart_get) for m in step["manifests"] if m["kind"] != "Namespace"]
+            except charts.ChartRefused as e:
+                raise StepFailed(str(e)) from None
             for obj in namespaces + secrets + rest:
                 note = self.apply_object(obj, deadline)
                 if note:
