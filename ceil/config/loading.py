@@ -300,10 +300,11 @@ def parse_cluster(text: str, source: str = "cluster.yaml", env_optional: bool = 
 
 # A value quoted in a message, longer than anything a key takes (a pasted blob of thousands of
 # characters filled the screen, the key and the fix lost among it): shown by its start and length.
-# A quote opens at the start or after a space, bracket, `=` or `,`, and closes before the end, a
-# space or punctuation: otherwise a short value's closing quote and an apostrophe in the fix
-# ("the network's name") were taken for a long value, and the fix was cut out.
-LONG_QUOTED_RE = re.compile(r"""(?<![^\s(\[=,])(?:'[^'\n]{100,}'|"[^"\n]{100,}")(?![^\s:,;.)\]])""")
+# A quote opens at the start or after a space, bracket, brace, `=`, `,`, `:` or backtick, and
+# closes before the end, a space or punctuation; inside, repr's backslash escapes (a value with
+# both quote kinds) are part of the value. Otherwise a short value's closing quote and an
+# apostrophe in the fix ("the network's name") were taken for a long value, and the fix was cut.
+LONG_QUOTED_RE = re.compile(r"""(?<![^\s(\[{=,:`])(?:'(?:[^'\\\n]|\\.){100,}'|"(?:[^"\\\n]|\\.){100,}")(?![^\s:,;.!?)\]}`])""")
 
 
 def _shortened(line: str) -> str:

@@ -56,7 +56,7 @@ def test_reboot_then_reset_then_remove_k3s_through_the_vpn(nodes, cluster, tmp_p
             try:
                 seen = ws.run(*kubectl, "get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}"
                               " {.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}")
-            except RuntimeError:  # the API is away while the server restarts
+            except (RuntimeError, subprocess.TimeoutExpired):  # the API is away while the server restarts
                 return False
             ready = dict(line.split() for line in seen.splitlines() if line.strip())
             return all(ready.get(cluster.hostname(n)) == "True" for n in names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import http.client
 import http.server
 import os
 import threading
@@ -105,7 +106,7 @@ def test_other_bytes_under_the_pinned_version_fail_the_addon_before_anything_is_
         report = make_applier(api, tmp_path, FakeTime()).run(plan, node_timeout=600)
         said = report.messages["metallb"]
         assert report.states["metallb"] == "failed", report.messages
-        assert f"not the pinned {DIGEST}" in said and "addons pins --check --write" in said, said
+        assert f"not the pinned {DIGEST}" in said and "addons pins --check" in said and "--check --write" in said, said
         assert not [n for n in api.applied_names() if n in ("HelmChart/metallb", "Namespace/metallb-system")]
         assert all(report.states[a["name"]] != "ready" for a in plan["addons"] if "metallb" in a["depends_on"])
 
@@ -145,3 +146,26 @@ def test_the_job_ships_every_module_of_its_package():
     assert set(JOB_FILES) == {p.name for p in package.glob("*.py")}
     templates = Path(__file__).resolve().parents[2] / "firstboot/addons/lib/addons_job"
     assert {p.name.removesuffix(".j2") for p in templates.glob("*.py.j2")} == set(JOB_FILES)
+
+
+@pytest.mark.parametrize("answer", [
+    b"<html><body>Not a chart repository</body></html>",  # a captive portal's page, served with 200
+    b"- a\n- list\n",
+    b"entries: [metallb]\n",
+    b"entries: {metallb: [just-a-string]}\n",
+    b"entries: {metallb: [{version: [", # cut off mid-document
+    http.client.IncompleteRead(b"entries:"),  # the connection dropped mid-body
+    ValueError("unknown url type"),
+], ids=["html", "list", "entries-list", "entry-string", "truncated", "dropped", "bad-url"])
+def test_a_broken_index_or_connection_is_a_refusal_not_a_crash(answer):
+    """The job catches ChartRefused (the add-on fails, the next run tries again); anything else
+    escaped it as a traceback, leaving the add-on "applying" and the later ones untried (review)."""
+    def get(url: str, limit: int) -> bytes:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    obj = {"kind": "HelmChart", "metadata": {"name": "metallb", "annotations": {charts.CHART_PIN: DIGEST}},
+           "spec": {"repo": "https://charts.example", "chart": "metallb", "version": "0.15.2"}}
+    with pytest.raises(charts.ChartRefused, match="chart metallb 0.15.2"):
+        charts.pinned_chart(obj, get)

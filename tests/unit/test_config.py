@@ -677,3 +677,16 @@ def test_a_short_value_and_an_apostrophe_in_the_fix_are_not_taken_for_a_long_val
                                                 " country: DE}"))
     assert "write the network's name as your devices show it, on one line" in " ".join(msg.split()), msg
     assert "characters)" not in msg, msg
+
+
+def test_a_long_value_holding_both_quote_kinds_is_still_shortened():
+    """repr writes it in single quotes with \\' escapes inside (review of the change above)."""
+    msg = error(BASE + "nodes: [{name: " + json.dumps("it's \"q\" " + "y" * 300) + ", role: server}]\n")
+    line = next(line for line in msg.splitlines() if "nodes[0].name" in line)
+    assert "characters)" in line and len(line) < 400, line
+
+
+def test_a_flavor_name_too_long_for_a_file_name_is_refused_by_name():
+    """300 characters raised OSError (file name too long) instead of a refusal (review)."""
+    msg = error(BASE + f"flavor: {'f' * 300}\n")
+    assert "is not a known base image" in msg and "flavors for a Raspberry Pi" in msg, msg

@@ -120,15 +120,16 @@ class Applier:
         if not addon["steps"]:
             return ["nothing to apply"]
         for step in addon["steps"]:
-            deadline = self.clock() + step["wait_for"].get("timeout_seconds", 900)
-            # Namespaces, then the step's Secrets (charts may name them), then the rest.
-            namespaces = [m for m in step["manifests"] if m["kind"] == "Namespace"]
-            secrets = [self._secret_manifest(s) for s in step.get("secrets", [])]
-            # Pinned charts fetched and checked before anything of the step is applied.
+            # Pinned charts fetched and checked before anything of the step is applied, and
+            # before its wait starts (a big repository index takes a while on a Pi).
             try:
                 rest = [charts.pinned_chart(m, self.chart_get) for m in step["manifests"] if m["kind"] != "Namespace"]
             except charts.ChartRefused as e:
                 raise StepFailed(str(e)) from None
+            deadline = self.clock() + step["wait_for"].get("timeout_seconds", 900)
+            # Namespaces, then the step's Secrets (charts may name them), then the rest.
+            namespaces = [m for m in step["manifests"] if m["kind"] == "Namespace"]
+            secrets = [self._secret_manifest(s) for s in step.get("secrets", [])]
             for obj in namespaces + secrets + rest:
                 note = self.apply_object(obj, deadline)
                 if note:
