@@ -248,11 +248,12 @@ def test_custom_resources_are_accepted_by_their_real_crds(lab, kubeconfig, works
     assert refused.returncode != 0 and "nmae" in refused.stderr, refused.stderr
 
 
-def test_a_pinned_chart_reaches_helm_controller_as_the_archive_the_job_checked(lab, kubeconfig, plan, tmp_path):
+def test_a_pinned_chart_reaches_helm_controller_as_the_archive_the_job_checked(first_run, kubeconfig, plan, tmp_path):
     """Issue 18 #10: with a digest pinned, the job downloads the chart (here from a repository on
     127.0.0.1), checks it and applies it as chartContent; k3s's real helm-controller takes that
-    HelmChart (no repo, chart or version), keeps the archive in its chart-content ConfigMap and
-    makes the install Job with nothing to fetch from the repository."""
+    HelmChart, keeps the archive in its chart-content ConfigMap and makes the install Job with
+    nothing to fetch from the repository. The chart is the one the first run applied unpinned:
+    the server-side apply drops its repo, chart and version (one field manager)."""
     import base64
     import copy
     import hashlib
@@ -261,28 +262,36 @@ def test_a_pinned_chart_reaches_helm_controller_as_the_archive_the_job_checked(l
 
     from ceil.addons.job.charts import CHART_PIN
 
+    assert first_run[0].returncode == 0
+    pinned = copy.deepcopy(plan)
+    chart = next(m for m in plan_objects(pinned) if m["kind"] == "HelmChart")
+    name, version = chart["metadata"]["name"], chart["spec"]["version"]
     archive = b"\x1f\x8b" + bytes(range(256)) * 8  # helm-controller stores it; no pod unpacks it here
     repo = tmp_path / "repo"
     repo.mkdir()
-    (repo / "pinned-chart-1.0.0.tgz").write_bytes(archive)
-    (repo / "index.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "entries": {"pinned-chart": [
-        {"name": "pinned-chart", "version": "1.0.0", "urls": ["pinned-chart-1.0.0.tgz"]}]}}))
+    (repo / f"{name}-{version}.tgz").write_bytes(archive)
+    (repo / "index.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "entries": {chart["spec"]["chart"]: [
+        {"name": chart["spec"]["chart"], "version": version, "urls": [f"{name}-{version}.tgz"]}]}}))
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(repo)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    pinned = copy.deepcopy(plan)
-    chart = next(m for m in plan_objects(pinned) if m["kind"] == "HelmChart")
-    chart["metadata"]["name"] = chart["spec"]["chart"] = "pinned-chart"
     chart["metadata"].setdefault("annotations", {})[CHART_PIN] = "sha256:" + hashlib.sha256(archive).hexdigest()
-    chart["spec"].update(repo=f"http://127.0.0.1:{server.server_address[1]}/", version="1.0.0")
+    chart["spec"]["repo"] = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
         done, status = run_job(pinned, kubeconfig, tmp_path / "job")
     finally:
         server.shutdown()
     assert done.returncode == 0, done.stdout + done.stderr
-    job = install_job(kubeconfig, "pinned-chart")
-    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-    assert not [v for v in env.values() if v and "127.0.0.1" in v], env  # nothing to fetch from the repository
-    content = json.loads(kubectl(kubeconfig, "get", "configmap", "-n", "kube-system", "chart-content-pinned-chart",
+    live = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", name, "-o", "json").stdout)
+    assert not {"repo", "chart", "version"} & set(live["spec"]), live["spec"]
+    content = json.loads(kubectl(kubeconfig, "get", "configmap", "-n", "kube-system", f"chart-content-{name}",
                                  "-o", "json").stdout)
-    assert base64.b64decode(content["data"]["pinned-chart.tgz.base64"]) == archive
+    assert base64.b64decode(content["data"][f"{name}.tgz.base64"]) == archive
+    deadline = time.monotonic() + 120  # helm-controller replaces the Job made from the unpinned chart
+    while True:
+        job = install_job(kubeconfig, name)
+        env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        if not [v for v in env.values() if v and "charts.invalid" in v] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not [v for v in env.values() if v and ("127.0.0.1" in v or "charts.invalid" in v)], env
