@@ -295,3 +295,32 @@ def test_a_pinned_chart_reaches_helm_controller_as_the_archive_the_job_checked(f
             break
         time.sleep(2)
     assert not [v for v in env.values() if v and ("127.0.0.1" in v or "charts.invalid" in v)], env
+
+
+def test_delete_takes_what_the_job_applied_and_spares_a_users_object_of_the_same_name(first_run, kubeconfig,
+                                                                                     plan):
+    """`bake.py addons delete` (`make all-delete`, the first half of `make teardown`) against the
+    real API server, after the job applied the plan: dependants first, every object gone (the
+    HelmChart held by helm-controller's finalizer for its uninstall Job, which needs a node: marked
+    for deletion); for an add-on not enabled any more (`only_ours`), an object of that name that
+    the user made (no ceil label) is left alone. Last in this file: it empties what the others read."""
+    from ceil.addons.job.apply import Applier
+    from ceil.addons.job.kube import KubeApi, KubeconfigTransport
+
+    assert first_run[0].returncode == 0
+    applier = Applier(KubeApi(KubeconfigTransport(str(kubeconfig))), log=lambda m: None)
+    after = next(a for a in plan["addons"] if a["name"] == "after")
+    mine = next(m for s in after["steps"] for m in s["manifests"] if m["kind"] == "ConfigMap")
+    name, ns = mine["metadata"]["name"], mine["metadata"]["namespace"]
+    kubectl(kubeconfig, "delete", "configmap", "-n", ns, name)
+    kubectl(kubeconfig, "create", "configmap", "-n", ns, name, "--from-literal=owner=the-user")
+    assert applier.delete_addon(after, only_ours=True) == []
+    assert "the-user" in kubectl(kubeconfig, "get", "configmap", "-n", ns, name, "-o", "json").stdout
+    gone = [w for addon in reversed(plan["addons"]) for w in applier.delete_addon(addon)]
+    assert f"ConfigMap {ns}/{name}" in gone and "CustomResourceDefinition widgets.fast.ceil.test" in gone, gone
+    for kind, obj in (("configmap", name), ("widgets.fast.ceil.test", "first")):
+        left = kubectl(kubeconfig, "get", kind, "-n", ns, obj, "-o", "json", check=False)
+        assert left.returncode != 0 or json.loads(left.stdout)["metadata"].get("deletionTimestamp"), (kind, left.stdout)
+    chart = json.loads(kubectl(kubeconfig, "get", "helmchart", "-n", "kube-system", "fast-chart", "-o", "json",
+                               check=False).stdout or "{}")
+    assert not chart or chart["metadata"].get("deletionTimestamp"), chart
