@@ -3,8 +3,9 @@
 With stern (github.com/stern/stern, maintained; kail is not) a QUERY is a pod-name pattern or a
 label selector, and new pods are picked up as they start. Without it, kubectl follows the pods a
 label selector names (QUERY must then be a selector such as app.kubernetes.io/name=podinfo, the
-demo's), each line prefixed by its pod. So a selector works either way. Both use the baked admin
-kubeconfig.
+demo's), each line prefixed by its pod; `kubectl logs` takes one namespace only, so without -n the
+namespaces of the matching pods are asked first and each is followed by a kubectl of its own. So a
+selector works either way. Both use the baked admin kubeconfig.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ STERN_HINT = ("stern follows pods by name pattern: `brew install stern`, or `go 
 
 def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: str, stern: str | None,
               kubectl: str | None) -> list[str]:
+    """The command that follows QUERY's pods: stern's, or kubectl's in `namespace` (kubectl logs
+    has no --all-namespaces: without -n, see namespaces_of and logs_argvs)."""
     scope = ["--all-namespaces"] if namespace is None else ["--namespace", namespace]
     if stern:
         # a selector (it has "=") means the same with stern as with kubectl; else a name pattern
@@ -39,8 +42,34 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
     if "=" not in query:
         raise CeilError(f"without stern, QUERY must be a label selector such as {DEMO_SELECTOR} (got {query!r});"
                         f" {STERN_HINT}")
+    if namespace is None:
+        raise ValueError("kubectl logs follows one namespace: ask namespaces_of first")
     return [kubectl, "--kubeconfig", kubeconfig, "logs", "--follow", "--prefix", "--all-containers",
-            "--max-log-requests", "20", "--since", since, "--selector", query, *scope]
+            "--max-log-requests", "20", "--since", since, "--selector", query, "--namespace", namespace]
+
+
+def namespaces_of(kubeconfig: str, selector: str, kubectl: str) -> list[str]:
+    """The namespaces holding a pod that `selector` matches, asked of the API."""
+    done = subprocess.run([kubectl, "--kubeconfig", kubeconfig, "--request-timeout=20s", "get", "pods",
+                           "--all-namespaces", "--selector", selector, "-o",
+                           "jsonpath={range .items[*]}{.metadata.namespace}{'\\n'}{end}"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CeilError(f"kubectl could not list the pods {selector} selects: {done.stderr.strip()}")
+    return sorted(set(done.stdout.split()))
+
+
+def logs_argvs(kubeconfig: str, query: str | None, namespace: str | None, since: str, stern: str | None,
+               kubectl: str | None) -> list[list[str]]:
+    """One command, or without stern and without -n one kubectl per namespace QUERY's pods are in."""
+    if stern or namespace is not None:
+        return [logs_argv(kubeconfig, query, namespace, since, stern, kubectl)]
+    logs_argv(kubeconfig, query, "-", since, stern, kubectl)  # its refusals first, before asking the API
+    found = namespaces_of(kubeconfig, query, kubectl)
+    if not found:
+        raise CeilError(f"no pod in any namespace matches {query}: `python bake.py logs` follows running pods;"
+                        f" check the selector with kubectl get pods -A -l {query}")
+    return [logs_argv(kubeconfig, query, ns, since, stern, kubectl) for ns in found]
 
 
 def _duration(value: str) -> str:
@@ -62,8 +91,16 @@ def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, si
     also a pod-name pattern, or nothing for every pod. Ctrl-C stops."""
     obj = Context(config_path, secrets_path, kubeconfig_path)
     with obj.kubeconfig_path() as kubeconfig:
-        argv = logs_argv(kubeconfig, query, namespace, since, shutil.which("stern"), shutil.which("kubectl"))
+        argvs = logs_argvs(kubeconfig, query, namespace, since, shutil.which("stern"), shutil.which("kubectl"))
+        if len(argvs) == 1:
+            try:
+                raise SystemExit(subprocess.run(argvs[0]).returncode)
+            except KeyboardInterrupt:
+                raise SystemExit(0) from None
+        procs = [subprocess.Popen(argv) for argv in argvs]  # their lines interleave, each with its pod
         try:
-            raise SystemExit(subprocess.run(argv).returncode)
+            raise SystemExit(max(p.wait() for p in procs))
         except KeyboardInterrupt:
+            for p in procs:
+                p.terminate()
             raise SystemExit(0) from None

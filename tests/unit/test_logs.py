@@ -65,3 +65,37 @@ def test_since_takes_a_duration_or_says_what_one_is(since, good, tmp_path):
         assert "is not a duration" not in result.output
     else:
         assert result.exit_code == 2 and "is not a duration" in result.output and "1h30m" in result.output
+
+
+def test_without_stern_and_without_a_namespace_each_namespace_gets_its_own_kubectl(tmp_path):
+    """`kubectl logs` has no --all-namespaces (`make logs Q=...` without NS failed with "unknown
+    flag" wherever stern was missing): the pods' namespaces are asked first, one kubectl each."""
+    kubectl = tmp_path / "kubectl"  # answers `get pods -A -l ...` as the API would: one line per pod
+    kubectl.write_text("#!/bin/sh\ncase \"$*\" in *'get pods --all-namespaces'*) printf 'demo\\nshop\\ndemo\\n' ;;"
+                       " *) exit 9 ;; esac\n")
+    kubectl.chmod(0o755)
+    argvs = logs.logs_argvs("/k", "app=web", None, "10m", None, str(kubectl))
+    assert [a[-2:] for a in argvs] == [["--namespace", "demo"], ["--namespace", "shop"]]
+    assert all("--all-namespaces" not in a for a in argvs)
+    kubectl.write_text("#!/bin/sh\nexit 0\n")  # no pod matches
+    with pytest.raises(CeilError, match="no pod in any namespace matches app=web"):
+        logs.logs_argvs("/k", "app=web", None, "10m", None, str(kubectl))
+
+
+def test_every_command_built_is_one_kubectl_parses(tmp_path):
+    """The flags checked by the real kubectl (its parser answers before any connection)."""
+    import shutil
+    import subprocess
+
+    real = shutil.which("kubectl")
+    if real is None:
+        pytest.skip("kubectl is not installed (make setup-test installs it)")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+                          "users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+                          "current-context: x\n")
+    argv = logs.logs_argv(str(kubeconfig), "app=web", "demo", "10m", None, real)
+    done = subprocess.run([*argv[:-6], "--request-timeout=2s", *argv[-6:]], capture_output=True, text=True, timeout=60)
+    assert "unknown flag" not in done.stderr and "connect" in done.stderr.lower(), done.stderr
+    with pytest.raises(CeilError, match="could not list the pods"):
+        logs.namespaces_of(str(kubeconfig), "app=web", real)
