@@ -25,7 +25,7 @@ from .catalog import Catalog, selected
 from .hooks import (GRAFANA_PASSWORD, KUBEWATCH_VALUES, UI_HTPASSWD, cluster_secret, grafana_password,
                     kubewatch_values, ui_htpasswd, ui_password)
 from .job.kube import ApiError
-from .render import build_plan, render_selected, write_rendered
+from .render import build_plan, embed_pinned_charts, render_selected, write_rendered
 
 
 class Context:
@@ -124,11 +124,14 @@ def list_command(obj: Context) -> None:
 @click.option("--check", is_flag=True, help="Also validate every manifest offline (kubernetes-validate).")
 @click.pass_obj
 def render_command(obj: Context, names, out_dir, check) -> None:
-    """Write the manifests of NAMES (default: the enabled add-ons), numbered in apply order."""
+    """Write the manifests of NAMES (default: the enabled add-ons), numbered in apply order. A
+    chart pinned in addons/pins.yaml is downloaded, checked and written into its HelmChart
+    (chartContent), so whoever applies the files (Flux) installs those bytes."""
     cluster = obj.cluster
     if names:
         check_settings_on(cluster, list(names))
     addons = render_selected(cluster, names=list(names) or None)
+    embed_pinned_charts(addons)  # whoever applies these files (Flux) gets the checked archives
     for path in write_rendered(addons, out_dir):
         click.echo(str(path))
     if check:

@@ -191,6 +191,20 @@ def plan_json(cluster: Cluster, catalog: Catalog | None = None) -> str:
     return json.dumps(build_plan(cluster, catalog), indent=1, sort_keys=True) + "\n"
 
 
+def embed_pinned_charts(addons: list[RenderedAddon], get=None) -> None:
+    """Each pinned chart's HelmChart with its checked archive as chartContent, as the server's job
+    applies it (job/charts.py): for manifests applied by someone else (Flux from `render --out`),
+    where helm-controller would otherwise fetch the chart by version and ignore the pin."""
+    from .job import charts
+
+    for addon in addons:
+        for step in addon.steps:
+            try:
+                step.manifests = [charts.pinned_chart(m, get or charts._get) for m in step.manifests]
+            except charts.ChartRefused as e:
+                raise CeilError(f"{addon.name}: {e}") from None
+
+
 def write_rendered(addons: list[RenderedAddon], out: Path) -> list[Path]:
     """One multi-document YAML file per add-on, numbered in apply order (for review or kubectl).
     The files of an earlier render go first: `kubectl apply -f out/addons` applied them too."""

@@ -169,3 +169,26 @@ def test_a_broken_index_or_connection_is_a_refusal_not_a_crash(answer):
            "spec": {"repo": "https://charts.example", "chart": "metallb", "version": "0.15.2"}}
     with pytest.raises(charts.ChartRefused, match="chart metallb 0.15.2"):
         charts.pinned_chart(obj, get)
+
+
+def test_render_out_embeds_the_checked_archive_for_flux_and_refuses_other_bytes(repo):
+    """`addons render --out` feeds Flux, whose helm-controller would fetch the chart by version
+    and never read the pin: the written HelmChart carries the archive the pin names."""
+    from ceil.addons.render import embed_pinned_charts
+    from ceil.errors import CeilError
+
+    url, publish = repo
+    c = cluster()
+    key = chart_key(next(m for a in render_selected(c, names=["metallb"], pins=Pins(images={}, charts={}))
+                         for m in a.manifests if m["kind"] == "HelmChart")["spec"])
+    rendered = render_selected(c, names=["metallb"], pins=Pins(images={}, charts={key: DIGEST}))
+    chart = next(m for a in rendered for m in a.manifests if m["kind"] == "HelmChart")
+    chart["spec"]["repo"] = url  # the publisher, here on 127.0.0.1
+    publish(chart["spec"]["version"])
+    embed_pinned_charts(rendered)
+    chart = next(m for a in rendered for m in a.manifests if m["kind"] == "HelmChart")
+    assert base64.b64decode(chart["spec"]["chartContent"]) == ARCHIVE and "repo" not in chart["spec"]
+    rendered = render_selected(c, names=["metallb"], pins=Pins(images={}, charts={key: "sha256:" + "0" * 64}))
+    next(m for a in rendered for m in a.manifests if m["kind"] == "HelmChart")["spec"]["repo"] = url
+    with pytest.raises(CeilError, match="metallb: chart metallb .* not the pinned sha256:0000"):
+        embed_pinned_charts(rendered)
