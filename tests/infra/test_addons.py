@@ -306,6 +306,29 @@ def test_a_release_is_promoted_on_the_load_testers_traffic_and_testers_reach_it_
         f"the A/B route did not reach the release under test: {reached}")
 
 
+def tunnel_connections(metrics: str) -> float | None:
+    """cloudflared's count of its live connections to Cloudflare's edge, from its /metrics text."""
+    found = [line.split()[-1] for line in metrics.splitlines() if line.startswith("cloudflared_tunnel_ha_connections")]
+    return float(found[0]) if found else None
+
+
+def test_the_tunnel_holds_its_connections_to_cloudflare(addons_status, kube, server, cluster):
+    """Issue 20 #5: every running connector holds at least one connection to Cloudflare's edge
+    (cloudflared's own gauge, read from its metrics port at the pod's address on the server node).
+    A connector that lost them can still look available for a while: /ready only turns it away."""
+    _enabled(cluster, "tunnel")
+    pods = [p for p in kube.list("v1", "Pod", "tunnel")
+            if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "cloudflared"]
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")]
+    assert running, f"no cloudflared pod runs in namespace tunnel ({len(pods)} found)"
+    for pod in running:
+        metrics = server.run(f"curl -s --max-time 10 http://{pod['status']['podIP']}:2000/metrics").stdout
+        held = tunnel_connections(metrics)
+        assert held is not None and held >= 1, (
+            f"{pod['metadata']['name']}: {held or 0} connections to Cloudflare (cloudflared_tunnel_ha_connections):"
+            " check tunnel.token (`kubectl -n tunnel logs deploy/cloudflared`)")
+
+
 def test_flux_is_in_sync_with_the_repository(addons_status, kube, cluster):
     """Issue 20 #4 (add-on gitops): the Kustomization applied the repository's last revision."""
     if not _enabled(cluster, "gitops"):

@@ -139,3 +139,43 @@ def test_make_verify_fails_when_a_ui_answers_without_the_login():
                  {"200"})
     with pytest.raises(AssertionError, match="answered 401 with the UI login"):
         ui_check({}, Ingress("another"), cluster, "admin:s3cret", "monitoring", "prometheus", "/", {"200"})
+
+
+# ---- The tunnel's connections (tests/infra/test_addons.py) ---------------------------------
+
+class Kube:
+    def __init__(self, pods):
+        self.pods = pods
+
+    def list(self, api_version, kind, namespace=None, field_selector=None):
+        return self.pods if (api_version, kind, namespace) == ("v1", "Pod", "tunnel") else []
+
+
+def connector(name: str, ip: str) -> dict:
+    return {"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "cloudflared"}},
+            "status": {"phase": "Running", "podIP": ip}}
+
+
+# What cloudflared's /metrics answers (its supervisor's gauge; other lines around it).
+METRICS = "# HELP cloudflared_tunnel_ha_connections Number of active ha connections\n" \
+          "# TYPE cloudflared_tunnel_ha_connections gauge\ncloudflared_tunnel_ha_connections {n}\n" \
+          "cloudflared_tunnel_total_requests 12\n"
+
+
+def test_make_verify_fails_when_a_tunnel_connector_holds_no_connection():
+    from ceil.config import parse_cluster
+    from tests.infra.test_addons import test_the_tunnel_holds_its_connections_to_cloudflare as tunnel_check
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                            "nodes: [{name: one, role: server}, {name: two}]\n"
+                            "tunnel: {enabled: true, token: " + "eyJh" + "A" * 80 + "}\n")
+    pods = Kube([connector("cloudflared-a", "10.52.0.7"), connector("cloudflared-b", "10.52.1.4")])
+    server = RecordedPi({"curl -s --max-time 10 http://10.52.0.7:2000/metrics": METRICS.format(n=4),
+                         "curl -s --max-time 10 http://10.52.1.4:2000/metrics": METRICS.format(n=4)})
+    tunnel_check({}, pods, server, cluster)
+    server.answers["curl -s --max-time 10 http://10.52.1.4:2000/metrics"] = METRICS.format(n=0)
+    with pytest.raises(AssertionError, match="cloudflared-b: 0 connections to Cloudflare"):
+        tunnel_check({}, pods, server, cluster)
+    with pytest.raises(AssertionError, match="no cloudflared pod runs"):
+        tunnel_check({}, Kube([]), server, cluster)
