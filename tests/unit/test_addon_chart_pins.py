@@ -153,10 +153,11 @@ def test_the_job_ships_every_module_of_its_package():
     b"- a\n- list\n",
     b"entries: [metallb]\n",
     b"entries: {metallb: [just-a-string]}\n",
+    b"entries: {metallb: 5}\n",
     b"entries: {metallb: [{version: [", # cut off mid-document
     http.client.IncompleteRead(b"entries:"),  # the connection dropped mid-body
     ValueError("unknown url type"),
-], ids=["html", "list", "entries-list", "entry-string", "truncated", "dropped", "bad-url"])
+], ids=["html", "list", "entries-list", "entry-string", "entry-number", "truncated", "dropped", "bad-url"])
 def test_a_broken_index_or_connection_is_a_refusal_not_a_crash(answer):
     """The job catches ChartRefused (the add-on fails, the next run tries again); anything else
     escaped it as a traceback, leaving the add-on "applying" and the later ones untried (review)."""

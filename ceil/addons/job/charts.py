@@ -91,7 +91,8 @@ def archive_url(repo: str | None, chart: str, version: str | None, get: Callable
     entries = index.get("entries") if isinstance(index, dict) else None
     if not isinstance(entries, dict):
         raise ChartRefused(f"chart {chart} {version}: {index_url} is not a chart repository's index (no entries)")
-    for entry in entries.get(chart) or []:
+    listed = entries.get(chart)
+    for entry in listed if isinstance(listed, list) else []:
         if isinstance(entry, dict) and str(entry.get("version")) == str(version) and entry.get("urls"):
             return urllib.parse.urljoin(index_url, str(entry["urls"][0]))
     raise ChartRefused(f"chart {chart} {version}: {index_url} lists no such version (removed upstream?)")
