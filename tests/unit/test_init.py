@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ceil.config import load_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,3 +240,21 @@ def test_interactive_init_asks_again_for_a_wrong_ssh_key_path(tmp_path, ssh_pubk
     assert said.count("Memory of each node in GiB") == 2, said
     assert load_cluster(tmp_path / "cluster.yaml").nodes[0].ram_gib == 4
     assert load_cluster(tmp_path / "cluster.yaml").ssh.authorized_keys == [ssh_pubkey]
+
+
+@pytest.mark.parametrize("typed, endpoint", [("", "ceil-router"), ("vpn.example.com:51820", "vpn.example.com:51820")])
+def test_interactive_init_asks_where_vpn_clients_dial(tmp_path, ssh_pubkey, typed, endpoint):
+    """Issue 19 #1: `init` asks for the VPN endpoint, defaulting to the router's name on the home
+    network, and the first client's config dials it."""
+    key = tmp_path / "id.pub"
+    key.write_text(ssh_pubkey + "\n")
+    answers = f"{key}\n4\n{typed}\n"  # key, the nodes' memory, the endpoint (Enter: the default)
+    r = subprocess.run([sys.executable, str(REPO / "bake.py"), "init", "--uplink", "ethernet", "--nodes", "1"],
+                       cwd=tmp_path, input=answers, capture_output=True, text=True,
+                       env={**__import__("os").environ, "HOME": str(tmp_path)})
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0, said
+    assert "VPN endpoint (the router's public name, or its name on your network) [ceil-router]" in said, said
+    assert load_cluster(tmp_path / "cluster.yaml").vpn.endpoint == endpoint
+    clients = list((tmp_path / "secrets").rglob("*.conf"))
+    assert clients and all(f"Endpoint = {endpoint}" in c.read_text() for c in clients), clients
