@@ -120,8 +120,12 @@ class Flavor(_Model):
         return self.partitions.boot.mount or "/boot/firmware"
 
 
+def _names(images_dir: Path) -> set[str]:
+    return {p.stem for p in images_dir.glob("*.yaml")}
+
+
 def available(images_dir: Path = IMAGES_DIR) -> list[str]:
-    return sorted(p.stem for p in images_dir.glob("*.yaml"))
+    return sorted(_names(images_dir))
 
 
 def for_pis(images_dir: Path = IMAGES_DIR) -> list[str]:
@@ -133,7 +137,7 @@ def unknown_flavor(name: str, images_dir: Path = IMAGES_DIR) -> str | None:
     """Why `name` is no flavor (cluster.yaml's check and load_flavor's), or None. Looked up among
     the folder's files, not opened by name: a name of 300 characters made the file system refuse
     the path (a traceback)."""
-    if name in {p.stem for p in images_dir.glob("*.yaml")}:
+    if name in _names(images_dir):
         return None
     return (f"{name!r} is not a known base image; flavors for a Raspberry Pi: {', '.join(for_pis(images_dir))}"
             f" (each is a file in {images_dir}; `python bake.py flavors` describes them)")

@@ -34,6 +34,15 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
         # a selector (it has "=") means the same with stern as with kubectl; else a name pattern
         target = ["--selector", query, "."] if query and "=" in query else [query or "."]
         return [stern, "--kubeconfig", kubeconfig, *scope, "--since", since, *target]
+    check_kubectl_can(query, kubectl)
+    if namespace is None:
+        raise ValueError("kubectl logs follows one namespace: ask namespaces_of first")
+    return [kubectl, "--kubeconfig", kubeconfig, "logs", "--follow", "--prefix", "--all-containers",
+            "--max-log-requests", "20", "--since", since, "--selector", query, "--namespace", namespace]
+
+
+def check_kubectl_can(query: str | None, kubectl: str | None) -> None:
+    """What kubectl, without stern, cannot follow: refused with what to do instead."""
     if not kubectl:
         raise CeilError(f"neither stern nor kubectl found: {STERN_HINT}; kubectl: `python bake.py doctor`")
     if query is None:
@@ -42,10 +51,6 @@ def logs_argv(kubeconfig: str, query: str | None, namespace: str | None, since: 
     if "=" not in query:
         raise CeilError(f"without stern, QUERY must be a label selector such as {DEMO_SELECTOR} (got {query!r});"
                         f" {STERN_HINT}")
-    if namespace is None:
-        raise ValueError("kubectl logs follows one namespace: ask namespaces_of first")
-    return [kubectl, "--kubeconfig", kubeconfig, "logs", "--follow", "--prefix", "--all-containers",
-            "--max-log-requests", "20", "--since", since, "--selector", query, "--namespace", namespace]
 
 
 def namespaces_of(kubeconfig: str, selector: str, kubectl: str) -> list[str]:
@@ -64,7 +69,7 @@ def logs_argvs(kubeconfig: str, query: str | None, namespace: str | None, since:
     """One command, or without stern and without -n one kubectl per namespace QUERY's pods are in."""
     if stern or namespace is not None:
         return [logs_argv(kubeconfig, query, namespace, since, stern, kubectl)]
-    logs_argv(kubeconfig, query, "-", since, stern, kubectl)  # its refusals first, before asking the API
+    check_kubectl_can(query, kubectl)  # before asking the API
     found = namespaces_of(kubeconfig, query, kubectl)
     if not found:
         raise CeilError(f"no pod in any namespace matches {query}: `python bake.py logs` follows running pods;"
@@ -92,11 +97,6 @@ def logs_command(config_path: Path, secrets_path, kubeconfig_path, namespace, si
     obj = Context(config_path, secrets_path, kubeconfig_path)
     with obj.kubeconfig_path() as kubeconfig:
         argvs = logs_argvs(kubeconfig, query, namespace, since, shutil.which("stern"), shutil.which("kubectl"))
-        if len(argvs) == 1:
-            try:
-                raise SystemExit(subprocess.run(argvs[0]).returncode)
-            except KeyboardInterrupt:
-                raise SystemExit(0) from None
         procs = [subprocess.Popen(argv) for argv in argvs]  # their lines interleave, each with its pod
         try:
             raise SystemExit(max(p.wait() for p in procs))

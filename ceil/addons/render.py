@@ -191,7 +191,7 @@ def plan_json(cluster: Cluster, catalog: Catalog | None = None) -> str:
     return json.dumps(build_plan(cluster, catalog), indent=1, sort_keys=True) + "\n"
 
 
-def embed_pinned_charts(addons: list[RenderedAddon], get=None) -> None:
+def embed_pinned_charts(addons: list[RenderedAddon]) -> None:
     """Each pinned chart's HelmChart with its checked archive as chartContent, as the server's job
     applies it (job/charts.py): for manifests applied by someone else (Flux from `render --out`),
     where helm-controller would otherwise fetch the chart by version and ignore the pin."""
@@ -200,7 +200,7 @@ def embed_pinned_charts(addons: list[RenderedAddon], get=None) -> None:
     for addon in addons:
         for step in addon.steps:
             try:
-                step.manifests = [charts.pinned_chart(m, get or charts._get) for m in step.manifests]
+                step.manifests = [charts.pinned_chart(m) for m in step.manifests]
             except charts.ChartRefused as e:
                 raise CeilError(f"{addon.name}: {e}") from None
 

@@ -46,7 +46,7 @@ def test_the_command_runs_it_with_the_baked_kubeconfig(tmp_path, monkeypatch):
     (tmp_path / "out/kubeconfig").write_text("apiVersion: v1\n")
     ran = []
     monkeypatch.setattr(logs.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "stern" else None)
-    monkeypatch.setattr(logs.subprocess, "run", lambda argv: ran.append(argv) or type("R", (), {"returncode": 0})())
+    monkeypatch.setattr(logs.subprocess, "Popen", lambda argv: ran.append(argv) or type("P", (), {"wait": lambda self: 0})())
     result = CliRunner().invoke(logs.logs_command, ["--config", str(tmp_path / "cluster.yaml"), "-n", "demo", "httpd"])
     assert result.exit_code == 0, result.output
     assert ran == [["/usr/bin/stern", "--kubeconfig", str((tmp_path / "out/kubeconfig").resolve()),

@@ -54,10 +54,8 @@ class Applier:
                  status: StatusFile | None = None, poll_seconds: float = 5.0,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
-                 log: Callable[[str], None] = print,
-                 chart_get: Callable[[str, int], bytes] = charts._get):
+                 log: Callable[[str], None] = print):
         self.api = api
-        self.chart_get = chart_get
         self.secret_reader = secret_reader
         self.status = status or StatusFile(None)
         self.poll_seconds = poll_seconds
@@ -123,7 +121,7 @@ class Applier:
             # Pinned charts fetched and checked before anything of the step is applied, and
             # before its wait starts (a big repository index takes a while on a Pi).
             try:
-                rest = [charts.pinned_chart(m, self.chart_get) for m in step["manifests"] if m["kind"] != "Namespace"]
+                rest = [charts.pinned_chart(m) for m in step["manifests"] if m["kind"] != "Namespace"]
             except charts.ChartRefused as e:
                 raise StepFailed(str(e)) from None
             deadline = self.clock() + step["wait_for"].get("timeout_seconds", 900)

@@ -55,8 +55,10 @@ def pinned_chart(obj: dict[str, Any], get: Callable[[str, int], bytes] = _get) -
         return obj
     spec = obj.get("spec") or {}
     chart, repo, version = str(spec.get("chart") or ""), spec.get("repo"), spec.get("version")
-    what = chart if chart.startswith(("https://", "http://")) else f"chart {chart} {version} from {repo}"
-    url = chart if chart.startswith(("https://", "http://")) else archive_url(repo, chart, version, get)
+    if chart.startswith(("https://", "http://")):  # a chart named by its archive's URL
+        what = url = chart
+    else:
+        what, url = f"chart {chart} {version} from {repo}", archive_url(repo, chart, version, get)
     try:
         archive = get(url, MAX_ARCHIVE)
     except _FETCH_ERRORS as e:
