@@ -14,7 +14,7 @@ CI_TESTBEDS = testbed-ubuntu testbed-raspios
 DOMAIN ?= $(shell [ -f $(CONFIG) ] && $(PY) -c "from ceil.config import load_cluster; from pathlib import Path; print(load_cluster(Path('$(CONFIG)'), env_optional=True).domain)" 2>/dev/null || echo ceil.internal)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm kubenode test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
+.PHONY: help setup setup-host setup-test venv app route route-add logs k8s-remove k8s-reset k3s-upgrade datastore-backup datastore-from-router k8s-proxy teardown all-delete uptime df check-ip router-check-ip k8s-check-ip nodes-show pods-show router-reboot reboot-all test test-unit test-apiserver apiserver helm addon-controllers kubenode test-image e2e e2e-full testbed testbed-ci $(TESTBEDS) verify bake bench clean doctor
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
@@ -53,7 +53,7 @@ route-add: venv ## Add that route (sudo; Linux and macOS), like the seed's works
 test: setup-test ## Set up and run every test CI runs: unit, image, config and browser tests, the fast control-plane layer, then the QEMU e2e suite (amd64)
 	@# With cold caches the Go builds (~13 min) and the test beds (~2 min) run beside the unit tests,
 	@# niced so the tests' own timeouts keep the CPU; with warm caches each build is a cache hit.
-	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm kubenode testbed-ci
+	$(MAKE) --no-print-directory -j4 -Oline ARCH=amd64 NICE="nice -n 15" test-unit apiserver helm addon-controllers kubenode testbed-ci
 	$(MAKE) test-apiserver
 	$(MAKE) e2e ARCH=amd64
 test-unit: venv ## Fast unit and image tests only (what `make test` runs first; builds nothing)
@@ -65,7 +65,9 @@ kubenode: venv apiserver ## Build (or reuse) the QEMU nodes' k3s stand-in from G
 	$(NICE) $(PY) -m testbed.kubenode --arch $(ARCH)
 helm: venv ## Build (or reuse from cache) the Helm CLI the app-delivery tests use, from its Go module
 	$(NICE) $(PY) -m testbed.helm
-test-apiserver: apiserver helm ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
+addon-controllers: venv ## Build (or reuse from cache) the add-on controllers the fast layer runs (Flux's source and kustomize controllers, prometheus-adapter), from their Go modules
+	$(NICE) $(PY) -m testbed.addon_controllers
+test-apiserver: apiserver helm addon-controllers ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
 	@# The k3s stand-in's server part runs here too: built for this machine, whatever ARCH says.
 	$(NICE) $(PY) -m testbed.kubenode --arch host
 	$(PY) -m pytest -m apiserver --durations=5 tests/apiserver

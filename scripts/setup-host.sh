@@ -18,12 +18,13 @@ BAKE_PKGS="mtools dosfstools e2fsprogs fdisk xz-utils unzip openssl"
 # wpasupplicant's configuration reader reads back what netplan writes for the router's WiFi;
 # zstd packs the QEMU nodes' k3s stand-in; its runc links libseccomp (pkg-config finds it), and
 # gcc-aarch64-linux-gnu compiles its CGO pieces for arm64 guests (libseccomp-dev:arm64 below),
-# with the C library's headers from libc6-dev-arm64-cross (only recommended by the compiler).
+# with the C library's headers from libc6-dev-arm64-cross (only recommended by the compiler);
+# git serves the gitops tests' repository to Flux (its http-backend).
 TEST_PKGS="cloud-init dnsmasq-base nftables wireguard-tools chrony openssh-client
   qemu-system-arm qemu-system-x86 qemu-utils qemu-efi-aarch64 mmdebstrap arch-test libcap2-bin qemu-user-static binfmt-support
   apt-utils dpkg-dev iproute2 ovmf chromium chromium-driver curl procps socat
   wireguard-go docker-registry isc-dhcp-client gcc xfsprogs avahi-daemon buildah podman skopeo php-cli sudo wpasupplicant
-  zstd pkg-config libseccomp-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+  zstd pkg-config libseccomp-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross git"
 
 # Not from Debian's archive: the control-plane layer builds from Go modules with Go >= 1.26
 # (Debian 12 ships 1.19), and its tests drive the API server with kubectl.

@@ -65,24 +65,17 @@ class ApiServerLab:
         self._install_server_files()
         self._issue_certs()
         self._network()
-        self._spawn("kine", [str(self.build.kine), "--listen-address", "127.0.0.1:2379", "--endpoint",
+        self.spawn("kine", [str(self.build.kine), "--listen-address", "127.0.0.1:2379", "--endpoint",
                              f"sqlite://{self.dir}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000"])
-        self._spawn("kube-apiserver", [str(self.build.apiserver), *self.apiserver_args()])
+        self.spawn("kube-apiserver", [str(self.build.apiserver), *self.apiserver_args()])
         self.wait_ready(timeout)
-        self._spawn("kube-controller-manager", [str(self.build.controller_manager), *self.controller_manager_args()])
-        self._spawn("helm-controller", [str(self.build.helm_controller), "--kubeconfig",
-                                        str(self._kubeconfig("helm-controller", "system:masters"))])
+        self.spawn("kube-controller-manager", [str(self.build.controller_manager), *self.controller_manager_args()])
+        self.spawn("helm-controller", [str(self.build.helm_controller), "--kubeconfig",
+                                        str(self.kubeconfig("helm-controller", "system:masters"))])
 
     def stop(self) -> None:
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-        self.procs.clear()
+        for name in reversed(list(self.procs)):
+            self.kill(name)
         subprocess.run(["ip", "route", "del", f"{self.ip}/32", "via", NS_SIDE], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
 
@@ -159,7 +152,8 @@ class ApiServerLab:
             self._write_pair(path.name, pki.issue_client_cert(self._ca("client-ca"), cn, [org] if org else []))
         return f"{path}.crt", f"{path}.key"
 
-    def _kubeconfig(self, cn: str, org: str) -> Path:
+    def kubeconfig(self, cn: str, org: str) -> Path:
+        """A kubeconfig for a client certificate, for a process in the namespace (127.0.0.1)."""
         crt, key = self.client_cert(cn, org)
         path = self.dir / "cred" / f"{cn.replace(':', '-')}.kubeconfig"
         path.write_text(yaml.safe_dump({
@@ -188,6 +182,10 @@ class ApiServerLab:
             "requestheader-extra-headers-prefix": "X-Remote-Extra-", "requestheader-group-headers": "X-Remote-Group",
             "requestheader-username-headers": "X-Remote-User", "client-ca-file": str(t / "client-ca.crt"),
             "enable-admission-plugins": "NodeRestriction", "anonymous-auth": "false", "profiling": "false",
+            # k3s sets this unless its egress selector is off: an aggregated API (prometheus-adapter's
+            # custom.metrics.k8s.io) is reached at its endpoints' addresses, not its Service's. k3s
+            # dials them through its agent tunnel; the lab has no agent and dials them directly.
+            "enable-aggregator-routing": "true",
         }
         if self.config.get("secrets-encryption"):
             args["encryption-provider-config"] = str(self.dir / "cred" / "encryption-config.json")
@@ -196,7 +194,7 @@ class ApiServerLab:
     def controller_manager_args(self) -> list[str]:
         """k3s's kube-controller-manager flags (server.go controllerManager), its cloud and node
         controllers left out: no node runs here."""
-        kubeconfig = str(self._kubeconfig("system:kube-controller-manager", ""))
+        kubeconfig = str(self.kubeconfig("system:kube-controller-manager", ""))
         args = {
             "kubeconfig": kubeconfig, "authentication-kubeconfig": kubeconfig, "authorization-kubeconfig": kubeconfig,
             "service-account-private-key-file": str(self.tls / "service.key"),
@@ -223,10 +221,21 @@ class ApiServerLab:
         run("ip", "-n", self.ns, "link", "set", "eth0", "up")
         run("ip", "route", "replace", f"{self.ip}/32", "via", NS_SIDE, "dev", self.veth)
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Run `cmd` in the namespace, its output in <name>.log; stopped by kill(name) or stop()."""
         out = (self.dir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd], stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=self.dir, start_new_session=True)
+                                            cwd=self.dir, start_new_session=True, env={**os.environ, **(env or {})})
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def _run(*cmd: str) -> None:

@@ -179,3 +179,51 @@ def test_make_verify_fails_when_a_tunnel_connector_holds_no_connection():
         tunnel_check({}, pods, server, cluster)
     with pytest.raises(AssertionError, match="no cloudflared pod runs"):
         tunnel_check({}, Kube([]), server, cluster)
+
+
+# ---- Flux in sync (tests/infra/test_addons.py) ------------------------------------------------
+
+def flux_object(ready: str, reason: str, **status) -> dict:
+    return {"status": {"conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": reason}],
+                       **status}}
+
+
+class FluxKube:
+    """Answers GitRepository and Kustomization flux-system/ceil from recorded lists, one per ask."""
+
+    def __init__(self, repos, syncs):
+        self.answers = {"GitRepository": list(repos), "Kustomization": list(syncs)}
+
+    def get(self, api_version, kind, name, namespace):
+        assert (name, namespace) == ("ceil", "flux-system")
+        answers = self.answers[kind]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+def test_make_verify_waits_out_a_flux_reconcile_and_fails_on_a_source_that_cannot_fetch(monkeypatch):
+    """Real runs against Flux's controllers are in tests/apiserver/test_gitops_flux.py; these are
+    the recorded answers between them: a reconcile under way (Ready Unknown) is waited out, a
+    Kustomization still Ready on its last revision does not hide a source that fails."""
+    from ceil.config import parse_cluster
+    from tests.infra import test_addons
+    from tests.infra.test_addons import test_flux_is_in_sync_with_the_repository as flux_check
+
+    monkeypatch.setattr(test_addons.time, "sleep", lambda s: None)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                            "nodes: [{name: one, role: server}, {name: two}]\n"
+                            "gitops: {enabled: true, url: 'https://git.example.com/me/cluster.git'}\n")
+    at = {"artifact": {"revision": "main@sha1:abc"}}
+    busy = flux_object("Unknown", "Progressing")
+    flux_check({}, FluxKube([busy, flux_object("True", "Succeeded", **at)],
+                            [busy, busy, flux_object("True", "ReconciliationSucceeded", lastAppliedRevision="main@sha1:abc")]),
+               cluster)
+    applied_before = flux_object("True", "ReconciliationSucceeded", lastAppliedRevision="main@sha1:abc")
+    with pytest.raises(AssertionError, match="cannot fetch https://git.example.com/me/cluster.git .*gitops.token"):
+        flux_check({}, FluxKube([flux_object("False", "GitOperationFailed", **at)], [applied_before]), cluster)
+    with pytest.raises(AssertionError, match="applied main@sha1:abc, the repository is at main@sha1:def"):
+        flux_check({}, FluxKube([flux_object("True", "Succeeded", artifact={"revision": "main@sha1:def"})],
+                                [applied_before]), cluster)
+    monkeypatch.setattr(test_addons, "FLUX_SETTLE_SECONDS", 0)
+    with pytest.raises(AssertionError, match="cannot fetch .*Progressing"):
+        flux_check({}, FluxKube([busy], [applied_before]), cluster)

@@ -1,0 +1,196 @@
+"""Build (or reuse) add-on controllers for the fast layer: `python -m testbed.addon_controllers`.
+
+No image can be pulled here, so where an add-on's own controller can run as a process beside the
+control-plane layer's real API server, the fast layer builds it from the Go module of the version
+the add-on installs and runs it (tests/apiserver/test_gitops_flux.py, test_custom_metrics_hpa.py):
+
+- the gitops add-on's Flux source-controller and kustomize-controller, at the versions the add-on
+  names for its CRDs (addons/gitops/addon.yaml `crds:`), so a bump there builds the new ones;
+- the custom-metrics add-on's prometheus-adapter, at the appVersion of the chart it installs
+  (ADAPTER_VERSION; a unit test ties the two).
+
+Each builds from a writable copy of its module's source, not with `go install module@version`:
+the proxy refuses prometheus-adapter's version list, which `go install` asks for, and each Flux
+controller's go.mod points its `api` submodule at ./api, a directory the module zip leaves out,
+so the copy drops that replace and requires the api module of the same version instead. One module
+the Flux v1.9.6 tags ask for is refused by the proxy (403); the nearest version it serves stands
+in (SUBSTITUTES). About 2.5 min per Flux controller and 1.5 min for the adapter on two cores,
+1.8 GiB peak.
+
+The result lives in ${CEIL_CACHE:-~/.cache/ceil}/addon-controllers/<key>/bin/<name>, keyed by the
+modules, versions, substitutes and the Go toolchain, built in a temporary sibling under a lock
+like the API server build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .apiserver import BuildError, _go_env, _run, check_tools, go_version
+from .cache import atomic_dir, lock
+from .recipe import cache_root as recipe_cache_root
+
+log = logging.getLogger("addon-controllers")
+
+FLUX = "github.com/fluxcd/"
+FLUX_CONTROLLERS = ("source-controller", "kustomize-controller")
+# The appVersion of chart prometheus-adapter 5.3.0, which addons/custom-metrics/adapter.yaml.j2
+# installs (registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0).
+ADAPTER_CHART, ADAPTER_VERSION = "5.3.0", "v0.12.0"
+# {module: (the version a controller's go.mod asks for, the version built instead)}. The proxy
+# refuses github.com/fluxcd/pkg/artifact v0.18.3 ("This module version is not available") and
+# serves v0.18.0 of the same minor line. A substitute applies only to the version it names: a
+# controller that asks for another one builds with what it asks for.
+SUBSTITUTES = {"github.com/fluxcd/pkg/artifact": ("v0.18.3", "v0.18.0")}
+RECIPE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Controller:
+    name: str  # the binary's name in bin/
+    module: str
+    version: str
+    package: str = "."  # the main package, inside the module
+    api_submodule: bool = False  # go.mod replaces <module>/api => ./api (Flux's controllers)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    controllers: tuple[Controller, ...]
+    go: str
+
+    @property
+    def key(self) -> str:
+        text = json.dumps({"format": RECIPE_FORMAT, "controllers": [c.__dict__ for c in self.controllers],
+                           "substitutes": SUBSTITUTES, "go": self.go}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def controllers() -> tuple[Controller, ...]:
+    """What the fast layer runs: Flux's two at the gitops add-on's CRD versions, and the adapter."""
+    from ceil.addons.catalog import Catalog
+
+    named = {s.module: s.version for s in Catalog().get("gitops").crds}
+    missing = [FLUX + c for c in FLUX_CONTROLLERS if FLUX + c not in named]
+    if missing:
+        raise BuildError(f"addons/gitops/addon.yaml names no CRDs of {', '.join(missing)}:"
+                         " the fast layer builds the controllers of the versions named there")
+    flux = tuple(Controller(c, FLUX + c, named[FLUX + c], api_submodule=True) for c in FLUX_CONTROLLERS)
+    return (*flux, Controller("prometheus-adapter", "sigs.k8s.io/prometheus-adapter", ADAPTER_VERSION, "./cmd/adapter"))
+
+
+def recipe() -> Recipe:
+    return Recipe(controllers(), go_version())
+
+
+def cache_root() -> Path:
+    return recipe_cache_root().parent / "addon-controllers"
+
+
+def final_dir(r: Recipe) -> Path:
+    return cache_root() / r.key
+
+
+def lookup() -> Path | None:
+    """The cached bin/ folder holding every controller for the current recipe, or None."""
+    if shutil.which("go") is None:
+        return None
+    final = final_dir(recipe())
+    return final / "bin" if (final / "manifest.json").is_file() else None
+
+
+def substitutions(gomod: str) -> dict[str, str]:
+    """{module: version built instead} for each SUBSTITUTES row whose refused version `gomod` asks for."""
+    found = {}
+    for module, (refused, served) in SUBSTITUTES.items():
+        if re.search(rf"^\s*(require\s+)?{re.escape(module)}\s+{re.escape(refused)}\s*(//.*)?$", gomod, re.M):
+            found[module] = served
+    return found
+
+
+def _source(module: str, version: str, dest: Path) -> Path:
+    """The module's source, writable, at dest."""
+    info = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
+                          capture_output=True, text=True, env=_go_env(), cwd=dest.parent)
+    meta = json.loads(info.stdout or "{}")
+    if info.returncode != 0 or "Error" in meta:
+        raise BuildError(f"the Go module proxy does not serve {module}@{version}: {meta.get('Error') or info.stderr.strip()}")
+    shutil.copytree(meta["Dir"], dest)
+    for path in [dest, *dest.rglob("*")]:  # the module cache is read-only
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return dest
+
+
+def build_controller(c: Controller, tmp: Path, timings: dict) -> dict[str, str]:
+    """bin/<c.name> from the module's source; returns the substitutions made."""
+    src = _source(c.module, c.version, tmp / "src" / c.name)
+    subs = substitutions((src / "go.mod").read_text())
+    edits = [*((f"-dropreplace={c.module}/api", f"-require={c.module}/api@{c.version}") if c.api_submodule else ()),
+             *(f"-replace={m}={m}@{v}" for m, v in subs.items())]
+    env = {**_go_env(), "GOFLAGS": "-buildvcs=false -mod=mod"}
+    logfile = tmp / "build.log"
+    if edits:
+        _run(f"resolve_{c.name}", ["go", "mod", "edit", *edits], src, env, logfile, timings)
+    _run(f"build_{c.name}", ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "bin" / c.name),
+                             c.package], src, env, logfile, timings)
+    return subs
+
+
+def _build(r: Recipe, tmp: Path) -> None:
+    timings: dict[str, dict] = {}
+    t0 = time.monotonic()
+    (tmp / "bin").mkdir()
+    (tmp / "src").mkdir()
+    substituted = {c.name: build_controller(c, tmp, timings) for c in r.controllers}
+    shutil.rmtree(tmp / "src")
+    manifest = {"controllers": {c.name: f"{c.module}@{c.version}" for c in r.controllers},
+                "substituted": substituted, "go": r.go, "key": r.key, "steps": timings,
+                "build_s": round(time.monotonic() - t0, 1),
+                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log.info("built %s in %.0f s", _names(r), manifest["build_s"])
+
+
+def _names(r: Recipe) -> str:
+    return ", ".join(f"{c.name} {c.version}" for c in r.controllers)
+
+
+def ensure(force: bool = False) -> Path:
+    check_tools()
+    r = recipe()
+    final = final_dir(r)
+    with lock(cache_root() / ".lock"):
+        if force or not (final / "manifest.json").is_file():
+            atomic_dir(final, lambda tmp: _build(r, tmp))
+        else:
+            log.info("%s are cached: %s", _names(r), final)
+    return final / "bin"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed.addon_controllers", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s addon-controllers: %(message)s", datefmt="%H:%M:%S")
+    try:
+        bin_dir = ensure(args.force)
+    except (BuildError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"addon-controllers: {exc}", file=sys.stderr)
+        return 1
+    print(bin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
