@@ -24,7 +24,6 @@ like the API server build.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -37,8 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .apiserver import BuildError, _go_env, _run, check_tools, go_version
-from .cache import atomic_dir, lock
+from .apiserver import BuildError, _go_env, _run, build_main, check_tools, go_version
+from .cache import ensure_built
 from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("addon-controllers")
@@ -170,26 +169,11 @@ def ensure(force: bool = False) -> Path:
     check_tools()
     r = recipe()
     final = final_dir(r)
-    with lock(cache_root() / ".lock"):
-        if force or not (final / "manifest.json").is_file():
-            atomic_dir(final, lambda tmp: _build(r, tmp))
-        else:
-            log.info("%s are cached: %s", _names(r), final)
-    return final / "bin"
+    return ensure_built(final, lambda tmp: _build(r, tmp), force, f"{_names(r)} are") / "bin"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.addon_controllers", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s addon-controllers: %(message)s", datefmt="%H:%M:%S")
-    try:
-        bin_dir = ensure(args.force)
-    except (BuildError, subprocess.CalledProcessError, OSError) as exc:
-        print(f"addon-controllers: {exc}", file=sys.stderr)
-        return 1
-    print(bin_dir)
-    return 0
+    return build_main("addon_controllers", __doc__, ensure, argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from .cache import atomic_dir, lock
+from .cache import ensure_built
 from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("apiserver")
@@ -164,12 +164,8 @@ def ensure(force: bool = False) -> ApiServerBuild:
     check_tools()
     r = recipe()
     final = final_dir(r)
-    with lock(cache_root() / ".lock"):
-        if force or not (final / "manifest.json").is_file():
-            atomic_dir(final, lambda tmp: _build(r, tmp))
-        else:
-            log.info("kube-apiserver %s, kine %s, helm-controller %s are cached: %s",
-                     r.kubernetes, r.kine, r.helm_controller, final)
+    ensure_built(final, lambda tmp: _build(r, tmp), force,
+                 f"kube-apiserver {r.kubernetes}, kine {r.kine}, helm-controller {r.helm_controller} are")
     return ApiServerBuild(final)
 
 
@@ -197,6 +193,21 @@ def _run(step: str, cmd: list[str], cwd: Path, env: dict, logfile: Path, timings
         tail = "".join(logfile.read_text().splitlines(keepends=True)[-15:])
         raise BuildError(f"step {step} failed ({done.returncode}); the end of {logfile}:\n{tail}")
     log.info("step %s done in %.0f s", step, timings[step]["wall_s"])
+
+
+def build_main(name: str, doc: str, ensure, argv: list[str] | None) -> int:
+    """`python -m testbed.<name> [--force]` for a build whose ensure(force) returns one path to print."""
+    ap = argparse.ArgumentParser(prog=f"python -m testbed.{name}", description=doc.split("\n\n")[0])
+    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name}: %(message)s", datefmt="%H:%M:%S")
+    try:
+        path = ensure(args.force)
+    except (BuildError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
 
 
 def staging_modules(kubernetes_gomod: str) -> list[str]:

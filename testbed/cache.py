@@ -5,6 +5,7 @@ ever visible (built in a temporary sibling, renamed into place when complete).""
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import subprocess
@@ -47,3 +48,14 @@ def atomic_dir(final: Path, build) -> None:
         tmp.rename(final)
     finally:
         remove_tree(tmp)
+
+
+def ensure_built(final: Path, build, force: bool, what: str) -> Path:
+    """build(tmp) renamed to `final`, under the lock of final's folder, unless `final` already holds
+    a finished build (its manifest.json, written last) and force is off."""
+    with lock(final.parent / ".lock"):
+        if force or not (final / "manifest.json").is_file():
+            atomic_dir(final, build)
+        else:
+            logging.getLogger(final.parent.name).info("%s cached: %s", what, final)
+    return final

@@ -15,18 +15,16 @@ API server build (recipe and Go toolchain), built in a temporary sibling under a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .apiserver import BuildError, _go_env, _run, check_tools, go_version
-from .cache import atomic_dir, lock
+from .apiserver import _go_env, _run, build_main, check_tools, go_version
+from .cache import ensure_built
 from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("helm")
@@ -74,26 +72,11 @@ def _build(tmp: Path) -> None:
 def ensure(force: bool = False) -> Path:
     check_tools()
     final = final_dir()
-    with lock(cache_root() / ".lock"):
-        if force or not (final / "manifest.json").is_file():
-            atomic_dir(final, _build)
-        else:
-            log.info("helm %s is cached: %s", HELM_VERSION, final)
-    return final / "bin" / "helm"
+    return ensure_built(final, _build, force, f"helm {HELM_VERSION} is") / "bin" / "helm"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.helm", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--force", action="store_true", help="rebuild even when the cache has this recipe")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s helm: %(message)s", datefmt="%H:%M:%S")
-    try:
-        binary = ensure(args.force)
-    except (BuildError, subprocess.CalledProcessError, OSError) as exc:
-        print(f"helm: {exc}", file=sys.stderr)
-        return 1
-    print(binary)
-    return 0
+    return build_main("helm", __doc__, ensure, argv)
 
 
 if __name__ == "__main__":

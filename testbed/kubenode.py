@@ -42,7 +42,7 @@ from pathlib import Path
 
 
 from .apiserver import K3S_COMPONENTS, STAND_IN_K3S, BuildError, _go_env, _run, build_kubernetes, go_version, kubernetes_version
-from .cache import atomic_dir, lock
+from .cache import ensure_built, lock
 from .recipe import cache_root as recipe_cache_root
 
 log = logging.getLogger("kubenode")
@@ -142,12 +142,7 @@ def ensure(arch: str, force: bool = False, stamp: str | None = None) -> Path:
     check_tools(arch)
     r = recipe(arch, stamp)
     final = final_dir(r)
-    with lock(cache_root() / ".lock"):
-        if force or not (final / "manifest.json").is_file():
-            atomic_dir(final, lambda tmp: _build(r, tmp))
-        else:
-            log.info("the k3s stand-in's pieces for %s (%s) are cached: %s", arch, r["k3s"], final)
-    return final
+    return ensure_built(final, lambda tmp: _build(r, tmp), force, f"the k3s stand-in's pieces for {arch} ({r['k3s']}) are")
 
 
 def _env(r: dict, bin_dir: Path | None = None, cgo: bool = False) -> dict[str, str]:
