@@ -7,15 +7,18 @@ the add-on installs and runs it (tests/apiserver/test_gitops_flux.py, test_custo
 - the gitops add-on's Flux source-controller and kustomize-controller, at the versions the add-on
   names for its CRDs (addons/gitops/addon.yaml `crds:`), so a bump there builds the new ones;
 - the custom-metrics add-on's prometheus-adapter, at the appVersion of the chart it installs
-  (ADAPTER_VERSION; a unit test ties the two).
+  (ADAPTER_VERSION; a unit test ties the two);
+- the keda add-on's KEDA operator and the HTTP add-on's interceptor and external scaler, at the
+  versions the add-on names for its CRDs (test_keda_scale_to_zero.py).
 
 Each builds from a writable copy of its module's source, not with `go install module@version`:
 the proxy refuses prometheus-adapter's version list, which `go install` asks for, and each Flux
 controller's go.mod points its `api` submodule at ./api, a directory the module zip leaves out,
 so the copy drops that replace and requires the api module of the same version instead. One module
 the Flux v1.9.6 tags ask for is refused by the proxy (403); the nearest version it serves stands
-in (SUBSTITUTES). About 2.5 min per Flux controller and 1.5 min for the adapter on two cores,
-1.8 GiB peak.
+in (SUBSTITUTES). Cold, on two cores beside the unit tests: about 2.5 min per Flux controller,
+1.5 min for the adapter, 3 min for the interceptor and scaler together and 8 min for the KEDA
+operator (2.7 GiB peak: it links every scaler KEDA has).
 
 The result lives in ${CEIL_CACHE:-~/.cache/ceil}/addon-controllers/<key>/bin/<name>, keyed by the
 modules, versions, substitutes and the Go toolchain, built in a temporary sibling under a lock
@@ -44,6 +47,7 @@ log = logging.getLogger("addon-controllers")
 
 FLUX = "github.com/fluxcd/"
 FLUX_CONTROLLERS = ("source-controller", "kustomize-controller")
+KEDA, KEDA_HTTP = "github.com/kedacore/keda/v2", "github.com/kedacore/http-add-on"
 # The appVersion of chart prometheus-adapter 5.3.0, which addons/custom-metrics/adapter.yaml.j2
 # installs (registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0).
 ADAPTER_CHART, ADAPTER_VERSION = "5.3.0", "v0.12.0"
@@ -77,7 +81,8 @@ class Recipe:
 
 
 def controllers() -> tuple[Controller, ...]:
-    """What the fast layer runs: Flux's two at the gitops add-on's CRD versions, and the adapter."""
+    """What the fast layer runs: Flux's two at the gitops add-on's CRD versions, the adapter, and
+    KEDA's operator with the HTTP add-on's interceptor and scaler at the keda add-on's CRD versions."""
     from ceil.addons.catalog import Catalog
 
     named = {s.module: s.version for s in Catalog().get("gitops").crds}
@@ -86,7 +91,10 @@ def controllers() -> tuple[Controller, ...]:
         raise BuildError(f"addons/gitops/addon.yaml names no CRDs of {', '.join(missing)}:"
                          " the fast layer builds the controllers of the versions named there")
     flux = tuple(Controller(c, FLUX + c, named[FLUX + c], api_submodule=True) for c in FLUX_CONTROLLERS)
-    return (*flux, Controller("prometheus-adapter", "sigs.k8s.io/prometheus-adapter", ADAPTER_VERSION, "./cmd/adapter"))
+    keda = {s.module: s.version for s in Catalog().get("keda").crds}
+    return (*flux, Controller("prometheus-adapter", "sigs.k8s.io/prometheus-adapter", ADAPTER_VERSION, "./cmd/adapter"),
+            Controller("keda-operator", KEDA, keda[KEDA], "./cmd/operator"),
+            *(Controller(c, KEDA_HTTP, keda[KEDA_HTTP], f"./{c}") for c in ("interceptor", "scaler")))
 
 
 def recipe() -> Recipe:
@@ -133,7 +141,9 @@ def _source(module: str, version: str, dest: Path) -> Path:
 
 def build_controller(c: Controller, tmp: Path, timings: dict) -> dict[str, str]:
     """bin/<c.name> from the module's source; returns the substitutions made."""
-    src = _source(c.module, c.version, tmp / "src" / c.name)
+    src = tmp / "src" / f"{c.module.replace('/', '_')}@{c.version}"
+    if not src.exists():  # one copy per module: the HTTP add-on's interceptor and scaler share one
+        _source(c.module, c.version, src)
     subs = substitutions((src / "go.mod").read_text())
     edits = [*((f"-dropreplace={c.module}/api", f"-require={c.module}/api@{c.version}") if c.api_submodule else ()),
              *(f"-replace={m}={m}@{v}" for m, v in subs.items())]

@@ -77,6 +77,17 @@ def test_flux_builds_the_controllers_of_the_versions_the_gitops_addon_names():
     assert all(c.api_submodule for c in flux.values())
 
 
+def test_keda_builds_the_operator_interceptor_and_scaler_of_the_versions_the_keda_addon_names():
+    from ceil.addons.catalog import Catalog
+    from testbed import addon_controllers as ac
+
+    named = {s.module: s.version for s in Catalog().get("keda").crds}
+    built = {c.name: (c.module, c.version, c.package) for c in ac.controllers()}
+    assert built["keda-operator"] == (ac.KEDA, named[ac.KEDA], "./cmd/operator")
+    assert built["interceptor"] == (ac.KEDA_HTTP, named[ac.KEDA_HTTP], "./interceptor")
+    assert built["scaler"] == (ac.KEDA_HTTP, named[ac.KEDA_HTTP], "./scaler")
+
+
 def test_the_adapter_built_is_the_app_version_of_the_chart_the_addon_installs():
     """A chart bump in adapter.yaml.j2 must bring the adapter version it ships (its appVersion)."""
     import yaml
