@@ -65,8 +65,9 @@ kubenode: venv apiserver ## Build (or reuse) the QEMU nodes' k3s stand-in from G
 	$(NICE) $(PY) -m testbed.kubenode --arch $(ARCH)
 helm: venv ## Build (or reuse from cache) the Helm CLI the app-delivery tests use, from its Go module
 	$(NICE) $(PY) -m testbed.helm
-# After apiserver, like kubenode: the KEDA operator's link alone peaks at 2.7 GiB, too much beside kube-apiserver's on a small CI machine.
-addon-controllers: venv apiserver ## Build (or reuse from cache) the add-on controllers the fast layer runs (Flux's source and kustomize controllers, prometheus-adapter), from their Go modules
+# After apiserver, like kubenode: the KEDA operator's link alone peaks at 2.7 GiB, too much beside kube-apiserver's
+# on a small CI machine (kubenode's build, mostly Go cache hits by then, may still overlap it).
+addon-controllers: venv apiserver ## Build (or reuse from cache) the add-on controllers the fast layer runs (Flux's source and kustomize controllers, prometheus-adapter, KEDA's operator, the HTTP add-on's interceptor and scaler), from their Go modules
 	$(NICE) $(PY) -m testbed.addon_controllers
 test-apiserver: apiserver helm addon-controllers ## The fast layer (no QEMU): baked PKI, kubeconfig and the add-on job against a real control plane (root)
 	@# The k3s stand-in's server part runs here too: built for this machine, whatever ARCH says.

@@ -2,12 +2,14 @@
 
 No image can be pulled here, so where an add-on's own controller can run as a process beside the
 control-plane layer's real API server, the fast layer builds it from the Go module of the version
-the add-on installs and runs it (tests/apiserver/test_gitops_flux.py, test_custom_metrics_hpa.py):
+the add-on installs and runs it (tests/apiserver/test_gitops_flux.py, test_custom_metrics_hpa.py,
+test_keda_scale_to_zero.py):
 
 - the gitops add-on's Flux source-controller and kustomize-controller, at the versions the add-on
   names for its CRDs (addons/gitops/addon.yaml `crds:`), so a bump there builds the new ones;
 - the custom-metrics add-on's prometheus-adapter, at the appVersion of the chart it installs
-  (ADAPTER_VERSION; a unit test ties the two);
+  (ADAPTER_VERSION, stated beside ADAPTER_CHART; a unit test fails when adapter.yaml.j2 installs
+  another chart version than ADAPTER_CHART, so the two are updated together);
 - the keda add-on's KEDA operator and the HTTP add-on's interceptor and external scaler, at the
   versions the add-on names for its CRDs (test_keda_scale_to_zero.py).
 
@@ -129,8 +131,11 @@ def substitutions(gomod: str) -> dict[str, str]:
 def _source(module: str, version: str, dest: Path) -> Path:
     """The module's source, writable, at dest."""
     info = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
-                          capture_output=True, text=True, env=_go_env(), cwd=dest.parent)
-    meta = json.loads(info.stdout or "{}")
+                          capture_output=True, text=True, env=_go_env(), cwd=dest.parent, timeout=900)
+    try:
+        meta = json.loads(info.stdout or "{}")
+    except json.JSONDecodeError:
+        meta = {"Error": info.stdout.strip()[-500:]}
     if info.returncode != 0 or "Error" in meta:
         raise BuildError(f"the Go module proxy does not serve {module}@{version}: {meta.get('Error') or info.stderr.strip()}")
     shutil.copytree(meta["Dir"], dest)

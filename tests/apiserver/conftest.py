@@ -102,3 +102,29 @@ def install_job(kubeconfig: Path, chart: str, timeout: float = 120) -> dict:
     job_name = found.get("status", {}).get("jobName")
     assert job_name == f"helm-install-{chart}", found.get("status")
     return json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)
+
+
+def install_crds(kubeconfig: Path, sources, timeout: float = 60) -> None:
+    """Every CRD in config/crd/bases/ of each source's Go module, as the project's chart installs
+    them (a controller does not start while a kind it watches is unknown); waits until those are
+    Established (asked by name: `kubectl wait` fails on a CRD whose status is not written yet)."""
+    import json
+    import time
+
+    from testbed import crds
+
+    names = []
+    for source in sources:
+        for path in sorted((crds.module_dir(source) / "config" / "crd" / "bases").glob("*.yaml")):
+            done = kubectl(kubeconfig, "apply", "--server-side", "-f", str(path), "-o", "name")
+            names += done.stdout.split()
+    deadline = time.monotonic() + timeout
+    while True:
+        found = json.loads(kubectl(kubeconfig, "get", *names, "-o", "json").stdout)["items"]
+        waiting = [c["metadata"]["name"] for c in found
+                   if not any(x["type"] == "Established" and x["status"] == "True"
+                              for x in (c.get("status") or {}).get("conditions") or [])]
+        if not waiting:
+            return
+        assert time.monotonic() < deadline, f"CRDs not Established after {timeout:.0f} s: {', '.join(waiting)}"
+        time.sleep(1)

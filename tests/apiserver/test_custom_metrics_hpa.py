@@ -126,6 +126,10 @@ def adapter(lab, kubeconfig, plan, prometheus, tmp_path_factory):
         f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}"])
     yield lab
     lab.kill("prometheus-adapter")
+    # An aggregated API with nothing behind it breaks discovery for every later client of the
+    # session's lab (kubectl, controllers, the garbage collector): it goes with the adapter.
+    kubectl(kubeconfig, "delete", "apiservice", "v1beta1.custom.metrics.k8s.io", "--ignore-not-found")
+    kubectl(kubeconfig, "delete", "hpa", "-n", "demo", "podinfo", "--ignore-not-found")
 
 
 def wait_for(what: str, probe, lab, timeout: float = TIMEOUT):

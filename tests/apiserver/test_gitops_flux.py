@@ -30,7 +30,7 @@ from ceil.config.schema import GitOps
 from testbed import addon_controllers, crds
 from ceil.addons.catalog import Catalog
 
-from .conftest import kubectl
+from .conftest import install_crds, kubectl
 from .gitserver import GitServer
 from .lab import HOST_SIDE
 from .test_addons_job import run_job
@@ -76,9 +76,7 @@ def flux_crds(lab, kubeconfig):
     assert {s.module.removeprefix(addon_controllers.FLUX) for s in sources} == set(addon_controllers.FLUX_CONTROLLERS)
     for source in sources:
         assert all(p.parent.name == "bases" for p in crds.files(source)), source.paths
-        for path in sorted((crds.module_dir(source) / "config" / "crd" / "bases").glob("*.yaml")):
-            kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    install_crds(kubeconfig, sources)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +158,8 @@ def test_a_commit_is_applied_and_what_it_removed_is_pruned(synced, kubeconfig, f
     assert get(kubeconfig, "configmap", "-n", "gitops-demo", "second")["data"] == {"greeting": "again"}
     deadline = time.monotonic() + 30
     while get(kubeconfig, "configmap", "-n", "gitops-demo", "first") is not None:
-        assert time.monotonic() < deadline, "the ConfigMap removed from the repository is still in the cluster"
+        assert time.monotonic() < deadline, ("the ConfigMap removed from the repository is still in the cluster;"
+                                             f" kustomize-controller:\n{controllers.log('kustomize-controller')[-2000:]}")
         time.sleep(1)
 
 
@@ -183,7 +182,8 @@ def test_make_verify_passes_on_a_synced_cluster_and_fails_when_the_token_is_revo
             except AssertionError as failed:
                 assert "cannot fetch" in str(failed) and "gitops.token" in str(failed), failed
                 break
-            assert time.monotonic() < deadline, "make verify still passes with the token revoked"
+            assert time.monotonic() < deadline, ("make verify still passes with the token revoked; source-controller:\n"
+                                                 f"{controllers.log('source-controller')[-2000:]}")
             time.sleep(2)
         assert get(kubeconfig, "configmap", "-n", "gitops-demo", "third") is None
         assert ("/cluster.git/info/refs", 401) in forge.requests

@@ -29,9 +29,9 @@ from ceil.addons.catalog import Catalog
 from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 from ceil.k3s import pki
-from testbed import addon_controllers, crds
+from testbed import addon_controllers
 
-from .conftest import kubectl
+from .conftest import install_crds, kubectl
 
 BUILT = addon_controllers.lookup()  # captured at import, before the unit tests' CEIL_CACHE fixture
 SCALER = "keda-add-ons-http-external-scaler.keda"
@@ -62,14 +62,11 @@ def apply(kubeconfig, docs: list[dict], tmp: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def keda(lab, kubeconfig, sleepy, tmp_path_factory):
+def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
     if BUILT is None:
         pytest.fail("no add-on controllers for the fast layer: run `make addon-controllers` first")
     tmp = tmp_path_factory.mktemp("keda")
-    for source in Catalog().get("keda").crds:
-        for path in sorted((crds.module_dir(source) / "config" / "crd" / "bases").glob("*.yaml")):
-            kubectl(kubeconfig, "apply", "--server-side", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    install_crds(kubeconfig, Catalog().get("keda").crds)
     scaler_port = next(t["metadata"]["scalerAddress"] for m in sleepy if m["kind"] == "ScaledObject"
                        for t in m["spec"]["triggers"]).rsplit(":", 1)
     assert scaler_port == [SCALER, str(SCALER_PORT)]
@@ -88,6 +85,7 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory):
     # The scaler's Service name, as cluster DNS would answer it: `ip netns exec` mounts this file
     # over /etc/hosts for the processes in the namespace.
     etc = Path("/etc/netns") / lab.ns
+    request.addfinalizer(lambda: shutil.rmtree(etc, ignore_errors=True))  # also when a step below fails
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "hosts").write_text(f"127.0.0.1 localhost\n{lab.ip} {SCALER} {SCALER}.svc.cluster.local\n")
     certs = tmp / "certs"
@@ -114,11 +112,10 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory):
                                 f"--ca-dir={certs}", "--enable-webhook-patching=false",
                                 "--enable-apiservice-patching=false", "--zap-log-level=debug"],
               {**common, "WATCH_NAMESPACE": "", "POD_NAMESPACE": "keda", "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda"})
+    for name in ("keda-operator", "keda-scaler", "keda-interceptor"):
+        request.addfinalizer(lambda name=name: lab.kill(name))
     apply(kubeconfig, sleepy, tmp)
     yield lab
-    for name in ("keda-operator", "keda-scaler", "keda-interceptor"):
-        lab.kill(name)
-    shutil.rmtree(etc, ignore_errors=True)
 
 
 def replicas(kubeconfig) -> int | None:
@@ -142,8 +139,9 @@ def scaled_object(kubeconfig) -> dict:
 
 
 def test_keda_scales_the_idle_app_to_zero(keda, kubeconfig):
-    """Inactive as the scaler reports it (Active False, not Unknown: an unreachable scaler also
-    leaves an app at zero, so the condition is what shows the chain answered)."""
+    """From the one replica the Deployment starts with to zero, the ScaledObject Ready: KEDA leaves
+    the replicas alone (and sets Ready False) while its scaler fails, so reaching zero shows the
+    chain (operator, scaler, interceptor's counts) answered "inactive"."""
     wait_for("sleepy at zero replicas, its ScaledObject Ready and not Active",
              lambda: replicas(kubeconfig) == 0 and scaled_object(kubeconfig).get("Active") == "False", keda)
     assert scaled_object(kubeconfig).get("Ready") == "True"
