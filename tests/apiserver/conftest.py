@@ -79,12 +79,19 @@ def lab(workstation, kubeconfig, tmp_path_factory):
         lab.stop()
 
 
-def kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def kubectl(kubeconfig: Path, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=30s", *args],
-                          capture_output=True, text=True, timeout=90)
+                          capture_output=True, text=True, timeout=90, input=input)
     if check:
         assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
     return done
+
+
+def apply_objects(kubeconfig: Path, docs: list[dict]) -> None:
+    """Server-side apply, as the add-on job applies (field manager ceil)."""
+    import yaml
+
+    kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil", "-f", "-", input=yaml.safe_dump_all(docs))
 
 
 def install_job(kubeconfig: Path, chart: str, timeout: float = 120) -> dict:

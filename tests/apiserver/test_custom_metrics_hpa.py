@@ -27,7 +27,7 @@ from ceil.config import load_cluster
 from testbed import addon_controllers
 from tests.fakes.prometheus import FakePrometheus
 
-from .conftest import kubectl
+from .conftest import apply_objects, kubectl
 from .lab import HOST_SIDE
 
 BUILT = addon_controllers.lookup()  # captured at import, before the unit tests' CEIL_CACHE fixture
@@ -100,12 +100,6 @@ def chart_install(values: dict, ip: str) -> list[dict]:
     ]
 
 
-def apply(kubeconfig, docs: list[dict], tmp_path_factory) -> None:
-    path = tmp_path_factory.mktemp("objects") / "objects.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
-    kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil", "-f", str(path))
-
-
 @pytest.fixture(scope="module")
 def adapter(lab, kubeconfig, plan, prometheus, tmp_path_factory):
     if BUILT is None:
@@ -115,7 +109,7 @@ def adapter(lab, kubeconfig, plan, prometheus, tmp_path_factory):
     assert values["rules"]["default"] is False
     config = tmp_path_factory.mktemp("adapter") / "config.yaml"
     config.write_text(yaml.safe_dump({"rules": values["rules"]["custom"]}))
-    apply(kubeconfig, chart_install(values, lab.ip), tmp_path_factory)
+    apply_objects(kubeconfig, chart_install(values, lab.ip))
     admin = str(lab.kubeconfig("prometheus-adapter", "system:masters"))
     # The chart's deployment.yaml arguments; the Prometheus URL the fake's instead of the values'.
     assert values["prometheus"]["url"].startswith("http://") and values["prometheus"]["port"] == 9090
@@ -176,7 +170,7 @@ def test_the_demos_hpa_scales_podinfo_on_requests_per_second(adapter, kubeconfig
             and m["metadata"]["name"] in ("demo", "podinfo")]
     hpa = next(m for m in demo if m["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["type"] == "Object"  # custom-metrics on: the request rate, not CPU
-    apply(kubeconfig, demo, tmp_path_factory)
+    apply_objects(kubeconfig, demo)
 
     def replicas() -> int:
         return json.loads(kubectl(kubeconfig, "get", "deployment", "-n", "demo", "podinfo", "-o", "json").stdout

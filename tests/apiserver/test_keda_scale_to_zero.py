@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from ceil.addons.catalog import Catalog
 from ceil.addons.render import build_plan
@@ -31,7 +30,7 @@ from ceil.config import load_cluster
 from ceil.k3s import pki
 from testbed import addon_controllers
 
-from .conftest import install_crds, kubectl
+from .conftest import apply_objects, install_crds, kubectl
 
 BUILT = addon_controllers.lookup()  # captured at import, before the unit tests' CEIL_CACHE fixture
 SCALER = "keda-add-ons-http-external-scaler.keda"
@@ -55,12 +54,6 @@ def sleepy(cluster) -> list[dict]:
                                                                    "ScaledObject")]
 
 
-def apply(kubeconfig, docs: list[dict], tmp: Path) -> None:
-    path = tmp / f"objects-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
-    kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil", "-f", str(path))
-
-
 @pytest.fixture(scope="module")
 def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
     if BUILT is None:
@@ -70,7 +63,7 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
     scaler_port = next(t["metadata"]["scalerAddress"] for m in sleepy if m["kind"] == "ScaledObject"
                        for t in m["spec"]["triggers"]).rsplit(":", 1)
     assert scaler_port == [SCALER, str(SCALER_PORT)]
-    apply(kubeconfig, [
+    apply_objects(kubeconfig, [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keda"}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "keda-add-ons-http-interceptor-admin",
@@ -81,7 +74,7 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
          "subsets": [{"addresses": [{"ip": lab.ip, "targetRef": {"kind": "Pod", "namespace": "keda",
                                                                   "name": "keda-add-ons-http-interceptor-0"}}],
                       "ports": [{"name": "admin", "port": ADMIN_PORT}]}]},
-    ], tmp)
+    ])
     # The scaler's Service name, as cluster DNS would answer it: `ip netns exec` mounts this file
     # over /etc/hosts for the processes in the namespace.
     etc = Path("/etc/netns") / lab.ns
@@ -114,7 +107,7 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
               {**common, "WATCH_NAMESPACE": "", "POD_NAMESPACE": "keda", "KEDA_CLUSTER_OBJECT_NAMESPACE": "keda"})
     for name in ("keda-operator", "keda-scaler", "keda-interceptor"):
         request.addfinalizer(lambda name=name: lab.kill(name))
-    apply(kubeconfig, sleepy, tmp)
+    apply_objects(kubeconfig, sleepy)
     yield lab
 
 
