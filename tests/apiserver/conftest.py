@@ -111,20 +111,16 @@ def install_job(kubeconfig: Path, chart: str, timeout: float = 120) -> dict:
     return json.loads(kubectl(kubeconfig, "get", "job", "-n", "kube-system", job_name, "-o", "json").stdout)
 
 
-def install_crds(kubeconfig: Path, sources, timeout: float = 60) -> None:
-    """Every CRD in config/crd/bases/ of each source's Go module, as the project's chart installs
-    them (a controller does not start while a kind it watches is unknown); waits until those are
-    Established (asked by name: `kubectl wait` fails on a CRD whose status is not written yet)."""
+def install_crd_files(kubeconfig: Path, paths, timeout: float = 60) -> None:
+    """Apply the CRD files and wait until every CRD in them is Established (asked by name until
+    then: `kubectl wait` right after the apply fails on a CRD whose status is not written yet)."""
     import json
     import time
 
-    from testbed import crds
-
     names = []
-    for source in sources:
-        for path in sorted((crds.module_dir(source) / "config" / "crd" / "bases").glob("*.yaml")):
-            done = kubectl(kubeconfig, "apply", "--server-side", "-f", str(path), "-o", "name")
-            names += done.stdout.split()
+    for path in paths:
+        done = kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil-tests", "-f", str(path), "-o", "name")
+        names += [n for n in done.stdout.split() if n.startswith("customresourcedefinition")]
     deadline = time.monotonic() + timeout
     while True:
         found = json.loads(kubectl(kubeconfig, "get", *names, "-o", "json").stdout)["items"]
@@ -135,3 +131,12 @@ def install_crds(kubeconfig: Path, sources, timeout: float = 60) -> None:
             return
         assert time.monotonic() < deadline, f"CRDs not Established after {timeout:.0f} s: {', '.join(waiting)}"
         time.sleep(1)
+
+
+def install_crds(kubeconfig: Path, sources) -> None:
+    """Every CRD in config/crd/bases/ of each source's Go module, as the project's chart installs
+    them (a controller does not start while a kind it watches is unknown)."""
+    from testbed import crds
+
+    install_crd_files(kubeconfig, [path for source in sources
+                                   for path in sorted((crds.module_dir(source) / "config/crd/bases").glob("*.yaml"))])

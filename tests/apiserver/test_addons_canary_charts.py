@@ -29,7 +29,7 @@ from ceil.config import load_cluster, parse_cluster
 from testbed import crds
 from testbed import helm as helm_build
 
-from .conftest import kubectl
+from .conftest import install_crd_files, kubectl
 
 HELM = helm_build.lookup()  # captured at import, before the unit tests' CEIL_CACHE fixture
 FLAGGER_MODULE = "github.com/fluxcd/flagger"
@@ -229,9 +229,7 @@ def test_the_canarys_webhook_is_checked_by_flaggers_real_crd(lab, kubeconfig, ca
     """The Canary with its load-test webhook, server-side with strict field validation against
     the CRD of Flagger's tag, and three wrong webhooks refused: an unknown field, a type Flagger
     does not have, a metadata value that is not a string (Flagger's are all strings)."""
-    for path in crds.files(flagger_source):
-        kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil-tests", "-f", str(path))
-    kubectl(kubeconfig, "wait", "--for=condition=established", "--timeout=60s", "crd/canaries.flagger.app")
+    install_crd_files(kubeconfig, crds.files(flagger_source))
     kubectl(kubeconfig, "create", "namespace", "demo", check=False)
     good = [m for m in canary if m["kind"] == "Canary"][0]
     assert good["spec"]["analysis"]["webhooks"]

@@ -19,7 +19,7 @@ from ceil.addons.catalog import Catalog
 from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 
-from .conftest import install_job, kubectl
+from .conftest import install_crd_files, install_job, kubectl
 
 TEST_CATALOG = Path(__file__).parent / "catalog"
 
@@ -223,14 +223,7 @@ def test_custom_resources_are_accepted_by_their_real_crds(lab, kubeconfig, works
         "addons": cluster.addons.model_copy(update={"enable": sorted(sources)}),
         "gitops": GitOps(enabled=True, url="https://git.example.com/me/cluster.git", token="glpat-0123456789")})
     kinds = {tuple(k.split(" ", 1)) for found in sources.values() for s in found for k in s.kinds}
-    for found in sources.values():
-        for source in found:
-            for path in crds.files(source):
-                kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil-tests", "-f", str(path))
-                for doc in yaml.safe_load_all(path.read_text()):
-                    if doc and doc.get("kind") == "CustomResourceDefinition":
-                        kubectl(kubeconfig, "wait", "--for=condition=established", "--timeout=60s",
-                                f"crd/{doc['metadata']['name']}")
+    install_crd_files(kubeconfig, [path for found in sources.values() for s in found for path in crds.files(s)])
     objects = [o for o in plan_objects(build_plan(cluster, names=sorted(sources)))
                if (o["apiVersion"], o["kind"]) in kinds]
     assert {(o["apiVersion"], o["kind"]) for o in objects} == kinds  # every declared kind is rendered

@@ -22,7 +22,7 @@ from ceil import apps
 from testbed import helm as helm_build
 from tests import bake_cli
 
-from .conftest import install_job, kubectl
+from .conftest import install_crd_files, install_job, kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "apps/piphp/chart"
@@ -131,12 +131,9 @@ def test_the_demo_chart_as_a_canary_release_is_accepted_against_flaggers_and_tra
     assert canary["spec"]["targetRef"]["name"] == "app-piphp" == canary["spec"]["autoscalerRef"]["name"]
     assert "-host piphp.apps.ceil.internal " in canary["spec"]["analysis"]["webhooks"][0]["metadata"]["cmd"]
     assert "replicas" not in next(d for d in docs if d["kind"] == "Deployment")["spec"]
-    for source in [s for found in crds.catalog_sources().values() for s in found
-                   if s.module in ("github.com/fluxcd/flagger", "github.com/traefik/traefik/v3")]:
-        for path in crds.files(source):
-            kubectl(kubeconfig, "apply", "--server-side", "--field-manager=ceil-tests", "-f", str(path))
-    for crd in ("canaries.flagger.app", "ingressroutes.traefik.io"):
-        kubectl(kubeconfig, "wait", "--for=condition=established", "--timeout=60s", f"crd/{crd}")
+    install_crd_files(kubeconfig, [path for found in crds.catalog_sources().values() for s in found
+                                   if s.module in ("github.com/fluxcd/flagger", "github.com/traefik/traefik/v3")
+                                   for path in crds.files(s)])
     kubectl(kubeconfig, "create", "namespace", apps.NAMESPACE, check=False)
     (tmp_path / "rendered.yaml").write_text(rendered.stdout)
     kubectl(kubeconfig, "apply", "-n", apps.NAMESPACE, "--server-side", "--dry-run=server", "--validate=strict",
