@@ -79,6 +79,10 @@ class ApiServerLab:
         subprocess.run(["ip", "route", "del", f"{self.ip}/32", "via", NS_SIDE], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
 
+    def tails(self, *names: str, chars: int = 2500) -> str:
+        """The end of each process's log, for a failure message."""
+        return "\n".join(f"{name}:\n{self.log(name)[-chars:]}" for name in names)
+
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -17,7 +17,6 @@ is what the HPA moves).
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
@@ -26,6 +25,7 @@ from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 from testbed import addon_controllers
 from tests.fakes.prometheus import FakePrometheus
+from tests.infra.ceil_infra import helpers
 
 from .conftest import apply_objects, kubectl
 from .lab import HOST_SIDE
@@ -126,16 +126,9 @@ def adapter(lab, kubeconfig, plan, prometheus, tmp_path_factory):
     kubectl(kubeconfig, "delete", "hpa", "-n", "demo", "podinfo", "--ignore-not-found")
 
 
-def wait_for(what: str, probe, lab, timeout: float = TIMEOUT):
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        time.sleep(2)
-    pytest.fail(f"{what} within {timeout:.0f} s; last: {last}\nprometheus-adapter:\n"
-                f"{lab.log('prometheus-adapter')[-2500:]}\nkube-controller-manager:\n"
-                f"{lab.log('kube-controller-manager')[-1500:]}")
+def wait_for(what: str, check, lab):
+    return helpers.wait_for(what, check, timeout=TIMEOUT, every=2,
+                            explain=lambda: lab.tails("prometheus-adapter", "kube-controller-manager"))
 
 
 def custom_metric(kubeconfig, service: str):
@@ -146,9 +139,11 @@ def custom_metric(kubeconfig, service: str):
 
 def test_the_adapter_serves_the_request_rate_of_a_service_through_the_api_server(adapter, kubeconfig, lab,
                                                                                  prometheus):
-    items = wait_for("custom.metrics.k8s.io answering for demo/podinfo",
-                     lambda: (lambda r: r if isinstance(r, list) and r else None)(custom_metric(kubeconfig, "podinfo")),
-                     lab)
+    def served() -> list | None:  # custom_metric's items, not its refusal (a str)
+        answer = custom_metric(kubeconfig, "podinfo")
+        return answer if isinstance(answer, list) and answer else None
+
+    items = wait_for("custom.metrics.k8s.io answering for demo/podinfo", served, lab)
     (item,) = items
     assert item["metricName"] == METRIC
     assert item["describedObject"] == {"kind": "Service", "namespace": "demo", "name": "podinfo",

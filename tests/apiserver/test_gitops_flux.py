@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ceil.addons.catalog import Catalog
 from ceil.addons.hooks import GITOPS_TOKEN, GITOPS_USERNAME, cluster_secret
 from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 from ceil.config.schema import GitOps
 from testbed import addon_controllers, crds
-from ceil.addons.catalog import Catalog
+from tests.infra.ceil_infra import helpers
 
 from .conftest import install_crds, kubectl
 from .gitserver import GitServer
@@ -126,17 +127,16 @@ def get(kubeconfig: Path, *what: str) -> dict | None:
 
 def wait_for_revision(kubeconfig: Path, sha: str, lab) -> dict:
     """The Kustomization once it applied commit `sha`."""
-    deadline, sync = time.monotonic() + SYNC_TIMEOUT, None
-    while time.monotonic() < deadline:
+    def applied() -> dict | None:
         sync = get(kubeconfig, "kustomization.kustomize.toolkit.fluxcd.io", "-n", "flux-system", "ceil")
-        if sync and (sync.get("status") or {}).get("lastAppliedRevision", "").endswith(sha):
-            return sync
-        time.sleep(2)
-    repo = get(kubeconfig, "gitrepository.source.toolkit.fluxcd.io", "-n", "flux-system", "ceil")
-    pytest.fail(f"Flux did not apply {sha} within {SYNC_TIMEOUT} s.\nKustomization status:"
-                f" {(sync or {}).get('status')}\nGitRepository status: {(repo or {}).get('status')}\n"
-                f"source-controller:\n{lab.log('source-controller')[-3000:]}\n"
-                f"kustomize-controller:\n{lab.log('kustomize-controller')[-3000:]}")
+        return sync if sync and (sync.get("status") or {}).get("lastAppliedRevision", "").endswith(sha) else None
+
+    def explain() -> str:
+        statuses = {kind: (get(kubeconfig, kind, "-n", "flux-system", "ceil") or {}).get("status")
+                    for kind in ("kustomization.kustomize.toolkit.fluxcd.io", "gitrepository.source.toolkit.fluxcd.io")}
+        return f"{statuses}\n{lab.tails('source-controller', 'kustomize-controller', chars=3000)}"
+
+    return helpers.wait_for(f"Flux applying {sha}", applied, timeout=SYNC_TIMEOUT, every=2, explain=explain)
 
 
 def test_flux_clones_the_repository_with_the_token_and_applies_its_folder(synced, kubeconfig, forge, controllers):
@@ -159,7 +159,7 @@ def test_a_commit_is_applied_and_what_it_removed_is_pruned(synced, kubeconfig, f
     deadline = time.monotonic() + 30
     while get(kubeconfig, "configmap", "-n", "gitops-demo", "first") is not None:
         assert time.monotonic() < deadline, ("the ConfigMap removed from the repository is still in the cluster;"
-                                             f" kustomize-controller:\n{controllers.log('kustomize-controller')[-2000:]}")
+                                             f" {controllers.tails('kustomize-controller', chars=2000)}")
         time.sleep(1)
 
 
@@ -182,8 +182,8 @@ def test_make_verify_passes_on_a_synced_cluster_and_fails_when_the_token_is_revo
             except AssertionError as failed:
                 assert "cannot fetch" in str(failed) and "gitops.token" in str(failed), failed
                 break
-            assert time.monotonic() < deadline, ("make verify still passes with the token revoked; source-controller:\n"
-                                                 f"{controllers.log('source-controller')[-2000:]}")
+            assert time.monotonic() < deadline, ("make verify still passes with the token revoked; "
+                                                 f"{controllers.tails('source-controller', chars=2000)}")
             time.sleep(2)
         assert get(kubeconfig, "configmap", "-n", "gitops-demo", "third") is None
         assert ("/cluster.git/info/refs", 401) in forge.requests

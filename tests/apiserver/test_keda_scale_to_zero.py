@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from ceil.addons.render import build_plan
 from ceil.config import load_cluster
 from ceil.k3s import pki
 from testbed import addon_controllers
+from tests.infra.ceil_infra import helpers
 
 from .conftest import apply_objects, install_crds, kubectl
 
@@ -116,14 +116,9 @@ def replicas(kubeconfig) -> int | None:
     return json.loads(done.stdout)["spec"].get("replicas") if done.returncode == 0 else None
 
 
-def wait_for(what: str, probe, lab, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(2)
-    logs = "\n".join(f"{n}:\n{lab.log(n)[-2000:]}" for n in ("keda-operator", "keda-scaler", "keda-interceptor"))
-    pytest.fail(f"{what} within {timeout:.0f} s\n{logs}")
+def wait_for(what: str, check, lab):
+    return helpers.wait_for(what, check, timeout=TIMEOUT, every=2,
+                            explain=lambda: lab.tails("keda-operator", "keda-scaler", "keda-interceptor", chars=2000))
 
 
 def scaled_object(kubeconfig) -> dict:

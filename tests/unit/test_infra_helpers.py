@@ -115,3 +115,12 @@ def test_the_secrets_cluster_yaml_holds_are_found_wherever_they_are(monkeypatch)
     monkeypatch.delenv("CEIL_TEST_PSK")
     unset = parse_cluster(text, "cluster.yaml", env_optional=True)  # as workstation commands load it
     assert cluster_secrets(unset) == ["cf-token-0123456789"]
+
+
+def test_wait_for_names_what_it_waited_for_and_what_the_parts_said():
+    from ceil_infra.helpers import wait_for
+
+    assert wait_for("a value", iter([None, 0, "ready"]).__next__, timeout=5, every=0) == "ready"
+    with pytest.raises(AssertionError, match=r"waiting for the sync\nsource-controller: 401") as failed:
+        wait_for("the sync", lambda: None, timeout=0, every=0, explain=lambda: "source-controller: 401")
+    assert str(failed.value).startswith("timed out after 0s")

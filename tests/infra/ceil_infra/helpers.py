@@ -25,12 +25,14 @@ def each_node(nodes) -> list:
     return sorted(nodes.items())
 
 
-def wait_for(what: str, check, timeout: float = 240, every: float = 5):
-    """check()'s first truthy value; AssertionError naming `what` after `timeout` seconds."""
+def wait_for(what: str, check, timeout: float = 240, every: float = 5, explain=None):
+    """check()'s first truthy value; AssertionError naming `what` after `timeout` seconds, followed
+    by explain()'s text when given (what the parts involved said, for the reader of the failure)."""
     deadline = time.monotonic() + timeout
     while not (value := check()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                 + (f"\n{explain()}" if explain else ""))
         time.sleep(every)
     return value
 
