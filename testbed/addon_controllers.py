@@ -35,12 +35,12 @@ import logging
 import re
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import crds
 from .apiserver import BuildError, _go_env, _run, build_main, check_tools, go_version
 from .cache import ensure_built
 from .recipe import cache_root as recipe_cache_root
@@ -87,16 +87,23 @@ def controllers() -> tuple[Controller, ...]:
     KEDA's operator with the HTTP add-on's interceptor and scaler at the keda add-on's CRD versions."""
     from ceil.addons.catalog import Catalog
 
-    named = {s.module: s.version for s in Catalog().get("gitops").crds}
-    missing = [FLUX + c for c in FLUX_CONTROLLERS if FLUX + c not in named]
-    if missing:
-        raise BuildError(f"addons/gitops/addon.yaml names no CRDs of {', '.join(missing)}:"
-                         " the fast layer builds the controllers of the versions named there")
-    flux = tuple(Controller(c, FLUX + c, named[FLUX + c], api_submodule=True) for c in FLUX_CONTROLLERS)
-    keda = {s.module: s.version for s in Catalog().get("keda").crds}
-    return (*flux, Controller("prometheus-adapter", "sigs.k8s.io/prometheus-adapter", ADAPTER_VERSION, "./cmd/adapter"),
+    catalog = Catalog()
+    flux = _crd_versions(catalog, "gitops", [FLUX + c for c in FLUX_CONTROLLERS])
+    keda = _crd_versions(catalog, "keda", [KEDA, KEDA_HTTP])
+    return (*(Controller(c, FLUX + c, flux[FLUX + c], api_submodule=True) for c in FLUX_CONTROLLERS),
+            Controller("prometheus-adapter", "sigs.k8s.io/prometheus-adapter", ADAPTER_VERSION, "./cmd/adapter"),
             Controller("keda-operator", KEDA, keda[KEDA], "./cmd/operator"),
             *(Controller(c, KEDA_HTTP, keda[KEDA_HTTP], f"./{c}") for c in ("interceptor", "scaler")))
+
+
+def _crd_versions(catalog, addon: str, modules: list[str]) -> dict[str, str]:
+    """{module: version} as addons/<addon>/addon.yaml names them for its CRDs; every one must be named."""
+    named = {s.module: s.version for s in catalog.get(addon).crds}
+    missing = [m for m in modules if m not in named]
+    if missing:
+        raise BuildError(f"addons/{addon}/addon.yaml names no CRDs of {', '.join(missing)}:"
+                         " the fast layer builds the controllers of the versions named there")
+    return named
 
 
 def recipe() -> Recipe:
@@ -130,15 +137,10 @@ def substitutions(gomod: str) -> dict[str, str]:
 
 def _source(module: str, version: str, dest: Path) -> Path:
     """The module's source, writable, at dest."""
-    info = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
-                          capture_output=True, text=True, env=_go_env(), cwd=dest.parent, timeout=900)
     try:
-        meta = json.loads(info.stdout or "{}")
-    except json.JSONDecodeError:
-        meta = {"Error": info.stdout.strip()[-500:]}
-    if info.returncode != 0 or "Error" in meta:
-        raise BuildError(f"the Go module proxy does not serve {module}@{version}: {meta.get('Error') or info.stderr.strip()}")
-    shutil.copytree(meta["Dir"], dest)
+        shutil.copytree(crds.download(module, version), dest)
+    except crds.CrdError as e:
+        raise BuildError(str(e)) from e
     for path in [dest, *dest.rglob("*")]:  # the module cache is read-only
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
     return dest

@@ -26,21 +26,28 @@ class CrdError(RuntimeError):
     pass
 
 
-def _env(source: CrdSource) -> dict[str, str]:
+def _env(toolchain: str | None) -> dict[str, str]:
     # GOFLAGS=-mod=mod: no go.mod here; the toolchain: only where the module's go.mod needs a newer
     # Go (the go command takes that approved version from the module proxy, like a module).
-    return {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": source.toolchain or "local"}
+    return {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": toolchain or "local"}
+
+
+def download(module: str, version: str, toolchain: str | None = None) -> Path:
+    """The module's folder in the Go module cache (read-only), fetched from the proxy if missing."""
+    with tempfile.TemporaryDirectory(prefix="ceil-crds-") as tmp:
+        done = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
+                              capture_output=True, text=True, env=_env(toolchain), cwd=tmp, timeout=900)
+    try:
+        info = json.loads(done.stdout or "{}")
+    except json.JSONDecodeError:
+        info = {"Error": done.stdout.strip()[-500:]}
+    if done.returncode != 0 or "Error" in info or not info.get("Dir"):
+        raise CrdError(f"the Go module proxy did not give {module}@{version}: {info.get('Error') or done.stderr.strip()}")
+    return Path(info["Dir"])
 
 
 def module_dir(source: CrdSource) -> Path:
-    with tempfile.TemporaryDirectory(prefix="ceil-crds-") as tmp:
-        done = subprocess.run(["go", "mod", "download", "-json", f"{source.module}@{source.version}"],
-                              capture_output=True, text=True, env=_env(source), cwd=tmp, timeout=900)
-    info = json.loads(done.stdout or "{}")
-    if done.returncode != 0 or "Error" in info or not info.get("Dir"):
-        raise CrdError(f"the Go module proxy did not give {source.module}@{source.version}:"
-                       f" {info.get('Error') or done.stderr.strip()}")
-    return Path(info["Dir"])
+    return download(source.module, source.version, source.toolchain)
 
 
 def files(source: CrdSource) -> list[Path]:
