@@ -10,8 +10,6 @@ repository holds what the test commits, and the login is what the test set.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import os
 import ssl
 import subprocess
@@ -19,10 +17,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from ceil.k3s import pki
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "ceil test", "GIT_AUTHOR_EMAIL": "test@ceil.invalid",
            "GIT_COMMITTER_NAME": "ceil test", "GIT_COMMITTER_EMAIL": "test@ceil.invalid",
@@ -150,21 +145,6 @@ def _handler(server: GitServer):
 
 def _certificates(host: str) -> tuple[bytes, bytes, bytes]:
     """(CA certificate, server certificate for `host`, server key), PEM, made for this run."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ceil test forge CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])).issuer_name(ca_name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    return (ca.public_bytes(pem), cert.public_bytes(pem),
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ca = pki.make_ca("ceil test forge CA")
+    server = pki.issue_server_cert(ca, host, [], [host])
+    return ca.cert_pem, server.cert_pem, server.key_pem
