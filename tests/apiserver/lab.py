@@ -66,12 +66,12 @@ class ApiServerLab:
         self._issue_certs()
         self._network()
         self.spawn("kine", [str(self.build.kine), "--listen-address", "127.0.0.1:2379", "--endpoint",
-                             f"sqlite://{self.dir}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000"])
+                            f"sqlite://{self.dir}/db/state.db?_journal=WAL&cache=shared&_busy_timeout=30000"])
         self.spawn("kube-apiserver", [str(self.build.apiserver), *self.apiserver_args()])
         self.wait_ready(timeout)
         self.spawn("kube-controller-manager", [str(self.build.controller_manager), *self.controller_manager_args()])
         self.spawn("helm-controller", [str(self.build.helm_controller), "--kubeconfig",
-                                        str(self.kubeconfig("helm-controller", "system:masters"))])
+                                       str(self.kubeconfig("helm-controller", "system:masters"))])
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
