@@ -60,9 +60,9 @@ def keda(lab, kubeconfig, sleepy, tmp_path_factory, request):
         pytest.fail("no add-on controllers for the fast layer: run `make addon-controllers` first")
     tmp = tmp_path_factory.mktemp("keda")
     install_crds(kubeconfig, Catalog().get("keda").crds)
-    scaler_port = next(t["metadata"]["scalerAddress"] for m in sleepy if m["kind"] == "ScaledObject"
+    scaler_address = next(t["metadata"]["scalerAddress"] for m in sleepy if m["kind"] == "ScaledObject"
                        for t in m["spec"]["triggers"]).rsplit(":", 1)
-    assert scaler_port == [SCALER, str(SCALER_PORT)]
+    assert scaler_address == [SCALER, str(SCALER_PORT)]
     apply_objects(kubeconfig, [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keda"}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}},
