@@ -8,6 +8,7 @@ cached base image is only ever read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -16,7 +17,10 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,7 @@ from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
 from .sparse import allocated_bytes, copy_window, data_in, hash_window, punch_hole, reflink
-from .ui import byte_progress, step
+from .ui import byte_progress, print_transcript, say, shared_progress, step, transcript
 
 # The memory cgroup, which Raspberry Pi kernels leave off by default (their firmware's command
 # line starts with cgroup_disable=memory; docs/testing.md, hostile twins): k3s needs it on a node,
@@ -64,6 +68,9 @@ class BakeContext:
     root: Partition | None = None
     payload: Payload | None = None
     composed: Composed | None = None
+    range_cache: RangeCache | None = None  # shared by roles baked side by side from one base
+    stop: threading.Event | None = None  # set (Ctrl-C in the main thread): stop at the next step or 8 MiB
+    took: float = 0.0  # seconds its steps took
 
     def __post_init__(self) -> None:
         self.cluster.node(self.role) if self.role != "router" else None  # unknown role: clear error
@@ -260,10 +267,15 @@ def stage_boot(ctx: BakeContext) -> None:
             copy_window(fin.fileno(), fout.fileno(), ctx.boot.start, 0, ctx.boot.size)
 
 
-def write_seed(ctx: BakeContext) -> None:
+def render_payload(ctx: BakeContext) -> None:
+    """The role's first-boot files, into the work folder; the cluster's secrets it needs are made
+    here (once, shared by the roles), so this runs one role after another (bake_side_by_side)."""
     ctx.payload = build_payload(
         RoleContext(ctx.cluster, ctx.role, ctx.flavor, ctx.store, ctx.airgap), ctx.work / "payload"
     )
+
+
+def write_seed(ctx: BakeContext) -> None:
     with step("write_seed", "user-data, meta-data, network-config"):
         for name, text in ctx.payload.seed.items():
             write_file(ctx.staged_boot, name, text.encode(), ctx.work)
@@ -342,7 +354,7 @@ def write_rootfs(ctx: BakeContext) -> None:
         with open(ctx.base.path, "rb") as fin, create_private(ctx.staged_root) as fout:
             fout.truncate(ctx.root.size)
             data = data_in(fin.fileno(), ctx.root.start, ctx.root.size)
-            with byte_progress("staging the root partition", data) as advance:
+            with byte_progress(f"staging {ctx.role}'s root partition", data, ctx.stop) as advance:
                 copy_window(fin.fileno(), fout.fileno(), ctx.root.start, 0, ctx.root.size, advance)
         write_files(ctx.staged_root, ctx.payload.rootfs)
 
@@ -353,14 +365,19 @@ def compose_image(ctx: BakeContext) -> None:
     if ctx.payload.rootfs:  # what write_rootfs staged (not a file a killed bake left behind)
         staged[ctx.root] = ctx.staged_root
     st = ctx.base.path.stat()
-    cache = RangeCache(cache_root() / "ranges" / f"{ctx.base.sha256}.json")
+    cache = ctx.range_cache or range_cache(ctx.base)
     size = f"{st.st_size / 2**30:.1f} GiB sparse"
     with step("compose_image", size) as detail:
         ctx.composed = compose(ctx.base.path, staged, ctx.partial_output, cache,
                                base_key=f"{ctx.base.sha256}:{st.st_size}:{st.st_mtime_ns}",
-                               whole_sha256=ctx.whole_sha256, label=ctx.output.name)
+                               whole_sha256=ctx.whole_sha256, label=ctx.output.name, stop=ctx.stop)
         detail(f"{size}, {'cloned' if ctx.composed.cloned else 'copied'}")
     cache.save()
+
+
+def range_cache(base: BaseImage) -> RangeCache:
+    """The remembered digests of the base's ranges (image_digests), in ceil's cache."""
+    return RangeCache(cache_root() / "ranges" / f"{base.sha256}.json")
 
 
 @dataclass
@@ -382,7 +399,8 @@ def _segments(base_fd: int, size: int, staged: dict[Partition, int]) -> list[tup
 
 
 def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCache | None = None,
-            base_key: str | None = None, whole_sha256: bool = False, label: str = "") -> Composed:
+            base_key: str | None = None, whole_sha256: bool = False, label: str = "",
+            stop: threading.Event | None = None) -> Composed:
     size = base.stat().st_size
     files = {part: open(path, "rb") for part, path in staged.items()}
     with open(base, "rb") as fb, create_private(out) as fo, ThreadPoolExecutor(1) as pool:
@@ -393,7 +411,7 @@ def compose(base: Path, staged: dict[Partition, Path], out: Path, cache: RangeCa
         digests = pool.submit(_digests, windows, signature_zones(fb.fileno()), cache, whole_sha256)
         data = [data_in(f, src, length) for f, src, _, length in segments]
         try:
-            with byte_progress(f"writing {label or out.name}", sum(data)) as advance:
+            with byte_progress(f"writing {label or out.name}", sum(data), stop) as advance:
                 cloned = _clone_base(fb.fileno(), fo.fileno(), segments)
                 if not cloned:
                     fo.truncate(size)
@@ -472,11 +490,14 @@ def publish(partial_image: Path, image: Path, manifest: dict, manifest_path: Pat
     os.replace(partial_manifest, manifest_path)
 
 
-STEPS = [fetch_base, verify_base, stage_boot, write_seed, write_payload, edit_cmdline, edit_config_txt, write_rootfs,
-         compose_image, finish_image]
-# write_seed renders the payload into the work folder; fetch_base writes into the image cache,
-# the others beside the output.
-IN_WORK_FOLDER = (write_seed,)
+# Reading the base and rendering the payload, which makes the cluster's shared secrets: one role
+# after another, in the caller's thread. Writing the role's image: side by side (bake_side_by_side).
+PREPARE = [fetch_base, verify_base, render_payload]
+WRITE = [stage_boot, write_seed, write_payload, edit_cmdline, edit_config_txt, write_rootfs, compose_image,
+         finish_image]
+# render_payload renders the payload into the work folder; fetch_base writes into the image
+# cache, the others beside the output.
+IN_WORK_FOLDER = (render_payload,)
 # The work folder holds the payload: about a hundred small files and PiWatch's wheels (5 MiB).
 RAM_WORK_NEEDS = 256 << 20
 
@@ -491,22 +512,149 @@ def work_root(shm: Path = Path("/dev/shm")) -> str | None:
     return str(shm) if shutil.disk_usage(shm).free >= RAM_WORK_NEEDS else None
 
 
-def bake(ctx: BakeContext) -> Path:
+@contextlib.contextmanager
+def role_folders(ctx: BakeContext) -> Iterator[None]:
+    """The role's work folder while it lasts; on the way out, whatever it left half-written
+    beside the output is removed (a published image is no longer a partial)."""
     git_ignored_folder(ctx.out_dir, "baked images, each holding its machine's keys")
     with tempfile.TemporaryDirectory(prefix=f"ceil-{ctx.role}-", dir=work_root()) as work:
         ctx.work = Path(work)
         try:
-            for s in STEPS:
-                try:
-                    s(ctx)
-                except OSError as e:
-                    if e.errno == errno.ENOSPC:
-                        raise no_space(ctx, s) from None
-                    raise
+            yield
         finally:
             for partial in ctx.partials:
                 partial.unlink(missing_ok=True)
+
+
+def run_steps(ctx: BakeContext, steps: list[Callable[[BakeContext], None]]) -> None:
+    for s in steps:
+        if ctx.stop is not None and ctx.stop.is_set():
+            raise KeyboardInterrupt  # as the Ctrl-C that set it would have, had this run in the main thread
+        start = time.monotonic()
+        try:
+            s(ctx)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise no_space(ctx, s) from None
+            raise
+        finally:
+            ctx.took += time.monotonic() - start
+
+
+def bake(ctx: BakeContext) -> Path:
+    """One role's image, start to end, in this thread."""
+    with role_folders(ctx):
+        run_steps(ctx, PREPARE + WRITE)
     return ctx.output
+
+
+def said_failed(ctx: BakeContext, error: BaseException) -> None:
+    """The failed role's last line: other roles' lines may follow it before the error is shown."""
+    if not isinstance(error, KeyboardInterrupt):
+        say(f"[red]  {ctx.role} failed[/red] (the error follows the other roles' lines)")
+
+
+def bake_jobs() -> int:
+    """How many images bake_side_by_side writes at once by default: one per core, at most two.
+    Beyond two the copies wait on the disk, not the CPU."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def bake_side_by_side(contexts: list[BakeContext], jobs: int,
+                      announce: Callable[[BakeContext], None] = lambda ctx: None) -> Iterator[BakeContext]:
+    """Bake the roles, writing up to `jobs` images at once; yield each context once its image is
+    published, in the roles' order. `announce` says a role's first lines.
+
+    Each role's PREPARE runs here, one role after another: its payload makes and reads the
+    cluster's shared secrets (the token, the CA), which two threads would each make anew. Its
+    WRITE (the boot partition's files, the image's copy and digests, publishing) runs in a worker
+    thread: the copy waits on the kernel, and on a base with little data each role's Python work
+    weighed as much as its copy (issue 21). Each role's lines are kept and printed whole, in
+    order; the progress bars share one display. A failure stops new roles; those already being
+    written finish, are published and yielded, then the first failure is raised. Ctrl-C stops
+    every worker at its next step or 8 MiB, each removing what it had half-written."""
+    if jobs <= 1 or len(contexts) <= 1:
+        for ctx in contexts:
+            announce(ctx)
+            bake(ctx)
+            yield ctx
+        return
+    stop = threading.Event()  # Ctrl-C: every role stops where it is
+    failed = threading.Event()  # a role failed: no other begins (those under way finish)
+    caches: dict[str, RangeCache] = {}  # one per base: a second role waits for the first's digests
+    pending: deque = deque()  # (ctx, its lines, its future): roles handed to the workers, oldest first
+    failure: BaseException | None = None
+
+    def write(ctx: BakeContext, folders: contextlib.ExitStack, lines: list[str]) -> bool:
+        with folders, transcript(lines):
+            if failed.is_set():
+                say(f"  {ctx.role}: not written (another role failed)")
+                return False
+            try:
+                run_steps(ctx, WRITE)
+            except BaseException as e:
+                failed.set()
+                said_failed(ctx, e)
+                raise
+            return True
+
+    def collect() -> BakeContext | None:
+        """Wait for the oldest role; print its lines; the context if its image was published."""
+        nonlocal failure
+        ctx, lines, future = pending.popleft()
+        while True:
+            try:
+                error = future.exception()  # waits for the worker
+                break
+            except KeyboardInterrupt:  # Ctrl-C while waiting: stop them all, then wait on
+                failure = failure or KeyboardInterrupt()
+                failed.set()
+                stop.set()
+        print_transcript(lines)
+        failure = failure or error
+        return ctx if error is None and future.result() else None
+
+    with shared_progress(), ThreadPoolExecutor(jobs, thread_name_prefix="ceil-bake") as pool:
+        try:
+            for ctx in contexts:
+                if failed.is_set():
+                    break
+                ctx.stop, lines, folders = stop, [], contextlib.ExitStack()
+                try:
+                    with transcript(lines):
+                        announce(ctx)
+                        folders.enter_context(role_folders(ctx))
+                        try:
+                            run_steps(ctx, PREPARE)
+                        except BaseException as e:
+                            said_failed(ctx, e)
+                            raise
+                    if ctx.base.sha256 not in caches:
+                        caches[ctx.base.sha256] = range_cache(ctx.base)
+                    ctx.range_cache = caches[ctx.base.sha256]
+                    pending.append((ctx, lines, pool.submit(write, ctx, folders, lines)))
+                except BaseException as e:  # noqa: B036 (Ctrl-C included: the roles under way stop too)
+                    folders.close()
+                    print_transcript(lines)
+                    failure = failure or e
+                    failed.set()
+                    if isinstance(e, KeyboardInterrupt):
+                        stop.set()
+                    break
+                # One role more than there are workers is prepared ahead (its payload, a few
+                # MiB in the work folder): a worker that finishes starts the next at once.
+                while len(pending) > jobs:
+                    if done := collect():
+                        yield done
+            while pending:
+                if done := collect():
+                    yield done
+        except BaseException:  # Ctrl-C while printing, or the caller stopped iterating
+            failed.set()
+            stop.set()
+            raise
+    if failure:
+        raise failure
 
 
 def no_space(ctx: BakeContext, failed) -> CeilError:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -83,9 +82,10 @@ class LazyGroup(click.Group):
 @click.option("--airgap", type=click.Path(path_type=Path, file_okay=False), help="Folder with k3s release files (k3s-arm64, sha256sum-arm64.txt, images tarball) to bake into node images.")
 @click.option("--sha256", "whole_sha256", is_flag=True, help="Also record each image's whole-file sha256 in its manifest (for publishing images; the manifest always holds a sha256 per data range, which is what flash checks).")
 @click.option("--secrets", "secrets_dir", type=click.Path(path_type=Path), help="Secrets folder [default: secrets/ next to the config].")
+@click.option("--jobs", type=click.IntRange(min=1), metavar="N", help="Images written at once with several roles [default: 2 on a machine with two cores or more, else 1]; --jobs 1 writes one after another (gentler on a spinning disk).")
 @click.version_option(__version__, prog_name="ceil")
 @click.pass_context
-def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
+def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir, jobs):
     """Bake ready-to-flash SD-card images for a self-provisioning Raspberry Pi k3s cluster.
 
     Each image configures its machine on first boot: the router (uplink, DHCP/DNS, NAT, firewall,
@@ -110,11 +110,12 @@ def cli(ctx, roles, all_roles, config_path, base_image, any_base_image, out_dir,
     if not roles and not all_roles:
         click.echo(ctx.get_help())
         raise click.UsageError("say what to bake: --role NAME (router, one, ...) or --all")
-    bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir)
+    bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir, jobs)
 
 
-def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir):
-    from .bakery import BakeContext, bake, check_base_image, clean_stale
+def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_dir, airgap, whole_sha256, secrets_dir,
+               jobs=None):
+    from .bakery import BakeContext, bake_jobs, bake_side_by_side, check_base_image, clean_stale
     from .locks import folder_held
     from .catalog import load_flavor
     from .compat import (check_no_k3s_downgrade, check_secrets_format, check_version_skew, first_server_rebake_warning,
@@ -128,6 +129,7 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     from .wireguard import CLIENTS_DIR, stale_clients
     from .host_keys import pinned_keys
     from .workstation import known_hosts_file, no_way_in_warning, pin_host_key
+    from .ui import say
 
     try:
         cluster = load_cluster(config_path)
@@ -171,18 +173,24 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
     # folder is made once secrets/ is held: a bake waiting on secrets/ writes nothing.)
     with store.held(), folder_held(out_dir, "one bake at a time writes into this folder"):
         clean_stale(out_dir)
-        for r in chosen:
-            start = time.monotonic()
-            console.print(f"[bold]baking {r}[/bold] ({cluster.hostname(r)}, flavor {cluster.flavor})")
-            if restoring := restore_notice(cluster, store, r):
-                console.print(f"  {escape(restoring)}")
-            path = bake(BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256))
+
+        def announce(ctx: BakeContext) -> None:
+            say(f"[bold]baking {ctx.role}[/bold] ({cluster.hostname(ctx.role)}, flavor {cluster.flavor})")
+            if restoring := restore_notice(cluster, store, ctx.role):
+                say(f"  {escape(restoring)}")
+
+        contexts = [BakeContext(cluster, config_path, r, out_dir, store, base_image, airgap, any_base_image, whole_sha256)
+                    for r in chosen]
+        # Each image's bookkeeping as soon as it is published, in the roles' order (with several
+        # written at once, an image published before another role failed is recorded too).
+        for ctx in bake_side_by_side(contexts, jobs or bake_jobs(), announce):
+            r = ctx.role
             if r == "router":
                 router_baked(store)
             else:
                 node_baked(store, r, cluster.kubernetes.k3s_version)
             check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
-            console.print(f"[green]wrote {escape(str(path))}[/green] in {time.monotonic() - start:.1f}s")
+            console.print(f"[green]wrote {escape(str(ctx.output))}[/green] in {ctx.took:.1f}s")
             # The card's host key, made at its first bake, is the one the workstation expects
             # from now on: a first contact is checked like any other.
             known_hosts = known_hosts_file(cluster)

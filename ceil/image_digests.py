@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,28 +61,47 @@ class RangeCache:
         except (OSError, ValueError, KeyError, TypeError):
             self.entries = {}
         self.dirty = False
+        # Roles baked side by side share one cache: the second to reach a window of the base
+        # waits for the first's digests instead of hashing the same gigabytes beside it.
+        self._lock = threading.Lock()
+        self._window_locks: dict[str, threading.Lock] = {}
 
     def get(self, key: str) -> Ranges | None:
         got = self.entries.get(key)
         return [tuple(r) for r in got] if isinstance(got, list) else None
 
     def put(self, key: str, ranges: Ranges) -> None:
-        self.entries[key] = [list(r) for r in ranges]
-        self.dirty = True
+        with self._lock:  # not while save() serialises the entries in another thread
+            self.entries[key] = [list(r) for r in ranges]
+            self.dirty = True
+
+    def get_or_compute(self, key: str, compute: Callable[[], Ranges]) -> Ranges:
+        with self._lock:
+            window_lock = self._window_locks.setdefault(key, threading.Lock())
+        with window_lock:
+            got = self.get(key)
+            if got is None:
+                got = compute()
+                self.put(key, got)
+            return got
 
     def save(self) -> None:
         """Best effort: the digests only save the next bake from hashing the base again, so a
         full or read-only cache folder is said and the bake goes on (it once failed the bake,
         telling the user to free room in out/, and left its temp file behind)."""
-        if not self.dirty:
-            return
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with self._lock:
+            if not self.dirty:
+                return
+            self.dirty = False
+            text = json.dumps({"format": FORMAT, "windows": self.entries})
+        tmp = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"format": FORMAT, "windows": self.entries}))
+            tmp.write_text(text)
             os.replace(tmp, self.path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
+            self.dirty = True  # the next save tries again
             from .ui import notice
 
             notice(f"the base image's range digests were not saved in {self.path.parent} ({e.strerror or e}):"
@@ -92,13 +112,11 @@ def image_ranges(windows: list[Window], zones: list[tuple[int, int]], cache: Ran
     """The block map of the image the windows compose, each range with its sha256."""
     out: Ranges = []
     for w in windows:
-        key = f"{w.cache_key}:{w.src}:{w.length}:{ALIGN}:{MERGE_GAP}" if w.cache_key else None
-        got = cache.get(key) if cache and key else None
-        if got is None:
-            got = window_ranges(w, zones)
-            if cache and key:
-                cache.put(key, got)
-        out.extend(got)
+        if cache and w.cache_key:
+            key = f"{w.cache_key}:{w.src}:{w.length}:{ALIGN}:{MERGE_GAP}"
+            out.extend(cache.get_or_compute(key, lambda w=w: window_ranges(w, zones)))
+        else:
+            out.extend(window_ranges(w, zones))
     return out
 
 

@@ -77,12 +77,28 @@ def baked(request, tmp_path_factory, ssh_pubkey, offline_wheels):
     os.environ["CEIL_CACHE"] = str(env_cache)
     os.environ["XDG_CACHE_HOME"] = str(offline_wheels)  # module scope: the autouse fixture is not active yet
     os.environ["CEIL_PIWATCH_LOCK"] = str(offline_wheels / "wheels.lock.json")
-    result = run_bake("--all", "--base-image", str(base), cwd=d)
+    # Two images written at once whatever this machine's cores (the default on two or more).
+    result = run_bake("--all", "--jobs", "2", "--base-image", str(base), cwd=d)
     assert result.returncode == 0, result.stderr
     return {"dir": d, "flavor": flavor, "base": base, "base_digest": base_digest, "stderr": result.stderr}
 
 
 ROLES = ["router", "one", "two"]
+
+
+def test_roles_written_side_by_side_print_their_lines_whole_and_in_order(baked):
+    """Each role's block: its `baking` line, its steps, its `wrote` line, none of another role's
+    lines among them, the roles in cluster.yaml's order."""
+    lines = [line.strip() for line in baked["stderr"].splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("baking ")]
+    assert [lines[i].split()[1] for i in starts] == ROLES
+    for role, begin, end in zip(ROLES, starts, starts[1:] + [len(lines)]):
+        block = lines[begin:end]
+        steps = [line.split()[0] for line in block[1:-1] if not line.startswith("wrote")]
+        assert steps[0] == "fetch_base" and steps[-1] == "finish_image", block
+        assert block[-1].startswith(f"wrote out/ceil-{role}.img") or any(
+            line.startswith(f"wrote out/ceil-{role}.img") for line in block), block
+        assert not any(f"ceil-{other}." in line for line in block for other in ROLES if other != role), block
 
 
 def test_outputs_and_manifests(baked):

@@ -151,7 +151,7 @@ def progress(monkeypatch) -> dict:
     seen = {}
 
     @contextlib.contextmanager
-    def bar(description, total):
+    def bar(description, total, stop=None):
         seen.update(description=description, total=total, done=0)
         yield lambda n: seen.__setitem__("done", seen["done"] + n)
 

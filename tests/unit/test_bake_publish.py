@@ -62,7 +62,8 @@ def composer(written: list[bytes]):
 def bake(ctx: bakery.BakeContext, monkeypatch) -> bytes:
     """Bake with the stand-in steps; the image it composed."""
     written = []
-    monkeypatch.setattr(bakery, "STEPS", [composer(written), bakery.finish_image])
+    monkeypatch.setattr(bakery, "PREPARE", [])
+    monkeypatch.setattr(bakery, "WRITE", [composer(written), bakery.finish_image])
     try:
         bakery.bake(ctx)
     finally:
@@ -106,7 +107,8 @@ def test_a_rebake_interrupted_anywhere_leaves_a_pair_or_an_image_flash_says_to_b
     assert flash_verdict(ctx, old, b"") == "old pair"
 
     written = []
-    monkeypatch.setattr(bakery, "STEPS", [composer(written), bakery.finish_image])
+    monkeypatch.setattr(bakery, "PREPARE", [])
+    monkeypatch.setattr(bakery, "WRITE", [composer(written), bakery.finish_image])
     interrupt_file_operation(monkeypatch, n)
     with contextlib.suppress(KeyboardInterrupt):
         bakery.bake(ctx)
