@@ -150,6 +150,9 @@ def test_ctrl_c_stops_every_image_being_written_and_leaves_no_partial(contexts, 
 
     monkeypatch.setattr(bakery, "PREPARE", [lambda ctx: setattr(ctx, "base", SimpleNamespace(sha256="0" * 64))])
     monkeypatch.setattr(bakery, "WRITE", [endless_copy])
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell starting a job in the
+    # background (as make's parent may be) leaves SIGINT ignored, and then Python installs none.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     start = time.monotonic()
     timer.start()
@@ -158,6 +161,7 @@ def test_ctrl_c_stops_every_image_being_written_and_leaves_no_partial(contexts, 
             bake(contexts)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, handler)
     assert time.monotonic() - start < 5, "the workers did not stop at their next progress step"
     assert sorted(stopped) == ["one", "router"]
     assert sorted(p.name for p in contexts[0].out_dir.iterdir()) == [".gitignore"]
