@@ -304,13 +304,20 @@ WAY_IN = ("this workstation needs a way to the cluster LAN: the VPN, or --via AD
 CONNECT_OPTIONS = ("-o", "ConnectTimeout=10")
 
 
-def _end_with_parent() -> None:
-    """In the child, on Linux: the kernel sends it SIGTERM when this process dies, even by SIGKILL."""
-    import ctypes
-    import signal
+def _ending_with(parent: int):
+    """For the child, on Linux: the kernel sends it SIGTERM when `parent` (this process) dies,
+    even by SIGKILL. A parent that died between the fork and the prctl sends nothing: the child,
+    then already another's, ends itself (a make test run once saw ssh's stand-in outlive a
+    bake.py killed at that moment)."""
+    def end_with_parent() -> None:
+        import ctypes
+        import signal
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return end_with_parent
 
 
 def run_ssh_attached(argv: list[str], what: str) -> int:
@@ -319,7 +326,7 @@ def run_ssh_attached(argv: list[str], what: str) -> int:
     decides: this process only waits for it."""
     import signal
 
-    proc = subprocess.Popen(argv, preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+    proc = subprocess.Popen(argv, preexec_fn=_ending_with(os.getpid()) if sys.platform == "linux" else None)
     interrupted = False
 
     def pass_on(number: int, frame) -> None:

@@ -380,6 +380,24 @@ def test_the_attached_ssh_ends_with_bake_py_even_when_it_is_killed_outright():
     assert not running(child), "ssh's stand-in outlived a killed bake.py"
 
 
+def test_a_child_whose_parent_died_before_it_asked_for_the_parent_death_signal_ends_itself():
+    """The window the test above may hit by chance: bake.py killed between ssh's fork and its
+    prctl, when the kernel has no parent death left to signal. Here the child is told another
+    parent than its own, as it would find itself reparented."""
+    import signal
+    import sys
+
+    from ceil import workstation
+
+    if sys.platform != "linux":
+        pytest.skip("the kernel's parent-death signal is Linux's")
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=workstation._ending_with(1))
+    try:
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        child.kill()
+
+
 def test_the_attached_ssh_stopped_by_a_signal_is_not_told_as_a_missing_way_in():
     """Review: a tunnel stopped with `kill` (passed on to ssh, which then exits 255) said "could not
     connect ... needs a way to the cluster LAN"; and a child killed by a signal gave exit 241."""
