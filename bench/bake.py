@@ -184,5 +184,6 @@ def measure(total_mib: int, data_mib: int, where: str | None = None, cp_flags: l
         print(f"ratio bake / cp        : {bake_time / cp_time:6.2f}x  (target <= 1.2x; --jobs 1:"
               f" {serial_time / cp_time:.2f}x)")
 
+
 if __name__ == "__main__":
     main()

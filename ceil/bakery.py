@@ -21,9 +21,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.markup import escape
 
 from . import __version__
 from .catalog import Flavor, load_flavor
@@ -71,6 +73,7 @@ class BakeContext:
     range_cache: RangeCache | None = None  # shared by roles baked side by side from one base
     stop: threading.Event | None = None  # set (Ctrl-C in the main thread): stop at the next step or 8 MiB
     took: float = 0.0  # seconds its steps took
+    side_by_side: int = 1  # images written at once by this bake (each needs its room while written)
 
     def __post_init__(self) -> None:
         self.cluster.node(self.role) if self.role != "router" else None  # unknown role: clear error
@@ -453,7 +456,10 @@ def _digests(windows: list[Window], zones, cache: RangeCache | None, whole: bool
 
 def finish_image(ctx: BakeContext) -> None:
     with step("finish_image", str(ctx.output)):
-        publish(ctx.partial_output, ctx.output, manifest_of(ctx), ctx.manifest, ctx.partial_manifest)
+        manifest = manifest_of(ctx)
+        if ctx.stop is not None and ctx.stop.is_set():  # stopped while the manifest was made
+            raise KeyboardInterrupt
+        publish(ctx.partial_output, ctx.output, manifest, ctx.manifest, ctx.partial_manifest)
 
 
 def manifest_of(ctx: BakeContext) -> dict:
@@ -548,16 +554,18 @@ def bake(ctx: BakeContext) -> Path:
     return ctx.output
 
 
-def said_failed(ctx: BakeContext, error: BaseException) -> None:
-    """The failed role's last line: other roles' lines may follow it before the error is shown."""
-    if not isinstance(error, KeyboardInterrupt):
-        say(f"[red]  {ctx.role} failed[/red] (the error follows the other roles' lines)")
-
-
 def bake_jobs() -> int:
-    """How many images bake_side_by_side writes at once by default: one per core, at most two.
-    Beyond two the copies wait on the disk, not the CPU."""
-    return max(1, min(2, os.cpu_count() or 1))
+    """How many images bake_side_by_side writes at once by default: one per core this process
+    may use, at most two. Beyond two the copies wait on the disk, not the CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def failed_with(error: BaseException):
+    """A finished future holding `error`: a role whose PREPARE failed, collected in its turn."""
+    future = Future()
+    future.set_exception(error)
+    return future
 
 
 def bake_side_by_side(contexts: list[BakeContext], jobs: int,
@@ -592,9 +600,8 @@ def bake_side_by_side(contexts: list[BakeContext], jobs: int,
                 return False
             try:
                 run_steps(ctx, WRITE)
-            except BaseException as e:
+            except BaseException:
                 failed.set()
-                said_failed(ctx, e)
                 raise
             return True
 
@@ -610,6 +617,11 @@ def bake_side_by_side(contexts: list[BakeContext], jobs: int,
                 failure = failure or KeyboardInterrupt()
                 failed.set()
                 stop.set()
+        if error is not None and not isinstance(error, KeyboardInterrupt) and not stop.is_set():
+            # Other roles' lines may follow this one's before the error is shown; a second
+            # failure is told here, in full (only the first is raised).
+            lines.append(f"[red]  {ctx.role} failed[/red]" + (" (the error is the last line)" if failure is None
+                                                              else f": {escape(str(error))}"))
         print_transcript(lines)
         failure = failure or error
         return ctx if error is None and future.result() else None
@@ -619,28 +631,23 @@ def bake_side_by_side(contexts: list[BakeContext], jobs: int,
             for ctx in contexts:
                 if failed.is_set():
                     break
-                ctx.stop, lines, folders = stop, [], contextlib.ExitStack()
+                ctx.stop, ctx.side_by_side, lines, folders = stop, jobs, [], contextlib.ExitStack()
                 try:
                     with transcript(lines):
                         announce(ctx)
                         folders.enter_context(role_folders(ctx))
-                        try:
-                            run_steps(ctx, PREPARE)
-                        except BaseException as e:
-                            said_failed(ctx, e)
-                            raise
-                    if ctx.base.sha256 not in caches:
-                        caches[ctx.base.sha256] = range_cache(ctx.base)
-                    ctx.range_cache = caches[ctx.base.sha256]
-                    pending.append((ctx, lines, pool.submit(write, ctx, folders, lines)))
+                        run_steps(ctx, PREPARE)
                 except BaseException as e:  # noqa: B036 (Ctrl-C included: the roles under way stop too)
-                    folders.close()
-                    print_transcript(lines)
-                    failure = failure or e
                     failed.set()
                     if isinstance(e, KeyboardInterrupt):
                         stop.set()
+                    folders.close()
+                    pending.append((ctx, lines, failed_with(e)))  # its lines after the older roles'
                     break
+                if ctx.base.sha256 not in caches:
+                    caches[ctx.base.sha256] = range_cache(ctx.base)
+                ctx.range_cache = caches[ctx.base.sha256]
+                pending.append((ctx, lines, pool.submit(write, ctx, folders, lines)))
                 # One role more than there are workers is prepared ahead (its payload, a few
                 # MiB in the work folder): a worker that finishes starts the next at once.
                 while len(pending) > jobs:
@@ -672,6 +679,10 @@ def no_space(ctx: BakeContext, failed) -> CeilError:
     # The image, and while it is made the staged partitions with their data.
     staged = data_mib(ctx.boot) + (data_mib(ctx.root) if ctx.payload and ctx.payload.rootfs else 0)
     need = allocated_bytes(ctx.base.path) // 2**20 + staged
+    if ctx.side_by_side > 1:  # each image being written needs its room at the same time
+        return CeilError(f"no space left on the device while writing {ctx.output}: free at least"
+                         f" {need * ctx.side_by_side} MiB in {ctx.out_dir} for {ctx.side_by_side} images written at"
+                         f" once, or {need} MiB with --jobs 1 (or use --out)")
     return CeilError(f"no space left on the device while writing {ctx.output}: free at least {need} MiB"
                      f" in {ctx.out_dir} (or use --out)")
 

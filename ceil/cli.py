@@ -5,6 +5,7 @@ Every failure the user can act on is a CeilError, printed as one paragraph with 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -183,21 +184,23 @@ def bake_roles(roles, all_roles, config_path, base_image, any_base_image, out_di
                     for r in chosen]
         # Each image's bookkeeping as soon as it is published, in the roles' order (with several
         # written at once, an image published before another role failed is recorded too).
-        for ctx in bake_side_by_side(contexts, jobs or bake_jobs(), announce):
-            r = ctx.role
-            if r == "router":
-                router_baked(store)
-            else:
-                node_baked(store, r, cluster.kubernetes.k3s_version)
-            check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
-            console.print(f"[green]wrote {escape(str(ctx.output))}[/green] in {ctx.took:.1f}s")
-            # The card's host key, made at its first bake, is the one the workstation expects
-            # from now on: a first contact is checked like any other.
-            known_hosts = known_hosts_file(cluster)
-            if pin_host_key(known_hosts, r, pinned_keys(store, [r])[r]) == "changed":
-                console.print(f"  {r}'s SSH host key in {escape(str(known_hosts))} is now the one this card carries"
-                              " (the one recorded there was another card's: one baked before ceil made host keys,"
-                              " or another cluster's of the same name, whose pins share this file)")
+        # closing: a failure below stops the workers here, before secrets/ and out/ are let go.
+        with contextlib.closing(bake_side_by_side(contexts, jobs or bake_jobs(), announce)) as baked:
+            for ctx in baked:
+                r = ctx.role
+                if r == "router":
+                    router_baked(store)
+                else:
+                    node_baked(store, r, cluster.kubernetes.k3s_version)
+                check_secrets_format(store)  # a new cluster's secrets/ exists from its first bake on
+                console.print(f"[green]wrote {escape(str(ctx.output))}[/green] in {ctx.took:.1f}s")
+                # The card's host key, made at its first bake, is the one the workstation expects
+                # from now on: a first contact is checked like any other.
+                known_hosts = known_hosts_file(cluster)
+                if pin_host_key(known_hosts, r, pinned_keys(store, [r])[r]) == "changed":
+                    console.print(f"  {r}'s SSH host key in {escape(str(known_hosts))} is now the one this card carries"
+                                  " (the one recorded there was another card's: one baked before ceil made host keys,"
+                                  " or another cluster's of the same name, whose pins share this file)")
 
 
 @cli.command()

@@ -56,8 +56,9 @@ def print_transcript(lines: list[str]) -> None:
 
 
 def notice(text: str) -> None:
-    """A line the user should see but that stops nothing (text, not markup)."""
-    console.print(f"[yellow]{escape(text)}[/yellow]")
+    """A line the user should see but that stops nothing (text, not markup); with the lines of
+    the role it concerns when roles are baked side by side (say())."""
+    say(f"[yellow]{escape(text)}[/yellow]")
 
 
 def confirm(question: str) -> None:

@@ -114,8 +114,28 @@ def test_each_roles_lines_are_printed_whole_and_in_order_when_a_later_role_finis
 
 
 def test_a_failed_role_stops_new_ones_and_what_was_being_written_is_published_first(contexts, monkeypatch, capsys):
-    rec = Recorder(monkeypatch, write_seconds={"router": 0.3, "one": 0.05},
-                   fail={"one": CeilError("no space left on the device while writing out/ceil-one.img")})
+    # In this order whatever the machine's load: two is prepared before one fails, and the
+    # router finishes only after one has failed.
+    two_prepared, one_failed = threading.Event(), threading.Event()
+    rec = Recorder(monkeypatch)
+    prepare, write = rec.prepare, rec.write
+
+    def prepare_then_tell(ctx):
+        prepare(ctx)
+        if ctx.role == "two":
+            two_prepared.set()
+
+    def write_in_order(ctx):
+        if ctx.role == "one":
+            assert two_prepared.wait(10)
+            one_failed.set()
+            raise CeilError("no space left on the device while writing out/ceil-one.img")
+        if ctx.role == "router":
+            assert one_failed.wait(10)
+        write(ctx)
+
+    monkeypatch.setattr(bakery, "PREPARE", [prepare_then_tell])
+    monkeypatch.setattr(bakery, "WRITE", [write_in_order])
     published = []
     with pytest.raises(CeilError, match="ceil-one.img"):
         for ctx in bakery.bake_side_by_side(contexts, 2, lambda ctx: say(f"baking {ctx.role}")):
@@ -125,12 +145,65 @@ def test_a_failed_role_stops_new_ones_and_what_was_being_written_is_published_fi
     # bookkeeping); two, prepared ahead, is not begun once one failed; three is not prepared.
     assert published == ["router"]
     err = capsys.readouterr().err
+    assert [b[0] for b in blocks(err)] == ["baking router", "baking one", "baking two"]
     assert "two: not written (another role failed)" in err
-    assert "one failed" in [b for b in blocks(err) if b[0] == "baking one"][0][-1]
+    assert blocks(err)[1][-1] == "one failed (the error is the last line)"
     out = contexts[0].out_dir
     assert sorted(p.name for p in out.iterdir()) == [".gitignore", "ceil-router.img"]
     assert "three" not in {e[1] for e in rec.events}
-    assert ("written", "two") not in {e[:2] for e in rec.events}
+    assert ("write", "two") not in {e[:2] for e in rec.events}
+
+
+def test_a_role_failing_before_its_write_prints_after_the_roles_still_being_written(contexts, monkeypatch, capsys):
+    rec = Recorder(monkeypatch, write_seconds={"router": 0.3, "one": 0.3})
+    prepare = rec.prepare
+
+    def prepare_or_fail(ctx):
+        prepare(ctx)
+        if ctx.role == "two":
+            raise CeilError("two's payload: a feature refused the cluster")
+
+    monkeypatch.setattr(bakery, "PREPARE", [prepare_or_fail])
+    published = []
+    with pytest.raises(CeilError, match="two's payload"):
+        for ctx in bakery.bake_side_by_side(contexts, 2, lambda ctx: say(f"baking {ctx.role}")):
+            published.append(ctx.role)
+    assert published == ["router", "one"]
+    err = capsys.readouterr().err
+    assert [b[0] for b in blocks(err)] == ["baking router", "baking one", "baking two"]
+    assert blocks(err)[2][-1] == "two failed (the error is the last line)"
+    assert not list(contexts[0].out_dir.glob("*.partial"))
+
+
+def test_a_second_failed_role_shows_its_own_error_among_its_lines(contexts, monkeypatch, capsys):
+    both_running = threading.Barrier(2, timeout=10)
+    rec = Recorder(monkeypatch)
+
+    def both_fail(ctx):
+        rec.note("write", ctx.role)
+        both_running.wait()
+        raise CeilError(f"mcopy failed on the boot partition of {ctx.role}'s image")
+
+    monkeypatch.setattr(bakery, "WRITE", [both_fail])
+    with pytest.raises(CeilError, match="router's image"):
+        bake(contexts)
+    router, one = blocks(capsys.readouterr().err)[:2]
+    assert router[-1] == "router failed (the error is the last line)"
+    assert one[-1] == "one failed: mcopy failed on the boot partition of one's image"
+
+
+def test_a_caller_that_stops_iterating_stops_the_workers_and_leaves_no_partial(contexts, monkeypatch):
+    rec = Recorder(monkeypatch, write_seconds={"router": 0.05, "one": 2.0, "two": 2.0})
+    baking = bakery.bake_side_by_side(contexts, 2)
+    assert next(baking).role == "router"
+    start = time.monotonic()
+    baking.close()  # as the bake's loop does when its bookkeeping fails (contextlib.closing)
+    assert time.monotonic() - start < 5
+    written = {e[1] for e in rec.events if e[0] == "written"}
+    out = contexts[0].out_dir
+    assert not list(out.glob("*.partial"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([".gitignore"] + [f"ceil-{r}.img" for r in written])
+    assert "three" not in {e[1] for e in rec.events if e[0] == "write"}
 
 
 def test_ctrl_c_stops_every_image_being_written_and_leaves_no_partial(contexts, monkeypatch):

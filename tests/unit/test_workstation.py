@@ -345,7 +345,6 @@ def test_ssh_and_the_tunnel_give_up_on_a_silent_cluster_and_say_what_is_missing(
 def test_the_attached_ssh_ends_with_bake_py_even_when_it_is_killed_outright():
     """`k8s-proxy` runs ssh as a child (to say what is missing when it cannot connect): killed
     with SIGKILL, bake.py must not leave a tunnel behind."""
-    import os
     import sys
     import time
     from pathlib import Path
@@ -391,7 +390,8 @@ def test_a_child_whose_parent_died_before_it_asked_for_the_parent_death_signal_e
 
     if sys.platform != "linux":
         pytest.skip("the kernel's parent-death signal is Linux's")
-    child = subprocess.Popen(["sleep", "30"], preexec_fn=workstation._ending_with(1))
+    # -1: no process's pid (1 would be this one's parent when pytest runs as a container's init).
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=workstation._ending_with(-1))
     try:
         assert child.wait(timeout=10) == -signal.SIGTERM
     finally:
