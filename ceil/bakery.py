@@ -42,7 +42,7 @@ from .secrets import SecretStore
 from .flash.blockmap import signature_zones
 from .image_digests import RangeCache, Ranges, Window, image_ranges, manifest_entry
 from .sparse import allocated_bytes, copy_window, data_in, hash_window, punch_hole, reflink
-from .ui import byte_progress, print_transcript, say, shared_progress, step, transcript
+from .ui import byte_progress, print_transcript, say, shared_progress, step, stop_if_asked, transcript
 
 # The memory cgroup, which Raspberry Pi kernels leave off by default (their firmware's command
 # line starts with cgroup_disable=memory; docs/testing.md, hostile twins): k3s needs it on a node,
@@ -457,8 +457,7 @@ def _digests(windows: list[Window], zones, cache: RangeCache | None, whole: bool
 def finish_image(ctx: BakeContext) -> None:
     with step("finish_image", str(ctx.output)):
         manifest = manifest_of(ctx)
-        if ctx.stop is not None and ctx.stop.is_set():  # stopped while the manifest was made
-            raise KeyboardInterrupt
+        stop_if_asked(ctx.stop)  # stopped while the manifest was made: not published
         publish(ctx.partial_output, ctx.output, manifest, ctx.manifest, ctx.partial_manifest)
 
 
@@ -534,8 +533,7 @@ def role_folders(ctx: BakeContext) -> Iterator[None]:
 
 def run_steps(ctx: BakeContext, steps: list[Callable[[BakeContext], None]]) -> None:
     for s in steps:
-        if ctx.stop is not None and ctx.stop.is_set():
-            raise KeyboardInterrupt  # as the Ctrl-C that set it would have, had this run in the main thread
+        stop_if_asked(ctx.stop)  # as the Ctrl-C that set it would have, had this run in the main thread
         start = time.monotonic()
         try:
             s(ctx)

@@ -106,16 +106,22 @@ def shared_progress() -> Iterator[None]:
             _shared_progress = None
 
 
+def stop_if_asked(stop: threading.Event | None) -> None:
+    """KeyboardInterrupt once `stop` is set: how work in a worker thread learns that the user
+    pressed Ctrl-C (signals reach the main thread only)."""
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def byte_progress(description: str, total: int | None,
                   stop: threading.Event | None = None) -> Iterator[Callable[[int], None]]:
     """A bytes progress bar; yields `advance(n)`. Quiet when stderr is not a terminal. Once `stop`
-    is set, advance raises KeyboardInterrupt: how a worker thread copying gigabytes learns that
-    the user pressed Ctrl-C (signals reach the main thread only)."""
+    is set, advance raises KeyboardInterrupt (stop_if_asked): a worker thread copying gigabytes
+    stops within its next chunk."""
     def advancing(progress: Progress, task) -> Callable[[int], None]:
         def advance(n: int) -> None:
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt
+            stop_if_asked(stop)
             progress.advance(task, n)
         return advance
 
