@@ -115,8 +115,9 @@ def ui_login(targets) -> str:
     return f"admin:{store.read(UI_PASSWORD).decode().strip()}"
 
 
-def _enabled(cluster, addon: str) -> None:
-    if addon not in {s.name for s in selected(cluster, Catalog())}:
+def _require(cluster, addon: str) -> None:
+    """Skip the check unless cluster.yaml enables the add-on."""
+    if not _enabled(cluster, addon):
         pytest.skip(f"add-on {addon} is not enabled")
 
 
@@ -132,7 +133,7 @@ BEHIND_THE_UI_LOGIN = [
 @pytest.mark.parametrize("addon, name, path, ok", BEHIND_THE_UI_LOGIN)
 def test_uis_without_a_login_of_their_own_ask_for_the_ui_login(addons_status, router, cluster, ui_login, addon,
                                                                 name, path, ok):
-    _enabled(cluster, addon)
+    _require(cluster, addon)
     if name == "longhorn" and not storage_facts(cluster)["longhorn"]:
         pytest.skip("no node has a storage_device: local-path, no Longhorn UI")
     host_name, ip = f"{name}.{cluster.domain}", str(cluster.network.ingress_ip)
@@ -151,7 +152,7 @@ def test_uis_without_a_login_of_their_own_ask_for_the_ui_login(addons_status, ro
     ("demo", "podinfo", "http", {"200"}),
 ])
 def test_ingress_hosts_answer_on_the_lan(addons_status, router, cluster, addon, name, scheme, ok):
-    _enabled(cluster, addon)
+    _require(cluster, addon)
     code = _http(router, f"{name}.{cluster.domain}", str(cluster.network.ingress_ip), scheme)
     assert code in ok, f"{scheme}://{name}.{cluster.domain}/ answered {code}"
     if scheme == "https":  # a UI with a login: not on plain HTTP
@@ -316,7 +317,7 @@ def test_the_tunnel_holds_its_connections_to_cloudflare(addons_status, kube, ser
     """Issue 20 #5: every running connector holds at least one connection to Cloudflare's edge
     (cloudflared's own gauge, read from its metrics port at the pod's address on the server node).
     A connector that lost them can still look available for a while: /ready only turns it away."""
-    _enabled(cluster, "tunnel")
+    _require(cluster, "tunnel")
     pods = [p for p in kube.list("v1", "Pod", "tunnel")
             if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "cloudflared"]
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and p["status"].get("podIP")]

@@ -234,3 +234,18 @@ def test_make_verify_waits_out_a_flux_reconcile_and_fails_on_a_source_that_canno
                                 [applied_before]), cluster)
     with pytest.raises(AssertionError, match="no GitRepository flux-system/ceil"):
         flux_check({}, FluxKube([None], [applied_before]), cluster)
+
+
+def test_an_addon_check_skips_when_cluster_yaml_leaves_the_addon_off():
+    """Found in a read-through: a second `_enabled` (returning a bool) had replaced the one that
+    skips, so the UI-login, ingress and tunnel checks ran against add-ons that were off."""
+    from ceil.config import parse_cluster
+    from tests.infra import test_addons
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk9mZ0bH5OzLnPw1mYQ6VtB3s8bLxv0X0oPqg7Ww2Ly me@ws"
+    cluster = parse_cluster(f"ssh: {{authorized_keys: ['{key}']}}\nrouter: {{uplink: {{type: ethernet}}}}\n"
+                            "nodes: [{name: one, role: server}]\n")
+    assert not test_addons._enabled(cluster, "tunnel")
+    with pytest.raises(pytest.skip.Exception, match="add-on tunnel is not enabled"):
+        test_addons._require(cluster, "tunnel")
+    test_addons._require(cluster, "traefik")  # on by default: no skip
